@@ -1,0 +1,237 @@
+// The configuration model. Swift names are camelCase; the YAML names (snake_case, following the
+// Terraform `aws_db_proxy` provider) are given in the comments and in `ConfigurationKeys`.
+
+/// The whole configuration file.
+public struct ConciergeConfiguration: Sendable, Hashable {
+    /// `drain_timeout`: seconds SIGTERM waits for open transactions (Concierge extension).
+    public var drainTimeout: Int
+    /// `admin`: the HTTP admin API and `/metrics`; `nil` when not configured.
+    public var admin: AdminConfiguration?
+    /// `proxies`: at least one.
+    public var proxies: [ProxyConfiguration]
+
+    public init(
+        drainTimeout: Int = ConfigurationDefaults.drainTimeout,
+        admin: AdminConfiguration? = nil,
+        proxies: [ProxyConfiguration]
+    ) {
+        self.drainTimeout = drainTimeout
+        self.admin = admin
+        self.proxies = proxies
+    }
+
+    /// The proxy with this name, if any.
+    public func proxy(named name: String) -> ProxyConfiguration? {
+        proxies.first { $0.name == name }
+    }
+}
+
+/// `admin`: the HTTP admin API and Prometheus `/metrics` listener.
+public struct AdminConfiguration: Sendable, Hashable {
+    /// `listen`: default `127.0.0.1:9187`.
+    public var listen: HostPort
+    /// `token`: optional bearer token, normally a secret reference (`file:PATH` / `env:NAME`), as written.
+    public var token: String?
+
+    public init(listen: HostPort = ConfigurationDefaults.adminListen, token: String? = nil) {
+        self.listen = listen
+        self.token = token
+    }
+}
+
+/// One entry of `proxies`.
+public struct ProxyConfiguration: Sendable, Hashable {
+    /// `name`: unique, `[A-Za-z][A-Za-z0-9-]{0,62}`.
+    public var name: String
+    /// `engine_family`.
+    public var engineFamily: EngineFamily
+    /// `listen`: the default READ_WRITE endpoint.
+    public var listen: HostPort
+    /// `endpoints`: extra endpoints.
+    public var endpoints: [EndpointConfiguration]
+    /// `require_tls`.
+    public var requireTLS: Bool
+    /// `idle_client_timeout`: seconds.
+    public var idleClientTimeout: Int
+    /// `max_client_connections`.
+    public var maxClientConnections: Int
+    /// `debug_logging`.
+    public var debugLogging: Bool
+    /// `max_message_size`: bytes (Concierge extension).
+    public var maxMessageSize: Int
+    /// `auth`: 1...200 entries.
+    public var auth: [AuthConfiguration]
+    /// `target_group`.
+    public var targetGroup: TargetGroupConfiguration
+
+    public init(
+        name: String,
+        engineFamily: EngineFamily = .postgresql,
+        listen: HostPort,
+        endpoints: [EndpointConfiguration] = [],
+        requireTLS: Bool = ConfigurationDefaults.requireTLS,
+        idleClientTimeout: Int = ConfigurationDefaults.idleClientTimeout,
+        maxClientConnections: Int = ConfigurationDefaults.maxClientConnections,
+        debugLogging: Bool = ConfigurationDefaults.debugLogging,
+        maxMessageSize: Int = ConfigurationDefaults.maxMessageSize,
+        auth: [AuthConfiguration],
+        targetGroup: TargetGroupConfiguration
+    ) {
+        self.name = name
+        self.engineFamily = engineFamily
+        self.listen = listen
+        self.endpoints = endpoints
+        self.requireTLS = requireTLS
+        self.idleClientTimeout = idleClientTimeout
+        self.maxClientConnections = maxClientConnections
+        self.debugLogging = debugLogging
+        self.maxMessageSize = maxMessageSize
+        self.auth = auth
+        self.targetGroup = targetGroup
+    }
+}
+
+/// One entry of a proxy's `endpoints`.
+public struct EndpointConfiguration: Sendable, Hashable {
+    /// `name`: `[A-Za-z][A-Za-z0-9-]{0,62}`, unique across all endpoints.
+    public var name: String
+    /// `target_role`: default `READ_WRITE`.
+    public var targetRole: TargetRole
+    /// `listen`.
+    public var listen: HostPort
+
+    public init(name: String, targetRole: TargetRole = .readWrite, listen: HostPort) {
+        self.name = name
+        self.targetRole = targetRole
+        self.listen = listen
+    }
+}
+
+/// One entry of a proxy's `auth`: one database user the proxy can log in as.
+public struct AuthConfiguration: Sendable, Hashable {
+    /// `auth_scheme`: default `SECRETS`.
+    public var authScheme: AuthScheme
+    /// `secret_arn`, exactly as written in the file.
+    public var secretARN: String
+    /// `secret_arn` resolved (file paths made absolute against the config file's directory).
+    public var secret: SecretReference
+    /// `iam_auth`: default `DISABLED`.
+    public var iamAuth: IAMAuth
+    /// `client_password_auth_type`: default `POSTGRES_SCRAM_SHA_256`.
+    public var clientPasswordAuthType: ClientPasswordAuthType
+    /// `description`: free text, default "".
+    public var description: String
+
+    public init(
+        authScheme: AuthScheme = .secrets,
+        secretARN: String,
+        secret: SecretReference,
+        iamAuth: IAMAuth = .disabled,
+        clientPasswordAuthType: ClientPasswordAuthType = .postgresScramSHA256,
+        description: String = ""
+    ) {
+        self.authScheme = authScheme
+        self.secretARN = secretARN
+        self.secret = secret
+        self.iamAuth = iamAuth
+        self.clientPasswordAuthType = clientPasswordAuthType
+        self.description = description
+    }
+}
+
+/// A proxy's `target_group`.
+public struct TargetGroupConfiguration: Sendable, Hashable {
+    /// `name`: default `default`.
+    public var name: String
+    /// `connection_pool_config`.
+    public var connectionPoolConfig: ConnectionPoolConfiguration
+    /// `targets`: at least one.
+    public var targets: [TargetConfiguration]
+
+    public init(
+        name: String = ConfigurationDefaults.targetGroupName,
+        connectionPoolConfig: ConnectionPoolConfiguration = ConnectionPoolConfiguration(),
+        targets: [TargetConfiguration]
+    ) {
+        self.name = name
+        self.connectionPoolConfig = connectionPoolConfig
+        self.targets = targets
+    }
+}
+
+/// A target group's `connection_pool_config`.
+public struct ConnectionPoolConfiguration: Sendable, Hashable {
+    /// `max_connections_percent`: 1...100 of the writer's `max_connections`.
+    public var maxConnectionsPercent: Int
+    /// `max_idle_connections_percent`: 0...maxConnectionsPercent.
+    public var maxIdleConnectionsPercent: Int
+    /// `connection_borrow_timeout`: seconds 0...3600.
+    public var connectionBorrowTimeout: Int
+    /// `session_pinning_filters`.
+    public var sessionPinningFilters: [SessionPinningFilter]
+    /// `init_query`: run on every new backend connection ("" = none).
+    public var initQuery: String
+    /// `backend_idle_timeout`: seconds 1...86400 surplus idle backends live (Concierge extension).
+    public var backendIdleTimeout: Int
+
+    public init(
+        maxConnectionsPercent: Int = ConfigurationDefaults.maxConnectionsPercent,
+        maxIdleConnectionsPercent: Int = ConfigurationDefaults.maxIdleConnectionsPercent,
+        connectionBorrowTimeout: Int = ConfigurationDefaults.connectionBorrowTimeout,
+        sessionPinningFilters: [SessionPinningFilter] = [],
+        initQuery: String = "",
+        backendIdleTimeout: Int = ConfigurationDefaults.backendIdleTimeout
+    ) {
+        self.maxConnectionsPercent = maxConnectionsPercent
+        self.maxIdleConnectionsPercent = maxIdleConnectionsPercent
+        self.connectionBorrowTimeout = connectionBorrowTimeout
+        self.sessionPinningFilters = sessionPinningFilters
+        self.initQuery = initQuery
+        self.backendIdleTimeout = backendIdleTimeout
+    }
+
+    /// Whether `EXCLUDE_VARIABLE_SETS` is set.
+    public var excludesVariableSets: Bool { sessionPinningFilters.contains(.excludeVariableSets) }
+}
+
+/// One entry of a target group's `targets`.
+public struct TargetConfiguration: Sendable, Hashable {
+    /// `endpoint`: `host:port`; the port defaults to 5432.
+    public var endpoint: HostPort
+
+    public init(endpoint: HostPort) {
+        self.endpoint = endpoint
+    }
+}
+
+// MARK: - Enums (raw values are the YAML spellings)
+
+public enum EngineFamily: String, Sendable, Hashable, CaseIterable {
+    case postgresql = "POSTGRESQL"
+    /// Recognised but refused at load for now.
+    case mysql = "MYSQL"
+}
+
+public enum TargetRole: String, Sendable, Hashable, CaseIterable {
+    case readWrite = "READ_WRITE"
+    case readOnly = "READ_ONLY"
+}
+
+public enum AuthScheme: String, Sendable, Hashable, CaseIterable {
+    case secrets = "SECRETS"
+}
+
+public enum IAMAuth: String, Sendable, Hashable, CaseIterable {
+    case disabled = "DISABLED"
+    /// Recognised but refused at load for now (needs TLS).
+    case required = "REQUIRED"
+}
+
+public enum ClientPasswordAuthType: String, Sendable, Hashable, CaseIterable {
+    case postgresScramSHA256 = "POSTGRES_SCRAM_SHA_256"
+    case postgresMD5 = "POSTGRES_MD5"
+}
+
+public enum SessionPinningFilter: String, Sendable, Hashable, CaseIterable {
+    case excludeVariableSets = "EXCLUDE_VARIABLE_SETS"
+}

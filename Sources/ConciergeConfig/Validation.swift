@@ -1,0 +1,196 @@
+/// Range and cross-field rules, checked on the model (so a configuration built in code, or modified
+/// live through the admin API, obeys the same rules as a loaded one).
+public enum ConfigurationValidator {
+    /// Every problem in `configuration`, with YAML key paths.
+    public static func validate(_ configuration: ConciergeConfiguration) -> [ConfigurationIssue] {
+        var issues: [ConfigurationIssue] = []
+        check(configuration.drainTimeout, ConfigurationLimits.drainTimeout, "drain_timeout", &issues)
+
+        var listeners: [(keyPath: String, address: HostPort)] = []
+        if let admin = configuration.admin {
+            if checkAddress(admin.listen, "admin.listen", &issues) { listeners.append(("admin.listen", admin.listen)) }
+            if let token = admin.token, token.isEmpty {
+                issues.append(ConfigurationIssue(
+                    keyPath: "admin.token", value: "\"\"", expectation: "a non-empty bearer token or secret reference",
+                    message: "the token is empty (expected: a non-empty bearer token or a secret reference such as env:NAME)"))
+            }
+        }
+        if configuration.proxies.isEmpty {
+            issues.append(ConfigurationIssue(
+                keyPath: "proxies", value: "[]", expectation: "a list of at least one proxy",
+                message: "at least one proxy is required"))
+        }
+
+        var proxyNames: [String: String] = [:]
+        var endpointNames: [String: String] = [:]
+        for (index, proxy) in configuration.proxies.enumerated() {
+            let path = "proxies[\(index)]"
+            issues += validate(proxy, at: path)
+            if !proxy.name.isEmpty {
+                if let first = proxyNames[proxy.name] {
+                    issues.append(ConfigurationIssue(
+                        keyPath: "\(path).name", value: proxy.name, expectation: "a unique proxy name",
+                        message: "\(renderText(proxy.name)) is a duplicate proxy name (already used by \(first))"))
+                } else {
+                    proxyNames[proxy.name] = "\(path).name"
+                }
+            }
+            if isUsable(proxy.listen) { listeners.append(("\(path).listen", proxy.listen)) }
+            for (i, endpoint) in proxy.endpoints.enumerated() {
+                let endpointPath = "\(path).endpoints[\(i)]"
+                if !endpoint.name.isEmpty {
+                    if let first = endpointNames[endpoint.name] {
+                        issues.append(ConfigurationIssue(
+                            keyPath: "\(endpointPath).name", value: endpoint.name, expectation: "a unique endpoint name",
+                            message: "\(renderText(endpoint.name)) is a duplicate endpoint name (already used by \(first))"))
+                    } else {
+                        endpointNames[endpoint.name] = "\(endpointPath).name"
+                    }
+                }
+                if isUsable(endpoint.listen) { listeners.append(("\(endpointPath).listen", endpoint.listen)) }
+            }
+        }
+
+        // Listen addresses: 0.0.0.0:P (or [::]:P) clashes with any host on port P.
+        for (j, later) in listeners.enumerated() {
+            for earlier in listeners[..<j] where later.address.clashes(with: earlier.address) {
+                issues.append(ConfigurationIssue(
+                    keyPath: later.keyPath, value: later.address.description,
+                    expectation: "a listen address not used elsewhere",
+                    message: "\(later.address) clashes with \(earlier.keyPath) (\(earlier.address))"))
+                break
+            }
+        }
+        return issues
+    }
+
+    /// The rules of one proxy (not the cross-proxy ones), with key paths under `keyPath`.
+    public static func validate(_ proxy: ProxyConfiguration, at path: String) -> [ConfigurationIssue] {
+        var issues: [ConfigurationIssue] = []
+        checkName(proxy.name, "\(path).name", &issues)
+        if proxy.engineFamily == .mysql {
+            issues.append(.notSupported(
+                "\(path).engine_family", "MYSQL", "MYSQL is not supported yet; allowed: POSTGRESQL", allowed: "POSTGRESQL"))
+        }
+        _ = checkAddress(proxy.listen, "\(path).listen", &issues)
+        for (i, endpoint) in proxy.endpoints.enumerated() {
+            checkName(endpoint.name, "\(path).endpoints[\(i)].name", &issues)
+            _ = checkAddress(endpoint.listen, "\(path).endpoints[\(i)].listen", &issues)
+        }
+        // A later feature adds TLS; until then a proxy that requires it could never accept a client.
+        if proxy.requireTLS {
+            issues.append(.notSupported(
+                "\(path).require_tls", "true", "TLS is not supported yet (allowed: false)", allowed: "false"))
+        }
+        check(proxy.idleClientTimeout, ConfigurationLimits.idleClientTimeout, "\(path).idle_client_timeout", &issues)
+        check(proxy.maxClientConnections, ConfigurationLimits.maxClientConnections,
+              "\(path).max_client_connections", &issues)
+        check(proxy.maxMessageSize, ConfigurationLimits.maxMessageSize, "\(path).max_message_size", &issues)
+
+        let authRange = ConfigurationLimits.authEntries
+        if proxy.auth.isEmpty {
+            issues.append(ConfigurationIssue(
+                keyPath: "\(path).auth", value: "[]", expectation: "\(authRange.rendered) auth entries",
+                message: "at least one auth entry is required (allowed: \(authRange.rendered) entries)"))
+        } else if proxy.auth.count > authRange.upperBound {
+            issues.append(ConfigurationIssue(
+                keyPath: "\(path).auth", value: "\(proxy.auth.count) entries",
+                expectation: "\(authRange.rendered) auth entries",
+                message: "\(proxy.auth.count) entries are too many (allowed: \(authRange.rendered) entries)"))
+        }
+        for (i, auth) in proxy.auth.enumerated() where auth.iamAuth == .required {
+            issues.append(.notSupported(
+                "\(path).auth[\(i)].iam_auth", "REQUIRED",
+                "IAM authentication requires TLS, which is not supported yet (allowed: DISABLED)", allowed: "DISABLED"))
+        }
+
+        let group = "\(path).target_group"
+        checkName(proxy.targetGroup.name, "\(group).name", &issues)
+        issues += validate(proxy.targetGroup.connectionPoolConfig, at: "\(group).connection_pool_config")
+        if proxy.targetGroup.targets.isEmpty {
+            issues.append(ConfigurationIssue(
+                keyPath: "\(group).targets", value: "[]", expectation: "a list of at least one target",
+                message: "at least one target is required"))
+        }
+        var seenTargets: [HostPort: String] = [:]
+        for (i, target) in proxy.targetGroup.targets.enumerated() {
+            let targetPath = "\(group).targets[\(i)].endpoint"
+            guard checkAddress(target.endpoint, targetPath, &issues) else { continue }
+            let key = HostPort(host: target.endpoint.host.lowercased(), port: target.endpoint.port)
+            if let first = seenTargets[key] {
+                issues.append(ConfigurationIssue(
+                    keyPath: targetPath, value: target.endpoint.description, expectation: "distinct targets",
+                    message: "\(target.endpoint) is listed twice (already at \(first))"))
+            } else {
+                seenTargets[key] = targetPath
+            }
+        }
+        return issues
+    }
+
+    /// The rules of a `connection_pool_config`, with key paths under `keyPath`.
+    public static func validate(_ pool: ConnectionPoolConfiguration, at keyPath: String = "connection_pool_config")
+        -> [ConfigurationIssue]
+    {
+        var issues: [ConfigurationIssue] = []
+        let maxValid = ConfigurationLimits.maxConnectionsPercent.contains(pool.maxConnectionsPercent)
+        check(pool.maxConnectionsPercent, ConfigurationLimits.maxConnectionsPercent,
+              "\(keyPath).max_connections_percent", &issues)
+        let idlePath = "\(keyPath).max_idle_connections_percent"
+        if !ConfigurationLimits.maxIdleConnectionsPercent.contains(pool.maxIdleConnectionsPercent) {
+            check(pool.maxIdleConnectionsPercent, ConfigurationLimits.maxIdleConnectionsPercent, idlePath, &issues)
+        } else if maxValid, pool.maxIdleConnectionsPercent > pool.maxConnectionsPercent {
+            let allowed = 0...pool.maxConnectionsPercent
+            issues.append(ConfigurationIssue(
+                keyPath: idlePath, value: String(pool.maxIdleConnectionsPercent),
+                expectation: "an integer in \(allowed.rendered)",
+                message: "\(pool.maxIdleConnectionsPercent) is greater than max_connections_percent "
+                    + "(\(pool.maxConnectionsPercent)) (allowed: \(allowed.rendered))"))
+        }
+        check(pool.connectionBorrowTimeout, ConfigurationLimits.connectionBorrowTimeout,
+              "\(keyPath).connection_borrow_timeout", &issues)
+        var seen: Set<SessionPinningFilter> = []
+        for (i, filter) in pool.sessionPinningFilters.enumerated() where !seen.insert(filter).inserted {
+            issues.append(ConfigurationIssue(
+                keyPath: "\(keyPath).session_pinning_filters[\(i)]", value: filter.rawValue,
+                expectation: "no duplicates", message: "\(filter.rawValue) is listed twice"))
+        }
+        check(pool.backendIdleTimeout, ConfigurationLimits.backendIdleTimeout, "\(keyPath).backend_idle_timeout", &issues)
+        return issues
+    }
+
+    // MARK: Helpers
+
+    private static func check(_ value: Int, _ range: ClosedRange<Int>, _ keyPath: String,
+                              _ issues: inout [ConfigurationIssue]) {
+        if !range.contains(value) { issues.append(.outOfRange(keyPath, value, range)) }
+    }
+
+    private static func checkName(_ name: String, _ keyPath: String, _ issues: inout [ConfigurationIssue]) {
+        guard !ConfigurationLimits.isValidName(name) else { return }
+        issues.append(ConfigurationIssue(
+            keyPath: keyPath, value: name, expectation: ConfigurationLimits.nameExpectation,
+            message: "\(renderText(name, forceQuotes: true)) is not a valid name (expected: \(ConfigurationLimits.nameExpectation))"))
+    }
+
+    /// Checks an address built in code; returns whether it is usable.
+    private static func checkAddress(_ address: HostPort, _ keyPath: String, _ issues: inout [ConfigurationIssue]) -> Bool {
+        if !HostPort.portRange.contains(address.port) {
+            issues.append(ConfigurationIssue(
+                keyPath: keyPath, value: address.description, expectation: "a port in 1...65535",
+                message: "\(address) is not a valid address: port \(address.port) is out of range (allowed: 1...65535)"))
+            return false
+        }
+        if case .failure(let error) = HostPort.parse(address.description) {
+            issues.append(ConfigurationIssue(
+                keyPath: keyPath, value: address.description, expectation: "host:port or [ipv6]:port",
+                message: "\(renderText(address.description)) is not a valid address: \(error.reason)"))
+            return false
+        }
+        return true
+    }
+
+    private static func isUsable(_ address: HostPort) -> Bool {
+        !address.host.isEmpty && HostPort.portRange.contains(address.port)
+    }
+}

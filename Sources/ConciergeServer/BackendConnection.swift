@@ -1,0 +1,549 @@
+import ConnectionPool
+import Logging
+import NIOCore
+import NIOPosix
+import PostgresWire
+
+/// The client session that currently has a backend leased. The backend calls it on the owner's
+/// event loop (hopping there when the two live on different loops).
+protocol BackendOwner: AnyObject, Sendable {
+    var eventLoop: any EventLoop { get }
+    /// Complete messages from the database, in order, as one slice of the bytes read (to be
+    /// forwarded as they are). `readyForQueryCount` ReadyForQuery messages are among them; the
+    /// last one carried `lastStatus`.
+    func backendDidRead(_ bytes: ByteBuffer, readyForQueryCount: Int, lastStatus: PGTransactionStatus)
+    /// The end of one read burst from the database: time to flush to the client.
+    func backendDidReadComplete()
+    /// The backend's parameters were brought to what the session asked for (or that failed).
+    func backendDidPrepare(_ result: Result<Void, BackendError>)
+    /// The backend died while leased.
+    func backendDidClose()
+}
+
+/// Why a backend connection could not be opened or used.
+enum BackendError: Error, CustomStringConvertible, Sendable {
+    /// The database refused us with an ErrorResponse (wrong database, role, password, ...).
+    case server(PGErrorFields)
+    /// The connection failed or broke.
+    case connection(String)
+    /// The database spoke in a way we do not support.
+    case protocolViolation(String)
+
+    var description: String {
+        switch self {
+        case .server(let fields): return "\(fields.severity) \(fields.code): \(fields.message)"
+        case .connection(let reason): return "connection failed: \(reason)"
+        case .protocolViolation(let reason): return "protocol violation: \(reason)"
+        }
+    }
+}
+
+/// What a new backend needs to log in and get ready.
+struct BackendSettings: Sendable {
+    var address: SocketAddress
+    var username: String
+    var password: String
+    var database: String
+    /// Statements run once after login, before the backend serves anyone.
+    var initQuery: String
+    /// Whether to read `max_connections` during setup (the proxy's cap derives from it).
+    var readMaxConnections: Bool
+    var scramCache: SCRAMSaltedPasswordCache
+    var logger: Logger
+}
+
+/// One connection from the proxy to the database, and the channel handler that drives it.
+///
+/// All mutable state is confined to `eventLoop`; other threads talk to it through methods that
+/// hop there. While leased it forwards what the database sends to its owner, parsing only the
+/// message headers (and ReadyForQuery's status) and never re-encoding.
+final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    fileprivate enum Phase {
+        case connecting
+        case authenticating(SCRAMClientSession?)
+        case startingUp
+        case setup(remaining: Int, failure: PGErrorFields?)
+        case idle
+        case leased(any BackendOwner)
+        case preparing(any BackendOwner, failure: PGErrorFields?)
+        case resetting
+        case closed
+    }
+
+    let id: ConnectionID
+    let key: PoolKey
+    let eventLoop: any EventLoop
+    let address: SocketAddress
+    private let settings: BackendSettings
+    private var phase: Phase = .connecting
+    private var channel: (any Channel)?
+    private var cumulation: ByteBuffer?
+    private var setupPromise: EventLoopPromise<BackendConnection>?
+    private var maxConnectionsValue: Int?
+    private weak var pool: BackendPool?
+
+    /// ParameterStatus values the server reported (at login and since).
+    private(set) var serverParameters: [String: String] = [:]
+    /// Session parameters the proxy set on this backend for its current or last client, by
+    /// lowercased name. Empty means the backend runs with its login defaults.
+    private var appliedParameters: [String: String] = [:]
+    /// What the server reported at login (name-sorted), fixed once setup completes.
+    private(set) var loginParameters: [StartupParameter] = []
+    private(set) var backendProcessID: Int32 = 0
+    private(set) var backendSecretKey: Int32 = 0
+
+    /// The value of `max_connections` read during setup, when asked for.
+    var maxConnections: Int? { maxConnectionsValue }
+
+    private init(id: ConnectionID, key: PoolKey, eventLoop: any EventLoop, settings: BackendSettings, pool: BackendPool) {
+        self.id = id
+        self.key = key
+        self.eventLoop = eventLoop
+        self.address = settings.address
+        self.settings = settings
+        self.pool = pool
+    }
+
+    /// Opens, logs in and sets up a backend; the future completes once it can serve a client.
+    static func connect(
+        id: ConnectionID, key: PoolKey, on eventLoop: any EventLoop, settings: BackendSettings, pool: BackendPool
+    ) -> EventLoopFuture<BackendConnection> {
+        let connection = BackendConnection(id: id, key: key, eventLoop: eventLoop, settings: settings, pool: pool)
+        let promise = eventLoop.makePromise(of: BackendConnection.self)
+        connection.setupPromise = promise
+        ClientBootstrap(group: eventLoop)
+            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(ChannelOptions.socketOption(.so_keepalive), value: 1)
+            .connectTimeout(.seconds(10))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(connection)
+                }
+            }
+            .connect(to: settings.address)
+            .whenFailure { error in
+                connection.failSetup(.connection("\(settings.address): \(error)"))
+            }
+        return promise.futureResult
+    }
+
+    // MARK: Channel events
+
+    func channelActive(context: ChannelHandlerContext) {
+        channel = context.channel
+        var buffer = context.channel.allocator.buffer(capacity: 64)
+        PGEncode.startupMessage(
+            parameters: [
+                StartupParameter(name: "user", value: settings.username),
+                StartupParameter(name: "database", value: settings.database),
+            ], into: &buffer)
+        phase = .authenticating(nil)
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let previous = phase
+        phase = .closed
+        channel = nil
+        switch previous {
+        case .connecting, .authenticating, .startingUp, .setup:
+            failSetup(.connection("the database closed the connection during login"))
+        case .leased(let owner), .preparing(let owner, _):
+            owner.eventLoop.execute { owner.backendDidClose() }
+            pool?.connectionClosed(self)
+        case .idle, .resetting:
+            pool?.connectionClosed(self)
+        case .closed:
+            break
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        settings.logger.debug("backend connection error", metadata: ["concierge.backend_error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = unwrapInboundIn(data)
+        if var pending = cumulation {
+            cumulation = nil
+            pending.writeBuffer(&incoming)
+            incoming = pending
+        }
+        do {
+            if case .leased(let owner) = phase {
+                try forward(&incoming, to: owner)
+            } else {
+                while case .some = phase.acceptsOwnMessages, let frame = try PGFraming.nextFrame(from: &incoming, maxMessageSize: 1 << 30) {
+                    try handleOwnMessage(frame, context: context)
+                    if case .leased(let owner) = phase {
+                        // A message that completed preparation may be followed by the client's.
+                        try forward(&incoming, to: owner)
+                        break
+                    }
+                }
+            }
+        } catch {
+            settings.logger.warning("database sent a malformed message", metadata: ["concierge.backend_error": "\(error)"])
+            context.close(promise: nil)
+            return
+        }
+        if incoming.readableBytes > 0 {
+            incoming.discardReadBytes()
+            cumulation = incoming
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if case .leased(let owner) = phase {
+            if owner.eventLoop === eventLoop {
+                owner.backendDidReadComplete()
+            } else {
+                owner.eventLoop.execute { owner.backendDidReadComplete() }
+            }
+        }
+    }
+
+    /// Forwards every complete message to the owner in one slice, noting ReadyForQuery.
+    private func forward(_ buffer: inout ByteBuffer, to owner: any BackendOwner) throws {
+        let start = buffer.readerIndex
+        var readyCount = 0
+        var lastStatus = PGTransactionStatus.idle
+        while let frame = try PGFraming.nextFrame(from: &buffer, maxMessageSize: 1 << 30) {
+            switch frame.type {
+            case PGMessageType.Backend.readyForQuery:
+                readyCount += 1
+                lastStatus = try PGParse.readyForQuery(frame.body)
+            case PGMessageType.Backend.parameterStatus:
+                let parameter = try PGParse.parameterStatus(frame.body)
+                serverParameters[parameter.name] = parameter.value
+            default:
+                break
+            }
+        }
+        let length = buffer.readerIndex - start
+        guard length > 0, let slice = buffer.getSlice(at: start, length: length) else { return }
+        if owner.eventLoop === eventLoop {
+            owner.backendDidRead(slice, readyForQueryCount: readyCount, lastStatus: lastStatus)
+        } else {
+            owner.eventLoop.execute { [readyCount, lastStatus] in
+                owner.backendDidRead(slice, readyForQueryCount: readyCount, lastStatus: lastStatus)
+            }
+        }
+    }
+
+    /// Messages the proxy itself consumes: login, setup, parameter changes and resets.
+    private func handleOwnMessage(_ frame: PGFrame, context: ChannelHandlerContext) throws {
+        switch frame.type {
+        case PGMessageType.Backend.authentication:
+            try handleAuthentication(PGParse.authentication(frame.body), context: context)
+        case PGMessageType.Backend.parameterStatus:
+            let parameter = try PGParse.parameterStatus(frame.body)
+            serverParameters[parameter.name] = parameter.value
+        case PGMessageType.Backend.backendKeyData:
+            let keyData = try PGParse.backendKeyData(frame.body)
+            backendProcessID = keyData.processID
+            backendSecretKey = keyData.secretKey
+        case PGMessageType.Backend.errorResponse:
+            let fields = try PGErrorFields(diagnostics: PGParse.errorResponse(frame.body))
+            switch phase {
+            case .connecting, .authenticating, .startingUp:
+                failSetup(.server(fields))
+                context.close(promise: nil)
+            case .setup(let remaining, _):
+                phase = .setup(remaining: remaining, failure: fields)
+            case .preparing(let owner, _):
+                phase = .preparing(owner, failure: fields)
+            case .idle, .resetting, .closed, .leased:
+                settings.logger.info(
+                    "database reported an error on an idle connection",
+                    metadata: ["concierge.sqlstate": "\(fields.code)", "concierge.message": "\(fields.message)"])
+                if fields.severity == "FATAL" || fields.severity == "PANIC" {
+                    context.close(promise: nil)
+                }
+            }
+        case PGMessageType.Backend.readyForQuery:
+            try handleReadyForQuery(PGParse.readyForQuery(frame.body), context: context)
+        case PGMessageType.Backend.dataRow:
+            if case .setup = phase, settings.readMaxConnections, maxConnectionsValue == nil {
+                maxConnectionsValue = (try? PGParse.dataRowStrings(frame.body))?.first.flatMap { $0 }.flatMap { Int($0) }
+            }
+        case PGMessageType.Backend.noticeResponse, PGMessageType.Backend.notificationResponse,
+            PGMessageType.Backend.rowDescription, PGMessageType.Backend.commandComplete,
+            PGMessageType.Backend.emptyQueryResponse, PGMessageType.Backend.negotiateProtocolVersion:
+            break
+        default:
+            throw BackendError.protocolViolation("unexpected message type \(frame.type) outside a client's transaction")
+        }
+    }
+
+    private func handleAuthentication(_ request: AuthenticationRequest, context: ChannelHandlerContext) throws {
+        var out = context.channel.allocator.buffer(capacity: 128)
+        switch request {
+        case .ok:
+            phase = .startingUp
+            return
+        case .cleartextPassword:
+            PGEncode.passwordMessage(settings.password, into: &out)
+        case .md5Password(let salt):
+            PGEncode.passwordMessage(
+                PGMD5.hashedPassword(user: settings.username, password: settings.password, salt: salt), into: &out)
+        case .sasl(let mechanisms):
+            guard mechanisms.contains("SCRAM-SHA-256") else {
+                throw BackendError.protocolViolation("the database offers no supported SASL mechanism (\(mechanisms))")
+            }
+            var session = SCRAMClientSession(password: settings.password, saltedPasswordCache: settings.scramCache)
+            PGEncode.saslInitialResponse(mechanism: "SCRAM-SHA-256", data: session.clientFirstMessage(), into: &out)
+            phase = .authenticating(session)
+        case .saslContinue(let data):
+            guard case .authenticating(var session?) = phase else {
+                throw BackendError.protocolViolation("unexpected SASL continue")
+            }
+            let final = try session.receiveServerFirst(data)
+            PGEncode.saslResponse(data: final, into: &out)
+            phase = .authenticating(session)
+        case .saslFinal(let data):
+            guard case .authenticating(let session?) = phase else {
+                throw BackendError.protocolViolation("unexpected SASL final")
+            }
+            try session.verifyServerFinal(data)
+            return
+        default:
+            failSetup(.protocolViolation("the database asks for an authentication method the proxy does not support (\(request))"))
+            context.close(promise: nil)
+            return
+        }
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+    }
+
+    private func handleReadyForQuery(_ status: PGTransactionStatus, context: ChannelHandlerContext) throws {
+        switch phase {
+        case .startingUp:
+            var queries: [String] = []
+            if settings.readMaxConnections { queries.append("SHOW max_connections") }
+            if !settings.initQuery.isEmpty { queries.append(settings.initQuery) }
+            if queries.isEmpty {
+                finishSetup()
+            } else {
+                phase = .setup(remaining: queries.count, failure: nil)
+                var out = context.channel.allocator.buffer(capacity: 128)
+                for query in queries { PGEncode.query(query, into: &out) }
+                context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+            }
+        case .setup(let remaining, let failure):
+            if remaining > 1 {
+                phase = .setup(remaining: remaining - 1, failure: failure)
+            } else if let failure {
+                failSetup(.server(failure))
+                context.close(promise: nil)
+            } else if status != .idle {
+                failSetup(.protocolViolation("init_query left a transaction open"))
+                context.close(promise: nil)
+            } else {
+                finishSetup()
+            }
+        case .preparing(let owner, let failure):
+            if let failure {
+                phase = .closed
+                owner.eventLoop.execute { owner.backendDidPrepare(.failure(.server(failure))) }
+                pool?.release(self, reusable: false)
+                context.close(promise: nil)
+            } else {
+                phase = .leased(owner)
+                if owner.eventLoop === eventLoop {
+                    owner.backendDidPrepare(.success(()))
+                } else {
+                    owner.eventLoop.execute { owner.backendDidPrepare(.success(())) }
+                }
+            }
+        case .resetting:
+            if status == .idle {
+                phase = .idle
+                pool?.release(self, reusable: true)
+            } else {
+                pool?.release(self, reusable: false)
+                phase = .closed
+                context.close(promise: nil)
+            }
+        case .connecting, .authenticating, .idle, .leased, .closed:
+            throw BackendError.protocolViolation("unexpected ReadyForQuery")
+        }
+    }
+
+    private func finishSetup() {
+        phase = .idle
+        loginParameters = serverParameters.sorted { $0.key < $1.key }.map { StartupParameter(name: $0.key, value: $0.value) }
+        let promise = setupPromise
+        setupPromise = nil
+        promise?.succeed(self)
+    }
+
+    private func failSetup(_ error: BackendError) {
+        let promise = setupPromise
+        setupPromise = nil
+        promise?.fail(error)
+    }
+
+    // MARK: Commands from the pool and the owner (any thread)
+
+    /// Hands the backend to a client session: brings its session parameters to `parameters`
+    /// (lowercased name → value) and then calls `owner.backendDidPrepare`.
+    func lease(to owner: any BackendOwner, parameters: [String: String]) {
+        eventLoop.execute { self.leaseOnLoop(to: owner, parameters: parameters) }
+    }
+
+    private func leaseOnLoop(to owner: any BackendOwner, parameters: [String: String]) {
+        guard case .idle = phase, let channel else {
+            owner.eventLoop.execute { owner.backendDidPrepare(.failure(.connection("the database connection closed"))) }
+            if case .closed = phase {} else { pool?.release(self, reusable: false) }
+            return
+        }
+        let sql = Self.parameterSyncSQL(from: appliedParameters, to: parameters)
+        appliedParameters = parameters
+        guard let sql else {
+            phase = .leased(owner)
+            if owner.eventLoop === eventLoop {
+                owner.backendDidPrepare(.success(()))
+            } else {
+                owner.eventLoop.execute { owner.backendDidPrepare(.success(())) }
+            }
+            return
+        }
+        phase = .preparing(owner, failure: nil)
+        var out = channel.allocator.buffer(capacity: sql.utf8.count + 8)
+        PGEncode.query(sql, into: &out)
+        channel.writeAndFlush(out, promise: nil)
+    }
+
+    /// SQL that takes a backend from one set of session parameters to another, or nil when
+    /// nothing differs. Values go through set_config so list-valued settings parse as they do
+    /// in a startup packet; names and values are quoted, never spliced raw.
+    static func parameterSyncSQL(from current: [String: String], to desired: [String: String]) -> String? {
+        var calls: [String] = []
+        for (name, value) in desired.sorted(by: { $0.key < $1.key }) where current[name] != value {
+            calls.append("pg_catalog.set_config(\(quoteLiteral(name)), \(quoteLiteral(value)), false)")
+        }
+        var resets: [String] = []
+        for name in current.keys.sorted() where desired[name] == nil {
+            resets.append("RESET \(quoteIdentifier(name))")
+        }
+        if calls.isEmpty && resets.isEmpty { return nil }
+        var statements: [String] = []
+        if !calls.isEmpty { statements.append("SELECT " + calls.joined(separator: ", ")) }
+        statements.append(contentsOf: resets)
+        return statements.joined(separator: "; ")
+    }
+
+    static func quoteLiteral(_ value: String) -> String {
+        var out = "E'"
+        for character in value.unicodeScalars {
+            switch character {
+            case "'": out += "''"
+            case "\\": out += "\\\\"
+            default: out.unicodeScalars.append(character)
+            }
+        }
+        return out + "'"
+    }
+
+    static func quoteIdentifier(_ name: String) -> String {
+        "\"" + name.replacingAll("\"", with: "\"\"") + "\""
+    }
+
+    /// Writes client bytes to the database (any thread; flushes at `flush()`).
+    func write(_ bytes: ByteBuffer) {
+        channel?.write(bytes, promise: nil)
+    }
+
+    func flush() {
+        channel?.flush()
+    }
+
+    /// The owner is done with the backend: back to the pool if `reusable`, else closed.
+    func release(reusable: Bool) {
+        eventLoop.execute {
+            switch self.phase {
+            case .leased, .preparing:
+                if reusable {
+                    self.phase = .idle
+                    self.pool?.release(self, reusable: true)
+                } else {
+                    self.phase = .closed
+                    self.pool?.release(self, reusable: false)
+                    self.channel?.close(promise: nil)
+                }
+            case .connecting, .authenticating, .startingUp, .setup, .idle, .resetting, .closed:
+                break
+            }
+        }
+    }
+
+    /// The client left inside a transaction: roll it back, then return the backend to the pool
+    /// (or close it if that fails).
+    func rollbackAndRelease() {
+        eventLoop.execute {
+            guard case .leased = self.phase, let channel = self.channel else { return }
+            self.phase = .resetting
+            var out = channel.allocator.buffer(capacity: 16)
+            PGEncode.query("ROLLBACK", into: &out)
+            channel.writeAndFlush(out, promise: nil)
+        }
+    }
+
+    /// Cancels whatever the database is running for this connection, then closes it: the only
+    /// safe end for a backend whose client vanished mid-statement.
+    func cancelAndClose() {
+        sendCancelRequest()
+        release(reusable: false)
+    }
+
+    /// Sends a CancelRequest for this backend over a new connection to the database.
+    func sendCancelRequest() {
+        let processID = backendProcessID
+        let secretKey = backendSecretKey
+        guard processID != 0 else { return }
+        ClientBootstrap(group: eventLoop)
+            .connectTimeout(.seconds(5))
+            .connect(to: address)
+            .whenSuccess { channel in
+                var buffer = channel.allocator.buffer(capacity: 16)
+                PGEncode.cancelRequest(processID: processID, secretKey: secretKey, into: &buffer)
+                channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
+            }
+    }
+
+    /// Closes the connection politely (Terminate, then close).
+    func close() {
+        eventLoop.execute {
+            guard let channel = self.channel else { return }
+            if case .closed = self.phase {} else { self.phase = .closed }
+            var out = channel.allocator.buffer(capacity: 5)
+            PGEncode.terminate(into: &out)
+            channel.writeAndFlush(out).whenComplete { _ in channel.close(promise: nil) }
+        }
+    }
+}
+
+extension BackendConnection.Phase {
+    /// Non-nil while the proxy itself reads the database's messages (not forwarding them).
+    var acceptsOwnMessages: Void? {
+        switch self {
+        case .leased, .closed: return nil
+        case .connecting, .authenticating, .startingUp, .setup, .idle, .preparing, .resetting: return ()
+        }
+    }
+}
+
+extension String {
+    func replacingAll(_ target: Character, with replacement: String) -> String {
+        var out = ""
+        out.reserveCapacity(utf8.count)
+        for character in self {
+            if character == target { out += replacement } else { out.append(character) }
+        }
+        return out
+    }
+}

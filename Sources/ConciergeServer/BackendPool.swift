@@ -1,0 +1,205 @@
+import ConnectionPool
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// Why a client did not get a backend.
+enum BackendPoolError: Error, Sendable {
+    case timeout
+    case shuttingDown
+    case connectionFailed(BackendError)
+}
+
+/// The NIO side of one proxy's pool: runs `PoolStateMachine` behind a lock and carries out its
+/// actions (open, lease, fail, close, timers). It is touched once per transaction (borrow and
+/// release), never per message.
+final class BackendPool: @unchecked Sendable {
+    typealias Completion = @Sendable (Result<BackendConnection, BackendPoolError>) -> Void
+    typealias Factory = @Sendable (ConnectionID, PoolKey, any EventLoop, BackendPool) -> EventLoopFuture<BackendConnection>
+
+    private struct Waiter {
+        var eventLoop: any EventLoop
+        var completion: Completion
+    }
+
+    private let lock = NIOLock()
+    private var machine: PoolStateMachine
+    private var waiters: [RequestID: Waiter] = [:]
+    private var connections: [ConnectionID: BackendConnection] = [:]
+    private var nextRequest: UInt64 = 0
+    private var timer: Scheduled<Void>?
+    private var timerDeadline: PoolInstant?
+    private var drainedPromise: EventLoopPromise<Void>?
+
+    private let eventLoops: [any EventLoop]
+    private let factory: Factory
+
+    init(limits: PoolLimits, eventLoops: [any EventLoop], factory: @escaping Factory) {
+        self.machine = PoolStateMachine(limits: limits)
+        self.eventLoops = eventLoops
+        self.factory = factory
+    }
+
+    static var now: PoolInstant { PoolInstant(nanoseconds: NIODeadline.now().uptimeNanoseconds) }
+
+    var limits: PoolLimits { lock.withLock { machine.limits } }
+    var stats: PoolStats { lock.withLock { machine.stats } }
+
+    private func loopIndex(of eventLoop: any EventLoop) -> Int {
+        eventLoops.firstIndex { $0 === eventLoop } ?? 0
+    }
+
+    /// Asks for a backend for `key`; `completion` runs on `eventLoop` exactly once (unless the
+    /// request is cancelled first).
+    func borrow(key: PoolKey, eventLoop: any EventLoop, completion: @escaping Completion) -> RequestID {
+        let actions: PoolActions
+        let request: RequestID
+        lock.lock()
+        nextRequest &+= 1
+        request = RequestID(clientID: nextRequest)
+        waiters[request] = Waiter(eventLoop: eventLoop, completion: completion)
+        actions = machine.borrow(request: request, key: key, eventLoopIndex: loopIndex(of: eventLoop), now: Self.now)
+        lock.unlock()
+        run(actions)
+        return request
+    }
+
+    /// The client went away while waiting.
+    func cancel(_ request: RequestID) {
+        let actions = lock.withLock { () -> PoolActions in
+            waiters[request] = nil
+            return machine.cancel(request: request, now: Self.now)
+        }
+        run(actions)
+    }
+
+    /// A leased connection comes back: clean (`reusable`) or to be closed.
+    func release(_ connection: BackendConnection, reusable: Bool) {
+        let actions = lock.withLock { machine.release(connection.id, reusable: reusable, now: Self.now) }
+        run(actions)
+    }
+
+    /// A lease arrived for a client that had already gone: the backend never left the idle
+    /// state, so it goes straight back.
+    func returnUnused(_ connection: BackendConnection) {
+        release(connection, reusable: true)
+    }
+
+    /// The database or the network closed a connection.
+    func connectionClosed(_ connection: BackendConnection) {
+        let actions = lock.withLock { () -> PoolActions in
+            connections[connection.id] = nil
+            return machine.connectionClosed(connection.id, now: Self.now)
+        }
+        run(actions)
+    }
+
+    func updateLimits(_ limits: PoolLimits) {
+        let actions = lock.withLock { machine.updateLimits(limits, now: Self.now) }
+        run(actions)
+    }
+
+    /// Fails waiters, closes idle backends now and leased ones as they come back; the future
+    /// completes when every backend is closed.
+    func shutdown(on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+        let promise = eventLoop.makePromise(of: Void.self)
+        let actions = lock.withLock { () -> PoolActions in
+            drainedPromise = promise
+            return machine.shutdown()
+        }
+        run(actions)
+        return promise.futureResult
+    }
+
+    /// Closes every connection still open (after the drain deadline).
+    func closeAll() {
+        let all = lock.withLock { Array(connections.values) }
+        for connection in all { connection.close() }
+    }
+
+    // MARK: Running actions
+
+    private func run(_ actions: PoolActions) {
+        for action in actions {
+            switch action {
+            case .createConnection(let id, let key, let loopIndex):
+                let eventLoop = eventLoops[loopIndex % eventLoops.count]
+                factory(id, key, eventLoop, self).whenComplete { result in
+                    switch result {
+                    case .success(let connection):
+                        let actions = self.lock.withLock { () -> PoolActions in
+                            self.connections[id] = connection
+                            return self.machine.connectionEstablished(id, now: Self.now)
+                        }
+                        self.run(actions)
+                    case .failure(let error):
+                        let backendError = (error as? BackendError) ?? .connection("\(error)")
+                        let failure: ConnectionFailure
+                        switch backendError {
+                        case .server(let fields): failure = ConnectionFailure(code: fields.code, message: fields.message)
+                        case .connection(let message), .protocolViolation(let message):
+                            failure = ConnectionFailure(message: message)
+                        }
+                        let actions = self.lock.withLock {
+                            self.machine.connectionFailed(id, error: failure, now: Self.now)
+                        }
+                        self.run(actions)
+                    }
+                }
+            case .lease(let id, let request):
+                let (waiter, connection) = lock.withLock { (waiters.removeValue(forKey: request), connections[id]) }
+                guard let connection else { continue }
+                guard let waiter else {
+                    release(connection, reusable: true)
+                    continue
+                }
+                waiter.eventLoop.execute { waiter.completion(.success(connection)) }
+            case .failRequest(let request, let error):
+                guard let waiter = lock.withLock({ waiters.removeValue(forKey: request) }) else { continue }
+                let result: BackendPoolError
+                switch error {
+                case .timeout: result = .timeout
+                case .shuttingDown, .cancelled: result = .shuttingDown
+                case .connectionFailed(let failure):
+                    if let code = failure.code {
+                        result = .connectionFailed(.server(.error(code: code, message: failure.message)))
+                    } else {
+                        result = .connectionFailed(.connection(failure.message))
+                    }
+                }
+                waiter.eventLoop.execute { waiter.completion(.failure(result)) }
+            case .closeConnection(let id):
+                if let connection = lock.withLock({ connections.removeValue(forKey: id) }) {
+                    connection.close()
+                }
+            case .scheduleTimer(let at):
+                schedule(at: at)
+            case .shutdownComplete:
+                let promise = lock.withLock { () -> EventLoopPromise<Void>? in
+                    defer { drainedPromise = nil }
+                    return drainedPromise
+                }
+                promise?.succeed(())
+            }
+        }
+    }
+
+    private func schedule(at instant: PoolInstant) {
+        lock.lock()
+        if let armed = timerDeadline, armed <= instant {
+            lock.unlock()
+            return
+        }
+        timer?.cancel()
+        timerDeadline = instant
+        let deadline = NIODeadline.uptimeNanoseconds(instant.nanoseconds)
+        timer = eventLoops[0].scheduleTask(deadline: deadline) { [self] in
+            let actions = self.lock.withLock { () -> PoolActions in
+                self.timerDeadline = nil
+                self.timer = nil
+                return self.machine.tick(now: Self.now)
+            }
+            self.run(actions)
+        }
+        lock.unlock()
+    }
+}

@@ -1,0 +1,63 @@
+import PostgresWire
+
+/// Every error the proxy itself (not the database) shows a client, with its SQLSTATE and wording.
+///
+/// Wording follows the reference documents (RDS Proxy's messages) where they define one, and
+/// PostgreSQL's own messages otherwise, so drivers and humans recognise them.
+enum ClientErrors {
+    /// Wrong password or unknown user: PostgreSQL's exact message, with no hint of which it was.
+    static func authenticationFailed(user: String) -> PGErrorFields {
+        .fatal(code: "28P01", message: "password authentication failed for user \"\(user)\"")
+    }
+
+    static let borrowTimeout = PGErrorFields.error(
+        code: "53300", message: "Timed-out waiting to acquire database connection")
+
+    static let tooManyClients = PGErrorFields.fatal(
+        code: "53300", message: "The maximum number of client connections to the proxy exceeded")
+
+    static let idleTimeout = PGErrorFields.fatal(
+        code: "57P05", message: "terminating connection due to idle-session timeout")
+
+    static let shuttingDown = PGErrorFields.fatal(
+        code: "57P01", message: "terminating connection due to administrator command")
+
+    static let noUser = PGErrorFields.fatal(
+        code: "28000", message: "no PostgreSQL user name specified in startup packet")
+
+    static let replicationUnsupported = PGErrorFields.fatal(
+        code: "0A000", message: "replication connections are not supported by the proxy")
+
+    static func unsupportedProtocol(_ version: UInt32) -> PGErrorFields {
+        .fatal(
+            code: "0A000",
+            message: "unsupported frontend protocol \(version >> 16).\(version & 0xFFFF): server supports 3.0 to 3.0")
+    }
+
+    static func protocolViolation(_ message: String) -> PGErrorFields {
+        .fatal(code: "08P01", message: message)
+    }
+
+    static func unsupportedStartupOption(_ option: String) -> PGErrorFields {
+        .fatal(code: "08P01", message: "unsupported startup option: \(option)")
+    }
+
+    static let backendLost = PGErrorFields.fatal(
+        code: "08006",
+        message: "the database connection serving this session was lost; the open transaction was rolled back")
+
+    static func backendUnavailable(_ reason: String) -> PGErrorFields {
+        .error(code: "08006", message: "could not connect to the database: \(reason)")
+    }
+
+    static let internalError = PGErrorFields.fatal(code: "XX000", message: "internal proxy error")
+}
+
+extension PGErrorFields {
+    /// The fields of an ErrorResponse the database sent, for relaying to a client.
+    init(diagnostics: PGDiagnosticFields) {
+        self.init(
+            severity: diagnostics.severity ?? "ERROR", code: diagnostics.code ?? "XX000",
+            message: diagnostics.message ?? "unknown error", detail: diagnostics.detail, hint: diagnostics.hint)
+    }
+}

@@ -1,0 +1,768 @@
+import ConciergeConfig
+import ConnectionPool
+import Logging
+import NIOCore
+import PostgresWire
+import SQLClassifier
+
+/// One client connection: startup, authentication, then transaction-level multiplexing.
+///
+/// "What happens when a client sends Query" lives here: the session reads the client's messages,
+/// classifies the few it must (Query and Parse text, for pinning), borrows a backend on the first
+/// message of a transaction, forwards the original bytes, and returns the backend at the
+/// ReadyForQuery that ends the transaction. All state is confined to the client's event loop.
+final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = Never
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private enum State {
+        /// Waiting for the startup packet (possibly after answering SSLRequest/GSSENCRequest).
+        case awaitingStartup
+        case authenticatingSCRAM(SCRAMServerSession, step: Int)
+        case authenticatingMD5(salt: [UInt8])
+        /// Authenticated; fetching the parameters PostgreSQL would report for this user/database.
+        case loggingIn
+        /// Logged in: the data path.
+        case ready
+        case closed
+    }
+
+    let eventLoop: any EventLoop
+    let processID: Int32
+    let secretKey: Int32
+    private let runtime: ProxyRuntime
+    private var logger: Logger
+    private var context: ChannelHandlerContext?
+    private var state: State = .awaitingStartup
+    private var cumulation: ByteBuffer?
+
+    // Login
+    private var user = ""
+    private var database = ""
+    private var userEntry: UserDirectory.Entry?
+    /// Session parameters the client asked for in its startup packet (lowercased name → value),
+    /// applied to whichever backend serves it.
+    private var desiredParameters: [String: String] = [:]
+    /// The same, with the names as the client wrote them (for ParameterStatus).
+    private var startupParameterNames: [String: String] = [:]
+    private var poolKey = PoolKey(user: "", database: "")
+
+    // Data path
+    private var backend: BackendConnection?
+    private var backendReady = false
+    private var waitingRequest: RequestID?
+    /// Client messages that arrived while no backend was ready, in order.
+    private var held: [ByteBuffer] = []
+    private var heldSyncPoints = 0
+    private var readPending = false
+    /// Sync points (Query, Sync, FunctionCall) sent to the backend and not yet answered by a
+    /// ReadyForQuery.
+    private var outstandingSyncs = 0
+    /// Extended-protocol messages sent since the last Sync: the backend holds their state.
+    private var pendingUnsynced = false
+    /// After a failed borrow, PostgreSQL semantics: discard extended messages until Sync.
+    private var discardUntilSync = false
+    private var transactionStatus = PGTransactionStatus.idle
+    private var needsFlushToBackend = false
+    private(set) var pinReasons: PinReasons = []
+    private var draining = false
+
+    // Idle timeout
+    private var lastActivity = NIODeadline.now()
+    private var idleTimer: Scheduled<Void>?
+
+    init(runtime: ProxyRuntime, eventLoop: any EventLoop, processID: Int32, secretKey: Int32, logger: Logger) {
+        self.runtime = runtime
+        self.eventLoop = eventLoop
+        self.processID = processID
+        self.secretKey = secretKey
+        self.logger = logger
+        self.logger[metadataKey: "concierge.client_id"] = "\(processID)"
+    }
+
+    // MARK: Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        teardown()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        logger.debug("client connection error", metadata: ["concierge.error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if shouldHoldReads {
+            readPending = true
+        } else {
+            context.read()
+        }
+    }
+
+    private var shouldHoldReads: Bool {
+        switch state {
+        case .loggingIn: return true
+        case .ready: return !held.isEmpty
+        case .awaitingStartup, .authenticatingSCRAM, .authenticatingMD5, .closed: return false
+        }
+    }
+
+    private func resumeReadsIfNeeded() {
+        guard readPending, !shouldHoldReads, let context else { return }
+        readPending = false
+        context.read()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = unwrapInboundIn(data)
+        if var pending = cumulation {
+            cumulation = nil
+            pending.writeBuffer(&incoming)
+            incoming = pending
+        }
+        lastActivity = .now()
+        do {
+            try process(&incoming, context: context)
+        } catch let error as PGWireError {
+            fail(with: ClientErrors.protocolViolation(Self.describe(error)))
+            return
+        } catch {
+            fail(with: ClientErrors.protocolViolation("invalid message: \(error)"))
+            return
+        }
+        if incoming.readableBytes > 0, case .closed = state {} else if incoming.readableBytes > 0 {
+            incoming.discardReadBytes()
+            cumulation = incoming
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if needsFlushToBackend {
+            needsFlushToBackend = false
+            backend?.flush()
+        }
+        context.fireChannelReadComplete()
+    }
+
+    private static func describe(_ error: PGWireError) -> String {
+        switch error {
+        case .invalidMessageLength(let length): return "invalid message length \(length)"
+        case .messageTooLarge(let length, let limit):
+            return "message of \(length) bytes exceeds the proxy's limit of \(limit) bytes"
+        default: return "invalid message: \(error)"
+        }
+    }
+
+    // MARK: Incoming bytes by state
+
+    private func process(_ buffer: inout ByteBuffer, context: ChannelHandlerContext) throws {
+        while true {
+            switch state {
+            case .closed:
+                buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
+                return
+            case .awaitingStartup:
+                guard let packet = try PGFraming.nextStartupPacket(from: &buffer) else { return }
+                handleStartupPacket(packet, trailingBytes: buffer.readableBytes, context: context)
+            case .authenticatingSCRAM, .authenticatingMD5:
+                guard let frame = try PGFraming.nextFrame(from: &buffer, maxMessageSize: 65_536) else { return }
+                try handleAuthenticationMessage(frame, context: context)
+            case .loggingIn:
+                // The client must wait for ReadyForQuery; keep what it sent for later.
+                guard let frame = try PGFraming.nextFrame(from: &buffer, maxMessageSize: runtime.maxMessageSize) else { return }
+                try handleDataMessage(frame)
+            case .ready:
+                guard let frame = try PGFraming.nextFrame(from: &buffer, maxMessageSize: runtime.maxMessageSize) else { return }
+                try handleDataMessage(frame)
+            }
+        }
+    }
+
+    private func handleStartupPacket(_ packet: StartupPacket, trailingBytes: Int, context: ChannelHandlerContext) {
+        switch packet {
+        case .sslRequest, .gssEncRequest:
+            // A client must wait for our answer before sending more: bytes already here would be
+            // read as if they came through an encrypted channel (the CVE-2021-23214 class).
+            guard trailingBytes == 0 else {
+                fail(with: ClientErrors.protocolViolation("received unencrypted data after SSL request"))
+                return
+            }
+            var out = context.channel.allocator.buffer(capacity: 1)
+            out.writeInteger(UInt8(ascii: "N"))
+            context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        case .cancel(let processID, let secretKey):
+            runtime.cancel(processID: processID, secretKey: secretKey)
+            state = .closed
+            context.close(promise: nil)
+        case .startup(let version, let parameters):
+            handleStartup(version: version, parameters: parameters, context: context)
+        }
+    }
+
+    private func handleStartup(version: UInt32, parameters: [StartupParameter], context: ChannelHandlerContext) {
+        guard version >> 16 == 3 else {
+            fail(with: ClientErrors.unsupportedProtocol(version))
+            return
+        }
+        var unsupportedOptions: [String] = []
+        for parameter in parameters {
+            switch parameter.name {
+            case "user": user = parameter.value
+            case "database": database = parameter.value
+            case "replication":
+                if !["false", "off", "no", "0"].contains(parameter.value.lowercased()) {
+                    fail(with: ClientErrors.replicationUnsupported)
+                    return
+                }
+            case "options":
+                do {
+                    for (name, value) in try Self.parseOptions(parameter.value) {
+                        desiredParameters[name.lowercased()] = value
+                        startupParameterNames[name.lowercased()] = name
+                    }
+                } catch {
+                    fail(with: ClientErrors.unsupportedStartupOption(parameter.value))
+                    return
+                }
+            default:
+                if parameter.name.hasPrefix("_pq_.") {
+                    unsupportedOptions.append(parameter.name)
+                } else {
+                    desiredParameters[parameter.name.lowercased()] = parameter.value
+                    startupParameterNames[parameter.name.lowercased()] = parameter.name
+                }
+            }
+        }
+        guard !user.isEmpty else {
+            fail(with: ClientErrors.noUser)
+            return
+        }
+        if database.isEmpty { database = user }
+        poolKey = PoolKey(user: user, database: database)
+        logger[metadataKey: "concierge.user"] = "\(user)"
+        logger[metadataKey: "concierge.database"] = "\(database)"
+
+        if runtime.clientLimitExceeded {
+            fail(with: ClientErrors.tooManyClients)
+            return
+        }
+        var out = context.channel.allocator.buffer(capacity: 64)
+        if version & 0xFFFF > 0 || !unsupportedOptions.isEmpty {
+            PGEncode.negotiateProtocolVersion(newestMinorVersion: 0, unsupportedOptions: unsupportedOptions, into: &out)
+        }
+        userEntry = runtime.users.entry(for: user)
+        if let entry = userEntry, entry.authType == .postgresMD5 {
+            let salt = (0..<4).map { _ in UInt8.random(in: .min ... .max) }
+            PGEncode.authenticationMD5Password(salt: salt, into: &out)
+            state = .authenticatingMD5(salt: salt)
+        } else {
+            let verifier = userEntry?.scram ?? runtime.users.mockVerifier(for: user)
+            PGEncode.authenticationSASL(mechanisms: ["SCRAM-SHA-256"], into: &out)
+            state = .authenticatingSCRAM(SCRAMServerSession(verifier: verifier), step: 1)
+        }
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+    }
+
+    /// Parses the `options` startup parameter (`-c name=value` and `--name=value`, space
+    /// separated, backslash escapes a space) into settings.
+    static func parseOptions(_ options: String) throws -> [(String, String)] {
+        var words: [String] = []
+        var current = ""
+        var escaped = false
+        for character in options {
+            if escaped {
+                current.append(character)
+                escaped = false
+            } else if character == "\\" {
+                escaped = true
+            } else if character == " " || character == "\t" {
+                if !current.isEmpty { words.append(current) }
+                current = ""
+            } else {
+                current.append(character)
+            }
+        }
+        if !current.isEmpty { words.append(current) }
+        var settings: [(String, String)] = []
+        var index = 0
+        func setting(_ word: Substring) throws -> (String, String) {
+            guard let equals = word.firstIndex(of: "="), equals != word.startIndex else {
+                throw PGWireError.invalidStartupPacket("bad option")
+            }
+            let name = String(word[..<equals]).replacingAll("-", with: "_")
+            return (String(name), String(word[word.index(after: equals)...]))
+        }
+        while index < words.count {
+            let word = words[index]
+            if word == "-c" {
+                guard index + 1 < words.count else { throw PGWireError.invalidStartupPacket("bad option") }
+                settings.append(try setting(Substring(words[index + 1])))
+                index += 2
+            } else if word.hasPrefix("-c") {
+                settings.append(try setting(word.dropFirst(2)))
+                index += 1
+            } else if word.hasPrefix("--") {
+                settings.append(try setting(word.dropFirst(2)))
+                index += 1
+            } else {
+                throw PGWireError.invalidStartupPacket("bad option")
+            }
+        }
+        return settings
+    }
+
+    private func handleAuthenticationMessage(_ frame: PGFrame, context: ChannelHandlerContext) throws {
+        guard frame.type == PGMessageType.Frontend.password else {
+            fail(with: ClientErrors.protocolViolation("expected password response, got message type \(frame.type)"))
+            return
+        }
+        var out = context.channel.allocator.buffer(capacity: 128)
+        switch state {
+        case .authenticatingMD5(let salt):
+            let response = try PGParse.passwordMessage(frame.body)
+            guard let entry = userEntry, PGMD5.verify(clientResponse: response, storedHash: entry.md5StoredHash, salt: salt)
+            else {
+                authenticationFailed()
+                return
+            }
+        case .authenticatingSCRAM(var session, let step):
+            do {
+                if step == 1 {
+                    let initial = try PGParse.saslInitialResponse(frame.body)
+                    guard initial.mechanism == "SCRAM-SHA-256" else {
+                        fail(with: ClientErrors.protocolViolation("client selected an invalid SASL authentication mechanism"))
+                        return
+                    }
+                    guard let data = initial.data else {
+                        fail(with: ClientErrors.protocolViolation("malformed SCRAM message (empty message)"))
+                        return
+                    }
+                    let serverFirst = try session.receiveClientFirst(data)
+                    state = .authenticatingSCRAM(session, step: 2)
+                    PGEncode.authenticationSASLContinue(data: serverFirst, into: &out)
+                    context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+                    return
+                }
+                let response = PGParse.saslResponse(frame.body)
+                let serverFinal = try session.receiveClientFinal(response)
+                guard userEntry != nil else {
+                    authenticationFailed()
+                    return
+                }
+                PGEncode.authenticationSASLFinal(data: serverFinal, into: &out)
+            } catch SCRAMError.authenticationFailed {
+                authenticationFailed()
+                return
+            } catch is SCRAMError {
+                fail(with: ClientErrors.protocolViolation("malformed SCRAM message"))
+                return
+            }
+        case .awaitingStartup, .loggingIn, .ready, .closed:
+            return
+        }
+        PGEncode.authenticationOk(into: &out)
+        context.write(wrapOutboundOut(out), promise: nil)
+        beginLogin()
+    }
+
+    private func authenticationFailed() {
+        logger.info("client authentication failed")
+        fail(with: ClientErrors.authenticationFailed(user: user))
+    }
+
+    // MARK: Login
+
+    private func beginLogin() {
+        state = .loggingIn
+        if let template = runtime.parameterTemplate(for: poolKey) {
+            completeLogin(template: template)
+            return
+        }
+        // First client of this user/database: a backend tells us what PostgreSQL reports (and
+        // whether the database exists at all). It is returned right away.
+        borrowBackend()
+    }
+
+    private func completeLogin(template: [StartupParameter]) {
+        guard let context else { return }
+        var out = context.channel.allocator.buffer(capacity: 512)
+        for parameter in template {
+            var value = parameter.value
+            if let requested = desiredParameters[parameter.name.lowercased()] {
+                value = Self.canonical(parameter: parameter.name, value: requested)
+            }
+            PGEncode.parameterStatus(name: parameter.name, value: value, into: &out)
+        }
+        PGEncode.backendKeyData(processID: processID, secretKey: secretKey, into: &out)
+        PGEncode.readyForQuery(.idle, into: &out)
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        state = .ready
+        logger.debug("client logged in")
+        scheduleIdleCheck()
+        // Messages the client pipelined during login are served now.
+        if !held.isEmpty, backend == nil, waitingRequest == nil {
+            borrowBackend()
+        }
+        resumeReadsIfNeeded()
+    }
+
+    /// The spelling PostgreSQL reports for a few settings clients commonly write loosely.
+    static func canonical(parameter: String, value: String) -> String {
+        switch parameter.lowercased() {
+        case "client_encoding":
+            let compact = value.uppercased().replacingAll("-", with: "")
+            return compact == "UNICODE" ? "UTF8" : compact
+        default:
+            return value
+        }
+    }
+
+    // MARK: Data path
+
+    private func handleDataMessage(_ frame: PGFrame) throws {
+        let type = frame.type
+        if discardUntilSync {
+            if type == PGMessageType.Frontend.sync {
+                discardUntilSync = false
+                replyReadyLocally()
+            } else if type == PGMessageType.Frontend.terminate {
+                closeGracefully()
+            }
+            return
+        }
+        switch type {
+        case PGMessageType.Frontend.query:
+            classify(try PGParse.query(frame.body))
+        case PGMessageType.Frontend.parse:
+            pendingUnsynced = true
+            let parse = try PGParse.parseMessage(frame.body)
+            if !parse.statementName.isEmpty {
+                pin(.protocolPreparedStatement, statement: parse.query)
+            }
+            classify(parse.query)
+        case PGMessageType.Frontend.sync:
+            pendingUnsynced = false
+        case PGMessageType.Frontend.functionCall:
+            break
+        case PGMessageType.Frontend.bind, PGMessageType.Frontend.execute, PGMessageType.Frontend.describe,
+            PGMessageType.Frontend.close, PGMessageType.Frontend.flush:
+            pendingUnsynced = true
+        case PGMessageType.Frontend.copyData, PGMessageType.Frontend.copyDone, PGMessageType.Frontend.copyFail:
+            break
+        case PGMessageType.Frontend.terminate:
+            closeGracefully()
+            return
+        default:
+            fail(with: ClientErrors.protocolViolation("invalid frontend message type \(type)"))
+            return
+        }
+        route(frame.bytes, isSyncPoint: Self.isSyncPoint(type))
+    }
+
+    private static func isSyncPoint(_ type: UInt8) -> Bool {
+        type == PGMessageType.Frontend.query || type == PGMessageType.Frontend.sync
+            || type == PGMessageType.Frontend.functionCall
+    }
+
+    private func route(_ bytes: ByteBuffer, isSyncPoint: Bool) {
+        if let backend, backendReady {
+            if isSyncPoint { outstandingSyncs += 1 }
+            backend.write(bytes)
+            needsFlushToBackend = true
+            return
+        }
+        held.append(bytes)
+        if isSyncPoint { heldSyncPoints += 1 }
+        if case .ready = state, backend == nil, waitingRequest == nil {
+            borrowBackend()
+        }
+    }
+
+    private func classify(_ text: String) {
+        let classification = SQLClassifier.classify(text, options: runtime.classifierOptions)
+        if !classification.pinReasons.isEmpty {
+            pin(classification.pinReasons, statement: text)
+        }
+    }
+
+    private func pin(_ reasons: PinReasons, statement: String) {
+        let new = reasons.subtracting(pinReasons)
+        guard !new.isEmpty else { return }
+        let first = pinReasons.isEmpty
+        pinReasons.formUnion(new)
+        var metadata: Logger.Metadata = ["concierge.pin_reason": "\(new.names.joined(separator: ","))"]
+        if runtime.debugLogging { metadata["concierge.statement"] = "\(statement)" }
+        logger.info(first ? "session pinned" : "session pin reason added", metadata: metadata)
+    }
+
+    private func borrowBackend() {
+        let started = NIODeadline.now()
+        waitingRequest = runtime.pool.borrow(key: poolKey, eventLoop: eventLoop) { [self] result in
+            self.borrowCompleted(result, started: started)
+        }
+    }
+
+    /// Called on our loop with the pool's answer.
+    private func borrowCompleted(_ result: Result<BackendConnection, BackendPoolError>, started: NIODeadline) {
+        waitingRequest = nil
+        switch result {
+        case .success(let connection):
+            guard !isClosed else {
+                runtime.pool.returnUnused(connection)
+                return
+            }
+            logger.trace("backend borrowed", metadata: [
+                "concierge.backend": "\(connection.id)",
+                "concierge.borrow_ms": "\((NIODeadline.now() - started).nanoseconds / 1_000_000)",
+            ])
+            backend = connection
+            backendReady = false
+            connection.lease(to: self, parameters: desiredParameters)
+        case .failure(let error):
+            guard !isClosed else { return }
+            borrowFailed(error)
+        }
+    }
+
+    private var isClosed: Bool {
+        if case .closed = state { return true }
+        return false
+    }
+
+    private func borrowFailed(_ error: BackendPoolError) {
+        let fields: PGErrorFields
+        switch error {
+        case .timeout:
+            fields = ClientErrors.borrowTimeout
+        case .shuttingDown:
+            fields = ClientErrors.shuttingDown
+        case .connectionFailed(.server(let serverFields)):
+            fields = serverFields
+        case .connectionFailed(let backendError):
+            fields = ClientErrors.backendUnavailable("\(backendError)")
+        }
+        logger.info("could not borrow a database connection", metadata: ["concierge.reason": "\(fields.message)"])
+        if case .loggingIn = state {
+            fail(with: PGErrorFields(severity: "FATAL", code: fields.code, message: fields.message, detail: fields.detail, hint: fields.hint))
+            return
+        }
+        if fields.severity == "FATAL" && fields.code == ClientErrors.shuttingDown.code {
+            fail(with: fields)
+            return
+        }
+        // PostgreSQL's own semantics for a failed statement: an ErrorResponse, then a
+        // ReadyForQuery for each sync point; extended messages after the last sync point are
+        // discarded until the client's next Sync. The connection stays usable.
+        guard let context else { return }
+        var out = context.channel.allocator.buffer(capacity: 128)
+        let errorFields = PGErrorFields(severity: "ERROR", code: fields.code, message: fields.message, detail: fields.detail, hint: fields.hint)
+        for _ in 0..<heldSyncPoints {
+            PGEncode.errorResponse(errorFields, into: &out)
+            PGEncode.readyForQuery(.idle, into: &out)
+        }
+        if pendingUnsynced {
+            if heldSyncPoints == 0 { PGEncode.errorResponse(errorFields, into: &out) }
+            discardUntilSync = true
+            pendingUnsynced = false
+        }
+        held.removeAll(keepingCapacity: true)
+        heldSyncPoints = 0
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        resumeReadsIfNeeded()
+    }
+
+    private func replyReadyLocally() {
+        guard let context else { return }
+        var out = context.channel.allocator.buffer(capacity: 6)
+        PGEncode.readyForQuery(.idle, into: &out)
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+    }
+
+    // MARK: BackendOwner
+
+    func backendDidPrepare(_ result: Result<Void, BackendError>) {
+        guard let backend else { return }
+        switch result {
+        case .success:
+            if case .loggingIn = state {
+                // The login probe: learn the parameters, give the backend back, finish login.
+                backendReady = true
+                let template = runtime.parameterTemplate(for: poolKey) ?? []
+                if held.isEmpty {
+                    releaseBackend()
+                    completeLogin(template: template)
+                } else {
+                    completeLogin(template: template)
+                    sendHeld(to: backend)
+                }
+                return
+            }
+            backendReady = true
+            sendHeld(to: backend)
+        case .failure(let error):
+            self.backend = nil
+            backendReady = false
+            switch error {
+            case .server(let fields):
+                fail(with: PGErrorFields(severity: "FATAL", code: fields.code, message: fields.message, detail: fields.detail, hint: fields.hint))
+            case .connection, .protocolViolation:
+                fail(with: ClientErrors.backendLost)
+            }
+        }
+    }
+
+    private func sendHeld(to backend: BackendConnection) {
+        guard !held.isEmpty else { return }
+        outstandingSyncs += heldSyncPoints
+        heldSyncPoints = 0
+        for bytes in held { backend.write(bytes) }
+        held.removeAll(keepingCapacity: true)
+        backend.flush()
+        resumeReadsIfNeeded()
+    }
+
+    func backendDidRead(_ bytes: ByteBuffer, readyForQueryCount: Int, lastStatus: PGTransactionStatus) {
+        guard let context, backend != nil else { return }
+        context.write(wrapOutboundOut(bytes), promise: nil)
+        guard readyForQueryCount > 0 else { return }
+        outstandingSyncs = max(0, outstandingSyncs - readyForQueryCount)
+        transactionStatus = lastStatus
+        if outstandingSyncs == 0, !pendingUnsynced, lastStatus == .idle, pinReasons.isEmpty,
+            held.isEmpty
+        {
+            releaseBackend()
+        }
+    }
+
+    func backendDidReadComplete() {
+        context?.flush()
+        if draining, backend == nil, held.isEmpty, waitingRequest == nil {
+            fail(with: ClientErrors.shuttingDown)
+        }
+    }
+
+    func backendDidClose() {
+        guard backend != nil else { return }
+        backend = nil
+        backendReady = false
+        logger.warning("database connection lost while serving this client")
+        fail(with: ClientErrors.backendLost)
+    }
+
+    private func releaseBackend() {
+        guard let backend else { return }
+        self.backend = nil
+        backendReady = false
+        backend.release(reusable: true)
+        lastActivity = .now()
+    }
+
+    // MARK: Idle timeout
+
+    private func scheduleIdleCheck() {
+        let timeout = TimeAmount.seconds(Int64(runtime.idleClientTimeout))
+        idleTimer = eventLoop.scheduleTask(deadline: lastActivity + timeout) { [self] in
+            self.idleCheck()
+        }
+    }
+
+    private func idleCheck() {
+        guard case .ready = state else { return }
+        let timeout = TimeAmount.seconds(Int64(runtime.idleClientTimeout))
+        let busy = backend != nil || waitingRequest != nil || !held.isEmpty
+        if !busy, NIODeadline.now() >= lastActivity + timeout {
+            logger.info("closing idle client")
+            fail(with: ClientErrors.idleTimeout)
+            return
+        }
+        if busy { lastActivity = .now() }
+        scheduleIdleCheck()
+    }
+
+    // MARK: Control from the runtime (any thread)
+
+    /// Graceful shutdown: close now if idle, else after the current transaction.
+    func beginDrain() {
+        eventLoop.execute { [self] in
+            self.draining = true
+            switch self.state {
+            case .ready where self.backend == nil && self.held.isEmpty && self.waitingRequest == nil:
+                self.fail(with: ClientErrors.shuttingDown)
+            case .ready, .loggingIn:
+                break
+            case .awaitingStartup, .authenticatingSCRAM, .authenticatingMD5:
+                self.fail(with: ClientErrors.shuttingDown)
+            case .closed:
+                break
+            }
+        }
+    }
+
+    /// The drain deadline passed: close regardless.
+    func forceClose() {
+        eventLoop.execute { [self] in self.fail(with: ClientErrors.shuttingDown) }
+    }
+
+    /// A CancelRequest carrying this session's key: cancel what its backend is running.
+    func cancelCurrentQuery() {
+        eventLoop.execute { [self] in
+            guard let backend = self.backend, self.backendReady else { return }
+            self.logger.info("cancelling the running query at the client's request")
+            backend.sendCancelRequest()
+        }
+    }
+
+    // MARK: Closing
+
+    private func fail(with fields: PGErrorFields) {
+        guard let context, !isClosed else { return }
+        var out = context.channel.allocator.buffer(capacity: 128)
+        PGEncode.errorResponse(fields, into: &out)
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        closeGracefully()
+    }
+
+    private func closeGracefully() {
+        guard let context, !isClosed else { return }
+        teardown()
+        context.close(promise: nil)
+    }
+
+    /// Gives back or disposes of the backend so no state leaks to the next client.
+    private func teardown() {
+        guard !isClosed else { return }
+        state = .closed
+        idleTimer?.cancel()
+        idleTimer = nil
+        held.removeAll()
+        if let waitingRequest {
+            runtime.pool.cancel(waitingRequest)
+            self.waitingRequest = nil
+        }
+        if let backend {
+            self.backend = nil
+            if !backendReady || !pinReasons.isEmpty {
+                // Session state (or a half-prepared backend): never hand it to anyone else.
+                if outstandingSyncs > 0 { backend.cancelAndClose() } else { backend.release(reusable: false) }
+            } else if outstandingSyncs > 0 || pendingUnsynced {
+                backend.cancelAndClose()
+            } else if transactionStatus != .idle {
+                backend.rollbackAndRelease()
+            } else {
+                backend.release(reusable: true)
+            }
+        }
+        runtime.sessionClosed(self)
+    }
+}

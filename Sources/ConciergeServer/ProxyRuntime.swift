@@ -1,0 +1,257 @@
+import ConciergeConfig
+import ConnectionPool
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import PostgresWire
+import SQLClassifier
+import Synchronization
+
+/// One configured proxy at run time: its listeners, its users, its pool and its client sessions.
+final class ProxyRuntime: @unchecked Sendable {
+    let configuration: ProxyConfiguration
+    let users: UserDirectory
+    let logger: Logger
+    private(set) var pool: BackendPool!
+    let classifierOptions: ClassifierOptions
+    private let group: any EventLoopGroup
+    private let eventLoops: [any EventLoop]
+    private let writer: SocketAddress
+    private let credentials: [String: DatabaseCredential]
+    private let scramCache = SCRAMSaltedPasswordCache()
+
+    private let clientCount = Atomic<Int>(0)
+    private let state = NIOLockedValueBox(MutableState())
+
+    private struct MutableState {
+        var listeners: [any Channel] = []
+        var sessions: [Int32: ClientSession] = [:]
+        var templates: [PoolKey: [StartupParameter]] = [:]
+        /// The writer's `max_connections`, once read.
+        var databaseMaxConnections: Int?
+        var draining = false
+        var drainedPromise: EventLoopPromise<Void>?
+    }
+
+    var maxMessageSize: Int { configuration.maxMessageSize }
+    var idleClientTimeout: Int { configuration.idleClientTimeout }
+    var debugLogging: Bool { configuration.debugLogging }
+
+    /// True when this connection (already counted) is beyond `max_client_connections`.
+    var clientLimitExceeded: Bool { clientCount.load(ordering: .relaxed) > configuration.maxClientConnections }
+
+    init(configuration: ProxyConfiguration, credentials: [DatabaseCredential], group: any EventLoopGroup, logger: Logger) throws {
+        self.configuration = configuration
+        self.group = group
+        self.eventLoops = Array(group.makeIterator())
+        var logger = logger
+        logger[metadataKey: "concierge.proxy"] = "\(configuration.name)"
+        self.logger = logger
+        self.users = UserDirectory(credentials: credentials, auth: configuration.auth)
+        self.credentials = Dictionary(credentials.map { ($0.username, $0) }, uniquingKeysWith: { first, _ in first })
+        self.classifierOptions = ClassifierOptions(
+            excludeVariableSets: configuration.targetGroup.connectionPoolConfig.excludesVariableSets)
+        // Until writer discovery (health checks, failover) exists, the first target is the writer.
+        let target = configuration.targetGroup.targets[0].endpoint
+        self.writer = try SocketAddress.makeAddressResolvingHost(target.host, port: target.port)
+        // The cap is unknown until a backend reads max_connections: start with one connection.
+        self.pool = BackendPool(limits: Self.limits(for: configuration, maxConnections: nil), eventLoops: eventLoops) {
+            [unowned self] id, key, eventLoop, pool in
+            self.openBackend(id: id, key: key, on: eventLoop, pool: pool)
+        }
+    }
+
+    /// The pool limits for a database whose `max_connections` is `maxConnections` (nil: unknown).
+    static func limits(for configuration: ProxyConfiguration, maxConnections: Int?) -> PoolLimits {
+        let pool = configuration.targetGroup.connectionPoolConfig
+        let cap: Int
+        let idle: Int
+        if let maxConnections {
+            cap = max(1, pool.maxConnectionsPercent * maxConnections / 100)
+            idle = min(cap, pool.maxIdleConnectionsPercent * maxConnections / 100)
+        } else {
+            cap = 1
+            idle = 1
+        }
+        return PoolLimits(
+            maxConnections: cap, maxIdleConnections: idle,
+            borrowTimeout: .seconds(pool.connectionBorrowTimeout),
+            idleTimeout: .seconds(pool.backendIdleTimeout))
+    }
+
+    // MARK: Backends
+
+    private func openBackend(id: ConnectionID, key: PoolKey, on eventLoop: any EventLoop, pool: BackendPool)
+        -> EventLoopFuture<BackendConnection>
+    {
+        guard let credential = credentials[key.user] else {
+            return eventLoop.makeFailedFuture(
+                BackendError.server(ClientErrors.authenticationFailed(user: key.user)))
+        }
+        let needsMaxConnections = state.withLockedValue { $0.databaseMaxConnections == nil }
+        var backendLogger = logger
+        backendLogger[metadataKey: "concierge.backend"] = "\(id)"
+        let settings = BackendSettings(
+            address: writer, username: credential.username, password: credential.password,
+            database: key.database, initQuery: configuration.targetGroup.connectionPoolConfig.initQuery,
+            readMaxConnections: needsMaxConnections, scramCache: scramCache, logger: backendLogger)
+        return BackendConnection.connect(id: id, key: key, on: eventLoop, settings: settings, pool: pool)
+            .map { connection in
+                self.backendOpened(connection)
+                return connection
+            }
+    }
+
+    private func backendOpened(_ connection: BackendConnection) {
+        let template = connection.loginParameters
+        let newLimits: PoolLimits? = state.withLockedValue { state in
+            if state.templates[connection.key] == nil {
+                state.templates[connection.key] = template
+            }
+            if state.databaseMaxConnections == nil, let value = connection.maxConnections {
+                state.databaseMaxConnections = value
+                return Self.limits(for: configuration, maxConnections: value)
+            }
+            return nil
+        }
+        logger.debug("database connection opened", metadata: ["concierge.backend": "\(connection.id)"])
+        if let newLimits {
+            logger.info(
+                "pool sized from the database's max_connections",
+                metadata: [
+                    "concierge.max_connections": "\(newLimits.maxConnections)",
+                    "concierge.max_idle_connections": "\(newLimits.maxIdleConnections)",
+                ])
+            pool.updateLimits(newLimits)
+        }
+    }
+
+    /// ParameterStatus values PostgreSQL reports at login for this user and database, once known.
+    func parameterTemplate(for key: PoolKey) -> [StartupParameter]? {
+        state.withLockedValue { $0.templates[key] }
+    }
+
+    // MARK: Listening
+
+    /// Binds every endpoint of the proxy. Throws (having bound nothing) if any address fails.
+    func start() async throws {
+        var addresses = [configuration.listen]
+        for endpoint in configuration.endpoints { addresses.append(endpoint.listen) }
+        var bound: [any Channel] = []
+        do {
+            for address in addresses {
+                let channel = try await makeBootstrap().bind(host: address.host, port: address.port).get()
+                bound.append(channel)
+                logger.info("listening", metadata: ["concierge.listen": "\(address)"])
+            }
+        } catch {
+            for channel in bound { try? await channel.close() }
+            throw error
+        }
+        state.withLockedValue { $0.listeners = bound }
+    }
+
+    private func makeBootstrap() -> ServerBootstrap {
+        ServerBootstrap(group: group)
+            .serverChannelOption(ChannelOptions.backlog, value: 4096)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(ChannelOptions.socketOption(.so_keepalive), value: 1)
+            .childChannelOption(ChannelOptions.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { [unowned self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let session = self.makeSession(on: channel.eventLoop)
+                    try channel.pipeline.syncOperations.addHandler(session)
+                }
+            }
+    }
+
+    private func makeSession(on eventLoop: any EventLoop) -> ClientSession {
+        clientCount.add(1, ordering: .relaxed)
+        return state.withLockedValue { state in
+            var processID: Int32
+            repeat {
+                processID = Int32.random(in: 1...Int32.max)
+            } while state.sessions[processID] != nil
+            let session = ClientSession(
+                runtime: self, eventLoop: eventLoop, processID: processID,
+                secretKey: Int32.random(in: Int32.min...Int32.max), logger: logger)
+            state.sessions[processID] = session
+            if state.draining { session.beginDrain() }
+            return session
+        }
+    }
+
+    func sessionClosed(_ session: ClientSession) {
+        clientCount.subtract(1, ordering: .relaxed)
+        let promise = state.withLockedValue { state -> EventLoopPromise<Void>? in
+            state.sessions[session.processID] = nil
+            if state.draining, state.sessions.isEmpty {
+                defer { state.drainedPromise = nil }
+                return state.drainedPromise
+            }
+            return nil
+        }
+        promise?.succeed(())
+    }
+
+    /// A CancelRequest: forwarded to the backend serving the session with that key, if any.
+    /// Unknown or wrong keys cancel nothing (and say nothing, as PostgreSQL does).
+    func cancel(processID: Int32, secretKey: Int32) {
+        let session = state.withLockedValue { $0.sessions[processID] }
+        guard let session, session.secretKey == secretKey else {
+            logger.debug("ignoring a cancel request with an unknown key")
+            return
+        }
+        session.cancelCurrentQuery()
+    }
+
+    var clientConnections: Int { clientCount.load(ordering: .relaxed) }
+
+    // MARK: Shutdown
+
+    /// Stops accepting new clients.
+    func stopAccepting() async {
+        let listeners = state.withLockedValue { state -> [any Channel] in
+            defer { state.listeners = [] }
+            return state.listeners
+        }
+        for channel in listeners { try? await channel.close() }
+    }
+
+    /// Closes idle clients now and the others as their transactions end, waiting at most
+    /// `timeout`; then closes whatever is left and every backend.
+    func drain(timeout: TimeAmount) async {
+        let eventLoop = eventLoops[0]
+        let promise = eventLoop.makePromise(of: Void.self)
+        let sessions = state.withLockedValue { state -> [ClientSession] in
+            state.draining = true
+            if state.sessions.isEmpty {
+                promise.succeed(())
+            } else {
+                state.drainedPromise = promise
+            }
+            return Array(state.sessions.values)
+        }
+        logger.info("draining", metadata: ["concierge.clients": "\(sessions.count)"])
+        for session in sessions { session.beginDrain() }
+        let timeoutTask = eventLoop.scheduleTask(in: timeout) {
+            promise.fail(DrainTimeout())
+        }
+        do {
+            try await promise.futureResult.get()
+            timeoutTask.cancel()
+        } catch {
+            let remaining = state.withLockedValue { Array($0.sessions.values) }
+            logger.warning("drain timeout reached; closing remaining clients", metadata: ["concierge.clients": "\(remaining.count)"])
+            for session in remaining { session.forceClose() }
+        }
+        let drained = pool.shutdown(on: eventLoop)
+        let closeTask = eventLoop.scheduleTask(in: .seconds(2)) { [pool] in pool?.closeAll() }
+        try? await drained.get()
+        closeTask.cancel()
+    }
+
+    private struct DrainTimeout: Error {}
+}

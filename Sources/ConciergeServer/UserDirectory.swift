@@ -1,0 +1,48 @@
+import ConciergeConfig
+@preconcurrency import Crypto
+import PostgresWire
+
+/// The database users one proxy can log clients in as, with their precomputed client-auth keys.
+///
+/// SCRAM keys are derived once per secret here (PostgreSQL stores a verifier the same way), so a
+/// client login costs a few HMACs instead of a 4096-round PBKDF2: connection storms depend on it.
+struct UserDirectory: Sendable {
+    struct Entry: Sendable {
+        var credential: DatabaseCredential
+        var authType: ClientPasswordAuthType
+        var scram: SCRAMVerifier
+        var md5StoredHash: String
+    }
+
+    private var entries: [String: Entry]
+    /// Seed for the mock SCRAM exchange of unknown users, so a probe cannot tell unknown users
+    /// from wrong passwords (same messages, same salt for the same name, always failing).
+    private let mockSeed: SymmetricKey
+
+    init(credentials: [DatabaseCredential], auth: [AuthConfiguration]) {
+        var entries: [String: Entry] = [:]
+        for (credential, authConfig) in zip(credentials, auth) {
+            let salt = (0..<16).map { _ in UInt8.random(in: .min ... .max) }
+            entries[credential.username] = Entry(
+                credential: credential,
+                authType: authConfig.clientPasswordAuthType,
+                scram: SCRAMVerifier.derive(password: credential.password, salt: salt),
+                md5StoredHash: PGMD5.storedHash(user: credential.username, password: credential.password))
+        }
+        self.entries = entries
+        self.mockSeed = SymmetricKey(size: .bits256)
+    }
+
+    func entry(for user: String) -> Entry? { entries[user] }
+
+    var usernames: [String] { entries.keys.sorted() }
+
+    /// A verifier no password matches, with a salt that is stable for a given user name.
+    func mockVerifier(for user: String) -> SCRAMVerifier {
+        let mac = HMAC<SHA256>.authenticationCode(for: Array(user.utf8), using: mockSeed)
+        let bytes = Array(mac)
+        let random = (0..<32).map { _ in UInt8.random(in: .min ... .max) }
+        return SCRAMVerifier(
+            salt: Array(bytes[0..<16]), iterations: 4096, storedKey: random, serverKey: Array(random.reversed()))
+    }
+}

@@ -1,0 +1,543 @@
+/// Decides which SQL statements pin a client session to its backend, and why.
+///
+/// Runs on every simple-protocol Query and every Parse. Works on UTF-8 bytes with a real
+/// PostgreSQL tokenizer (comments, all string forms, dollar quotes, quoted identifiers), so text
+/// inside literals and comments never triggers a rule. Ordinary statements are classified
+/// without heap allocation; only `SET`/`RESET` statements allocate (to report `SetCommand`s).
+public enum SQLClassifier {
+    /// Classifies a Query/Parse string given as UTF-8 bytes (without the trailing NUL).
+    public static func classify(_ sql: UnsafeRawBufferPointer, options: ClassifierOptions = ClassifierOptions()) -> Classification {
+        var result = Classification()
+        guard sql.count > 0 else { return result }
+        var lexer = Lexer(sql, backslashInPlainStrings: !options.standardConformingStrings)
+        while true {
+            let first = lexer.next()
+            if first.kind == .end { break }
+            if lexer.isPunctuation(first, UInt8(ascii: ";")) { continue }
+            result.statementCount += 1
+            var startLexer = lexer
+            let kind = classifyStatementStart(first, &startLexer, options, &result)
+            scanStatement(first, &lexer, kind, options, &result)
+        }
+        return result
+    }
+
+    /// Classifies a Query/Parse string.
+    public static func classify(_ sql: String, options: ClassifierOptions = ClassifierOptions()) -> Classification {
+        var sql = sql
+        return sql.withUTF8 { classify(UnsafeRawBufferPointer($0), options: options) }
+    }
+
+    /// Classifies UTF-8 bytes from any collection (contiguous storage is used in place).
+    public static func classify<Bytes: Collection>(_ bytes: Bytes, options: ClassifierOptions = ClassifierOptions()) -> Classification
+        where Bytes.Element == UInt8
+    {
+        if let result = bytes.withContiguousStorageIfAvailable({ classify(UnsafeRawBufferPointer($0), options: options) }) {
+            return result
+        }
+        return Array(bytes).withUnsafeBytes { classify($0, options: options) }
+    }
+}
+
+// MARK: - Statement-start rules
+
+/// What the statement-start rules learned that the whole-statement scan needs.
+private enum StatementKind {
+    case other
+    /// `SELECT`, `WITH`, `(`: a `... INTO [TEMP] target` may create a table.
+    case selectLike
+    /// `CREATE ...`: objects named `pg_temp.x` are temporary.
+    case create
+}
+
+private let semicolon = UInt8(ascii: ";")
+private let dot = UInt8(ascii: ".")
+private let comma = UInt8(ascii: ",")
+private let openParen = UInt8(ascii: "(")
+private let closeParen = UInt8(ascii: ")")
+private let openBracket = UInt8(ascii: "[")
+private let closeBracket = UInt8(ascii: "]")
+private let equals = UInt8(ascii: "=")
+
+extension SQLClassifier {
+    /// Rules that apply to the first keyword(s) of a statement. `lx` is positioned after `first`
+    /// and is a private copy (the caller rescans the statement from `first`).
+    fileprivate static func classifyStatementStart(
+        _ first: Token, _ lx: inout Lexer, _ options: ClassifierOptions, _ result: inout Classification
+    ) -> StatementKind {
+        var t = first
+        if lx.isKeyword(t, "explain") {
+            t = skipExplainOptions(&lx)
+        }
+        guard t.kind == .identifier else {
+            return lx.isPunctuation(t, openParen) ? .selectLike : .other
+        }
+        switch t.end - t.start {
+        case 3:
+            if lx.isKeyword(t, "set") { classifySet(&lx, options, &result) }
+        case 4:
+            if lx.isKeyword(t, "with") { return .selectLike }
+            if lx.isKeyword(t, "load") { result.pinReasons.insert(.load) }
+        case 5:
+            if lx.isKeyword(t, "reset") { classifyReset(&lx, options, &result) }
+        case 6:
+            if lx.isKeyword(t, "select") { return .selectLike }
+            if lx.isKeyword(t, "create") {
+                classifyCreate(&lx, &result)
+                return .create
+            }
+            if lx.isKeyword(t, "listen") { result.pinReasons.insert(.listen) }
+        case 7:
+            if lx.isKeyword(t, "prepare") {
+                classifyPrepare(&lx, &result)
+            } else if lx.isKeyword(t, "declare") {
+                classifyDeclare(&lx, &result)
+            } else if lx.isKeyword(t, "discard") {
+                result.pinReasons.insert(.discard)
+            }
+        case 10:
+            if lx.isKeyword(t, "deallocate") { result.pinReasons.insert(.sqlPrepare) }
+        default:
+            break
+        }
+        return .other
+    }
+
+    /// Skips `(option, ...)` or `ANALYZE`/`ANALYSE`/`VERBOSE` after `EXPLAIN`; returns the next token.
+    private static func skipExplainOptions(_ lx: inout Lexer) -> Token {
+        var t = lx.next()
+        if lx.isPunctuation(t, openParen) {
+            var depth = 1
+            while depth > 0 {
+                t = lx.next()
+                if t.kind == .end || lx.isPunctuation(t, semicolon) { return t }
+                if lx.isPunctuation(t, openParen) { depth += 1 }
+                if lx.isPunctuation(t, closeParen) { depth -= 1 }
+            }
+            return lx.next()
+        }
+        while lx.isKeyword(t, "analyze") || lx.isKeyword(t, "analyse") || lx.isKeyword(t, "verbose") {
+            t = lx.next()
+        }
+        return t
+    }
+
+    /// `CREATE [OR REPLACE] [GLOBAL|LOCAL] {TEMP|TEMPORARY} ...`.
+    private static func classifyCreate(_ lx: inout Lexer, _ result: inout Classification) {
+        var t = lx.next()
+        if lx.isKeyword(t, "or") {
+            t = lx.next()  // REPLACE
+            t = lx.next()
+        }
+        if lx.isKeyword(t, "global") || lx.isKeyword(t, "local") { t = lx.next() }
+        if lx.isKeyword(t, "temp") || lx.isKeyword(t, "temporary") {
+            result.pinReasons.insert(.temporaryObject)
+        }
+    }
+
+    /// `PREPARE name ...` pins; `PREPARE TRANSACTION 'gid'` (two-phase commit) does not.
+    private static func classifyPrepare(_ lx: inout Lexer, _ result: inout Classification) {
+        let name = lx.next()
+        guard name.kind == .identifier || name.kind == .quotedIdentifier else { return }
+        if lx.isKeyword(name, "transaction"), lx.next().kind == .string { return }
+        result.pinReasons.insert(.sqlPrepare)
+    }
+
+    /// `DECLARE name [BINARY] [ASENSITIVE|INSENSITIVE] [[NO] SCROLL] CURSOR {WITH|WITHOUT} HOLD FOR ...`.
+    private static func classifyDeclare(_ lx: inout Lexer, _ result: inout Classification) {
+        let name = lx.next()
+        guard name.kind == .identifier || name.kind == .quotedIdentifier else { return }
+        var t = lx.next()
+        while !lx.isKeyword(t, "cursor") {
+            guard lx.isKeyword(t, "binary") || lx.isKeyword(t, "asensitive") || lx.isKeyword(t, "insensitive")
+                || lx.isKeyword(t, "scroll") || lx.isKeyword(t, "no")
+            else { return }
+            t = lx.next()
+        }
+        if lx.isKeyword(lx.next(), "with"), lx.isKeyword(lx.next(), "hold") {
+            result.pinReasons.insert(.cursorWithHold)
+        }
+    }
+}
+
+// MARK: - SET / RESET
+
+extension SQLClassifier {
+    /// `SET [SESSION|LOCAL] ...` (`lx` is positioned after `SET`).
+    fileprivate static func classifySet(_ lx: inout Lexer, _ options: ClassifierOptions, _ result: inout Classification) {
+        var t = lx.next()
+        var scope = SetCommand.Scope.session
+        if lx.isKeyword(t, "local") {
+            scope = .local
+            t = lx.next()
+        } else if lx.isKeyword(t, "session") {
+            var peek = lx
+            let u = peek.next()
+            if !lx.isKeyword(u, "authorization"), !lx.isKeyword(u, "characteristics") { t = lx.next() }
+        }
+        guard t.kind == .identifier || t.kind == .quotedIdentifier else {
+            // Malformed (`SET;` is a syntax error and runs nothing); be conservative otherwise.
+            if t.kind != .end, !lx.isPunctuation(t, semicolon), scope == .session { pinVariable(options, &result) }
+            return
+        }
+
+        if t.kind == .identifier {
+            var peek = lx
+            let u = peek.next()
+            switch t.end - t.start {
+            case 11 where lx.isKeyword(t, "transaction"), 11 where lx.isKeyword(t, "constraints"):
+                return  // transaction-scoped: SET TRANSACTION ..., SET CONSTRAINTS ...
+            case 7 where lx.isKeyword(t, "session"):
+                lx = peek
+                if lx.isKeyword(u, "authorization") {
+                    setCommand("session_authorization", keywordForm: true, &lx, scope, options, &result)
+                } else if scope == .session {
+                    pinVariable(options, &result)  // SESSION CHARACTERISTICS AS TRANSACTION ...
+                }
+                return
+            case 4 where lx.isKeyword(t, "time") && lx.isKeyword(u, "zone"):
+                lx = peek
+                setCommand("timezone", keywordForm: true, &lx, scope, options, &result)
+                return
+            case 5 where lx.isKeyword(t, "names"):
+                setCommand("client_encoding", keywordForm: true, &lx, scope, options, &result)
+                return
+            case 3 where lx.isKeyword(t, "xml") && lx.isKeyword(u, "option"):
+                lx = peek
+                setCommand("xmloption", keywordForm: true, &lx, scope, options, &result)
+                return
+            case 6 where lx.isKeyword(t, "schema") && u.kind == .string:
+                setCommand("search_path", keywordForm: true, &lx, scope, options, &result)
+                return
+            case 7 where lx.isKeyword(t, "catalog") && u.kind == .string:
+                setCommand("catalog", keywordForm: true, &lx, scope, options, &result)
+                return
+            case 4 where lx.isKeyword(t, "role") && !isAssignment(u, lx):
+                setCommand("role", keywordForm: true, &lx, scope, options, &result)
+                return
+            default:
+                break
+            }
+        }
+
+        // Generic: var_name {TO | =} value | var_name FROM CURRENT
+        guard let name = parseVariableName(first: t, &lx) else {
+            if scope == .session { pinVariable(options, &result) }
+            return
+        }
+        let u = lx.next()
+        if isAssignment(u, lx) {
+            setCommand(name, keywordForm: false, &lx, scope, options, &result)
+        } else if scope == .session {
+            // `FROM CURRENT`, or malformed: pin conservatively, nothing to report.
+            let lower = String(decoding: name.utf8.map(asciiLower), as: UTF8.self)
+            if lower == "role" || lower == "session_authorization" {
+                result.pinReasons.insert(.setRole)
+            } else {
+                pinVariable(options, &result)
+            }
+        }
+    }
+
+    /// `RESET {name | ALL | ROLE | SESSION AUTHORIZATION | TIME ZONE | TRANSACTION ISOLATION LEVEL}`.
+    fileprivate static func classifyReset(_ lx: inout Lexer, _ options: ClassifierOptions, _ result: inout Classification) {
+        let t = lx.next()
+        guard t.kind == .identifier || t.kind == .quotedIdentifier else { return }
+        var name: String
+        if lx.isKeyword(t, "transaction") {
+            return  // RESET TRANSACTION ISOLATION LEVEL: transaction-scoped
+        } else if lx.isKeyword(t, "all") {
+            name = "all"
+        } else if lx.isKeyword(t, "session"), lx.isKeyword(peekToken(lx), "authorization") {
+            name = "session_authorization"
+        } else if lx.isKeyword(t, "time"), lx.isKeyword(peekToken(lx), "zone") {
+            name = "timezone"
+        } else {
+            guard let parsed = parseVariableName(first: t, &lx) else { return }
+            name = parsed
+        }
+        record(SetCommand(name: name, value: nil, scope: .session, isReset: true), options, &result)
+    }
+
+    private static func peekToken(_ lx: Lexer) -> Token {
+        var copy = lx
+        return copy.next()
+    }
+
+    private static func isAssignment(_ t: Token, _ lx: Lexer) -> Bool {
+        lx.isKeyword(t, "to") || lx.isOperator(t, equals)
+    }
+
+    /// `ColId ('.' ColId)*` starting at `first`; `lx` ends positioned after the name.
+    private static func parseVariableName(first: Token, _ lx: inout Lexer) -> String? {
+        guard first.kind == .identifier || first.kind == .quotedIdentifier else { return nil }
+        var bytes: [UInt8] = []
+        lx.appendIdentifier(first, to: &bytes)
+        while true {
+            var peek = lx
+            guard lx.isPunctuation(peek.next(), dot) else { break }
+            let part = peek.next()
+            guard part.kind == .identifier || part.kind == .quotedIdentifier else { break }
+            bytes.append(dot)
+            lx.appendIdentifier(part, to: &bytes)
+            lx = peek
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Reads the value (rest of the statement) and records a `SetCommand`.
+    /// `keywordForm`: an empty value means the default (`SET NAMES`), and `LOCAL` after `TIME ZONE`
+    /// means the default.
+    private static func setCommand(
+        _ name: String, keywordForm: Bool, _ lx: inout Lexer, _ scope: SetCommand.Scope,
+        _ options: ClassifierOptions, _ result: inout Classification
+    ) {
+        var first = Token.none
+        var last = Token.none
+        var tokens = 0
+        while true {
+            let t = lx.next()
+            if t.kind == .end || lx.isPunctuation(t, semicolon) { break }
+            if tokens == 0 { first = t }
+            last = t
+            tokens += 1
+        }
+        var isReset = false
+        if tokens == 0 {
+            isReset = keywordForm
+        } else if tokens == 1 {
+            isReset = lx.isKeyword(first, "default") || (name == "timezone" && keywordForm && lx.isKeyword(first, "local"))
+        }
+        let value: String? = isReset || tokens == 0 ? nil : lx.text(first.start, last.end)
+        record(SetCommand(name: name, value: value, scope: scope, isReset: isReset), options, &result)
+    }
+
+    private static func record(_ command: SetCommand, _ options: ClassifierOptions, _ result: inout Classification) {
+        result.setCommands.append(command)
+        guard command.scope == .session else { return }
+        let lower = String(decoding: command.name.utf8.map(asciiLower), as: UTF8.self)
+        if lower == "role" || lower == "session_authorization" {
+            result.pinReasons.insert(.setRole)
+        } else if !options.trackedParameters.contains(lower) {
+            pinVariable(options, &result)
+        }
+    }
+
+    private static func pinVariable(_ options: ClassifierOptions, _ result: inout Classification) {
+        if !options.excludeVariableSets { result.pinReasons.insert(.setVariable) }
+    }
+}
+
+// MARK: - Whole-statement scan
+
+extension SQLClassifier {
+    /// Scans one statement from `first` to its terminating `;` (or the end), applying the rules
+    /// that hold anywhere in a statement. Leaves `lx` after the terminator.
+    fileprivate static func scanStatement(
+        _ first: Token, _ lx: inout Lexer, _ kind: StatementKind, _ options: ClassifierOptions,
+        _ result: inout Classification
+    ) {
+        var t = first
+        var prev1 = Token.none, prev2 = Token.none, prev3 = Token.none
+        var parenDepth = 0
+        // psql's heuristic for SQL-standard routine bodies (`BEGIN ATOMIC ... END`), whose `;`
+        // do not end the statement: the leading identifiers spell CREATE [OR REPLACE] FUNCTION|PROCEDURE.
+        var identifierCount = 0
+        var leadingWords: UInt32 = 0
+        var isRoutineDefinition = false
+        var atomicDepth = 0
+
+        while true {
+            switch t.kind {
+            case .end:
+                return
+            case .punctuation:
+                switch lx.buf[t.start] {
+                case semicolon:
+                    if parenDepth == 0, atomicDepth == 0 { return }
+                case openParen, openBracket:
+                    parenDepth += 1
+                case closeParen, closeBracket:
+                    if parenDepth > 0 { parenDepth -= 1 }
+                case dot:
+                    if kind == .create, lx.isTempSchema(prev1) { result.pinReasons.insert(.temporaryObject) }
+                default:
+                    break
+                }
+            case .identifier:
+                if identifierCount < 4 {
+                    leadingWords |= UInt32(leadingWordCode(t, lx)) << (8 * UInt32(identifierCount))
+                    identifierCount += 1
+                    isRoutineDefinition = isRoutineDefinitionPrefix(leadingWords)
+                }
+                if isRoutineDefinition {
+                    if parenDepth == 0 {
+                        if lx.isKeyword(t, "begin") {
+                            if lx.isKeyword(peekToken(lx), "atomic") { atomicDepth += 1 }
+                        } else if lx.isKeyword(t, "case") {
+                            if atomicDepth > 0 { atomicDepth += 1 }
+                        } else if lx.isKeyword(t, "end") {
+                            if atomicDepth > 0 { atomicDepth -= 1 }
+                        }
+                    }
+                } else {
+                    if kind == .selectLike, lx.isKeyword(t, "into"),
+                       !lx.isKeyword(prev1, "insert"), !lx.isKeyword(prev1, "merge"),
+                       selectIntoCreatesTemporaryTable(lx)
+                    {
+                        result.pinReasons.insert(.temporaryObject)
+                    }
+                    checkFunctionCall(t, prev1, prev2, prev3, lx, options, &result)
+                }
+            case .quotedIdentifier:
+                if !isRoutineDefinition { checkFunctionCall(t, prev1, prev2, prev3, lx, options, &result) }
+            default:
+                break
+            }
+            prev3 = prev2
+            prev2 = prev1
+            prev1 = t
+            t = lx.next()
+        }
+    }
+
+    private static func leadingWordCode(_ t: Token, _ lx: Lexer) -> UInt8 {
+        if lx.isKeyword(t, "create") { return UInt8(ascii: "c") }
+        if lx.isKeyword(t, "or") { return UInt8(ascii: "o") }
+        if lx.isKeyword(t, "replace") { return UInt8(ascii: "r") }
+        if lx.isKeyword(t, "function") { return UInt8(ascii: "f") }
+        if lx.isKeyword(t, "procedure") { return UInt8(ascii: "p") }
+        return 1
+    }
+
+    private static func isRoutineDefinitionPrefix(_ words: UInt32) -> Bool {
+        let w0 = UInt8(truncatingIfNeeded: words), w1 = UInt8(truncatingIfNeeded: words >> 8)
+        let w2 = UInt8(truncatingIfNeeded: words >> 16), w3 = UInt8(truncatingIfNeeded: words >> 24)
+        let f = UInt8(ascii: "f"), p = UInt8(ascii: "p")
+        guard w0 == UInt8(ascii: "c") else { return false }
+        return w1 == f || w1 == p || (w1 == UInt8(ascii: "o") && w2 == UInt8(ascii: "r") && (w3 == f || w3 == p))
+    }
+
+    /// After `INTO` in a SELECT: `[GLOBAL|LOCAL] {TEMP|TEMPORARY} [TABLE] name` or `[TABLE] pg_temp.name`.
+    private static func selectIntoCreatesTemporaryTable(_ after: Lexer) -> Bool {
+        var lx = after
+        var t = lx.next()
+        if lx.isKeyword(t, "global") || lx.isKeyword(t, "local") { t = lx.next() }
+        if lx.isKeyword(t, "temp") || lx.isKeyword(t, "temporary") {
+            // `INTO temp FROM ...` names a table called temp; a target must follow TEMP.
+            let u = lx.next()
+            if u.kind == .quotedIdentifier { return true }
+            return u.kind == .identifier && !isReservedAfterIntoTarget(u, lx)
+        }
+        if lx.isKeyword(t, "table") { t = lx.next() }
+        return lx.isTempSchema(t) && lx.isPunctuation(lx.next(), dot)
+    }
+
+    private static func isReservedAfterIntoTarget(_ t: Token, _ lx: Lexer) -> Bool {
+        lx.isKeyword(t, "from") || lx.isKeyword(t, "where") || lx.isKeyword(t, "group") || lx.isKeyword(t, "having")
+            || lx.isKeyword(t, "window") || lx.isKeyword(t, "order") || lx.isKeyword(t, "limit")
+            || lx.isKeyword(t, "offset") || lx.isKeyword(t, "fetch") || lx.isKeyword(t, "for")
+            || lx.isKeyword(t, "union") || lx.isKeyword(t, "intersect") || lx.isKeyword(t, "except")
+    }
+
+    private enum FunctionRule {
+        case none, advisoryLock, sequence, setConfig
+    }
+
+    private static func functionRule(_ t: Token, _ lx: Lexer) -> FunctionRule {
+        let length = t.kind == .identifier ? t.end - t.start : t.contentEnd - t.contentStart
+        switch length {
+        case 6:
+            return lx.isName(t, "setval") ? .sequence : .none
+        case 7:
+            return lx.isName(t, "nextval") || lx.isName(t, "currval") || lx.isName(t, "lastval") ? .sequence : .none
+        case 10:
+            return lx.isName(t, "set_config") ? .setConfig : .none
+        case 16:
+            return lx.isName(t, "pg_advisory_lock") ? .advisoryLock : .none
+        case 20:
+            return lx.isName(t, "pg_try_advisory_lock") ? .advisoryLock : .none
+        case 23:
+            return lx.isName(t, "pg_advisory_lock_shared") ? .advisoryLock : .none
+        case 27:
+            return lx.isName(t, "pg_try_advisory_lock_shared") ? .advisoryLock : .none
+        default:
+            return .none
+        }
+    }
+
+    /// Function-call rules: `[pg_catalog.]name (` anywhere in a statement.
+    private static func checkFunctionCall(
+        _ t: Token, _ prev1: Token, _ prev2: Token, _ prev3: Token, _ after: Lexer,
+        _ options: ClassifierOptions, _ result: inout Classification
+    ) {
+        let rule = functionRule(t, after)
+        guard rule != .none else { return }
+        var before = prev1
+        if after.isPunctuation(prev1, dot) {
+            guard after.isName(prev2, "pg_catalog") else { return }
+            before = prev3
+        }
+        // `CREATE/DROP/ALTER FUNCTION nextval(...)`, `GRANT ... ON FUNCTION ...` name a function without calling it.
+        if after.isKeyword(before, "function") || after.isKeyword(before, "procedure") || after.isKeyword(before, "routine") {
+            return
+        }
+        var lx = after
+        guard lx.isPunctuation(lx.next(), openParen) else { return }
+        switch rule {
+        case .advisoryLock:
+            result.pinReasons.insert(.advisoryLock)
+        case .sequence:
+            result.pinReasons.insert(.sequenceFunction)
+        case .setConfig:
+            classifySetConfig(&lx, options, &result)
+        case .none:
+            break
+        }
+    }
+
+    /// `set_config(name, value, is_local)`: pins unless `is_local` is literally true.
+    /// A literal name of `role`/`session_authorization` pins as a role change.
+    private static func classifySetConfig(_ lx: inout Lexer, _ options: ClassifierOptions, _ result: inout Classification) {
+        var depth = 1
+        var argument = 0
+        var nameToken = Token.none, nameTokens = 0
+        var localToken = Token.none, localTokens = 0
+        while true {
+            let t = lx.next()
+            if t.kind == .end || lx.isPunctuation(t, semicolon) { break }
+            if lx.isPunctuation(t, closeParen) || lx.isPunctuation(t, closeBracket) {
+                depth -= 1
+                if depth == 0 { break }
+            } else if lx.isPunctuation(t, openParen) || lx.isPunctuation(t, openBracket) {
+                depth += 1
+            } else if depth == 1, lx.isPunctuation(t, comma) {
+                argument += 1
+                continue
+            }
+            if argument == 0 {
+                nameToken = t
+                nameTokens += 1
+            } else if argument == 2 {
+                localToken = t
+                localTokens += 1
+            }
+        }
+        if localTokens == 1, isTrueLiteral(localToken, lx) { return }
+        if nameTokens == 1,
+           lx.isStringLiteral(nameToken, equalToIgnoringCase: "role")
+            || lx.isStringLiteral(nameToken, equalToIgnoringCase: "session_authorization")
+        {
+            result.pinReasons.insert(.setRole)
+        } else {
+            pinVariable(options, &result)
+        }
+    }
+
+    private static func isTrueLiteral(_ t: Token, _ lx: Lexer) -> Bool {
+        if t.kind == .identifier { return lx.isKeyword(t, "true") }
+        return lx.isStringLiteral(t, equalToIgnoringCase: "true") || lx.isStringLiteral(t, equalToIgnoringCase: "t")
+            || lx.isStringLiteral(t, equalToIgnoringCase: "on") || lx.isStringLiteral(t, equalToIgnoringCase: "yes")
+            || lx.isStringLiteral(t, equalToIgnoringCase: "y") || lx.isStringLiteral(t, equalToIgnoringCase: "1")
+    }
+}

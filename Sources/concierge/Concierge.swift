@@ -1,0 +1,125 @@
+import ArgumentParser
+import ConciergeConfig
+import ConciergeServer
+import Logging
+import ServiceLifecycle
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+@main
+struct Concierge: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "concierge",
+        abstract: "A PostgreSQL proxy that multiplexes client transactions over a small pool of database connections.",
+        subcommands: [Serve.self, CheckConfig.self]
+    )
+}
+
+/// Exit status for an invalid configuration.
+let configurationErrorExitCode: Int32 = 2
+
+struct ConfigOptions: ParsableArguments {
+    @Option(name: .long, help: "The YAML configuration file.")
+    var config: String
+
+    /// Loads and validates the configuration, printing every problem and exiting with status 2.
+    func load() throws -> LoadedConfiguration {
+        do {
+            return try ConfigurationLoader.load(path: config)
+        } catch {
+            printError("concierge: invalid configuration in \(config):")
+            printError(error.description)
+            throw ExitCode(configurationErrorExitCode)
+        }
+    }
+}
+
+func printError(_ message: String) {
+    var stderr = StandardError()
+    print(message, to: &stderr)
+}
+
+struct StandardError: TextOutputStream {
+    mutating func write(_ string: String) {
+        var bytes = Array(string.utf8)
+        bytes.withUnsafeMutableBytes { buffer in
+            var offset = 0
+            while offset < buffer.count {
+                let written = Glibc.write(2, buffer.baseAddress! + offset, buffer.count - offset)
+                if written <= 0 { return }
+                offset += written
+            }
+        }
+    }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run every proxy in the configuration until SIGTERM or SIGINT, then drain.")
+
+    @OptionGroup var options: ConfigOptions
+
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: Logger.Level = .info
+
+    func run() async throws {
+        let loaded = try options.load()
+        let level = logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "concierge")
+        raiseFileDescriptorLimit(logger: logger)
+
+        let server = ConciergeServer(
+            configuration: loaded.configuration, credentials: loaded.credentials, logger: logger)
+        do {
+            try await server.start()
+        } catch {
+            logger.critical("could not start", metadata: ["concierge.error": "\(error)"])
+            throw ExitCode(1)
+        }
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: server, successTerminationBehavior: .gracefullyShutdownGroup)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        try await group.run()
+    }
+}
+
+struct CheckConfig: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-config",
+        abstract: "Validate a configuration and print the effective settings, defaults filled in.")
+
+    @OptionGroup var options: ConfigOptions
+
+    func run() throws {
+        let loaded = try options.load()
+        print(EffectiveConfiguration.render(loaded.configuration), terminator: "")
+    }
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+/// Raises the open-file limit to the hard limit: every client and backend is a descriptor.
+func raiseFileDescriptorLimit(logger: Logger) {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max
+        if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) != 0 {
+            logger.warning("could not raise the open-file limit")
+        }
+    }
+    logger.debug("open-file limit", metadata: ["concierge.nofile": "\(limit.rlim_cur)"])
+}

@@ -1,0 +1,335 @@
+import Foundation
+import Testing
+@testable import ConciergeConfig
+
+@Suite("Configuration errors")
+struct ErrorTests {
+    @Test func malformedYAMLHasLineAndColumn() {
+        let error = expectFailure("proxies:\n  - name: app\n    listen: [unclosed\n")
+        #expect(error.issues.count == 1)
+        let issue = error.issues[0]
+        #expect(issue.keyPath == "")
+        #expect(issue.line != nil && issue.column != nil)
+        #expect(issue.description.hasPrefix("malformed YAML at line "))
+        #expect(issue.description.contains("line \(issue.line!), column \(issue.column!)"))
+
+        let tab = expectFailure("proxies:\n\t- name: app\n")
+        #expect(tab.issues.count == 1)
+        #expect(tab.description.hasPrefix("malformed YAML at line 2, column 1"))
+    }
+
+    @Test func emptyDocumentIsAnError() {
+        for yaml in ["", "   \n", "# only a comment\n", "~\n"] {
+            let error = expectFailure(yaml)
+            #expect(error.description == "the configuration is empty (expected: a mapping with at least the key proxies)")
+        }
+    }
+
+    @Test func nonMappingRootIsAnError() {
+        expectIssue(expectFailure("- a\n- b\n"),
+                    "the configuration must be a mapping of keys (allowed: drain_timeout, admin, proxies); found a list")
+        expectIssue(expectFailure("hello\n"),
+                    "the configuration must be a mapping of keys (allowed: drain_timeout, admin, proxies); found a scalar")
+    }
+
+    @Test func unknownKeysAnywhere() {
+        let error = expectFailure(minimalYAML
+            .replacingOccurrences(of: "proxies:\n", with: "colour: blue\nproxies:\n")
+            .replacingOccurrences(of: "    engine_family:", with: "    foo: 1\n    engine_family:")
+            .replacingOccurrences(of: "      - secret_arn:", with: "      - secret_ARN: x\n        secret_arn:")
+            .replacingOccurrences(of: "      targets:", with: "      connection_pool_config: {max_connections: 5}\n      targets:"))
+        expectIssue(error, "colour: unknown key (allowed: drain_timeout, admin, proxies)")
+        expectIssue(error, "proxies[0].foo: unknown key (allowed: name, engine_family, listen, endpoints, require_tls, "
+            + "idle_client_timeout, max_client_connections, debug_logging, max_message_size, auth, target_group)")
+        expectIssue(error, "proxies[0].auth[0].secret_ARN: unknown key (allowed: auth_scheme, secret_arn, iam_auth, "
+            + "client_password_auth_type, description)")
+        expectIssue(error, "proxies[0].target_group.connection_pool_config.max_connections: unknown key (allowed: "
+            + "max_connections_percent, max_idle_connections_percent, connection_borrow_timeout, "
+            + "session_pinning_filters, init_query, backend_idle_timeout)")
+        #expect(error.issues.count == 4)
+        let issue = error.issues(at: "proxies[0].foo")[0]
+        #expect(issue.value == "foo")
+        #expect(issue.line == 3 && issue.column == 5)
+    }
+
+    @Test func duplicateKeys() {
+        let error = expectFailure(minimal(replacing: "    engine_family: POSTGRESQL\n",
+                                          with: "    engine_family: POSTGRESQL\n    name: other\n"))
+        expectIssue(error, "proxies[0].name: duplicate key (each key may appear once)")
+    }
+
+    @Test func wrongTypes() {
+        let error = expectFailure(minimal(replacing: "    engine_family: POSTGRESQL\n", with: """
+                engine_family: POSTGRESQL
+                idle_client_timeout: abc
+                max_client_connections: "100"
+                max_message_size: 1.5
+                require_tls: yes
+                debug_logging: "true"
+                endpoints: {name: x}
+
+            """))
+        expectIssue(error, #"proxies[0].idle_client_timeout: "abc" is not an integer (expected: an integer in 1...28800)"#)
+        expectIssue(error, #"proxies[0].max_client_connections: "100" is a string, not an integer (expected: an integer in 1...1000000; remove the quotes)"#)
+        expectIssue(error, "proxies[0].max_message_size: 1.5 is not an integer (expected: an integer in 1024...1073741824)")
+        expectIssue(error, "proxies[0].require_tls: yes is not a boolean (expected: true or false)")
+        expectIssue(error, #"proxies[0].debug_logging: "true" is a string, not a boolean (expected: true or false; remove the quotes)"#)
+        expectIssue(error, "proxies[0].endpoints: a mapping is not a list (expected: a list of endpoints)")
+        #expect(error.issues.count == 6)
+        #expect(error.issues(at: "proxies[0].idle_client_timeout")[0].value == "\"abc\"")
+        #expect(error.issues(at: "proxies[0].idle_client_timeout")[0].expectation == "an integer in 1...28800")
+
+        expectIssue(expectFailure("proxies: app\n"),
+                    #"proxies: "app" is not a list (expected: a list of at least one proxy)"#)
+        expectIssue(expectFailure("proxies: [7]\n"),
+                    "proxies[0]: 7 is not a mapping (expected: a mapping describing a proxy)")
+        expectIssue(expectFailure(minimal(replacing: "    listen: \"0.0.0.0:5432\"", with: "    listen: [a]")),
+                    "proxies[0].listen: found a list (expected: host:port or [ipv6]:port with a port in 1...65535)")
+    }
+
+    @Test func outOfRangeNumbers() {
+        let error = expectFailure(minimal(replacing: "      targets:", with: """
+                  connection_pool_config:
+                    max_connections_percent: 150
+                    connection_borrow_timeout: -1
+                    backend_idle_timeout: 0
+                  targets:
+            """).replacingOccurrences(of: "proxies:", with: "drain_timeout: 3601\nproxies:"))
+        expectIssue(error, "proxies[0].target_group.connection_pool_config.max_connections_percent: 150 is out of range (allowed: 1...100)")
+        expectIssue(error, "proxies[0].target_group.connection_pool_config.connection_borrow_timeout: -1 is out of range (allowed: 0...3600)")
+        expectIssue(error, "proxies[0].target_group.connection_pool_config.backend_idle_timeout: 0 is out of range (allowed: 1...86400)")
+        expectIssue(error, "drain_timeout: 3601 is out of range (allowed: 0...3600)")
+        #expect(error.issues.count == 4)
+        let issue = error.issues(at: "proxies[0].target_group.connection_pool_config.max_connections_percent")[0]
+        #expect(issue.value == "150")
+        #expect(issue.expectation == "an integer in 1...100")
+
+        let huge = expectFailure(minimal(replacing: "    engine_family: POSTGRESQL",
+                                         with: "    engine_family: POSTGRESQL\n    max_client_connections: 99999999999999999999999"))
+        expectIssue(huge, "proxies[0].max_client_connections: 99999999999999999999999 is out of range (allowed: 1...1000000)")
+
+        let bounds = expectFailure(minimal(replacing: "    engine_family: POSTGRESQL", with: """
+                engine_family: POSTGRESQL
+                idle_client_timeout: 28801
+                max_client_connections: 0
+                max_message_size: 1023
+            """))
+        expectIssue(bounds, "proxies[0].idle_client_timeout: 28801 is out of range (allowed: 1...28800)")
+        expectIssue(bounds, "proxies[0].max_client_connections: 0 is out of range (allowed: 1...1000000)")
+        expectIssue(bounds, "proxies[0].max_message_size: 1023 is out of range (allowed: 1024...1073741824)")
+    }
+
+    @Test func idlePercentAboveMaxPercent() {
+        let error = expectFailure(minimal(replacing: "      targets:", with: """
+                  connection_pool_config: {max_connections_percent: 40, max_idle_connections_percent: 60}
+                  targets:
+            """))
+        expectIssue(error, "proxies[0].target_group.connection_pool_config.max_idle_connections_percent: "
+            + "60 is greater than max_connections_percent (40) (allowed: 0...40)")
+        #expect(error.issues.count == 1)
+    }
+
+    @Test func badEnumValues() {
+        let error = expectFailure(minimal(replacing: "    engine_family: POSTGRESQL", with: """
+                engine_family: ORACLE
+                endpoints: [{name: ro, target_role: READER, listen: "0.0.0.0:6000"}]
+            """).replacingOccurrences(of: "      - secret_arn: \"env:APP_SECRET\"", with: """
+                  - secret_arn: "env:APP_SECRET"
+                    auth_scheme: PASSWORD
+                    client_password_auth_type: MYSQL_NATIVE_PASSWORD
+                    iam_auth: maybe
+            """).replacingOccurrences(of: "      targets:", with: """
+                  connection_pool_config: {session_pinning_filters: [EXCLUDE_EVERYTHING, EXCLUDE_VARIABLE_SETS, EXCLUDE_VARIABLE_SETS]}
+                  targets:
+            """))
+        expectIssue(error, "proxies[0].engine_family: ORACLE is not a valid value (allowed: POSTGRESQL)")
+        expectIssue(error, "proxies[0].endpoints[0].target_role: READER is not a valid value (allowed: READ_WRITE, READ_ONLY)")
+        expectIssue(error, "proxies[0].auth[0].auth_scheme: PASSWORD is not a valid value (allowed: SECRETS)")
+        expectIssue(error, "proxies[0].auth[0].client_password_auth_type: MYSQL_NATIVE_PASSWORD is not a valid value "
+            + "(allowed: POSTGRES_SCRAM_SHA_256, POSTGRES_MD5)")
+        expectIssue(error, "proxies[0].auth[0].iam_auth: maybe is not a valid value (allowed: DISABLED, REQUIRED)")
+        expectIssue(error, "proxies[0].target_group.connection_pool_config.session_pinning_filters[0]: "
+            + "EXCLUDE_EVERYTHING is not a valid value (allowed: EXCLUDE_VARIABLE_SETS)")
+        expectIssue(error, "proxies[0].target_group.connection_pool_config.session_pinning_filters[2]: "
+            + "EXCLUDE_VARIABLE_SETS is listed twice")
+        #expect(error.issues.count == 7)
+    }
+
+    @Test func recognisedButUnsupportedValues() {
+        let error = expectFailure(minimal(replacing: "    engine_family: POSTGRESQL", with: """
+                engine_family: MYSQL
+                require_tls: true
+            """).replacingOccurrences(of: "      - secret_arn: \"env:APP_SECRET\"", with: """
+                  - secret_arn: "env:APP_SECRET"
+                    iam_auth: REQUIRED
+                  - secret_arn: "arn:aws:secretsmanager:us-east-1:123456789012:secret:app-AbCdEf"
+            """))
+        expectIssue(error, "proxies[0].engine_family: MYSQL is not supported yet; allowed: POSTGRESQL")
+        expectIssue(error, "proxies[0].require_tls: TLS is not supported yet (allowed: false)")
+        expectIssue(error, "proxies[0].auth[0].iam_auth: IAM authentication requires TLS, which is not supported yet (allowed: DISABLED)")
+        expectIssue(error, "proxies[0].auth[1].secret_arn: arn:aws:secretsmanager:us-east-1:123456789012:secret:app-AbCdEf: "
+            + "Secrets Manager ARNs are not supported yet; use file: or env:")
+        #expect(error.issues.count == 4)
+    }
+
+    @Test func missingRequiredKeys() {
+        expectIssue(expectFailure("drain_timeout: 5\n"),
+                    "proxies: missing required key (expected: a list of at least one proxy)")
+        expectIssue(expectFailure("proxies: []\n"), "proxies: at least one proxy is required")
+        let error = expectFailure("""
+            proxies:
+              - engine_family: POSTGRESQL
+              - name: second
+                listen:
+                auth:
+                  - description: no secret
+                target_group: {}
+            """)
+        expectIssue(error, "proxies[0].name: missing required key (expected: a name of 1 to 63 characters: a letter, then letters, digits or hyphens)")
+        expectIssue(error, "proxies[0].listen: missing required key (expected: host:port or [ipv6]:port with a port in 1...65535)")
+        expectIssue(error, "proxies[0].auth: missing required key (expected: a list of 1...200 auth entries)")
+        expectIssue(error, "proxies[0].target_group: missing required key (expected: a mapping with targets)")
+        expectIssue(error, "proxies[1].engine_family: missing required key (expected: one of POSTGRESQL)")
+        expectIssue(error, "proxies[1].listen: missing value (expected: host:port or [ipv6]:port with a port in 1...65535)")
+        expectIssue(error, "proxies[1].auth[0].secret_arn: missing required key (expected: file:PATH, env:NAME or arn:aws:secretsmanager:...)")
+        expectIssue(error, "proxies[1].target_group.targets: missing required key (expected: a list of at least one target)")
+        #expect(error.issues.count == 8, "\(error)")
+        #expect(error.issues(at: "proxies[0].name")[0].value == nil)
+    }
+
+    @Test func emptyAuthAndTargets() {
+        let error = expectFailure(minimal(replacing: "      - secret_arn: \"env:APP_SECRET\"\n", with: "")
+            .replacingOccurrences(of: "    auth:\n", with: "    auth: []\n")
+            .replacingOccurrences(of: "      targets:\n        - endpoint: \"10.0.0.11:5432\"", with: "      targets: []"))
+        expectIssue(error, "proxies[0].auth: at least one auth entry is required (allowed: 1...200 entries)")
+        expectIssue(error, "proxies[0].target_group.targets: at least one target is required")
+        #expect(error.issues.count == 2)
+    }
+
+    @Test func tooManyAuthEntries() {
+        let entries = (0..<201).map { _ in "      - secret_arn: \"env:APP_SECRET\"\n" }.joined()
+        let error = expectFailure(minimal(replacing: "      - secret_arn: \"env:APP_SECRET\"\n", with: entries))
+        expectIssue(error, "proxies[0].auth: 201 entries are too many (allowed: 1...200 entries)")
+    }
+
+    @Test func invalidNames() {
+        let error = expectFailure(minimal(replacing: "name: app", with: "name: my_app")
+            .replacingOccurrences(of: "      targets:", with: "      name: 9lives\n      targets:"))
+        expectIssue(error, #"proxies[0].name: "my_app" is not a valid name (expected: a name of 1 to 63 characters: a letter, then letters, digits or hyphens)"#)
+        expectIssue(error, #"proxies[0].target_group.name: "9lives" is not a valid name (expected: a name of 1 to 63 characters: a letter, then letters, digits or hyphens)"#)
+        let long = "a" + String(repeating: "b", count: 63)
+        expectIssue(expectFailure(minimal(replacing: "name: app", with: "name: \(long)")),
+                    #"proxies[0].name: "\#(long)" is not a valid name (expected: a name of 1 to 63 characters: a letter, then letters, digits or hyphens)"#)
+        #expect(ConfigurationLimits.isValidName("a" + String(repeating: "-", count: 62)))
+        #expect(!ConfigurationLimits.isValidName(""))
+    }
+
+    @Test func badAddresses() {
+        let error = expectFailure(minimal(replacing: "    listen: \"0.0.0.0:5432\"", with: """
+                listen: "0.0.0.0"
+                endpoints:
+                  - {name: a, listen: "0.0.0.0:70000"}
+                  - {name: b, listen: "::1:5432"}
+            """).replacingOccurrences(of: "        - endpoint: \"10.0.0.11:5432\"",
+                                      with: "        - endpoint: \"db:\"\n        - endpoint: \"db\"\n        - endpoint: \"DB:5432\""))
+        expectIssue(error, "proxies[0].listen: 0.0.0.0 is not a valid address: missing port (expected: host:port or [ipv6]:port with a port in 1...65535)")
+        expectIssue(error, "proxies[0].endpoints[0].listen: 0.0.0.0:70000 is not a valid address: port 70000 is out of range (allowed: 1...65535)")
+        expectIssue(error, "proxies[0].endpoints[1].listen: ::1:5432 is not a valid address: IPv6 addresses must be written in brackets, like [::1]:5432 (expected: host:port or [ipv6]:port with a port in 1...65535)")
+        expectIssue(error, "proxies[0].target_group.targets[0].endpoint: db: is not a valid address: missing port after ':' (expected: host:port or [ipv6]:port with a port in 1...65535 (port 5432 when omitted))")
+        expectIssue(error, "proxies[0].target_group.targets[2].endpoint: DB:5432 is listed twice (already at proxies[0].target_group.targets[1].endpoint)")
+        #expect(error.issues.count == 5, "\(error)")
+    }
+
+    @Test func duplicateProxyNamesAndEndpointNames() {
+        let yaml = minimalYAML + "\n" + """
+              - name: app
+                engine_family: POSTGRESQL
+                listen: "127.0.0.1:6000"
+                endpoints: [{name: ro, listen: "127.0.0.1:6001"}, {name: ro, listen: "127.0.0.1:6002"}]
+                auth: [{secret_arn: "env:APP_SECRET"}]
+                target_group: {targets: [{endpoint: db}]}
+            """
+        let error = expectFailure(yaml)
+        expectIssue(error, "proxies[1].name: app is a duplicate proxy name (already used by proxies[0].name)")
+        expectIssue(error, "proxies[1].endpoints[1].name: ro is a duplicate endpoint name (already used by proxies[1].endpoints[0].name)")
+        // 127.0.0.1:6000 clashes with nothing (the first proxy listens on port 5432).
+        #expect(error.issues.count == 2, "\(error)")
+    }
+
+    @Test func listenAddressClashes() {
+        let yaml = """
+            admin:
+              listen: "127.0.0.1:5433"
+            proxies:
+              - name: one
+                engine_family: POSTGRESQL
+                listen: "0.0.0.0:5432"
+                endpoints:
+                  - {name: one-ro, target_role: READ_ONLY, listen: "10.1.1.1:5432"}
+                  - {name: one-ro2, target_role: READ_ONLY, listen: "[::]:5433"}
+                auth: [{secret_arn: "env:APP_SECRET"}]
+                target_group: {targets: [{endpoint: db}]}
+              - name: two
+                engine_family: POSTGRESQL
+                listen: "127.0.0.1:5440"
+                endpoints: [{name: two-ro, listen: "127.0.0.1:5440"}]
+                auth: [{secret_arn: "env:APP_SECRET"}]
+                target_group: {targets: [{endpoint: db}]}
+            """
+        let error = expectFailure(yaml)
+        expectIssue(error, "proxies[0].endpoints[0].listen: 10.1.1.1:5432 clashes with proxies[0].listen (0.0.0.0:5432)")
+        expectIssue(error, "proxies[0].endpoints[1].listen: [::]:5433 clashes with admin.listen (127.0.0.1:5433)")
+        expectIssue(error, "proxies[1].endpoints[0].listen: 127.0.0.1:5440 clashes with proxies[1].listen (127.0.0.1:5440)")
+        #expect(error.issues.count == 3, "\(error)")
+    }
+
+    @Test func adminValidation() {
+        let error = expectFailure(minimalYAML + "\nadmin:\n  listen: nowhere\n  token: [a]\n  port: 1\n")
+        expectIssue(error, "admin.listen: nowhere is not a valid address: missing port (expected: host:port or [ipv6]:port with a port in 1...65535)")
+        expectIssue(error, "admin.token: found a list (expected: a string)")
+        expectIssue(error, "admin.port: unknown key (allowed: listen, token)")
+        #expect(error.issues.count == 3)
+
+        let ok = try? ConfigurationLoader.parse(yaml: minimalYAML + "\nadmin: {token: \"env:T\"}\n", baseDirectory: "/x",
+                                                environment: minimalEnvironment)
+        #expect(ok?.configuration.admin == AdminConfiguration(listen: HostPort(host: "127.0.0.1", port: 9187), token: "env:T"))
+    }
+
+    @Test func allProblemsAreReportedTogether() {
+        let error = expectFailure(minimal(replacing: "    engine_family: POSTGRESQL", with: """
+                engine_family: POSTGRESQL
+                idle_client_timeout: 0
+                bogus: true
+            """).replacingOccurrences(of: "env:APP_SECRET", with: "env:UNSET_VAR"))
+        #expect(error.issues.map(\.keyPath) == [
+            "proxies[0].bogus", "proxies[0].idle_client_timeout", "proxies[0].auth[0].secret_arn",
+        ])
+        #expect(error.description == """
+            proxies[0].bogus: unknown key (allowed: name, engine_family, listen, endpoints, require_tls, idle_client_timeout, max_client_connections, debug_logging, max_message_size, auth, target_group)
+            proxies[0].idle_client_timeout: 0 is out of range (allowed: 1...28800)
+            proxies[0].auth[0].secret_arn: env:UNSET_VAR: environment variable UNSET_VAR is not set
+            """)
+    }
+
+    @Test func validatorChecksModelsBuiltInCode() {
+        var pool = ConnectionPoolConfiguration(maxConnectionsPercent: 0, maxIdleConnectionsPercent: 101)
+        #expect(ConfigurationValidator.validate(pool).map(\.description) == [
+            "connection_pool_config.max_connections_percent: 0 is out of range (allowed: 1...100)",
+            "connection_pool_config.max_idle_connections_percent: 101 is out of range (allowed: 0...100)",
+        ])
+        pool = ConnectionPoolConfiguration(maxConnectionsPercent: 10, maxIdleConnectionsPercent: 11)
+        #expect(ConfigurationValidator.validate(pool).map(\.description) == [
+            "connection_pool_config.max_idle_connections_percent: 11 is greater than max_connections_percent (10) (allowed: 0...10)",
+        ])
+        #expect(ConfigurationValidator.validate(ConnectionPoolConfiguration()).isEmpty)
+        let config = ConciergeConfiguration(drainTimeout: -1, proxies: [ProxyConfiguration(
+            name: "p", listen: HostPort(host: "0.0.0.0", port: 0), auth: [],
+            targetGroup: TargetGroupConfiguration(targets: []))])
+        #expect(ConfigurationValidator.validate(config).map(\.description) == [
+            "drain_timeout: -1 is out of range (allowed: 0...3600)",
+            "proxies[0].listen: 0.0.0.0:0 is not a valid address: port 0 is out of range (allowed: 1...65535)",
+            "proxies[0].auth: at least one auth entry is required (allowed: 1...200 entries)",
+            "proxies[0].target_group.targets: at least one target is required",
+        ])
+    }
+}

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Run every test: Swift unit tests, then the integration tests (pytest) against a real
+# PostgreSQL and the freshly built debug binary.
+#
+#   scripts/test.sh                 everything
+#   scripts/test.sh -k borrow       extra arguments go to pytest
+#
+# Environment:
+#   CONCIERGE_BIN=path              test this binary instead of the debug build
+#   CONCIERGE_SWIFT_PARALLEL=1      run the unit tests with `swift test --parallel`
+#   CONCIERGE_ITEST_DIRECT=1        point the integration tests at PostgreSQL itself (no proxy)
+#   CONCIERGE_ITEST_DEBUG=1         start proxies with debug_logging: true
+#
+# Installs what is missing: PostgreSQL (apt), pytest, pytest-timeout and psycopg (pip).
+# Exits non-zero if any step fails; later test steps still run so one report shows everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+section() { printf '\n==== %s ====\n' "$*"; }
+
+section "dependencies"
+bash scripts/pg.sh install
+PG_BIN=$(bash scripts/pg.sh bindir)
+echo "PostgreSQL: $("$PG_BIN/postgres" --version)"
+if ! python3 -c 'import pytest, pytest_timeout, psycopg' 2>/dev/null; then
+    echo "installing pytest, pytest-timeout and psycopg[binary] with pip"
+    pip_args=(install --quiet --disable-pip-version-check pytest pytest-timeout "psycopg[binary]")
+    # Debian's own python3 refuses system-wide pip installs (PEP 668) unless told otherwise.
+    python3 -m pip "${pip_args[@]}" 2>/dev/null ||
+        python3 -m pip "${pip_args[@]}" --break-system-packages
+fi
+python3 -c 'import pytest, psycopg; print(f"pytest {pytest.__version__}, psycopg {psycopg.__version__}")'
+swift --version 2>&1 | head -n 1
+
+section "build (swift build --build-tests)"
+swift build --build-tests
+BIN_DIR=$(swift build --show-bin-path)
+export CONCIERGE_BIN=${CONCIERGE_BIN:-$BIN_DIR/concierge}
+
+failed=()
+
+section "unit tests (swift test)"
+swift_args=(--skip-build)
+[[ "${CONCIERGE_SWIFT_PARALLEL:-0}" == 1 ]] && swift_args+=(--parallel)
+swift test "${swift_args[@]}" || failed+=("unit tests")
+
+section "integration tests (pytest tests/integration, CONCIERGE_BIN=$CONCIERGE_BIN)"
+python3 -m pytest -q tests/integration "$@" || failed+=("integration tests")
+
+# On success nothing follows pytest's closing line ("N passed ..."), which CI reads.
+if [[ ${#failed[@]} -gt 0 ]]; then
+    section "summary"
+    echo "FAILED: ${failed[*]}"
+    exit 1
+fi

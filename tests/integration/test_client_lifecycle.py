@@ -1,0 +1,116 @@
+"""Clients that die, idle out, or exceed the limit: nothing is left behind on the database."""
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import psycopg
+import pytest
+
+from helpers import DIRECT, wait_for
+
+# A child process that takes an ACCESS EXCLUSIVE lock in an open transaction, says so on stdout,
+# and then either idles (in the transaction) or runs a long pg_sleep, until it is SIGKILLed.
+LOCK_HOLDER = textwrap.dedent("""
+    import sys, time, psycopg
+    conninfo, mode = sys.argv[1], sys.argv[2]
+    conn = psycopg.connect(conninfo, autocommit=True)
+    conn.execute("BEGIN")
+    conn.execute("LOCK TABLE locktest IN ACCESS EXCLUSIVE MODE")
+    print("locked", flush=True)
+    if mode == "sleep":
+        conn.execute("select pg_sleep(60)")
+    else:
+        time.sleep(600)
+""")
+
+LOCK_HELD_SQL = ("select count(*) from pg_locks where relation = 'locktest'::regclass "
+                 "and mode = 'AccessExclusiveLock' and granted")
+IDLE_IN_TX_SQL = ("select count(*) from pg_stat_activity where datname = 'app' "
+                  "and state like 'idle in transaction%'")
+SLEEPING_SQL = ("select count(*) from pg_stat_activity where state = 'active' "
+                "and query = 'select pg_sleep(60)'")
+
+
+@pytest.mark.parametrize("mode", ["idle", "sleep"])
+def test_killed_client_releases_its_lock(proxy, pg, mode):
+    p = proxy()
+    params = {}
+    if DIRECT and mode == "sleep":
+        # PostgreSQL alone notices a vanished client during a query only with this setting;
+        # the proxy must manage without it (cancel the query or end the backend).
+        params["options"] = "-c client_connection_check_interval=200"
+    child = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, p.conninfo(**params), mode],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        assert pg.scalar(LOCK_HELD_SQL) == 1
+        if mode == "sleep":
+            wait_for(lambda: pg.scalar(SLEEPING_SQL) == 1, 10, "pg_sleep(60) to be running")
+        else:
+            wait_for(lambda: pg.scalar(IDLE_IN_TX_SQL) == 1, 10, "an idle-in-transaction backend")
+    finally:
+        child.kill()
+        child.wait()
+
+    wait_for(lambda: pg.scalar(LOCK_HELD_SQL) == 0, 10, "the dead client's lock to go")
+    wait_for(lambda: pg.scalar(IDLE_IN_TX_SQL) == 0 and pg.scalar(SLEEPING_SQL) == 0, 10,
+             "no idle-in-transaction or sleeping backend left")
+    # Another client can take the lock at once.
+    out = p.psql(input="SET lock_timeout = '5s';\nBEGIN;\n"
+                       "LOCK TABLE locktest IN ACCESS EXCLUSIVE MODE;\nCOMMIT;\n").stdout
+    assert out.splitlines()[-1] == "COMMIT"
+
+
+def test_idle_client_timeout(proxy):
+    p = proxy(idle_client_timeout=1)
+    params = {}
+    if DIRECT:
+        # PostgreSQL's own equivalent, so this test's logic can be checked without a proxy.
+        params["options"] = "-c idle_session_timeout=1000"
+    with p.wire() as idle, p.connect() as busy:
+        idle.startup("app", p.passwords["app"], **params)
+        started = time.monotonic()
+        # The busy client keeps working (never idle for 1 s) while we await the idle one's EOF.
+        messages = []
+
+        def idle_closed() -> bool:
+            assert busy.execute("select 1").fetchone()[0] == 1
+            try:
+                msg = idle.recv(timeout=0.2)
+            except TimeoutError:
+                return False
+            if msg is None:
+                return True  # EOF: the server closed the idle connection
+            messages.append(msg)
+            return False
+
+        wait_for(idle_closed, 15, "the idle client to be disconnected", interval=0.0)
+        elapsed = time.monotonic() - started
+        print(f"\nidle client closed after {elapsed:.2f}s; last messages: {messages}")
+        assert elapsed >= 0.9, f"closed after {elapsed:.2f}s, before the 1s idle timeout"
+        # Other clients are unaffected.
+        assert busy.execute("select 2").fetchone()[0] == 2
+    p.assert_serves()
+
+
+@pytest.mark.proxy_only
+def test_max_client_connections(proxy):
+    p = proxy(max_client_connections=2)
+    a, b = p.connect(), p.connect()
+    try:
+        with pytest.raises(psycopg.OperationalError) as exc:
+            p.connect()
+        assert "The maximum number of client connections to the proxy exceeded" in str(exc.value)
+        proc = p.psql("select 1", check=False)
+        assert "The maximum number of client connections to the proxy exceeded" in proc.stderr
+        # The admitted clients still work; once one leaves, a new client gets in.
+        assert a.execute("select 1").fetchone()[0] == 1
+        assert b.execute("select 1").fetchone()[0] == 1
+        a.close()
+        wait_for(lambda: p.psql("select 1", check=False).returncode == 0, 10,
+                 "a free client slot after one client left")
+    finally:
+        a.close()
+        b.close()
