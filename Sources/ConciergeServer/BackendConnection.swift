@@ -209,7 +209,8 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
 
     /// Forwards every complete message to the owner in one slice, noting ReadyForQuery.
     private func forward(_ buffer: inout ByteBuffer, to owner: any BackendOwner) throws {
-        let start = buffer.readerIndex
+        // A view that still starts at the first message (get* reads only readable bytes).
+        let unread = buffer
         var readyCount = 0
         var lastStatus = PGTransactionStatus.idle
         while let frame = try PGFraming.nextFrame(from: &buffer, maxMessageSize: 1 << 30) {
@@ -224,8 +225,8 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
                 break
             }
         }
-        let length = buffer.readerIndex - start
-        guard length > 0, let slice = buffer.getSlice(at: start, length: length) else { return }
+        let length = buffer.readerIndex - unread.readerIndex
+        guard length > 0, let slice = unread.getSlice(at: unread.readerIndex, length: length) else { return }
         if owner.eventLoop === eventLoop {
             owner.backendDidRead(slice, readyForQueryCount: readyCount, lastStatus: lastStatus)
         } else {

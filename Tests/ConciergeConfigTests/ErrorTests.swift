@@ -49,7 +49,7 @@ struct ErrorTests {
         #expect(error.issues.count == 4)
         let issue = error.issues(at: "proxies[0].foo")[0]
         #expect(issue.value == "foo")
-        #expect(issue.line == 3 && issue.column == 5)
+        #expect(issue.line == 4 && issue.column == 5)
     }
 
     @Test func duplicateKeys() {

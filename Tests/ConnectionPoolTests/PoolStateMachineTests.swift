@@ -408,18 +408,19 @@ import Testing
     }
 
     @Test func shutdownClosesIdleFailsWaitersAndDrains() {
-        var pool = makePool(cap: 3)
+        var pool = makePool(cap: 4)
         let c0 = pool.leaseNew(req(1))
         let c1 = pool.leaseNew(req(2))
         _ = pool.release(c1, reusable: true, now: t(1))
         #expect(pool.borrow(request: req(3), key: keyB, eventLoopIndex: 0, now: t(2)).created == [conn(2)])
-        #expect(pool.borrow(request: req(4), key: keyC, eventLoopIndex: 0, now: t(3)) == [])
+        #expect(pool.borrow(request: req(4), key: keyC, eventLoopIndex: 0, now: t(3)).created == [conn(3)])
         #expect(pool.shutdown() == [
             .failRequest(req(3), .shuttingDown), .failRequest(req(4), .shuttingDown), .closeConnection(c1),
         ])
         #expect(pool.isShuttingDown && !pool.isDrained)
         #expect(pool.borrow(request: req(5), key: keyA, eventLoopIndex: 0, now: t(4)) == [.failRequest(req(5), .shuttingDown)])
         #expect(pool.connectionEstablished(conn(2), now: t(5)) == [.closeConnection(conn(2))])
+        #expect(pool.connectionFailed(conn(3), error: ConnectionFailure(message: "refused"), now: t(5)) == [])
         #expect(pool.tick(now: t(100)) == [])
         #expect(pool.release(c0, reusable: true, now: t(6)) == [.closeConnection(c0), .shutdownComplete])
         #expect(pool.isDrained)
@@ -435,11 +436,21 @@ import Testing
 
     @Test func shutdownDrainsThroughFailuresAndCloses() {
         var pool = makePool()
+        let c0 = pool.leaseNew(req(1))
+        _ = pool.borrow(request: req(2), key: keyA, eventLoopIndex: 0, now: t(0))
+        #expect(pool.shutdown() == [.failRequest(req(2), .shuttingDown)])
+        #expect(pool.connectionFailed(conn(1), error: ConnectionFailure(message: "x"), now: t(1)) == [])
+        #expect(pool.connectionClosed(c0, now: t(2)) == [.shutdownComplete])
+    }
+
+    @Test func establishedConnectionGoesToOldestWaiterNotItsRequester() {
+        var pool = makePool()
         _ = pool.borrow(request: req(1), key: keyA, eventLoopIndex: 0, now: t(0))
-        let c1 = pool.leaseNew(req(2))
-        _ = pool.shutdown()
+        _ = pool.borrow(request: req(2), key: keyA, eventLoopIndex: 1, now: t(0))
+        #expect(pool.connectionEstablished(conn(1), now: t(1)) == [.lease(conn(1), to: req(1))])
+        _ = pool.shutdown()  // fails req(2)
         #expect(pool.connectionFailed(conn(0), error: ConnectionFailure(message: "x"), now: t(1)) == [])
-        #expect(pool.connectionClosed(c1, now: t(2)) == [.shutdownComplete])
+        #expect(pool.connectionClosed(conn(1), now: t(2)) == [.shutdownComplete])
     }
 
     @Test func unknownIdsAreIgnored() {

@@ -1,0 +1,313 @@
+import ConnectionPool
+import Testing
+
+/// Deterministic generator so a failing seed can be replayed.
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// A model of the runtime: it runs the actions and checks them against what it knows.
+struct RuntimeModel {
+    enum ConnectionState: Equatable {
+        case connecting
+        /// Handed back to the machine in this step (established or released); idle if not used.
+        case available
+        case idle(since: PoolInstant)
+        case leased(RequestID)
+    }
+
+    struct Connection {
+        var key: PoolKey
+        var state: ConnectionState
+    }
+
+    var pool: PoolStateMachine
+    var rng: SplitMix64
+    var now = PoolInstant.zero
+    /// The one timer the runtime keeps (replaced by each `scheduleTimer`).
+    var timer: PoolInstant?
+    var connections: [ConnectionID: Connection] = [:]
+    var waiting: [RequestID: (key: PoolKey, since: PoolInstant)] = [:]
+    var outcomes: [RequestID: Int] = [:]
+    var borrowed: [RequestID] = []
+    var nextRequest: UInt64 = 0
+    var highestConnectionID = -1
+    var shutdownCompletions = 0
+    var steps = 0
+    let keys = [keyA, keyB, keyC]
+
+    init(seed: UInt64) {
+        rng = SplitMix64(state: seed)
+        pool = makePool(cap: 3, maxIdle: 1, borrowTimeout: .seconds(3), idleTimeout: .seconds(2))
+    }
+
+    // MARK: Running actions
+
+    mutating func run(_ actions: PoolActions, afterTick: Bool = false) {
+        steps += 1
+        var created = false
+        for action in actions {
+            switch action {
+            case .createConnection(let id, let key, _):
+                #expect(connections[id] == nil && id.rawValue > highestConnectionID, "step \(steps): reused \(id)")
+                highestConnectionID = max(highestConnectionID, id.rawValue)
+                connections[id] = Connection(key: key, state: .connecting)
+                created = true
+            case .lease(let id, let request):
+                resolve(request)
+                guard let waiter = waiting.removeValue(forKey: request) else {
+                    Issue.record("step \(steps): lease to \(request), which is not waiting")
+                    continue
+                }
+                guard let connection = connections[id] else {
+                    Issue.record("step \(steps): lease of unknown \(id)")
+                    continue
+                }
+                #expect(connection.key == waiter.key, "step \(steps): key mismatch")
+                switch connection.state {
+                case .available, .idle: break
+                case .connecting, .leased: Issue.record("step \(steps): lease of \(id) in state \(connection.state)")
+                }
+                connections[id]?.state = .leased(request)
+            case .failRequest(let request, _):
+                resolve(request)
+                if waiting.removeValue(forKey: request) == nil {
+                    Issue.record("step \(steps): failure of \(request), which is not waiting")
+                }
+            case .closeConnection(let id):
+                guard let connection = connections.removeValue(forKey: id) else {
+                    Issue.record("step \(steps): close of unknown \(id)")
+                    continue
+                }
+                if case .leased = connection.state { Issue.record("step \(steps): closed leased \(id)") }
+            case .scheduleTimer(let at):
+                if let timer { #expect(at < timer, "step \(steps): timer not earlier") }
+                timer = at
+            case .shutdownComplete:
+                shutdownCompletions += 1
+                #expect(connections.isEmpty)
+            }
+        }
+        for (id, connection) in connections where connection.state == .available {
+            connections[id]?.state = .idle(since: now)
+        }
+        check(created: created, afterTick: afterTick)
+    }
+
+    mutating func resolve(_ request: RequestID) {
+        outcomes[request, default: 0] += 1
+        #expect(outcomes[request] == 1, "step \(steps): \(request) resolved twice")
+    }
+
+    // MARK: Invariants
+
+    func check(created: Bool, afterTick: Bool) {
+        let stats = pool.stats
+        let limits = pool.limits
+        var perKey: [PoolKey: PoolCounts] = [:]
+        var idleSince: [PoolInstant] = []
+        for connection in connections.values {
+            switch connection.state {
+            case .connecting: perKey[connection.key, default: PoolCounts()].connecting += 1
+            case .available: Issue.record("available after step")
+            case .idle(let since):
+                perKey[connection.key, default: PoolCounts()].idle += 1
+                idleSince.append(since)
+            case .leased: perKey[connection.key, default: PoolCounts()].leased += 1
+            }
+        }
+        for waiter in waiting.values { perKey[waiter.key, default: PoolCounts()].waiting += 1 }
+        var totals = PoolCounts()
+        for counts in perKey.values {
+            totals.connecting += counts.connecting
+            totals.idle += counts.idle
+            totals.leased += counts.leased
+            totals.waiting += counts.waiting
+        }
+        #expect(stats.totals == totals, "step \(steps): totals")
+        #expect(stats.perKey == perKey, "step \(steps): per key")
+        #expect(pool.waitingCount == waiting.count)
+
+        // The cap: exceeded only after lowering it, and then nothing is created and nothing idles.
+        if stats.totals.total > limits.maxConnections {
+            #expect(!created, "step \(steps): created over the cap")
+            #expect(stats.totals.idle == 0, "step \(steps): idle over the cap")
+        }
+        guard !pool.isShuttingDown else {
+            #expect(waiting.isEmpty)
+            return
+        }
+        // Liveness: no waiter left uncovered while a slot or an idle connection could serve it.
+        for (key, counts) in perKey where counts.waiting > counts.connecting {
+            #expect(stats.totals.total >= limits.maxConnections, "step \(steps): \(key) starved below the cap")
+            #expect(stats.totals.idle == 0, "step \(steps): \(key) starved with idle connections")
+            #expect(limits.borrowTimeout > .zero, "step \(steps): uncovered waiter with zero timeout")
+        }
+        // The timer covers every deadline.
+        if limits.borrowTimeout > .zero {
+            for (request, waiter) in waiting {
+                let deadline = waiter.since + limits.borrowTimeout
+                #expect(timer.map { $0 <= deadline } ?? false, "step \(steps): no timer for \(request)")
+                if afterTick { #expect(deadline > now, "step \(steps): \(request) outlived its deadline") }
+            }
+        }
+        if idleSince.count > limits.maxIdleConnections, let oldest = idleSince.min() {
+            let deadline = oldest + limits.idleTimeout
+            #expect(timer.map { $0 <= deadline } ?? false, "step \(steps): no idle timer")
+            if afterTick { #expect(deadline > now, "step \(steps): idle surplus outlived idleTimeout") }
+        }
+    }
+
+    // MARK: Events
+
+    mutating func pick<T>(_ items: [T]) -> T? {
+        items.isEmpty ? nil : items[Int.random(in: 0..<items.count, using: &rng)]
+    }
+
+    func ids(where predicate: (ConnectionState) -> Bool) -> [ConnectionID] {
+        connections.filter { predicate($0.value.state) }.keys.sorted()
+    }
+
+    mutating func borrow() {
+        nextRequest += 1
+        let request = RequestID(clientID: nextRequest)
+        let key = pick(keys)!
+        borrowed.append(request)
+        waiting[request] = (key, now)
+        run(pool.borrow(request: request, key: key, eventLoopIndex: Int.random(in: 0..<3, using: &rng), now: now))
+    }
+
+    mutating func establish() {
+        guard let id = pick(ids { $0 == .connecting }) else { return }
+        connections[id]?.state = .available
+        run(pool.connectionEstablished(id, now: now))
+    }
+
+    mutating func failConnecting() {
+        guard let id = pick(ids { $0 == .connecting }) else { return }
+        connections[id] = nil
+        let actions = pool.connectionFailed(id, error: ConnectionFailure(code: "08006", message: "refused"), now: now)
+        for case .failRequest(_, let error) in actions {
+            #expect(error == .connectionFailed(ConnectionFailure(code: "08006", message: "refused")) || error == .timeout)
+        }
+        run(actions)
+    }
+
+    mutating func release() {
+        guard let id = pick(ids { if case .leased = $0 { return true } else { return false } }) else { return }
+        let reusable = Int.random(in: 0..<5, using: &rng) != 0
+        connections[id]?.state = .available
+        let actions = pool.release(id, reusable: reusable, now: now)
+        if !reusable { #expect(actions.contains(.closeConnection(id))) }
+        run(actions)
+    }
+
+    mutating func closeAny() {
+        guard let id = pick(connections.keys.sorted()) else { return }
+        connections[id] = nil
+        run(pool.connectionClosed(id, now: now))
+    }
+
+    mutating func cancel() {
+        guard let request = pick(waiting.keys.sorted { $0.clientID < $1.clientID }) else { return }
+        let actions = pool.cancel(request: request, now: now)
+        #expect(actions == [.failRequest(request, .cancelled)])
+        run(actions)
+    }
+
+    mutating func advanceAndTick() {
+        var next = now + .milliseconds(Int64.random(in: 0...1500, using: &rng))
+        if let timer, timer < next, Bool.random(using: &rng) { next = timer }  // sometimes exactly on time
+        now = next
+        if let armed = timer, armed <= now { timer = nil }
+        run(pool.tick(now: now), afterTick: true)
+    }
+
+    mutating func changeLimits() {
+        let limits = PoolLimits(
+            maxConnections: Int.random(in: 0...6, using: &rng),
+            maxIdleConnections: Int.random(in: 0...3, using: &rng),
+            borrowTimeout: pick([.zero, .seconds(1), .seconds(3), .seconds(10)])!,
+            idleTimeout: pick([.zero, .seconds(2), .seconds(5)])!)
+        run(pool.updateLimits(limits, now: now))
+    }
+
+    /// Events with unknown ids or in the wrong state must do nothing.
+    mutating func bogus() {
+        let unknown = ConnectionID(highestConnectionID + 1000)
+        #expect(pool.release(unknown, reusable: true, now: now).isEmpty)
+        #expect(pool.connectionEstablished(unknown, now: now).isEmpty)
+        #expect(pool.cancel(request: RequestID(clientID: .max), now: now).isEmpty)
+        if let id = pick(ids { $0 != .connecting }) {
+            #expect(pool.connectionEstablished(id, now: now).isEmpty)
+        }
+        if let id = pick(ids { if case .leased = $0 { return false } else { return true } }) {
+            #expect(pool.release(id, reusable: true, now: now).isEmpty)
+        }
+        if let resolved = pick(borrowed.filter { waiting[$0] == nil }) {
+            #expect(pool.cancel(request: resolved, now: now).isEmpty)
+        }
+        check(created: false, afterTick: false)
+    }
+
+    mutating func randomStep() {
+        switch Int.random(in: 0..<100, using: &rng) {
+        case 0..<30: borrow()
+        case 30..<46: establish()
+        case 46..<51: failConnecting()
+        case 51..<71: release()
+        case 71..<74: closeAny()
+        case 74..<79: cancel()
+        case 79..<95: advanceAndTick()
+        case 95..<97: changeLimits()
+        default: bogus()
+        }
+    }
+
+    mutating func shutdownAndDrain() {
+        run(pool.shutdown())
+        #expect(waiting.isEmpty)
+        while let id = connections.keys.sorted().first {
+            switch connections[id]!.state {
+            case .connecting:
+                if Bool.random(using: &rng) {
+                    connections[id]?.state = .available
+                    let actions = pool.connectionEstablished(id, now: now)
+                    #expect(actions.first == .closeConnection(id))
+                    run(actions)
+                } else {
+                    connections[id] = nil
+                    run(pool.connectionFailed(id, error: ConnectionFailure(message: "refused"), now: now))
+                }
+            case .leased:
+                connections[id]?.state = .available
+                let actions = pool.release(id, reusable: true, now: now)
+                #expect(actions.first == .closeConnection(id))
+                run(actions)
+            case .available, .idle:
+                Issue.record("idle connection \(id) survived shutdown")
+                connections[id] = nil
+            }
+        }
+        #expect(pool.isDrained)
+        #expect(shutdownCompletions == 1)
+        for request in borrowed { #expect(outcomes[request] == 1, "\(request) unresolved") }
+    }
+}
+
+@Suite struct RandomizedInvariantTests {
+    @Test(arguments: 0..<12 as Range<UInt64>)
+    func randomEventsKeepInvariants(seed: UInt64) {
+        var model = RuntimeModel(seed: seed &* 0x1234_5678_9ABC_DEF1 &+ 7)
+        for _ in 0..<4000 { model.randomStep() }
+        #expect(model.borrowed.count > 500)
+        model.shutdownAndDrain()
+    }
+}
