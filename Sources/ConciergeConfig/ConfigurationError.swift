@@ -1,3 +1,5 @@
+import Foundation
+
 /// One problem found in a configuration.
 public struct ConfigurationIssue: Sendable, Hashable, CustomStringConvertible {
     /// Where: `proxies[0].target_group.connection_pool_config.max_connections_percent`; "" for the whole document.
@@ -116,4 +118,12 @@ extension String {
         let hex = String(value, radix: 16, uppercase: true)
         self = String(repeating: "0", count: Swift.max(0, 4 - hex.count)) + hex
     }
+}
+
+extension ConfigurationError: LocalizedError {
+    public var errorDescription: String? { description }
+}
+
+extension SecretError: LocalizedError {
+    public var errorDescription: String? { description }
 }

@@ -135,7 +135,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
         do {
             try process(&incoming, context: context)
         } catch let error as PGWireError {
-            fail(with: ClientErrors.protocolViolation(Self.describe(error)))
+            fail(with: Self.clientError(for: error))
             return
         } catch {
             fail(with: ClientErrors.protocolViolation("invalid message: \(error)"))
@@ -155,12 +155,18 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
         context.fireChannelReadComplete()
     }
 
-    private static func describe(_ error: PGWireError) -> String {
+    private static func clientError(for error: PGWireError) -> PGErrorFields {
         switch error {
-        case .invalidMessageLength(let length): return "invalid message length \(length)"
+        case .unsupportedProtocolVersion(let version):
+            return ClientErrors.unsupportedProtocol(version)
+        case .invalidMessageLength(let length):
+            return ClientErrors.protocolViolation("invalid message length \(length)")
         case .messageTooLarge(let length, let limit):
-            return "message of \(length) bytes exceeds the proxy's limit of \(limit) bytes"
-        default: return "invalid message: \(error)"
+            return ClientErrors.protocolViolation("message of \(length) bytes exceeds the proxy's limit of \(limit) bytes")
+        case .malformedMessage(let type, let reason):
+            return ClientErrors.protocolViolation("invalid message of type \(type): \(reason)")
+        case .invalidStartupPacket(let reason):
+            return ClientErrors.protocolViolation("invalid startup packet layout: \(reason)")
         }
     }
 

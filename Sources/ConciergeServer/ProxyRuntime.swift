@@ -167,7 +167,7 @@ final class ProxyRuntime: @unchecked Sendable {
             }
     }
 
-    private func makeSession(on eventLoop: any EventLoop) -> ClientSession {
+    func makeSession(on eventLoop: any EventLoop) -> ClientSession {
         clientCount.add(1, ordering: .relaxed)
         return state.withLockedValue { state in
             var processID: Int32

@@ -169,7 +169,7 @@ struct SCRAMScanner {
     /// The next byte without consuming it.
     var peek: UInt8? { self.isAtEnd ? nil : self.bytes[self.index] }
 
-    /// Reads `name=value` up to the next comma (consumed) or the end.
+    /// Reads `name=value` up to the next comma (consumed unless it is the last byte) or the end.
     mutating func readAttribute(_ name: Character) throws(SCRAMError) -> ArraySlice<UInt8> {
         guard let ascii = name.asciiValue,
               self.index + 1 < self.bytes.count,
@@ -198,7 +198,9 @@ struct SCRAMScanner {
             end += 1
         }
         let value = self.bytes[start..<end]
-        self.index = end < self.bytes.count ? end + 1 : end
+        // Consume the comma only when an attribute follows, so a trailing comma is left over
+        // (and rejected by the caller).
+        self.index = end + 1 < self.bytes.count ? end + 1 : end
         return value
     }
 

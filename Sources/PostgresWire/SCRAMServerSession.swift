@@ -130,7 +130,7 @@ public struct SCRAMServerSession: Sendable, CustomStringConvertible {
         }
         let withoutProof = bytes[..<(scanner.index - 1)]
         let proofText = try scanner.readAttribute("p")
-        guard scanner.isAtEnd, bytes.last != UInt8(ascii: ",") else { throw .trailingData }
+        guard scanner.isAtEnd else { throw .trailingData }
         guard let proof = SCRAMBase64.decode(proofText) else { throw .invalidBase64 }
         guard proof.count == 32 else { throw .invalidProofLength }
 

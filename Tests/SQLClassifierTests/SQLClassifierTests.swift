@@ -481,7 +481,7 @@ func assertEveryPrefixClassifies(_ sql: String) {
 @Test func reasonNames() {
     #expect(PinReasons.all.names == [
         "set_variable", "set_role", "sql_prepare", "temporary_object", "cursor_with_hold",
-        "discard", "listen", "load", "advisory_lock", "sequence_function",
+        "discard", "listen", "load", "advisory_lock", "sequence_function", "protocol_prepared_statement",
     ])
     #expect(([.listen, .setVariable] as PinReasons).names == ["set_variable", "listen"])
     #expect(PinReasons().names == [])
