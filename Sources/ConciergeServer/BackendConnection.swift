@@ -18,6 +18,8 @@ protocol BackendOwner: AnyObject, Sendable {
     func backendDidPrepare(_ result: Result<Void, BackendError>)
     /// The backend died while leased.
     func backendDidClose()
+    /// The database connection's writability changed (the client should pause or resume).
+    func backendWritabilityChanged(isWritable: Bool)
 }
 
 /// Why a backend connection could not be opened or used.
@@ -79,6 +81,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     let address: SocketAddress
     private let settings: BackendSettings
     private var phase: Phase = .connecting
+    /// Set once in channelActive, before the backend is handed to anyone, and never cleared.
     private var channel: (any Channel)?
     private var cumulation: ByteBuffer?
     private var setupPromise: EventLoopPromise<BackendConnection>?
@@ -147,7 +150,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     func channelInactive(context: ChannelHandlerContext) {
         let previous = phase
         phase = .closed
-        channel = nil
+        // `channel` stays set: other threads may still write to it (harmlessly, it is closed).
         switch previous {
         case .connecting, .authenticating, .startingUp, .setup:
             failSetup(.connection("the database closed the connection during login"))
@@ -159,6 +162,12 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         case .closed:
             break
         }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        guard case .leased(let owner) = phase else { return }
+        let writable = context.channel.isWritable
+        owner.eventLoop.execute { owner.backendWritabilityChanged(isWritable: writable) }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -463,9 +472,19 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         channel?.flush()
     }
 
+    /// Stops (or resumes) reading from the database while the client cannot keep up.
+    func setReadingPaused(_ paused: Bool) {
+        channel?.setOption(ChannelOptions.autoRead, value: !paused).whenFailure { _ in }
+    }
+
+    /// Whether the database connection accepts more bytes without queueing them in memory.
+    var isWritable: Bool { channel?.isWritable ?? true }
+
     /// The owner is done with the backend: back to the pool if `reusable`, else closed.
     func release(reusable: Bool) {
         eventLoop.execute {
+            // A slow client may have paused reading; the next one starts fresh.
+            self.channel?.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
             switch self.phase {
             case .leased, .preparing:
                 if reusable {
@@ -487,6 +506,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     func rollbackAndRelease() {
         eventLoop.execute {
             guard case .leased = self.phase, let channel = self.channel else { return }
+            channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
             self.phase = .resetting
             var out = channel.allocator.buffer(capacity: 16)
             PGEncode.query("ROLLBACK", into: &out)

@@ -22,6 +22,9 @@ enum ClientErrors {
     static let shuttingDown = PGErrorFields.fatal(
         code: "57P01", message: "terminating connection due to administrator command")
 
+    static let authenticationTimeout = PGErrorFields.fatal(
+        code: "08P01", message: "canceling authentication due to timeout")
+
     static let noUser = PGErrorFields.fatal(
         code: "28000", message: "no PostgreSQL user name specified in startup packet")
 

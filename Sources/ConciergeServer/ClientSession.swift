@@ -68,6 +68,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
     private var needsFlushToBackend = false
     private(set) var pinReasons: PinReasons = []
     private var draining = false
+    /// The backend's socket is full (e.g. a large COPY IN): stop reading from the client.
+    private var backendBlocked = false
 
     // Idle timeout
     private var lastActivity = NIODeadline.now()
@@ -86,6 +88,32 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        // PostgreSQL's authentication_timeout: a client must log in within a minute.
+        idleTimer = eventLoop.scheduleTask(in: Self.authenticationTimeout) { [self] in
+            switch self.state {
+            case .awaitingStartup, .authenticatingSCRAM, .authenticatingMD5:
+                self.fail(with: ClientErrors.authenticationTimeout)
+            case .loggingIn, .ready, .closed:
+                break
+            }
+        }
+        context.fireChannelActive()
+    }
+
+    static let authenticationTimeout = TimeAmount.seconds(60)
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        // A client that reads slowly makes us stop reading its backend's results.
+        backend?.setReadingPaused(!context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
+    }
+
+    func backendWritabilityChanged(isWritable: Bool) {
+        backendBlocked = !isWritable
+        resumeReadsIfNeeded()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -113,7 +141,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
     private var shouldHoldReads: Bool {
         switch state {
         case .loggingIn: return true
-        case .ready: return !held.isEmpty
+        case .ready: return !held.isEmpty || backendBlocked
         case .awaitingStartup, .authenticatingSCRAM, .authenticatingMD5, .closed: return false
         }
     }
@@ -209,8 +237,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
             context.writeAndFlush(wrapOutboundOut(out), promise: nil)
         case .cancel(let processID, let secretKey):
             runtime.cancel(processID: processID, secretKey: secretKey)
-            state = .closed
-            context.close(promise: nil)
+            closeGracefully()
         case .startup(let version, let parameters):
             handleStartup(version: version, parameters: parameters, context: context)
         }
@@ -670,6 +697,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
         guard let backend else { return }
         self.backend = nil
         backendReady = false
+        backendBlocked = false
         backend.release(reusable: true)
         lastActivity = .now()
     }
@@ -677,6 +705,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
     // MARK: Idle timeout
 
     private func scheduleIdleCheck() {
+        idleTimer?.cancel()
         let timeout = TimeAmount.seconds(Int64(runtime.idleClientTimeout))
         idleTimer = eventLoop.scheduleTask(deadline: lastActivity + timeout) { [self] in
             self.idleCheck()
@@ -686,7 +715,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
     private func idleCheck() {
         guard case .ready = state else { return }
         let timeout = TimeAmount.seconds(Int64(runtime.idleClientTimeout))
-        let busy = backend != nil || waitingRequest != nil || !held.isEmpty
+        // Idle means between transactions with nothing in flight, pinned or not.
+        let busy = waitingRequest != nil || !held.isEmpty || outstandingSyncs > 0 || pendingUnsynced
+            || transactionStatus != .idle
         if !busy, NIODeadline.now() >= lastActivity + timeout {
             logger.info("closing idle client")
             fail(with: ClientErrors.idleTimeout)

@@ -170,6 +170,7 @@ def _wait_ready(p: Proxy, timeout: float = 30) -> None:
     """Wait until a real psql `select 1` succeeds through the proxy (or the process dies)."""
     def ready() -> bool:
         if p.proc.poll() is not None:
+            p.expect_exit = True  # reported here; not again at teardown
             pytest.fail(f"concierge exited with {p.proc.returncode} before it was ready:\n"
                         f"{p.log()}\nconfig:\n{p.config_path.read_text()}")
         proc = p.psql("select 1", check=False, timeout=10, connect_timeout=2)

@@ -130,10 +130,14 @@ class Target:
         return run(cmd, timeout=timeout, check=check, env=env)
 
     def connect(self, user: str = "app", dbname: str = "app", password: str | None = None,
-                autocommit: bool = True, **params: Any) -> psycopg.Connection:
-        """A psycopg connection (autocommit by default: each statement its own transaction)."""
+                autocommit: bool = True, prepare_threshold: int | None = 5,
+                **params: Any) -> psycopg.Connection:
+        """A psycopg connection (autocommit by default: each statement its own transaction).
+
+        psycopg prepares a statement (a named, protocol-level prepared statement) once it ran
+        `prepare_threshold` times; None never prepares."""
         return psycopg.connect(self.conninfo(user, dbname, password, **params),
-                               autocommit=autocommit)
+                               autocommit=autocommit, prepare_threshold=prepare_threshold)
 
     def wire(self, timeout: float = 10.0) -> WireClient:
         """A raw-socket protocol client, connected but not started up."""
@@ -251,6 +255,10 @@ def proxy_config(*, listen_port: int, db_port: int, secrets: dict[str, Path],
     }
     for key, value in overrides.items():
         (pool if key in POOL_KEYS else entry)[key] = value
+    if "max_idle_connections_percent" not in overrides:
+        # Must not exceed max_connections_percent (e.g. when a test sets a cap of 1%).
+        pool["max_idle_connections_percent"] = min(pool["max_idle_connections_percent"],
+                                                   pool["max_connections_percent"])
     entry["target_group"] = {"connection_pool_config": pool,
                              "targets": [{"endpoint": f"127.0.0.1:{db_port}"}]}
     config: dict[str, Any] = {}

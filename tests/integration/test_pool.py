@@ -79,7 +79,9 @@ def test_startup_parameters_follow_each_client_on_a_shared_backend(proxy):
     # Cap 1: both clients' transactions run on the same single backend, one after the other;
     # each must still see its own application_name.
     p = proxy(max_connections_percent=1)
-    with p.connect(application_name="alpha") as a, p.connect(application_name="beta") as b:
+    # (No prepared statements here: they have their own test below.)
+    with p.connect(application_name="alpha", prepare_threshold=None) as a, \
+            p.connect(application_name="beta", prepare_threshold=None) as b:
         for _ in range(5):
             assert a.execute("show application_name").fetchone()[0] == "alpha"
             assert b.execute("show application_name").fetchone()[0] == "beta"
@@ -89,6 +91,17 @@ def test_startup_parameters_follow_each_client_on_a_shared_backend(proxy):
                 assert a.execute("show application_name").fetchone()[0] == "alpha"
             with b.transaction():
                 assert b.execute("show application_name").fetchone()[0] == "beta"
+
+
+def test_protocol_prepared_statements_do_not_pin(proxy):
+    # Cap 1 and a short borrow timeout: if preparing pinned A to the only backend, B would time
+    # out. Named protocol-level prepared statements must work in transaction mode unpinned.
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=2)
+    with p.connect(prepare_threshold=0) as a, p.connect(prepare_threshold=0) as b:
+        for i in range(5):
+            assert a.execute("select %s::int + 1", (i,), prepare=True).fetchone()[0] == i + 1
+            assert b.execute("select %s::int + 2", (i,), prepare=True).fetchone()[0] == i + 2
+            assert a.execute("select %s::text", ("a",), prepare=True).fetchone()[0] == "a"
 
 
 def test_cancel_only_cancels_that_clients_query(proxy, pg):
