@@ -265,8 +265,8 @@ struct ErrorTests {
                 engine_family: POSTGRESQL
                 listen: "0.0.0.0:5432"
                 endpoints:
-                  - {name: one-ro, target_role: READ_ONLY, listen: "10.1.1.1:5432"}
-                  - {name: one-ro2, target_role: READ_ONLY, listen: "[::]:5433"}
+                  - {name: one-ro, target_role: READ_WRITE, listen: "10.1.1.1:5432"}
+                  - {name: one-ro2, target_role: READ_WRITE, listen: "[::]:5433"}
                 auth: [{secret_arn: "env:APP_SECRET"}]
                 target_group: {targets: [{endpoint: db}]}
               - name: two
@@ -331,5 +331,26 @@ struct ErrorTests {
             "proxies[0].auth: at least one auth entry is required (allowed: 1...200 entries)",
             "proxies[0].target_group.targets: at least one target is required",
         ])
+    }
+}
+
+@Suite struct NotYetSupportedTests {
+    @Test func readOnlyEndpointsAreRefusedUntilReaderDiscoveryExists() throws {
+        let yaml = """
+            proxies:
+              - name: one
+                engine_family: POSTGRESQL
+                listen: "127.0.0.1:5432"
+                endpoints: [{name: one-ro, target_role: READ_ONLY, listen: "127.0.0.1:5433"}]
+                auth: [{secret_arn: "env:APP_SECRET"}]
+                target_group: {targets: [{endpoint: db}]}
+            """
+        do {
+            _ = try ConfigurationLoader.parseConfiguration(yaml: yaml, baseDirectory: "/")
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.description.contains(
+                "proxies[0].endpoints[0].target_role: READ_ONLY endpoints are not supported yet (allowed: READ_WRITE)"))
+        }
     }
 }

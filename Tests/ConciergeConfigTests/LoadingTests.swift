@@ -51,7 +51,7 @@ struct LoadingTests {
             engine_family: POSTGRESQL
             listen: "0.0.0.0:5432"
             endpoints:
-              - { name: app-ro, target_role: READ_ONLY, listen: "0.0.0.0:5433" }
+              - { name: app-ro, target_role: READ_WRITE, listen: "0.0.0.0:5433" }
               - name: app-rw2
                 listen: "[::1]:5434"
             require_tls: false
@@ -102,7 +102,7 @@ struct LoadingTests {
         #expect(config.admin == AdminConfiguration(listen: HostPort(host: "127.0.0.1", port: 9187), token: "env:ADMIN_TOKEN"))
         let app = try #require(config.proxy(named: "app"))
         #expect(app.endpoints == [
-            EndpointConfiguration(name: "app-ro", targetRole: .readOnly, listen: HostPort(host: "0.0.0.0", port: 5433)),
+            EndpointConfiguration(name: "app-ro", targetRole: .readWrite, listen: HostPort(host: "0.0.0.0", port: 5433)),
             EndpointConfiguration(name: "app-rw2", targetRole: .readWrite, listen: HostPort(host: "::1", port: 5434)),
         ])
         #expect(app.endpoints[1].listen.description == "[::1]:5434")

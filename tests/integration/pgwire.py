@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 PROTOCOL_3_0 = 196608  # 3 << 16
 SSL_REQUEST_CODE = 80877103
+CANCEL_REQUEST_CODE = 80877102
 
 # Authentication request codes (the int32 after an 'R' message).
 AUTH_OK = 0

@@ -2,12 +2,14 @@
 drain_timeout), then exits 0."""
 
 import signal
+import struct
 import time
 import uuid
 
 import pytest
 
 from helpers import port_accepts, wait_for
+from pgwire import CANCEL_REQUEST_CODE
 
 pytestmark = pytest.mark.proxy_only
 
@@ -67,3 +69,24 @@ def test_drain_timeout_ends_a_transaction_that_never_finishes(proxy, pg):
         assert pg.scalar(f"select count(*) from {table}") == 0
     finally:
         stuck.close()
+
+
+@pytest.mark.parametrize("how", ["bogus-key", "real-key"])
+def test_cancel_request_connections_are_not_left_behind(proxy, how):
+    # A CancelRequest arrives on a connection of its own, which the server closes at once; it
+    # must not count as a client afterwards (else the drain below would wait for it).
+    p = proxy(drain_timeout=10)
+    if how == "bogus-key":
+        with p.wire() as w:
+            w.send(struct.pack("!IIII", 16, CANCEL_REQUEST_CODE, 12345, 67890))
+            assert w.read_bytes_until_eof(timeout=5) == b""
+    else:
+        with p.connect() as conn:
+            conn.cancel()  # nothing running: a no-op for the database
+            assert conn.execute("select 1").fetchone()[0] == 1
+    p.signal(signal.SIGTERM)
+    p.expect_exit = True
+    started = time.monotonic()
+    assert p.wait(timeout=p.drain_timeout + 5) == 0
+    elapsed = time.monotonic() - started
+    assert elapsed < 3, f"with no client left, the proxy took {elapsed:.1f}s to exit"
