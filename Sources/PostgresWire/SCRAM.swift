@@ -23,6 +23,14 @@ public enum SCRAM {
         String(decoding: SCRAMBase64.encode(randomBytes(count: rawNonceLength)), as: UTF8.self)
     }
 
+    /// `nonce` as bytes when it is a valid nonce (see ``isPrintable(_:)``), else a fresh random one.
+    static func nonceBytes(_ nonce: String?) -> [UInt8] {
+        if let nonce, Self.isPrintable(nonce.utf8) {
+            return Array(nonce.utf8)
+        }
+        return Array(Self.randomNonce().utf8)
+    }
+
     static func randomBytes(count: Int) -> [UInt8] {
         var generator = SystemRandomNumberGenerator()
         return (0..<count).map { _ in UInt8.random(in: .min ... .max, using: &generator) }

@@ -37,11 +37,7 @@ public struct SCRAMClientSession: Sendable, CustomStringConvertible {
     ) {
         self.username = username
         self.password = Array(password.utf8)
-        if let nonce, SCRAM.isPrintable(nonce.utf8) {
-            self.clientNonce = Array(nonce.utf8)
-        } else {
-            self.clientNonce = Array(SCRAM.randomNonce().utf8)
-        }
+        self.clientNonce = SCRAM.nonceBytes(nonce)
         self.saltedPasswordCache = saltedPasswordCache
     }
 

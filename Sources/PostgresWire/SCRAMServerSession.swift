@@ -33,11 +33,7 @@ public struct SCRAMServerSession: Sendable, CustomStringConvertible {
     ///   or when it is not printable ASCII without commas.
     public init(verifier: SCRAMVerifier, nonce: String? = nil) {
         self.verifier = verifier
-        if let nonce, SCRAM.isPrintable(nonce.utf8) {
-            self.serverNonce = Array(nonce.utf8)
-        } else {
-            self.serverNonce = Array(SCRAM.randomNonce().utf8)
-        }
+        self.serverNonce = SCRAM.nonceBytes(nonce)
     }
 
     /// Whether the client proved knowledge of the password.
