@@ -476,14 +476,18 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
         }
         switch type {
         case PGMessageType.Frontend.query:
-            classify(try PGParse.query(frame.body))
+            classify(try PGParse.queryBytes(frame.body))
         case PGMessageType.Frontend.parse:
             pendingUnsynced = true
-            let parse = try PGParse.parseMessage(frame.body)
-            if !parse.statementName.isEmpty {
-                pin(.protocolPreparedStatement, statement: parse.query)
+            var body = frame.body
+            guard let name = body.readNullTerminatedSlice(), let query = body.readNullTerminatedSlice() else {
+                fail(with: ClientErrors.protocolViolation("invalid Parse message"))
+                return
             }
-            classify(parse.query)
+            if name.readableBytes > 0 {
+                pin(.protocolPreparedStatement, statement: query)
+            }
+            classify(query)
         case PGMessageType.Frontend.sync:
             pendingUnsynced = false
         case PGMessageType.Frontend.functionCall:
@@ -522,20 +526,25 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
         }
     }
 
-    private func classify(_ text: String) {
-        let classification = SQLClassifier.classify(text, options: runtime.classifierOptions)
-        if !classification.pinReasons.isEmpty {
-            pin(classification.pinReasons, statement: text)
+    /// Pins the session when the SQL changes session state. Reads the bytes in place: no
+    /// String is built unless a pin is logged.
+    private func classify(_ sql: ByteBuffer) {
+        let reasons = sql.withUnsafeReadableBytes {
+            SQLClassifier.classify($0, options: runtime.classifierOptions).pinReasons
+        }
+        if !reasons.isEmpty {
+            pin(reasons, statement: sql)
         }
     }
 
-    private func pin(_ reasons: PinReasons, statement: String) {
+    private func pin(_ reasons: PinReasons, statement: ByteBuffer) {
         let new = reasons.subtracting(pinReasons)
         guard !new.isEmpty else { return }
         let first = pinReasons.isEmpty
         pinReasons.formUnion(new)
         var metadata: Logger.Metadata = ["concierge.pin_reason": "\(new.names.joined(separator: ","))"]
-        if runtime.debugLogging { metadata["concierge.statement"] = "\(statement)" }
+        // SQL text is logged only with debug_logging: it may contain data.
+        if runtime.debugLogging { metadata["concierge.statement"] = "\(String(buffer: statement))" }
         logger.info(first ? "session pinned" : "session pin reason added", metadata: metadata)
     }
 
@@ -801,5 +810,16 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
             }
         }
         runtime.sessionClosed(self)
+    }
+}
+
+extension ByteBuffer {
+    /// Reads a NUL-terminated string as a slice without the NUL (no copy), or nil without a NUL.
+    mutating func readNullTerminatedSlice() -> ByteBuffer? {
+        guard let length = readableBytesView.firstIndex(of: 0).map({ $0 - readerIndex }),
+            let slice = readSlice(length: length)
+        else { return nil }
+        moveReaderIndex(forwardBy: 1)
+        return slice
     }
 }
