@@ -166,14 +166,17 @@ def proxy(request, pg: PgCluster, concierge_bin: Path, tmp_path: Path):
         pytest.fail("\n\n".join(errors))
 
 
-def _wait_ready(p: Proxy, timeout: float = 30) -> None:
+def _wait_ready(p: Proxy, timeout: float = 20) -> None:
     """Wait until a real psql `select 1` succeeds through the proxy (or the process dies)."""
     def ready() -> bool:
         if p.proc.poll() is not None:
             p.expect_exit = True  # reported here; not again at teardown
             pytest.fail(f"concierge exited with {p.proc.returncode} before it was ready:\n"
                         f"{p.log()}\nconfig:\n{p.config_path.read_text()}")
-        proc = p.psql("select 1", check=False, timeout=10, connect_timeout=2)
+        try:
+            proc = p.psql("select 1", check=False, timeout=5, connect_timeout=2)
+        except subprocess.TimeoutExpired:
+            return False  # connected but no answer (yet): keep trying until the deadline
         return proc.returncode == 0 and proc.stdout.strip() == "1"
     try:
         wait_for(ready, timeout, f"concierge on port {p.port} to serve `select 1`", interval=0.1)

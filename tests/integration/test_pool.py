@@ -93,15 +93,31 @@ def test_startup_parameters_follow_each_client_on_a_shared_backend(proxy):
                 assert b.execute("show application_name").fetchone()[0] == "beta"
 
 
-def test_protocol_prepared_statements_do_not_pin(proxy):
-    # Cap 1 and a short borrow timeout: if preparing pinned A to the only backend, B would time
-    # out. Named protocol-level prepared statements must work in transaction mode unpinned.
-    p = proxy(max_connections_percent=1, connection_borrow_timeout=2)
-    with p.connect(prepare_threshold=0) as a, p.connect(prepare_threshold=0) as b:
+@pytest.mark.proxy_only
+def test_protocol_prepared_statements_pin_and_work(proxy):
+    # A named protocol-level prepared statement lives in the backend's session, so until the
+    # proxy can re-prepare statements on any backend it pins the client (reason
+    # protocol_prepared_statement). The statements must keep working across transactions, on the
+    # same backend, while an unpinned client shares the rest of the pool.
+    p = proxy(max_connections_percent=2, connection_borrow_timeout=5)
+    with p.connect(prepare_threshold=0) as a, p.connect() as b:
+        pid = a.execute("select pg_backend_pid()").fetchone()[0]
         for i in range(5):
             assert a.execute("select %s::int + 1", (i,), prepare=True).fetchone()[0] == i + 1
-            assert b.execute("select %s::int + 2", (i,), prepare=True).fetchone()[0] == i + 2
-            assert a.execute("select %s::text", ("a",), prepare=True).fetchone()[0] == "a"
+            assert b.execute("select %s::int + 2", (i,)).fetchone()[0] == i + 2
+            assert a.execute("select pg_backend_pid()", prepare=True).fetchone()[0] == pid
+    assert "protocol_prepared_statement" in p.log()
+
+
+@pytest.mark.proxy_only
+def test_unnamed_extended_protocol_does_not_pin(proxy):
+    # The extended protocol with the unnamed statement (what psycopg does without preparing) is
+    # fully multiplexed: two clients alternate on a single backend.
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=2)
+    with p.connect(prepare_threshold=None) as a, p.connect(prepare_threshold=None) as b:
+        for i in range(5):
+            assert a.execute("select %s::int + 1", (i,)).fetchone()[0] == i + 1
+            assert b.execute("select %s::int + 2", (i,)).fetchone()[0] == i + 2
 
 
 def test_cancel_only_cancels_that_clients_query(proxy, pg):
@@ -123,7 +139,7 @@ def test_cancel_only_cancels_that_clients_query(proxy, pg):
         tb.start()
         # Await both queries running on the database, then cancel A's only.
         wait_for(lambda: pg.scalar("select count(*) from pg_stat_activity where state = 'active' "
-                                   "and query like 'select pg_sleep(%)'") == 2,
+                                   "and query in ('select pg_sleep(30)', 'select pg_sleep(3)')") == 2,
                  10, "both pg_sleep queries to run")
         a.cancel()
         ta.join(timeout=10)
