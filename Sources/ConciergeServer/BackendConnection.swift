@@ -67,7 +67,8 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         case connecting
         case authenticating(SCRAMClientSession?)
         case startingUp
-        case setup(remaining: Int, failure: PGErrorFields?)
+        /// Running `setupQueries[step]` (one simple Query each, answered by one ReadyForQuery).
+        case setup(step: Int, failure: PGErrorFields?)
         case idle
         case leased(any BackendOwner)
         case preparing(any BackendOwner, failure: PGErrorFields?)
@@ -85,6 +86,25 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     private var channel: (any Channel)?
     private var cumulation: ByteBuffer?
     private var setupPromise: EventLoopPromise<BackendConnection>?
+    private var setupQueries: [SetupQuery] = []
+    /// Settings the init query changed (lowercased name → value): what a client's parameter
+    /// goes back to when the next client does not ask for it (RESET would lose them).
+    private var baselineParameters: [String: String] = [:]
+
+    private enum SetupQuery {
+        case maxConnections
+        case initQuery
+        case baseline
+
+        var sql: String {
+            switch self {
+            case .maxConnections: return "SHOW max_connections"
+            case .initQuery: return ""
+            case .baseline:
+                return "SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings WHERE source = 'session'"
+            }
+        }
+    }
     private var maxConnectionsValue: Int?
     private weak var pool: BackendPool?
 
@@ -263,8 +283,8 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
             case .connecting, .authenticating, .startingUp:
                 failSetup(.server(fields))
                 context.close(promise: nil)
-            case .setup(let remaining, _):
-                phase = .setup(remaining: remaining, failure: fields)
+            case .setup(let step, let failure):
+                phase = .setup(step: step, failure: failure ?? fields)
             case .preparing(let owner, _):
                 phase = .preparing(owner, failure: fields)
             case .idle, .resetting, .closed, .leased:
@@ -278,8 +298,17 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         case PGMessageType.Backend.readyForQuery:
             try handleReadyForQuery(PGParse.readyForQuery(frame.body), context: context)
         case PGMessageType.Backend.dataRow:
-            if case .setup = phase, settings.readMaxConnections, maxConnectionsValue == nil {
-                maxConnectionsValue = (try? PGParse.dataRowStrings(frame.body))?.first.flatMap { $0 }.flatMap { Int($0) }
+            guard case .setup(let step, _) = phase else { break }
+            let values = try PGParse.dataRowStrings(frame.body)
+            switch setupQueries[step] {
+            case .maxConnections:
+                maxConnectionsValue = values.first.flatMap { $0 }.flatMap { Int($0) }
+            case .baseline:
+                if values.count == 2, let name = values[0], let value = values[1] {
+                    baselineParameters[name.lowercased()] = value
+                }
+            case .initQuery:
+                break
             }
         case PGMessageType.Backend.noticeResponse, PGMessageType.Backend.notificationResponse,
             PGMessageType.Backend.rowDescription, PGMessageType.Backend.commandComplete,
@@ -332,20 +361,21 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     private func handleReadyForQuery(_ status: PGTransactionStatus, context: ChannelHandlerContext) throws {
         switch phase {
         case .startingUp:
-            var queries: [String] = []
-            if settings.readMaxConnections { queries.append("SHOW max_connections") }
-            if !settings.initQuery.isEmpty { queries.append(settings.initQuery) }
-            if queries.isEmpty {
+            if settings.readMaxConnections { setupQueries.append(.maxConnections) }
+            if !settings.initQuery.isEmpty { setupQueries += [.initQuery, .baseline] }
+            if setupQueries.isEmpty {
                 finishSetup()
             } else {
-                phase = .setup(remaining: queries.count, failure: nil)
+                phase = .setup(step: 0, failure: nil)
                 var out = context.channel.allocator.buffer(capacity: 128)
-                for query in queries { PGEncode.query(query, into: &out) }
+                for query in setupQueries {
+                    PGEncode.query(query == .initQuery ? settings.initQuery : query.sql, into: &out)
+                }
                 context.writeAndFlush(wrapOutboundOut(out), promise: nil)
             }
-        case .setup(let remaining, let failure):
-            if remaining > 1 {
-                phase = .setup(remaining: remaining - 1, failure: failure)
+        case .setup(let step, let failure):
+            if step + 1 < setupQueries.count {
+                phase = .setup(step: step + 1, failure: failure)
             } else if let failure {
                 failSetup(.server(failure))
                 context.close(promise: nil)
@@ -411,7 +441,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
             if case .closed = phase {} else { pool?.release(self, reusable: false) }
             return
         }
-        let sql = Self.parameterSyncSQL(from: appliedParameters, to: parameters)
+        let sql = Self.parameterSyncSQL(from: appliedParameters, to: parameters, baseline: baselineParameters)
         appliedParameters = parameters
         guard let sql else {
             phase = .leased(owner)
@@ -430,15 +460,22 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
 
     /// SQL that takes a backend from one set of session parameters to another, or nil when
     /// nothing differs. Values go through set_config so list-valued settings parse as they do
-    /// in a startup packet; names and values are quoted, never spliced raw.
-    static func parameterSyncSQL(from current: [String: String], to desired: [String: String]) -> String? {
+    /// in a startup packet; names and values are quoted, never spliced raw. A parameter the new
+    /// client does not set goes back to its `baseline` value (set by init_query) or is RESET.
+    static func parameterSyncSQL(
+        from current: [String: String], to desired: [String: String], baseline: [String: String] = [:]
+    ) -> String? {
         var calls: [String] = []
         for (name, value) in desired.sorted(by: { $0.key < $1.key }) where current[name] != value {
             calls.append("pg_catalog.set_config(\(quoteLiteral(name)), \(quoteLiteral(value)), false)")
         }
         var resets: [String] = []
         for name in current.keys.sorted() where desired[name] == nil {
-            resets.append("RESET \(quoteIdentifier(name))")
+            if let value = baseline[name] {
+                calls.append("pg_catalog.set_config(\(quoteLiteral(name)), \(quoteLiteral(value)), false)")
+            } else {
+                resets.append("RESET \(quoteIdentifier(name))")
+            }
         }
         if calls.isEmpty && resets.isEmpty { return nil }
         var statements: [String] = []

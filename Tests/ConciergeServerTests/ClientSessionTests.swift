@@ -158,6 +158,13 @@ import Testing
                 == "SELECT pg_catalog.set_config(E'a', E'2', false), pg_catalog.set_config(E'b', E'1', false); RESET \"c\"")
     }
 
+    @Test func parametersSetByInitQueryGoBackToTheirInitValue() {
+        #expect(
+            BackendConnection.parameterSyncSQL(
+                from: ["statement_timeout": "5s"], to: [:], baseline: ["statement_timeout": "1234ms"])
+                == "SELECT pg_catalog.set_config(E'statement_timeout', E'1234ms', false)")
+    }
+
     @Test func literalsAndIdentifiersAreQuoted() {
         #expect(BackendConnection.quoteLiteral("it's a \\ test") == "E'it''s a \\\\ test'")
         #expect(BackendConnection.quoteIdentifier("we\"ird") == "\"we\"\"ird\"")
