@@ -689,9 +689,16 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
 
     func backendDidReadComplete() {
         context?.flush()
-        if draining, backend == nil, held.isEmpty, waitingRequest == nil {
+        if draining, isBetweenTransactions {
             fail(with: ClientErrors.shuttingDown)
         }
+    }
+
+    /// Nothing in flight and no transaction open (pinned or not): the client may be closed
+    /// (idle timeout, shutdown) without losing anything.
+    private var isBetweenTransactions: Bool {
+        waitingRequest == nil && held.isEmpty && outstandingSyncs == 0 && !pendingUnsynced
+            && transactionStatus == .idle
     }
 
     func backendDidClose() {
@@ -724,9 +731,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
     private func idleCheck() {
         guard case .ready = state else { return }
         let timeout = TimeAmount.seconds(Int64(runtime.idleClientTimeout))
-        // Idle means between transactions with nothing in flight, pinned or not.
-        let busy = waitingRequest != nil || !held.isEmpty || outstandingSyncs > 0 || pendingUnsynced
-            || transactionStatus != .idle
+        let busy = !isBetweenTransactions
         if !busy, NIODeadline.now() >= lastActivity + timeout {
             logger.info("closing idle client")
             fail(with: ClientErrors.idleTimeout)
@@ -743,7 +748,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
         eventLoop.execute { [self] in
             self.draining = true
             switch self.state {
-            case .ready where self.backend == nil && self.held.isEmpty && self.waitingRequest == nil:
+            case .ready where self.isBetweenTransactions:
                 self.fail(with: ClientErrors.shuttingDown)
             case .ready, .loggingIn:
                 break
