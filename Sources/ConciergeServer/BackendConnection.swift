@@ -228,7 +228,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
 
     func channelReadComplete(context: ChannelHandlerContext) {
         if case .leased(let owner) = phase {
-            if owner.eventLoop === eventLoop {
+            if owner.eventLoop.inEventLoop {
                 owner.backendDidReadComplete()
             } else {
                 owner.eventLoop.execute { owner.backendDidReadComplete() }
@@ -256,7 +256,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         }
         let length = buffer.readerIndex - unread.readerIndex
         guard length > 0, let slice = unread.getSlice(at: unread.readerIndex, length: length) else { return }
-        if owner.eventLoop === eventLoop {
+        if owner.eventLoop.inEventLoop {
             owner.backendDidRead(slice, readyForQueryCount: readyCount, lastStatus: lastStatus)
         } else {
             owner.eventLoop.execute { [readyCount, lastStatus] in
@@ -388,16 +388,12 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         case .preparing(let owner, let failure):
             if let failure {
                 phase = .closed
-                owner.eventLoop.execute { owner.backendDidPrepare(.failure(.server(failure))) }
+                notifyPrepared(owner, .failure(.server(failure)))
                 pool?.release(self, reusable: false)
                 context.close(promise: nil)
             } else {
                 phase = .leased(owner)
-                if owner.eventLoop === eventLoop {
-                    owner.backendDidPrepare(.success(()))
-                } else {
-                    owner.eventLoop.execute { owner.backendDidPrepare(.success(())) }
-                }
+                notifyPrepared(owner, .success(()))
             }
         case .resetting:
             if status == .idle {
@@ -410,6 +406,15 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
             }
         case .connecting, .authenticating, .idle, .leased, .closed:
             throw BackendError.protocolViolation("unexpected ReadyForQuery")
+        }
+    }
+
+    /// Tells the owner its backend is ready (or not), directly when both share an event loop.
+    private func notifyPrepared(_ owner: any BackendOwner, _ result: Result<Void, BackendError>) {
+        if owner.eventLoop.inEventLoop {
+            owner.backendDidPrepare(result)
+        } else {
+            owner.eventLoop.execute { owner.backendDidPrepare(result) }
         }
     }
 
@@ -437,7 +442,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
 
     private func leaseOnLoop(to owner: any BackendOwner, parameters: [String: String]) {
         guard case .idle = phase, let channel else {
-            owner.eventLoop.execute { owner.backendDidPrepare(.failure(.connection("the database connection closed"))) }
+            notifyPrepared(owner, .failure(.connection("the database connection closed")))
             if case .closed = phase {} else { pool?.release(self, reusable: false) }
             return
         }
@@ -445,11 +450,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         appliedParameters = parameters
         guard let sql else {
             phase = .leased(owner)
-            if owner.eventLoop === eventLoop {
-                owner.backendDidPrepare(.success(()))
-            } else {
-                owner.eventLoop.execute { owner.backendDidPrepare(.success(())) }
-            }
+            notifyPrepared(owner, .success(()))
             return
         }
         phase = .preparing(owner, failure: nil)
