@@ -1,8 +1,9 @@
 """Fixtures for the Concierge integration tests.
 
 - `pg` (session): a throwaway PostgreSQL cluster started with scripts/pg.sh on a free port
-  (max_connections=100) with users `app` (SCRAM) and `app_md5` (md5), database `app` and a
-  `locktest` table. Torn down at the end of the session.
+  (max_connections=100) with the users of `helpers.DB_USERS`: `app` (SCRAM), `app_md5` (md5),
+  `app_clear` (cleartext password) and `app_trust` (trust); databases `app` and `app2` (both
+  owned by app) and a `locktest` table in app. Torn down at the end of the session.
 - `proxy` (function): a factory; `proxy(**overrides)` writes secrets and a config into a tmp dir,
   starts `$CONCIERGE_BIN serve --config FILE`, waits until a real psql `select 1` succeeds through
   it and returns a `helpers.Proxy`. Teardown sends SIGTERM and waits for the exit.
@@ -24,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (DIRECT, PG_SH, REPO_ROOT, PgCluster, Proxy, clean_env, free_port,
-                     pg_bindir, proxy_config, run, to_yaml, wait_for, write_secret)
+from helpers import (DB_USERS, DIRECT, PG_SH, REPO_ROOT, PgCluster, Proxy, clean_env, free_port,
+                     pg_bindir, port_accepts, proxy_config, run, to_yaml, wait_for, write_secret)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -72,7 +73,7 @@ def pg() -> PgCluster:
     run(["bash", str(PG_SH), "start", str(root / "data"), str(port), "max_connections=100"],
         env=env, timeout=180)
     cluster = PgCluster(host="127.0.0.1", port=port, bindir=pg_bindir(),
-                        passwords={"app": secrets.token_hex(12), "app_md5": secrets.token_hex(12)},
+                        passwords={u.name: secrets.token_hex(12) for u in DB_USERS},
                         root=root, superuser_password=superuser_password)
     try:
         _provision(cluster)
@@ -84,19 +85,26 @@ def pg() -> PgCluster:
 
 def _provision(pg: PgCluster) -> None:
     """Users, database and tables the tests rely on."""
-    # `app_md5` logs in with md5 (its password is stored as an md5 hash); pg_hba's first
-    # matching line wins, so its md5 line goes before the generic scram-sha-256 ones.
+    # Each user logs in with its own pg_hba method (app_md5: md5, with its password stored as
+    # an md5 hash; app_clear: a cleartext password; app_trust: none). pg_hba's first matching
+    # line wins, so these lines go before the generic scram-sha-256 ones.
     hba = pg.datadir / "pg_hba.conf"
-    hba.write_text("host all app_md5 127.0.0.1/32 md5\n" + hba.read_text())
+    own_lines = "".join(f"host all {u.name} 127.0.0.1/32 {u.hba_method}\n"
+                        for u in DB_USERS if u.hba_method != "scram-sha-256")
+    hba.write_text(own_lines + hba.read_text())
     pg.query("select pg_reload_conf()", dbname="postgres")
     with pg.super_connect("postgres") as conn:
-        conn.execute("set password_encryption = 'scram-sha-256'")
-        conn.execute(f"create role app login password '{pg.passwords['app']}'")
-        conn.execute("set password_encryption = 'md5'")
-        conn.execute(f"create role app_md5 login password '{pg.passwords['app_md5']}'")
+        for u in DB_USERS:
+            if u.password_encryption is None:
+                conn.execute(f"create role {u.name} login")
+            else:
+                conn.execute(f"set password_encryption = '{u.password_encryption}'")
+                conn.execute(f"create role {u.name} login password '{pg.passwords[u.name]}'")
         conn.execute("create database app owner app")
+        conn.execute("create database app2 owner app")
     pg.create_table("locktest", "id int")
-    pg.query("grant all on schema public to app_md5")
+    others = ", ".join(u.name for u in DB_USERS if u.name != "app")
+    pg.query(f"grant all on schema public to {others}")
 
 
 @pytest.fixture(scope="session")
@@ -115,12 +123,13 @@ def proxy(request, pg: PgCluster, concierge_bin: Path, tmp_path: Path):
     Overrides are flat: pool keys (max_connections_percent, connection_borrow_timeout,
     session_pinning_filters, init_query, ...) go into connection_pool_config, `drain_timeout`
     to the top level, anything else (idle_client_timeout, max_client_connections, ...) into the
-    proxy's entry.
+    proxy's entry. `wait_ready=False` only waits until the proxy listens, for configurations
+    under which `select 1` is expected to fail (e.g. a failing init_query).
     """
     started: list[Proxy] = []
     request.node._concierge_proxies = started
 
-    def start(*, drain_timeout: float = 5, **overrides) -> Proxy:
+    def start(*, drain_timeout: float = 5, wait_ready: bool = True, **overrides) -> Proxy:
         if DIRECT:
             return Proxy(host=pg.host, port=pg.port, passwords=pg.passwords, bindir=pg.bindir)
         n = len(started)
@@ -130,7 +139,7 @@ def proxy(request, pg: PgCluster, concierge_bin: Path, tmp_path: Path):
                         for user, password in pg.passwords.items()}
         port = free_port()
         config = proxy_config(listen_port=port, db_port=pg.port, secrets=secret_files,
-                              md5_users={"app_md5"}, drain_timeout=drain_timeout, **overrides)
+                              drain_timeout=drain_timeout, **overrides)
         config_path = workdir / "concierge.yaml"
         config_path.write_text(to_yaml(config) + "\n")
         log_path = workdir / "concierge.log"
@@ -142,7 +151,10 @@ def proxy(request, pg: PgCluster, concierge_bin: Path, tmp_path: Path):
                   proc=proc, config_path=config_path, log_path=log_path,
                   drain_timeout=drain_timeout)
         started.append(p)
-        _wait_ready(p)
+        if wait_ready:
+            _wait_ready(p)
+        else:
+            _wait_listening(p)
         return p
 
     yield start
@@ -164,6 +176,20 @@ def proxy(request, pg: PgCluster, concierge_bin: Path, tmp_path: Path):
                           f"{p.drain_timeout + 15}s:\n{p.log()}")
     if errors:
         pytest.fail("\n\n".join(errors))
+
+
+def _wait_listening(p: Proxy, timeout: float = 20) -> None:
+    """Wait until the proxy accepts TCP connections (or the process dies)."""
+    def listening() -> bool:
+        if p.proc.poll() is not None:
+            p.expect_exit = True  # reported here; not again at teardown
+            pytest.fail(f"concierge exited with {p.proc.returncode} before it listened:\n"
+                        f"{p.log()}\nconfig:\n{p.config_path.read_text()}")
+        return port_accepts(p.port)
+    try:
+        wait_for(listening, timeout, f"concierge to listen on port {p.port}", interval=0.1)
+    except AssertionError as e:
+        pytest.fail(f"{e}\nlog:\n{p.log()}")
 
 
 def _wait_ready(p: Proxy, timeout: float = 20) -> None:

@@ -226,6 +226,28 @@ DEFAULT_POOL = {"max_connections_percent": 10, "max_idle_connections_percent": 5
                 "connection_borrow_timeout": 10, "session_pinning_filters": [], "init_query": ""}
 
 
+@dataclass(frozen=True)
+class DbUser:
+    """A database user the session's cluster has (conftest._provision) and proxies have a secret
+    for. Each exercises one way the database authenticates the proxy's backend logins."""
+
+    name: str
+    hba_method: str = "scram-sha-256"  # its pg_hba.conf method: what the database asks for
+    # How its password is stored in the database (password_encryption); None: no password.
+    password_encryption: str | None = "scram-sha-256"
+    client_auth: str = "POSTGRES_SCRAM_SHA_256"  # how the proxy checks clients' passwords
+
+
+DB_USERS = (
+    DbUser("app"),
+    DbUser("app_md5", hba_method="md5", password_encryption="md5", client_auth="POSTGRES_MD5"),
+    DbUser("app_clear", hba_method="password"),  # cleartext password
+    # The database lets it in without a password; its secret has one all the same, and clients
+    # of the proxy must know it.
+    DbUser("app_trust", hba_method="trust", password_encryption=None),
+)
+
+
 def write_secret(path: Path, username: str, password: str) -> Path:
     path.write_text(json.dumps({"username": username, "password": password}))
     path.chmod(0o600)
@@ -233,9 +255,14 @@ def write_secret(path: Path, username: str, password: str) -> Path:
 
 
 def proxy_config(*, listen_port: int, db_port: int, secrets: dict[str, Path],
-                 md5_users: set[str] = frozenset(), drain_timeout: float | None = 5,
+                 md5_users: set[str] | None = None, drain_timeout: float | None = 5,
                  **overrides: Any) -> dict:
-    """The config dict for one proxy named `app`; overrides are flat keys (see POOL_KEYS)."""
+    """The config dict for one proxy named `app`; overrides are flat keys (see POOL_KEYS).
+
+    One auth entry per secret; clients of the users in `md5_users` log in with md5, the others
+    with SCRAM-SHA-256. By default `md5_users` are those of DB_USERS with POSTGRES_MD5."""
+    if md5_users is None:
+        md5_users = {u.name for u in DB_USERS if u.client_auth == "POSTGRES_MD5"}
     pool = dict(DEFAULT_POOL)
     entry: dict[str, Any] = {
         "name": "app",
@@ -336,12 +363,14 @@ def parse_pgbench(proc: subprocess.CompletedProcess) -> PgbenchResult:
 @dataclass
 class BackendSampler:
     """Polls the database directly (as superuser) every `interval` seconds in a thread and
-    records the most client backends of `user` ever seen at once."""
+    records the most client backends of `user` ever seen at once, in total (`max_seen`) and per
+    database (`max_by_database`)."""
 
     pg: PgCluster
     user: str = "app"
     interval: float = 0.05
     max_seen: int = 0
+    max_by_database: dict[str, int] = field(default_factory=dict)
     samples: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -351,11 +380,13 @@ class BackendSampler:
         try:
             with self.pg.super_connect() as conn:
                 while not self._stop.is_set():
-                    n = conn.execute(
-                        "select count(*) from pg_stat_activity "
-                        "where backend_type = 'client backend' and usename = %s",
-                        (self.user,)).fetchone()[0]
-                    self.max_seen = max(self.max_seen, n)
+                    rows = conn.execute(
+                        "select datname, count(*) from pg_stat_activity "
+                        "where backend_type = 'client backend' and usename = %s "
+                        "group by datname", (self.user,)).fetchall()
+                    self.max_seen = max(self.max_seen, sum(n for _, n in rows))
+                    for datname, n in rows:
+                        self.max_by_database[datname] = max(self.max_by_database.get(datname, 0), n)
                     self.samples += 1
                     self._stop.wait(self.interval)
         except BaseException as e:  # surfaced by stop()
