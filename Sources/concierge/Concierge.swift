@@ -2,6 +2,8 @@ import ArgumentParser
 import ConciergeConfig
 import ConciergeServer
 import Logging
+import NIOCore
+import NIOPosix
 import ServiceLifecycle
 
 #if canImport(Glibc)
@@ -68,6 +70,9 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
+    @Option(name: .long, help: "Event-loop threads (default: one per core).")
+    var threads: Int?
+
     func run() async throws {
         let loaded = try options.load()
         let level = logLevel
@@ -79,20 +84,27 @@ struct Serve: AsyncParsableCommand {
         let logger = Logger(label: "concierge")
         raiseFileDescriptorLimit(logger: logger)
 
+        let threads = self.threads ?? NIOCore.System.coreCount
+        guard threads >= 1 else {
+            printError("concierge: --threads must be at least 1")
+            throw ExitCode(configurationErrorExitCode)
+        }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         let server = ConciergeServer(
-            configuration: loaded.configuration, credentials: loaded.credentials, logger: logger)
+            configuration: loaded.configuration, credentials: loaded.credentials, logger: logger, group: group)
         do {
             try await server.start()
         } catch {
             logger.critical("could not start", metadata: ["concierge.error": "\(error)"])
             throw ExitCode(1)
         }
-        let group = ServiceGroup(
+        let services = ServiceGroup(
             configuration: .init(
                 services: [.init(service: server, successTerminationBehavior: .gracefullyShutdownGroup)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
-        try await group.run()
+        try await services.run()
+        try? await group.shutdownGracefully()
     }
 }
 
