@@ -86,6 +86,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     private var channel: (any Channel)?
     private var cumulation: ByteBuffer?
     private var setupPromise: EventLoopPromise<BackendConnection>?
+    private var readingPaused = false
     private var setupQueries: [SetupQuery] = []
     /// Settings the init query changed (lowercased name → value): what a client's parameter
     /// goes back to when the next client does not ask for it (RESET would lose them).
@@ -437,7 +438,11 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     /// Hands the backend to a client session: brings its session parameters to `parameters`
     /// (lowercased name → value) and then calls `owner.backendDidPrepare`.
     func lease(to owner: any BackendOwner, parameters: [String: String]) {
-        eventLoop.execute { self.leaseOnLoop(to: owner, parameters: parameters) }
+        if eventLoop.inEventLoop {
+            leaseOnLoop(to: owner, parameters: parameters)
+        } else {
+            eventLoop.execute { self.leaseOnLoop(to: owner, parameters: parameters) }
+        }
     }
 
     private func leaseOnLoop(to owner: any BackendOwner, parameters: [String: String]) {
@@ -512,7 +517,18 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
 
     /// Stops (or resumes) reading from the database while the client cannot keep up.
     func setReadingPaused(_ paused: Bool) {
-        channel?.setOption(ChannelOptions.autoRead, value: !paused).whenFailure { _ in }
+        if eventLoop.inEventLoop {
+            setReadingPausedOnLoop(paused)
+        } else {
+            eventLoop.execute { self.setReadingPausedOnLoop(paused) }
+        }
+    }
+
+    private func setReadingPausedOnLoop(_ paused: Bool) {
+        guard readingPaused != paused, let channel else { return }
+        readingPaused = paused
+        try? channel.syncOptions?.setOption(ChannelOptions.autoRead, value: !paused)
+        if !paused { channel.read() }
     }
 
     /// Whether the database connection accepts more bytes without queueing them in memory.
@@ -520,22 +536,28 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
 
     /// The owner is done with the backend: back to the pool if `reusable`, else closed.
     func release(reusable: Bool) {
-        eventLoop.execute {
-            // A slow client may have paused reading; the next one starts fresh.
-            self.channel?.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
-            switch self.phase {
-            case .leased, .preparing:
-                if reusable {
-                    self.phase = .idle
-                    self.pool?.release(self, reusable: true)
-                } else {
-                    self.phase = .closed
-                    self.pool?.release(self, reusable: false)
-                    self.channel?.close(promise: nil)
-                }
-            case .connecting, .authenticating, .startingUp, .setup, .idle, .resetting, .closed:
-                break
+        if eventLoop.inEventLoop {
+            releaseOnLoop(reusable: reusable)
+        } else {
+            eventLoop.execute { self.releaseOnLoop(reusable: reusable) }
+        }
+    }
+
+    private func releaseOnLoop(reusable: Bool) {
+        // A slow client may have paused reading; the next one starts fresh.
+        if readingPaused { setReadingPausedOnLoop(false) }
+        switch phase {
+        case .leased, .preparing:
+            if reusable {
+                phase = .idle
+                pool?.release(self, reusable: true)
+            } else {
+                phase = .closed
+                pool?.release(self, reusable: false)
+                channel?.close(promise: nil)
             }
+        case .connecting, .authenticating, .startingUp, .setup, .idle, .resetting, .closed:
+            break
         }
     }
 
@@ -544,7 +566,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     func rollbackAndRelease() {
         eventLoop.execute {
             guard case .leased = self.phase, let channel = self.channel else { return }
-            channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+            if self.readingPaused { self.setReadingPausedOnLoop(false) }
             self.phase = .resetting
             var out = channel.allocator.buffer(capacity: 16)
             PGEncode.query("ROLLBACK", into: &out)

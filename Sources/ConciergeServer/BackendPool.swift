@@ -49,7 +49,7 @@ final class BackendPool: @unchecked Sendable {
     }
 
     /// Asks for a backend for `key`; `completion` runs on `eventLoop` exactly once (unless the
-    /// request is cancelled first).
+    /// request is cancelled first), possibly before `borrow` returns.
     func borrow(key: PoolKey, eventLoop: any EventLoop, completion: @escaping Completion) -> RequestID {
         let actions: PoolActions
         let request: RequestID
@@ -152,7 +152,11 @@ final class BackendPool: @unchecked Sendable {
                     release(connection, reusable: true)
                     continue
                 }
-                waiter.eventLoop.execute { waiter.completion(.success(connection)) }
+                if waiter.eventLoop.inEventLoop {
+                    waiter.completion(.success(connection))
+                } else {
+                    waiter.eventLoop.execute { waiter.completion(.success(connection)) }
+                }
             case .failRequest(let request, let error):
                 guard let waiter = lock.withLock({ waiters.removeValue(forKey: request) }) else { continue }
                 let result: BackendPoolError
@@ -166,7 +170,11 @@ final class BackendPool: @unchecked Sendable {
                         result = .connectionFailed(.connection(failure.message))
                     }
                 }
-                waiter.eventLoop.execute { waiter.completion(.failure(result)) }
+                if waiter.eventLoop.inEventLoop {
+                    waiter.completion(.failure(result))
+                } else {
+                    waiter.eventLoop.execute { waiter.completion(.failure(result)) }
+                }
             case .closeConnection(let id):
                 if let connection = lock.withLock({ connections.removeValue(forKey: id) }) {
                     connection.close()

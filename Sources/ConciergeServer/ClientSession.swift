@@ -53,6 +53,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
     private var backend: BackendConnection?
     private var backendReady = false
     private var waitingRequest: RequestID?
+    private var borrowAnswered = false
     /// Client messages that arrived while no backend was ready, in order.
     private var held: [ByteBuffer] = []
     private var heldSyncPoints = 0
@@ -550,13 +551,17 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
 
     private func borrowBackend() {
         let started = NIODeadline.now()
-        waitingRequest = runtime.pool.borrow(key: poolKey, eventLoop: eventLoop) { [self] result in
+        borrowAnswered = false
+        let request = runtime.pool.borrow(key: poolKey, eventLoop: eventLoop) { [self] result in
             self.borrowCompleted(result, started: started)
         }
+        // The pool may answer before `borrow` returns (an idle backend on our loop).
+        if !borrowAnswered { waitingRequest = request }
     }
 
     /// Called on our loop with the pool's answer.
     private func borrowCompleted(_ result: Result<BackendConnection, BackendPoolError>, started: NIODeadline) {
+        borrowAnswered = true
         waitingRequest = nil
         switch result {
         case .success(let connection):
@@ -683,6 +688,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
         if outstandingSyncs == 0, !pendingUnsynced, lastStatus == .idle, pinReasons.isEmpty,
             held.isEmpty
         {
+            // The transaction is over: the client gets its answer now, because the backend may
+            // move to another client (and its read-complete) before this call returns.
+            context.flush()
             releaseBackend()
         }
     }

@@ -1,0 +1,242 @@
+#!/usr/bin/env bash
+# Benchmark direct PostgreSQL vs PgBouncer vs Concierge on this machine, in one command.
+#
+#   bench/run.sh                                   # builds concierge (release) first
+#   CONCIERGE_BIN=.build-release/release/concierge bench/run.sh
+#
+# This script only sets things up and tears them down; bench/bench.py runs the scenarios and
+# writes bench/results/<UTC date>-<commit>.md and .json. See bench/README.md.
+#
+# Everything listens on 127.0.0.1 and lives in $BENCH_DIR (default /tmp/concierge-bench):
+#   - a throwaway PostgreSQL (scripts/pg.sh), max_connections=200, users `bench` (SCRAM) and
+#     `bench_md5` (md5-stored, md5 in pg_hba.conf), database `bench` (`pgbench -i -s 10`);
+#   - PgBouncer in transaction mode, pool 20: one instance with auth_type=scram-sha-256 and a
+#     second, identical one with auth_type=md5 (for the md5 connection storm and idle clients);
+#   - Concierge with a cap of 20 backends (10% of max_connections=200).
+# The cap is 20 for both proxies; max_connections=200 (instead of 100 and 20%) leaves room for
+# the direct runs at 100 clients. A trap stops everything and removes $BENCH_DIR on exit,
+# failure or Ctrl-C (BENCH_KEEP=1 keeps the directory, with logs, for inspection).
+#
+# Environment: CONCIERGE_BIN, BENCH_DIR, BENCH_KEEP=1, BENCH_DURATION (seconds per pgbench run,
+# default 5), BENCH_REPEAT (default 3), BENCH_IDLE_CLIENTS (default 10000).
+set -euo pipefail
+
+BENCH=$(cd "$(dirname "$0")" && pwd)
+REPO=$(dirname "$BENCH")
+# Under /tmp/concierge-* so that `scripts/pg.sh sql PORT` finds the superuser password.
+WORK=${BENCH_DIR:-/tmp/concierge-bench}
+PG_SH="$REPO/scripts/pg.sh"
+PG_OS_USER=concierge-pg     # scripts/pg.sh runs PostgreSQL as this user when we are root
+MAX_CONNECTIONS=200
+POOL=20                     # backends per proxy: PgBouncer's pool size, Concierge's cap
+START=$(date +%s)
+
+log() { echo "bench: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+# -- prerequisites (before anything is started) -------------------------------------------------
+
+bash "$PG_SH" install
+PG_BIN=$(bash "$PG_SH" bindir)
+if ! command -v pgbouncer >/dev/null; then
+    log "installing pgbouncer (apt-get)"
+    apt-get update -qq
+    # Debian's package enables a system service; there is no systemd here, and we run our own.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
+fi
+command -v python3 >/dev/null || die "python3 is required"
+
+if [[ -z "${CONCIERGE_BIN:-}" ]]; then
+    log "swift build -c release --product concierge"
+    (cd "$REPO" && swift build -c release --product concierge)
+    CONCIERGE_BIN="$(cd "$REPO" && swift build -c release --show-bin-path)/concierge"
+fi
+CONCIERGE_BIN=$(realpath "$CONCIERGE_BIN")
+[[ -x "$CONCIERGE_BIN" ]] || die "no concierge binary at $CONCIERGE_BIN"
+
+# 1,000 pgbench clients and 10,000 idle clients need file descriptors: raise the soft limit to
+# the hard limit. Every process started below (PgBouncer, Concierge, pgbench, Python) inherits it.
+ulimit -n "$(ulimit -Hn)"
+
+# -- teardown ------------------------------------------------------------------------------------
+
+PIDS=()   # the proxies we started
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    trap '' PIPE
+    local pid
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    bash "$PG_SH" stop "$WORK/data" >/dev/null 2>&1 || true
+    if [[ $rc -ne 0 ]]; then
+        for f in "$WORK"/concierge/concierge.log "$WORK"/pgbouncer*/pgbouncer.log "$WORK"/postgres.log; do
+            [[ -s "$f" ]] && { log "--- tail of $f"; tail -n 15 "$f" >&2; }
+        done
+    fi
+    if [[ "${BENCH_KEEP:-0}" == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+    log "done in $(( $(date +%s) - START )) s (exit $rc)"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# -- PostgreSQL ----------------------------------------------------------------------------------
+
+# Start from nothing: a previous, interrupted run may have left a cluster behind.
+bash "$PG_SH" stop "$WORK/data" >/dev/null 2>&1 || true
+rm -rf "$WORK"
+mkdir -p "$WORK"
+
+# Four free ports, held open together so they differ.
+read -r PG_PORT PGB_PORT PGB_MD5_PORT CONCIERGE_PORT < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(4)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))')
+
+bash "$PG_SH" start "$WORK/data" "$PG_PORT" max_connections=$MAX_CONNECTIONS
+export CONCIERGE_PG_PASSWORD; CONCIERGE_PG_PASSWORD=$(cat "$WORK/superuser.password")
+sql() { bash "$PG_SH" sql "$PG_PORT" "$@"; }
+random_password() { head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 20; }
+
+BENCH_PASSWORD=$(random_password)
+BENCH_MD5_PASSWORD=$(random_password)
+sql "CREATE ROLE bench LOGIN PASSWORD '$BENCH_PASSWORD'" >/dev/null
+sql "SET password_encryption = 'md5'; CREATE ROLE bench_md5 LOGIN PASSWORD '$BENCH_MD5_PASSWORD'" >/dev/null
+sql "CREATE DATABASE bench OWNER bench" >/dev/null
+# md5 for bench_md5, before the generic `host ... scram-sha-256` line; then reload.
+HBA="$WORK/data/pg_hba.conf"
+awk '!done && /^host/ { print "host all bench_md5 127.0.0.1/32 md5"; done = 1 } { print }' "$HBA" >"$WORK/hba.tmp"
+cat "$WORK/hba.tmp" >"$HBA" && rm "$WORK/hba.tmp"   # cat keeps the file's owner and mode
+sql "SELECT pg_reload_conf()" >/dev/null
+
+log "pgbench -i -s 10"
+PGPASSWORD=$BENCH_PASSWORD "$PG_BIN/pgbench" -i -q -s 10 -h 127.0.0.1 -p "$PG_PORT" -U bench bench 2>&1 |
+    tail -n 1 >&2
+sql "GRANT SELECT ON ALL TABLES IN SCHEMA public TO bench_md5" bench >/dev/null
+sql "VACUUM ANALYZE" bench >/dev/null
+
+# -- PgBouncer (two instances: auth_type scram-sha-256 and md5) ------------------------------------
+
+# PgBouncer checks client passwords against the verifiers PostgreSQL stores, and logs in to the
+# database with them (SCRAM pass-through / the md5 hash): no plaintext password on its side.
+start_pgbouncer() {   # NAME PORT AUTH_TYPE -> sets PGB_PID
+    local dir="$WORK/$1" port=$2 auth=$3
+    mkdir -p "$dir"
+    # auth_file lines: "user" "SCRAM-SHA-256$..." or "user" "md5...".
+    sql "SELECT '\"' || rolname || '\" \"' || rolpassword || '\"' FROM pg_authid
+         WHERE rolname IN ('bench', 'bench_md5') ORDER BY 1" >"$dir/userlist.txt"
+    cat >"$dir/pgbouncer.ini" <<EOF
+;; written by bench/run.sh
+[databases]
+bench = host=127.0.0.1 port=$PG_PORT dbname=bench
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+auth_type = $auth
+auth_file = $dir/userlist.txt
+pool_mode = transaction
+default_pool_size = $POOL
+max_db_connections = $POOL
+min_pool_size = 0
+reserve_pool_size = 0
+max_client_conn = 20000
+ignore_startup_parameters = extra_float_digits,options
+log_connections = 0
+log_disconnections = 0
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
+EOF
+    chown -R "$PG_OS_USER": "$dir"; chmod 600 "$dir/userlist.txt"
+    # PgBouncer refuses to run as root; setpriv execs it (so $! is PgBouncer's own pid), and the
+    # raised fd limit is inherited.
+    setpriv --reuid="$PG_OS_USER" --regid="$PG_OS_USER" --init-groups \
+        pgbouncer "$dir/pgbouncer.ini" >>"$dir/stderr.log" 2>&1 &
+    PGB_PID=$!
+    PIDS+=("$PGB_PID")
+}
+start_pgbouncer pgbouncer "$PGB_PORT" scram-sha-256; PGBOUNCER_PID=$PGB_PID
+start_pgbouncer pgbouncer-md5 "$PGB_MD5_PORT" md5; PGBOUNCER_MD5_PID=$PGB_PID
+
+# -- Concierge -------------------------------------------------------------------------------------
+
+mkdir -p "$WORK/concierge"
+(umask 077
+ printf '{"username":"bench","password":"%s"}\n' "$BENCH_PASSWORD" >"$WORK/concierge/bench.json"
+ printf '{"username":"bench_md5","password":"%s"}\n' "$BENCH_MD5_PASSWORD" >"$WORK/concierge/bench_md5.json")
+PERCENT=$(( POOL * 100 / MAX_CONNECTIONS ))
+cat >"$WORK/concierge/concierge.yaml" <<EOF
+# written by bench/run.sh: a cap of $PERCENT% of max_connections=$MAX_CONNECTIONS = $POOL backends
+drain_timeout: 5
+proxies:
+  - name: bench
+    engine_family: POSTGRESQL
+    listen: "127.0.0.1:$CONCIERGE_PORT"
+    require_tls: false
+    idle_client_timeout: 1800
+    max_client_connections: 20000
+    debug_logging: false
+    auth:
+      - auth_scheme: SECRETS
+        secret_arn: "file:bench.json"
+        iam_auth: DISABLED
+        client_password_auth_type: POSTGRES_SCRAM_SHA_256
+      - auth_scheme: SECRETS
+        secret_arn: "file:bench_md5.json"
+        iam_auth: DISABLED
+        client_password_auth_type: POSTGRES_MD5
+    target_group:
+      connection_pool_config:
+        max_connections_percent: $PERCENT
+        max_idle_connections_percent: $PERCENT
+        connection_borrow_timeout: 120
+        session_pinning_filters: []
+        init_query: ""
+      targets:
+        - endpoint: "127.0.0.1:$PG_PORT"
+EOF
+"$CONCIERGE_BIN" serve --config "$WORK/concierge/concierge.yaml" >"$WORK/concierge/concierge.log" 2>&1 &
+CONCIERGE_PID=$!
+PIDS+=("$CONCIERGE_PID")
+
+# -- wait until `select 1` works through each proxy ---------------------------------------------
+
+wait_ready() {   # NAME PORT USER PASSWORD PID
+    local i
+    for i in $(seq 60); do
+        kill -0 "$5" 2>/dev/null || die "$1 exited at startup"
+        if PGPASSWORD=$4 PGCONNECT_TIMEOUT=2 "$PG_BIN/psql" -X -At -h 127.0.0.1 -p "$2" -U "$3" \
+            -d bench -c 'select 1' >/dev/null 2>&1; then return 0; fi
+        sleep 0.5
+    done
+    die "$1 on port $2 did not answer select 1 within 30 s"
+}
+wait_ready pgbouncer "$PGB_PORT" bench "$BENCH_PASSWORD" "$PGBOUNCER_PID"
+wait_ready pgbouncer-md5 "$PGB_MD5_PORT" bench_md5 "$BENCH_MD5_PASSWORD" "$PGBOUNCER_MD5_PID"
+wait_ready concierge "$CONCIERGE_PORT" bench "$BENCH_PASSWORD" "$CONCIERGE_PID"
+wait_ready concierge "$CONCIERGE_PORT" bench_md5 "$BENCH_MD5_PASSWORD" "$CONCIERGE_PID"
+log "ready after $(( $(date +%s) - START )) s: PostgreSQL :$PG_PORT, PgBouncer :$PGB_PORT (md5 :$PGB_MD5_PORT), Concierge :$CONCIERGE_PORT"
+
+# -- the scenarios ----------------------------------------------------------------------------------
+
+# Everything bench.py needs to know, as one JSON file (passwords stay out of argv).
+python3 - "$WORK/setup.json" <<EOF
+import json, sys
+json.dump({
+    "work": "$WORK", "repo": "$REPO", "results": "$BENCH/results", "pg_bin": "$PG_BIN",
+    "max_connections": $MAX_CONNECTIONS, "pool": $POOL, "started": $START,
+    "passwords": {"bench": "$BENCH_PASSWORD", "bench_md5": "$BENCH_MD5_PASSWORD"},
+    "direct": {"port": $PG_PORT},
+    "pgbouncer": {"port": $PGB_PORT, "pid": $PGBOUNCER_PID},
+    "pgbouncer_md5": {"port": $PGB_MD5_PORT, "pid": $PGBOUNCER_MD5_PID},
+    "concierge": {"port": $CONCIERGE_PORT, "pid": $CONCIERGE_PID, "bin": "$CONCIERGE_BIN"},
+}, open(sys.argv[1], "w"), indent=2)
+EOF
+python3 "$BENCH/bench.py" "$WORK/setup.json"
