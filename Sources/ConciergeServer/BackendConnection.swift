@@ -222,8 +222,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
             return
         }
         if incoming.readableBytes > 0 {
-            incoming.discardReadBytes()
-            cumulation = incoming
+            cumulation = incoming.slice()
         }
     }
 

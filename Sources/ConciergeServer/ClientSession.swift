@@ -170,9 +170,10 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
             fail(with: ClientErrors.protocolViolation("invalid message: \(error)"))
             return
         }
-        if incoming.readableBytes > 0, case .closed = state {} else if incoming.readableBytes > 0 {
-            incoming.discardReadBytes()
-            cumulation = incoming
+        if incoming.readableBytes > 0, !isClosed {
+            // Keep only the partial message; a slice avoids moving (or copying, when forwarded
+            // messages still share the storage) the bytes already handled.
+            cumulation = incoming.slice()
         }
     }
 

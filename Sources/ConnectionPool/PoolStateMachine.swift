@@ -7,11 +7,16 @@
 /// - `stats.totals.total` (connecting + idle + leased, all keys) never exceeds `maxConnections`,
 ///   except after the cap is lowered below the connections in use: the surplus is closed as it is
 ///   released (idle surplus right away) and nothing is created until the total is below the cap.
-/// - Waiters are served in FIFO order across the whole queue, but a connection of key K only serves
-///   waiters of key K. A connection being opened for key K "covers" one waiter of K: the oldest
-///   `connecting(K)` waiters of K are covered, the others are uncovered. The machine keeps two
-///   invariants after every event: no uncovered waiter while total < cap, and no uncovered waiter
-///   while an idle connection exists (it would be stolen for it).
+/// - A connection of key K only serves waiters of key K. It goes to the oldest waiter of K on the
+///   connection's event loop (no cross-thread hand-off), unless the oldest waiter of K has waited
+///   `affinityWindow` or more (then to that one), so no waiter is passed over after waiting that
+///   long; with a zero window, strict FIFO. Freed slots go to the oldest uncovered waiter (all keys).
+///   A connection being opened for key K "covers" one waiter of K: the oldest `connecting(K)`
+///   waiters of K are covered, the others are uncovered. The machine keeps two invariants after
+///   every event: no uncovered waiter while total < cap, and no uncovered waiter while an idle
+///   connection exists (it would be stolen for it).
+/// - Cost per event: O(1) hash-map work for borrow, release, establish and cancel (plus the number
+///   of keys with waiters when a slot is freed); waiters live in intrusive doubly linked lists.
 /// - Each request gets exactly one outcome (`lease` or `failRequest`). Unknown ids are ignored.
 public struct PoolStateMachine: Sendable {
     // MARK: State
@@ -41,6 +46,30 @@ public struct PoolStateMachine: Sendable {
         var eventLoopIndex: Int
         var enqueuedAt: PoolInstant
         var order: UInt64
+        /// Neighbours among the waiters of `key`, oldest first.
+        var previousOfKey: RequestID?
+        var nextOfKey: RequestID?
+        /// Neighbours among the waiters of `key` on `eventLoopIndex`, oldest first.
+        var previousOnLoop: RequestID?
+        var nextOnLoop: RequestID?
+    }
+
+    /// Ends of an intrusive list of waiters (links live in `Waiter`).
+    private struct WaiterList: Sendable {
+        var head: RequestID?
+        var tail: RequestID?
+    }
+
+    /// The waiters of one key.
+    private struct KeyWaiters: Sendable {
+        /// All of them, oldest first (deadlines = enqueuedAt + borrowTimeout, so also by deadline).
+        var all = WaiterList()
+        /// Per event loop, oldest first.
+        var byLoop: [Int: WaiterList] = [:]
+        var count = 0
+        /// The waiter at index `connecting(key)` of `all`, i.e. the oldest one not covered by an
+        /// in-flight creation; nil when every waiter is covered.
+        var firstUncovered: RequestID?
     }
 
     private struct IdleEntry: Sendable {
@@ -61,10 +90,10 @@ public struct PoolStateMachine: Sendable {
     /// skipped lazily (compacted when they outnumber live ones).
     private var idleLRU = FIFOQueue<IdleEntry>()
 
-    /// key → waiters of that key, oldest first (deadlines = enqueuedAt + borrowTimeout, so each queue
-    /// is also sorted by deadline).
-    private var waiters: [PoolKey: FIFOQueue<Waiter>] = [:]
-    private var waiterKeys: [RequestID: PoolKey] = [:]
+    /// Every waiting request (with its list links).
+    private var waiterNodes: [RequestID: Waiter] = [:]
+    /// key → the lists of its waiters (only keys with waiters).
+    private var waiterQueues: [PoolKey: KeyWaiters] = [:]
 
     private var perKey: [PoolKey: PoolCounts] = [:]
     private var totals = PoolCounts()
@@ -99,7 +128,7 @@ public struct PoolStateMachine: Sendable {
         return PoolConnectionInfo(id: id, key: connection.key, eventLoopIndex: connection.eventLoopIndex, state: state)
     }
 
-    public func isWaiting(_ request: RequestID) -> Bool { waiterKeys[request] != nil }
+    public func isWaiting(_ request: RequestID) -> Bool { waiterNodes[request] != nil }
 
     // MARK: Events
 
@@ -118,7 +147,7 @@ public struct PoolStateMachine: Sendable {
             actions.append(.failRequest(request, .shuttingDown))
             return actions
         }
-        guard waiterKeys[request] == nil else { return actions }
+        guard waiterNodes[request] == nil else { return actions }
 
         if let id = takeIdle(key: key, preferring: eventLoopIndex) {
             lease(id, to: request, actions: &actions)
@@ -144,7 +173,7 @@ public struct PoolStateMachine: Sendable {
     }
 
     /// A connection requested with `createConnection` is ready (authenticated, init queries done).
-    /// It goes to the oldest waiter of its key, else serves an uncovered waiter of another key (close
+    /// It goes to a waiter of its key (see `PoolLimits.affinityWindow` for which one), else serves an uncovered waiter of another key (close
     /// + create), else parks idle. Closed if the pool is over its cap or shutting down.
     public mutating func connectionEstablished(_ id: ConnectionID, now: PoolInstant) -> PoolActions {
         var actions = PoolActions()
@@ -173,7 +202,8 @@ public struct PoolStateMachine: Sendable {
 
     /// The runtime returns a leased connection. `reusable`: clean and idle (ReadyForQuery `I`), it may
     /// serve others; otherwise it is closed. A reusable one is closed if the pool is over its cap
-    /// (lowered cap) or shutting down; else it goes to the oldest waiter of its key; else, if
+    /// (lowered cap) or shutting down; else it goes to a waiter of its key (the oldest on its event
+    /// loop, or the oldest overall once that one waited `affinityWindow`); else, if
     /// uncovered waiters of other keys exist (so the pool is at its cap), it is closed and one is
     /// opened for the oldest of them; else it parks idle.
     public mutating func release(_ id: ConnectionID, reusable: Bool, now: PoolInstant) -> PoolActions {
@@ -208,10 +238,8 @@ public struct PoolStateMachine: Sendable {
     /// leased) requests are ignored.
     public mutating func cancel(request: RequestID, now: PoolInstant) -> PoolActions {
         var actions = PoolActions()
-        guard let key = waiterKeys[request],
-              let index = waiters[key]?.firstIndex(where: { $0.id == request })
-        else { return actions }
-        let waiter = removeWaiter(key: key, at: index)
+        guard waiterNodes[request] != nil else { return actions }
+        let waiter = removeWaiter(request)
         actions.append(.failRequest(waiter.id, .cancelled))
         // Fewer waiters only improves coverage: nothing else to do.
         return actions
@@ -256,7 +284,7 @@ public struct PoolStateMachine: Sendable {
 
         var failed: [Waiter] = []
         failed.reserveCapacity(totals.waiting)
-        for key in Array(waiters.keys) {
+        for key in Array(waiterQueues.keys) {
             while let waiter = popFirstWaiter(key: key) { failed.append(waiter) }
         }
         failed.sort { $0.order < $1.order }
@@ -285,8 +313,9 @@ public struct PoolStateMachine: Sendable {
             rebalance(now: now, actions: &actions)
             return
         }
-        if let waiter = popFirstWaiter(key: connection.key) {
-            lease(id, to: waiter.id, actions: &actions)
+        if let request = waiterToServe(key: connection.key, eventLoopIndex: connection.eventLoopIndex, now: now) {
+            removeWaiter(request)
+            lease(id, to: request, actions: &actions)
             return
         }
         if totals.waiting > 0, oldestUncoveredWaiter() != nil {
@@ -305,10 +334,9 @@ public struct PoolStateMachine: Sendable {
             checkDrained(actions: &actions)
             return
         }
-        let covered = perKey[key]?.connecting ?? 0
-        if let queue = waiters[key], queue.count > covered {
-            let waiter = removeWaiter(key: key, at: covered)
-            actions.append(.failRequest(waiter.id, .connectionFailed(error)))
+        if let request = waiterQueues[key]?.firstUncovered {
+            removeWaiter(request)
+            actions.append(.failRequest(request, .connectionFailed(error)))
         }
         rebalance(now: now, actions: &actions)
     }
@@ -353,9 +381,11 @@ public struct PoolStateMachine: Sendable {
         let timeout = borrowTimeoutNanoseconds
         guard timeout > 0, totals.waiting > 0 else { return }
         var expired: [Waiter] = []
-        for key in Array(waiters.keys) {
-            while let first = waiters[key]?.first, first.enqueuedAt.advanced(byNanoseconds: timeout) <= now {
-                expired.append(popFirstWaiter(key: key)!)
+        for key in Array(waiterQueues.keys) {
+            while let head = waiterQueues[key]?.all.head, let first = waiterNodes[head],
+                  first.enqueuedAt.advanced(byNanoseconds: timeout) <= now
+            {
+                expired.append(removeWaiter(head))
             }
         }
         expired.sort { $0.order < $1.order }
@@ -364,10 +394,9 @@ public struct PoolStateMachine: Sendable {
 
     private mutating func failUncoveredWaiters(with error: PoolError, actions: inout PoolActions) {
         var failed: [Waiter] = []
-        for key in Array(waiters.keys) {
-            let covered = perKey[key]?.connecting ?? 0
-            while let queue = waiters[key], queue.count > covered {
-                failed.append(removeWaiter(key: key, at: queue.count - 1))
+        for key in Array(waiterQueues.keys) {
+            while let request = waiterQueues[key]?.firstUncovered {
+                failed.append(removeWaiter(request))
             }
         }
         failed.sort { $0.order < $1.order }
@@ -404,8 +433,9 @@ public struct PoolStateMachine: Sendable {
     private mutating func nextDeadline() -> PoolInstant? {
         var next = nextIdleDeadline()
         if borrowTimeoutNanoseconds > 0 {
-            for queue in waiters.values {
-                if let first = queue.first, let deadline = waiterDeadline(enqueuedAt: first.enqueuedAt),
+            for queue in waiterQueues.values {
+                if let head = queue.all.head, let first = waiterNodes[head],
+                   let deadline = waiterDeadline(enqueuedAt: first.enqueuedAt),
                    next.map({ deadline < $0 }) ?? true
                 {
                     next = deadline
@@ -431,6 +461,10 @@ public struct PoolStateMachine: Sendable {
         connections[id] = Connection(key: key, eventLoopIndex: eventLoopIndex, state: .connecting)
         perKey[key, default: PoolCounts()].connecting += 1
         totals.connecting += 1
+        // One more covered waiter: the boundary moves one newer.
+        if let first = waiterQueues[key]?.firstUncovered {
+            waiterQueues[key]!.firstUncovered = waiterNodes[first]!.nextOfKey
+        }
         actions.append(.createConnection(id, key, eventLoopIndex: eventLoopIndex))
     }
 
@@ -476,6 +510,14 @@ public struct PoolStateMachine: Sendable {
         case .connecting:
             perKey[key]?.connecting -= 1
             totals.connecting -= 1
+            // One less covered waiter: the newest covered one (if any) becomes uncovered.
+            if let queue = waiterQueues[key] {
+                if let first = queue.firstUncovered {
+                    waiterQueues[key]!.firstUncovered = waiterNodes[first]!.previousOfKey
+                } else if queue.count > perKey[key]?.connecting ?? 0 {
+                    waiterQueues[key]!.firstUncovered = queue.all.tail
+                }
+            }
         case .idle:
             perKey[key]?.idle -= 1
             totals.idle -= 1
@@ -549,40 +591,146 @@ public struct PoolStateMachine: Sendable {
     // MARK: Waiters
 
     private mutating func enqueue(_ request: RequestID, key: PoolKey, eventLoopIndex: Int, now: PoolInstant) {
-        let waiter = Waiter(id: request, key: key, eventLoopIndex: eventLoopIndex, enqueuedAt: now, order: nextOrder)
+        var queue = waiterQueues.removeValue(forKey: key) ?? KeyWaiters()  // unique while mutated
+        var loopList = queue.byLoop[eventLoopIndex] ?? WaiterList()
+        waiterNodes[request] = Waiter(
+            id: request, key: key, eventLoopIndex: eventLoopIndex, enqueuedAt: now, order: nextOrder,
+            previousOfKey: queue.all.tail, previousOnLoop: loopList.tail)
         nextOrder += 1
-        waiters[key, default: FIFOQueue()].append(waiter)
-        waiterKeys[request] = key
+        if let tail = queue.all.tail { waiterNodes[tail]!.nextOfKey = request } else { queue.all.head = request }
+        queue.all.tail = request
+        if let tail = loopList.tail { waiterNodes[tail]!.nextOnLoop = request } else { loopList.head = request }
+        loopList.tail = request
+        queue.byLoop[eventLoopIndex] = loopList
+        queue.count += 1
+        // Appended at index count - 1: it is the first uncovered one iff all older ones are covered.
+        if queue.firstUncovered == nil, queue.count > perKey[key]?.connecting ?? 0 {
+            queue.firstUncovered = request
+        }
+        waiterQueues[key] = queue
         perKey[key, default: PoolCounts()].waiting += 1
         totals.waiting += 1
     }
 
     private mutating func popFirstWaiter(key: PoolKey) -> Waiter? {
-        guard let queue = waiters[key], !queue.isEmpty else { return nil }
-        return removeWaiter(key: key, at: 0)
+        guard let head = waiterQueues[key]?.all.head else { return nil }
+        return removeWaiter(head)
     }
 
-    private mutating func removeWaiter(key: PoolKey, at index: Int) -> Waiter {
-        var queue = waiters.removeValue(forKey: key)!  // unique while mutated
-        let waiter = index == 0 ? queue.popFirst()! : queue.remove(at: index)
-        if !queue.isEmpty { waiters[key] = queue }
-        waiterKeys[waiter.id] = nil
+    /// Unlinks a waiting request (which must exist) from every structure and count.
+    @discardableResult
+    private mutating func removeWaiter(_ request: RequestID) -> Waiter {
+        let waiter = waiterNodes.removeValue(forKey: request)!
+        let key = waiter.key
+        var queue = waiterQueues.removeValue(forKey: key)!  // unique while mutated
+
+        // Keep `firstUncovered` at index `connecting(key)`: removing a covered waiter (older than the
+        // boundary) or the boundary itself moves the boundary one newer.
+        if let first = queue.firstUncovered {
+            if first == request {
+                queue.firstUncovered = waiter.nextOfKey
+            } else if waiter.order < waiterNodes[first]!.order {
+                queue.firstUncovered = waiterNodes[first]!.nextOfKey
+            }
+        }
+
+        if let previous = waiter.previousOfKey { waiterNodes[previous]!.nextOfKey = waiter.nextOfKey } else {
+            queue.all.head = waiter.nextOfKey
+        }
+        if let next = waiter.nextOfKey { waiterNodes[next]!.previousOfKey = waiter.previousOfKey } else {
+            queue.all.tail = waiter.previousOfKey
+        }
+
+        var loopList = queue.byLoop.removeValue(forKey: waiter.eventLoopIndex)!
+        if let previous = waiter.previousOnLoop { waiterNodes[previous]!.nextOnLoop = waiter.nextOnLoop } else {
+            loopList.head = waiter.nextOnLoop
+        }
+        if let next = waiter.nextOnLoop { waiterNodes[next]!.previousOnLoop = waiter.previousOnLoop } else {
+            loopList.tail = waiter.previousOnLoop
+        }
+        if loopList.head != nil { queue.byLoop[waiter.eventLoopIndex] = loopList }
+
+        queue.count -= 1
+        if queue.count > 0 { waiterQueues[key] = queue }
         perKey[key]?.waiting -= 1
         totals.waiting -= 1
         if perKey[key]?.isEmpty == true { perKey[key] = nil }
         return waiter
     }
 
+    /// The waiter of `key` that a connection on `eventLoopIndex` becoming available now serves: the
+    /// oldest waiter of `key` if it has waited `affinityWindow` or more (or the window is zero, or
+    /// nobody waits on that loop), else the oldest waiter of `key` on that loop. O(1).
+    private func waiterToServe(key: PoolKey, eventLoopIndex: Int, now: PoolInstant) -> RequestID? {
+        guard let queue = waiterQueues[key], let oldest = queue.all.head else { return nil }
+        let window = limits.affinityWindow.poolNanoseconds
+        guard window > 0 else { return oldest }
+        let head = waiterNodes[oldest]!
+        if head.eventLoopIndex == eventLoopIndex || head.enqueuedAt.advanced(byNanoseconds: window) <= now {
+            return oldest
+        }
+        return queue.byLoop[eventLoopIndex]?.head ?? oldest
+    }
+
     /// The oldest waiter (all keys) not covered by an in-flight creation of its key.
     private func oldestUncoveredWaiter() -> Waiter? {
         var oldest: Waiter?
-        for (key, queue) in waiters {
-            let covered = perKey[key]?.connecting ?? 0
-            guard queue.count > covered else { continue }
-            let candidate = queue[covered]
+        for queue in waiterQueues.values {
+            guard let first = queue.firstUncovered, let candidate = waiterNodes[first] else { continue }
             if oldest.map({ candidate.order < $0.order }) ?? true { oldest = candidate }
         }
         return oldest
+    }
+
+    /// Checks the waiter indexes against each other (O(waiters)); returns the problems found.
+    /// For tests only.
+    @_spi(Testing)
+    public func waiterIndexProblems() -> [String] {
+        var problems: [String] = []
+        var seen = 0
+        for (key, queue) in waiterQueues {
+            var ids: [RequestID] = []
+            var previous: RequestID?
+            var cursor = queue.all.head
+            while let id = cursor, ids.count <= waiterNodes.count {
+                guard let node = waiterNodes[id] else { problems.append("\(key): dangling \(id)"); break }
+                if node.key != key { problems.append("\(id): in the list of \(key)") }
+                if node.previousOfKey != previous { problems.append("\(id): bad previous link") }
+                if let previous, waiterNodes[previous]!.order >= node.order { problems.append("\(key): not oldest first") }
+                ids.append(id)
+                previous = id
+                cursor = node.nextOfKey
+            }
+            if queue.all.tail != previous { problems.append("\(key): bad tail") }
+            if ids.count != queue.count || queue.count != perKey[key]?.waiting { problems.append("\(key): bad count") }
+            let covered = perKey[key]?.connecting ?? 0
+            let expected = ids.count > covered ? ids[covered] : nil
+            if queue.firstUncovered != expected {
+                problems.append("\(key): firstUncovered \(String(describing: queue.firstUncovered)), expected \(String(describing: expected))")
+            }
+            var onLoops = 0
+            for (loop, list) in queue.byLoop {
+                var previous: RequestID?
+                var cursor = list.head
+                var count = 0
+                while let id = cursor, count <= ids.count {
+                    guard let node = waiterNodes[id] else { problems.append("\(key)/\(loop): dangling \(id)"); break }
+                    if node.key != key || node.eventLoopIndex != loop { problems.append("\(id): on the wrong loop list") }
+                    if node.previousOnLoop != previous { problems.append("\(id): bad previous loop link") }
+                    if let previous, waiterNodes[previous]!.order >= node.order { problems.append("\(key)/\(loop): not oldest first") }
+                    previous = id
+                    cursor = node.nextOnLoop
+                    count += 1
+                }
+                if count == 0 { problems.append("\(key)/\(loop): empty loop list kept") }
+                if list.tail != previous { problems.append("\(key)/\(loop): bad tail") }
+                onLoops += count
+            }
+            if onLoops != ids.count { problems.append("\(key): loop lists hold \(onLoops), key list \(ids.count)") }
+            seen += ids.count
+        }
+        if seen != waiterNodes.count || seen != totals.waiting { problems.append("waiter count mismatch") }
+        return problems
     }
 
     private static func sanitized(_ limits: PoolLimits) -> PoolLimits {

@@ -98,12 +98,25 @@ public struct PoolLimits: Hashable, Sendable {
     public var borrowTimeout: Duration
     /// How long a surplus idle connection (beyond `maxIdleConnections`) is kept.
     public var idleTimeout: Duration
+    /// Event-loop affinity with bounded unfairness. A connection that becomes available for key K
+    /// (released reusable or newly established) goes to the oldest waiter of K on the connection's
+    /// own event loop, unless the oldest waiter of K has already waited `affinityWindow` or more:
+    /// then that one is served. So a waiter is never passed over once it has waited this long.
+    /// Zero (or negative): strict FIFO per key.
+    public var affinityWindow: Duration
 
-    public init(maxConnections: Int, maxIdleConnections: Int, borrowTimeout: Duration, idleTimeout: Duration) {
+    /// The default `affinityWindow`: a few transactions' worth of time, far below any borrow timeout.
+    public static let defaultAffinityWindow: Duration = .milliseconds(2)
+
+    public init(
+        maxConnections: Int, maxIdleConnections: Int, borrowTimeout: Duration, idleTimeout: Duration,
+        affinityWindow: Duration = PoolLimits.defaultAffinityWindow
+    ) {
         self.maxConnections = maxConnections
         self.maxIdleConnections = maxIdleConnections
         self.borrowTimeout = borrowTimeout
         self.idleTimeout = idleTimeout
+        self.affinityWindow = affinityWindow
     }
 }
 

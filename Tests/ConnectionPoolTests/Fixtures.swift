@@ -15,10 +15,12 @@ func makePool(
     cap: Int = 10,
     maxIdle: Int = 10,
     borrowTimeout: Duration = .seconds(10),
-    idleTimeout: Duration = .seconds(60)
+    idleTimeout: Duration = .seconds(60),
+    affinityWindow: Duration = .zero  // strict FIFO unless a test asks for event-loop affinity
 ) -> PoolStateMachine {
     PoolStateMachine(limits: PoolLimits(
-        maxConnections: cap, maxIdleConnections: maxIdle, borrowTimeout: borrowTimeout, idleTimeout: idleTimeout))
+        maxConnections: cap, maxIdleConnections: maxIdle, borrowTimeout: borrowTimeout, idleTimeout: idleTimeout,
+        affinityWindow: affinityWindow))
 }
 
 extension PoolActions {

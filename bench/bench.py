@@ -1,0 +1,590 @@
+#!/usr/bin/env python3
+"""The scenarios of bench/run.sh: run them, parse pgbench, print and save the results table.
+
+    python3 bench/bench.py SETUP.json
+
+run.sh starts PostgreSQL, PgBouncer and Concierge and writes SETUP.json (ports, pids, passwords);
+this file only drives clients against them. Every measurement runs against each target
+(`direct`, `pgbouncer`, `concierge`), repeated BENCH_REPEAT times, interleaved (rep 1 of all
+three, then rep 2, ...) so slow drifts of the machine hit all three alike.
+
+Standard library only: pgbench and psql do the heavy lifting, and the idle-client scenario uses
+a small asyncio PostgreSQL client (startup + md5 / SCRAM-SHA-256, adapted from
+tests/integration/pgwire.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+DURATION = int(os.environ.get("BENCH_DURATION", "5"))     # seconds per pgbench run (-T)
+REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))         # runs per (scenario, target)
+IDLE_CLIENTS = int(os.environ.get("BENCH_IDLE_CLIENTS", "10000"))
+# A pgbench run still going this many seconds after its -T (plus time to connect) is stopped and
+# reported as stalled, and not repeated: e.g. clients queued behind pinned backends would
+# otherwise wait out connection_borrow_timeout (120 s).
+GUARD = int(os.environ.get("BENCH_GUARD", "20"))
+SUPERUSER_RESERVED = 3  # PostgreSQL's default superuser_reserved_connections
+
+TARGETS = ("direct", "pgbouncer", "concierge")
+LABEL = {"direct": "direct", "pgbouncer": "PgBouncer", "concierge": "Concierge"}
+
+
+# -- setup -----------------------------------------------------------------------------------
+
+SETUP: dict = json.loads(Path(sys.argv[1]).read_text()) if __name__ == "__main__" else {}
+
+
+def port_for(target: str, user: str) -> int:
+    """Where `user` connects for `target`. PgBouncer's md5-hashed user goes to the second
+    instance (auth_type = md5): auth_type = scram-sha-256 needs SCRAM verifiers."""
+    if target == "pgbouncer" and user == "bench_md5":
+        return SETUP["pgbouncer_md5"]["port"]
+    return SETUP[target]["port"]
+
+
+def pid_for(target: str, user: str) -> int | None:
+    if target == "pgbouncer" and user == "bench_md5":
+        return SETUP["pgbouncer_md5"]["pid"]
+    return SETUP[target].get("pid")
+
+
+def alive(pid: int | None) -> bool:
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def client_env(user: str) -> dict[str, str]:
+    """The environment without the caller's libpq settings, plus the user's password."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(PGPASSWORD=SETUP["passwords"][user], PGSSLMODE="disable", PGCONNECT_TIMEOUT="10")
+    return env
+
+
+def psql_select1(target: str, user: str) -> tuple[bool, float, str]:
+    """Whether `select 1` works through target right now, how long it took, and any error."""
+    t0 = time.monotonic()
+    proc = subprocess.run([f"{SETUP['pg_bin']}/psql", "-X", "-At", "-h", "127.0.0.1",
+                           "-p", str(port_for(target, user)), "-U", user, "-d", "bench",
+                           "-c", "select 1"],
+                          capture_output=True, text=True, env=client_env(user), timeout=60)
+    ok = proc.returncode == 0 and proc.stdout.strip() == "1"
+    return ok, time.monotonic() - t0, proc.stderr.strip()
+
+
+# -- results ---------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """One measurement of one scenario against one target."""
+
+    scenario: str
+    target: str
+    rep: int
+    values: dict[str, float] = field(default_factory=dict)  # metric name -> number
+    failed: int = 0          # pgbench's "number of failed transactions"
+    aborted: int = 0         # pgbench clients that aborted on an error
+    errors: dict[str, int] = field(default_factory=dict)    # distinct error line -> count
+    returncode: int = 0
+    stalled: bool = False    # stopped by the guard, see GUARD
+    seconds: float = 0.0
+    command: str = ""
+    note: str = ""
+
+
+@dataclass
+class Scenario:
+    key: str
+    title: str
+    metrics: list[tuple[str, str]]  # (metric name, unit shown in the table)
+    kind: str = "pgbench"           # pgbench | latency | idle
+    args: list[str] = field(default_factory=list)
+    clients: int = 0
+    user: str = "bench"
+    targets: tuple[str, ...] = TARGETS
+    higher_is_better: bool = True
+    runs: list[Run] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # target -> why it was not run
+
+
+def select_only(clients: int, mode: str = "simple") -> list[str]:
+    return ["-S", "-n", "-M", mode, "-T", str(DURATION), "-c", str(clients), "-j", "2"]
+
+
+def scenarios() -> list[Scenario]:
+    D = str(DURATION)
+    out = [Scenario(f"select_{c}", f"1. select-only, {c:,} clients", [("tps", "tps")],
+                    args=select_only(c), clients=c) for c in (10, 100, 1000)]
+    out += [
+        Scenario("extended_100", "2. select-only, extended protocol, 100 clients", [("tps", "tps")],
+                 args=select_only(100, "extended"), clients=100),
+        Scenario("prepared_100", "3. select-only, prepared (named statements), 100 clients",
+                 [("tps", "tps")], args=select_only(100, "prepared"), clients=100),
+        Scenario("storm_scram", "4. connection storm (-C), 50 clients, SCRAM", [("tps", "conn/s")],
+                 args=["-S", "-n", "-C", "-T", D, "-c", "50", "-j", "2"], clients=50),
+        Scenario("storm_md5", "4. connection storm (-C), 50 clients, md5", [("tps", "conn/s")],
+                 args=["-S", "-n", "-C", "-T", D, "-c", "50", "-j", "2"], clients=50,
+                 user="bench_md5"),
+        Scenario("latency_1", "5. latency, 1 client, select-only",
+                 [("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")], kind="latency",
+                 args=["-S", "-n", "-T", D, "-c", "1", "-j", "1"], clients=1,
+                 higher_is_better=False),
+        Scenario("idle_clients", f"6. {IDLE_CLIENTS:,} idle clients (md5)",
+                 [("open_s", "s to open all"), ("kb_per_client", "KB RSS / client")], kind="idle",
+                 clients=IDLE_CLIENTS, user="bench_md5", targets=("pgbouncer", "concierge"),
+                 higher_is_better=False),
+        Scenario("tpcb_50", "7. write mix (TPC-B-like), 50 clients", [("tps", "tps")],
+                 args=["-n", "-T", D, "-c", "50", "-j", "2"], clients=50),
+    ]
+    return out
+
+
+# -- pgbench ---------------------------------------------------------------------------------
+
+def normalize_error(line: str) -> str:
+    """One error line without the numbers that differ between clients."""
+    line = re.sub(r"\bclient \d+\b", "client N", line)
+    line = re.sub(r"\bscript \d+\b", "script N", line)
+    line = re.sub(r"\bcommand \d+\b", "command N", line)
+    return line.strip()
+
+
+def run_pgbench(sc: Scenario, target: str, rep: int, log_prefix: str | None = None) -> Run:
+    """One pgbench run; its numbers, failures and errors. -P 1 prints per-second progress, so a
+    run stopped by the guard still tells what it did."""
+    cmd = [f"{SETUP['pg_bin']}/pgbench", "-h", "127.0.0.1", "-p", str(port_for(target, sc.user)),
+           "-U", sc.user, "-P", "1", *sc.args]
+    if log_prefix:
+        cmd += ["-l", f"--log-prefix={log_prefix}"]
+    cmd.append("bench")
+    run = Run(sc.key, target, rep, command=" ".join(cmd[1:]))
+    limit = DURATION + GUARD + sc.clients / 50   # 1,000 SCRAM logins take a few seconds
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=client_env(sc.user), cwd=tempfile.gettempdir())
+    try:
+        out, err = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        run.stalled = True
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+    run.seconds = round(time.monotonic() - t0, 2)
+    run.returncode = proc.returncode
+
+    tps = re.search(r"^tps = ([\d.]+)", out, re.M)
+    failed = re.search(r"number of failed transactions: (\d+)", out)
+    run.failed = int(failed.group(1)) if failed else 0
+    progress = [(float(t), float(v)) for t, v in
+                re.findall(r"^progress: ([\d.]+) s, ([\d.]+) tps", err, re.M)]
+    if tps:
+        run.values["tps"] = float(tps.group(1))
+    elif progress:
+        # No summary (stopped): the mean of the per-second progress during -T.
+        during = [v for t, v in progress if t <= DURATION] or [v for _, v in progress]
+        run.values["tps"] = round(statistics.mean(during), 1)
+        run.note = "tps from per-second progress (no summary)"
+    if run.stalled:
+        run.note = (f"stalled: still running {limit:.0f} s after start ({DURATION} s -T), "
+                    f"stopped; " + run.note).rstrip("; ")
+
+    errors = Counter()
+    for line in err.splitlines():
+        if line.startswith("progress:") or not line.strip():
+            continue
+        if re.search(r"client \d+ aborted", line):
+            run.aborted += 1
+        errors[normalize_error(line)] += 1
+    run.errors = dict(errors.most_common(8))
+    return run
+
+
+def latency_run(sc: Scenario, target: str, rep: int) -> Run:
+    """A 1-client run with per-transaction logging (-l): p50 and p99 of its latencies."""
+    with tempfile.TemporaryDirectory(prefix="concierge-bench-lat-") as tmp:
+        run = run_pgbench(sc, target, rep, log_prefix=f"{tmp}/lat")
+        latencies = []  # microseconds; the 3rd field of each line ("failed"/"skipped" if not)
+        for path in Path(tmp).glob("lat*"):
+            for line in path.read_text().splitlines():
+                fields = line.split()
+                if len(fields) >= 3 and fields[2].isdigit():
+                    latencies.append(int(fields[2]))
+    if latencies:
+        latencies.sort()
+        pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] / 1000
+        run.values.update(p50_ms=round(pick(0.50), 4), p99_ms=round(pick(0.99), 4))
+        run.values["transactions"] = len(latencies)
+    return run
+
+
+# -- idle clients: a small asyncio PostgreSQL client --------------------------------------------
+
+def _msg(type_: bytes, payload: bytes) -> bytes:
+    return type_ + struct.pack("!I", len(payload) + 4) + payload
+
+
+def _startup(user: str, database: str) -> bytes:
+    body = struct.pack("!I", 196608) + b"".join(
+        k.encode() + b"\0" + v.encode() + b"\0" for k, v in (("user", user), ("database", database)))
+    body += b"\0"
+    return struct.pack("!I", len(body) + 4) + body
+
+
+_SALTED: dict[tuple[bytes, int], bytes] = {}   # PBKDF2 once per (salt, iterations), not per login
+
+
+async def _read(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    header = await reader.readexactly(5)
+    length = struct.unpack("!I", header[1:])[0]
+    return header[:1], await reader.readexactly(length - 4)
+
+
+async def login(port: int, user: str, password: str):
+    """Connect and authenticate (md5 or SCRAM-SHA-256); returns (reader, writer) at the first
+    ReadyForQuery. Raises on an ErrorResponse or a close."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(_startup(user, "bench"))
+        scram = None
+        while True:
+            type_, body = await _read(reader)
+            if type_ == b"E":
+                fields = {chr(p[0]): p[1:].decode() for p in body.split(b"\0") if p}
+                raise RuntimeError(f"{fields.get('S')} {fields.get('C')}: {fields.get('M')}")
+            if type_ == b"Z":
+                return reader, writer
+            if type_ != b"R":
+                continue  # ParameterStatus, BackendKeyData, notices
+            code = struct.unpack("!I", body[:4])[0]
+            if code == 5:  # md5
+                inner = hashlib.md5(password.encode() + user.encode()).hexdigest()
+                outer = hashlib.md5(inner.encode() + body[4:8]).hexdigest()
+                writer.write(_msg(b"p", b"md5" + outer.encode() + b"\0"))
+            elif code == 10:  # SASL: start SCRAM-SHA-256
+                nonce = base64.b64encode(os.urandom(18)).decode()
+                scram = {"bare": f"n=,r={nonce}", "nonce": nonce}
+                first = ("n,," + scram["bare"]).encode()
+                writer.write(_msg(b"p", b"SCRAM-SHA-256\0" + struct.pack("!I", len(first)) + first))
+            elif code == 11:  # SASL continue: send the proof
+                server_first = body[4:].decode()
+                attrs = dict(kv.split("=", 1) for kv in server_first.split(","))
+                key = (base64.b64decode(attrs["s"]), int(attrs["i"]))
+                if key not in _SALTED:
+                    _SALTED[key] = hashlib.pbkdf2_hmac("sha256", password.encode(), *key)
+                client_key = hmac.digest(_SALTED[key], b"Client Key", "sha256")
+                final = f"c=biws,r={attrs['r']}"
+                auth = f"{scram['bare']},{server_first},{final}".encode()
+                sig = hmac.digest(hashlib.sha256(client_key).digest(), auth, "sha256")
+                proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, sig))).decode()
+                writer.write(_msg(b"p", f"{final},p={proof}".encode()))
+            elif code not in (0, 12):
+                raise RuntimeError(f"unsupported authentication request {code}")
+    except BaseException:
+        writer.close()
+        raise
+
+
+async def idle_run_async(sc: Scenario, target: str, rep: int) -> Run:
+    run = Run(sc.key, target, rep)
+    port, pid = port_for(target, sc.user), pid_for(target, sc.user)
+    password = SETUP["passwords"][sc.user]
+    errors: Counter = Counter()
+    writers = []
+    sem = asyncio.Semaphore(100)  # logins in flight: keeps listen backlogs from overflowing
+
+    async def one():
+        async with sem:
+            try:
+                _, writer = await asyncio.wait_for(login(port, sc.user, password), 30)
+                writers.append(writer)
+            except Exception as e:  # counted and reported, never fatal
+                errors[normalize_error(f"{type(e).__name__}: {e}")] += 1
+
+    before = rss_kb(pid)
+    t0 = time.monotonic()
+    await asyncio.gather(*(one() for _ in range(sc.clients)))
+    run.values["open_s"] = round(time.monotonic() - t0, 3)
+    await asyncio.sleep(1)   # let the proxy settle
+    after = rss_kb(pid)
+    run.values.update(opened=len(writers), rss_before_kb=before, rss_after_kb=after)
+    if writers:
+        run.values["kb_per_client"] = round((after - before) / len(writers), 2)
+    # A normal client must still be served while they are all open.
+    ok, took, err = await asyncio.get_running_loop().run_in_executor(
+        None, psql_select1, target, sc.user)
+    run.values["select1_ok"] = int(ok)
+    run.values["select1_s"] = round(took, 3)
+    if not ok:
+        errors[f"select 1 while {len(writers)} idle clients were open failed: {err}"] += 1
+    run.note = (f"{len(writers):,} of {sc.clients:,} opened; RSS {before:,} -> {after:,} KB; "
+                f"select 1 {'ok' if ok else 'FAILED'} in {took * 1000:.0f} ms")
+    run.failed = sc.clients - len(writers)
+    run.errors = dict(errors.most_common(8))
+    for w in writers:
+        w.write(_msg(b"X", b""))
+        w.close()
+    await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
+    run.seconds = round(time.monotonic() - t0, 2)
+    await asyncio.sleep(2)   # let the proxy notice the closes before the next run
+    return run
+
+
+def idle_run(sc: Scenario, target: str, rep: int) -> Run:
+    return asyncio.run(idle_run_async(sc, target, rep))
+
+
+# -- running everything ------------------------------------------------------------------------
+
+def direct_slots() -> int:
+    """Client connections the database itself can take from `bench` while both proxies (three
+    pools of up to `pool` backends each, counting PgBouncer's md5 instance) hold theirs."""
+    return SETUP["max_connections"] - SUPERUSER_RESERVED - 3 * SETUP["pool"]
+
+
+def run_all(scs: list[Scenario]) -> None:
+    runner = {"pgbench": run_pgbench, "latency": latency_run, "idle": idle_run}
+    for sc in scs:
+        if "direct" in sc.targets and sc.clients > direct_slots():
+            sc.skipped["direct"] = (f"n/a (max_connections): {sc.clients:,} clients > "
+                                    f"{direct_slots()} free slots of max_connections="
+                                    f"{SETUP['max_connections']}")
+        no_repeat: set[str] = set()
+        for rep in range(1, REPEAT + 1):
+            for target in sc.targets:
+                if target in sc.skipped or target in no_repeat:
+                    continue
+                if not alive(pid_for(target, sc.user)):
+                    sc.skipped[target] = f"{LABEL[target]} is not running any more"
+                    continue
+                run = runner[sc.kind](sc, target, rep)
+                sc.runs.append(run)
+                shown = ", ".join(f"{k}={v:g}" for k, v in run.values.items())
+                trouble = (f" failed={run.failed} aborted={run.aborted} rc={run.returncode}"
+                           if run.failed or run.aborted or run.returncode else "")
+                print(f"  {sc.key:<14} {LABEL[target]:<10} #{rep}: {shown}{trouble}"
+                      f"{' STALLED' if run.stalled else ''} ({run.seconds:.1f} s)", flush=True)
+                if run.stalled:
+                    no_repeat.add(target)  # another run would stall the same way
+                    time.sleep(1)          # let the proxy drop the stopped clients
+
+
+# -- the table -----------------------------------------------------------------------------------
+
+def fmt(metric: str, v: float) -> str:
+    if metric in ("tps",):
+        return f"{v:,.0f}"
+    if metric.endswith("_ms"):
+        return f"{v:.3f}"
+    return f"{v:,.2f}"
+
+
+def stats(sc: Scenario, target: str, metric: str) -> tuple[float, float] | None:
+    values = [r.values[metric] for r in sc.runs if r.target == target and metric in r.values]
+    if not values:
+        return None
+    return min(values), statistics.median(values)
+
+
+def failures(sc: Scenario, target: str) -> str:
+    runs = [r for r in sc.runs if r.target == target]
+    if target in sc.skipped or not runs:
+        return "–"
+    failed = sum(r.failed for r in runs)
+    aborted = sum(r.aborted for r in runs)
+    bad_rc = sum(1 for r in runs if r.returncode)
+    stalled = sum(1 for r in runs if r.stalled)
+    parts = []
+    if failed:
+        parts.append(f"{failed:,} failed" + (" conns" if sc.kind == "idle" else ""))
+    if aborted:
+        parts.append(f"{aborted:,} aborted")
+    if stalled:
+        parts.append("stalled")
+    elif bad_rc:
+        parts.append(f"exit≠0 ×{bad_rc}")
+    return ", ".join(parts) or "0"
+
+
+def table(scs: list[Scenario]) -> tuple[str, list[str]]:
+    """The markdown table and its notes (skips, stalls, distinct errors)."""
+    lines = ["| scenario | metric | direct | PgBouncer | Concierge | C ÷ PgB | C ÷ direct "
+             "| failures (direct / PgB / C) |",
+             "|---|---|--:|--:|--:|--:|--:|---|"]
+    notes = []
+    for sc in scs:
+        for metric, unit in sc.metrics:
+            cells, medians = [], {}
+            for target in TARGETS:
+                st = stats(sc, target, metric) if target in sc.targets else None
+                if target not in sc.targets:
+                    cells.append("–")
+                elif target in sc.skipped:
+                    cells.append(sc.skipped[target].split(":")[0])
+                elif st is None:
+                    cells.append("failed")
+                else:
+                    lo, med = st
+                    n = sum(1 for r in sc.runs if r.target == target and metric in r.values)
+                    # For "higher is better" metrics min is the worst run; for times, the best.
+                    cells.append(f"{fmt(metric, med)} (min {fmt(metric, lo)})" if n > 1
+                                 else f"{fmt(metric, med)} (1 run)")
+                    medians[target] = med
+
+            def ratio(a: str, b: str) -> str:
+                if a in medians and b in medians and medians[b]:
+                    return f"{medians[a] / medians[b]:.2f}×"
+                return "–"
+            fails = " / ".join(failures(sc, t) if t in sc.targets else "–" for t in TARGETS)
+            lines.append(f"| {sc.title} | {unit} | {' | '.join(cells)} | "
+                         f"{ratio('concierge', 'pgbouncer')} | {ratio('concierge', 'direct')} "
+                         f"| {fails} |")
+        for target, why in sc.skipped.items():
+            notes.append(f"- {sc.title}, {LABEL[target]}: {why}.")
+        for target in sc.targets:
+            runs = [r for r in sc.runs if r.target == target]
+            errors: Counter = Counter()
+            for r in runs:
+                errors.update(r.errors)
+            run_notes = sorted({r.note for r in runs if r.note and sc.kind != "idle"})
+            if sc.kind == "idle":
+                run_notes = [f"run {r.rep}: {r.note}" for r in runs]
+            if errors or run_notes:
+                notes.append(f"- {sc.title}, {LABEL[target]}: exit codes "
+                             f"{sorted({r.returncode for r in runs})}" if sc.kind != "idle"
+                             else f"- {sc.title}, {LABEL[target]}:")
+                notes.extend(f"    - {n}" for n in run_notes)
+                notes.extend(f"    - ×{c}: `{e[:300]}`" for e, c in errors.most_common(4))
+    return "\n".join(lines), notes
+
+
+# -- the machine ------------------------------------------------------------------------------
+
+def sh(*cmd: str) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def machine() -> dict[str, str]:
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), "?")
+    mem_kb = int(next(l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines()
+                      if l.startswith("MemTotal:")))
+    repo = SETUP["repo"]
+    commit = sh("git", "-C", repo, "rev-parse", "--short", "HEAD")
+    dirty = sh("git", "-C", repo, "status", "--porcelain", "--", "Sources", "Package.swift",
+               "Package.resolved")
+    binary = Path(SETUP["concierge"]["bin"])
+    built = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(binary.stat().st_mtime))
+    return {
+        "nproc": str(os.cpu_count()),
+        "memory": f"{mem_kb / 1024 / 1024:.1f} GiB",
+        "cpu": cpu,
+        "kernel": f"{platform.system()} {platform.release()}",
+        "os": next((l.split("=", 1)[1].strip('"') for l in
+                    Path("/etc/os-release").read_text().splitlines()
+                    if l.startswith("PRETTY_NAME=")), "?"),
+        "postgresql": sh(f"{SETUP['pg_bin']}/postgres", "--version"),
+        "pgbench": sh(f"{SETUP['pg_bin']}/pgbench", "--version"),
+        "pgbouncer": sh("pgbouncer", "--version").splitlines()[0],
+        "concierge_commit": commit + (" (Sources modified)" if dirty else ""),
+        "concierge_binary": f"{binary} (built {built})",
+        "python": platform.python_version(),
+        "fd_limit": sh("bash", "-c", "ulimit -n"),
+    }
+
+
+def main() -> int:
+    scs = scenarios()
+    print(f"bench: {len(scs)} measurements × {REPEAT} runs, {DURATION} s per pgbench run",
+          flush=True)
+    run_all(scs)
+    tbl, notes = table(scs)
+    info = machine()
+    total = time.time() - SETUP["started"]
+    stamp = time.strftime("%Y-%m-%dT%H%MZ", time.gmtime())
+    commit = info["concierge_commit"].split()[0]
+    settings = (f"{DURATION} s per pgbench run, {REPEAT} runs per cell (median, and min); pool of "
+                f"{SETUP['pool']} backends for both proxies (PgBouncer transaction mode, "
+                f"default_pool_size = max_db_connections = {SETUP['pool']}; Concierge cap "
+                f"{SETUP['pool']} = {SETUP['pool'] * 100 // SETUP['max_connections']}% of "
+                f"max_connections={SETUP['max_connections']}); pgbench -i -s 10; all on loopback "
+                f"on the same machine as the clients.")
+    md = "\n".join([
+        f"# Concierge benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+        "Direct PostgreSQL vs PgBouncer vs Concierge, made by `bench/run.sh` "
+        "(see bench/README.md for how to read it).",
+        "",
+        tbl,
+        "",
+        "Ratios are of the medians: for tps and conn/s above 1 means Concierge is faster; for "
+        "latencies, seconds and KB above 1 means Concierge is slower or bigger.",
+        "",
+        "Notes:",
+        "",
+        *(notes or ["- none"]),
+        "",
+        "## Setup",
+        "",
+        settings,
+        "",
+        *(f"- {k}: {v}" for k, v in info.items()),
+        f"- whole run (setup, all scenarios): {total:.0f} s",
+        "",
+    ])
+    print()
+    print(md)
+    out_dir = Path(SETUP["results"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = out_dir / f"{stamp}-{commit}"
+    base.with_suffix(".md").write_text(md)
+    base.with_suffix(".json").write_text(json.dumps({
+        "date": stamp, "machine": info, "settings": {
+            "duration_s": DURATION, "repeat": REPEAT, "idle_clients": IDLE_CLIENTS,
+            "pool": SETUP["pool"], "max_connections": SETUP["max_connections"],
+            "guard_s": GUARD},
+        "total_seconds": round(total, 1),
+        "scenarios": [{"key": sc.key, "title": sc.title, "user": sc.user, "args": sc.args,
+                       "clients": sc.clients, "skipped": sc.skipped,
+                       "runs": [asdict(r) for r in sc.runs]} for sc in scs],
+    }, indent=2))
+    print(f"bench: wrote {base}.md and .json ({total:.0f} s so far)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
