@@ -135,7 +135,7 @@ public struct PoolStateMachine: Sendable {
     /// A client needs a backend of `key`.
     /// Idle of that key → lease (same event loop first, then most recently used); else below the
     /// cap → open one (the request waits for it); else an idle connection of another key → close the
-    /// least recently used one and open one for this key; else wait in FIFO order (or fail with
+    /// least recently used one and open one for this key; else wait (or fail with
     /// `.timeout` right away when `borrowTimeout` is zero). A duplicate id of a waiting request is
     /// ignored. After `shutdown()` → `.shuttingDown`.
     public mutating func borrow(request: RequestID, key: PoolKey, eventLoopIndex: Int, now: PoolInstant) -> PoolActions {
@@ -173,8 +173,9 @@ public struct PoolStateMachine: Sendable {
     }
 
     /// A connection requested with `createConnection` is ready (authenticated, init queries done).
-    /// It goes to a waiter of its key (see `PoolLimits.affinityWindow` for which one), else serves an uncovered waiter of another key (close
-    /// + create), else parks idle. Closed if the pool is over its cap or shutting down.
+    /// It goes to a waiter of its key (which one: see `PoolLimits.affinityWindow`), else serves an
+    /// uncovered waiter of another key (close + create), else parks idle. Closed if the pool is over
+    /// its cap or shutting down.
     public mutating func connectionEstablished(_ id: ConnectionID, now: PoolInstant) -> PoolActions {
         var actions = PoolActions()
         guard let connection = connections[id], case .connecting = connection.state else { return actions }

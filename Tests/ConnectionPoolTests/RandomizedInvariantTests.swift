@@ -1,4 +1,4 @@
-import ConnectionPool
+@_spi(Testing) import ConnectionPool
 import Testing
 
 /// Deterministic generator so a failing seed can be replayed.
@@ -25,7 +25,16 @@ struct RuntimeModel {
 
     struct Connection {
         var key: PoolKey
+        var eventLoopIndex: Int
         var state: ConnectionState
+    }
+
+    struct Waiting {
+        var key: PoolKey
+        var since: PoolInstant
+        var eventLoopIndex: Int
+        /// Borrow order (FIFO position).
+        var order: UInt64
     }
 
     var pool: PoolStateMachine
@@ -34,18 +43,22 @@ struct RuntimeModel {
     /// The one timer the runtime keeps (replaced by each `scheduleTimer`).
     var timer: PoolInstant?
     var connections: [ConnectionID: Connection] = [:]
-    var waiting: [RequestID: (key: PoolKey, since: PoolInstant)] = [:]
+    var waiting: [RequestID: Waiting] = [:]
     var outcomes: [RequestID: Int] = [:]
     var borrowed: [RequestID] = []
     var nextRequest: UInt64 = 0
     var highestConnectionID = -1
     var shutdownCompletions = 0
     var steps = 0
+    /// Leases that went to a same-loop waiter while an older waiter of the key was waiting.
+    var affinityLeases = 0
     let keys = [keyA, keyB, keyC]
+    let loops = 4
 
     init(seed: UInt64) {
         rng = SplitMix64(state: seed)
-        pool = makePool(cap: 3, maxIdle: 1, borrowTimeout: .seconds(3), idleTimeout: .seconds(2))
+        pool = makePool(
+            cap: 3, maxIdle: 1, borrowTimeout: .seconds(3), idleTimeout: .seconds(2), affinityWindow: .milliseconds(500))
     }
 
     // MARK: Running actions
@@ -55,13 +68,14 @@ struct RuntimeModel {
         var created = false
         for action in actions {
             switch action {
-            case .createConnection(let id, let key, _):
+            case .createConnection(let id, let key, let loop):
                 #expect(connections[id] == nil && id.rawValue > highestConnectionID, "step \(steps): reused \(id)")
                 highestConnectionID = max(highestConnectionID, id.rawValue)
-                connections[id] = Connection(key: key, state: .connecting)
+                connections[id] = Connection(key: key, eventLoopIndex: loop, state: .connecting)
                 created = true
             case .lease(let id, let request):
                 resolve(request)
+                if let connection = connections[id] { checkWaiterChoice(request, connection: connection) }
                 guard let waiter = waiting.removeValue(forKey: request) else {
                     Issue.record("step \(steps): lease to \(request), which is not waiting")
                     continue
@@ -108,9 +122,40 @@ struct RuntimeModel {
 
     // MARK: Invariants
 
+    /// Which waiter a connection goes to (checked before the lease is applied to the model).
+    mutating func checkWaiterChoice(_ request: RequestID, connection: Connection) {
+        guard let chosen = waiting[request] else { return }
+        let window = pool.limits.affinityWindow
+        let sameKey = waiting.filter { $0.value.key == chosen.key }
+        // Bounded unfairness: nobody of the key who has waited `affinityWindow` or more is passed over.
+        for (other, waiter) in sameKey where waiter.order < chosen.order {
+            #expect(window > .zero && now < waiter.since + window,
+                "step \(steps): \(request) served before \(other), which waited \(now - waiter.since) (window \(window))")
+        }
+        switch connection.state {
+        case .idle:
+            // Borrowed from idle: an idle connection of a key never coexists with waiters of that key.
+            #expect(sameKey.count == 1, "step \(steps): idle \(connection.key) connection with other waiters")
+        case .available:
+            // The exact rule: the oldest, unless it is within the window and someone waits on the
+            // connection's loop (then the oldest there).
+            let oldest = sameKey.min { $0.value.order < $1.value.order }!
+            let sameLoop = sameKey.filter { $0.value.eventLoopIndex == connection.eventLoopIndex }
+                .min { $0.value.order < $1.value.order }
+            var expected = oldest.key
+            if window > .zero, now < oldest.value.since + window, let sameLoop { expected = sameLoop.key }
+            #expect(request == expected, "step \(steps): leased to \(request), expected \(expected)")
+            if request != oldest.key { affinityLeases += 1 }
+        case .connecting, .leased:
+            break  // reported by `run`
+        }
+    }
+
     func check(created: Bool, afterTick: Bool) {
         let stats = pool.stats
         let limits = pool.limits
+        let indexProblems = pool.waiterIndexProblems()
+        #expect(indexProblems.isEmpty, "step \(steps): \(indexProblems)")
         var perKey: [PoolKey: PoolCounts] = [:]
         var idleSince: [PoolInstant] = []
         for connection in connections.values {
@@ -179,9 +224,10 @@ struct RuntimeModel {
         nextRequest += 1
         let request = RequestID(clientID: nextRequest)
         let key = pick(keys)!
+        let loop = Int.random(in: 0..<loops, using: &rng)
         borrowed.append(request)
-        waiting[request] = (key, now)
-        run(pool.borrow(request: request, key: key, eventLoopIndex: Int.random(in: 0..<3, using: &rng), now: now))
+        waiting[request] = Waiting(key: key, since: now, eventLoopIndex: loop, order: nextRequest)
+        run(pool.borrow(request: request, key: key, eventLoopIndex: loop, now: now))
     }
 
     mutating func establish() {
@@ -223,7 +269,9 @@ struct RuntimeModel {
     }
 
     mutating func advanceAndTick() {
-        var next = now + .milliseconds(Int64.random(in: 0...1500, using: &rng))
+        // Sometimes multiples of 250 ms, so waits land exactly on the affinity window.
+        let step = Bool.random(using: &rng) ? Int64.random(in: 0...1500, using: &rng) : 250 * Int64.random(in: 0...3, using: &rng)
+        var next = now + .milliseconds(step)
         if let timer, timer < next, Bool.random(using: &rng) { next = timer }  // sometimes exactly on time
         now = next
         if let armed = timer, armed <= now { timer = nil }
@@ -235,7 +283,8 @@ struct RuntimeModel {
             maxConnections: Int.random(in: 0...6, using: &rng),
             maxIdleConnections: Int.random(in: 0...3, using: &rng),
             borrowTimeout: pick([.zero, .seconds(1), .seconds(3), .seconds(10)])!,
-            idleTimeout: pick([.zero, .seconds(2), .seconds(5)])!)
+            idleTimeout: pick([.zero, .seconds(2), .seconds(5)])!,
+            affinityWindow: pick([.zero, .milliseconds(2), .milliseconds(500), .seconds(2)])!)
         run(pool.updateLimits(limits, now: now))
     }
 
@@ -308,6 +357,7 @@ struct RuntimeModel {
         var model = RuntimeModel(seed: seed &* 0x1234_5678_9ABC_DEF1 &+ 7)
         for _ in 0..<4000 { model.randomStep() }
         #expect(model.borrowed.count > 500)
+        #expect(model.affinityLeases > 0, "affinity never exercised")
         model.shutdownAndDrain()
     }
 }
