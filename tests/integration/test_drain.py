@@ -71,6 +71,24 @@ def test_drain_timeout_ends_a_transaction_that_never_finishes(proxy, pg):
         stuck.close()
 
 
+def test_pinned_idle_client_does_not_hold_the_shutdown_up(proxy):
+    # A pinned client between transactions has nothing to finish: it is closed at once (and its
+    # backend with it), so the proxy exits long before drain_timeout.
+    p = proxy(drain_timeout=30)
+    pinned = p.connect()
+    try:
+        pinned.execute("set search_path to public")
+        assert "session pinned" in p.log()
+        p.signal(signal.SIGTERM)
+        p.expect_exit = True
+        sigterm_at = time.monotonic()
+        rc = p.wait(timeout=p.drain_timeout + 5)
+        assert rc == 0
+        assert time.monotonic() - sigterm_at < 10, "a pinned idle client held the shutdown up"
+    finally:
+        pinned.close()
+
+
 @pytest.mark.parametrize("how", ["bogus-key", "real-key"])
 def test_cancel_request_connections_are_not_left_behind(proxy, how):
     # A CancelRequest arrives on a connection of its own, which the server closes at once; it
