@@ -114,3 +114,28 @@ def test_max_client_connections(proxy):
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.proxy_only
+def test_idle_timeout_closes_pinned_clients_and_frees_their_backend(proxy, pg):
+    # A pinned client idle between transactions is closed like any other, and its dedicated
+    # backend is closed with it (its session state must not reach anyone else).
+    p = proxy(idle_client_timeout=1)
+    with p.wire() as pinned:
+        pinned.startup("app", p.passwords["app"])
+        pinned.query("set application_name = 'pinned_idle'")
+        assert pg.scalar("select count(*) from pg_stat_activity where application_name = 'pinned_idle'") == 1
+
+        def closed() -> bool:
+            try:
+                return pinned.recv(timeout=0.2) is None
+            except TimeoutError:
+                return False
+            except OSError:
+                return True
+
+        wait_for(closed, 15, "the pinned idle client to be disconnected", interval=0.0)
+    wait_for(lambda: pg.scalar("select count(*) from pg_stat_activity "
+                               "where application_name = 'pinned_idle'") == 0,
+             10, "the pinned backend to be closed")
+    p.assert_serves()
