@@ -33,7 +33,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
     let processID: Int32
     let secretKey: Int32
     private let runtime: ProxyRuntime
-    private var logger: Logger
+    /// The proxy's logger; per-client metadata is added at each call (see `log`), so an idle
+    /// client does not carry its own copy of the logger's metadata.
+    private let logger: Logger
     private var context: ChannelHandlerContext?
     private var state: State = .awaitingStartup
     private var cumulation: ByteBuffer?
@@ -45,8 +47,6 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
     /// Session parameters the client asked for in its startup packet (lowercased name → value),
     /// applied to whichever backend serves it.
     private var desiredParameters: [String: String] = [:]
-    /// The same, with the names as the client wrote them (for ParameterStatus).
-    private var startupParameterNames: [String: String] = [:]
     private var poolKey = PoolKey(user: "", database: "")
 
     // Data path
@@ -82,7 +82,19 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
         self.processID = processID
         self.secretKey = secretKey
         self.logger = logger
-        self.logger[metadataKey: "concierge.client_id"] = "\(processID)"
+    }
+
+    /// Logs with this client's id, user and database; the metadata is built only when the
+    /// level is enabled.
+    private func log(_ level: Logger.Level, _ message: @autoclosure () -> Logger.Message, _ extra: Logger.Metadata = [:]) {
+        guard logger.logLevel <= level else { return }
+        var metadata = extra
+        metadata["concierge.client_id"] = "\(processID)"
+        if !user.isEmpty {
+            metadata["concierge.user"] = "\(user)"
+            metadata["concierge.database"] = "\(database)"
+        }
+        logger.log(level: level, message(), metadata: metadata)
     }
 
     // MARK: Channel events
@@ -127,7 +139,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        logger.debug("client connection error", metadata: ["concierge.error": "\(error)"])
+        log(.debug, "client connection error", ["concierge.error": "\(error)"])
         context.close(promise: nil)
     }
 
@@ -264,7 +276,6 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
                 do {
                     for (name, value) in try Self.parseOptions(parameter.value) {
                         desiredParameters[name.lowercased()] = value
-                        startupParameterNames[name.lowercased()] = name
                     }
                 } catch {
                     fail(with: ClientErrors.unsupportedStartupOption(parameter.value))
@@ -275,7 +286,6 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
                     unsupportedOptions.append(parameter.name)
                 } else {
                     desiredParameters[parameter.name.lowercased()] = parameter.value
-                    startupParameterNames[parameter.name.lowercased()] = parameter.name
                 }
             }
         }
@@ -285,8 +295,6 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
         }
         if database.isEmpty { database = user }
         poolKey = PoolKey(user: user, database: database)
-        logger[metadataKey: "concierge.user"] = "\(user)"
-        logger[metadataKey: "concierge.database"] = "\(database)"
 
         if runtime.clientLimitExceeded {
             fail(with: ClientErrors.tooManyClients)
@@ -412,7 +420,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
     }
 
     private func authenticationFailed() {
-        logger.info("client authentication failed")
+        log(.info, "client authentication failed")
         fail(with: ClientErrors.authenticationFailed(user: user))
     }
 
@@ -443,7 +451,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
         PGEncode.readyForQuery(.idle, into: &out)
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
         state = .ready
-        logger.debug("client logged in")
+        userEntry = nil
+        log(.debug, "client logged in")
         scheduleIdleCheck()
         // Messages the client pipelined during login are served now.
         if !held.isEmpty, backend == nil, waitingRequest == nil {
@@ -547,7 +556,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
         var metadata: Logger.Metadata = ["concierge.pin_reason": "\(new.names.joined(separator: ","))"]
         // SQL text is logged only with debug_logging: it may contain data.
         if runtime.debugLogging { metadata["concierge.statement"] = "\(String(buffer: statement))" }
-        logger.info(first ? "session pinned" : "session pin reason added", metadata: metadata)
+        log(.info, first ? "session pinned" : "session pin reason added", metadata)
     }
 
     private func borrowBackend() {
@@ -570,7 +579,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
                 runtime.pool.returnUnused(connection)
                 return
             }
-            logger.trace("backend borrowed", metadata: [
+            log(.trace, "backend borrowed", [
                 "concierge.backend": "\(connection.id)",
                 "concierge.borrow_ms": "\((NIODeadline.now() - started).nanoseconds / 1_000_000)",
             ])
@@ -600,7 +609,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
         case .connectionFailed(let backendError):
             fields = ClientErrors.backendUnavailable("\(backendError)")
         }
-        logger.info("could not borrow a database connection", metadata: ["concierge.reason": "\(fields.message)"])
+        log(.info, "could not borrow a database connection", ["concierge.reason": "\(fields.message)"])
         if case .loggingIn = state {
             fail(with: PGErrorFields(severity: "FATAL", code: fields.code, message: fields.message, detail: fields.detail, hint: fields.hint))
             return
@@ -714,7 +723,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
         guard backend != nil else { return }
         backend = nil
         backendReady = false
-        logger.warning("database connection lost while serving this client")
+        log(.warning, "database connection lost while serving this client")
         fail(with: ClientErrors.backendLost)
     }
 
@@ -742,7 +751,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
         let timeout = TimeAmount.seconds(Int64(runtime.idleClientTimeout))
         let busy = !isBetweenTransactions
         if !busy, NIODeadline.now() >= lastActivity + timeout {
-            logger.info("closing idle client")
+            log(.info, "closing idle client")
             fail(with: ClientErrors.idleTimeout)
             return
         }
@@ -778,7 +787,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
     func cancelCurrentQuery() {
         eventLoop.execute { [self] in
             guard let backend = self.backend, self.backendReady else { return }
-            self.logger.info("cancelling the running query at the client's request")
+            self.log(.info, "cancelling the running query at the client's request")
             backend.sendCancelRequest()
         }
     }
