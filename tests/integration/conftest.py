@@ -124,12 +124,14 @@ def proxy(request, pg: PgCluster, concierge_bin: Path, tmp_path: Path):
     session_pinning_filters, init_query, ...) go into connection_pool_config, `drain_timeout`
     to the top level, anything else (idle_client_timeout, max_client_connections, ...) into the
     proxy's entry. `wait_ready=False` only waits until the proxy listens, for configurations
-    under which `select 1` is expected to fail (e.g. a failing init_query).
+    under which `select 1` is expected to fail (e.g. a failing init_query); `db_port` points
+    the proxy at another port than the test cluster's.
     """
     started: list[Proxy] = []
     request.node._concierge_proxies = started
 
-    def start(*, drain_timeout: float = 5, wait_ready: bool = True, **overrides) -> Proxy:
+    def start(*, drain_timeout: float = 5, wait_ready: bool = True, db_port: int | None = None,
+              **overrides) -> Proxy:
         if DIRECT:
             return Proxy(host=pg.host, port=pg.port, passwords=pg.passwords, bindir=pg.bindir)
         n = len(started)
@@ -138,7 +140,7 @@ def proxy(request, pg: PgCluster, concierge_bin: Path, tmp_path: Path):
         secret_files = {user: write_secret(workdir / f"{user}.json", user, password)
                         for user, password in pg.passwords.items()}
         port = free_port()
-        config = proxy_config(listen_port=port, db_port=pg.port, secrets=secret_files,
+        config = proxy_config(listen_port=port, db_port=db_port or pg.port, secrets=secret_files,
                               drain_timeout=drain_timeout, **overrides)
         config_path = workdir / "concierge.yaml"
         config_path.write_text(to_yaml(config) + "\n")

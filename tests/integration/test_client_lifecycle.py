@@ -139,3 +139,16 @@ def test_idle_timeout_closes_pinned_clients_and_frees_their_backend(proxy, pg):
                                "where application_name = 'pinned_idle'") == 0,
              10, "the pinned backend to be closed")
     p.assert_serves()
+
+
+@pytest.mark.proxy_only
+def test_database_down_gives_a_clear_error_and_the_proxy_keeps_running(proxy):
+    # Nothing listens on the target: a client gets a FATAL naming the problem (not a hang),
+    # and the proxy stays up for the next one.
+    from helpers import free_port
+    p = proxy(db_port=free_port(), wait_ready=False)
+    for _ in range(2):
+        proc = p.psql("select 1", check=False)
+        assert proc.returncode != 0
+        assert "could not connect to the database" in proc.stderr, proc.stderr
+    assert p.alive()
