@@ -66,6 +66,21 @@ def pid_for(target: str, user: str) -> int | None:
     return SETUP[target].get("pid")
 
 
+def proxy_name(target: str, user: str) -> str:
+    """run.sh's name for the process serving `user` for `target` (its log and .exit files)."""
+    return "pgbouncer-md5" if target == "pgbouncer" and user == "bench_md5" else target
+
+
+def why_gone(name: str) -> str:
+    """How a proxy that is no longer running ended, and the last lines of its log."""
+    work = Path(SETUP["work"])
+    exit_file = work / f"{name}.exit"
+    how = exit_file.read_text().strip() if exit_file.exists() else "ended (no exit status)"
+    log = work / name / f"{name.split('-')[0]}.log"
+    tail = log.read_text(errors="replace").splitlines()[-3:] if log.exists() else []
+    return f"{how}; last log lines: " + " | ".join(line[:200] for line in tail)
+
+
 def alive(pid: int | None) -> bool:
     if pid is None:
         return True
@@ -77,10 +92,39 @@ def alive(pid: int | None) -> bool:
 
 
 def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        raise RuntimeError(f"process {pid} is gone: the proxy exited") from None
+    for line in status.splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+CONCIERGE_LOG_LEVELS = ("warning", "error", "critical")
+
+
+def proxy_log_size(target: str) -> int:
+    path = Path(SETUP["work"]) / "concierge" / "concierge.log"
+    return path.stat().st_size if target == "concierge" and path.exists() else 0
+
+
+def proxy_log_since(target: str, offset: int) -> dict[str, int]:
+    """What Concierge logged during a run, as message -> count: pins, borrow timeouts, ...
+    (lines look like `DATE LEVEL concierge: key=value ... [Module] message`)."""
+    if target != "concierge":
+        return {}
+    with open(Path(SETUP["work"]) / "concierge" / "concierge.log", "rb") as f:
+        f.seek(offset)
+        text = f.read().decode("utf-8", "replace")
+    counts: Counter = Counter()
+    for line in text.splitlines():
+        m = re.match(r"\S+ (\w+) [^\[]*\[\w+\] (.*)$", line)
+        if m:
+            reason = re.search(r"concierge\.pin_reason=(\S+)", line)
+            counts[f"{m.group(1)}: {m.group(2)}" + (f" ({reason.group(1)})" if reason else "")] += 1
+    return dict(counts.most_common(8))
 
 
 def client_env(user: str) -> dict[str, str]:
@@ -119,6 +163,7 @@ class Run:
     seconds: float = 0.0
     command: str = ""
     note: str = ""
+    proxy_log: dict[str, int] = field(default_factory=dict)  # Concierge log lines during the run
 
 
 @dataclass
@@ -137,7 +182,10 @@ class Scenario:
 
 
 def select_only(clients: int, mode: str = "simple") -> list[str]:
-    return ["-S", "-n", "-M", mode, "-T", str(DURATION), "-c", str(clients), "-j", "2"]
+    # pgbench's -T includes connecting its clients (~3-5 s for 1,000 SCRAM logins here), so
+    # many clients get more time; the tps it reports excludes the initial connection time.
+    seconds = DURATION + clients // 150
+    return ["-S", "-n", "-M", mode, "-T", str(seconds), "-c", str(clients), "-j", "2"]
 
 
 def scenarios() -> list[Scenario]:
@@ -188,6 +236,7 @@ def run_pgbench(sc: Scenario, target: str, rep: int, log_prefix: str | None = No
     cmd.append("bench")
     run = Run(sc.key, target, rep, command=" ".join(cmd[1:]))
     limit = DURATION + GUARD + sc.clients / 50   # 1,000 SCRAM logins take a few seconds
+    log_mark = proxy_log_size(target)
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=client_env(sc.user), cwd=tempfile.gettempdir())
@@ -205,6 +254,9 @@ def run_pgbench(sc: Scenario, target: str, rep: int, log_prefix: str | None = No
     run.returncode = proc.returncode
 
     tps = re.search(r"^tps = ([\d.]+)", out, re.M)
+    connect = re.search(r"^(?:initial|average) connection time = ([\d.]+) ms", out, re.M)
+    if connect:
+        run.values["connect_ms"] = float(connect.group(1))
     failed = re.search(r"number of failed transactions: (\d+)", out)
     run.failed = int(failed.group(1)) if failed else 0
     progress = [(float(t), float(v)) for t, v in
@@ -216,6 +268,11 @@ def run_pgbench(sc: Scenario, target: str, rep: int, log_prefix: str | None = No
         during = [v for t, v in progress if t <= DURATION] or [v for _, v in progress]
         run.values["tps"] = round(statistics.mean(during), 1)
         run.note = "tps from per-second progress (no summary)"
+    elif run.stalled:
+        # pgbench 15 prepares statements with a blocking PQprepare: one client waiting for a
+        # backend blocks its whole thread, so no progress is printed at all.
+        run.values["tps"] = 0.0
+        run.note = "no transaction completed (no progress output)"
     if run.stalled:
         run.note = (f"stalled: still running {limit:.0f} s after start ({DURATION} s -T), "
                     f"stopped; " + run.note).rstrip("; ")
@@ -224,10 +281,11 @@ def run_pgbench(sc: Scenario, target: str, rep: int, log_prefix: str | None = No
     for line in err.splitlines():
         if line.startswith("progress:") or not line.strip():
             continue
-        if re.search(r"client \d+ aborted", line):
+        if re.search(r"client \d+ (script \d+ )?aborted", line):
             run.aborted += 1
         errors[normalize_error(line)] += 1
     run.errors = dict(errors.most_common(8))
+    run.proxy_log = proxy_log_since(target, log_mark)
     return run
 
 
@@ -316,7 +374,14 @@ async def login(port: int, user: str, password: str):
         raise
 
 
+RSS_BASELINE: dict[str, int] = {}   # target -> proxy RSS (KB) before its first idle clients
+
+
 async def idle_run_async(sc: Scenario, target: str, rep: int) -> Run:
+    """Open sc.clients authenticated clients that then stay idle; the time that takes, and the
+    proxy's RSS growth per client. The growth is measured from the RSS before the *first* run:
+    later runs reuse the memory the first one's clients freed, so their own before/after
+    difference would be about zero."""
     run = Run(sc.key, target, rep)
     port, pid = port_for(target, sc.user), pid_for(target, sc.user)
     password = SETUP["passwords"][sc.user]
@@ -333,14 +398,16 @@ async def idle_run_async(sc: Scenario, target: str, rep: int) -> Run:
                 errors[normalize_error(f"{type(e).__name__}: {e}")] += 1
 
     before = rss_kb(pid)
+    baseline = RSS_BASELINE.setdefault(target, before)
     t0 = time.monotonic()
     await asyncio.gather(*(one() for _ in range(sc.clients)))
     run.values["open_s"] = round(time.monotonic() - t0, 3)
     await asyncio.sleep(1)   # let the proxy settle
     after = rss_kb(pid)
-    run.values.update(opened=len(writers), rss_before_kb=before, rss_after_kb=after)
+    run.values.update(opened=len(writers), rss_baseline_kb=baseline, rss_before_kb=before,
+                      rss_after_kb=after)
     if writers:
-        run.values["kb_per_client"] = round((after - before) / len(writers), 2)
+        run.values["kb_per_client"] = round((after - baseline) / len(writers), 2)
     # A normal client must still be served while they are all open.
     ok, took, err = await asyncio.get_running_loop().run_in_executor(
         None, psql_select1, target, sc.user)
@@ -348,7 +415,8 @@ async def idle_run_async(sc: Scenario, target: str, rep: int) -> Run:
     run.values["select1_s"] = round(took, 3)
     if not ok:
         errors[f"select 1 while {len(writers)} idle clients were open failed: {err}"] += 1
-    run.note = (f"{len(writers):,} of {sc.clients:,} opened; RSS {before:,} -> {after:,} KB; "
+    run.note = (f"{len(writers):,} of {sc.clients:,} opened; RSS {baseline:,} KB before the "
+                f"first run, {before:,} -> {after:,} KB in this one; "
                 f"select 1 {'ok' if ok else 'FAILED'} in {took * 1000:.0f} ms")
     run.failed = sc.clients - len(writers)
     run.errors = dict(errors.most_common(8))
@@ -375,7 +443,9 @@ def direct_slots() -> int:
 
 def run_all(scs: list[Scenario]) -> None:
     runner = {"pgbench": run_pgbench, "latency": latency_run, "idle": idle_run}
-    for sc in scs:
+    # The idle clients run first, while the proxies are fresh: memory that earlier scenarios'
+    # clients freed would otherwise be reused and hide part of the per-client cost.
+    for sc in sorted(scs, key=lambda sc: sc.kind != "idle"):
         if "direct" in sc.targets and sc.clients > direct_slots():
             sc.skipped["direct"] = (f"n/a (max_connections): {sc.clients:,} clients > "
                                     f"{direct_slots()} free slots of max_connections="
@@ -386,9 +456,16 @@ def run_all(scs: list[Scenario]) -> None:
                 if target in sc.skipped or target in no_repeat:
                     continue
                 if not alive(pid_for(target, sc.user)):
-                    sc.skipped[target] = f"{LABEL[target]} is not running any more"
+                    why = why_gone(proxy_name(target, sc.user))
+                    sc.skipped[target] = f"not running: {LABEL[target]} {why}"
+                    print(f"  {sc.key:<14} {LABEL[target]:<10} #{rep}: {sc.skipped[target]}",
+                          flush=True)
                     continue
-                run = runner[sc.kind](sc, target, rep)
+                try:
+                    run = runner[sc.kind](sc, target, rep)
+                except Exception as e:  # e.g. the proxy died: report it, go on with the rest
+                    run = Run(sc.key, target, rep, returncode=-1, note=f"error: {e}",
+                              errors={f"{type(e).__name__}: {e}": 1})
                 sc.runs.append(run)
                 shown = ", ".join(f"{k}={v:g}" for k, v in run.values.items())
                 trouble = (f" failed={run.failed} aborted={run.aborted} rc={run.returncode}"
@@ -410,8 +487,15 @@ def fmt(metric: str, v: float) -> str:
     return f"{v:,.2f}"
 
 
+def valid(sc: Scenario, r: Run) -> bool:
+    """Whether a run's numbers mean something: not when every client aborted (pgbench still
+    prints a tps for the few transactions before that)."""
+    return not (sc.kind != "idle" and r.aborted >= sc.clients)
+
+
 def stats(sc: Scenario, target: str, metric: str) -> tuple[float, float] | None:
-    values = [r.values[metric] for r in sc.runs if r.target == target and metric in r.values]
+    values = [r.values[metric] for r in sc.runs
+              if r.target == target and metric in r.values and valid(sc, r)]
     if not values:
         return None
     return min(values), statistics.median(values)
@@ -419,7 +503,7 @@ def stats(sc: Scenario, target: str, metric: str) -> tuple[float, float] | None:
 
 def failures(sc: Scenario, target: str) -> str:
     runs = [r for r in sc.runs if r.target == target]
-    if target in sc.skipped or not runs:
+    if not runs:
         return "–"
     failed = sum(r.failed for r in runs)
     aborted = sum(r.aborted for r in runs)
@@ -445,25 +529,34 @@ def table(scs: list[Scenario]) -> tuple[str, list[str]]:
     notes = []
     for sc in scs:
         for metric, unit in sc.metrics:
-            cells, medians = [], {}
+            cells, medians, clean = [], {}, set()
             for target in TARGETS:
                 st = stats(sc, target, metric) if target in sc.targets else None
                 if target not in sc.targets:
                     cells.append("–")
-                elif target in sc.skipped:
+                elif target in sc.skipped and st is None:
                     cells.append(sc.skipped[target].split(":")[0])
                 elif st is None:
-                    cells.append("failed")
+                    cells.append("failed (see notes)")
                 else:
                     lo, med = st
-                    n = sum(1 for r in sc.runs if r.target == target and metric in r.values)
+                    runs = [r for r in sc.runs
+                            if r.target == target and metric in r.values and valid(sc, r)]
                     # For "higher is better" metrics min is the worst run; for times, the best.
-                    cells.append(f"{fmt(metric, med)} (min {fmt(metric, lo)})" if n > 1
-                                 else f"{fmt(metric, med)} (1 run)")
+                    cell = (f"{fmt(metric, med)} (min {fmt(metric, lo)})" if len(runs) > 1
+                            else f"{fmt(metric, med)} (1 run)")
+                    if any(r.stalled for r in runs):
+                        cell = "stalled: " + cell
+                    elif any(r.aborted or r.failed for r in sc.runs if r.target == target):
+                        cell += " ⚠"
+                    else:
+                        clean.add(target)
+                    cells.append(cell)
                     medians[target] = med
 
             def ratio(a: str, b: str) -> str:
-                if a in medians and b in medians and medians[b]:
+                # No ratio against a run that stalled or lost clients: it would mean nothing.
+                if a in clean and b in clean and medians[b]:
                     return f"{medians[a] / medians[b]:.2f}×"
                 return "–"
             fails = " / ".join(failures(sc, t) if t in sc.targets else "–" for t in TARGETS)
@@ -478,6 +571,10 @@ def table(scs: list[Scenario]) -> tuple[str, list[str]]:
             for r in runs:
                 errors.update(r.errors)
             run_notes = sorted({r.note for r in runs if r.note and sc.kind != "idle"})
+            for r in runs:
+                if r.proxy_log and (r.stalled or r.returncode or r.failed or r.aborted):
+                    run_notes.append(f"run {r.rep}, Concierge's log: " + "; ".join(
+                        f"{n}× {m}" for m, n in r.proxy_log.items()))
             if sc.kind == "idle":
                 run_notes = [f"run {r.rep}: {r.note}" for r in runs]
             if errors or run_notes:
@@ -524,14 +621,23 @@ def machine() -> dict[str, str]:
         "concierge_binary": f"{binary} (built {built})",
         "python": platform.python_version(),
         "fd_limit": sh("bash", "-c", "ulimit -n"),
+        "load_average_at_start": SETUP.get("loadavg", "?"),
+        "load_average_at_end": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
     }
 
 
 def main() -> int:
     scs = scenarios()
+    only = [k for k in os.environ.get("BENCH_SCENARIOS", "").split(",") if k]
+    if only:
+        scs = [sc for sc in scs if any(sc.key.startswith(k) for k in only)]
     print(f"bench: {len(scs)} measurements × {REPEAT} runs, {DURATION} s per pgbench run",
           flush=True)
-    run_all(scs)
+    try:
+        run_all(scs)
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
     tbl, notes = table(scs)
     info = machine()
     total = time.time() - SETUP["started"]
@@ -583,6 +689,10 @@ def main() -> int:
                        "runs": [asdict(r) for r in sc.runs]} for sc in scs],
     }, indent=2))
     print(f"bench: wrote {base}.md and .json ({total:.0f} s so far)", flush=True)
+    died = [why for sc in scs for why in sc.skipped.values() if why.startswith("not running")]
+    if died:
+        print(f"bench: a proxy died during the run: {died[0]}", file=sys.stderr)
+        return 1
     return 0
 
 

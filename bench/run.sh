@@ -17,8 +17,9 @@
 # the direct runs at 100 clients. A trap stops everything and removes $BENCH_DIR on exit,
 # failure or Ctrl-C (BENCH_KEEP=1 keeps the directory, with logs, for inspection).
 #
-# Environment: CONCIERGE_BIN, BENCH_DIR, BENCH_KEEP=1, BENCH_DURATION (seconds per pgbench run,
-# default 5), BENCH_REPEAT (default 3), BENCH_IDLE_CLIENTS (default 10000).
+# Environment: CONCIERGE_BIN, BENCH_DIR, BENCH_KEEP=1; for bench.py: BENCH_DURATION (seconds per
+# pgbench run, default 5), BENCH_REPEAT (default 3), BENCH_IDLE_CLIENTS (default 10000),
+# BENCH_GUARD (default 20), BENCH_SCENARIOS (comma-separated key prefixes, e.g. select_,latency).
 set -euo pipefail
 
 BENCH=$(cd "$(dirname "$0")" && pwd)
@@ -30,6 +31,7 @@ PG_OS_USER=concierge-pg     # scripts/pg.sh runs PostgreSQL as this user when we
 MAX_CONNECTIONS=200
 POOL=20                     # backends per proxy: PgBouncer's pool size, Concierge's cap
 START=$(date +%s)
+LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)   # other work on the machine skews the numbers
 
 log() { echo "bench: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -121,6 +123,22 @@ PGPASSWORD=$BENCH_PASSWORD "$PG_BIN/pgbench" -i -q -s 10 -h 127.0.0.1 -p "$PG_PO
 sql "GRANT SELECT ON ALL TABLES IN SCHEMA public TO bench_md5" bench >/dev/null
 sql "VACUUM ANALYZE" bench >/dev/null
 
+# Start a proxy in the background, in a subshell that waits for it and records how it ended in
+# $WORK/NAME.exit (exit status or signal): bench.py reports that if a proxy dies mid-run.
+spawn() {   # NAME LOGFILE COMMAND... -> sets SPAWNED_PID (the command's own pid)
+    local name=$1 logfile=$2; shift 2
+    rm -f "$WORK/$name.pid"
+    (
+        "$@" >>"$logfile" 2>&1 &
+        echo $! >"$WORK/$name.pid"
+        rc=0; wait $! || rc=$?   # (not `wait; rc=$?`: set -e would end the subshell first)
+        if (( rc > 128 )); then echo "killed by signal $(kill -l $((rc - 128)))"; else echo "exited with status $rc"; fi >"$WORK/$name.exit"
+    ) 2>/dev/null &
+    for _ in $(seq 100); do [[ -s "$WORK/$name.pid" ]] && break; sleep 0.05; done
+    SPAWNED_PID=$(cat "$WORK/$name.pid")
+    PIDS+=("$SPAWNED_PID")
+}
+
 # -- PgBouncer (two instances: auth_type scram-sha-256 and md5) ------------------------------------
 
 # PgBouncer checks client passwords against the verifiers PostgreSQL stores, and logs in to the
@@ -155,12 +173,11 @@ logfile = $dir/pgbouncer.log
 pidfile = $dir/pgbouncer.pid
 EOF
     chown -R "$PG_OS_USER": "$dir"; chmod 600 "$dir/userlist.txt"
-    # PgBouncer refuses to run as root; setpriv execs it (so $! is PgBouncer's own pid), and the
+    # PgBouncer refuses to run as root; setpriv execs it (so the pid is PgBouncer's own), and the
     # raised fd limit is inherited.
-    setpriv --reuid="$PG_OS_USER" --regid="$PG_OS_USER" --init-groups \
-        pgbouncer "$dir/pgbouncer.ini" >>"$dir/stderr.log" 2>&1 &
-    PGB_PID=$!
-    PIDS+=("$PGB_PID")
+    spawn "$1" "$dir/stderr.log" setpriv --reuid="$PG_OS_USER" --regid="$PG_OS_USER" --init-groups \
+        pgbouncer "$dir/pgbouncer.ini"
+    PGB_PID=$SPAWNED_PID
 }
 start_pgbouncer pgbouncer "$PGB_PORT" scram-sha-256; PGBOUNCER_PID=$PGB_PID
 start_pgbouncer pgbouncer-md5 "$PGB_MD5_PORT" md5; PGBOUNCER_MD5_PID=$PGB_PID
@@ -202,9 +219,8 @@ proxies:
       targets:
         - endpoint: "127.0.0.1:$PG_PORT"
 EOF
-"$CONCIERGE_BIN" serve --config "$WORK/concierge/concierge.yaml" >"$WORK/concierge/concierge.log" 2>&1 &
-CONCIERGE_PID=$!
-PIDS+=("$CONCIERGE_PID")
+spawn concierge "$WORK/concierge/concierge.log" "$CONCIERGE_BIN" serve --config "$WORK/concierge/concierge.yaml"
+CONCIERGE_PID=$SPAWNED_PID
 
 # -- wait until `select 1` works through each proxy ---------------------------------------------
 
@@ -231,7 +247,7 @@ python3 - "$WORK/setup.json" <<EOF
 import json, sys
 json.dump({
     "work": "$WORK", "repo": "$REPO", "results": "$BENCH/results", "pg_bin": "$PG_BIN",
-    "max_connections": $MAX_CONNECTIONS, "pool": $POOL, "started": $START,
+    "max_connections": $MAX_CONNECTIONS, "pool": $POOL, "started": $START, "loadavg": "$LOADAVG",
     "passwords": {"bench": "$BENCH_PASSWORD", "bench_md5": "$BENCH_MD5_PASSWORD"},
     "direct": {"port": $PG_PORT},
     "pgbouncer": {"port": $PGB_PORT, "pid": $PGBOUNCER_PID},
