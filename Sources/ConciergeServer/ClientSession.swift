@@ -306,7 +306,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
         }
         userEntry = runtime.users.entry(for: user)
         if let entry = userEntry, entry.authType == .postgresMD5 {
-            let salt = (0..<4).map { _ in UInt8.random(in: .min ... .max) }
+            let salt = SecureRandom.bytes(4)
             PGEncode.authenticationMD5Password(salt: salt, into: &out)
             state = .authenticatingMD5(salt: salt)
         } else {

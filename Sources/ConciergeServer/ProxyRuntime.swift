@@ -175,13 +175,17 @@ final class ProxyRuntime: @unchecked Sendable {
     func makeSession(on eventLoop: any EventLoop) -> ClientSession {
         clientCount.add(1, ordering: .relaxed)
         return state.withLockedValue { state in
+            // One draw gives both halves of the cancel key; redraw on a (rare) pid collision.
+            var generator = SystemRandomNumberGenerator()
+            var key: UInt64
             var processID: Int32
             repeat {
-                processID = Int32.random(in: 1...Int32.max)
-            } while state.sessions[processID] != nil
+                key = generator.next()
+                processID = Int32(truncatingIfNeeded: key & 0x7FFF_FFFF)
+            } while processID == 0 || state.sessions[processID] != nil
             let session = ClientSession(
                 runtime: self, eventLoop: eventLoop, processID: processID,
-                secretKey: Int32.random(in: Int32.min...Int32.max), logger: logger)
+                secretKey: Int32(truncatingIfNeeded: key >> 32), logger: logger)
             state.sessions[processID] = session
             if state.draining { session.beginDrain() }
             return session

@@ -22,7 +22,7 @@ struct UserDirectory: Sendable {
     init(credentials: [DatabaseCredential], auth: [AuthConfiguration]) {
         var entries: [String: Entry] = [:]
         for (credential, authConfig) in zip(credentials, auth) {
-            let salt = (0..<16).map { _ in UInt8.random(in: .min ... .max) }
+            let salt = SecureRandom.bytes(16)
             entries[credential.username] = Entry(
                 credential: credential,
                 authType: authConfig.clientPasswordAuthType,
@@ -41,7 +41,7 @@ struct UserDirectory: Sendable {
     func mockVerifier(for user: String) -> SCRAMVerifier {
         let mac = HMAC<SHA256>.authenticationCode(for: Array(user.utf8), using: mockSeed)
         let bytes = Array(mac)
-        let random = (0..<32).map { _ in UInt8.random(in: .min ... .max) }
+        let random = SecureRandom.bytes(32)
         return SCRAMVerifier(
             salt: Array(bytes[0..<16]), iterations: 4096, storedKey: random, serverKey: Array(random.reversed()))
     }

@@ -32,8 +32,7 @@ public enum SCRAM {
     }
 
     static func randomBytes(count: Int) -> [UInt8] {
-        var generator = SystemRandomNumberGenerator()
-        return (0..<count).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
+        SecureRandom.bytes(count)
     }
 
     /// Whether `bytes` is a valid nonce: non-empty, printable ASCII except `,`.

@@ -326,3 +326,12 @@ private enum RFC7677 {
         }.joined()
     }
 }
+
+@Suite struct SecureRandomTests {
+    @Test func givesTheRequestedCountAndVaries() {
+        for count in [0, 1, 4, 7, 8, 9, 16, 18, 33] {
+            #expect(SecureRandom.bytes(count).count == count)
+        }
+        #expect(SecureRandom.bytes(16) != SecureRandom.bytes(16))
+    }
+}
