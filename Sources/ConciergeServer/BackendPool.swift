@@ -147,15 +147,17 @@ final class BackendPool: @unchecked Sendable {
                 }
             case .lease(let id, let request):
                 let (waiter, connection) = lock.withLock { (waiters.removeValue(forKey: request), connections[id]) }
-                guard let connection else { continue }
-                guard let waiter else {
+                switch (waiter, connection) {
+                case (let waiter?, let connection?):
+                    deliver(.success(connection), to: waiter)
+                case (nil, let connection?):
                     release(connection, reusable: true)
-                    continue
-                }
-                if waiter.eventLoop.inEventLoop {
-                    waiter.completion(.success(connection))
-                } else {
-                    waiter.eventLoop.execute { waiter.completion(.success(connection)) }
+                case (let waiter?, nil):
+                    // The connection closed between the pool's decision and now: the client
+                    // gets an error (and may retry) rather than waiting forever.
+                    deliver(.failure(.connectionFailed(.connection("the database connection closed before it could be used"))), to: waiter)
+                case (nil, nil):
+                    break
                 }
             case .failRequest(let request, let error):
                 guard let waiter = lock.withLock({ waiters.removeValue(forKey: request) }) else { continue }
@@ -170,11 +172,7 @@ final class BackendPool: @unchecked Sendable {
                         result = .connectionFailed(.connection(failure.message))
                     }
                 }
-                if waiter.eventLoop.inEventLoop {
-                    waiter.completion(.failure(result))
-                } else {
-                    waiter.eventLoop.execute { waiter.completion(.failure(result)) }
-                }
+                deliver(.failure(result), to: waiter)
             case .closeConnection(let id):
                 if let connection = lock.withLock({ connections.removeValue(forKey: id) }) {
                     connection.close()
@@ -188,6 +186,15 @@ final class BackendPool: @unchecked Sendable {
                 }
                 promise?.succeed(())
             }
+        }
+    }
+
+    /// Runs a waiter's completion on its event loop: directly when already there.
+    private func deliver(_ result: Result<BackendConnection, BackendPoolError>, to waiter: Waiter) {
+        if waiter.eventLoop.inEventLoop {
+            waiter.completion(result)
+        } else {
+            waiter.eventLoop.execute { waiter.completion(result) }
         }
     }
 
