@@ -20,6 +20,7 @@
 # Environment: CONCIERGE_BIN, BENCH_DIR, BENCH_KEEP=1; for bench.py: BENCH_DURATION (seconds per
 # pgbench run, default 5), BENCH_REPEAT (default 3), BENCH_IDLE_CLIENTS (default 10000),
 # BENCH_GUARD (default 20), BENCH_SCENARIOS (comma-separated key prefixes, e.g. select_,latency).
+# BENCH_HOLD=1 sets everything up and waits (for profiling by hand) instead of running bench.py.
 set -euo pipefail
 
 BENCH=$(cd "$(dirname "$0")" && pwd)
@@ -255,4 +256,9 @@ json.dump({
     "concierge": {"port": $CONCIERGE_PORT, "pid": $CONCIERGE_PID, "bin": "$CONCIERGE_BIN"},
 }, open(sys.argv[1], "w"), indent=2)
 EOF
+if [[ "${BENCH_HOLD:-0}" == 1 ]]; then
+    # For profiling: everything stays up (ports and passwords in setup.json) until Ctrl-C.
+    log "holding (BENCH_HOLD=1): see $WORK/setup.json; Ctrl-C stops everything"
+    while true; do sleep 3600; done
+fi
 python3 "$BENCH/bench.py" "$WORK/setup.json"

@@ -450,7 +450,9 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
             if case .closed = phase {} else { pool?.release(self, reusable: false) }
             return
         }
-        let sql = Self.parameterSyncSQL(from: appliedParameters, to: parameters, baseline: baselineParameters)
+        // Usually the parameters already match (most clients send the same startup packet).
+        let sql = appliedParameters == parameters
+            ? nil : Self.parameterSyncSQL(from: appliedParameters, to: parameters, baseline: baselineParameters)
         appliedParameters = parameters
         guard let sql else {
             phase = .leased(owner)

@@ -9,17 +9,19 @@ enum BackendPoolError: Error, Sendable {
     case connectionFailed(BackendError)
 }
 
+/// Who waits for a backend: answered on its event loop (no closure is allocated per borrow).
+protocol BackendRequester: AnyObject, Sendable {
+    var eventLoop: any EventLoop { get }
+    func borrowCompleted(_ result: Result<BackendConnection, BackendPoolError>)
+}
+
 /// The NIO side of one proxy's pool: runs `PoolStateMachine` behind a lock and carries out its
 /// actions (open, lease, fail, close, timers). It is touched once per transaction (borrow and
 /// release), never per message.
 final class BackendPool: @unchecked Sendable {
-    typealias Completion = @Sendable (Result<BackendConnection, BackendPoolError>) -> Void
     typealias Factory = @Sendable (ConnectionID, PoolKey, any EventLoop, BackendPool) -> EventLoopFuture<BackendConnection>
 
-    private struct Waiter {
-        var eventLoop: any EventLoop
-        var completion: Completion
-    }
+    private typealias Waiter = any BackendRequester
 
     private let lock = NIOLock()
     private var machine: PoolStateMachine
@@ -48,15 +50,16 @@ final class BackendPool: @unchecked Sendable {
         eventLoops.firstIndex { $0 === eventLoop } ?? 0
     }
 
-    /// Asks for a backend for `key`; `completion` runs on `eventLoop` exactly once (unless the
-    /// request is cancelled first), possibly before `borrow` returns.
-    func borrow(key: PoolKey, eventLoop: any EventLoop, completion: @escaping Completion) -> RequestID {
+    /// Asks for a backend for `key`; `requester.borrowCompleted` runs on its event loop exactly
+    /// once (unless the request is cancelled first), possibly before `borrow` returns.
+    func borrow(key: PoolKey, for requester: any BackendRequester) -> RequestID {
+        let eventLoop = requester.eventLoop
         let actions: PoolActions
         let request: RequestID
         lock.lock()
         nextRequest &+= 1
         request = RequestID(clientID: nextRequest)
-        waiters[request] = Waiter(eventLoop: eventLoop, completion: completion)
+        waiters[request] = requester
         actions = machine.borrow(request: request, key: key, eventLoopIndex: loopIndex(of: eventLoop), now: Self.now)
         lock.unlock()
         run(actions)
@@ -191,10 +194,11 @@ final class BackendPool: @unchecked Sendable {
 
     /// Runs a waiter's completion on its event loop: directly when already there.
     private func deliver(_ result: Result<BackendConnection, BackendPoolError>, to waiter: Waiter) {
-        if waiter.eventLoop.inEventLoop {
-            waiter.completion(result)
+        let eventLoop = waiter.eventLoop
+        if eventLoop.inEventLoop {
+            waiter.borrowCompleted(result)
         } else {
-            waiter.eventLoop.execute { waiter.completion(result) }
+            eventLoop.execute { waiter.borrowCompleted(result) }
         }
     }
 

@@ -11,7 +11,7 @@ import SQLClassifier
 /// classifies the few it must (Query and Parse text, for pinning), borrows a backend on the first
 /// message of a transaction, forwards the original bytes, and returns the backend at the
 /// ReadyForQuery that ends the transaction. All state is confined to the client's event loop.
-final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendable {
+final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = Never
     typealias OutboundIn = ByteBuffer
@@ -56,7 +56,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
     private var borrowAnswered = false
     /// Client messages that arrived while no backend was ready, in order.
     private var held: [ByteBuffer] = []
+    private var heldBytes = 0
     private var heldSyncPoints = 0
+    private var borrowStarted = NIODeadline.uptimeNanoseconds(0)
     private var readPending = false
     /// Sync points (Query, Sync, FunctionCall) sent to the backend and not yet answered by a
     /// ReadyForQuery.
@@ -86,9 +88,11 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
 
     /// Logs with this client's id, user and database; the metadata is built only when the
     /// level is enabled.
-    private func log(_ level: Logger.Level, _ message: @autoclosure () -> Logger.Message, _ extra: Logger.Metadata = [:]) {
+    private func log(
+        _ level: Logger.Level, _ message: @autoclosure () -> Logger.Message, _ extra: @autoclosure () -> Logger.Metadata = [:]
+    ) {
         guard logger.logLevel <= level else { return }
-        var metadata = extra
+        var metadata = extra()
         metadata["concierge.client_id"] = "\(processID)"
         if !user.isEmpty {
             metadata["concierge.user"] = "\(user)"
@@ -117,6 +121,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
     }
 
     static let authenticationTimeout = TimeAmount.seconds(60)
+    /// How much a client may send ahead while it waits for a backend before we stop reading it.
+    static let maxHeldBytes = 65_536
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         // A client that reads slowly makes us stop reading its backend's results.
@@ -154,7 +160,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
     private var shouldHoldReads: Bool {
         switch state {
         case .loggingIn: return true
-        case .ready: return !held.isEmpty || backendBlocked
+        // Reading on while a few messages wait for a backend saves two epoll_ctl calls per
+        // transaction; a client that pipelines more than `maxHeldBytes` meanwhile is paused.
+        case .ready: return heldBytes > Self.maxHeldBytes || backendBlocked
         case .awaitingStartup, .authenticatingSCRAM, .authenticatingMD5, .closed: return false
         }
     }
@@ -531,6 +539,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
             return
         }
         held.append(bytes)
+        heldBytes += bytes.readableBytes
         if isSyncPoint { heldSyncPoints += 1 }
         if case .ready = state, backend == nil, waitingRequest == nil {
             borrowBackend()
@@ -560,17 +569,15 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
     }
 
     private func borrowBackend() {
-        let started = NIODeadline.now()
+        borrowStarted = .now()
         borrowAnswered = false
-        let request = runtime.pool.borrow(key: poolKey, eventLoop: eventLoop) { [self] result in
-            self.borrowCompleted(result, started: started)
-        }
+        let request = runtime.pool.borrow(key: poolKey, for: self)
         // The pool may answer before `borrow` returns (an idle backend on our loop).
         if !borrowAnswered { waitingRequest = request }
     }
 
     /// Called on our loop with the pool's answer.
-    private func borrowCompleted(_ result: Result<BackendConnection, BackendPoolError>, started: NIODeadline) {
+    func borrowCompleted(_ result: Result<BackendConnection, BackendPoolError>) {
         borrowAnswered = true
         waitingRequest = nil
         switch result {
@@ -581,7 +588,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
             }
             log(.trace, "backend borrowed", [
                 "concierge.backend": "\(connection.id)",
-                "concierge.borrow_ms": "\((NIODeadline.now() - started).nanoseconds / 1_000_000)",
+                "concierge.borrow_ms": "\((NIODeadline.now() - self.borrowStarted).nanoseconds / 1_000_000)",
             ])
             backend = connection
             backendReady = false
@@ -634,6 +641,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
             pendingUnsynced = false
         }
         held.removeAll(keepingCapacity: true)
+        heldBytes = 0
         heldSyncPoints = 0
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
         resumeReadsIfNeeded()
@@ -685,6 +693,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, @unchecked Sendab
         heldSyncPoints = 0
         for bytes in held { backend.write(bytes) }
         held.removeAll(keepingCapacity: true)
+        heldBytes = 0
         backend.flush()
         resumeReadsIfNeeded()
     }

@@ -64,8 +64,8 @@ public struct PoolStateMachine: Sendable {
     private struct KeyWaiters: Sendable {
         /// All of them, oldest first (deadlines = enqueuedAt + borrowTimeout, so also by deadline).
         var all = WaiterList()
-        /// Per event loop, oldest first.
-        var byLoop: [Int: WaiterList] = [:]
+        /// Per event loop (indexed by loop), oldest first; empty lists have a nil head.
+        var byLoop: [WaiterList] = []
         var count = 0
         /// The waiter at index `connecting(key)` of `all`, i.e. the oldest one not covered by an
         /// in-flight creation; nil when every waiter is covered.
@@ -84,15 +84,17 @@ public struct PoolStateMachine: Sendable {
     private var nextOrder: UInt64 = 0
 
     private var connections: [ConnectionID: Connection] = [:]
-    /// key → event loop → idle connections, most recently parked last.
-    private var idleStacks: [PoolKey: [Int: [ConnectionID]]] = [:]
+    /// key → event loop (index) → idle connections, most recently parked last. Like
+    /// `waiterQueues`, an entry stays (possibly empty) while its key is in `perKey`, so the
+    /// per-transaction path does not allocate.
+    private var idleStacks: [PoolKey: [[ConnectionID]]] = [:]
     /// All idle periods, oldest first; entries whose connection left that idle period are stale and
     /// skipped lazily (compacted when they outnumber live ones).
     private var idleLRU = FIFOQueue<IdleEntry>()
 
     /// Every waiting request (with its list links).
     private var waiterNodes: [RequestID: Waiter] = [:]
-    /// key → the lists of its waiters (only keys with waiters).
+    /// key → the lists of its waiters (kept, possibly empty, while the key is in `perKey`).
     private var waiterQueues: [PoolKey: KeyWaiters] = [:]
 
     private var perKey: [PoolKey: PoolCounts] = [:]
@@ -488,7 +490,7 @@ public struct PoolStateMachine: Sendable {
         connections[id] = connection
         perKey[connection.key, default: PoolCounts()].idle += 1
         totals.idle += 1
-        idleStacks[connection.key, default: [:]][connection.eventLoopIndex, default: []].append(id)
+        Self.push(id, loop: connection.eventLoopIndex, onto: &idleStacks[connection.key, default: []])
         idleLRU.append(IdleEntry(id: id, order: order))
     }
 
@@ -528,19 +530,30 @@ public struct PoolStateMachine: Sendable {
             perKey[key]?.leased -= 1
             totals.leased -= 1
         }
-        if perKey[key]?.isEmpty == true { perKey[key] = nil }
+        dropKeyIfUnused(key)
+    }
+
+    /// Forgets a key with no connections and no waiters (its emptied structures go too).
+    private mutating func dropKeyIfUnused(_ key: PoolKey) {
+        guard perKey[key]?.isEmpty == true else { return }
+        perKey[key] = nil
+        waiterQueues[key] = nil
+        idleStacks[key] = nil
+    }
+
+    private static func push(_ id: ConnectionID, loop: Int, onto stacks: inout [[ConnectionID]]) {
+        if stacks.count <= loop { stacks.append(contentsOf: repeatElement([], count: loop + 1 - stacks.count)) }
+        stacks[loop].append(id)
     }
 
     private mutating func removeFromIdleStacks(_ id: ConnectionID, key: PoolKey, eventLoopIndex: Int) {
-        guard var byLoop = idleStacks[key], var stack = byLoop[eventLoopIndex],
-              let index = stack.lastIndex(of: id)
-        else { return }
-        // Drop the outer references first so the arrays are uniquely referenced (no copy).
-        idleStacks[key] = nil
-        byLoop[eventLoopIndex] = nil
-        stack.remove(at: index)
-        byLoop[eventLoopIndex] = stack.isEmpty ? nil : stack
-        if !byLoop.isEmpty { idleStacks[key] = byLoop }
+        // In place (one lookup, no copy of the arrays).
+        Self.remove(id, loop: eventLoopIndex, from: &idleStacks[key, default: []])
+    }
+
+    private static func remove(_ id: ConnectionID, loop: Int, from stacks: inout [[ConnectionID]]) {
+        guard loop < stacks.count, let index = stacks[loop].lastIndex(of: id) else { return }
+        stacks[loop].remove(at: index)
     }
 
     /// The idle connection of `key` to lease: on `eventLoopIndex` if any, else the most recently used.
@@ -548,11 +561,11 @@ public struct PoolStateMachine: Sendable {
     private func takeIdle(key: PoolKey, preferring eventLoopIndex: Int) -> ConnectionID? {
         guard let byLoop = idleStacks[key] else { return nil }
         var chosen: ConnectionID?
-        if let id = byLoop[eventLoopIndex]?.last {
+        if eventLoopIndex < byLoop.count, let id = byLoop[eventLoopIndex].last {
             chosen = id
         } else {
             var bestOrder: UInt64 = 0
-            for stack in byLoop.values {
+            for stack in byLoop {
                 guard let id = stack.last, case .idle(_, let order)? = connections[id]?.state else { continue }
                 if chosen == nil || order > bestOrder {
                     chosen = id
@@ -593,7 +606,10 @@ public struct PoolStateMachine: Sendable {
 
     private mutating func enqueue(_ request: RequestID, key: PoolKey, eventLoopIndex: Int, now: PoolInstant) {
         var queue = waiterQueues.removeValue(forKey: key) ?? KeyWaiters()  // unique while mutated
-        var loopList = queue.byLoop[eventLoopIndex] ?? WaiterList()
+        if queue.byLoop.count <= eventLoopIndex {
+            queue.byLoop.append(contentsOf: repeatElement(WaiterList(), count: eventLoopIndex + 1 - queue.byLoop.count))
+        }
+        var loopList = queue.byLoop[eventLoopIndex]
         waiterNodes[request] = Waiter(
             id: request, key: key, eventLoopIndex: eventLoopIndex, enqueuedAt: now, order: nextOrder,
             previousOfKey: queue.all.tail, previousOnLoop: loopList.tail)
@@ -642,20 +658,20 @@ public struct PoolStateMachine: Sendable {
             queue.all.tail = waiter.previousOfKey
         }
 
-        var loopList = queue.byLoop.removeValue(forKey: waiter.eventLoopIndex)!
+        var loopList = queue.byLoop[waiter.eventLoopIndex]
         if let previous = waiter.previousOnLoop { waiterNodes[previous]!.nextOnLoop = waiter.nextOnLoop } else {
             loopList.head = waiter.nextOnLoop
         }
         if let next = waiter.nextOnLoop { waiterNodes[next]!.previousOnLoop = waiter.previousOnLoop } else {
             loopList.tail = waiter.previousOnLoop
         }
-        if loopList.head != nil { queue.byLoop[waiter.eventLoopIndex] = loopList }
+        queue.byLoop[waiter.eventLoopIndex] = loopList
 
         queue.count -= 1
-        if queue.count > 0 { waiterQueues[key] = queue }
+        waiterQueues[key] = queue
         perKey[key]?.waiting -= 1
         totals.waiting -= 1
-        if perKey[key]?.isEmpty == true { perKey[key] = nil }
+        dropKeyIfUnused(key)
         return waiter
     }
 
@@ -670,7 +686,7 @@ public struct PoolStateMachine: Sendable {
         if head.eventLoopIndex == eventLoopIndex || head.enqueuedAt.advanced(byNanoseconds: window) <= now {
             return oldest
         }
-        return queue.byLoop[eventLoopIndex]?.head ?? oldest
+        return eventLoopIndex < queue.byLoop.count ? queue.byLoop[eventLoopIndex].head ?? oldest : oldest
     }
 
     /// The oldest waiter (all keys) not covered by an in-flight creation of its key.
@@ -710,7 +726,7 @@ public struct PoolStateMachine: Sendable {
                 problems.append("\(key): firstUncovered \(String(describing: queue.firstUncovered)), expected \(String(describing: expected))")
             }
             var onLoops = 0
-            for (loop, list) in queue.byLoop {
+            for (loop, list) in queue.byLoop.enumerated() where list.head != nil || list.tail != nil {
                 var previous: RequestID?
                 var cursor = list.head
                 var count = 0
@@ -723,7 +739,6 @@ public struct PoolStateMachine: Sendable {
                     cursor = node.nextOnLoop
                     count += 1
                 }
-                if count == 0 { problems.append("\(key)/\(loop): empty loop list kept") }
                 if list.tail != previous { problems.append("\(key)/\(loop): bad tail") }
                 onLoops += count
             }

@@ -3,12 +3,27 @@
 
 /// Backends are pooled per (database user, database name).
 public struct PoolKey: Hashable, Sendable, CustomStringConvertible {
-    public var user: String
-    public var database: String
+    public let user: String
+    public let database: String
+    /// Computed once: the pool looks keys up several times per transaction, and hashing two
+    /// strings each time showed up in profiles.
+    private let hash: Int
 
     public init(user: String, database: String) {
         self.user = user
         self.database = database
+        var hasher = Hasher()
+        hasher.combine(user)
+        hasher.combine(database)
+        self.hash = hasher.finalize()
+    }
+
+    public static func == (lhs: PoolKey, rhs: PoolKey) -> Bool {
+        lhs.hash == rhs.hash && lhs.user == rhs.user && lhs.database == rhs.database
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(hash)
     }
 
     public var description: String { "\(user)@\(database)" }
