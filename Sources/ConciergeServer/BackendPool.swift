@@ -28,6 +28,7 @@ final class BackendPool: @unchecked Sendable {
     private var waiters: [RequestID: Waiter] = [:]
     private var connections: [ConnectionID: BackendConnection] = [:]
     private var nextRequest: UInt64 = 0
+    private var counters = LeaseCounters()
     private var timer: Scheduled<Void>?
     private var timerDeadline: PoolInstant?
     private var drainedPromise: EventLoopPromise<Void>?
@@ -45,6 +46,14 @@ final class BackendPool: @unchecked Sendable {
 
     var limits: PoolLimits { lock.withLock { machine.limits } }
     var stats: PoolStats { lock.withLock { machine.stats } }
+
+    /// Leases so far, and how many of them crossed from one event loop to another.
+    struct LeaseCounters: Sendable {
+        var total = 0
+        var acrossEventLoops = 0
+    }
+
+    var leaseCounters: LeaseCounters { lock.withLock { counters } }
 
     private func loopIndex(of eventLoop: any EventLoop) -> Int {
         eventLoops.firstIndex { $0 === eventLoop } ?? 0
@@ -149,7 +158,15 @@ final class BackendPool: @unchecked Sendable {
                     }
                 }
             case .lease(let id, let request):
-                let (waiter, connection) = lock.withLock { (waiters.removeValue(forKey: request), connections[id]) }
+                let (waiter, connection) = lock.withLock { () -> (Waiter?, BackendConnection?) in
+                    let waiter = waiters.removeValue(forKey: request)
+                    let connection = connections[id]
+                    if let waiter, let connection {
+                        counters.total += 1
+                        if waiter.eventLoop !== connection.eventLoop { counters.acrossEventLoops += 1 }
+                    }
+                    return (waiter, connection)
+                }
                 switch (waiter, connection) {
                 case (let waiter?, let connection?):
                     deliver(.success(connection), to: waiter)

@@ -256,6 +256,10 @@ final class ProxyRuntime: @unchecked Sendable {
             logger.warning("drain timeout reached; closing remaining clients", metadata: ["concierge.clients": "\(remaining.count)"])
             for session in remaining { session.forceClose() }
         }
+        let counters = pool.leaseCounters
+        logger.info("backend leases", metadata: [
+            "concierge.leases": "\(counters.total)", "concierge.leases_across_event_loops": "\(counters.acrossEventLoops)",
+        ])
         let drained = pool.shutdown(on: eventLoop)
         let closeTask = eventLoop.scheduleTask(in: .seconds(2)) { [pool] in pool?.closeAll() }
         try? await drained.get()

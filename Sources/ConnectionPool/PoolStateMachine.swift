@@ -8,9 +8,9 @@
 ///   except after the cap is lowered below the connections in use: the surplus is closed as it is
 ///   released (idle surplus right away) and nothing is created until the total is below the cap.
 /// - A connection of key K only serves waiters of key K. It goes to the oldest waiter of K on the
-///   connection's event loop (no cross-thread hand-off), unless the oldest waiter of K has waited
-///   `affinityWindow` or more (then to that one), so no waiter is passed over after waiting that
-///   long; with a zero window, strict FIFO. Freed slots go to the oldest uncovered waiter (all keys).
+///   connection's event loop (no cross-thread hand-off), unless the oldest waiter of K arrived
+///   `affinityWindow` or more before that one (then to the oldest), so no waiter is overtaken by
+///   one that arrived a window or more after it; with a zero window, strict FIFO. Freed slots go to the oldest uncovered waiter (all keys).
 ///   A connection being opened for key K "covers" one waiter of K: the oldest `connecting(K)`
 ///   waiters of K are covered, the others are uncovered. The machine keeps two invariants after
 ///   every event: no uncovered waiter while total < cap, and no uncovered waiter while an idle
@@ -206,7 +206,7 @@ public struct PoolStateMachine: Sendable {
     /// The runtime returns a leased connection. `reusable`: clean and idle (ReadyForQuery `I`), it may
     /// serve others; otherwise it is closed. A reusable one is closed if the pool is over its cap
     /// (lowered cap) or shutting down; else it goes to a waiter of its key (the oldest on its event
-    /// loop, or the oldest overall once that one waited `affinityWindow`); else, if
+    /// loop, unless the oldest overall arrived `affinityWindow` before that one); else, if
     /// uncovered waiters of other keys exist (so the pool is at its cap), it is closed and one is
     /// opened for the oldest of them; else it parks idle.
     public mutating func release(_ id: ConnectionID, reusable: Bool, now: PoolInstant) -> PoolActions {
@@ -316,7 +316,7 @@ public struct PoolStateMachine: Sendable {
             rebalance(now: now, actions: &actions)
             return
         }
-        if let request = waiterToServe(key: connection.key, eventLoopIndex: connection.eventLoopIndex, now: now) {
+        if let request = waiterToServe(key: connection.key, eventLoopIndex: connection.eventLoopIndex) {
             removeWaiter(request)
             lease(id, to: request, actions: &actions)
             return
@@ -675,18 +675,24 @@ public struct PoolStateMachine: Sendable {
         return waiter
     }
 
-    /// The waiter of `key` that a connection on `eventLoopIndex` becoming available now serves: the
-    /// oldest waiter of `key` if it has waited `affinityWindow` or more (or the window is zero, or
-    /// nobody waits on that loop), else the oldest waiter of `key` on that loop. O(1).
-    private func waiterToServe(key: PoolKey, eventLoopIndex: Int, now: PoolInstant) -> RequestID? {
+    /// The waiter of `key` that a connection on `eventLoopIndex` becoming available serves: the
+    /// oldest waiter of `key` on that loop, unless the oldest waiter of `key` overall arrived
+    /// `affinityWindow` or more before it (or the window is zero, or nobody waits on that loop):
+    /// then that one. O(1).
+    ///
+    /// The window compares arrival times, not time waited: under a steady overload every waiter
+    /// has waited longer than any small window, and a rule on time waited would then hand half the
+    /// connections across threads.
+    private func waiterToServe(key: PoolKey, eventLoopIndex: Int) -> RequestID? {
         guard let queue = waiterQueues[key], let oldest = queue.all.head else { return nil }
         let window = limits.affinityWindow.poolNanoseconds
         guard window > 0 else { return oldest }
         let head = waiterNodes[oldest]!
-        if head.eventLoopIndex == eventLoopIndex || head.enqueuedAt.advanced(byNanoseconds: window) <= now {
-            return oldest
-        }
-        return eventLoopIndex < queue.byLoop.count ? queue.byLoop[eventLoopIndex].head ?? oldest : oldest
+        guard head.eventLoopIndex != eventLoopIndex, eventLoopIndex < queue.byLoop.count,
+              let local = queue.byLoop[eventLoopIndex].head
+        else { return oldest }
+        if head.enqueuedAt.advanced(byNanoseconds: window) <= waiterNodes[local]!.enqueuedAt { return oldest }
+        return local
     }
 
     /// The oldest waiter (all keys) not covered by an in-flight creation of its key.

@@ -115,13 +115,15 @@ public struct PoolLimits: Hashable, Sendable {
     public var idleTimeout: Duration
     /// Event-loop affinity with bounded unfairness. A connection that becomes available for key K
     /// (released reusable or newly established) goes to the oldest waiter of K on the connection's
-    /// own event loop, unless the oldest waiter of K has already waited `affinityWindow` or more:
-    /// then that one is served. So a waiter is never passed over once it has waited this long.
+    /// own event loop, unless the oldest waiter of K arrived `affinityWindow` or more before that
+    /// one: then the oldest is served. So no waiter is overtaken by one that arrived this much
+    /// later, and each waiter is passed over a bounded number of times.
     /// Zero (or negative): strict FIFO per key.
     public var affinityWindow: Duration
 
-    /// The default `affinityWindow`: a few transactions' worth of time, far below any borrow timeout.
-    public static let defaultAffinityWindow: Duration = .milliseconds(2)
+    /// The default `affinityWindow`: far below any borrow timeout. Measured with pgbench at 100
+    /// clients on 2 event loops: 2 ms let 18% of leases cross threads, 20 ms 1.8%.
+    public static let defaultAffinityWindow: Duration = .milliseconds(20)
 
     public init(
         maxConnections: Int, maxIdleConnections: Int, borrowTimeout: Duration, idleTimeout: Duration,

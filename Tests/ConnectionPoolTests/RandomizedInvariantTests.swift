@@ -127,23 +127,24 @@ struct RuntimeModel {
         guard let chosen = waiting[request] else { return }
         let window = pool.limits.affinityWindow
         let sameKey = waiting.filter { $0.value.key == chosen.key }
-        // Bounded unfairness: nobody of the key who has waited `affinityWindow` or more is passed over.
+        // Bounded unfairness: nobody of the key is overtaken by a waiter that arrived
+        // `affinityWindow` or more after it.
         for (other, waiter) in sameKey where waiter.order < chosen.order {
-            #expect(window > .zero && now < waiter.since + window,
-                "step \(steps): \(request) served before \(other), which waited \(now - waiter.since) (window \(window))")
+            #expect(window > .zero && chosen.since < waiter.since + window,
+                "step \(steps): \(request) served before \(other), which arrived \(chosen.since - waiter.since) earlier (window \(window))")
         }
         switch connection.state {
         case .idle:
             // Borrowed from idle: an idle connection of a key never coexists with waiters of that key.
             #expect(sameKey.count == 1, "step \(steps): idle \(connection.key) connection with other waiters")
         case .available:
-            // The exact rule: the oldest, unless it is within the window and someone waits on the
-            // connection's loop (then the oldest there).
+            // The exact rule: the oldest, unless someone waits on the connection's loop who
+            // arrived less than the window after it (then the oldest there).
             let oldest = sameKey.min { $0.value.order < $1.value.order }!
             let sameLoop = sameKey.filter { $0.value.eventLoopIndex == connection.eventLoopIndex }
                 .min { $0.value.order < $1.value.order }
             var expected = oldest.key
-            if window > .zero, now < oldest.value.since + window, let sameLoop { expected = sameLoop.key }
+            if window > .zero, let sameLoop, sameLoop.value.since < oldest.value.since + window { expected = sameLoop.key }
             #expect(request == expected, "step \(steps): leased to \(request), expected \(expected)")
             if request != oldest.key { affinityLeases += 1 }
         case .connecting, .leased:
