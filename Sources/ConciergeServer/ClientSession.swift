@@ -74,13 +74,19 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// The backend's socket is full (e.g. a large COPY IN): stop reading from the client.
     private var backendBlocked = false
 
-    // Idle timeout
+    // Timeouts, checked by `loopSessions` once a second.
     private var lastActivity = NIODeadline.now()
-    private var idleTimer: Scheduled<Void>?
+    private var loginDeadline = NIODeadline.distantFuture
+    private let loopSessions: LoopSessions
+    /// This session's index in `loopSessions` (-1: not there).
+    var loopSlot = -1
 
-    init(runtime: ProxyRuntime, eventLoop: any EventLoop, processID: Int32, secretKey: Int32, logger: Logger) {
+    init(
+        runtime: ProxyRuntime, loopSessions: LoopSessions, processID: Int32, secretKey: Int32, logger: Logger
+    ) {
         self.runtime = runtime
-        self.eventLoop = eventLoop
+        self.loopSessions = loopSessions
+        self.eventLoop = loopSessions.eventLoop
         self.processID = processID
         self.secretKey = secretKey
         self.logger = logger
@@ -109,14 +115,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
 
     func channelActive(context: ChannelHandlerContext) {
         // PostgreSQL's authentication_timeout: a client must log in within a minute.
-        idleTimer = eventLoop.scheduleTask(in: Self.authenticationTimeout) { [self] in
-            switch self.state {
-            case .awaitingStartup, .authenticatingSCRAM, .authenticatingMD5:
-                self.fail(with: ClientErrors.authenticationTimeout)
-            case .loggingIn, .ready, .closed:
-                break
-            }
-        }
+        loginDeadline = .now() + Self.authenticationTimeout
+        if !isClosed { loopSessions.add(self) }
         context.fireChannelActive()
     }
 
@@ -461,7 +461,6 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         state = .ready
         userEntry = nil
         log(.debug, "client logged in")
-        scheduleIdleCheck()
         // Messages the client pipelined during login are served now.
         if !held.isEmpty, backend == nil, waitingRequest == nil {
             borrowBackend()
@@ -747,25 +746,24 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
 
     // MARK: Idle timeout
 
-    private func scheduleIdleCheck() {
-        idleTimer?.cancel()
-        let timeout = TimeAmount.seconds(Int64(runtime.idleClientTimeout))
-        idleTimer = eventLoop.scheduleTask(deadline: lastActivity + timeout) { [self] in
-            self.idleCheck()
+    /// Called by `loopSessions` about once a second.
+    func checkTimeouts(now: NIODeadline) {
+        switch state {
+        case .awaitingStartup, .authenticatingSCRAM, .authenticatingMD5:
+            if now >= loginDeadline { fail(with: ClientErrors.authenticationTimeout) }
+        case .ready:
+            guard isBetweenTransactions else {
+                // A long transaction is not idleness: the idle period starts when it ends.
+                lastActivity = now
+                return
+            }
+            if now >= lastActivity + .seconds(Int64(runtime.idleClientTimeout)) {
+                log(.info, "closing idle client")
+                fail(with: ClientErrors.idleTimeout)
+            }
+        case .loggingIn, .closed:
+            break
         }
-    }
-
-    private func idleCheck() {
-        guard case .ready = state else { return }
-        let timeout = TimeAmount.seconds(Int64(runtime.idleClientTimeout))
-        let busy = !isBetweenTransactions
-        if !busy, NIODeadline.now() >= lastActivity + timeout {
-            log(.info, "closing idle client")
-            fail(with: ClientErrors.idleTimeout)
-            return
-        }
-        if busy { lastActivity = .now() }
-        scheduleIdleCheck()
     }
 
     // MARK: Control from the runtime (any thread)
@@ -821,8 +819,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     private func teardown() {
         guard !isClosed else { return }
         state = .closed
-        idleTimer?.cancel()
-        idleTimer = nil
+        loopSessions.remove(self)
         held.removeAll()
         if let waitingRequest {
             runtime.pool.cancel(waitingRequest)

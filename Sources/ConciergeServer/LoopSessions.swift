@@ -1,0 +1,60 @@
+import NIOCore
+
+/// The client sessions of one event loop, checked for timeouts (authentication, idle) once a
+/// second by one repeated task: no timer per client. A per-client `Scheduled` task cost an
+/// allocation and two heap operations per login, and memory for every idle client.
+///
+/// Confined to `eventLoop`, like the sessions it holds.
+final class LoopSessions: @unchecked Sendable {
+    let eventLoop: any EventLoop
+    private var sessions: [ClientSession] = []
+    private var sweeper: RepeatedTask?
+
+    static let sweepInterval = TimeAmount.seconds(1)
+
+    init(eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+    }
+
+    /// Adds a session (on the loop); `session.loopSlot` remembers where.
+    func add(_ session: ClientSession) {
+        eventLoop.preconditionInEventLoop()
+        session.loopSlot = sessions.count
+        sessions.append(session)
+        if sweeper == nil {
+            sweeper = eventLoop.scheduleRepeatedTask(initialDelay: Self.sweepInterval, delay: Self.sweepInterval) {
+                [weak self] _ in self?.sweep()
+            }
+        }
+    }
+
+    /// Removes a session (on the loop) in O(1); harmless if it is not here.
+    func remove(_ session: ClientSession) {
+        let slot = session.loopSlot
+        guard slot >= 0, slot < sessions.count, sessions[slot] === session else { return }
+        session.loopSlot = -1
+        let last = sessions.removeLast()
+        if slot < sessions.count {
+            sessions[slot] = last
+            last.loopSlot = slot
+        }
+    }
+
+    private func sweep() {
+        let now = NIODeadline.now()
+        var index = 0
+        while index < sessions.count {
+            let session = sessions[index]
+            session.checkTimeouts(now: now)
+            // A session that closed was swapped out for the last one: look at this slot again.
+            if index < sessions.count, sessions[index] === session { index += 1 }
+        }
+    }
+
+    func stop() {
+        eventLoop.execute {
+            self.sweeper?.cancel()
+            self.sweeper = nil
+        }
+    }
+}
