@@ -259,6 +259,7 @@ EOF
 if [[ "${BENCH_HOLD:-0}" == 1 ]]; then
     # For profiling: everything stays up (ports and passwords in setup.json) until Ctrl-C.
     log "holding (BENCH_HOLD=1): see $WORK/setup.json; Ctrl-C stops everything"
-    while true; do sleep 3600; done
+    # (wait, not a foreground sleep, so that a signal runs the cleanup trap at once)
+    while true; do sleep 3600 & wait $!; done
 fi
 python3 "$BENCH/bench.py" "$WORK/setup.json"
