@@ -156,7 +156,17 @@ final class ProxyRuntime: @unchecked Sendable {
         var bound: [any Channel] = []
         do {
             for address in addresses {
-                for eventLoop in Self.acceptingLoops(eventLoops) {
+                let loops = Self.acceptingLoops(eventLoops)
+                if loops.count > 1 {
+                    // SO_REUSEPORT would also join a socket that another process of this user
+                    // (a second Concierge by mistake) listens on, silently splitting its clients.
+                    // A plain bind fails on any listener there: fail as a single socket would.
+                    try await ServerBootstrap(group: eventLoops[0])
+                        .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+                        .bind(host: address.host, port: address.port).get()
+                        .close()
+                }
+                for eventLoop in loops {
                     let channel = try await makeBootstrap(on: eventLoop).bind(host: address.host, port: address.port).get()
                     bound.append(channel)
                 }

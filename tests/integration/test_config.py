@@ -138,3 +138,25 @@ def test_serve_with_bad_config_exits_2_and_never_listens(concierge_bin, tmp_path
     assert proc.returncode == 2, f"exit {proc.returncode}\n{stdout}\n{stderr}"
     assert "max_connections_percent" in stderr
     assert not port_accepts(port)
+
+
+def test_serve_refuses_a_port_another_process_listens_on(concierge_bin, tmp_path):
+    # Each event loop listens with SO_REUSEPORT; that must not let a second process (here a plain
+    # listener, as a second proxy by mistake would be) share the port and split its clients.
+    import socket
+    config = base_config(tmp_path)
+    port = int(config["proxies"][0]["listen"].rsplit(":", 1)[1])
+    for reuseport in (False, True):
+        holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            if reuseport:
+                holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            holder.bind(("127.0.0.1", port))
+            holder.listen(16)
+            proc = subprocess.run([str(concierge_bin), "serve", "--threads", "2", "--config",
+                                   str(write(tmp_path, config))],
+                                  capture_output=True, text=True, timeout=30, env=clean_env())
+        finally:
+            holder.close()
+        assert proc.returncode != 0, f"serve shared port {port} (reuseport={reuseport})\n{proc.stderr}"
+        assert "Address already in use" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
