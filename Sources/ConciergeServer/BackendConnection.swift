@@ -242,17 +242,26 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         let unread = buffer
         var readyCount = 0
         var lastStatus = PGTransactionStatus.idle
-        while let frame = try PGFraming.nextFrame(from: &buffer, maxMessageSize: 1 << 30) {
-            switch frame.type {
+        // Headers are peeked, not sliced: a result is mostly DataRows that need no look.
+        while let (type, size) = try PGFraming.peekFrame(in: buffer, maxMessageSize: 1 << 30) {
+            switch type {
             case PGMessageType.Backend.readyForQuery:
                 readyCount += 1
-                lastStatus = try PGParse.readyForQuery(frame.body)
+                guard size == 6, let raw = buffer.getInteger(at: buffer.readerIndex + 5, as: UInt8.self),
+                      let status = PGTransactionStatus(rawValue: raw)
+                else {
+                    throw PGWireError.malformedMessage(type: type, reason: "invalid ReadyForQuery")
+                }
+                lastStatus = status
             case PGMessageType.Backend.parameterStatus:
-                let parameter = try PGParse.parameterStatus(frame.body)
-                serverParameters[parameter.name] = parameter.value
+                if let body = buffer.getSlice(at: buffer.readerIndex + 5, length: size - 5) {
+                    let parameter = try PGParse.parameterStatus(body)
+                    serverParameters[parameter.name] = parameter.value
+                }
             default:
                 break
             }
+            buffer.moveReaderIndex(forwardBy: size)
         }
         let length = buffer.readerIndex - unread.readerIndex
         guard length > 0, let slice = unread.getSlice(at: unread.readerIndex, length: length) else { return }

@@ -100,6 +100,26 @@ public enum PGFraming {
         return PGFrame(validatedType: type, bytes: bytes)
     }
 
+    /// The type and total size (type byte included) of the complete message at the start of
+    /// `buffer`, validated like `nextFrame`, without slicing it: for callers that only need to
+    /// look at a message and skip it (`moveReaderIndex(forwardBy: size)`). Nil when the message is
+    /// not complete yet. Does not move the reader index.
+    @inlinable
+    public static func peekFrame(in buffer: ByteBuffer, maxMessageSize: Int) throws(PGWireError) -> (type: UInt8, size: Int)? {
+        guard let (type, length) = buffer.getMultipleIntegers(at: buffer.readerIndex, as: (UInt8, UInt32).self) else {
+            return nil
+        }
+        guard length >= 4, length <= UInt32(Int32.max) else {
+            throw .invalidMessageLength(Int(Int32(bitPattern: length)))
+        }
+        let messageLength = Int(length)
+        guard messageLength <= maxMessageSize else {
+            throw .messageTooLarge(length: messageLength, limit: maxMessageSize)
+        }
+        guard buffer.readableBytes > messageLength else { return nil }
+        return (type, messageLength &+ 1)
+    }
+
     /// Parses one complete startup-phase packet from `buffer`, advancing its reader index past it.
     ///
     /// The packet is an Int32 length (counting itself) followed by an Int32 request code or

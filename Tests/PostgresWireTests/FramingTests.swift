@@ -60,6 +60,28 @@ import Testing
         #expect(try PGFraming.nextFrame(from: &buffer, maxMessageSize: 100) == nil)
     }
 
+    @Test func peekFrameGivesTypeAndSizeOfCompleteMessagesOnly() throws {
+        let raw: [UInt8] = [0x44, 0, 0, 0, 6, 0, 0] + [0x5A, 0, 0, 0, 5, 0x49]
+        var buffer = ByteBuffer(raw)
+        let first = try #require(try PGFraming.peekFrame(in: buffer, maxMessageSize: 100))
+        #expect(first.type == 0x44 && first.size == 7)
+        #expect(buffer.readerIndex == 0)
+        buffer.moveReaderIndex(forwardBy: first.size)
+        let second = try #require(try PGFraming.peekFrame(in: buffer, maxMessageSize: 100))
+        #expect(second.type == PGMessageType.Backend.readyForQuery && second.size == 6)
+        for prefix in 0..<raw.count - 1 where prefix != 7 {
+            // Every strict prefix of a message (7 is exactly the first message) is incomplete.
+            let partial = ByteBuffer(bytes: prefix < 7 ? Array(raw[0..<prefix]) : Array(raw[7..<prefix]))
+            #expect(try PGFraming.peekFrame(in: partial, maxMessageSize: 100) == nil)
+        }
+        #expect(throws: PGWireError.invalidMessageLength(3)) {
+            try PGFraming.peekFrame(in: ByteBuffer(bytes: [0x44, 0, 0, 0, 3]), maxMessageSize: 100)
+        }
+        #expect(throws: PGWireError.messageTooLarge(length: 101, limit: 100)) {
+            try PGFraming.peekFrame(in: ByteBuffer(bytes: [0x44, 0, 0, 0, 101]), maxMessageSize: 100)
+        }
+    }
+
     @Test func partialMessagesReturnNilAndKeepReaderIndex() throws {
         var full = ByteBuffer()
         PGEncode.parse(statementName: "s1", query: "SELECT $1", parameterTypeOIDs: [23], into: &full)
