@@ -109,6 +109,10 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     private var maxConnectionsValue: Int?
     private weak var pool: BackendPool?
 
+    /// The named statements this backend holds (see PreparedStatements.swift). Used by the
+    /// session it is leased to, and here at lease time only.
+    var statementCache = BackendStatementCache()
+
     /// ParameterStatus values the server reported (at login and since).
     private(set) var serverParameters: [String: String] = [:]
     /// Session parameters the proxy set on this backend for its current or last client, by
@@ -460,9 +464,14 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
             return
         }
         // Usually the parameters already match (most clients send the same startup packet).
-        let sql = appliedParameters == parameters
+        var sql = appliedParameters == parameters
             ? nil : Self.parameterSyncSQL(from: appliedParameters, to: parameters, baseline: baselineParameters)
         appliedParameters = parameters
+        let stale = statementCache.takeStale()
+        if !stale.isEmpty {
+            let deallocations = stale.map { "DEALLOCATE " + Self.quoteIdentifier($0) }.joined(separator: "; ")
+            sql = sql.map { deallocations + "; " + $0 } ?? deallocations
+        }
         guard let sql else {
             phase = .leased(owner)
             notifyPrepared(owner, .success(()))
@@ -515,6 +524,9 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     static func quoteIdentifier(_ name: String) -> String {
         "\"" + name.replacingAll("\"", with: "\"\"") + "\""
     }
+
+    /// For messages the proxy builds on the client's behalf.
+    var allocator: ByteBufferAllocator { channel?.allocator ?? ByteBufferAllocator() }
 
     /// Writes client bytes to the database (any thread; flushes at `flush()`).
     func write(_ bytes: ByteBuffer) {

@@ -69,6 +69,18 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     private var discardUntilSync = false
     private var transactionStatus = PGTransactionStatus.idle
     private var needsFlushToBackend = false
+    private var needsFlushToClient = false
+
+    // Prepared statements (see PreparedStatements.swift)
+    /// The client's named statements.
+    private var statements: [String: ClientStatement] = [:]
+    /// What the backend owes, in order, for what was sent to it.
+    private var pending = CircularBuffer<PendingResponse>(initialCapacity: 4)
+    /// Entries of `pending` other than `.query` and `.sync`: while zero, responses are forwarded
+    /// without looking at them (one ReadyForQuery answers each entry).
+    private var pendingTracked = 0
+    /// Portal → server-side statement of its Bind, for `cached plan must not change result type`.
+    private var portalStatements: [String: String] = [:]
     private(set) var pinReasons: PinReasons = []
     private var draining = false
     /// The backend's socket is full (e.g. a large COPY IN): stop reading from the client.
@@ -201,6 +213,10 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         if needsFlushToBackend {
             needsFlushToBackend = false
             backend?.flush()
+        }
+        if needsFlushToClient {
+            needsFlushToClient = false
+            context.flush()
         }
         context.fireChannelReadComplete()
     }
@@ -502,16 +518,47 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 fail(with: ClientErrors.protocolViolation("invalid Parse message"))
                 return
             }
-            if name.readableBytes > 0 {
-                pin(.protocolPreparedStatement, statement: query)
-            }
+            // Named statements do not pin: the proxy prepares them on whichever backend serves.
             classify(query)
+            if name.readableBytes > 0, answersLocally {
+                // No backend serves this client: acknowledge now, prepare on first use. A client
+                // that prepares on one connection while its others hold backends in open
+                // transactions (pgbench -M prepared) cannot then deadlock the pool.
+                var definition = frame.body
+                _ = definition.readNullTerminatedSlice()
+                statements[String(buffer: name)] = ClientStatement(definition: definition)
+                writeToClient(StatementMessages.parseComplete)
+                return
+            }
         case PGMessageType.Frontend.sync:
+            if answersLocally {
+                // Everything since the last Sync was answered by the proxy.
+                pendingUnsynced = false
+                var out = ByteBuffer()
+                PGEncode.readyForQuery(.idle, into: &out)
+                writeToClient(out)
+                return
+            }
             pendingUnsynced = false
         case PGMessageType.Frontend.functionCall:
             break
-        case PGMessageType.Frontend.bind, PGMessageType.Frontend.execute, PGMessageType.Frontend.describe,
-            PGMessageType.Frontend.close, PGMessageType.Frontend.flush:
+        case PGMessageType.Frontend.close:
+            pendingUnsynced = true
+            var body = frame.body
+            if answersLocally, body.readInteger(as: UInt8.self) == UInt8(ascii: "S"),
+               let name = body.readNullTerminatedSlice(), name.readableBytes > 0
+            {
+                statements[String(buffer: name)] = nil
+                writeToClient(StatementMessages.closeComplete)
+                return
+            }
+        case PGMessageType.Frontend.flush:
+            pendingUnsynced = true
+            if answersLocally {
+                needsFlushToClient = true
+                return
+            }
+        case PGMessageType.Frontend.bind, PGMessageType.Frontend.execute, PGMessageType.Frontend.describe:
             pendingUnsynced = true
         case PGMessageType.Frontend.copyData, PGMessageType.Frontend.copyDone, PGMessageType.Frontend.copyFail:
             break
@@ -522,7 +569,19 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             fail(with: ClientErrors.protocolViolation("invalid frontend message type \(type)"))
             return
         }
-        route(frame.bytes, isSyncPoint: Self.isSyncPoint(type))
+        route(frame)
+    }
+
+    /// No backend serves this client and nothing waits for one: statement bookkeeping (Parse,
+    /// Close of named statements, Flush, and the Sync after them) is answered by the proxy.
+    private var answersLocally: Bool {
+        guard case .ready = state else { return false }
+        return backend == nil && held.isEmpty && waitingRequest == nil
+    }
+
+    private func writeToClient(_ bytes: ByteBuffer) {
+        context?.write(wrapOutboundOut(bytes), promise: nil)
+        needsFlushToClient = true
     }
 
     private static func isSyncPoint(_ type: UInt8) -> Bool {
@@ -530,16 +589,15 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             || type == PGMessageType.Frontend.functionCall
     }
 
-    private func route(_ bytes: ByteBuffer, isSyncPoint: Bool) {
+    private func route(_ frame: PGFrame) {
         if let backend, backendReady {
-            if isSyncPoint { outstandingSyncs += 1 }
-            backend.write(bytes)
+            send(frame, to: backend)
             needsFlushToBackend = true
             return
         }
-        held.append(bytes)
-        heldBytes += bytes.readableBytes
-        if isSyncPoint { heldSyncPoints += 1 }
+        held.append(frame.bytes)
+        heldBytes += frame.bytes.readableBytes
+        if Self.isSyncPoint(frame.type) { heldSyncPoints += 1 }
         if case .ready = state, backend == nil, waitingRequest == nil {
             borrowBackend()
         }
@@ -688,9 +746,13 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
 
     private func sendHeld(to backend: BackendConnection) {
         guard !held.isEmpty else { return }
-        outstandingSyncs += heldSyncPoints
         heldSyncPoints = 0
-        for bytes in held { backend.write(bytes) }
+        for bytes in held {
+            var bytes = bytes
+            // Held messages were framed on arrival: each is exactly one message.
+            guard let frame = try? PGFraming.nextFrame(from: &bytes, maxMessageSize: Int(Int32.max)) else { continue }
+            send(frame, to: backend)
+        }
         held.removeAll(keepingCapacity: true)
         heldBytes = 0
         backend.flush()
@@ -698,13 +760,19 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     }
 
     func backendDidRead(_ bytes: ByteBuffer, readyForQueryCount: Int, lastStatus: PGTransactionStatus) {
-        guard let context, backend != nil else { return }
-        context.write(wrapOutboundOut(bytes), promise: nil)
+        guard let context, let backend else { return }
+        if pendingTracked == 0 {
+            context.write(wrapOutboundOut(bytes), promise: nil)
+            // Only Query and Sync entries: one ReadyForQuery each.
+            for _ in 0..<min(readyForQueryCount, pending.count) { pending.removeFirst() }
+        } else {
+            relayTracked(bytes, from: backend, context: context)
+        }
         guard readyForQueryCount > 0 else { return }
         outstandingSyncs = max(0, outstandingSyncs - readyForQueryCount)
         transactionStatus = lastStatus
         if outstandingSyncs == 0, !pendingUnsynced, lastStatus == .idle, pinReasons.isEmpty,
-            held.isEmpty
+            held.isEmpty, pending.isEmpty
         {
             // The transaction is over: the client gets its answer now, because the backend may
             // move to another client (and its read-complete) before this call returns.
@@ -737,6 +805,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
 
     private func releaseBackend() {
         guard let backend else { return }
+        pending.removeAll(keepingCapacity: true)
+        pendingTracked = 0
+        if !portalStatements.isEmpty { portalStatements.removeAll() }
         self.backend = nil
         backendReady = false
         backendBlocked = false
@@ -850,5 +921,269 @@ extension ByteBuffer {
         else { return nil }
         moveReaderIndex(forwardBy: 1)
         return slice
+    }
+}
+
+// MARK: - Sending to the backend, prepared statements
+
+extension ClientSession {
+    /// Sends one client message to the leased backend: named statements are renamed (and
+    /// prepared on this backend first when it lacks them), Parse and Close of named statements
+    /// may be answered by the proxy, and `pending` records what the backend owes.
+    fileprivate func send(_ frame: PGFrame, to backend: BackendConnection) {
+        let type = frame.type
+        if Self.isSyncPoint(type) { outstandingSyncs += 1 }
+        switch type {
+        case PGMessageType.Frontend.query, PGMessageType.Frontend.functionCall:
+            if !pinReasons.isDisjoint(with: [.discard, .sqlPrepare]) {
+                // DISCARD ALL or DEALLOCATE may remove statements behind the proxy's back.
+                backend.statementCache.removeAll()
+            }
+            backend.write(frame.bytes)
+            appendPending(.query)
+        case PGMessageType.Frontend.sync:
+            backend.write(frame.bytes)
+            appendPending(.sync)
+        case PGMessageType.Frontend.parse:
+            sendParse(frame, to: backend)
+        case PGMessageType.Frontend.bind:
+            sendBind(frame, to: backend)
+        case PGMessageType.Frontend.describe:
+            var body = frame.body
+            let kind = body.readInteger(as: UInt8.self)
+            if kind == UInt8(ascii: "S"), let name = body.readNullTerminatedSlice(), name.readableBytes > 0,
+               let statement = statements[String(buffer: name)]
+            {
+                let serverName = prepare(statement, client: String(buffer: name), on: backend)
+                backend.write(StatementMessages.describeStatement(serverName, allocator: backend.allocator))
+                appendPending(.describeStatement)
+            } else {
+                backend.write(frame.bytes)
+                appendPending(kind == UInt8(ascii: "S") ? .describeStatement : .describePortal)
+            }
+        case PGMessageType.Frontend.execute:
+            var body = frame.body
+            let portal = body.readNullTerminatedSlice().map { String(buffer: $0) } ?? ""
+            backend.write(frame.bytes)
+            appendPending(.execute(serverName: portalStatements.isEmpty ? nil : portalStatements[portal]))
+        case PGMessageType.Frontend.close:
+            var body = frame.body
+            let kind = body.readInteger(as: UInt8.self)
+            if kind == UInt8(ascii: "S"), let name = body.readNullTerminatedSlice(), name.readableBytes > 0 {
+                // The backend keeps the statement for whoever prepares the same query next.
+                statements[String(buffer: name)] = nil
+                appendPending(.localCloseComplete)
+            } else {
+                backend.write(frame.bytes)
+                appendPending(.close)
+            }
+        default:
+            // Flush, CopyData, CopyDone, CopyFail: no response of their own.
+            backend.write(frame.bytes)
+        }
+        emitLocalResponses()
+    }
+
+    private func sendParse(_ frame: PGFrame, to backend: BackendConnection) {
+        var body = frame.body
+        guard let name = body.readNullTerminatedSlice(), name.readableBytes > 0 else {
+            backend.write(frame.bytes)
+            appendPending(.parse(client: nil, key: "", serverName: ""))
+            return
+        }
+        let clientName = String(buffer: name)
+        // PostgreSQL refuses a second Parse of a name in use; the proxy redefines it (see README).
+        let statement = ClientStatement(definition: body)
+        statements[clientName] = statement
+        if backend.statementCache.use(statement.key) != nil {
+            appendPending(.localParseComplete(client: clientName))
+            return
+        }
+        let serverName = backend.statementCache.add(statement.key)
+        backend.write(StatementMessages.parse(name: serverName, definition: statement.definition, allocator: backend.allocator))
+        appendPending(.parse(client: clientName, key: statement.key, serverName: serverName))
+    }
+
+    private func sendBind(_ frame: PGFrame, to backend: BackendConnection) {
+        var body = frame.body
+        guard let portal = body.readNullTerminatedSlice(), let name = body.readNullTerminatedSlice() else {
+            backend.write(frame.bytes)  // malformed: the backend answers with the error
+            appendPending(.bind(serverName: nil))
+            return
+        }
+        guard name.readableBytes > 0, let statement = statements[String(buffer: name)] else {
+            // The unnamed statement, or a name the client never prepared: PostgreSQL answers
+            // (`prepared statement "..." does not exist` names the client's statement).
+            backend.write(frame.bytes)
+            if !portalStatements.isEmpty { portalStatements[String(buffer: portal)] = nil }
+            appendPending(.bind(serverName: nil))
+            return
+        }
+        let serverName = prepare(statement, client: String(buffer: name), on: backend)
+        backend.write(StatementMessages.bind(portal: portal, statement: serverName, rest: body, allocator: backend.allocator))
+        portalStatements[String(buffer: portal)] = serverName
+        appendPending(.bind(serverName: serverName))
+    }
+
+    /// The server-side name of `statement` on `backend`, preparing it there first if needed
+    /// (its ParseComplete will be dropped).
+    private func prepare(_ statement: ClientStatement, client: String, on backend: BackendConnection) -> String {
+        if let serverName = backend.statementCache.use(statement.key) { return serverName }
+        let serverName = backend.statementCache.add(statement.key)
+        backend.write(StatementMessages.parse(name: serverName, definition: statement.definition, allocator: backend.allocator))
+        appendPending(.injectedParse(client: client, key: statement.key, serverName: serverName))
+        return serverName
+    }
+
+    private func appendPending(_ entry: PendingResponse) {
+        switch entry {
+        case .query, .sync: break
+        default: pendingTracked += 1
+        }
+        pending.append(entry)
+    }
+
+    @discardableResult
+    private func popPending() -> PendingResponse {
+        let entry = pending.removeFirst()
+        switch entry {
+        case .query, .sync: break
+        default: pendingTracked -= 1
+        }
+        return entry
+    }
+
+    /// Answers the proxy-answered entries at the head of `pending`: everything before them has
+    /// been forwarded, so this is where PostgreSQL would have answered them.
+    private func emitLocalResponses() {
+        guard let context else { return }
+        while let head = pending.first, head.isLocal {
+            switch popPending() {
+            case .localParseComplete:
+                context.write(wrapOutboundOut(StatementMessages.parseComplete), promise: nil)
+            case .localCloseComplete:
+                context.write(wrapOutboundOut(StatementMessages.closeComplete), promise: nil)
+            default:
+                break
+            }
+            needsFlushToClient = true
+        }
+    }
+
+    /// Forwards backend responses while `pending` holds extended-protocol entries: drops the
+    /// answers to the proxy's own Parses and inserts the proxy's answers where they belong.
+    /// Forwarded runs stay slices of `bytes` (no copy).
+    fileprivate func relayTracked(_ bytes: ByteBuffer, from backend: BackendConnection, context: ChannelHandlerContext) {
+        var view = bytes
+        var runStart = view.readerIndex
+        func writeRun(upTo end: Int) {
+            if end > runStart, let run = bytes.getSlice(at: runStart, length: end - runStart) {
+                context.write(wrapOutboundOut(run), promise: nil)
+            }
+            runStart = end
+        }
+        while true {
+            if let head = pending.first, head.isLocal {
+                writeRun(upTo: view.readerIndex)
+                emitLocalResponses()
+            }
+            // The backend connection framed these bytes already; a failure cannot happen here.
+            guard let (type, size) = try? PGFraming.peekFrame(in: view, maxMessageSize: Int(Int32.max)) else { break }
+            let frameStart = view.readerIndex
+            view.moveReaderIndex(forwardBy: size)
+            switch type {
+            case PGMessageType.Backend.noticeResponse, PGMessageType.Backend.parameterStatus,
+                PGMessageType.Backend.notificationResponse:
+                continue  // asynchronous: not an answer to anything
+            case PGMessageType.Backend.errorResponse:
+                let body = bytes.getSlice(at: frameStart + 5, length: size - 5) ?? ByteBuffer()
+                backendReportedError(body, backend: backend)
+                continue
+            case PGMessageType.Backend.readyForQuery:
+                // Pops through the Sync (or Query) it answers.
+                while !pending.isEmpty {
+                    switch popPending() {
+                    case .sync, .query: break
+                    default: continue
+                    }
+                    break
+                }
+                continue
+            default:
+                break
+            }
+            guard let head = pending.first else { continue }
+            switch head {
+            case .query, .sync:
+                break  // inside a simple query's results
+            case .parse:
+                if type == PGMessageType.Backend.parseComplete { popPending() }
+            case .injectedParse:
+                if type == PGMessageType.Backend.parseComplete {
+                    popPending()
+                    writeRun(upTo: frameStart)
+                    runStart = view.readerIndex  // drop it
+                }
+            case .bind:
+                if type == PGMessageType.Backend.bindComplete { popPending() }
+            case .describeStatement, .describePortal:
+                if type == PGMessageType.Backend.rowDescription || type == PGMessageType.Backend.noData { popPending() }
+            case .execute:
+                if type == PGMessageType.Backend.commandComplete || type == PGMessageType.Backend.emptyQueryResponse
+                    || type == PGMessageType.Backend.portalSuspended
+                {
+                    popPending()
+                }
+            case .close:
+                if type == PGMessageType.Backend.closeComplete { popPending() }
+            case .localParseComplete, .localCloseComplete:
+                break  // answered at the top of the loop
+            }
+        }
+        writeRun(upTo: view.readerIndex)
+        emitLocalResponses()
+    }
+
+    /// An ErrorResponse: in the extended protocol it answers the head entry, and PostgreSQL then
+    /// skips every message up to Sync, so their entries go too (statements they would have
+    /// created do not exist).
+    private func backendReportedError(_ body: ByteBuffer, backend: BackendConnection) {
+        guard let head = pending.first else { return }
+        switch head {
+        case .query, .sync:
+            return  // a simple query's error: ReadyForQuery follows
+        case .bind(let serverName?), .execute(let serverName?):
+            if let fields = try? PGParse.errorResponse(body), fields.code == "0A000",
+               fields.message?.contains("cached plan must not change result type") == true
+            {
+                // The statement's result type changed (DDL): prepare it afresh next time.
+                backend.statementCache.invalidate(serverName: serverName)
+            }
+        default:
+            break
+        }
+        forgetStatement(of: popPending(), failed: true, backend: backend)
+        while let next = pending.first {
+            if case .sync = next { break }
+            forgetStatement(of: popPending(), failed: false, backend: backend)
+        }
+    }
+
+    /// A message that `failed` (or was skipped after a failure) did not create its statement.
+    private func forgetStatement(of entry: PendingResponse, failed: Bool, backend: BackendConnection) {
+        switch entry {
+        case .parse(let client, let key, let serverName):
+            if let client { statements[client] = nil }
+            if !key.isEmpty { backend.statementCache.forget(key, serverName: serverName) }
+        case .injectedParse(let client, let key, let serverName):
+            backend.statementCache.forget(key, serverName: serverName)
+            // A statement the backend refuses (its text no longer valid, e.g. after DDL): gone,
+            // as if its Parse had failed. One skipped after another error stays.
+            if failed, let client { statements[client] = nil }
+        case .localParseComplete(let client):
+            statements[client] = nil
+        default:
+            break
+        }
     }
 }

@@ -1,0 +1,182 @@
+import NIOCore
+import PostgresWire
+
+/// Protocol-level named prepared statements in transaction mode, without pinning.
+///
+/// A client's statement names are its own: the session maps each (`statements`) to its text and
+/// parameter types. A backend knows statements by a name derived from that text
+/// (`BackendStatementCache`), so every client preparing the same query shares one server-side
+/// statement per backend. Before a Bind or Describe reaches a backend that lacks the statement, the
+/// session prepares it there in the same round trip and drops the ParseComplete that answers it;
+/// a Parse for a statement the backend already has, and a Close of a statement, are answered by
+/// the proxy (ParseComplete, CloseComplete) at the place in the response stream where PostgreSQL
+/// would have answered them. `PendingResponse` is that ordering: one entry per message sent to the
+/// backend (or answered locally), consumed as the backend's responses arrive.
+
+/// A statement as a client prepared it.
+struct ClientStatement {
+    /// The Parse body after the statement name: query text, NUL, parameter type count and OIDs.
+    let definition: ByteBuffer
+    /// The statement's identity on any backend: derived from `definition`.
+    let key: String
+
+    init(definition: ByteBuffer) {
+        self.definition = definition
+        var hasher = Hasher()
+        definition.withUnsafeReadableBytes { hasher.combine(bytes: $0) }
+        let hash = UInt64(bitPattern: Int64(hasher.finalize()))
+        self.key = "concierge_" + String(hash, radix: 16)
+    }
+}
+
+/// The statements a backend holds, by key, least recently used first out. Touched only by the
+/// session the backend is leased to (and by the backend itself at lease time, when no session
+/// touches it).
+struct BackendStatementCache {
+    /// How many statements a backend keeps; beyond it, the least recently used are deallocated
+    /// when the backend is next leased (PgBouncer's `max_prepared_statements` is 200).
+    static let capacity = 256
+
+    private struct Entry {
+        var serverName: String
+        var lastUse: UInt64
+    }
+
+    private var entries: [String: Entry] = [:]
+    private var clock: UInt64 = 0
+    private var generation = 0
+    /// Server-side names to deallocate at the next lease (evicted or invalidated ones).
+    private(set) var stale: [String] = []
+
+    var count: Int { entries.count }
+
+    /// The server-side name of `key`, marking it used; nil if the backend lacks it.
+    mutating func use(_ key: String) -> String? {
+        guard entries[key] != nil else { return nil }
+        clock &+= 1
+        entries[key]!.lastUse = clock
+        return entries[key]!.serverName
+    }
+
+    /// Records that `key` is being prepared on the backend; returns its server-side name.
+    mutating func add(_ key: String) -> String {
+        clock &+= 1
+        // A key whose statement was invalidated gets a fresh name: the old one is deallocated later.
+        let name = generation == 0 ? key : key + "_" + String(generation)
+        entries[key] = Entry(serverName: name, lastUse: clock)
+        return name
+    }
+
+    /// The Parse that prepared `key` failed or was skipped: the backend does not have it.
+    mutating func forget(_ key: String, serverName: String) {
+        if entries[key]?.serverName == serverName { entries[key] = nil }
+    }
+
+    /// The server-side plan of `serverName` is unusable (`cached plan must not change result
+    /// type`): the next use prepares it again under a new name.
+    mutating func invalidate(serverName: String) {
+        guard let key = entries.first(where: { $0.value.serverName == serverName })?.key else { return }
+        entries[key] = nil
+        stale.append(serverName)
+        generation += 1
+    }
+
+    /// The client ran DISCARD ALL or DEALLOCATE: assume nothing is left on the server.
+    mutating func removeAll() {
+        entries.removeAll()
+        stale.removeAll()
+    }
+
+    /// At lease time: moves the least recently used statements beyond `capacity` to `stale` and
+    /// returns (and clears) everything to deallocate.
+    mutating func takeStale() -> [String] {
+        if entries.count > Self.capacity {
+            let victims = entries.sorted { $0.value.lastUse < $1.value.lastUse }.prefix(entries.count - Self.capacity)
+            for (key, entry) in victims {
+                entries[key] = nil
+                stale.append(entry.serverName)
+            }
+        }
+        defer { stale.removeAll() }
+        return stale
+    }
+}
+
+/// What the backend owes the client for a message sent to it (or answered by the proxy), in
+/// order.
+enum PendingResponse {
+    /// A simple Query or FunctionCall: everything up to ReadyForQuery.
+    case query
+    /// Sync: ReadyForQuery.
+    case sync
+    /// A client's Parse, forwarded (ParseComplete forwarded). `client`/`key`/`serverName`: the
+    /// named statement it defines (nil for the unnamed statement).
+    case parse(client: String?, key: String, serverName: String)
+    /// A Parse the proxy added so the backend has a statement: its ParseComplete is dropped.
+    case injectedParse(client: String?, key: String, serverName: String)
+    /// Bind (BindComplete), with the server-side statement it used.
+    case bind(serverName: String?)
+    /// Describe of a statement: ParameterDescription, then RowDescription or NoData.
+    case describeStatement
+    /// Describe of a portal: RowDescription or NoData.
+    case describePortal
+    /// Execute: rows and copy data, ended by CommandComplete, EmptyQueryResponse or
+    /// PortalSuspended; with the statement of the portal, when known.
+    case execute(serverName: String?)
+    /// Close of a portal or the unnamed statement (CloseComplete forwarded).
+    case close
+    /// A Parse answered by the proxy: ParseComplete is sent to the client at this point.
+    case localParseComplete(client: String)
+    /// A Close of a named statement answered by the proxy: CloseComplete at this point.
+    case localCloseComplete
+
+    var isLocal: Bool {
+        switch self {
+        case .localParseComplete, .localCloseComplete: return true
+        default: return false
+        }
+    }
+}
+
+enum StatementMessages {
+    /// Parse of `name` with a definition (query, NUL, parameter types) taken from a client's Parse.
+    static func parse(name: String, definition: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer {
+        var out = allocator.buffer(capacity: 6 + name.utf8.count + definition.readableBytes)
+        out.writeInteger(PGMessageType.Frontend.parse)
+        out.writeInteger(Int32(4 + name.utf8.count + 1 + definition.readableBytes))
+        out.writeString(name)
+        out.writeInteger(UInt8(0))
+        var definition = definition
+        out.writeBuffer(&definition)
+        return out
+    }
+
+    /// Bind with its statement name replaced: `portal`, then `rest` (formats, values, result formats).
+    static func bind(portal: ByteBuffer, statement: String, rest: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer {
+        var out = allocator.buffer(capacity: 7 + portal.readableBytes + statement.utf8.count + rest.readableBytes)
+        out.writeInteger(PGMessageType.Frontend.bind)
+        out.writeInteger(Int32(4 + portal.readableBytes + 1 + statement.utf8.count + 1 + rest.readableBytes))
+        var portal = portal
+        out.writeBuffer(&portal)
+        out.writeInteger(UInt8(0))
+        out.writeString(statement)
+        out.writeInteger(UInt8(0))
+        var rest = rest
+        out.writeBuffer(&rest)
+        return out
+    }
+
+    /// Describe of statement `name`.
+    static func describeStatement(_ name: String, allocator: ByteBufferAllocator) -> ByteBuffer {
+        var out = allocator.buffer(capacity: 7 + name.utf8.count)
+        out.writeInteger(PGMessageType.Frontend.describe)
+        out.writeInteger(Int32(4 + 1 + name.utf8.count + 1))
+        out.writeInteger(UInt8(ascii: "S"))
+        out.writeString(name)
+        out.writeInteger(UInt8(0))
+        return out
+    }
+
+    static let parseComplete: ByteBuffer = ByteBuffer(bytes: [UInt8(ascii: "1"), 0, 0, 0, 4])
+    static let closeComplete: ByteBuffer = ByteBuffer(bytes: [UInt8(ascii: "3"), 0, 0, 0, 4])
+}
