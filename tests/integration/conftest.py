@@ -125,13 +125,13 @@ def proxy(request, pg: PgCluster, concierge_bin: Path, tmp_path: Path):
     to the top level, anything else (idle_client_timeout, max_client_connections, ...) into the
     proxy's entry. `wait_ready=False` only waits until the proxy listens, for configurations
     under which `select 1` is expected to fail (e.g. a failing init_query); `db_port` points
-    the proxy at another port than the test cluster's.
+    the proxy at another port than the test cluster's; `threads` sets `--threads`.
     """
     started: list[Proxy] = []
     request.node._concierge_proxies = started
 
     def start(*, drain_timeout: float = 5, wait_ready: bool = True, db_port: int | None = None,
-              **overrides) -> Proxy:
+              threads: int | None = None, **overrides) -> Proxy:
         if DIRECT:
             return Proxy(host=pg.host, port=pg.port, passwords=pg.passwords, bindir=pg.bindir)
         n = len(started)
@@ -146,7 +146,8 @@ def proxy(request, pg: PgCluster, concierge_bin: Path, tmp_path: Path):
         config_path.write_text(to_yaml(config) + "\n")
         log_path = workdir / "concierge.log"
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen([str(concierge_bin), "serve", "--config", str(config_path)],
+            extra = ["--threads", str(threads)] if threads else []
+            proc = subprocess.Popen([str(concierge_bin), "serve", "--config", str(config_path), *extra],
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     env=clean_env(), cwd=workdir)
         p = Proxy(host="127.0.0.1", port=port, passwords=pg.passwords, bindir=pg.bindir,

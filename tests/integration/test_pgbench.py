@@ -42,3 +42,20 @@ def test_new_connection_per_transaction(proxy, pgbench_tables):
     assert result.returncode == 0, result.output
     assert result.failed == 0, result.output
     assert result.processed > 0, result.output
+
+
+@pytest.mark.proxy_only
+def test_pgbench_prepared_mode_multiplexes_without_pinning(proxy, pg, pgbench_tables):
+    # -M prepared: named statements, prepared once per client, reused by every transaction.
+    # More clients than backends, select-only and TPC-B (transactions of 7 statements): no
+    # failures, no pinned client, never more backends than the cap.
+    p = proxy(max_connections_percent=5, connection_borrow_timeout=30)
+    for args in (["-S", "-c", "40"], ["-c", "20"]):
+        with BackendSampler(pg, user="app", interval=0.05) as sampler:
+            result = parse_pgbench(p.pgbench("-M", "prepared", *args, "-j", "2", "-T", "5", timeout=120))
+        print(f"\n-M prepared {' '.join(args)}: tps = {result.tps:.0f}, max {sampler.max_seen} backends")
+        assert result.returncode == 0, result.output
+        assert result.failed == 0, result.output
+        assert result.processed > 0, result.output
+        assert sampler.max_seen <= 5, sampler.max_seen
+    assert "pinned" not in p.log(), p.log()

@@ -94,19 +94,122 @@ def test_startup_parameters_follow_each_client_on_a_shared_backend(proxy):
 
 
 @pytest.mark.proxy_only
-def test_protocol_prepared_statements_pin_and_work(proxy):
-    # A named protocol-level prepared statement lives in the backend's session, so until the
-    # proxy can re-prepare statements on any backend it pins the client (reason
-    # protocol_prepared_statement). The statements must keep working across transactions, on the
-    # same backend, while an unpinned client shares the rest of the pool.
-    p = proxy(max_connections_percent=2, connection_borrow_timeout=5)
-    with p.connect(prepare_threshold=0) as a, p.connect() as b:
-        pid = a.execute("select pg_backend_pid()").fetchone()[0]
+def test_protocol_prepared_statements_do_not_pin(proxy, pg):
+    # Named protocol-level statements (psycopg prepares at once with prepare_threshold=0) are
+    # multiplexed: two clients alternate on a single backend, each running its own statements
+    # and one they share, and the backend holds one server-side statement per distinct query.
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=5)
+    with p.connect(prepare_threshold=0) as a, p.connect(prepare_threshold=0) as b:
         for i in range(5):
             assert a.execute("select %s::int + 1", (i,), prepare=True).fetchone()[0] == i + 1
-            assert b.execute("select %s::int + 2", (i,)).fetchone()[0] == i + 2
-            assert a.execute("select pg_backend_pid()", prepare=True).fetchone()[0] == pid
-    assert "protocol_prepared_statement" in p.log()
+            assert b.execute("select %s::int + 1", (i,), prepare=True).fetchone()[0] == i + 1
+            assert b.execute("select %s::int * 10", (i,), prepare=True).fetchone()[0] == i * 10
+            assert a.execute("select %s::text || 'a'", (str(i),), prepare=True).fetchone()[0] == f"{i}a"
+        statements = a.execute("select count(*) from pg_prepared_statements "
+                               "where name like 'concierge_%%'").fetchone()[0]
+        assert statements == 3 or statements == 4, statements  # 3 queries (+ this one, if prepared)
+        assert a.execute("select pg_backend_pid()").fetchone()[0] == \
+            b.execute("select pg_backend_pid()").fetchone()[0]
+    assert "pinned" not in p.log(), p.log()
+
+
+@pytest.mark.proxy_only
+def test_prepared_statement_follows_the_client_to_another_backend(proxy, pg):
+    # A client's statement is prepared on whichever backend serves its next transaction, in
+    # the same round trip. Two backends on one event loop: while the holder's transaction keeps
+    # one, A runs on the other; once the holder is done, the idle backend used last (the
+    # holder's) serves A, which has never prepared anything there.
+    p = proxy(max_connections_percent=2, connection_borrow_timeout=5, threads=1)
+    with p.connect(prepare_threshold=0) as a, p.connect(prepare_threshold=None) as holder:
+        pids = []
+        for i in range(3):
+            holder.execute("begin")
+            held = holder.execute("select pg_backend_pid()").fetchone()[0]
+            pid, value = a.execute("select pg_backend_pid(), %s::int", (i,), prepare=True).fetchone()
+            assert (pid != held, value) == (True, i)
+            pids.append(pid)
+            holder.execute("rollback")
+            pid, value = a.execute("select pg_backend_pid(), %s::int", (i,), prepare=True).fetchone()
+            assert value == i
+            pids.append(pid)
+        assert len(set(pids)) == 2, pids
+    assert "pinned" not in p.log(), p.log()
+
+
+@pytest.mark.proxy_only
+def test_prepared_statements_at_the_wire_level(proxy):
+    # Parse, Bind, Describe, Execute, Close and Sync as a driver sends them, checked message by
+    # message: the proxy's own answers (ParseComplete, CloseComplete) come in PostgreSQL's order.
+    from pgwire import message, ServerError
+    import struct
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=5)
+
+    def parse(name: str, sql: str) -> bytes:
+        return message(b"P", name.encode() + b"\0" + sql.encode() + b"\0" + struct.pack("!h", 0))
+
+    def bind(name: str, *values: str) -> bytes:
+        payload = b"\0" + name.encode() + b"\0" + struct.pack("!h", 0) + struct.pack("!h", len(values))
+        for v in values:
+            payload += struct.pack("!i", len(v)) + v.encode()
+        return message(b"B", payload + struct.pack("!h", 0))
+
+    execute = message(b"E", b"\0" + struct.pack("!i", 0))
+    sync = message(b"S")
+
+    with p.wire() as c, p.connect(prepare_threshold=None) as other:
+        c.startup("app", p.passwords["app"])
+        # Prepare (answered by the proxy: no backend needed), then use it twice.
+        c.send(parse("s1", "select $1::int * 2") + sync)
+        c.expect(b"1")
+        c.expect(b"Z")
+        for value in ("21", "5"):
+            other.execute("select 1")  # the single backend serves someone else in between
+            c.send(bind("s1", value) + message(b"D", b"P\0") + execute + sync)
+            c.expect(b"2")
+            c.expect(b"T")
+            row = c.expect(b"D")
+            assert row.payload.endswith(str(int(value) * 2).encode())
+            c.expect(b"C")
+            c.expect(b"Z")
+        # Describe of the statement, then Close (answered by the proxy) in one batch.
+        c.send(message(b"D", b"Ss1\0") + message(b"C", b"Ss1\0") + sync)
+        c.expect(b"t")
+        c.expect(b"T")
+        c.expect(b"3")
+        c.expect(b"Z")
+        # Closed: PostgreSQL's own error, naming the client's statement; the session goes on.
+        c.send(bind("s1", "1") + execute + sync)
+        with pytest.raises(ServerError) as err:
+            c.expect(b"2")
+        assert err.value.sqlstate == "26000"
+        assert 's1' in err.value.message
+        c.expect(b"Z")
+        # An error in a batch skips its later messages, local answers included, up to Sync.
+        c.send(parse("s2", "select 1") + bind("nope") + parse("s3", "select 3") + sync)
+        c.expect(b"1")
+        with pytest.raises(ServerError):
+            c.expect(b"2")
+        c.expect(b"Z")
+        assert c.query("select 7") == [("7",)]
+    assert "pinned" not in p.log(), p.log()
+
+
+@pytest.mark.proxy_only
+def test_prepared_statement_survives_a_result_type_change(proxy, pg):
+    # After DDL changes a prepared query's result type, PostgreSQL fails the next execution with
+    # `cached plan must not change result type`; the proxy then prepares the statement afresh,
+    # so the execution after that works (direct, the error would repeat until re-prepared).
+    pg.create_table("ddl_t", "a int")
+    pg.query("insert into ddl_t values (1)")
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=5)
+    with p.connect(prepare_threshold=0) as a:
+        assert a.execute("select * from ddl_t", prepare=True).fetchall() == [(1,)]
+        pg.query("alter table ddl_t add column b int default 2")
+        with pytest.raises(psycopg.Error) as err:
+            a.execute("select * from ddl_t", prepare=True).fetchall()
+        assert "cached plan must not change result type" in str(err.value)
+        assert a.execute("select * from ddl_t", prepare=True).fetchall() == [(1, 2)]
+        assert a.execute("select * from ddl_t", prepare=True).fetchall() == [(1, 2)]
 
 
 @pytest.mark.proxy_only
