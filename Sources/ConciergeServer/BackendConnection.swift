@@ -16,6 +16,9 @@ protocol BackendOwner: AnyObject, Sendable {
     func backendDidReadComplete()
     /// The backend's parameters were brought to what the session asked for (or that failed).
     func backendDidPrepare(_ result: Result<Void, BackendError>)
+    /// While leased, the database reported a new value of a tracked session parameter (after a
+    /// SET, RESET or the end of a transaction): the client's value from now on. Lowercased name.
+    func backendReportedParameter(name: String, value: String)
     /// The backend died while leased.
     func backendDidClose()
     /// The database connection's writability changed (the client should pause or resume).
@@ -261,6 +264,16 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
                 if let body = buffer.getSlice(at: buffer.readerIndex + 5, length: size - 5) {
                     let parameter = try PGParse.parameterStatus(body)
                     serverParameters[parameter.name] = parameter.value
+                    let name = parameter.name.lowercased()
+                    if TrackedParameters.isTracked(name) {
+                        // This backend now runs with the value, and so does its client.
+                        appliedParameters[name] = parameter.value
+                        if owner.eventLoop.inEventLoop {
+                            owner.backendReportedParameter(name: name, value: parameter.value)
+                        } else {
+                            owner.eventLoop.execute { owner.backendReportedParameter(name: name, value: parameter.value) }
+                        }
+                    }
                 }
             default:
                 break

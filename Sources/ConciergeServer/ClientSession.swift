@@ -795,6 +795,10 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             && transactionStatus == .idle
     }
 
+    func backendReportedParameter(name: String, value: String) {
+        desiredParameters[name] = value
+    }
+
     func backendDidClose() {
         guard backend != nil else { return }
         backend = nil

@@ -61,7 +61,8 @@ final class ProxyRuntime: @unchecked Sendable {
         self.users = UserDirectory(credentials: credentials, auth: configuration.auth)
         self.credentials = Dictionary(credentials.map { ($0.username, $0) }, uniquingKeysWith: { first, _ in first })
         self.classifierOptions = ClassifierOptions(
-            excludeVariableSets: configuration.targetGroup.connectionPoolConfig.excludesVariableSets)
+            excludeVariableSets: configuration.targetGroup.connectionPoolConfig.excludesVariableSets,
+            trackedParameters: TrackedParameters.names)
         // Until writer discovery (health checks, failover) exists, the first target is the writer.
         let target = configuration.targetGroup.targets[0].endpoint
         self.writer = try SocketAddress.makeAddressResolvingHost(target.host, port: target.port)

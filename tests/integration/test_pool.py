@@ -254,3 +254,44 @@ def test_cancel_only_cancels_that_clients_query(proxy, pg):
         assert results["b"][0] == "ok", f"B ended with {results['b']}"
         # A's connection is still good.
         assert a.execute("select 1").fetchone()[0] == 1
+
+
+@pytest.mark.proxy_only
+def test_tracked_parameters_do_not_pin_and_follow_the_client(proxy):
+    # SET of a parameter PostgreSQL reports (TimeZone, DateStyle, application_name, ...) does
+    # not pin: the proxy reads the reported value and brings each backend that serves the
+    # client to it. Two clients alternate on one backend and never see each other's values.
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=5)
+    with p.connect(prepare_threshold=None) as a, p.connect(prepare_threshold=None) as b:
+        default_tz = b.execute("show timezone").fetchone()[0]
+        a.execute("set timezone = 'America/New_York'")
+        a.execute("set datestyle to sql, dmy")
+        a.execute("set application_name = 'alpha'")
+        a.execute("set intervalstyle = 'iso_8601'")
+        for _ in range(3):
+            assert b.execute("show timezone").fetchone()[0] == default_tz
+            assert b.execute("show datestyle").fetchone()[0] == "ISO, MDY"
+            assert b.execute("show application_name").fetchone()[0] != "alpha"
+            assert a.execute("show timezone").fetchone()[0] == "America/New_York"
+            assert a.execute("show datestyle").fetchone()[0] == "SQL, DMY"
+            assert a.execute("show application_name").fetchone()[0] == "alpha"
+            assert a.execute("show intervalstyle").fetchone()[0] == "iso_8601"
+        # The client saw PostgreSQL's own ParameterStatus for each, and nothing else since.
+        assert a.info.parameter_status("TimeZone") == "America/New_York"
+        assert a.info.parameter_status("DateStyle") == "SQL, DMY"
+        assert b.info.parameter_status("TimeZone") == default_tz
+        # SET LOCAL lasts for its transaction only; RESET goes back to the default.
+        with a.transaction():
+            a.execute("set local timezone = 'Asia/Tokyo'")
+            assert a.execute("show timezone").fetchone()[0] == "Asia/Tokyo"
+        assert a.execute("show timezone").fetchone()[0] == "America/New_York"
+        assert b.execute("show timezone").fetchone()[0] == default_tz
+        a.execute("reset timezone")
+        assert b.execute("select 1").fetchone()[0] == 1
+        assert a.execute("show timezone").fetchone()[0] == default_tz
+        assert a.info.parameter_status("TimeZone") == default_tz
+        # A parameter that is not reported still pins.
+        a.execute("set work_mem = '8MB'")
+    log = p.log()
+    assert log.count("session pinned") == 1, log
+    assert "set_variable" in log
