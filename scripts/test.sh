@@ -30,6 +30,17 @@ if ! python3 -c 'import pytest, pytest_timeout, psycopg' 2>/dev/null; then
         python3 -m pip "${pip_args[@]}" --break-system-packages
 fi
 python3 -c 'import pytest, psycopg; print(f"pytest {pytest.__version__}, psycopg {psycopg.__version__}")'
+# The PostgreSQL JDBC driver (Debian's package) and a JDK to run the JDBC test's single-file source.
+jdbc_packages=()
+[[ -f /usr/share/java/postgresql.jar ]] || jdbc_packages+=(libpostgresql-jdbc-java)
+command -v javac >/dev/null || jdbc_packages+=(default-jdk-headless)
+if ((${#jdbc_packages[@]})); then
+    echo "installing ${jdbc_packages[*]} with apt-get"
+    sudo=""; [[ $(id -u) == 0 ]] || sudo=sudo
+    $sudo apt-get update -qq >/dev/null || true
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${jdbc_packages[@]}" >/dev/null
+fi
+echo "JDBC: $(readlink -f /usr/share/java/postgresql.jar), $(java -version 2>&1 | head -n 1)"
 swift --version 2>&1 | head -n 1
 
 section "build (swift build --build-tests)"

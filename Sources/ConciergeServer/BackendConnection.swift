@@ -10,12 +10,13 @@ protocol BackendOwner: AnyObject, Sendable {
     var eventLoop: any EventLoop { get }
     /// Complete messages from the database, in order, as one slice of the bytes read (to be
     /// forwarded as they are). `readyForQueryCount` ReadyForQuery messages are among them; the
-    /// last one carried `lastStatus`.
-    func backendDidRead(_ bytes: ByteBuffer, readyForQueryCount: Int, lastStatus: PGTransactionStatus)
+    /// last one carried `lastStatus`. `sawError`: an ErrorResponse came before the first of them.
+    func backendDidRead(_ bytes: ByteBuffer, readyForQueryCount: Int, lastStatus: PGTransactionStatus, sawError: Bool)
     /// The end of one read burst from the database: time to flush to the client.
     func backendDidReadComplete()
     /// The backend's parameters were brought to what the session asked for (or that failed).
-    func backendDidPrepare(_ result: Result<Void, BackendError>)
+    /// Success carries the parameter values the server has reported, by their reported names.
+    func backendDidPrepare(_ result: Result<[String: String], BackendError>)
     /// While leased, the database reported a new value of a tracked session parameter (after a
     /// SET, RESET or the end of a transaction): the client's value from now on. Lowercased name.
     func backendReportedParameter(name: String, value: String)
@@ -249,6 +250,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         let unread = buffer
         var readyCount = 0
         var lastStatus = PGTransactionStatus.idle
+        var sawError = false
         // Headers are peeked, not sliced: a result is mostly DataRows that need no look.
         while let (type, size) = try PGFraming.peekFrame(in: buffer, maxMessageSize: 1 << 30) {
             switch type {
@@ -260,6 +262,9 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
                     throw PGWireError.malformedMessage(type: type, reason: "invalid ReadyForQuery")
                 }
                 lastStatus = status
+            case PGMessageType.Backend.errorResponse:
+                // Only an error before the first ReadyForQuery answers the oldest query.
+                if readyCount == 0 { sawError = true }
             case PGMessageType.Backend.parameterStatus:
                 if let body = buffer.getSlice(at: buffer.readerIndex + 5, length: size - 5) {
                     let parameter = try PGParse.parameterStatus(body)
@@ -283,10 +288,10 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         let length = buffer.readerIndex - unread.readerIndex
         guard length > 0, let slice = unread.getSlice(at: unread.readerIndex, length: length) else { return }
         if owner.eventLoop.inEventLoop {
-            owner.backendDidRead(slice, readyForQueryCount: readyCount, lastStatus: lastStatus)
+            owner.backendDidRead(slice, readyForQueryCount: readyCount, lastStatus: lastStatus, sawError: sawError)
         } else {
-            owner.eventLoop.execute { [readyCount, lastStatus] in
-                owner.backendDidRead(slice, readyForQueryCount: readyCount, lastStatus: lastStatus)
+            owner.eventLoop.execute { [readyCount, lastStatus, sawError] in
+                owner.backendDidRead(slice, readyForQueryCount: readyCount, lastStatus: lastStatus, sawError: sawError)
             }
         }
     }
@@ -436,7 +441,8 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     }
 
     /// Tells the owner its backend is ready (or not), directly when both share an event loop.
-    private func notifyPrepared(_ owner: any BackendOwner, _ result: Result<Void, BackendError>) {
+    private func notifyPrepared(_ owner: any BackendOwner, _ outcome: Result<Void, BackendError>) {
+        let result = outcome.map { serverParameters }
         if owner.eventLoop.inEventLoop {
             owner.backendDidPrepare(result)
         } else {
@@ -536,6 +542,15 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
 
     static func quoteIdentifier(_ name: String) -> String {
         "\"" + name.replacingAll("\"", with: "\"\"") + "\""
+    }
+
+    /// The leasing session set `name` (lowercased) on this backend with SQL; nil: RESET.
+    func noteApplied(name: String, value: String?) {
+        if eventLoop.inEventLoop {
+            appliedParameters[name] = value
+        } else {
+            eventLoop.execute { self.appliedParameters[name] = value }
+        }
     }
 
     /// For messages the proxy builds on the client's behalf.

@@ -79,6 +79,16 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// Entries of `pending` other than `.query` and `.sync`: while zero, responses are forwarded
     /// without looking at them (one ReadyForQuery answers each entry).
     private var pendingTracked = 0
+    /// A `SET` sent alone outside a transaction (see `SQLTrackedSettings`): the client's value
+    /// once its ReadyForQuery arrives without an error.
+    private var pendingSetting: PendingSetting?
+
+    private struct PendingSetting {
+        var name: String
+        var value: String?
+        /// Sent as a Query, or its unnamed statement was executed (a Parse alone sets nothing).
+        var executed: Bool
+    }
     /// Portal → server-side statement of its Bind, for `cached plan must not change result type`.
     private var portalStatements: [String: String] = [:]
     private(set) var pinReasons: PinReasons = []
@@ -452,13 +462,40 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
 
     private func beginLogin() {
         state = .loggingIn
-        if let template = runtime.parameterTemplate(for: poolKey) {
+        if let template = runtime.parameterTemplate(for: poolKey), knowsCanonicalValues(template: template) {
             completeLogin(template: template)
             return
         }
         // First client of this user/database: a backend tells us what PostgreSQL reports (and
-        // whether the database exists at all). It is returned right away.
+        // whether the database exists at all). It is returned right away. The same for a client
+        // whose startup parameters PostgreSQL would report in a spelling not seen yet.
         borrowBackend()
+    }
+
+    /// Whether PostgreSQL's spelling of every tracked startup parameter is known (then
+    /// `desiredParameters` holds it): `DateStyle=iso` is reported as `ISO, MDY`,
+    /// `TimeZone=utc` as `UTC`.
+    private func knowsCanonicalValues(template: [StartupParameter]) -> Bool {
+        for (name, value) in desiredParameters where TrackedParameters.isTracked(name) {
+            if template.contains(where: { $0.value == value && $0.name.lowercased() == name }) { continue }
+            if name == "application_name", value.utf8.count < 64, value.utf8.allSatisfy({ (32...126).contains($0) }) {
+                continue  // reported as sent
+            }
+            guard let canonical = runtime.canonicalValue(of: name, as: value) else { return false }
+            desiredParameters[name] = canonical
+        }
+        return true
+    }
+
+    /// After a login that used a backend: the values it reports are PostgreSQL's spelling of
+    /// what the client asked for.
+    private func learnCanonicalValues(from reported: [String: String]) {
+        for (reportedName, reportedValue) in reported {
+            let name = reportedName.lowercased()
+            guard TrackedParameters.isTracked(name), let requested = desiredParameters[name] else { continue }
+            if requested != reportedValue { runtime.learnCanonicalValue(of: name, as: requested, reportedValue) }
+            desiredParameters[name] = reportedValue
+        }
     }
 
     private func completeLogin(template: [StartupParameter]) {
@@ -467,7 +504,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         for parameter in template {
             var value = parameter.value
             if let requested = desiredParameters[parameter.name.lowercased()] {
-                value = Self.canonical(parameter: parameter.name, value: requested)
+                value = requested
             }
             PGEncode.parameterStatus(name: parameter.name, value: value, into: &out)
         }
@@ -482,17 +519,6 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             borrowBackend()
         }
         resumeReadsIfNeeded()
-    }
-
-    /// The spelling PostgreSQL reports for a few settings clients commonly write loosely.
-    static func canonical(parameter: String, value: String) -> String {
-        switch parameter.lowercased() {
-        case "client_encoding":
-            let compact = value.uppercased().replacingAll("-", with: "")
-            return compact == "UNICODE" ? "UTF8" : compact
-        default:
-            return value
-        }
     }
 
     // MARK: Data path
@@ -510,8 +536,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         }
         switch type {
         case PGMessageType.Frontend.query:
-            classify(try PGParse.queryBytes(frame.body))
+            classify(try PGParse.queryBytes(frame.body), loneSetAllowed: isBetweenTransactions && backend == nil)
         case PGMessageType.Frontend.parse:
+            let startsBatch = isBetweenTransactions && backend == nil
             pendingUnsynced = true
             var body = frame.body
             guard let name = body.readNullTerminatedSlice(), let query = body.readNullTerminatedSlice() else {
@@ -519,7 +546,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 return
             }
             // Named statements do not pin: the proxy prepares them on whichever backend serves.
-            classify(query)
+            // A lone tracked SET may, as the unnamed statement of a new batch (JDBC's way).
+            classify(query, loneSetAllowed: startsBatch && name.readableBytes == 0)
             if name.readableBytes > 0, answersLocally {
                 // No backend serves this client: acknowledge now, prepare on first use. A client
                 // that prepares on one connection while its others hold backends in open
@@ -605,13 +633,21 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
 
     /// Pins the session when the SQL changes session state. Reads the bytes in place: no
     /// String is built unless a pin is logged.
-    private func classify(_ sql: ByteBuffer) {
-        let reasons = sql.withUnsafeReadableBytes {
-            SQLClassifier.classify($0, options: runtime.classifierOptions).pinReasons
+    private func classify(_ sql: ByteBuffer, loneSetAllowed: Bool = false) {
+        let classification = sql.withUnsafeReadableBytes {
+            SQLClassifier.classify($0, options: runtime.classifierOptions)
         }
-        if !reasons.isEmpty {
-            pin(reasons, statement: sql)
+        let reasons = classification.pinReasons
+        guard !reasons.isEmpty else { return }
+        if loneSetAllowed, reasons == .setVariable, pinReasons.isEmpty,
+           let setting = SQLTrackedSettings.setting(of: classification)
+        {
+            // A lone `SET extra_float_digits = 3` outside a transaction (what JDBC sends after
+            // login): recorded when it succeeds, carried to every backend like a tracked one.
+            pendingSetting = PendingSetting(name: setting.name, value: setting.value, executed: false)
+            return
         }
+        pin(reasons, statement: sql)
     }
 
     private func pin(_ reasons: PinReasons, statement: ByteBuffer) {
@@ -713,13 +749,14 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
 
     // MARK: BackendOwner
 
-    func backendDidPrepare(_ result: Result<Void, BackendError>) {
+    func backendDidPrepare(_ result: Result<[String: String], BackendError>) {
         guard let backend else { return }
         switch result {
-        case .success:
+        case .success(let reported):
             if case .loggingIn = state {
                 // The login probe: learn the parameters, give the backend back, finish login.
                 backendReady = true
+                learnCanonicalValues(from: reported)
                 let template = runtime.parameterTemplate(for: poolKey) ?? []
                 if held.isEmpty {
                     releaseBackend()
@@ -759,8 +796,21 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         resumeReadsIfNeeded()
     }
 
-    func backendDidRead(_ bytes: ByteBuffer, readyForQueryCount: Int, lastStatus: PGTransactionStatus) {
+    func backendDidRead(_ bytes: ByteBuffer, readyForQueryCount: Int, lastStatus: PGTransactionStatus, sawError: Bool) {
         guard let context, let backend else { return }
+        if let setting = pendingSetting, sawError || readyForQueryCount > 0 {
+            pendingSetting = nil
+            if !sawError, setting.executed {
+                if lastStatus == .idle {
+                    desiredParameters[setting.name] = setting.value
+                    backend.noteApplied(name: setting.name, value: setting.value)
+                } else {
+                    // The batch opened a transaction around it (BEGIN later in the batch): its
+                    // outcome is unknown until then, so the session keeps this backend.
+                    pin(.setVariable, statement: ByteBuffer(string: setting.name))
+                }
+            }
+        }
         if pendingTracked == 0 {
             context.write(wrapOutboundOut(bytes), promise: nil)
             // Only Query and Sync entries: one ReadyForQuery each.
@@ -939,6 +989,7 @@ extension ClientSession {
         if Self.isSyncPoint(type) { outstandingSyncs += 1 }
         switch type {
         case PGMessageType.Frontend.query, PGMessageType.Frontend.functionCall:
+            if type == PGMessageType.Frontend.query { pendingSetting?.executed = true }
             if !pinReasons.isDisjoint(with: [.discard, .sqlPrepare]) {
                 // DISCARD ALL or DEALLOCATE may remove statements behind the proxy's back.
                 backend.statementCache.removeAll()
@@ -966,6 +1017,7 @@ extension ClientSession {
                 appendPending(kind == UInt8(ascii: "S") ? .describeStatement : .describePortal)
             }
         case PGMessageType.Frontend.execute:
+            pendingSetting?.executed = true
             var body = frame.body
             let portal = body.readNullTerminatedSlice().map { String(buffer: $0) } ?? ""
             backend.write(frame.bytes)

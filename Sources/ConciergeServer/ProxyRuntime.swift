@@ -33,6 +33,7 @@ final class ProxyRuntime: @unchecked Sendable {
 
     private struct MutableState {
         var listeners: [any Channel] = []
+        var canonicalValues: [String: String] = [:]
         var sessions: [Int32: ClientSession] = [:]
         var templates: [PoolKey: [StartupParameter]] = [:]
         /// The writer's `max_connections`, once read.
@@ -135,6 +136,20 @@ final class ProxyRuntime: @unchecked Sendable {
                     "concierge.max_idle_connections": "\(newLimits.maxIdleConnections)",
                 ])
             pool.updateLimits(newLimits)
+        }
+    }
+
+    /// PostgreSQL's spelling of a tracked parameter's value as a client wrote it, once a
+    /// backend reported it (lowercased name).
+    func canonicalValue(of name: String, as value: String) -> String? {
+        state.withLockedValue { $0.canonicalValues[name + "\u{0}" + value] }
+    }
+
+    func learnCanonicalValue(of name: String, as value: String, _ canonical: String) {
+        state.withLockedValue { state in
+            // Bounded: distinct spellings are few; a client inventing many only costs backends.
+            if state.canonicalValues.count >= 10_000 { state.canonicalValues.removeAll() }
+            state.canonicalValues[name + "\u{0}" + value] = canonical
         }
     }
 

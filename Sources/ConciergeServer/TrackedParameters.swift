@@ -1,3 +1,5 @@
+import SQLClassifier
+
 /// Session parameters the proxy carries from backend to backend, so that setting them does not
 /// pin: the ones PostgreSQL reports to the client with ParameterStatus whenever they change
 /// (GUC_REPORT) and that a session may set.
@@ -26,5 +28,48 @@ enum TrackedParameters {
     /// Whether a reported parameter is carried to the next backend.
     static func isTracked(_ lowercasedName: String) -> Bool {
         names.contains(lowercasedName)
+    }
+}
+
+/// Parameters PostgreSQL does not report but that drivers set right after login: a lone `SET` of
+/// one, outside a transaction, does not pin. The proxy reads the value from the statement and
+/// keeps it once the database accepted it (no ErrorResponse before ReadyForQuery); a lone
+/// statement outside a transaction block commits by itself, so it cannot be rolled back later.
+/// Anywhere else (in a transaction, with other statements) such a SET still pins.
+enum SQLTrackedSettings {
+    static let names: Set<String> = [
+        "extra_float_digits",  // the PostgreSQL JDBC driver
+        "statement_timeout",
+        "lock_timeout",
+        "idle_in_transaction_session_timeout",
+        "bytea_output",
+    ]
+
+    /// The (lowercased name, value) a classification's only statement sets, nil value for a
+    /// RESET; nil when it is anything else or the value is not a single plain token.
+    static func setting(of classification: Classification) -> (name: String, value: String?)? {
+        guard classification.statementCount == 1, classification.setCommands.count == 1 else { return nil }
+        let command = classification.setCommands[0]
+        guard command.scope == .session, names.contains(command.name) else { return nil }
+        if command.isReset { return (command.name, nil) }
+        guard let raw = command.value, let value = plainValue(raw) else { return nil }
+        return (command.name, value)
+    }
+
+    /// `3`, `-1`, `'5s'`, `hex`: one number, word or simple quoted string, unquoted.
+    static func plainValue(_ raw: String) -> String? {
+        let bytes = Array(raw.utf8)
+        guard !bytes.isEmpty, bytes.count <= 64 else { return nil }
+        if bytes.first == UInt8(ascii: "'") {
+            guard bytes.count >= 2, bytes.last == UInt8(ascii: "'") else { return nil }
+            let inner = bytes[1..<(bytes.count - 1)]
+            guard !inner.contains(UInt8(ascii: "'")), !inner.contains(UInt8(ascii: "\\")) else { return nil }
+            return String(decoding: inner, as: UTF8.self)
+        }
+        let allowed = { (b: UInt8) -> Bool in
+            (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A)
+                || b == UInt8(ascii: "_") || b == UInt8(ascii: "-") || b == UInt8(ascii: ".")
+        }
+        return bytes.allSatisfy(allowed) ? raw : nil
     }
 }

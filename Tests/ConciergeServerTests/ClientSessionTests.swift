@@ -169,10 +169,4 @@ import Testing
         #expect(BackendConnection.quoteLiteral("it's a \\ test") == "E'it''s a \\\\ test'")
         #expect(BackendConnection.quoteIdentifier("we\"ird") == "\"we\"\"ird\"")
     }
-
-    @Test func clientEncodingIsReportedInPostgreSQLSpelling() {
-        #expect(ClientSession.canonical(parameter: "client_encoding", value: "utf-8") == "UTF8")
-        #expect(ClientSession.canonical(parameter: "client_encoding", value: "unicode") == "UTF8")
-        #expect(ClientSession.canonical(parameter: "application_name", value: "x") == "x")
-    }
 }

@@ -1,12 +1,16 @@
 """Pool behaviour: borrow timeout, pinning, and startup parameters across shared backends."""
 
+import os
+import shutil
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
 
-from helpers import wait_for
+from helpers import DIRECT, wait_for
 
 DEFAULT_SEARCH_PATH = '"$user", public'
 
@@ -295,3 +299,69 @@ def test_tracked_parameters_do_not_pin_and_follow_the_client(proxy):
     log = p.log()
     assert log.count("session pinned") == 1, log
     assert "set_variable" in log
+
+
+JDBC_JAR = "/usr/share/java/postgresql.jar"
+
+
+@pytest.mark.skipif(not os.path.exists(JDBC_JAR) or not shutil.which("java"),
+                    reason="needs java and Debian's libpostgresql-jdbc-java (scripts/test.sh installs it)")
+def test_jdbc_driver_defaults_multiplex_without_pinning(proxy, pg):
+    # The PostgreSQL JDBC driver with its defaults (server-side prepare from the 5th execution)
+    # and 8 connections sharing 2 backends: every result checked, no pinned client.
+    pg.query("grant create on schema public to app")
+    p = proxy(max_connections_percent=2, connection_borrow_timeout=30, debug_logging=True)
+    source = Path(__file__).parent / "java" / "JdbcWorkload.java"
+    url = f"jdbc:postgresql://{p.host}:{p.port}/app"
+    proc = subprocess.run(["java", "-cp", JDBC_JAR, str(source), url, "app", p.passwords["app"], "8", "40"],
+                          capture_output=True, text=True, timeout=240)
+    print(proc.stdout[-2000:], proc.stderr[-2000:])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "ok 320"
+    if not DIRECT:
+        assert "pinned" not in p.log(), p.log()
+
+
+def test_startup_parameters_are_reported_in_postgresqls_spelling(proxy):
+    # What a client asks for at startup comes back in ParameterStatus as PostgreSQL spells it,
+    # for the first such client (the proxy asks a backend) and the next ones (it remembers).
+    p = proxy()
+    expected = {"DateStyle": "ISO, DMY", "TimeZone": "UTC", "IntervalStyle": "iso_8601",
+                "client_encoding": "UTF8", "application_name": "spelling"}
+    for _ in range(3):
+        with p.connect(client_encoding="utf-8", application_name="spelling",
+                       options="-c datestyle=iso,dmy -c timezone=utc -c intervalstyle=ISO_8601") as c:
+            seen = {name: c.info.parameter_status(name) for name in expected}
+            assert seen == expected
+            assert c.execute("show datestyle").fetchone()[0] == "ISO, DMY"
+            assert c.execute("show timezone").fetchone()[0] == "UTC"
+
+
+@pytest.mark.proxy_only
+def test_a_lone_set_of_a_driver_setting_does_not_pin(proxy):
+    # `SET extra_float_digits = 3` alone, outside a transaction (JDBC sends it after login, with
+    # the extended protocol): kept by the proxy and carried to every backend, not pinned. In a
+    # transaction, or failing, it is not recorded as a success: the former pins, the latter
+    # leaves the client's value as it was.
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=5)
+    with p.connect(prepare_threshold=None) as a, p.connect(prepare_threshold=None) as b:
+        default = b.execute("show extra_float_digits").fetchone()[0]
+        a.execute("set extra_float_digits = 3")           # extended protocol (psycopg)
+        with a.cursor() as cur:
+            cur.execute("set statement_timeout to '7s'", prepare=False)
+        a.execute("select 1")
+        with pytest.raises(psycopg.Error):
+            a.execute("set lock_timeout = 'not a duration'")
+        for _ in range(3):
+            assert b.execute("show extra_float_digits").fetchone()[0] == default
+            assert b.execute("show statement_timeout").fetchone()[0] == "0"
+            assert a.execute("show extra_float_digits").fetchone()[0] == "3"
+            assert a.execute("show statement_timeout").fetchone()[0] == "7s"
+            assert a.execute("show lock_timeout").fetchone()[0] == "0"
+        a.execute("reset extra_float_digits")
+        assert b.execute("select 1").fetchone()[0] == 1
+        assert a.execute("show extra_float_digits").fetchone()[0] == default
+        assert "pinned" not in p.log(), p.log()
+        with a.transaction():
+            a.execute("set extra_float_digits = 2")
+    assert "session pinned" in p.log()
