@@ -48,6 +48,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// applied to whichever backend serves it.
     private var desiredParameters: [String: String] = [:]
     private var poolKey = PoolKey(user: "", database: "")
+    /// The proxy's, with the parameters this server reports (set at login).
+    private lazy var classifierOptions = runtime.classifierOptions
 
     // Data path
     private var backend: BackendConnection?
@@ -510,6 +512,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         }
         PGEncode.backendKeyData(processID: processID, secretKey: secretKey, into: &out)
         PGEncode.readyForQuery(.idle, into: &out)
+        classifierOptions = runtime.classifierOptions(for: poolKey)
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
         state = .ready
         userEntry = nil
@@ -635,7 +638,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// String is built unless a pin is logged.
     private func classify(_ sql: ByteBuffer, loneSetAllowed: Bool = false) {
         let classification = sql.withUnsafeReadableBytes {
-            SQLClassifier.classify($0, options: runtime.classifierOptions)
+            SQLClassifier.classify($0, options: classifierOptions)
         }
         let reasons = classification.pinReasons
         guard !reasons.isEmpty else { return }
@@ -828,6 +831,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             // move to another client (and its read-complete) before this call returns.
             context.flush()
             releaseBackend()
+            // Shutting down: this was the client's last transaction. (Not left to the backend's
+            // read-complete, which no longer reaches a session that gave the backend back.)
+            if draining { fail(with: ClientErrors.shuttingDown) }
         }
     }
 

@@ -36,6 +36,8 @@ final class ProxyRuntime: @unchecked Sendable {
         var canonicalValues: [String: String] = [:]
         var sessions: [Int32: ClientSession] = [:]
         var templates: [PoolKey: [StartupParameter]] = [:]
+        /// Per user and database: the classifier options with the server's tracked parameters.
+        var loginClassifierOptions: [PoolKey: ClassifierOptions] = [:]
         /// The writer's `max_connections`, once read.
         var databaseMaxConnections: Int?
         var draining = false
@@ -120,6 +122,9 @@ final class ProxyRuntime: @unchecked Sendable {
         let newLimits: PoolLimits? = state.withLockedValue { state in
             if state.templates[connection.key] == nil {
                 state.templates[connection.key] = template
+                var options = classifierOptions
+                options.trackedParameters = TrackedParameters.names(reportedAtLogin: template)
+                state.loginClassifierOptions[connection.key] = options
             }
             if state.databaseMaxConnections == nil, let value = connection.maxConnections {
                 state.databaseMaxConnections = value
@@ -154,6 +159,11 @@ final class ProxyRuntime: @unchecked Sendable {
     }
 
     /// ParameterStatus values PostgreSQL reports at login for this user and database, once known.
+    /// Classifier options for clients of `key`, once a backend told which parameters it reports.
+    func classifierOptions(for key: PoolKey) -> ClassifierOptions {
+        state.withLockedValue { $0.loginClassifierOptions[key] } ?? classifierOptions
+    }
+
     func parameterTemplate(for key: PoolKey) -> [StartupParameter]? {
         state.withLockedValue { $0.templates[key] }
     }

@@ -1,3 +1,4 @@
+import PostgresWire
 import SQLClassifier
 
 /// Session parameters the proxy carries from backend to backend, so that setting them does not
@@ -10,12 +11,10 @@ import SQLClassifier
 /// next backend that serves the client is brought to those values before the client's first
 /// message (BackendConnection.parameterSyncSQL).
 enum TrackedParameters {
-    /// Lowercased names. Every supported PostgreSQL version reports these. Also reported, but
-    /// not carried: `is_superuser`, `server_version`, `server_encoding`, `integer_datetimes`,
-    /// `in_hot_standby` (read-only), `session_authorization` (pins), and the ones only recent
-    /// versions report (`default_transaction_read_only` from 14, `scram_iterations` from 16,
-    /// `search_path` from 18): on an older server a SET of them would go unreported and leak,
-    /// so they keep pinning.
+    /// Lowercased names every supported PostgreSQL version reports: used until the server's own
+    /// list is known (the first login of a user and database). After that, any parameter the
+    /// server reports at login and a session can set counts (`names(reportedAtLogin:)`); one it
+    /// does not report keeps pinning, since its changes would go unseen.
     static let names: Set<String> = [
         "application_name",
         "client_encoding",
@@ -25,9 +24,27 @@ enum TrackedParameters {
         "timezone",
     ]
 
-    /// Whether a reported parameter is carried to the next backend.
+    /// Reported parameters a session cannot set (read-only), or whose change pins anyway.
+    static let notCarried: Set<String> = [
+        "is_superuser", "server_version", "server_encoding", "integer_datetimes", "in_hot_standby",
+        "session_authorization",
+    ]
+
+    /// Whether a parameter the server reported is carried to the next backend: any it reports
+    /// that a session can set.
     static func isTracked(_ lowercasedName: String) -> Bool {
-        names.contains(lowercasedName)
+        !notCarried.contains(lowercasedName)
+    }
+
+    /// The parameters whose SET does not pin on a server that reports `reported` at login (so
+    /// `default_transaction_read_only` from PostgreSQL 14 on, `scram_iterations` from 16).
+    static func names(reportedAtLogin reported: [StartupParameter]) -> Set<String> {
+        var names = Self.names
+        for parameter in reported {
+            let name = parameter.name.lowercased()
+            if isTracked(name) { names.insert(name) }
+        }
+        return names
     }
 }
 

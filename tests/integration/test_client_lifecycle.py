@@ -122,8 +122,9 @@ def test_idle_timeout_closes_pinned_clients_and_frees_their_backend(proxy, pg):
     # backend is closed with it (its session state must not reach anyone else).
     p = proxy(idle_client_timeout=1)
     with p.wire() as pinned:
-        pinned.startup("app", p.passwords["app"])
-        pinned.query("set application_name = 'pinned_idle'")
+        # application_name (tracked, no pin) names the backend; work_mem pins it.
+        pinned.startup("app", p.passwords["app"], application_name="pinned_idle")
+        pinned.query("set work_mem = '5MB'")
         assert pg.scalar("select count(*) from pg_stat_activity where application_name = 'pinned_idle'") == 1
 
         def closed() -> bool:

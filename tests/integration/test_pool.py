@@ -365,3 +365,44 @@ def test_a_lone_set_of_a_driver_setting_does_not_pin(proxy):
         with a.transaction():
             a.execute("set extra_float_digits = 2")
     assert "session pinned" in p.log()
+
+
+@pytest.mark.proxy_only
+def test_cursors_and_advisory_locks_pin_only_when_they_outlive_the_transaction(proxy):
+    # DECLARE without HOLD and the _xact_ advisory locks end with their transaction: no pin.
+    # WITH HOLD cursors and session-level advisory locks outlive it: they pin (and work).
+    p = proxy(max_connections_percent=2, connection_borrow_timeout=5)
+    with p.connect(prepare_threshold=None) as a:
+        with a.transaction():
+            a.execute("declare c1 cursor for select generate_series(1, 3)")
+            assert a.execute("fetch 2 from c1").fetchall() == [(1,), (2,)]
+            a.execute("select pg_advisory_xact_lock(42)")
+        assert a.execute("select pg_try_advisory_xact_lock(43)").fetchone()[0] is True
+        assert "pinned" not in p.log()
+    with p.connect(prepare_threshold=None) as b:
+        b.execute("declare c2 cursor with hold for select generate_series(1, 3)")
+        assert b.execute("fetch 1 from c2").fetchall() == [(1,)]
+        assert b.execute("fetch 1 from c2").fetchall() == [(2,)]
+    wait_for(lambda: "cursor_with_hold" in p.log(), 5, "the WITH HOLD pin to be logged")
+    with p.connect(prepare_threshold=None) as c:
+        c.execute("select pg_advisory_lock(44)")
+        pid = c.execute("select pg_backend_pid()").fetchone()[0]
+        assert c.execute("select count(*) from pg_locks where locktype = 'advisory' and pid = %s",
+                         (pid,)).fetchone()[0] == 1
+    wait_for(lambda: "advisory_lock" in p.log(), 5, "the advisory lock pin to be logged")
+
+
+@pytest.mark.proxy_only
+def test_parameters_the_server_reports_are_tracked_whatever_their_name(proxy, pg):
+    # PostgreSQL 14+ also reports default_transaction_read_only: on such a server its SET does
+    # not pin either (the proxy takes the list from what the server reports at login).
+    if pg.scalar("show server_version_num") < "140000":
+        pytest.skip("default_transaction_read_only is reported from PostgreSQL 14")
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=5)
+    with p.connect(prepare_threshold=None) as a, p.connect(prepare_threshold=None) as b:
+        a.execute("set default_transaction_read_only = on")
+        for _ in range(2):
+            assert b.execute("show default_transaction_read_only").fetchone()[0] == "off"
+            assert a.execute("show default_transaction_read_only").fetchone()[0] == "on"
+        assert a.info.parameter_status("default_transaction_read_only") == "on"
+    assert "pinned" not in p.log(), p.log()
