@@ -77,7 +77,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// The client's named statements.
     private var statements: [String: ClientStatement] = [:]
     /// What the backend owes, in order, for what was sent to it.
-    private var pending = CircularBuffer<PendingResponse>(initialCapacity: 4)
+    /// (An array: no storage until a client uses the extended protocol; entries are few.)
+    private var pending: [PendingResponse] = []
     /// Entries of `pending` other than `.query` and `.sync`: while zero, responses are forwarded
     /// without looking at them (one ReadyForQuery answers each entry).
     private var pendingTracked = 0
@@ -817,7 +818,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         if pendingTracked == 0 {
             context.write(wrapOutboundOut(bytes), promise: nil)
             // Only Query and Sync entries: one ReadyForQuery each.
-            for _ in 0..<min(readyForQueryCount, pending.count) { pending.removeFirst() }
+            pending.removeFirst(min(readyForQueryCount, pending.count))
         } else {
             relayTracked(bytes, from: backend, context: context)
         }

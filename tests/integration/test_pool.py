@@ -390,6 +390,38 @@ def test_cursors_and_advisory_locks_pin_only_when_they_outlive_the_transaction(p
         assert c.execute("select count(*) from pg_locks where locktype = 'advisory' and pid = %s",
                          (pid,)).fetchone()[0] == 1
     wait_for(lambda: "advisory_lock" in p.log(), 5, "the advisory lock pin to be logged")
+    # SQL-level PREPARE still pins (its statement lives in the backend's session).
+    with p.connect(prepare_threshold=None) as d:
+        d.execute("prepare sql_level as select 41 + 1")
+        assert d.execute("execute sql_level").fetchone()[0] == 42
+        assert d.execute("execute sql_level").fetchone()[0] == 42
+    wait_for(lambda: "sql_prepare" in p.log(), 5, "the PREPARE pin to be logged")
+
+
+@pytest.mark.proxy_only
+def test_a_forged_or_stale_cancel_key_cancels_nothing(proxy):
+    # The proxy issues each client's BackendKeyData. A CancelRequest with a wrong secret for a
+    # live client's process id, or with the key of a client that has left, cancels nothing.
+    import struct
+    from pgwire import message
+    p = proxy()
+    with p.wire() as gone:
+        gone.startup("app", p.passwords["app"])
+        stale = gone.backend_key
+    with p.wire() as c:
+        c.startup("app", p.passwords["app"])
+        pid, secret = c.backend_key
+        c.send(message(b"Q", b"select pg_sleep(1.5), 'survived'\0"))
+        time.sleep(0.3)  # the query is running on a backend (a cancel would hit it now)
+        for key in [(pid, (secret + 1) & 0xFFFFFFFF), stale]:
+            with p.wire() as w:
+                w.send(struct.pack("!IIII", 16, 80877102, *key))
+                assert w.read_bytes_until_eof(timeout=5) == b""
+        c.expect(b"T")
+        row = c.expect(b"D")
+        assert row.payload.endswith(b"survived")
+        c.expect(b"C")
+        c.expect(b"Z")
 
 
 @pytest.mark.proxy_only
