@@ -147,7 +147,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         let promise = eventLoop.makePromise(of: BackendConnection.self)
         connection.setupPromise = promise
         ClientBootstrap(group: eventLoop)
-            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             .channelOption(ChannelOptions.socketOption(.so_keepalive), value: 1)
             .connectTimeout(.seconds(10))
             .channelInitializer { channel in

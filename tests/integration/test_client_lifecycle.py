@@ -1,9 +1,11 @@
 """Clients that die, idle out, or exceed the limit: nothing is left behind on the database."""
 
+import os
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -153,3 +155,86 @@ def test_database_down_gives_a_clear_error_and_the_proxy_keeps_running(proxy):
         assert proc.returncode != 0
         assert "could not connect to the database" in proc.stderr, proc.stderr
     assert p.alive()
+
+
+@pytest.mark.proxy_only
+def test_client_and_backend_sockets_disable_nagle(proxy):
+    # Every connected TCP socket of the proxy (clients and backends) has TCP_NODELAY: small
+    # protocol messages must not wait for the peer's ACK. (A bug set SO_DEBUG instead.)
+    import ctypes
+    import socket
+    p = proxy()
+    with p.connect() as a, p.connect() as b:
+        a.execute("select 1")
+        b.execute("select 1")
+        libc = ctypes.CDLL(None, use_errno=True)
+        pidfd = os.pidfd_open(p.proc.pid)
+        checked = 0
+        try:
+            for entry in os.listdir(f"/proc/{p.proc.pid}/fd"):
+                if not os.readlink(f"/proc/{p.proc.pid}/fd/{entry}").startswith("socket:"):
+                    continue
+                fd = libc.syscall(438, pidfd, int(entry), 0)  # pidfd_getfd
+                if fd < 0:
+                    pytest.skip(f"pidfd_getfd: errno {ctypes.get_errno()}")
+                s = socket.socket(fileno=fd)
+                try:
+                    if s.family not in (socket.AF_INET, socket.AF_INET6) or s.type != socket.SOCK_STREAM:
+                        continue
+                    try:
+                        s.getpeername()
+                    except OSError:
+                        continue  # a listener
+                    assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0, \
+                        f"fd {entry} {s.getsockname()} -> {s.getpeername()} has Nagle on"
+                    checked += 1
+                finally:
+                    s.close()
+        finally:
+            os.close(pidfd)
+        assert checked >= 3, f"only {checked} connected sockets found"
+
+
+@pytest.mark.proxy_only
+def test_serves_when_run_as_an_unprivileged_user(pg, concierge_bin, tmp_path):
+    # Operators run the proxy as a plain user. A socket option that needs privileges (a bug set
+    # SO_DEBUG, allowed only to root, on every client socket) must not break it.
+    import pwd
+    import shutil
+    import tempfile
+    from helpers import clean_env, free_port, proxy_config, to_yaml, write_secret
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to an unprivileged user")
+    user = "concierge-pg"  # created by scripts/pg.sh for PostgreSQL itself
+    entry = pwd.getpwnam(user)
+    workdir = Path(tempfile.mkdtemp(prefix="concierge-unprivileged-"))
+    try:
+        secrets = {name: write_secret(workdir / f"{name}.json", name, password)
+                   for name, password in pg.passwords.items()}
+        port = free_port()
+        config = proxy_config(listen_port=port, db_port=pg.port, secrets=secrets)
+        (workdir / "concierge.yaml").write_text(to_yaml(config) + "\n")
+        for path in [workdir, *workdir.iterdir()]:
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        binary = workdir / "concierge"
+        shutil.copy(concierge_bin, binary)
+        os.chown(binary, entry.pw_uid, entry.pw_gid)
+        proc = subprocess.Popen(["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups",
+                                 str(binary), "serve", "--config", str(workdir / "concierge.yaml")],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=clean_env(), cwd=workdir)
+        try:
+            def served() -> bool:
+                try:
+                    with psycopg.connect(host="127.0.0.1", port=port, user="app", dbname="app",
+                                         password=pg.passwords["app"], sslmode="disable",
+                                         connect_timeout=2) as c:
+                        return c.execute("select current_user").fetchone()[0] == "app"
+                except psycopg.OperationalError:
+                    assert proc.poll() is None, proc.stdout.read().decode()
+                    return False
+            wait_for(served, 20, "a query through the proxy run as an unprivileged user")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
