@@ -228,16 +228,20 @@ final class ProxyRuntime: @unchecked Sendable {
         return bootstrap
             .serverChannelOption(ChannelOptions.backlog, value: 4096)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
-            .childChannelOption(ChannelOptions.socketOption(.so_keepalive), value: 1)
-            .childChannelOption(ChannelOptions.maxMessagesPerRead, value: 16)
-            // Idle clients dominate memory: start each with a small receive buffer; it grows
-            // (up to 64 KiB) for clients that send more.
-            .childChannelOption(
-                ChannelOptions.recvAllocator,
-                value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65_536))
+            // TCP_NODELAY (NIO's default) is set on each accepted socket by NIO itself.
             .childChannelInitializer { [unowned self] channel in
                 channel.eventLoop.makeCompletedFuture {
+                    // Set synchronously here rather than as child options, which NIO applies
+                    // one future at a time for every accepted connection.
+                    if let options = channel.syncOptions {
+                        try options.setOption(ChannelOptions.socketOption(.so_keepalive), value: 1)
+                        try options.setOption(ChannelOptions.maxMessagesPerRead, value: 16)
+                        // Idle clients dominate memory: start each with a small receive buffer;
+                        // it grows (up to 64 KiB) for clients that send more.
+                        try options.setOption(
+                            ChannelOptions.recvAllocator,
+                            value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65_536))
+                    }
                     let session = self.makeSession(on: channel.eventLoop)
                     try channel.pipeline.syncOperations.addHandler(session)
                 }
@@ -248,11 +252,10 @@ final class ProxyRuntime: @unchecked Sendable {
         clientCount.add(1, ordering: .relaxed)
         return state.withLockedValue { state in
             // One draw gives both halves of the cancel key; redraw on a (rare) pid collision.
-            var generator = SystemRandomNumberGenerator()
             var key: UInt64
             var processID: Int32
             repeat {
-                key = generator.next()
+                key = SecureRandom.uint64()
                 processID = Int32(truncatingIfNeeded: key & 0x7FFF_FFFF)
             } while processID == 0 || state.sessions[processID] != nil
             let loopSessions = self.loopSessions[ObjectIdentifier(eventLoop)] ?? LoopSessions(eventLoop: eventLoop)
