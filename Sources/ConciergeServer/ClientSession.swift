@@ -478,9 +478,11 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// Whether PostgreSQL's spelling of every tracked startup parameter is known (then
     /// `desiredParameters` holds it): `DateStyle=iso` is reported as `ISO, MDY`,
     /// `TimeZone=utc` as `UTC`.
-    private func knowsCanonicalValues(template: [StartupParameter]) -> Bool {
+    private func knowsCanonicalValues(template: LoginTemplate) -> Bool {
         for (name, value) in desiredParameters where TrackedParameters.isTracked(name) {
-            if template.contains(where: { $0.value == value && $0.name.lowercased() == name }) { continue }
+            if let index = template.lowercasedNames.firstIndex(of: name), template.parameters[index].value == value {
+                continue
+            }
             if name == "application_name", value.utf8.count < 64, value.utf8.allSatisfy({ (32...126).contains($0) }) {
                 continue  // reported as sent
             }
@@ -501,15 +503,18 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         }
     }
 
-    private func completeLogin(template: [StartupParameter]) {
+    private func completeLogin(template: LoginTemplate) {
         guard let context else { return }
         var out = context.channel.allocator.buffer(capacity: 512)
-        for parameter in template {
-            var value = parameter.value
-            if let requested = desiredParameters[parameter.name.lowercased()] {
-                value = requested
+        for index in template.parameters.indices {
+            if !desiredParameters.isEmpty, let requested = desiredParameters[template.lowercasedNames[index]],
+               requested != template.parameters[index].value
+            {
+                PGEncode.parameterStatus(name: template.parameters[index].name, value: requested, into: &out)
+            } else {
+                var encoded = template.encoded[index]
+                out.writeBuffer(&encoded)
             }
-            PGEncode.parameterStatus(name: parameter.name, value: value, into: &out)
         }
         PGEncode.backendKeyData(processID: processID, secretKey: secretKey, into: &out)
         PGEncode.readyForQuery(.idle, into: &out)
@@ -761,7 +766,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 // The login probe: learn the parameters, give the backend back, finish login.
                 backendReady = true
                 learnCanonicalValues(from: reported)
-                let template = runtime.parameterTemplate(for: poolKey) ?? []
+                let template = runtime.parameterTemplate(for: poolKey) ?? LoginTemplate([])
                 if held.isEmpty {
                     releaseBackend()
                     completeLogin(template: template)

@@ -35,7 +35,7 @@ final class ProxyRuntime: @unchecked Sendable {
         var listeners: [any Channel] = []
         var canonicalValues: [String: String] = [:]
         var sessions: [Int32: ClientSession] = [:]
-        var templates: [PoolKey: [StartupParameter]] = [:]
+        var templates: [PoolKey: LoginTemplate] = [:]
         /// Per user and database: the classifier options with the server's tracked parameters.
         var loginClassifierOptions: [PoolKey: ClassifierOptions] = [:]
         /// The writer's `max_connections`, once read.
@@ -121,7 +121,7 @@ final class ProxyRuntime: @unchecked Sendable {
         let template = connection.loginParameters
         let newLimits: PoolLimits? = state.withLockedValue { state in
             if state.templates[connection.key] == nil {
-                state.templates[connection.key] = template
+                state.templates[connection.key] = LoginTemplate(template)
                 var options = classifierOptions
                 options.trackedParameters = TrackedParameters.names(reportedAtLogin: template)
                 state.loginClassifierOptions[connection.key] = options
@@ -164,7 +164,7 @@ final class ProxyRuntime: @unchecked Sendable {
         state.withLockedValue { $0.loginClassifierOptions[key] } ?? classifierOptions
     }
 
-    func parameterTemplate(for key: PoolKey) -> [StartupParameter]? {
+    func parameterTemplate(for key: PoolKey) -> LoginTemplate? {
         state.withLockedValue { $0.templates[key] }
     }
 

@@ -1,3 +1,4 @@
+import NIOCore
 import PostgresWire
 import SQLClassifier
 
@@ -88,5 +89,23 @@ enum SQLTrackedSettings {
                 || b == UInt8(ascii: "_") || b == UInt8(ascii: "-") || b == UInt8(ascii: ".")
         }
         return bytes.allSatisfy(allowed) ? raw : nil
+    }
+}
+
+/// What PostgreSQL reports at login for a user and database, prepared once for every login:
+/// lowercased names, and each ParameterStatus message already encoded.
+final class LoginTemplate: Sendable {
+    let parameters: [StartupParameter]
+    let lowercasedNames: [String]
+    let encoded: [ByteBuffer]
+
+    init(_ parameters: [StartupParameter]) {
+        self.parameters = parameters
+        self.lowercasedNames = parameters.map { $0.name.lowercased() }
+        self.encoded = parameters.map { parameter in
+            var out = ByteBuffer()
+            PGEncode.parameterStatus(name: parameter.name, value: parameter.value, into: &out)
+            return out
+        }
     }
 }
