@@ -57,7 +57,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     private var waitingRequest: RequestID?
     private var borrowAnswered = false
     /// Client messages that arrived while no backend was ready, in order.
-    private var held: [ByteBuffer] = []
+    private var held: [PGFrame] = []
     private var heldBytes = 0
     private var heldSyncPoints = 0
     private var borrowStarted = NIODeadline.uptimeNanoseconds(0)
@@ -632,7 +632,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             needsFlushToBackend = true
             return
         }
-        held.append(frame.bytes)
+        held.append(frame)
         heldBytes += frame.bytes.readableBytes
         if Self.isSyncPoint(frame.type) { heldSyncPoints += 1 }
         if case .ready = state, backend == nil, waitingRequest == nil {
@@ -793,12 +793,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     private func sendHeld(to backend: BackendConnection) {
         guard !held.isEmpty else { return }
         heldSyncPoints = 0
-        for bytes in held {
-            var bytes = bytes
-            // Held messages were framed on arrival: each is exactly one message.
-            guard let frame = try? PGFraming.nextFrame(from: &bytes, maxMessageSize: Int(Int32.max)) else { continue }
-            send(frame, to: backend)
-        }
+        for frame in held { send(frame, to: backend) }
         held.removeAll(keepingCapacity: true)
         heldBytes = 0
         backend.flush()

@@ -84,19 +84,9 @@ public enum PGFraming {
     ///   index is unchanged.
     @inlinable
     public static func nextFrame(from buffer: inout ByteBuffer, maxMessageSize: Int) throws(PGWireError) -> PGFrame? {
-        guard let (type, length) = buffer.getMultipleIntegers(at: buffer.readerIndex, as: (UInt8, UInt32).self) else {
-            return nil
-        }
-        guard length >= 4, length <= UInt32(Int32.max) else {
-            throw .invalidMessageLength(Int(Int32(bitPattern: length)))
-        }
-        let messageLength = Int(length)
-        guard messageLength <= maxMessageSize else {
-            throw .messageTooLarge(length: messageLength, limit: maxMessageSize)
-        }
-        guard let bytes = buffer.readSlice(length: messageLength &+ 1) else {
-            return nil
-        }
+        guard let (type, size) = try peekFrame(in: buffer, maxMessageSize: maxMessageSize),
+              let bytes = buffer.readSlice(length: size)
+        else { return nil }
         return PGFrame(validatedType: type, bytes: bytes)
     }
 
