@@ -11,7 +11,8 @@
 #   CONCIERGE_ITEST_DIRECT=1        point the integration tests at PostgreSQL itself (no proxy)
 #   CONCIERGE_ITEST_DEBUG=1         start proxies with debug_logging: true
 #
-# Installs what is missing: PostgreSQL (apt), pytest, pytest-timeout and psycopg (pip).
+# Installs what is missing: PostgreSQL, the JDBC driver, a JDK and promtool (apt); pytest,
+# pytest-timeout, psycopg and PyYAML (pip).
 # Exits non-zero if any step fails; later test steps still run so one report shows everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,25 +23,28 @@ section "dependencies"
 bash scripts/pg.sh install
 PG_BIN=$(bash scripts/pg.sh bindir)
 echo "PostgreSQL: $("$PG_BIN/postgres" --version)"
-if ! python3 -c 'import pytest, pytest_timeout, psycopg' 2>/dev/null; then
+if ! python3 -c 'import pytest, pytest_timeout, psycopg, yaml' 2>/dev/null; then
     echo "installing pytest, pytest-timeout and psycopg[binary] with pip"
-    pip_args=(install --quiet --disable-pip-version-check pytest pytest-timeout "psycopg[binary]")
+    pip_args=(install --quiet --disable-pip-version-check pytest pytest-timeout "psycopg[binary]" pyyaml)
     # Debian's own python3 refuses system-wide pip installs (PEP 668) unless told otherwise.
     python3 -m pip "${pip_args[@]}" 2>/dev/null ||
         python3 -m pip "${pip_args[@]}" --break-system-packages
 fi
 python3 -c 'import pytest, psycopg; print(f"pytest {pytest.__version__}, psycopg {psycopg.__version__}")'
-# The PostgreSQL JDBC driver (Debian's package) and a JDK to run the JDBC test's single-file source.
-jdbc_packages=()
-[[ -f /usr/share/java/postgresql.jar ]] || jdbc_packages+=(libpostgresql-jdbc-java)
-command -v javac >/dev/null || jdbc_packages+=(default-jdk-headless)
-if ((${#jdbc_packages[@]})); then
-    echo "installing ${jdbc_packages[*]} with apt-get"
+# The PostgreSQL JDBC driver (Debian's package) and a JDK to run the JDBC test's single-file source;
+# promtool (Debian's prometheus package, about 10 s) to check and unit-test ops/prometheus.
+apt_packages=()
+[[ -f /usr/share/java/postgresql.jar ]] || apt_packages+=(libpostgresql-jdbc-java)
+command -v javac >/dev/null || apt_packages+=(default-jdk-headless)
+command -v promtool >/dev/null || apt_packages+=(prometheus)
+if ((${#apt_packages[@]})); then
+    echo "installing ${apt_packages[*]} with apt-get"
     sudo=""; [[ $(id -u) == 0 ]] || sudo=sudo
     $sudo apt-get update -qq >/dev/null || true
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${jdbc_packages[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
 fi
 echo "JDBC: $(readlink -f /usr/share/java/postgresql.jar), $(java -version 2>&1 | head -n 1)"
+echo "promtool: $(promtool --version 2>&1 | head -n 1)"
 swift --version 2>&1 | head -n 1
 
 section "build (swift build --build-tests)"
