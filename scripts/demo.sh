@@ -12,6 +12,7 @@
 #   CONCIERGE_DEMO_DIR=/tmp/concierge-demo  where the cluster, secret and config live
 #   CONCIERGE_DEMO_PG_PORT=5499             the database's port
 #   CONCIERGE_DEMO_PORT=6432                the proxy's port
+#   CONCIERGE_DEMO_ADMIN_PORT=9187          the admin API's and /metrics' port
 #   CONCIERGE_DEBUG=1                       build and run the debug build (default: release)
 #   CONCIERGE_BIN=path                      run this binary instead of building one
 set -euo pipefail
@@ -20,6 +21,7 @@ cd "$(dirname "$0")/.."
 DIR=${CONCIERGE_DEMO_DIR:-/tmp/concierge-demo}
 PG_PORT=${CONCIERGE_DEMO_PG_PORT:-5499}
 PROXY_PORT=${CONCIERGE_DEMO_PORT:-6432}
+ADMIN_PORT=${CONCIERGE_DEMO_ADMIN_PORT:-9187}
 DATADIR=$DIR/data
 CONFIG=$DIR/concierge.yaml
 SECRET=$DIR/app.json
@@ -69,6 +71,8 @@ fi
 cat >"$CONFIG" <<EOF
 # Written by scripts/demo.sh
 drain_timeout: 30
+admin:
+  listen: "127.0.0.1:$ADMIN_PORT"    # admin API and /metrics (loopback: no token needed)
 proxies:
   - name: app
     engine_family: POSTGRESQL
@@ -102,6 +106,9 @@ Connect through the proxy:
 Load it (100 clients, at most 10 database connections):
   PGPASSWORD='$APP_PASSWORD' pgbench -h 127.0.0.1 -p $PG_PORT -U app -i app
   PGPASSWORD='$APP_PASSWORD' pgbench -h 127.0.0.1 -p $PROXY_PORT -U app -S -c 100 -j 2 -T 10 app
+Watch the proxy (admin API and Prometheus metrics on 127.0.0.1:$ADMIN_PORT):
+  $CONCIERGE_BIN describe-db-proxy-targets --db-proxy-name app --endpoint-url http://127.0.0.1:$ADMIN_PORT --output table
+  curl -s http://127.0.0.1:$ADMIN_PORT/metrics | grep -E '^concierge_(client_connections|database_connections_currently)'
 Watch the database's side:
   scripts/pg.sh sql $PG_PORT "select count(*) from pg_stat_activity where usename = 'app'"
 

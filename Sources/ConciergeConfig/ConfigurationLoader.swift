@@ -6,10 +6,15 @@ public struct LoadedConfiguration: Sendable, Hashable {
     public var configuration: ConciergeConfiguration
     /// By proxy name, in `auth` order.
     public var credentials: [String: [DatabaseCredential]]
+    /// The admin API's bearer token, read from its reference (`env:NAME`, `file:PATH`) if it is one.
+    public var adminToken: String?
 
-    public init(configuration: ConciergeConfiguration, credentials: [String: [DatabaseCredential]]) {
+    public init(
+        configuration: ConciergeConfiguration, credentials: [String: [DatabaseCredential]], adminToken: String? = nil
+    ) {
         self.configuration = configuration
         self.credentials = credentials
+        self.adminToken = adminToken
     }
 }
 
@@ -34,8 +39,12 @@ public enum ConfigurationLoader {
         let credentials = readCredentials(
             configuration, environment: environment,
             skipping: { keyPath in isCovered(keyPath, by: parseIssues) }, issues: &issues)
+        var adminToken: String?
+        if let token = configuration.admin?.token, !isCovered("admin.token", by: parseIssues) {
+            adminToken = readAdminToken(token, baseDirectory: baseDirectory, environment: environment, issues: &issues)
+        }
         if !issues.isEmpty { throw ConfigurationError(issues: issues) }
-        return LoadedConfiguration(configuration: configuration, credentials: credentials)
+        return LoadedConfiguration(configuration: configuration, credentials: credentials, adminToken: adminToken)
     }
 
     /// Parses and validates YAML text without reading any secret (e.g. to check a file on another host).
@@ -130,6 +139,40 @@ public enum ConfigurationLoader {
             result[proxy.name] = credentials
         }
         return result
+    }
+
+    /// `env:NAME` and `file:PATH` are read (the file's content, without surrounding whitespace);
+    /// anything else is the token itself. The token is never echoed in an issue.
+    static func readAdminToken(
+        _ token: String, baseDirectory: String, environment: [String: String], issues: inout [ConfigurationIssue]
+    ) -> String? {
+        func problem(_ message: String) -> String? {
+            issues.append(ConfigurationIssue(
+                keyPath: "admin.token", value: nil, expectation: "a non-empty token, env:NAME or file:PATH",
+                message: message))
+            return nil
+        }
+        let value: String
+        if token.hasPrefix("env:") {
+            let name = String(token.dropFirst(4))
+            guard let found = environment[name] else {
+                return problem("env:\(name): the environment variable is not set")
+            }
+            value = found
+        } else if token.hasPrefix("file:") {
+            let path = SecretReference.resolvePath(String(token.dropFirst(5)), against: baseDirectory)
+            guard let data = FileManager.default.contents(atPath: path), data.count <= SecretLoader.maximumSize,
+                  let text = String(data: data, encoding: .utf8)
+            else {
+                return problem("file:\(path): the file cannot be read (or is over 1 MiB, or not UTF-8)")
+            }
+            value = text
+        } else {
+            value = token
+        }
+        let trimmed = value.trimmingCharacters(in: .whitespacesAndNewlines)
+        if trimmed.isEmpty { return problem("the token is empty") }
+        return trimmed
     }
 
     static func readConfigurationFile(_ path: String) throws(ConfigurationError) -> String {

@@ -95,3 +95,13 @@ public struct HostPort: Sendable, Hashable, CustomStringConvertible {
         return .success(HostPort(host: String(host), port: port))
     }
 }
+
+extension HostPort {
+    /// Whether the host is a loopback address: `localhost`, 127.0.0.0/8 or `::1`.
+    public var isLoopback: Bool {
+        let host = self.host.lowercased()
+        if host == "localhost" || host == "::1" || host == "0:0:0:0:0:0:0:1" { return true }
+        let parts = host.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
+    }
+}

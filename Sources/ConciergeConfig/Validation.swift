@@ -9,6 +9,13 @@ public enum ConfigurationValidator {
         var listeners: [(keyPath: String, address: HostPort)] = []
         if let admin = configuration.admin {
             if checkAddress(admin.listen, "admin.listen", &issues) { listeners.append(("admin.listen", admin.listen)) }
+            if admin.token == nil, !admin.listen.isLoopback {
+                issues.append(ConfigurationIssue(
+                    keyPath: "admin.listen", value: admin.listen.description,
+                    expectation: "a loopback address (127.0.0.1, ::1, localhost) unless admin.token is set",
+                    message: "\(admin.listen) is not a loopback address: without admin.token the admin API "
+                        + "may listen on loopback only (set admin.token, or listen on 127.0.0.1)"))
+            }
             if let token = admin.token, token.isEmpty {
                 issues.append(ConfigurationIssue(
                     keyPath: "admin.token", value: "\"\"", expectation: "a non-empty bearer token or secret reference",

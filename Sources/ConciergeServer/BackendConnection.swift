@@ -56,6 +56,8 @@ struct BackendSettings: Sendable {
     var readMaxConnections: Bool
     var scramCache: SCRAMSaltedPasswordCache
     var logger: Logger
+    /// The pool's generation when this backend was opened (see `BackendPool.retire`).
+    var generation: Int = 0
 }
 
 /// One connection from the proxy to the database, and the channel handler that drives it.
@@ -85,6 +87,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     let eventLoop: any EventLoop
     let address: SocketAddress
     private let settings: BackendSettings
+    var generation: Int { settings.generation }
     private var phase: Phase = .connecting
     /// Set once in channelActive, before the backend is handed to anyone, and never cleared.
     private var channel: (any Channel)?

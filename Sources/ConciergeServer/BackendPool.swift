@@ -1,6 +1,7 @@
 import ConnectionPool
 import NIOConcurrencyHelpers
 import NIOCore
+import Synchronization
 
 /// Why a client did not get a backend.
 enum BackendPoolError: Error, Sendable {
@@ -35,6 +36,9 @@ final class BackendPool: @unchecked Sendable {
 
     private let eventLoops: [any EventLoop]
     private let factory: Factory
+    /// Backends opened before the last `retire()` are closed when they come back.
+    private let currentGeneration = Atomic<Int>(0)
+    var generation: Int { currentGeneration.load(ordering: .relaxed) }
 
     init(limits: PoolLimits, eventLoops: [any EventLoop], factory: @escaping Factory) {
         self.machine = PoolStateMachine(limits: limits)
@@ -86,7 +90,16 @@ final class BackendPool: @unchecked Sendable {
 
     /// A leased connection comes back: clean (`reusable`) or to be closed.
     func release(_ connection: BackendConnection, reusable: Bool) {
+        let reusable = reusable && connection.generation == generation
         let actions = lock.withLock { machine.release(connection.id, reusable: reusable, now: Self.now) }
+        run(actions)
+    }
+
+    /// Every backend open now is stale (the target or the init query changed): idle ones are
+    /// closed now, leased ones when their client gives them back. Clients are not interrupted.
+    func retire() {
+        currentGeneration.add(1, ordering: .relaxed)
+        let actions = lock.withLock { machine.closeIdleConnections(now: Self.now) }
         run(actions)
     }
 

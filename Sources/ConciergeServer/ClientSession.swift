@@ -30,6 +30,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     }
 
     let eventLoop: any EventLoop
+    /// The endpoint the client connected to (0: the proxy's default endpoint).
+    let endpoint: Int
     let processID: Int32
     let secretKey: Int32
     private let runtime: ProxyRuntime
@@ -61,6 +63,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     private var heldBytes = 0
     private var heldSyncPoints = 0
     private var borrowStarted = NIODeadline.uptimeNanoseconds(0)
+    /// When the first of the `outstandingSyncs` went to the database (QueryDatabaseResponseLatency).
+    private var queryStarted = NIODeadline.uptimeNanoseconds(0)
     private var readPending = false
     /// Sync points (Query, Sync, FunctionCall) sent to the backend and not yet answered by a
     /// ReadyForQuery.
@@ -107,9 +111,11 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     var loopSlot = -1
 
     init(
-        runtime: ProxyRuntime, loopSessions: LoopSessions, processID: Int32, secretKey: Int32, logger: Logger
+        runtime: ProxyRuntime, loopSessions: LoopSessions, endpoint: Int = 0, processID: Int32, secretKey: Int32,
+        logger: Logger
     ) {
         self.runtime = runtime
+        self.endpoint = endpoint
         self.loopSessions = loopSessions
         self.eventLoop = loopSessions.eventLoop
         self.processID = processID
@@ -457,6 +463,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     }
 
     private func authenticationFailed() {
+        runtime.metrics.clientConnectionsSetupFailedAuth[endpoint].increment()
         log(.info, "client authentication failed")
         fail(with: ClientErrors.authenticationFailed(user: user))
     }
@@ -522,6 +529,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
         state = .ready
         userEntry = nil
+        runtime.metrics.clientConnectionsSetupSucceeded[endpoint].increment()
         log(.debug, "client logged in")
         // Messages the client pipelined during login are served now.
         if !held.isEmpty, backend == nil, waitingRequest == nil {
@@ -545,6 +553,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         }
         switch type {
         case PGMessageType.Frontend.query:
+            loopSessions.queryRequests &+= 1
             classify(try PGParse.queryBytes(frame.body), loneSetAllowed: isBetweenTransactions && backend == nil)
         case PGMessageType.Frontend.parse:
             let startsBatch = isBetweenTransactions && backend == nil
@@ -596,6 +605,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 return
             }
         case PGMessageType.Frontend.bind, PGMessageType.Frontend.execute, PGMessageType.Frontend.describe:
+            if type == PGMessageType.Frontend.execute { loopSessions.queryRequests &+= 1 }
             pendingUnsynced = true
         case PGMessageType.Frontend.copyData, PGMessageType.Frontend.copyDone, PGMessageType.Frontend.copyFail:
             break
@@ -664,10 +674,70 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         guard !new.isEmpty else { return }
         let first = pinReasons.isEmpty
         pinReasons.formUnion(new)
+        runtime.metrics.recordPins(new)
         var metadata: Logger.Metadata = ["concierge.pin_reason": "\(new.names.joined(separator: ","))"]
         // SQL text is logged only with debug_logging: it may contain data.
-        if runtime.debugLogging { metadata["concierge.statement"] = "\(String(buffer: statement))" }
+        if runtime.debugLogging { metadata["concierge.statement"] = "\(Self.redactedStatement(String(buffer: statement)))" }
         log(.info, first ? "session pinned" : "session pin reason added", metadata)
+    }
+
+    /// SQL text for the log: when it mentions a password (`ALTER ROLE ... PASSWORD '...'`,
+    /// `CREATE USER ... PASSWORD`, `dblink_connect('... password=...')`), every string literal
+    /// is replaced by `'***'`, so secrets never reach the log even with debug logging on.
+    static func redactedStatement(_ sql: String) -> String {
+        guard sql.lowercased().contains("password") else { return sql }
+        var out = ""
+        var scalars = sql.unicodeScalars.makeIterator()
+        var pending = scalars.next()
+        while let scalar = pending {
+            pending = scalars.next()
+            if scalar == "'" {
+                // Skip to the closing quote; '' is an escaped quote inside the literal.
+                while let next = pending {
+                    pending = scalars.next()
+                    if next == "'" {
+                        if pending == "'" { pending = scalars.next(); continue }
+                        break
+                    }
+                }
+                out += "'***'"
+            } else if scalar == "$" {
+                let (tagEnd, consumed) = Self.dollarQuoteTag(rest: &scalars, pending: &pending)
+                guard let tagEnd else {
+                    out += "$" + consumed
+                    continue
+                }
+                // $tag$ ... $tag$
+                var body = ""
+                while let next = pending {
+                    pending = scalars.next()
+                    body.unicodeScalars.append(next)
+                    if body.hasSuffix(tagEnd) { break }
+                }
+                out += "'***'"
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
+    }
+
+    /// After a `$`: reads `tag$` (letters, digits, _) and returns `$tag$`; or nil and the
+    /// characters read (a positional parameter such as `$1`).
+    private static func dollarQuoteTag(
+        rest: inout String.UnicodeScalarView.Iterator, pending: inout Unicode.Scalar?
+    ) -> (String?, String) {
+        var tag = ""
+        while let scalar = pending {
+            if scalar == "$" {
+                pending = rest.next()
+                return ("$" + tag + "$", tag)
+            }
+            guard scalar.properties.isAlphabetic || ("0"..."9").contains(scalar) || scalar == "_" else { return (nil, tag) }
+            tag.unicodeScalars.append(scalar)
+            pending = rest.next()
+        }
+        return (nil, tag)
     }
 
     private func borrowBackend() {
@@ -688,6 +758,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 runtime.pool.returnUnused(connection)
                 return
             }
+            runtime.metrics.borrowLatency.record(.nanoseconds((NIODeadline.now() - borrowStarted).nanoseconds))
             log(.trace, "backend borrowed", [
                 "concierge.backend": "\(connection.id)",
                 "concierge.borrow_ms": "\((NIODeadline.now() - self.borrowStarted).nanoseconds / 1_000_000)",
@@ -710,6 +781,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         let fields: PGErrorFields
         switch error {
         case .timeout:
+            runtime.metrics.borrowTimeouts.increment()
             fields = ClientErrors.borrowTimeout
         case .shuttingDown:
             fields = ClientErrors.shuttingDown
@@ -824,6 +896,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         }
         guard readyForQueryCount > 0 else { return }
         outstandingSyncs = max(0, outstandingSyncs - readyForQueryCount)
+        if outstandingSyncs == 0 {
+            runtime.metrics.queryDatabaseResponseLatency.record(.nanoseconds((NIODeadline.now() - queryStarted).nanoseconds))
+        }
         transactionStatus = lastStatus
         if outstandingSyncs == 0, !pendingUnsynced, lastStatus == .idle, pinReasons.isEmpty,
             held.isEmpty, pending.isEmpty
@@ -896,6 +971,17 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         case .loggingIn, .closed:
             break
         }
+    }
+
+    // MARK: Metrics
+
+    /// This session's part of the gauges (called on its loop, at scrape time).
+    func addMetrics(to sample: inout LoopMetricsSample) {
+        sample.clientsPerEndpoint[endpoint] += 1
+        guard backend != nil else { return }
+        sample.borrowed += 1
+        if !pinReasons.isEmpty { sample.pinned += 1 }
+        if transactionStatus != .idle || outstandingSyncs > 0 || pendingUnsynced { sample.inTransaction += 1 }
     }
 
     // MARK: Control from the runtime (any thread)
@@ -993,7 +1079,10 @@ extension ClientSession {
     /// may be answered by the proxy, and `pending` records what the backend owes.
     fileprivate func send(_ frame: PGFrame, to backend: BackendConnection) {
         let type = frame.type
-        if Self.isSyncPoint(type) { outstandingSyncs += 1 }
+        if Self.isSyncPoint(type) {
+            if outstandingSyncs == 0 { queryStarted = .now() }
+            outstandingSyncs += 1
+        }
         switch type {
         case PGMessageType.Frontend.query, PGMessageType.Frontend.functionCall:
             if type == PGMessageType.Frontend.query { pendingSetting?.executed = true }

@@ -1,57 +1,122 @@
 import ConciergeConfig
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import Prometheus
 import ServiceLifecycle
 
-/// Runs every proxy of a configuration until graceful shutdown, then drains them.
+/// Runs every proxy of a configuration, and the admin API, until graceful shutdown; then drains.
 ///
 /// A ServiceLifecycle `Service`: put it in a `ServiceGroup` with SIGTERM/SIGINT as graceful
 /// shutdown signals. On shutdown it stops accepting, lets open transactions finish (up to
 /// `drain_timeout`), and closes every client and backend.
 public final class ConciergeServer: Service, @unchecked Sendable {
-    private let configuration: ConciergeConfiguration
-    private let credentials: [String: [DatabaseCredential]]
     private let logger: Logger
     private let group: any EventLoopGroup
-    private var proxies: [ProxyRuntime] = []
+    /// Where the metrics of every proxy are registered (also swift-metrics' factory, see main).
+    public let registry: PrometheusCollectorRegistry
+    private let state: NIOLockedValueBox<State>
+    private let router: AdminRouter
+
+    private struct State {
+        var configuration: ConciergeConfiguration
+        var credentials: [String: [DatabaseCredential]]
+        var proxies: [ProxyRuntime] = []
+        var adminChannel: (any Channel)?
+    }
 
     public init(
-        configuration: ConciergeConfiguration, credentials: [String: [DatabaseCredential]],
-        logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+        configuration: ConciergeConfiguration, credentials: [String: [DatabaseCredential]], adminToken: String? = nil,
+        logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()
     ) {
-        self.configuration = configuration
-        self.credentials = credentials
         self.logger = logger
         self.group = group
+        self.registry = registry
+        let state = NIOLockedValueBox(State(configuration: configuration, credentials: credentials))
+        self.state = state
+        self.router = AdminRouter(
+            proxies: { state.withLockedValue { $0.proxies } }, token: adminToken, registry: registry, logger: logger)
     }
+
+    var proxies: [ProxyRuntime] { state.withLockedValue { $0.proxies } }
 
     /// Binds every listener; throws if any cannot be bound (nothing is left listening then).
     public func start() async throws {
+        let (configuration, credentials) = state.withLockedValue { ($0.configuration, $0.credentials) }
+        var started: [ProxyRuntime] = []
         do {
             for proxy in configuration.proxies {
                 let runtime = try ProxyRuntime(
-                    configuration: proxy, credentials: credentials[proxy.name] ?? [], group: group, logger: logger)
+                    configuration: proxy, credentials: credentials[proxy.name] ?? [], group: group,
+                    registry: registry, logger: logger)
                 try await runtime.start()
-                proxies.append(runtime)
+                started.append(runtime)
+            }
+            if let admin = configuration.admin {
+                let channel = try await AdminListener.bind(admin.listen, router: router, group: group)
+                state.withLockedValue { $0.adminChannel = channel }
+                logger.info("admin API listening", metadata: ["concierge.listen": "\(admin.listen)"])
             }
         } catch {
-            for proxy in proxies { await proxy.stopAccepting() }
-            proxies = []
+            for proxy in started { await proxy.stopAccepting() }
             throw error
         }
+        state.withLockedValue { $0.proxies = started }
     }
 
     public func run() async throws {
         if proxies.isEmpty { try await start() }
         try? await gracefulShutdown()
         logger.info("shutting down: no longer accepting clients")
+        let (proxies, admin, drainTimeout) = state.withLockedValue {
+            ($0.proxies, $0.adminChannel, $0.configuration.drainTimeout)
+        }
         for proxy in proxies { await proxy.stopAccepting() }
         await withTaskGroup(of: Void.self) { group in
             for proxy in proxies {
-                group.addTask { await proxy.drain(timeout: .seconds(Int64(self.configuration.drainTimeout))) }
+                group.addTask { await proxy.drain(timeout: .seconds(Int64(drainTimeout))) }
             }
         }
+        try? await admin?.close()
         logger.info("shutdown complete")
+    }
+
+    /// Why a reloaded configuration was refused (the running one stays).
+    public struct ReloadError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Applies a reloaded configuration: per proxy, its settings, pool, auth entries (with their
+    /// secrets as just read) and targets; and the admin token and drain timeout. Clients are not
+    /// dropped. Changes that need new listeners (listen addresses, endpoints, proxies added or
+    /// removed, `admin.listen`) are refused as a whole, naming the keys.
+    public func reload(_ loaded: LoadedConfiguration) throws(ReloadError) {
+        let (current, proxies) = state.withLockedValue { ($0.configuration, $0.proxies) }
+        let new = loaded.configuration
+        var needsRestart: [String] = []
+        if current.proxies.map(\.name) != new.proxies.map(\.name) { needsRestart.append("proxies (names or order)") }
+        if current.admin?.listen != new.admin?.listen { needsRestart.append("admin.listen") }
+        for (index, proxy) in new.proxies.enumerated() {
+            guard let old = current.proxy(named: proxy.name) else { continue }
+            needsRestart += ProxyRuntime.unreloadableChanges(from: old, to: proxy, at: "proxies[\(index)]")
+        }
+        if !needsRestart.isEmpty {
+            throw ReloadError(description: "these changes need a restart: \(needsRestart.joined(separator: ", "))")
+        }
+        for proxy in proxies {
+            guard let configuration = new.proxy(named: proxy.name) else { continue }
+            do {
+                try proxy.reload(configuration, credentials: loaded.credentials[proxy.name] ?? [])
+            } catch {
+                throw ReloadError(description: "proxy \(proxy.name): \(error.message)")
+            }
+        }
+        router.setToken(loaded.adminToken)
+        state.withLockedValue {
+            $0.configuration = new
+            $0.credentials = loaded.credentials
+        }
     }
 }

@@ -9,6 +9,8 @@ final class LoopSessions: @unchecked Sendable {
     let eventLoop: any EventLoop
     private var sessions: [ClientSession] = []
     private var sweeper: RepeatedTask?
+    /// Queries received by this loop's sessions (`QueryRequests`), summed over loops at scrape.
+    var queryRequests = 0
 
     static let sweepInterval = TimeAmount.seconds(1)
 
@@ -49,6 +51,15 @@ final class LoopSessions: @unchecked Sendable {
             // A session that closed was swapped out for the last one: look at this slot again.
             if index < sessions.count, sessions[index] === session { index += 1 }
         }
+    }
+
+    /// This loop's share of the gauges, read at scrape time (on the loop).
+    func sample(endpoints: Int) -> LoopMetricsSample {
+        eventLoop.preconditionInEventLoop()
+        var sample = LoopMetricsSample(endpoints: endpoints)
+        for session in sessions { session.addMetrics(to: &sample) }
+        sample.queryRequests = queryRequests
+        return sample
     }
 
     func stop() {

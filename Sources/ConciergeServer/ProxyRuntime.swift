@@ -10,28 +10,51 @@ import Darwin
 #endif
 import NIOPosix
 import PostgresWire
+import Prometheus
 import SQLClassifier
 import Synchronization
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
 /// One configured proxy at run time: its listeners, its users, its pool and its client sessions.
 final class ProxyRuntime: @unchecked Sendable {
-    let configuration: ProxyConfiguration
-    let users: UserDirectory
+    let name: String
     let logger: Logger
     private(set) var pool: BackendPool!
-    let classifierOptions: ClassifierOptions
+    let metrics: ProxyMetrics
+    /// A stable id like `prx-0123456789abcdef0`, derived from the proxy's name.
+    let resourceID: String
+    let createdDate: Date
     private let group: any EventLoopGroup
-    private let eventLoops: [any EventLoop]
+    let eventLoops: [any EventLoop]
     /// Per event loop: its client sessions, swept for timeouts.
-    private let loopSessions: [ObjectIdentifier: LoopSessions]
-    private let writer: SocketAddress
-    private let credentials: [String: DatabaseCredential]
+    let loopSessions: [ObjectIdentifier: LoopSessions]
     private let scramCache = SCRAMSaltedPasswordCache()
 
-    private let clientCount = Atomic<Int>(0)
-    private let state = NIOLockedValueBox(MutableState())
+    private let clientCount = Synchronization.Atomic<Int>(0)
+    let state: NIOLockedValueBox<MutableState>
 
-    private struct MutableState {
+    // Settings the admin API or a reload may change, read on hot paths without a lock.
+    let idleClientTimeoutSeconds: Synchronization.Atomic<Int>
+    let debugLoggingEnabled: Synchronization.Atomic<Bool>
+    let maxClientConnectionsValue: Synchronization.Atomic<Int>
+    let maxMessageSizeValue: Synchronization.Atomic<Int>
+
+    struct MutableState {
+        var configuration: ProxyConfiguration
+        var users: UserDirectory
+        var credentials: [String: DatabaseCredential]
+        /// The target new backends connect to, and its resolved address.
+        var writer: HostPort?
+        var writerAddress: SocketAddress?
+        var targetHealth: [HostPort: TargetHealth] = [:]
+        var classifierOptions: ClassifierOptions
+        var updatedDate: Date
+        var targetGroupUpdatedDate: Date
         var listeners: [any Channel] = []
         var canonicalValues: [String: String] = [:]
         var sessions: [Int32: ClientSession] = [:]
@@ -42,17 +65,30 @@ final class ProxyRuntime: @unchecked Sendable {
         var databaseMaxConnections: Int?
         var draining = false
         var drainedPromise: EventLoopPromise<Void>?
+        /// Seconds with an available writer, up to `writerAvailableSince` (or now, if nil).
+        var writerAvailableSeconds: Double = 0
+        var writerAvailableSince: NIODeadline?
+        var reportedWriterAvailableSeconds: Double = 0
+        var reportedQueryRequests = 0
     }
 
-    var maxMessageSize: Int { configuration.maxMessageSize }
-    var idleClientTimeout: Int { configuration.idleClientTimeout }
-    var debugLogging: Bool { configuration.debugLogging }
+    var configuration: ProxyConfiguration { state.withLockedValue { $0.configuration } }
+    var users: UserDirectory { state.withLockedValue { $0.users } }
+    var classifierOptions: ClassifierOptions { state.withLockedValue { $0.classifierOptions } }
+    var maxMessageSize: Int { maxMessageSizeValue.load(ordering: .relaxed) }
+    var idleClientTimeout: Int { idleClientTimeoutSeconds.load(ordering: .relaxed) }
+    var debugLogging: Bool { debugLoggingEnabled.load(ordering: .relaxed) }
 
     /// True when this connection (already counted) is beyond `max_client_connections`.
-    var clientLimitExceeded: Bool { clientCount.load(ordering: .relaxed) > configuration.maxClientConnections }
+    var clientLimitExceeded: Bool {
+        clientCount.load(ordering: .relaxed) > maxClientConnectionsValue.load(ordering: .relaxed)
+    }
 
-    init(configuration: ProxyConfiguration, credentials: [DatabaseCredential], group: any EventLoopGroup, logger: Logger) throws {
-        self.configuration = configuration
+    init(
+        configuration: ProxyConfiguration, credentials: [DatabaseCredential], group: any EventLoopGroup,
+        registry: PrometheusCollectorRegistry, logger: Logger
+    ) throws {
+        self.name = configuration.name
         self.group = group
         self.eventLoops = Array(group.makeIterator())
         self.loopSessions = Dictionary(uniqueKeysWithValues: eventLoops.map {
@@ -61,19 +97,45 @@ final class ProxyRuntime: @unchecked Sendable {
         var logger = logger
         logger[metadataKey: "concierge.proxy"] = "\(configuration.name)"
         self.logger = logger
-        self.users = UserDirectory(credentials: credentials, auth: configuration.auth)
-        self.credentials = Dictionary(credentials.map { ($0.username, $0) }, uniquingKeysWith: { first, _ in first })
-        self.classifierOptions = ClassifierOptions(
-            excludeVariableSets: configuration.targetGroup.connectionPoolConfig.excludesVariableSets,
-            trackedParameters: TrackedParameters.names)
+        self.resourceID = Self.resourceID(for: configuration.name)
+        self.createdDate = Date()
+        self.metrics = ProxyMetrics(
+            registry: registry, proxy: configuration.name,
+            endpointNames: ["default"] + configuration.endpoints.map(\.name),
+            targetGroup: configuration.targetGroup.name)
+        self.idleClientTimeoutSeconds = Atomic(configuration.idleClientTimeout)
+        self.debugLoggingEnabled = Atomic(configuration.debugLogging)
+        self.maxClientConnectionsValue = Atomic(configuration.maxClientConnections)
+        self.maxMessageSizeValue = Atomic(configuration.maxMessageSize)
         // Until writer discovery (health checks, failover) exists, the first target is the writer.
         let target = configuration.targetGroup.targets[0].endpoint
-        self.writer = try SocketAddress.makeAddressResolvingHost(target.host, port: target.port)
+        let address = try SocketAddress.makeAddressResolvingHost(target.host, port: target.port)
+        let now = Date()
+        self.state = NIOLockedValueBox(MutableState(
+            configuration: configuration,
+            users: UserDirectory(credentials: credentials, auth: configuration.auth),
+            credentials: Dictionary(credentials.map { ($0.username, $0) }, uniquingKeysWith: { first, _ in first }),
+            writer: target, writerAddress: address,
+            classifierOptions: ClassifierOptions(
+                excludeVariableSets: configuration.targetGroup.connectionPoolConfig.excludesVariableSets,
+                trackedParameters: TrackedParameters.names),
+            updatedDate: now, targetGroupUpdatedDate: now))
         // The cap is unknown until a backend reads max_connections: start with one connection.
         self.pool = BackendPool(limits: Self.limits(for: configuration, maxConnections: nil), eventLoops: eventLoops) {
             [unowned self] id, key, eventLoop, pool in
             self.openBackend(id: id, key: key, on: eventLoop, pool: pool)
         }
+    }
+
+    /// `prx-` and 17 hex digits derived from the name (FNV-1a): stable across restarts.
+    static func resourceID(for name: String) -> String {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in name.utf8 {
+            hash ^= UInt64(byte)
+            hash = hash &* 0x0000_0100_0000_01b3
+        }
+        let hex = String(hash, radix: 16)
+        return "prx-" + String(repeating: "0", count: max(0, 17 - hex.count)) + hex
     }
 
     /// The pool limits for a database whose `max_connections` is `maxConnections` (nil: unknown).
@@ -99,22 +161,54 @@ final class ProxyRuntime: @unchecked Sendable {
     private func openBackend(id: ConnectionID, key: PoolKey, on eventLoop: any EventLoop, pool: BackendPool)
         -> EventLoopFuture<BackendConnection>
     {
-        guard let credential = credentials[key.user] else {
+        metrics.databaseConnectionRequests.increment()
+        let (credential, needsMaxConnections, writer, address, initQuery) = state.withLockedValue {
+            ($0.credentials[key.user], $0.databaseMaxConnections == nil, $0.writer, $0.writerAddress,
+             $0.configuration.targetGroup.connectionPoolConfig.initQuery)
+        }
+        guard let writer, let address else {
+            metrics.databaseConnectionsSetupFailed.increment()
+            return eventLoop.makeFailedFuture(BackendError.connection("no database target is registered"))
+        }
+        guard let credential else {
+            metrics.databaseConnectionsSetupFailed.increment()
             return eventLoop.makeFailedFuture(
                 BackendError.server(ClientErrors.authenticationFailed(user: key.user)))
         }
-        let needsMaxConnections = state.withLockedValue { $0.databaseMaxConnections == nil }
         var backendLogger = logger
         backendLogger[metadataKey: "concierge.backend"] = "\(id)"
         let settings = BackendSettings(
-            address: writer, username: credential.username, password: credential.password,
-            database: key.database, initQuery: configuration.targetGroup.connectionPoolConfig.initQuery,
-            readMaxConnections: needsMaxConnections, scramCache: scramCache, logger: backendLogger)
+            address: address, username: credential.username, password: credential.password,
+            database: key.database, initQuery: initQuery,
+            readMaxConnections: needsMaxConnections, scramCache: scramCache, logger: backendLogger,
+            generation: pool.generation)
         return BackendConnection.connect(id: id, key: key, on: eventLoop, settings: settings, pool: pool)
             .map { connection in
+                self.metrics.databaseConnectionsSetupSucceeded.increment()
+                self.noteTargetHealth(writer, TargetHealth(state: .available))
                 self.backendOpened(connection)
                 return connection
             }
+            .flatMapErrorThrowing { error in
+                self.metrics.databaseConnectionsSetupFailed.increment()
+                if let health = TargetHealth(after: error) { self.noteTargetHealth(writer, health) }
+                throw error
+            }
+    }
+
+    private func noteTargetHealth(_ target: HostPort, _ health: TargetHealth) {
+        state.withLockedValue { state in
+            let wasAvailable = state.targetHealth[target]?.state == .available
+            state.targetHealth[target] = health
+            guard target == state.writer else { return }
+            let now = NIODeadline.now()
+            if health.state == .available, !wasAvailable {
+                state.writerAvailableSince = now
+            } else if health.state != .available, wasAvailable, let since = state.writerAvailableSince {
+                state.writerAvailableSeconds += Double((now - since).nanoseconds) / 1e9
+                state.writerAvailableSince = nil
+            }
+        }
     }
 
     private func backendOpened(_ connection: BackendConnection) {
@@ -122,13 +216,13 @@ final class ProxyRuntime: @unchecked Sendable {
         let newLimits: PoolLimits? = state.withLockedValue { state in
             if state.templates[connection.key] == nil {
                 state.templates[connection.key] = LoginTemplate(template)
-                var options = classifierOptions
+                var options = state.classifierOptions
                 options.trackedParameters = TrackedParameters.names(reportedAtLogin: template)
                 state.loginClassifierOptions[connection.key] = options
             }
             if state.databaseMaxConnections == nil, let value = connection.maxConnections {
                 state.databaseMaxConnections = value
-                return Self.limits(for: configuration, maxConnections: value)
+                return Self.limits(for: state.configuration, maxConnections: value)
             }
             return nil
         }
@@ -161,7 +255,7 @@ final class ProxyRuntime: @unchecked Sendable {
     /// ParameterStatus values PostgreSQL reports at login for this user and database, once known.
     /// Classifier options for clients of `key`, once a backend told which parameters it reports.
     func classifierOptions(for key: PoolKey) -> ClassifierOptions {
-        state.withLockedValue { $0.loginClassifierOptions[key] } ?? classifierOptions
+        state.withLockedValue { $0.loginClassifierOptions[key] ?? $0.classifierOptions }
     }
 
     func parameterTemplate(for key: PoolKey) -> LoginTemplate? {
@@ -177,11 +271,12 @@ final class ProxyRuntime: @unchecked Sendable {
     /// accepted and served by one thread, with no hand-off to register it elsewhere. In a
     /// connection storm that hand-off cost about 50 µs of CPU per connection.
     func start() async throws {
+        let configuration = self.configuration
         var addresses = [configuration.listen]
         for endpoint in configuration.endpoints { addresses.append(endpoint.listen) }
         var bound: [any Channel] = []
         do {
-            for address in addresses {
+            for (endpointIndex, address) in addresses.enumerated() {
                 let loops = Self.acceptingLoops(eventLoops)
                 if loops.count > 1 {
                     // SO_REUSEPORT would also join a socket that another process of this user
@@ -193,7 +288,7 @@ final class ProxyRuntime: @unchecked Sendable {
                         .close()
                 }
                 for eventLoop in loops {
-                    let channel = try await makeBootstrap(on: eventLoop).bind(host: address.host, port: address.port).get()
+                    let channel = try await makeBootstrap(on: eventLoop, endpoint: endpointIndex).bind(host: address.host, port: address.port).get()
                     bound.append(channel)
                 }
                 logger.info("listening", metadata: ["concierge.listen": "\(address)"])
@@ -217,7 +312,7 @@ final class ProxyRuntime: @unchecked Sendable {
 
     private static let reusePort = NIOBSDSocket.Option(rawValue: SO_REUSEPORT)
 
-    private func makeBootstrap(on eventLoop: (any EventLoop)?) -> ServerBootstrap {
+    private func makeBootstrap(on eventLoop: (any EventLoop)?, endpoint: Int) -> ServerBootstrap {
         let bootstrap: ServerBootstrap
         if let eventLoop {
             bootstrap = ServerBootstrap(group: eventLoop)
@@ -242,14 +337,15 @@ final class ProxyRuntime: @unchecked Sendable {
                             ChannelOptions.recvAllocator,
                             value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65_536))
                     }
-                    let session = self.makeSession(on: channel.eventLoop)
+                    let session = self.makeSession(on: channel.eventLoop, endpoint: endpoint)
                     try channel.pipeline.syncOperations.addHandler(session)
                 }
             }
     }
 
-    func makeSession(on eventLoop: any EventLoop) -> ClientSession {
+    func makeSession(on eventLoop: any EventLoop, endpoint: Int = 0) -> ClientSession {
         clientCount.add(1, ordering: .relaxed)
+        metrics.clientConnectionsReceived[endpoint].increment()
         return state.withLockedValue { state in
             // One draw gives both halves of the cancel key; redraw on a (rare) pid collision.
             var key: UInt64
@@ -260,7 +356,7 @@ final class ProxyRuntime: @unchecked Sendable {
             } while processID == 0 || state.sessions[processID] != nil
             let loopSessions = self.loopSessions[ObjectIdentifier(eventLoop)] ?? LoopSessions(eventLoop: eventLoop)
             let session = ClientSession(
-                runtime: self, loopSessions: loopSessions, processID: processID,
+                runtime: self, loopSessions: loopSessions, endpoint: endpoint, processID: processID,
                 secretKey: Int32(truncatingIfNeeded: key >> 32), logger: logger)
             state.sessions[processID] = session
             if state.draining { session.beginDrain() }
@@ -270,6 +366,7 @@ final class ProxyRuntime: @unchecked Sendable {
 
     func sessionClosed(_ session: ClientSession) {
         clientCount.subtract(1, ordering: .relaxed)
+        metrics.clientConnectionsClosed[session.endpoint].increment()
         let promise = state.withLockedValue { state -> EventLoopPromise<Void>? in
             state.sessions[session.processID] = nil
             if state.draining, state.sessions.isEmpty {

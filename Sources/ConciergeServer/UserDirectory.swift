@@ -19,9 +19,22 @@ struct UserDirectory: Sendable {
     /// from wrong passwords (same messages, same salt for the same name, always failing).
     private let mockSeed: SymmetricKey
 
-    init(credentials: [DatabaseCredential], auth: [AuthConfiguration]) {
+    /// Usernames in auth-entry order (nil where an entry's secret was not read).
+    private let usernamesByAuthIndex: [String?]
+
+    /// `reusing`: a previous directory whose derived keys are kept for unchanged users (a reload
+    /// then costs no key derivation for them).
+    init(credentials: [DatabaseCredential], auth: [AuthConfiguration], reusing previous: UserDirectory? = nil) {
         var entries: [String: Entry] = [:]
+        var names: [String?] = []
         for (credential, authConfig) in zip(credentials, auth) {
+            names.append(credential.username)
+            if let old = previous?.entries[credential.username], old.credential == credential,
+               old.authType == authConfig.clientPasswordAuthType
+            {
+                entries[credential.username] = old
+                continue
+            }
             let salt = SecureRandom.bytes(16)
             entries[credential.username] = Entry(
                 credential: credential,
@@ -30,7 +43,12 @@ struct UserDirectory: Sendable {
                 md5StoredHash: PGMD5.storedHash(user: credential.username, password: credential.password))
         }
         self.entries = entries
-        self.mockSeed = SymmetricKey(size: .bits256)
+        self.usernamesByAuthIndex = names
+        self.mockSeed = previous?.mockSeed ?? SymmetricKey(size: .bits256)
+    }
+
+    func username(forAuthIndex index: Int) -> String? {
+        index < usernamesByAuthIndex.count ? usernamesByAuthIndex[index] : nil
     }
 
     func entry(for user: String) -> Entry? { entries[user] }

@@ -277,6 +277,18 @@ public struct PoolStateMachine: Sendable {
         return actions
     }
 
+    /// Closes every idle connection now (the target or the init query changed, so they are stale);
+    /// waiters are served by new connections. Leased connections are the caller's to close when
+    /// they come back (`release(_:reusable: false)`).
+    public mutating func closeIdleConnections(now: PoolInstant) -> PoolActions {
+        var actions = PoolActions()
+        guard lifecycle == .running else { return actions }
+        while let entry = oldestIdle() { close(entry.id, actions: &actions) }
+        rebalance(now: now, actions: &actions)
+        armTimer(nextDeadline(), actions: &actions)
+        return actions
+    }
+
     /// Closes idle connections, fails every waiter with `.shuttingDown` and makes later borrows fail
     /// the same way. Connecting and leased connections are closed when they are established or
     /// released. `.shutdownComplete` is emitted (once) when no connection is left.
