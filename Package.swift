@@ -73,7 +73,10 @@ let package = Package(
         .testTarget(name: "ConciergeConfigTests", dependencies: ["ConciergeConfig"]),
         .testTarget(
             name: "ConciergeServerTests",
-            dependencies: ["ConciergeServer", .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: [
+                "ConciergeServer", .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
         ),
     ]
 )

@@ -321,7 +321,9 @@ final class AdminHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
                 authorization: head.headers.first(name: "authorization"), body: body)
             body = []
             let version = head.version
+            let boundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
             router.handle(request, on: context.eventLoop).whenComplete { result in
+                let context = boundContext.value
                 let response: AdminResponse
                 switch result {
                 case .success(let value): response = value
@@ -341,7 +343,10 @@ final class AdminHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: version, status: response.status, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: response.body)))), promise: nil)
         let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
-        if !keepAlive { done.whenComplete { _ in context.close(promise: nil) } }
+        if !keepAlive {
+            let channel = context.channel
+            done.whenComplete { _ in channel.close(promise: nil) }
+        }
     }
 
     /// Path (percent-decoded) and query parameters of a request target.

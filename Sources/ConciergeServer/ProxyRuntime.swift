@@ -86,7 +86,7 @@ final class ProxyRuntime: @unchecked Sendable {
 
     init(
         configuration: ProxyConfiguration, credentials: [DatabaseCredential], group: any EventLoopGroup,
-        registry: PrometheusCollectorRegistry, logger: Logger
+        registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(), logger: Logger
     ) throws {
         self.name = configuration.name
         self.group = group

@@ -1,0 +1,186 @@
+import ConciergeConfig
+import NIOCore
+import NIOEmbedded
+import NIOHTTP1
+import Testing
+
+@testable import ConciergeServer
+
+@Suite struct JSONTests {
+    @Test func roundTripKeepsKeyOrderAndTypes() throws {
+        let text = #"{"b": 1, "a": [true, null, -2.5e3, "x\"\\\n\u00e9\ud83d\ude00"], "c": {}}"#
+        let value = try JSON.parse(Array(text.utf8))
+        #expect(value["b"] == .int(1))
+        #expect(value["a"] == .array([.bool(true), .null, .double(-2500), .string("x\"\\\né😀")]))
+        #expect(value.rendered(indent: 0) == #"{"b":1,"a":[true,null,-2500.0,"x\"\\\né😀"],"c":{}}"#)
+        #expect(try JSON.parse(Array(value.rendered().utf8)) == value)
+    }
+
+    @Test(arguments: ["", "{", "{\"a\":1,}", "[1 2]", "01", "\"\u{01}\"", "{\"a\":1,\"a\":2}", "nul", "1 2", "\"\\ud800\""])
+    func rejectsInvalidJSON(_ text: String) {
+        #expect(throws: JSON.ParseError.self) { try JSON.parse(Array(text.utf8)) }
+    }
+
+    @Test func rejectsDeepNesting() {
+        let deep = String(repeating: "[", count: 100) + String(repeating: "]", count: 100)
+        #expect(throws: JSON.ParseError.self) { try JSON.parse(Array(deep.utf8)) }
+    }
+}
+
+@Suite struct LogFormatTests {
+    @Test func logfmtQuotesOnlyWhatNeedsIt() {
+        let line = StructuredLogHandler.logfmt([("msg", "two words"), ("proxy", "app"), ("sql", "a=\"b\"\nc"), ("empty", "")])
+        #expect(line == #"msg="two words" proxy=app sql="a=\"b\"\nc" empty="""#)
+    }
+
+    @Test func jsonEscapesControlCharacters() {
+        #expect(StructuredLogHandler.json([("msg", "x\u{01}\t\"")]) == #"{"msg":"x\u0001\t\""}"#)
+    }
+
+    @Test func timestampIsUTCWithMilliseconds() {
+        let ts = StructuredLogHandler.timestamp()
+        #expect(ts.count == 24 && ts.hasSuffix("Z") && ts.contains("T"))
+    }
+}
+
+@Suite struct RedactionTests {
+    @Test(arguments: [
+        ("SET search_path = 'x'", "SET search_path = 'x'"),
+        ("ALTER ROLE a PASSWORD 'se''cret'", "ALTER ROLE a PASSWORD '***'"),
+        ("set my.password = $$p$$", "set my.password = '***'"),
+        ("set my.password = $tag$p$$x$tag$ , $1", "set my.password = '***' , $1"),
+        ("SELECT dblink_connect('password=s3')", "SELECT dblink_connect('***')"),
+    ])
+    func stringLiteralsAreRedactedWhenAPasswordIsMentioned(_ input: String, _ expected: String) {
+        #expect(ClientSession.redactedStatement(input) == expected)
+    }
+}
+
+@Suite struct AdminRouterTests {
+    let runtime: ProxyRuntime
+    let loop = EmbeddedEventLoop()
+
+    init() throws {
+        let proxy = ProxyConfiguration(
+            name: "unit", listen: HostPort(host: "127.0.0.1", port: 1),
+            auth: [AuthConfiguration(secretARN: "env:X", secret: .env(name: "X"))],
+            targetGroup: TargetGroupConfiguration(targets: [TargetConfiguration(endpoint: HostPort(host: "127.0.0.1", port: 2))]))
+        runtime = try ProxyRuntime(
+            configuration: proxy, credentials: [DatabaseCredential(username: "app", password: "secret")],
+            group: loop, logger: .init(label: "test"))
+    }
+
+    func call(_ method: HTTPMethod, _ uri: String, _ body: String = "", token: String? = nil, header: String? = nil) throws
+        -> (Int, JSON)
+    {
+        let runtime = self.runtime
+        let router = AdminRouter(proxies: { [runtime] }, token: token, registry: .init(), logger: .init(label: "test"))
+        let (path, query) = AdminHTTPHandler.split(uri)
+        let request = AdminRequest(method: method, path: path, query: query, authorization: header, body: Array(body.utf8))
+        let future = router.handle(request, on: loop)
+        loop.run()
+        let response = try future.wait()
+        return (Int(response.status.code), try JSON.parse(Array(response.body.utf8)))
+    }
+
+    @Test func describesTheProxyLikeRDS() throws {
+        let (status, body) = try call(.GET, "/v1/db-proxies?DBProxyName=unit")
+        #expect(status == 200)
+        guard case .array(let proxies)? = body["DBProxies"], let proxy = proxies.first else {
+            Issue.record("no DBProxies")
+            return
+        }
+        #expect(proxy["DBProxyName"] == .string("unit"))
+        #expect(proxy["EngineFamily"] == .string("POSTGRESQL"))
+        #expect(proxy["IdleClientTimeout"] == .int(1800))
+        #expect(proxy["RequireTLS"] == .bool(false))
+        guard case .array(let auth)? = proxy["Auth"] else { Issue.record("no Auth"); return }
+        #expect(auth.first?["UserName"] == .string("app"))
+        #expect(auth.first?["SecretArn"] == .string("env:X"))
+    }
+
+    @Test func modifiesThePoolAndNamesTheFieldOfABadValue() throws {
+        var (status, body) = try call(.PATCH, "/v1/db-proxies/unit/target-groups/default",
+                                      #"{"ConnectionPoolConfig": {"MaxConnectionsPercent": 50, "MaxIdleConnectionsPercent": 20}}"#)
+        #expect(status == 200)
+        #expect(body["DBProxyTargetGroup"]?["ConnectionPoolConfig"]?["MaxConnectionsPercent"] == .int(50))
+        #expect(runtime.configuration.targetGroup.connectionPoolConfig.maxIdleConnectionsPercent == 20)
+
+        (status, body) = try call(.PATCH, "/v1/db-proxies/unit/target-groups/default", #"{"ConnectionPoolConfig": {"MaxConnectionsPercent": 0}}"#)
+        #expect(status == 400)
+        #expect(body["Error"]?["Field"] == .string("ConnectionPoolConfig.MaxConnectionsPercent"))
+        #expect(body["Error"]?["Code"] == .string("InvalidParameterValue"))
+
+        (status, body) = try call(.PATCH, "/v1/db-proxies/unit/target-groups/default", #"{"ConnectionPoolConfig": {"MaxIdleConnectionsPercent": 60}}"#)
+        #expect(status == 400)
+        #expect(body["Error"]?["Code"] == .string("InvalidParameterCombination"))
+
+        (status, body) = try call(.PATCH, "/v1/db-proxies/unit/target-groups/default", #"{"ConnectionPoolConfig": {"MaxConnections": 5}}"#)
+        #expect(status == 400)
+        #expect(body["Error"]?["Field"] == .string("ConnectionPoolConfig.MaxConnections"))
+
+        (status, body) = try call(.PATCH, "/v1/db-proxies/unit/target-groups/default", #"{"ConnectionPoolConfig": {"ConnectionBorrowTimeout": "5"}}"#)
+        #expect(status == 400)
+        #expect(body["Error"]?["Field"] == .string("ConnectionPoolConfig.ConnectionBorrowTimeout"))
+
+        (status, _) = try call(.PATCH, "/v1/db-proxies/unit/target-groups/other", #"{"ConnectionPoolConfig": {}}"#)
+        #expect(status == 404)
+        (status, body) = try call(.PATCH, "/v1/db-proxies/unit/target-groups/default", "not json")
+        #expect(status == 400)
+        #expect(body["Error"]?["Code"] == .string("MalformedRequest"))
+    }
+
+    @Test func modifiesTheProxy() throws {
+        var (status, body) = try call(.PATCH, "/v1/db-proxies/unit", #"{"IdleClientTimeout": 60, "DebugLogging": true}"#)
+        #expect(status == 200)
+        #expect(body["DBProxy"]?["IdleClientTimeout"] == .int(60))
+        #expect(runtime.idleClientTimeout == 60 && runtime.debugLogging)
+        (status, body) = try call(.PATCH, "/v1/db-proxies/unit", #"{"IdleClientTimeout": 0}"#)
+        #expect(status == 400)
+        #expect(body["Error"]?["Field"] == .string("IdleClientTimeout"))
+        (status, body) = try call(.PATCH, "/v1/db-proxies/unit", #"{"RequireTLS": true}"#)
+        #expect(status == 400)
+        #expect(body["Error"]?["Field"] == .string("RequireTLS"))
+        (status, _) = try call(.PATCH, "/v1/db-proxies/nope", #"{}"#)
+        #expect(status == 404)
+    }
+
+    @Test func registersAndDeregistersTargets() throws {
+        var (status, body) = try call(.POST, "/v1/db-proxies/unit/targets", #"{"DBInstanceIdentifiers": ["127.0.0.1:3"]}"#)
+        #expect(status == 200)
+        #expect(body["DBProxyTargets"] == .array([ProxyRuntime.targetJSON(
+            HostPort(host: "127.0.0.1", port: 3), role: "UNKNOWN", health: TargetHealth(state: .registering),
+            resourceID: runtime.resourceID)]))
+        (status, body) = try call(.POST, "/v1/db-proxies/unit/targets", #"{"DBInstanceIdentifiers": ["127.0.0.1:3"]}"#)
+        #expect(status == 409)
+        (status, body) = try call(.GET, "/v1/db-proxies/unit/targets")
+        guard case .array(let targets)? = body["Targets"] else { Issue.record("no Targets"); return }
+        #expect(targets.map { $0["RdsResourceId"] } == [.string("127.0.0.1:2"), .string("127.0.0.1:3")])
+        #expect(targets.map { $0["Role"] } == [.string("READ_WRITE"), .string("UNKNOWN")])
+        (status, _) = try call(.DELETE, "/v1/db-proxies/unit/targets", #"{"DBInstanceIdentifiers": ["127.0.0.1:2"]}"#)
+        #expect(status == 200)
+        (status, body) = try call(.GET, "/v1/db-proxies/unit/targets")
+        guard case .array(let left)? = body["Targets"] else { Issue.record("no Targets"); return }
+        #expect(left.map { $0["Role"] } == [.string("READ_WRITE")])
+        (status, _) = try call(.DELETE, "/v1/db-proxies/unit/targets", #"{"DBInstanceIdentifiers": ["127.0.0.1:2"]}"#)
+        #expect(status == 404)
+        (status, body) = try call(.POST, "/v1/db-proxies/unit/targets", #"{"DBInstanceIdentifiers": ["not a host:x"]}"#)
+        #expect(status == 400)
+        #expect(body["Error"]?["Field"] == .string("DBInstanceIdentifiers"))
+    }
+
+    @Test func bearerTokenAndRoutes() throws {
+        var (status, _) = try call(.GET, "/v1/db-proxies", token: "t0k")
+        #expect(status == 401)
+        (status, _) = try call(.GET, "/v1/db-proxies", token: "t0k", header: "Bearer wrong")
+        #expect(status == 401)
+        (status, _) = try call(.GET, "/v1/db-proxies", token: "t0k", header: "Bearer t0k")
+        #expect(status == 200)
+        (status, _) = try call(.GET, "/healthz", token: "t0k")
+        #expect(status == 200)
+        (status, _) = try call(.GET, "/nope")
+        #expect(status == 404)
+        (status, _) = try call(.DELETE, "/v1/db-proxies")
+        #expect(status == 405)
+    }
+}
