@@ -290,9 +290,40 @@ struct ErrorTests {
         expectIssue(error, "admin.port: unknown key (allowed: listen, token)")
         #expect(error.issues.count == 3)
 
+        var environment = minimalEnvironment
+        environment["T"] = "tok"
         let ok = try? ConfigurationLoader.parse(yaml: minimalYAML + "\nadmin: {token: \"env:T\"}\n", baseDirectory: "/x",
-                                                environment: minimalEnvironment)
+                                                environment: environment)
         #expect(ok?.configuration.admin == AdminConfiguration(listen: HostPort(host: "127.0.0.1", port: 9187), token: "env:T"))
+        #expect(ok?.adminToken == "tok")
+    }
+
+    @Test func adminTokenReferencesMustResolve() throws {
+        let unset = expectFailure(minimalYAML + "\nadmin: {token: \"env:NOPE\"}\n")
+        expectIssue(unset, "admin.token: env:NOPE: the environment variable is not set")
+        let dir = try TemporaryDirectory()
+        try dir.write("token", "\n  file-token \n")
+        let fromFile = try ConfigurationLoader.parse(
+            yaml: minimalYAML + "\nadmin: {token: \"file:token\"}\n", baseDirectory: dir.path, environment: minimalEnvironment)
+        #expect(fromFile.adminToken == "file-token")
+        let missing = expectFailure(minimalYAML + "\nadmin: {token: \"file:/nonexistent/token\"}\n")
+        expectIssue(missing, "admin.token: file:/nonexistent/token: the file cannot be read (or is over 1 MiB, or not UTF-8)")
+        let literal = try ConfigurationLoader.parse(
+            yaml: minimalYAML + "\nadmin: {token: \"literal\"}\n", baseDirectory: "/x", environment: minimalEnvironment)
+        #expect(literal.adminToken == "literal")
+    }
+
+    @Test func adminWithoutTokenListensOnLoopbackOnly() throws {
+        let error = expectFailure(minimalYAML + "\nadmin: {listen: \"0.0.0.0:9187\"}\n")
+        expectIssue(error, "admin.listen: 0.0.0.0:9187 is not a loopback address: without admin.token the admin API may listen on loopback only (set admin.token, or listen on 127.0.0.1)")
+        for listen in ["127.0.0.1:9187", "localhost:9187", "[::1]:9187", "127.1.2.3:80"] {
+            let ok = try ConfigurationLoader.parse(
+                yaml: minimalYAML + "\nadmin: {listen: \"\(listen)\"}\n", baseDirectory: "/x", environment: minimalEnvironment)
+            #expect(ok.adminToken == nil)
+        }
+        let withToken = try ConfigurationLoader.parse(
+            yaml: minimalYAML + "\nadmin: {listen: \"0.0.0.0:9187\", token: \"t\"}\n", baseDirectory: "/x", environment: minimalEnvironment)
+        #expect(withToken.adminToken == "t")
     }
 
     @Test func allProblemsAreReportedTogether() {

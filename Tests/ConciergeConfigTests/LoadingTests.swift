@@ -94,9 +94,10 @@ struct LoadingTests {
         try dir.write("secrets/app_user.json", appSecretJSON)
         try dir.write("billing.json", #"{"username":"billing","password":"pw-billing"}"#)
         let yaml = Self.fullYAML.replacingOccurrences(of: "/ABSOLUTE", with: dir.path)
-        let environment = ["REPORTING_SECRET": reportingSecretJSON]
+        let environment = ["REPORTING_SECRET": reportingSecretJSON, "ADMIN_TOKEN": " the-admin-token\n"]
         let loaded = try ConfigurationLoader.parse(yaml: yaml, baseDirectory: dir.path, environment: environment)
         let config = loaded.configuration
+        #expect(loaded.adminToken == "the-admin-token")
 
         #expect(config.drainTimeout == 45)
         #expect(config.admin == AdminConfiguration(listen: HostPort(host: "127.0.0.1", port: 9187), token: "env:ADMIN_TOKEN"))
