@@ -19,6 +19,20 @@ import Testing
         #expect(pool.stats.totals == PoolCounts(leased: 1))
     }
 
+    @Test func closeIdleConnectionsClosesOnlyIdleOnesAndServesWaitersWithNewOnes() {
+        var pool = makePool(cap: 2)
+        let c0 = pool.leaseNew(req(1))
+        let c1 = pool.leaseNew(req(2))
+        _ = pool.release(c1, reusable: true, now: t(0.5))  // c1 idle, c0 leased
+        #expect(pool.stats.totals == PoolCounts(idle: 1, leased: 1))
+        let actions = pool.closeIdleConnections(now: t(1))
+        #expect(actions.closed == [c1])
+        #expect(pool.stats.totals == PoolCounts(leased: 1))
+        // The leased one is the caller's to close on return; a new borrow opens a fresh one.
+        #expect(pool.release(c0, reusable: false, now: t(1.5)).closed == [c0])
+        #expect(pool.borrow(request: req(3), key: keyA, eventLoopIndex: 0, now: t(2)).created.count == 1)
+    }
+
     @Test func capIsRespectedUnderManyBorrowers() {
         var pool = makePool(cap: 3)
         var created: [ConnectionID] = []
