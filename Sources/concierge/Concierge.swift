@@ -19,7 +19,12 @@ struct Concierge: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "concierge",
         abstract: "A PostgreSQL proxy that multiplexes client transactions over a small pool of database connections.",
-        subcommands: [Serve.self, CheckConfig.self]
+        subcommands: [
+            Serve.self, CheckConfig.self,
+            DescribeDBProxies.self, DescribeDBProxyTargetGroups.self, DescribeDBProxyTargets.self,
+            ModifyDBProxy.self, ModifyDBProxyTargetGroup.self,
+            RegisterDBProxyTargets.self, DeregisterDBProxyTargets.self,
+        ]
     )
 }
 

@@ -125,13 +125,14 @@ def proxy(request, pg: PgCluster, concierge_bin: Path, tmp_path: Path):
     to the top level, anything else (idle_client_timeout, max_client_connections, ...) into the
     proxy's entry. `wait_ready=False` only waits until the proxy listens, for configurations
     under which `select 1` is expected to fail (e.g. a failing init_query); `db_port` points
-    the proxy at another port than the test cluster's; `threads` sets `--threads`.
+    the proxy at another port than the test cluster's; `threads` sets `--threads`; `admin` is
+    the config's top-level `admin` section (e.g. {"listen": "127.0.0.1:PORT", "token": "..."}).
     """
     started: list[Proxy] = []
     request.node._concierge_proxies = started
 
     def start(*, drain_timeout: float = 5, wait_ready: bool = True, db_port: int | None = None,
-              threads: int | None = None, **overrides) -> Proxy:
+              threads: int | None = None, admin: dict | None = None, **overrides) -> Proxy:
         if DIRECT:
             return Proxy(host=pg.host, port=pg.port, passwords=pg.passwords, bindir=pg.bindir)
         n = len(started)
@@ -142,6 +143,8 @@ def proxy(request, pg: PgCluster, concierge_bin: Path, tmp_path: Path):
         port = free_port()
         config = proxy_config(listen_port=port, db_port=db_port or pg.port, secrets=secret_files,
                               drain_timeout=drain_timeout, **overrides)
+        if admin is not None:
+            config["admin"] = admin
         config_path = workdir / "concierge.yaml"
         config_path.write_text(to_yaml(config) + "\n")
         log_path = workdir / "concierge.log"
