@@ -54,7 +54,10 @@ final class AdminRouter: Sendable {
     func setToken(_ token: String?) { self.token.withLockedValue { $0 = token } }
 
     func handle(_ request: AdminRequest, on eventLoop: any EventLoop) -> EventLoopFuture<AdminResponse> {
-        if request.path == "/healthz", request.method == .GET {
+        if request.path == "/healthz" {
+            guard request.method == .GET || request.method == .HEAD else {
+                return eventLoop.makeSucceededFuture(.error(Self.methodNotAllowed(request)))
+            }
             return eventLoop.makeSucceededFuture(.json(.object([("Status", .string("ok"))])))
         }
         if let expected = token.withLockedValue({ $0 }) {

@@ -2,9 +2,12 @@ import ArgumentParser
 import ConciergeConfig
 import ConciergeServer
 import Logging
+import Metrics
 import NIOCore
 import NIOPosix
+import Prometheus
 import ServiceLifecycle
+import UnixSignals
 
 #if canImport(Glibc)
 import Glibc
@@ -78,13 +81,15 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Event-loop threads (default: one per core).")
     var threads: Int?
 
+    @Option(name: .long, help: "Log line format: logfmt or json.")
+    var logFormat: LogFormat = .logfmt
+
     func run() async throws {
         let loaded = try options.load()
         let level = logLevel
+        let format = logFormat
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
+            StructuredLogHandler(label: label, format: format, level: level)
         }
         let logger = Logger(label: "concierge")
         raiseFileDescriptorLimit(logger: logger)
@@ -95,23 +100,71 @@ struct Serve: AsyncParsableCommand {
             throw ExitCode(configurationErrorExitCode)
         }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        let registry = PrometheusCollectorRegistry()
+        // Libraries instrumented with swift-metrics report into the same registry as the proxy.
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let server = ConciergeServer(
-            configuration: loaded.configuration, credentials: loaded.credentials, logger: logger, group: group)
+            configuration: loaded.configuration, credentials: loaded.credentials, adminToken: loaded.adminToken,
+            logger: logger, group: group, registry: registry)
         do {
             try await server.start()
         } catch {
             logger.critical("could not start", metadata: ["concierge.error": "\(error)"])
             throw ExitCode(1)
         }
+        let reloader = ConfigurationReloader(path: options.config, server: server, logger: logger)
         let services = ServiceGroup(
             configuration: .init(
-                services: [.init(service: server, successTerminationBehavior: .gracefullyShutdownGroup)],
+                services: [
+                    .init(service: server, successTerminationBehavior: .gracefullyShutdownGroup),
+                    .init(service: reloader),
+                ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         try await services.run()
         try? await group.shutdownGracefully()
     }
 }
+
+/// SIGHUP: reads the configuration file again and applies it. A file with any problem is
+/// refused and logged; the running configuration stays.
+struct ConfigurationReloader: Service {
+    let path: String
+    let server: ConciergeServer
+    let logger: Logger
+
+    func run() async throws {
+        let signals = await UnixSignalsSequence(trapping: .sighup)
+        await withGracefulShutdownHandler {
+            for await _ in signals.cancelOnGracefulShutdown() {
+                reload()
+            }
+        } onGracefulShutdown: {}
+    }
+
+    private func reload() {
+        logger.info("SIGHUP: reloading the configuration", metadata: ["concierge.config": "\(path)"])
+        let loaded: LoadedConfiguration
+        do {
+            loaded = try ConfigurationLoader.load(path: path)
+        } catch {
+            logger.error("configuration not reloaded: the file is invalid; the running configuration stays", metadata: [
+                "concierge.config": "\(path)", "concierge.error": "\(error.description)",
+            ])
+            return
+        }
+        do {
+            try server.reload(loaded)
+            logger.info("configuration reloaded", metadata: ["concierge.config": "\(path)"])
+        } catch {
+            logger.error("configuration not reloaded; the running configuration stays", metadata: [
+                "concierge.config": "\(path)", "concierge.error": "\(error.description)",
+            ])
+        }
+    }
+}
+
+extension LogFormat: ExpressibleByArgument {}
 
 struct CheckConfig: ParsableCommand {
     static let configuration = CommandConfiguration(
