@@ -29,6 +29,33 @@ struct Concierge: AsyncParsableCommand {
             RegisterDBProxyTargets.self, DeregisterDBProxyTargets.self,
         ]
     )
+
+    static let adminVerbs: Set<String> = Set([
+        DescribeDBProxies.self, DescribeDBProxyTargetGroups.self, DescribeDBProxyTargets.self,
+        ModifyDBProxy.self, ModifyDBProxyTargetGroup.self,
+        RegisterDBProxyTargets.self, DeregisterDBProxyTargets.self,
+    ].compactMap { ($0 as ParsableCommand.Type).configuration.commandName })
+
+    /// As swift-argument-parser's, except that a usage error of an admin verb (a missing or
+    /// unknown flag) exits 252, like the aws CLI, instead of 64.
+    static func main() async {
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            if exitCode(for: error) == .validationFailure, let verb = CommandLine.arguments.dropFirst().first,
+               adminVerbs.contains(verb)
+            {
+                printError(fullMessage(for: error))
+                Glibc.exit(AdminExit.usage)
+            }
+            exit(withError: error)
+        }
+    }
 }
 
 /// Exit status for an invalid configuration.
