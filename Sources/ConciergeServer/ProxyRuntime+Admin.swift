@@ -278,7 +278,8 @@ extension ProxyRuntime {
     }
 
     /// ModifyDBProxyTargetGroup: a lower cap closes idle backends now and borrowed ones as they
-    /// are returned (no client fails); a new borrow timeout applies to the next waiter; new
+    /// are returned (no client fails); a new borrow timeout applies to the next waiters and to
+    /// those already waiting (counted from when each started); new
     /// filters apply to clients that log in from now on; a new init query retires the backends
     /// that ran the old one (idle ones now, borrowed ones when returned).
     func modifyTargetGroup(_ pool: ConnectionPoolConfiguration) throws(AdminError) {

@@ -641,3 +641,26 @@ def test_target_errors(admin_proxy):
     assert_error(p.admin.delete(path, raw=b"[]"), 400, "MalformedRequest")
     assert len(p.admin.targets()) == 1
     p.assert_serves()
+
+
+def test_new_borrow_timeout_applies_to_the_next_waiter(admin_proxy):
+    # Cap 1 backend, borrow timeout 10 s in the config; lowered to 1 s live, a waiter gets its
+    # error after about 1 s, and its connection stays usable.
+    p = admin_proxy(max_connections_percent=1, connection_borrow_timeout=10)
+    holder = p.connect()
+    waiter = p.connect()
+    try:
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1")
+        p.admin.ok(p.admin.modify_target_group({"ConnectionBorrowTimeout": 1}))
+        started = time.monotonic()
+        with pytest.raises(psycopg.Error) as exc:
+            waiter.execute("SELECT 1")
+        elapsed = time.monotonic() - started
+        assert exc.value.sqlstate == "53300"
+        assert 0.8 <= elapsed <= 3.0, f"the waiter timed out after {elapsed:.2f}s, expected ~1s"
+        holder.execute("COMMIT")
+        assert waiter.execute("SELECT 2").fetchone()[0] == 2
+    finally:
+        holder.close()
+        waiter.close()
