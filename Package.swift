@@ -16,6 +16,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams.git", from: "5.0.1"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
     ],
     targets: [
         .target(
@@ -27,6 +28,16 @@ let package = Package(
             ]
         ),
         .target(name: "SQLClassifier"),
+        .target(
+            name: "ConciergeAWS",
+            dependencies: [
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
+        ),
         .target(name: "ConnectionPool"),
         .target(
             name: "ConciergeConfig",
@@ -37,7 +48,8 @@ let package = Package(
         .target(
             name: "ConciergeServer",
             dependencies: [
-                "PostgresWire", "SQLClassifier", "ConnectionPool", "ConciergeConfig",
+                "PostgresWire", "SQLClassifier", "ConnectionPool", "ConciergeConfig", "ConciergeAWS",
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -52,7 +64,7 @@ let package = Package(
         .executableTarget(
             name: "concierge",
             dependencies: [
-                "ConciergeServer", "ConciergeConfig",
+                "ConciergeServer", "ConciergeConfig", "ConciergeAWS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -69,6 +81,7 @@ let package = Package(
             dependencies: ["PostgresWire", .product(name: "NIOTestUtils", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(name: "SQLClassifierTests", dependencies: ["SQLClassifier"]),
+        .testTarget(name: "ConciergeAWSTests", dependencies: ["ConciergeAWS"]),
         .testTarget(name: "ConnectionPoolTests", dependencies: ["ConnectionPool"]),
         .testTarget(name: "ConciergeConfigTests", dependencies: ["ConciergeConfig"]),
         .testTarget(
