@@ -8,6 +8,61 @@ public struct LoadedConfiguration: Sendable, Hashable {
     public var credentials: [String: [DatabaseCredential]]
     /// The admin API's bearer token, read from its reference (`env:NAME`, `file:PATH`) if it is one.
     public var adminToken: String?
+    /// Secrets Manager secrets still to fetch (the server does, then calls `completing`).
+    public var pendingSecrets: [PendingSecret] = []
+    /// `iam.identities`: access key id → secret access key (read from their references).
+    public var iamSecretKeys: [String: String] = [:]
+    /// Credentials for Secrets Manager: from `secrets_manager`, else the AWS_* environment.
+    public var secretsManagerCredentials: AWSKeyPair?
+
+    /// An auth entry whose secret lives in Secrets Manager.
+    public struct PendingSecret: Sendable, Hashable {
+        public var proxy: String
+        public var authIndex: Int
+        public var keyPath: String
+        public var arn: String
+    }
+
+    /// An AWS access key (the secret part never printed).
+    public struct AWSKeyPair: Sendable, Hashable, CustomStringConvertible {
+        public var accessKeyID: String
+        public var secretAccessKey: String
+        public var sessionToken: String?
+        public var description: String { "AWSKeyPair(\(accessKeyID), secret redacted)" }
+
+        public init(accessKeyID: String, secretAccessKey: String, sessionToken: String? = nil) {
+            self.accessKeyID = accessKeyID
+            self.secretAccessKey = secretAccessKey
+            self.sessionToken = sessionToken
+        }
+    }
+
+    /// With the fetched Secrets Manager secrets filled in, in auth-entry order; refuses two auth
+    /// entries of a proxy with the same username, as for other secrets.
+    public func completing(with fetched: [PendingSecret: DatabaseCredential]) throws(ConfigurationError) -> LoadedConfiguration {
+        var result = self
+        var issues: [ConfigurationIssue] = []
+        for pending in pendingSecrets.sorted(by: { ($0.proxy, $0.authIndex) < ($1.proxy, $1.authIndex) }) {
+            guard let credential = fetched[pending] else {
+                issues.append(ConfigurationIssue(
+                    keyPath: pending.keyPath, value: pending.arn, expectation: "a secret Secrets Manager returns",
+                    message: "\(pending.arn): not fetched"))
+                continue
+            }
+            var list = result.credentials[pending.proxy] ?? []
+            if list.contains(where: { $0.username == credential.username }) {
+                issues.append(ConfigurationIssue(
+                    keyPath: pending.keyPath, value: pending.arn, expectation: "a different database user per auth entry",
+                    message: "\(pending.arn): username \(renderText(credential.username, forceQuotes: true)) is already used by another auth entry"))
+                continue
+            }
+            list.insert(credential, at: min(pending.authIndex, list.count))
+            result.credentials[pending.proxy] = list
+        }
+        if !issues.isEmpty { throw ConfigurationError(issues: issues) }
+        result.pendingSecrets = []
+        return result
+    }
 
     public init(
         configuration: ConciergeConfiguration, credentials: [String: [DatabaseCredential]], adminToken: String? = nil
@@ -43,8 +98,59 @@ public enum ConfigurationLoader {
         if let token = configuration.admin?.token, !isCovered("admin.token", by: parseIssues) {
             adminToken = readAdminToken(token, baseDirectory: baseDirectory, environment: environment, issues: &issues)
         }
+        var loaded = LoadedConfiguration(configuration: configuration, credentials: credentials, adminToken: adminToken)
+        for (p, proxy) in configuration.proxies.enumerated() {
+            for (a, auth) in proxy.auth.enumerated() {
+                if case .secretsManager(let arn) = auth.secret {
+                    loaded.pendingSecrets.append(LoadedConfiguration.PendingSecret(
+                        proxy: proxy.name, authIndex: a, keyPath: "proxies[\(p)].auth[\(a)].secret_arn", arn: arn))
+                }
+            }
+            if let tls = proxy.tls {
+                checkPEM(tls.certificateFile, kind: "CERTIFICATE", keyPath: "proxies[\(p)].tls.certificate_file", issues: &issues)
+                checkPEM(tls.privateKeyFile, kind: "PRIVATE KEY", keyPath: "proxies[\(p)].tls.private_key_file", issues: &issues)
+            }
+            if let ca = proxy.targetGroup.tls.caFile {
+                checkPEM(ca, kind: "CERTIFICATE", keyPath: "proxies[\(p)].target_group.tls.ca_file", issues: &issues)
+            }
+        }
+        if let iam = configuration.iam {
+            for (i, identity) in iam.identities.enumerated() where !isCovered("iam.identities[\(i)]", by: issues) {
+                let keyPath = "iam.identities[\(i)].secret_access_key"
+                if let secret = readReference(identity.secretAccessKeyReference, keyPath: keyPath, baseDirectory: baseDirectory,
+                                              environment: environment, issues: &issues) {
+                    loaded.iamSecretKeys[identity.accessKeyID] = secret
+                }
+                if (try? JSONSerialization.jsonObject(with: Data(identity.policy.utf8))) as? [String: Any] == nil {
+                    issues.append(ConfigurationIssue(
+                        keyPath: "iam.identities[\(i)].policy", value: nil, expectation: "an IAM policy document (a JSON object)",
+                        message: "the policy is not a JSON object (expected: an IAM policy document, as JSON text or a YAML mapping)"))
+                }
+            }
+        }
+        if !loaded.pendingSecrets.isEmpty {
+            let sm = configuration.secretsManager
+            let accessKey = sm?.accessKeyID ?? environment["AWS_ACCESS_KEY_ID"]
+            var secretKey: String?
+            if let reference = sm?.secretAccessKeyReference {
+                secretKey = readReference(reference, keyPath: "secrets_manager.secret_access_key", baseDirectory: baseDirectory,
+                                          environment: environment, issues: &issues)
+            } else {
+                secretKey = environment["AWS_SECRET_ACCESS_KEY"]
+            }
+            if let accessKey, let secretKey, !accessKey.isEmpty, !secretKey.isEmpty {
+                loaded.secretsManagerCredentials = LoadedConfiguration.AWSKeyPair(
+                    accessKeyID: accessKey, secretAccessKey: secretKey,
+                    sessionToken: sm?.accessKeyID == nil ? environment["AWS_SESSION_TOKEN"] : nil)
+            } else if !isCovered("secrets_manager", by: issues) {
+                issues.append(ConfigurationIssue(
+                    keyPath: "secrets_manager", value: nil, expectation: "AWS credentials",
+                    message: "Secrets Manager secrets need credentials: secrets_manager.access_key_id and secret_access_key, "
+                        + "or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment"))
+            }
+        }
         if !issues.isEmpty { throw ConfigurationError(issues: issues) }
-        return LoadedConfiguration(configuration: configuration, credentials: credentials, adminToken: adminToken)
+        return loaded
     }
 
     /// Parses and validates YAML text without reading any secret (e.g. to check a file on another host).
@@ -118,6 +224,7 @@ public enum ConfigurationLoader {
                 let keyPath = "proxies[\(p)].auth[\(a)].secret_arn"
                 if skip(keyPath) { continue }
                 let written = auth.secretARN.isEmpty ? auth.secret.description : auth.secretARN
+                if case .secretsManager = auth.secret { continue }  // fetched by the server
                 do {
                     let credential = try SecretLoader.load(auth.secret, environment: environment)
                     if let first = usernames[credential.username] {
@@ -139,6 +246,59 @@ public enum ConfigurationLoader {
             result[proxy.name] = credentials
         }
         return result
+    }
+
+    /// A file that must exist and hold PEM data of `kind` (its content never echoed).
+    static func checkPEM(_ path: String, kind: String, keyPath: String, issues: inout [ConfigurationIssue]) {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            issues.append(ConfigurationIssue(
+                keyPath: keyPath, value: path, expectation: "a readable PEM file",
+                message: "\(path): the file does not exist or cannot be read"))
+            return
+        }
+        let text = String(decoding: data, as: UTF8.self)
+        guard text.contains("-----BEGIN"), text.contains(kind) else {
+            issues.append(ConfigurationIssue(
+                keyPath: keyPath, value: path, expectation: "a PEM file with a \(kind)",
+                message: "\(path): no PEM \(kind) in the file"))
+            return
+        }
+    }
+
+    /// A raw secret value (not JSON) from `env:NAME` or `file:PATH`, trimmed; nil (with an issue)
+    /// when it cannot be read. The value is never echoed.
+    static func readReference(
+        _ reference: String, keyPath: String, baseDirectory: String, environment: [String: String],
+        issues: inout [ConfigurationIssue]
+    ) -> String? {
+        var value: String?
+        if reference.hasPrefix("env:") {
+            value = environment[String(reference.dropFirst(4))]
+            if value == nil {
+                issues.append(ConfigurationIssue(
+                    keyPath: keyPath, value: reference, expectation: "a set environment variable",
+                    message: "\(reference): the environment variable is not set"))
+                return nil
+            }
+        } else if reference.hasPrefix("file:") {
+            let path = SecretReference.resolvePath(String(reference.dropFirst(5)), against: baseDirectory)
+            guard let data = FileManager.default.contents(atPath: path), data.count <= SecretLoader.maximumSize else {
+                issues.append(ConfigurationIssue(
+                    keyPath: keyPath, value: reference, expectation: "a readable file",
+                    message: "file:\(path): the file cannot be read (or is over 1 MiB)"))
+                return nil
+            }
+            value = String(decoding: data, as: UTF8.self)
+        } else {
+            return nil  // reported by validation
+        }
+        let trimmed = value!.trimmingCharacters(in: .whitespacesAndNewlines)
+        if trimmed.isEmpty {
+            issues.append(ConfigurationIssue(
+                keyPath: keyPath, value: reference, expectation: "a non-empty value", message: "\(reference): the value is empty"))
+            return nil
+        }
+        return trimmed
     }
 
     /// `env:NAME` and `file:PATH` are read (the file's content, without surrounding whitespace);

@@ -13,15 +13,20 @@ struct ConfigurationDecoder {
 
     // MARK: Keys
 
-    static let rootKeys = ["drain_timeout", "admin", "proxies"]
+    static let rootKeys = ["drain_timeout", "admin", "iam", "secrets_manager", "secret_refresh_interval", "proxies"]
+    static let iamKeys = ["region", "account_id", "identities"]
+    static let identityKeys = ["access_key_id", "secret_access_key", "arn", "policy"]
+    static let secretsManagerKeys = ["region", "endpoint", "access_key_id", "secret_access_key"]
+    static let clientTLSKeys = ["certificate_file", "private_key_file"]
+    static let backendTLSKeys = ["mode", "ca_file"]
     static let adminKeys = ["listen", "token"]
     static let proxyKeys = [
-        "name", "engine_family", "listen", "endpoints", "require_tls", "idle_client_timeout",
-        "max_client_connections", "debug_logging", "max_message_size", "auth", "target_group",
+        "name", "resource_id", "engine_family", "listen", "hostnames", "endpoints", "require_tls", "tls",
+        "idle_client_timeout", "max_client_connections", "debug_logging", "max_message_size", "auth", "target_group",
     ]
     static let endpointKeys = ["name", "target_role", "listen"]
     static let authKeys = ["auth_scheme", "secret_arn", "iam_auth", "client_password_auth_type", "description"]
-    static let targetGroupKeys = ["name", "connection_pool_config", "targets"]
+    static let targetGroupKeys = ["name", "connection_pool_config", "tls", "targets"]
     static let poolKeys = [
         "max_connections_percent", "max_idle_connections_percent", "connection_borrow_timeout",
         "session_pinning_filters", "init_query", "backend_idle_timeout",
@@ -57,7 +62,21 @@ struct ConfigurationDecoder {
                 proxies.append(decodeProxy(item, at: "proxies[\(index)]"))
             }
         }
-        return ConciergeConfiguration(drainTimeout: drainTimeout, admin: admin, proxies: proxies)
+        var configuration = ConciergeConfiguration(drainTimeout: drainTimeout, admin: admin, proxies: proxies)
+        if let node = present(fields, "iam") { configuration.iam = decodeIAM(node, at: "iam") }
+        if let node = present(fields, "secrets_manager") {
+            let path = "secrets_manager"
+            let sm = mapping(node, at: path, allowed: Self.secretsManagerKeys, expectation: "a mapping with region, endpoint, access_key_id, secret_access_key")
+            configuration.secretsManager = SecretsManagerConfiguration(
+                region: string(sm, "region", at: path, required: false, expectation: "an AWS region such as us-east-1"),
+                endpoint: string(sm, "endpoint", at: path, required: false, expectation: "an http:// or https:// URL"),
+                accessKeyID: string(sm, "access_key_id", at: path, required: false, expectation: "an access key id"),
+                secretAccessKeyReference: string(sm, "secret_access_key", at: path, required: false, expectation: "env:NAME or file:PATH"))
+        }
+        configuration.secretRefreshInterval = int(
+            fields, "secret_refresh_interval", at: "", range: ConfigurationLimits.secretRefreshInterval,
+            default: ConfigurationDefaults.secretRefreshInterval)
+        return configuration
     }
 
     mutating func decodeAdmin(_ node: Node, at path: String) -> AdminConfiguration {
@@ -112,10 +131,92 @@ struct ConfigurationDecoder {
         } else {
             missing(targetGroupPath, fields, "target_group", expectation: "a mapping with targets")
         }
-        return ProxyConfiguration(
+        var proxy = ProxyConfiguration(
             name: name, engineFamily: engine, listen: listen, endpoints: endpoints, requireTLS: requireTLS,
             idleClientTimeout: idle, maxClientConnections: maxClients, debugLogging: debug,
             maxMessageSize: maxMessage, auth: auth, targetGroup: targetGroup)
+        proxy.resourceID = string(fields, "resource_id", at: path, required: false,
+                                  expectation: "prx- and 17 lowercase hex digits")
+        if let items = sequence(fields, "hostnames", at: path, required: false, expectation: "a list of host names") {
+            for (i, item) in items.enumerated() {
+                let itemPath = Self.child(path, "hostnames") + "[\(i)]"
+                guard case .scalar(let scalar) = item, !scalar.string.isEmpty else {
+                    report(itemPath, item, value: Self.displayValue(item), expectation: "a host name",
+                           message: "\(Self.displayValue(item)) is not a host name")
+                    continue
+                }
+                proxy.hostnames.append(scalar.string.lowercased())
+            }
+        }
+        if let node = present(fields, "tls") {
+            let tlsPath = Self.child(path, "tls")
+            let tls = mapping(node, at: tlsPath, allowed: Self.clientTLSKeys, expectation: "a mapping with certificate_file and private_key_file")
+            let certificate = string(tls, "certificate_file", at: tlsPath, required: true, expectation: "a PEM certificate file")
+            let key = string(tls, "private_key_file", at: tlsPath, required: true, expectation: "a PEM private key file")
+            if let certificate, let key {
+                proxy.tls = ClientTLSConfiguration(
+                    certificateFile: SecretReference.resolvePath(certificate, against: baseDirectory),
+                    privateKeyFile: SecretReference.resolvePath(key, against: baseDirectory))
+            }
+        }
+        return proxy
+    }
+
+    mutating func decodeIAM(_ node: Node, at path: String) -> IAMConfiguration {
+        let fields = mapping(node, at: path, allowed: Self.iamKeys, expectation: "a mapping with region, account_id and identities")
+        let region = string(fields, "region", at: path, required: true, expectation: "an AWS region such as us-east-1") ?? ""
+        let account = string(fields, "account_id", at: path, required: true, expectation: "a 12-digit account id") ?? ""
+        var identities: [IAMIdentity] = []
+        if let items = sequence(fields, "identities", at: path, required: true, expectation: "a list of identities") {
+            for (i, item) in items.enumerated() {
+                let itemPath = Self.child(path, "identities") + "[\(i)]"
+                let f = mapping(item, at: itemPath, allowed: Self.identityKeys,
+                                expectation: "a mapping with access_key_id, secret_access_key, arn and policy")
+                let key = string(f, "access_key_id", at: itemPath, required: true, expectation: "an access key id") ?? ""
+                let secret = string(f, "secret_access_key", at: itemPath, required: true, expectation: "env:NAME or file:PATH") ?? ""
+                let arn = string(f, "arn", at: itemPath, required: true, expectation: "the principal's ARN") ?? ""
+                var policy = ""
+                if let policyNode = present(f, "policy") {
+                    if case .scalar(let scalar) = policyNode {
+                        policy = scalar.string
+                    } else {
+                        policy = Self.json(policyNode)
+                    }
+                } else {
+                    missing(Self.child(itemPath, "policy"), f, "policy", expectation: "an IAM policy (JSON text or a YAML mapping)")
+                }
+                identities.append(IAMIdentity(accessKeyID: key, secretAccessKeyReference: secret, arn: arn, policy: policy))
+            }
+        }
+        return IAMConfiguration(region: region, accountID: account, identities: identities)
+    }
+
+    /// A YAML node as JSON text (for inline policies written in YAML).
+    static func json(_ node: Node) -> String {
+        switch node {
+        case .mapping(let map):
+            return "{" + map.map { key, value in json(.scalar(.init(key.string ?? ""))) + ":" + json(value) }.joined(separator: ",") + "}"
+        case .sequence(let list):
+            return "[" + list.map { json($0) }.joined(separator: ",") + "]"
+        case .scalar(let scalar):
+            switch tagName(node) {
+            case .null: return "null"
+            case .bool: return node.bool == true ? "true" : "false"
+            case .int, .float: return scalar.string
+            default:
+                var out = "\""
+                for character in scalar.string.unicodeScalars {
+                    switch character {
+                    case "\"": out += "\\\""
+                    case "\\": out += "\\\\"
+                    case "\n": out += "\\n"
+                    case _ where character.value < 0x20: out += String(format: "\\u%04x", character.value)
+                    default: out.unicodeScalars.append(character)
+                    }
+                }
+                return out + "\""
+            }
+        }
     }
 
     mutating func decodeEndpoint(_ node: Node, at path: String) -> EndpointConfiguration {
@@ -175,7 +276,15 @@ struct ConfigurationDecoder {
                 targets.append(TargetConfiguration(endpoint: endpoint))
             }
         }
-        return TargetGroupConfiguration(name: name, connectionPoolConfig: pool, targets: targets)
+        var group = TargetGroupConfiguration(name: name, connectionPoolConfig: pool, targets: targets)
+        if let node = present(fields, "tls") {
+            let tlsPath = Self.child(path, "tls")
+            let tls = mapping(node, at: tlsPath, allowed: Self.backendTLSKeys, expectation: "a mapping with mode and ca_file")
+            let mode = enumeration(tls, "mode", at: tlsPath, required: false, shown: BackendTLSMode.allCases, default: BackendTLSMode.disable)
+            let ca = string(tls, "ca_file", at: tlsPath, required: false, expectation: "a PEM file of trusted certificates")
+            group.tls = BackendTLSConfiguration(mode: mode, caFile: ca.map { SecretReference.resolvePath($0, against: baseDirectory) })
+        }
+        return group
     }
 
     mutating func decodePool(_ node: Node, at path: String) -> ConnectionPoolConfiguration {

@@ -14,6 +14,7 @@ public enum ConfigurationDefaults {
     public static let backendIdleTimeout = 60
     /// Port of a target `endpoint` written without one.
     public static let targetPort = 5432
+    public static let secretRefreshInterval = 300
 }
 
 /// Allowed ranges of every numeric key (inclusive).
@@ -29,8 +30,16 @@ public enum ConfigurationLimits {
     public static let connectionBorrowTimeout: ClosedRange<Int> = 0...3600
     public static let backendIdleTimeout: ClosedRange<Int> = 1...86_400
     public static let port: ClosedRange<Int> = 1...65535
+    public static let secretRefreshInterval: ClosedRange<Int> = 1...86_400
     /// Proxy, endpoint and target group names: a letter, then up to 62 letters, digits or hyphens.
     public static let nameMaxLength = 63
+
+    /// `prx-` and 17 lowercase hex digits.
+    public static func isValidResourceID(_ id: String) -> Bool {
+        guard id.hasPrefix("prx-") else { return false }
+        let hex = id.dropFirst(4)
+        return hex.count == 17 && hex.unicodeScalars.allSatisfy { ("0"..."9").contains($0) || ("a"..."f").contains($0) }
+    }
 
     public static func isValidName(_ name: String) -> Bool {
         guard let first = name.unicodeScalars.first, name.unicodeScalars.count <= nameMaxLength else { return false }

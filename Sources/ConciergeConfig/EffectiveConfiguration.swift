@@ -17,12 +17,38 @@ public enum EffectiveConfiguration {
         } else {
             out += "# admin: not configured (no admin API or /metrics listener)\n"
         }
+        out += "secret_refresh_interval: \(config.secretRefreshInterval)\n"
+        if let iam = config.iam {
+            out += "iam:\n"
+            out += "  region: \(quoted(iam.region))\n"
+            out += "  account_id: \(quoted(iam.accountID))\n"
+            out += iam.identities.isEmpty ? "  identities: []\n" : "  identities:\n"
+            for identity in iam.identities {
+                out += "    - access_key_id: \(quoted(identity.accessKeyID))\n"
+                out += "      secret_access_key: \(quoted(identity.secretAccessKeyReference))\n"
+                out += "      arn: \(quoted(identity.arn))\n"
+                out += "      policy: \(quoted(identity.policy))\n"
+            }
+        }
+        if let sm = config.secretsManager {
+            out += "secrets_manager:\n"
+            if let region = sm.region { out += "  region: \(quoted(region))\n" }
+            if let endpoint = sm.endpoint { out += "  endpoint: \(quoted(endpoint))\n" }
+            if let key = sm.accessKeyID { out += "  access_key_id: \(quoted(key))\n" }
+            if let reference = sm.secretAccessKeyReference { out += "  secret_access_key: \(quoted(reference))\n" }
+        }
         out += config.proxies.isEmpty ? "proxies: []\n" : "proxies:\n"
         for proxy in config.proxies {
             out += "  - name: \(quoted(proxy.name))\n"
             var p = ""
+            if let id = proxy.resourceID {
+                p += "resource_id: \(quoted(id))\n"
+            } else {
+                p += "# resource_id: \(quoted(proxy.effectiveResourceID))  (derived from the name)\n"
+            }
             p += "engine_family: \(proxy.engineFamily.rawValue)\n"
             p += "listen: \(quoted(proxy.listen.description))\n"
+            p += "hostnames: [\(proxy.hostnames.map(quoted).joined(separator: ", "))]\n"
             if proxy.endpoints.isEmpty {
                 p += "endpoints: []\n"
             } else {
@@ -34,6 +60,11 @@ public enum EffectiveConfiguration {
                 }
             }
             p += "require_tls: \(proxy.requireTLS)\n"
+            if let tls = proxy.tls {
+                p += "tls:\n"
+                p += "  certificate_file: \(quoted(tls.certificateFile))\n"
+                p += "  private_key_file: \(quoted(tls.privateKeyFile))\n"
+            }
             p += "idle_client_timeout: \(proxy.idleClientTimeout)\n"
             p += "max_client_connections: \(proxy.maxClientConnections)\n"
             p += "debug_logging: \(proxy.debugLogging)\n"
@@ -62,6 +93,9 @@ public enum EffectiveConfiguration {
             p += "    session_pinning_filters: [\(pool.sessionPinningFilters.map(\.rawValue).joined(separator: ", "))]\n"
             p += "    init_query: \(quoted(pool.initQuery))\n"
             p += "    backend_idle_timeout: \(pool.backendIdleTimeout)\n"
+            p += "  tls:\n"
+            p += "    mode: \(group.tls.mode.rawValue)\n"
+            if let ca = group.tls.caFile { p += "    ca_file: \(quoted(ca))\n" }
             if group.targets.isEmpty {
                 p += "  targets: []\n"
             } else {

@@ -7,6 +7,12 @@ public struct ConciergeConfiguration: Sendable, Hashable {
     public var drainTimeout: Int
     /// `admin`: the HTTP admin API and `/metrics`; `nil` when not configured.
     public var admin: AdminConfiguration?
+    /// `iam`: the identity store IAM authentication tokens are checked against.
+    public var iam: IAMConfiguration?
+    /// `secrets_manager`: how `arn:aws:secretsmanager:...` secrets are fetched.
+    public var secretsManager: SecretsManagerConfiguration?
+    /// `secret_refresh_interval`: seconds between re-reads of every secret (rotation).
+    public var secretRefreshInterval: Int = ConfigurationDefaults.secretRefreshInterval
     /// `proxies`: at least one.
     public var proxies: [ProxyConfiguration]
 
@@ -41,6 +47,13 @@ public struct AdminConfiguration: Sendable, Hashable {
 
 /// One entry of `proxies`.
 public struct ProxyConfiguration: Sendable, Hashable {
+    /// `resource_id`: the stable `prx-` id (IAM resources, describe); derived from the name if nil.
+    public var resourceID: String?
+    /// `tls`: the certificate clients see; nil: no client TLS (SSLRequest is answered `N`).
+    public var tls: ClientTLSConfiguration?
+    /// `hostnames`: the names clients reach this proxy by; IAM tokens must be signed for one of
+    /// them (the listen host counts too, unless it is a wildcard).
+    public var hostnames: [String] = []
     /// `name`: unique, `[A-Za-z][A-Za-z0-9-]{0,62}`.
     public var name: String
     /// `engine_family`.
@@ -141,6 +154,8 @@ public struct AuthConfiguration: Sendable, Hashable {
 
 /// A proxy's `target_group`.
 public struct TargetGroupConfiguration: Sendable, Hashable {
+    /// `tls`: how the proxy's connections to the database are encrypted.
+    public var tls: BackendTLSConfiguration = BackendTLSConfiguration()
     /// `name`: default `default`.
     public var name: String
     /// `connection_pool_config`.
@@ -234,4 +249,106 @@ public enum ClientPasswordAuthType: String, Sendable, Hashable, CaseIterable {
 
 public enum SessionPinningFilter: String, Sendable, Hashable, CaseIterable {
     case excludeVariableSets = "EXCLUDE_VARIABLE_SETS"
+}
+
+
+// MARK: - TLS, IAM, secrets
+
+/// `proxies[].tls`: the server certificate (PEM chain) and private key (PEM), as absolute paths.
+public struct ClientTLSConfiguration: Sendable, Hashable {
+    public var certificateFile: String
+    public var privateKeyFile: String
+
+    public init(certificateFile: String, privateKeyFile: String) {
+        self.certificateFile = certificateFile
+        self.privateKeyFile = privateKeyFile
+    }
+}
+
+/// `target_group.tls.mode`.
+public enum BackendTLSMode: String, Sendable, Hashable, CaseIterable {
+    /// Plaintext to the database.
+    case disable
+    /// Encrypted; the certificate is not checked (libpq's `sslmode=require`).
+    case require
+    /// Encrypted; the certificate chain is checked against `ca_file` (or the system's roots) and
+    /// the target's host name (or IP address) must match it.
+    case verifyFull = "verify-full"
+}
+
+/// `target_group.tls`.
+public struct BackendTLSConfiguration: Sendable, Hashable {
+    public var mode: BackendTLSMode
+    /// PEM trust roots for `verify-full` (absolute path); nil: the system's.
+    public var caFile: String?
+
+    public init(mode: BackendTLSMode = .disable, caFile: String? = nil) {
+        self.mode = mode
+        self.caFile = caFile
+    }
+}
+
+/// `iam`: who may log in with IAM authentication tokens.
+public struct IAMConfiguration: Sendable, Hashable {
+    public var region: String
+    public var accountID: String
+    public var identities: [IAMIdentity]
+
+    public init(region: String, accountID: String, identities: [IAMIdentity]) {
+        self.region = region
+        self.accountID = accountID
+        self.identities = identities
+    }
+}
+
+/// `iam.identities[]`: an access key, its secret (a reference, read at load), the principal's ARN
+/// and its policy (JSON text).
+public struct IAMIdentity: Sendable, Hashable {
+    public var accessKeyID: String
+    /// `secret_access_key` as written: `env:NAME` or `file:PATH`.
+    public var secretAccessKeyReference: String
+    public var arn: String
+    /// The policy document, as JSON text.
+    public var policy: String
+
+    public init(accessKeyID: String, secretAccessKeyReference: String, arn: String, policy: String) {
+        self.accessKeyID = accessKeyID
+        self.secretAccessKeyReference = secretAccessKeyReference
+        self.arn = arn
+        self.policy = policy
+    }
+}
+
+/// `secrets_manager`: the endpoint and credentials for `arn:aws:secretsmanager:` secrets.
+public struct SecretsManagerConfiguration: Sendable, Hashable {
+    /// Overrides the ARN's region for signing and the default endpoint.
+    public var region: String?
+    /// e.g. `http://127.0.0.1:5000` (default `https://secretsmanager.REGION.amazonaws.com`).
+    public var endpoint: String?
+    /// Default: `AWS_ACCESS_KEY_ID` from the environment.
+    public var accessKeyID: String?
+    /// `env:NAME` or `file:PATH`; default: `AWS_SECRET_ACCESS_KEY` from the environment.
+    public var secretAccessKeyReference: String?
+
+    public init(region: String? = nil, endpoint: String? = nil, accessKeyID: String? = nil, secretAccessKeyReference: String? = nil) {
+        self.region = region
+        self.endpoint = endpoint
+        self.accessKeyID = accessKeyID
+        self.secretAccessKeyReference = secretAccessKeyReference
+    }
+}
+
+extension ProxyConfiguration {
+    /// `resource_id`, or `prx-` and 17 hex digits derived from the name (FNV-1a): stable across
+    /// restarts and hosts, so IAM policies can name it.
+    public var effectiveResourceID: String {
+        if let resourceID { return resourceID }
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in name.utf8 {
+            hash ^= UInt64(byte)
+            hash = hash &* 0x0000_0100_0000_01b3
+        }
+        let hex = String(hash, radix: 16)
+        return "prx-" + String(repeating: "0", count: max(0, 17 - hex.count)) + hex
+    }
 }

@@ -6,12 +6,23 @@ public enum SecretReference: Sendable, Hashable, CustomStringConvertible {
     case file(path: String)
     /// An environment variable holding the JSON.
     case env(name: String)
+    /// An AWS Secrets Manager secret (`arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME`), fetched
+    /// by the server (GetSecretValue), not by the configuration loader.
+    case secretsManager(arn: String)
+
+    /// The region of a Secrets Manager ARN.
+    public var region: String? {
+        guard case .secretsManager(let arn) = self else { return nil }
+        let parts = arn.split(separator: ":", omittingEmptySubsequences: false)
+        return parts.count > 3 ? String(parts[3]) : nil
+    }
 
     /// `file:/abs/path` or `env:NAME`.
     public var description: String {
         switch self {
         case .file(let path): return "file:\(path)"
         case .env(let name): return "env:\(name)"
+        case .secretsManager(let arn): return arn
         }
     }
 
@@ -44,7 +55,14 @@ public enum SecretReference: Sendable, Hashable, CustomStringConvertible {
         if text.hasPrefix("arn:") {
             let parts = text.split(separator: ":", maxSplits: 5, omittingEmptySubsequences: false)
             if parts.count >= 3, parts[2] == "secretsmanager" {
-                return fail("Secrets Manager ARNs are not supported yet; use file: or env:")
+                // arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME
+                let all = text.split(separator: ":", omittingEmptySubsequences: false)
+                guard all.count >= 7, !all[3].isEmpty, all[4].count == 12,
+                      all[4].allSatisfy({ $0.isNumber }), all[5] == "secret", !all[6].isEmpty
+                else {
+                    return fail("not a Secrets Manager secret ARN (expected arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME)")
+                }
+                return .success(.secretsManager(arn: text))
             }
             return fail("not a Secrets Manager ARN (expected \(expectation))")
         }
@@ -103,6 +121,8 @@ public enum SecretError: Error, Sendable, Hashable, CustomStringConvertible {
     /// `key` is `username` or `password`; `found` is the JSON type found (never the value).
     case wrongType(key: String, found: String)
     case emptyValue(key: String)
+    /// A Secrets Manager secret: fetched by the server, not by `SecretLoader`.
+    case remoteSecret
 
     public var description: String {
         switch self {
@@ -115,6 +135,7 @@ public enum SecretError: Error, Sendable, Hashable, CustomStringConvertible {
         case .missingPassword: return "the secret has no password key"
         case .wrongType(let key, let found): return "the secret's \(key) is \(found), expected a string"
         case .emptyValue(let key): return "the secret's \(key) is empty"
+        case .remoteSecret: return "a Secrets Manager secret is fetched by the server"
         }
     }
 }
@@ -133,6 +154,8 @@ public enum SecretLoader {
             return try parse(json: Data(value.utf8))
         case .file(let path):
             return try parse(json: readFile(path))
+        case .secretsManager:
+            throw .remoteSecret
         }
     }
 

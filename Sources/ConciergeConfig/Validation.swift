@@ -22,6 +22,56 @@ public enum ConfigurationValidator {
                     message: "the token is empty (expected: a non-empty bearer token or a secret reference such as env:NAME)"))
             }
         }
+        check(configuration.secretRefreshInterval, ConfigurationLimits.secretRefreshInterval, "secret_refresh_interval", &issues)
+        let usesIAM = configuration.proxies.contains { $0.auth.contains { $0.iamAuth == .required } }
+        if usesIAM, configuration.iam == nil {
+            issues.append(ConfigurationIssue(
+                keyPath: "iam", value: nil, expectation: "an identity store (region, account_id, identities)",
+                message: "an auth entry has iam_auth REQUIRED: the iam section (region, account_id, identities) is required"))
+        }
+        if let iam = configuration.iam {
+            if iam.region.isEmpty || !iam.region.unicodeScalars.allSatisfy({ $0.isASCIILetter || ("0"..."9").contains($0) || $0 == "-" }) {
+                issues.append(ConfigurationIssue(
+                    keyPath: "iam.region", value: iam.region, expectation: "an AWS region such as us-east-1",
+                    message: "\(renderText(iam.region)) is not a region (expected e.g. us-east-1)"))
+            }
+            if iam.accountID.count != 12 || !iam.accountID.unicodeScalars.allSatisfy({ ("0"..."9").contains($0) }) {
+                issues.append(ConfigurationIssue(
+                    keyPath: "iam.account_id", value: iam.accountID, expectation: "12 digits",
+                    message: "\(renderText(iam.accountID)) is not an account id (expected: 12 digits)"))
+            }
+            var seen: Set<String> = []
+            for (i, identity) in iam.identities.enumerated() {
+                let itemPath = "iam.identities[\(i)]"
+                if identity.accessKeyID.isEmpty || !seen.insert(identity.accessKeyID).inserted {
+                    issues.append(ConfigurationIssue(
+                        keyPath: "\(itemPath).access_key_id", value: identity.accessKeyID, expectation: "a unique, non-empty access key id",
+                        message: "\(renderText(identity.accessKeyID)) is empty or used by another identity"))
+                }
+                if !identity.secretAccessKeyReference.hasPrefix("env:"), !identity.secretAccessKeyReference.hasPrefix("file:") {
+                    issues.append(ConfigurationIssue(
+                        keyPath: "\(itemPath).secret_access_key", value: nil, expectation: "env:NAME or file:PATH",
+                        message: "a secret access key must be a reference (env:NAME or file:PATH), not the key itself"))
+                }
+                if !identity.arn.hasPrefix("arn:") {
+                    issues.append(ConfigurationIssue(
+                        keyPath: "\(itemPath).arn", value: identity.arn, expectation: "arn:aws:iam::ACCOUNT:user/NAME (or role)",
+                        message: "\(renderText(identity.arn)) is not an ARN"))
+                }
+            }
+        }
+        if let sm = configuration.secretsManager {
+            if let endpoint = sm.endpoint, !(endpoint.hasPrefix("http://") || endpoint.hasPrefix("https://")) {
+                issues.append(ConfigurationIssue(
+                    keyPath: "secrets_manager.endpoint", value: endpoint, expectation: "an http:// or https:// URL",
+                    message: "\(renderText(endpoint)) is not an http:// or https:// URL"))
+            }
+            if let reference = sm.secretAccessKeyReference, !reference.hasPrefix("env:"), !reference.hasPrefix("file:") {
+                issues.append(ConfigurationIssue(
+                    keyPath: "secrets_manager.secret_access_key", value: nil, expectation: "env:NAME or file:PATH",
+                    message: "a secret access key must be a reference (env:NAME or file:PATH), not the key itself"))
+            }
+        }
         if configuration.proxies.isEmpty {
             issues.append(ConfigurationIssue(
                 keyPath: "proxies", value: "[]", expectation: "a list of at least one proxy",
@@ -91,10 +141,15 @@ public enum ConfigurationValidator {
                     "READ_ONLY endpoints are not supported yet (allowed: READ_WRITE)", allowed: "READ_WRITE"))
             }
         }
-        // A later feature adds TLS; until then a proxy that requires it could never accept a client.
-        if proxy.requireTLS {
-            issues.append(.notSupported(
-                "\(path).require_tls", "true", "TLS is not supported yet (allowed: false)", allowed: "false"))
+        if proxy.requireTLS, proxy.tls == nil {
+            issues.append(ConfigurationIssue(
+                keyPath: "\(path).require_tls", value: "true", expectation: "tls to be configured",
+                message: "require_tls: true needs \(path).tls (certificate_file and private_key_file)"))
+        }
+        if let id = proxy.resourceID, !ConfigurationLimits.isValidResourceID(id) {
+            issues.append(ConfigurationIssue(
+                keyPath: "\(path).resource_id", value: id, expectation: "prx- and 17 lowercase hex digits",
+                message: "\(renderText(id)) is not a proxy resource id (expected: prx- and 17 lowercase hex digits, e.g. prx-0123456789abcdef0)"))
         }
         check(proxy.idleClientTimeout, ConfigurationLimits.idleClientTimeout, "\(path).idle_client_timeout", &issues)
         check(proxy.maxClientConnections, ConfigurationLimits.maxClientConnections,
@@ -113,9 +168,18 @@ public enum ConfigurationValidator {
                 message: "\(proxy.auth.count) entries are too many (allowed: \(authRange.rendered) entries)"))
         }
         for (i, auth) in proxy.auth.enumerated() where auth.iamAuth == .required {
-            issues.append(.notSupported(
-                "\(path).auth[\(i)].iam_auth", "REQUIRED",
-                "IAM authentication requires TLS, which is not supported yet (allowed: DISABLED)", allowed: "DISABLED"))
+            if proxy.tls == nil {
+                issues.append(ConfigurationIssue(
+                    keyPath: "\(path).auth[\(i)].iam_auth", value: "REQUIRED", expectation: "tls to be configured",
+                    message: "IAM authentication is allowed only over TLS: set \(path).tls"))
+            }
+            if proxy.hostnames.isEmpty, proxy.listen.isWildcard {
+                issues.append(ConfigurationIssue(
+                    keyPath: "\(path).hostnames", value: nil, expectation: "the host names IAM tokens are minted for",
+                    message: "with iam_auth REQUIRED and a wildcard listen address, hostnames must list the names "
+                        + "clients use to reach the proxy (IAM tokens are signed for one of them)"))
+            }
+            break
         }
 
         let group = "\(path).target_group"

@@ -97,7 +97,7 @@ final class ProxyRuntime: @unchecked Sendable {
         var logger = logger
         logger[metadataKey: "concierge.proxy"] = "\(configuration.name)"
         self.logger = logger
-        self.resourceID = Self.resourceID(for: configuration.name)
+        self.resourceID = configuration.effectiveResourceID
         self.createdDate = Date()
         self.metrics = ProxyMetrics(
             registry: registry, proxy: configuration.name,
@@ -125,17 +125,6 @@ final class ProxyRuntime: @unchecked Sendable {
             [unowned self] id, key, eventLoop, pool in
             self.openBackend(id: id, key: key, on: eventLoop, pool: pool)
         }
-    }
-
-    /// `prx-` and 17 hex digits derived from the name (FNV-1a): stable across restarts.
-    static func resourceID(for name: String) -> String {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in name.utf8 {
-            hash ^= UInt64(byte)
-            hash = hash &* 0x0000_0100_0000_01b3
-        }
-        let hex = String(hash, radix: 16)
-        return "prx-" + String(repeating: "0", count: max(0, 17 - hex.count)) + hex
     }
 
     /// The pool limits for a database whose `max_connections` is `maxConnections` (nil: unknown).

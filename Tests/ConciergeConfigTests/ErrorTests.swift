@@ -27,9 +27,9 @@ struct ErrorTests {
 
     @Test func nonMappingRootIsAnError() {
         expectIssue(expectFailure("- a\n- b\n"),
-                    "the configuration must be a mapping of keys (allowed: drain_timeout, admin, proxies); found a list")
+                    "the configuration must be a mapping of keys (allowed: drain_timeout, admin, iam, secrets_manager, secret_refresh_interval, proxies); found a list")
         expectIssue(expectFailure("hello\n"),
-                    "the configuration must be a mapping of keys (allowed: drain_timeout, admin, proxies); found a scalar")
+                    "the configuration must be a mapping of keys (allowed: drain_timeout, admin, iam, secrets_manager, secret_refresh_interval, proxies); found a scalar")
     }
 
     @Test func unknownKeysAnywhere() {
@@ -38,9 +38,9 @@ struct ErrorTests {
             .replacingOccurrences(of: "    engine_family:", with: "    foo: 1\n    engine_family:")
             .replacingOccurrences(of: "      - secret_arn:", with: "      - secret_ARN: x\n        secret_arn:")
             .replacingOccurrences(of: "      targets:", with: "      connection_pool_config: {max_connections: 5}\n      targets:"))
-        expectIssue(error, "colour: unknown key (allowed: drain_timeout, admin, proxies)")
-        expectIssue(error, "proxies[0].foo: unknown key (allowed: name, engine_family, listen, endpoints, require_tls, "
-            + "idle_client_timeout, max_client_connections, debug_logging, max_message_size, auth, target_group)")
+        expectIssue(error, "colour: unknown key (allowed: drain_timeout, admin, iam, secrets_manager, secret_refresh_interval, proxies)")
+        expectIssue(error, "proxies[0].foo: unknown key (allowed: name, resource_id, engine_family, listen, hostnames, endpoints, "
+            + "require_tls, tls, idle_client_timeout, max_client_connections, debug_logging, max_message_size, auth, target_group)")
         expectIssue(error, "proxies[0].auth[0].secret_ARN: unknown key (allowed: auth_scheme, secret_arn, iam_auth, "
             + "client_password_auth_type, description)")
         expectIssue(error, "proxies[0].target_group.connection_pool_config.max_connections: unknown key (allowed: "
@@ -162,14 +162,101 @@ struct ErrorTests {
             """).replacingOccurrences(of: "      - secret_arn: \"env:APP_SECRET\"", with: """
                   - secret_arn: "env:APP_SECRET"
                     iam_auth: REQUIRED
-                  - secret_arn: "arn:aws:secretsmanager:us-east-1:123456789012:secret:app-AbCdEf"
             """))
         expectIssue(error, "proxies[0].engine_family: MYSQL is not supported yet; allowed: POSTGRESQL")
-        expectIssue(error, "proxies[0].require_tls: TLS is not supported yet (allowed: false)")
-        expectIssue(error, "proxies[0].auth[0].iam_auth: IAM authentication requires TLS, which is not supported yet (allowed: DISABLED)")
-        expectIssue(error, "proxies[0].auth[1].secret_arn: arn:aws:secretsmanager:us-east-1:123456789012:secret:app-AbCdEf: "
-            + "Secrets Manager ARNs are not supported yet; use file: or env:")
-        #expect(error.issues.count == 4)
+        expectIssue(error, "proxies[0].require_tls: require_tls: true needs proxies[0].tls (certificate_file and private_key_file)")
+        expectIssue(error, "proxies[0].auth[0].iam_auth: IAM authentication is allowed only over TLS: set proxies[0].tls")
+        expectIssue(error, "proxies[0].hostnames: with iam_auth REQUIRED and a wildcard listen address, hostnames must list "
+            + "the names clients use to reach the proxy (IAM tokens are signed for one of them)")
+        expectIssue(error, "iam: an auth entry has iam_auth REQUIRED: the iam section (region, account_id, identities) is required")
+        #expect(error.issues.count == 5)
+    }
+
+    @Test func tlsIAMAndSecretsManagerSections() throws {
+        let dir = try TemporaryDirectory()
+        try dir.write("cert.pem", "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+        try dir.write("key.pem", "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n")
+        try dir.write("ak.secret", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY\n")
+        let yaml = minimal(replacing: "    engine_family: POSTGRESQL", with: """
+                engine_family: POSTGRESQL
+                resource_id: prx-0123456789abcdef0
+                hostnames: [Proxy.Example.com]
+                require_tls: true
+                tls: {certificate_file: cert.pem, private_key_file: key.pem}
+            """).replacingOccurrences(of: "      - secret_arn: \"env:APP_SECRET\"", with: """
+                  - secret_arn: "env:APP_SECRET"
+                    iam_auth: REQUIRED
+                  - secret_arn: "arn:aws:secretsmanager:us-east-1:123456789012:secret:app-AbCdEf"
+            """).replacingOccurrences(of: "      targets:", with: """
+                  tls: {mode: verify-full}
+                  targets:
+            """) + "\n" + """
+            iam:
+              region: us-east-1
+              account_id: "123456789012"
+              identities:
+                - access_key_id: AKIDEXAMPLE
+                  secret_access_key: file:ak.secret
+                  arn: arn:aws:iam::123456789012:user/app
+                  policy:
+                    Version: "2012-10-17"
+                    Statement:
+                      - {Effect: Allow, Action: "rds-db:connect", Resource: "*"}
+            secrets_manager: {endpoint: "http://127.0.0.1:5000", access_key_id: AKIDSM, secret_access_key: env:SM_SECRET}
+
+            """
+        var environment = minimalEnvironment
+        environment["SM_SECRET"] = "sm-secret"
+        let loaded = try ConfigurationLoader.parse(yaml: yaml, baseDirectory: dir.path, environment: environment)
+        let proxy = loaded.configuration.proxies[0]
+        #expect(proxy.resourceID == "prx-0123456789abcdef0")
+        #expect(proxy.hostnames == ["proxy.example.com"])
+        #expect(proxy.tls == ClientTLSConfiguration(certificateFile: dir.path + "/cert.pem", privateKeyFile: dir.path + "/key.pem"))
+        #expect(proxy.targetGroup.tls == BackendTLSConfiguration(mode: .verifyFull))
+        #expect(loaded.iamSecretKeys == ["AKIDEXAMPLE": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"])
+        #expect(loaded.configuration.iam?.identities.first?.policy
+            == #"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"rds-db:connect","Resource":"*"}]}"#)
+        #expect(loaded.pendingSecrets == [LoadedConfiguration.PendingSecret(
+            proxy: "app", authIndex: 1, keyPath: "proxies[0].auth[1].secret_arn",
+            arn: "arn:aws:secretsmanager:us-east-1:123456789012:secret:app-AbCdEf")])
+        #expect(loaded.secretsManagerCredentials == LoadedConfiguration.AWSKeyPair(accessKeyID: "AKIDSM", secretAccessKey: "sm-secret"))
+        #expect(loaded.credentials["app"]?.count == 1)
+        let completed = try loaded.completing(with: [loaded.pendingSecrets[0]: DatabaseCredential(username: "other", password: "x")])
+        #expect(completed.credentials["app"]?.map(\.username) == ["app", "other"])
+        #expect(throws: ConfigurationError.self) {
+            try loaded.completing(with: [loaded.pendingSecrets[0]: DatabaseCredential(username: "app", password: "x")])
+        }
+        // The effective configuration parses back to the same model.
+        let rendered = EffectiveConfiguration.render(loaded.configuration)
+        #expect(try ConfigurationLoader.parseConfiguration(yaml: rendered, baseDirectory: "/") == loaded.configuration)
+    }
+
+    @Test func badTLSAndIAMValues() throws {
+        let yaml = minimal(replacing: "    engine_family: POSTGRESQL", with: """
+                engine_family: POSTGRESQL
+                resource_id: prx-XYZ
+                tls: {certificate_file: /nonexistent/cert.pem, private_key_file: /nonexistent/key.pem}
+            """).replacingOccurrences(of: "      targets:", with: """
+                  tls: {mode: sometimes}
+                  targets:
+            """) + "\n" + """
+            iam:
+              region: "us east"
+              account_id: "12"
+              identities:
+                - {access_key_id: AK, secret_access_key: "plain-secret", arn: "user/x", policy: "not json"}
+
+            """
+        let error = expectFailure(yaml)
+        expectIssue(error, "proxies[0].resource_id: prx-XYZ is not a proxy resource id (expected: prx- and 17 lowercase hex digits, e.g. prx-0123456789abcdef0)")
+        expectIssue(error, "proxies[0].target_group.tls.mode: sometimes is not a valid value (allowed: disable, require, verify-full)")
+        expectIssue(error, "iam.region: us east is not a region (expected e.g. us-east-1)")
+        expectIssue(error, "iam.account_id: 12 is not an account id (expected: 12 digits)")
+        expectIssue(error, "iam.identities[0].secret_access_key: a secret access key must be a reference (env:NAME or file:PATH), not the key itself")
+        expectIssue(error, "iam.identities[0].arn: user/x is not an ARN")
+        expectIssue(error, "proxies[0].tls.certificate_file: /nonexistent/cert.pem: the file does not exist or cannot be read")
+        expectIssue(error, "iam.identities[0].policy: the policy is not a JSON object (expected: an IAM policy document, as JSON text or a YAML mapping)")
+        #expect(!error.description.contains("plain-secret"))
     }
 
     @Test func missingRequiredKeys() {
@@ -336,7 +423,7 @@ struct ErrorTests {
             "proxies[0].bogus", "proxies[0].idle_client_timeout", "proxies[0].auth[0].secret_arn",
         ])
         #expect(error.description == """
-            proxies[0].bogus: unknown key (allowed: name, engine_family, listen, endpoints, require_tls, idle_client_timeout, max_client_connections, debug_logging, max_message_size, auth, target_group)
+            proxies[0].bogus: unknown key (allowed: name, resource_id, engine_family, listen, hostnames, endpoints, require_tls, tls, idle_client_timeout, max_client_connections, debug_logging, max_message_size, auth, target_group)
             proxies[0].idle_client_timeout: 0 is out of range (allowed: 1...28800)
             proxies[0].auth[0].secret_arn: env:UNSET_VAR: environment variable UNSET_VAR is not set
             """)

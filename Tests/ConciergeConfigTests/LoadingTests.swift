@@ -216,7 +216,7 @@ struct LoadingTests {
             """
         // x-defaults is not a known key, so it is refused...
         let error = expectFailure(yaml)
-        expectIssue(error, "x-defaults: unknown key (allowed: drain_timeout, admin, proxies)")
+        expectIssue(error, "x-defaults: unknown key (allowed: drain_timeout, admin, iam, secrets_manager, secret_refresh_interval, proxies)")
         // ...but a merge inside a proxy is fine.
         let good = """
             proxies:

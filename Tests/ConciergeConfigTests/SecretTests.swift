@@ -28,7 +28,8 @@ struct SecretTests {
         #expect(reason("file:") == "missing path after file:")
         #expect(reason("env:") == "missing variable name after env:")
         #expect(reason("env:1BAD")?.contains("not a valid environment variable name") == true)
-        #expect(reason("arn:aws:secretsmanager:us-east-1:1:secret:x") == "Secrets Manager ARNs are not supported yet; use file: or env:")
+        #expect(reason("arn:aws:secretsmanager:us-east-1:1:secret:x")?.hasPrefix("not a Secrets Manager secret ARN") == true)
+        #expect(reason("arn:aws:secretsmanager:us-east-1:123456789012:secret:app-AbC") == nil)
         #expect(reason("arn:aws:s3:::bucket")?.hasPrefix("not a Secrets Manager ARN") == true)
         #expect(reason("secrets/app.json")?.hasPrefix("not a secret reference") == true)
     }
