@@ -2,6 +2,7 @@ import ConnectionPool
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import PostgresWire
 
 /// The client session that currently has a backend leased. The backend calls it on the owner's
@@ -58,6 +59,12 @@ struct BackendSettings: Sendable {
     var logger: Logger
     /// The pool's generation when this backend was opened (see `BackendPool.retire`).
     var generation: Int = 0
+    /// TLS to the database (`target_group.tls`); nil: plaintext.
+    var tls: NIOSSLContext?
+    /// The target's host name for SNI and certificate checks (nil for an IP address).
+    var serverHostname: String?
+    /// Only to name the mode in errors.
+    var tlsMode: String = "disable"
 }
 
 /// One connection from the proxy to the database, and the channel handler that drives it.
@@ -71,6 +78,8 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
 
     fileprivate enum Phase {
         case connecting
+        /// SSLRequest sent; waiting for the one-byte answer.
+        case negotiatingTLS
         case authenticating(SCRAMClientSession?)
         case startingUp
         /// Running `setupQueries[step]` (one simple Query each, answered by one ReadyForQuery).
@@ -114,6 +123,8 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         }
     }
     private var maxConnectionsValue: Int?
+    /// Why TLS with the database failed, for the setup error.
+    private var tlsFailure: String?
     private weak var pool: BackendPool?
 
     /// The named statements this backend holds (see PreparedStatements.swift). Used by the
@@ -169,6 +180,17 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
 
     func channelActive(context: ChannelHandlerContext) {
         channel = context.channel
+        if settings.tls != nil {
+            var request = context.channel.allocator.buffer(capacity: 8)
+            PGEncode.sslRequest(into: &request)
+            phase = .negotiatingTLS
+            context.writeAndFlush(wrapOutboundOut(request), promise: nil)
+            return
+        }
+        sendStartup(context: context)
+    }
+
+    private func sendStartup(context: ChannelHandlerContext) {
         var buffer = context.channel.allocator.buffer(capacity: 64)
         PGEncode.startupMessage(
             parameters: [
@@ -184,8 +206,8 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         phase = .closed
         // `channel` stays set: other threads may still write to it (harmlessly, it is closed).
         switch previous {
-        case .connecting, .authenticating, .startingUp, .setup:
-            failSetup(.connection("the database closed the connection during login"))
+        case .connecting, .negotiatingTLS, .authenticating, .startingUp, .setup:
+            failSetup(.connection(tlsFailure ?? "the database closed the connection during login"))
         case .leased(let owner), .preparing(let owner, _):
             owner.eventLoop.execute { owner.backendDidClose() }
             pool?.connectionClosed(self)
@@ -204,6 +226,9 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         settings.logger.debug("backend connection error", metadata: ["concierge.backend_error": "\(error)"])
+        if error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError {
+            tlsFailure = "TLS with the database failed (target_group.tls.mode \(settings.tlsMode)): \(error)"
+        }
         context.close(promise: nil)
     }
 
@@ -213,6 +238,30 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
             cumulation = nil
             pending.writeBuffer(&incoming)
             incoming = pending
+        }
+        if case .negotiatingTLS = phase {
+            guard let answer = incoming.readInteger(as: UInt8.self) else { return }
+            guard answer == UInt8(ascii: "S"), let tls = settings.tls else {
+                failSetup(.connection("the database does not accept TLS (target_group.tls.mode is \(settings.tlsMode))"))
+                context.close(promise: nil)
+                return
+            }
+            // Anything after the answer would have been sent unencrypted (CVE-2021-23222).
+            guard incoming.readableBytes == 0 else {
+                failSetup(.protocolViolation("the database sent unencrypted data after its TLS answer"))
+                context.close(promise: nil)
+                return
+            }
+            do {
+                let handler = try NIOSSLClientHandler(context: tls, serverHostname: settings.serverHostname)
+                try context.pipeline.syncOperations.addHandler(handler, position: .first)
+            } catch {
+                failSetup(.connection("TLS with the database could not start: \(error)"))
+                context.close(promise: nil)
+                return
+            }
+            sendStartup(context: context)
+            return
         }
         do {
             if case .leased(let owner) = phase {
@@ -314,7 +363,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         case PGMessageType.Backend.errorResponse:
             let fields = try PGErrorFields(diagnostics: PGParse.errorResponse(frame.body))
             switch phase {
-            case .connecting, .authenticating, .startingUp:
+            case .connecting, .negotiatingTLS, .authenticating, .startingUp:
                 failSetup(.server(fields))
                 context.close(promise: nil)
             case .setup(let step, let failure):
@@ -438,7 +487,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
                 phase = .closed
                 context.close(promise: nil)
             }
-        case .connecting, .authenticating, .idle, .leased, .closed:
+        case .connecting, .negotiatingTLS, .authenticating, .idle, .leased, .closed:
             throw BackendError.protocolViolation("unexpected ReadyForQuery")
         }
     }
@@ -609,7 +658,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
                 pool?.release(self, reusable: false)
                 channel?.close(promise: nil)
             }
-        case .connecting, .authenticating, .startingUp, .setup, .idle, .resetting, .closed:
+        case .connecting, .negotiatingTLS, .authenticating, .startingUp, .setup, .idle, .resetting, .closed:
             break
         }
     }
@@ -666,7 +715,7 @@ extension BackendConnection.Phase {
     var acceptsOwnMessages: Void? {
         switch self {
         case .leased, .closed: return nil
-        case .connecting, .authenticating, .startingUp, .setup, .idle, .preparing, .resetting: return ()
+        case .connecting, .negotiatingTLS, .authenticating, .startingUp, .setup, .idle, .preparing, .resetting: return ()
         }
     }
 }

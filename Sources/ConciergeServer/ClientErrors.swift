@@ -10,6 +10,18 @@ enum ClientErrors {
         .fatal(code: "28P01", message: "password authentication failed for user \"\(user)\"")
     }
 
+    /// `require_tls: true` and a plaintext client (RDS Proxy's wording).
+    static let tlsRequired = PGErrorFields.fatal(code: "28000", message: "This proxy requires TLS connections.")
+
+    /// An auth entry with `iam_auth: REQUIRED` and a plaintext client (RDS Proxy's wording).
+    static let iamRequiresTLS = PGErrorFields.fatal(
+        code: "28000", message: "IAM authentication is allowed only with SSL connections.")
+
+    /// Any IAM token failure, whatever the cause (RDS Proxy's wording): the cause is logged only.
+    static func iamAuthenticationFailed(user: String) -> PGErrorFields {
+        .fatal(code: "28P01", message: "IAM authentication failed for user \(user). Check the IAM token for this user and try again.")
+    }
+
     static let borrowTimeout = PGErrorFields.error(
         code: "53300", message: "Timed-out waiting to acquire database connection")
 

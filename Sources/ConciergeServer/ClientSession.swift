@@ -2,6 +2,7 @@ import ConciergeConfig
 import ConnectionPool
 import Logging
 import NIOCore
+import NIOSSL
 import PostgresWire
 import SQLClassifier
 
@@ -41,6 +42,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     private var context: ChannelHandlerContext?
     private var state: State = .awaitingStartup
     private var cumulation: ByteBuffer?
+    /// The client negotiated TLS (SSLRequest answered `S`, handshake under way or done).
+    private var isTLS = false
 
     // Login
     private var user = ""
@@ -177,6 +180,11 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         log(.debug, "client connection error", ["concierge.error": "\(error)"])
+        if isTLS, case .awaitingStartup = state, error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError {
+            // A failed handshake: ClientConnectionsSetupFailedAuth counts TLS misconfiguration.
+            runtime.metrics.clientConnectionsSetupFailedAuth[endpoint].increment()
+            log(.info, "client TLS handshake failed", ["concierge.error": "\(error)"])
+        }
         context.close(promise: nil)
     }
 
@@ -289,7 +297,24 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 fail(with: ClientErrors.protocolViolation("received unencrypted data after SSL request"))
                 return
             }
+            guard !isTLS else {
+                fail(with: ClientErrors.protocolViolation("SSL request received on an encrypted connection"))
+                return
+            }
             var out = context.channel.allocator.buffer(capacity: 1)
+            if case .sslRequest = packet, let tls = runtime.serverTLSContext {
+                out.writeInteger(UInt8(ascii: "S"))
+                // The answer goes out in plaintext; everything after it through TLS.
+                context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+                do {
+                    try context.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls), position: .first)
+                    isTLS = true
+                } catch {
+                    log(.error, "could not start TLS", ["concierge.error": "\(error)"])
+                    context.close(promise: nil)
+                }
+                return
+            }
             out.writeInteger(UInt8(ascii: "N"))
             context.writeAndFlush(wrapOutboundOut(out), promise: nil)
         case .cancel(let processID, let secretKey):
@@ -334,6 +359,11 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         }
         guard !user.isEmpty else {
             fail(with: ClientErrors.noUser)
+            return
+        }
+        if runtime.requireTLS, !isTLS {
+            runtime.metrics.clientConnectionsSetupFailedAuth[endpoint].increment()
+            fail(with: ClientErrors.tlsRequired)
             return
         }
         if database.isEmpty { database = user }

@@ -268,6 +268,7 @@ extension ProxyRuntime {
         debugLoggingEnabled.store(candidate.debugLogging, ordering: .relaxed)
         maxClientConnectionsValue.store(candidate.maxClientConnections, ordering: .relaxed)
         maxMessageSizeValue.store(candidate.maxMessageSize, ordering: .relaxed)
+        requireTLSValue.store(candidate.requireTLS, ordering: .relaxed)
         if changed {
             logger.info("proxy settings changed", metadata: [
                 "concierge.idle_client_timeout": "\(candidate.idleClientTimeout)",
@@ -408,12 +409,35 @@ extension ProxyRuntime {
         if old.endpoints != new.endpoints { keys.append("\(path).endpoints") }
         if old.engineFamily != new.engineFamily { keys.append("\(path).engine_family") }
         if old.targetGroup.name != new.targetGroup.name { keys.append("\(path).target_group.name") }
+        if old.effectiveResourceID != new.effectiveResourceID { keys.append("\(path).resource_id") }
         return keys
     }
 
     /// Applies a reloaded configuration of this proxy (already validated, credentials read):
     /// settings, pool, auth entries and targets, without dropping any client.
     func reload(_ new: ProxyConfiguration, credentials: [DatabaseCredential]) throws(AdminError) {
+        let old = configuration
+        // TLS first: a certificate that does not load refuses the whole reload.
+        var serverTLS = state.withLockedValue { $0.serverTLS }
+        var backendTLS = state.withLockedValue { $0.backendTLS }
+        do {
+            if new.tls != old.tls {
+                serverTLS = try new.tls.map { try ServerTLSContextSource($0) }
+            }
+            if new.targetGroup.tls != old.targetGroup.tls {
+                backendTLS = try BackendTLS.makeContext(new.targetGroup.tls)
+            }
+        } catch {
+            throw AdminError(status: 400, code: "InvalidParameterValue", field: "tls", message: "tls: \(error)")
+        }
+        state.withLockedValue {
+            $0.serverTLS = serverTLS
+            $0.backendTLS = backendTLS
+            $0.configuration.tls = new.tls
+            $0.configuration.targetGroup.tls = new.targetGroup.tls
+            $0.configuration.hostnames = new.hostnames
+        }
+        if new.targetGroup.tls != old.targetGroup.tls { pool.retire() }
         let users = UserDirectory(credentials: credentials, auth: new.auth, reusing: self.users)
         state.withLockedValue { state in
             if state.configuration.auth != new.auth || state.credentials.values.sorted(by: { $0.username < $1.username })

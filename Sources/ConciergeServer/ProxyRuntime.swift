@@ -9,6 +9,7 @@ import Glibc
 import Darwin
 #endif
 import NIOPosix
+import NIOSSL
 import PostgresWire
 import Prometheus
 import SQLClassifier
@@ -43,6 +44,7 @@ final class ProxyRuntime: @unchecked Sendable {
     let debugLoggingEnabled: Synchronization.Atomic<Bool>
     let maxClientConnectionsValue: Synchronization.Atomic<Int>
     let maxMessageSizeValue: Synchronization.Atomic<Int>
+    let requireTLSValue: Synchronization.Atomic<Bool>
 
     struct MutableState {
         var configuration: ProxyConfiguration
@@ -52,6 +54,11 @@ final class ProxyRuntime: @unchecked Sendable {
         var writer: HostPort?
         var writerAddress: SocketAddress?
         var targetHealth: [HostPort: TargetHealth] = [:]
+        /// The certificate clients are served (nil: SSLRequest is answered `N`).
+        var serverTLS: ServerTLSContextSource?
+        /// TLS to the database (nil: plaintext).
+        var backendTLS: NIOSSLContext?
+        var certificateCheck: RepeatedTask?
         var classifierOptions: ClassifierOptions
         var updatedDate: Date
         var targetGroupUpdatedDate: Date
@@ -78,6 +85,9 @@ final class ProxyRuntime: @unchecked Sendable {
     var maxMessageSize: Int { maxMessageSizeValue.load(ordering: .relaxed) }
     var idleClientTimeout: Int { idleClientTimeoutSeconds.load(ordering: .relaxed) }
     var debugLogging: Bool { debugLoggingEnabled.load(ordering: .relaxed) }
+    var requireTLS: Bool { requireTLSValue.load(ordering: .relaxed) }
+    /// The TLS context for a client's SSLRequest, nil when the proxy has no certificate.
+    var serverTLSContext: NIOSSLContext? { state.withLockedValue { $0.serverTLS }?.current }
 
     /// True when this connection (already counted) is beyond `max_client_connections`.
     var clientLimitExceeded: Bool {
@@ -107,6 +117,9 @@ final class ProxyRuntime: @unchecked Sendable {
         self.debugLoggingEnabled = Atomic(configuration.debugLogging)
         self.maxClientConnectionsValue = Atomic(configuration.maxClientConnections)
         self.maxMessageSizeValue = Atomic(configuration.maxMessageSize)
+        self.requireTLSValue = Atomic(configuration.requireTLS)
+        let serverTLS = try configuration.tls.map { try ServerTLSContextSource($0) }
+        let backendTLS = try BackendTLS.makeContext(configuration.targetGroup.tls)
         // Until writer discovery (health checks, failover) exists, the first target is the writer.
         let target = configuration.targetGroup.targets[0].endpoint
         let address = try SocketAddress.makeAddressResolvingHost(target.host, port: target.port)
@@ -120,6 +133,10 @@ final class ProxyRuntime: @unchecked Sendable {
                 excludeVariableSets: configuration.targetGroup.connectionPoolConfig.excludesVariableSets,
                 trackedParameters: TrackedParameters.names),
             updatedDate: now, targetGroupUpdatedDate: now))
+        state.withLockedValue {
+            $0.serverTLS = serverTLS
+            $0.backendTLS = backendTLS
+        }
         // The cap is unknown until a backend reads max_connections: start with one connection.
         self.pool = BackendPool(limits: Self.limits(for: configuration, maxConnections: nil), eventLoops: eventLoops) {
             [unowned self] id, key, eventLoop, pool in
@@ -151,9 +168,10 @@ final class ProxyRuntime: @unchecked Sendable {
         -> EventLoopFuture<BackendConnection>
     {
         metrics.databaseConnectionRequests.increment()
-        let (credential, needsMaxConnections, writer, address, initQuery) = state.withLockedValue {
+        let (credential, needsMaxConnections, writer, address, initQuery, tls, tlsMode) = state.withLockedValue {
             ($0.credentials[key.user], $0.databaseMaxConnections == nil, $0.writer, $0.writerAddress,
-             $0.configuration.targetGroup.connectionPoolConfig.initQuery)
+             $0.configuration.targetGroup.connectionPoolConfig.initQuery, $0.backendTLS,
+             $0.configuration.targetGroup.tls.mode)
         }
         guard let writer, let address else {
             metrics.databaseConnectionsSetupFailed.increment()
@@ -170,7 +188,8 @@ final class ProxyRuntime: @unchecked Sendable {
             address: address, username: credential.username, password: credential.password,
             database: key.database, initQuery: initQuery,
             readMaxConnections: needsMaxConnections, scramCache: scramCache, logger: backendLogger,
-            generation: pool.generation)
+            generation: pool.generation, tls: tls, serverHostname: BackendTLS.serverHostname(writer.host),
+            tlsMode: tlsMode.rawValue)
         return BackendConnection.connect(id: id, key: key, on: eventLoop, settings: settings, pool: pool)
             .map { connection in
                 self.metrics.databaseConnectionsSetupSucceeded.increment()
@@ -287,6 +306,17 @@ final class ProxyRuntime: @unchecked Sendable {
             throw error
         }
         state.withLockedValue { $0.listeners = bound }
+        startCertificateChecks()
+    }
+
+    /// Every few seconds: a renewed certificate or key file is loaded for new TLS clients.
+    private func startCertificateChecks() {
+        let logger = self.logger
+        let task = eventLoops[0].scheduleRepeatedTask(initialDelay: .seconds(2), delay: .seconds(2)) { [weak self] _ in
+            guard let self, let source = self.state.withLockedValue({ $0.serverTLS }) else { return }
+            source.reloadIfChanged(logger: logger)
+        }
+        state.withLockedValue { $0.certificateCheck = task }
     }
 
     /// The loops that accept connections: all of them where SO_REUSEPORT balances connections
@@ -423,6 +453,7 @@ final class ProxyRuntime: @unchecked Sendable {
             "concierge.leases": "\(counters.total)", "concierge.leases_across_event_loops": "\(counters.acrossEventLoops)",
         ])
         for sessions in loopSessions.values { sessions.stop() }
+        state.withLockedValue { $0.certificateCheck?.cancel() }
         let drained = pool.shutdown(on: eventLoop)
         let closeTask = eventLoop.scheduleTask(in: .seconds(2)) { [pool] in pool?.closeAll() }
         try? await drained.get()

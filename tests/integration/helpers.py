@@ -280,6 +280,10 @@ def proxy_config(*, listen_port: int, db_port: int, secrets: dict[str, Path],
             for user, path in secrets.items()
         ],
     }
+    # target_group_tls: the target group's `tls` section; target_endpoint_host: the target's host
+    # (e.g. "localhost", for certificate host-name checks).
+    target_tls = overrides.pop("target_group_tls", None)
+    target_host = overrides.pop("target_endpoint_host", "127.0.0.1")
     for key, value in overrides.items():
         (pool if key in POOL_KEYS else entry)[key] = value
     if "max_idle_connections_percent" not in overrides:
@@ -287,7 +291,9 @@ def proxy_config(*, listen_port: int, db_port: int, secrets: dict[str, Path],
         pool["max_idle_connections_percent"] = min(pool["max_idle_connections_percent"],
                                                    pool["max_connections_percent"])
     entry["target_group"] = {"connection_pool_config": pool,
-                             "targets": [{"endpoint": f"127.0.0.1:{db_port}"}]}
+                             "targets": [{"endpoint": f"{target_host}:{db_port}"}]}
+    if target_tls is not None:
+        entry["target_group"]["tls"] = target_tls
     config: dict[str, Any] = {}
     if drain_timeout is not None:
         config["drain_timeout"] = drain_timeout
