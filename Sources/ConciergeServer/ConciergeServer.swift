@@ -5,6 +5,48 @@ import NIOCore
 import NIOPosix
 import Prometheus
 import ServiceLifecycle
+import Synchronization
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// Fetches `arn:aws:secretsmanager:` secrets (their SecretString).
+public protocol RemoteSecretFetcher: Sendable {
+    func secretString(arn: String) async throws -> String
+}
+
+extension LoadedConfiguration {
+    /// Fetches the Secrets Manager secrets the loader left pending; any failure names the key
+    /// path and the ARN, never a value.
+    public func fetchingRemoteSecrets(with fetcher: (any RemoteSecretFetcher)?) async throws(ConfigurationError)
+        -> LoadedConfiguration
+    {
+        guard !pendingSecrets.isEmpty else { return self }
+        var fetched: [PendingSecret: DatabaseCredential] = [:]
+        var issues: [ConfigurationIssue] = []
+        for pending in pendingSecrets {
+            guard let fetcher else {
+                issues.append(ConfigurationIssue(
+                    keyPath: pending.keyPath, value: pending.arn, expectation: "Secrets Manager credentials",
+                    message: "\(pending.arn): no Secrets Manager credentials"))
+                continue
+            }
+            do {
+                let text = try await fetcher.secretString(arn: pending.arn)
+                fetched[pending] = try SecretLoader.parse(json: Data(text.utf8))
+            } catch {
+                issues.append(ConfigurationIssue(
+                    keyPath: pending.keyPath, value: pending.arn, expectation: "a readable Secrets Manager secret",
+                    message: "\(pending.arn): \(error)"))
+            }
+        }
+        if !issues.isEmpty { throw ConfigurationError(issues: issues) }
+        return try completing(with: fetched)
+    }
+}
 
 /// Runs every proxy of a configuration, and the admin API, until graceful shutdown; then drains.
 ///
@@ -18,6 +60,10 @@ public final class ConciergeServer: Service, @unchecked Sendable {
     public let registry: PrometheusCollectorRegistry
     private let state: NIOLockedValueBox<State>
     private let router: AdminRouter
+    private let remoteSecrets: (any RemoteSecretFetcher)?
+    private let environment: [String: String]
+    /// Set when a backend login was refused: secrets are re-read at the next tick.
+    private let refreshRequested = Atomic<Bool>(false)
 
     private struct State {
         var configuration: ConciergeConfiguration
@@ -29,9 +75,12 @@ public final class ConciergeServer: Service, @unchecked Sendable {
     public init(
         configuration: ConciergeConfiguration, credentials: [String: [DatabaseCredential]], adminToken: String? = nil,
         logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()
+        registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
+        remoteSecrets: (any RemoteSecretFetcher)? = nil, environment: [String: String] = [:]
     ) {
         self.logger = logger
+        self.remoteSecrets = remoteSecrets
+        self.environment = environment
         self.group = group
         self.registry = registry
         let state = NIOLockedValueBox(State(configuration: configuration, credentials: credentials))
@@ -52,6 +101,7 @@ public final class ConciergeServer: Service, @unchecked Sendable {
                     configuration: proxy, credentials: credentials[proxy.name] ?? [], group: group,
                     registry: registry, logger: logger)
                 try await runtime.start()
+                runtime.onBackendAuthFailure = { [weak self] in self?.refreshRequested.store(true, ordering: .relaxed) }
                 started.append(runtime)
             }
             if let admin = configuration.admin {
@@ -68,7 +118,9 @@ public final class ConciergeServer: Service, @unchecked Sendable {
 
     public func run() async throws {
         if proxies.isEmpty { try await start() }
+        let refresher = Task { await self.refreshSecretsPeriodically() }
         try? await gracefulShutdown()
+        refresher.cancel()
         logger.info("shutting down: no longer accepting clients")
         let (proxies, admin, drainTimeout) = state.withLockedValue {
             ($0.proxies, $0.adminChannel, $0.configuration.drainTimeout)
@@ -81,6 +133,56 @@ public final class ConciergeServer: Service, @unchecked Sendable {
         }
         try? await admin?.close()
         logger.info("shutdown complete")
+    }
+
+    // MARK: Secret rotation
+
+    /// Re-reads every secret each `secret_refresh_interval`, and soon after the database refuses
+    /// a secret's credentials (at most every 5 seconds then).
+    private func refreshSecretsPeriodically() async {
+        var lastRefresh = ContinuousClock.now
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(1))
+            let interval = state.withLockedValue { $0.configuration.secretRefreshInterval }
+            let elapsed = ContinuousClock.now - lastRefresh
+            let requested = refreshRequested.load(ordering: .relaxed) && elapsed >= .seconds(5)
+            guard requested || elapsed >= .seconds(interval) else { continue }
+            refreshRequested.store(false, ordering: .relaxed)
+            lastRefresh = ContinuousClock.now
+            await refreshSecrets()
+        }
+    }
+
+    /// Reads every auth entry's secret again; a proxy whose secrets all read gets the new
+    /// credentials (clients stay connected). A secret that cannot be read is logged by name and
+    /// the proxy keeps its current credentials.
+    func refreshSecrets() async {
+        let (configuration, proxies) = state.withLockedValue { ($0.configuration, $0.proxies) }
+        for proxy in proxies {
+            guard let entry = configuration.proxy(named: proxy.name) else { continue }
+            var credentials: [DatabaseCredential] = []
+            var complete = true
+            for auth in entry.auth {
+                let name = auth.secretARN.isEmpty ? auth.secret.description : auth.secretARN
+                do {
+                    switch auth.secret {
+                    case .secretsManager(let arn):
+                        guard let remoteSecrets else { throw SecretError.remoteSecret }
+                        let text = try await remoteSecrets.secretString(arn: arn)
+                        credentials.append(try SecretLoader.parse(json: Data(text.utf8)))
+                    case .file, .env:
+                        credentials.append(try SecretLoader.load(auth.secret, environment: environment))
+                    }
+                } catch {
+                    logger.error("could not re-read a secret; the current credentials stay in use", metadata: [
+                        "concierge.proxy": "\(proxy.name)", "concierge.secret": "\(name)", "concierge.error": "\(error)",
+                    ])
+                    complete = false
+                    break
+                }
+            }
+            if complete { proxy.updateCredentials(credentials) }
+        }
     }
 
     /// Why a reloaded configuration was refused (the running one stays).

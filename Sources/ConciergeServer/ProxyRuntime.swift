@@ -59,6 +59,7 @@ final class ProxyRuntime: @unchecked Sendable {
         /// TLS to the database (nil: plaintext).
         var backendTLS: NIOSSLContext?
         var certificateCheck: RepeatedTask?
+        var onBackendAuthFailure: (@Sendable () -> Void)?
         var classifierOptions: ClassifierOptions
         var updatedDate: Date
         var targetGroupUpdatedDate: Date
@@ -199,9 +200,57 @@ final class ProxyRuntime: @unchecked Sendable {
             }
             .flatMapErrorThrowing { error in
                 self.metrics.databaseConnectionsSetupFailed.increment()
-                if let health = TargetHealth(after: error) { self.noteTargetHealth(writer, health) }
+                if let health = TargetHealth(after: error) {
+                    self.noteTargetHealth(writer, health)
+                    if health.reason == "AUTH_FAILURE" {
+                        // Name the secret, never its value; a rotated secret may be the cause.
+                        self.logger.error("the database refused the credentials of a secret", metadata: [
+                            "concierge.secret": "\(self.secretName(forUser: key.user))", "concierge.user": "\(key.user)",
+                            "concierge.target": "\(writer)",
+                        ])
+                        self.onBackendAuthFailure?()
+                    }
+                }
                 throw error
             }
+    }
+
+    /// Called when the database refuses a secret's credentials (the server re-reads secrets).
+    var onBackendAuthFailure: (@Sendable () -> Void)? {
+        get { state.withLockedValue { $0.onBackendAuthFailure } }
+        set { state.withLockedValue { $0.onBackendAuthFailure = newValue } }
+    }
+
+    /// The `secret_arn` of the auth entry whose secret holds `user`.
+    func secretName(forUser user: String) -> String {
+        state.withLockedValue { state in
+            for (index, auth) in state.configuration.auth.enumerated() where state.users.username(forAuthIndex: index) == user {
+                return auth.secretARN.isEmpty ? auth.secret.description : auth.secretARN
+            }
+            return "(no secret for this user)"
+        }
+    }
+
+    /// Rotated secrets: the credentials of every auth entry, in order. New backends log in with
+    /// them and new clients are checked against them; nobody is disconnected.
+    func updateCredentials(_ credentials: [DatabaseCredential]) {
+        let auth = configuration.auth
+        let users = UserDirectory(credentials: credentials, auth: auth, reusing: self.users)
+        let changed = state.withLockedValue { state -> [String] in
+            var changed: [String] = []
+            for credential in credentials where state.credentials[credential.username] != credential {
+                changed.append(credential.username)
+            }
+            state.users = users
+            state.credentials = Dictionary(credentials.map { ($0.username, $0) }, uniquingKeysWith: { first, _ in first })
+            if !changed.isEmpty { state.updatedDate = Date() }
+            return changed
+        }
+        for user in changed {
+            logger.info("secret rotated: new backends use the new credentials", metadata: [
+                "concierge.secret": "\(secretName(forUser: user))", "concierge.user": "\(user)",
+            ])
+        }
     }
 
     private func noteTargetHealth(_ target: HostPort, _ health: TargetHealth) {

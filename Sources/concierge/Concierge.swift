@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import ConciergeConfig
 import ConciergeServer
 import Logging
@@ -132,7 +133,8 @@ struct Serve: AsyncParsableCommand {
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let server = ConciergeServer(
             configuration: loaded.configuration, credentials: loaded.credentials, adminToken: loaded.adminToken,
-            logger: logger, group: group, registry: registry)
+            logger: logger, group: group, registry: registry,
+            environment: ProcessInfo.processInfo.environment)
         do {
             try await server.start()
         } catch {
