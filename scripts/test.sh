@@ -9,7 +9,8 @@
 #   CONCIERGE_BIN=path              test this binary instead of the debug build
 #   CONCIERGE_SWIFT_PARALLEL=1      run the unit tests with `swift test --parallel`
 #   CONCIERGE_ITEST_DIRECT=1        point the integration tests at PostgreSQL itself (no proxy)
-#   CONCIERGE_ITEST_DEBUG=1         start proxies with debug_logging: true
+#   CONCIERGE_ITEST_DEBUG=1         start proxies with debug_logging: true and --log-level trace
+#                                   (the default here; 0 turns it off)
 #
 # Installs what is missing: PostgreSQL, the JDBC driver, a JDK and promtool (apt); pytest,
 # pytest-timeout, psycopg and PyYAML (pip).
@@ -60,6 +61,9 @@ swift_args=(--skip-build)
 swift test "${swift_args[@]}" || failed+=("unit tests")
 
 section "integration tests (pytest tests/integration, CONCIERGE_BIN=$CONCIERGE_BIN)"
+# Debug logging (SQL text in pin lines) and trace-level logs on: every proxy's log is searched
+# for the test users' passwords at the end of each test (conftest), so a leak fails the run.
+export CONCIERGE_ITEST_DEBUG=${CONCIERGE_ITEST_DEBUG:-1}
 python3 -m pytest -q tests/integration "$@" || failed+=("integration tests")
 
 # On success nothing follows pytest's closing line ("N passed ..."), which CI reads.

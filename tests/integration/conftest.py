@@ -150,6 +150,8 @@ def proxy(request, pg: PgCluster, concierge_bin: Path, tmp_path: Path):
         log_path = workdir / "concierge.log"
         with open(log_path, "wb") as log:
             extra = ["--threads", str(threads)] if threads else []
+            if os.environ.get("CONCIERGE_ITEST_DEBUG") == "1":
+                extra += ["--log-level", "trace"]
             proc = subprocess.Popen([str(concierge_bin), "serve", "--config", str(config_path), *extra],
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     env=clean_env(), cwd=workdir)
@@ -166,6 +168,13 @@ def proxy(request, pg: PgCluster, concierge_bin: Path, tmp_path: Path):
     yield start
 
     errors = []
+    # No secret in any log: the database users' passwords and the superuser's.
+    leaked_values = [*pg.passwords.values(), pg.superuser_password]
+    for p in started:
+        log = p.log(10**9)
+        for value in leaked_values:
+            if value and value in log:
+                errors.append(f"a password appears in the log of the proxy on port {p.port}")
     for p in started:
         if p.proc.poll() is not None:
             if not p.expect_exit:
