@@ -98,7 +98,7 @@ public struct RDSAuthIdentity: Sendable, Equatable, CustomStringConvertible {
 ///
 /// `generate` makes one byte for byte as botocore does; `parse` reads one; `verify` checks
 /// one as RDS Proxy would (signature, host, port, user, region, validity period).
-public struct RDSAuthToken: Sendable, Equatable {
+public struct RDSAuthToken: Sendable, Equatable, CustomStringConvertible, CustomDebugStringConvertible {
     public static let service = "rds-db"
     /// The longest validity RDS accepts, and what the AWS tools use: 15 minutes.
     public static let maximumExpires = 900
@@ -139,6 +139,13 @@ public struct RDSAuthToken: Sendable, Equatable {
             && a.signedHeaders == b.signedHeaders && a.sessionToken == b.sessionToken && a.signature == b.signature
             && a.signedParameters.elementsEqual(b.signedParameters, by: { $0 == $1 })
     }
+
+    /// The token's claims; the signature and the session token are left out.
+    public var description: String {
+        "RDSAuthToken(\(RDSAuthTokenError.printable(hostname)):\(port), user: \(RDSAuthTokenError.printable(user)), accessKeyID: \(RDSAuthTokenError.printable(accessKeyID)), region: \(RDSAuthTokenError.printable(region)), service: \(RDSAuthTokenError.printable(service)), signedAt: \(amzDate), expires: \(expires)\(sessionToken == nil ? "" : ", sessionToken: <redacted>"), signature: <redacted>)"
+    }
+
+    public var debugDescription: String { description }
 
     /// When the validity ends (`signedAt` + `expires`).
     public var expiresAt: Date { signedAt.addingTimeInterval(TimeInterval(expires)) }

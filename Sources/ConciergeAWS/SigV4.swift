@@ -36,7 +36,7 @@ public struct AWSCredentials: Sendable, Hashable, CustomStringConvertible, Custo
 }
 
 /// An HTTP request as SigV4 sees it.
-public struct SigV4Request: Sendable {
+public struct SigV4Request: Sendable, CustomStringConvertible, CustomDebugStringConvertible {
     /// `GET`, `POST`, ... (uppercased when signing).
     public var method: String
     /// The path as it is sent on the wire, already percent-encoded (e.g. `/` or `/a%20b`).
@@ -62,6 +62,18 @@ public struct SigV4Request: Sendable {
         self.body = body
         self.payloadHash = payloadHash
     }
+
+    /// Method, path, parameter and header names; values of `Authorization`,
+    /// `X-Amz-Security-Token`, `X-Amz-Signature` and `X-Amz-Credential` redacted, body left out.
+    public var description: String {
+        let hidden: Set<String> = ["authorization", "x-amz-security-token", "x-amz-signature", "x-amz-credential"]
+        func show(_ pair: (name: String, value: String)) -> String {
+            "\(pair.name): \(hidden.contains(pair.name.lowercased()) ? "<redacted>" : pair.value)"
+        }
+        return "SigV4Request(\(method) \(path), query: [\(query.map(show).joined(separator: ", "))], headers: [\(headers.map(show).joined(separator: ", "))], body: \(body.count) bytes)"
+    }
+
+    public var debugDescription: String { description }
 
     /// The value of the first header named `name` (case-insensitive).
     public func header(_ name: String) -> String? {

@@ -376,3 +376,26 @@ func printableErrorValues() {
     let long = String(repeating: "x", count: 500)
     #expect(RDSAuthTokenError.wrongHost(long).description.count < 200)
 }
+
+@Test("a parsed token and a signed request print no signature or session token")
+func redactedDescriptions() throws {
+    let token = try RDSAuthToken.parse(botoVectors[1].token)
+    for text in [token.description, String(describing: token), String(reflecting: token), "\(token)"] {
+        #expect(text.contains("user: app"))
+        #expect(!text.contains("0456291874c69a3d"))
+        #expect(!text.contains("IQoJb3JpZ2luX2VjEXAMPLE"))
+    }
+    var credentials = exampleCredentials
+    credentials.sessionToken = "SESSION-TOKEN"
+    let signer = SigV4Signer(credentials: credentials, region: "us-east-1", service: "secretsmanager")
+    let signed = signer.sign(SigV4Request(method: "POST", headers: [("Host", "h")], body: Array("secret body".utf8)), date: botoDate)
+    let presigned = SigV4Request(method: "GET", query: signer.presign(SigV4Request(method: "GET", headers: [("host", "h")]), date: botoDate, expires: 60))
+    for request in [signed, presigned] {
+        for text in [request.description, String(describing: request), String(reflecting: request)] {
+            #expect(!text.contains("SESSION-TOKEN"))
+            #expect(!text.contains("secret body"))
+            #expect(!text.contains("Signature="))
+            #expect(!text.contains(exampleCredentials.accessKeyID + "/"))
+        }
+    }
+}

@@ -97,8 +97,9 @@ private final class RequestReader: ChannelInboundHandler {
         let request = ReceivedRequest(requestLine: requestLine, headers: headers, body: Array(bytes[(end + 4)..<(end + 4 + length)]))
         switch reply(request) {
         case .bytes(let out):
-            context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: out))).whenComplete { _ in
-                context.close(promise: nil)
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(bytes: out))).whenComplete { _ in
+                channel.close(promise: nil)
             }
         case .bytesThenHang(let out):
             context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: out)), promise: nil)
