@@ -81,7 +81,15 @@ let package = Package(
             dependencies: ["PostgresWire", .product(name: "NIOTestUtils", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(name: "SQLClassifierTests", dependencies: ["SQLClassifier"]),
-        .testTarget(name: "ConciergeAWSTests", dependencies: ["ConciergeAWS"]),
+        .testTarget(
+            name: "ConciergeAWSTests",
+            dependencies: [
+                "ConciergeAWS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
+        ),
         .testTarget(name: "ConnectionPoolTests", dependencies: ["ConnectionPool"]),
         .testTarget(name: "ConciergeConfigTests", dependencies: ["ConciergeConfig"]),
         .testTarget(

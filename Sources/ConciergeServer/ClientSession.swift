@@ -23,6 +23,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         case awaitingStartup
         case authenticatingSCRAM(SCRAMServerSession, step: Int)
         case authenticatingMD5(salt: [UInt8])
+        /// Asked for the password in clear (over TLS): an IAM authentication token.
+        case authenticatingIAM
         /// Authenticated; fetching the parameters PostgreSQL would report for this user/database.
         case loggingIn
         /// Logged in: the data path.
@@ -202,7 +204,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         // Reading on while a few messages wait for a backend saves two epoll_ctl calls per
         // transaction; a client that pipelines more than `maxHeldBytes` meanwhile is paused.
         case .ready: return heldBytes > Self.maxHeldBytes || backendBlocked
-        case .awaitingStartup, .authenticatingSCRAM, .authenticatingMD5, .closed: return false
+        case .awaitingStartup, .authenticatingSCRAM, .authenticatingMD5, .authenticatingIAM, .closed: return false
         }
     }
 
@@ -274,7 +276,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             case .awaitingStartup:
                 guard let packet = try PGFraming.nextStartupPacket(from: &buffer) else { return }
                 handleStartupPacket(packet, trailingBytes: buffer.readableBytes, context: context)
-            case .authenticatingSCRAM, .authenticatingMD5:
+            case .authenticatingSCRAM, .authenticatingMD5, .authenticatingIAM:
                 guard let frame = try PGFraming.nextFrame(from: &buffer, maxMessageSize: 65_536) else { return }
                 try handleAuthenticationMessage(frame, context: context)
             case .loggingIn:
@@ -378,7 +380,16 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             PGEncode.negotiateProtocolVersion(newestMinorVersion: 0, unsupportedOptions: unsupportedOptions, into: &out)
         }
         userEntry = runtime.users.entry(for: user)
-        if let entry = userEntry, entry.authType == .postgresMD5 {
+        if let entry = userEntry, entry.iamRequired {
+            guard isTLS else {
+                runtime.metrics.clientConnectionsSetupFailedAuth[endpoint].increment()
+                log(.info, "IAM authentication refused: the client did not use TLS")
+                fail(with: ClientErrors.iamRequiresTLS)
+                return
+            }
+            PGEncode.authenticationCleartextPassword(into: &out)
+            state = .authenticatingIAM
+        } else if let entry = userEntry, entry.authType == .postgresMD5 {
             let salt = SecureRandom.bytes(4)
             PGEncode.authenticationMD5Password(salt: salt, into: &out)
             state = .authenticatingMD5(salt: salt)
@@ -482,6 +493,17 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 return
             } catch is SCRAMError {
                 fail(with: ClientErrors.protocolViolation("malformed SCRAM message"))
+                return
+            }
+        case .authenticatingIAM:
+            let token = try PGParse.passwordMessage(frame.body)
+            switch runtime.authenticateIAM(token: token, user: user, endpoint: endpoint) {
+            case .allowed(let principal):
+                log(.debug, "IAM authentication succeeded", ["concierge.principal": "\(principal)"])
+            case .refused(let reason):
+                runtime.metrics.clientConnectionsSetupFailedAuth[endpoint].increment()
+                log(.info, "IAM authentication failed", ["concierge.reason": "\(reason)"])
+                fail(with: ClientErrors.iamAuthenticationFailed(user: user))
                 return
             }
         case .awaitingStartup, .loggingIn, .ready, .closed:
@@ -986,7 +1008,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// Called by `loopSessions` about once a second.
     func checkTimeouts(now: NIODeadline) {
         switch state {
-        case .awaitingStartup, .authenticatingSCRAM, .authenticatingMD5:
+        case .awaitingStartup, .authenticatingSCRAM, .authenticatingMD5, .authenticatingIAM:
             if now >= loginDeadline { fail(with: ClientErrors.authenticationTimeout) }
         case .ready:
             guard isBetweenTransactions else {
@@ -1025,7 +1047,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 self.fail(with: ClientErrors.shuttingDown)
             case .ready, .loggingIn:
                 break
-            case .awaitingStartup, .authenticatingSCRAM, .authenticatingMD5:
+            case .awaitingStartup, .authenticatingSCRAM, .authenticatingMD5, .authenticatingIAM:
                 self.fail(with: ClientErrors.shuttingDown)
             case .closed:
                 break

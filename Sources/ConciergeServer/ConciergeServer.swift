@@ -61,6 +61,7 @@ public final class ConciergeServer: Service, @unchecked Sendable {
     private let state: NIOLockedValueBox<State>
     private let router: AdminRouter
     private let remoteSecrets: (any RemoteSecretFetcher)?
+    private let iamSecretKeys: NIOLockedValueBox<[String: String]>
     private let environment: [String: String]
     /// Set when a backend login was refused: secrets are re-read at the next tick.
     private let refreshRequested = Atomic<Bool>(false)
@@ -76,8 +77,10 @@ public final class ConciergeServer: Service, @unchecked Sendable {
         configuration: ConciergeConfiguration, credentials: [String: [DatabaseCredential]], adminToken: String? = nil,
         logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
-        remoteSecrets: (any RemoteSecretFetcher)? = nil, environment: [String: String] = [:]
+        remoteSecrets: (any RemoteSecretFetcher)? = nil, environment: [String: String] = [:],
+        iamSecretKeys: [String: String] = [:]
     ) {
+        self.iamSecretKeys = NIOLockedValueBox(iamSecretKeys)
         self.logger = logger
         self.remoteSecrets = remoteSecrets
         self.environment = environment
@@ -96,12 +99,14 @@ public final class ConciergeServer: Service, @unchecked Sendable {
         let (configuration, credentials) = state.withLockedValue { ($0.configuration, $0.credentials) }
         var started: [ProxyRuntime] = []
         do {
+            let iam = try IAMAuthenticator(configuration: configuration.iam, secretKeys: iamSecretKeys.withLockedValue { $0 })
             for proxy in configuration.proxies {
                 let runtime = try ProxyRuntime(
                     configuration: proxy, credentials: credentials[proxy.name] ?? [], group: group,
                     registry: registry, logger: logger)
                 try await runtime.start()
                 runtime.onBackendAuthFailure = { [weak self] in self?.refreshRequested.store(true, ordering: .relaxed) }
+                runtime.iam = iam
                 started.append(runtime)
             }
             if let admin = configuration.admin {
@@ -207,7 +212,15 @@ public final class ConciergeServer: Service, @unchecked Sendable {
         if !needsRestart.isEmpty {
             throw ReloadError(description: "these changes need a restart: \(needsRestart.joined(separator: ", "))")
         }
+        let iam: IAMAuthenticator?
+        do {
+            iam = try IAMAuthenticator(configuration: new.iam, secretKeys: loaded.iamSecretKeys)
+        } catch {
+            throw ReloadError(description: "\(error)")
+        }
+        iamSecretKeys.withLockedValue { $0 = loaded.iamSecretKeys }
         for proxy in proxies {
+            proxy.iam = iam
             guard let configuration = new.proxy(named: proxy.name) else { continue }
             do {
                 try proxy.reload(configuration, credentials: loaded.credentials[proxy.name] ?? [])

@@ -60,6 +60,8 @@ final class ProxyRuntime: @unchecked Sendable {
         var backendTLS: NIOSSLContext?
         var certificateCheck: RepeatedTask?
         var onBackendAuthFailure: (@Sendable () -> Void)?
+        /// Checks IAM tokens (nil: no `iam` section).
+        var iam: IAMAuthenticator?
         var classifierOptions: ClassifierOptions
         var updatedDate: Date
         var targetGroupUpdatedDate: Date
@@ -219,6 +221,22 @@ final class ProxyRuntime: @unchecked Sendable {
     var onBackendAuthFailure: (@Sendable () -> Void)? {
         get { state.withLockedValue { $0.onBackendAuthFailure } }
         set { state.withLockedValue { $0.onBackendAuthFailure = newValue } }
+    }
+
+    var iam: IAMAuthenticator? {
+        get { state.withLockedValue { $0.iam } }
+        set { state.withLockedValue { $0.iam = newValue } }
+    }
+
+    /// Checks a client's IAM token for `user`, connected to endpoint `endpoint`.
+    func authenticateIAM(token: String, user: String, endpoint: Int) -> IAMAuthenticator.Outcome {
+        let (iam, configuration) = state.withLockedValue { ($0.iam, $0.configuration) }
+        guard let iam else { return .refused("no iam section is configured") }
+        var hosts = Set(configuration.hostnames)
+        let listens = [configuration.listen] + configuration.endpoints.map(\.listen)
+        for listen in listens where !listen.isWildcard { hosts.insert(listen.host.lowercased()) }
+        let port = endpoint < listens.count ? listens[endpoint].port : configuration.listen.port
+        return iam.authenticate(token: token, user: user, hosts: hosts, port: port, resourceID: resourceID)
     }
 
     /// The `secret_arn` of the auth entry whose secret holds `user`.

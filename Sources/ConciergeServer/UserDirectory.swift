@@ -12,6 +12,8 @@ struct UserDirectory: Sendable {
         var authType: ClientPasswordAuthType
         var scram: SCRAMVerifier
         var md5StoredHash: String
+        /// `iam_auth: REQUIRED`: clients log in with an IAM token instead of the password.
+        var iamRequired: Bool
     }
 
     private var entries: [String: Entry]
@@ -29,9 +31,10 @@ struct UserDirectory: Sendable {
         var names: [String?] = []
         for (credential, authConfig) in zip(credentials, auth) {
             names.append(credential.username)
-            if let old = previous?.entries[credential.username], old.credential == credential,
+            if var old = previous?.entries[credential.username], old.credential == credential,
                old.authType == authConfig.clientPasswordAuthType
             {
+                old.iamRequired = authConfig.iamAuth == .required
                 entries[credential.username] = old
                 continue
             }
@@ -40,7 +43,8 @@ struct UserDirectory: Sendable {
                 credential: credential,
                 authType: authConfig.clientPasswordAuthType,
                 scram: SCRAMVerifier.derive(password: credential.password, salt: salt),
-                md5StoredHash: PGMD5.storedHash(user: credential.username, password: credential.password))
+                md5StoredHash: PGMD5.storedHash(user: credential.username, password: credential.password),
+                iamRequired: authConfig.iamAuth == .required)
         }
         self.entries = entries
         self.usernamesByAuthIndex = names

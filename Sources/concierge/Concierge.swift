@@ -28,13 +28,14 @@ struct Concierge: AsyncParsableCommand {
             DescribeDBProxies.self, DescribeDBProxyTargetGroups.self, DescribeDBProxyTargets.self,
             ModifyDBProxy.self, ModifyDBProxyTargetGroup.self,
             RegisterDBProxyTargets.self, DeregisterDBProxyTargets.self,
+            GenerateDBAuthToken.self,
         ]
     )
 
     static let adminVerbs: Set<String> = Set([
         DescribeDBProxies.self, DescribeDBProxyTargetGroups.self, DescribeDBProxyTargets.self,
         ModifyDBProxy.self, ModifyDBProxyTargetGroup.self,
-        RegisterDBProxyTargets.self, DeregisterDBProxyTargets.self,
+        RegisterDBProxyTargets.self, DeregisterDBProxyTargets.self, GenerateDBAuthToken.self,
     ].compactMap { ($0 as ParsableCommand.Type).configuration.commandName })
 
     /// As swift-argument-parser's, except that a usage error of an admin verb (a missing or
@@ -65,6 +66,34 @@ let configurationErrorExitCode: Int32 = 2
 struct ConfigOptions: ParsableArguments {
     @Option(name: .long, help: "The YAML configuration file.")
     var config: String
+
+    /// The Secrets Manager client, when an auth entry names an `arn:aws:secretsmanager:` secret.
+    func remoteSecretFetcher(for loaded: LoadedConfiguration) throws -> (any RemoteSecretFetcher)? {
+        let usesSecretsManager = loaded.configuration.proxies.contains { proxy in
+            proxy.auth.contains { if case .secretsManager = $0.secret { return true } else { return false } }
+        }
+        guard usesSecretsManager, let credentials = loaded.secretsManagerCredentials else { return nil }
+        do {
+            return try SecretsManagerFetcher(configuration: loaded.configuration.secretsManager, credentials: credentials)
+        } catch {
+            printError("concierge: invalid configuration in \(config):")
+            printError("secrets_manager: \(error)")
+            throw ExitCode(configurationErrorExitCode)
+        }
+    }
+
+    /// Fetches Secrets Manager secrets; problems are printed like configuration errors (status 2).
+    func fetchRemoteSecrets(_ loaded: LoadedConfiguration, with fetcher: (any RemoteSecretFetcher)?) async throws
+        -> LoadedConfiguration
+    {
+        do {
+            return try await loaded.fetchingRemoteSecrets(with: fetcher)
+        } catch {
+            printError("concierge: invalid configuration in \(config):")
+            printError(error.description)
+            throw ExitCode(configurationErrorExitCode)
+        }
+    }
 
     /// Loads and validates the configuration, printing every problem and exiting with status 2.
     func load() throws -> LoadedConfiguration {
@@ -113,7 +142,9 @@ struct Serve: AsyncParsableCommand {
     var logFormat: LogFormat = .logfmt
 
     func run() async throws {
-        let loaded = try options.load()
+        var loaded = try options.load()
+        let remoteSecrets = try options.remoteSecretFetcher(for: loaded)
+        loaded = try await options.fetchRemoteSecrets(loaded, with: remoteSecrets)
         let level = logLevel
         let format = logFormat
         LoggingSystem.bootstrap { label in
@@ -134,14 +165,15 @@ struct Serve: AsyncParsableCommand {
         let server = ConciergeServer(
             configuration: loaded.configuration, credentials: loaded.credentials, adminToken: loaded.adminToken,
             logger: logger, group: group, registry: registry,
-            environment: ProcessInfo.processInfo.environment)
+            remoteSecrets: remoteSecrets, environment: ProcessInfo.processInfo.environment,
+            iamSecretKeys: loaded.iamSecretKeys)
         do {
             try await server.start()
         } catch {
             logger.critical("could not start", metadata: ["concierge.error": "\(error)"])
             throw ExitCode(1)
         }
-        let reloader = ConfigurationReloader(path: options.config, server: server, logger: logger)
+        let reloader = ConfigurationReloader(options: options, server: server, logger: logger)
         let services = ServiceGroup(
             configuration: .init(
                 services: [
@@ -158,7 +190,7 @@ struct Serve: AsyncParsableCommand {
 /// SIGHUP: reads the configuration file again and applies it. A file with any problem is
 /// refused and logged; the running configuration stays.
 struct ConfigurationReloader: Service {
-    let path: String
+    let options: ConfigOptions
     let server: ConciergeServer
     let logger: Logger
 
@@ -166,19 +198,22 @@ struct ConfigurationReloader: Service {
         let signals = await UnixSignalsSequence(trapping: .sighup)
         await withGracefulShutdownHandler {
             for await _ in signals.cancelOnGracefulShutdown() {
-                reload()
+                await reload()
             }
         } onGracefulShutdown: {}
     }
 
-    private func reload() {
+    private func reload() async {
+        let path = options.config
         logger.info("SIGHUP: reloading the configuration", metadata: ["concierge.config": "\(path)"])
-        let loaded: LoadedConfiguration
+        var loaded: LoadedConfiguration
         do {
             loaded = try ConfigurationLoader.load(path: path)
+            let fetcher = try? options.remoteSecretFetcher(for: loaded)
+            loaded = try await loaded.fetchingRemoteSecrets(with: fetcher ?? nil)
         } catch {
             logger.error("configuration not reloaded: the file is invalid; the running configuration stays", metadata: [
-                "concierge.config": "\(path)", "concierge.error": "\(error.description)",
+                "concierge.config": "\(path)", "concierge.error": "\(error)",
             ])
             return
         }
