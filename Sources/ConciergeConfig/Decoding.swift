@@ -26,7 +26,8 @@ struct ConfigurationDecoder {
     ]
     static let endpointKeys = ["name", "target_role", "listen"]
     static let authKeys = ["auth_scheme", "secret_arn", "iam_auth", "client_password_auth_type", "description"]
-    static let targetGroupKeys = ["name", "connection_pool_config", "tls", "targets"]
+    static let targetGroupKeys = ["name", "connection_pool_config", "tls", "health_check", "targets"]
+    static let healthCheckKeys = ["interval_ms", "timeout_ms", "database"]
     static let poolKeys = [
         "max_connections_percent", "max_idle_connections_percent", "connection_borrow_timeout",
         "session_pinning_filters", "init_query", "backend_idle_timeout",
@@ -277,6 +278,17 @@ struct ConfigurationDecoder {
             }
         }
         var group = TargetGroupConfiguration(name: name, connectionPoolConfig: pool, targets: targets)
+        if let node = present(fields, "health_check") {
+            let hcPath = Self.child(path, "health_check")
+            let hc = mapping(node, at: hcPath, allowed: Self.healthCheckKeys, expectation: "a mapping with interval_ms, timeout_ms and database")
+            group.healthCheck = HealthCheckConfiguration(
+                intervalMS: int(hc, "interval_ms", at: hcPath, range: ConfigurationLimits.healthCheckIntervalMS,
+                                default: ConfigurationDefaults.healthCheckIntervalMS),
+                timeoutMS: int(hc, "timeout_ms", at: hcPath, range: ConfigurationLimits.healthCheckTimeoutMS,
+                               default: ConfigurationDefaults.healthCheckTimeoutMS),
+                database: string(hc, "database", at: hcPath, required: false, expectation: "a database name")
+                    ?? ConfigurationDefaults.healthCheckDatabase)
+        }
         if let node = present(fields, "tls") {
             let tlsPath = Self.child(path, "tls")
             let tls = mapping(node, at: tlsPath, allowed: Self.backendTLSKeys, expectation: "a mapping with mode and ca_file")

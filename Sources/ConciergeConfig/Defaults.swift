@@ -15,6 +15,9 @@ public enum ConfigurationDefaults {
     /// Port of a target `endpoint` written without one.
     public static let targetPort = 5432
     public static let secretRefreshInterval = 300
+    public static let healthCheckIntervalMS = 500
+    public static let healthCheckTimeoutMS = 1000
+    public static let healthCheckDatabase = "postgres"
 }
 
 /// Allowed ranges of every numeric key (inclusive).
@@ -31,6 +34,8 @@ public enum ConfigurationLimits {
     public static let backendIdleTimeout: ClosedRange<Int> = 1...86_400
     public static let port: ClosedRange<Int> = 1...65535
     public static let secretRefreshInterval: ClosedRange<Int> = 1...86_400
+    public static let healthCheckIntervalMS: ClosedRange<Int> = 100...60_000
+    public static let healthCheckTimeoutMS: ClosedRange<Int> = 100...60_000
     /// Proxy, endpoint and target group names: a letter, then up to 62 letters, digits or hyphens.
     public static let nameMaxLength = 63
 

@@ -93,6 +93,10 @@ public enum EffectiveConfiguration {
             p += "    session_pinning_filters: [\(pool.sessionPinningFilters.map(\.rawValue).joined(separator: ", "))]\n"
             p += "    init_query: \(quoted(pool.initQuery))\n"
             p += "    backend_idle_timeout: \(pool.backendIdleTimeout)\n"
+            p += "  health_check:\n"
+            p += "    interval_ms: \(group.healthCheck.intervalMS)\n"
+            p += "    timeout_ms: \(group.healthCheck.timeoutMS)\n"
+            p += "    database: \(quoted(group.healthCheck.database))\n"
             p += "  tls:\n"
             p += "    mode: \(group.tls.mode.rawValue)\n"
             if let ca = group.tls.caFile { p += "    ca_file: \(quoted(ca))\n" }

@@ -156,6 +156,8 @@ public struct AuthConfiguration: Sendable, Hashable {
 public struct TargetGroupConfiguration: Sendable, Hashable {
     /// `tls`: how the proxy's connections to the database are encrypted.
     public var tls: BackendTLSConfiguration = BackendTLSConfiguration()
+    /// `health_check`: how targets are checked (writer discovery, failover).
+    public var healthCheck: HealthCheckConfiguration = HealthCheckConfiguration()
     /// `name`: default `default`.
     public var name: String
     /// `connection_pool_config`.
@@ -350,5 +352,24 @@ extension ProxyConfiguration {
         }
         let hex = String(hash, radix: 16)
         return "prx-" + String(repeating: "0", count: max(0, 17 - hex.count)) + hex
+    }
+}
+
+/// `target_group.health_check`: each target is checked every `interval_ms` over a kept
+/// connection (`SELECT pg_is_in_recovery()`); a check that takes longer than `timeout_ms` fails.
+/// The defaults find a dead writer within about 1 to 2 seconds.
+public struct HealthCheckConfiguration: Sendable, Hashable {
+    public var intervalMS: Int
+    public var timeoutMS: Int
+    /// The database the checks log in to, with the first auth entry's secret.
+    public var database: String
+
+    public init(
+        intervalMS: Int = ConfigurationDefaults.healthCheckIntervalMS, timeoutMS: Int = ConfigurationDefaults.healthCheckTimeoutMS,
+        database: String = ConfigurationDefaults.healthCheckDatabase
+    ) {
+        self.intervalMS = intervalMS
+        self.timeoutMS = timeoutMS
+        self.database = database
     }
 }

@@ -65,6 +65,8 @@ struct BackendSettings: Sendable {
     var serverHostname: String?
     /// Only to name the mode in errors.
     var tlsMode: String = "disable"
+    /// Sent at login (health checks name themselves; pool backends take the client's).
+    var applicationName: String?
 }
 
 /// One connection from the proxy to the database, and the channel handler that drives it.
@@ -88,6 +90,8 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         case leased(any BackendOwner)
         case preparing(any BackendOwner, failure: PGErrorFields?)
         case resetting
+        /// A health check's `SELECT pg_is_in_recovery()` (connections of the health checker only).
+        case checking(EventLoopPromise<Bool>, inRecovery: Bool?, failure: PGErrorFields?)
         case closed
     }
 
@@ -144,7 +148,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     /// The value of `max_connections` read during setup, when asked for.
     var maxConnections: Int? { maxConnectionsValue }
 
-    private init(id: ConnectionID, key: PoolKey, eventLoop: any EventLoop, settings: BackendSettings, pool: BackendPool) {
+    private init(id: ConnectionID, key: PoolKey, eventLoop: any EventLoop, settings: BackendSettings, pool: BackendPool?) {
         self.id = id
         self.key = key
         self.eventLoop = eventLoop
@@ -155,7 +159,8 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
 
     /// Opens, logs in and sets up a backend; the future completes once it can serve a client.
     static func connect(
-        id: ConnectionID, key: PoolKey, on eventLoop: any EventLoop, settings: BackendSettings, pool: BackendPool
+        id: ConnectionID, key: PoolKey, on eventLoop: any EventLoop, settings: BackendSettings, pool: BackendPool?,
+        connectTimeout: TimeAmount = .seconds(10)
     ) -> EventLoopFuture<BackendConnection> {
         let connection = BackendConnection(id: id, key: key, eventLoop: eventLoop, settings: settings, pool: pool)
         let promise = eventLoop.makePromise(of: BackendConnection.self)
@@ -163,7 +168,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         ClientBootstrap(group: eventLoop)
             .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             .channelOption(ChannelOptions.socketOption(.so_keepalive), value: 1)
-            .connectTimeout(.seconds(10))
+            .connectTimeout(connectTimeout)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(connection)
@@ -192,11 +197,12 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
 
     private func sendStartup(context: ChannelHandlerContext) {
         var buffer = context.channel.allocator.buffer(capacity: 64)
-        PGEncode.startupMessage(
-            parameters: [
-                StartupParameter(name: "user", value: settings.username),
-                StartupParameter(name: "database", value: settings.database),
-            ], into: &buffer)
+        var parameters = [
+            StartupParameter(name: "user", value: settings.username),
+            StartupParameter(name: "database", value: settings.database),
+        ]
+        if let name = settings.applicationName { parameters.append(StartupParameter(name: "application_name", value: name)) }
+        PGEncode.startupMessage(parameters: parameters, into: &buffer)
         phase = .authenticating(nil)
         context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
     }
@@ -213,6 +219,8 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
             pool?.connectionClosed(self)
         case .idle, .resetting:
             pool?.connectionClosed(self)
+        case .checking(let promise, _, _):
+            promise.fail(BackendError.connection("the database closed the health-check connection"))
         case .closed:
             break
         }
@@ -370,6 +378,8 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
                 phase = .setup(step: step, failure: failure ?? fields)
             case .preparing(let owner, _):
                 phase = .preparing(owner, failure: fields)
+            case .checking(let promise, let value, _):
+                phase = .checking(promise, inRecovery: value, failure: fields)
             case .idle, .resetting, .closed, .leased:
                 settings.logger.info(
                     "database reported an error on an idle connection",
@@ -381,6 +391,11 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         case PGMessageType.Backend.readyForQuery:
             try handleReadyForQuery(PGParse.readyForQuery(frame.body), context: context)
         case PGMessageType.Backend.dataRow:
+            if case .checking(let promise, _, let failure) = phase {
+                let values = try PGParse.dataRowStrings(frame.body)
+                phase = .checking(promise, inRecovery: values.first.flatMap { $0 }.map { $0 == "t" }, failure: failure)
+                break
+            }
             guard case .setup(let step, _) = phase else { break }
             let values = try PGParse.dataRowStrings(frame.body)
             switch setupQueries[step] {
@@ -442,6 +457,15 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     }
 
     private func handleReadyForQuery(_ status: PGTransactionStatus, context: ChannelHandlerContext) throws {
+        if case .checking(let promise, let inRecovery, let failure) = phase {
+            phase = .idle
+            if let inRecovery, failure == nil {
+                promise.succeed(inRecovery)
+            } else {
+                promise.fail(failure.map { BackendError.server($0) } ?? BackendError.protocolViolation("no answer to the health check"))
+            }
+            return
+        }
         switch phase {
         case .startingUp:
             if settings.readMaxConnections { setupQueries.append(.maxConnections) }
@@ -487,7 +511,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
                 phase = .closed
                 context.close(promise: nil)
             }
-        case .connecting, .negotiatingTLS, .authenticating, .idle, .leased, .closed:
+        case .connecting, .negotiatingTLS, .authenticating, .idle, .leased, .checking, .closed:
             throw BackendError.protocolViolation("unexpected ReadyForQuery")
         }
     }
@@ -514,6 +538,25 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         let promise = setupPromise
         setupPromise = nil
         promise?.fail(error)
+    }
+
+    // MARK: Health checks
+
+    /// Runs `SELECT pg_is_in_recovery()` (true: a standby). Only for the health checker's own
+    /// connections, which are never pooled; fails if the connection is busy or closes.
+    func checkRecovery() -> EventLoopFuture<Bool> {
+        let promise = eventLoop.makePromise(of: Bool.self)
+        eventLoop.execute {
+            guard case .idle = self.phase, let channel = self.channel else {
+                promise.fail(BackendError.connection("the health-check connection is not ready"))
+                return
+            }
+            self.phase = .checking(promise, inRecovery: nil, failure: nil)
+            var out = channel.allocator.buffer(capacity: 40)
+            PGEncode.query("SELECT pg_catalog.pg_is_in_recovery()", into: &out)
+            channel.writeAndFlush(out, promise: nil)
+        }
+        return promise.futureResult
     }
 
     // MARK: Commands from the pool and the owner (any thread)
@@ -658,7 +701,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
                 pool?.release(self, reusable: false)
                 channel?.close(promise: nil)
             }
-        case .connecting, .negotiatingTLS, .authenticating, .startingUp, .setup, .idle, .resetting, .closed:
+        case .connecting, .negotiatingTLS, .authenticating, .startingUp, .setup, .idle, .resetting, .checking, .closed:
             break
         }
     }
@@ -715,7 +758,7 @@ extension BackendConnection.Phase {
     var acceptsOwnMessages: Void? {
         switch self {
         case .leased, .closed: return nil
-        case .connecting, .negotiatingTLS, .authenticating, .startingUp, .setup, .idle, .preparing, .resetting: return ()
+        case .connecting, .negotiatingTLS, .authenticating, .startingUp, .setup, .idle, .preparing, .resetting, .checking: return ()
         }
     }
 }

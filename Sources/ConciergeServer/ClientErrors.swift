@@ -57,6 +57,11 @@ enum ClientErrors {
         .fatal(code: "08P01", message: "unsupported startup option: \(option)")
     }
 
+    /// The backend of a client's transaction died (e.g. a failover); the client's connection stays.
+    static let transactionLost = PGErrorFields.error(
+        code: "08006",
+        message: "the database connection serving this transaction was lost; the transaction was rolled back")
+
     static let backendLost = PGErrorFields.fatal(
         code: "08006",
         message: "the database connection serving this session was lost; the open transaction was rolled back")

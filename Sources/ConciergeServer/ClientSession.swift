@@ -94,6 +94,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// A `SET` sent alone outside a transaction (see `SQLTrackedSettings`): the client's value
     /// once its ReadyForQuery arrives without an error.
     private var pendingSetting: PendingSetting?
+    /// The backend of an open transaction died while the client was idle in it: its next
+    /// statement is answered with an error (and the transaction is over).
+    private var transactionLost = false
 
     private struct PendingSetting {
         var name: String
@@ -594,6 +597,18 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
 
     private func handleDataMessage(_ frame: PGFrame) throws {
         let type = frame.type
+        if transactionLost, type != PGMessageType.Frontend.terminate {
+            transactionLost = false
+            var out = ByteBuffer()
+            PGEncode.errorResponse(ClientErrors.transactionLost, into: &out)
+            if Self.isSyncPoint(type) {
+                PGEncode.readyForQuery(.idle, into: &out)
+            } else {
+                discardUntilSync = true
+            }
+            writeToClient(out)
+            return
+        }
         if discardUntilSync {
             if type == PGMessageType.Frontend.sync {
                 discardUntilSync = false
@@ -909,7 +924,14 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             case .server(let fields):
                 fail(with: PGErrorFields(severity: "FATAL", code: fields.code, message: fields.message, detail: fields.detail, hint: fields.hint))
             case .connection, .protocolViolation:
-                fail(with: ClientErrors.backendLost)
+                if case .ready = state, pinReasons.isEmpty {
+                    // Nothing of the client's reached the database: its waiting messages get an
+                    // error, the connection stays.
+                    runtime.backendConnectionLost()
+                    borrowFailed(.connectionFailed(error))
+                } else {
+                    fail(with: ClientErrors.backendLost)
+                }
             }
         }
     }
@@ -987,8 +1009,43 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         guard backend != nil else { return }
         backend = nil
         backendReady = false
-        log(.warning, "database connection lost while serving this client")
-        fail(with: ClientErrors.backendLost)
+        runtime.backendConnectionLost()
+        guard pinReasons.isEmpty, case .ready = state, let context else {
+            // A pinned session's state lived on that backend: it cannot go on.
+            log(.warning, "database connection lost while serving this client")
+            fail(with: ClientErrors.backendLost)
+            return
+        }
+        log(.warning, "database connection lost mid-transaction: the client gets an error and keeps its connection")
+        let syncPoints = outstandingSyncs
+        let unsynced = pendingUnsynced
+        let inTransaction = transactionStatus != .idle
+        pending.removeAll(keepingCapacity: true)
+        pendingTracked = 0
+        if !portalStatements.isEmpty { portalStatements.removeAll() }
+        pendingSetting = nil
+        outstandingSyncs = 0
+        pendingUnsynced = false
+        transactionStatus = .idle
+        backendBlocked = false
+        var out = context.channel.allocator.buffer(capacity: 256)
+        for _ in 0..<syncPoints {
+            PGEncode.errorResponse(ClientErrors.transactionLost, into: &out)
+            PGEncode.readyForQuery(.idle, into: &out)
+        }
+        if unsynced {
+            // PostgreSQL's rule after an error: extended messages are discarded until Sync.
+            if syncPoints == 0 { PGEncode.errorResponse(ClientErrors.transactionLost, into: &out) }
+            discardUntilSync = true
+        } else if syncPoints == 0, inTransaction {
+            // Idle in a transaction: its next statement is answered with the error.
+            transactionLost = true
+        }
+        if out.readableBytes > 0 { context.writeAndFlush(wrapOutboundOut(out), promise: nil) }
+        lastActivity = .now()
+        // Messages that arrived meanwhile are served by a new backend.
+        if !held.isEmpty, waitingRequest == nil { borrowBackend() }
+        resumeReadsIfNeeded()
     }
 
     private func releaseBackend() {

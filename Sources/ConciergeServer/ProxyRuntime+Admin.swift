@@ -189,23 +189,13 @@ extension ProxyRuntime {
     }
 
     func describeTargets() -> [JSON] {
-        let (targets, writer, health) = state.withLockedValue {
-            ($0.configuration.targetGroup.targets.map(\.endpoint), $0.writer, $0.targetHealth)
+        let (targets, health) = state.withLockedValue {
+            ($0.configuration.targetGroup.targets.map(\.endpoint), $0.targetHealth)
         }
         return targets.map { target in
-            let isWriter = target == writer
-            let targetHealth: TargetHealth
-            if let known = health[target] {
-                targetHealth = known
-            } else if isWriter {
-                targetHealth = TargetHealth(
-                    state: .registering, description: "No database connection has been opened to this target yet.")
-            } else {
-                targetHealth = TargetHealth(
-                    state: .registering,
-                    description: "Not in use: the proxy routes to the first registered target until writer discovery is added.")
-            }
-            return Self.targetJSON(target, role: isWriter ? "READ_WRITE" : "UNKNOWN", health: targetHealth, resourceID: resourceID)
+            let targetHealth = health[target] ?? TargetHealth(
+                state: .registering, description: "The first health check has not completed yet.")
+            return Self.targetJSON(target, role: roleName(of: target), health: targetHealth, resourceID: resourceID)
         }
     }
 
@@ -368,23 +358,23 @@ extension ProxyRuntime {
                 throw AdminError.invalid("DBInstanceIdentifiers", "\(first) cannot be resolved: \(error)")
             }
         }
-        let writerChanged = state.withLockedValue { state -> Bool in
+        let writerRemoved = state.withLockedValue { state -> Bool in
             state.configuration.targetGroup.targets = targets.map { TargetConfiguration(endpoint: $0) }
             state.targetHealth = state.targetHealth.filter { targets.contains($0.key) }
-            let changed = state.writer != targets.first
-            if changed {
-                if let since = state.writerAvailableSince {
-                    state.writerAvailableSeconds += Double((NIODeadline.now() - since).nanoseconds) / 1e9
-                    state.writerAvailableSince = nil
-                }
-                state.writer = targets.first
-                state.writerAddress = address
+            if let address, let first = targets.first, state.targetAddresses[first] == nil {
+                state.targetAddresses[first] = address
             }
             state.targetGroupUpdatedDate = Date()
-            return changed
+            guard let writer = state.writer, !targets.contains(writer) else { return false }
+            // The writer left the group: health checks pick the next one.
+            state.writer = nil
+            state.writerAddress = nil
+            if state.writerAvailable { Self.setWriterAvailable(false, in: &state) }
+            return true
         }
         logger.info("targets changed", metadata: ["concierge.targets": "\(targets.map(\.description).joined(separator: ","))"])
-        if writerChanged { pool.retire() }
+        syncMonitors()
+        if writerRemoved { pool.retire() }
     }
 
     /// Validates a changed proxy configuration; the first issue becomes an API error naming the

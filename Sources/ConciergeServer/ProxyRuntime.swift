@@ -35,6 +35,8 @@ final class ProxyRuntime: @unchecked Sendable {
     /// Per event loop: its client sessions, swept for timeouts.
     let loopSessions: [ObjectIdentifier: LoopSessions]
     private let scramCache = SCRAMSaltedPasswordCache()
+    /// The health checks' own (keys differ per target only by salt).
+    let scramCacheForChecks = SCRAMSaltedPasswordCache()
 
     private let clientCount = Synchronization.Atomic<Int>(0)
     let state: NIOLockedValueBox<MutableState>
@@ -62,6 +64,20 @@ final class ProxyRuntime: @unchecked Sendable {
         var onBackendAuthFailure: (@Sendable () -> Void)?
         /// Checks IAM tokens (nil: no `iam` section).
         var iam: IAMAuthenticator?
+        /// Health checkers, one per target.
+        var monitors: [HostPort: TargetMonitor] = [:]
+        /// Each target's role as its last check found it.
+        var roles: [HostPort: TargetRoleState] = [:]
+        var targetAddresses: [HostPort: SocketAddress] = [:]
+        var targetMaxConnections: [HostPort: Int] = [:]
+        /// The writer answers: new backends may be opened to it.
+        var writerAvailable = false
+        /// Backend opens waiting for a writer (failover), answered when one is found.
+        var writerWaiters: [UInt64: EventLoopPromise<Void>] = [:]
+        var nextWaiterID: UInt64 = 0
+        /// Backend opens under way, and those waiting for a slot (bounded pace).
+        var opening = 0
+        var openQueue: [EventLoopPromise<Void>] = []
         var classifierOptions: ClassifierOptions
         var updatedDate: Date
         var targetGroupUpdatedDate: Date
@@ -167,10 +183,10 @@ final class ProxyRuntime: @unchecked Sendable {
 
     // MARK: Backends
 
-    private func openBackend(id: ConnectionID, key: PoolKey, on eventLoop: any EventLoop, pool: BackendPool)
+    /// One attempt to open a backend to the current writer (see `openBackend`).
+    func connectToWriter(id: ConnectionID, key: PoolKey, on eventLoop: any EventLoop, pool: BackendPool)
         -> EventLoopFuture<BackendConnection>
     {
-        metrics.databaseConnectionRequests.increment()
         let (credential, needsMaxConnections, writer, address, initQuery, tls, tlsMode) = state.withLockedValue {
             ($0.credentials[key.user], $0.databaseMaxConnections == nil, $0.writer, $0.writerAddress,
              $0.configuration.targetGroup.connectionPoolConfig.initQuery, $0.backendTLS,
@@ -195,22 +211,22 @@ final class ProxyRuntime: @unchecked Sendable {
             tlsMode: tlsMode.rawValue)
         return BackendConnection.connect(id: id, key: key, on: eventLoop, settings: settings, pool: pool)
             .map { connection in
-                self.metrics.databaseConnectionsSetupSucceeded.increment()
-                self.noteTargetHealth(writer, TargetHealth(state: .available))
                 self.backendOpened(connection)
                 return connection
             }
             .flatMapErrorThrowing { error in
-                self.metrics.databaseConnectionsSetupFailed.increment()
                 if let health = TargetHealth(after: error) {
-                    self.noteTargetHealth(writer, health)
                     if health.reason == "AUTH_FAILURE" {
+                        self.noteTargetHealth(writer, health)
                         // Name the secret, never its value; a rotated secret may be the cause.
                         self.logger.error("the database refused the credentials of a secret", metadata: [
                             "concierge.secret": "\(self.secretName(forUser: key.user))", "concierge.user": "\(key.user)",
                             "concierge.target": "\(writer)",
                         ])
                         self.onBackendAuthFailure?()
+                    } else {
+                        // The writer may be gone (failover): new opens wait for a health check.
+                        self.writerSuspect(writer)
                     }
                 }
                 throw error
@@ -271,22 +287,13 @@ final class ProxyRuntime: @unchecked Sendable {
         }
     }
 
-    private func noteTargetHealth(_ target: HostPort, _ health: TargetHealth) {
+    func noteTargetHealth(_ target: HostPort, _ health: TargetHealth) {
         state.withLockedValue { state in
-            let wasAvailable = state.targetHealth[target]?.state == .available
             state.targetHealth[target] = health
-            guard target == state.writer else { return }
-            let now = NIODeadline.now()
-            if health.state == .available, !wasAvailable {
-                state.writerAvailableSince = now
-            } else if health.state != .available, wasAvailable, let since = state.writerAvailableSince {
-                state.writerAvailableSeconds += Double((now - since).nanoseconds) / 1e9
-                state.writerAvailableSince = nil
-            }
         }
     }
 
-    private func backendOpened(_ connection: BackendConnection) {
+    func backendOpened(_ connection: BackendConnection) {
         let template = connection.loginParameters
         let newLimits: PoolLimits? = state.withLockedValue { state in
             if state.templates[connection.key] == nil {
@@ -374,6 +381,7 @@ final class ProxyRuntime: @unchecked Sendable {
         }
         state.withLockedValue { $0.listeners = bound }
         startCertificateChecks()
+        syncMonitors()
     }
 
     /// Every few seconds: a renewed certificate or key file is loaded for new TLS clients.
@@ -521,6 +529,7 @@ final class ProxyRuntime: @unchecked Sendable {
         ])
         for sessions in loopSessions.values { sessions.stop() }
         state.withLockedValue { $0.certificateCheck?.cancel() }
+        stopMonitors()
         let drained = pool.shutdown(on: eventLoop)
         let closeTask = eventLoop.scheduleTask(in: .seconds(2)) { [pool] in pool?.closeAll() }
         try? await drained.get()

@@ -177,7 +177,8 @@ class PgCluster(Target):
     def app_backends(self, user: str = "app") -> int:
         """Client backends of `user` (what the proxy's cap limits)."""
         return self.scalar("select count(*) from pg_stat_activity "
-                           "where backend_type = 'client backend' and usename = %s", (user,))
+                           "where backend_type = 'client backend' and usename = %s "
+                           "and application_name <> 'concierge_health_check'", (user,))
 
     def create_table(self, name: str, columns: str = "id int primary key, v text") -> str:
         """A fresh table in database app owned by user app; returns its name."""
@@ -389,6 +390,9 @@ class BackendSampler:
                     rows = conn.execute(
                         "select datname, count(*) from pg_stat_activity "
                         "where backend_type = 'client backend' and usename = %s "
+                        # The proxy's health-check connection (one per target) is not a pool
+                        # backend and is outside the cap.
+                        "and application_name <> 'concierge_health_check' "
                         "group by datname", (self.user,)).fetchall()
                     self.max_seen = max(self.max_seen, sum(n for _, n in rows))
                     for datname, n in rows:

@@ -1,0 +1,293 @@
+import ConciergeConfig
+import ConnectionPool
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+
+/// A target's role, as its health checks found it.
+enum TargetRoleState: Sendable {
+    case writer
+    case reader
+    case unknown
+}
+
+extension ProxyRuntime {
+    // MARK: Health checks
+
+    /// How health-check connections show in `pg_stat_activity` (they are outside the pool's cap).
+    static let healthCheckApplicationName = "concierge_health_check"
+
+    /// One checker per registered target (started with the proxy; kept in step with the
+    /// registered targets).
+    func syncMonitors() {
+        let (targets, existing) = state.withLockedValue {
+            ($0.configuration.targetGroup.targets.map(\.endpoint), $0.monitors)
+        }
+        var started: [TargetMonitor] = []
+        var stopped: [TargetMonitor] = []
+        state.withLockedValue { state in
+            for (target, monitor) in existing where !targets.contains(target) {
+                stopped.append(monitor)
+                state.monitors[target] = nil
+                state.roles[target] = nil
+                state.targetMaxConnections[target] = nil
+            }
+            for (index, target) in targets.enumerated() where state.monitors[target] == nil {
+                let monitor = TargetMonitor(
+                    target: target, eventLoop: eventLoops[index % eventLoops.count], logger: logger,
+                    settings: { [weak self] in self?.healthCheckSettings(for: target) },
+                    report: { [weak self] target, result in self?.targetChecked(target, result) })
+                state.monitors[target] = monitor
+                started.append(monitor)
+            }
+        }
+        for monitor in stopped { monitor.stop() }
+        for monitor in started { monitor.start() }
+    }
+
+    func stopMonitors() {
+        let monitors = state.withLockedValue { state -> [TargetMonitor] in
+            defer { state.monitors = [:] }
+            return Array(state.monitors.values)
+        }
+        for monitor in monitors { monitor.stop() }
+    }
+
+    /// How a health check logs in: the first auth entry's credentials, the check's database.
+    private func healthCheckSettings(for target: HostPort) -> (BackendSettings, HealthCheckConfiguration)? {
+        let snapshot = state.withLockedValue { state -> (DatabaseCredential?, HealthCheckConfiguration, SocketAddress?, BackendTLSSnapshot) in
+            let first = state.users.username(forAuthIndex: 0).flatMap { state.credentials[$0] }
+                ?? state.credentials.values.sorted { $0.username < $1.username }.first
+            return (first, state.configuration.targetGroup.healthCheck, state.targetAddresses[target],
+                    BackendTLSSnapshot(context: state.backendTLS, mode: state.configuration.targetGroup.tls.mode.rawValue))
+        }
+        guard let credential = snapshot.0 else { return nil }
+        var address = snapshot.2
+        if address == nil {
+            address = try? SocketAddress.makeAddressResolvingHost(target.host, port: target.port)
+            if let address { state.withLockedValue { $0.targetAddresses[target] = address } }
+        }
+        guard let address else { return nil }
+        var checkLogger = logger
+        checkLogger[metadataKey: "concierge.health_check"] = "\(target)"
+        let settings = BackendSettings(
+            address: address, username: credential.username, password: credential.password,
+            database: snapshot.1.database, initQuery: "", readMaxConnections: true, scramCache: scramCacheForChecks,
+            logger: checkLogger, generation: 0, tls: snapshot.3.context,
+            serverHostname: BackendTLS.serverHostname(target.host), tlsMode: snapshot.3.mode,
+            applicationName: Self.healthCheckApplicationName)
+        return (settings, snapshot.1)
+    }
+
+    /// A check's result: the target's health and role, then the writer.
+    func targetChecked(_ target: HostPort, _ result: TargetCheckResult) {
+        var changedWriter: (old: HostPort?, new: HostPort, maxConnections: Int?)?
+        var becameAvailable = false
+        var becameUnavailable = false
+        var waiters: [EventLoopPromise<Void>] = []
+        state.withLockedValue { state in
+            guard state.configuration.targetGroup.targets.contains(where: { $0.endpoint == target }) else { return }
+            switch result {
+            case .up(let inRecovery, let maxConnections):
+                state.targetHealth[target] = TargetHealth(state: .available)
+                state.roles[target] = inRecovery ? .reader : .writer
+                if let maxConnections { state.targetMaxConnections[target] = maxConnections }
+            case .upUnknownRole(let why):
+                state.targetHealth[target] = TargetHealth(
+                    state: .available, description: "The health check could not tell the role: \(why)")
+                if state.roles[target] == nil { state.roles[target] = .unknown }
+            case .down(let health):
+                state.targetHealth[target] = health
+                state.roles[target] = .unknown
+            }
+            // The writer: the current one while it still is; else the first target that is.
+            let targets = state.configuration.targetGroup.targets.map(\.endpoint)
+            let health = state.targetHealth
+            let available = { (t: HostPort) in health[t]?.state == .available }
+            let roles = state.roles
+            var writer: HostPort?
+            if let current = state.writer, available(current), state.roles[current] == .writer {
+                writer = current
+            } else if let found = targets.first(where: { available($0) && roles[$0] == .writer }) {
+                writer = found
+            } else if let current = state.writer, available(current), state.roles[current] == .unknown,
+                      !targets.contains(where: { roles[$0] == .writer })
+            {
+                writer = current  // up, role unknown, and nobody claims to be the writer
+            }
+            if let writer, writer != state.writer {
+                changedWriter = (state.writer, writer, state.targetMaxConnections[writer])
+                state.writer = writer
+                state.writerAddress = state.targetAddresses[writer]
+                    ?? (try? SocketAddress.makeAddressResolvingHost(writer.host, port: writer.port))
+                state.databaseMaxConnections = state.targetMaxConnections[writer]
+            }
+            let nowAvailable = writer != nil
+            if nowAvailable != state.writerAvailable {
+                Self.setWriterAvailable(nowAvailable, in: &state)
+                becameAvailable = nowAvailable
+                becameUnavailable = !nowAvailable
+            }
+            if state.writerAvailable, !state.writerWaiters.isEmpty {
+                waiters = Array(state.writerWaiters.values)
+                state.writerWaiters = [:]
+            }
+        }
+        if let change = changedWriter {
+            logger.warning("writer changed: new backends go to the new writer", metadata: [
+                "concierge.previous_writer": "\(change.old.map(\.description) ?? "none")",
+                "concierge.writer": "\(change.new)",
+            ])
+            pool.retire()
+            if let maxConnections = change.maxConnections {
+                pool.updateLimits(Self.limits(for: configuration, maxConnections: maxConnections))
+            }
+        } else if becameAvailable {
+            logger.info("writer available", metadata: ["concierge.writer": "\(state.withLockedValue { $0.writer }.map(\.description) ?? "")"])
+        }
+        if becameUnavailable {
+            logger.warning("no writer available: new transactions wait for one (up to the borrow timeout)", metadata: [
+                "concierge.target": "\(target)",
+            ])
+        }
+        for waiter in waiters { waiter.succeed(()) }
+    }
+
+    static func setWriterAvailable(_ available: Bool, in state: inout MutableState) {
+        state.writerAvailable = available
+        let now = NIODeadline.now()
+        if available {
+            state.writerAvailableSince = now
+        } else if let since = state.writerAvailableSince {
+            state.writerAvailableSeconds += Double((now - since).nanoseconds) / 1e9
+            state.writerAvailableSince = nil
+        }
+    }
+
+    /// A backend open to `writer` failed to connect: until a health check says otherwise, new
+    /// opens wait, and the check runs now.
+    func writerSuspect(_ writer: HostPort) {
+        let monitor = state.withLockedValue { state -> TargetMonitor? in
+            if state.writer == writer, state.writerAvailable {
+                Self.setWriterAvailable(false, in: &state)
+            }
+            return state.monitors[writer]
+        }
+        monitor?.checkNow()
+    }
+
+    /// A backend connection to the writer broke while in use: check the writer now.
+    func backendConnectionLost() {
+        let monitor = state.withLockedValue { state in state.writer.flatMap { state.monitors[$0] } }
+        monitor?.checkNow()
+    }
+
+    // MARK: Opening backends (paced, waiting out a failover)
+
+    /// Opens a backend to the writer. With no writer available (a failover), it waits for one
+    /// until the borrow timeout; a failed connect marks the writer suspect and waits again.
+    /// At most a few opens run at once, so a new writer is not hit by a reconnection storm.
+    func openBackend(id: ConnectionID, key: PoolKey, on eventLoop: any EventLoop, pool: BackendPool)
+        -> EventLoopFuture<BackendConnection>
+    {
+        metrics.databaseConnectionRequests.increment()
+        let borrowTimeout = state.withLockedValue { $0.configuration.targetGroup.connectionPoolConfig.connectionBorrowTimeout }
+        let deadline = NIODeadline.now() + .seconds(Int64(max(1, borrowTimeout)))
+        return attemptOpen(id: id, key: key, on: eventLoop, pool: pool, deadline: deadline)
+            .map { connection in
+                self.metrics.databaseConnectionsSetupSucceeded.increment()
+                return connection
+            }
+            .flatMapErrorThrowing { error in
+                self.metrics.databaseConnectionsSetupFailed.increment()
+                throw error
+            }
+    }
+
+    private func attemptOpen(
+        id: ConnectionID, key: PoolKey, on eventLoop: any EventLoop, pool: BackendPool, deadline: NIODeadline
+    ) -> EventLoopFuture<BackendConnection> {
+        waitForWriter(on: eventLoop, until: deadline)
+            .flatMap { self.acquireOpenSlot(on: eventLoop) }
+            .flatMap {
+                self.connectToWriter(id: id, key: key, on: eventLoop, pool: pool)
+                    .always { _ in self.releaseOpenSlot() }
+            }
+            .flatMapError { error in
+                let retry: Bool
+                switch error as? BackendError {
+                case .connection?: retry = NIODeadline.now() < deadline
+                default: retry = false
+                }
+                guard retry else { return eventLoop.makeFailedFuture(error) }
+                return self.attemptOpen(id: id, key: key, on: eventLoop, pool: pool, deadline: deadline)
+            }
+    }
+
+    private func waitForWriter(on eventLoop: any EventLoop, until deadline: NIODeadline) -> EventLoopFuture<Void> {
+        if state.withLockedValue({ $0.writerAvailable }) { return eventLoop.makeSucceededVoidFuture() }
+        let promise = eventLoop.makePromise(of: Void.self)
+        let waiter: UInt64? = state.withLockedValue { state in
+            if state.writerAvailable { return nil }
+            state.nextWaiterID &+= 1
+            state.writerWaiters[state.nextWaiterID] = promise
+            return state.nextWaiterID
+        }
+        guard let waiter else {
+            promise.succeed(())
+            return promise.futureResult
+        }
+        let timeout = eventLoop.scheduleTask(deadline: deadline) { [weak self] in
+            let expired = self?.state.withLockedValue { $0.writerWaiters.removeValue(forKey: waiter) }
+            expired?.fail(BackendError.connection("no writer is available (the target group has no healthy primary)"))
+        }
+        promise.futureResult.whenComplete { _ in timeout.cancel() }
+        return promise.futureResult
+    }
+
+    /// How many backend opens may run at once.
+    var maxConcurrentOpens: Int { max(4, pool.limits.maxConnections / 4) }
+
+    private func acquireOpenSlot(on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+        let limit = maxConcurrentOpens
+        let promise = eventLoop.makePromise(of: Void.self)
+        let granted = state.withLockedValue { state -> Bool in
+            if state.opening < limit {
+                state.opening += 1
+                return true
+            }
+            state.openQueue.append(promise)
+            return false
+        }
+        if granted { promise.succeed(()) }
+        return promise.futureResult
+    }
+
+    private func releaseOpenSlot() {
+        let next = state.withLockedValue { state -> EventLoopPromise<Void>? in
+            if state.openQueue.isEmpty {
+                state.opening -= 1
+                return nil
+            }
+            return state.openQueue.removeFirst()  // the slot passes on
+        }
+        next?.succeed(())
+    }
+
+    /// The role the admin API shows for a target.
+    func roleName(of target: HostPort) -> String {
+        state.withLockedValue { state in
+            switch state.roles[target] {
+            case .writer?: return state.writer == target ? "READ_WRITE" : "UNKNOWN"
+            case .reader?: return "READ_ONLY"
+            case .unknown?, nil: return state.writer == target && state.writerAvailable ? "READ_WRITE" : "UNKNOWN"
+            }
+        }
+    }
+}
+
+struct BackendTLSSnapshot: @unchecked Sendable {
+    var context: NIOSSLContext?
+    var mode: String
+}
