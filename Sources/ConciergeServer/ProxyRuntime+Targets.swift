@@ -21,9 +21,10 @@ extension ProxyRuntime {
     /// One checker per registered target (started with the proxy; kept in step with the
     /// registered targets).
     func syncMonitors() {
-        let (targets, existing) = state.withLockedValue {
-            ($0.configuration.targetGroup.targets.map(\.endpoint), $0.monitors)
+        let (targets, existing, monitoring) = state.withLockedValue {
+            ($0.configuration.targetGroup.targets.map(\.endpoint), $0.monitors, $0.monitoring)
         }
+        guard monitoring else { return }  // not started (or stopped)
         var started: [TargetMonitor] = []
         var stopped: [TargetMonitor] = []
         state.withLockedValue { state in
@@ -46,8 +47,14 @@ extension ProxyRuntime {
         for monitor in started { monitor.start() }
     }
 
+    func startMonitors() {
+        state.withLockedValue { $0.monitoring = true }
+        syncMonitors()
+    }
+
     func stopMonitors() {
         let monitors = state.withLockedValue { state -> [TargetMonitor] in
+            state.monitoring = false
             defer { state.monitors = [:] }
             return Array(state.monitors.values)
         }

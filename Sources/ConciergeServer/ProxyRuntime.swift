@@ -64,8 +64,9 @@ final class ProxyRuntime: @unchecked Sendable {
         var onBackendAuthFailure: (@Sendable () -> Void)?
         /// Checks IAM tokens (nil: no `iam` section).
         var iam: IAMAuthenticator?
-        /// Health checkers, one per target.
+        /// Health checkers, one per target (while `monitoring`: between start and drain).
         var monitors: [HostPort: TargetMonitor] = [:]
+        var monitoring = false
         /// Each target's role as its last check found it.
         var roles: [HostPort: TargetRoleState] = [:]
         var targetAddresses: [HostPort: SocketAddress] = [:]
@@ -381,7 +382,7 @@ final class ProxyRuntime: @unchecked Sendable {
         }
         state.withLockedValue { $0.listeners = bound }
         startCertificateChecks()
-        syncMonitors()
+        startMonitors()
     }
 
     /// Every few seconds: a renewed certificate or key file is loaded for new TLS clients.
