@@ -133,13 +133,6 @@ public enum ConfigurationValidator {
         for (i, endpoint) in proxy.endpoints.enumerated() {
             checkName(endpoint.name, "\(path).endpoints[\(i)].name", &issues)
             _ = checkAddress(endpoint.listen, "\(path).endpoints[\(i)].listen", &issues)
-            // Reader discovery comes with health checks; until then a READ_ONLY endpoint would
-            // silently send reads to the writer.
-            if endpoint.targetRole == .readOnly {
-                issues.append(.notSupported(
-                    "\(path).endpoints[\(i)].target_role", "READ_ONLY",
-                    "READ_ONLY endpoints are not supported yet (allowed: READ_WRITE)", allowed: "READ_WRITE"))
-            }
         }
         if proxy.requireTLS, proxy.tls == nil {
             issues.append(ConfigurationIssue(

@@ -1,4 +1,5 @@
 import ConnectionPool
+import PostgresWire
 import NIOConcurrencyHelpers
 import NIOCore
 import Synchronization
@@ -8,6 +9,8 @@ enum BackendPoolError: Error, Sendable {
     case timeout
     case shuttingDown
     case connectionFailed(BackendError)
+    /// No pool can serve the request (a READ_ONLY endpoint with no reader).
+    case unavailable(PGErrorFields)
 }
 
 /// Who waits for a backend: answered on its event loop (no closure is allocated per borrow).

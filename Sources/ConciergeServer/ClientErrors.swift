@@ -22,6 +22,11 @@ enum ClientErrors {
         .fatal(code: "28P01", message: "IAM authentication failed for user \(user). Check the IAM token for this user and try again.")
     }
 
+    /// A READ_ONLY endpoint with no available reader (its targets show INVALID_REPLICATION_STATE).
+    static let noReader = PGErrorFields.error(
+        code: "08001", message: "No reader is available for this read-only endpoint",
+        detail: nil, hint: "Add a healthy standby to the target group, or use the read/write endpoint.")
+
     static let borrowTimeout = PGErrorFields.error(
         code: "53300", message: "Timed-out waiting to acquire database connection")
 

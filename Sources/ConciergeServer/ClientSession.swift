@@ -62,6 +62,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     private var backend: BackendConnection?
     private var backendReady = false
     private var waitingRequest: RequestID?
+    /// The pool of the current borrow (the writer's, or a reader's for a READ_ONLY endpoint).
+    private var borrowPool: BackendPool?
     private var borrowAnswered = false
     /// Client messages that arrived while no backend was ready, in order.
     private var held: [PGFrame] = []
@@ -810,7 +812,13 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     private func borrowBackend() {
         borrowStarted = .now()
         borrowAnswered = false
-        let request = runtime.pool.borrow(key: poolKey, for: self)
+        guard let pool = runtime.borrowPool(forEndpoint: endpoint) else {
+            borrowAnswered = true
+            borrowFailed(.unavailable(ClientErrors.noReader))
+            return
+        }
+        borrowPool = pool
+        let request = pool.borrow(key: poolKey, for: self)
         // The pool may answer before `borrow` returns (an idle backend on our loop).
         if !borrowAnswered { waitingRequest = request }
     }
@@ -822,7 +830,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         switch result {
         case .success(let connection):
             guard !isClosed else {
-                runtime.pool.returnUnused(connection)
+                (borrowPool ?? runtime.pool).returnUnused(connection)
                 return
             }
             runtime.metrics.borrowLatency.record(.nanoseconds((NIODeadline.now() - borrowStarted).nanoseconds))
@@ -856,6 +864,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             fields = serverFields
         case .connectionFailed(let backendError):
             fields = ClientErrors.backendUnavailable("\(backendError)")
+        case .unavailable(let reason):
+            fields = reason
         }
         log(.info, "could not borrow a database connection", ["concierge.reason": "\(fields.message)"])
         if case .loggingIn = state {
@@ -1149,7 +1159,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         loopSessions.remove(self)
         held.removeAll()
         if let waitingRequest {
-            runtime.pool.cancel(waitingRequest)
+            (borrowPool ?? runtime.pool).cancel(waitingRequest)
             self.waitingRequest = nil
         }
         if let backend {

@@ -78,16 +78,25 @@ extension ProxyRuntime {
             var total = LoopMetricsSample(endpoints: endpoints)
             for sample in samples { total.add(sample) }
             let stats = self.pool.stats
+            // Readers' pools (READ_ONLY endpoints) count in the connection gauges too.
+            var totals = stats.totals
+            for reader in self.allPools.dropFirst() {
+                let counts = reader.stats.totals
+                totals.connecting += counts.connecting
+                totals.idle += counts.idle
+                totals.leased += counts.leased
+                totals.waiting += counts.waiting
+            }
             let metrics = self.metrics
             for (index, gauge) in metrics.clientConnections.enumerated() {
                 gauge.set(Int64(total.clientsPerEndpoint[index]))
             }
             metrics.maxDatabaseConnectionsAllowed.set(Int64(stats.limits.maxConnections))
-            metrics.databaseConnections.set(Int64(stats.totals.total))
-            metrics.databaseConnectionsCurrentlyBorrowed.set(Int64(stats.totals.leased))
+            metrics.databaseConnections.set(Int64(totals.total))
+            metrics.databaseConnectionsCurrentlyBorrowed.set(Int64(totals.leased))
             metrics.databaseConnectionsCurrentlySessionPinned.set(Int64(total.pinned))
             metrics.databaseConnectionsCurrentlyInTransaction.set(Int64(total.inTransaction))
-            metrics.borrowWaiters.set(Int64(stats.totals.waiting))
+            metrics.borrowWaiters.set(Int64(totals.waiting))
             let (queries, writerSeconds) = self.state.withLockedValue { state -> (Int, Double) in
                 var seconds = state.writerAvailableSeconds
                 if let since = state.writerAvailableSince {
@@ -192,11 +201,27 @@ extension ProxyRuntime {
         let (targets, health) = state.withLockedValue {
             ($0.configuration.targetGroup.targets.map(\.endpoint), $0.targetHealth)
         }
-        return targets.map { target in
+        var result = targets.map { target in
             let targetHealth = health[target] ?? TargetHealth(
                 state: .registering, description: "The first health check has not completed yet.")
             return Self.targetJSON(target, role: roleName(of: target), health: targetHealth, resourceID: resourceID)
         }
+        // A READ_ONLY endpoint with no reader: its targets are unusable, as RDS reports it.
+        let (endpoints, readers) = state.withLockedValue { ($0.configuration.endpoints, $0.activeReaders) }
+        for endpoint in endpoints where endpoint.targetRole == .readOnly && readers.isEmpty {
+            for target in targets {
+                guard case .object(var members) = Self.targetJSON(
+                    target, role: "READ_ONLY",
+                    health: TargetHealth(
+                        state: .unavailable, reason: "INVALID_REPLICATION_STATE",
+                        description: "No reader is available for the read-only endpoint \(endpoint.name)."),
+                    resourceID: resourceID)
+                else { continue }
+                members.append(("DBProxyEndpointName", .string(endpoint.name)))
+                result.append(.object(members))
+            }
+        }
+        return result
     }
 
     static func targetJSON(_ target: HostPort, role: String, health: TargetHealth, resourceID: String) -> JSON {

@@ -159,6 +159,61 @@ extension ProxyRuntime {
             ])
         }
         for waiter in waiters { waiter.succeed(()) }
+        updateReaders()
+    }
+
+    // MARK: READ_ONLY endpoints
+
+    /// Keeps one pool per available reader; a reader that fails or is promoted leaves the set
+    /// (its idle backends close now, the others as they are returned).
+    func updateReaders() {
+        guard endpointRoles.contains(.readOnly) else { return }
+        var created: [(HostPort, BackendPool)] = []
+        var retired: [BackendPool] = []
+        var resized: [(BackendPool, PoolLimits)] = []
+        state.withLockedValue { state in
+            let readers = Set(state.configuration.targetGroup.targets.map(\.endpoint).filter {
+                state.roles[$0] == .reader && state.targetHealth[$0]?.state == .available
+            })
+            for target in state.activeReaders.subtracting(readers) {
+                if let pool = state.readerPools[target] { retired.append(pool) }
+            }
+            for target in readers where !state.activeReaders.contains(target) {
+                let limits = Self.limits(for: state.configuration, maxConnections: state.targetMaxConnections[target])
+                if let pool = state.readerPools[target] {
+                    resized.append((pool, limits))
+                } else {
+                    let pool = BackendPool(limits: limits, eventLoops: eventLoops) { [unowned self] id, key, eventLoop, pool in
+                        self.metrics.databaseConnectionRequests.increment()
+                        return self.connectToWriter(id: id, key: key, on: eventLoop, pool: pool, reader: target)
+                    }
+                    state.readerPools[target] = pool
+                    created.append((target, pool))
+                }
+            }
+            state.activeReaders = readers
+        }
+        for pool in retired { pool.retire() }
+        for (pool, limits) in resized { pool.updateLimits(limits) }
+        for (target, _) in created {
+            logger.info("reader available for read-only endpoints", metadata: ["concierge.target": "\(target)"])
+        }
+    }
+
+    /// The pool a client of `endpoint` borrows from: the writer's, or for a READ_ONLY endpoint
+    /// the least busy available reader's (nil: no reader).
+    func borrowPool(forEndpoint endpoint: Int) -> BackendPool? {
+        guard endpoint < endpointRoles.count, endpointRoles[endpoint] == .readOnly else { return pool }
+        let candidates = state.withLockedValue { state in state.activeReaders.compactMap { state.readerPools[$0] } }
+        return candidates.min { a, b in
+            let x = a.stats.totals, y = b.stats.totals
+            return (x.leased + x.waiting, x.total) < (y.leased + y.waiting, y.total)
+        }
+    }
+
+    /// Every pool (the writer's and the readers'), for metrics and shutdown.
+    var allPools: [BackendPool] {
+        [pool] + state.withLockedValue { Array($0.readerPools.values) }
     }
 
     static func setWriterAvailable(_ available: Bool, in state: inout MutableState) {

@@ -27,6 +27,8 @@ final class ProxyRuntime: @unchecked Sendable {
     let logger: Logger
     private(set) var pool: BackendPool!
     let metrics: ProxyMetrics
+    /// Each endpoint's role (index 0: the default READ_WRITE endpoint).
+    let endpointRoles: [TargetRole]
     /// A stable id like `prx-0123456789abcdef0`, derived from the proxy's name.
     let resourceID: String
     let createdDate: Date
@@ -79,6 +81,10 @@ final class ProxyRuntime: @unchecked Sendable {
         /// Backend opens under way, and those waiting for a slot (bounded pace).
         var opening = 0
         var openQueue: [EventLoopPromise<Void>] = []
+        /// Pools of READ_ONLY endpoints, one per reader target (kept once made: backends hold
+        /// their pool weakly); `activeReaders` are those transactions may go to now.
+        var readerPools: [HostPort: BackendPool] = [:]
+        var activeReaders: Set<HostPort> = []
         var classifierOptions: ClassifierOptions
         var updatedDate: Date
         var targetGroupUpdatedDate: Date
@@ -133,6 +139,7 @@ final class ProxyRuntime: @unchecked Sendable {
             registry: registry, proxy: configuration.name,
             endpointNames: ["default"] + configuration.endpoints.map(\.name),
             targetGroup: configuration.targetGroup.name)
+        self.endpointRoles = [.readWrite] + configuration.endpoints.map(\.targetRole)
         self.idleClientTimeoutSeconds = Atomic(configuration.idleClientTimeout)
         self.debugLoggingEnabled = Atomic(configuration.debugLogging)
         self.maxClientConnectionsValue = Atomic(configuration.maxClientConnections)
@@ -185,13 +192,19 @@ final class ProxyRuntime: @unchecked Sendable {
     // MARK: Backends
 
     /// One attempt to open a backend to the current writer (see `openBackend`).
-    func connectToWriter(id: ConnectionID, key: PoolKey, on eventLoop: any EventLoop, pool: BackendPool)
-        -> EventLoopFuture<BackendConnection>
-    {
-        let (credential, needsMaxConnections, writer, address, initQuery, tls, tlsMode) = state.withLockedValue {
+    func connectToWriter(
+        id: ConnectionID, key: PoolKey, on eventLoop: any EventLoop, pool: BackendPool, reader: HostPort? = nil
+    ) -> EventLoopFuture<BackendConnection> {
+        var (credential, needsMaxConnections, writer, address, initQuery, tls, tlsMode) = state.withLockedValue {
             ($0.credentials[key.user], $0.databaseMaxConnections == nil, $0.writer, $0.writerAddress,
              $0.configuration.targetGroup.connectionPoolConfig.initQuery, $0.backendTLS,
              $0.configuration.targetGroup.tls.mode)
+        }
+        if let reader {
+            // A READ_ONLY endpoint's backend: to that reader (the cap was read by its health check).
+            writer = reader
+            address = state.withLockedValue { $0.targetAddresses[reader] }
+            needsMaxConnections = false
         }
         guard let writer, let address else {
             metrics.databaseConnectionsSetupFailed.increment()
@@ -531,8 +544,9 @@ final class ProxyRuntime: @unchecked Sendable {
         for sessions in loopSessions.values { sessions.stop() }
         state.withLockedValue { $0.certificateCheck?.cancel() }
         stopMonitors()
-        let drained = pool.shutdown(on: eventLoop)
-        let closeTask = eventLoop.scheduleTask(in: .seconds(2)) { [pool] in pool?.closeAll() }
+        let pools = allPools
+        let drained = EventLoopFuture.andAllComplete(pools.map { $0.shutdown(on: eventLoop) }, on: eventLoop)
+        let closeTask = eventLoop.scheduleTask(in: .seconds(2)) { for pool in pools { pool.closeAll() } }
         try? await drained.get()
         closeTask.cancel()
     }
