@@ -178,6 +178,10 @@ public enum ConfigurationValidator {
         let group = "\(path).target_group"
         checkName(proxy.targetGroup.name, "\(group).name", &issues)
         issues += validate(proxy.targetGroup.connectionPoolConfig, at: "\(group).connection_pool_config")
+        check(proxy.targetGroup.healthCheck.intervalMS, ConfigurationLimits.healthCheckIntervalMS,
+              "\(group).health_check.interval_ms", &issues)
+        check(proxy.targetGroup.healthCheck.timeoutMS, ConfigurationLimits.healthCheckTimeoutMS,
+              "\(group).health_check.timeout_ms", &issues)
         if proxy.targetGroup.targets.isEmpty {
             issues.append(ConfigurationIssue(
                 keyPath: "\(group).targets", value: "[]", expectation: "a list of at least one target",

@@ -452,8 +452,8 @@ struct ErrorTests {
     }
 }
 
-@Suite struct NotYetSupportedTests {
-    @Test func readOnlyEndpointsAreRefusedUntilReaderDiscoveryExists() throws {
+@Suite struct EndpointRoleTests {
+    @Test func readOnlyEndpointsAndHealthChecksAreAccepted() throws {
         let yaml = """
             proxies:
               - name: one
@@ -461,14 +461,18 @@ struct ErrorTests {
                 listen: "127.0.0.1:5432"
                 endpoints: [{name: one-ro, target_role: READ_ONLY, listen: "127.0.0.1:5433"}]
                 auth: [{secret_arn: "env:APP_SECRET"}]
-                target_group: {targets: [{endpoint: db}]}
+                target_group:
+                  health_check: {interval_ms: 250, timeout_ms: 800, database: app}
+                  targets: [{endpoint: db}, {endpoint: "db2:5433"}]
             """
-        do {
-            _ = try ConfigurationLoader.parseConfiguration(yaml: yaml, baseDirectory: "/")
-            Issue.record("expected an error")
-        } catch {
-            #expect(error.description.contains(
-                "proxies[0].endpoints[0].target_role: READ_ONLY endpoints are not supported yet (allowed: READ_WRITE)"))
-        }
+        let config = try ConfigurationLoader.parseConfiguration(yaml: yaml, baseDirectory: "/")
+        #expect(config.proxies[0].endpoints[0].targetRole == .readOnly)
+        #expect(config.proxies[0].targetGroup.healthCheck == HealthCheckConfiguration(intervalMS: 250, timeoutMS: 800, database: "app"))
+        let bad = expectFailure(minimal(replacing: "      targets:", with: """
+                  health_check: {interval_ms: 10, timeout_ms: 100000}
+                  targets:
+            """))
+        expectIssue(bad, "proxies[0].target_group.health_check.interval_ms: 10 is out of range (allowed: 100...60000)")
+        expectIssue(bad, "proxies[0].target_group.health_check.timeout_ms: 100000 is out of range (allowed: 100...60000)")
     }
 }
