@@ -93,8 +93,11 @@ extension ProxyRuntime {
         var becameAvailable = false
         var becameUnavailable = false
         var waiters: [EventLoopPromise<Void>] = []
+        var refused: [EventLoopPromise<Void>] = []
+        var refusal: BackendError?
         state.withLockedValue { state in
             guard state.configuration.targetGroup.targets.contains(where: { $0.endpoint == target }) else { return }
+            if target == state.writer { state.writerChecked = true }
             switch result {
             case .up(let inRecovery, let maxConnections):
                 state.targetHealth[target] = TargetHealth(state: .available)
@@ -129,6 +132,7 @@ extension ProxyRuntime {
                 state.writerAddress = state.targetAddresses[writer]
                     ?? (try? SocketAddress.makeAddressResolvingHost(writer.host, port: writer.port))
                 state.databaseMaxConnections = state.targetMaxConnections[writer]
+                state.writerChecked = true
             }
             let nowAvailable = writer != nil
             if nowAvailable != state.writerAvailable {
@@ -139,8 +143,14 @@ extension ProxyRuntime {
             if state.writerAvailable, !state.writerWaiters.isEmpty {
                 waiters = Array(state.writerWaiters.values)
                 state.writerWaiters = [:]
+            } else if !state.writerAvailable, !state.writerWaiters.isEmpty, let reason = Self.noWriterReason(state) {
+                // Not a failover (no writer was lost lately): waiting would only delay the error.
+                refused = Array(state.writerWaiters.values)
+                state.writerWaiters = [:]
+                refusal = reason
             }
         }
+        if let refusal { for waiter in refused { waiter.fail(NoWriter(reason: refusal)) } }
         if let change = changedWriter {
             logger.warning("writer changed: new backends go to the new writer", metadata: [
                 "concierge.previous_writer": "\(change.old.map(\.description) ?? "none")",
@@ -221,7 +231,9 @@ extension ProxyRuntime {
         let now = NIODeadline.now()
         if available {
             state.writerAvailableSince = now
+            state.writerLostAt = nil
         } else if let since = state.writerAvailableSince {
+            state.writerLostAt = now
             state.writerAvailableSeconds += Double((now - since).nanoseconds) / 1e9
             state.writerAvailableSince = nil
         }
@@ -277,35 +289,68 @@ extension ProxyRuntime {
                     .always { _ in self.releaseOpenSlot() }
             }
             .flatMapError { error in
+                // No writer (and no failover to wait out): the reason is final.
+                if let refusal = error as? NoWriter { return eventLoop.makeFailedFuture(refusal.reason) }
                 let retry: Bool
                 switch error as? BackendError {
                 case .connection?: retry = NIODeadline.now() < deadline
                 default: retry = false
                 }
                 guard retry else { return eventLoop.makeFailedFuture(error) }
+                // The connect failed: the writer is now suspect and the next attempt waits for a
+                // health check (or fails with its reason), so this cannot spin.
                 return self.attemptOpen(id: id, key: key, on: eventLoop, pool: pool, deadline: deadline)
             }
     }
 
     private func waitForWriter(on eventLoop: any EventLoop, until deadline: NIODeadline) -> EventLoopFuture<Void> {
+        enum Decision { case proceed, wait(UInt64), fail(BackendError) }
         if state.withLockedValue({ $0.writerAvailable }) { return eventLoop.makeSucceededVoidFuture() }
         let promise = eventLoop.makePromise(of: Void.self)
-        let waiter: UInt64? = state.withLockedValue { state in
-            if state.writerAvailable { return nil }
+        let decision: Decision = state.withLockedValue { state in
+            if state.writerAvailable { return .proceed }
+            if let reason = Self.noWriterReason(state) { return .fail(reason) }
             state.nextWaiterID &+= 1
             state.writerWaiters[state.nextWaiterID] = promise
-            return state.nextWaiterID
+            return .wait(state.nextWaiterID)
         }
-        guard let waiter else {
+        let waiter: UInt64
+        switch decision {
+        case .proceed:
             promise.succeed(())
             return promise.futureResult
+        case .fail(let error):
+            promise.fail(NoWriter(reason: error))
+            return promise.futureResult
+        case .wait(let id):
+            waiter = id
         }
         let timeout = eventLoop.scheduleTask(deadline: deadline) { [weak self] in
             let expired = self?.state.withLockedValue { $0.writerWaiters.removeValue(forKey: waiter) }
-            expired?.fail(BackendError.connection("no writer is available (the target group has no healthy primary)"))
+            expired?.fail(NoWriter(reason: BackendError.connection("no writer is available (the target group has no healthy primary)")))
         }
         promise.futureResult.whenComplete { _ in timeout.cancel() }
         return promise.futureResult
+    }
+
+    /// Why a backend cannot be opened now without waiting, or nil to wait: waiting makes sense
+    /// during a failover (the writer was lost less than `connection_borrow_timeout` ago) and
+    /// before the first health check has answered.
+    static func noWriterReason(_ state: MutableState) -> BackendError? {
+        guard !state.writerAvailable else { return nil }
+        let window = TimeAmount.seconds(Int64(state.configuration.targetGroup.connectionPoolConfig.connectionBorrowTimeout))
+        if let lost = state.writerLostAt, NIODeadline.now() < lost + window { return nil }
+        guard let writer = state.writer else {
+            return state.configuration.targetGroup.targets.isEmpty
+                ? .connection("no database target is registered")
+                : .connection("no target is a writer (every reachable target is in recovery)")
+        }
+        guard state.writerChecked else { return nil }
+        let health = state.targetHealth[writer]
+        if health?.state == .available {
+            return .connection("no target is a writer (every reachable target is in recovery)")
+        }
+        return .connection("\(writer): \(health?.description ?? "unavailable")")
     }
 
     /// How many backend opens may run at once.
@@ -347,6 +392,11 @@ extension ProxyRuntime {
             }
         }
     }
+}
+
+/// Opening a backend gave up waiting for a writer (its reason is what the client sees).
+struct NoWriter: Error {
+    var reason: BackendError
 }
 
 struct BackendTLSSnapshot: @unchecked Sendable {

@@ -75,6 +75,11 @@ final class ProxyRuntime: @unchecked Sendable {
         var targetMaxConnections: [HostPort: Int] = [:]
         /// The writer answers: new backends may be opened to it.
         var writerAvailable = false
+        /// When the writer was lost: for `connection_borrow_timeout` after it, new backends wait
+        /// for a writer (a failover); outside that window they fail at once with the reason.
+        var writerLostAt: NIODeadline?
+        /// A health check has reported on the current writer target since it became the writer.
+        var writerChecked = false
         /// Backend opens waiting for a writer (failover), answered when one is found.
         var writerWaiters: [UInt64: EventLoopPromise<Void>] = [:]
         var nextWaiterID: UInt64 = 0

@@ -68,6 +68,8 @@ class ReplicationPair:
     superuser_password: str
     env: dict[str, str]
     app_password: str
+    repl_password: str = ""
+    extra_standbys: list = field(default_factory=list)
 
     # -- the failover's two steps --------------------------------------------------------
 
@@ -85,7 +87,21 @@ class ReplicationPair:
         return self.primary.query("select application_name, state, sync_state "
                                   "from pg_stat_replication", dbname="postgres")
 
+    def add_standby(self) -> PgCluster:
+        """Another (asynchronous) streaming standby of the primary, e.g. a second reader."""
+        import dataclasses
+        port = _free_ports(1)[0]
+        root = Path(tempfile.mkdtemp(prefix="concierge-drill-standby-", dir="/tmp"))
+        node = PgCluster(host="127.0.0.1", port=port, bindir=self.bindir, passwords=self.standby.passwords,
+                         root=root, superuser_password=self.superuser_password)
+        self.extra_standbys.append(node)
+        _start_standby(dataclasses.replace(self, standby=node), self.repl_password)
+        return node
+
     def stop(self) -> None:
+        for node in self.extra_standbys:
+            run(["bash", str(PG_SH), "stop", str(node.datadir)], check=False, env=self.env, timeout=90)
+            shutil.rmtree(node.root, ignore_errors=True)
         for node in (self.standby, self.primary):
             run(["bash", str(PG_SH), "stop", str(node.datadir)], check=False, env=self.env, timeout=90)
         for node in (self.standby, self.primary):
@@ -125,7 +141,7 @@ def make_pair(app_password: str) -> ReplicationPair:
                         root=p_root, superuser_password=superuser_password)
     standby = PgCluster(host="127.0.0.1", port=standby_port, bindir=bindir, passwords=passwords,
                         root=s_root, superuser_password=superuser_password)
-    pair = ReplicationPair(primary, standby, bindir, superuser_password, env, app_password)
+    pair = ReplicationPair(primary, standby, bindir, superuser_password, env, app_password, repl_password)
     try:
         _start_primary(pair, repl_password, app_password)
         _start_standby(pair, repl_password)

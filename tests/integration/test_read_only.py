@@ -148,3 +148,27 @@ def test_a_failed_reader_is_removed(pair, concierge_bin, tmp_path):
     finally:
         rw.proc.terminate()
         rw.proc.wait(timeout=20)
+
+
+def test_transactions_are_balanced_over_readers_least_busy_first(pair, concierge_bin, tmp_path):
+    second = pair.add_standby()
+    rw, ro = start(pair, concierge_bin, tmp_path, [pair.primary.port, pair.standby.port, second.port])
+    clients = []
+    try:
+        wait_for(lambda: sum(1 for t in targets(rw) if t["Role"] == "READ_ONLY"
+                             and t["TargetHealth"]["State"] == "AVAILABLE") == 2, 10, "two readers")
+        # Six clients each hold a transaction open: each new one goes to the reader with fewer
+        # transactions in progress, so they split three and three.
+        ports = []
+        for _ in range(6):
+            conn = ro.connect(autocommit=False)
+            ports.append(int(conn.execute("select setting from pg_settings where name = 'port'").fetchone()[0]))
+            clients.append(conn)
+        assert sorted(ports.count(p) for p in (pair.standby.port, second.port)) == [3, 3], ports
+        # Both readers are standbys; the writer serves none of them.
+        assert pair.primary.port not in ports
+    finally:
+        for conn in clients:
+            conn.close()
+        rw.proc.terminate()
+        rw.proc.wait(timeout=20)
