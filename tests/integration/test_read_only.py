@@ -81,6 +81,16 @@ def test_read_only_endpoint_routes_to_the_standby(pair, concierge_bin, tmp_path)
                 conn.execute("create table nope (id int)")
         roles = {t["Port"]: t["Role"] for t in targets(rw)}
         assert roles == {pair.primary.port: "READ_WRITE", pair.standby.port: "READ_ONLY"}
+        # The CLI shows the same, live.
+        cli = subprocess.run([str(concierge_bin), "describe-db-proxy-targets", "--db-proxy-name", "app",
+                              "--endpoint-url", rw.admin_url], capture_output=True, text=True, timeout=30)
+        assert cli.returncode == 0, cli.stderr
+        assert {t["Port"]: (t["Role"], t["TargetHealth"]["State"]) for t in json.loads(cli.stdout)["Targets"]} == {
+            pair.primary.port: ("READ_WRITE", "AVAILABLE"), pair.standby.port: ("READ_ONLY", "AVAILABLE")}
+        table = subprocess.run([str(concierge_bin), "describe-db-proxy-targets", "--db-proxy-name", "app",
+                                "--endpoint-url", rw.admin_url, "--output", "table"],
+                               capture_output=True, text=True, timeout=30)
+        assert "READ_ONLY" in table.stdout and "READ_WRITE" in table.stdout, table.stdout
 
         # The standby is promoted (its primary gone): it leaves the read-only set, and the
         # read-only endpoint has no reader left.
@@ -89,6 +99,12 @@ def test_read_only_endpoint_routes_to_the_standby(pair, concierge_bin, tmp_path)
         pair.promote_standby()
         wait_for(lambda: {t["Port"]: t["Role"] for t in targets(rw) if "DBProxyEndpointName" not in t}
                  .get(pair.standby.port) == "READ_WRITE", 10, "the promoted standby to be the writer")
+        cli = subprocess.run([str(concierge_bin), "describe-db-proxy-targets", "--db-proxy-name", "app",
+                              "--endpoint-url", rw.admin_url], capture_output=True, text=True, timeout=30)
+        after = {t["Port"]: (t["Role"], t["TargetHealth"]["State"]) for t in json.loads(cli.stdout)["Targets"]
+                 if "DBProxyEndpointName" not in t}
+        assert after[pair.standby.port] == ("READ_WRITE", "AVAILABLE")
+        assert after[pair.primary.port][1] == "UNAVAILABLE"
         with pytest.raises(psycopg.OperationalError) as exc:
             idle_ro.execute("select 1")
         assert "No reader is available for this read-only endpoint" in str(exc.value)
