@@ -28,9 +28,11 @@ let package = Package(
             ]
         ),
         .target(name: "SQLClassifier"),
+        .target(name: "ConciergeJSON"),
         .target(
             name: "ConciergeAWS",
             dependencies: [
+                "ConciergeJSON",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -48,7 +50,7 @@ let package = Package(
         .target(
             name: "ConciergeServer",
             dependencies: [
-                "PostgresWire", "SQLClassifier", "ConnectionPool", "ConciergeConfig", "ConciergeAWS",
+                "PostgresWire", "SQLClassifier", "ConnectionPool", "ConciergeConfig", "ConciergeAWS", "ConciergeJSON",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -64,7 +66,7 @@ let package = Package(
         .executableTarget(
             name: "concierge",
             dependencies: [
-                "ConciergeServer", "ConciergeConfig", "ConciergeAWS",
+                "ConciergeServer", "ConciergeConfig", "ConciergeAWS", "ConciergeJSON",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -81,10 +83,11 @@ let package = Package(
             dependencies: ["PostgresWire", .product(name: "NIOTestUtils", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(name: "SQLClassifierTests", dependencies: ["SQLClassifier"]),
+        .testTarget(name: "ConciergeJSONTests", dependencies: ["ConciergeJSON"]),
         .testTarget(
             name: "ConciergeAWSTests",
             dependencies: [
-                "ConciergeAWS",
+                "ConciergeAWS", "ConciergeJSON",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -95,7 +98,7 @@ let package = Package(
         .testTarget(
             name: "ConciergeServerTests",
             dependencies: [
-                "ConciergeServer", .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio"),
+                "ConciergeServer", "ConciergeJSON", .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),

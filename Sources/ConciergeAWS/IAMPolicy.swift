@@ -1,3 +1,5 @@
+import ConciergeJSON
+
 /// The outcome of evaluating policies for a request, with IAM's precedence: an explicit deny
 /// overrides any allow; without an allow the request is implicitly denied.
 public enum IAMDecision: Sendable, Equatable, CustomStringConvertible {
@@ -186,29 +188,29 @@ public struct IAMPolicy: Sendable, Equatable {
 
     /// Parses a policy document (JSON text). Throws `IAMPolicyError` naming the problem.
     public init(json: String) throws(IAMPolicyError) {
-        let document: AWSJSON
+        let document: JSON
         do {
-            document = try AWSJSON.parse(json)
+            document = try JSON.parse(json)
         } catch {
             throw .invalidJSON(line: error.line, column: error.column, reason: error.reason)
         }
         guard case .object(let members) = document else {
-            throw .invalidPolicy(element: "policy", reason: "expected a JSON object, got \(document.kindName)")
+            throw .invalidPolicy(element: "policy", reason: "expected a JSON object, got \(document.typeName)")
         }
         try Self.refuseRepeatedMembers(members, in: "policy")
         var version: String?
         var id: String?
-        var statementValue: AWSJSON?
+        var statementValue: JSON?
         for (key, value) in members {
             switch key {
             case "Version":
-                guard let v = value.stringValue else { throw .invalidPolicy(element: "Version", reason: "expected a string, got \(value.kindName)") }
+                guard let v = value.stringValue else { throw .invalidPolicy(element: "Version", reason: "expected a string, got \(value.typeName)") }
                 guard v == "2012-10-17" || v == "2008-10-17" else {
                     throw .invalidPolicy(element: "Version", reason: "expected \"2012-10-17\" or \"2008-10-17\", got \"\(v)\"")
                 }
                 version = v
             case "Id":
-                guard let v = value.stringValue else { throw .invalidPolicy(element: "Id", reason: "expected a string, got \(value.kindName)") }
+                guard let v = value.stringValue else { throw .invalidPolicy(element: "Id", reason: "expected a string, got \(value.typeName)") }
                 id = v
             case "Statement":
                 statementValue = value
@@ -217,14 +219,14 @@ public struct IAMPolicy: Sendable, Equatable {
             }
         }
         guard let statementValue else { throw .invalidPolicy(element: "Statement", reason: "missing") }
-        let statementObjects: [(String, AWSJSON)]
+        let statementObjects: [(String, JSON)]
         switch statementValue {
         case .object: statementObjects = [("Statement", statementValue)]
         case .array(let items):
             guard !items.isEmpty else { throw .invalidPolicy(element: "Statement", reason: "an empty array") }
             statementObjects = items.enumerated().map { ("Statement[\($0.offset)]", $0.element) }
         default:
-            throw .invalidPolicy(element: "Statement", reason: "expected an object or an array of objects, got \(statementValue.kindName)")
+            throw .invalidPolicy(element: "Statement", reason: "expected an object or an array of objects, got \(statementValue.typeName)")
         }
         let variables = version == "2012-10-17"
         var statements: [Statement] = []
@@ -275,16 +277,16 @@ public struct IAMPolicy: Sendable, Equatable {
 
     // MARK: Parsing statements
 
-    static func refuseRepeatedMembers(_ members: [(key: String, value: AWSJSON)], in path: String) throws(IAMPolicyError) {
+    static func refuseRepeatedMembers(_ members: [(key: String, value: JSON)], in path: String) throws(IAMPolicyError) {
         var seen: Set<String> = []
         for member in members where !seen.insert(member.key).inserted {
             throw .invalidPolicy(element: path == "policy" ? member.key : "\(path).\(member.key)", reason: "given more than once")
         }
     }
 
-    static func statement(_ value: AWSJSON, path: String, policyVariables: Bool) throws(IAMPolicyError) -> Statement {
+    static func statement(_ value: JSON, path: String, policyVariables: Bool) throws(IAMPolicyError) -> Statement {
         guard case .object(let members) = value else {
-            throw .invalidPolicy(element: path, reason: "expected an object, got \(value.kindName)")
+            throw .invalidPolicy(element: path, reason: "expected an object, got \(value.typeName)")
         }
         try refuseRepeatedMembers(members, in: path)
         var sid: String?
@@ -298,10 +300,10 @@ public struct IAMPolicy: Sendable, Equatable {
             let element = "\(path).\(key)"
             switch key {
             case "Sid":
-                guard let s = value.stringValue else { throw .invalidPolicy(element: element, reason: "expected a string, got \(value.kindName)") }
+                guard let s = value.stringValue else { throw .invalidPolicy(element: element, reason: "expected a string, got \(value.typeName)") }
                 sid = s
             case "Effect":
-                guard let s = value.stringValue else { throw .invalidPolicy(element: element, reason: "expected a string, got \(value.kindName)") }
+                guard let s = value.stringValue else { throw .invalidPolicy(element: element, reason: "expected a string, got \(value.typeName)") }
                 guard let e = Effect(rawValue: s) else {
                     throw .invalidPolicy(element: element, reason: "expected \"Allow\" or \"Deny\", got \"\(s)\"")
                 }
@@ -328,7 +330,7 @@ public struct IAMPolicy: Sendable, Equatable {
                 notResource = key == "NotResource"
             case "Condition":
                 guard case .object(let operators) = value else {
-                    throw .invalidPolicy(element: element, reason: "expected an object, got \(value.kindName)")
+                    throw .invalidPolicy(element: element, reason: "expected an object, got \(value.typeName)")
                 }
                 if !operators.isEmpty { unevaluated = true }
             case "Principal", "NotPrincipal":
@@ -347,7 +349,7 @@ public struct IAMPolicy: Sendable, Equatable {
             hasUnevaluatedConditions: unevaluated)
     }
 
-    static func strings(_ value: AWSJSON, element: String) throws(IAMPolicyError) -> [String] {
+    static func strings(_ value: JSON, element: String) throws(IAMPolicyError) -> [String] {
         switch value {
         case .string(let s):
             guard !s.isEmpty else { throw .invalidPolicy(element: element, reason: "an empty string") }
@@ -357,14 +359,14 @@ public struct IAMPolicy: Sendable, Equatable {
             var out: [String] = []
             for (i, item) in items.enumerated() {
                 guard let s = item.stringValue else {
-                    throw .invalidPolicy(element: "\(element)[\(i)]", reason: "expected a string, got \(item.kindName)")
+                    throw .invalidPolicy(element: "\(element)[\(i)]", reason: "expected a string, got \(item.typeName)")
                 }
                 guard !s.isEmpty else { throw .invalidPolicy(element: "\(element)[\(i)]", reason: "an empty string") }
                 out.append(s)
             }
             return out
         default:
-            throw .invalidPolicy(element: element, reason: "expected a string or an array of strings, got \(value.kindName)")
+            throw .invalidPolicy(element: element, reason: "expected a string or an array of strings, got \(value.typeName)")
         }
     }
 }

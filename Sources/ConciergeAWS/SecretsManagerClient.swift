@@ -3,6 +3,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
+import ConciergeJSON
 
 /// Why `GetSecretValue` failed. Descriptions carry the secret id, the endpoint and AWS's error
 /// code and message, never a secret value, a signature or a key.
@@ -110,7 +111,7 @@ public struct SecretsManagerClient: Sendable {
 
     /// `{"SecretId": "..."}`, as botocore writes it (non-ASCII characters as `\uXXXX`).
     static func getSecretValueBody(secretID: String) -> [UInt8] {
-        Array("{\"SecretId\": \(AWSJSON.quote(secretID, asciiOnly: true))}".utf8)
+        Array("{\"SecretId\": \(JSON.quote(secretID, asciiOnly: true))}".utf8)
     }
 
     /// Sends one JSON 1.1 operation (`X-Amz-Target: TARGET`) and returns the response, whatever
@@ -170,25 +171,25 @@ public struct SecretsManagerClient: Sendable {
 
     static func secretString(from response: AWSHTTPResponse, secretID: String) throws(SecretsManagerError) -> String {
         guard (200..<300).contains(response.status) else {
-            try serviceError(response, json: try? AWSJSON.parse(response.body))
+            try serviceError(response, json: try? JSON.parse(response.body))
         }
-        let json: AWSJSON
+        let json: JSON
         do {
-            json = try AWSJSON.parse(response.body)
+            json = try JSON.parse(response.body)
         } catch {
             // The position only: the body of a successful response holds the secret.
             throw .malformedResponse("the body is not valid JSON (line \(error.line), column \(error.column))")
         }
-        guard case .object = json else { throw .malformedResponse("the body is \(json.kindName), not a JSON object") }
+        guard case .object = json else { throw .malformedResponse("the body is \(json.typeName), not a JSON object") }
         if let value = json["SecretString"] {
-            guard case .string(let secret) = value else { throw .malformedResponse("SecretString is \(value.kindName), not a string") }
+            guard case .string(let secret) = value else { throw .malformedResponse("SecretString is \(value.typeName), not a string") }
             return secret
         }
         if json["SecretBinary"] != nil { throw .binarySecretUnsupported(secretID: secretID) }
         throw .malformedResponse("no SecretString in the response")
     }
 
-    static func serviceError(_ response: AWSHTTPResponse, json: AWSJSON?) throws(SecretsManagerError) -> Never {
+    static func serviceError(_ response: AWSHTTPResponse, json: JSON?) throws(SecretsManagerError) -> Never {
         // `__type` is `Code` or `namespace#Code`; else the X-Amzn-ErrorType header (`Code:...`).
         var type = json?["__type"]?.stringValue ?? json?["code"]?.stringValue ?? json?["Code"]?.stringValue
         if type == nil, let header = response.headers.first(name: "x-amzn-errortype") {

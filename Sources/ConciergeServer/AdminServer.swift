@@ -1,4 +1,5 @@
 import ConciergeConfig
+import ConciergeJSON
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -17,7 +18,7 @@ struct AdminResponse: Sendable {
     }
 
     static func error(_ error: AdminError) -> AdminResponse {
-        var members: [(String, JSON)] = [("Code", .string(error.code))]
+        var members: [JSON.Member] = [("Code", .string(error.code))]
         if let field = error.field { members.append(("Field", .string(field))) }
         members.append(("Message", .string(error.message)))
         return .json(.object([("Error", .object(members))]), status: HTTPResponseStatus(statusCode: error.status))
@@ -189,9 +190,11 @@ final class AdminRouter: Sendable {
     private static func object(_ body: [UInt8]) throws(AdminError) -> JSON {
         let value: JSON
         do {
-            value = try JSON.parse(body)
+            value = try JSON.parse(body, rejectingDuplicateKeys: true)
         } catch {
-            throw AdminError(status: 400, code: "MalformedRequest", field: nil, message: "the body is not valid JSON: \(error)")
+            throw AdminError(
+                status: 400, code: "MalformedRequest", field: nil,
+                message: "the body is not valid JSON: \(error.reason) at byte \(error.offset)")
         }
         guard case .object = value else {
             throw AdminError(status: 400, code: "MalformedRequest", field: nil, message: "the body must be a JSON object, not \(value.typeName)")
@@ -212,7 +215,7 @@ final class AdminRouter: Sendable {
     private static func int(_ object: JSON, _ key: String, at prefix: String? = nil) throws(AdminError) -> Int? {
         guard let value = object[key] else { return nil }
         let field = prefix.map { "\($0).\(key)" } ?? key
-        guard case .int(let number) = value else { throw AdminError.invalid(field, "expected an integer, found \(value.typeName)") }
+        guard let number = value.intValue else { throw AdminError.invalid(field, "expected an integer, found \(value.typeName)") }
         return number
     }
 

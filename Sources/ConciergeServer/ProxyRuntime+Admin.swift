@@ -1,4 +1,5 @@
 import ConciergeConfig
+import ConciergeJSON
 import ConnectionPool
 import Logging
 import NIOCore
@@ -137,7 +138,7 @@ extension ProxyRuntime {
     func describeProxy() -> JSON {
         let (configuration, users, updated) = state.withLockedValue { ($0.configuration, $0.users, $0.updatedDate) }
         let auth: [JSON] = zip(configuration.auth.indices, configuration.auth).map { index, entry in
-            var members: [(String, JSON)] = [
+            var members: [JSON.Member] = [
                 ("AuthScheme", .string(entry.authScheme.rawValue)),
                 ("SecretArn", .string(entry.secretARN.isEmpty ? entry.secret.description : entry.secretARN)),
                 ("IAMAuth", .string(entry.iamAuth.rawValue)),

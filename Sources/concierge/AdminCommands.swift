@@ -1,4 +1,5 @@
 import ArgumentParser
+import ConciergeJSON
 import NIOHTTP1
 
 #if canImport(Glibc)
@@ -87,13 +88,13 @@ struct AdminCall {
     var operation: String
     var method: HTTPMethod
     var path: String
-    var body: JSONValue?
+    var body: JSON?
 
     func run(_ options: AdminOptions) async throws {
         let (client, format) = try options.client()
         let response: AdminHTTPResponse
         do {
-            response = try await client.send(method, path, body: body.map { Array($0.compactText.utf8) })
+            response = try await client.send(method, path, body: body.map { Array($0.rendered(indent: 0).utf8) })
         } catch {
             switch error {
             case .connect(let reason):
@@ -105,7 +106,7 @@ struct AdminCall {
             }
             throw ExitCode(AdminExit.unreachable)
         }
-        let parsed = try? JSONValue.parse(response.body)
+        let parsed = try? JSON.parse(response.body, maximumDepth: 512)
         guard (200..<300).contains(response.status.code) else {
             printError(Self.errorMessage(operation: operation, status: response.status, body: response.body, parsed: parsed))
             throw ExitCode(AdminExit.apiError)
@@ -119,14 +120,14 @@ struct AdminCall {
         switch format {
         case .json:
             // Like the aws CLI, an empty response ({}) prints nothing.
-            if value != .object([]) { print(value.prettyText()) }
+            if value != .object([]) { print(value.rendered(), terminator: "") }
         case .table:
             print(TableOutput().render(title: operation, value), terminator: "")
         }
     }
 
     /// `An error occurred (Code) when calling the Operation operation: Message`.
-    static func errorMessage(operation: String, status: HTTPResponseStatus, body: [UInt8], parsed: JSONValue?) -> String {
+    static func errorMessage(operation: String, status: HTTPResponseStatus, body: [UInt8], parsed: JSON?) -> String {
         var code = String(status.code)
         var message = status.reasonPhrase
         if let error = parsed?["Error"] {
@@ -253,10 +254,10 @@ struct ModifyDBProxyTargetGroup: AsyncParsableCommand {
     @OptionGroup var options: AdminOptions
 
     func run() async throws {
-        var members: [JSONMember] = []
+        var members: [JSON.Member] = []
         if let connectionPoolConfig {
             let config = try ConnectionPoolConfigArgument.parse(connectionPoolConfig, flag: "--connection-pool-config")
-            members.append(JSONMember(key: "ConnectionPoolConfig", value: config))
+            members.append((key: "ConnectionPoolConfig", value: config))
         }
         let path = proxyPath(dbProxyName) + "/target-groups/" + pathSegment(targetGroupName)
         try await AdminCall(operation: "ModifyDBProxyTargetGroup", method: .PATCH, path: path,
@@ -285,16 +286,16 @@ struct ModifyDBProxy: AsyncParsableCommand {
     @OptionGroup var options: AdminOptions
 
     func run() async throws {
-        var members: [JSONMember] = []
+        var members: [JSON.Member] = []
         if let idleClientTimeout {
             let text = idleClientTimeout.trimmingSpaces
             guard let seconds = Int(text) else {
                 throw usageError("--idle-client-timeout", "expected an integer number of seconds, got '\(idleClientTimeout)'")
             }
-            members.append(JSONMember(key: "IdleClientTimeout", value: .int(seconds)))
+            members.append((key: "IdleClientTimeout", value: .int(seconds)))
         }
-        if let requireTLS { members.append(JSONMember(key: "RequireTLS", value: .bool(requireTLS))) }
-        if let debugLogging { members.append(JSONMember(key: "DebugLogging", value: .bool(debugLogging))) }
+        if let requireTLS { members.append((key: "RequireTLS", value: .bool(requireTLS))) }
+        if let debugLogging { members.append((key: "DebugLogging", value: .bool(debugLogging))) }
         try await AdminCall(operation: "ModifyDBProxy", method: .PATCH, path: proxyPath(dbProxyName),
                             body: .object(members)).run(options)
     }
@@ -320,8 +321,8 @@ struct TargetOptions: ParsableArguments {
         if let empty = dbInstanceIdentifiers.first(where: { $0.trimmingSpaces.isEmpty }) {
             throw usageError("--db-instance-identifiers", "an empty identifier ('\(empty)')")
         }
-        let body = JSONValue.object([
-            JSONMember(key: "DBInstanceIdentifiers", value: .array(dbInstanceIdentifiers.map(JSONValue.string))),
+        let body = JSON.object([
+            (key: "DBInstanceIdentifiers", value: .array(dbInstanceIdentifiers.map(JSON.string))),
         ])
         let path = proxyPath(dbProxyName) + "/targets" + targetGroupQuery(targetGroupName)
         return AdminCall(operation: operation, method: method, path: path, body: body)

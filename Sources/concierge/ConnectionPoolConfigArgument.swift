@@ -1,4 +1,5 @@
 import ArgumentParser
+import ConciergeJSON
 
 #if canImport(Glibc)
 import Glibc
@@ -28,7 +29,7 @@ enum ConnectionPoolConfigArgument {
     static var validKeys: String { keys.map(\.name).joined(separator: ", ") }
 
     /// The ConnectionPoolConfig object to send, keys in the order given.
-    static func parse(_ argument: String, flag: String) throws -> JSONValue {
+    static func parse(_ argument: String, flag: String) throws -> JSON {
         var text = argument
         if argument.hasPrefix("file://") {
             let path = String(argument.dropFirst("file://".count))
@@ -47,12 +48,12 @@ enum ConnectionPoolConfigArgument {
 
     // MARK: JSON
 
-    static func parseJSON(_ text: String, flag: String) throws -> JSONValue {
-        let value: JSONValue
+    static func parseJSON(_ text: String, flag: String) throws -> JSON {
+        let value: JSON
         do {
-            value = try JSONValue.parse(text)
+            value = try JSON.parse(text, maximumDepth: 512)
         } catch {
-            throw usageError(flag, "Invalid JSON: \(error.description)\nJSON received: \(text)")
+            throw usageError(flag, "Invalid JSON: \(error.reason) at character \(error.offset + 1)\nJSON received: \(text)")
         }
         guard case .object(let members) = value else {
             throw usageError(flag, "expected a JSON object, e.g. {\"MaxConnectionsPercent\": 50}")
@@ -70,7 +71,7 @@ enum ConnectionPoolConfigArgument {
         return value
     }
 
-    private static func checkType(_ key: String, _ value: JSONValue, _ kind: Kind, flag: String) throws {
+    private static func checkType(_ key: String, _ value: JSON, _ kind: Kind, flag: String) throws {
         let ok: Bool
         let expected: String
         switch kind {
@@ -89,7 +90,7 @@ enum ConnectionPoolConfigArgument {
             }
         }
         if !ok {
-            throw usageError(flag, "Invalid type for parameter ConnectionPoolConfig.\(key), value: \(value.compactText), valid types: \(expected)")
+            throw usageError(flag, "Invalid type for parameter ConnectionPoolConfig.\(key), value: \(value.rendered(indent: 0)), valid types: \(expected)")
         }
     }
 
@@ -98,7 +99,7 @@ enum ConnectionPoolConfigArgument {
     /// The aws CLI's shorthand syntax: `Key=value,Key2=value2`; a list value is `Key=[a,b]` or
     /// `Key=a,b` (a comma not followed by `Name=` continues the list); values may be quoted
     /// with "..." or '...'.
-    static func parseShorthand(_ text: String, flag: String) throws -> JSONValue {
+    static func parseShorthand(_ text: String, flag: String) throws -> JSON {
         var parser = ShorthandParser(chars: Array(text))
         let pairs: [(key: String, values: [String], explicitList: Bool)]
         do {
@@ -106,7 +107,7 @@ enum ConnectionPoolConfigArgument {
         } catch {
             throw usageError(flag, "Error parsing parameter: \(error.message), received: \(text)")
         }
-        var members: [JSONMember] = []
+        var members: [JSON.Member] = []
         for pair in pairs {
             guard let kind = kind(of: pair.key) else {
                 throw usageError(flag, "Unknown parameter in ConnectionPoolConfig: \"\(pair.key)\", must be one of: \(validKeys)")
@@ -114,12 +115,12 @@ enum ConnectionPoolConfigArgument {
             guard !members.contains(where: { $0.key == pair.key }) else {
                 throw usageError(flag, "ConnectionPoolConfig.\(pair.key) is given twice")
             }
-            let value: JSONValue
+            let value: JSON
             switch kind {
             case .stringList:
                 // `Key=` alone: an empty list.
                 let values = !pair.explicitList && pair.values == [""] ? [] : pair.values
-                value = .array(values.map(JSONValue.string))
+                value = .array(values.map(JSON.string))
             case .integer, .string:
                 guard pair.values.count == 1, !pair.explicitList else {
                     throw usageError(flag, "ConnectionPoolConfig.\(pair.key) takes one value, got a list (quote a value that has commas)")
@@ -133,7 +134,7 @@ enum ConnectionPoolConfigArgument {
                     value = .string(pair.values[0])
                 }
             }
-            members.append(JSONMember(key: pair.key, value: value))
+            members.append((key: pair.key, value: value))
         }
         return .object(members)
     }

@@ -1,3 +1,4 @@
+import ConciergeJSON
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -21,7 +22,7 @@ struct TableOutput {
 
     /// The table for `response` (every line ending in a newline), or "" when there is nothing
     /// to show (an empty response, like the aws CLI's).
-    func render(title: String, _ response: JSONValue) -> String {
+    func render(title: String, _ response: JSON) -> String {
         var builder = Builder()
         guard builder.build(title: title, response, indentLevel: 0) else { return "" }
         var sections = builder.sections
@@ -130,7 +131,7 @@ struct TableOutput {
 
         /// `_build_table`: false when `value` is empty (nothing shown for it).
         @discardableResult
-        mutating func build(title: String?, _ value: JSONValue, indentLevel: Int) -> Bool {
+        mutating func build(title: String?, _ value: JSON, indentLevel: Int) -> Bool {
             if value.isEmptyContainer { return false }
             if let title { newSection(title, indentLevel: indentLevel) }
             switch value {
@@ -158,7 +159,7 @@ struct TableOutput {
         }
 
         /// `_build_sub_table_from_dict`.
-        private mutating func buildFromObject(_ members: [JSONMember], indentLevel: Int) {
+        private mutating func buildFromObject(_ members: [JSON.Member], indentLevel: Int) {
             let (headers, more) = Self.groupScalarKeys(members)
             let values = Self.lookup(members)
             if headers.count == 1 {
@@ -175,7 +176,7 @@ struct TableOutput {
         /// `_build_sub_table_from_list`: a list of objects, one row per object under the same
         /// column headers (the union of their scalar keys); an object with nested values starts
         /// a section of its own so that its nested sections follow it.
-        private mutating func buildFromList(_ elements: [JSONValue], indentLevel: Int, title: String) {
+        private mutating func buildFromList(_ elements: [JSON], indentLevel: Int, title: String) {
             var headerSet = Set<String>()
             var moreSet = Set<String>()
             for element in elements {
@@ -189,7 +190,7 @@ struct TableOutput {
             section().addHeader(headers)
             var first = true
             for element in elements {
-                let members: [JSONMember]
+                let members: [JSON.Member]
                 if case .object(let m) = element { members = m } else { members = [] }
                 if !first && !more.isEmpty {
                     newSection(title, indentLevel: indentLevel)
@@ -206,13 +207,13 @@ struct TableOutput {
             }
         }
 
-        private static func lookup(_ members: [JSONMember]) -> [String: JSONValue] {
-            var values: [String: JSONValue] = [:]
+        private static func lookup(_ members: [JSON.Member]) -> [String: JSON] {
+            var values: [String: JSON] = [:]
             for m in members { values[m.key] = m.value }  // the last one wins, like a Python dict
             return values
         }
 
-        private static func groupScalarKeys(_ members: [JSONMember]) -> ([String], [String]) {
+        private static func groupScalarKeys(_ members: [JSON.Member]) -> ([String], [String]) {
             var headers: [String] = []
             var more: [String] = []
             var seen = Set<String>()
@@ -329,5 +330,36 @@ func textLength(_ text: String) -> Int {
             || (0xFFE0...0xFFE6).contains(v) || (0x1F300...0x1F64F).contains(v)
             || (0x20000...0x3FFFD).contains(v)
         return total + (wide ? 2 : 1)
+    }
+}
+
+// What the aws CLI's table formatter needs of a JSON value.
+extension JSON {
+    var isScalar: Bool {
+        switch self {
+        case .object, .array: return false
+        default: return true
+        }
+    }
+
+    /// Python's truthiness, which the aws CLI's table formatter tests: empty containers are false.
+    var isEmptyContainer: Bool {
+        switch self {
+        case .object(let m): return m.isEmpty
+        case .array(let a): return a.isEmpty
+        default: return false
+        }
+    }
+
+    /// The value as Python's `str()` shows it, which is what the aws CLI's table cells contain:
+    /// strings bare, `True`/`False`, `None`.
+    var tableCell: String {
+        switch self {
+        case .string(let s): return s
+        case .number(let n): return n
+        case .bool(let b): return b ? "True" : "False"
+        case .null: return "None"
+        case .object, .array: return rendered(indent: 0)
+        }
     }
 }

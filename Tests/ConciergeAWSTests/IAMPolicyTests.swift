@@ -262,32 +262,3 @@ struct IAMPolicyTests {
         #expect(policyError(json)?.description == "\(element): \(reason)")
     }
 }
-
-@Suite("JSON reader")
-struct AWSJSONTests {
-    @Test func values() throws {
-        #expect(try AWSJSON.parse(#" {"a": [1, -2.5e3, true, false, null, "x"], "b": {}} "#) == .object([
-            ("a", .array([.number("1"), .number("-2.5e3"), .bool(true), .bool(false), .null, .string("x")])), ("b", .object([])),
-        ]))
-        #expect(try AWSJSON.parse(#""\u00fc\ud83d\ude00\n\"\\\/""#) == .string("ü\u{1F600}\n\"\\/"))
-        #expect(try AWSJSON.parse("\"ü\"") == .string("ü"))
-        #expect(try AWSJSON.parse(#"{"a": 1, "a": 2}"#)["a"] == .number("1"))
-    }
-
-    @Test func syntaxErrors() {
-        for bad in ["[1,]", "{\"a\" 1}", "01", "1.", "-", "1e", "tru", "\"\\x\"", "\"\\ud800\"", "\"\\udc00\"", "\"a\nb\"", "[", "nul",
-                    String(repeating: "[", count: 100) + String(repeating: "]", count: 100)] {
-            #expect(throws: AWSJSON.SyntaxError.self, "\(bad)") { try AWSJSON.parse(bad) }
-        }
-        #expect(throws: AWSJSON.SyntaxError.self) { try AWSJSON.parse([0x22, 0xFF, 0x22]) }
-    }
-
-    @Test func quoting() throws {
-        #expect(AWSJSON.quote("a\"b\\c\n\u{1}é") == #""a\"b\\c\n\u0001é""#)
-        #expect(AWSJSON.quote("é\u{1F600}", asciiOnly: true) == #""\u00e9\ud83d\ude00""#)
-        for text in ["", "plain", "a\"b\\c\n\u{1}é\u{1F600}\t\u{7F}"] {
-            #expect(try AWSJSON.parse(AWSJSON.quote(text)) == .string(text))
-            #expect(try AWSJSON.parse(AWSJSON.quote(text, asciiOnly: true)) == .string(text))
-        }
-    }
-}

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 
 @testable import ConciergeAWS
+import ConciergeJSON
 
 /// Against a moto server (`moto_server -p PORT`), when `CONCIERGE_MOTO_URL` is set, e.g.
 /// `http://127.0.0.1:5000`. Optional:
@@ -25,9 +26,9 @@ enum Moto {
 
     /// CreateSecret (not part of the client's API); returns the ARN.
     static func createSecret(name: String, field: String, value: String) async throws -> String {
-        let body = "{\"Name\": \(AWSJSON.quote(name)), \(AWSJSON.quote(field)): \(AWSJSON.quote(value))}"
+        let body = "{\"Name\": \(JSON.quote(name)), \(JSON.quote(field)): \(JSON.quote(value))}"
         let response = try await client().call(target: "secretsmanager.CreateSecret", body: Array(body.utf8), region: region)
-        let json = try AWSJSON.parse(response.body)
+        let json = try JSON.parse(response.body)
         guard response.status == 200, let arn = json["ARN"]?.stringValue else {
             throw SecretsManagerError.malformedResponse("CreateSecret answered \(response.status)")
         }

@@ -4,28 +4,9 @@ import NIOEmbedded
 import NIOHTTP1
 import Testing
 
+import ConciergeJSON
+
 @testable import ConciergeServer
-
-@Suite struct JSONTests {
-    @Test func roundTripKeepsKeyOrderAndTypes() throws {
-        let text = #"{"b": 1, "a": [true, null, -2.5e3, "x\"\\\n\u00e9\ud83d\ude00"], "c": {}}"#
-        let value = try JSON.parse(Array(text.utf8))
-        #expect(value["b"] == .int(1))
-        #expect(value["a"] == .array([.bool(true), .null, .double(-2500), .string("x\"\\\né😀")]))
-        #expect(value.rendered(indent: 0) == #"{"b":1,"a":[true,null,-2500.0,"x\"\\\né😀"],"c":{}}"#)
-        #expect(try JSON.parse(Array(value.rendered().utf8)) == value)
-    }
-
-    @Test(arguments: ["", "{", "{\"a\":1,}", "[1 2]", "01", "\"\u{01}\"", "{\"a\":1,\"a\":2}", "nul", "1 2", "\"\\ud800\""])
-    func rejectsInvalidJSON(_ text: String) {
-        #expect(throws: JSON.ParseError.self) { try JSON.parse(Array(text.utf8)) }
-    }
-
-    @Test func rejectsDeepNesting() {
-        let deep = String(repeating: "[", count: 100) + String(repeating: "]", count: 100)
-        #expect(throws: JSON.ParseError.self) { try JSON.parse(Array(deep.utf8)) }
-    }
-}
 
 @Suite struct LogFormatTests {
     @Test func logfmtQuotesOnlyWhatNeedsIt() {

@@ -1,74 +1,127 @@
-/// A small strict JSON reader (RFC 8259) that reports where a document goes wrong, keeps the
-/// order of an object's members (and repeated names, which callers can refuse), and tells
-/// booleans from numbers; plus string escaping for request bodies.
-indirect enum AWSJSON: Equatable, Sendable {
-    case object([(key: String, value: AWSJSON)])
-    case array([AWSJSON])
-    case string(String)
-    /// The number's text.
-    case number(String)
-    case bool(Bool)
-    case null
+/// A JSON value shared by the admin API server, the `concierge` CLI and the AWS clients.
+///
+/// It keeps what a generic decoder loses: the order of an object's members (repeated names
+/// included, for callers that refuse them with their own message) and the exact text of
+/// numbers, so a body can be printed again key for key and digit for digit. Parsing is strict
+/// (RFC 8259) with a nesting limit; errors carry the byte offset, line and column.
+public indirect enum JSON: Sendable, Equatable {
+    public typealias Member = (key: String, value: JSON)
 
-    static func == (a: AWSJSON, b: AWSJSON) -> Bool {
-        switch (a, b) {
-        case (.object(let x), .object(let y)): return x.elementsEqual(y, by: { $0.key == $1.key && $0.value == $1.value })
-        case (.array(let x), .array(let y)): return x == y
-        case (.string(let x), .string(let y)): return x == y
-        case (.number(let x), .number(let y)): return x == y
-        case (.bool(let x), .bool(let y)): return x == y
+    case null
+    case bool(Bool)
+    /// The number's text as it appeared (or as written), e.g. `50`, `1.5` or `-2.5e3`.
+    case number(String)
+    case string(String)
+    case array([JSON])
+    case object([Member])
+
+    public static func == (lhs: JSON, rhs: JSON) -> Bool {
+        switch (lhs, rhs) {
         case (.null, .null): return true
+        case (.bool(let a), .bool(let b)): return a == b
+        case (.number(let a), .number(let b)): return a == b
+        case (.string(let a), .string(let b)): return a == b
+        case (.array(let a), .array(let b)): return a == b
+        case (.object(let a), .object(let b)):
+            return a.elementsEqual(b) { $0.key == $1.key && $0.value == $1.value }
         default: return false
         }
     }
 
-    /// The first member named `key` of an object, else nil.
-    subscript(key: String) -> AWSJSON? {
+    /// An integer number.
+    public static func int(_ value: Int) -> JSON { .number(String(value)) }
+
+    /// A floating-point number written as Swift prints it (`1.5`, `100.0`, `1e+20`); `null`
+    /// when it is not finite (JSON has no NaN or infinity).
+    public static func double(_ value: Double) -> JSON { value.isFinite ? .number("\(value)") : .null }
+
+    /// The value of the first member named `key` of an object, else nil.
+    public subscript(key: String) -> JSON? {
         guard case .object(let members) = self else { return nil }
         return members.first { $0.key == key }?.value
     }
 
-    var stringValue: String? {
-        if case .string(let s) = self { return s }
-        return nil
+    /// The number as an `Int` when its text is an integer that fits (not `1.0`, `1e2`, ...).
+    public var intValue: Int? {
+        guard case .number(let text) = self else { return nil }
+        return Int(text)
     }
 
-    /// "an object", "a string", ... for error messages.
-    var kindName: String {
-        switch self {
-        case .object: return "an object"
-        case .array: return "an array"
-        case .string: return "a string"
-        case .number: return "a number"
-        case .bool: return "a boolean"
-        case .null: return "null"
-        }
+    /// The number as a `Double`.
+    public var doubleValue: Double? {
+        guard case .number(let text) = self else { return nil }
+        return Double(text)
     }
 
-    struct SyntaxError: Error, Equatable, CustomStringConvertible {
-        var line: Int
-        var column: Int
-        var reason: String
-        var description: String { "line \(line), column \(column): \(reason)" }
-    }
-
-    /// Parses one JSON value filling the whole text (white space around it allowed).
-    static func parse<Bytes: Collection>(_ bytes: Bytes) throws(SyntaxError) -> AWSJSON where Bytes.Element == UInt8 {
-        var parser = Parser(bytes: Array(bytes))
-        parser.skipWhitespace()
-        let value = try parser.value(depth: 0)
-        parser.skipWhitespace()
-        guard parser.index == parser.bytes.count else { throw parser.error("unexpected text after the JSON value") }
+    public var stringValue: String? {
+        guard case .string(let value) = self else { return nil }
         return value
     }
 
-    static func parse(_ text: String) throws(SyntaxError) -> AWSJSON {
-        try parse(Array(text.utf8))
+    public var boolValue: Bool? {
+        guard case .bool(let value) = self else { return nil }
+        return value
     }
 
-    /// `"text"` with JSON escapes; with `asciiOnly`, characters beyond ASCII as `\uXXXX`
-    /// (UTF-16, lowercase hex), as Python's `json.dumps` writes them.
-    static func quote(_ text: String, asciiOnly: Bool = false) -> String {
+    /// The JSON type's name for error messages: "an object", "a string", "null", ...
+    public var typeName: String {
+        switch self {
+        case .null: return "null"
+        case .bool: return "a boolean"
+        case .number: return "a number"
+        case .string: return "a string"
+        case .array: return "an array"
+        case .object: return "an object"
+        }
+    }
+}
+
+// MARK: - Writing
+
+extension JSON {
+    /// Serialized with `indent` spaces per level, as Python's `json.dumps(indent=4,
+    /// ensure_ascii=False)` writes it (the aws CLI's output), ending in a newline; with
+    /// `indent` 0 compact (`{"a":1,"b":[true]}`) and without a newline.
+    public func rendered(indent: Int = 4) -> String {
+        var out = ""
+        write(into: &out, indent: indent, level: 0)
+        if indent > 0 { out += "\n" }
+        return out
+    }
+
+    private func write(into out: inout String, indent: Int, level: Int) {
+        let newline = indent > 0 ? "\n" : ""
+        let pad = { (level: Int) in String(repeating: " ", count: indent * level) }
+        switch self {
+        case .null: out += "null"
+        case .bool(let value): out += value ? "true" : "false"
+        case .number(let text): out += text
+        case .string(let value): out += JSON.quote(value)
+        case .array(let elements):
+            if elements.isEmpty { out += "[]"; return }
+            out += "[" + newline
+            for (index, element) in elements.enumerated() {
+                out += pad(level + 1)
+                element.write(into: &out, indent: indent, level: level + 1)
+                out += (index < elements.count - 1 ? "," : "") + newline
+            }
+            out += pad(level) + "]"
+        case .object(let members):
+            if members.isEmpty { out += "{}"; return }
+            out += "{" + newline
+            for (index, member) in members.enumerated() {
+                out += pad(level + 1) + JSON.quote(member.key) + (indent > 0 ? ": " : ":")
+                member.value.write(into: &out, indent: indent, level: level + 1)
+                out += (index < members.count - 1 ? "," : "") + newline
+            }
+            out += pad(level) + "}"
+        }
+    }
+
+    /// `"text"` with JSON escapes as Python's json module writes them (`\"`, `\\`, `\n`, `\r`,
+    /// `\t`, `\b`, `\f`, other control characters as `\u00XX`); with `asciiOnly`, characters
+    /// beyond ASCII as `\uXXXX` too (UTF-16, lowercase hex), like `ensure_ascii=True`.
+    public static func quote(_ text: String, asciiOnly: Bool = false) -> String {
         var out = "\""
         for scalar in text.unicodeScalars {
             switch scalar {
@@ -92,16 +145,71 @@ indirect enum AWSJSON: Equatable, Sendable {
         }
         return out + "\""
     }
+}
+
+// MARK: - Parsing
+
+extension JSON {
+    /// Where and why a text is not JSON. `offset` is the byte offset (0-based); `line` and
+    /// `column` count from 1, the column in characters (UTF-8 sequences count once).
+    public struct ParseError: Error, Equatable, CustomStringConvertible {
+        public var reason: String
+        public var offset: Int
+        public var line: Int
+        public var column: Int
+
+        public init(reason: String, offset: Int, line: Int, column: Int) {
+            self.reason = reason
+            self.offset = offset
+            self.line = line
+            self.column = column
+        }
+
+        public var description: String { "line \(line), column \(column): \(reason)" }
+    }
+
+    /// The default nesting limit.
+    public static let defaultMaximumDepth = 64
+
+    /// Parses one JSON value filling the whole text (white space around it allowed).
+    /// - Parameters:
+    ///   - maximumDepth: how deeply arrays and objects may nest.
+    ///   - rejectingDuplicateKeys: refuse an object that names a member twice (else both are
+    ///     kept, in order; `subscript` finds the first).
+    public static func parse<Bytes: Collection>(
+        _ bytes: Bytes, maximumDepth: Int = defaultMaximumDepth, rejectingDuplicateKeys: Bool = false
+    ) throws(ParseError) -> JSON where Bytes.Element == UInt8 {
+        var parser = Parser(bytes: Array(bytes), maximumDepth: maximumDepth, rejectsDuplicateKeys: rejectingDuplicateKeys)
+        parser.skipWhitespace()
+        let value = try parser.value(depth: 0)
+        parser.skipWhitespace()
+        guard parser.index == parser.bytes.count else { throw parser.error("unexpected text after the JSON value") }
+        return value
+    }
+
+    public static func parse(
+        _ text: String, maximumDepth: Int = defaultMaximumDepth, rejectingDuplicateKeys: Bool = false
+    ) throws(ParseError) -> JSON {
+        try parse(Array(text.utf8), maximumDepth: maximumDepth, rejectingDuplicateKeys: rejectingDuplicateKeys)
+    }
 
     private struct Parser {
         let bytes: [UInt8]
+        let maximumDepth: Int
+        let rejectsDuplicateKeys: Bool
         var index = 0
-        static let maximumDepth = 64
 
-        func error(_ reason: String) -> SyntaxError {
+        init(bytes: [UInt8], maximumDepth: Int, rejectsDuplicateKeys: Bool) {
+            self.bytes = bytes
+            self.maximumDepth = maximumDepth
+            self.rejectsDuplicateKeys = rejectsDuplicateKeys
+        }
+
+        func error(_ reason: String) -> ParseError {
+            let end = min(index, bytes.count)
             var line = 1
             var column = 1
-            for byte in bytes[..<min(index, bytes.count)] {
+            for byte in bytes[..<end] {
                 if byte == UInt8(ascii: "\n") {
                     line += 1
                     column = 1
@@ -109,7 +217,7 @@ indirect enum AWSJSON: Equatable, Sendable {
                     column += 1
                 }
             }
-            return SyntaxError(line: line, column: column, reason: reason)
+            return ParseError(reason: reason, offset: end, line: line, column: column)
         }
 
         var current: UInt8? { index < bytes.count ? bytes[index] : nil }
@@ -124,8 +232,8 @@ indirect enum AWSJSON: Equatable, Sendable {
             return "byte 0x\(String(b, radix: 16))"
         }
 
-        mutating func value(depth: Int) throws(SyntaxError) -> AWSJSON {
-            guard depth < Self.maximumDepth else { throw error("nested more than \(Self.maximumDepth) levels deep") }
+        mutating func value(depth: Int) throws(ParseError) -> JSON {
+            guard depth < maximumDepth else { throw error("nested more than \(maximumDepth) levels deep") }
             guard let b = current else { throw error("expected a value, found the end of the text") }
             switch b {
             case UInt8(ascii: "{"): return try object(depth: depth)
@@ -139,16 +247,16 @@ indirect enum AWSJSON: Equatable, Sendable {
             }
         }
 
-        mutating func literal(_ word: String) throws(SyntaxError) {
+        mutating func literal(_ word: String) throws(ParseError) {
             for expected in word.utf8 {
                 guard current == expected else { throw error("expected '\(word)'") }
                 index += 1
             }
         }
 
-        mutating func object(depth: Int) throws(SyntaxError) -> AWSJSON {
+        mutating func object(depth: Int) throws(ParseError) -> JSON {
             index += 1
-            var members: [(key: String, value: AWSJSON)] = []
+            var members: [Member] = []
             skipWhitespace()
             if current == UInt8(ascii: "}") {
                 index += 1
@@ -156,10 +264,17 @@ indirect enum AWSJSON: Equatable, Sendable {
             }
             while true {
                 skipWhitespace()
-                guard current == UInt8(ascii: "\"") else { throw error("expected a member name in double quotes, found \(describeCurrent())") }
+                guard current == UInt8(ascii: "\"") else {
+                    throw error("expected a member name in double quotes, found \(describeCurrent())")
+                }
                 let key = try string()
+                if rejectsDuplicateKeys, members.contains(where: { $0.key == key }) {
+                    throw error("duplicate key \"\(key)\"")
+                }
                 skipWhitespace()
-                guard current == UInt8(ascii: ":") else { throw error("expected ':' after the member name \"\(key)\", found \(describeCurrent())") }
+                guard current == UInt8(ascii: ":") else {
+                    throw error("expected ':' after the member name \"\(key)\", found \(describeCurrent())")
+                }
                 index += 1
                 skipWhitespace()
                 members.append((key, try value(depth: depth + 1)))
@@ -172,9 +287,9 @@ indirect enum AWSJSON: Equatable, Sendable {
             }
         }
 
-        mutating func array(depth: Int) throws(SyntaxError) -> AWSJSON {
+        mutating func array(depth: Int) throws(ParseError) -> JSON {
             index += 1
-            var elements: [AWSJSON] = []
+            var elements: [JSON] = []
             skipWhitespace()
             if current == UInt8(ascii: "]") {
                 index += 1
@@ -192,7 +307,7 @@ indirect enum AWSJSON: Equatable, Sendable {
             }
         }
 
-        mutating func hex4() throws(SyntaxError) -> UInt32 {
+        mutating func hex4() throws(ParseError) -> UInt32 {
             var value: UInt32 = 0
             for _ in 0..<4 {
                 guard let b = current else { throw error("incomplete \\u escape") }
@@ -209,7 +324,7 @@ indirect enum AWSJSON: Equatable, Sendable {
             return value
         }
 
-        mutating func string() throws(SyntaxError) -> String {
+        mutating func string() throws(ParseError) -> String {
             let start = index
             index += 1
             var out = [UInt8]()
@@ -266,7 +381,7 @@ indirect enum AWSJSON: Equatable, Sendable {
             }
         }
 
-        mutating func number() throws(SyntaxError) -> String {
+        mutating func number() throws(ParseError) -> String {
             let start = index
             if current == UInt8(ascii: "-") { index += 1 }
             func isDigit(_ b: UInt8?) -> Bool { b.map { $0 >= 0x30 && $0 <= 0x39 } ?? false }
