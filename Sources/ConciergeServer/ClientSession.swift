@@ -1098,7 +1098,6 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     func addMetrics(to sample: inout LoopMetricsSample) {
         sample.clientsPerEndpoint[endpoint] += 1
         guard backend != nil else { return }
-        sample.borrowed += 1
         if !pinReasons.isEmpty { sample.pinned += 1 }
         if transactionStatus != .idle || outstandingSyncs > 0 || pendingUnsynced { sample.inTransaction += 1 }
     }

@@ -34,7 +34,7 @@ struct IAMAuthenticator: Sendable {
             do {
                 policy = try IAMPolicy(json: identity.policy)
             } catch {
-                throw TLSSetupError(message: "iam.identities[\(index)].policy: \(error)")
+                throw SetupError(message: "iam.identities[\(index)].policy: \(error)")
             }
             identities[identity.accessKeyID] = Identity(secretAccessKey: secret, arn: identity.arn, policies: [policy])
         }

@@ -140,7 +140,6 @@ final class ProxyMetrics: Sendable {
 /// Counts one event loop's sessions contribute, read at scrape time on that loop.
 struct LoopMetricsSample: Sendable {
     var clientsPerEndpoint: [Int]
-    var borrowed = 0
     var pinned = 0
     var inTransaction = 0
     var queryRequests = 0
@@ -153,7 +152,6 @@ struct LoopMetricsSample: Sendable {
         for index in clientsPerEndpoint.indices where index < other.clientsPerEndpoint.count {
             clientsPerEndpoint[index] += other.clientsPerEndpoint[index]
         }
-        borrowed += other.borrowed
         pinned += other.pinned
         inTransaction += other.inTransaction
         queryRequests += other.queryRequests

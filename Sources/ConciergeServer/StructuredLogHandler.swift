@@ -56,7 +56,7 @@ public struct StructuredLogHandler: LogHandler {
         case .logfmt: line = Self.logfmt(fields)
         case .json: line = Self.json(fields)
         }
-        Self.write(line + "\n")
+        Self.writeToStandardError(line + "\n")
     }
 
     static func render(_ value: Logger.Metadata.Value) -> String {
@@ -118,8 +118,9 @@ public struct StructuredLogHandler: LogHandler {
             + "\(pad(now.tv_nsec / 1_000_000, 3))Z"
     }
 
-    /// One write(2) per line, so lines from different threads never interleave.
-    static func write(_ line: String) {
+    /// One write(2) per line (retried until all is written), so lines from different threads
+    /// never interleave. Also what the executable prints its own errors with.
+    public static func writeToStandardError(_ line: String) {
         var bytes = Array(line.utf8)
         bytes.withUnsafeMutableBytes { buffer in
             var offset = 0

@@ -30,21 +30,21 @@ final class ServerTLSContextSource: @unchecked Sendable {
         do {
             chain = try NIOSSLCertificate.fromPEMFile(files.certificateFile)
         } catch {
-            throw TLSSetupError(message: "\(files.certificateFile): not a PEM certificate chain (\(error))")
+            throw SetupError(message: "\(files.certificateFile): not a PEM certificate chain (\(error))")
         }
         do {
             key = try NIOSSLPrivateKey(file: files.privateKeyFile, format: .pem)
         } catch {
-            throw TLSSetupError(message: "\(files.privateKeyFile): not a PEM private key")
+            throw SetupError(message: "\(files.privateKeyFile): not a PEM private key")
         }
-        guard !chain.isEmpty else { throw TLSSetupError(message: "\(files.certificateFile): no certificate") }
+        guard !chain.isEmpty else { throw SetupError(message: "\(files.certificateFile): no certificate") }
         var configuration = TLSConfiguration.makeServerConfiguration(
             certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
         configuration.minimumTLSVersion = .tlsv12
         do {
             return try NIOSSLContext(configuration: configuration)
         } catch {
-            throw TLSSetupError(message: "\(files.certificateFile) and \(files.privateKeyFile) do not make a usable TLS identity (\(error))")
+            throw SetupError(message: "\(files.certificateFile) and \(files.privateKeyFile) do not make a usable TLS identity (\(error))")
         }
     }
 
@@ -83,7 +83,8 @@ final class ServerTLSContextSource: @unchecked Sendable {
     }
 }
 
-struct TLSSetupError: Error, CustomStringConvertible {
+/// A file or document the server cannot start (or reload) with: a certificate, a key, a policy.
+struct SetupError: Error, CustomStringConvertible {
     var message: String
     var description: String { message }
 }
@@ -124,7 +125,7 @@ enum BackendTLS {
                 do {
                     tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(ca))
                 } catch {
-                    throw TLSSetupError(message: "\(ca): not a PEM certificate file (\(error))")
+                    throw SetupError(message: "\(ca): not a PEM certificate file (\(error))")
                 }
             }
         }
