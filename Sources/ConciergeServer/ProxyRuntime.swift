@@ -425,6 +425,17 @@ final class ProxyRuntime: @unchecked Sendable {
 
     private static let reusePort = NIOBSDSocket.Option(rawValue: SO_REUSEPORT)
 
+    #if os(Linux)
+    /// TCP_DEFER_ACCEPT (Linux): the kernel hands over a new connection only once its first bytes
+    /// (the SSLRequest or startup packet: a PostgreSQL client speaks first) have arrived, so the
+    /// accept and the first read happen in one wake-up instead of two. PgBouncer sets it too
+    /// (`tcp_defer_accept`, on by default on Linux). The value is how long, in seconds, the kernel
+    /// waits for those bytes before handing the connection over anyway.
+    private static let deferAccept = ChannelOptions.Types.SocketOption(
+        level: NIOBSDSocket.OptionLevel(rawValue: CInt(IPPROTO_TCP)),
+        name: NIOBSDSocket.Option(rawValue: TCP_DEFER_ACCEPT))
+    #endif
+
     private func makeBootstrap(on eventLoop: (any EventLoop)?, endpoint: Int) -> ServerBootstrap {
         let bootstrap: ServerBootstrap
         if let eventLoop {
@@ -433,16 +444,23 @@ final class ProxyRuntime: @unchecked Sendable {
         } else {
             bootstrap = ServerBootstrap(group: group)
         }
-        return bootstrap
+        #if os(Linux)
+        let deferring = bootstrap.serverChannelOption(Self.deferAccept, value: 45)
+        #else
+        let deferring = bootstrap
+        #endif
+        return deferring
             .serverChannelOption(ChannelOptions.backlog, value: 4096)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             // TCP_NODELAY (NIO's default) is set on each accepted socket by NIO itself.
+            // Accepted sockets inherit SO_KEEPALIVE from the listener (as TCP_NODELAY, which NIO
+            // sets): no setsockopt per connection.
+            .serverChannelOption(ChannelOptions.socketOption(.so_keepalive), value: 1)
             .childChannelInitializer { [unowned self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     // Set synchronously here rather than as child options, which NIO applies
                     // one future at a time for every accepted connection.
                     if let options = channel.syncOptions {
-                        try options.setOption(ChannelOptions.socketOption(.so_keepalive), value: 1)
                         try options.setOption(ChannelOptions.maxMessagesPerRead, value: 16)
                         // Idle clients dominate memory: start each with a small receive buffer;
                         // it grows (up to 64 KiB) for clients that send more.

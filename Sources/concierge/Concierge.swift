@@ -151,6 +151,9 @@ struct Serve: AsyncParsableCommand {
             throw ExitCode(configurationErrorExitCode)
         }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        logger.info("event loops", metadata: [
+            "concierge.threads": "\(threads)", "concierge.cores": "\(NIOCore.System.coreCount)",
+        ])
         let registry = PrometheusCollectorRegistry()
         // Libraries instrumented with swift-metrics report into the same registry as the proxy.
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))

@@ -158,9 +158,11 @@ def test_database_down_gives_a_clear_error_and_the_proxy_keeps_running(proxy):
 
 
 @pytest.mark.proxy_only
-def test_client_and_backend_sockets_disable_nagle(proxy):
+def test_client_and_backend_sockets_disable_nagle_and_keep_alive(proxy):
     # Every connected TCP socket of the proxy (clients and backends) has TCP_NODELAY: small
-    # protocol messages must not wait for the peer's ACK. (A bug set SO_DEBUG instead.)
+    # protocol messages must not wait for the peer's ACK. (A bug set SO_DEBUG instead.) And
+    # SO_KEEPALIVE, so that a peer that vanished is noticed; client sockets inherit both from the
+    # listener, which also defers accepting until the client's first bytes arrive.
     import ctypes
     import socket
     p = proxy()
@@ -169,7 +171,7 @@ def test_client_and_backend_sockets_disable_nagle(proxy):
         b.execute("select 1")
         libc = ctypes.CDLL(None, use_errno=True)
         pidfd = os.pidfd_open(p.proc.pid)
-        checked = 0
+        checked = listeners = 0
         try:
             for entry in os.listdir(f"/proc/{p.proc.pid}/fd"):
                 if not os.readlink(f"/proc/{p.proc.pid}/fd/{entry}").startswith("socket:"):
@@ -184,15 +186,22 @@ def test_client_and_backend_sockets_disable_nagle(proxy):
                     try:
                         s.getpeername()
                     except OSError:
+                        if s.getsockname()[1] == p.port:
+                            assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0, \
+                                f"listener fd {entry} does not defer accepting"
+                            listeners += 1
                         continue  # a listener
                     assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0, \
                         f"fd {entry} {s.getsockname()} -> {s.getpeername()} has Nagle on"
+                    assert s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0, \
+                        f"fd {entry} {s.getsockname()} -> {s.getpeername()} has no keepalive"
                     checked += 1
                 finally:
                     s.close()
         finally:
             os.close(pidfd)
         assert checked >= 3, f"only {checked} connected sockets found"
+        assert listeners >= 1, "no listening socket found"
 
 
 @pytest.mark.proxy_only
@@ -238,3 +247,24 @@ def test_serves_when_run_as_an_unprivileged_user(pg, concierge_bin, tmp_path):
             proc.wait(timeout=20)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.mark.proxy_only
+@pytest.mark.parametrize("threads", [None, 3])
+def test_event_loop_threads(proxy, threads):
+    # By default one event loop per core serves clients; --threads overrides it. The log says how
+    # many, and the process runs exactly that many event-loop threads.
+    import re
+    p = proxy(threads=threads)
+    with p.connect() as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+    line = re.search(r'msg="event loops".*', p.log())
+    assert line, p.log()
+    logged_threads = int(re.search(r"threads=(\d+)", line.group(0)).group(1))
+    cores = int(re.search(r"cores=(\d+)", line.group(0)).group(1))
+    assert cores >= 1
+    expected = threads if threads else cores
+    assert logged_threads == expected
+    names = [Path(f"/proc/{p.proc.pid}/task/{t}/comm").read_text().strip()
+             for t in os.listdir(f"/proc/{p.proc.pid}/task")]
+    assert sum(1 for n in names if n.startswith("NIO-ELT")) == expected, names
