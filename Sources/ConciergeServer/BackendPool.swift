@@ -72,13 +72,28 @@ final class BackendPool: @unchecked Sendable {
         let eventLoop = requester.eventLoop
         let actions: PoolActions
         let request: RequestID
+        var immediate: BackendConnection?
         lock.lock()
         nextRequest &+= 1
         request = RequestID(clientID: nextRequest)
-        waiters[request] = requester
         actions = machine.borrow(request: request, key: key, eventLoopIndex: loopIndex(of: eventLoop), now: Self.now)
+        // The usual case, an idle backend leased at once: answered under this one lock, without
+        // parking the requester among the waiters.
+        if actions.count == 1, case .lease(let id, let leasedTo) = actions[actions.startIndex], leasedTo == request,
+           let connection = connections[id]
+        {
+            immediate = connection
+            counters.total += 1
+            if eventLoop !== connection.eventLoop { counters.acrossEventLoops += 1 }
+        } else {
+            waiters[request] = requester
+        }
         lock.unlock()
-        run(actions)
+        if let immediate {
+            deliver(.success(immediate), to: requester)
+        } else {
+            run(actions)
+        }
         return request
     }
 

@@ -41,6 +41,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// The proxy's logger; per-client metadata is added at each call (see `log`), so an idle
     /// client does not carry its own copy of the logger's metadata.
     private let logger: Logger
+    /// The logger's level, read once: `Logger.logLevel` asks the handler through an existential
+    /// (a copy of it) on every call, and `log` is on the per-transaction path.
+    private let logLevel: Logger.Level
     private var context: ChannelHandlerContext?
     private var state: State = .awaitingStartup
     private var cumulation: ByteBuffer?
@@ -131,6 +134,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         self.processID = processID
         self.secretKey = secretKey
         self.logger = logger
+        self.logLevel = logger.logLevel
     }
 
     /// Logs with this client's id, user and database; the metadata is built only when the
@@ -138,7 +142,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     private func log(
         _ level: Logger.Level, _ message: @autoclosure () -> Logger.Message, _ extra: @autoclosure () -> Logger.Metadata = [:]
     ) {
-        guard logger.logLevel <= level else { return }
+        guard logLevel <= level else { return }
         var metadata = extra()
         metadata["concierge.client_id"] = "\(processID)"
         if !user.isEmpty {
