@@ -837,14 +837,16 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 (borrowPool ?? runtime.pool).returnUnused(connection)
                 return
             }
-            runtime.metrics.borrowLatency.record(.nanoseconds((NIODeadline.now() - borrowStarted).nanoseconds))
+            let borrowed = NIODeadline.now() - borrowStarted
             log(.trace, "backend borrowed", [
                 "concierge.backend": "\(connection.id)",
-                "concierge.borrow_ms": "\((NIODeadline.now() - self.borrowStarted).nanoseconds / 1_000_000)",
+                "concierge.borrow_ms": "\(borrowed.nanoseconds / 1_000_000)",
             ])
             backend = connection
             backendReady = false
+            // (Usually sends the client's query right away.)
             connection.lease(to: self, parameters: desiredParameters)
+            runtime.metrics.borrowLatency.record(.nanoseconds(borrowed.nanoseconds))
         case .failure(let error):
             guard !isClosed else { return }
             borrowFailed(error)
@@ -984,21 +986,27 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         }
         guard readyForQueryCount > 0 else { return }
         outstandingSyncs = max(0, outstandingSyncs - readyForQueryCount)
-        if outstandingSyncs == 0 {
-            runtime.metrics.queryDatabaseResponseLatency.record(.nanoseconds((NIODeadline.now() - queryStarted).nanoseconds))
-        }
         transactionStatus = lastStatus
         if outstandingSyncs == 0, !pendingUnsynced, lastStatus == .idle, pinReasons.isEmpty,
             held.isEmpty, pending.isEmpty
         {
             // The transaction is over: the client gets its answer now, because the backend may
-            // move to another client (and its read-complete) before this call returns.
+            // move to another client (and its read-complete) before this call returns. The
+            // bookkeeping comes after the answer is on its way.
             context.flush()
+            recordQueryLatency()
             releaseBackend()
             // Shutting down: this was the client's last transaction. (Not left to the backend's
             // read-complete, which no longer reaches a session that gave the backend back.)
             if draining { fail(with: ClientErrors.shuttingDown) }
+        } else if outstandingSyncs == 0 {
+            recordQueryLatency()
         }
+    }
+
+    /// The database's response time for what the client sent, up to its last ReadyForQuery.
+    private func recordQueryLatency() {
+        runtime.metrics.queryDatabaseResponseLatency.record(.nanoseconds((NIODeadline.now() - queryStarted).nanoseconds))
     }
 
     func backendDidReadComplete() {

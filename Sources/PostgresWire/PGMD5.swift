@@ -26,11 +26,55 @@ public enum PGMD5 {
     }
 
     /// Checks a client's PasswordMessage against a stored hash in constant time (for equal lengths).
+    /// Runs once per md5 login, so it builds no strings: one 36-byte buffer is hashed and the
+    /// digest's hex digits are compared with the response's bytes directly.
     public static func verify(clientResponse: String, storedHash: String, salt: [UInt8]) -> Bool {
-        guard let expected = Self.expectedResponse(storedHash: storedHash, salt: salt) else {
+        var storedHash = storedHash
+        var clientResponse = clientResponse
+        return storedHash.withUTF8 { stored in
+            clientResponse.withUTF8 { response in
+                verify(response: response, stored: stored, salt: salt)
+            }
+        }
+    }
+
+    private static func verify(
+        response: UnsafeBufferPointer<UInt8>, stored: UnsafeBufferPointer<UInt8>, salt: [UInt8]
+    ) -> Bool {
+        guard stored.count == 35, stored[0] == UInt8(ascii: "m"), stored[1] == UInt8(ascii: "d"),
+              stored[2] == UInt8(ascii: "5"), stored[3...].allSatisfy(Self.isLowercaseHexDigit), salt.count == 4
+        else {
             return false
         }
-        return constantTimeEquals(Array(clientResponse.utf8), Array(expected.utf8))
+        // Compared in full whatever the length (the length is not secret, the content is).
+        var difference: UInt8 = response.count == 35 ? 0 : 1
+        var md5 = Insecure.MD5()
+        md5.update(bufferPointer: UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(stored)[3...]))
+        salt.withUnsafeBytes { md5.update(bufferPointer: $0) }
+        let digest = md5.finalize()
+        func expected(_ index: Int) -> UInt8 {
+            switch index {
+            case 0: return UInt8(ascii: "m")
+            case 1: return UInt8(ascii: "d")
+            case 2: return UInt8(ascii: "5")
+            default: return 0
+            }
+        }
+        var index = 0
+        func compare(_ nibble: UInt8) {
+            let digit = nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") + nibble - 10
+            let position = 3 + index
+            if position < response.count { difference |= response[position] ^ digit }
+            index += 1
+        }
+        for byte in digest {
+            compare(byte >> 4)
+            compare(byte & 0x0F)
+        }
+        for position in 0..<3 where position < response.count {
+            difference |= response[position] ^ expected(position)
+        }
+        return difference == 0
     }
 
     private static func saltedResponse(innerHex: [UInt8], salt: [UInt8]) -> String {

@@ -22,6 +22,14 @@ import Testing
         #expect(!PGMD5.verify(clientResponse: "md568be9ed08db75f318087ab337aaea045", storedHash: stored, salt: self.salt))
         #expect(!PGMD5.verify(clientResponse: "md568be9ed08db75f318087ab337aaea044", storedHash: stored, salt: [1, 2, 3, 5]))
         #expect(!PGMD5.verify(clientResponse: "", storedHash: stored, salt: self.salt))
+        // The prefix, the length and every digit count; a wrong salt length never verifies.
+        #expect(!PGMD5.verify(clientResponse: "md468be9ed08db75f318087ab337aaea044", storedHash: stored, salt: self.salt))
+        #expect(!PGMD5.verify(clientResponse: "MD568be9ed08db75f318087ab337aaea044", storedHash: stored, salt: self.salt))
+        #expect(!PGMD5.verify(clientResponse: "md568be9ed08db75f318087ab337aaea0440", storedHash: stored, salt: self.salt))
+        #expect(!PGMD5.verify(clientResponse: "md568be9ed08db75f318087ab337aaea04", storedHash: stored, salt: self.salt))
+        #expect(!PGMD5.verify(clientResponse: "md568BE9ED08DB75F318087AB337AAEA044", storedHash: stored, salt: self.salt))
+        #expect(!PGMD5.verify(clientResponse: "md578be9ed08db75f318087ab337aaea044", storedHash: stored, salt: self.salt))
+        #expect(!PGMD5.verify(clientResponse: "md568be9ed08db75f318087ab337aaea044", storedHash: stored, salt: [1, 2, 3]))
         let wrongPassword = PGMD5.hashedPassword(user: "postgres", password: "nope", salt: self.salt)
         #expect(!PGMD5.verify(clientResponse: wrongPassword, storedHash: stored, salt: self.salt))
     }
