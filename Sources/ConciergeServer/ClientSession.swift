@@ -588,6 +588,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         PGEncode.readyForQuery(.idle, into: &out)
         classifierOptions = runtime.classifierOptions(for: poolKey)
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        desiredParameters = runtime.interned(desiredParameters)
         state = .ready
         userEntry = nil
         runtime.metrics.clientConnectionsSetupSucceeded[endpoint].increment()

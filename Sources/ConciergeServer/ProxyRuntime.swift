@@ -353,6 +353,21 @@ final class ProxyRuntime: @unchecked Sendable {
         }
     }
 
+    /// One shared instance per distinct set of startup parameters. A backend remembers the
+    /// parameters it was last set up for, and every lease compares them with the new client's:
+    /// most clients send the same startup packet, and two dictionaries sharing storage compare
+    /// equal at once instead of key by key. Bounded: past the limit a set is simply not shared.
+    func interned(_ parameters: [String: String]) -> [String: String] {
+        internedParameters.withLockedValue { table in
+            if let shared = table[parameters] { return shared }
+            if table.count < Self.maxInternedParameterSets { table[parameters] = parameters }
+            return parameters
+        }
+    }
+
+    static let maxInternedParameterSets = 1024
+    private let internedParameters = NIOLockedValueBox<[[String: String]: [String: String]]>([:])
+
     /// ParameterStatus values PostgreSQL reports at login for this user and database, once known.
     /// Classifier options for clients of `key`, once a backend told which parameters it reports.
     func classifierOptions(for key: PoolKey) -> ClassifierOptions {
