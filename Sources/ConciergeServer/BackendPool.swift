@@ -83,8 +83,7 @@ final class BackendPool: @unchecked Sendable {
            let connection = connections[id]
         {
             immediate = connection
-            counters.total += 1
-            if eventLoop !== connection.eventLoop { counters.acrossEventLoops += 1 }
+            countLease(of: connection, to: requester)
         } else {
             waiters[request] = requester
         }
@@ -192,10 +191,7 @@ final class BackendPool: @unchecked Sendable {
                 let (waiter, connection) = lock.withLock { () -> (Waiter?, BackendConnection?) in
                     let waiter = waiters.removeValue(forKey: request)
                     let connection = connections[id]
-                    if let waiter, let connection {
-                        counters.total += 1
-                        if waiter.eventLoop !== connection.eventLoop { counters.acrossEventLoops += 1 }
-                    }
+                    if let waiter, let connection { countLease(of: connection, to: waiter) }
                     return (waiter, connection)
                 }
                 switch (waiter, connection) {
@@ -238,6 +234,12 @@ final class BackendPool: @unchecked Sendable {
                 promise?.succeed(())
             }
         }
+    }
+
+    /// Called with the lock held.
+    private func countLease(of connection: BackendConnection, to waiter: Waiter) {
+        counters.total += 1
+        if waiter.eventLoop !== connection.eventLoop { counters.acrossEventLoops += 1 }
     }
 
     /// Runs a waiter's completion on its event loop: directly when already there.

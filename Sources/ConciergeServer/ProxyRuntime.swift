@@ -467,9 +467,8 @@ final class ProxyRuntime: @unchecked Sendable {
         return deferring
             .serverChannelOption(ChannelOptions.backlog, value: 4096)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-            // TCP_NODELAY (NIO's default) is set on each accepted socket by NIO itself.
-            // Accepted sockets inherit SO_KEEPALIVE from the listener (as TCP_NODELAY, which NIO
-            // sets): no setsockopt per connection.
+            // Accepted sockets inherit SO_KEEPALIVE from the listener: no setsockopt per
+            // connection. (TCP_NODELAY is NIO's default.)
             .serverChannelOption(ChannelOptions.socketOption(.so_keepalive), value: 1)
             .childChannelInitializer { [unowned self] channel in
                 channel.eventLoop.makeCompletedFuture {

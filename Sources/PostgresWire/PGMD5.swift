@@ -19,62 +19,38 @@ public enum PGMD5 {
     /// `nil` if `storedHash` is not of the form `md5` + 32 lowercase hex digits.
     public static func expectedResponse(storedHash: String, salt: [UInt8]) -> String? {
         let utf8 = Array(storedHash.utf8)
-        guard utf8.count == 35, utf8.starts(with: "md5".utf8), utf8[3...].allSatisfy(Self.isLowercaseHexDigit) else {
-            return nil
-        }
+        guard isStoredHash(utf8) else { return nil }
         return Self.saltedResponse(innerHex: Array(utf8[3...]), salt: salt)
     }
 
     /// Checks a client's PasswordMessage against a stored hash in constant time (for equal lengths).
-    /// Runs once per md5 login, so it builds no strings: one 36-byte buffer is hashed and the
-    /// digest's hex digits are compared with the response's bytes directly.
+    /// Runs once per md5 login, so it builds no strings: the expected response is written into a
+    /// 35-byte buffer on the stack and compared with the response's bytes.
     public static func verify(clientResponse: String, storedHash: String, salt: [UInt8]) -> Bool {
         var storedHash = storedHash
         var clientResponse = clientResponse
         return storedHash.withUTF8 { stored in
-            clientResponse.withUTF8 { response in
-                verify(response: response, stored: stored, salt: salt)
+            guard isStoredHash(stored), salt.count == 4 else { return false }
+            var md5 = Insecure.MD5()
+            md5.update(bufferPointer: UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(stored)[3...]))
+            salt.withUnsafeBytes { md5.update(bufferPointer: $0) }
+            let digest = md5.finalize()
+            return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 35) { expected in
+                for (index, byte) in "md5".utf8.enumerated() { expected[index] = byte }
+                var index = 3
+                for byte in digest {
+                    expected[index] = hexDigit(byte >> 4)
+                    expected[index + 1] = hexDigit(byte & 0x0F)
+                    index += 2
+                }
+                return clientResponse.withUTF8 { constantTimeEquals($0, UnsafeBufferPointer(expected)) }
             }
         }
     }
 
-    private static func verify(
-        response: UnsafeBufferPointer<UInt8>, stored: UnsafeBufferPointer<UInt8>, salt: [UInt8]
-    ) -> Bool {
-        guard stored.count == 35, stored[0] == UInt8(ascii: "m"), stored[1] == UInt8(ascii: "d"),
-              stored[2] == UInt8(ascii: "5"), stored[3...].allSatisfy(Self.isLowercaseHexDigit), salt.count == 4
-        else {
-            return false
-        }
-        // Compared in full whatever the length (the length is not secret, the content is).
-        var difference: UInt8 = response.count == 35 ? 0 : 1
-        var md5 = Insecure.MD5()
-        md5.update(bufferPointer: UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(stored)[3...]))
-        salt.withUnsafeBytes { md5.update(bufferPointer: $0) }
-        let digest = md5.finalize()
-        func expected(_ index: Int) -> UInt8 {
-            switch index {
-            case 0: return UInt8(ascii: "m")
-            case 1: return UInt8(ascii: "d")
-            case 2: return UInt8(ascii: "5")
-            default: return 0
-            }
-        }
-        var index = 0
-        func compare(_ nibble: UInt8) {
-            let digit = nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") + nibble - 10
-            let position = 3 + index
-            if position < response.count { difference |= response[position] ^ digit }
-            index += 1
-        }
-        for byte in digest {
-            compare(byte >> 4)
-            compare(byte & 0x0F)
-        }
-        for position in 0..<3 where position < response.count {
-            difference |= response[position] ^ expected(position)
-        }
-        return difference == 0
+    /// `md5` followed by 32 lowercase hex digits.
+    private static func isStoredHash<Bytes: Collection<UInt8>>(_ utf8: Bytes) -> Bool {
+        utf8.count == 35 && utf8.starts(with: "md5".utf8) && utf8.dropFirst(3).allSatisfy(Self.isLowercaseHexDigit)
     }
 
     private static func saltedResponse(innerHex: [UInt8], salt: [UInt8]) -> String {
@@ -83,14 +59,18 @@ public enum PGMD5 {
 
     private static func md5Hex(_ bytes: [UInt8]) -> [UInt8] {
         let digest = Insecure.MD5.hash(data: bytes)
-        let digits = Array("0123456789abcdef".utf8)
         var hex: [UInt8] = []
         hex.reserveCapacity(32)
         for byte in digest {
-            hex.append(digits[Int(byte >> 4)])
-            hex.append(digits[Int(byte & 0x0F)])
+            hex.append(hexDigit(byte >> 4))
+            hex.append(hexDigit(byte & 0x0F))
         }
         return hex
+    }
+
+    /// The lowercase hex digit of a value below 16.
+    private static func hexDigit(_ nibble: UInt8) -> UInt8 {
+        nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") + nibble - 10
     }
 
     private static func isLowercaseHexDigit(_ byte: UInt8) -> Bool {
@@ -99,13 +79,13 @@ public enum PGMD5 {
 }
 
 /// Compares two byte sequences in time independent of their contents (the length is not secret).
-func constantTimeEquals(_ lhs: [UInt8], _ rhs: [UInt8]) -> Bool {
+func constantTimeEquals<L: Collection<UInt8>, R: Collection<UInt8>>(_ lhs: L, _ rhs: R) -> Bool {
     guard lhs.count == rhs.count else {
         return false
     }
     var difference: UInt8 = 0
-    for index in lhs.indices {
-        difference |= lhs[index] ^ rhs[index]
+    for (left, right) in zip(lhs, rhs) {
+        difference |= left ^ right
     }
     return difference == 0
 }
