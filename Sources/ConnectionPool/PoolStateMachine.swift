@@ -40,6 +40,10 @@ public struct PoolStateMachine: Sendable {
         var state: ConnectionState
     }
 
+    /// Where a waiter lives in `waiterSlots`. Links between waiters are slots, not request ids,
+    /// so walking and relinking the lists costs array accesses instead of hash lookups.
+    private typealias Slot = Int
+
     private struct Waiter: Sendable {
         var id: RequestID
         var key: PoolKey
@@ -47,17 +51,17 @@ public struct PoolStateMachine: Sendable {
         var enqueuedAt: PoolInstant
         var order: UInt64
         /// Neighbours among the waiters of `key`, oldest first.
-        var previousOfKey: RequestID?
-        var nextOfKey: RequestID?
+        var previousOfKey: Slot?
+        var nextOfKey: Slot?
         /// Neighbours among the waiters of `key` on `eventLoopIndex`, oldest first.
-        var previousOnLoop: RequestID?
-        var nextOnLoop: RequestID?
+        var previousOnLoop: Slot?
+        var nextOnLoop: Slot?
     }
 
     /// Ends of an intrusive list of waiters (links live in `Waiter`).
     private struct WaiterList: Sendable {
-        var head: RequestID?
-        var tail: RequestID?
+        var head: Slot?
+        var tail: Slot?
     }
 
     /// The waiters of one key.
@@ -69,7 +73,7 @@ public struct PoolStateMachine: Sendable {
         var count = 0
         /// The waiter at index `connecting(key)` of `all`, i.e. the oldest one not covered by an
         /// in-flight creation; nil when every waiter is covered.
-        var firstUncovered: RequestID?
+        var firstUncovered: Slot?
     }
 
     private struct IdleEntry: Sendable {
@@ -92,8 +96,11 @@ public struct PoolStateMachine: Sendable {
     /// skipped lazily (compacted when they outnumber live ones).
     private var idleLRU = FIFOQueue<IdleEntry>()
 
-    /// Every waiting request (with its list links).
-    private var waiterNodes: [RequestID: Waiter] = [:]
+    /// Every waiting request (with its list links), by slot; freed slots are reused.
+    private var waiterSlots: [Waiter] = []
+    private var freeWaiterSlots: [Slot] = []
+    /// The slot of each waiting request: one hash lookup when it arrives, one when it leaves.
+    private var waiterSlotByRequest: [RequestID: Slot] = [:]
     /// key → the lists of its waiters (kept, possibly empty, while the key is in `perKey`).
     private var waiterQueues: [PoolKey: KeyWaiters] = [:]
 
@@ -130,7 +137,7 @@ public struct PoolStateMachine: Sendable {
         return PoolConnectionInfo(id: id, key: connection.key, eventLoopIndex: connection.eventLoopIndex, state: state)
     }
 
-    public func isWaiting(_ request: RequestID) -> Bool { waiterNodes[request] != nil }
+    public func isWaiting(_ request: RequestID) -> Bool { waiterSlotByRequest[request] != nil }
 
     // MARK: Events
 
@@ -149,7 +156,7 @@ public struct PoolStateMachine: Sendable {
             actions.append(.failRequest(request, .shuttingDown))
             return actions
         }
-        guard waiterNodes[request] == nil else { return actions }
+        guard waiterSlotByRequest[request] == nil else { return actions }
 
         if let id = takeIdle(key: key, preferring: eventLoopIndex) {
             lease(id, to: request, actions: &actions)
@@ -241,8 +248,8 @@ public struct PoolStateMachine: Sendable {
     /// leased) requests are ignored.
     public mutating func cancel(request: RequestID, now: PoolInstant) -> PoolActions {
         var actions = PoolActions()
-        guard waiterNodes[request] != nil else { return actions }
-        let waiter = removeWaiter(request)
+        guard let slot = waiterSlotByRequest[request] else { return actions }
+        let waiter = removeWaiter(slot)
         actions.append(.failRequest(waiter.id, .cancelled))
         // Fewer waiters only improves coverage: nothing else to do.
         return actions
@@ -328,9 +335,9 @@ public struct PoolStateMachine: Sendable {
             rebalance(now: now, actions: &actions)
             return
         }
-        if let request = waiterToServe(key: connection.key, eventLoopIndex: connection.eventLoopIndex) {
-            removeWaiter(request)
-            lease(id, to: request, actions: &actions)
+        if let slot = waiterToServe(key: connection.key, eventLoopIndex: connection.eventLoopIndex) {
+            let waiter = removeWaiter(slot)
+            lease(id, to: waiter.id, actions: &actions)
             return
         }
         if totals.waiting > 0, oldestUncoveredWaiter() != nil {
@@ -349,9 +356,9 @@ public struct PoolStateMachine: Sendable {
             checkDrained(actions: &actions)
             return
         }
-        if let request = waiterQueues[key]?.firstUncovered {
-            removeWaiter(request)
-            actions.append(.failRequest(request, .connectionFailed(error)))
+        if let slot = waiterQueues[key]?.firstUncovered {
+            let waiter = removeWaiter(slot)
+            actions.append(.failRequest(waiter.id, .connectionFailed(error)))
         }
         rebalance(now: now, actions: &actions)
     }
@@ -397,8 +404,8 @@ public struct PoolStateMachine: Sendable {
         guard timeout > 0, totals.waiting > 0 else { return }
         var expired: [Waiter] = []
         for key in Array(waiterQueues.keys) {
-            while let head = waiterQueues[key]?.all.head, let first = waiterNodes[head],
-                  first.enqueuedAt.advanced(byNanoseconds: timeout) <= now
+            while let head = waiterQueues[key]?.all.head,
+                  waiterSlots[head].enqueuedAt.advanced(byNanoseconds: timeout) <= now
             {
                 expired.append(removeWaiter(head))
             }
@@ -410,8 +417,8 @@ public struct PoolStateMachine: Sendable {
     private mutating func failUncoveredWaiters(with error: PoolError, actions: inout PoolActions) {
         var failed: [Waiter] = []
         for key in Array(waiterQueues.keys) {
-            while let request = waiterQueues[key]?.firstUncovered {
-                failed.append(removeWaiter(request))
+            while let slot = waiterQueues[key]?.firstUncovered {
+                failed.append(removeWaiter(slot))
             }
         }
         failed.sort { $0.order < $1.order }
@@ -449,8 +456,8 @@ public struct PoolStateMachine: Sendable {
         var next = nextIdleDeadline()
         if borrowTimeoutNanoseconds > 0 {
             for queue in waiterQueues.values {
-                if let head = queue.all.head, let first = waiterNodes[head],
-                   let deadline = waiterDeadline(enqueuedAt: first.enqueuedAt),
+                if let head = queue.all.head,
+                   let deadline = waiterDeadline(enqueuedAt: waiterSlots[head].enqueuedAt),
                    next.map({ deadline < $0 }) ?? true
                 {
                     next = deadline
@@ -478,7 +485,7 @@ public struct PoolStateMachine: Sendable {
         totals.connecting += 1
         // One more covered waiter: the boundary moves one newer.
         if let first = waiterQueues[key]?.firstUncovered {
-            waiterQueues[key]!.firstUncovered = waiterNodes[first]!.nextOfKey
+            waiterQueues[key]!.firstUncovered = waiterSlots[first].nextOfKey
         }
         actions.append(.createConnection(id, key, eventLoopIndex: eventLoopIndex))
     }
@@ -528,7 +535,7 @@ public struct PoolStateMachine: Sendable {
             // One less covered waiter: the newest covered one (if any) becomes uncovered.
             if let queue = waiterQueues[key] {
                 if let first = queue.firstUncovered {
-                    waiterQueues[key]!.firstUncovered = waiterNodes[first]!.previousOfKey
+                    waiterQueues[key]!.firstUncovered = waiterSlots[first].previousOfKey
                 } else if queue.count > perKey[key]?.connecting ?? 0 {
                     waiterQueues[key]!.firstUncovered = queue.all.tail
                 }
@@ -622,19 +629,28 @@ public struct PoolStateMachine: Sendable {
             queue.byLoop.append(contentsOf: repeatElement(WaiterList(), count: eventLoopIndex + 1 - queue.byLoop.count))
         }
         var loopList = queue.byLoop[eventLoopIndex]
-        waiterNodes[request] = Waiter(
+        let waiter = Waiter(
             id: request, key: key, eventLoopIndex: eventLoopIndex, enqueuedAt: now, order: nextOrder,
             previousOfKey: queue.all.tail, previousOnLoop: loopList.tail)
+        let slot: Slot
+        if let free = freeWaiterSlots.popLast() {
+            slot = free
+            waiterSlots[slot] = waiter
+        } else {
+            slot = waiterSlots.count
+            waiterSlots.append(waiter)
+        }
+        waiterSlotByRequest[request] = slot
         nextOrder += 1
-        if let tail = queue.all.tail { waiterNodes[tail]!.nextOfKey = request } else { queue.all.head = request }
-        queue.all.tail = request
-        if let tail = loopList.tail { waiterNodes[tail]!.nextOnLoop = request } else { loopList.head = request }
-        loopList.tail = request
+        if let tail = queue.all.tail { waiterSlots[tail].nextOfKey = slot } else { queue.all.head = slot }
+        queue.all.tail = slot
+        if let tail = loopList.tail { waiterSlots[tail].nextOnLoop = slot } else { loopList.head = slot }
+        loopList.tail = slot
         queue.byLoop[eventLoopIndex] = loopList
         queue.count += 1
         // Appended at index count - 1: it is the first uncovered one iff all older ones are covered.
         if queue.firstUncovered == nil, queue.count > perKey[key]?.connecting ?? 0 {
-            queue.firstUncovered = request
+            queue.firstUncovered = slot
         }
         waiterQueues[key] = queue
         perKey[key, default: PoolCounts()].waiting += 1
@@ -646,35 +662,42 @@ public struct PoolStateMachine: Sendable {
         return removeWaiter(head)
     }
 
-    /// Unlinks a waiting request (which must exist) from every structure and count.
-    @discardableResult
-    private mutating func removeWaiter(_ request: RequestID) -> Waiter {
-        let waiter = waiterNodes.removeValue(forKey: request)!
+    /// Unlinks the waiter in `slot` (which must be in use) from every structure and count.
+    private mutating func removeWaiter(_ slot: Slot) -> Waiter {
+        let waiter = waiterSlots[slot]
+        waiterSlotByRequest[waiter.id] = nil
+        if waiterSlotByRequest.isEmpty, waiterSlots.count > 256 {
+            // After a burst of waiters: give the memory back.
+            waiterSlots = []
+            freeWaiterSlots = []
+        } else {
+            freeWaiterSlots.append(slot)
+        }
         let key = waiter.key
         var queue = waiterQueues.removeValue(forKey: key)!  // unique while mutated
 
         // Keep `firstUncovered` at index `connecting(key)`: removing a covered waiter (older than the
         // boundary) or the boundary itself moves the boundary one newer.
         if let first = queue.firstUncovered {
-            if first == request {
+            if first == slot {
                 queue.firstUncovered = waiter.nextOfKey
-            } else if waiter.order < waiterNodes[first]!.order {
-                queue.firstUncovered = waiterNodes[first]!.nextOfKey
+            } else if waiter.order < waiterSlots[first].order {
+                queue.firstUncovered = waiterSlots[first].nextOfKey
             }
         }
 
-        if let previous = waiter.previousOfKey { waiterNodes[previous]!.nextOfKey = waiter.nextOfKey } else {
+        if let previous = waiter.previousOfKey { waiterSlots[previous].nextOfKey = waiter.nextOfKey } else {
             queue.all.head = waiter.nextOfKey
         }
-        if let next = waiter.nextOfKey { waiterNodes[next]!.previousOfKey = waiter.previousOfKey } else {
+        if let next = waiter.nextOfKey { waiterSlots[next].previousOfKey = waiter.previousOfKey } else {
             queue.all.tail = waiter.previousOfKey
         }
 
         var loopList = queue.byLoop[waiter.eventLoopIndex]
-        if let previous = waiter.previousOnLoop { waiterNodes[previous]!.nextOnLoop = waiter.nextOnLoop } else {
+        if let previous = waiter.previousOnLoop { waiterSlots[previous].nextOnLoop = waiter.nextOnLoop } else {
             loopList.head = waiter.nextOnLoop
         }
-        if let next = waiter.nextOnLoop { waiterNodes[next]!.previousOnLoop = waiter.previousOnLoop } else {
+        if let next = waiter.nextOnLoop { waiterSlots[next].previousOnLoop = waiter.previousOnLoop } else {
             loopList.tail = waiter.previousOnLoop
         }
         queue.byLoop[waiter.eventLoopIndex] = loopList
@@ -695,15 +718,15 @@ public struct PoolStateMachine: Sendable {
     /// The window compares arrival times, not time waited: under a steady overload every waiter
     /// has waited longer than any small window, and a rule on time waited would then hand half the
     /// connections across threads.
-    private func waiterToServe(key: PoolKey, eventLoopIndex: Int) -> RequestID? {
+    private func waiterToServe(key: PoolKey, eventLoopIndex: Int) -> Slot? {
         guard let queue = waiterQueues[key], let oldest = queue.all.head else { return nil }
         let window = limits.affinityWindow.poolNanoseconds
         guard window > 0 else { return oldest }
-        let head = waiterNodes[oldest]!
+        let head = waiterSlots[oldest]
         guard head.eventLoopIndex != eventLoopIndex, eventLoopIndex < queue.byLoop.count,
               let local = queue.byLoop[eventLoopIndex].head
         else { return oldest }
-        if head.enqueuedAt.advanced(byNanoseconds: window) <= waiterNodes[local]!.enqueuedAt { return oldest }
+        if head.enqueuedAt.advanced(byNanoseconds: window) <= waiterSlots[local].enqueuedAt { return oldest }
         return local
     }
 
@@ -711,7 +734,8 @@ public struct PoolStateMachine: Sendable {
     private func oldestUncoveredWaiter() -> Waiter? {
         var oldest: Waiter?
         for queue in waiterQueues.values {
-            guard let first = queue.firstUncovered, let candidate = waiterNodes[first] else { continue }
+            guard let first = queue.firstUncovered else { continue }
+            let candidate = waiterSlots[first]
             if oldest.map({ candidate.order < $0.order }) ?? true { oldest = candidate }
         }
         return oldest
@@ -724,14 +748,14 @@ public struct PoolStateMachine: Sendable {
         var problems: [String] = []
         var seen = 0
         for (key, queue) in waiterQueues {
-            var ids: [RequestID] = []
-            var previous: RequestID?
+            var ids: [Slot] = []
+            var previous: Slot?
             var cursor = queue.all.head
-            while let id = cursor, ids.count <= waiterNodes.count {
-                guard let node = waiterNodes[id] else { problems.append("\(key): dangling \(id)"); break }
-                if node.key != key { problems.append("\(id): in the list of \(key)") }
-                if node.previousOfKey != previous { problems.append("\(id): bad previous link") }
-                if let previous, waiterNodes[previous]!.order >= node.order { problems.append("\(key): not oldest first") }
+            while let id = cursor, ids.count <= waiterSlotByRequest.count {
+                guard let node = waiter(in: id) else { problems.append("\(key): dangling slot \(id)"); break }
+                if node.key != key { problems.append("\(node.id): in the list of \(key)") }
+                if node.previousOfKey != previous { problems.append("\(node.id): bad previous link") }
+                if let previous, waiterSlots[previous].order >= node.order { problems.append("\(key): not oldest first") }
                 ids.append(id)
                 previous = id
                 cursor = node.nextOfKey
@@ -745,14 +769,14 @@ public struct PoolStateMachine: Sendable {
             }
             var onLoops = 0
             for (loop, list) in queue.byLoop.enumerated() where list.head != nil || list.tail != nil {
-                var previous: RequestID?
+                var previous: Slot?
                 var cursor = list.head
                 var count = 0
                 while let id = cursor, count <= ids.count {
-                    guard let node = waiterNodes[id] else { problems.append("\(key)/\(loop): dangling \(id)"); break }
-                    if node.key != key || node.eventLoopIndex != loop { problems.append("\(id): on the wrong loop list") }
-                    if node.previousOnLoop != previous { problems.append("\(id): bad previous loop link") }
-                    if let previous, waiterNodes[previous]!.order >= node.order { problems.append("\(key)/\(loop): not oldest first") }
+                    guard let node = waiter(in: id) else { problems.append("\(key)/\(loop): dangling slot \(id)"); break }
+                    if node.key != key || node.eventLoopIndex != loop { problems.append("\(node.id): on the wrong loop list") }
+                    if node.previousOnLoop != previous { problems.append("\(node.id): bad previous loop link") }
+                    if let previous, waiterSlots[previous].order >= node.order { problems.append("\(key)/\(loop): not oldest first") }
                     previous = id
                     cursor = node.nextOnLoop
                     count += 1
@@ -763,8 +787,15 @@ public struct PoolStateMachine: Sendable {
             if onLoops != ids.count { problems.append("\(key): loop lists hold \(onLoops), key list \(ids.count)") }
             seen += ids.count
         }
-        if seen != waiterNodes.count || seen != totals.waiting { problems.append("waiter count mismatch") }
+        if seen != waiterSlotByRequest.count || seen != totals.waiting { problems.append("waiter count mismatch") }
+        if waiterSlotByRequest.count + freeWaiterSlots.count != waiterSlots.count { problems.append("slots leaked") }
         return problems
+    }
+
+    /// The waiter in `slot` if that slot is in use (for the checks above).
+    private func waiter(in slot: Slot) -> Waiter? {
+        guard slot >= 0, slot < waiterSlots.count, waiterSlotByRequest[waiterSlots[slot].id] == slot else { return nil }
+        return waiterSlots[slot]
     }
 
     private static func sanitized(_ limits: PoolLimits) -> PoolLimits {

@@ -1,4 +1,4 @@
-import ConnectionPool
+@_spi(Testing) import ConnectionPool
 import Testing
 
 @Suite struct BorrowAndReleaseTests {
@@ -62,6 +62,40 @@ import Testing
             #expect(pool.release(c0, reusable: true, now: t(10)) == [.lease(c0, to: req(UInt64(i)))])
         }
         #expect(pool.waitingCount == 0)
+    }
+
+    /// Waiters live in reusable slots: a burst of them, cancelled in an order unlike arrival, then
+    /// a second burst, still gets served oldest first with consistent indexes.
+    @Test func waiterSlotsAreReusedAfterABurst() {
+        var pool = makePool(cap: 1, borrowTimeout: .seconds(100))
+        let c0 = pool.leaseNew(req(1))
+        for round in 0..<2 {
+            let base = UInt64(1000 * (round + 1))
+            for i in 0..<400 {
+                let actions = pool.borrow(request: req(base + UInt64(i)), key: i % 3 == 0 ? keyB : keyA,
+                                          eventLoopIndex: i % 2, now: t(Double(i) / 100))
+                #expect(actions.created.isEmpty && actions.failed.isEmpty)
+            }
+            #expect(pool.waiterIndexProblems().isEmpty)
+            for i in stride(from: 399, through: 0, by: -2) {
+                #expect(pool.cancel(request: req(base + UInt64(i)), now: t(5)) == [.failRequest(req(base + UInt64(i)), .cancelled)])
+            }
+            #expect(pool.waiterIndexProblems().isEmpty)
+            #expect(pool.waitingCount == 200)
+            for i in stride(from: 0, to: 399, by: 2) {
+                #expect(pool.cancel(request: req(base + UInt64(i)), now: t(5)) == [.failRequest(req(base + UInt64(i)), .cancelled)])
+            }
+            #expect(pool.waiterIndexProblems().isEmpty)
+            #expect(pool.waitingCount == 0)
+        }
+        // After the bursts, waiters are still served in arrival order.
+        for i in 2...4 {
+            #expect(pool.borrow(request: req(UInt64(i)), key: keyA, eventLoopIndex: i, now: t(20)) == [])
+        }
+        for i in 2...4 {
+            #expect(pool.release(c0, reusable: true, now: t(21)) == [.lease(c0, to: req(UInt64(i)))])
+        }
+        #expect(pool.waiterIndexProblems().isEmpty)
     }
 
     @Test func freedSlotGoesToOldestWaiterAcrossKeys() {
