@@ -21,6 +21,7 @@
 # pgbench run, default 5), BENCH_REPEAT (default 3), BENCH_IDLE_CLIENTS (default 10000),
 # BENCH_GUARD (default 20), BENCH_SCENARIOS (comma-separated key prefixes, e.g. select_,latency).
 # BENCH_HOLD=1 sets everything up and waits (for profiling by hand) instead of running bench.py.
+# BENCH_FLOOR=1 runs bench/floor/floor.py instead: bare servers that show what any proxy here can reach.
 set -euo pipefail
 
 BENCH=$(cd "$(dirname "$0")" && pwd)
@@ -261,5 +262,10 @@ if [[ "${BENCH_HOLD:-0}" == 1 ]]; then
     log "holding (BENCH_HOLD=1): see $WORK/setup.json; Ctrl-C stops everything"
     # (wait, not a foreground sleep, so that a signal runs the cleanup trap at once)
     while true; do sleep 3600 & wait $!; done
+fi
+if [[ "${BENCH_FLOOR:-0}" == 1 ]]; then
+    # The floor (bench/floor/floor.py): bare handshake servers and a minimal pooler beside them.
+    python3 "$BENCH/floor/floor.py" "$WORK/setup.json"
+    exit 0
 fi
 python3 "$BENCH/bench.py" "$WORK/setup.json"

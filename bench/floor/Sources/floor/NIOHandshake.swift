@@ -1,0 +1,73 @@
+import NIOCore
+import NIOPosix
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The handshake server on SwiftNIO: one ServerBootstrap per event loop (SO_REUSEPORT), one
+/// handler per connection that answers the startup packet and the md5 password, then waits for
+/// Terminate. Everything a NIO-based proxy does per connection, minus the proxy.
+final class HandshakeHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let storedHash: [UInt8]
+    private var buffer: ByteBuffer?
+    private var salt: [UInt8] = []
+    private var started = false
+
+    init(storedHash: [UInt8]) { self.storedHash = storedHash }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = unwrapInboundIn(data)
+        if buffer == nil { buffer = incoming } else { buffer!.writeBuffer(&incoming) }
+        while let length = nextLength() {
+            let frame = buffer!.readBytes(length: length)!
+            if !started {
+                started = true
+                salt = [UInt8.random(in: 0...255), 1, 2, 3]
+                context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: Wire.authenticationMD5(salt: salt))), promise: nil)
+            } else if frame[0] == 0x70 {
+                guard Array(frame[5..<(frame.count - 1)]) == Wire.md5Response(storedHash: storedHash, salt: salt) else {
+                    context.close(promise: nil)
+                    return
+                }
+                let ok = Wire.loginOK(parameterStatus: Wire.defaultParameterStatus)
+                context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: ok)), promise: nil)
+            } else {
+                context.close(promise: nil)  // Terminate, or anything else
+                return
+            }
+        }
+    }
+
+    /// The length of the next complete frame in `buffer`, if there is one.
+    private func nextLength() -> Int? {
+        guard let buffer else { return nil }
+        let headerOffset = started ? 1 : 0
+        guard buffer.readableBytes >= headerOffset + 4,
+              let length = buffer.getInteger(at: buffer.readerIndex + headerOffset, as: UInt32.self),
+              buffer.readableBytes >= Int(length) + headerOffset
+        else { return nil }
+        return Int(length) + headerOffset
+    }
+}
+
+enum NIOHandshakeServer {
+    static func run(port: Int, threads: Int, storedHash: [UInt8]) throws -> Never {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        for loop in group.makeIterator() {
+            _ = try ServerBootstrap(group: loop)
+                .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+                .serverChannelOption(ChannelOptions.socketOption(NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
+                .serverChannelOption(ChannelOptions.backlog, value: 4096)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(HandshakeHandler(storedHash: storedHash))
+                    }
+                }
+                .bind(host: "127.0.0.1", port: port).wait()
+        }
+        while true { pause() }
+    }
+}
