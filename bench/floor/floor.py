@@ -15,7 +15,8 @@ and measures, interleaved, each BENCH_REPEAT times:
 
 1. login storm: pgbench -C with a script of only `\\set x 1` (connect, md5 login, disconnect);
 2. md5 storm: pgbench -S -C, scenario 4 of bench.py (login, one query through a backend);
-3. latency: pgbench -S with 1 client, p50 of the per-transaction log (scenario 5).
+3. latency: pgbench -S with 1 client, p50 of the per-transaction log (scenario 5);
+4. throughput: pgbench -S with 100 clients (scenario 1).
 
 For each run it also reads the server process's user and system CPU from /proc/PID/stat and
 divides by the connections (or transactions) made. Standard library only.
@@ -95,6 +96,8 @@ def measure(kind: str, port: int, pid: int, script: str) -> dict:
                                for f in (l.split() for l in p.read_text().splitlines())
                                if len(f) >= 3 and f[2].isdigit())
         value = latencies[len(latencies) // 2] / 1000 if latencies else 0.0
+    elif kind == "select":
+        value, done, problem = pgbench(port, ["-S", "-T", str(DURATION), "-c", "100", "-j", "2"])
     else:
         args = ["-C", "-T", str(DURATION), "-c", "50", "-j", "2"]
         args += ["-f", script] if kind == "login" else ["-S"]
@@ -142,6 +145,8 @@ def main() -> None:
              ["PgBouncer", "Concierge", "pooler-raw, 2 threads", "pooler-raw, 1 thread"]),
             ("latency", "3. latency, 1 client (bench.py scenario 5)", "p50 ms",
              ["PgBouncer", "Concierge", "pooler-raw, 2 threads", "pooler-raw, 1 thread"]),
+            ("select", "4. select-only, 100 clients (bench.py scenario 1)", "tps",
+             ["PgBouncer", "Concierge", "pooler-raw, 2 threads", "pooler-raw, 1 thread"]),
         ]
         results: dict[tuple[str, str], list[dict]] = {}
         for kind, _, _, names in plan:
@@ -164,8 +169,8 @@ def main() -> None:
     lines = [f"# The floor, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
              "Made by `BENCH_FLOOR=1 bench/run.sh` (bench/floor/floor.py; see bench/README.md, "
              f"\"The floor\"). {DURATION} s per pgbench run, {REPEAT} runs per cell, interleaved; "
-             "median (and min). CPU is the server process's, per connection (storms) or per "
-             "transaction (latency), medians.", ""]
+             "median (and min; max for latency). CPU is the server process's, per connection "
+             "(storms) or per transaction (latency, select-only), medians.", ""]
     for kind, title, unit, names in plan:
         pgb = statistics.median(r["value"] for r in results[(kind, "PgBouncer")])
         lines += [f"## {title}", "", f"| server | {unit} | ÷ PgBouncer | user µs | system µs | problems |",
