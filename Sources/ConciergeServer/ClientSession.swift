@@ -548,7 +548,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// `TimeZone=utc` as `UTC`.
     private func knowsCanonicalValues(template: LoginTemplate) -> Bool {
         for (name, value) in desiredParameters where TrackedParameters.isTracked(name) {
-            if let index = template.lowercasedNames.firstIndex(of: name), template.parameters[index].value == value {
+            if let index = template.indexByLowercasedName[name], template.parameters[index].value == value {
                 continue
             }
             if name == "application_name", value.utf8.count < 64, value.utf8.allSatisfy({ (32...126).contains($0) }) {
@@ -574,11 +574,17 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     private func completeLogin(template: LoginTemplate) {
         guard let context else { return }
         var out = context.channel.allocator.buffer(capacity: 512)
+        // The client's own values replace the template's: usually one or two (application_name),
+        // so they are looked up in the template rather than the template in them.
+        var overrides: [(index: Int, value: String)] = []
+        for (name, value) in desiredParameters {
+            if let index = template.indexByLowercasedName[name], template.parameters[index].value != value {
+                overrides.append((index, value))
+            }
+        }
         for index in template.parameters.indices {
-            if !desiredParameters.isEmpty, let requested = desiredParameters[template.lowercasedNames[index]],
-               requested != template.parameters[index].value
-            {
-                PGEncode.parameterStatus(name: template.parameters[index].name, value: requested, into: &out)
+            if !overrides.isEmpty, let override = overrides.first(where: { $0.index == index }) {
+                PGEncode.parameterStatus(name: template.parameters[index].name, value: override.value, into: &out)
             } else {
                 var encoded = template.encoded[index]
                 out.writeBuffer(&encoded)

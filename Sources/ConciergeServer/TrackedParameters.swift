@@ -98,10 +98,14 @@ final class LoginTemplate: Sendable {
     let parameters: [StartupParameter]
     let lowercasedNames: [String]
     let encoded: [ByteBuffer]
+    /// Where each (lowercased) name is in `parameters`.
+    let indexByLowercasedName: [String: Int]
 
     init(_ parameters: [StartupParameter]) {
         self.parameters = parameters
         self.lowercasedNames = parameters.map { $0.name.lowercased() }
+        self.indexByLowercasedName = Dictionary(
+            lowercasedNames.enumerated().map { ($1, $0) }, uniquingKeysWith: { first, _ in first })
         self.encoded = parameters.map { parameter in
             var out = ByteBuffer()
             PGEncode.parameterStatus(name: parameter.name, value: parameter.value, into: &out)

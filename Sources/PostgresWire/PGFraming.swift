@@ -178,7 +178,9 @@ public enum PGFraming {
     /// must be the last byte of the packet. Names and values must be valid UTF-8.
     private static func parseStartupParameters(_ payload: inout ByteBuffer) throws(PGWireError) -> [StartupParameter] {
         var parameters: [StartupParameter] = []
-        var indexByName: [String: Int] = [:]
+        // Clients send a handful: a linear search for a repeated name beats hashing each one, and
+        // past 16 parameters an index keeps a long packet linear.
+        var indexByName: [String: Int]?
         while true {
             guard let nameSlice = payload.pgReadCStringSlice() else {
                 throw .invalidStartupPacket("expected terminator as last byte")
@@ -192,10 +194,19 @@ public enum PGFraming {
             guard let name = nameSlice.pgValidatedUTF8String(), let value = valueSlice.pgValidatedUTF8String() else {
                 throw .invalidStartupPacket("parameter is not valid UTF-8")
             }
-            if let index = indexByName[name] {
-                parameters[index].value = value
+            let existing: Int?
+            if let index = indexByName {
+                existing = index[name]
             } else {
-                indexByName[name] = parameters.count
+                existing = parameters.firstIndex { $0.name == name }
+                if parameters.count == 16 {
+                    indexByName = Dictionary(parameters.enumerated().map { ($1.name, $0) }, uniquingKeysWith: { $1 })
+                }
+            }
+            if let existing {
+                parameters[existing].value = value
+            } else {
+                indexByName?[name] = parameters.count
                 parameters.append(StartupParameter(name: name, value: value))
             }
         }

@@ -33,6 +33,22 @@ import Testing
         #expect(parsed == .startup(protocolVersion: PGProtocol.version3, parameters: [.init(name: "user", value: "b"), .init(name: "database", value: "d")]))
     }
 
+    /// Past 16 parameters the parser switches from a linear search to an index: repeats before
+    /// and after the switch still keep the first position and the last value.
+    @Test func duplicateNamesAcrossManyParametersKeepTheLastValue() throws {
+        var text = ""
+        for index in 0..<40 { text += "p\(index)\0v\(index)\0" }
+        text += "p3\0late\0p30\0later\0user\0u\0p15\0x\0p16\0y\0\0"
+        var buffer = self.packet(self.versionBytes(PGProtocol.version3) + Array(text.utf8))
+        var expected = (0..<40).map { StartupParameter(name: "p\($0)", value: "v\($0)") }
+        expected[3].value = "late"
+        expected[30].value = "later"
+        expected[15].value = "x"
+        expected[16].value = "y"
+        expected.append(StartupParameter(name: "user", value: "u"))
+        #expect(try PGFraming.nextStartupPacket(from: &buffer) == .startup(protocolVersion: PGProtocol.version3, parameters: expected))
+    }
+
     @Test func acceptsNewerMinorVersionsAndEmptyParameterLists() throws {
         let version32: UInt32 = 3 << 16 | 2
         var buffer = self.packet(self.versionBytes(version32) + [0])
