@@ -1,7 +1,8 @@
 // swift-tools-version:6.0
 // The floor under any proxy on this machine: how fast a server that only does the PostgreSQL
-// handshake (and a minimal transaction pooler) can be, on SwiftNIO and on a bare epoll loop.
-// Not part of Concierge; run by bench/floor/run.sh. See bench/README.md, "The floor".
+// md5 login, and a minimal transaction pooler, can be on SwiftNIO and on a bare epoll loop.
+// Not part of Concierge; built and run by `BENCH_FLOOR=1 bench/run.sh` (bench/floor/floor.py).
+// See bench/README.md, "The floor".
 import PackageDescription
 
 let package = Package(

@@ -9,7 +9,8 @@ Concierge that run.sh started:
 - handshake-nio: a SwiftNIO server that only does the md5 login (one ServerBootstrap per event
   loop, one handler per connection): what a NIO-based proxy pays per connection at the least;
 - handshake-raw: the same on a bare epoll loop per thread, with 2 threads and with 1;
-- pooler-raw: a minimal transaction pooler on bare epoll (20 backends in all), 2 threads and 1.
+- pooler-raw: a minimal transaction pooler on bare epoll (20 backends in all), 2 threads and 1;
+- pooler-nio: the same pooler on SwiftNIO (a Channel per client and per backend), 2 threads.
 
 and measures, interleaved, each BENCH_REPEAT times:
 
@@ -125,11 +126,12 @@ def main() -> None:
         "handshake-raw, 1 thread": ["handshake-raw", "1"],
         "pooler-raw, 2 threads": ["pooler-raw", "2"],
         "pooler-raw, 1 thread": ["pooler-raw", "1"],
+        "pooler-nio, 2 threads": ["pooler-nio", "2"],
     }
     try:
         for name, (mode, threads) in floors.items():
             port = free_port()
-            extra = [str(pg_port), "bench", str(SETUP["pool"] // int(threads))] if mode == "pooler-raw" else []
+            extra = [str(pg_port), "bench", str(SETUP["pool"] // int(threads))] if mode.startswith("pooler") else []
             proc = subprocess.Popen([str(binary), mode, str(port), threads, USER, PASSWORD, *extra])
             started.append(proc)
             wait_for_port(port)
@@ -142,11 +144,11 @@ def main() -> None:
              ["PgBouncer", "Concierge", "handshake-nio, 2 threads", "handshake-raw, 2 threads",
               "handshake-raw, 1 thread"]),
             ("storm", "2. md5 storm with a query (bench.py scenario 4)", "conn/s",
-             ["PgBouncer", "Concierge", "pooler-raw, 2 threads", "pooler-raw, 1 thread"]),
+             ["PgBouncer", "Concierge", "pooler-nio, 2 threads", "pooler-raw, 2 threads", "pooler-raw, 1 thread"]),
             ("latency", "3. latency, 1 client (bench.py scenario 5)", "p50 ms",
-             ["PgBouncer", "Concierge", "pooler-raw, 2 threads", "pooler-raw, 1 thread"]),
+             ["PgBouncer", "Concierge", "pooler-nio, 2 threads", "pooler-raw, 2 threads", "pooler-raw, 1 thread"]),
             ("select", "4. select-only, 100 clients (bench.py scenario 1)", "tps",
-             ["PgBouncer", "Concierge", "pooler-raw, 2 threads", "pooler-raw, 1 thread"]),
+             ["PgBouncer", "Concierge", "pooler-nio, 2 threads", "pooler-raw, 2 threads", "pooler-raw, 1 thread"]),
         ]
         results: dict[tuple[str, str], list[dict]] = {}
         for kind, _, _, names in plan:
