@@ -57,17 +57,23 @@ enum NIOHandshakeServer {
     static func run(port: Int, threads: Int, storedHash: [UInt8]) throws -> Never {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         for loop in group.makeIterator() {
-            _ = try ServerBootstrap(group: loop)
-                .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-                .serverChannelOption(ChannelOptions.socketOption(NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
-                .serverChannelOption(ChannelOptions.backlog, value: 4096)
-                .childChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(HandshakeHandler(storedHash: storedHash))
-                    }
-                }
-                .bind(host: "127.0.0.1", port: port).wait()
+            try listen(on: loop, port: port) { HandshakeHandler(storedHash: storedHash) }
         }
         while true { pause() }
+    }
+
+    /// A SO_REUSEPORT listener on `loop` (so each loop accepts its own connections) whose every
+    /// connection gets a new handler.
+    static func listen(on loop: any EventLoop, port: Int, makeHandler: @escaping @Sendable () -> any ChannelHandler) throws {
+        _ = try ServerBootstrap(group: loop)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelOption(ChannelOptions.socketOption(NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
+            .serverChannelOption(ChannelOptions.backlog, value: 4096)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(makeHandler())
+                }
+            }
+            .bind(host: "127.0.0.1", port: port).wait()
     }
 }

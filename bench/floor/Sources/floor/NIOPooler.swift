@@ -8,7 +8,8 @@ import Glibc
 /// listener and its share of the backends (so a client and its backend always share a thread),
 /// a client's bytes forwarded as `ByteBuffer`s to a backend leased at its first message and
 /// released at ReadyForQuery(idle). What NIO costs per transaction, beside the bare epoll pooler.
-final class LoopPool {
+/// One event loop's backends and waiting clients; touched only on that loop.
+final class LoopPool: @unchecked Sendable {
     var idle: [PoolerBackendHandler] = []
     var waiters: [PoolerClientHandler] = []
     var waitersHead = 0
@@ -242,16 +243,7 @@ enum NIOPooler {
                 let perBackend = pool.loginOK.count / max(1, settings.connectionsPerLoop)
                 pool.loginOK = Wire.loginOK(parameterStatus: Array(pool.loginOK.prefix(perBackend)))
             }.wait()
-            _ = try ServerBootstrap(group: loop)
-                .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-                .serverChannelOption(ChannelOptions.socketOption(NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
-                .serverChannelOption(ChannelOptions.backlog, value: 4096)
-                .childChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(PoolerClientHandler(pool: pool))
-                    }
-                }
-                .bind(host: "127.0.0.1", port: port).wait()
+            try NIOHandshakeServer.listen(on: loop, port: port) { PoolerClientHandler(pool: pool) }
         }
         while true { pause() }
     }
