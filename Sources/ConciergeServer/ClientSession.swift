@@ -533,8 +533,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
 
     private func beginLogin() {
         state = .loggingIn
-        if let template = runtime.parameterTemplate(for: poolKey), knowsCanonicalValues(template: template) {
-            completeLogin(template: template)
+        let known = runtime.loginState(for: poolKey)
+        if let template = known.template, knowsCanonicalValues(template: template) {
+            completeLogin(template: template, classifierOptions: known.classifierOptions)
             return
         }
         // First client of this user/database: a backend tells us what PostgreSQL reports (and
@@ -571,7 +572,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         }
     }
 
-    private func completeLogin(template: LoginTemplate) {
+    private func completeLogin(template: LoginTemplate, classifierOptions: ClassifierOptions) {
         guard let context else { return }
         var out = context.channel.allocator.buffer(capacity: 512)
         // The client's own values replace the template's: usually one or two (application_name),
@@ -582,17 +583,22 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 overrides.append((index, value))
             }
         }
-        for index in template.parameters.indices {
-            if !overrides.isEmpty, let override = overrides.first(where: { $0.index == index }) {
-                PGEncode.parameterStatus(name: template.parameters[index].name, value: override.value, into: &out)
-            } else {
-                var encoded = template.encoded[index]
-                out.writeBuffer(&encoded)
+        if overrides.isEmpty {
+            out.writeImmutableBuffer(template.allEncoded)
+        } else {
+            // The template's bytes up to each override, the override, and so on.
+            overrides.sort { $0.index < $1.index }
+            var start = 0
+            for override in overrides {
+                out.writeImmutableBuffer(template.encoded(from: start, to: override.index))
+                PGEncode.parameterStatus(name: template.parameters[override.index].name, value: override.value, into: &out)
+                start = override.index + 1
             }
+            out.writeImmutableBuffer(template.encoded(from: start, to: template.parameters.count))
         }
         PGEncode.backendKeyData(processID: processID, secretKey: secretKey, into: &out)
         PGEncode.readyForQuery(.idle, into: &out)
-        classifierOptions = runtime.classifierOptions(for: poolKey)
+        self.classifierOptions = classifierOptions
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
         desiredParameters = runtime.interned(desiredParameters)
         state = .ready
@@ -928,12 +934,13 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 // The login probe: learn the parameters, give the backend back, finish login.
                 backendReady = true
                 learnCanonicalValues(from: reported)
-                let template = runtime.parameterTemplate(for: poolKey) ?? LoginTemplate([])
+                let known = runtime.loginState(for: poolKey)
+                let template = known.template ?? LoginTemplate([])
                 if held.isEmpty {
                     releaseBackend()
-                    completeLogin(template: template)
+                    completeLogin(template: template, classifierOptions: known.classifierOptions)
                 } else {
-                    completeLogin(template: template)
+                    completeLogin(template: template, classifierOptions: known.classifierOptions)
                     sendHeld(to: backend)
                 }
                 return

@@ -368,14 +368,11 @@ final class ProxyRuntime: @unchecked Sendable {
     static let maxInternedParameterSets = 1024
     private let internedParameters = NIOLockedValueBox<[[String: String]: [String: String]]>([:])
 
-    /// ParameterStatus values PostgreSQL reports at login for this user and database, once known.
-    /// Classifier options for clients of `key`, once a backend told which parameters it reports.
-    func classifierOptions(for key: PoolKey) -> ClassifierOptions {
-        state.withLockedValue { $0.loginClassifierOptions[key] ?? $0.classifierOptions }
-    }
-
-    func parameterTemplate(for key: PoolKey) -> LoginTemplate? {
-        state.withLockedValue { $0.templates[key] }
+    /// What a login of `key` needs, under one lock: the ParameterStatus values PostgreSQL reports
+    /// at login for this user and database (once known), and the classifier options for its
+    /// clients (specific once a backend told which parameters it reports).
+    func loginState(for key: PoolKey) -> (template: LoginTemplate?, classifierOptions: ClassifierOptions) {
+        state.withLockedValue { ($0.templates[key], $0.loginClassifierOptions[key] ?? $0.classifierOptions) }
     }
 
     // MARK: Listening

@@ -72,6 +72,30 @@ def test_application_name_from_startup(proxy):
         assert conn.execute("show application_name").fetchone()[0] == "itest_psycopg"
 
 
+def test_login_reports_the_servers_parameters_with_the_clients_own_values(proxy, pg):
+    # The first client's login asks a backend what PostgreSQL reports; later ones are answered
+    # from that template, with each client's own values in place of the template's. Every
+    # client must see what a direct connection with the same settings sees.
+    p = proxy()
+    settings = [
+        {},
+        {"application_name": "first"},
+        {"application_name": "second", "options": "-c DateStyle=German -c TimeZone=Asia/Tokyo"},
+        {"options": "-c IntervalStyle=iso_8601"},
+        {"application_name": "third", "options": "-c DateStyle=SQL -c TimeZone=UTC -c IntervalStyle=sql_standard"},
+    ]
+    for round_ in range(2):  # the second round is served from the template only
+        for params in settings:
+            with pg.connect(**params) as direct, p.connect(**params) as via:
+                names = ("application_name", "DateStyle", "TimeZone", "IntervalStyle", "server_version",
+                         "server_encoding", "client_encoding", "integer_datetimes",
+                         "standard_conforming_strings", "is_superuser", "session_authorization")
+                for name in names:
+                    assert via.info.parameter_status(name) == direct.info.parameter_status(name), \
+                        (round_, params, name)
+                assert via.execute("show DateStyle").fetchone()[0] == direct.execute("show DateStyle").fetchone()[0]
+
+
 def test_pgoptions_from_startup(proxy):
     # PGOPTIONS travels in the startup packet's `options` parameter.
     p = proxy()
