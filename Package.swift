@@ -44,6 +44,7 @@ let package = Package(
         .target(
             name: "ConciergeConfig",
             dependencies: [
+                "ConciergeJSON",
                 .product(name: "Yams", package: "Yams"),
             ]
         ),

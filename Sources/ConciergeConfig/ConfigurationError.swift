@@ -1,3 +1,4 @@
+import ConciergeJSON
 import Foundation
 
 /// One problem found in a configuration.
@@ -91,33 +92,17 @@ func renderText(_ text: String, forceQuotes: Bool = false) -> String {
     return needsQuotes ? quoted(text) : text
 }
 
-/// A double-quoted string valid in both JSON and YAML.
+/// A double-quoted string valid in both JSON and YAML: YAML also wants DEL, the C1 controls,
+/// the line and paragraph separators and the byte-order mark escaped.
 func quoted(_ text: String) -> String {
     var out = "\""
-    for scalar in text.unicodeScalars {
-        switch scalar {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        default:
-            if scalar.value < 0x20 || scalar.value == 0x7F || (0x80...0x9F).contains(scalar.value)
-                || scalar.value == 0x2028 || scalar.value == 0x2029 || scalar.value == 0xFEFF {
-                out += "\\u" + String(format4Hex: scalar.value)
-            } else {
-                out.unicodeScalars.append(scalar)
-            }
-        }
-    }
+    JSON.appendEscaped(text, to: &out, yamlSafe)
     return out + "\""
 }
 
-extension String {
-    init(format4Hex value: UInt32) {
-        let hex = String(value, radix: 16, uppercase: true)
-        self = String(repeating: "0", count: Swift.max(0, 4 - hex.count)) + hex
-    }
+private let yamlSafe = JSON.Escaping(shortBackspaceAndFormFeed: false, uppercaseHex: true) { scalar in
+    scalar.value == 0x7F || (0x80...0x9F).contains(scalar.value)
+        || scalar.value == 0x2028 || scalar.value == 0x2029 || scalar.value == 0xFEFF
 }
 
 extension ConfigurationError: LocalizedError {

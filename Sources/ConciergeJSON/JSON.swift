@@ -123,6 +123,35 @@ extension JSON {
     /// beyond ASCII as `\uXXXX` too (UTF-16, lowercase hex), like `ensure_ascii=True`.
     public static func quote(_ text: String, asciiOnly: Bool = false) -> String {
         var out = "\""
+        appendEscaped(text, to: &out, asciiOnly ? .pythonASCII : .python)
+        return out + "\""
+    }
+
+    /// How `appendEscaped` writes characters beyond the five it always escapes (`\"`, `\\`,
+    /// `\n`, `\r`, `\t`). The JSON output, the configuration printer (YAML-safe too) and the log
+    /// lines differ only in these.
+    public struct Escaping: Sendable {
+        /// Backspace and form feed as `\b` and `\f` (otherwise `\u0008`, `\u000c`).
+        public var shortBackspaceAndFormFeed: Bool
+        public var uppercaseHex: Bool
+        /// Characters written as `\uXXXX` besides the other control characters below U+0020.
+        public var alsoEscaped: @Sendable (Unicode.Scalar) -> Bool
+
+        public init(shortBackspaceAndFormFeed: Bool, uppercaseHex: Bool,
+                    alsoEscaped: @escaping @Sendable (Unicode.Scalar) -> Bool) {
+            self.shortBackspaceAndFormFeed = shortBackspaceAndFormFeed
+            self.uppercaseHex = uppercaseHex
+            self.alsoEscaped = alsoEscaped
+        }
+
+        /// As Python's json module writes.
+        public static let python = Escaping(shortBackspaceAndFormFeed: true, uppercaseHex: false) { _ in false }
+        /// As Python's json module writes with `ensure_ascii=True`.
+        public static let pythonASCII = Escaping(shortBackspaceAndFormFeed: true, uppercaseHex: false) { $0.value > 0x7F }
+    }
+
+    /// Appends `text` JSON-escaped (without quotes) to `out`; `\uXXXX` escapes are UTF-16 units.
+    public static func appendEscaped(_ text: String, to out: inout String, _ escaping: Escaping) {
         for scalar in text.unicodeScalars {
             switch scalar {
             case "\"": out += "\\\""
@@ -130,12 +159,12 @@ extension JSON {
             case "\n": out += "\\n"
             case "\r": out += "\\r"
             case "\t": out += "\\t"
-            case "\u{08}": out += "\\b"
-            case "\u{0C}": out += "\\f"
+            case "\u{08}" where escaping.shortBackspaceAndFormFeed: out += "\\b"
+            case "\u{0C}" where escaping.shortBackspaceAndFormFeed: out += "\\f"
             default:
-                if scalar.value < 0x20 || (asciiOnly && scalar.value > 0x7F) {
+                if scalar.value < 0x20 || escaping.alsoEscaped(scalar) {
                     for unit in String(scalar).utf16 {
-                        let hex = String(unit, radix: 16)
+                        let hex = String(unit, radix: 16, uppercase: escaping.uppercaseHex)
                         out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
                     }
                 } else {
@@ -143,7 +172,6 @@ extension JSON {
                 }
             }
         }
-        return out + "\""
     }
 }
 

@@ -1,3 +1,4 @@
+import ConciergeJSON
 import Logging
 
 #if canImport(Glibc)
@@ -83,23 +84,15 @@ public struct StructuredLogHandler: LogHandler {
         "{" + fields.map { "\"\(escaped($0.0))\":\"\(escaped($0.1))\"" }.joined(separator: ",") + "}"
     }
 
-    /// JSON string escaping (also valid inside logfmt's quotes).
+    /// JSON string escaping (also valid inside logfmt's quotes); DEL too, as `\u007f`.
+    private static let logEscaping = JSON.Escaping(shortBackspaceAndFormFeed: false, uppercaseHex: false) {
+        $0.value == 0x7F
+    }
+
     static func escaped(_ text: String) -> String {
         var out = ""
         out.reserveCapacity(text.utf8.count)
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20 || scalar.value == 0x7F:
-                let hex = String(scalar.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
+        JSON.appendEscaped(text, to: &out, logEscaping)
         return out
     }
 

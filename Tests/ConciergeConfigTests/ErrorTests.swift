@@ -4,6 +4,13 @@ import Testing
 
 @Suite("Configuration errors")
 struct ErrorTests {
+    /// The configuration printer's quoting is valid JSON and YAML: control characters, DEL, C1
+    /// controls, U+2028/U+2029 and the byte-order mark as uppercase \u escapes.
+    @Test func quotedIsSafeForJSONAndYAML() {
+        #expect(quoted("a\"\\\n\t\u{08}\u{0C}\u{7F}\u{85}\u{2028}\u{2029}\u{FEFF}é\u{1F600}")
+            == #""a\"\\\n\t\u0008\u000C\u007F\u0085\u2028\u2029\uFEFFé"# + "\u{1F600}\"")
+    }
+
     @Test func malformedYAMLHasLineAndColumn() {
         let error = expectFailure("proxies:\n  - name: app\n    listen: [unclosed\n")
         #expect(error.issues.count == 1)

@@ -16,6 +16,9 @@ import ConciergeJSON
 
     @Test func jsonEscapesControlCharacters() {
         #expect(StructuredLogHandler.json([("msg", "x\u{01}\t\"")]) == #"{"msg":"x\u0001\t\""}"#)
+        // Backspace, form feed and DEL as lowercase \u escapes; C1 controls and U+2028 as they are.
+        #expect(StructuredLogHandler.escaped("\u{08}\u{0C}\u{7F}\u{85}\u{2028}é\r")
+            == "\\u0008\\u000c\\u007f\u{85}\u{2028}é\\r")
     }
 
     @Test func timestampIsUTCWithMilliseconds() {
