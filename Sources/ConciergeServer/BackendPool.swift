@@ -108,19 +108,7 @@ final class BackendPool: @unchecked Sendable {
     /// A leased connection comes back: clean (`reusable`) or to be closed.
     func release(_ connection: BackendConnection, reusable: Bool) {
         let reusable = reusable && connection.generation == generation
-        lock.lock()
-        let actions = machine.release(connection.id, reusable: reusable, now: Self.now)
-        // The usual case with more clients than backends: the backend goes straight to a waiter,
-        // looked up under this lock rather than under a second one in `run`.
-        if actions.count == 1, case .lease(let id, let request) = actions[actions.startIndex],
-           let leased = connections[id], let waiter = waiters.removeValue(forKey: request)
-        {
-            countLease(of: leased, to: waiter)
-            lock.unlock()
-            deliver(.success(leased), to: waiter)
-            return
-        }
-        lock.unlock()
+        let actions = lock.withLock { machine.release(connection.id, reusable: reusable, now: Self.now) }
         run(actions)
     }
 

@@ -583,18 +583,12 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 overrides.append((index, value))
             }
         }
-        if overrides.isEmpty {
-            out.writeImmutableBuffer(template.allEncoded)
-        } else {
-            // The template's bytes up to each override, the override, and so on.
-            overrides.sort { $0.index < $1.index }
-            var start = 0
-            for override in overrides {
-                out.writeImmutableBuffer(template.encoded(from: start, to: override.index))
-                PGEncode.parameterStatus(name: template.parameters[override.index].name, value: override.value, into: &out)
-                start = override.index + 1
+        for index in template.parameters.indices {
+            if !overrides.isEmpty, let override = overrides.first(where: { $0.index == index }) {
+                PGEncode.parameterStatus(name: template.parameters[index].name, value: override.value, into: &out)
+            } else {
+                out.writeImmutableBuffer(template.encoded[index])
             }
-            out.writeImmutableBuffer(template.encoded(from: start, to: template.parameters.count))
         }
         PGEncode.backendKeyData(processID: processID, secretKey: secretKey, into: &out)
         PGEncode.readyForQuery(.idle, into: &out)

@@ -97,31 +97,19 @@ enum SQLTrackedSettings {
 final class LoginTemplate: Sendable {
     let parameters: [StartupParameter]
     let lowercasedNames: [String]
+    let encoded: [ByteBuffer]
     /// Where each (lowercased) name is in `parameters`.
     let indexByLowercasedName: [String: Int]
-    /// Every ParameterStatus message, one after the other: a login with no values of its own
-    /// copies them in one go.
-    let allEncoded: ByteBuffer
-    /// Where parameter `i`'s message starts in `allEncoded` (and, at `parameters.count`, the end).
-    private let offsets: [Int]
 
     init(_ parameters: [StartupParameter]) {
         self.parameters = parameters
         self.lowercasedNames = parameters.map { $0.name.lowercased() }
         self.indexByLowercasedName = Dictionary(
             lowercasedNames.enumerated().map { ($1, $0) }, uniquingKeysWith: { first, _ in first })
-        var all = ByteBuffer()
-        var offsets = [0]
-        for parameter in parameters {
-            PGEncode.parameterStatus(name: parameter.name, value: parameter.value, into: &all)
-            offsets.append(all.writerIndex)
+        self.encoded = parameters.map { parameter in
+            var out = ByteBuffer()
+            PGEncode.parameterStatus(name: parameter.name, value: parameter.value, into: &out)
+            return out
         }
-        self.allEncoded = all
-        self.offsets = offsets
-    }
-
-    /// The ParameterStatus messages of parameters `start..<end`.
-    func encoded(from start: Int, to end: Int) -> ByteBuffer {
-        allEncoded.getSlice(at: offsets[start], length: offsets[end] - offsets[start])!
     }
 }
