@@ -19,7 +19,8 @@
 #
 # Environment: CONCIERGE_BIN, BENCH_DIR, BENCH_KEEP=1; for bench.py: BENCH_DURATION (seconds per
 # pgbench run, default 5), BENCH_REPEAT (default 3), BENCH_IDLE_CLIENTS (default 10000),
-# BENCH_GUARD (default 20), BENCH_SCENARIOS (comma-separated key prefixes, e.g. select_,latency).
+# BENCH_THREADS (Concierge's --threads; default: its own, one per core), BENCH_GUARD (default 20), BENCH_SCENARIOS
+# (comma-separated key prefixes, e.g. select_,latency).
 # BENCH_HOLD=1 sets everything up and waits (for profiling by hand) instead of running bench.py.
 # BENCH_FLOOR=1 runs bench/floor/floor.py instead: bare servers that show what any proxy here can reach.
 set -euo pipefail
@@ -32,6 +33,8 @@ PG_SH="$REPO/scripts/pg.sh"
 PG_OS_USER=concierge-pg     # scripts/pg.sh runs PostgreSQL as this user when we are root
 MAX_CONNECTIONS=200
 POOL=20                     # backends per proxy: PgBouncer's pool size, Concierge's cap
+# Concierge's event loops: its default (one per core) unless BENCH_THREADS sets --threads.
+THREADS=${BENCH_THREADS:-}
 START=$(date +%s)
 LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)   # other work on the machine skews the numbers
 
@@ -51,9 +54,8 @@ fi
 command -v python3 >/dev/null || die "python3 is required"
 
 if [[ -z "${CONCIERGE_BIN:-}" ]]; then
-    log "swift build -c release --product concierge"
-    (cd "$REPO" && swift build -c release --product concierge)
-    CONCIERGE_BIN="$(cd "$REPO" && swift build -c release --show-bin-path)/concierge"
+    log "scripts/build-release.sh (swift build -c release, the project's release flags)"
+    CONCIERGE_BIN=$(bash "$REPO/scripts/build-release.sh")
 fi
 CONCIERGE_BIN=$(realpath "$CONCIERGE_BIN")
 [[ -x "$CONCIERGE_BIN" ]] || die "no concierge binary at $CONCIERGE_BIN"
@@ -221,7 +223,8 @@ proxies:
       targets:
         - endpoint: "127.0.0.1:$PG_PORT"
 EOF
-spawn concierge "$WORK/concierge/concierge.log" "$CONCIERGE_BIN" serve --config "$WORK/concierge/concierge.yaml"
+spawn concierge "$WORK/concierge/concierge.log" "$CONCIERGE_BIN" serve --config "$WORK/concierge/concierge.yaml" \
+    ${THREADS:+--threads "$THREADS"}
 CONCIERGE_PID=$SPAWNED_PID
 
 # -- wait until `select 1` works through each proxy ---------------------------------------------
@@ -254,7 +257,7 @@ json.dump({
     "direct": {"port": $PG_PORT},
     "pgbouncer": {"port": $PGB_PORT, "pid": $PGBOUNCER_PID},
     "pgbouncer_md5": {"port": $PGB_MD5_PORT, "pid": $PGBOUNCER_MD5_PID},
-    "concierge": {"port": $CONCIERGE_PORT, "pid": $CONCIERGE_PID, "bin": "$CONCIERGE_BIN"},
+    "concierge": {"port": $CONCIERGE_PORT, "pid": $CONCIERGE_PID, "bin": "$CONCIERGE_BIN", "threads": "${THREADS:-one per core}"},
 }, open(sys.argv[1], "w"), indent=2)
 EOF
 if [[ "${BENCH_HOLD:-0}" == 1 ]]; then

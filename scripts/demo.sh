@@ -30,11 +30,14 @@ bash scripts/pg.sh install
 
 # Build first: nothing is started yet if the build fails.
 if [[ -z "${CONCIERGE_BIN:-}" ]]; then
-    build=(-c release)
-    [[ "${CONCIERGE_DEBUG:-0}" == 1 ]] && build=(-c debug)
-    echo "demo: swift build ${build[*]} --product concierge"
-    swift build "${build[@]}" --product concierge
-    CONCIERGE_BIN=$(swift build "${build[@]}" --show-bin-path)/concierge
+    if [[ "${CONCIERGE_DEBUG:-0}" == 1 ]]; then
+        echo "demo: swift build -c debug --product concierge"
+        swift build -c debug --product concierge
+        CONCIERGE_BIN=$(swift build -c debug --show-bin-path)/concierge
+    else
+        echo "demo: scripts/build-release.sh (swift build -c release with the release flags)"
+        CONCIERGE_BIN=$(bash scripts/build-release.sh)
+    fi
 fi
 
 PROXY_PID=""
