@@ -19,8 +19,8 @@
 #
 # Environment: CONCIERGE_BIN, BENCH_DIR, BENCH_KEEP=1; for bench.py: BENCH_DURATION (seconds per
 # pgbench run, default 5), BENCH_REPEAT (default 3), BENCH_IDLE_CLIENTS (default 10000),
-# BENCH_THREADS (Concierge's --threads; default: its own, one per core), BENCH_GUARD (default 20), BENCH_SCENARIOS
-# (comma-separated key prefixes, e.g. select_,latency).
+# BENCH_THREADS (Concierge's --threads; default: its own, one per core), BENCH_GUARD (default 20),
+# BENCH_SCENARIOS (comma-separated key prefixes, e.g. select_,latency).
 # BENCH_HOLD=1 sets everything up and waits (for profiling by hand) instead of running bench.py.
 # BENCH_FLOOR=1 runs bench/floor/floor.py instead: bare servers that show what any proxy here can reach.
 set -euo pipefail
