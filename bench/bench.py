@@ -647,8 +647,8 @@ def main() -> int:
                 f"{SETUP['pool']} backends for both proxies (PgBouncer transaction mode, "
                 f"default_pool_size = max_db_connections = {SETUP['pool']}; Concierge cap "
                 f"{SETUP['pool']} = {SETUP['pool'] * 100 // SETUP['max_connections']}% of "
-                f"max_connections={SETUP['max_connections']}); Concierge with "
-                f"event loops: {SETUP['concierge'].get('threads', 'one per core')} (--threads); pgbench -i -s 10; all on loopback "
+                f"max_connections={SETUP['max_connections']}); Concierge's event loops (--threads): "
+                f"{SETUP['concierge'].get('threads', 'one per core')}; pgbench -i -s 10; all on loopback "
                 f"on the same machine as the clients.")
     md = "\n".join([
         f"# Concierge benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
