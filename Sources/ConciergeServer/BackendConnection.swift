@@ -140,6 +140,8 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     /// Session parameters the proxy set on this backend for its current or last client, by
     /// lowercased name. Empty means the backend runs with its login defaults.
     private var appliedParameters: [String: String] = [:]
+    /// The lease under way set a startup packet's values (`lease(fromDefaults:)`).
+    private var preparingFromDefaults = false
     /// What the server reported at login (name-sorted), fixed once setup completes.
     private(set) var loginParameters: [StartupParameter] = []
     private(set) var backendProcessID: Int32 = 0
@@ -499,6 +501,15 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
                 pool?.release(self, reusable: false)
                 context.close(promise: nil)
             } else {
+                if preparingFromDefaults {
+                    preparingFromDefaults = false
+                    // A value the database did not change is not reported again: the backend
+                    // runs with its last report, not with the client's spelling of it.
+                    for (name, value) in serverParameters {
+                        let lowercased = name.lowercased()
+                        if appliedParameters[lowercased] != nil { appliedParameters[lowercased] = value }
+                    }
+                }
                 phase = .leased(owner)
                 notifyPrepared(owner, .success(()))
             }
@@ -563,15 +574,21 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
 
     /// Hands the backend to a client session: brings its session parameters to `parameters`
     /// (lowercased name → value) and then calls `owner.backendDidPrepare`.
-    func lease(to owner: any BackendOwner, parameters: [String: String]) {
+    ///
+    /// `fromDefaults`: the values are as a client wrote them in its startup packet, not yet in
+    /// PostgreSQL's spelling (the login probe). Some are partial (`DateStyle=SQL` keeps the
+    /// current day/month order), and PostgreSQL applies a startup packet's values to the
+    /// session's defaults, not to whatever the previous client left: so each goes back to its
+    /// default first.
+    func lease(to owner: any BackendOwner, parameters: [String: String], fromDefaults: Bool = false) {
         if eventLoop.inEventLoop {
-            leaseOnLoop(to: owner, parameters: parameters)
+            leaseOnLoop(to: owner, parameters: parameters, fromDefaults: fromDefaults)
         } else {
-            eventLoop.execute { self.leaseOnLoop(to: owner, parameters: parameters) }
+            eventLoop.execute { self.leaseOnLoop(to: owner, parameters: parameters, fromDefaults: fromDefaults) }
         }
     }
 
-    private func leaseOnLoop(to owner: any BackendOwner, parameters: [String: String]) {
+    private func leaseOnLoop(to owner: any BackendOwner, parameters: [String: String], fromDefaults: Bool) {
         guard case .idle = phase, let channel else {
             notifyPrepared(owner, .failure(.connection("the database connection closed")))
             if case .closed = phase {} else { pool?.release(self, reusable: false) }
@@ -579,7 +596,9 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         }
         // Usually the parameters already match (most clients send the same startup packet).
         var sql = appliedParameters == parameters
-            ? nil : Self.parameterSyncSQL(from: appliedParameters, to: parameters, baseline: baselineParameters)
+            ? nil
+            : Self.parameterSyncSQL(
+                from: appliedParameters, to: parameters, baseline: baselineParameters, fromDefaults: fromDefaults)
         appliedParameters = parameters
         let stale = statementCache.takeStale()
         if !stale.isEmpty {
@@ -592,6 +611,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
             return
         }
         phase = .preparing(owner, failure: nil)
+        preparingFromDefaults = fromDefaults
         var out = channel.allocator.buffer(capacity: sql.utf8.count + 8)
         PGEncode.query(sql, into: &out)
         channel.writeAndFlush(out, promise: nil)
@@ -601,11 +621,23 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     /// nothing differs. Values go through set_config so list-valued settings parse as they do
     /// in a startup packet; names and values are quoted, never spliced raw. A parameter the new
     /// client does not set goes back to its `baseline` value (set by init_query) or is RESET.
+    ///
+    /// With `fromDefaults`, each parameter that changes first goes back to its default (baseline
+    /// or RESET), as a startup packet's value would apply to it.
     static func parameterSyncSQL(
-        from current: [String: String], to desired: [String: String], baseline: [String: String] = [:]
+        from current: [String: String], to desired: [String: String], baseline: [String: String] = [:],
+        fromDefaults: Bool = false
     ) -> String? {
         var calls: [String] = []
+        var defaults: [String] = []
         for (name, value) in desired.sorted(by: { $0.key < $1.key }) where current[name] != value {
+            if fromDefaults {
+                if let value = baseline[name] {
+                    defaults.append("SELECT pg_catalog.set_config(\(quoteLiteral(name)), \(quoteLiteral(value)), false)")
+                } else {
+                    defaults.append("RESET \(quoteIdentifier(name))")
+                }
+            }
             calls.append("pg_catalog.set_config(\(quoteLiteral(name)), \(quoteLiteral(value)), false)")
         }
         var resets: [String] = []
@@ -617,7 +649,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
             }
         }
         if calls.isEmpty && resets.isEmpty { return nil }
-        var statements: [String] = []
+        var statements = defaults
         if !calls.isEmpty { statements.append("SELECT " + calls.joined(separator: ", ")) }
         statements.append(contentsOf: resets)
         return statements.joined(separator: "; ")

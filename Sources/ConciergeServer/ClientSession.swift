@@ -555,7 +555,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             if name == "application_name", value.utf8.count < 64, value.utf8.allSatisfy({ (32...126).contains($0) }) {
                 continue  // reported as sent
             }
-            guard let canonical = runtime.canonicalValue(of: name, as: value) else { return false }
+            guard let canonical = runtime.canonicalValue(of: name, as: value, for: poolKey) else { return false }
             desiredParameters[name] = canonical
         }
         return true
@@ -567,7 +567,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         for (reportedName, reportedValue) in reported {
             let name = reportedName.lowercased()
             guard TrackedParameters.isTracked(name), let requested = desiredParameters[name] else { continue }
-            if requested != reportedValue { runtime.learnCanonicalValue(of: name, as: requested, reportedValue) }
+            if requested != reportedValue { runtime.learnCanonicalValue(of: name, as: requested, reportedValue, for: poolKey) }
             desiredParameters[name] = reportedValue
         }
     }
@@ -852,7 +852,10 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             backend = connection
             backendReady = false
             // (Usually sends the client's query right away.)
-            connection.lease(to: self, parameters: desiredParameters)
+            // The login probe sets the startup packet's values as the client wrote them.
+            let probing: Bool
+            if case .loggingIn = state { probing = true } else { probing = false }
+            connection.lease(to: self, parameters: desiredParameters, fromDefaults: probing)
             runtime.metrics.borrowLatency.record(.nanoseconds(borrowed.nanoseconds))
         case .failure(let error):
             guard !isClosed else { return }

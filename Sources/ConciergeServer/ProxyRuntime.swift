@@ -94,7 +94,7 @@ final class ProxyRuntime: @unchecked Sendable {
         var updatedDate: Date
         var targetGroupUpdatedDate: Date
         var listeners: [any Channel] = []
-        var canonicalValues: [String: String] = [:]
+        var canonicalValues: [CanonicalValueKey: String] = [:]
         var sessions: [Int32: ClientSession] = [:]
         var templates: [PoolKey: LoginTemplate] = [:]
         /// Per user and database: the classifier options with the server's tracked parameters.
@@ -340,16 +340,17 @@ final class ProxyRuntime: @unchecked Sendable {
     }
 
     /// PostgreSQL's spelling of a tracked parameter's value as a client wrote it, once a
-    /// backend reported it (lowercased name).
-    func canonicalValue(of name: String, as value: String) -> String? {
-        state.withLockedValue { $0.canonicalValues[name + "\u{0}" + value] }
+    /// backend reported it (lowercased name). Per user and database: a partial value completes
+    /// from their defaults (`DateStyle=SQL` after `ALTER ROLE ... SET DateStyle = German`).
+    func canonicalValue(of name: String, as value: String, for key: PoolKey) -> String? {
+        state.withLockedValue { $0.canonicalValues[CanonicalValueKey(key: key, name: name, value: value)] }
     }
 
-    func learnCanonicalValue(of name: String, as value: String, _ canonical: String) {
+    func learnCanonicalValue(of name: String, as value: String, _ canonical: String, for key: PoolKey) {
         state.withLockedValue { state in
             // Bounded: distinct spellings are few; a client inventing many only costs backends.
             if state.canonicalValues.count >= 10_000 { state.canonicalValues.removeAll() }
-            state.canonicalValues[name + "\u{0}" + value] = canonical
+            state.canonicalValues[CanonicalValueKey(key: key, name: name, value: value)] = canonical
         }
     }
 
@@ -586,4 +587,11 @@ final class ProxyRuntime: @unchecked Sendable {
     }
 
     private struct DrainTimeout: Error {}
+}
+
+/// A tracked parameter's value as a client wrote it, for a user and database.
+struct CanonicalValueKey: Hashable {
+    let key: PoolKey
+    let name: String
+    let value: String
 }

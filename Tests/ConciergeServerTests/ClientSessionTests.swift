@@ -165,6 +165,22 @@ import Testing
                 == "SELECT pg_catalog.set_config(E'statement_timeout', E'1234ms', false)")
     }
 
+    @Test func startupValuesApplyToTheDefaultsNotToThePreviousClients() {
+        // `DateStyle=SQL` keeps the current day/month order: from a backend the last client left
+        // at `German, DMY` it must still give what a direct login gives (the default's order).
+        #expect(
+            BackendConnection.parameterSyncSQL(
+                from: ["datestyle": "German, DMY", "timezone": "UTC"], to: ["datestyle": "SQL", "timezone": "UTC"],
+                fromDefaults: true)
+                == "RESET \"datestyle\"; SELECT pg_catalog.set_config(E'datestyle', E'SQL', false)")
+        #expect(
+            BackendConnection.parameterSyncSQL(
+                from: ["datestyle": "German, DMY"], to: ["datestyle": "SQL"], baseline: ["datestyle": "ISO, DMY"],
+                fromDefaults: true)
+                == "SELECT pg_catalog.set_config(E'datestyle', E'ISO, DMY', false); "
+                + "SELECT pg_catalog.set_config(E'datestyle', E'SQL', false)")
+    }
+
     @Test func literalsAndIdentifiersAreQuoted() {
         #expect(BackendConnection.quoteLiteral("it's a \\ test") == "E'it''s a \\\\ test'")
         #expect(BackendConnection.quoteIdentifier("we\"ird") == "\"we\"\"ird\"")

@@ -96,6 +96,26 @@ def test_login_reports_the_servers_parameters_with_the_clients_own_values(proxy,
                 assert via.execute("show DateStyle").fetchone()[0] == direct.execute("show DateStyle").fetchone()[0]
 
 
+def test_a_partial_startup_value_completes_from_the_defaults_not_from_the_last_client(proxy, pg):
+    # `DateStyle=SQL` sets the output format and keeps the day/month order it applies to. At a
+    # direct login that is the server's default order (MDY); through the proxy the login is
+    # answered from a backend another client left at `German, DMY`, and must still give MDY.
+    # (A CI run once saw `SQL, DMY` here: the value was applied to the previous client's.)
+    p = proxy(max_connections_percent=1)  # one backend: the second login must reuse it
+    german = {"options": "-c DateStyle=German"}
+    sql = {"options": "-c DateStyle=SQL"}
+    with pg.connect(**sql) as direct:
+        expected = direct.info.parameter_status("DateStyle")
+    assert expected == "SQL, MDY"
+    with p.connect(**german) as first:
+        assert first.execute("show DateStyle").fetchone()[0] == "German, DMY"
+        for _ in range(2):  # the first login asks the backend; the second is answered from memory
+            with p.connect(**sql) as second:
+                assert second.info.parameter_status("DateStyle") == expected
+                assert second.execute("show DateStyle").fetchone()[0] == expected
+                assert first.execute("show DateStyle").fetchone()[0] == "German, DMY"
+
+
 def test_pgoptions_from_startup(proxy):
     # PGOPTIONS travels in the startup packet's `options` parameter.
     p = proxy()
