@@ -632,8 +632,9 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         var defaults: [String] = []
         for (name, value) in desired.sorted(by: { $0.key < $1.key }) where current[name] != value {
             if fromDefaults {
-                if let value = baseline[name] {
-                    defaults.append("SELECT pg_catalog.set_config(\(quoteLiteral(name)), \(quoteLiteral(value)), false)")
+                if let baselineValue = baseline[name] {
+                    defaults.append(
+                        "SELECT pg_catalog.set_config(\(quoteLiteral(name)), \(quoteLiteral(baselineValue)), false)")
                 } else {
                     defaults.append("RESET \(quoteIdentifier(name))")
                 }
