@@ -9,6 +9,9 @@ import PostgresWire
 /// event loop (hopping there when the two live on different loops).
 protocol BackendOwner: AnyObject, Sendable {
     var eventLoop: any EventLoop { get }
+    /// The process id the client was given (its BackendKeyData): a NotificationResponse from
+    /// this backend's own session carries it instead of the backend's pid.
+    var processID: Int32 { get }
     /// Complete messages from the database, in order, as one slice of the bytes read (to be
     /// forwarded as they are). `readyForQueryCount` ReadyForQuery messages are among them; the
     /// last one carried `lastStatus`. `sawError`: an ErrorResponse came before the first of them.
@@ -313,6 +316,9 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         var readyCount = 0
         var lastStatus = PGTransactionStatus.idle
         var sawError = false
+        /// Offsets of NotificationResponse pids that are this backend's own (a NOTIFY by the
+        /// client's own session): the client must see its own pid there, as PostgreSQL shows it.
+        var ownNotificationPids: [Int] = []
         // Headers are peeked, not sliced: a result is mostly DataRows that need no look.
         while let (type, size) = try PGFraming.peekFrame(in: buffer, maxMessageSize: 1 << 30) {
             switch type {
@@ -327,6 +333,11 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
             case PGMessageType.Backend.errorResponse:
                 // Only an error before the first ReadyForQuery answers the oldest query.
                 if readyCount == 0 { sawError = true }
+            case PGMessageType.Backend.notificationResponse:
+                let offset = buffer.readerIndex + 5
+                if size >= 9, buffer.getInteger(at: offset, as: Int32.self) == backendProcessID {
+                    ownNotificationPids.append(offset - unread.readerIndex)
+                }
             case PGMessageType.Backend.parameterStatus:
                 if let body = buffer.getSlice(at: buffer.readerIndex + 5, length: size - 5) {
                     let parameter = try PGParse.parameterStatus(body)
@@ -348,7 +359,11 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
             buffer.moveReaderIndex(forwardBy: size)
         }
         let length = buffer.readerIndex - unread.readerIndex
-        guard length > 0, let slice = unread.getSlice(at: unread.readerIndex, length: length) else { return }
+        guard length > 0, var patched = unread.getSlice(at: unread.readerIndex, length: length) else { return }
+        for offset in ownNotificationPids {
+            patched.setInteger(owner.processID, at: patched.readerIndex + offset)
+        }
+        let slice = patched
         if owner.eventLoop.inEventLoop {
             owner.backendDidRead(slice, readyForQueryCount: readyCount, lastStatus: lastStatus, sawError: sawError)
         } else {
@@ -411,7 +426,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
                 break
             }
         case PGMessageType.Backend.noticeResponse, PGMessageType.Backend.notificationResponse,
-            PGMessageType.Backend.rowDescription, PGMessageType.Backend.commandComplete,
+            PGMessageType.Backend.rowDescription, PGMessageType.Backend.commandComplete, PGMessageType.Backend.closeComplete,
             PGMessageType.Backend.emptyQueryResponse, PGMessageType.Backend.negotiateProtocolVersion:
             break
         default:
@@ -595,26 +610,74 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
             return
         }
         // Usually the parameters already match (most clients send the same startup packet).
-        var sql = appliedParameters == parameters
+        let sql = appliedParameters == parameters
             ? nil
             : Self.parameterSyncSQL(
                 from: appliedParameters, to: parameters, baseline: baselineParameters, fromDefaults: fromDefaults)
         appliedParameters = parameters
         let stale = statementCache.takeStale()
-        if !stale.isEmpty {
-            let deallocations = stale.map { "DEALLOCATE " + Self.quoteIdentifier($0) }.joined(separator: "; ")
-            sql = sql.map { deallocations + "; " + $0 } ?? deallocations
-        }
-        guard let sql else {
+        guard sql != nil || !stale.isEmpty else {
             phase = .leased(owner)
             notifyPrepared(owner, .success(()))
             return
         }
-        phase = .preparing(owner, failure: nil)
         preparingFromDefaults = fromDefaults
-        var out = channel.allocator.buffer(capacity: sql.utf8.count + 8)
-        PGEncode.query(sql, into: &out)
+        startPreparing(owner, sql: sql, closing: stale, channel: channel)
+    }
+
+    /// Sends what brings the backend to its owner's state, answered by one ReadyForQuery: Close
+    /// of statements no longer wanted (a Close of a name the server no longer has is not an
+    /// error, where DEALLOCATE would be), then the parameter SQL (or a Sync).
+    private func startPreparing(_ owner: any BackendOwner, sql: String?, closing stale: [String], channel: any Channel) {
+        phase = .preparing(owner, failure: nil)
+        var out = channel.allocator.buffer(capacity: (sql?.utf8.count ?? 0) + 8 + stale.count * 40)
+        for name in stale { StatementMessages.closeStatement(name, into: &out) }
+        if let sql {
+            PGEncode.query(sql, into: &out)
+        } else {
+            PGEncode.sync(into: &out)
+        }
         channel.writeAndFlush(out, promise: nil)
+    }
+
+    /// The leasing session ran `RESET ALL` or `DISCARD ALL`: the backend now runs with its
+    /// login defaults, without what init_query set.
+    func noteParametersReset() {
+        if eventLoop.inEventLoop {
+            noteParametersResetOnLoop()
+        } else {
+            eventLoop.execute { self.noteParametersResetOnLoop() }
+        }
+    }
+
+    /// A value no client can ask for (startup values cannot hold a NUL): "not the baseline".
+    static let lostBaseline = "\u{0}"
+
+    private func noteParametersResetOnLoop() {
+        appliedParameters = [:]
+        for name in baselineParameters.keys { appliedParameters[name] = Self.lostBaseline }
+    }
+
+    /// While leased, between two of its owner's transactions or statements: brings the session
+    /// parameters to `parameters` again (after a RESET ALL the owner keeps the backend), then
+    /// calls `owner.backendDidPrepare` as `lease` does.
+    func reapply(to owner: any BackendOwner, parameters: [String: String]) {
+        let run: @Sendable () -> Void = {
+            guard case .leased = self.phase, let channel = self.channel else {
+                self.notifyPrepared(owner, .failure(.connection("the database connection closed")))
+                return
+            }
+            let sql = self.appliedParameters == parameters
+                ? nil
+                : Self.parameterSyncSQL(from: self.appliedParameters, to: parameters, baseline: self.baselineParameters)
+            self.appliedParameters = parameters
+            guard let sql else {
+                self.notifyPrepared(owner, .success(()))
+                return
+            }
+            self.startPreparing(owner, sql: sql, closing: [], channel: channel)
+        }
+        if eventLoop.inEventLoop { run() } else { eventLoop.execute(run) }
     }
 
     /// SQL that takes a backend from one set of session parameters to another, or nil when

@@ -63,6 +63,9 @@ enum ClientErrors {
     }
 
     /// The backend of a client's transaction died (e.g. a failover); the client's connection stays.
+    /// PostgreSQL's answer to a statement in a failed transaction block.
+    static let inFailedTransaction = PGErrorFields.error(
+        code: "25P02", message: "current transaction is aborted, commands ignored until end of transaction block")
     static let transactionLost = PGErrorFields.error(
         code: "08006",
         message: "the database connection serving this transaction was lost; the transaction was rolled back")

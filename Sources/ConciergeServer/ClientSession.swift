@@ -69,7 +69,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     private var borrowPool: BackendPool?
     private var borrowAnswered = false
     /// Client messages that arrived while no backend was ready, in order.
-    private var held: [PGFrame] = []
+    private var held: [HeldMessage] = []
     private var heldBytes = 0
     private var heldSyncPoints = 0
     private var borrowStarted = NIODeadline.uptimeNanoseconds(0)
@@ -90,6 +90,37 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     // Prepared statements (see PreparedStatements.swift)
     /// The client's named statements.
     private var statements: [String: ClientStatement] = [:]
+    /// Counts the client's statement definitions (`ClientStatement.sequence`).
+    private var nextStatementSequence: UInt64 = 0
+    /// What executing the unnamed statement resets (its last Parse).
+    private var unnamedStatementResets: SessionResets = []
+    /// Portal → what executing it resets (only portals that reset something).
+    private var portalResets: [String: SessionResets] = [:]
+
+    // Session resets (RESET ALL, DISCARD ALL, ...; see `applyReset`)
+    /// The parameters the client logged in with: what RESET ALL and DISCARD ALL return it to.
+    private var startupParameters: [String: String] = [:]
+    /// A RESET ALL or DISCARD ALL is on its way: ParameterStatus messages are held back until
+    /// its ReadyForQuery, when the client gets what PostgreSQL would have reported to it.
+    private var resetWindow: ResetWindow?
+    /// After a RESET ALL or DISCARD ALL, the backend runs with its own defaults: bring it back to
+    /// the client's values before the client's next message, if the session keeps it.
+    private var needsParameterResync = false
+    /// The reset query at the head of `pending` failed (some statement in it did).
+    private var resetQueryFailed = false
+
+    private struct ResetWindow {
+        /// The client's parameters as it last saw them reported.
+        var before: [String: String]
+        /// ParameterStatus messages the backend sent meanwhile.
+        var reports = ByteBuffer()
+        /// A RESET ALL ran (its command tag arrived) ...
+        var sawResetAll = false
+        /// ... and nothing failed in its query.
+        var failed = false
+        /// DISCARD ALL completed: the parameters went back to the defaults.
+        var discarded = false
+    }
     /// What the backend owes, in order, for what was sent to it.
     /// (An array: no storage until a client uses the extended protocol; entries are few.)
     private var pending: [PendingResponse] = []
@@ -595,6 +626,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         self.classifierOptions = classifierOptions
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
         desiredParameters = runtime.interned(desiredParameters)
+        startupParameters = desiredParameters
         state = .ready
         userEntry = nil
         runtime.metrics.clientConnectionsSetupSucceeded[endpoint].increment()
@@ -634,7 +666,12 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         switch type {
         case PGMessageType.Frontend.query:
             loopSessions.queryRequests &+= 1
-            classify(try PGParse.queryBytes(frame.body), loneSetAllowed: isBetweenTransactions && backend == nil)
+            let classification = classify(try PGParse.queryBytes(frame.body), loneSetAllowed: isBetweenTransactions && backend == nil)
+            if !classification.resets.isEmpty {
+                if let name = classification.deallocatedName, statements[name] != nil, answerDeallocateLocally(name) { return }
+                route(HeldMessage(frame, resets: classification.resets, deallocated: classification.deallocatedName))
+                return
+            }
         case PGMessageType.Frontend.parse:
             let startsBatch = isBetweenTransactions && backend == nil
             pendingUnsynced = true
@@ -645,15 +682,20 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             }
             // Named statements do not pin: the proxy prepares them on whichever backend serves.
             // A lone tracked SET may, as the unnamed statement of a new batch (JDBC's way).
-            classify(query, loneSetAllowed: startsBatch && name.readableBytes == 0)
+            let resets = classify(query, loneSetAllowed: startsBatch && name.readableBytes == 0, isParse: true).resets
             if name.readableBytes > 0, answersLocally {
                 // No backend serves this client: acknowledge now, prepare on first use. A client
                 // that prepares on one connection while its others hold backends in open
                 // transactions (pgbench -M prepared) cannot then deadlock the pool.
                 var definition = frame.body
                 _ = definition.readNullTerminatedSlice()
-                statements[String(buffer: name)] = ClientStatement(definition: definition)
+                statements[String(buffer: name)] = ClientStatement(
+                    definition: definition, sequence: takeStatementSequence(), resets: resets)
                 writeToClient(StatementMessages.parseComplete)
+                return
+            }
+            if !resets.isEmpty {
+                route(HeldMessage(frame, resets: resets))
                 return
             }
         case PGMessageType.Frontend.sync:
@@ -696,7 +738,30 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             fail(with: ClientErrors.protocolViolation("invalid frontend message type \(type)"))
             return
         }
-        route(frame)
+        route(HeldMessage(frame))
+    }
+
+    private func takeStatementSequence() -> UInt64 {
+        nextStatementSequence &+= 1
+        return nextStatementSequence
+    }
+
+    /// `DEALLOCATE name` of one of the client's protocol-level statements, which no backend
+    /// knows by that name: when nothing is in flight, the proxy answers as PostgreSQL would (the
+    /// statement is not transactional) and forgets it. Otherwise `send` renames it.
+    private func answerDeallocateLocally(_ name: String) -> Bool {
+        guard case .ready = state, outstandingSyncs == 0, !pendingUnsynced, held.isEmpty, waitingRequest == nil
+        else { return false }
+        var out = ByteBuffer()
+        if transactionStatus == .failed {
+            PGEncode.errorResponse(ClientErrors.inFailedTransaction, into: &out)
+        } else {
+            statements[name] = nil
+            PGEncode.commandComplete(tag: "DEALLOCATE", into: &out)
+        }
+        PGEncode.readyForQuery(transactionStatus, into: &out)
+        writeToClient(out)
+        return true
     }
 
     /// No backend serves this client and nothing waits for one: statement bookkeeping (Parse,
@@ -716,15 +781,15 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             || type == PGMessageType.Frontend.functionCall
     }
 
-    private func route(_ frame: PGFrame) {
+    private func route(_ message: HeldMessage) {
         if let backend, backendReady {
-            send(frame, to: backend)
+            send(message, to: backend)
             needsFlushToBackend = true
             return
         }
-        held.append(frame)
-        heldBytes += frame.bytes.readableBytes
-        if Self.isSyncPoint(frame.type) { heldSyncPoints += 1 }
+        held.append(message)
+        heldBytes += message.frame.bytes.readableBytes
+        if Self.isSyncPoint(message.frame.type) { heldSyncPoints += 1 }
         if case .ready = state, backend == nil, waitingRequest == nil {
             borrowBackend()
         }
@@ -732,21 +797,27 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
 
     /// Pins the session when the SQL changes session state. Reads the bytes in place: no
     /// String is built unless a pin is logged.
-    private func classify(_ sql: ByteBuffer, loneSetAllowed: Bool = false) {
+    @discardableResult
+    private func classify(_ sql: ByteBuffer, loneSetAllowed: Bool = false, isParse: Bool = false) -> Classification {
         let classification = sql.withUnsafeReadableBytes {
             SQLClassifier.classify($0, options: classifierOptions)
         }
-        let reasons = classification.pinReasons
-        guard !reasons.isEmpty else { return }
+        var reasons = classification.pinReasons
+        if isParse, classification.resets.contains(.resetAll), !classifierOptions.excludeVariableSets {
+            // The session applies RESET ALL only from a simple Query (see README, pinning).
+            reasons.insert(.setVariable)
+        }
+        guard !reasons.isEmpty else { return classification }
         if loneSetAllowed, reasons == .setVariable, pinReasons.isEmpty,
            let setting = SQLTrackedSettings.setting(of: classification)
         {
             // A lone `SET extra_float_digits = 3` outside a transaction (what JDBC sends after
             // login): recorded when it succeeds, carried to every backend like a tracked one.
             pendingSetting = PendingSetting(name: setting.name, value: setting.value, executed: false)
-            return
+            return classification
         }
         pin(reasons, statement: sql)
+        return classification
     }
 
     private func pin(_ reasons: PinReasons, statement: ByteBuffer) {
@@ -966,7 +1037,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     private func sendHeld(to backend: BackendConnection) {
         guard !held.isEmpty else { return }
         heldSyncPoints = 0
-        for frame in held { send(frame, to: backend) }
+        for message in held { send(message, to: backend) }
         held.removeAll(keepingCapacity: true)
         heldBytes = 0
         backend.flush()
@@ -1006,12 +1077,20 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             // bookkeeping comes after the answer is on its way.
             context.flush()
             recordQueryLatency()
+            needsParameterResync = false  // the next lease brings the backend to the client's values
             releaseBackend()
             // Shutting down: this was the client's last transaction. (Not left to the backend's
             // read-complete, which no longer reaches a session that gave the backend back.)
             if draining { fail(with: ClientErrors.shuttingDown) }
         } else if outstandingSyncs == 0 {
             recordQueryLatency()
+            if needsParameterResync, !pendingUnsynced, held.isEmpty, pending.isEmpty {
+                // The session keeps this backend (a transaction, a pin) after RESET ALL or
+                // DISCARD ALL: its next message waits until the backend has its values again.
+                needsParameterResync = false
+                backendReady = false
+                backend.reapply(to: self, parameters: desiredParameters)
+            }
         }
     }
 
@@ -1056,6 +1135,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         pending.removeAll(keepingCapacity: true)
         pendingTracked = 0
         if !portalStatements.isEmpty { portalStatements.removeAll() }
+        if !portalResets.isEmpty { portalResets.removeAll() }
+        resetWindow = nil
+        needsParameterResync = false
         pendingSetting = nil
         outstandingSyncs = 0
         pendingUnsynced = false
@@ -1086,6 +1168,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         pending.removeAll(keepingCapacity: true)
         pendingTracked = 0
         if !portalStatements.isEmpty { portalStatements.removeAll() }
+        if !portalResets.isEmpty { portalResets.removeAll() }
         self.backend = nil
         backendReady = false
         backendBlocked = false
@@ -1201,6 +1284,20 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     }
 }
 
+/// A client message on its way to a backend, with what the classifier found it resets.
+struct HeldMessage {
+    var frame: PGFrame
+    var resets: SessionResets = []
+    /// `DEALLOCATE name`: the name.
+    var deallocated: String?
+
+    init(_ frame: PGFrame, resets: SessionResets = [], deallocated: String? = nil) {
+        self.frame = frame
+        self.resets = resets
+        self.deallocated = deallocated
+    }
+}
+
 extension ByteBuffer {
     /// Reads a NUL-terminated string as a slice without the NUL (no copy), or nil without a NUL.
     mutating func readNullTerminatedSlice() -> ByteBuffer? {
@@ -1218,7 +1315,8 @@ extension ClientSession {
     /// Sends one client message to the leased backend: named statements are renamed (and
     /// prepared on this backend first when it lacks them), Parse and Close of named statements
     /// may be answered by the proxy, and `pending` records what the backend owes.
-    fileprivate func send(_ frame: PGFrame, to backend: BackendConnection) {
+    fileprivate func send(_ message: HeldMessage, to backend: BackendConnection) {
+        let frame = message.frame
         let type = frame.type
         if Self.isSyncPoint(type) {
             if outstandingSyncs == 0 { queryStarted = .now() }
@@ -1227,17 +1325,17 @@ extension ClientSession {
         switch type {
         case PGMessageType.Frontend.query, PGMessageType.Frontend.functionCall:
             if type == PGMessageType.Frontend.query { pendingSetting?.executed = true }
-            if !pinReasons.isDisjoint(with: [.discard, .sqlPrepare]) {
-                // DISCARD ALL or DEALLOCATE may remove statements behind the proxy's back.
-                backend.statementCache.removeAll()
+            if !message.resets.isEmpty {
+                sendResetQuery(message, to: backend)
+            } else {
+                backend.write(frame.bytes)
+                appendPending(.query)
             }
-            backend.write(frame.bytes)
-            appendPending(.query)
         case PGMessageType.Frontend.sync:
             backend.write(frame.bytes)
             appendPending(.sync)
         case PGMessageType.Frontend.parse:
-            sendParse(frame, to: backend)
+            sendParse(frame, resets: message.resets, to: backend)
         case PGMessageType.Frontend.bind:
             sendBind(frame, to: backend)
         case PGMessageType.Frontend.describe:
@@ -1257,8 +1355,15 @@ extension ClientSession {
             pendingSetting?.executed = true
             var body = frame.body
             let portal = body.readNullTerminatedSlice().map { String(buffer: $0) } ?? ""
+            var reset: ResetWatch?
+            if !portalResets.isEmpty, let resets = portalResets[portal] {
+                // DISCARD ALL or DEALLOCATE ALL through the extended protocol.
+                if !resets.isDisjoint(with: [.discardAll, .deallocateAll]) { backend.statementCache.invalidateAll() }
+                reset = ResetWatch(resets: resets, statementSequence: nextStatementSequence)
+                if resets.contains(.discardAll) { openResetWindow() }
+            }
             backend.write(frame.bytes)
-            appendPending(.execute(serverName: portalStatements.isEmpty ? nil : portalStatements[portal]))
+            appendPending(.execute(serverName: portalStatements.isEmpty ? nil : portalStatements[portal], reset: reset))
         case PGMessageType.Frontend.close:
             var body = frame.body
             let kind = body.readInteger(as: UInt8.self)
@@ -1277,16 +1382,50 @@ extension ClientSession {
         emitLocalResponses()
     }
 
-    private func sendParse(_ frame: PGFrame, to backend: BackendConnection) {
+    /// A simple Query with a statement that resets session state: the statement cache is made
+    /// safe before it runs, and its outcome is watched (`applyReset`).
+    private func sendResetQuery(_ message: HeldMessage, to backend: BackendConnection) {
+        let resets = message.resets
+        var watch = ResetWatch(resets: resets, statementSequence: nextStatementSequence)
+        var bytes = message.frame.bytes
+        if !resets.isDisjoint(with: [.discardAll, .deallocateAll]) {
+            backend.statementCache.invalidateAll()
+        }
+        if resets.contains(.deallocate), let name = message.deallocated {
+            if let statement = statements[name] {
+                // The client's statement is known to the backend by the proxy's name: deallocate
+                // that one (preparing it first if this backend lacks it, so the outcome is
+                // PostgreSQL's: success, or the error of an aborted transaction).
+                let serverName = prepare(statement, client: name, on: backend)
+                backend.statementCache.invalidate(serverName: serverName)
+                bytes = ByteBuffer()
+                PGEncode.query("DEALLOCATE " + BackendConnection.quoteIdentifier(serverName), into: &bytes)
+                watch.deallocated = name
+            } else if name.hasPrefix("concierge_") {
+                // One of the proxy's own names: whatever happens, nothing cached is trusted.
+                backend.statementCache.invalidateAll()
+            }
+        }
+        if !resets.isDisjoint(with: [.resetAll, .discardAll]) { openResetWindow() }
+        backend.write(bytes)
+        appendPending(.resetQuery(watch))
+    }
+
+    private func openResetWindow() {
+        if resetWindow == nil { resetWindow = ResetWindow(before: desiredParameters) }
+    }
+
+    private func sendParse(_ frame: PGFrame, resets: SessionResets, to backend: BackendConnection) {
         var body = frame.body
         guard let name = body.readNullTerminatedSlice(), name.readableBytes > 0 else {
+            unnamedStatementResets = resets
             backend.write(frame.bytes)
             appendPending(.parse(client: nil, key: "", serverName: ""))
             return
         }
         let clientName = String(buffer: name)
         // PostgreSQL refuses a second Parse of a name in use; the proxy redefines it (see README).
-        let statement = ClientStatement(definition: body)
+        let statement = ClientStatement(definition: body, sequence: takeStatementSequence(), resets: resets)
         statements[clientName] = statement
         if backend.statementCache.use(statement.key) != nil {
             appendPending(.localParseComplete(client: clientName))
@@ -1309,13 +1448,23 @@ extension ClientSession {
             // (`prepared statement "..." does not exist` names the client's statement).
             backend.write(frame.bytes)
             if !portalStatements.isEmpty { portalStatements[String(buffer: portal)] = nil }
+            notePortalResets(name.readableBytes == 0 ? unnamedStatementResets : [], portal: portal)
             appendPending(.bind(serverName: nil))
             return
         }
+        notePortalResets(statement.resets, portal: portal)
         let serverName = prepare(statement, client: String(buffer: name), on: backend)
         backend.write(StatementMessages.bind(portal: portal, statement: serverName, rest: body, allocator: backend.allocator))
         portalStatements[String(buffer: portal)] = serverName
         appendPending(.bind(serverName: serverName))
+    }
+
+    private func notePortalResets(_ resets: SessionResets, portal: ByteBuffer) {
+        if !resets.isEmpty {
+            portalResets[String(buffer: portal)] = resets
+        } else if !portalResets.isEmpty {
+            portalResets[String(buffer: portal)] = nil
+        }
     }
 
     /// The server-side name of `statement` on `backend`, preparing it there first if needed
@@ -1385,29 +1534,52 @@ extension ClientSession {
             let frameStart = view.readerIndex
             view.moveReaderIndex(forwardBy: size)
             switch type {
-            case PGMessageType.Backend.noticeResponse, PGMessageType.Backend.parameterStatus,
-                PGMessageType.Backend.notificationResponse:
+            case PGMessageType.Backend.noticeResponse, PGMessageType.Backend.notificationResponse:
                 continue  // asynchronous: not an answer to anything
+            case PGMessageType.Backend.parameterStatus:
+                if resetWindow != nil, let frame = bytes.getSlice(at: frameStart, length: size) {
+                    // Held back until the reset's ReadyForQuery (see `closeResetWindow`).
+                    writeRun(upTo: frameStart)
+                    runStart = view.readerIndex
+                    var frame = frame
+                    resetWindow!.reports.writeBuffer(&frame)
+                }
+                continue
             case PGMessageType.Backend.errorResponse:
                 let body = bytes.getSlice(at: frameStart + 5, length: size - 5) ?? ByteBuffer()
                 backendReportedError(body, backend: backend)
                 continue
             case PGMessageType.Backend.readyForQuery:
+                let status = bytes.getInteger(at: frameStart + 5, as: UInt8.self).flatMap(PGTransactionStatus.init(rawValue:)) ?? .idle
                 // Pops through the Sync (or Query) it answers.
                 while !pending.isEmpty {
                     switch popPending() {
                     case .sync, .query: break
+                    case .resetQuery(let watch):
+                        applyResetAtReady(watch, status: status, backend: backend)
                     default: continue
                     }
                     break
                 }
+                if resetWindow != nil {
+                    writeRun(upTo: frameStart)
+                    closeResetWindow(status: status, context: context, backend: backend)
+                }
                 continue
+            case PGMessageType.Backend.commandComplete:
+                switch pending.first {
+                case .resetQuery(let watch), .execute(_, let watch?):
+                    let tag = bytes.getSlice(at: frameStart + 5, length: size - 5) ?? ByteBuffer()
+                    applyResetAtCompletion(watch, tag: tag, backend: backend)
+                default:
+                    break
+                }
             default:
                 break
             }
             guard let head = pending.first else { continue }
             switch head {
-            case .query, .sync:
+            case .query, .sync, .resetQuery:
                 break  // inside a simple query's results
             case .parse:
                 if type == PGMessageType.Backend.parseComplete { popPending() }
@@ -1445,7 +1617,11 @@ extension ClientSession {
         switch head {
         case .query, .sync:
             return  // a simple query's error: ReadyForQuery follows
-        case .bind(let serverName?), .execute(let serverName?):
+        case .resetQuery:
+            resetWindow?.failed = true
+            resetQueryFailed = true
+            return
+        case .bind(let serverName?), .execute(let serverName?, _):
             if let fields = try? PGParse.errorResponse(body), fields.code == "0A000",
                fields.message?.contains("cached plan must not change result type") == true
             {
@@ -1460,6 +1636,107 @@ extension ClientSession {
             if case .sync = next { break }
             forgetStatement(of: popPending(), failed: false, backend: backend)
         }
+    }
+
+    // MARK: Session resets
+
+    /// A CommandComplete of a statement that resets session state: what PostgreSQL has now done
+    /// is applied to the client's state as the proxy models it. Prepared statements and cursors
+    /// are not transactional, so this happens at once.
+    private func applyResetAtCompletion(_ watch: ResetWatch, tag: ByteBuffer, backend: BackendConnection) {
+        var tag = tag
+        guard let text = tag.readNullTerminatedSlice() else { return }
+        switch String(buffer: text) {
+        case "DEALLOCATE ALL":
+            forgetStatements(definedUpTo: watch.statementSequence)
+            unpin(.sqlPrepare)
+        case "DISCARD ALL":
+            // Everything of the session is gone but a loaded library (DISCARD ALL is CLOSE ALL,
+            // SET SESSION AUTHORIZATION DEFAULT, RESET ALL, DEALLOCATE ALL, UNLISTEN *,
+            // pg_advisory_unlock_all(), DISCARD PLANS, TEMP and SEQUENCES).
+            forgetStatements(definedUpTo: watch.statementSequence)
+            resetWindow?.discarded = true
+            unpin(PinReasons.all.subtracting(.load))
+        case "DEALLOCATE":
+            if let name = watch.deallocated, let statement = statements[name], statement.sequence <= watch.statementSequence {
+                statements[name] = nil
+            }
+        case "RESET":
+            if watch.resets.contains(.resetAll) { resetWindow?.sawResetAll = true }
+        case "CLOSE CURSOR ALL":
+            unpin(.cursorWithHold)
+        case "DISCARD TEMP":
+            unpin(.temporaryObject)
+        case "DISCARD SEQUENCES":
+            unpin(.sequenceFunction)
+        default:
+            break
+        }
+    }
+
+    /// The ReadyForQuery that ends a simple Query with resets: those that take effect with the
+    /// whole query (or at commit) are applied if nothing in it failed.
+    private func applyResetAtReady(_ watch: ResetWatch, status: PGTransactionStatus, backend: BackendConnection) {
+        let failed = resetQueryFailed
+        resetQueryFailed = false
+        guard !failed else { return }
+        // UNLISTEN takes effect at commit.
+        if watch.resets.contains(.unlistenAll), status == .idle { unpin(.listen) }
+        if watch.resets.contains(.advisoryUnlockAll) { unpin(.advisoryLock) }
+    }
+
+    /// At the ReadyForQuery after a RESET ALL or DISCARD ALL: PostgreSQL returned every
+    /// parameter to the backend's defaults, where the client's are its startup values. The
+    /// client gets the ParameterStatus messages a direct session would have sent, the backend is
+    /// brought to the client's values before its next message (or at its next lease), and the
+    /// parameters the reset removed stop pinning.
+    private func closeResetWindow(status: PGTransactionStatus, context: ChannelHandlerContext, backend: BackendConnection) {
+        guard var window = resetWindow else { return }
+        resetWindow = nil
+        let applied = window.discarded || (window.sawResetAll && !window.failed)
+        guard applied else {
+            // Nothing was reset: the backend's reports are the client's.
+            if window.reports.readableBytes > 0 { context.write(wrapOutboundOut(window.reports), promise: nil) }
+            return
+        }
+        desiredParameters = startupParameters
+        backend.noteParametersReset()
+        needsParameterResync = true
+        if !window.discarded {
+            if status == .idle {
+                unpin(.setVariable)
+            } else {
+                // Inside a transaction block: a rollback would restore what RESET ALL reset,
+                // settings the proxy does not see among them. The session keeps this backend.
+                pin(.setVariable, statement: ByteBuffer(string: "RESET ALL"))
+            }
+        }
+        guard let template = runtime.loginState(for: poolKey).template else { return }
+        var out = ByteBuffer()
+        for parameter in template.parameters {
+            let name = parameter.name.lowercased()
+            let now = startupParameters[name] ?? parameter.value
+            if now != (window.before[name] ?? parameter.value) {
+                PGEncode.parameterStatus(name: parameter.name, value: now, into: &out)
+            }
+        }
+        window.reports.clear()
+        if out.readableBytes > 0 { context.write(wrapOutboundOut(out), promise: nil) }
+    }
+
+    /// DEALLOCATE ALL or DISCARD ALL ran: the statements the client defined before it are gone.
+    private func forgetStatements(definedUpTo sequence: UInt64) {
+        guard !statements.isEmpty else { return }
+        statements = statements.filter { $0.value.sequence > sequence }
+    }
+
+    private func unpin(_ reasons: PinReasons) {
+        guard !pinReasons.isDisjoint(with: reasons) else { return }
+        let removed = pinReasons.intersection(reasons)
+        pinReasons.subtract(reasons)
+        log(.info, pinReasons.isEmpty ? "session unpinned" : "session pin reason removed", [
+            "concierge.pin_reason": "\(removed.names.joined(separator: ","))"
+        ])
     }
 
     /// A message that `failed` (or was skipped after a failure) did not create its statement.

@@ -1,5 +1,6 @@
 import NIOCore
 import PostgresWire
+import SQLClassifier
 
 /// Protocol-level named prepared statements in transaction mode, without pinning.
 ///
@@ -19,9 +20,16 @@ struct ClientStatement {
     let definition: ByteBuffer
     /// The statement's identity on any backend: derived from `definition`.
     let key: String
+    /// When the client defined it (the session's counter): a `DEALLOCATE ALL` or `DISCARD ALL`
+    /// removes only the statements defined before it ran.
+    let sequence: UInt64
+    /// What executing it resets (`DISCARD ALL` prepared as a statement, ...).
+    let resets: SessionResets
 
-    init(definition: ByteBuffer) {
+    init(definition: ByteBuffer, sequence: UInt64 = 0, resets: SessionResets = []) {
         self.definition = definition
+        self.sequence = sequence
+        self.resets = resets
         var hasher = Hasher()
         definition.withUnsafeReadableBytes { hasher.combine(bytes: $0) }
         let hash = UInt64(bitPattern: Int64(hasher.finalize()))
@@ -81,10 +89,16 @@ struct BackendStatementCache {
         generation += 1
     }
 
-    /// The client ran DISCARD ALL or DEALLOCATE: assume nothing is left on the server.
-    mutating func removeAll() {
+    /// A statement that may deallocate any of them (`DEALLOCATE ALL`, `DISCARD ALL`, a
+    /// `DEALLOCATE` of one of the proxy's names) is on its way to the server. Whether it succeeds
+    /// or not, nothing known is used again: the next use prepares afresh under a new name, and
+    /// the old names are closed at the next lease (a Close of a name that no longer exists is
+    /// not an error), so no Parse can collide with a statement the server still has.
+    mutating func invalidateAll() {
+        guard !entries.isEmpty else { return }
+        for entry in entries.values { stale.append(entry.serverName) }
         entries.removeAll()
-        stale.removeAll()
+        generation += 1
     }
 
     /// At lease time: moves the least recently used statements beyond `capacity` to `stale` and
@@ -121,8 +135,11 @@ enum PendingResponse {
     /// Describe of a portal: RowDescription or NoData.
     case describePortal
     /// Execute: rows and copy data, ended by CommandComplete, EmptyQueryResponse or
-    /// PortalSuspended; with the statement of the portal, when known.
-    case execute(serverName: String?)
+    /// PortalSuspended; with the statement of the portal, when known, and what it resets.
+    case execute(serverName: String?, reset: ResetWatch?)
+    /// A simple Query with a statement that resets session state (`SessionResets`): like
+    /// `.query`, and its command tags and outcome are watched.
+    case resetQuery(ResetWatch)
     /// Close of a portal or the unnamed statement (CloseComplete forwarded).
     case close
     /// A Parse answered by the proxy: ParseComplete is sent to the client at this point.
@@ -136,6 +153,17 @@ enum PendingResponse {
         default: return false
         }
     }
+}
+
+/// A statement that resets session state, on its way to the database: what the session applies
+/// once the database confirms it (see `ClientSession.applyReset`).
+struct ResetWatch {
+    var resets: SessionResets
+    /// The client's statements defined before it (`ClientStatement.sequence` below this) are
+    /// the ones a `DEALLOCATE ALL` or `DISCARD ALL` removes.
+    var statementSequence: UInt64
+    /// `DEALLOCATE name` of one of the client's protocol-level statements.
+    var deallocated: String?
 }
 
 enum StatementMessages {
@@ -175,6 +203,15 @@ enum StatementMessages {
         out.writeString(name)
         out.writeInteger(UInt8(0))
         return out
+    }
+
+    /// Close of statement `name` (a Close of a name that does not exist is not an error).
+    static func closeStatement(_ name: String, into out: inout ByteBuffer) {
+        out.writeInteger(PGMessageType.Frontend.close)
+        out.writeInteger(Int32(4 + 1 + name.utf8.count + 1))
+        out.writeInteger(UInt8(ascii: "S"))
+        out.writeString(name)
+        out.writeInteger(UInt8(0))
     }
 
     static let parseComplete: ByteBuffer = ByteBuffer(bytes: [UInt8(ascii: "1"), 0, 0, 0, 4])

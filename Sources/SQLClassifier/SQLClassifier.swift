@@ -19,6 +19,7 @@ public enum SQLClassifier {
             let kind = classifyStatementStart(first, &startLexer, options, &result)
             scanStatement(first, &lexer, kind, options, &result)
         }
+        if result.statementCount != 1 { result.deallocatedName = nil }
         return result
     }
 
@@ -80,6 +81,7 @@ extension SQLClassifier {
             if lx.isKeyword(t, "load") { result.pinReasons.insert(.load) }
         case 5:
             if lx.isKeyword(t, "reset") { classifyReset(&lx, options, &result) }
+            if lx.isKeyword(t, "close"), lx.isKeyword(lx.next(), "all") { result.resets.insert(.closeAll) }
         case 6:
             if lx.isKeyword(t, "select") { return .selectLike }
             if lx.isKeyword(t, "create") {
@@ -93,10 +95,12 @@ extension SQLClassifier {
             } else if lx.isKeyword(t, "declare") {
                 classifyDeclare(&lx, &result)
             } else if lx.isKeyword(t, "discard") {
-                result.pinReasons.insert(.discard)
+                classifyDiscard(&lx, &result)
             }
+        case 8:
+            if lx.isKeyword(t, "unlisten"), lx.isOperator(lx.next(), UInt8(ascii: "*")) { result.resets.insert(.unlistenAll) }
         case 10:
-            if lx.isKeyword(t, "deallocate") { result.pinReasons.insert(.sqlPrepare) }
+            if lx.isKeyword(t, "deallocate") { classifyDeallocate(&lx, &result) }
         default:
             break
         }
@@ -133,6 +137,37 @@ extension SQLClassifier {
         if lx.isKeyword(t, "temp") || lx.isKeyword(t, "temporary") {
             result.pinReasons.insert(.temporaryObject)
         }
+    }
+
+    /// `DISCARD {ALL | PLANS | SEQUENCES | TEMP | TEMPORARY}`: a reset, not a pin. Anything else
+    /// is a syntax error that changes nothing.
+    private static func classifyDiscard(_ lx: inout Lexer, _ result: inout Classification) {
+        let t = lx.next()
+        if lx.isKeyword(t, "all") {
+            result.resets.insert(.discardAll)
+        } else if lx.isKeyword(t, "plans") {
+            result.resets.insert(.discardPlans)
+        } else if lx.isKeyword(t, "sequences") {
+            result.resets.insert(.discardSequences)
+        } else if lx.isKeyword(t, "temp") || lx.isKeyword(t, "temporary") {
+            result.resets.insert(.discardTemp)
+        }
+    }
+
+    /// `DEALLOCATE [PREPARE] {name | ALL}`: a reset. The name is reported so the session can
+    /// tell a protocol-level statement of its own (which the proxy renamed) from an SQL-level one.
+    private static func classifyDeallocate(_ lx: inout Lexer, _ result: inout Classification) {
+        var t = lx.next()
+        if lx.isKeyword(t, "prepare") { t = lx.next() }
+        if lx.isKeyword(t, "all") {
+            result.resets.insert(.deallocateAll)
+            return
+        }
+        guard t.kind == .identifier || (t.kind == .quotedIdentifier && !t.unterminated) else { return }
+        var bytes: [UInt8] = []
+        lx.appendIdentifier(t, to: &bytes)
+        result.resets.insert(.deallocate)
+        result.deallocatedName = String(decoding: bytes, as: UTF8.self)
     }
 
     /// `PREPARE name ...` pins; `PREPARE TRANSACTION 'gid'` (two-phase commit) does not.
@@ -247,7 +282,10 @@ extension SQLClassifier {
         if lx.isKeyword(t, "transaction") {
             return  // RESET TRANSACTION ISOLATION LEVEL: transaction-scoped
         } else if lx.isKeyword(t, "all") {
-            name = "all"
+            // Reported (`setCommands`) but not a pin: the session applies it (SessionResets).
+            result.setCommands.append(SetCommand(name: "all", value: nil, scope: .session, isReset: true))
+            result.resets.insert(.resetAll)
+            return
         } else if lx.isKeyword(t, "session"), lx.isKeyword(peekToken(lx), "authorization") {
             name = "session_authorization"
         } else if lx.isKeyword(t, "time"), lx.isKeyword(peekToken(lx), "zone") {
@@ -441,7 +479,7 @@ extension SQLClassifier {
     }
 
     private enum FunctionRule {
-        case none, advisoryLock, sequence, setConfig
+        case none, advisoryLock, advisoryUnlockAll, sequence, setConfig
     }
 
     private static func functionRule(_ t: Token, _ lx: Lexer) -> FunctionRule {
@@ -457,6 +495,8 @@ extension SQLClassifier {
             return lx.isName(t, "pg_advisory_lock") ? .advisoryLock : .none
         case 20:
             return lx.isName(t, "pg_try_advisory_lock") ? .advisoryLock : .none
+        case 22:
+            return lx.isName(t, "pg_advisory_unlock_all") ? .advisoryUnlockAll : .none
         case 23:
             return lx.isName(t, "pg_advisory_lock_shared") ? .advisoryLock : .none
         case 27:
@@ -487,6 +527,8 @@ extension SQLClassifier {
         switch rule {
         case .advisoryLock:
             result.pinReasons.insert(.advisoryLock)
+        case .advisoryUnlockAll:
+            result.resets.insert(.advisoryUnlockAll)
         case .sequence:
             result.pinReasons.insert(.sequenceFunction)
         case .setConfig:

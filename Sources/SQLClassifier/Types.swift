@@ -13,13 +13,14 @@ public struct PinReasons: OptionSet, Sendable, Hashable, CustomStringConvertible
     /// `SET [SESSION] ROLE`, `SET [SESSION] SESSION AUTHORIZATION`, `RESET ROLE`, ...
     /// Never exempted by the filter.
     public static let setRole = PinReasons(rawValue: 1 << 1)
-    /// SQL-level `PREPARE` / `DEALLOCATE`.
+    /// SQL-level `PREPARE name` (not `PREPARE TRANSACTION`; `DEALLOCATE` is a `SessionResets`).
     public static let sqlPrepare = PinReasons(rawValue: 1 << 2)
     /// Temporary tables, sequences and views (and objects created in `pg_temp`).
     public static let temporaryObject = PinReasons(rawValue: 1 << 3)
     /// `DECLARE ... CURSOR WITH HOLD`.
     public static let cursorWithHold = PinReasons(rawValue: 1 << 4)
-    /// `DISCARD ...`.
+    /// No longer set: `DISCARD` is a `SessionResets`, applied by the session. Kept so the
+    /// metric and log names of the other reasons stay stable.
     public static let discard = PinReasons(rawValue: 1 << 5)
     /// `LISTEN channel`.
     public static let listen = PinReasons(rawValue: 1 << 6)
@@ -121,10 +122,60 @@ public struct SetCommand: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
+/// Statements that return session state to its defaults. They do not pin: the session applies
+/// their meaning to what the proxy models of the client (its parameters, prepared statements and
+/// pins) once the database has run them.
+public struct SessionResets: OptionSet, Sendable, Hashable, CustomStringConvertible {
+    public let rawValue: UInt16
+
+    public init(rawValue: UInt16) { self.rawValue = rawValue }
+
+    /// `RESET ALL`: every parameter back to its session default (not role or session authorization).
+    public static let resetAll = SessionResets(rawValue: 1 << 0)
+    /// No longer set: `DISCARD` is a `SessionResets`, applied by the session. Kept so the
+    /// metric and log names of the other reasons stay stable. everything below, plus `SET SESSION AUTHORIZATION DEFAULT`.
+    public static let discardAll = SessionResets(rawValue: 1 << 1)
+    /// `DISCARD TEMP` / `DISCARD TEMPORARY`: the session's temporary tables are dropped.
+    public static let discardTemp = SessionResets(rawValue: 1 << 2)
+    /// `DISCARD SEQUENCES`: `currval`/`lastval` state is forgotten.
+    public static let discardSequences = SessionResets(rawValue: 1 << 3)
+    /// `DISCARD PLANS`: cached plans are dropped (no state the proxy models).
+    public static let discardPlans = SessionResets(rawValue: 1 << 4)
+    /// `DEALLOCATE [PREPARE] ALL`: every prepared statement, SQL-level and protocol-level.
+    public static let deallocateAll = SessionResets(rawValue: 1 << 5)
+    /// `UNLISTEN *`.
+    public static let unlistenAll = SessionResets(rawValue: 1 << 6)
+    /// `CLOSE ALL`: every cursor, `WITH HOLD` ones included.
+    public static let closeAll = SessionResets(rawValue: 1 << 7)
+    /// `pg_advisory_unlock_all()`: every session-level advisory lock.
+    public static let advisoryUnlockAll = SessionResets(rawValue: 1 << 8)
+    /// `DEALLOCATE [PREPARE] name`: see `Classification.deallocatedName`.
+    public static let deallocate = SessionResets(rawValue: 1 << 9)
+
+    /// Resets whose effect on statements, settings or locks cannot be undone by a rollback.
+    public static let statementResets: SessionResets = [.discardAll, .deallocateAll, .deallocate]
+
+    private static let nameTable = [
+        "reset_all", "discard_all", "discard_temp", "discard_sequences", "discard_plans", "deallocate_all",
+        "unlisten_all", "close_all", "advisory_unlock_all", "deallocate",
+    ]
+
+    public var description: String {
+        var names: [String] = []
+        for bit in 0..<Self.nameTable.count where rawValue & (1 << UInt16(bit)) != 0 { names.append(Self.nameTable[bit]) }
+        return "[" + names.joined(separator: ", ") + "]"
+    }
+}
+
 /// The result of classifying one Query (or Parse) string.
 public struct Classification: Sendable, Hashable {
     /// Union of the pin reasons of all statements.
     public var pinReasons: PinReasons
+    /// Union of the session resets of all statements (see `SessionResets`).
+    public var resets: SessionResets = []
+    /// The name of a `DEALLOCATE [PREPARE] name` (as the server folds it), when that is the only
+    /// statement; nil otherwise.
+    public var deallocatedName: String?
     /// `SET`/`RESET` statements in order of appearance (empty, without allocation, when none).
     public var setCommands: [SetCommand]
     /// Number of non-empty statements (`;`-separated).

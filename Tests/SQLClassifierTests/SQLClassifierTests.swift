@@ -30,7 +30,6 @@ let triggerCases: [PinCase] = [
     PinCase("SET x TO DEFAULT", .setVariable),
     PinCase("SET search_path FROM CURRENT", .setVariable),
     PinCase("RESET search_path", .setVariable),
-    PinCase("RESET ALL", .setVariable),
     PinCase("reset time zone", .setVariable),
     PinCase("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE", .setVariable),
     PinCase("SET ROLE admin", .setRole),
@@ -55,9 +54,6 @@ let triggerCases: [PinCase] = [
     // PREPARE / DEALLOCATE
     PinCase("PREPARE p (int) AS SELECT $1", .sqlPrepare),
     PinCase("prepare p as select 1", .sqlPrepare),
-    PinCase("DEALLOCATE p", .sqlPrepare),
-    PinCase("DEALLOCATE ALL", .sqlPrepare),
-    PinCase("deallocate prepare p", .sqlPrepare),
     // temporary objects
     PinCase("CREATE TEMP TABLE t (x int)", .temporaryObject),
     PinCase("CREATE TEMPORARY TABLE t (x int)", .temporaryObject),
@@ -88,8 +84,6 @@ let triggerCases: [PinCase] = [
     PinCase("DECLARE \"c\" SCROLL CURSOR WITH /* x */ HOLD FOR SELECT 1", .cursorWithHold),
     PinCase("DECLARE c ASENSITIVE CURSOR WITH HOLD FOR SELECT 1", .cursorWithHold),
     // DISCARD / LISTEN / LOAD
-    PinCase("DISCARD ALL", .discard),
-    PinCase("discard temp", .discard),
     PinCase("LISTEN ch", .listen),
     PinCase("listen \"Channel\"", .listen),
     PinCase("LOAD 'auto_explain'", .load),
@@ -125,10 +119,10 @@ let triggerCases: [PinCase] = [
     PinCase("select 1;listen ch;", .listen),
     PinCase("BEGIN; SET LOCAL a = 1; SELECT nextval('s'); COMMIT", .sequenceFunction),
     PinCase("SET x = 1; LISTEN y; SELECT pg_advisory_lock(1)", [.setVariable, .listen, .advisoryLock]),
-    PinCase("select 'it''s'; discard all", .discard),
-    PinCase("select E'\\''; discard all", .discard),
-    PinCase("select $$;$$; discard all", .discard),
-    PinCase("select \";\"; discard all", .discard),
+    PinCase("select 'it''s'; listen ch", .listen),
+    PinCase("select E'\\''; listen ch", .listen),
+    PinCase("select $$;$$; listen ch", .listen),
+    PinCase("select \";\"; listen ch", .listen),
     PinCase("/* a /* nested */ still comment; SET x = 1 */ LISTEN y", .listen),
 ]
 
@@ -262,7 +256,9 @@ func excludeVariableSets(_ c: PinCase) {
     #expect(SQLClassifier.classify("SET NAMES 'UTF8'", options: options).pinReasons == [])
     #expect(SQLClassifier.classify("RESET application_name", options: options).pinReasons == [])
     #expect(SQLClassifier.classify("SET application_name = 'a'; SET work_mem = '1MB'", options: options).pinReasons == .setVariable)
-    #expect(SQLClassifier.classify("RESET ALL", options: options).pinReasons == .setVariable)
+    // RESET ALL is a reset the session applies (to the client's startup values), not a pin.
+    #expect(SQLClassifier.classify("RESET ALL", options: options).pinReasons == [])
+    #expect(SQLClassifier.classify("RESET ALL", options: options).resets == .resetAll)
     #expect(SQLClassifier.classify("SELECT set_config('application_name', 'x', false)", options: options).pinReasons == .setVariable)
 }
 
@@ -544,4 +540,57 @@ let lexCases: [LexCase] = [
 @Test(arguments: lexCases)
 func lexer(_ c: LexCase) {
     #expect(lex(c.sql) == c.tokens)
+}
+
+
+// MARK: - Session resets
+
+struct ResetCase: Sendable, CustomTestStringConvertible {
+    var sql: String
+    var expected: SessionResets
+    var deallocated: String?
+    init(_ sql: String, _ expected: SessionResets, deallocated: String? = nil) {
+        self.sql = sql
+        self.expected = expected
+        self.deallocated = deallocated
+    }
+    var testDescription: String { "\(sql.debugDescription) → \(expected)" }
+}
+
+/// Statements that return session state to its defaults: reported as resets, never as pins
+/// (asyncpg's pool runs the first one on every connection it releases).
+let resetCases: [ResetCase] = [
+    ResetCase("SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;",
+              [.advisoryUnlockAll, .closeAll, .unlistenAll, .resetAll]),
+    ResetCase("RESET ALL", .resetAll),
+    ResetCase("reset all", .resetAll),
+    ResetCase("DISCARD ALL", .discardAll),
+    ResetCase("discard temp", .discardTemp),
+    ResetCase("DISCARD TEMPORARY", .discardTemp),
+    ResetCase("DISCARD SEQUENCES", .discardSequences),
+    ResetCase("DISCARD PLANS", .discardPlans),
+    ResetCase("DEALLOCATE ALL", .deallocateAll),
+    ResetCase("deallocate prepare all", .deallocateAll),
+    ResetCase("DEALLOCATE _pg3_1", .deallocate, deallocated: "_pg3_1"),
+    ResetCase("DEALLOCATE PREPARE \"My Stmt\"", .deallocate, deallocated: "My Stmt"),
+    ResetCase("deallocate S1;", .deallocate, deallocated: "s1"),
+    ResetCase("DEALLOCATE a; DEALLOCATE b", .deallocate),
+    ResetCase("SELECT pg_catalog.pg_advisory_unlock_all()", .advisoryUnlockAll),
+    ResetCase("UNLISTEN ch", []),
+    ResetCase("CLOSE c", []),
+    ResetCase("SELECT 'RESET ALL', 'DISCARD ALL' -- DEALLOCATE ALL", []),
+]
+
+@Test(arguments: resetCases)
+func resets(_ c: ResetCase) {
+    let classification = SQLClassifier.classify(c.sql)
+    #expect(classification.resets == c.expected)
+    #expect(classification.pinReasons.isEmpty)
+    #expect(classification.deallocatedName == c.deallocated)
+}
+
+@Test func twoPhaseCommitDoesNotPin() {
+    for sql in ["PREPARE TRANSACTION 'x'", "prepare transaction 'gid-1'", "COMMIT PREPARED 'x'", "ROLLBACK PREPARED 'x'"] {
+        #expect(SQLClassifier.classify(sql).pinReasons.isEmpty, "\(sql)")
+    }
 }

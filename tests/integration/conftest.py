@@ -70,7 +70,9 @@ def pg() -> PgCluster:
     port = free_port()
     superuser_password = secrets.token_hex(16)
     env = clean_env(CONCIERGE_PG_PASSWORD=superuser_password)
-    run(["bash", str(PG_SH), "start", str(root / "data"), str(port), "max_connections=100"],
+    # max_prepared_transactions: two-phase commit through the proxy is tested too.
+    run(["bash", str(PG_SH), "start", str(root / "data"), str(port), "max_connections=100",
+         "max_prepared_transactions=10"],
         env=env, timeout=180)
     cluster = PgCluster(host="127.0.0.1", port=port, bindir=pg_bindir(),
                         passwords={u.name: secrets.token_hex(12) for u in DB_USERS},

@@ -1,0 +1,323 @@
+"""Statements that reset session state, prepared-statement bookkeeping around them, two-phase
+commit and notifications: what real drivers do, through the proxy as directly.
+
+asyncpg's pool runs `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;` on every
+connection it releases; psycopg sends DEALLOCATE ALL, DISCARD ALL and LISTEN/NOTIFY. None of them
+may pin a session for good, desynchronise the proxy's statements, or show the client anything a
+direct connection would not.
+"""
+
+import asyncio
+import struct
+
+import psycopg
+import pytest
+
+from helpers import DIRECT, BackendSampler
+from pgwire import ServerError, message
+
+ASYNCPG_RESET = "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;"
+
+
+def parse(name: str, sql: str) -> bytes:
+    return message(b"P", name.encode() + b"\0" + sql.encode() + b"\0" + struct.pack("!h", 0))
+
+
+def bind(name: str, portal: str = "") -> bytes:
+    return message(b"B", portal.encode() + b"\0" + name.encode() + b"\0"
+                   + struct.pack("!hh", 0, 0) + struct.pack("!h", 0))
+
+
+EXECUTE = message(b"E", b"\0" + struct.pack("!i", 0))
+SYNC = message(b"S")
+
+
+def run_statement(c, name: str) -> list[str]:
+    """Bind, Execute, Sync of statement `name`: the rows (first column), or ServerError."""
+    c.send(bind(name) + EXECUTE + SYNC)
+    rows, error = [], None
+    while True:
+        msg = c.recv()
+        assert msg is not None, "connection closed"
+        if msg.type == b"D":
+            n = struct.unpack("!i", msg.payload[2:6])[0]
+            rows.append(msg.payload[6:6 + n].decode())
+        elif msg.type == b"E":
+            from pgwire import parse_error_fields
+            error = ServerError(parse_error_fields(msg.payload))
+        elif msg.type == b"Z":
+            if error:
+                raise error
+            return rows
+
+
+def prepare(c, name: str, sql: str) -> None:
+    c.send(parse(name, sql) + SYNC)
+    c.expect(b"1")
+    c.expect(b"Z")
+
+
+@pytest.mark.proxy_only
+def test_asyncpgs_reset_query_does_not_pin(proxy):
+    # One backend. Were the reset query to pin (RESET ALL did), the next client would wait for
+    # the backend until its borrow timeout.
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=2)
+    with p.connect() as a, p.connect() as b:
+        a.execute(ASYNCPG_RESET)
+        assert b.execute("select 1").fetchone()[0] == 1
+        a.execute(ASYNCPG_RESET)
+        assert b.execute("select 2").fetchone()[0] == 2
+    assert "session pinned" not in p.log(), p.log()
+
+
+def test_reset_all_returns_to_the_startup_values_and_reports_them(proxy):
+    # RESET ALL goes back to the values of the startup packet (PostgreSQL's reset values), and
+    # reports what changed, as a direct session does; another client on the same backend
+    # in between changes nothing of that.
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=5)
+    with p.connect(application_name="mine", options="-c DateStyle=German") as a, \
+            p.connect(application_name="other") as b:
+        a.execute("SET application_name = 'changed'")
+        a.execute("SET DateStyle = 'ISO, YMD'")
+        assert b.execute("show application_name").fetchone()[0] == "other"
+        a.execute("RESET ALL")
+        assert a.info.parameter_status("application_name") == "mine"
+        assert a.info.parameter_status("DateStyle") == "German, DMY"
+        assert a.execute("show application_name").fetchone()[0] == "mine"
+        assert a.execute("show DateStyle").fetchone()[0] == "German, DMY"
+        assert b.execute("show application_name").fetchone()[0] == "other"
+        assert b.execute("show DateStyle").fetchone()[0] == "ISO, MDY"
+        # Nothing changed: nothing is reported (a direct session reports nothing either).
+        with p.wire() as c:
+            c.startup("app", p.passwords["app"], application_name="wire")
+            c.send(message(b"Q", b"RESET ALL\0"))
+            types = []
+            while (m := c.recv()).type != b"Z":
+                types.append(m.type)
+            assert types == [b"C"], types
+
+
+def test_reset_all_inside_a_transaction_applies_there(proxy):
+    p = proxy(max_connections_percent=2, connection_borrow_timeout=5)
+    with p.connect(application_name="mine") as a:
+        a.execute("SET application_name = 'changed'")
+        with a.transaction():
+            a.execute("RESET ALL")
+            assert a.execute("show application_name").fetchone()[0] == "mine"
+        assert a.execute("show application_name").fetchone()[0] == "mine"
+        with a.transaction():
+            a.execute("SET application_name = 'again'")
+        a.execute("BEGIN")
+        a.execute("RESET ALL")
+        a.execute("ROLLBACK")
+        assert a.execute("show application_name").fetchone()[0] == "again"
+        assert a.info.parameter_status("application_name") == "again"
+
+
+def test_discard_all_resets_the_session_and_unpins_it(proxy, pg):
+    # A SET of an untracked setting pins; DISCARD ALL returns everything to the defaults, so the
+    # session no longer needs its backend: with one backend, another client gets it.
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=2)
+    default_work_mem = pg.scalar("show work_mem")
+    with p.connect(application_name="mine") as a, p.connect() as b:
+        a.execute("SET work_mem = '1234kB'")
+        a.execute("PREPARE q AS SELECT 42")
+        a.execute("DISCARD ALL")
+        assert a.execute("show work_mem").fetchone()[0] == default_work_mem
+        assert a.execute("show application_name").fetchone()[0] == "mine"
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+            a.execute("EXECUTE q")
+        assert b.execute("select 1").fetchone()[0] == 1
+        assert b.execute("show work_mem").fetchone()[0] == default_work_mem
+
+
+def test_deallocate_all_keeps_the_statements_in_sync(proxy):
+    # The failure of shared/evidence/psycopg-prepared-desync.trace: after DEALLOCATE ALL, every
+    # simple Query made the proxy forget what the backend still had, so the next use of a
+    # statement prepared since then was answered `prepared statement "concierge_..." already
+    # exists` (an internal name reaching the client).
+    p = proxy(max_connections_percent=2, connection_borrow_timeout=5)
+    with p.wire() as c, p.connect() as other:
+        c.startup("app", p.passwords["app"])
+        prepare(c, "s1", "select 1")
+        assert run_statement(c, "s1") == ["1"]
+        c.query("DEALLOCATE ALL")
+        with pytest.raises(ServerError) as err:
+            run_statement(c, "s1")
+        assert err.value.sqlstate == "26000" and '"s1"' in err.value.message
+        prepare(c, "s1", "select 11")
+        prepare(c, "s2", "select 2")
+        for round in range(3):
+            assert c.query("select 3") == [("3",)]
+            other.execute("select 1")
+            assert run_statement(c, "s2") == ["2"]
+            assert run_statement(c, "s1") == ["11"]
+        # DISCARD ALL forgets them too, and a redefinition afterwards works.
+        c.query("DISCARD ALL")
+        with pytest.raises(ServerError) as err:
+            run_statement(c, "s2")
+        assert err.value.sqlstate == "26000" and '"s2"' in err.value.message
+        prepare(c, "s2", "select 22")
+        assert run_statement(c, "s2") == ["22"]
+        assert c.query("select 4") == [("4",)]
+        assert run_statement(c, "s2") == ["22"]
+
+
+def test_deallocate_all_in_a_pipeline_before_a_redefinition(proxy):
+    # Messages already on their way when DEALLOCATE ALL runs: a statement defined after it
+    # survives it, one defined before does not.
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=5)
+    with p.wire() as c:
+        c.startup("app", p.passwords["app"])
+        prepare(c, "old", "select 'old'")
+        assert run_statement(c, "old") == ["old"]
+        c.send(message(b"Q", b"DEALLOCATE ALL\0") + parse("new", "select 'new'") + bind("new") + EXECUTE + SYNC)
+        c.expect(b"C")
+        c.expect(b"Z")
+        c.expect(b"1")
+        c.expect(b"2")
+        assert c.expect(b"D").payload.endswith(b"new")
+        c.expect(b"C")
+        c.expect(b"Z")
+        with pytest.raises(ServerError) as err:
+            run_statement(c, "old")
+        assert err.value.sqlstate == "26000"
+        assert run_statement(c, "new") == ["new"]
+
+
+def test_deallocate_of_a_protocol_level_statement(proxy):
+    # psycopg (with a libpq before 17) evicts statements with DEALLOCATE name: the proxy knows
+    # the statement by another name on the backend, and the client must see PostgreSQL's answers.
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=5)
+    with p.wire() as c:
+        c.startup("app", p.passwords["app"])
+        prepare(c, "_pg3_0", "select 5")
+        assert run_statement(c, "_pg3_0") == ["5"]
+        c.send(message(b"Q", b"DEALLOCATE _pg3_0\0"))
+        assert c.expect(b"C").payload == b"DEALLOCATE\0"
+        c.expect(b"Z")
+        with pytest.raises(ServerError) as err:
+            run_statement(c, "_pg3_0")
+        assert err.value.sqlstate == "26000" and '"_pg3_0"' in err.value.message
+        # Inside a transaction, and pipelined behind other messages.
+        prepare(c, "a", "select 6")
+        prepare(c, "b", "select 7")
+        assert c.query("BEGIN") == []
+        assert run_statement(c, "a") == ["6"]
+        c.send(bind("b") + EXECUTE + SYNC + message(b"Q", b"DEALLOCATE b\0") + message(b"Q", b"COMMIT\0"))
+        for expected in (b"2", b"D", b"C", b"Z", b"C", b"Z", b"C", b"Z"):
+            c.expect(expected)
+        with pytest.raises(ServerError):
+            run_statement(c, "b")
+        assert run_statement(c, "a") == ["6"]
+        # In a failed transaction: PostgreSQL's error, and the statement stays.
+        assert c.query("BEGIN") == []
+        with pytest.raises(ServerError):
+            c.query("select 1/0")
+        with pytest.raises(ServerError) as err:
+            c.query("DEALLOCATE a")
+        assert err.value.sqlstate == "25P02"
+        assert c.query("ROLLBACK") == []
+        assert run_statement(c, "a") == ["6"]
+        # A name it never prepared: PostgreSQL's error.
+        with pytest.raises(ServerError) as err:
+            c.query("DEALLOCATE nope")
+        assert err.value.sqlstate == "26000"
+
+
+def test_psycopg_prepared_statements_survive_deallocate_all_and_pipelines(proxy):
+    # The psycopg 3 scenario of the evidence: an autocommit connection that prepares its
+    # statements (threshold 0), runs DEALLOCATE ALL, and keeps going while another client uses
+    # pipeline mode and leaves inside an open transaction.
+    p = proxy(max_connections_percent=2, connection_borrow_timeout=5)
+    with p.connect(prepare_threshold=0) as a:
+        a.execute("drop table if exists resets_t")
+        a.execute("create table resets_t (id text primary key)")
+        for i in range(5):
+            a.execute("select %s::int", [i])
+        a.execute("DEALLOCATE ALL")
+        for round in range(4):
+            a.execute("insert into resets_t values (%s)", [f"r{round}"])
+            with p.connect(autocommit=False) as b:
+                with b.pipeline():
+                    b.execute("insert into resets_t values (%s)", [f"b{round}"])
+                    b.commit()
+                    b.execute("select * from resets_t")
+                # leaves inside the open transaction of the select
+            a.execute("select * from resets_t").fetchall()
+            assert a.execute("select count(*) from resets_t where id = %s", [f"r{round}"]).fetchone()[0] == 1
+        a.execute("drop table resets_t")
+
+
+@pytest.mark.proxy_only
+def test_two_phase_commit_does_not_pin(proxy, pg):
+    # PREPARE TRANSACTION ends the transaction (it is not the SQL PREPARE statement): the backend
+    # goes back to the pool and any client may COMMIT PREPARED it.
+    assert int(pg.scalar("show max_prepared_transactions")) > 0
+    pg.query("drop table if exists twophase")
+    pg.query("create table twophase (id int)")
+    pg.query("grant all on twophase to app")
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=2)
+    with p.connect() as a, p.connect() as b:
+        a.execute("BEGIN")
+        a.execute("insert into twophase values (1)")
+        a.execute("PREPARE TRANSACTION 'concierge-2pc-1'")
+        assert b.execute("select count(*) from twophase").fetchone()[0] == 0
+        b.execute("COMMIT PREPARED 'concierge-2pc-1'")
+        assert a.execute("select count(*) from twophase").fetchone()[0] == 1
+        a.execute("BEGIN")
+        a.execute("insert into twophase values (2)")
+        a.execute("PREPARE TRANSACTION 'concierge-2pc-2'")
+        b.execute("ROLLBACK PREPARED 'concierge-2pc-2'")
+        assert b.execute("select count(*) from twophase").fetchone()[0] == 1
+    assert "session pinned" not in p.log(), p.log()
+
+
+def test_a_notification_from_the_clients_own_session_carries_its_pid(proxy):
+    p = proxy(max_connections_percent=2)
+    with p.connect() as a:
+        a.execute("LISTEN concierge_channel")
+        a.execute("NOTIFY concierge_channel, 'hello'")
+        notification = next(a.notifies(timeout=5, stop_after=1))
+        assert notification.payload == "hello"
+        assert notification.pid == a.info.backend_pid
+        # From another session: that session's pid, which is not the listener's.
+        with p.connect() as b:
+            b.execute("NOTIFY concierge_channel, 'other'")
+        notification = next(a.notifies(timeout=5, stop_after=1))
+        assert notification.payload == "other"
+        assert notification.pid != a.info.backend_pid
+        a.execute("UNLISTEN *")
+
+
+def test_asyncpg_pool_over_fewer_backends(proxy, pg):
+    # asyncpg's pool (min 10, max 20) over 5 backends: 500 tasks, each a transaction with
+    # prepared statements; every release runs asyncpg's reset query.
+    asyncpg = pytest.importorskip("asyncpg")
+    pg.query("drop table if exists asyncpg_pool")
+    pg.query("create table asyncpg_pool (id int primary key, v text)")
+    pg.query("grant all on asyncpg_pool to app")
+    p = proxy(max_connections_percent=5, connection_borrow_timeout=30)
+
+    async def main() -> int:
+        pool = await asyncpg.create_pool(host=p.host, port=p.port, user="app", password=p.passwords["app"],
+                                         database="app", min_size=10, max_size=20)
+        async def task(i: int) -> int:
+            async with pool.acquire() as conn:
+                async with conn.transaction():
+                    await conn.execute("insert into asyncpg_pool values ($1, $2)", i, f"v{i}")
+                    statement = await conn.prepare("select v from asyncpg_pool where id = $1")
+                    assert await statement.fetchval(i) == f"v{i}"
+                    return await conn.fetchval("select count(*) from asyncpg_pool where id <= $1", i)
+        try:
+            results = await asyncio.gather(*(task(i) for i in range(500)))
+        finally:
+            await pool.close()
+        return len(results)
+
+    with BackendSampler(pg) as sampler:
+        assert asyncio.run(asyncio.wait_for(main(), 120)) == 500
+    assert pg.scalar("select count(*) from asyncpg_pool") == 500
+    if not DIRECT:
+        assert sampler.max_seen <= 5, sampler.max_seen
+        assert "session pinned" not in p.log(), p.log()
