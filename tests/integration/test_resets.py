@@ -244,7 +244,8 @@ def test_psycopg_prepared_statements_survive_deallocate_all_and_pipelines(proxy)
                     b.commit()
                     b.execute("select * from resets_t")
                 # leaves inside the open transaction of the select
-            a.execute("select * from resets_t").fetchall()
+            # A simple Query (no parameters, not prepared), then the prepared insert again.
+            a.execute("select * from resets_t", prepare=False).fetchall()
             assert a.execute("select count(*) from resets_t where id = %s", [f"r{round}"]).fetchone()[0] == 1
         a.execute("drop table resets_t")
 
