@@ -1432,6 +1432,7 @@ extension ClientSession {
             return
         }
         let serverName = backend.statementCache.add(statement.key)
+        closeBeforeParse(serverName, on: backend)
         backend.write(StatementMessages.parse(name: serverName, definition: statement.definition, allocator: backend.allocator))
         appendPending(.parse(client: clientName, key: statement.key, serverName: serverName))
     }
@@ -1472,9 +1473,19 @@ extension ClientSession {
     private func prepare(_ statement: ClientStatement, client: String, on backend: BackendConnection) -> String {
         if let serverName = backend.statementCache.use(statement.key) { return serverName }
         let serverName = backend.statementCache.add(statement.key)
+        closeBeforeParse(serverName, on: backend)
         backend.write(StatementMessages.parse(name: serverName, definition: statement.definition, allocator: backend.allocator))
         appendPending(.injectedParse(client: client, key: statement.key, serverName: serverName))
         return serverName
+    }
+
+    /// A Close of `serverName` ahead of its Parse (see `PendingResponse.injectedClose`): one
+    /// small message per statement and backend, the first time the backend needs it.
+    private func closeBeforeParse(_ serverName: String, on backend: BackendConnection) {
+        var close = backend.allocator.buffer(capacity: 8 + serverName.utf8.count)
+        StatementMessages.closeStatement(serverName, into: &close)
+        backend.write(close)
+        appendPending(.injectedClose)
     }
 
     private func appendPending(_ entry: PendingResponse) {
@@ -1547,6 +1558,11 @@ extension ClientSession {
                 continue
             case PGMessageType.Backend.errorResponse:
                 let body = bytes.getSlice(at: frameStart + 5, length: size - 5) ?? ByteBuffer()
+                if let rewritten = errorWithoutInternalNames(body, backend: backend) {
+                    writeRun(upTo: frameStart)
+                    runStart = view.readerIndex
+                    context.write(wrapOutboundOut(rewritten), promise: nil)
+                }
                 backendReportedError(body, backend: backend)
                 continue
             case PGMessageType.Backend.readyForQuery:
@@ -1589,6 +1605,12 @@ extension ClientSession {
                     writeRun(upTo: frameStart)
                     runStart = view.readerIndex  // drop it
                 }
+            case .injectedClose:
+                if type == PGMessageType.Backend.closeComplete {
+                    popPending()
+                    writeRun(upTo: frameStart)
+                    runStart = view.readerIndex  // drop it
+                }
             case .bind:
                 if type == PGMessageType.Backend.bindComplete { popPending() }
             case .describeStatement, .describePortal:
@@ -1607,6 +1629,43 @@ extension ClientSession {
         }
         writeRun(upTo: view.readerIndex)
         emitLocalResponses()
+    }
+
+    /// An error that names one of the proxy's statements (`concierge_...`) means the proxy's
+    /// view of the backend was wrong: a bug. The client must not see the proxy's names, so they
+    /// are replaced by the client's own, and the backend's statements are all prepared afresh
+    /// from the next use on. Nil (the usual case): the error is forwarded as it is.
+    private func errorWithoutInternalNames(_ body: ByteBuffer, backend: BackendConnection) -> ByteBuffer? {
+        let prefix = Array("concierge_".utf8)
+        let bytes = Array(body.readableBytesView)
+        guard bytes.count >= prefix.count,
+              (0...(bytes.count - prefix.count)).contains(where: { bytes[$0..<($0 + prefix.count)].elementsEqual(prefix) })
+        else { return nil }
+        backend.statementCache.invalidateAll()
+        var out: [UInt8] = []
+        var index = 0
+        while index < bytes.count {
+            if index + prefix.count <= bytes.count, bytes[index..<(index + prefix.count)].elementsEqual(prefix) {
+                var end = index + prefix.count
+                while end < bytes.count, bytes[end] == UInt8(ascii: "_") || (bytes[end] >= 0x30 && bytes[end] <= 0x39)
+                    || (bytes[end] >= 0x61 && bytes[end] <= 0x66) { end += 1 }
+                let serverName = String(decoding: bytes[index..<end], as: UTF8.self)
+                let client = statements.first(where: { serverName == $0.value.key || serverName.hasPrefix($0.value.key + "_") })?.key
+                out += Array((client ?? "").utf8)
+                index = end
+            } else {
+                out.append(bytes[index])
+                index += 1
+            }
+        }
+        log(.warning, "the database reported an error about one of the proxy's statements; its statements on this backend will be prepared again", [
+            "concierge.backend": "\(backend.id)"
+        ])
+        var frame = ByteBuffer()
+        frame.writeInteger(PGMessageType.Backend.errorResponse)
+        frame.writeInteger(Int32(4 + out.count))
+        frame.writeBytes(out)
+        return frame
     }
 
     /// An ErrorResponse: in the extended protocol it answers the head entry, and PostgreSQL then

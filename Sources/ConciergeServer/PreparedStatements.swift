@@ -128,6 +128,10 @@ enum PendingResponse {
     case parse(client: String?, key: String, serverName: String)
     /// A Parse the proxy added so the backend has a statement: its ParseComplete is dropped.
     case injectedParse(client: String?, key: String, serverName: String)
+    /// A Close the proxy sends before each Parse of one of its names: its CloseComplete is
+    /// dropped. Should the proxy's view of the backend ever be wrong, the Parse still cannot fail
+    /// with `already exists` (a Close of a name the server lacks is not an error).
+    case injectedClose
     /// Bind (BindComplete), with the server-side statement it used.
     case bind(serverName: String?)
     /// Describe of a statement: ParameterDescription, then RowDescription or NoData.

@@ -322,3 +322,23 @@ def test_asyncpg_pool_over_fewer_backends(proxy, pg):
     if not DIRECT:
         assert sampler.max_seen <= 5, sampler.max_seen
         assert "session pinned" not in p.log(), p.log()
+
+
+@pytest.mark.proxy_only
+def test_the_proxys_statement_names_never_reach_a_client(proxy):
+    # A DEALLOCATE ALL the proxy cannot see (inside a DO block) removes the backend's statements
+    # behind its back. The client's next use fails as it would directly (naming its own
+    # statement, not the proxy's), and the one after it works: the proxy prepares it again.
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=5)
+    with p.wire() as c:
+        c.startup("app", p.passwords["app"])
+        prepare(c, "mine", "select 8")
+        assert run_statement(c, "mine") == ["8"]
+        c.query("DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$")
+        with pytest.raises(ServerError) as err:
+            run_statement(c, "mine")
+        assert err.value.sqlstate == "26000"
+        assert "concierge_" not in str(err.value.fields), err.value.fields
+        assert '"mine"' in err.value.message
+        assert run_statement(c, "mine") == ["8"]
+    assert "one of the proxy's statements" in p.log()
