@@ -13,7 +13,7 @@
 #                                   (the default here; 0 turns it off)
 #
 # Installs what is missing: PostgreSQL, the JDBC driver, a JDK and promtool (apt); pytest,
-# pytest-timeout, psycopg, PyYAML, boto3 (IAM tokens) and moto (a local Secrets Manager) (pip).
+# pytest-timeout, psycopg, PyYAML, boto3 (IAM tokens), moto (a local Secrets Manager) and asyncpg (pip).
 # Exits non-zero if any step fails; later test steps still run so one report shows everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,9 +24,9 @@ section "dependencies"
 bash scripts/pg.sh install
 PG_BIN=$(bash scripts/pg.sh bindir)
 echo "PostgreSQL: $("$PG_BIN/postgres" --version)"
-if ! python3 -c 'import pytest, pytest_timeout, psycopg, yaml, boto3, moto.server' 2>/dev/null; then
-    echo "installing pytest, pytest-timeout, psycopg[binary], pyyaml, boto3 and moto[server] with pip"
-    pip_args=(install --quiet --disable-pip-version-check pytest pytest-timeout "psycopg[binary]" pyyaml boto3 "moto[server]")
+if ! python3 -c "import pytest, pytest_timeout, psycopg, yaml, boto3, moto.server, asyncpg" 2>/dev/null; then
+    echo "installing pytest, pytest-timeout, psycopg[binary], pyyaml, boto3, moto[server] and asyncpg with pip"
+    pip_args=(install --quiet --disable-pip-version-check pytest pytest-timeout "psycopg[binary]" pyyaml boto3 "moto[server]" "asyncpg==0.30.0")
     # Debian's own python3 refuses system-wide pip installs (PEP 668) unless told otherwise.
     python3 -m pip "${pip_args[@]}" 2>/dev/null ||
         python3 -m pip "${pip_args[@]}" --break-system-packages

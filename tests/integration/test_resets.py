@@ -294,7 +294,7 @@ def test_a_notification_from_the_clients_own_session_carries_its_pid(proxy):
 def test_asyncpg_pool_over_fewer_backends(proxy, pg):
     # asyncpg's pool (min 10, max 20) over 5 backends: 500 tasks, each a transaction with
     # prepared statements; every release runs asyncpg's reset query.
-    asyncpg = pytest.importorskip("asyncpg")
+    import asyncpg  # scripts/test.sh installs it
     pg.query("drop table if exists asyncpg_pool")
     pg.query("create table asyncpg_pool (id int primary key, v text)")
     pg.query("grant all on asyncpg_pool to app")
