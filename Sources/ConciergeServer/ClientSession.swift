@@ -112,6 +112,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     private struct ResetWindow {
         /// The client's parameters as it last saw them reported.
         var before: [String: String]
+        /// ReadyForQuery messages still due for what was sent before the reset (their
+        /// ParameterStatus messages are not the reset's).
+        var syncsBefore: Int
         /// ParameterStatus messages the backend sent meanwhile.
         var reports = ByteBuffer()
         /// A RESET ALL ran (its command tag arrived) ...
@@ -1411,8 +1414,17 @@ extension ClientSession {
         appendPending(.resetQuery(watch))
     }
 
+    /// Called just before the reset's message is recorded in `pending`.
     private func openResetWindow() {
-        if resetWindow == nil { resetWindow = ResetWindow(before: desiredParameters) }
+        guard resetWindow == nil else { return }
+        var syncsBefore = 0
+        for entry in pending {
+            switch entry {
+            case .query, .sync, .resetQuery: syncsBefore += 1
+            default: break
+            }
+        }
+        resetWindow = ResetWindow(before: desiredParameters, syncsBefore: syncsBefore)
     }
 
     private func sendParse(_ frame: PGFrame, resets: SessionResets, to backend: BackendConnection) {
@@ -1548,12 +1560,16 @@ extension ClientSession {
             case PGMessageType.Backend.noticeResponse, PGMessageType.Backend.notificationResponse:
                 continue  // asynchronous: not an answer to anything
             case PGMessageType.Backend.parameterStatus:
-                if resetWindow != nil, let frame = bytes.getSlice(at: frameStart, length: size) {
+                guard let window = resetWindow, let frame = bytes.getSlice(at: frameStart, length: size) else { continue }
+                if window.syncsBefore == 0 {
                     // Held back until the reset's ReadyForQuery (see `closeResetWindow`).
                     writeRun(upTo: frameStart)
                     runStart = view.readerIndex
                     var frame = frame
                     resetWindow!.reports.writeBuffer(&frame)
+                } else if let parameter = try? PGParse.parameterStatus(frame.getSlice(at: frame.readerIndex + 5, length: size - 5) ?? ByteBuffer()) {
+                    // An earlier statement's report, which the client sees: the reset starts from it.
+                    resetWindow!.before[parameter.name.lowercased()] = parameter.value
                 }
                 continue
             case PGMessageType.Backend.errorResponse:
@@ -1577,9 +1593,13 @@ extension ClientSession {
                     }
                     break
                 }
-                if resetWindow != nil {
-                    writeRun(upTo: frameStart)
-                    closeResetWindow(status: status, context: context, backend: backend)
+                if let window = resetWindow {
+                    if window.syncsBefore > 0 {
+                        resetWindow!.syncsBefore -= 1
+                    } else {
+                        writeRun(upTo: frameStart)
+                        closeResetWindow(status: status, context: context, backend: backend)
+                    }
                 }
                 continue
             case PGMessageType.Backend.commandComplete:

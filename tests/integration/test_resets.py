@@ -342,3 +342,18 @@ def test_the_proxys_statement_names_never_reach_a_client(proxy):
         assert '"mine"' in err.value.message
         assert run_statement(c, "mine") == ["8"]
     assert "one of the proxy's statements" in p.log()
+
+
+def test_reset_all_pipelined_behind_a_set(proxy):
+    # Two simple Queries in one write: the SET's ParameterStatus is the SET's, RESET ALL's is
+    # the return to the startup value, each before its own ReadyForQuery.
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=5)
+    with p.wire() as c:
+        c.startup("app", p.passwords["app"], application_name="mine")
+        c.send(message(b"Q", b"SET application_name = 'x'\0") + message(b"Q", b"RESET ALL\0"))
+        seen = []
+        while len([m for m in seen if m[0] == b"Z"]) < 2:
+            m = c.recv()
+            seen.append((m.type, m.payload.split(b"\0")[1] if m.type == b"S" else b""))
+        assert seen == [(b"C", b""), (b"S", b"x"), (b"Z", b""), (b"C", b""), (b"S", b"mine"), (b"Z", b"")], seen
+        assert c.query("show application_name") == [("mine",)]
