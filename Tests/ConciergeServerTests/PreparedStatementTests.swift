@@ -1,0 +1,60 @@
+import NIOCore
+import PostgresWire
+import Testing
+
+@testable import ConciergeServer
+
+/// The proxy's bookkeeping of each backend's statements (PreparedStatements.swift).
+@Suite struct BackendStatementCacheTests {
+    @Test func invalidatingEverythingNeverReusesANameTheServerMayStillHave() {
+        var cache = BackendStatementCache()
+        let first = cache.add("concierge_a")
+        #expect(cache.use("concierge_a") == first)
+        // DEALLOCATE ALL on its way: whether it succeeds or not, the next use is a new name.
+        cache.invalidateAll()
+        #expect(cache.use("concierge_a") == nil)
+        let second = cache.add("concierge_a")
+        #expect(second != first)
+        #expect(cache.use("concierge_a") == second)
+        // The old name is closed at the next lease (a Close of a missing name is harmless).
+        #expect(cache.takeStale() == [first])
+        #expect(cache.takeStale() == [])
+    }
+
+    @Test func invalidatingAnEmptyCacheChangesNoName() {
+        var cache = BackendStatementCache()
+        cache.invalidateAll()
+        #expect(cache.add("concierge_b") == "concierge_b")
+    }
+
+    @Test func aFailedParseIsForgottenOnlyUnderItsOwnName() {
+        var cache = BackendStatementCache()
+        let old = cache.add("k")
+        cache.invalidateAll()
+        let new = cache.add("k")
+        cache.forget("k", serverName: old)  // a late failure of the old Parse
+        #expect(cache.use("k") == new)
+        cache.forget("k", serverName: new)
+        #expect(cache.use("k") == nil)
+    }
+
+    @Test func closeIsEncodedAsPostgreSQLExpectsIt() {
+        var out = ByteBuffer()
+        StatementMessages.closeStatement("s1", into: &out)
+        #expect(Array(out.readableBytesView) == [UInt8(ascii: "C"), 0, 0, 0, 8, UInt8(ascii: "S"), UInt8(ascii: "s"), UInt8(ascii: "1"), 0])
+    }
+
+    @Test func afterResetAllTheInitQuerysValuesAreSetAgain() {
+        // RESET ALL took the backend to its login defaults: the baseline (init_query) values are
+        // lost, so a client that wants them gets them set again; one that wants others too.
+        let lost = BackendConnection.lostBaseline
+        #expect(
+            BackendConnection.parameterSyncSQL(
+                from: ["statement_timeout": lost], to: [:], baseline: ["statement_timeout": "1234ms"])
+                == "SELECT pg_catalog.set_config(E'statement_timeout', E'1234ms', false)")
+        #expect(
+            BackendConnection.parameterSyncSQL(
+                from: ["statement_timeout": lost], to: ["statement_timeout": "5s"], baseline: ["statement_timeout": "1234ms"])
+                == "SELECT pg_catalog.set_config(E'statement_timeout', E'5s', false)")
+    }
+}
