@@ -1,0 +1,623 @@
+#!/usr/bin/env python3
+"""Run real drivers' own test suites directly against PostgreSQL and through Concierge.
+
+Each driver's test suite comes from its PyPI source distribution (pinned below), downloaded and
+unpacked into a cache directory outside the repository; the driver itself and what its tests need
+are pip-installed, pinned, into a virtualenv in that cache. Two throwaway PostgreSQL clusters are
+started with scripts/pg.sh, one for the direct run and one behind the proxy, so the two runs of a
+suite go on at the same time without seeing each other. Per driver, a fresh proxy
+($CONCIERGE_BIN serve) fronts the superuser `postgres` in transaction mode with a cap of
+CONCIERGE_DRIVERS_CAP backends (5), far fewer than the connections the suites open.
+
+Every test's outcome is recorded by the pytest plugin concierge_outcomes.py. A test that passes
+directly and fails, errors, hangs, is skipped or is missing through the proxy is a *difference*.
+Differences listed in tests/drivers/inherent-differences.txt (each with its reason) are expected;
+any other makes the run fail. Listed entries that no longer differ are reported, not failed.
+
+  python3 tests/drivers/run.py                       every driver
+  python3 tests/drivers/run.py --drivers asyncpg -k pool   one driver, a pytest -k filter
+
+Environment (each also a flag; see --help):
+  CONCIERGE_BIN            the proxy binary (default .build/debug/concierge)
+  CONCIERGE_DRIVERS        comma-separated drivers to run (default: all)
+  CONCIERGE_DRIVERS_CACHE  where the virtualenv and the unpacked sdists live
+                           (default ~/.cache/concierge-driver-suites)
+  CONCIERGE_DRIVERS_CAP    the proxy's cap of backends (default 5)
+  CONCIERGE_DRIVERS_TIMEOUT  seconds one test may take before it counts as hung (default 60)
+  CONCIERGE_DRIVERS_KEEP=1 keep the clusters' data directories after the run
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
+PG_SH = REPO_ROOT / "scripts" / "pg.sh"
+INHERENT_FILE = HERE / "inherent-differences.txt"
+
+# Everything pip installs into the virtualenv, pinned: the drivers, then what their tests import
+# (asyncpg: distro; pg8000: pytz, pytest-mock, pytest-benchmark) and the runner's pytest plugins.
+REQUIREMENTS = [
+    "asyncpg==0.32.0",
+    "psycopg2-binary==2.9.13",
+    "pg8000==1.31.6", "scramp==1.5.0", "asn1crypto==1.5.1", "python-dateutil==4.0.0",
+    "tzdata==2026.6",
+    "pytest==9.2.0", "pluggy==1.7.0", "iniconfig==2.3.1", "packaging==26.4", "Pygments==2.21.0",
+    "pytest-timeout==2.4.0",
+    "distro==1.9.0", "pytz==2026.6", "pytest-mock==3.17.0", "pytest-benchmark==5.3.1",
+    "py-cpuinfo2==10.1.1",
+]
+
+
+@dataclass
+class Target:
+    """Where a suite connects: a cluster directly, or the proxy in front of the other one."""
+    name: str          # "direct" or "concierge"
+    host: str
+    port: int
+    password: str      # the superuser's
+
+
+@dataclass
+class Driver:
+    name: str
+    sdist: str                      # pip requirement of the source distribution
+    remove: list[str]               # paths of the unpacked sdist removed so they do not shadow
+                                    # the installed package (python -m pytest puts cwd on sys.path)
+    pytest_args: list[str]
+    env: Callable[[Target], dict[str, str]]
+    databases: list[str] = field(default_factory=list)    # created on each cluster
+    extensions: dict[str, list[str]] = field(default_factory=dict)  # database -> extensions
+
+    @property
+    def version(self) -> str:
+        return self.sdist.split("==")[1]
+
+
+DRIVERS = {
+    # asyncpg's tests/_testbase use an existing server when PGHOST is set (RunningCluster) and
+    # connect with libpq's variables. Its pyproject's pytest options apply (importlib mode).
+    "asyncpg": Driver(
+        name="asyncpg", sdist="asyncpg==0.32.0", remove=["asyncpg"], pytest_args=["tests"],
+        env=lambda t: {"PGHOST": t.host, "PGPORT": str(t.port), "PGUSER": "postgres",
+                       "PGPASSWORD": t.password, "PGDATABASE": "asyncpg_test"},
+        databases=["asyncpg_test"]),
+    # psycopg2's sdist tests (unittest, run by pytest) read PSYCOPG2_TESTDB*; they run against
+    # psycopg2-binary of the same version, which installs the same `psycopg2` package.
+    "psycopg2": Driver(
+        name="psycopg2", sdist="psycopg2==2.9.13", remove=[], pytest_args=["tests"],
+        env=lambda t: {"PSYCOPG2_TESTDB": "psycopg2_test", "PSYCOPG2_TESTDB_HOST": t.host,
+                       "PSYCOPG2_TESTDB_PORT": str(t.port), "PSYCOPG2_TESTDB_USER": "postgres",
+                       "PSYCOPG2_TESTDB_PASSWORD": t.password},
+        databases=["psycopg2_test"], extensions={"psycopg2_test": ["hstore"]}),
+    # pg8000's tests connect as user postgres to database postgres, with PGHOST, PGPORT and
+    # PGPASSWORD; the benchmarks run once each instead of being timed.
+    "pg8000": Driver(
+        name="pg8000", sdist="pg8000==1.31.6", remove=[], pytest_args=["test", "--benchmark-disable"],
+        env=lambda t: {"PGHOST": t.host, "PGPORT": str(t.port), "PGPASSWORD": t.password},
+        extensions={"postgres": ["hstore"]}),
+}
+
+BAD = {"failed", "error", "hung", "missing"}
+
+
+def log(msg: str) -> None:
+    print(f"[drivers] {msg}", flush=True)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment minus libpq's and the suites' own settings, plus extra."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PG", "PSYCOPG2_", "CONCIERGE_DRIVERS_", "PYTEST_"))
+           and k not in ("PYTHONPATH", "USE_UVLOOP")}
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(cmd: list, *, timeout: float = 600, env: dict | None = None, **kw) -> str:
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout,
+                          env=env if env is not None else clean_env(), **kw)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} exited {proc.returncode}\n"
+                           f"{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+# -- the cache: a virtualenv and the unpacked sdists ---------------------------------------------
+
+def ensure_venv(cache: Path) -> Path:
+    digest = hashlib.sha256("\n".join(REQUIREMENTS).encode()).hexdigest()[:12]
+    venv = cache / f"venv-{digest}"
+    python = venv / "bin" / "python"
+    if (venv / ".complete").exists() and python.exists():
+        return python
+    shutil.rmtree(venv, ignore_errors=True)
+    log(f"creating {venv} and installing {len(REQUIREMENTS)} pinned packages with pip")
+    run([sys.executable, "-m", "venv", venv])
+    run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "--no-input", *REQUIREMENTS], timeout=900)
+    (venv / ".complete").write_text("\n".join(REQUIREMENTS) + "\n")
+    return python
+
+
+def ensure_sdist(cache: Path, python: Path, driver: Driver) -> Path:
+    """The unpacked source distribution of the driver (downloaded once)."""
+    name, version = driver.sdist.split("==")
+    tree = cache / "sdists" / f"{name}-{version}"
+    if (tree / ".complete").exists():
+        return tree
+    downloads = cache / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    archive = next(iter(downloads.glob(f"{name}-{version}.tar.gz")), None)
+    if archive is None:
+        log(f"downloading the {driver.sdist} source distribution with pip")
+        # --no-binary for this package only: its build requirements may come as wheels.
+        run([python, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+             "--no-input", "--no-deps", "--no-binary", name, "-d", downloads, driver.sdist],
+            timeout=900)
+        archive = next(iter(downloads.glob(f"{name}-{version}.tar.gz")), None)
+        if archive is None:
+            raise RuntimeError(f"pip download {driver.sdist} left no {name}-{version}.tar.gz "
+                               f"in {downloads}")
+    (cache / "sdists").mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache / "sdists"))
+    with tarfile.open(archive) as tar:
+        try:
+            tar.extractall(staging, filter="data")
+        except TypeError:  # Python before 3.11.4 has no extraction filters
+            tar.extractall(staging)
+    top = staging / f"{name}-{version}"
+    for rel in driver.remove:
+        shutil.rmtree(top / rel, ignore_errors=True)
+    (top / ".complete").write_text(f"{archive.name}\n")
+    shutil.rmtree(tree, ignore_errors=True)
+    top.rename(tree)
+    shutil.rmtree(staging, ignore_errors=True)
+    return tree
+
+
+# -- PostgreSQL and the proxy ---------------------------------------------------------------------
+
+@dataclass
+class Cluster:
+    root: Path
+    port: int
+    password: str
+    bindir: Path
+
+    def psql(self, sql: str, dbname: str = "postgres") -> str:
+        return run([self.bindir / "psql", "-X", "-At", "-v", "ON_ERROR_STOP=1",
+                    "-h", "127.0.0.1", "-p", self.port, "-U", "postgres", "-d", dbname, "-c", sql],
+                   env=clean_env(PGPASSWORD=self.password), timeout=60)
+
+    def stop(self) -> None:
+        subprocess.run(["bash", str(PG_SH), "stop", str(self.root / "data")],
+                       capture_output=True, text=True, timeout=120, env=clean_env())
+
+
+def start_cluster(root: Path, bindir: Path) -> Cluster:
+    password = secrets.token_hex(16)
+    port = free_port()
+    run(["bash", PG_SH, "start", root / "data", port, "max_connections=100"],
+        env=clean_env(CONCIERGE_PG_PASSWORD=password), timeout=300)
+    cluster = Cluster(root=root, port=port, password=password, bindir=bindir)
+    for driver in DRIVERS.values():
+        for db in driver.databases:
+            cluster.psql(f"create database {db}")
+        for db, extensions in driver.extensions.items():
+            for ext in extensions:
+                cluster.psql(f"create extension if not exists {ext}", dbname=db)
+    return cluster
+
+
+@dataclass
+class Proxy:
+    proc: subprocess.Popen
+    port: int
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> int | None:
+        """SIGTERM, wait; the exit status (None if it had to be killed)."""
+        if self.proc.poll() is not None:
+            return self.proc.returncode
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=25)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def start_proxy(binary: Path, workdir: Path, cluster: Cluster, cap_percent: int) -> Proxy:
+    workdir.mkdir(parents=True, exist_ok=True)
+    secret = workdir / "postgres.json"
+    secret.write_text(json.dumps({"username": "postgres", "password": cluster.password}))
+    secret.chmod(0o600)
+    port = free_port()
+    (workdir / "concierge.yaml").write_text(f"""\
+drain_timeout: 5
+proxies:
+  - name: drivers
+    engine_family: POSTGRESQL
+    listen: "127.0.0.1:{port}"
+    debug_logging: true
+    auth:
+      - auth_scheme: SECRETS
+        secret_arn: "file:postgres.json"
+        iam_auth: DISABLED
+        client_password_auth_type: POSTGRES_SCRAM_SHA_256
+    target_group:
+      connection_pool_config:
+        max_connections_percent: {cap_percent}
+        max_idle_connections_percent: {cap_percent}
+        connection_borrow_timeout: 20
+      targets:
+        - endpoint: "127.0.0.1:{cluster.port}"
+""")
+    log_path = workdir / "concierge.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen([str(binary), "serve", "--config", "concierge.yaml"], cwd=workdir,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                env=clean_env())
+    proxy = Proxy(proc=proc, port=port, log_path=log_path)
+    deadline = time.monotonic() + 30
+    while True:
+        if not proxy.alive():
+            raise RuntimeError(f"concierge exited {proc.returncode} at start:\n{proxy.log_tail()}")
+        check = subprocess.run([str(cluster.bindir / "psql"), "-X", "-At", "-h", "127.0.0.1",
+                                "-p", str(port), "-U", "postgres", "-d", "postgres",
+                                "-c", "select 1"], capture_output=True, text=True, timeout=15,
+                               env=clean_env(PGPASSWORD=cluster.password, PGCONNECT_TIMEOUT="3"))
+        if check.returncode == 0 and check.stdout.strip() == "1":
+            return proxy
+        if time.monotonic() > deadline:
+            proxy.stop()
+            raise RuntimeError(f"concierge did not serve select 1 within 30 s:\n{check.stderr}\n"
+                               f"{proxy.log_tail()}")
+        time.sleep(0.2)
+
+
+# -- running one suite against one target ----------------------------------------------------------
+
+@dataclass
+class TestResult:
+    status: str       # passed, failed, error, skipped, hung, missing
+    message: str = ""
+
+
+@dataclass
+class SuiteRun:
+    target: str
+    results: dict[str, TestResult]
+    seconds: float
+    restarts: int
+    log_path: Path
+    note: str = ""
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.results.values() if r.status == status)
+
+
+def read_outcomes(path: Path) -> tuple[dict[str, list[dict]], list[str], bool]:
+    """Reports per node id, the node ids started in order, and whether the session finished."""
+    reports: dict[str, list[dict]] = {}
+    started: list[str] = []
+    finished = False
+    if not path.exists():
+        return reports, started, finished
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut short when the process was killed
+        if "start" in rec:
+            started.append(rec["start"])
+        elif "finished" in rec:
+            finished = True
+        elif "collect" in rec:
+            reports.setdefault(rec["collect"], []).append(
+                {"when": "collect", "outcome": "failed", "message": rec.get("message", "")})
+        elif "nodeid" in rec:
+            reports.setdefault(rec["nodeid"], []).append(rec)
+    return reports, started, finished
+
+
+def summarize(reports: list[dict]) -> TestResult:
+    failed = [r for r in reports if r["outcome"] == "failed"]
+    if failed:
+        first = failed[0]
+        status = "failed" if first["when"] == "call" else "error"
+        return TestResult(status, f"{first['when']}: {first.get('message', '')}".strip())
+    skipped = [r for r in reports if r["outcome"] == "skipped"]
+    if skipped:
+        return TestResult("skipped", skipped[0].get("message", ""))
+    if any(r["when"] == "call" and r["outcome"] == "passed" for r in reports):
+        return TestResult("passed")
+    return TestResult("error", "no call report")
+
+
+def run_suite(python: Path, tree: Path, driver: Driver, target: Target, outdir: Path,
+              per_test_timeout: int, deadline_s: float, extra: list[str]) -> SuiteRun:
+    """Run the suite, resuming after a test that hung (pytest-timeout's thread method ends the
+    process), until pytest finishes, the deadline passes or it has been resumed 10 times."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    outcomes = outdir / f"{target.name}.outcomes.jsonl"
+    done_file = outdir / f"{target.name}.done"
+    log_path = outdir / f"{target.name}.log"
+    for p in (outcomes, done_file, log_path):
+        p.unlink(missing_ok=True)
+    hung: dict[str, TestResult] = {}
+    start = time.monotonic()
+    restarts = 0
+    note = ""
+    env = clean_env(PYTHONPATH=str(HERE), CONCIERGE_DRIVERS_OUTCOMES=str(outcomes),
+                    CONCIERGE_DRIVERS_DONE=str(done_file), PYTHONDONTWRITEBYTECODE="1",
+                    **driver.env(target))
+    cmd = [str(python), "-m", "pytest", "-p", "concierge_outcomes", "-p", "no:cacheprovider",
+           "-q", "-rN", f"--timeout={per_test_timeout}", "--timeout-method=thread",
+           *driver.pytest_args, *extra]
+    while True:
+        with open(log_path, "ab") as out:
+            out.write(f"\n$ {' '.join(cmd)}\n".encode())
+            out.flush()
+            proc = subprocess.Popen(cmd, cwd=tree, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            remaining = deadline_s - (time.monotonic() - start)
+            try:
+                proc.wait(timeout=max(remaining, 1))
+                killed = False
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                killed = True
+        reports, started, finished = read_outcomes(outcomes)
+        if finished:
+            break
+        # Killed (by pytest-timeout or our deadline): the last test started without a teardown
+        # report is the one that hung.
+        culprit = next((n for n in reversed(started)
+                        if not any(r["when"] == "teardown" for r in reports.get(n, []))), None)
+        if culprit is not None:
+            why = (f"the suite passed its {deadline_s:.0f} s deadline" if killed else
+                   f"no result within {per_test_timeout} s (pytest-timeout ended the process)")
+            hung[culprit] = TestResult("hung", why)
+        if killed or culprit is None or restarts >= 10:
+            note = ("deadline passed" if killed else
+                    "pytest died outside a test" if culprit is None else "resumed 10 times")
+            break
+        restarts += 1
+        done_file.write_text("".join(f"{n}\n" for n in {*reports, *hung, *started}))
+    reports, _, _ = read_outcomes(outcomes)
+    results = {nodeid: summarize(reps) for nodeid, reps in reports.items()}
+    for nodeid, res in hung.items():
+        results[nodeid] = res
+    return SuiteRun(target=target.name, results=results, seconds=time.monotonic() - start,
+                    restarts=restarts, log_path=log_path, note=note)
+
+
+# -- comparing --------------------------------------------------------------------------------------
+
+def load_inherent(path: Path) -> dict[tuple[str, str], str]:
+    """(driver, test id) -> reason, from lines `DRIVER TEST-ID REASON...` (# comments)."""
+    entries: dict[tuple[str, str], str] = {}
+    if not path.exists():
+        return entries
+    for number, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(None, 2)
+        if len(parts) < 3:
+            raise SystemExit(f"{path}:{number}: expected `DRIVER TEST-ID REASON`, got {raw!r}")
+        entries[(parts[0], parts[1])] = parts[2]
+    return entries
+
+
+def compare(direct: SuiteRun, proxied: SuiteRun) -> list[tuple[str, TestResult, TestResult]]:
+    """Tests that passed directly and did not pass through the proxy."""
+    diffs = []
+    for nodeid, d in sorted(direct.results.items()):
+        if d.status != "passed":
+            continue
+        p = proxied.results.get(nodeid, TestResult("missing", "no result through the proxy"))
+        if p.status != "passed":
+            diffs.append((nodeid, d, p))
+    return diffs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--drivers", default=os.environ.get("CONCIERGE_DRIVERS", ",".join(DRIVERS)))
+    ap.add_argument("--cache", type=Path, default=Path(os.environ.get(
+        "CONCIERGE_DRIVERS_CACHE", Path.home() / ".cache" / "concierge-driver-suites")))
+    ap.add_argument("--bin", type=Path, default=Path(os.environ.get(
+        "CONCIERGE_BIN") or REPO_ROOT / ".build" / "debug" / "concierge"))
+    ap.add_argument("--cap", type=int, default=int(os.environ.get("CONCIERGE_DRIVERS_CAP", "5")),
+                    help="backends the proxy may open (its cluster has max_connections=100)")
+    ap.add_argument("--timeout", type=int,
+                    default=int(os.environ.get("CONCIERGE_DRIVERS_TIMEOUT", "60")),
+                    help="seconds one test may take before it counts as hung")
+    ap.add_argument("--deadline", type=int, default=900, help="seconds one suite run may take")
+    ap.add_argument("--keep", action="store_true",
+                    default=os.environ.get("CONCIERGE_DRIVERS_KEEP") == "1",
+                    help="keep the clusters' data directories")
+    ap.add_argument("-k", dest="keyword", help="pytest -k expression for every suite")
+    args = ap.parse_args()
+
+    names = [n.strip() for n in args.drivers.split(",") if n.strip()]
+    unknown = [n for n in names if n not in DRIVERS]
+    if unknown:
+        ap.error(f"unknown driver(s) {unknown}; known: {', '.join(DRIVERS)}")
+    if not (1 <= args.cap <= 100):
+        ap.error("--cap must be 1..100 (the proxy's cluster has max_connections=100)")
+    if not args.bin.is_file() or not os.access(args.bin, os.X_OK):
+        log(f"concierge binary not found at {args.bin}: build it or set CONCIERGE_BIN")
+        return 2
+    inherent = load_inherent(INHERENT_FILE)
+    extra = ["-k", args.keyword] if args.keyword else []
+
+    t0 = time.monotonic()
+    args.cache.mkdir(parents=True, exist_ok=True)
+    python = ensure_venv(args.cache)
+    trees = {n: ensure_sdist(args.cache, python, DRIVERS[n]) for n in names}
+    bindir = Path(run(["bash", PG_SH, "bindir"]).strip())
+    work = Path(tempfile.mkdtemp(prefix="concierge-drivers-", dir="/tmp"))
+    work.chmod(0o755)  # the clusters inside run as another OS user when we are root
+    log(f"work directory {work} (suite logs, outcomes, proxy logs); proxy {args.bin}")
+
+    clusters: dict[str, Cluster] = {}
+    errors: list[str] = []
+
+    def start(which: str) -> None:
+        try:
+            clusters[which] = start_cluster(work / f"pg-{which}", bindir)
+        except Exception as e:  # reported below
+            errors.append(f"cluster {which}: {e}")
+
+    threads = [threading.Thread(target=start, args=(w,)) for w in ("direct", "proxied")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    runs: dict[str, tuple[SuiteRun, SuiteRun]] = {}
+    proxy_problems: dict[str, str] = {}
+    try:
+        if errors:
+            for e in errors:
+                log(e)
+            return 2
+        log(f"setup took {time.monotonic() - t0:.0f} s; direct PostgreSQL on port "
+            f"{clusters['direct'].port}, the proxied one on {clusters['proxied'].port}, "
+            f"cap {args.cap} backends")
+        for name in names:
+            driver = DRIVERS[name]
+            outdir = work / name
+            proxy = start_proxy(args.bin, outdir / "proxy", clusters["proxied"], args.cap)
+            direct_t = Target("direct", "127.0.0.1", clusters["direct"].port,
+                              clusters["direct"].password)
+            proxy_t = Target("concierge", "127.0.0.1", proxy.port, clusters["proxied"].password)
+            got: dict[str, SuiteRun] = {}
+
+            def one(target: Target) -> None:
+                got[target.name] = run_suite(python, trees[name], driver, target, outdir,
+                                             args.timeout, args.deadline, extra)
+
+            log(f"{name} {driver.version}: running its suite directly and through the proxy")
+            pair = [threading.Thread(target=one, args=(t,)) for t in (direct_t, proxy_t)]
+            for t in pair:
+                t.start()
+            for t in pair:
+                t.join()
+            if not proxy.alive():
+                proxy_problems[name] = (f"the proxy died during the {name} suite (exit "
+                                        f"{proxy.proc.returncode}); log {proxy.log_path}:\n"
+                                        f"{proxy.log_tail()}")
+            status = proxy.stop()
+            if name not in proxy_problems and status != 0:
+                proxy_problems[name] = (f"the proxy exited {status} on SIGTERM after the {name} "
+                                        f"suite; log {proxy.log_path}:\n{proxy.log_tail()}")
+            runs[name] = (got["direct"], got["concierge"])
+            for r in runs[name]:
+                log(f"  {r.target}: {len(r.results)} tests in {r.seconds:.0f} s"
+                    + (f", resumed {r.restarts}x after hung tests" if r.restarts else "")
+                    + (f" ({r.note})" if r.note else ""))
+    finally:
+        for c in clusters.values():
+            c.stop()
+        if not args.keep:
+            for c in clusters.values():
+                shutil.rmtree(c.root, ignore_errors=True)
+
+    return report(runs, inherent, proxy_problems, work, time.monotonic() - t0,
+                  filtered=bool(args.keyword))
+
+
+def report(runs: dict[str, tuple[SuiteRun, SuiteRun]], inherent: dict[tuple[str, str], str],
+           proxy_problems: dict[str, str], work: Path, seconds: float, filtered: bool) -> int:
+    print()
+    print("==== driver test suites: directly vs through Concierge ====")
+    header = f"{'driver':<16} {'target':<10} {'run':>5} {'passed':>7} {'failed':>7} " \
+             f"{'errors':>7} {'skipped':>8} {'hung':>5} {'time':>6}"
+    print(header)
+    print("-" * len(header))
+    for name, pair in runs.items():
+        for r in pair:
+            print(f"{name + ' ' + DRIVERS[name].version if r.target == 'direct' else '':<16} "
+                  f"{r.target:<10} {len(r.results):>5} {r.count('passed'):>7} "
+                  f"{r.count('failed'):>7} {r.count('error'):>7} {r.count('skipped'):>8} "
+                  f"{r.count('hung'):>5} {r.seconds:>5.0f}s")
+    unexpected: list[str] = []
+    expected: list[str] = []
+    seen_keys: set[tuple[str, str]] = set()
+    for name, (direct, proxied) in runs.items():
+        for nodeid, d, p in compare(direct, proxied):
+            key = (name, nodeid)
+            seen_keys.add(key)
+            message = " ".join(p.message.split())
+            message = message if len(message) <= 300 else message[:297] + "..."
+            line = f"  {name} {nodeid}\n      direct: passed; concierge: {p.status}: {message}"
+            if key in inherent:
+                expected.append(f"{line}\n      inherent: {inherent[key]}")
+            else:
+                unexpected.append(line)
+        if direct.count("passed") == 0:
+            unexpected.append(f"  {name}: no test passed directly (see {direct.log_path})")
+    print()
+    print(f"differences (passed directly, not through Concierge): {len(expected) + len(unexpected)}"
+          f" ({len(expected)} inherent, listed in {INHERENT_FILE.relative_to(REPO_ROOT)})")
+    if expected:
+        print("inherent differences:")
+        print("\n".join(expected))
+    if unexpected:
+        print("UNEXPECTED differences (not in the list):")
+        print("\n".join(unexpected))
+    if not filtered:
+        stale = [f"  {d} {t}" for (d, t) in inherent if d in runs and (d, t) not in seen_keys]
+        if stale:
+            print(f"listed inherent differences that did not differ this time ({len(stale)}; "
+                  f"not a failure, but check whether the entry is still needed):")
+            print("\n".join(stale))
+    for problem in proxy_problems.values():
+        print(f"PROXY PROBLEM: {problem}")
+    print(f"logs: {work} ({seconds:.0f} s in all)")
+    ok = not unexpected and not proxy_problems
+    print(f"driver suites: {'OK' if ok else 'FAILED'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
