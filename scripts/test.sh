@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run every test: Swift unit tests, then the integration tests (pytest) against a real
-# PostgreSQL and the freshly built debug binary.
+# Run every test: Swift unit tests, the drivers' own test suites (tests/drivers/run.py), then the
+# integration tests (pytest) against a real PostgreSQL and the freshly built debug binary.
 #
 #   scripts/test.sh                 everything
 #   scripts/test.sh -k borrow       extra arguments go to pytest
@@ -11,6 +11,8 @@
 #   CONCIERGE_ITEST_DIRECT=1        point the integration tests at PostgreSQL itself (no proxy)
 #   CONCIERGE_ITEST_DEBUG=1         start proxies with debug_logging: true and --log-level trace
 #                                   (the default here; 0 turns it off)
+#   CONCIERGE_DRIVER_SUITES=0       skip the drivers' own test suites (tests/drivers/run.py; its
+#                                   CONCIERGE_DRIVERS* variables are described there and in README)
 #
 # Installs what is missing: PostgreSQL, the JDBC driver, a JDK and promtool (apt); pytest,
 # pytest-timeout, psycopg, PyYAML, boto3 (IAM tokens), moto (a local Secrets Manager) and asyncpg (pip).
@@ -59,6 +61,13 @@ section "unit tests (swift test)"
 swift_args=(--skip-build)
 [[ "${CONCIERGE_SWIFT_PARALLEL:-0}" == 1 ]] && swift_args+=(--parallel)
 swift test "${swift_args[@]}" || failed+=("unit tests")
+
+if [[ "${CONCIERGE_DRIVER_SUITES:-1}" != 0 ]]; then
+    section "driver test suites (tests/drivers/run.py: asyncpg, psycopg2, pg8000, directly and through the proxy)"
+    # Before the integration tests, so that pytest's closing line stays the last one. Installs its
+    # own pinned virtualenv and the drivers' sdists under ~/.cache/concierge-driver-suites.
+    python3 tests/drivers/run.py || failed+=("driver test suites")
+fi
 
 section "integration tests (pytest tests/integration, CONCIERGE_BIN=$CONCIERGE_BIN)"
 # Debug logging (SQL text in pin lines) and trace-level logs on: every proxy's log is searched

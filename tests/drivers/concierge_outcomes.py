@@ -10,6 +10,8 @@ process) still leaves everything before it:
   {"collect": NODEID, "outcome": "failed", "message": M}             a module that failed to import
   {"finished": EXITSTATUS}                            the session ended normally
 
+Each object also has "t", the Unix time, to match a test with the proxy's log lines.
+
 With CONCIERGE_DRIVERS_DONE=FILE (one node id per line) those tests are deselected: run.py
 resumes a killed run with the tests it already has.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 
 def _message(report) -> str:
@@ -44,6 +47,7 @@ class Recorder:
                 self.done = {line.rstrip("\n") for line in f if line.strip()}
 
     def write(self, obj) -> None:
+        obj["t"] = round(time.time(), 3)  # to match against the proxy's log
         self.out.write(json.dumps(obj) + "\n")
         self.out.flush()
 

@@ -23,7 +23,7 @@ Environment (each also a flag; see --help):
   CONCIERGE_DRIVERS_CACHE  where the virtualenv and the unpacked sdists live
                            (default ~/.cache/concierge-driver-suites)
   CONCIERGE_DRIVERS_CAP    the proxy's cap of backends (default 5)
-  CONCIERGE_DRIVERS_TIMEOUT  seconds one test may take before it counts as hung (default 60)
+  CONCIERGE_DRIVERS_TIMEOUT  seconds one test may take before it counts as hung (default 120)
   CONCIERGE_DRIVERS_KEEP=1 keep the clusters' data directories after the run
 """
 
@@ -81,8 +81,9 @@ class Driver:
     sdist: str                      # pip requirement of the source distribution
     remove: list[str]               # paths of the unpacked sdist removed so they do not shadow
                                     # the installed package (python -m pytest puts cwd on sys.path)
-    pytest_args: list[str]
+    paths: list[str]                # what pytest collects
     env: Callable[[Target], dict[str, str]]
+    options: list[str] = field(default_factory=list)     # more pytest arguments
     databases: list[str] = field(default_factory=list)    # created on each cluster
     extensions: dict[str, list[str]] = field(default_factory=dict)  # database -> extensions
 
@@ -95,14 +96,14 @@ DRIVERS = {
     # asyncpg's tests/_testbase use an existing server when PGHOST is set (RunningCluster) and
     # connect with libpq's variables. Its pyproject's pytest options apply (importlib mode).
     "asyncpg": Driver(
-        name="asyncpg", sdist="asyncpg==0.32.0", remove=["asyncpg"], pytest_args=["tests"],
+        name="asyncpg", sdist="asyncpg==0.32.0", remove=["asyncpg"], paths=["tests"],
         env=lambda t: {"PGHOST": t.host, "PGPORT": str(t.port), "PGUSER": "postgres",
                        "PGPASSWORD": t.password, "PGDATABASE": "asyncpg_test"},
         databases=["asyncpg_test"]),
     # psycopg2's sdist tests (unittest, run by pytest) read PSYCOPG2_TESTDB*; they run against
     # psycopg2-binary of the same version, which installs the same `psycopg2` package.
     "psycopg2": Driver(
-        name="psycopg2", sdist="psycopg2==2.9.13", remove=[], pytest_args=["tests"],
+        name="psycopg2", sdist="psycopg2==2.9.13", remove=[], paths=["tests"],
         env=lambda t: {"PSYCOPG2_TESTDB": "psycopg2_test", "PSYCOPG2_TESTDB_HOST": t.host,
                        "PSYCOPG2_TESTDB_PORT": str(t.port), "PSYCOPG2_TESTDB_USER": "postgres",
                        "PSYCOPG2_TESTDB_PASSWORD": t.password},
@@ -110,7 +111,8 @@ DRIVERS = {
     # pg8000's tests connect as user postgres to database postgres, with PGHOST, PGPORT and
     # PGPASSWORD; the benchmarks run once each instead of being timed.
     "pg8000": Driver(
-        name="pg8000", sdist="pg8000==1.31.6", remove=[], pytest_args=["test", "--benchmark-disable"],
+        name="pg8000", sdist="pg8000==1.31.6", remove=[], paths=["test"],
+        options=["--benchmark-disable"],
         env=lambda t: {"PGHOST": t.host, "PGPORT": str(t.port), "PGPASSWORD": t.password},
         extensions={"postgres": ["hstore"]}),
 }
@@ -370,13 +372,14 @@ def summarize(reports: list[dict]) -> TestResult:
 
 
 def run_suite(python: Path, tree: Path, driver: Driver, target: Target, outdir: Path,
-              per_test_timeout: int, deadline_s: float, extra: list[str]) -> SuiteRun:
+              per_test_timeout: int, deadline_s: float, extra: list[str], tag: str = "",
+              selection: list[str] | None = None) -> SuiteRun:
     """Run the suite, resuming after a test that hung (pytest-timeout's thread method ends the
     process), until pytest finishes, the deadline passes or it has been resumed 10 times."""
     outdir.mkdir(parents=True, exist_ok=True)
-    outcomes = outdir / f"{target.name}.outcomes.jsonl"
-    done_file = outdir / f"{target.name}.done"
-    log_path = outdir / f"{target.name}.log"
+    outcomes = outdir / f"{target.name}{tag}.outcomes.jsonl"
+    done_file = outdir / f"{target.name}{tag}.done"
+    log_path = outdir / f"{target.name}{tag}.log"
     for p in (outcomes, done_file, log_path):
         p.unlink(missing_ok=True)
     hung: dict[str, TestResult] = {}
@@ -388,7 +391,7 @@ def run_suite(python: Path, tree: Path, driver: Driver, target: Target, outdir: 
                     **driver.env(target))
     cmd = [str(python), "-m", "pytest", "-p", "concierge_outcomes", "-p", "no:cacheprovider",
            "-q", "-rN", f"--timeout={per_test_timeout}", "--timeout-method=thread",
-           *driver.pytest_args, *extra]
+           *driver.options, *(driver.paths if selection is None else selection), *extra]
     while True:
         with open(log_path, "ab") as out:
             out.write(f"\n$ {' '.join(cmd)}\n".encode())
@@ -458,6 +461,17 @@ def compare(direct: SuiteRun, proxied: SuiteRun) -> list[tuple[str, TestResult, 
     return diffs
 
 
+@dataclass
+class DriverResult:
+    direct: SuiteRun
+    proxied: SuiteRun
+    # For each difference not in the inherent list: its outcomes when run again by itself,
+    # directly (several times: a test that fails there too is flaky in itself) and through a
+    # fresh proxy (once: does it fail in isolation, or only after what ran before it?).
+    direct_reruns: dict[str, list[str]] = field(default_factory=dict)
+    proxy_rerun: dict[str, str] = field(default_factory=dict)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -469,9 +483,13 @@ def main() -> int:
     ap.add_argument("--cap", type=int, default=int(os.environ.get("CONCIERGE_DRIVERS_CAP", "5")),
                     help="backends the proxy may open (its cluster has max_connections=100)")
     ap.add_argument("--timeout", type=int,
-                    default=int(os.environ.get("CONCIERGE_DRIVERS_TIMEOUT", "60")),
+                    default=int(os.environ.get("CONCIERGE_DRIVERS_TIMEOUT", "120")),
                     help="seconds one test may take before it counts as hung")
     ap.add_argument("--deadline", type=int, default=900, help="seconds one suite run may take")
+    ap.add_argument("--reruns", type=int,
+                    default=int(os.environ.get("CONCIERGE_DRIVERS_RERUNS", "4")),
+                    help="direct reruns of each unexpected difference (one failure there: the "
+                         "test is flaky in itself and the difference does not count)")
     ap.add_argument("--keep", action="store_true",
                     default=os.environ.get("CONCIERGE_DRIVERS_KEEP") == "1",
                     help="keep the clusters' data directories")
@@ -508,12 +526,8 @@ def main() -> int:
         except Exception as e:  # reported below
             errors.append(f"cluster {which}: {e}")
 
-    threads = [threading.Thread(target=start, args=(w,)) for w in ("direct", "proxied")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    runs: dict[str, tuple[SuiteRun, SuiteRun]] = {}
+    parallel(start, ["direct", "proxied"])
+    results: dict[str, DriverResult] = {}
     proxy_problems: dict[str, str] = {}
     try:
         if errors:
@@ -523,12 +537,12 @@ def main() -> int:
         log(f"setup took {time.monotonic() - t0:.0f} s; direct PostgreSQL on port "
             f"{clusters['direct'].port}, the proxied one on {clusters['proxied'].port}, "
             f"cap {args.cap} backends")
+        direct_t = Target("direct", "127.0.0.1", clusters["direct"].port,
+                          clusters["direct"].password)
         for name in names:
             driver = DRIVERS[name]
             outdir = work / name
             proxy = start_proxy(args.bin, outdir / "proxy", clusters["proxied"], args.cap)
-            direct_t = Target("direct", "127.0.0.1", clusters["direct"].port,
-                              clusters["direct"].password)
             proxy_t = Target("concierge", "127.0.0.1", proxy.port, clusters["proxied"].password)
             got: dict[str, SuiteRun] = {}
 
@@ -537,24 +551,23 @@ def main() -> int:
                                              args.timeout, args.deadline, extra)
 
             log(f"{name} {driver.version}: running its suite directly and through the proxy")
-            pair = [threading.Thread(target=one, args=(t,)) for t in (direct_t, proxy_t)]
-            for t in pair:
-                t.start()
-            for t in pair:
-                t.join()
-            if not proxy.alive():
-                proxy_problems[name] = (f"the proxy died during the {name} suite (exit "
-                                        f"{proxy.proc.returncode}); log {proxy.log_path}:\n"
-                                        f"{proxy.log_tail()}")
-            status = proxy.stop()
-            if name not in proxy_problems and status != 0:
-                proxy_problems[name] = (f"the proxy exited {status} on SIGTERM after the {name} "
-                                        f"suite; log {proxy.log_path}:\n{proxy.log_tail()}")
-            runs[name] = (got["direct"], got["concierge"])
-            for r in runs[name]:
+            parallel(one, [direct_t, proxy_t])
+            problem = check_proxy(proxy, f"the {name} suite")
+            if problem:
+                proxy_problems[name] = problem
+            result = results[name] = DriverResult(got["direct"], got["concierge"])
+            for r in (result.direct, result.proxied):
                 log(f"  {r.target}: {len(r.results)} tests in {r.seconds:.0f} s"
                     + (f", resumed {r.restarts}x after hung tests" if r.restarts else "")
                     + (f" ({r.note})" if r.note else ""))
+
+            suspects = [n for n, _, _ in compare(result.direct, result.proxied)
+                        if (name, n) not in inherent]
+            if suspects and args.reruns > 0 and len(suspects) <= 100:
+                log(f"  {len(suspects)} unexpected difference(s): running them again by "
+                    f"themselves, {args.reruns}x directly and once through a fresh proxy")
+                rerun(python, trees[name], driver, direct_t, clusters["proxied"], args,
+                      outdir, suspects, result, proxy_problems)
     finally:
         for c in clusters.values():
             c.stop()
@@ -562,11 +575,56 @@ def main() -> int:
             for c in clusters.values():
                 shutil.rmtree(c.root, ignore_errors=True)
 
-    return report(runs, inherent, proxy_problems, work, time.monotonic() - t0,
+    return report(results, inherent, proxy_problems, work, time.monotonic() - t0,
                   filtered=bool(args.keyword))
 
 
-def report(runs: dict[str, tuple[SuiteRun, SuiteRun]], inherent: dict[tuple[str, str], str],
+def parallel(fn: Callable, items: list) -> None:
+    threads = [threading.Thread(target=fn, args=(item,)) for item in items]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def check_proxy(proxy: Proxy, during: str) -> str:
+    """Stops the proxy; what went wrong with it, if anything."""
+    if not proxy.alive():
+        return (f"the proxy died during {during} (exit {proxy.proc.returncode}); "
+                f"log {proxy.log_path}:\n{proxy.log_tail()}")
+    status = proxy.stop()
+    if status != 0:
+        return (f"the proxy exited {status} on SIGTERM after {during}; "
+                f"log {proxy.log_path}:\n{proxy.log_tail()}")
+    return ""
+
+
+def rerun(python: Path, tree: Path, driver: Driver, direct_t: Target, proxied: Cluster,
+          args, outdir: Path, suspects: list[str], result: DriverResult,
+          proxy_problems: dict[str, str]) -> None:
+    def directly(_) -> None:
+        for i in range(args.reruns):
+            r = run_suite(python, tree, driver, direct_t, outdir, args.timeout, args.deadline,
+                          [], tag=f".rerun{i + 1}", selection=suspects)
+            for n in suspects:
+                result.direct_reruns.setdefault(n, []).append(
+                    r.results.get(n, TestResult("missing")).status)
+
+    def through_proxy(_) -> None:
+        proxy = start_proxy(args.bin, outdir / "proxy-rerun", proxied, args.cap)
+        target = Target("concierge", "127.0.0.1", proxy.port, proxied.password)
+        r = run_suite(python, tree, driver, target, outdir, args.timeout, args.deadline, [],
+                      tag=".rerun", selection=suspects)
+        for n in suspects:
+            result.proxy_rerun[n] = r.results.get(n, TestResult("missing")).status
+        problem = check_proxy(proxy, f"the {driver.name} reruns")
+        if problem:
+            proxy_problems[driver.name + " reruns"] = problem
+
+    parallel(lambda f: f(None), [directly, through_proxy])
+
+
+def report(results: dict[str, DriverResult], inherent: dict[tuple[str, str], str],
            proxy_problems: dict[str, str], work: Path, seconds: float, filtered: bool) -> int:
     print()
     print("==== driver test suites: directly vs through Concierge ====")
@@ -574,17 +632,18 @@ def report(runs: dict[str, tuple[SuiteRun, SuiteRun]], inherent: dict[tuple[str,
              f"{'errors':>7} {'skipped':>8} {'hung':>5} {'time':>6}"
     print(header)
     print("-" * len(header))
-    for name, pair in runs.items():
-        for r in pair:
+    for name, res in results.items():
+        for r in (res.direct, res.proxied):
             print(f"{name + ' ' + DRIVERS[name].version if r.target == 'direct' else '':<16} "
                   f"{r.target:<10} {len(r.results):>5} {r.count('passed'):>7} "
                   f"{r.count('failed'):>7} {r.count('error'):>7} {r.count('skipped'):>8} "
                   f"{r.count('hung'):>5} {r.seconds:>5.0f}s")
     unexpected: list[str] = []
+    flaky: list[str] = []
     expected: list[str] = []
     seen_keys: set[tuple[str, str]] = set()
-    for name, (direct, proxied) in runs.items():
-        for nodeid, d, p in compare(direct, proxied):
+    for name, res in results.items():
+        for nodeid, d, p in compare(res.direct, res.proxied):
             key = (name, nodeid)
             seen_keys.add(key)
             message = " ".join(p.message.split())
@@ -592,21 +651,36 @@ def report(runs: dict[str, tuple[SuiteRun, SuiteRun]], inherent: dict[tuple[str,
             line = f"  {name} {nodeid}\n      direct: passed; concierge: {p.status}: {message}"
             if key in inherent:
                 expected.append(f"{line}\n      inherent: {inherent[key]}")
+                continue
+            reruns = res.direct_reruns.get(nodeid, [])
+            alone = res.proxy_rerun.get(nodeid)
+            if alone is not None:
+                line += f"\n      by itself through a fresh proxy: {alone}"
+            if any(s in BAD for s in reruns):
+                flaky.append(f"{line}\n      by itself directly: {', '.join(reruns)}: "
+                             f"flaky without the proxy too, not counted")
             else:
+                if reruns:
+                    line += f"\n      by itself directly: {', '.join(reruns)}"
                 unexpected.append(line)
-        if direct.count("passed") == 0:
-            unexpected.append(f"  {name}: no test passed directly (see {direct.log_path})")
+        if res.direct.count("passed") == 0:
+            unexpected.append(f"  {name}: no test passed directly (see {res.direct.log_path})")
     print()
-    print(f"differences (passed directly, not through Concierge): {len(expected) + len(unexpected)}"
-          f" ({len(expected)} inherent, listed in {INHERENT_FILE.relative_to(REPO_ROOT)})")
+    print(f"differences (passed directly, not through Concierge): "
+          f"{len(expected) + len(unexpected) + len(flaky)}: {len(expected)} inherent (listed in "
+          f"{INHERENT_FILE.relative_to(REPO_ROOT)}), {len(flaky)} flaky without the proxy too, "
+          f"{len(unexpected)} unexpected")
     if expected:
         print("inherent differences:")
         print("\n".join(expected))
+    if flaky:
+        print("flaky tests (they also failed directly when run again):")
+        print("\n".join(flaky))
     if unexpected:
         print("UNEXPECTED differences (not in the list):")
         print("\n".join(unexpected))
     if not filtered:
-        stale = [f"  {d} {t}" for (d, t) in inherent if d in runs and (d, t) not in seen_keys]
+        stale = [f"  {d} {t}" for (d, t) in inherent if d in results and (d, t) not in seen_keys]
         if stale:
             print(f"listed inherent differences that did not differ this time ({len(stale)}; "
                   f"not a failure, but check whether the entry is still needed):")
