@@ -94,6 +94,14 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     private var nextStatementSequence: UInt64 = 0
     /// What executing the unnamed statement resets (its last Parse).
     private var unnamedStatementResets: SessionResets = []
+    /// The client's unnamed statement (the definition of its last unnamed Parse). PostgreSQL
+    /// keeps it across Syncs, until the next unnamed Parse or simple Query, so a client may bind
+    /// it in a later transaction, on another backend.
+    private var unnamedStatement: ByteBuffer?
+    /// The backend the client holds has the client's unnamed statement (or, when the client has
+    /// none, none either). False at every new lease: the backend's unnamed statement may be
+    /// another client's, which this client must never execute.
+    private var unnamedOnBackend = false
     /// Portal → what executing it resets (only portals that reset something).
     private var portalResets: [String: SessionResets] = [:]
 
@@ -376,6 +384,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             return
         }
         var unsupportedOptions: [String] = []
+        // PostgreSQL applies `options` first and the packet's own parameters after it, so a
+        // parameter given both ways takes the packet's value.
+        var fromOptions: [(String, String)] = []
         for parameter in parameters {
             switch parameter.name {
             case "user": user = parameter.value
@@ -387,9 +398,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 }
             case "options":
                 do {
-                    for (name, value) in try Self.parseOptions(parameter.value) {
-                        desiredParameters[name.lowercased()] = value
-                    }
+                    fromOptions += try Self.parseOptions(parameter.value)
                 } catch {
                     fail(with: ClientErrors.unsupportedStartupOption(parameter.value))
                     return
@@ -401,6 +410,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                     desiredParameters[parameter.name.lowercased()] = parameter.value
                 }
             }
+        }
+        for (name, value) in fromOptions where desiredParameters[name.lowercased()] == nil {
+            desiredParameters[name.lowercased()] = value
         }
         guard !user.isEmpty else {
             fail(with: ClientErrors.noUser)
@@ -925,6 +937,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             ])
             backend = connection
             backendReady = false
+            unnamedOnBackend = false
             // (Usually sends the client's query right away.)
             // The login probe sets the startup packet's values as the client wrote them.
             let probing: Bool
@@ -1139,6 +1152,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         pendingTracked = 0
         if !portalStatements.isEmpty { portalStatements.removeAll() }
         if !portalResets.isEmpty { portalResets.removeAll() }
+        unnamedOnBackend = false
         resetWindow = nil
         needsParameterResync = false
         pendingSetting = nil
@@ -1172,6 +1186,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         pendingTracked = 0
         if !portalStatements.isEmpty { portalStatements.removeAll() }
         if !portalResets.isEmpty { portalResets.removeAll() }
+        unnamedOnBackend = false
         self.backend = nil
         backendReady = false
         backendBlocked = false
@@ -1327,7 +1342,12 @@ extension ClientSession {
         }
         switch type {
         case PGMessageType.Frontend.query, PGMessageType.Frontend.functionCall:
-            if type == PGMessageType.Frontend.query { pendingSetting?.executed = true }
+            if type == PGMessageType.Frontend.query {
+                pendingSetting?.executed = true
+                // A simple Query destroys the unnamed statement.
+                unnamedStatement = nil
+                unnamedOnBackend = true
+            }
             if !message.resets.isEmpty {
                 sendResetQuery(message, to: backend)
             } else {
@@ -1351,6 +1371,8 @@ extension ClientSession {
                 backend.write(StatementMessages.describeStatement(serverName, allocator: backend.allocator))
                 appendPending(.describeStatement)
             } else {
+                // `S` and an empty name: the unnamed statement.
+                if kind == UInt8(ascii: "S"), frame.body.readableBytes == 2 { ensureUnnamedStatement(on: backend) }
                 backend.write(frame.bytes)
                 appendPending(kind == UInt8(ascii: "S") ? .describeStatement : .describePortal)
             }
@@ -1432,7 +1454,9 @@ extension ClientSession {
         guard let name = body.readNullTerminatedSlice(), name.readableBytes > 0 else {
             unnamedStatementResets = resets
             backend.write(frame.bytes)
-            appendPending(.parse(client: nil, key: "", serverName: ""))
+            appendPending(.unnamedParse(previous: unnamedStatement, previousOnBackend: unnamedOnBackend))
+            unnamedStatement = body
+            unnamedOnBackend = true
             return
         }
         let clientName = String(buffer: name)
@@ -1459,6 +1483,7 @@ extension ClientSession {
         guard name.readableBytes > 0, let statement = statements[String(buffer: name)] else {
             // The unnamed statement, or a name the client never prepared: PostgreSQL answers
             // (`prepared statement "..." does not exist` names the client's statement).
+            if name.readableBytes == 0 { ensureUnnamedStatement(on: backend) }
             backend.write(frame.bytes)
             if !portalStatements.isEmpty { portalStatements[String(buffer: portal)] = nil }
             notePortalResets(name.readableBytes == 0 ? unnamedStatementResets : [], portal: portal)
@@ -1470,6 +1495,23 @@ extension ClientSession {
         backend.write(StatementMessages.bind(portal: portal, statement: serverName, rest: body, allocator: backend.allocator))
         portalStatements[String(buffer: portal)] = serverName
         appendPending(.bind(serverName: serverName))
+    }
+
+    /// Before a Bind or Describe of the unnamed statement on a backend that may hold another
+    /// client's: the client's own is prepared there (its ParseComplete dropped), or, if the
+    /// client has none, the backend's is closed, so PostgreSQL answers as it would directly.
+    private func ensureUnnamedStatement(on backend: BackendConnection) {
+        guard !unnamedOnBackend else { return }
+        unnamedOnBackend = true
+        if let definition = unnamedStatement {
+            backend.write(StatementMessages.parse(name: "", definition: definition, allocator: backend.allocator))
+            appendPending(.injectedParse(client: nil, key: "", serverName: ""))
+        } else {
+            var close = backend.allocator.buffer(capacity: 7)
+            StatementMessages.closeStatement("", into: &close)
+            backend.write(close)
+            appendPending(.injectedClose)
+        }
     }
 
     private func notePortalResets(_ resets: SessionResets, portal: ByteBuffer) {
@@ -1574,6 +1616,7 @@ extension ClientSession {
                 continue
             case PGMessageType.Backend.errorResponse:
                 let body = bytes.getSlice(at: frameStart + 5, length: size - 5) ?? ByteBuffer()
+                if resetWindow?.syncsBefore == 0 { resetWindow!.failed = true }
                 if let rewritten = errorWithoutInternalNames(body, backend: backend) {
                     writeRun(upTo: frameStart)
                     runStart = view.readerIndex
@@ -1617,7 +1660,7 @@ extension ClientSession {
             switch head {
             case .query, .sync, .resetQuery:
                 break  // inside a simple query's results
-            case .parse:
+            case .parse, .unnamedParse:
                 if type == PGMessageType.Backend.parseComplete { popPending() }
             case .injectedParse:
                 if type == PGMessageType.Backend.parseComplete {
@@ -1697,7 +1740,6 @@ extension ClientSession {
         case .query, .sync:
             return  // a simple query's error: ReadyForQuery follows
         case .resetQuery:
-            resetWindow?.failed = true
             resetQueryFailed = true
             return
         case .bind(let serverName?), .execute(let serverName?, _):
@@ -1713,7 +1755,16 @@ extension ClientSession {
         forgetStatement(of: popPending(), failed: true, backend: backend)
         while let next = pending.first {
             if case .sync = next { break }
-            forgetStatement(of: popPending(), failed: false, backend: backend)
+            let skipped = popPending()
+            switch skipped {
+            case .query, .resetQuery:
+                // PostgreSQL skips everything up to Sync, a simple Query (or FunctionCall)
+                // included: no ReadyForQuery will answer it.
+                outstandingSyncs = max(0, outstandingSyncs - 1)
+            default:
+                break
+            }
+            forgetStatement(of: skipped, failed: false, backend: backend)
         }
     }
 
@@ -1824,6 +1875,15 @@ extension ClientSession {
         case .parse(let client, let key, let serverName):
             if let client { statements[client] = nil }
             if !key.isEmpty { backend.statementCache.forget(key, serverName: serverName) }
+        case .unnamedParse(let previous, let previousOnBackend):
+            if failed {
+                // PostgreSQL drops the unnamed statement before parsing the new one.
+                unnamedStatement = nil
+                unnamedOnBackend = true
+            } else {
+                unnamedStatement = previous
+                unnamedOnBackend = previousOnBackend
+            }
         case .injectedParse(let client, let key, let serverName):
             backend.statementCache.forget(key, serverName: serverName)
             // A statement the backend refuses (its text no longer valid, e.g. after DDL): gone,

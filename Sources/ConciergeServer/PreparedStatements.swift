@@ -126,6 +126,9 @@ enum PendingResponse {
     /// A client's Parse, forwarded (ParseComplete forwarded). `client`/`key`/`serverName`: the
     /// named statement it defines (nil for the unnamed statement).
     case parse(client: String?, key: String, serverName: String)
+    /// A client's Parse of the unnamed statement (ParseComplete forwarded), with the unnamed
+    /// statement the client had before it: a Parse skipped after an error leaves that one.
+    case unnamedParse(previous: ByteBuffer?, previousOnBackend: Bool)
     /// A Parse the proxy added so the backend has a statement: its ParseComplete is dropped.
     case injectedParse(client: String?, key: String, serverName: String)
     /// A Close the proxy sends before each Parse of one of its names: its CloseComplete is

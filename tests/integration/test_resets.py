@@ -357,3 +357,55 @@ def test_reset_all_pipelined_behind_a_set(proxy):
             seen.append((m.type, m.payload.split(b"\0")[1] if m.type == b"S" else b""))
         assert seen == [(b"C", b""), (b"S", b"x"), (b"Z", b""), (b"C", b""), (b"S", b"mine"), (b"Z", b"")], seen
         assert c.query("show application_name") == [("mine",)]
+
+
+def test_the_unnamed_statement_is_the_clients_own_across_syncs(proxy):
+    # PostgreSQL keeps the unnamed statement across Syncs (libpq: PQprepare(conn, "", ...) then
+    # PQexecPrepared(conn, "", ...)). Through the proxy another client's unnamed statement may
+    # sit on the backend the next transaction gets: the client must run its own, never that one.
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=5)
+    with p.wire() as a, p.wire() as b:
+        a.startup("app", p.passwords["app"])
+        b.startup("app", p.passwords["app"])
+        # B has no unnamed statement yet: PostgreSQL's error, even if the backend holds one.
+        a.send(parse("", "select 'A''s statement'") + SYNC)
+        a.expect(b"1")
+        a.expect(b"Z")
+        with pytest.raises(ServerError) as err:
+            run_statement(b, "")
+        assert err.value.sqlstate == "26000"
+        b.send(parse("", "select 'B''s statement'") + SYNC)
+        b.expect(b"1")
+        b.expect(b"Z")
+        assert run_statement(a, "") == ["A's statement"]
+        assert run_statement(b, "") == ["B's statement"]
+        assert run_statement(a, "") == ["A's statement"]
+        # A simple Query destroys it.
+        assert a.query("select 1") == [("1",)]
+        with pytest.raises(ServerError):
+            run_statement(a, "")
+        assert run_statement(b, "") == ["B's statement"]
+
+
+def test_a_query_skipped_after_an_extended_error_does_not_keep_the_backend(proxy):
+    # After an error PostgreSQL skips every message up to Sync, a simple Query included: it gets
+    # no ReadyForQuery of its own. The proxy counted one and kept the backend for ever.
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=2)
+    with p.wire() as a, p.connect() as other:
+        a.startup("app", p.passwords["app"])
+        a.send(bind("nosuch") + message(b"Q", b"select 1\0") + SYNC)
+        with pytest.raises(ServerError) as err:
+            a.expect(b"2")
+        assert err.value.sqlstate == "26000"
+        a.expect(b"Z")
+        assert other.execute("select 2").fetchone()[0] == 2
+        assert a.query("select 3") == [("3",)]
+
+
+def test_a_startup_parameter_wins_over_the_same_one_in_options(proxy):
+    # PostgreSQL applies `options` first, then the packet's own parameters.
+    p = proxy()
+    with p.wire() as c:
+        c.startup("app", p.passwords["app"], DateStyle="ISO, MDY", options="-c DateStyle=German")
+        assert c.params["DateStyle"] == "ISO, MDY"
+        assert c.query("show DateStyle") == [("ISO, MDY",)]
