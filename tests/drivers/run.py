@@ -159,8 +159,13 @@ def ensure_venv(cache: Path) -> Path:
     shutil.rmtree(venv, ignore_errors=True)
     log(f"creating {venv} and installing {len(REQUIREMENTS)} pinned packages with pip")
     run([sys.executable, "-m", "venv", venv])
-    run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--no-input", *REQUIREMENTS], timeout=900)
+    pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input",
+           *REQUIREMENTS]
+    try:
+        run(pip, timeout=900)
+    except RuntimeError as e:  # one retry: a registry hiccup should not fail the run
+        log(f"pip install failed, once more: {str(e)[-500:]}")
+        run(pip, timeout=900)
     (venv / ".complete").write_text("\n".join(REQUIREMENTS) + "\n")
     return python
 
@@ -177,9 +182,13 @@ def ensure_sdist(cache: Path, python: Path, driver: Driver) -> Path:
     if archive is None:
         log(f"downloading the {driver.sdist} source distribution with pip")
         # --no-binary for this package only: its build requirements may come as wheels.
-        run([python, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-             "--no-input", "--no-deps", "--no-binary", name, "-d", downloads, driver.sdist],
-            timeout=900)
+        pip = [python, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+               "--no-input", "--no-deps", "--no-binary", name, "-d", downloads, driver.sdist]
+        try:
+            run(pip, timeout=900)
+        except RuntimeError as e:
+            log(f"pip download failed, once more: {str(e)[-500:]}")
+            run(pip, timeout=900)
         archive = next(iter(downloads.glob(f"{name}-{version}.tar.gz")), None)
         if archive is None:
             raise RuntimeError(f"pip download {driver.sdist} left no {name}-{version}.tar.gz "
@@ -263,6 +272,9 @@ class Proxy:
             return ""
 
 
+RUNNING_PROXIES: list[Proxy] = []  # stopped at exit, whatever happened
+
+
 def start_proxy(binary: Path, workdir: Path, cluster: Cluster, cap_percent: int) -> Proxy:
     workdir.mkdir(parents=True, exist_ok=True)
     secret = workdir / "postgres.json"
@@ -295,6 +307,7 @@ proxies:
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 env=clean_env())
     proxy = Proxy(proc=proc, port=port, log_path=log_path)
+    RUNNING_PROXIES.append(proxy)
     deadline = time.monotonic() + 30
     while True:
         if not proxy.alive():
@@ -403,7 +416,10 @@ def run_suite(python: Path, tree: Path, driver: Driver, target: Target, outdir: 
                 proc.wait(timeout=max(remaining, 1))
                 killed = False
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
                 proc.wait()
                 killed = True
         reports, started, finished = read_outcomes(outcomes)
@@ -569,6 +585,8 @@ def main() -> int:
                 rerun(python, trees[name], driver, direct_t, clusters["proxied"], args,
                       outdir, suspects, result, proxy_problems)
     finally:
+        for p in RUNNING_PROXIES:
+            p.stop()
         for c in clusters.values():
             c.stop()
         if not args.keep:
