@@ -396,10 +396,7 @@ final class ProxyRuntime: @unchecked Sendable {
                     // SO_REUSEPORT would also join a socket that another process of this user
                     // (a second Concierge by mistake) listens on, silently splitting its clients.
                     // A plain bind fails on any listener there: fail as a single socket would.
-                    try await ServerBootstrap(group: eventLoops[0])
-                        .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-                        .bind(host: address.host, port: address.port).get()
-                        .close()
+                    try Self.probeBind(address)
                 }
                 for eventLoop in loops {
                     let channel = try await makeBootstrap(on: eventLoop, endpoint: endpointIndex).bind(host: address.host, port: address.port).get()
@@ -433,6 +430,22 @@ final class ProxyRuntime: @unchecked Sendable {
         return eventLoops.map { $0 }
         #else
         return [nil]
+        #endif
+    }
+
+    /// Binds a plain socket to `address` and closes it, without listening: a socket that
+    /// listened, even for a moment, would accept clients that then went unserved (a client that
+    /// connected as the proxy started got no answer at all; the differential fuzzer found it).
+    private static func probeBind(_ address: HostPort) throws {
+        #if os(Linux)
+        let resolved = try SocketAddress.makeAddressResolvingHost(address.host, port: address.port)
+        let fd = Glibc.socket(resolved.protocol.rawValue, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw IOError(errnoCode: errno, reason: "socket") }
+        defer { _ = Glibc.close(fd) }
+        var one: Int32 = 1
+        _ = Glibc.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        let result = resolved.withSockAddr { pointer, size in Glibc.bind(fd, pointer, socklen_t(size)) }
+        guard result == 0 else { throw IOError(errnoCode: errno, reason: "bind(\(address))") }
         #endif
     }
 

@@ -133,7 +133,7 @@ def proxy(request, pg: PgCluster, concierge_bin: Path, tmp_path: Path):
     started: list[Proxy] = []
     request.node._concierge_proxies = started
 
-    def start(*, drain_timeout: float = 5, wait_ready: bool = True, db_port: int | None = None,
+    def start(*, drain_timeout: float = 5, wait_ready: bool = True, no_wait: bool = False, db_port: int | None = None,
               threads: int | None = None, admin: dict | None = None, **overrides) -> Proxy:
         if DIRECT:
             return Proxy(host=pg.host, port=pg.port, passwords=pg.passwords, bindir=pg.bindir)
@@ -161,6 +161,8 @@ def proxy(request, pg: PgCluster, concierge_bin: Path, tmp_path: Path):
                   proc=proc, config_path=config_path, log_path=log_path,
                   drain_timeout=drain_timeout)
         started.append(p)
+        if no_wait:
+            return p
         if wait_ready:
             _wait_ready(p)
         else:

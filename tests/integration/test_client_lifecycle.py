@@ -268,3 +268,23 @@ def test_event_loop_threads(proxy, threads):
     names = [Path(f"/proc/{p.proc.pid}/task/{t}/comm").read_text().strip()
              for t in os.listdir(f"/proc/{p.proc.pid}/task")]
     assert sum(1 for n in names if n.startswith("NIO-ELT")) == expected, names
+
+
+@pytest.mark.proxy_only
+def test_a_client_that_connects_as_the_proxy_starts_is_served(proxy):
+    # The first connection that the port accepts must be served. Before listening on every event
+    # loop (SO_REUSEPORT), the proxy checked the address with a socket that listened for a moment:
+    # a client accepted there got no answer at all (the differential fuzzer found it).
+    for attempt in range(8):
+        p = proxy(no_wait=True)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client = p.wire(timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the proxy never listened"
+                time.sleep(0.001)
+        with client:
+            client.startup("app", p.passwords["app"])  # TimeoutError if nobody serves it
+            assert client.query("select 1") == [("1",)]
