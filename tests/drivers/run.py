@@ -13,6 +13,11 @@ Every test's outcome is recorded by the pytest plugin concierge_outcomes.py. A t
 directly and fails, errors, hangs, is skipped or is missing through the proxy is a *difference*.
 Differences listed in tests/drivers/inherent-differences.txt (each with its reason) are expected;
 any other makes the run fail. Listed entries that no longer differ are reported, not failed.
+A difference not on the list is run again by itself, CONCIERGE_DRIVERS_RERUNS times directly (if
+it fails there too, the test is flaky in itself and is reported, not counted) and once through a
+fresh proxy (reported: does it need the tests before it?). A test that takes longer than
+CONCIERGE_DRIVERS_TIMEOUT is ended by pytest-timeout (thread method: the process exits) and counts
+as hung; the suite is then resumed after it.
 
   python3 tests/drivers/run.py                       every driver
   python3 tests/drivers/run.py --drivers asyncpg -k pool   one driver, a pytest -k filter
@@ -24,6 +29,8 @@ Environment (each also a flag; see --help):
                            (default ~/.cache/concierge-driver-suites)
   CONCIERGE_DRIVERS_CAP    the proxy's cap of backends (default 5)
   CONCIERGE_DRIVERS_TIMEOUT  seconds one test may take before it counts as hung (default 120)
+  CONCIERGE_DRIVERS_RERUNS  direct reruns of each unexpected difference (default 4)
+  CONCIERGE_DRIVERS_BUDGET seconds the whole run may take (default 1800)
   CONCIERGE_DRIVERS_KEEP=1 keep the clusters' data directories after the run
 """
 
@@ -116,9 +123,6 @@ DRIVERS = {
         env=lambda t: {"PGHOST": t.host, "PGPORT": str(t.port), "PGPASSWORD": t.password},
         extensions={"postgres": ["hstore"]}),
 }
-
-BAD = {"failed", "error", "hung", "missing"}
-
 
 def log(msg: str) -> None:
     print(f"[drivers] {msg}", flush=True)
@@ -502,6 +506,10 @@ def main() -> int:
                     default=int(os.environ.get("CONCIERGE_DRIVERS_TIMEOUT", "120")),
                     help="seconds one test may take before it counts as hung")
     ap.add_argument("--deadline", type=int, default=900, help="seconds one suite run may take")
+    ap.add_argument("--budget", type=int,
+                    default=int(os.environ.get("CONCIERGE_DRIVERS_BUDGET", "1800")),
+                    help="seconds the whole run may take (suites still running then are ended "
+                         "and count as hung; drivers not started are reported and fail the run)")
     ap.add_argument("--reruns", type=int,
                     default=int(os.environ.get("CONCIERGE_DRIVERS_RERUNS", "4")),
                     help="direct reruns of each unexpected difference (one failure there: the "
@@ -525,6 +533,11 @@ def main() -> int:
     extra = ["-k", args.keyword] if args.keyword else []
 
     t0 = time.monotonic()
+    end = t0 + args.budget
+
+    def suite_deadline(cap: float = args.deadline) -> float:
+        return max(0.0, min(cap, end - time.monotonic()))
+
     args.cache.mkdir(parents=True, exist_ok=True)
     python = ensure_venv(args.cache)
     trees = {n: ensure_sdist(args.cache, python, DRIVERS[n]) for n in names}
@@ -558,13 +571,17 @@ def main() -> int:
         for name in names:
             driver = DRIVERS[name]
             outdir = work / name
+            if suite_deadline() < 60:
+                proxy_problems[name] = (f"{name} was not run: the run's budget of {args.budget} s "
+                                        f"(--budget, CONCIERGE_DRIVERS_BUDGET) is used up")
+                continue
             proxy = start_proxy(args.bin, outdir / "proxy", clusters["proxied"], args.cap)
             proxy_t = Target("concierge", "127.0.0.1", proxy.port, clusters["proxied"].password)
             got: dict[str, SuiteRun] = {}
 
             def one(target: Target) -> None:
                 got[target.name] = run_suite(python, trees[name], driver, target, outdir,
-                                             args.timeout, args.deadline, extra)
+                                             args.timeout, suite_deadline(), extra)
 
             log(f"{name} {driver.version}: running its suite directly and through the proxy")
             parallel(one, [direct_t, proxy_t])
@@ -583,7 +600,7 @@ def main() -> int:
                 log(f"  {len(suspects)} unexpected difference(s): running them again by "
                     f"themselves, {args.reruns}x directly and once through a fresh proxy")
                 rerun(python, trees[name], driver, direct_t, clusters["proxied"], args,
-                      outdir, suspects, result, proxy_problems)
+                      lambda: suite_deadline(300), outdir, suspects, result, proxy_problems)
     finally:
         for p in RUNNING_PROXIES:
             p.stop()
@@ -618,20 +635,27 @@ def check_proxy(proxy: Proxy, during: str) -> str:
 
 
 def rerun(python: Path, tree: Path, driver: Driver, direct_t: Target, proxied: Cluster,
-          args, outdir: Path, suspects: list[str], result: DriverResult,
+          args, deadline: Callable[[], float], outdir: Path, suspects: list[str],
+          result: DriverResult,
           proxy_problems: dict[str, str]) -> None:
     def directly(_) -> None:
         for i in range(args.reruns):
-            r = run_suite(python, tree, driver, direct_t, outdir, args.timeout, args.deadline,
+            if deadline() < 30:
+                break
+            r = run_suite(python, tree, driver, direct_t, outdir, args.timeout, deadline(),
                           [], tag=f".rerun{i + 1}", selection=suspects)
             for n in suspects:
-                result.direct_reruns.setdefault(n, []).append(
-                    r.results.get(n, TestResult("missing")).status)
+                res = r.results.get(n, TestResult("missing"))
+                # Ended by the run's budget rather than by its own timeout: no evidence either way.
+                cut = res.status == "hung" and "deadline" in res.message
+                result.direct_reruns.setdefault(n, []).append("cut short" if cut else res.status)
 
     def through_proxy(_) -> None:
+        if deadline() < 30:
+            return
         proxy = start_proxy(args.bin, outdir / "proxy-rerun", proxied, args.cap)
         target = Target("concierge", "127.0.0.1", proxy.port, proxied.password)
-        r = run_suite(python, tree, driver, target, outdir, args.timeout, args.deadline, [],
+        r = run_suite(python, tree, driver, target, outdir, args.timeout, deadline(), [],
                       tag=".rerun", selection=suspects)
         for n in suspects:
             result.proxy_rerun[n] = r.results.get(n, TestResult("missing")).status
@@ -674,7 +698,7 @@ def report(results: dict[str, DriverResult], inherent: dict[tuple[str, str], str
             alone = res.proxy_rerun.get(nodeid)
             if alone is not None:
                 line += f"\n      by itself through a fresh proxy: {alone}"
-            if any(s in BAD for s in reruns):
+            if any(s in ("failed", "error", "hung") for s in reruns):
                 flaky.append(f"{line}\n      by itself directly: {', '.join(reruns)}: "
                              f"flaky without the proxy too, not counted")
             else:
@@ -704,7 +728,7 @@ def report(results: dict[str, DriverResult], inherent: dict[tuple[str, str], str
                   f"not a failure, but check whether the entry is still needed):")
             print("\n".join(stale))
     for problem in proxy_problems.values():
-        print(f"PROXY PROBLEM: {problem}")
+        print(f"PROBLEM: {problem}")
     print(f"logs: {work} ({seconds:.0f} s in all)")
     ok = not unexpected and not proxy_problems
     print(f"driver suites: {'OK' if ok else 'FAILED'}")
