@@ -640,22 +640,30 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         channel.writeAndFlush(out, promise: nil)
     }
 
-    /// The leasing session ran `RESET ALL` or `DISCARD ALL`: the backend now runs with its
-    /// login defaults, without what init_query set.
-    func noteParametersReset() {
+    /// The leasing session ran `RESET ALL`, `DISCARD ALL` or `RESET name`: the backend now runs
+    /// with its login defaults there, without what init_query set.
+    /// `names`: the parameters reset (`RESET name`); nil: all of them.
+    func noteParametersReset(_ names: Set<String>?) {
         if eventLoop.inEventLoop {
-            noteParametersResetOnLoop()
+            noteParametersResetOnLoop(names)
         } else {
-            eventLoop.execute { self.noteParametersResetOnLoop() }
+            eventLoop.execute { self.noteParametersResetOnLoop(names) }
         }
     }
 
     /// A value no client can ask for (startup values cannot hold a NUL): "not the baseline".
     static let lostBaseline = "\u{0}"
 
-    private func noteParametersResetOnLoop() {
-        appliedParameters = [:]
-        for name in baselineParameters.keys { appliedParameters[name] = Self.lostBaseline }
+    private func noteParametersResetOnLoop(_ names: Set<String>?) {
+        guard let names else {
+            appliedParameters = [:]
+            for name in baselineParameters.keys { appliedParameters[name] = Self.lostBaseline }
+            return
+        }
+        for name in names {
+            // Back to the login default: what "not applied" means, unless init_query set it.
+            appliedParameters[name] = baselineParameters[name] != nil ? Self.lostBaseline : nil
+        }
     }
 
     /// While leased, between two of its owner's transactions or statements: brings the session

@@ -93,7 +93,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// Counts the client's statement definitions (`ClientStatement.sequence`).
     private var nextStatementSequence: UInt64 = 0
     /// What executing the unnamed statement resets (its last Parse).
-    private var unnamedStatementResets: SessionResets = []
+    private var unnamedStatementResets = Resets()
     /// The client's unnamed statement (the definition of its last unnamed Parse). PostgreSQL
     /// keeps it across Syncs, until the next unnamed Parse or simple Query, so a client may bind
     /// it in a later transaction, on another backend.
@@ -103,7 +103,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// another client's, which this client must never execute.
     private var unnamedOnBackend = false
     /// Portal → what executing it resets (only portals that reset something).
-    private var portalResets: [String: SessionResets] = [:]
+    private var portalResets: [String: Resets] = [:]
 
     // Session resets (RESET ALL, DISCARD ALL, ...; see `applyReset`)
     /// The parameters the client logged in with: what RESET ALL and DISCARD ALL return it to.
@@ -116,8 +116,12 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     private var needsParameterResync = false
     /// The reset query at the head of `pending` failed (some statement in it did).
     private var resetQueryFailed = false
+    /// The reset at the head of `pending` removed statements (its command tag arrived).
+    private var statementResetConfirmed = false
 
     private struct ResetWindow {
+        /// The parameters reset (lowercased names); nil: all of them (RESET ALL, DISCARD ALL).
+        var parameters: Set<String>?
         /// The client's parameters as it last saw them reported.
         var before: [String: String]
         /// ReadyForQuery messages still due for what was sent before the reset (their
@@ -125,9 +129,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         var syncsBefore: Int
         /// ParameterStatus messages the backend sent meanwhile.
         var reports = ByteBuffer()
-        /// A RESET ALL ran (its command tag arrived) ...
-        var sawResetAll = false
-        /// ... and nothing failed in its query.
+        /// Something failed in the reset's query or batch: nothing was reset.
         var failed = false
         /// DISCARD ALL completed: the parameters went back to the defaults.
         var discarded = false
@@ -684,7 +686,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             let classification = classify(try PGParse.queryBytes(frame.body), loneSetAllowed: isBetweenTransactions && backend == nil)
             if !classification.resets.isEmpty {
                 if let name = classification.deallocatedName, statements[name] != nil, answerDeallocateLocally(name) { return }
-                route(HeldMessage(frame, resets: classification.resets, deallocated: classification.deallocatedName))
+                route(HeldMessage(frame, resets: Resets(classification)))
                 return
             }
         case PGMessageType.Frontend.parse:
@@ -697,7 +699,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             }
             // Named statements do not pin: the proxy prepares them on whichever backend serves.
             // A lone tracked SET may, as the unnamed statement of a new batch (JDBC's way).
-            let resets = classify(query, loneSetAllowed: startsBatch && name.readableBytes == 0, isParse: true).resets
+            let resets = Resets(classify(query, loneSetAllowed: startsBatch && name.readableBytes == 0))
             if name.readableBytes > 0, answersLocally {
                 // No backend serves this client: acknowledge now, prepare on first use. A client
                 // that prepares on one connection while its others hold backends in open
@@ -813,15 +815,11 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// Pins the session when the SQL changes session state. Reads the bytes in place: no
     /// String is built unless a pin is logged.
     @discardableResult
-    private func classify(_ sql: ByteBuffer, loneSetAllowed: Bool = false, isParse: Bool = false) -> Classification {
+    private func classify(_ sql: ByteBuffer, loneSetAllowed: Bool = false) -> Classification {
         let classification = sql.withUnsafeReadableBytes {
             SQLClassifier.classify($0, options: classifierOptions)
         }
-        var reasons = classification.pinReasons
-        if isParse, classification.resets.contains(.resetAll), !classifierOptions.excludeVariableSets {
-            // The session applies RESET ALL only from a simple Query (see README, pinning).
-            reasons.insert(.setVariable)
-        }
+        let reasons = classification.pinReasons
         guard !reasons.isEmpty else { return classification }
         if loneSetAllowed, reasons == .setVariable, pinReasons.isEmpty,
            let setting = SQLTrackedSettings.setting(of: classification)
@@ -1305,14 +1303,11 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
 /// A client message on its way to a backend, with what the classifier found it resets.
 struct HeldMessage {
     var frame: PGFrame
-    var resets: SessionResets = []
-    /// `DEALLOCATE name`: the name.
-    var deallocated: String?
+    var resets: Resets
 
-    init(_ frame: PGFrame, resets: SessionResets = [], deallocated: String? = nil) {
+    init(_ frame: PGFrame, resets: Resets = Resets()) {
         self.frame = frame
         self.resets = resets
-        self.deallocated = deallocated
     }
 }
 
@@ -1382,10 +1377,8 @@ extension ClientSession {
             let portal = body.readNullTerminatedSlice().map { String(buffer: $0) } ?? ""
             var reset: ResetWatch?
             if !portalResets.isEmpty, let resets = portalResets[portal] {
-                // DISCARD ALL or DEALLOCATE ALL through the extended protocol.
-                if !resets.isDisjoint(with: [.discardAll, .deallocateAll]) { backend.statementCache.invalidateAll() }
-                reset = ResetWatch(resets: resets, statementSequence: nextStatementSequence)
-                if resets.contains(.discardAll) { openResetWindow() }
+                // A reset through the extended protocol.
+                reset = beginReset(resets, on: backend)
             }
             backend.write(frame.bytes)
             appendPending(.execute(serverName: portalStatements.isEmpty ? nil : portalStatements[portal], reset: reset))
@@ -1411,12 +1404,9 @@ extension ClientSession {
     /// safe before it runs, and its outcome is watched (`applyReset`).
     private func sendResetQuery(_ message: HeldMessage, to backend: BackendConnection) {
         let resets = message.resets
-        var watch = ResetWatch(resets: resets, statementSequence: nextStatementSequence)
         var bytes = message.frame.bytes
-        if !resets.isDisjoint(with: [.discardAll, .deallocateAll]) {
-            backend.statementCache.invalidateAll()
-        }
-        if resets.contains(.deallocate), let name = message.deallocated {
+        var watch = beginReset(resets, on: backend)
+        if resets.kinds.contains(.deallocate), let name = resets.deallocated {
             if let statement = statements[name] {
                 // The client's statement is known to the backend by the proxy's name: deallocate
                 // that one (preparing it first if this backend lacks it, so the outcome is
@@ -1426,19 +1416,53 @@ extension ClientSession {
                 bytes = ByteBuffer()
                 PGEncode.query("DEALLOCATE " + BackendConnection.quoteIdentifier(serverName), into: &bytes)
                 watch.deallocated = name
+                watch.removed[name] = statements.removeValue(forKey: name)
             } else if name.hasPrefix("concierge_") {
                 // One of the proxy's own names: whatever happens, nothing cached is trusted.
                 backend.statementCache.invalidateAll()
             }
         }
-        if !resets.isDisjoint(with: [.resetAll, .discardAll]) { openResetWindow() }
         backend.write(bytes)
         appendPending(.resetQuery(watch))
     }
 
+    /// What every reset does as it is sent: the statement cache is made safe before it runs,
+    /// the statements it removes leave the client's (see `ResetWatch.removed`), and the
+    /// parameters it resets are watched (`ResetWindow`).
+    private func beginReset(_ resets: Resets, on backend: BackendConnection) -> ResetWatch {
+        var watch = ResetWatch(resets: resets)
+        if !resets.kinds.isDisjoint(with: [.discardAll, .deallocateAll]) {
+            backend.statementCache.invalidateAll()
+            watch.removed = statements
+            statements.removeAll()
+        }
+        if !resets.kinds.isDisjoint(with: [.resetAll, .discardAll]) {
+            openResetWindow(parameters: nil)
+        } else if resets.kinds.contains(.resetParameter) {
+            openResetWindow(parameters: Set(resets.parameters))
+        }
+        return watch
+    }
+
+    /// A reset failed or was skipped: the client's statements it took out are back (unless the
+    /// client defined the name again since).
+    private func restoreStatements(of watch: ResetWatch) {
+        for (name, statement) in watch.removed where statements[name] == nil {
+            statements[name] = statement
+        }
+    }
+
     /// Called just before the reset's message is recorded in `pending`.
-    private func openResetWindow() {
-        guard resetWindow == nil else { return }
+    private func openResetWindow(parameters: Set<String>?) {
+        if resetWindow != nil {
+            // Two resets in one batch: the window covers both.
+            if let more = parameters, let current = resetWindow!.parameters {
+                resetWindow!.parameters = current.union(more)
+            } else {
+                resetWindow!.parameters = nil
+            }
+            return
+        }
         var syncsBefore = 0
         for entry in pending {
             switch entry {
@@ -1446,10 +1470,10 @@ extension ClientSession {
             default: break
             }
         }
-        resetWindow = ResetWindow(before: desiredParameters, syncsBefore: syncsBefore)
+        resetWindow = ResetWindow(parameters: parameters, before: desiredParameters, syncsBefore: syncsBefore)
     }
 
-    private func sendParse(_ frame: PGFrame, resets: SessionResets, to backend: BackendConnection) {
+    private func sendParse(_ frame: PGFrame, resets: Resets, to backend: BackendConnection) {
         var body = frame.body
         guard let name = body.readNullTerminatedSlice(), name.readableBytes > 0 else {
             unnamedStatementResets = resets
@@ -1486,7 +1510,7 @@ extension ClientSession {
             if name.readableBytes == 0 { ensureUnnamedStatement(on: backend) }
             backend.write(frame.bytes)
             if !portalStatements.isEmpty { portalStatements[String(buffer: portal)] = nil }
-            notePortalResets(name.readableBytes == 0 ? unnamedStatementResets : [], portal: portal)
+            notePortalResets(name.readableBytes == 0 ? unnamedStatementResets : Resets(), portal: portal)
             appendPending(.bind(serverName: nil))
             return
         }
@@ -1514,7 +1538,7 @@ extension ClientSession {
         }
     }
 
-    private func notePortalResets(_ resets: SessionResets, portal: ByteBuffer) {
+    private func notePortalResets(_ resets: Resets, portal: ByteBuffer) {
         if !resets.isEmpty {
             portalResets[String(buffer: portal)] = resets
         } else if !portalResets.isEmpty {
@@ -1647,9 +1671,12 @@ extension ClientSession {
                 continue
             case PGMessageType.Backend.commandComplete:
                 switch pending.first {
-                case .resetQuery(let watch), .execute(_, let watch?):
-                    let tag = bytes.getSlice(at: frameStart + 5, length: size - 5) ?? ByteBuffer()
-                    applyResetAtCompletion(watch, tag: tag, backend: backend)
+                case .resetQuery(let watch):
+                    applyResetAtCompletion(watch, tag: bytes.getSlice(at: frameStart + 5, length: size - 5) ?? ByteBuffer(), backend: backend)
+                case .execute(_, let watch?):
+                    applyResetAtCompletion(watch, tag: bytes.getSlice(at: frameStart + 5, length: size - 5) ?? ByteBuffer(), backend: backend)
+                    // An Execute's CommandComplete is its success: nothing to confirm later.
+                    statementResetConfirmed = false
                 default:
                     break
                 }
@@ -1778,21 +1805,17 @@ extension ClientSession {
         guard let text = tag.readNullTerminatedSlice() else { return }
         switch String(buffer: text) {
         case "DEALLOCATE ALL":
-            forgetStatements(definedUpTo: watch.statementSequence)
+            statementResetConfirmed = true
             unpin(.sqlPrepare)
         case "DISCARD ALL":
             // Everything of the session is gone but a loaded library (DISCARD ALL is CLOSE ALL,
             // SET SESSION AUTHORIZATION DEFAULT, RESET ALL, DEALLOCATE ALL, UNLISTEN *,
             // pg_advisory_unlock_all(), DISCARD PLANS, TEMP and SEQUENCES).
-            forgetStatements(definedUpTo: watch.statementSequence)
+            statementResetConfirmed = true
             resetWindow?.discarded = true
             unpin(PinReasons.all.subtracting(.load))
         case "DEALLOCATE":
-            if let name = watch.deallocated, let statement = statements[name], statement.sequence <= watch.statementSequence {
-                statements[name] = nil
-            }
-        case "RESET":
-            if watch.resets.contains(.resetAll) { resetWindow?.sawResetAll = true }
+            if watch.deallocated != nil { statementResetConfirmed = true }
         case "CLOSE CURSOR ALL":
             unpin(.cursorWithHold)
         case "DISCARD TEMP":
@@ -1809,10 +1832,12 @@ extension ClientSession {
     private func applyResetAtReady(_ watch: ResetWatch, status: PGTransactionStatus, backend: BackendConnection) {
         let failed = resetQueryFailed
         resetQueryFailed = false
+        if !statementResetConfirmed { restoreStatements(of: watch) }
+        statementResetConfirmed = false
         guard !failed else { return }
         // UNLISTEN takes effect at commit.
-        if watch.resets.contains(.unlistenAll), status == .idle { unpin(.listen) }
-        if watch.resets.contains(.advisoryUnlockAll) { unpin(.advisoryLock) }
+        if watch.resets.kinds.contains(.unlistenAll), status == .idle { unpin(.listen) }
+        if watch.resets.kinds.contains(.advisoryUnlockAll) { unpin(.advisoryLock) }
     }
 
     /// At the ReadyForQuery after a RESET ALL or DISCARD ALL: PostgreSQL returned every
@@ -1823,41 +1848,52 @@ extension ClientSession {
     private func closeResetWindow(status: PGTransactionStatus, context: ChannelHandlerContext, backend: BackendConnection) {
         guard var window = resetWindow else { return }
         resetWindow = nil
-        let applied = window.discarded || (window.sawResetAll && !window.failed)
-        guard applied else {
+        guard window.discarded || !window.failed else {
             // Nothing was reset: the backend's reports are the client's.
             if window.reports.readableBytes > 0 { context.write(wrapOutboundOut(window.reports), promise: nil) }
             return
         }
-        desiredParameters = startupParameters
-        backend.noteParametersReset()
-        needsParameterResync = true
-        if !window.discarded {
-            if status == .idle {
-                unpin(.setVariable)
-            } else {
-                // Inside a transaction block: a rollback would restore what RESET ALL reset,
-                // settings the proxy does not see among them. The session keeps this backend.
-                pin(.setVariable, statement: ByteBuffer(string: "RESET ALL"))
-            }
-        }
-        guard let template = runtime.loginState(for: poolKey).template else { return }
         var out = ByteBuffer()
-        for parameter in template.parameters {
-            let name = parameter.name.lowercased()
-            let now = startupParameters[name] ?? parameter.value
-            if now != (window.before[name] ?? parameter.value) {
-                PGEncode.parameterStatus(name: parameter.name, value: now, into: &out)
+        if let names = window.parameters {
+            for name in names {
+                desiredParameters[name] = startupParameters[name]
+            }
+            backend.noteParametersReset(names)
+            // Reports of other parameters (set in the same query) are the backend's own.
+            while let (_, size) = try? PGFraming.peekFrame(in: window.reports, maxMessageSize: Int(Int32.max)),
+                  var frame = window.reports.readSlice(length: size)
+            {
+                if let body = frame.getSlice(at: frame.readerIndex + 5, length: size - 5),
+                   let parameter = try? PGParse.parameterStatus(body), !names.contains(parameter.name.lowercased())
+                {
+                    out.writeBuffer(&frame)
+                }
+            }
+        } else {
+            desiredParameters = startupParameters
+            backend.noteParametersReset(nil)
+            if !window.discarded {
+                if status == .idle {
+                    unpin(.setVariable)
+                } else {
+                    // Inside a transaction block: a rollback would restore what RESET ALL reset,
+                    // settings the proxy does not see among them. The session keeps this backend.
+                    pin(.setVariable, statement: ByteBuffer(string: "RESET ALL"))
+                }
             }
         }
-        window.reports.clear()
+        needsParameterResync = true
+        if let template = runtime.loginState(for: poolKey).template {
+            for parameter in template.parameters {
+                let name = parameter.name.lowercased()
+                if let names = window.parameters, !names.contains(name) { continue }
+                let now = startupParameters[name] ?? parameter.value
+                if now != (window.before[name] ?? parameter.value) {
+                    PGEncode.parameterStatus(name: parameter.name, value: now, into: &out)
+                }
+            }
+        }
         if out.readableBytes > 0 { context.write(wrapOutboundOut(out), promise: nil) }
-    }
-
-    /// DEALLOCATE ALL or DISCARD ALL ran: the statements the client defined before it are gone.
-    private func forgetStatements(definedUpTo sequence: UInt64) {
-        guard !statements.isEmpty else { return }
-        statements = statements.filter { $0.value.sequence > sequence }
     }
 
     private func unpin(_ reasons: PinReasons) {
@@ -1891,6 +1927,9 @@ extension ClientSession {
             if failed, let client { statements[client] = nil }
         case .localParseComplete(let client):
             statements[client] = nil
+        case .execute(_, let watch?):
+            // A reset that failed or was skipped removed nothing.
+            restoreStatements(of: watch)
         default:
             break
         }

@@ -24,9 +24,9 @@ struct ClientStatement {
     /// removes only the statements defined before it ran.
     let sequence: UInt64
     /// What executing it resets (`DISCARD ALL` prepared as a statement, ...).
-    let resets: SessionResets
+    let resets: Resets
 
-    init(definition: ByteBuffer, sequence: UInt64 = 0, resets: SessionResets = []) {
+    init(definition: ByteBuffer, sequence: UInt64 = 0, resets: Resets = Resets()) {
         self.definition = definition
         self.sequence = sequence
         self.resets = resets
@@ -162,13 +162,36 @@ enum PendingResponse {
     }
 }
 
+/// What a statement resets, as the classifier found it (see `SessionResets`).
+struct Resets {
+    var kinds: SessionResets = []
+    /// `RESET name`, `SET name TO DEFAULT`: the parameters, as the classifier names them.
+    var parameters: [String] = []
+    /// `DEALLOCATE name`: the name.
+    var deallocated: String?
+
+    init() {}
+
+    init(_ classification: Classification) {
+        kinds = classification.resets
+        deallocated = classification.deallocatedName
+        if kinds.contains(.resetParameter) {
+            parameters = classification.setCommands.filter { $0.isReset && $0.scope == .session && $0.name != "all" }
+                .map { $0.name.lowercased() }
+        }
+    }
+
+    var isEmpty: Bool { kinds.isEmpty }
+}
+
 /// A statement that resets session state, on its way to the database: what the session applies
-/// once the database confirms it (see `ClientSession.applyReset`).
+/// once the database confirms it (see `ClientSession.applyResetAtCompletion`).
 struct ResetWatch {
-    var resets: SessionResets
-    /// The client's statements defined before it (`ClientStatement.sequence` below this) are
-    /// the ones a `DEALLOCATE ALL` or `DISCARD ALL` removes.
-    var statementSequence: UInt64
+    var resets: Resets
+    /// The client's statements it removes (DEALLOCATE ALL, DISCARD ALL, DEALLOCATE name): taken
+    /// out of the client's statements when it is sent, so that what follows it in the same
+    /// pipeline sees them gone, as PostgreSQL will; put back if it fails.
+    var removed: [String: ClientStatement] = [:]
     /// `DEALLOCATE name` of one of the client's protocol-level statements.
     var deallocated: String?
 }

@@ -356,7 +356,10 @@ extension SQLClassifier {
         let lower = String(decoding: command.name.utf8.map(asciiLower), as: UTF8.self)
         if lower == "role" || lower == "session_authorization" {
             result.pinReasons.insert(.setRole)
-        } else if !options.trackedParameters.contains(lower) {
+            return
+        }
+        if command.isReset { result.resets.insert(.resetParameter) }
+        if !options.trackedParameters.contains(lower) {
             pinVariable(options, &result)
         }
     }

@@ -151,13 +151,16 @@ public struct SessionResets: OptionSet, Sendable, Hashable, CustomStringConverti
     public static let advisoryUnlockAll = SessionResets(rawValue: 1 << 8)
     /// `DEALLOCATE [PREPARE] name`: see `Classification.deallocatedName`.
     public static let deallocate = SessionResets(rawValue: 1 << 9)
+    /// `RESET name`, `SET name TO DEFAULT`: back to the session default, which for a parameter of
+    /// the startup packet is its value there (the `SetCommand`s name them).
+    public static let resetParameter = SessionResets(rawValue: 1 << 10)
 
     /// Resets whose effect on statements, settings or locks cannot be undone by a rollback.
     public static let statementResets: SessionResets = [.discardAll, .deallocateAll, .deallocate]
 
     private static let nameTable = [
         "reset_all", "discard_all", "discard_temp", "discard_sequences", "discard_plans", "deallocate_all",
-        "unlisten_all", "close_all", "advisory_unlock_all", "deallocate",
+        "unlisten_all", "close_all", "advisory_unlock_all", "deallocate", "reset_parameter",
     ]
 
     public var description: String {

@@ -409,3 +409,65 @@ def test_a_startup_parameter_wins_over_the_same_one_in_options(proxy):
         c.startup("app", p.passwords["app"], DateStyle="ISO, MDY", options="-c DateStyle=German")
         assert c.params["DateStyle"] == "ISO, MDY"
         assert c.query("show DateStyle") == [("ISO, MDY",)]
+
+
+def _types_until_ready(c) -> list:
+    seen = []
+    while True:
+        m = c.recv()
+        seen.append((m.type, m.payload.split(b"\0")[1].decode() if m.type == b"S" else ""))
+        if m.type == b"Z":
+            return seen
+
+
+def test_reset_of_a_startup_parameter_returns_to_its_startup_value(proxy):
+    # A startup packet's value is the session default: RESET name and SET name TO DEFAULT go
+    # back to it (and report nothing when nothing changes), through either protocol.
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=5)
+    with p.wire() as c:
+        c.startup("app", p.passwords["app"], TimeZone="UTC", application_name="x",
+                  options="-c work_mem=5MB")
+        for sql in ("reset TimeZone", "set application_name to default", "set TimeZone = default"):
+            c.send(message(b"Q", sql.encode() + b"\0"))
+            assert _types_until_ready(c) == [(b"C", ""), (b"Z", "")], sql
+        c.query("set application_name = 'y'")
+        c.send(message(b"Q", b"reset application_name\0"))
+        assert _types_until_ready(c) == [(b"C", ""), (b"S", "x"), (b"Z", "")]
+        c.query("set work_mem = '1MB'")
+        c.query("reset work_mem")
+        assert c.query("show work_mem") == [("5MB",)]
+        c.query("set work_mem = '2MB'")
+        c.query("set work_mem to default")
+        assert c.query("show work_mem") == [("5MB",)]
+        # The extended protocol.
+        c.query("set application_name = 'z'")
+        c.send(parse("", "reset all") + bind("") + EXECUTE + SYNC)
+        assert _types_until_ready(c) == [(b"1", ""), (b"2", ""), (b"C", ""), (b"S", "x"), (b"Z", "")]
+        c.send(parse("", "reset TimeZone") + bind("") + EXECUTE + SYNC)
+        assert _types_until_ready(c) == [(b"1", ""), (b"2", ""), (b"C", ""), (b"Z", "")]
+        assert c.query("show TimeZone") == [("UTC",)]
+        assert c.query("show application_name") == [("x",)]
+
+
+def test_deallocate_all_through_the_extended_protocol(proxy):
+    # Executing a statement whose text is DEALLOCATE ALL removes every statement, itself
+    # included, for the messages after it in the same batch too.
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=5)
+    with p.wire() as c:
+        c.startup("app", p.passwords["app"])
+        c.send(parse("s2", "deallocate all") + bind("s2") + EXECUTE + bind("s2", "p1") + SYNC)
+        for expected in (b"1", b"2", b"C"):
+            c.expect(expected)
+        with pytest.raises(ServerError) as err:
+            c.expect(b"2")
+        assert err.value.sqlstate == "26000"
+        c.expect(b"Z")
+        # A failed DEALLOCATE ALL (in a failed transaction) removes nothing.
+        prepare(c, "keep", "select 'kept'")
+        assert c.query("begin") == []
+        with pytest.raises(ServerError):
+            c.query("select 1/0")
+        with pytest.raises(ServerError):
+            c.query("deallocate all")
+        assert c.query("rollback") == []
+        assert run_statement(c, "keep") == ["kept"]
