@@ -700,7 +700,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             // Named statements do not pin: the proxy prepares them on whichever backend serves.
             // A lone tracked SET may, as the unnamed statement of a new batch (JDBC's way).
             let resets = Resets(classify(query, loneSetAllowed: startsBatch && name.readableBytes == 0))
-            if name.readableBytes > 0, answersLocally {
+            if name.readableBytes > 0, answersLocally, statements[String(buffer: name)] == nil {
                 // No backend serves this client: acknowledge now, prepare on first use. A client
                 // that prepares on one connection while its others hold backends in open
                 // transactions (pgbench -M prepared) cannot then deadlock the pool.
@@ -1484,7 +1484,14 @@ extension ClientSession {
             return
         }
         let clientName = String(buffer: name)
-        // PostgreSQL refuses a second Parse of a name in use; the proxy redefines it (see README).
+        if let existing = statements[clientName] {
+            // PostgreSQL refuses a second Parse of a name in use (42P05) and keeps the first
+            // statement: let the backend refuse it, on the existing statement's name.
+            let serverName = prepare(existing, client: clientName, on: backend)
+            backend.write(StatementMessages.parse(name: serverName, definition: body, allocator: backend.allocator))
+            appendPending(.duplicateParse(serverName: serverName))
+            return
+        }
         let statement = ClientStatement(definition: body, sequence: takeStatementSequence(), resets: resets)
         statements[clientName] = statement
         if backend.statementCache.use(statement.key) != nil {
@@ -1641,7 +1648,9 @@ extension ClientSession {
             case PGMessageType.Backend.errorResponse:
                 let body = bytes.getSlice(at: frameStart + 5, length: size - 5) ?? ByteBuffer()
                 if resetWindow?.syncsBefore == 0 { resetWindow!.failed = true }
-                if let rewritten = errorWithoutInternalNames(body, backend: backend) {
+                var expected = false
+                if case .duplicateParse = pending.first { expected = true }
+                if let rewritten = errorWithoutInternalNames(body, backend: backend, expected: expected) {
                     writeRun(upTo: frameStart)
                     runStart = view.readerIndex
                     context.write(wrapOutboundOut(rewritten), promise: nil)
@@ -1689,6 +1698,14 @@ extension ClientSession {
                 break  // inside a simple query's results
             case .parse, .unnamedParse:
                 if type == PGMessageType.Backend.parseComplete { popPending() }
+            case .duplicateParse:
+                if type == PGMessageType.Backend.parseComplete {
+                    // The backend lacked a statement the proxy thought it had (a bug): it now
+                    // holds the new text under the old statement's name. Trust nothing there.
+                    popPending()
+                    backend.statementCache.invalidateAll()
+                    log(.warning, "a backend lacked a statement the proxy recorded; its statements will be prepared again")
+                }
             case .injectedParse:
                 if type == PGMessageType.Backend.parseComplete {
                     popPending()
@@ -1725,13 +1742,13 @@ extension ClientSession {
     /// view of the backend was wrong: a bug. The client must not see the proxy's names, so they
     /// are replaced by the client's own, and the backend's statements are all prepared afresh
     /// from the next use on. Nil (the usual case): the error is forwarded as it is.
-    private func errorWithoutInternalNames(_ body: ByteBuffer, backend: BackendConnection) -> ByteBuffer? {
+    private func errorWithoutInternalNames(_ body: ByteBuffer, backend: BackendConnection, expected: Bool = false) -> ByteBuffer? {
         let prefix = Array("concierge_".utf8)
         let bytes = Array(body.readableBytesView)
         guard bytes.count >= prefix.count,
               (0...(bytes.count - prefix.count)).contains(where: { bytes[$0..<($0 + prefix.count)].elementsEqual(prefix) })
         else { return nil }
-        backend.statementCache.invalidateAll()
+        if !expected { backend.statementCache.invalidateAll() }
         var out: [UInt8] = []
         var index = 0
         while index < bytes.count {
@@ -1748,9 +1765,11 @@ extension ClientSession {
                 index += 1
             }
         }
-        log(.warning, "the database reported an error about one of the proxy's statements; its statements on this backend will be prepared again", [
-            "concierge.backend": "\(backend.id)"
-        ])
+        if !expected {
+            log(.warning, "the database reported an error about one of the proxy's statements; its statements on this backend will be prepared again", [
+                "concierge.backend": "\(backend.id)"
+            ])
+        }
         var frame = ByteBuffer()
         frame.writeInteger(PGMessageType.Backend.errorResponse)
         frame.writeInteger(Int32(4 + out.count))

@@ -471,3 +471,24 @@ def test_deallocate_all_through_the_extended_protocol(proxy):
             c.query("deallocate all")
         assert c.query("rollback") == []
         assert run_statement(c, "keep") == ["kept"]
+
+
+def test_a_parse_of_a_name_in_use_fails_as_in_postgresql(proxy):
+    # 42P05 naming the client's statement; the first definition stays; the rest of the batch is
+    # skipped up to Sync. Outside and inside a transaction.
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=5)
+    with p.wire() as c:
+        c.startup("app", p.passwords["app"])
+        prepare(c, "s1", "select 'first'")
+        for in_transaction in (False, True):
+            if in_transaction:
+                assert c.query("begin") == []
+            c.send(parse("s1", "select 'second'") + bind("s1") + EXECUTE + SYNC)
+            with pytest.raises(ServerError) as err:
+                c.expect(b"1")
+            assert err.value.sqlstate == "42P05"
+            assert err.value.message == 'prepared statement "s1" already exists'
+            c.expect(b"Z")
+            if in_transaction:
+                assert c.query("rollback") == []
+            assert run_statement(c, "s1") == ["first"]
