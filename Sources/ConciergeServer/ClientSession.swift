@@ -90,8 +90,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     // Prepared statements (see PreparedStatements.swift)
     /// The client's named statements.
     private var statements: [String: ClientStatement] = [:]
-    /// Counts the client's statement definitions (`ClientStatement.sequence`).
-    private var nextStatementSequence: UInt64 = 0
+    /// An extended-protocol message failed and no Sync has been sent since: PostgreSQL skips
+    /// everything the client sends until its Sync, so the proxy neither answers nor records it.
+    private var skippingUntilSync = false
     /// What executing the unnamed statement resets (its last Parse).
     private var unnamedStatementResets = Resets()
     /// The client's unnamed statement (the definition of its last unnamed Parse). PostgreSQL
@@ -707,7 +708,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 var definition = frame.body
                 _ = definition.readNullTerminatedSlice()
                 statements[String(buffer: name)] = ClientStatement(
-                    definition: definition, sequence: takeStatementSequence(), resets: resets)
+                    definition: definition, needsFreshParse: true, resets: resets)
                 writeToClient(StatementMessages.parseComplete)
                 return
             }
@@ -756,11 +757,6 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             return
         }
         route(HeldMessage(frame))
-    }
-
-    private func takeStatementSequence() -> UInt64 {
-        nextStatementSequence &+= 1
-        return nextStatementSequence
     }
 
     /// `DEALLOCATE name` of one of the client's protocol-level statements, which no backend
@@ -1331,6 +1327,10 @@ extension ClientSession {
     fileprivate func send(_ message: HeldMessage, to backend: BackendConnection) {
         let frame = message.frame
         let type = frame.type
+        if skippingUntilSync {
+            guard type == PGMessageType.Frontend.sync else { return }  // PostgreSQL would skip it
+            skippingUntilSync = false
+        }
         if Self.isSyncPoint(type) {
             if outstandingSyncs == 0 { queryStarted = .now() }
             outstandingSyncs += 1
@@ -1387,8 +1387,8 @@ extension ClientSession {
             let kind = body.readInteger(as: UInt8.self)
             if kind == UInt8(ascii: "S"), let name = body.readNullTerminatedSlice(), name.readableBytes > 0 {
                 // The backend keeps the statement for whoever prepares the same query next.
-                statements[String(buffer: name)] = nil
-                appendPending(.localCloseComplete)
+                let client = String(buffer: name)
+                appendPending(.localCloseComplete(client: client, removed: statements.removeValue(forKey: client)))
             } else {
                 backend.write(frame.bytes)
                 appendPending(.close)
@@ -1492,13 +1492,13 @@ extension ClientSession {
             appendPending(.duplicateParse(serverName: serverName))
             return
         }
-        let statement = ClientStatement(definition: body, sequence: takeStatementSequence(), resets: resets)
+        let statement = ClientStatement(definition: body, resets: resets)
         statements[clientName] = statement
-        if backend.statementCache.use(statement.key) != nil {
-            appendPending(.localParseComplete(client: clientName))
-            return
-        }
-        let serverName = backend.statementCache.add(statement.key)
+        // Parsed afresh on the backend even when it has the text already: the database infers
+        // parameter types now (its copy may predate DDL), and answers errors (a failed
+        // transaction's among them) where it would directly. The Close before the Parse replaces
+        // the backend's copy for every client that uses it.
+        let serverName = backend.statementCache.use(statement.key) ?? backend.statementCache.add(statement.key)
         closeBeforeParse(serverName, on: backend)
         backend.write(StatementMessages.parse(name: serverName, definition: statement.definition, allocator: backend.allocator))
         appendPending(.parse(client: clientName, key: statement.key, serverName: serverName))
@@ -1522,10 +1522,11 @@ extension ClientSession {
             return
         }
         notePortalResets(statement.resets, portal: portal)
-        let serverName = prepare(statement, client: String(buffer: name), on: backend)
+        let clientName = String(buffer: name)
+        let serverName = prepare(statement, client: clientName, on: backend)
         backend.write(StatementMessages.bind(portal: portal, statement: serverName, rest: body, allocator: backend.allocator))
         portalStatements[String(buffer: portal)] = serverName
-        appendPending(.bind(serverName: serverName))
+        appendPending(.bind(serverName: serverName, client: clientName))
     }
 
     /// Before a Bind or Describe of the unnamed statement on a backend that may hold another
@@ -1556,8 +1557,9 @@ extension ClientSession {
     /// The server-side name of `statement` on `backend`, preparing it there first if needed
     /// (its ParseComplete will be dropped).
     private func prepare(_ statement: ClientStatement, client: String, on backend: BackendConnection) -> String {
-        if let serverName = backend.statementCache.use(statement.key) { return serverName }
-        let serverName = backend.statementCache.add(statement.key)
+        if !statement.needsFreshParse, let serverName = backend.statementCache.use(statement.key) { return serverName }
+        if statement.needsFreshParse { statements[client]?.needsFreshParse = false }
+        let serverName = backend.statementCache.use(statement.key) ?? backend.statementCache.add(statement.key)
         closeBeforeParse(serverName, on: backend)
         backend.write(StatementMessages.parse(name: serverName, definition: statement.definition, allocator: backend.allocator))
         appendPending(.injectedParse(client: client, key: statement.key, serverName: serverName))
@@ -1649,8 +1651,13 @@ extension ClientSession {
                 let body = bytes.getSlice(at: frameStart + 5, length: size - 5) ?? ByteBuffer()
                 if resetWindow?.syncsBefore == 0 { resetWindow!.failed = true }
                 var expected = false
-                if case .duplicateParse = pending.first { expected = true }
-                if let rewritten = errorWithoutInternalNames(body, backend: backend, expected: expected) {
+                var hint: String?
+                switch pending.first {
+                case .duplicateParse: expected = true
+                case .bind(_, let client), .injectedParse(let client, _, _): hint = client
+                default: break
+                }
+                if let rewritten = errorWithoutInternalNames(body, backend: backend, expected: expected, hint: hint) {
                     writeRun(upTo: frameStart)
                     runStart = view.readerIndex
                     context.write(wrapOutboundOut(rewritten), promise: nil)
@@ -1742,7 +1749,9 @@ extension ClientSession {
     /// view of the backend was wrong: a bug. The client must not see the proxy's names, so they
     /// are replaced by the client's own, and the backend's statements are all prepared afresh
     /// from the next use on. Nil (the usual case): the error is forwarded as it is.
-    private func errorWithoutInternalNames(_ body: ByteBuffer, backend: BackendConnection, expected: Bool = false) -> ByteBuffer? {
+    private func errorWithoutInternalNames(
+        _ body: ByteBuffer, backend: BackendConnection, expected: Bool = false, hint: String? = nil
+    ) -> ByteBuffer? {
         let prefix = Array("concierge_".utf8)
         let bytes = Array(body.readableBytesView)
         guard bytes.count >= prefix.count,
@@ -1757,7 +1766,8 @@ extension ClientSession {
                 while end < bytes.count, bytes[end] == UInt8(ascii: "_") || (bytes[end] >= 0x30 && bytes[end] <= 0x39)
                     || (bytes[end] >= 0x61 && bytes[end] <= 0x66) { end += 1 }
                 let serverName = String(decoding: bytes[index..<end], as: UTF8.self)
-                let client = statements.first(where: { serverName == $0.value.key || serverName.hasPrefix($0.value.key + "_") })?.key
+                let client = hint
+                    ?? statements.first(where: { serverName == $0.value.key || serverName.hasPrefix($0.value.key + "_") })?.key
                 out += Array((client ?? "").utf8)
                 index = end
             } else {
@@ -1788,7 +1798,7 @@ extension ClientSession {
         case .resetQuery:
             resetQueryFailed = true
             return
-        case .bind(let serverName?), .execute(let serverName?, _):
+        case .bind(let serverName?, _), .execute(let serverName?, _):
             if let fields = try? PGParse.errorResponse(body), fields.code == "0A000",
                fields.message?.contains("cached plan must not change result type") == true
             {
@@ -1799,6 +1809,8 @@ extension ClientSession {
             break
         }
         forgetStatement(of: popPending(), failed: true, backend: backend)
+        // What the client sends from now on up to its Sync is skipped too (see `send`).
+        skippingUntilSync = !pending.contains(where: { if case .sync = $0 { return true } else { return false } })
         while let next = pending.first {
             if case .sync = next { break }
             let skipped = popPending()
@@ -1946,6 +1958,9 @@ extension ClientSession {
             if failed, let client { statements[client] = nil }
         case .localParseComplete(let client):
             statements[client] = nil
+        case .localCloseComplete(let client, let removed?):
+            // A skipped Close closed nothing.
+            if statements[client] == nil { statements[client] = removed }
         case .execute(_, let watch?):
             // A reset that failed or was skipped removed nothing.
             restoreStatements(of: watch)

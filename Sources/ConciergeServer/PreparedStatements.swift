@@ -20,15 +20,16 @@ struct ClientStatement {
     let definition: ByteBuffer
     /// The statement's identity on any backend: derived from `definition`.
     let key: String
-    /// When the client defined it (the session's counter): a `DEALLOCATE ALL` or `DISCARD ALL`
-    /// removes only the statements defined before it ran.
-    let sequence: UInt64
+    /// Not yet parsed by the database since the client defined it: its first use on a backend
+    /// prepares it there afresh even if that backend has the same text already (that one may
+    /// predate DDL: PostgreSQL infers parameter types at Parse, never again).
+    var needsFreshParse: Bool
     /// What executing it resets (`DISCARD ALL` prepared as a statement, ...).
     let resets: Resets
 
-    init(definition: ByteBuffer, sequence: UInt64 = 0, resets: Resets = Resets()) {
+    init(definition: ByteBuffer, needsFreshParse: Bool = false, resets: Resets = Resets()) {
         self.definition = definition
-        self.sequence = sequence
+        self.needsFreshParse = needsFreshParse
         self.resets = resets
         var hasher = Hasher()
         definition.withUnsafeReadableBytes { hasher.combine(bytes: $0) }
@@ -139,8 +140,9 @@ enum PendingResponse {
     /// dropped. Should the proxy's view of the backend ever be wrong, the Parse still cannot fail
     /// with `already exists` (a Close of a name the server lacks is not an error).
     case injectedClose
-    /// Bind (BindComplete), with the server-side statement it used.
-    case bind(serverName: String?)
+    /// Bind (BindComplete), with the server-side statement it used and the client's name for it
+    /// (to name it in an error).
+    case bind(serverName: String?, client: String? = nil)
     /// Describe of a statement: ParameterDescription, then RowDescription or NoData.
     case describeStatement
     /// Describe of a portal: RowDescription or NoData.
@@ -155,8 +157,10 @@ enum PendingResponse {
     case close
     /// A Parse answered by the proxy: ParseComplete is sent to the client at this point.
     case localParseComplete(client: String)
-    /// A Close of a named statement answered by the proxy: CloseComplete at this point.
-    case localCloseComplete
+    /// A Close of a named statement answered by the proxy: CloseComplete at this point. The
+    /// statement it removed comes back if PostgreSQL would have skipped the Close (an error
+    /// before it in the same batch).
+    case localCloseComplete(client: String, removed: ClientStatement?)
 
     var isLocal: Bool {
         switch self {

@@ -492,3 +492,89 @@ def test_a_parse_of_a_name_in_use_fails_as_in_postgresql(proxy):
             if in_transaction:
                 assert c.query("rollback") == []
             assert run_statement(c, "s1") == ["first"]
+
+
+def test_messages_postgresql_skips_after_an_error_change_nothing(proxy):
+    # After an error PostgreSQL skips everything up to Sync: a Close there closes nothing and is
+    # not answered, whether it was sent with the failing message or after its error arrived.
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=5)
+    with p.wire() as c:
+        c.startup("app", p.passwords["app"])
+        prepare(c, "s3", "select 42")
+        c.send(bind("nosuch") + message(b"C", b"Ss3\0") + SYNC)
+        with pytest.raises(ServerError):
+            c.expect(b"2")
+        c.expect(b"Z")
+        assert run_statement(c, "s3") == ["42"]
+        c.send(bind("nosuch") + message(b"H"))
+        with pytest.raises(ServerError):
+            c.expect(b"2")
+        c.send(message(b"C", b"Ss3\0") + message(b"Q", b"select 1\0") + SYNC)
+        c.expect(b"Z")  # no CloseComplete, no result of the skipped Query
+        assert run_statement(c, "s3") == ["42"]
+        assert c.query("select 2") == [("2",)]
+
+
+def test_errors_name_the_clients_statement(proxy):
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=5)
+    with p.wire() as c:
+        c.startup("app", p.passwords["app"])
+        c.send(parse("s2", "select $1::int + 1") + bind("s2") + message(b"C", b"Ss2\0") + message(b"H"))
+        c.expect(b"1")
+        with pytest.raises(ServerError) as err:
+            c.expect(b"2")
+        assert err.value.message == 'bind message supplies 0 parameters, but prepared statement "s2" requires 1'
+        c.send(SYNC)
+        c.expect(b"Z")
+
+
+def test_a_parse_in_a_failed_transaction_fails(proxy):
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=5)
+    with p.wire() as c:
+        c.startup("app", p.passwords["app"])
+        prepare(c, "s1", "select 1")
+        assert run_statement(c, "s1") == ["1"]
+        assert c.query("begin") == []
+        with pytest.raises(ServerError):
+            c.query("select 1/0")
+        c.send(parse("s2", "select 1") + SYNC)
+        with pytest.raises(ServerError) as err:
+            c.expect(b"1")
+        assert err.value.sqlstate == "25P02"
+        c.expect(b"Z")
+        assert c.query("rollback") == []
+        with pytest.raises(ServerError):
+            run_statement(c, "s2")
+
+
+def test_a_fresh_parse_infers_parameter_types_after_ddl(proxy, pg):
+    # The backend holds a statement of the same text prepared before the table changed; a
+    # client's new Parse must get the types PostgreSQL infers now (asyncpg's codec tests).
+    pg.query("drop table if exists ddl_types")
+    pg.query("create table ddl_types (v int)")
+    pg.query("grant all on ddl_types to app")
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=5)
+
+    def parameter_type(c, name: str) -> int:
+        c.send(message(b"D", b"S" + name.encode() + b"\0") + SYNC)
+        description = c.expect(b"t")
+        c.expect(b"n")
+        c.expect(b"Z")
+        return struct.unpack("!I", description.payload[2:6])[0]
+
+    with p.wire() as a:
+        a.startup("app", p.passwords["app"])
+        prepare(a, "ins", "insert into ddl_types values ($1)")
+        assert parameter_type(a, "ins") == 23  # int4
+    pg.query("drop table ddl_types")
+    pg.query("create table ddl_types (v date)")
+    pg.query("grant all on ddl_types to app")
+    with p.wire() as b:
+        b.startup("app", p.passwords["app"])
+        prepare(b, "ins", "insert into ddl_types values ($1)")
+        assert parameter_type(b, "ins") == 1082  # date
+        assert c_query_ok(b)
+
+
+def c_query_ok(c) -> bool:
+    return c.query("select 1") == [("1",)]
