@@ -3,7 +3,9 @@ import Logging
 import NIOCore
 import NIOPosix
 import NIOSSL
+import NIOConcurrencyHelpers
 import PostgresWire
+import Synchronization
 
 /// The client session that currently has a backend leased. The backend calls it on the owner's
 /// event loop (hopping there when the two live on different loops).
@@ -149,6 +151,33 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     private(set) var loginParameters: [StartupParameter] = []
     private(set) var backendProcessID: Int32 = 0
     private(set) var backendSecretKey: Int32 = 0
+    /// The process id (BackendKeyData) of the client this backend was last leased to: a
+    /// NOTIFY runs at the commit of that client's transaction, so a listener shown this backend's
+    /// pid in a NotificationResponse is shown that client's instead, as PostgreSQL shows the
+    /// sender's pid. Written at each lease, read from other loops.
+    private let lastLessee = Atomic<Int32>(0)
+
+    /// Every open backend of this process by target and pid (see `lastLessee`).
+    private static let byProcessID = NIOLockedValueBox<[BackendIdentity: WeakBackend]>([:])
+
+    private struct BackendIdentity: Hashable {
+        var address: SocketAddress
+        var processID: Int32
+    }
+
+    private final class WeakBackend: @unchecked Sendable {
+        weak var backend: BackendConnection?
+        init(_ backend: BackendConnection) { self.backend = backend }
+    }
+
+    /// The client process id to show for a notification sent by backend `processID` of this
+    /// target: the last client that backend served; nil if unknown.
+    private func notifyingClient(_ processID: Int32) -> Int32? {
+        let identity = BackendIdentity(address: address, processID: processID)
+        guard let backend = Self.byProcessID.withLockedValue({ $0[identity]?.backend }) else { return nil }
+        let lessee = backend.lastLessee.load(ordering: .relaxed)
+        return lessee == 0 ? nil : lessee
+    }
 
     /// The value of `max_connections` read during setup, when asked for.
     var maxConnections: Int? { maxConnectionsValue }
@@ -215,6 +244,12 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     func channelInactive(context: ChannelHandlerContext) {
         let previous = phase
         phase = .closed
+        if backendProcessID != 0 {
+            let identity = BackendIdentity(address: address, processID: backendProcessID)
+            Self.byProcessID.withLockedValue { table in
+                if table[identity]?.backend === self { table[identity] = nil }
+            }
+        }
         // `channel` stays set: other threads may still write to it (harmlessly, it is closed).
         switch previous {
         case .connecting, .negotiatingTLS, .authenticating, .startingUp, .setup:
@@ -316,9 +351,10 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         var readyCount = 0
         var lastStatus = PGTransactionStatus.idle
         var sawError = false
-        /// Offsets of NotificationResponse pids that are this backend's own (a NOTIFY by the
-        /// client's own session): the client must see its own pid there, as PostgreSQL shows it.
-        var ownNotificationPids: [Int] = []
+        /// NotificationResponse pids to replace (offset, client pid): a backend's pid names no
+        /// client; the client whose transaction sent the NOTIFY is named instead (the listener's
+        /// own pid when it notified itself), as PostgreSQL names the sending session.
+        var notificationPids: [(Int, Int32)] = []
         // Headers are peeked, not sliced: a result is mostly DataRows that need no look.
         while let (type, size) = try PGFraming.peekFrame(in: buffer, maxMessageSize: 1 << 30) {
             switch type {
@@ -335,8 +371,12 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
                 if readyCount == 0 { sawError = true }
             case PGMessageType.Backend.notificationResponse:
                 let offset = buffer.readerIndex + 5
-                if size >= 9, buffer.getInteger(at: offset, as: Int32.self) == backendProcessID {
-                    ownNotificationPids.append(offset - unread.readerIndex)
+                if size >= 9, let sender = buffer.getInteger(at: offset, as: Int32.self) {
+                    if sender == backendProcessID {
+                        notificationPids.append((offset - unread.readerIndex, owner.processID))
+                    } else if let client = notifyingClient(sender) {
+                        notificationPids.append((offset - unread.readerIndex, client))
+                    }
                 }
             case PGMessageType.Backend.parameterStatus:
                 if let body = buffer.getSlice(at: buffer.readerIndex + 5, length: size - 5) {
@@ -360,8 +400,8 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         }
         let length = buffer.readerIndex - unread.readerIndex
         guard length > 0, var patched = unread.getSlice(at: unread.readerIndex, length: length) else { return }
-        for offset in ownNotificationPids {
-            patched.setInteger(owner.processID, at: patched.readerIndex + offset)
+        for (offset, processID) in notificationPids {
+            patched.setInteger(processID, at: patched.readerIndex + offset)
         }
         let slice = patched
         if owner.eventLoop.inEventLoop {
@@ -385,6 +425,9 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
             let keyData = try PGParse.backendKeyData(frame.body)
             backendProcessID = keyData.processID
             backendSecretKey = keyData.secretKey
+            let identity = BackendIdentity(address: address, processID: keyData.processID)
+            let entry = WeakBackend(self)
+            Self.byProcessID.withLockedValue { $0[identity] = entry }
         case PGMessageType.Backend.errorResponse:
             let fields = try PGErrorFields(diagnostics: PGParse.errorResponse(frame.body))
             switch phase {
@@ -604,6 +647,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     }
 
     private func leaseOnLoop(to owner: any BackendOwner, parameters: [String: String], fromDefaults: Bool) {
+        lastLessee.store(owner.processID, ordering: .relaxed)
         guard case .idle = phase, let channel else {
             notifyPrepared(owner, .failure(.connection("the database connection closed")))
             if case .closed = phase {} else { pool?.release(self, reusable: false) }
@@ -830,19 +874,28 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         release(reusable: false)
     }
 
-    /// Sends a CancelRequest for this backend over a new connection to the database.
-    func sendCancelRequest() {
+    /// Sends a CancelRequest for this backend over a new connection to the database. The future
+    /// completes when the database closed that connection (it has signalled the backend by then),
+    /// or after 5 s, or when the connection failed.
+    @discardableResult
+    func sendCancelRequest() -> EventLoopFuture<Void> {
         let processID = backendProcessID
         let secretKey = backendSecretKey
-        guard processID != 0 else { return }
-        ClientBootstrap(group: eventLoop)
+        guard processID != 0 else { return eventLoop.makeSucceededVoidFuture() }
+        let eventLoop = self.eventLoop
+        return ClientBootstrap(group: eventLoop)
             .connectTimeout(.seconds(5))
             .connect(to: address)
-            .whenSuccess { channel in
+            .flatMap { channel in
                 var buffer = channel.allocator.buffer(capacity: 16)
                 PGEncode.cancelRequest(processID: processID, secretKey: secretKey, into: &buffer)
-                channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
+                channel.writeAndFlush(buffer, promise: nil)
+                let closed = channel.closeFuture
+                let timeout = eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
+                closed.whenComplete { _ in timeout.cancel() }
+                return closed
             }
+            .recover { _ in }
     }
 
     /// Closes the connection politely (Terminate, then close).

@@ -63,6 +63,8 @@ enum ClientErrors {
     }
 
     /// The backend of a client's transaction died (e.g. a failover); the client's connection stays.
+    /// PostgreSQL's error for a cancelled statement.
+    static let queryCanceled = PGErrorFields.error(code: "57014", message: "canceling statement due to user request")
     /// PostgreSQL's answer to a statement in a failed transaction block.
     static let inFailedTransaction = PGErrorFields.error(
         code: "25P02", message: "current transaction is aborted, commands ignored until end of transaction block")

@@ -49,6 +49,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     private var cumulation: ByteBuffer?
     /// The client negotiated TLS (SSLRequest answered `S`, handshake under way or done).
     private var isTLS = false
+    /// This connection carried a CancelRequest: it closes once the request is delivered.
+    private var cancelPending = false
 
     // Login
     private var user = ""
@@ -322,6 +324,10 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     // MARK: Incoming bytes by state
 
     private func process(_ buffer: inout ByteBuffer, context: ChannelHandlerContext) throws {
+        if cancelPending {
+            buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
+            return
+        }
         while true {
             switch state {
             case .closed:
@@ -374,8 +380,11 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             out.writeInteger(UInt8(ascii: "N"))
             context.writeAndFlush(wrapOutboundOut(out), promise: nil)
         case .cancel(let processID, let secretKey):
-            runtime.cancel(processID: processID, secretKey: secretKey)
-            closeGracefully()
+            // Nothing else may come on this connection; it closes once the cancel is delivered.
+            cancelPending = true
+            runtime.cancel(processID: processID, secretKey: secretKey, on: context.eventLoop).whenComplete { [weak self] _ in
+                self?.closeGracefully()
+            }
         case .startup(let version, let parameters):
             handleStartup(version: version, parameters: parameters, context: context)
         }
@@ -920,7 +929,10 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         waitingRequest = nil
         switch result {
         case .success(let connection):
-            guard !isClosed else {
+            var unused = isClosed
+            // A cancelled wait (see `cancelCurrentQuery`) that the pool answered meanwhile.
+            if case .ready = state, held.isEmpty { unused = true }
+            guard !unused else {
                 (borrowPool ?? runtime.pool).returnUnused(connection)
                 return
             }
@@ -1244,12 +1256,25 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         eventLoop.execute { [self] in self.fail(with: ClientErrors.shuttingDown) }
     }
 
-    /// A CancelRequest carrying this session's key: cancel what its backend is running.
-    func cancelCurrentQuery() {
-        eventLoop.execute { [self] in
-            guard let backend = self.backend, self.backendReady else { return }
+    /// A CancelRequest carrying this session's key: cancel what its backend is running. The
+    /// future completes when the database has the request (or at once if nothing runs).
+    func cancelCurrentQuery() -> EventLoopFuture<Void> {
+        eventLoop.flatSubmit { [self] in
+            if self.backend == nil, case .ready = self.state, !self.held.isEmpty || self.waitingRequest != nil {
+                // Still waiting for a backend: the statement is cancelled before it starts.
+                if let request = self.waitingRequest {
+                    (self.borrowPool ?? self.runtime.pool).cancel(request)
+                    self.waitingRequest = nil
+                }
+                self.log(.info, "cancelling a statement that waits for a database connection at the client's request")
+                self.borrowFailed(.unavailable(ClientErrors.queryCanceled))
+                return self.eventLoop.makeSucceededVoidFuture()
+            }
+            guard let backend = self.backend, self.backendReady, self.outstandingSyncs > 0 || self.pendingUnsynced else {
+                return self.eventLoop.makeSucceededVoidFuture()
+            }
             self.log(.info, "cancelling the running query at the client's request")
-            backend.sendCancelRequest()
+            return backend.sendCancelRequest()
         }
     }
 

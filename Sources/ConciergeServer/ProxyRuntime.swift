@@ -536,13 +536,18 @@ final class ProxyRuntime: @unchecked Sendable {
 
     /// A CancelRequest: forwarded to the backend serving the session with that key, if any.
     /// Unknown or wrong keys cancel nothing (and say nothing, as PostgreSQL does).
-    func cancel(processID: Int32, secretKey: Int32) {
+    /// Cancels what the session with this key runs. The future completes once the database has
+    /// the cancel request (it closed the proxy's cancel connection), or at once when there is
+    /// nothing to cancel: only then may the client's own cancel connection close, as PostgreSQL
+    /// closes it only after signalling the backend (drivers wait for that close before they
+    /// send their next statement, which a late cancel would otherwise hit).
+    func cancel(processID: Int32, secretKey: Int32, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
         let session = state.withLockedValue { $0.sessions[processID] }
         guard let session, session.secretKey == secretKey else {
             logger.debug("ignoring a cancel request with an unknown key")
-            return
+            return eventLoop.makeSucceededVoidFuture()
         }
-        session.cancelCurrentQuery()
+        return session.cancelCurrentQuery().hop(to: eventLoop)
     }
 
     var clientConnections: Int { clientCount.load(ordering: .relaxed) }

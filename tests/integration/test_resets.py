@@ -282,12 +282,13 @@ def test_a_notification_from_the_clients_own_session_carries_its_pid(proxy):
         notification = next(a.notifies(timeout=5, stop_after=1))
         assert notification.payload == "hello"
         assert notification.pid == a.info.backend_pid
-        # From another session: that session's pid, which is not the listener's.
+        # From another session: that session's pid (its BackendKeyData), as PostgreSQL shows it.
         with p.connect() as b:
             b.execute("NOTIFY concierge_channel, 'other'")
+            sender = b.info.backend_pid
         notification = next(a.notifies(timeout=5, stop_after=1))
         assert notification.payload == "other"
-        assert notification.pid != a.info.backend_pid
+        assert notification.pid == sender
         a.execute("UNLISTEN *")
 
 
@@ -578,3 +579,59 @@ def test_a_fresh_parse_infers_parameter_types_after_ddl(proxy, pg):
 
 def c_query_ok(c) -> bool:
     return c.query("select 1") == [("1",)]
+
+
+def test_a_cancel_reaches_only_the_statement_it_was_sent_for(proxy):
+    # libpq's cancel returns when the server closed the cancel connection; the client's next
+    # statement must not be hit by a cancel still on its way (asyncpg's COPY and timeout tests).
+    import threading
+    import time
+    p = proxy(max_connections_percent=3, connection_borrow_timeout=5)
+    with p.connect() as a, p.connect() as watcher:
+        for attempt in range(5):
+            outcome = {}
+            def run():
+                try:
+                    a.execute("select pg_sleep(5)")
+                    outcome["result"] = "finished"
+                except psycopg.errors.QueryCanceled:
+                    outcome["result"] = "cancelled"
+            thread = threading.Thread(target=run)
+            thread.start()
+            # Until the statement runs on the backend (a cancel before that has nothing to do).
+            wait_until = time.monotonic() + 5
+            while time.monotonic() < wait_until:
+                if watcher.execute("select count(*) from pg_stat_activity where query = 'select pg_sleep(5)' "
+                                   "and state = 'active'").fetchone()[0]:
+                    break
+            a.cancel()
+            thread.join(10)
+            assert outcome.get("result") == "cancelled", outcome
+            assert a.execute("select pg_sleep(0.2), 1").fetchone()[1] == 1
+
+
+@pytest.mark.proxy_only
+def test_a_cancel_while_waiting_for_a_backend_cancels_the_statement(proxy):
+    import threading
+    import time
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=30)
+    with p.connect() as a, p.connect(autocommit=False) as b:
+        b.execute("select 1")  # B holds the only backend in its transaction
+        outcome = {}
+        def run():
+            started = time.monotonic()
+            try:
+                a.execute("select 1")
+                outcome["result"] = "ran"
+            except psycopg.errors.QueryCanceled:
+                outcome["result"] = "cancelled"
+            outcome["seconds"] = time.monotonic() - started
+        thread = threading.Thread(target=run)
+        thread.start()
+        time.sleep(0.5)
+        a.cancel()
+        thread.join(10)
+        assert outcome.get("result") == "cancelled", outcome
+        assert outcome["seconds"] < 5, outcome
+        b.commit()
+        assert a.execute("select 2").fetchone()[0] == 2
