@@ -1447,6 +1447,24 @@ extension ClientSession {
                 backend.statementCache.invalidateAll()
             }
         }
+        if let (name, range) = resets.executed, let statement = statements[name] {
+            // SQL EXECUTE of a statement the client prepared with the protocol: the backend
+            // knows it by the proxy's name (prepared there first if it lacks it).
+            let serverName = prepare(statement, client: name, on: backend)
+            var sql = message.frame.body
+            if let text = sql.readBytes(length: max(0, sql.readableBytes - 1)), range.upperBound <= text.count {
+                var rewritten = Array(text[..<range.lowerBound])
+                rewritten += Array(BackendConnection.quoteIdentifier(serverName).utf8)
+                rewritten += text[range.upperBound...]
+                // Bytes, not a String: the text is in the client's encoding, not necessarily UTF-8.
+                bytes = ByteBuffer()
+                bytes.writeInteger(PGMessageType.Frontend.query)
+                bytes.writeInteger(Int32(4 + rewritten.count + 1))
+                bytes.writeBytes(rewritten)
+                bytes.writeInteger(UInt8(0))
+                watch.executed = name
+            }
+        }
         backend.write(bytes)
         appendPending(.resetQuery(watch))
     }
@@ -1679,6 +1697,9 @@ extension ClientSession {
                 var hint: String?
                 switch pending.first {
                 case .duplicateParse: expected = true
+                case .resetQuery(let watch) where watch.executed != nil:
+                    expected = true
+                    hint = watch.executed
                 case .bind(_, let client), .injectedParse(let client, _, _): hint = client
                 default: break
                 }

@@ -177,12 +177,17 @@ struct Resets {
     var parameters: [String] = []
     /// `DEALLOCATE name`: the name.
     var deallocated: String?
+    /// `EXECUTE name`: the name and where it is in the query text.
+    var executed: (name: String, range: Range<Int>)?
 
     init() {}
 
     init(_ classification: Classification) {
         kinds = classification.resets
         deallocated = classification.deallocatedName
+        if let name = classification.executedName, let range = classification.executedNameRange {
+            executed = (name, range)
+        }
         if kinds.contains(.resetParameter) {
             parameters = classification.setCommands.filter { $0.isReset && $0.scope == .session && $0.name != "all" }
                 .map { $0.name.lowercased() }
@@ -202,6 +207,8 @@ struct ResetWatch {
     var removed: [String: ClientStatement] = [:]
     /// `DEALLOCATE name` of one of the client's protocol-level statements.
     var deallocated: String?
+    /// `EXECUTE name` of one of the client's protocol-level statements.
+    var executed: String?
 }
 
 enum StatementMessages {

@@ -19,7 +19,12 @@ public enum SQLClassifier {
             let kind = classifyStatementStart(first, &startLexer, options, &result)
             scanStatement(first, &lexer, kind, options, &result)
         }
-        if result.statementCount != 1 { result.deallocatedName = nil }
+        if result.statementCount != 1 {
+            result.deallocatedName = nil
+            result.executedName = nil
+            result.executedNameRange = nil
+            result.resets.remove(.executeStatement)
+        }
         return result
     }
 
@@ -96,6 +101,15 @@ extension SQLClassifier {
                 classifyDeclare(&lx, &result)
             } else if lx.isKeyword(t, "discard") {
                 classifyDiscard(&lx, &result)
+            } else if lx.isKeyword(t, "execute") {
+                let name = lx.next()
+                if name.kind == .identifier || (name.kind == .quotedIdentifier && !name.unterminated) {
+                    var bytes: [UInt8] = []
+                    lx.appendIdentifier(name, to: &bytes)
+                    result.executedName = String(decoding: bytes, as: UTF8.self)
+                    result.executedNameRange = name.start..<name.end
+                    result.resets.insert(.executeStatement)
+                }
             }
         case 8:
             if lx.isKeyword(t, "unlisten"), lx.isOperator(lx.next(), UInt8(ascii: "*")) { result.resets.insert(.unlistenAll) }

@@ -154,13 +154,16 @@ public struct SessionResets: OptionSet, Sendable, Hashable, CustomStringConverti
     /// `RESET name`, `SET name TO DEFAULT`: back to the session default, which for a parameter of
     /// the startup packet is its value there (the `SetCommand`s name them).
     public static let resetParameter = SessionResets(rawValue: 1 << 10)
+    /// Not a reset: `EXECUTE name [(...)]`, SQL naming a prepared statement that may be one the
+    /// proxy renamed (see `Classification.executedName`).
+    public static let executeStatement = SessionResets(rawValue: 1 << 11)
 
     /// Resets whose effect on statements, settings or locks cannot be undone by a rollback.
     public static let statementResets: SessionResets = [.discardAll, .deallocateAll, .deallocate]
 
     private static let nameTable = [
         "reset_all", "discard_all", "discard_temp", "discard_sequences", "discard_plans", "deallocate_all",
-        "unlisten_all", "close_all", "advisory_unlock_all", "deallocate", "reset_parameter",
+        "unlisten_all", "close_all", "advisory_unlock_all", "deallocate", "reset_parameter", "execute",
     ]
 
     public var description: String {
@@ -179,6 +182,10 @@ public struct Classification: Sendable, Hashable {
     /// The name of a `DEALLOCATE [PREPARE] name` (as the server folds it), when that is the only
     /// statement; nil otherwise.
     public var deallocatedName: String?
+    /// The name of an `EXECUTE name [(...)]`, when that is the only statement, and where its name
+    /// token is (byte offsets in the string), so the proxy can put another name there.
+    public var executedName: String?
+    public var executedNameRange: Range<Int>?
     /// `SET`/`RESET` statements in order of appearance (empty, without allocation, when none).
     public var setCommands: [SetCommand]
     /// Number of non-empty statements (`;`-separated).

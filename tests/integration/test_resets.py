@@ -635,3 +635,20 @@ def test_a_cancel_while_waiting_for_a_backend_cancels_the_statement(proxy):
         assert outcome["seconds"] < 5, outcome
         b.commit()
         assert a.execute("select 2").fetchone()[0] == 2
+
+
+def test_sql_execute_of_a_protocol_level_statement(proxy):
+    # asyncpg's test_prepare_explicitly_named: a statement prepared with the protocol under a
+    # name, then run with SQL EXECUTE (the backend knows it under the proxy's name).
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=5)
+    with p.wire() as c:
+        c.startup("app", p.passwords["app"])
+        c.send(parse("foobar", "select $1::int + 1") + SYNC)
+        c.expect(b"1")
+        c.expect(b"Z")
+        assert c.query("EXECUTE foobar(41)") == [("42",)]
+        with pytest.raises(ServerError) as err:
+            c.query("execute foobar")
+        assert err.value.sqlstate == "42601"
+        assert "foobar" in err.value.message and "concierge_" not in err.value.message
+        assert c.query("execute \"foobar\" (1)") == [("2",)]
