@@ -1415,6 +1415,11 @@ extension ClientSession {
                 let client = String(buffer: name)
                 appendPending(.localCloseComplete(client: client, removed: statements.removeValue(forKey: client)))
             } else {
+                if kind == UInt8(ascii: "S"), frame.body.readableBytes == 2 {
+                    // Close of the unnamed statement: the client has none from now on.
+                    unnamedStatement = nil
+                    unnamedOnBackend = true
+                }
                 backend.write(frame.bytes)
                 appendPending(.close)
             }
@@ -1520,7 +1525,11 @@ extension ClientSession {
         var body = frame.body
         guard let name = body.readNullTerminatedSlice(), name.readableBytes > 0 else {
             unnamedStatementResets = resets
-            backend.write(frame.bytes)
+            if let definition = executeRewritten(body, resets: resets, on: backend) {
+                backend.write(StatementMessages.parse(name: "", definition: definition, allocator: backend.allocator))
+            } else {
+                backend.write(frame.bytes)
+            }
             appendPending(.unnamedParse(previous: unnamedStatement, previousOnBackend: unnamedOnBackend))
             unnamedStatement = body
             unnamedOnBackend = true
@@ -1532,7 +1541,7 @@ extension ClientSession {
             // statement: let the backend refuse it, on the existing statement's name.
             let serverName = prepare(existing, client: clientName, on: backend)
             backend.write(StatementMessages.parse(name: serverName, definition: body, allocator: backend.allocator))
-            appendPending(.duplicateParse(serverName: serverName))
+            appendPending(.duplicateParse(serverName: serverName, client: clientName))
             return
         }
         let statement = ClientStatement(definition: body, resets: resets)
@@ -1572,6 +1581,24 @@ extension ClientSession {
         appendPending(.bind(serverName: serverName, client: clientName))
     }
 
+    /// An unnamed statement whose text is `EXECUTE name` of one of the client's protocol-level
+    /// statements (asyncpg's `fetchval('EXECUTE foobar')`): its definition with the backend's name
+    /// for it, prepared there first if needed; nil when there is nothing to rewrite.
+    private func executeRewritten(_ definition: ByteBuffer, resets: Resets, on backend: BackendConnection) -> ByteBuffer? {
+        guard let (name, range) = resets.executed, let statement = statements[name] else { return nil }
+        var view = definition
+        guard let text = view.readNullTerminatedSlice(), range.upperBound <= text.readableBytes else { return nil }
+        let serverName = prepare(statement, client: name, on: backend)
+        let bytes = Array(text.readableBytesView)
+        var out = ByteBuffer()
+        out.writeBytes(bytes[..<range.lowerBound])
+        out.writeString(BackendConnection.quoteIdentifier(serverName))
+        out.writeBytes(bytes[range.upperBound...])
+        out.writeInteger(UInt8(0))
+        out.writeBuffer(&view)  // parameter types
+        return out
+    }
+
     /// Before a Bind or Describe of the unnamed statement on a backend that may hold another
     /// client's: the client's own is prepared there (its ParseComplete dropped), or, if the
     /// client has none, the backend's is closed, so PostgreSQL answers as it would directly.
@@ -1579,6 +1606,7 @@ extension ClientSession {
         guard !unnamedOnBackend else { return }
         unnamedOnBackend = true
         if let definition = unnamedStatement {
+            let definition = executeRewritten(definition, resets: unnamedStatementResets, on: backend) ?? definition
             backend.write(StatementMessages.parse(name: "", definition: definition, allocator: backend.allocator))
             appendPending(.injectedParse(client: nil, key: "", serverName: ""))
         } else {
@@ -1696,7 +1724,9 @@ extension ClientSession {
                 var expected = false
                 var hint: String?
                 switch pending.first {
-                case .duplicateParse: expected = true
+                case .duplicateParse(_, let client):
+                    expected = true
+                    hint = client
                 case .resetQuery(let watch) where watch.executed != nil:
                     expected = true
                     hint = watch.executed

@@ -135,7 +135,7 @@ enum PendingResponse {
     /// A client's Parse of a name it already uses, sent as a Parse of the existing statement's
     /// server-side name so that PostgreSQL refuses it (`42P05 ... already exists`, renamed to the
     /// client's name) exactly where it would refuse it directly; the old statement stays.
-    case duplicateParse(serverName: String)
+    case duplicateParse(serverName: String, client: String)
     /// A Close the proxy sends before each Parse of one of its names: its CloseComplete is
     /// dropped. Should the proxy's view of the backend ever be wrong, the Parse still cannot fail
     /// with `already exists` (a Close of a name the server lacks is not an error).

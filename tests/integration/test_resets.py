@@ -652,3 +652,32 @@ def test_sql_execute_of_a_protocol_level_statement(proxy):
         assert err.value.sqlstate == "42601"
         assert "foobar" in err.value.message and "concierge_" not in err.value.message
         assert c.query("execute \"foobar\" (1)") == [("2",)]
+        # Through the extended protocol (asyncpg's fetchval('EXECUTE foobar')).
+        c.send(parse("", "EXECUTE foobar(9)") + bind("") + EXECUTE + SYNC)
+        for expected in (b"1", b"2"):
+            c.expect(expected)
+        assert c.expect(b"D").payload.endswith(b"10")
+        c.expect(b"C")
+        c.expect(b"Z")
+
+
+def test_pipelined_statement_bookkeeping_in_one_batch(proxy):
+    # Shrunk from the fuzzer: a repeated Parse then a Close in one batch (the error names the
+    # client's statement, and the skipped Close closes nothing); a Close of the unnamed statement.
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=5)
+    with p.wire() as c:
+        c.startup("app", p.passwords["app"])
+        prepare(c, "s1", "select 'one'")
+        c.send(parse("s1", "select 'two'") + message(b"C", b"Ss1\0") + SYNC)
+        with pytest.raises(ServerError) as err:
+            c.expect(b"1")
+        assert err.value.message == 'prepared statement "s1" already exists'
+        c.expect(b"Z")
+        assert run_statement(c, "s1") == ["one"]
+        prepare(c, "", "select 'unnamed'")
+        c.send(message(b"C", b"S\0") + bind("") + SYNC)
+        c.expect(b"3")
+        with pytest.raises(ServerError) as err:
+            c.expect(b"2")
+        assert err.value.sqlstate == "26000"
+        c.expect(b"Z")
