@@ -92,6 +92,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     // Prepared statements (see PreparedStatements.swift)
     /// The client's named statements.
     private var statements: [String: ClientStatement] = [:]
+    /// Messages in `held` wait behind an earlier batch, not for a backend.
+    private var waitingForEarlierBatches = false
     /// An extended-protocol message failed and no Sync has been sent since: PostgreSQL skips
     /// everything the client sends until its Sync, so the proxy neither answers nor records it.
     private var skippingUntilSync = false
@@ -804,9 +806,18 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     }
 
     private func route(_ message: HeldMessage) {
-        if let backend, backendReady {
+        if let backend, backendReady, held.isEmpty, !mustWaitForEarlierBatches(message) {
             send(message, to: backend)
             needsFlushToBackend = true
+            return
+        }
+        if backend != nil, backendReady {
+            // Behind a batch whose outcome decides how this message is to be sent: it waits
+            // (and everything after it, to keep the order) until that batch is answered.
+            held.append(message)
+            heldBytes += message.frame.bytes.readableBytes
+            if Self.isSyncPoint(message.frame.type) { heldSyncPoints += 1 }
+            waitingForEarlierBatches = true
             return
         }
         held.append(message)
@@ -1056,9 +1067,62 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         }
     }
 
+    /// Whether `message` touches the client's statements while an earlier batch (before a
+    /// Sync, or a simple Query) that may still change them is unanswered. PostgreSQL decides
+    /// that earlier batch's fate (an error skips the rest of it); within one batch the proxy's
+    /// bookkeeping follows skips, but a message of a later batch sent before the answer would be
+    /// sent according to a guess.
+    private func mustWaitForEarlierBatches(_ message: HeldMessage) -> Bool {
+        guard pendingTracked > 0 else { return false }
+        switch message.frame.type {
+        case PGMessageType.Frontend.parse, PGMessageType.Frontend.bind, PGMessageType.Frontend.describe,
+            PGMessageType.Frontend.close:
+            break
+        case PGMessageType.Frontend.query, PGMessageType.Frontend.execute:
+            guard !message.resets.isEmpty || !portalResets.isEmpty else { return false }
+        default:
+            return false
+        }
+        var uncertain = false
+        for entry in pending {
+            if entry.isUncertain { uncertain = true }
+            switch entry {
+            case .sync, .query, .resetQuery:
+                if uncertain { return true }  // an uncertain entry in a batch that has ended
+            default:
+                break
+            }
+        }
+        return false
+    }
+
+    /// After each answer: the messages held behind an earlier batch go out once nothing they
+    /// depend on is pending (see `mustWaitForEarlierBatches`).
+    private func releaseHeldBehindEarlierBatches(to backend: BackendConnection) {
+        guard waitingForEarlierBatches, backendReady else { return }
+        var sent = 0
+        while sent < held.count, !mustWaitForEarlierBatches(held[sent]) {
+            let message = held[sent]
+            sent += 1
+            heldBytes -= message.frame.bytes.readableBytes
+            if Self.isSyncPoint(message.frame.type) { heldSyncPoints -= 1 }
+            send(message, to: backend)
+        }
+        if sent > 0 {
+            held.removeFirst(sent)
+            backend.flush()
+        }
+        if held.isEmpty {
+            waitingForEarlierBatches = false
+            heldBytes = 0
+            resumeReadsIfNeeded()
+        }
+    }
+
     private func sendHeld(to backend: BackendConnection) {
         guard !held.isEmpty else { return }
         heldSyncPoints = 0
+        waitingForEarlierBatches = false
         for message in held { send(message, to: backend) }
         held.removeAll(keepingCapacity: true)
         heldBytes = 0
@@ -1088,6 +1152,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         } else {
             relayTracked(bytes, from: backend, context: context)
         }
+        if waitingForEarlierBatches { releaseHeldBehindEarlierBatches(to: backend) }
         guard readyForQueryCount > 0 else { return }
         outstandingSyncs = max(0, outstandingSyncs - readyForQueryCount)
         transactionStatus = lastStatus
@@ -1159,6 +1224,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         if !portalStatements.isEmpty { portalStatements.removeAll() }
         if !portalResets.isEmpty { portalResets.removeAll() }
         unnamedOnBackend = false
+        waitingForEarlierBatches = false
+        skippingUntilSync = false
         resetWindow = nil
         needsParameterResync = false
         pendingSetting = nil

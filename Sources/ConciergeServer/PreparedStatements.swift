@@ -162,6 +162,20 @@ enum PendingResponse {
     /// before it in the same batch).
     case localCloseComplete(client: String, removed: ClientStatement?)
 
+    /// An entry whose failure (or skipping after an earlier error) changes what the proxy knows
+    /// of the client's statements: a message of a later batch that depends on them waits until
+    /// it is answered (`ClientSession.mustWaitForEarlierBatches`).
+    var isUncertain: Bool {
+        switch self {
+        case .parse(let client, _, _): return client != nil
+        case .unnamedParse, .localParseComplete: return true
+        case .localCloseComplete(_, let removed): return removed != nil
+        case .resetQuery(let watch): return !watch.removed.isEmpty || watch.deallocated != nil
+        case .execute(_, let watch?): return !watch.removed.isEmpty
+        default: return false
+        }
+    }
+
     var isLocal: Bool {
         switch self {
         case .localParseComplete, .localCloseComplete: return true

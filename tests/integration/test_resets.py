@@ -681,3 +681,28 @@ def test_pipelined_statement_bookkeeping_in_one_batch(proxy):
             c.expect(b"2")
         assert err.value.sqlstate == "26000"
         c.expect(b"Z")
+
+
+def test_a_batch_after_a_failed_one_sees_what_postgresql_did(proxy):
+    # Two batches in one write: the first fails before its Parse, Close or unnamed Parse runs,
+    # so PostgreSQL skips them; the second must find the statements as PostgreSQL left them.
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=5)
+    with p.wire() as c:
+        c.startup("app", p.passwords["app"])
+        prepare(c, "kept", "select 'kept'")
+        prepare(c, "", "select 'old unnamed'")
+        c.send(bind("nosuch") + parse("s3", "select 'first'") + message(b"C", b"Skept\0")
+               + parse("", "select 'new unnamed'") + SYNC
+               + parse("s3", "select 'second'") + bind("kept") + EXECUTE + bind("") + EXECUTE + SYNC)
+        with pytest.raises(ServerError):
+            c.expect(b"2")
+        c.expect(b"Z")
+        c.expect(b"1")  # s3 did not exist: the second Parse creates it
+        c.expect(b"2")
+        assert c.expect(b"D").payload.endswith(b"kept")  # the Close was skipped
+        c.expect(b"C")
+        c.expect(b"2")
+        assert c.expect(b"D").payload.endswith(b"old unnamed")
+        c.expect(b"C")
+        c.expect(b"Z")
+        assert run_statement(c, "s3") == ["second"]
