@@ -719,7 +719,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 var definition = frame.body
                 _ = definition.readNullTerminatedSlice()
                 statements[String(buffer: name)] = ClientStatement(
-                    definition: definition, needsFreshParse: true, resets: resets)
+                    definition: definition, needsFreshParse: true, resets: resets,
+                    refersTo: resets.executed.flatMap { statements[$0.name]?.key })
                 writeToClient(StatementMessages.parseComplete)
                 return
             }
@@ -1611,15 +1612,17 @@ extension ClientSession {
             appendPending(.duplicateParse(serverName: serverName, client: clientName))
             return
         }
-        let statement = ClientStatement(definition: body, resets: resets)
+        let statement = ClientStatement(
+            definition: body, resets: resets, refersTo: resets.executed.flatMap { statements[$0.name]?.key })
         statements[clientName] = statement
         // Parsed afresh on the backend even when it has the text already: the database infers
         // parameter types now (its copy may predate DDL), and answers errors (a failed
         // transaction's among them) where it would directly. The Close before the Parse replaces
         // the backend's copy for every client that uses it.
         let serverName = backend.statementCache.use(statement.key) ?? backend.statementCache.add(statement.key)
+        let definition = executeRewritten(statement.definition, resets: resets, on: backend) ?? statement.definition
         closeBeforeParse(serverName, on: backend)
-        backend.write(StatementMessages.parse(name: serverName, definition: statement.definition, allocator: backend.allocator))
+        backend.write(StatementMessages.parse(name: serverName, definition: definition, allocator: backend.allocator))
         appendPending(.parse(client: clientName, key: statement.key, serverName: serverName))
     }
 
@@ -1697,9 +1700,10 @@ extension ClientSession {
     private func prepare(_ statement: ClientStatement, client: String, on backend: BackendConnection) -> String {
         if !statement.needsFreshParse, let serverName = backend.statementCache.use(statement.key) { return serverName }
         if statement.needsFreshParse { statements[client]?.needsFreshParse = false }
+        let definition = executeRewritten(statement.definition, resets: statement.resets, on: backend) ?? statement.definition
         let serverName = backend.statementCache.use(statement.key) ?? backend.statementCache.add(statement.key)
         closeBeforeParse(serverName, on: backend)
-        backend.write(StatementMessages.parse(name: serverName, definition: statement.definition, allocator: backend.allocator))
+        backend.write(StatementMessages.parse(name: serverName, definition: definition, allocator: backend.allocator))
         appendPending(.injectedParse(client: client, key: statement.key, serverName: serverName))
         return serverName
     }

@@ -27,12 +27,15 @@ struct ClientStatement {
     /// What executing it resets (`DISCARD ALL` prepared as a statement, ...).
     let resets: Resets
 
-    init(definition: ByteBuffer, needsFreshParse: Bool = false, resets: Resets = Resets()) {
+    /// `refersTo`: for `EXECUTE name`, the key of the statement it runs (part of its identity:
+    /// two clients' `EXECUTE foobar` may run different statements).
+    init(definition: ByteBuffer, needsFreshParse: Bool = false, resets: Resets = Resets(), refersTo: String? = nil) {
         self.definition = definition
         self.needsFreshParse = needsFreshParse
         self.resets = resets
         var hasher = Hasher()
         definition.withUnsafeReadableBytes { hasher.combine(bytes: $0) }
+        if let refersTo { hasher.combine(refersTo) }
         let hash = UInt64(bitPattern: Int64(hasher.finalize()))
         self.key = "concierge_" + String(hash, radix: 16)
     }

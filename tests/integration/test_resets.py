@@ -652,6 +652,16 @@ def test_sql_execute_of_a_protocol_level_statement(proxy):
         assert err.value.sqlstate == "42601"
         assert "foobar" in err.value.message and "concierge_" not in err.value.message
         assert c.query("execute \"foobar\" (1)") == [("2",)]
+        # A named statement that runs it (asyncpg prepares every query under a name), and
+        # another client whose `foobar` is another statement.
+        with p.wire() as other:
+            other.startup("app", p.passwords["app"])
+            prepare(other, "foobar", "select $1::int * 100")
+            prepare(other, "runner", "EXECUTE foobar(3)")
+            prepare(c, "runner", "EXECUTE foobar(3)")
+            assert run_statement(c, "runner") == ["4"]
+            assert run_statement(other, "runner") == ["300"]
+            assert run_statement(c, "runner") == ["4"]
         # Through the extended protocol (asyncpg's fetchval('EXECUTE foobar')).
         c.send(parse("", "EXECUTE foobar(9)") + bind("") + EXECUTE + SYNC)
         for expected in (b"1", b"2"):
