@@ -1113,6 +1113,16 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             held.removeFirst(sent)
             backend.flush()
         }
+        if sent == 0, pending.isEmpty, !held.isEmpty {
+            // Nothing in flight to wait for (cannot happen; never stall a client on it).
+            let message = held.removeFirst()
+            heldBytes -= message.frame.bytes.readableBytes
+            if Self.isSyncPoint(message.frame.type) { heldSyncPoints -= 1 }
+            send(message, to: backend)
+            backend.flush()
+            releaseHeldBehindEarlierBatches(to: backend)
+            return
+        }
         if held.isEmpty {
             waitingForEarlierBatches = false
             heldBytes = 0
@@ -1122,13 +1132,10 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
 
     private func sendHeld(to backend: BackendConnection) {
         guard !held.isEmpty else { return }
-        heldSyncPoints = 0
-        waitingForEarlierBatches = false
-        for message in held { send(message, to: backend) }
-        held.removeAll(keepingCapacity: true)
-        heldBytes = 0
-        backend.flush()
-        resumeReadsIfNeeded()
+        // What waited for a backend goes out now, up to a message that must wait for the answer
+        // to an earlier batch among them (see `mustWaitForEarlierBatches`).
+        waitingForEarlierBatches = true
+        releaseHeldBehindEarlierBatches(to: backend)
     }
 
     func backendDidRead(_ bytes: ByteBuffer, readyForQueryCount: Int, lastStatus: PGTransactionStatus, sawError: Bool) {
@@ -1172,7 +1179,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             if draining { fail(with: ClientErrors.shuttingDown) }
         } else if outstandingSyncs == 0 {
             recordQueryLatency()
-            if needsParameterResync, !pendingUnsynced, held.isEmpty, pending.isEmpty {
+            if needsParameterResync, lastStatus != .failed, !pendingUnsynced, held.isEmpty, pending.isEmpty {
                 // The session keeps this backend (a transaction, a pin) after RESET ALL or
                 // DISCARD ALL: its next message waits until the backend has its values again.
                 needsParameterResync = false
@@ -1683,7 +1690,7 @@ extension ClientSession {
             var close = backend.allocator.buffer(capacity: 7)
             StatementMessages.closeStatement("", into: &close)
             backend.write(close)
-            appendPending(.injectedClose)
+            appendPending(.injectedClose(unnamed: true))
         }
     }
 
@@ -1714,7 +1721,7 @@ extension ClientSession {
         var close = backend.allocator.buffer(capacity: 8 + serverName.utf8.count)
         StatementMessages.closeStatement(serverName, into: &close)
         backend.write(close)
-        appendPending(.injectedClose)
+        appendPending(.injectedClose())
     }
 
     private func appendPending(_ entry: PendingResponse) {
@@ -2100,9 +2107,13 @@ extension ClientSession {
             }
         case .injectedParse(let client, let key, let serverName):
             backend.statementCache.forget(key, serverName: serverName)
+            if client == nil { unnamedOnBackend = false }  // the client's unnamed statement is not there
             // A statement the backend refuses (its text no longer valid, e.g. after DDL): gone,
-            // as if its Parse had failed. One skipped after another error stays.
-            if failed, let client { statements[client] = nil }
+            // as if its Parse had failed. One skipped after another error stays, and so does one
+            // refused because the transaction had failed (25P02), as PostgreSQL keeps it.
+            if failed, let client, transactionStatus != .failed { statements[client] = nil }
+        case .injectedClose(unnamed: true):
+            unnamedOnBackend = false
         case .localParseComplete(let client):
             statements[client] = nil
         case .localCloseComplete(let client, let removed?):

@@ -142,7 +142,8 @@ enum PendingResponse {
     /// A Close the proxy sends before each Parse of one of its names: its CloseComplete is
     /// dropped. Should the proxy's view of the backend ever be wrong, the Parse still cannot fail
     /// with `already exists` (a Close of a name the server lacks is not an error).
-    case injectedClose
+    /// `unnamed`: the Close of the unnamed statement the proxy sends when the client has none.
+    case injectedClose(unnamed: Bool = false)
     /// Bind (BindComplete), with the server-side statement it used and the client's name for it
     /// (to name it in an error).
     case bind(serverName: String?, client: String? = nil)
@@ -172,6 +173,8 @@ enum PendingResponse {
         switch self {
         case .parse(let client, _, _): return client != nil
         case .unnamedParse, .localParseComplete: return true
+        // The unnamed statement put on the backend for the client: skipped, it is not there.
+        case .injectedParse(nil, _, _), .injectedClose(unnamed: true): return true
         case .localCloseComplete(_, let removed): return removed != nil
         case .resetQuery(let watch): return !watch.removed.isEmpty || watch.deallocated != nil
         case .execute(_, let watch?): return !watch.removed.isEmpty
