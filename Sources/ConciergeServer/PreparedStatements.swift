@@ -173,8 +173,9 @@ enum PendingResponse {
         switch self {
         case .parse(let client, _, _): return client != nil
         case .unnamedParse, .localParseComplete: return true
-        // The unnamed statement put on the backend for the client: skipped, it is not there.
-        case .injectedParse(nil, _, _), .injectedClose(unnamed: true): return true
+        // A statement the proxy puts on the backend for the client (named or unnamed), or the
+        // backend's unnamed statement it closes: skipped, the backend is not as recorded.
+        case .injectedParse, .injectedClose(unnamed: true): return true
         case .localCloseComplete(_, let removed): return removed != nil
         case .resetQuery(let watch): return !watch.removed.isEmpty || watch.deallocated != nil
         case .execute(_, let watch?): return !watch.removed.isEmpty
