@@ -470,6 +470,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
             }
         case PGMessageType.Backend.noticeResponse, PGMessageType.Backend.notificationResponse,
             PGMessageType.Backend.rowDescription, PGMessageType.Backend.commandComplete, PGMessageType.Backend.closeComplete,
+            PGMessageType.Backend.parseComplete, PGMessageType.Backend.bindComplete,
             PGMessageType.Backend.emptyQueryResponse, PGMessageType.Backend.negotiateProtocolVersion:
             break
         default:
@@ -721,15 +722,47 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
             }
             let sql = self.appliedParameters == parameters
                 ? nil
-                : Self.parameterSyncSQL(from: self.appliedParameters, to: parameters, baseline: self.baselineParameters)
+                : Self.parameterSyncStatement(from: self.appliedParameters, to: parameters, baseline: self.baselineParameters)
             self.appliedParameters = parameters
             guard let sql else {
                 self.notifyPrepared(owner, .success(()))
                 return
             }
-            self.startPreparing(owner, sql: sql, closing: [], channel: channel)
+            // Through the extended protocol, under names of the proxy's own: a simple Query would
+            // destroy the client's unnamed statement and portal (it may be inside a transaction).
+            self.phase = .preparing(owner, failure: nil)
+            var out = channel.allocator.buffer(capacity: sql.utf8.count + 128)
+            PGEncode.parse(statementName: Self.resyncName, query: sql, into: &out)
+            PGEncode.bind(portalName: Self.resyncName, statementName: Self.resyncName, parameters: [], into: &out)
+            PGEncode.execute(portalName: Self.resyncName, into: &out)
+            PGEncode.close(.portal, name: Self.resyncName, into: &out)
+            PGEncode.close(.statement, name: Self.resyncName, into: &out)
+            PGEncode.sync(into: &out)
+            channel.writeAndFlush(out, promise: nil)
         }
         if eventLoop.inEventLoop { run() } else { eventLoop.execute(run) }
+    }
+
+    static let resyncName = "concierge_resync"
+
+    /// As `parameterSyncSQL`, as one statement (for the extended protocol): a parameter to reset
+    /// takes its reset value from `pg_settings`.
+    static func parameterSyncStatement(
+        from current: [String: String], to desired: [String: String], baseline: [String: String] = [:]
+    ) -> String? {
+        var calls: [String] = []
+        for (name, value) in desired.sorted(by: { $0.key < $1.key }) where current[name] != value {
+            calls.append("pg_catalog.set_config(\(quoteLiteral(name)), \(quoteLiteral(value)), false)")
+        }
+        for name in current.keys.sorted() where desired[name] == nil {
+            if let value = baseline[name] {
+                calls.append("pg_catalog.set_config(\(quoteLiteral(name)), \(quoteLiteral(value)), false)")
+            } else {
+                calls.append(
+                    "pg_catalog.set_config(\(quoteLiteral(name)), (SELECT reset_val FROM pg_catalog.pg_settings WHERE name = \(quoteLiteral(name))), false)")
+            }
+        }
+        return calls.isEmpty ? nil : "SELECT " + calls.joined(separator: ", ")
     }
 
     /// SQL that takes a backend from one set of session parameters to another, or nil when

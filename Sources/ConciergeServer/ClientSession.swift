@@ -1075,6 +1075,12 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// sent according to a guess.
     private func mustWaitForEarlierBatches(_ message: HeldMessage) -> Bool {
         guard pendingTracked > 0 else { return false }
+        if resetWindow != nil {
+            // One parameter reset at a time: its ParameterStatus messages are told apart by the
+            // ReadyForQuery that ends it (`ResetWindow`).
+            if !message.resets.kinds.isDisjoint(with: [.resetAll, .discardAll, .resetParameter]) { return true }
+            if message.frame.type == PGMessageType.Frontend.execute, !portalResets.isEmpty { return true }
+        }
         switch message.frame.type {
         case PGMessageType.Frontend.parse, PGMessageType.Frontend.bind, PGMessageType.Frontend.describe,
             PGMessageType.Frontend.close:
