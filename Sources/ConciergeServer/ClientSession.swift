@@ -92,6 +92,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     // Prepared statements (see PreparedStatements.swift)
     /// The client's named statements.
     private var statements: [String: ClientStatement] = [:]
+    /// The backend is in copy-in mode through the extended protocol and the client has not sent
+    /// CopyDone or CopyFail yet: its Syncs meanwhile are ignored by PostgreSQL.
+    private var copyInActive = false
     /// Messages in `held` wait behind an earlier batch, not for a backend.
     private var waitingForEarlierBatches = false
     /// An extended-protocol message failed and no Sync has been sent since: PostgreSQL skips
@@ -1240,6 +1243,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         unnamedOnBackend = false
         waitingForEarlierBatches = false
         skippingUntilSync = false
+        copyInActive = false
         resetWindow = nil
         needsParameterResync = false
         pendingSetting = nil
@@ -1437,6 +1441,19 @@ extension ClientSession {
             guard type == PGMessageType.Frontend.sync else { return }  // PostgreSQL would skip it
             skippingUntilSync = false
         }
+        if copyInActive {
+            switch type {
+            case PGMessageType.Frontend.sync, PGMessageType.Frontend.flush:
+                backend.write(frame.bytes)  // ignored by PostgreSQL in copy-in mode: nothing owed
+                return
+            case PGMessageType.Frontend.copyDone, PGMessageType.Frontend.copyFail:
+                copyInActive = false
+                backend.write(frame.bytes)
+                return
+            default:
+                break
+            }
+        }
         if Self.isSyncPoint(type) {
             if outstandingSyncs == 0 { queryStarted = .now() }
             outstandingSyncs += 1
@@ -1504,8 +1521,11 @@ extension ClientSession {
                 backend.write(frame.bytes)
                 appendPending(.close)
             }
+        case PGMessageType.Frontend.copyDone, PGMessageType.Frontend.copyFail:
+            backend.write(frame.bytes)
+            if pendingTracked > 0 { appendPending(.copyEnd) }
         default:
-            // Flush, CopyData, CopyDone, CopyFail: no response of their own.
+            // Flush, CopyData: no response of their own.
             backend.write(frame.bytes)
         }
         emitLocalResponses()
@@ -1845,6 +1865,9 @@ extension ClientSession {
                     }
                 }
                 continue
+            case PGMessageType.Backend.copyInResponse:
+                if case .execute = pending.first { backendEnteredCopyIn() }
+                continue
             case PGMessageType.Backend.commandComplete:
                 switch pending.first {
                 case .resetQuery(let watch):
@@ -1897,7 +1920,7 @@ extension ClientSession {
                 }
             case .close:
                 if type == PGMessageType.Backend.closeComplete { popPending() }
-            case .localParseComplete, .localCloseComplete:
+            case .localParseComplete, .localCloseComplete, .copyEnd:
                 break  // answered at the top of the loop
             }
         }
@@ -1984,6 +2007,27 @@ extension ClientSession {
             }
             forgetStatement(of: skipped, failed: false, backend: backend)
         }
+    }
+
+    /// CopyInResponse to an Execute: PostgreSQL reads the copy data now and ignores Sync (and
+    /// Flush) until CopyDone or CopyFail. Syncs the client sent before those get no
+    /// ReadyForQuery (pg8000 sends Parse, Bind, Execute and Sync at once, then the data).
+    private func backendEnteredCopyIn() {
+        var index = 1
+        while index < pending.count {
+            switch pending[index] {
+            case .sync:
+                pending.remove(at: index)
+                outstandingSyncs = max(0, outstandingSyncs - 1)
+            case .copyEnd:
+                pending.remove(at: index)
+                pendingTracked -= 1
+                return
+            default:
+                index += 1
+            }
+        }
+        copyInActive = true
     }
 
     // MARK: Session resets

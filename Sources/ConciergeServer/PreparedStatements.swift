@@ -161,6 +161,10 @@ enum PendingResponse {
     case close
     /// A Parse answered by the proxy: ParseComplete is sent to the client at this point.
     case localParseComplete(client: String)
+    /// CopyDone or CopyFail: no answer of its own. A Sync sent before it, while the backend is in
+    /// copy-in mode (the extended protocol's COPY FROM STDIN), is ignored by PostgreSQL and
+    /// gets no ReadyForQuery (see `ClientSession.backendEnteredCopyIn`).
+    case copyEnd
     /// A Close of a named statement answered by the proxy: CloseComplete at this point. The
     /// statement it removed comes back if PostgreSQL would have skipped the Close (an error
     /// before it in the same batch).
@@ -185,7 +189,7 @@ enum PendingResponse {
 
     var isLocal: Bool {
         switch self {
-        case .localParseComplete, .localCloseComplete: return true
+        case .localParseComplete, .localCloseComplete, .copyEnd: return true
         default: return false
         }
     }
