@@ -1077,7 +1077,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// bookkeeping follows skips, but a message of a later batch sent before the answer would be
     /// sent according to a guess.
     private func mustWaitForEarlierBatches(_ message: HeldMessage) -> Bool {
-        guard pendingTracked > 0 else { return false }
+        // Nothing unanswered: nothing can change any more (and never wait on a stale entry).
+        guard pendingTracked > 0, outstandingSyncs > 0 else { return false }
         if resetWindow != nil {
             // One parameter reset at a time: its ParameterStatus messages are told apart by the
             // ReadyForQuery that ends it (`ResetWindow`).
@@ -1122,7 +1123,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             held.removeFirst(sent)
             backend.flush()
         }
-        if sent == 0, pending.isEmpty, !held.isEmpty {
+        if sent == 0, outstandingSyncs == 0, !held.isEmpty {
             // Nothing in flight to wait for (cannot happen; never stall a client on it).
             let message = held.removeFirst()
             heldBytes -= message.frame.bytes.readableBytes
@@ -1169,9 +1170,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         } else {
             relayTracked(bytes, from: backend, context: context)
         }
-        if waitingForEarlierBatches { releaseHeldBehindEarlierBatches(to: backend) }
         guard readyForQueryCount > 0 else { return }
         outstandingSyncs = max(0, outstandingSyncs - readyForQueryCount)
+        if waitingForEarlierBatches { releaseHeldBehindEarlierBatches(to: backend) }
         transactionStatus = lastStatus
         if outstandingSyncs == 0, !pendingUnsynced, lastStatus == .idle, pinReasons.isEmpty,
             held.isEmpty, pending.isEmpty
