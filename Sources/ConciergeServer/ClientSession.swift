@@ -1084,6 +1084,11 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             // ReadyForQuery that ends it (`ResetWindow`).
             if !message.resets.kinds.isDisjoint(with: [.resetAll, .discardAll, .resetParameter]) { return true }
             if message.frame.type == PGMessageType.Frontend.execute, !portalResets.isEmpty { return true }
+            // A later batch runs once the reset is answered and the backend has the client's
+            // values again (a resync inside that batch's transaction would roll back with it).
+            if pending.contains(where: { switch $0 { case .sync, .query, .resetQuery: return true; default: return false } }) {
+                return true
+            }
         }
         switch message.frame.type {
         case PGMessageType.Frontend.parse, PGMessageType.Frontend.bind, PGMessageType.Frontend.describe,
@@ -1172,7 +1177,6 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         }
         guard readyForQueryCount > 0 else { return }
         outstandingSyncs = max(0, outstandingSyncs - readyForQueryCount)
-        if waitingForEarlierBatches { releaseHeldBehindEarlierBatches(to: backend) }
         transactionStatus = lastStatus
         if outstandingSyncs == 0, !pendingUnsynced, lastStatus == .idle, pinReasons.isEmpty,
             held.isEmpty, pending.isEmpty
@@ -1189,14 +1193,17 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             if draining { fail(with: ClientErrors.shuttingDown) }
         } else if outstandingSyncs == 0 {
             recordQueryLatency()
-            if needsParameterResync, lastStatus != .failed, !pendingUnsynced, held.isEmpty, pending.isEmpty {
-                // The session keeps this backend (a transaction, a pin) after RESET ALL or
-                // DISCARD ALL: its next message waits until the backend has its values again.
+            if needsParameterResync, lastStatus != .failed, !pendingUnsynced, pending.isEmpty {
+                // The session keeps this backend (a transaction, a pin, messages that waited
+                // behind the reset) after RESET ALL, RESET name or DISCARD ALL: its next messages
+                // wait until the backend has its values again (then `sendHeld`).
                 needsParameterResync = false
                 backendReady = false
                 backend.reapply(to: self, parameters: desiredParameters)
+                return
             }
         }
+        if waitingForEarlierBatches { releaseHeldBehindEarlierBatches(to: backend) }
     }
 
     /// The database's response time for what the client sent, up to its last ReadyForQuery.
