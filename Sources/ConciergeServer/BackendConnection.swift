@@ -16,8 +16,11 @@ protocol BackendOwner: AnyObject, Sendable {
     var processID: Int32 { get }
     /// Complete messages from the database, in order, as one slice of the bytes read (to be
     /// forwarded as they are). `readyForQueryCount` ReadyForQuery messages are among them; the
-    /// last one carried `lastStatus`. `sawError`: an ErrorResponse came before the first of them.
-    func backendDidRead(_ bytes: ByteBuffer, readyForQueryCount: Int, lastStatus: PGTransactionStatus, sawError: Bool)
+    /// last one carried `lastStatus`, the first `firstStatus`. `sawError`: an ErrorResponse came
+    /// before the first of them.
+    func backendDidRead(
+        _ bytes: ByteBuffer, readyForQueryCount: Int, firstStatus: PGTransactionStatus, lastStatus: PGTransactionStatus,
+        sawError: Bool)
     /// The end of one read burst from the database: time to flush to the client.
     func backendDidReadComplete()
     /// The backend's parameters were brought to what the session asked for (or that failed).
@@ -350,6 +353,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         let unread = buffer
         var readyCount = 0
         var lastStatus = PGTransactionStatus.idle
+        var firstStatus = PGTransactionStatus.idle
         var sawError = false
         /// NotificationResponse pids to replace (offset, client pid): a backend's pid names no
         /// client; the client whose transaction sent the NOTIFY is named instead (the listener's
@@ -366,6 +370,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
                     throw PGWireError.malformedMessage(type: type, reason: "invalid ReadyForQuery")
                 }
                 lastStatus = status
+                if readyCount == 1 { firstStatus = status }
             case PGMessageType.Backend.errorResponse:
                 // Only an error before the first ReadyForQuery answers the oldest query.
                 if readyCount == 0 { sawError = true }
@@ -405,10 +410,12 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         }
         let slice = patched
         if owner.eventLoop.inEventLoop {
-            owner.backendDidRead(slice, readyForQueryCount: readyCount, lastStatus: lastStatus, sawError: sawError)
+            owner.backendDidRead(
+                slice, readyForQueryCount: readyCount, firstStatus: firstStatus, lastStatus: lastStatus, sawError: sawError)
         } else {
-            owner.eventLoop.execute { [readyCount, lastStatus, sawError] in
-                owner.backendDidRead(slice, readyForQueryCount: readyCount, lastStatus: lastStatus, sawError: sawError)
+            owner.eventLoop.execute { [readyCount, firstStatus, lastStatus, sawError] in
+                owner.backendDidRead(
+                    slice, readyForQueryCount: readyCount, firstStatus: firstStatus, lastStatus: lastStatus, sawError: sawError)
             }
         }
     }

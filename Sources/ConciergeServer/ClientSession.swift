@@ -1153,12 +1153,17 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         releaseHeldBehindEarlierBatches(to: backend)
     }
 
-    func backendDidRead(_ bytes: ByteBuffer, readyForQueryCount: Int, lastStatus: PGTransactionStatus, sawError: Bool) {
+    func backendDidRead(
+        _ bytes: ByteBuffer, readyForQueryCount: Int, firstStatus: PGTransactionStatus, lastStatus: PGTransactionStatus,
+        sawError: Bool
+    ) {
         guard let context, let backend else { return }
         if let setting = pendingSetting, sawError || readyForQueryCount > 0 {
             pendingSetting = nil
             if !sawError, setting.executed {
-                if lastStatus == .idle {
+                // The first ReadyForQuery answers the SET's own query or batch (a BEGIN
+                // pipelined after it in its own Query does not put the SET in a transaction).
+                if firstStatus == .idle {
                     desiredParameters[setting.name] = setting.value
                     backend.noteApplied(name: setting.name, value: setting.value)
                 } else {

@@ -716,3 +716,19 @@ def test_a_batch_after_a_failed_one_sees_what_postgresql_did(proxy):
         c.expect(b"C")
         c.expect(b"Z")
         assert run_statement(c, "s3") == ["second"]
+
+
+@pytest.mark.proxy_only
+def test_a_lone_driver_set_pipelined_before_begin_does_not_pin(proxy):
+    # `SET lock_timeout = 0` and `BEGIN` as two Queries in one write: the SET commits by itself
+    # before the BEGIN; the proxy took the batch's last status (in a transaction) for the SET's.
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=2)
+    with p.wire() as c, p.connect() as other:
+        c.startup("app", p.passwords["app"])
+        c.send(message(b"Q", b"set lock_timeout = 0\0") + message(b"Q", b"begin read only\0"))
+        for expected in (b"C", b"Z", b"C", b"Z"):
+            c.expect(expected)
+        assert c.query("commit") == []
+        assert other.execute("select 1").fetchone()[0] == 1
+        assert c.query("show lock_timeout") == [("0",)]
+    assert "session pinned" not in p.log()
