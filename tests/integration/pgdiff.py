@@ -8,7 +8,8 @@ proxy that gives them fewer backends than there are clients. After every step th
 are compared message by message, after normalising only what must differ: BackendKeyData, the pid
 in NotificationResponse (mapped to "own" or "other" pid), pids in error text, the OIDs of the
 run's own tables and types (RowDescription, ParameterDescription: renumbered in order of
-appearance), and the order of ParameterStatus at login (compared as a set there).
+appearance), the order of ParameterStatus at login (compared as a set there), and the source
+location of 25P02 errors (INHERENT). The SCRAM exchange itself is not compared.
 
 The next step is generated from the seeded RNG and the direct side's answers so far, so both sides
 get the same messages as long as the answers agree. The scheduler never lets more clients hold a
@@ -20,12 +21,16 @@ sequence that still diverges the same way, printed in a readable form and saved 
 `--replay`.
 
 The direct side runs in database app2, the proxy side in database app (the proxy serves both);
-each run starts from freshly recreated tables and a fresh proxy process.
+each run starts from freshly recreated tables and a fresh proxy process (which must serve a
+login and `select 1` before the run starts). Two runs must not share a cluster: each recreates
+the same tables.
 
 Run as a script (starts its own throwaway PostgreSQL with scripts/pg.sh):
 
     python3 tests/integration/pgdiff.py --bin /tmp/cbin/concierge --seconds 600 --seed 7
-    python3 tests/integration/pgdiff.py --bin ... --replay /tmp/pgdiff-seed7.json
+    python3 tests/integration/pgdiff.py --bin ... --replay /tmp/pgdiff-seed7.json [--shrink]
+    python3 tests/integration/pgdiff.py --bin ... --pg-port P --pg-password X --app-password Y
+                                        # against a running cluster with user app, dbs app, app2
     python3 tests/integration/pgdiff.py --self-check --seconds 60   # PostgreSQL against itself
 
 Knobs (environment variables; the script's flags override them):
@@ -75,7 +80,7 @@ PG_SH = REPO_ROOT / "scripts" / "pg.sh"
 # Every construct the generator can produce has a tag; CONCIERGE_FUZZ_AVOID names tags to leave
 # out (to look past a known divergence).
 TAGS = """read show write error tx savepoint set_tracked set_driver set_local set_other set_config
-reset reset_all discard_all prepare deallocate deallocate_all listen unlisten notify advisory
+reset_one reset_all discard_all prepare deallocate deallocate_all listen unlisten notify advisory
 advisory_unlock_all cursor cursor_hold close_all temp sequence ddl empty unnamed named use_named
 close describe bind_missing exec_missing unnamed_reuse q_in_extended fetch_portal binary
 parse_existing_name reconnect login_params login_options set_default pipeline flush
@@ -94,6 +99,12 @@ INHERENT = {
     # reported at its first Bind or Describe instead. The generator does not send a Parse that
     # can fail at that point (README, "Prepared statements").
     "deferred_parse_error",
+    # In a transaction that has failed, a Bind of a statement the serving backend lacks fails
+    # (25P02) at the Parse the proxy sends first, before PostgreSQL would check the Bind's
+    # parameter count (08P01); the proxy cannot know the count of a statement no backend has
+    # analysed, nor have it analysed now. Binds of earlier statements inside transactions get
+    # the right parameter count (Generator.params_for).
+    "failed_tx_bind_count",
 }
 # Also inherent, and normalised rather than avoided: in a failed transaction, a Bind or Describe
 # of a statement the serving backend lacks fails (25P02) at the Parse the proxy sends first, so
@@ -537,6 +548,7 @@ class ClientModel:
     status: str = "I"
     unsynced: bool = False       # extended-protocol messages since the last Sync
     routed: bool = False         # ... of which some need a backend (not a named Parse / Close)
+    parsed_locally: bool = False  # ... and a named Parse came while the client held no backend
     maybe_pinned: bool = False   # sent a statement that may pin, since its last login
     stmts: dict[str, list] = field(default_factory=dict)   # protocol statements: param choices
     sql_prepared: set[str] = field(default_factory=set)
@@ -547,6 +559,7 @@ class ClientModel:
     aux_table: bool = False
     temp_table: bool = False
     generation: int = 0
+    proposed: dict[str, list] = field(default_factory=dict)  # parameter lists by statement text
 
     def holds(self) -> bool:
         return self.status in ("T", "E") or self.unsynced or self.maybe_pinned
@@ -571,10 +584,12 @@ class ClientModel:
                 if may_pin(sql, lone, assume):
                     self.maybe_pinned = True
             if t == "S":
-                self.unsynced = self.routed = False
+                self.unsynced = self.routed = self.parsed_locally = False
             elif t == "Q":
                 pass
             else:
+                if t == "P" and m[1] and not self.routed and self.status == "I":
+                    self.parsed_locally = True
                 self.unsynced = True
                 if routes(m):
                     self.routed = True
@@ -591,24 +606,20 @@ class ClientModel:
                     self.cursors.clear()
                     self.savepoints.clear()
         if t == "P":
-            if m[1]:
-                if ok:
-                    self.stmts.setdefault(m[1], [[]])
-            elif not ok:
+            if ok:
+                self.stmts[m[1]] = self.proposed.get(m[2], [[]])
+            elif not m[1]:
                 self.stmts.pop("", None)
-            else:
-                self.stmts[""] = self.stmts.get("", [[]])
         elif t == "B" and ok and m[1]:
             self.portals.add(m[1])
         elif t == "C" and ok:
             (self.stmts.pop(m[2], None) if m[1] == "S" else self.portals.discard(m[2]))
         elif t == "Q":
             self.stmts.pop("", None)
-        sql = m[1] if t == "Q" else None
-        if t == "E" and ok:
-            sql = None  # effects of extended statements: see below
-        if sql and p.outcome == "ok" and not any(a.startswith("E ") for a in p.answer):
-            self.sql_effects(sql)
+        # Effects of SQL on the session (a guide only; statements run through Execute are not
+        # followed).
+        if t == "Q" and ok and not any(a.startswith("E ") for a in p.answer):
+            self.sql_effects(m[1])
 
     def sql_effects(self, sql: str) -> None:
         for s in split_sql(sql):
@@ -733,11 +744,11 @@ class Generator:
             (1 if in_tx else 0.2, "savepoint", f"release savepoint {sp}", True),
             (2 if m.status == "E" else 0.3, "savepoint", f"rollback to savepoint {sp}", True),
             (4, "set_tracked", f"set {tracked}", True),
-            (1, "set_tracked", f"reset {r.choice(['application_name', 'DateStyle', 'TimeZone', 'IntervalStyle'])}", True),
+            (1, "reset_one", f"reset {r.choice(['application_name', 'DateStyle', 'TimeZone', 'IntervalStyle'])}", True),
             (2, "set_driver", f"set {driver}", True),
             (2 if in_tx else 0.5, "set_local", f"set local {r.choice([tracked, other, driver])}", True),
             (1, "set_other", f"set {other}", True),
-            (0.5, "reset", f"reset {r.choice(['work_mem', 'search_path', 'extra_float_digits'])}", True),
+            (0.5, "reset_one", f"reset {r.choice(['work_mem', 'search_path', 'extra_float_digits'])}", True),
             (1, "set_config", f"select set_config('{r.choice(['application_name', 'work_mem', 'TimeZone'])}', "
                               f"'{r.choice(['fz' + str(i) + 'c', '2MB', 'Asia/Tokyo'])}', "
                               f"{r.choice(['true', 'false'])})", True),
@@ -777,10 +788,12 @@ class Generator:
         return [c for c in cat if c[0] > 0 and self.ok(c[1])]
 
     def pick_sql(self, i: int, m: ClientModel, safe_only: bool = False,
-                 lone_query: bool = False) -> tuple[str, str]:
+                 lone_query: bool = False, no_isolation: bool = False) -> tuple[str, str]:
         cat = self.sql_catalogue(i, m)
         if safe_only:
             cat = [c for c in cat if c[3]]
+        if no_isolation:
+            cat = [c for c in cat if "isolation" not in c[2]]
         if not lone_query and not self.ok("reset_ext"):
             cat = [c for c in cat if c[1] not in RESETTING]
         total = sum(c[0] for c in cat)
@@ -863,7 +876,8 @@ class Generator:
         n = 1 if r.random() < 0.8 or not self.ok("multi_statement") else r.randint(2, 3)
         stmts = []
         for _ in range(n):
-            sql, _tag = self.pick_sql(c, m, lone_query=n == 1)
+            sql, _tag = self.pick_sql(c, m, lone_query=n == 1,
+                                      no_isolation=m.parsed_locally and not self.inherent)
             if sql:
                 stmts.append(sql)
         msgs = [["Q", "; ".join(stmts)]]
@@ -877,7 +891,8 @@ class Generator:
         msgs: list[list] = []
         # Whether the proxy surely holds a backend for this client at this point of the batch
         # (a named Parse that fails while it holds none is reported later: INHERENT).
-        state = {"held": m.status in ("T", "E") or m.routed}
+        state = {"held": m.status in ("T", "E") or m.routed, "tx": m.status in ("T", "E"),
+                 "parsed_locally": m.parsed_locally}
         groups = 1 if r.random() < 0.65 or not self.ok("pipeline") else r.randint(2, 4)
         for g in range(groups):
             for _ in range(1 if r.random() < 0.7 else 2):
@@ -885,9 +900,13 @@ class Generator:
                     msgs.append(msg)
                     if routes(msg):
                         state["held"] = True
+                    sql = msg[1] if msg[0] == "Q" else msg[2] if msg[0] == "P" else ""
+                    if re.match(r"\s*(begin|start)\b", sql, re.I):
+                        state["tx"] = True
             if g < groups - 1 or r.random() < 0.75 or not self.ok("flush"):
                 msgs.append(["S"])
                 state["held"] = False
+                state["parsed_locally"] = False
             else:
                 msgs.append(["H"])
         return msgs
@@ -908,8 +927,8 @@ class Generator:
         fmts = [1] if r.random() < 0.1 and self.ok("binary") else []
         maxrows = r.choice([0, 0, 0, 1, 2])
         if kind == "unnamed":
-            sql, types, params = self.ext_sql(c, m, safe_only=False)
-            out = [["P", "", sql, types], ["B", "", "", params, fmts]]
+            sql, types, plists = self.ext_sql(c, m, safe_only=False, state=state)
+            out = [["P", "", sql, types], ["B", "", "", r.choice(plists), fmts]]
             if r.random() < 0.3:
                 out.append(["D", "P", ""])
             out.append(["E", "", maxrows])
@@ -925,9 +944,10 @@ class Generator:
             name = r.choice(names)
             # The proxy answers a named Parse itself while it holds no backend for the client.
             safe = not state["held"] and not self.inherent
-            sql, types, params = self.ext_sql(c, m, safe_only=safe)
-            m.stmts.setdefault(name, [])
-            m.stmts[name] = [params]  # a guess until the answer says otherwise
+            sql, types, plists = self.ext_sql(c, m, safe_only=safe, state=state)
+            if not state["held"]:
+                state["parsed_locally"] = True
+            params = r.choice(plists)
             out = [["P", name, sql, types]]
             if r.random() < 0.3:
                 out.append(["D", "S", name])
@@ -942,8 +962,7 @@ class Generator:
         if kind == "use_named":
             known = sorted(n for n in m.stmts if n or self.ok("unnamed_reuse"))
             name = r.choice(known) if known and r.random() < 0.9 else r.choice(STMT_NAMES)
-            plist = m.stmts.get(name) or [[]]
-            params = r.choice(plist) if plist else []
+            params = self.params_for(m.stmts.get(name) or [[]], state)
             portal = r.choice(PORTAL_NAMES)
             out = [["B", portal, name, params, fmts]]
             if r.random() < 0.3:
@@ -966,25 +985,43 @@ class Generator:
         if kind == "exec_missing":
             return [["E", "nosuch", 0]]
         if kind == "unnamed_reuse":
-            plist = m.stmts.get("") or [[]]
-            return [["B", "", "", r.choice(plist) if plist else [], fmts], ["E", "", 0]]
+            return [["B", "", "", self.params_for(m.stmts.get("") or [[]], state), fmts],
+                    ["E", "", 0]]
         if kind == "q_in_extended":
-            sql, _tag = self.pick_sql(c, m)
+            sql, _tag = self.pick_sql(c, m, no_isolation=self.no_isolation(state))
             return [["Q", sql]]
         # fetch_portal: a named portal read with FETCH, through the extended protocol
         portal = r.choice(["p1", "p2"])
         return [["P", "", f"fetch {r.randint(1, 2)} from {portal}", []], ["B", "", "", [], []],
                 ["E", "", 0]]
 
-    def ext_sql(self, c: int, m: ClientModel, safe_only: bool) -> tuple[str, list[int], list]:
+    def ext_sql(self, c: int, m: ClientModel, safe_only: bool,
+                state: dict) -> tuple[str, list[int], list]:
+        """(sql, declared types, parameter lists to bind: the first has the right count)."""
         if self.rng.random() < 0.5:
             sql, types, plists = self.param_sql(c)
-            params = self.rng.choice(plists)
-            if not safe_only:
-                m.stmts[""] = plists
-            return sql, types, params
-        sql, _tag = self.pick_sql(c, m, safe_only=safe_only)
-        return sql, [], []
+        else:
+            sql, _tag = self.pick_sql(c, m, safe_only=safe_only,
+                                      no_isolation=self.no_isolation(state))
+            types, plists = [], [[]]
+        m.proposed[sql] = plists
+        return sql, types, plists
+
+    def no_isolation(self, state: dict) -> bool:
+        """A named Parse the proxy answered without a backend took no snapshot in the implicit
+        transaction (PostgreSQL's parse analysis does), so a later START TRANSACTION ISOLATION
+        LEVEL before the Sync fails only directly (25001): part of INHERENT's
+        deferred_parse_error, not generated."""
+        return state.get("parsed_locally", False) and not self.inherent
+
+    def params_for(self, plists: list[list], state: dict) -> list:
+        """Parameters for a Bind of a statement parsed in an earlier unit. In a transaction
+        that may have failed, the proxy's Parse of a statement the serving backend lacks fails
+        (25P02) before PostgreSQL would check the parameter count (08P01), and the proxy cannot
+        know the count of a statement never analysed: INHERENT, so the count is kept right."""
+        if state["tx"] and not self.inherent:
+            return plists[0]
+        return self.rng.choice(plists)
 
 
 # -- the environment: PostgreSQL and proxies -------------------------------------------------
@@ -1584,7 +1621,8 @@ def fuzz(env: Environment, opts: Options, log: Callable[[str], None] = print) ->
                   counts, divergences)
 
 
-def replay(env: Environment, path: Path, opts: Options, log: Callable[[str], None] = print) -> bool:
+def replay(env: Environment, path: Path, opts: Options, log: Callable[[str], None] = print,
+           shrink: bool = False) -> bool:
     data = json.loads(path.read_text())
     steps = data["steps"]
     counts = Counts()
@@ -1601,6 +1639,14 @@ def replay(env: Environment, path: Path, opts: Options, log: Callable[[str], Non
                 log(f"      = {s}")
         return True
     log(format_divergence(div, data.get("seed"), context=len(executed)))
+    if opts.shrink_seconds > 0 and shrink:
+        sh = Shrinker(runner, opts.shrink_seconds, log, opts.avoid)
+        shrunk_steps, shrunk = sh.shrink(steps, div)
+        out = path.with_name(path.stem + "-shrunk.json")
+        out.write_text(json.dumps(dict(data, steps=shrunk_steps), indent=1) + "\n")
+        log(f"shrunk to {len(shrunk_steps)} steps ({sh.tries} runs), saved as {out}:\n"
+            + format_sequence(shrunk_steps) + "\n\n"
+            + format_divergence(shrunk, data.get("seed"), context=len(shrunk_steps)))
     return False
 
 
@@ -1652,6 +1698,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-going", action="store_true", default=opts.keep_going)
     ap.add_argument("--findings", default=opts.findings)
     ap.add_argument("--replay", type=Path, help="replay a saved sequence")
+    ap.add_argument("--shrink", action="store_true",
+                    help="with --replay: shrink a divergence it reproduces (--shrink-seconds)")
     ap.add_argument("--self-check", action="store_true",
                     help="compare PostgreSQL with itself (app2 against app): checks the fuzzer")
     ap.add_argument("--pg-port", type=int, help="use this running cluster (with --pg-password, "
@@ -1684,7 +1732,7 @@ def main(argv: list[str] | None = None) -> int:
                           self_check=a.self_check)
         try:
             if a.replay:
-                return 0 if replay(env, a.replay, opts) else 1
+                return 0 if replay(env, a.replay, opts, shrink=a.shrink) else 1
             report = fuzz(env, opts)
             return 0 if report.ok else 1
         finally:
