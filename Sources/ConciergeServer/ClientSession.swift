@@ -1473,14 +1473,16 @@ extension ClientSession {
         }
         switch type {
         case PGMessageType.Frontend.query, PGMessageType.Frontend.functionCall:
+            var unnamedBefore: (statement: ByteBuffer?, onBackend: Bool)?
             if type == PGMessageType.Frontend.query {
                 pendingSetting?.executed = true
-                // A simple Query destroys the unnamed statement.
+                // A simple Query destroys the unnamed statement (unless PostgreSQL skips it).
+                if unnamedStatement != nil, pendingTracked > 0 { unnamedBefore = (unnamedStatement, unnamedOnBackend) }
                 unnamedStatement = nil
                 unnamedOnBackend = true
             }
-            if !message.resets.isEmpty {
-                sendResetQuery(message, to: backend)
+            if !message.resets.isEmpty || unnamedBefore != nil {
+                sendResetQuery(message, unnamedBefore: unnamedBefore, to: backend)
             } else {
                 backend.write(frame.bytes)
                 appendPending(.query)
@@ -1546,10 +1548,13 @@ extension ClientSession {
 
     /// A simple Query with a statement that resets session state: the statement cache is made
     /// safe before it runs, and its outcome is watched (`applyReset`).
-    private func sendResetQuery(_ message: HeldMessage, to backend: BackendConnection) {
+    private func sendResetQuery(
+        _ message: HeldMessage, unnamedBefore: (statement: ByteBuffer?, onBackend: Bool)? = nil, to backend: BackendConnection
+    ) {
         let resets = message.resets
         var bytes = message.frame.bytes
         var watch = beginReset(resets, on: backend)
+        watch.unnamedBefore = unnamedBefore
         if resets.kinds.contains(.deallocate), let name = resets.deallocated {
             if let statement = statements[name] {
                 // The client's statement is known to the backend by the proxy's name: deallocate
@@ -2185,6 +2190,13 @@ extension ClientSession {
         case .execute(_, let watch?):
             // A reset that failed or was skipped removed nothing.
             restoreStatements(of: watch)
+        case .resetQuery(let watch):
+            // Skipped after an error before it: it removed and destroyed nothing.
+            restoreStatements(of: watch)
+            if let before = watch.unnamedBefore {
+                unnamedStatement = before.statement
+                unnamedOnBackend = before.onBackend
+            }
         default:
             break
         }

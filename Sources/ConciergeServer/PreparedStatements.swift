@@ -181,7 +181,7 @@ enum PendingResponse {
         // backend's unnamed statement it closes: skipped, the backend is not as recorded.
         case .injectedParse, .injectedClose(unnamed: true): return true
         case .localCloseComplete(_, let removed): return removed != nil
-        case .resetQuery(let watch): return !watch.removed.isEmpty || watch.deallocated != nil
+        case .resetQuery(let watch): return !watch.removed.isEmpty || watch.deallocated != nil || watch.unnamedBefore != nil
         case .execute(_, let watch?): return !watch.removed.isEmpty
         default: return false
         }
@@ -234,6 +234,10 @@ struct ResetWatch {
     var deallocated: String?
     /// `EXECUTE name` of one of the client's protocol-level statements.
     var executed: String?
+    /// A Query sent after extended messages not yet synced destroys the client's unnamed
+    /// statement only if PostgreSQL does not skip it (after an error in those messages): what
+    /// the client had before it.
+    var unnamedBefore: (statement: ByteBuffer?, onBackend: Bool)?
 }
 
 enum StatementMessages {

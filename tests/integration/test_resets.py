@@ -732,3 +732,17 @@ def test_a_lone_driver_set_pipelined_before_begin_does_not_pin(proxy):
         assert other.execute("select 1").fetchone()[0] == 1
         assert c.query("show lock_timeout") == [("0",)]
     assert "session pinned" not in p.log()
+
+
+def test_a_skipped_query_does_not_destroy_the_unnamed_statement(proxy):
+    # A simple Query destroys the unnamed statement, unless PostgreSQL skips it after an error
+    # in the extended messages before it (up to Sync).
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=5)
+    with p.wire() as c:
+        c.startup("app", p.passwords["app"])
+        prepare(c, "", "select 'kept'")
+        c.send(message(b"D", b"Pnosuch\0") + message(b"Q", b"select 1\0") + SYNC)
+        with pytest.raises(ServerError):
+            c.expect(b"T")
+        c.expect(b"Z")
+        assert run_statement(c, "") == ["kept"]
