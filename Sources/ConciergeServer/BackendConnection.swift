@@ -18,9 +18,11 @@ protocol BackendOwner: AnyObject, Sendable {
     /// forwarded as they are). `readyForQueryCount` ReadyForQuery messages are among them; the
     /// last one carried `lastStatus`, the first `firstStatus`. `sawError`: an ErrorResponse came
     /// before the first of them.
+    /// `reports`: the bytes hold ParameterStatus messages of tracked parameters (the owner
+    /// decides which the client sees: `ClientSession.filterReports`).
     func backendDidRead(
         _ bytes: ByteBuffer, readyForQueryCount: Int, firstStatus: PGTransactionStatus, lastStatus: PGTransactionStatus,
-        sawError: Bool)
+        sawError: Bool, reports: Bool)
     /// The end of one read burst from the database: time to flush to the client.
     func backendDidReadComplete()
     /// The backend's parameters were brought to what the session asked for (or that failed).
@@ -28,7 +30,6 @@ protocol BackendOwner: AnyObject, Sendable {
     func backendDidPrepare(_ result: Result<[String: String], BackendError>)
     /// While leased, the database reported a new value of a tracked session parameter (after a
     /// SET, RESET or the end of a transaction): the client's value from now on. Lowercased name.
-    func backendReportedParameter(name: String, value: String)
     /// The backend died while leased.
     func backendDidClose()
     /// The database connection's writability changed (the client should pause or resume).
@@ -359,6 +360,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         /// client; the client whose transaction sent the NOTIFY is named instead (the listener's
         /// own pid when it notified itself), as PostgreSQL names the sending session.
         var notificationPids: [(Int, Int32)] = []
+        var reports = false
         // Headers are peeked, not sliced: a result is mostly DataRows that need no look.
         while let (type, size) = try PGFraming.peekFrame(in: buffer, maxMessageSize: 1 << 30) {
             switch type {
@@ -391,11 +393,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
                     if TrackedParameters.isTracked(name) {
                         // This backend now runs with the value, and so does its client.
                         appliedParameters[name] = parameter.value
-                        if owner.eventLoop.inEventLoop {
-                            owner.backendReportedParameter(name: name, value: parameter.value)
-                        } else {
-                            owner.eventLoop.execute { owner.backendReportedParameter(name: name, value: parameter.value) }
-                        }
+                        reports = true
                     }
                 }
             default:
@@ -411,11 +409,13 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         let slice = patched
         if owner.eventLoop.inEventLoop {
             owner.backendDidRead(
-                slice, readyForQueryCount: readyCount, firstStatus: firstStatus, lastStatus: lastStatus, sawError: sawError)
+                slice, readyForQueryCount: readyCount, firstStatus: firstStatus, lastStatus: lastStatus, sawError: sawError,
+                reports: reports)
         } else {
-            owner.eventLoop.execute { [readyCount, firstStatus, lastStatus, sawError] in
+            owner.eventLoop.execute { [readyCount, firstStatus, lastStatus, sawError, reports] in
                 owner.backendDidRead(
-                    slice, readyForQueryCount: readyCount, firstStatus: firstStatus, lastStatus: lastStatus, sawError: sawError)
+                    slice, readyForQueryCount: readyCount, firstStatus: firstStatus, lastStatus: lastStatus, sawError: sawError,
+                    reports: reports)
             }
         }
     }

@@ -1155,9 +1155,10 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
 
     func backendDidRead(
         _ bytes: ByteBuffer, readyForQueryCount: Int, firstStatus: PGTransactionStatus, lastStatus: PGTransactionStatus,
-        sawError: Bool
+        sawError: Bool, reports: Bool
     ) {
         guard let context, let backend else { return }
+        let bytes = reports ? filterReports(bytes) : bytes
         if let setting = pendingSetting, sawError || readyForQueryCount > 0 {
             pendingSetting = nil
             if !sawError, setting.executed {
@@ -1230,8 +1231,42 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             && transactionStatus == .idle
     }
 
-    func backendReportedParameter(name: String, value: String) {
-        desiredParameters[name] = value
+    /// The backend's ParameterStatus messages of tracked parameters: each is the client's value
+    /// from now on; the client sees only those that change what it last saw (the backend reports
+    /// changes from what *it* last reported, and the proxy sets values behind the client's back:
+    /// a resync that rolls back with the client's transaction, say).
+    private func filterReports(_ bytes: ByteBuffer) -> ByteBuffer {
+        var view = bytes
+        var kept = ByteBuffer()
+        var runStart = view.readerIndex
+        var dropped = false
+        while let (type, size) = try? PGFraming.peekFrame(in: view, maxMessageSize: Int(Int32.max)) {
+            let frameStart = view.readerIndex
+            view.moveReaderIndex(forwardBy: size)
+            guard type == PGMessageType.Backend.parameterStatus,
+                  let body = bytes.getSlice(at: frameStart + 5, length: size - 5),
+                  let parameter = try? PGParse.parameterStatus(body)
+            else { continue }
+            let name = parameter.name.lowercased()
+            guard TrackedParameters.isTracked(name) else { continue }
+            let seen = desiredParameters[name] ?? loginTemplateValue(of: name)
+            desiredParameters[name] = parameter.value
+            if seen == parameter.value {
+                if var run = bytes.getSlice(at: runStart, length: frameStart - runStart) { kept.writeBuffer(&run) }
+                runStart = view.readerIndex
+                dropped = true
+            }
+        }
+        guard dropped else { return bytes }
+        if var rest = bytes.getSlice(at: runStart, length: bytes.writerIndex - runStart) { kept.writeBuffer(&rest) }
+        return kept
+    }
+
+    /// What the client was told at login of a parameter it did not set (lowercased name).
+    private func loginTemplateValue(of name: String) -> String? {
+        guard let template = runtime.loginState(for: poolKey).template,
+              let index = template.indexByLowercasedName[name] else { return nil }
+        return template.parameters[index].value
     }
 
     func backendDidClose() {
