@@ -548,7 +548,9 @@ class ClientModel:
     status: str = "I"
     unsynced: bool = False       # extended-protocol messages since the last Sync
     routed: bool = False         # ... of which some need a backend (not a named Parse / Close)
-    parsed_locally: bool = False  # ... and a named Parse came while the client held no backend
+    # ... and the proxy may Parse at another moment than PostgreSQL: a named Parse it answered
+    # itself, or a Bind / Describe that makes it prepare the statement on the serving backend
+    parsed_locally: bool = False
     maybe_pinned: bool = False   # sent a statement that may pin, since its last login
     stmts: dict[str, list] = field(default_factory=dict)   # protocol statements: param choices
     sql_prepared: set[str] = field(default_factory=set)
@@ -588,7 +590,8 @@ class ClientModel:
             elif t == "Q":
                 pass
             else:
-                if t == "P" and m[1] and not self.routed and self.status == "I":
+                if (t == "P" and m[1] and not self.routed and self.status == "I") or t == "B" \
+                        or (t == "D" and m[1] == "S"):
                     self.parsed_locally = True
                 self.unsynced = True
                 if routes(m):
@@ -900,6 +903,8 @@ class Generator:
                     msgs.append(msg)
                     if routes(msg):
                         state["held"] = True
+                    if msg[0] == "B" or (msg[0] == "D" and msg[1] == "S"):
+                        state["parsed_locally"] = True
                     sql = msg[1] if msg[0] == "Q" else msg[2] if msg[0] == "P" else ""
                     if re.match(r"\s*(begin|start)\b", sql, re.I):
                         state["tx"] = True
@@ -1009,9 +1014,10 @@ class Generator:
 
     def no_isolation(self, state: dict) -> bool:
         """A named Parse the proxy answered without a backend took no snapshot in the implicit
-        transaction (PostgreSQL's parse analysis does), so a later START TRANSACTION ISOLATION
-        LEVEL before the Sync fails only directly (25001): part of INHERENT's
-        deferred_parse_error, not generated."""
+        transaction (PostgreSQL's parse analysis does), and a Bind or Describe makes the proxy
+        prepare the statement (taking one) where PostgreSQL takes none: so a later START
+        TRANSACTION ISOLATION LEVEL before the Sync fails (25001) on one side only. Part of
+        INHERENT's deferred_parse_error, not generated."""
         return state.get("parsed_locally", False) and not self.inherent
 
     def params_for(self, plists: list[list], state: dict) -> list:
