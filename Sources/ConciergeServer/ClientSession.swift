@@ -139,6 +139,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         var reports = ByteBuffer()
         /// Something failed in the reset's query or batch: nothing was reset.
         var failed = false
+        /// The reset that opened it (what it may release: see `unpin(_:for:)`).
+        var resets = Resets()
         /// DISCARD ALL completed: the parameters went back to the defaults.
         var discarded = false
     }
@@ -164,6 +166,10 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// Portal → server-side statement of its Bind, for `cached plan must not change result type`.
     private var portalStatements: [String: String] = [:]
     private(set) var pinReasons: PinReasons = []
+    /// Counts pins; `pinTimes[bit]`: when each reason was last pinned (a reset releases only
+    /// reasons pinned before it). Empty until the first pin.
+    private var pinClock: UInt64 = 0
+    private var pinTimes: [UInt64] = []
     private var draining = false
     /// The backend's socket is full (e.g. a large COPY IN): stop reading from the client.
     private var backendBlocked = false
@@ -701,7 +707,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             let classification = classify(try PGParse.queryBytes(frame.body), loneSetAllowed: isBetweenTransactions && backend == nil)
             if !classification.resets.isEmpty {
                 if let name = classification.deallocatedName, statements[name] != nil, answerDeallocateLocally(name) { return }
-                route(HeldMessage(frame, resets: Resets(classification)))
+                var resets = Resets(classification)
+                resets.pinClock = pinClock
+                route(HeldMessage(frame, resets: resets))
                 return
             }
         case PGMessageType.Frontend.parse:
@@ -714,7 +722,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             }
             // Named statements do not pin: the proxy prepares them on whichever backend serves.
             // A lone tracked SET may, as the unnamed statement of a new batch (JDBC's way).
-            let resets = Resets(classify(query, loneSetAllowed: startsBatch && name.readableBytes == 0))
+            var resets = Resets(classify(query, loneSetAllowed: startsBatch && name.readableBytes == 0))
+            resets.pinClock = pinClock
             if name.readableBytes > 0, answersLocally, statements[String(buffer: name)] == nil {
                 // No backend serves this client: acknowledge now, prepare on first use. A client
                 // that prepares on one connection while its others hold backends in open
@@ -854,6 +863,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     }
 
     private func pin(_ reasons: PinReasons, statement: ByteBuffer) {
+        pinClock &+= 1
+        if pinTimes.isEmpty { pinTimes = Array(repeating: 0, count: 16) }
+        for bit in 0..<16 where reasons.rawValue & (1 << UInt16(bit)) != 0 { pinTimes[bit] = pinClock }
         let new = reasons.subtracting(pinReasons)
         guard !new.isEmpty else { return }
         let first = pinReasons.isEmpty
@@ -1639,9 +1651,9 @@ extension ClientSession {
             statements.removeAll()
         }
         if !resets.kinds.isDisjoint(with: [.resetAll, .discardAll]) {
-            openResetWindow(parameters: nil)
+            openResetWindow(parameters: nil, resets: resets)
         } else if resets.kinds.contains(.resetParameter) {
-            openResetWindow(parameters: Set(resets.parameters))
+            openResetWindow(parameters: Set(resets.parameters), resets: resets)
         }
         return watch
     }
@@ -1655,7 +1667,7 @@ extension ClientSession {
     }
 
     /// Called just before the reset's message is recorded in `pending`.
-    private func openResetWindow(parameters: Set<String>?) {
+    private func openResetWindow(parameters: Set<String>?, resets: Resets) {
         if resetWindow != nil {
             // Two resets in one batch: the window covers both.
             if let more = parameters, let current = resetWindow!.parameters {
@@ -1673,6 +1685,7 @@ extension ClientSession {
             }
         }
         resetWindow = ResetWindow(parameters: parameters, before: desiredParameters, syncsBefore: syncsBefore)
+        resetWindow!.resets = resets
     }
 
     private func sendParse(_ frame: PGFrame, resets: Resets, to backend: BackendConnection) {
@@ -2094,22 +2107,22 @@ extension ClientSession {
         switch String(buffer: text) {
         case "DEALLOCATE ALL":
             statementResetConfirmed = true
-            unpin(.sqlPrepare)
+            unpin(.sqlPrepare, for: watch.resets)
         case "DISCARD ALL":
             // Everything of the session is gone but a loaded library (DISCARD ALL is CLOSE ALL,
             // SET SESSION AUTHORIZATION DEFAULT, RESET ALL, DEALLOCATE ALL, UNLISTEN *,
             // pg_advisory_unlock_all(), DISCARD PLANS, TEMP and SEQUENCES).
             statementResetConfirmed = true
             resetWindow?.discarded = true
-            unpin(PinReasons.all.subtracting(.load))
+            unpin(PinReasons.all.subtracting(.load), for: watch.resets)
         case "DEALLOCATE":
             if watch.deallocated != nil { statementResetConfirmed = true }
         case "CLOSE CURSOR ALL":
-            unpin(.cursorWithHold)
+            unpin(.cursorWithHold, for: watch.resets)
         case "DISCARD TEMP":
-            unpin(.temporaryObject)
+            unpin(.temporaryObject, for: watch.resets)
         case "DISCARD SEQUENCES":
-            unpin(.sequenceFunction)
+            unpin(.sequenceFunction, for: watch.resets)
         default:
             break
         }
@@ -2124,8 +2137,8 @@ extension ClientSession {
         statementResetConfirmed = false
         guard !failed else { return }
         // UNLISTEN takes effect at commit.
-        if watch.resets.kinds.contains(.unlistenAll), status == .idle { unpin(.listen) }
-        if watch.resets.kinds.contains(.advisoryUnlockAll) { unpin(.advisoryLock) }
+        if watch.resets.kinds.contains(.unlistenAll), status == .idle { unpin(.listen, for: watch.resets) }
+        if watch.resets.kinds.contains(.advisoryUnlockAll) { unpin(.advisoryLock, for: watch.resets) }
     }
 
     /// At the ReadyForQuery after a RESET ALL or DISCARD ALL: PostgreSQL returned every
@@ -2162,7 +2175,7 @@ extension ClientSession {
             backend.noteParametersReset(nil)
             if !window.discarded {
                 if status == .idle {
-                    unpin(.setVariable)
+                    unpin(.setVariable, for: window.resets)
                 } else {
                     // Inside a transaction block: a rollback would restore what RESET ALL reset,
                     // settings the proxy does not see among them. The session keeps this backend.
@@ -2184,7 +2197,13 @@ extension ClientSession {
         if out.readableBytes > 0 { context.write(wrapOutboundOut(out), promise: nil) }
     }
 
-    private func unpin(_ reasons: PinReasons) {
+    /// Releases `reasons` that `watch`'s reset undid: not those its own statement pins, nor
+    /// those pinned after it was classified (a LISTEN after an UNLISTEN * in the same write).
+    private func unpin(_ reasons: PinReasons, for resets: Resets) {
+        var reasons = reasons.subtracting(resets.pins)
+        if !pinTimes.isEmpty {
+            for bit in 0..<16 where pinTimes[bit] > resets.pinClock { reasons.remove(PinReasons(rawValue: 1 << UInt16(bit))) }
+        }
         guard !pinReasons.isDisjoint(with: reasons) else { return }
         let removed = pinReasons.intersection(reasons)
         pinReasons.subtract(reasons)

@@ -204,11 +204,18 @@ struct Resets {
     var deallocated: String?
     /// `EXECUTE name`: the name and where it is in the query text.
     var executed: (name: String, range: Range<Int>)?
+    /// What the same statement (or Query) pins: a reset does not release those
+    /// (`UNLISTEN *; LISTEN x`).
+    var pins: PinReasons = []
+    /// The session's pin clock when it was classified: pins added later (by messages after it)
+    /// are not released by it.
+    var pinClock: UInt64 = 0
 
     init() {}
 
     init(_ classification: Classification) {
         kinds = classification.resets
+        pins = classification.pinReasons
         deallocated = classification.deallocatedName
         if let name = classification.executedName, let range = classification.executedNameRange {
             executed = (name, range)

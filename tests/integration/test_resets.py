@@ -746,3 +746,33 @@ def test_a_skipped_query_does_not_destroy_the_unnamed_statement(proxy):
             c.expect(b"T")
         c.expect(b"Z")
         assert run_statement(c, "") == ["kept"]
+
+
+@pytest.mark.proxy_only
+def test_a_reset_does_not_release_a_pin_taken_after_it(proxy):
+    # `UNLISTEN *; LISTEN x` in one Query, and UNLISTEN * then LISTEN in one write: the session
+    # listens afterwards and must keep its backend (another client must not get its
+    # notifications, nor its state).
+    p = proxy(max_connections_percent=2, connection_borrow_timeout=5)
+
+    def notified(c, other, channel: str) -> None:
+        for _ in range(3):
+            other.execute("select 1")  # were the backend released, another client would use it
+        other.execute(f"notify {channel}, 'x'")
+        c.send(message(b"Q", b"select 1\0"))
+        seen = []
+        while (m := c.recv()).type != b"Z":
+            seen.append(m.type)
+        while b"A" not in seen:
+            seen.append(c.recv(5).type)  # a notification may come after the query's answer
+
+    with p.wire() as c, p.connect() as other:
+        c.startup("app", p.passwords["app"])
+        assert c.query("unlisten *; listen fz_after") == []
+        notified(c, other, "fz_after")
+        c.send(message(b"Q", b"unlisten *\0") + message(b"Q", b"listen fz_after2\0"))
+        for expected in (b"C", b"Z", b"C", b"Z"):
+            c.expect(expected)
+        notified(c, other, "fz_after2")
+    log = p.log()
+    assert "session unpinned" not in log, log
