@@ -37,6 +37,7 @@ Knobs (environment variables; the script's flags override them):
 
     CONCIERGE_FUZZ_SEED=N            first seed (default 1); successive sequences use N+1, N+2, ...
     CONCIERGE_FUZZ_SECONDS=S         keep generating sequences until S seconds have passed
+    CONCIERGE_FUZZ_SEQUENCES=N       stop after N sequences (0: no limit)
                                      (default: the CI budget, 45 s)
     CONCIERGE_FUZZ_STEPS=N           steps per sequence (default 150)
     CONCIERGE_FUZZ_CLIENTS=N         clients (default 5); the proxy gets 3 backends
@@ -1540,7 +1541,8 @@ class Options:
                    inherent=os.environ.get("CONCIERGE_FUZZ_INHERENT") == "1",
                    keep_going=os.environ.get("CONCIERGE_FUZZ_KEEP_GOING") == "1",
                    findings=os.environ.get("CONCIERGE_FUZZ_FINDINGS") or None,
-                   out_dir=os.environ.get("CONCIERGE_FUZZ_OUT") or "/tmp")
+                   out_dir=os.environ.get("CONCIERGE_FUZZ_OUT") or "/tmp",
+                   max_sequences=env_int("CONCIERGE_FUZZ_SEQUENCES", 0) or None)
 
 
 @dataclass
