@@ -704,6 +704,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         switch type {
         case PGMessageType.Frontend.query:
             loopSessions.queryRequests &+= 1
+            // A Query ends the extended messages before it as a Sync does (PostgreSQL commits
+            // their implicit transaction with it), unless an error there makes it skip the Query.
+            if !skippingUntilSync { pendingUnsynced = false }
             let classification = classify(try PGParse.queryBytes(frame.body), loneSetAllowed: isBetweenTransactions && backend == nil)
             if !classification.resets.isEmpty {
                 if let name = classification.deallocatedName, statements[name] != nil, answerDeallocateLocally(name) { return }
@@ -751,7 +754,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             }
             pendingUnsynced = false
         case PGMessageType.Frontend.functionCall:
-            break
+            if !skippingUntilSync { pendingUnsynced = false }
         case PGMessageType.Frontend.close:
             pendingUnsynced = true
             var body = frame.body
@@ -1186,7 +1189,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 }
             }
         }
-        if pendingTracked == 0 {
+        if pendingTracked == 0, resetWindow == nil {
             context.write(wrapOutboundOut(bytes), promise: nil)
             // Only Query and Sync entries: one ReadyForQuery each.
             pending.removeFirst(min(readyForQueryCount, pending.count))
@@ -2060,6 +2063,8 @@ extension ClientSession {
         forgetStatement(of: popPending(), failed: true, backend: backend)
         // What the client sends from now on up to its Sync is skipped too (see `send`).
         skippingUntilSync = !pending.contains(where: { if case .sync = $0 { return true } else { return false } })
+        // A Query the client sent after the failed message is skipped too: a Sync is still due.
+        if skippingUntilSync { pendingUnsynced = true }
         while let next = pending.first {
             if case .sync = next { break }
             let skipped = popPending()

@@ -53,3 +53,26 @@ def test_differential_protocol_fuzz(pg, concierge_bin: Path, tmp_path: Path):
         env.stop_proxy()
     assert report.ok, report.text
     assert report.counts.steps > 0 and report.counts.backend_proxy > 0, report.text
+
+
+# Shrunk sequences of divergences the fuzzer found and that were fixed (fuzz-open-divergences.md
+# names each by its number): each is replayed directly and through a fresh proxy, and must answer
+# the same. Replaying twice catches those that depended on timing.
+_REGRESSIONS = sorted((Path(__file__).parent / "fuzz-regressions").glob("*.json"))
+
+
+@pytest.mark.proxy_only
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("sequence", _REGRESSIONS, ids=[p.stem for p in _REGRESSIONS])
+def test_fixed_fuzzer_finding(pg, concierge_bin: Path, tmp_path: Path, sequence: Path):
+    opts = pgdiff.Options.from_env()
+    opts.shrink_seconds = 0
+    lines: list[str] = []
+    for _ in range(2):
+        env = pgdiff.Environment(pg.host, pg.port, pg.superuser_password, pg.passwords["app"],
+                                 concierge_bin, tmp_path, opts.clients)
+        try:
+            ok = pgdiff.replay(env, sequence, opts, log=lines.append)
+        finally:
+            env.stop_proxy()
+        assert ok, "\n".join(lines)
