@@ -1578,13 +1578,15 @@ extension ClientSession {
                 let client = String(buffer: name)
                 appendPending(.localCloseComplete(client: client, removed: statements.removeValue(forKey: client)))
             } else {
+                var unnamedBefore: (statement: ByteBuffer?, onBackend: Bool)?
                 if kind == UInt8(ascii: "S"), frame.body.readableBytes == 2 {
                     // Close of the unnamed statement: the client has none from now on.
+                    unnamedBefore = (unnamedStatement, unnamedOnBackend)
                     unnamedStatement = nil
                     unnamedOnBackend = true
                 }
                 backend.write(frame.bytes)
-                appendPending(.close)
+                appendPending(.close(unnamedBefore: unnamedBefore))
             }
         case PGMessageType.Frontend.copyDone, PGMessageType.Frontend.copyFail:
             backend.write(frame.bytes)
@@ -1706,12 +1708,19 @@ extension ClientSession {
             return
         }
         let clientName = String(buffer: name)
-        if let existing = statements[clientName] {
-            // PostgreSQL refuses a second Parse of a name in use (42P05) and keeps the first
-            // statement: let the backend refuse it, on the existing statement's name.
-            let serverName = prepare(existing, client: clientName, on: backend)
-            backend.write(StatementMessages.parse(name: serverName, definition: body, allocator: backend.allocator))
-            appendPending(.duplicateParse(serverName: serverName, client: clientName))
+        if statements[clientName] != nil {
+            // PostgreSQL refuses a second Parse of a name in use (42P05), after parsing the new
+            // text (its syntax error, or 25P02 in a failed transaction, comes first), and keeps
+            // the first statement. The backend refuses it the same way on the proxy's placeholder
+            // name, prepared just before with a text that any transaction state accepts (the
+            // client's statement need not be on this backend); the error names the client's.
+            let placeholder = StatementMessages.placeholderName
+            closeBeforeParse(placeholder, on: backend)
+            backend.write(StatementMessages.parse(
+                name: placeholder, definition: StatementMessages.placeholderDefinition, allocator: backend.allocator))
+            appendPending(.injectedPlaceholder)
+            backend.write(StatementMessages.parse(name: placeholder, definition: body, allocator: backend.allocator))
+            appendPending(.duplicateParse(serverName: placeholder, client: clientName))
             return
         }
         let statement = ClientStatement(
@@ -1915,6 +1924,9 @@ extension ClientSession {
                 continue
             case PGMessageType.Backend.readyForQuery:
                 let status = bytes.getInteger(at: frameStart + 5, as: UInt8.self).flatMap(PGTransactionStatus.init(rawValue:)) ?? .idle
+                // As of this point in the stream: what follows in the same read (an error that
+                // decides whether a statement survives) is judged by it.
+                transactionStatus = status
                 // Pops through the Sync (or Query) it answers.
                 while !pending.isEmpty {
                     switch popPending() {
@@ -1959,13 +1971,12 @@ extension ClientSession {
                 if type == PGMessageType.Backend.parseComplete { popPending() }
             case .duplicateParse:
                 if type == PGMessageType.Backend.parseComplete {
-                    // The backend lacked a statement the proxy thought it had (a bug): it now
-                    // holds the new text under the old statement's name. Trust nothing there.
+                    // The placeholder was not there (its Parse cannot fail): a bug, with no harm
+                    // beyond this answer (the client's statement is unchanged).
                     popPending()
-                    backend.statementCache.invalidateAll()
-                    log(.warning, "a backend lacked a statement the proxy recorded; its statements will be prepared again")
+                    log(.warning, "a Parse of a statement name in use was accepted by the database")
                 }
-            case .injectedParse:
+            case .injectedParse, .injectedPlaceholder:
                 if type == PGMessageType.Backend.parseComplete {
                     popPending()
                     writeRun(upTo: frameStart)
@@ -2009,6 +2020,11 @@ extension ClientSession {
         guard bytes.count >= prefix.count,
               (0...(bytes.count - prefix.count)).contains(where: { bytes[$0..<($0 + prefix.count)].elementsEqual(prefix) })
         else { return nil }
+        // Errors about a statement the backend has (a Bind with the wrong number of parameters)
+        // name it too; only one that says it is missing (or present, for a Parse) means the
+        // proxy's view of the backend was wrong.
+        let code = (try? PGParse.errorResponse(body))?.code
+        let expected = expected || (code != "26000" && code != "42P05")
         if !expected { backend.statementCache.invalidateAll() }
         var out: [UInt8] = []
         var index = 0
@@ -2060,15 +2076,16 @@ extension ClientSession {
         default:
             break
         }
-        forgetStatement(of: popPending(), failed: true, backend: backend)
+        let failed = popPending()
         // What the client sends from now on up to its Sync is skipped too (see `send`).
         skippingUntilSync = !pending.contains(where: { if case .sync = $0 { return true } else { return false } })
         // A Query the client sent after the failed message is skipped too: a Sync is still due.
         if skippingUntilSync { pendingUnsynced = true }
+        var skipped: [PendingResponse] = []
         while let next = pending.first {
             if case .sync = next { break }
-            let skipped = popPending()
-            switch skipped {
+            let entry = popPending()
+            switch entry {
             case .query, .resetQuery:
                 // PostgreSQL skips everything up to Sync, a simple Query (or FunctionCall)
                 // included: no ReadyForQuery will answer it.
@@ -2076,8 +2093,14 @@ extension ClientSession {
             default:
                 break
             }
-            forgetStatement(of: skipped, failed: false, backend: backend)
+            skipped.append(entry)
         }
+        // Undone last first, then the failed message: each skipped message restores what the
+        // one before it left (a Close then a Parse of the same name, two unnamed Parses).
+        for entry in skipped.reversed() {
+            forgetStatement(of: entry, failed: false, backend: backend)
+        }
+        forgetStatement(of: failed, failed: true, backend: backend)
     }
 
     /// CopyInResponse to an Execute: PostgreSQL reads the copy data now and ignores Sync (and
@@ -2241,6 +2264,11 @@ extension ClientSession {
             if failed, let client, transactionStatus != .failed { statements[client] = nil }
         case .injectedClose(unnamed: true):
             unnamedOnBackend = false
+        case .close(let before?):
+            if !failed {
+                unnamedStatement = before.statement
+                unnamedOnBackend = before.onBackend
+            }
         case .localParseComplete(let client):
             statements[client] = nil
         case .localCloseComplete(let client, let removed?):

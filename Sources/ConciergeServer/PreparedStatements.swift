@@ -157,8 +157,12 @@ enum PendingResponse {
     /// A simple Query with a statement that resets session state (`SessionResets`): like
     /// `.query`, and its command tags and outcome are watched.
     case resetQuery(ResetWatch)
-    /// Close of a portal or the unnamed statement (CloseComplete forwarded).
-    case close
+    /// Close of a portal or the unnamed statement (CloseComplete forwarded). `unnamedBefore`:
+    /// for the unnamed statement, what the client had before it (a skipped Close closes nothing).
+    case close(unnamedBefore: (statement: ByteBuffer?, onBackend: Bool)? = nil)
+    /// The placeholder statement the proxy prepares so that a Parse of a name in use can fail
+    /// as in PostgreSQL (`ClientSession.sendParse`): its ParseComplete is dropped.
+    case injectedPlaceholder
     /// A Parse answered by the proxy: ParseComplete is sent to the client at this point.
     case localParseComplete(client: String)
     /// CopyDone or CopyFail: no answer of its own. A Sync sent before it, while the backend is in
@@ -181,6 +185,7 @@ enum PendingResponse {
         // backend's unnamed statement it closes: skipped, the backend is not as recorded.
         case .injectedParse, .injectedClose(unnamed: true): return true
         case .localCloseComplete(_, let removed): return removed != nil
+        case .close(let unnamedBefore): return unnamedBefore != nil
         case .resetQuery(let watch): return !watch.removed.isEmpty || watch.deallocated != nil || watch.unnamedBefore != nil
         case .execute(_, let watch?): return !watch.removed.isEmpty
         default: return false
@@ -294,6 +299,19 @@ enum StatementMessages {
         out.writeString(name)
         out.writeInteger(UInt8(0))
     }
+
+    /// The placeholder statement (see `PendingResponse.injectedPlaceholder`): a name of the
+    /// proxy's form (`concierge_` and hex digits, which errors shown to clients never contain)
+    /// that no statement key takes in practice, and a transaction-exit text, which PostgreSQL
+    /// parses even in a failed transaction.
+    static let placeholderName = "concierge_0"
+    static let placeholderDefinition: ByteBuffer = {
+        var out = ByteBuffer()
+        out.writeString("ROLLBACK")
+        out.writeInteger(UInt8(0))
+        out.writeInteger(Int16(0))
+        return out
+    }()
 
     static let parseComplete: ByteBuffer = ByteBuffer(bytes: [UInt8(ascii: "1"), 0, 0, 0, 4])
     static let closeComplete: ByteBuffer = ByteBuffer(bytes: [UInt8(ascii: "3"), 0, 0, 0, 4])

@@ -1647,6 +1647,13 @@ def replay(env: Environment, path: Path, opts: Options, log: Callable[[str], Non
                 log(f"      = {s}")
         return True
     log(format_divergence(div, data.get("seed"), context=len(executed)))
+    if getattr(env, "log_path", None) and env.log_path.exists():
+        kept = path.with_name(path.stem + "-proxy.log")
+        try:
+            shutil.copyfile(env.log_path, kept)
+            log(f"proxy log: {kept}")
+        except OSError:
+            pass
     if opts.shrink_seconds > 0 and shrink:
         sh = Shrinker(runner, opts.shrink_seconds, log, opts.avoid)
         shrunk_steps, shrunk = sh.shrink(steps, div)
