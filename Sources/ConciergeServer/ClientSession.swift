@@ -1196,7 +1196,11 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         } else {
             relayTracked(bytes, from: backend, context: context)
         }
-        guard readyForQueryCount > 0 else { return }
+        guard readyForQueryCount > 0 else {
+            // An error may have ended the batch that held messages back (its reset skipped).
+            if waitingForEarlierBatches { releaseHeldBehindEarlierBatches(to: backend) }
+            return
+        }
         outstandingSyncs = max(0, outstandingSyncs - readyForQueryCount)
         transactionStatus = lastStatus
         if outstandingSyncs == 0, !pendingUnsynced, lastStatus == .idle, pinReasons.isEmpty,
