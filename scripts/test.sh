@@ -66,7 +66,10 @@ if [[ "${CONCIERGE_DRIVER_SUITES:-1}" != 0 ]]; then
     section "driver test suites (tests/drivers/run.py: asyncpg, psycopg2, pg8000, directly and through the proxy)"
     # Before the integration tests, so that pytest's closing line stays the last one. Installs its
     # own pinned virtualenv and the drivers' sdists under ~/.cache/concierge-driver-suites.
-    python3 tests/drivers/run.py || failed+=("driver test suites")
+    # Its report is kept so that a failure is shown again at the end, where CI's excerpt is.
+    driver_log=$(mktemp /tmp/concierge-driver-suites.XXXXXX.log)
+    python3 tests/drivers/run.py 2>&1 | tee "$driver_log"
+    [[ ${PIPESTATUS[0]} == 0 ]] || failed+=("driver test suites")
 fi
 
 section "integration tests (pytest tests/integration, CONCIERGE_BIN=$CONCIERGE_BIN)"
@@ -78,6 +81,11 @@ python3 -m pytest -q tests/integration "$@" || failed+=("integration tests")
 # On success nothing follows pytest's closing line ("N passed ..."), which CI reads.
 if [[ ${#failed[@]} -gt 0 ]]; then
     section "summary"
+    if [[ -n "${driver_log:-}" && " ${failed[*]} " == *" driver test suites "* ]]; then
+        echo "the driver test suites' report (tests/drivers/run.py; whole: $driver_log):"
+        grep -E -A60 '^UNEXPECTED|^PROBLEM|no test passed directly|Traceback' "$driver_log" | head -80
+        tail -3 "$driver_log"
+    fi
     echo "FAILED: ${failed[*]}"
     exit 1
 fi

@@ -100,6 +100,10 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// An extended-protocol message failed and no Sync has been sent since: PostgreSQL skips
     /// everything the client sends until its Sync, so the proxy neither answers nor records it.
     private var skippingUntilSync = false
+    /// Messages other than a Sync or Query have gone to the backend since the last of those:
+    /// the backend is inside the client's batch (an implicit transaction), where the proxy must
+    /// not send a Sync of its own. (`pendingUnsynced` also counts messages still held.)
+    private var sentUnsynced = false
     /// What executing the unnamed statement resets (its last Parse).
     private var unnamedStatementResets = Resets()
     /// The client's unnamed statement (the definition of its last unnamed Parse). PostgreSQL
@@ -1218,7 +1222,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             if draining { fail(with: ClientErrors.shuttingDown) }
         } else if outstandingSyncs == 0 {
             recordQueryLatency()
-            if needsParameterResync, lastStatus != .failed, !pendingUnsynced, pending.isEmpty {
+            if needsParameterResync, lastStatus != .failed, !sentUnsynced, pending.isEmpty {
                 // The session keeps this backend (a transaction, a pin, messages that waited
                 // behind the reset) after RESET ALL, RESET name or DISCARD ALL: its next messages
                 // wait until the backend has its values again (then `sendHeld`).
@@ -1310,6 +1314,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         unnamedOnBackend = false
         waitingForEarlierBatches = false
         skippingUntilSync = false
+        sentUnsynced = false
         copyInActive = false
         resetWindow = nil
         needsParameterResync = false
@@ -1524,6 +1529,9 @@ extension ClientSession {
         if Self.isSyncPoint(type) {
             if outstandingSyncs == 0 { queryStarted = .now() }
             outstandingSyncs += 1
+            sentUnsynced = false
+        } else {
+            sentUnsynced = true
         }
         switch type {
         case PGMessageType.Frontend.query, PGMessageType.Frontend.functionCall:
@@ -2084,7 +2092,10 @@ extension ClientSession {
         // What the client sends from now on up to its Sync is skipped too (see `send`).
         skippingUntilSync = !pending.contains(where: { if case .sync = $0 { return true } else { return false } })
         // A Query the client sent after the failed message is skipped too: a Sync is still due.
-        if skippingUntilSync { pendingUnsynced = true }
+        if skippingUntilSync {
+            pendingUnsynced = true
+            sentUnsynced = true
+        }
         var skipped: [PendingResponse] = []
         while let next = pending.first {
             if case .sync = next { break }

@@ -106,6 +106,12 @@ INHERENT = {
     # analysed, nor have it analysed now. Binds of earlier statements inside transactions get
     # the right parameter count (Generator.params_for).
     "failed_tx_bind_count",
+    # The same named Parse, answered without a backend, is analysed by the database at its first
+    # use, under the session's settings of that moment: a literal whose reading depends on them
+    # ('a\\b' and standard_conforming_strings; an ambiguous date and DateStyle) can read
+    # differently if the client changed them in between (README, "Differences from a direct
+    # connection"). Unless this is generated, such a Parse's text has no such literal.
+    "deferred_parse_settings",
 }
 # Also inherent, and normalised rather than avoided: in a failed transaction, a Bind or Describe
 # of a statement the serving backend lacks fails (25P02) at the Parse the proxy sends first, so
@@ -796,6 +802,8 @@ class Generator:
         cat = self.sql_catalogue(i, m)
         if safe_only:
             cat = [c for c in cat if c[3]]
+            # INHERENT's deferred_parse_settings.
+            cat = [c for c in cat if "\\" not in c[2]]
         if no_isolation:
             cat = [c for c in cat if "isolation" not in c[2]]
         if not lone_query and not self.ok("reset_ext"):
