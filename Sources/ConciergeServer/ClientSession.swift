@@ -2091,10 +2091,11 @@ extension ClientSession {
         let failed = popPending()
         // What the client sends from now on up to its Sync is skipped too (see `send`).
         skippingUntilSync = !pending.contains(where: { if case .sync = $0 { return true } else { return false } })
-        // A Query the client sent after the failed message is skipped too: a Sync is still due.
+        // A Query the client sent after the failed message is skipped too: a Sync is still due
+        // (unless the client's Sync is among the messages held back).
         if skippingUntilSync {
-            pendingUnsynced = true
             sentUnsynced = true
+            if !held.contains(where: { $0.frame.type == PGMessageType.Frontend.sync }) { pendingUnsynced = true }
         }
         var skipped: [PendingResponse] = []
         while let next = pending.first {
