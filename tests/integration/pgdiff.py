@@ -798,7 +798,8 @@ class Generator:
         return [c for c in cat if c[0] > 0 and self.ok(c[1])]
 
     def pick_sql(self, i: int, m: ClientModel, safe_only: bool = False,
-                 lone_query: bool = False, no_isolation: bool = False) -> tuple[str, str]:
+                 lone_query: bool = False, no_isolation: bool = False,
+                 multi: bool = False) -> tuple[str, str]:
         cat = self.sql_catalogue(i, m)
         if safe_only:
             cat = [c for c in cat if c[3]]
@@ -808,6 +809,11 @@ class Generator:
             cat = [c for c in cat if "isolation" not in c[2]]
         if not lone_query and not self.ok("reset_ext"):
             cat = [c for c in cat if c[1] not in RESETTING]
+            if multi:
+                # Statements after RESET name (or SET name TO DEFAULT) in the same Query see the
+                # backend's default (README's differences).
+                cat = [c for c in cat if c[1] != "reset_one"
+                       and not re.search(r"(\bto|=)\s*default\b", c[2], re.I)]
         total = sum(c[0] for c in cat)
         x = self.rng.uniform(0, total)
         for w, tag, sql, _ in cat:
@@ -888,7 +894,7 @@ class Generator:
         n = 1 if r.random() < 0.8 or not self.ok("multi_statement") else r.randint(2, 3)
         stmts = []
         for _ in range(n):
-            sql, _tag = self.pick_sql(c, m, lone_query=n == 1,
+            sql, _tag = self.pick_sql(c, m, lone_query=n == 1, multi=n > 1,
                                       no_isolation=m.parsed_locally and not self.inherent)
             if sql:
                 stmts.append(sql)
