@@ -2198,7 +2198,9 @@ extension ClientSession {
             if window.reports.readableBytes > 0 { context.write(wrapOutboundOut(window.reports), promise: nil) }
             return
         }
-        var out = ByteBuffer()
+        // The reports the client gets, by name: PostgreSQL sends them in the order of its
+        // settings' names (case-insensitive), whichever statement changed them.
+        var reports: [(name: String, value: String)] = []
         if let names = window.parameters {
             for name in names {
                 desiredParameters[name] = startupParameters[name]
@@ -2206,12 +2208,12 @@ extension ClientSession {
             backend.noteParametersReset(names)
             // Reports of other parameters (set in the same query) are the backend's own.
             while let (_, size) = try? PGFraming.peekFrame(in: window.reports, maxMessageSize: Int(Int32.max)),
-                  var frame = window.reports.readSlice(length: size)
+                  let frame = window.reports.readSlice(length: size)
             {
                 if let body = frame.getSlice(at: frame.readerIndex + 5, length: size - 5),
                    let parameter = try? PGParse.parameterStatus(body), !names.contains(parameter.name.lowercased())
                 {
-                    out.writeBuffer(&frame)
+                    reports.append((parameter.name, parameter.value))
                 }
             }
         } else {
@@ -2234,11 +2236,17 @@ extension ClientSession {
                 if let names = window.parameters, !names.contains(name) { continue }
                 let now = startupParameters[name] ?? parameter.value
                 if now != (window.before[name] ?? parameter.value) {
-                    PGEncode.parameterStatus(name: parameter.name, value: now, into: &out)
+                    reports.append((parameter.name, now))
                 }
             }
         }
-        if out.readableBytes > 0 { context.write(wrapOutboundOut(out), promise: nil) }
+        guard !reports.isEmpty else { return }
+        reports.sort { $0.name.lowercased() < $1.name.lowercased() }
+        var out = ByteBuffer()
+        for report in reports {
+            PGEncode.parameterStatus(name: report.name, value: report.value, into: &out)
+        }
+        context.write(wrapOutboundOut(out), promise: nil)
     }
 
     /// Releases `reasons` that `watch`'s reset undid: not those its own statement pins, nor
