@@ -112,6 +112,11 @@ INHERENT = {
     # differently if the client changed them in between (README, "Differences from a direct
     # connection"). Unless this is generated, such a Parse's text has no such literal.
     "deferred_parse_settings",
+    # In a transaction that has failed, a Describe of a statement the serving backend lacks
+    # fails (25P02) at the Parse the proxy sends first; PostgreSQL describes a statement that
+    # returns no rows even then (README). Unless this is generated, a Describe of a named
+    # statement is not sent inside a transaction block.
+    "failed_tx_describe",
 }
 # Also inherent, and normalised rather than avoided: in a failed transaction, a Bind or Describe
 # of a statement the serving backend lacks fails (25P02) at the Parse the proxy sends first, so
@@ -490,7 +495,7 @@ def split_sql(sql: str) -> list[str]:
     return [s.strip() for s in sql.split(";") if s.strip()]
 
 
-def may_pin(sql: str, lone_outside_tx: bool, assume: set[str]) -> bool:
+def may_pin(sql: str, lone_outside_tx: bool, assume: set[str], in_tx: bool = False) -> bool:
     """Whether the proxy may pin the session for `sql` (conservatively). Statements the proxy is
     meant not to pin (RESET ALL, DISCARD ALL, DEALLOCATE, UNLISTEN, CLOSE ALL, tracked SET /
     RESET, SET LOCAL, ...) count as pinning only when `assume` names their tag."""
@@ -512,7 +517,8 @@ def may_pin(sql: str, lone_outside_tx: bool, assume: set[str]) -> bool:
         if first == "reset":
             name = rest[0] if rest else ""
             if name == "all":
-                if "reset_all" in assume:
+                # Inside a transaction block RESET ALL pins (README, Resets).
+                if "reset_all" in assume or in_tx:
                     return True
                 continue
             if name in TRACKED:
@@ -584,13 +590,16 @@ class ClientModel:
         self.connected, self.generation = True, gen
 
     def note_sent(self, msgs: list[list], assume: set[str]) -> None:
+        in_tx = self.status in ("T", "E")
         for k, m in enumerate(msgs):
             t = m[0]
             sql = m[1] if t == "Q" else m[2] if t == "P" else None
             if sql is not None:
                 # Only the first message of a write can find the client without a backend.
                 lone = t == "Q" and k == 0 and self.status == "I" and not self.unsynced
-                if may_pin(sql, lone, assume):
+                low = sql.lower()
+                in_tx = in_tx or "begin" in low or "start transaction" in low
+                if may_pin(sql, lone, assume, in_tx=in_tx):
                     self.maybe_pinned = True
             if t == "S":
                 self.unsynced = self.routed = self.parsed_locally = False
@@ -998,7 +1007,8 @@ class Generator:
         if kind == "describe":
             if r.random() < 0.5:
                 unnamed = [""] if self.ok("unnamed_reuse") else []
-                return [["D", "S", r.choice(STMT_NAMES + unnamed + ["nosuch"])]]
+                named = STMT_NAMES if not state["tx"] or self.inherent else []
+                return [["D", "S", r.choice(named + unnamed + ["nosuch"])]]
             return [["D", "P", r.choice(PORTAL_NAMES + ["nosuch"])]]
         if kind == "bind_missing":
             return [["B", "", "nosuch", [], []], ["E", "", 0]]
