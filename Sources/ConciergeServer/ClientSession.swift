@@ -147,6 +147,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         var resets = Resets()
         /// DISCARD ALL completed: the parameters went back to the defaults.
         var discarded = false
+        /// Parameters a Query sent after the reset, inside its window, SETs: what the backend
+        /// reports of them is the client's (not the reset's) value.
+        var setAfter: Set<String> = []
     }
     /// What the backend owes, in order, for what was sent to it.
     /// (An array: no storage until a client uses the extended protocol; entries are few.)
@@ -717,6 +720,11 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 var resets = Resets(classification)
                 resets.pinClock = pinClock
                 route(HeldMessage(frame, resets: resets))
+                return
+            }
+            if resetWindow != nil, !classification.setCommands.isEmpty {
+                // A SET after a reset whose window is still open (see `ResetWindow.setAfter`).
+                route(HeldMessage(frame, resets: Resets(classification)))
                 return
             }
         case PGMessageType.Frontend.parse:
@@ -1543,6 +1551,9 @@ extension ClientSession {
                 unnamedStatement = nil
                 unnamedOnBackend = true
             }
+            if !message.resets.sets.isEmpty, resetWindow != nil, message.resets.isEmpty {
+                resetWindow!.setAfter.formUnion(message.resets.sets)
+            }
             if !message.resets.isEmpty || unnamedBefore != nil {
                 sendResetQuery(message, unnamedBefore: unnamedBefore, to: backend)
             } else {
@@ -2201,24 +2212,44 @@ extension ClientSession {
         // The reports the client gets, by name: PostgreSQL sends them in the order of its
         // settings' names (case-insensitive), whichever statement changed them.
         var reports: [(name: String, value: String)] = []
+        // Those set again after the reset keep the values the backend reported (or, unreported,
+        // the values the client last saw): `filterReports` recorded them.
+        let setAfter = window.setAfter
         if let names = window.parameters {
-            for name in names {
+            for name in names where !setAfter.contains(name) {
                 desiredParameters[name] = startupParameters[name]
             }
-            backend.noteParametersReset(names)
+            backend.noteParametersReset(names.subtracting(setAfter))
+            for name in names.intersection(setAfter) { backend.noteApplied(name: name, value: desiredParameters[name]) }
             // Reports of other parameters (set in the same query) are the backend's own.
             while let (_, size) = try? PGFraming.peekFrame(in: window.reports, maxMessageSize: Int(Int32.max)),
                   let frame = window.reports.readSlice(length: size)
             {
                 if let body = frame.getSlice(at: frame.readerIndex + 5, length: size - 5),
-                   let parameter = try? PGParse.parameterStatus(body), !names.contains(parameter.name.lowercased())
+                   let parameter = try? PGParse.parameterStatus(body),
+                   !names.contains(parameter.name.lowercased()) || setAfter.contains(parameter.name.lowercased())
                 {
                     reports.append((parameter.name, parameter.value))
                 }
             }
         } else {
+            var kept: [String: String] = [:]
+            for name in setAfter { kept[name] = desiredParameters[name] }
             desiredParameters = startupParameters
             backend.noteParametersReset(nil)
+            for (name, value) in kept {
+                desiredParameters[name] = value
+                backend.noteApplied(name: name, value: value)
+            }
+            while !setAfter.isEmpty, let (_, size) = try? PGFraming.peekFrame(in: window.reports, maxMessageSize: Int(Int32.max)),
+                  let frame = window.reports.readSlice(length: size)
+            {
+                if let body = frame.getSlice(at: frame.readerIndex + 5, length: size - 5),
+                   let parameter = try? PGParse.parameterStatus(body), setAfter.contains(parameter.name.lowercased())
+                {
+                    reports.append((parameter.name, parameter.value))
+                }
+            }
             if !window.discarded {
                 if status == .idle {
                     unpin(.setVariable, for: window.resets)
@@ -2234,6 +2265,7 @@ extension ClientSession {
             for parameter in template.parameters {
                 let name = parameter.name.lowercased()
                 if let names = window.parameters, !names.contains(name) { continue }
+                if setAfter.contains(name) { continue }
                 let now = startupParameters[name] ?? parameter.value
                 if now != (window.before[name] ?? parameter.value) {
                     reports.append((parameter.name, now))

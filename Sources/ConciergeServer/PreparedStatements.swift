@@ -215,6 +215,9 @@ struct Resets {
     /// The session's pin clock when it was classified: pins added later (by messages after it)
     /// are not released by it.
     var pinClock: UInt64 = 0
+    /// Parameters the statement SETs for the session (lowercased): a reset window open before it
+    /// leaves them to it (`ClientSession.ResetWindow.setAfter`).
+    var sets: Set<String> = []
 
     init() {}
 
@@ -224,6 +227,9 @@ struct Resets {
         deallocated = classification.deallocatedName
         if let name = classification.executedName, let range = classification.executedNameRange {
             executed = (name, range)
+        }
+        for command in classification.setCommands where !command.isReset && command.scope == .session {
+            sets.insert(command.name.lowercased())
         }
         if kinds.contains(.resetParameter) {
             parameters = classification.setCommands.filter { $0.isReset && $0.scope == .session && $0.name != "all" }
