@@ -590,7 +590,9 @@ class ClientModel:
         self.connected, self.generation = True, gen
 
     def note_sent(self, msgs: list[list], assume: set[str]) -> None:
-        in_tx = self.status in ("T", "E")
+        # Whether a transaction block may be open (a Bind of a statement that begins one, sent
+        # in an earlier write not yet synced, counts as well).
+        in_tx = self.status in ("T", "E") or self.unsynced
         for k, m in enumerate(msgs):
             t = m[0]
             sql = m[1] if t == "Q" else m[2] if t == "P" else None
@@ -601,6 +603,7 @@ class ClientModel:
                 in_tx = in_tx or "begin" in low or "start transaction" in low
                 if may_pin(sql, lone, assume, in_tx=in_tx):
                     self.maybe_pinned = True
+            in_tx = in_tx or t in ("B", "E")
             if t == "S":
                 self.unsynced = self.routed = self.parsed_locally = False
             elif t == "Q":
