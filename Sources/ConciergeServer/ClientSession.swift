@@ -804,6 +804,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     private func answerDeallocateLocally(_ name: String) -> Bool {
         guard case .ready = state, outstandingSyncs == 0, !pendingUnsynced, held.isEmpty, waitingRequest == nil
         else { return false }
+        // A simple Query destroys the unnamed statement, whatever it runs.
+        unnamedStatement = nil
+        unnamedOnBackend = false
         var out = ByteBuffer()
         if transactionStatus == .failed {
             PGEncode.errorResponse(ClientErrors.inFailedTransaction, into: &out)

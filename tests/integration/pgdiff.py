@@ -821,11 +821,15 @@ class Generator:
             cat = [c for c in cat if "isolation" not in c[2]]
         if not lone_query and not self.ok("reset_ext"):
             cat = [c for c in cat if c[1] not in RESETTING]
-            if multi:
-                # Statements after RESET name (or SET name TO DEFAULT) in the same Query see the
-                # backend's default (README's differences).
-                cat = [c for c in cat if c[1] != "reset_one"
-                       and not re.search(r"(\bto|=)\s*default\b", c[2], re.I)]
+            # Statements after RESET name (or SET [LOCAL] name TO DEFAULT) in the same Query, or
+            # in the same extended-protocol batch, see the backend's default (README's
+            # differences): such a reset is sent only as a lone Query.
+            cat = [c for c in cat if c[1] != "reset_one"
+                   and not re.search(r"(\bto|=)\s*default\b", c[2], re.I)]
+        if not self.ok("reset_ext"):
+            # SET LOCAL name TO DEFAULT: the backend's default for the transaction (README).
+            cat = [c for c in cat if not (c[2].startswith("set local")
+                                          and re.search(r"(\bto|=)\s*default\b", c[2], re.I))]
         total = sum(c[0] for c in cat)
         x = self.rng.uniform(0, total)
         for w, tag, sql, _ in cat:

@@ -22,7 +22,8 @@ _SECONDS = float(os.environ.get("CONCIERGE_FUZZ_SECONDS") or 45)
 # left out of the CI run unless CONCIERGE_FUZZ_AVOID says otherwise (an empty value generates
 # everything):
 #   reset_ext      DEALLOCATE name of a protocol-level statement through the extended protocol or
-#                  inside a multi-statement Query; statements after a RESET in the same Query
+#                  inside a multi-statement Query; statements after a RESET (or SET ... TO
+#                  DEFAULT) in the same Query or extended batch; SET LOCAL ... TO DEFAULT
 #   login_options  a parameter given both in `options` and by itself (a partial DateStyle)
 DOCUMENTED_DIFFERENCES = "reset_ext,login_options"
 os.environ.setdefault("CONCIERGE_FUZZ_AVOID", DOCUMENTED_DIFFERENCES)
