@@ -638,6 +638,10 @@ class ClientModel:
             (self.stmts.pop(m[2], None) if m[1] == "S" else self.portals.discard(m[2]))
         elif t == "Q":
             self.stmts.pop("", None)
+            if any(a.startswith("Z ") for a in p.answer):
+                # Run (not skipped after an error): it ended the extended messages before it,
+                # as a Sync does, and the proxy may give the backend back.
+                self.unsynced = self.routed = self.parsed_locally = False
         # Effects of SQL on the session (a guide only; statements run through Execute are not
         # followed).
         if t == "Q" and ok and not any(a.startswith("E ") for a in p.answer):
