@@ -179,6 +179,14 @@ public enum ConfigurationLoader {
     static func decodeAndValidate(yaml: String, baseDirectory: String) -> (ConciergeConfiguration, [ConfigurationIssue]) {
         let empty = ConciergeConfiguration(proxies: [])
         let root: Node?
+        if let excess = NestingGuard.firstExcess(in: yaml) {
+            // Refused before the parser recurses into it (see NestingGuard).
+            return (empty, [ConfigurationIssue(
+                keyPath: "", value: nil, expectation: "YAML nested at most \(NestingGuard.maximumDepth) levels deep",
+                message: "malformed YAML at line \(excess.line), column \(excess.column): collections nested more than "
+                    + "\(NestingGuard.maximumDepth) levels deep (allowed: at most \(NestingGuard.maximumDepth))",
+                line: excess.line, column: excess.column)])
+        }
         do {
             root = try Yams.compose(yaml: yaml)
         } catch let error as YamlError {

@@ -25,6 +25,29 @@ struct ErrorTests {
         #expect(tab.description.hasPrefix("malformed YAML at line 2, column 1"))
     }
 
+    /// Deep nesting is refused before Yams recurses into it (20,000 `[` overflowed its stack),
+    /// in every form that nests without growing the text quadratically; quoted brackets and
+    /// comments do not count, and ordinary nesting passes.
+    @Test func deepNestingIsRefusedBeforeTheParser() {
+        let deep = [
+            "proxies: " + String(repeating: "[", count: 20_000),
+            "proxies: " + String(repeating: "{a: ", count: 20_000),
+            "proxies:\n" + String(repeating: "- ", count: 20_000) + "x\n",
+            "proxies:\n" + String(repeating: "? ", count: 20_000) + "x\n",
+        ]
+        for yaml in deep {
+            let error = expectFailure(yaml)
+            #expect(error.issues.count == 1)
+            #expect(error.description.contains("nested more than 64 levels deep"))
+            #expect(error.issues[0].line != nil)
+        }
+        #expect(NestingGuard.firstExcess(in: "a: " + String(repeating: "[", count: 64)) == nil)
+        #expect(NestingGuard.firstExcess(in: "a: " + String(repeating: "[", count: 65))?.depth == 65)
+        let quoted = "a: '" + String(repeating: "[", count: 500) + "'\nb: \"" + String(repeating: "{", count: 500)
+            + "\\\"\"\n# " + String(repeating: "[", count: 500) + "\nc: x # " + String(repeating: "- ", count: 500) + "\n"
+        #expect(NestingGuard.firstExcess(in: quoted) == nil)
+    }
+
     @Test func emptyDocumentIsAnError() {
         for yaml in ["", "   \n", "# only a comment\n", "~\n"] {
             let error = expectFailure(yaml)

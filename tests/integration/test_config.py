@@ -118,6 +118,14 @@ def test_check_config_rejects_malformed_yaml(concierge_bin, tmp_path):
     assert proc.stderr.strip(), "no explanation on stderr"
 
 
+def test_check_config_refuses_deep_nesting_without_crashing(concierge_bin, tmp_path):
+    # A 40 KB file of nested brackets made check-config die with signal 11 in the YAML parser.
+    for text in ("proxies: " + "[" * 20000, "proxies:\n" + "- " * 20000 + "x\n"):
+        proc = check_config(concierge_bin, write(tmp_path, text))
+        assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-2000:]}"
+        assert "nested more than 64 levels deep (allowed: at most 64)" in proc.stderr, proc.stderr[-2000:]
+
+
 def test_serve_with_bad_config_exits_2_and_never_listens(concierge_bin, tmp_path):
     config = base_config(tmp_path)
     _percent_150(config)

@@ -103,6 +103,12 @@ def test_reload_refuses_a_bad_file_and_keeps_the_running_configuration(proxy):
     reload(p, "proxies: [", "configuration not reloaded")  # not even YAML
     assert "malformed YAML" in p.log()
     assert client.execute("SELECT 1").fetchone()[0] == 1
+
+    # 20,000 nested brackets appended to the file crashed the parser (signal 11), and the proxy.
+    reload(p, original + "\nx: " + "[" * 20000 + "\n", "configuration not reloaded")
+    assert "nested more than 64 levels deep" in p.log()
+    assert p.proc.poll() is None
+    assert client.execute("SELECT 1").fetchone()[0] == 1
     p.connect().close()
     client.close()
 
