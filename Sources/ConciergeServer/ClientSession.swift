@@ -746,7 +746,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 var definition = frame.body
                 _ = definition.readNullTerminatedSlice()
                 statements[String(buffer: name)] = ClientStatement(
-                    definition: definition, needsFreshParse: true, resets: resets,
+                    definition: definition, resets: resets,
                     refersTo: resets.executed.flatMap { statements[$0.name]?.key })
                 writeToClient(StatementMessages.parseComplete)
                 return
@@ -1742,6 +1742,7 @@ extension ClientSession {
             // client's statement need not be on this backend); the error names the client's.
             let placeholder = StatementMessages.placeholderName
             closeBeforeParse(placeholder, on: backend)
+            backend.statementCache.discardLater(placeholder)  // not left in pg_prepared_statements
             backend.write(StatementMessages.parse(
                 name: placeholder, definition: StatementMessages.placeholderDefinition, allocator: backend.allocator))
             appendPending(.injectedPlaceholder)
@@ -1756,7 +1757,7 @@ extension ClientSession {
         // parameter types now (its copy may predate DDL), and answers errors (a failed
         // transaction's among them) where it would directly. The Close before the Parse replaces
         // the backend's copy for every client that uses it.
-        let serverName = backend.statementCache.use(statement.key) ?? backend.statementCache.add(statement.key)
+        let serverName = backend.statementCache.parse(statement.key, at: statement.parsedAt)
         let definition = executeRewritten(statement.definition, resets: resets, on: backend) ?? statement.definition
         closeBeforeParse(serverName, on: backend)
         backend.write(StatementMessages.parse(name: serverName, definition: definition, allocator: backend.allocator))
@@ -1835,10 +1836,9 @@ extension ClientSession {
     /// The server-side name of `statement` on `backend`, preparing it there first if needed
     /// (its ParseComplete will be dropped).
     private func prepare(_ statement: ClientStatement, client: String, on backend: BackendConnection) -> String {
-        if !statement.needsFreshParse, let serverName = backend.statementCache.use(statement.key) { return serverName }
-        if statement.needsFreshParse { statements[client]?.needsFreshParse = false }
+        if let serverName = backend.statementCache.use(statement.key, since: statement.parsedAt) { return serverName }
         let definition = executeRewritten(statement.definition, resets: statement.resets, on: backend) ?? statement.definition
-        let serverName = backend.statementCache.use(statement.key) ?? backend.statementCache.add(statement.key)
+        let serverName = backend.statementCache.parse(statement.key, at: StatementEpoch.next())
         closeBeforeParse(serverName, on: backend)
         backend.write(StatementMessages.parse(name: serverName, definition: definition, allocator: backend.allocator))
         appendPending(.injectedParse(client: client, key: statement.key, serverName: serverName))

@@ -1,4 +1,5 @@
 import NIOCore
+import Synchronization
 import PostgresWire
 import SQLClassifier
 
@@ -20,24 +21,35 @@ struct ClientStatement {
     let definition: ByteBuffer
     /// The statement's identity on any backend: derived from `definition`.
     let key: String
-    /// Not yet parsed by the database since the client defined it: its first use on a backend
-    /// prepares it there afresh even if that backend has the same text already (that one may
-    /// predate DDL: PostgreSQL infers parameter types at Parse, never again).
-    var needsFreshParse: Bool
+    /// When the client (last) defined it, on the proxy-wide clock of Parses (`StatementEpoch`).
+    /// A backend's copy parsed before that is not used for it: that copy may predate DDL the
+    /// client has seen (PostgreSQL infers parameter types at Parse, never again), so its first
+    /// use there parses it afresh, for every client that shares it.
+    var parsedAt: UInt64
     /// What executing it resets (`DISCARD ALL` prepared as a statement, ...).
     let resets: Resets
 
     /// `refersTo`: for `EXECUTE name`, the key of the statement it runs (part of its identity:
     /// two clients' `EXECUTE foobar` may run different statements).
-    init(definition: ByteBuffer, needsFreshParse: Bool = false, resets: Resets = Resets(), refersTo: String? = nil) {
+    init(definition: ByteBuffer, parsedAt: UInt64 = StatementEpoch.next(), resets: Resets = Resets(), refersTo: String? = nil) {
         self.definition = definition
-        self.needsFreshParse = needsFreshParse
+        self.parsedAt = parsedAt
         self.resets = resets
         var hasher = Hasher()
         definition.withUnsafeReadableBytes { hasher.combine(bytes: $0) }
         if let refersTo { hasher.combine(refersTo) }
         let hash = UInt64(bitPattern: Int64(hasher.finalize()))
         self.key = "concierge_" + String(hash, radix: 16)
+    }
+}
+
+/// A proxy-wide clock of Parses: each client definition of a statement, and each Parse the proxy
+/// sends of one, takes the next value (see `ClientStatement.parsedAt`).
+enum StatementEpoch {
+    private static let clock = Atomic<UInt64>(0)
+
+    static func next() -> UInt64 {
+        clock.add(1, ordering: .relaxed).newValue
     }
 }
 
@@ -52,6 +64,8 @@ struct BackendStatementCache {
     private struct Entry {
         var serverName: String
         var lastUse: UInt64
+        /// When it was last parsed on the backend (`StatementEpoch`).
+        var parsedAt: UInt64
     }
 
     private var entries: [String: Entry] = [:]
@@ -62,21 +76,33 @@ struct BackendStatementCache {
 
     var count: Int { entries.count }
 
-    /// The server-side name of `key`, marking it used; nil if the backend lacks it.
-    mutating func use(_ key: String) -> String? {
-        guard entries[key] != nil else { return nil }
+    /// The server-side name of `key`, marking it used; nil if the backend lacks it, or has only
+    /// a copy parsed before `since`.
+    mutating func use(_ key: String, since: UInt64 = 0) -> String? {
+        guard let entry = entries[key], entry.parsedAt >= since else { return nil }
         clock &+= 1
         entries[key]!.lastUse = clock
-        return entries[key]!.serverName
+        return entry.serverName
     }
 
-    /// Records that `key` is being prepared on the backend; returns its server-side name.
-    mutating func add(_ key: String) -> String {
+    /// Records that `key` is being (re)prepared on the backend, at `parsedAt`; returns its
+    /// server-side name (the existing one when it is parsed again).
+    mutating func parse(_ key: String, at parsedAt: UInt64) -> String {
         clock &+= 1
+        if entries[key] != nil {
+            entries[key]!.lastUse = clock
+            entries[key]!.parsedAt = parsedAt
+            return entries[key]!.serverName
+        }
         // A key whose statement was invalidated gets a fresh name: the old one is deallocated later.
         let name = generation == 0 ? key : key + "_" + String(generation)
-        entries[key] = Entry(serverName: name, lastUse: clock)
+        entries[key] = Entry(serverName: name, lastUse: clock, parsedAt: parsedAt)
         return name
+    }
+
+    /// A statement of the proxy's own (the placeholder) to deallocate at the next lease.
+    mutating func discardLater(_ serverName: String) {
+        if !stale.contains(serverName) { stale.append(serverName) }
     }
 
     /// The Parse that prepared `key` failed or was skipped: the backend does not have it.

@@ -8,12 +8,12 @@ import Testing
 @Suite struct BackendStatementCacheTests {
     @Test func invalidatingEverythingNeverReusesANameTheServerMayStillHave() {
         var cache = BackendStatementCache()
-        let first = cache.add("concierge_a")
+        let first = cache.parse("concierge_a", at: 1)
         #expect(cache.use("concierge_a") == first)
         // DEALLOCATE ALL on its way: whether it succeeds or not, the next use is a new name.
         cache.invalidateAll()
         #expect(cache.use("concierge_a") == nil)
-        let second = cache.add("concierge_a")
+        let second = cache.parse("concierge_a", at: 1)
         #expect(second != first)
         #expect(cache.use("concierge_a") == second)
         // The old name is closed at the next lease (a Close of a missing name is harmless).
@@ -24,18 +24,32 @@ import Testing
     @Test func invalidatingAnEmptyCacheChangesNoName() {
         var cache = BackendStatementCache()
         cache.invalidateAll()
-        #expect(cache.add("concierge_b") == "concierge_b")
+        #expect(cache.parse("concierge_b", at: 1) == "concierge_b")
     }
 
     @Test func aFailedParseIsForgottenOnlyUnderItsOwnName() {
         var cache = BackendStatementCache()
-        let old = cache.add("k")
+        let old = cache.parse("k", at: 1)
         cache.invalidateAll()
-        let new = cache.add("k")
+        let new = cache.parse("k", at: 1)
         cache.forget("k", serverName: old)  // a late failure of the old Parse
         #expect(cache.use("k") == new)
         cache.forget("k", serverName: new)
         #expect(cache.use("k") == nil)
+    }
+
+    @Test func aCopyParsedBeforeAClientsOwnParseIsNotUsedForIt() {
+        // Another client parsed the text on this backend before DDL; this client parsed it after:
+        // the old copy (with the old parameter types) must not serve it.
+        var cache = BackendStatementCache()
+        let name = cache.parse("k", at: 5)
+        #expect(cache.use("k", since: 5) == name)
+        #expect(cache.use("k", since: 7) == nil)
+        // Parsed again on the backend, under the same name, for every client sharing it.
+        #expect(cache.parse("k", at: 8) == name)
+        #expect(cache.use("k", since: 7) == name)
+        #expect(cache.use("k", since: 5) == name)
+        #expect(StatementEpoch.next() < StatementEpoch.next())
     }
 
     @Test func closeIsEncodedAsPostgreSQLExpectsIt() {

@@ -776,3 +776,52 @@ def test_a_reset_does_not_release_a_pin_taken_after_it(proxy):
         notified(c, other, "fz_after2")
     log = p.log()
     assert "session unpinned" not in log, log
+
+
+def _parameter_types(c, name: str) -> list[int]:
+    """Describe of statement `name` in its own Sync: the parameter type OIDs."""
+    c.send(message(b"D", b"S" + name.encode() + b"\0") + SYNC)
+    t = c.expect(b"t")
+    (count,) = struct.unpack("!h", t.payload[:2])
+    c.expect(b"T", b"n")
+    c.expect(b"Z")
+    return list(struct.unpack(f"!{count}I", t.payload[2:2 + 4 * count]))
+
+
+@pytest.mark.proxy_only
+def test_a_backends_copy_older_than_the_clients_parse_is_not_used(proxy, pg):
+    # Two clients prepare the same text while the column is int, one on each backend. After DDL
+    # makes it text, a client that parses the text again must get the new parameter type on
+    # either backend: another backend's copy predates the DDL (asyncpg's custom-codec test got
+    # `incorrect binary data format` from such a copy).
+    pg.query("drop table if exists stale_t")
+    pg.query("create table stale_t (v int)")
+    pg.query("alter table stale_t owner to app")
+    p = proxy(max_connections_percent=2, connection_borrow_timeout=5)  # 2 backends
+    sql = "select v from stale_t where v = $1"
+    with p.wire() as a, p.wire() as b, p.wire() as c:
+        for w in (a, b, c):
+            w.startup("app", p.passwords["app"])
+        for w in (a, b):
+            w.query("begin")
+            prepare(w, "s1", sql)
+            assert _parameter_types(w, "s1") == [23]
+        for w in (a, b):
+            w.query("commit")
+        c.query("alter table stale_t alter column v type text")
+        # c parses the text again, in a transaction: on the backend that serves it (x).
+        c.query("begin")
+        prepare(c, "s1", sql)
+        assert _parameter_types(c, "s1") == [25]
+        x = c.query("select pg_backend_pid()")[0][0]
+        c.query("commit")
+        # Only the other backend is free: it has the copy parsed before the DDL.
+        a.query("begin")
+        b.query("begin")
+        holders = {a.query("select pg_backend_pid()")[0][0]: a, b.query("select pg_backend_pid()")[0][0]: b}
+        assert x in holders and len(holders) == 2
+        for pid, w in holders.items():
+            if pid != x:
+                w.query("commit")
+        assert _parameter_types(c, "s1") == [25]
+        holders[x].query("commit")
