@@ -778,7 +778,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 return
             }
         case PGMessageType.Frontend.flush:
-            pendingUnsynced = true
+            // A Flush opens nothing: alone after a Sync or Query it does not keep a backend.
             if answersLocally {
                 needsFlushToClient = true
                 return
@@ -1191,7 +1191,11 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         let bytes = reports ? filterReports(bytes) : bytes
         if let setting = pendingSetting, sawError || readyForQueryCount > 0 {
             pendingSetting = nil
-            if !sawError, setting.executed {
+            if !sawError, !setting.executed {
+                // Parsed as the unnamed statement and not executed in its batch: a later Bind
+                // may run it, where it is no longer a lone SET the proxy follows.
+                pin(.setVariable, statement: ByteBuffer(string: setting.name))
+            } else if !sawError {
                 // The first ReadyForQuery answers the SET's own query or batch (a BEGIN
                 // pipelined after it in its own Query does not put the SET in a transaction).
                 if firstStatus == .idle {

@@ -575,6 +575,8 @@ class ClientModel:
     temp_table: bool = False
     generation: int = 0
     proposed: dict[str, list] = field(default_factory=dict)  # parameter lists by statement text
+    # per Query sent, not yet answered: (unsynced, routed, parsed_locally) after it runs
+    after_queries: list = field(default_factory=list)
 
     def holds(self) -> bool:
         return self.status in ("T", "E") or self.unsynced or self.maybe_pinned
@@ -607,8 +609,17 @@ class ClientModel:
             if t == "S":
                 self.unsynced = self.routed = self.parsed_locally = False
             elif t == "Q":
-                pass
-            else:
+                # It ends the messages before it as a Sync does, if it runs (an error before it
+                # skips it): `apply` sees its ReadyForQuery and takes the state the messages
+                # after it leave (a later Query may be skipped: only a Sync surely resets).
+                after = [False, False, False]
+                for later in msgs[k + 1:]:
+                    if later[0] == "S":
+                        after = [False, False, False]
+                    elif later[0] not in ("Q", "H"):
+                        after = [True, after[1] or routes(later), after[2] or later[0] in ("P", "B", "D")]
+                self.after_queries.append(tuple(after))
+            elif t != "H":  # a Flush alone opens nothing
                 if (t == "P" and m[1] and not self.routed and self.status == "I") or t == "B" \
                         or (t == "D" and m[1] == "S"):
                     self.parsed_locally = True
@@ -638,10 +649,12 @@ class ClientModel:
             (self.stmts.pop(m[2], None) if m[1] == "S" else self.portals.discard(m[2]))
         elif t == "Q":
             self.stmts.pop("", None)
-            if any(a.startswith("Z ") for a in p.answer):
+            after = self.after_queries.pop(0) if self.after_queries else None
+            if after is not None and any(a.startswith("Z ") for a in p.answer):
                 # Run (not skipped after an error): it ended the extended messages before it,
-                # as a Sync does, and the proxy may give the backend back.
-                self.unsynced = self.routed = self.parsed_locally = False
+                # as a Sync does, and the proxy may give the backend back; what follows it in
+                # the same write counts again.
+                self.unsynced, self.routed, self.parsed_locally = after
         # Effects of SQL on the session (a guide only; statements run through Execute are not
         # followed).
         if t == "Q" and ok and not any(a.startswith("E ") for a in p.answer):
