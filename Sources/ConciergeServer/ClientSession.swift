@@ -895,63 +895,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         log(.info, first ? "session pinned" : "session pin reason added", metadata)
     }
 
-    /// SQL text for the log: when it mentions a password (`ALTER ROLE ... PASSWORD '...'`,
-    /// `CREATE USER ... PASSWORD`, `dblink_connect('... password=...')`), every string literal
-    /// is replaced by `'***'`, so secrets never reach the log even with debug logging on.
+    /// SQL text for a debug log line: literals and comments redacted (`SQLRedaction`).
     static func redactedStatement(_ sql: String) -> String {
-        guard sql.lowercased().contains("password") else { return sql }
-        var out = ""
-        var scalars = sql.unicodeScalars.makeIterator()
-        var pending = scalars.next()
-        while let scalar = pending {
-            pending = scalars.next()
-            if scalar == "'" {
-                // Skip to the closing quote; '' is an escaped quote inside the literal.
-                while let next = pending {
-                    pending = scalars.next()
-                    if next == "'" {
-                        if pending == "'" { pending = scalars.next(); continue }
-                        break
-                    }
-                }
-                out += "'***'"
-            } else if scalar == "$" {
-                let (tagEnd, consumed) = Self.dollarQuoteTag(rest: &scalars, pending: &pending)
-                guard let tagEnd else {
-                    out += "$" + consumed
-                    continue
-                }
-                // $tag$ ... $tag$
-                var body = ""
-                while let next = pending {
-                    pending = scalars.next()
-                    body.unicodeScalars.append(next)
-                    if body.hasSuffix(tagEnd) { break }
-                }
-                out += "'***'"
-            } else {
-                out.unicodeScalars.append(scalar)
-            }
-        }
-        return out
-    }
-
-    /// After a `$`: reads `tag$` (letters, digits, _) and returns `$tag$`; or nil and the
-    /// characters read (a positional parameter such as `$1`).
-    private static func dollarQuoteTag(
-        rest: inout String.UnicodeScalarView.Iterator, pending: inout Unicode.Scalar?
-    ) -> (String?, String) {
-        var tag = ""
-        while let scalar = pending {
-            if scalar == "$" {
-                pending = rest.next()
-                return ("$" + tag + "$", tag)
-            }
-            guard scalar.properties.isAlphabetic || ("0"..."9").contains(scalar) || scalar == "_" else { return (nil, tag) }
-            tag.unicodeScalars.append(scalar)
-            pending = rest.next()
-        }
-        return (nil, tag)
+        SQLRedaction.redacted(sql)
     }
 
     private func borrowBackend() {

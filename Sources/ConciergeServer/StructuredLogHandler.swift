@@ -18,8 +18,8 @@ public enum LogFormat: String, Sendable, CaseIterable {
 /// quoted and escaped so a line is always one line and always parses.
 ///
 /// What is logged never includes passwords or tokens: the proxy does not put them in metadata,
-/// and SQL text (logged only with `debug_logging`) has its string literals redacted when it
-/// mentions a password (see `ClientSession.redactedStatement`).
+/// and SQL text (logged only with `debug_logging`) has every string literal and comment
+/// redacted (see `SQLRedaction`).
 public struct StructuredLogHandler: LogHandler {
     public var logLevel: Logger.Level
     public var metadata: Logger.Metadata = [:]

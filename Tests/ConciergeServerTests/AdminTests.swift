@@ -29,14 +29,75 @@ import ConciergeJSON
 
 @Suite struct RedactionTests {
     @Test(arguments: [
-        ("SET search_path = 'x'", "SET search_path = 'x'"),
+        ("SET search_path = 'x'", "SET search_path = '***'"),
         ("ALTER ROLE a PASSWORD 'se''cret'", "ALTER ROLE a PASSWORD '***'"),
         ("set my.password = $$p$$", "set my.password = '***'"),
         ("set my.password = $tag$p$$x$tag$ , $1", "set my.password = '***' , $1"),
         ("SELECT dblink_connect('password=s3')", "SELECT dblink_connect('***')"),
+        ("CREATE ROLE \"o'neil\" PASSWORD 'secret'", "CREATE ROLE \"o'neil\" PASSWORD '***'"),
+        ("select 1 -- a comment\n", "select 1 '***'\n"),
     ])
-    func stringLiteralsAreRedactedWhenAPasswordIsMentioned(_ input: String, _ expected: String) {
+    func literalsAndCommentsAreRedacted(_ input: String, _ expected: String) {
         #expect(ClientSession.redactedStatement(input) == expected)
+    }
+
+    /// The statements of issue 16: each leaked its secret with the hand-written quoting.
+    @Test(arguments: [
+        "SET search_path=public; ALTER ROLE victim PASSWORD E'ab\\'secret'",
+        "SET search_path=public; ALTER ROLE victim PASSWORD /* don't log it */ 'secret'",
+        "-- set victim's password\nALTER ROLE victim PASSWORD 'secret'",
+        "CREATE ROLE \"o'neil\" LOGIN PASSWORD 'secret'",
+        "ALTER ROLE victim PASSWORD 'xy\\'secret'",  // standard_conforming_strings = off
+        "ALTER ROLE victim PASSWORD U&'secret' UESCAPE '!'",
+        "ALTER ROLE victim PASSWORD $q$secret$q$",
+        "ALTER ROLE victim PASSWORD 'unterminated secret",
+        "ALTER ROLE victim PASSWORD /* unterminated 'secret",
+    ])
+    func noSecretSurvives(_ input: String) {
+        let out = ClientSession.redactedStatement(input)
+        #expect(!out.contains("secret"), "\(out)")
+    }
+
+    /// A property, over random statements built from every kind of token: no byte of a
+    /// literal's content survives, whatever quotes, backslashes and comment markers it holds.
+    @Test func noLiteralSurvivesRandomStatements() {
+        var rng = SplitMix64(seed: 16)
+        let alphabet = Array("ab'\\\"$-/*\n ;")
+        func noise(_ n: Int) -> String {
+            String((0..<n).map { _ in alphabet[Int(rng.next() % UInt64(alphabet.count))] })
+        }
+        for _ in 0..<3000 {
+            var sql = ""
+            var secrets = 0
+            for _ in 0..<Int(rng.next() % 6 + 1) {
+                let marker = "SECRET"
+                switch rng.next() % 9 {
+                case 0: sql += " ident "
+                case 1: sql += " \"q''\\\"\"x\" "
+                case 2: sql += " '" + noise(3).replacingOccurrences(of: "'", with: "''").replacingOccurrences(of: "\\", with: "") + marker + "' "; secrets += 1
+                case 3: sql += " E'" + noise(2).replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "\\'") + marker + "\\'x' "; secrets += 1
+                case 4: sql += " $z$" + noise(4).replacingOccurrences(of: "$", with: "") + marker + "$z$ "; secrets += 1
+                case 5: sql += " /* " + noise(3).replacingOccurrences(of: "*/", with: "").replacingOccurrences(of: "/*", with: "") + " */ "
+                case 6: sql += " -- " + noise(3).replacingOccurrences(of: "\n", with: "") + marker + "\n"; secrets += 1
+                case 7: sql += " 42 ; "
+                default: sql += " U&'" + marker + "' "; secrets += 1
+                }
+            }
+            let out = ClientSession.redactedStatement(sql)
+            #expect(!out.contains("SECRET"), "\(sql) -> \(out)")
+        }
+    }
+}
+
+struct SplitMix64 {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }
 

@@ -61,6 +61,29 @@ def test_passwords_never_reach_the_log(proxy, pg):
         assert secret not in log
 
 
+def test_literals_that_fooled_the_old_redaction_never_reach_the_log(proxy, pg):
+    # Each of these pins (search_path, or a custom setting) and carries a secret that the
+    # hand-written quote matching let through: an escaped quote in E'', a quote in a comment, in a
+    # quoted identifier, a backslash with standard_conforming_strings off.
+    p = proxy(debug_logging=True)
+    statements = [
+        ("SET search_path=public; SET my.password = E'ab\\'sekrit1'", None),
+        ("SET search_path=public; SET my.password = /* don't log it */ 'sekrit2'", None),
+        ("-- set victim's password\nSET my.password = 'sekrit3'", None),
+        ('SET search_path = "o\'neil", public; SET my.password = \'sekrit4\'', None),
+        ("SET my.password = 'xy\\'sekrit5'", "off"),
+    ]
+    for sql, scs in statements:
+        with p.connect() as c:
+            if scs:
+                c.execute(f"SET standard_conforming_strings = {scs}")
+            c.execute(sql)
+    wait_for(lambda: len(pin_lines(p.log())) >= len(statements), 5, "the pins to be logged")
+    log = p.log(10**9)
+    for n in range(1, 6):
+        assert f"sekrit{n}" not in log, log
+
+
 def test_json_log_format(pg, concierge_bin, tmp_path):
     secrets = {user: write_secret(tmp_path / f"{user}.json", user, password)
                for user, password in pg.passwords.items()}
