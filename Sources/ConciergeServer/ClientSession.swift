@@ -737,8 +737,11 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             }
             // Named statements do not pin: the proxy prepares them on whichever backend serves.
             // A lone tracked SET may, as the unnamed statement of a new batch (JDBC's way).
+            let loneSetBefore = pendingSetting != nil
             var resets = Resets(classify(query, loneSetAllowed: startsBatch && name.readableBytes == 0))
             resets.pinClock = pinClock
+            // A lone SET the proxy follows is not pinned again when bound (see `sendBind`).
+            if !loneSetBefore, pendingSetting != nil { resets.pins = [] }
             if name.readableBytes > 0, answersLocally, statements[String(buffer: name)] == nil {
                 // No backend serves this client: acknowledge now, prepare on first use. A client
                 // that prepares on one connection while its others hold backends in open
@@ -802,7 +805,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// knows by that name: when nothing is in flight, the proxy answers as PostgreSQL would (the
     /// statement is not transactional) and forgets it. Otherwise `send` renames it.
     private func answerDeallocateLocally(_ name: String) -> Bool {
-        guard case .ready = state, outstandingSyncs == 0, !pendingUnsynced, held.isEmpty, waitingRequest == nil
+        guard case .ready = state, outstandingSyncs == 0, !pendingUnsynced, !sentUnsynced, pending.isEmpty,
+              held.isEmpty, waitingRequest == nil
         else { return false }
         // A simple Query destroys the unnamed statement, whatever it runs.
         unnamedStatement = nil
@@ -1724,7 +1728,10 @@ extension ClientSession {
         guard name.readableBytes > 0, let statement = statements[String(buffer: name)] else {
             // The unnamed statement, or a name the client never prepared: PostgreSQL answers
             // (`prepared statement "..." does not exist` names the client's statement).
-            if name.readableBytes == 0 { ensureUnnamedStatement(on: backend) }
+            if name.readableBytes == 0 {
+                ensureUnnamedStatement(on: backend)
+                repin(unnamedStatementResets)
+            }
             backend.write(frame.bytes)
             if !portalStatements.isEmpty { portalStatements[String(buffer: portal)] = nil }
             notePortalResets(name.readableBytes == 0 ? unnamedStatementResets : Resets(), portal: portal)
@@ -1732,11 +1739,20 @@ extension ClientSession {
             return
         }
         notePortalResets(statement.resets, portal: portal)
+        repin(statement.resets)
         let clientName = String(buffer: name)
         let serverName = prepare(statement, client: clientName, on: backend)
         backend.write(StatementMessages.bind(portal: portal, statement: serverName, rest: body, allocator: backend.allocator))
         portalStatements[String(buffer: portal)] = serverName
         appendPending(.bind(serverName: serverName, client: clientName))
+    }
+
+    /// A statement that pinned when parsed pins again when bound: a reset since its Parse released
+    /// that pin, and running it puts the session state back (`SET work_mem` prepared, `RESET
+    /// ALL`, then executed).
+    private func repin(_ resets: Resets) {
+        guard !resets.pins.isEmpty else { return }
+        pin(resets.pins, statement: ByteBuffer(string: "(a prepared statement)"))
     }
 
     /// An unnamed statement whose text is `EXECUTE name` of one of the client's protocol-level
