@@ -303,9 +303,10 @@ struct ConfigurationDecoder {
         let fields = mapping(node, at: path, allowed: Self.poolKeys, expectation: "a mapping of pool settings")
         let maxPercent = int(fields, "max_connections_percent", at: path, range: ConfigurationLimits.maxConnectionsPercent,
                              default: ConfigurationDefaults.maxConnectionsPercent)
+        // RDS Proxy's default: half of MaxConnectionsPercent (50 when neither is given).
         let idlePercent = int(fields, "max_idle_connections_percent", at: path,
                               range: ConfigurationLimits.maxIdleConnectionsPercent,
-                              default: ConfigurationDefaults.maxIdleConnectionsPercent)
+                              default: ConfigurationDefaults.maxIdleConnectionsPercent(forMaxConnectionsPercent: maxPercent))
         let borrow = int(fields, "connection_borrow_timeout", at: path, range: ConfigurationLimits.connectionBorrowTimeout,
                          default: ConfigurationDefaults.connectionBorrowTimeout)
         var filters: [SessionPinningFilter] = []

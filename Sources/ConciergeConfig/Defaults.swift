@@ -10,6 +10,12 @@ public enum ConfigurationDefaults {
     public static let targetGroupName = "default"
     public static let maxConnectionsPercent = 100
     public static let maxIdleConnectionsPercent = 50
+
+    /// RDS Proxy's documented default for MaxIdleConnectionsPercent: half of
+    /// MaxConnectionsPercent (so 50 when neither is given).
+    public static func maxIdleConnectionsPercent(forMaxConnectionsPercent max: Int) -> Int {
+        max / 2
+    }
     public static let connectionBorrowTimeout = 120
     public static let backendIdleTimeout = 60
     /// Port of a target `endpoint` written without one.

@@ -193,14 +193,16 @@ public struct ConnectionPoolConfiguration: Sendable, Hashable {
 
     public init(
         maxConnectionsPercent: Int = ConfigurationDefaults.maxConnectionsPercent,
-        maxIdleConnectionsPercent: Int = ConfigurationDefaults.maxIdleConnectionsPercent,
+        maxIdleConnectionsPercent: Int? = nil,
         connectionBorrowTimeout: Int = ConfigurationDefaults.connectionBorrowTimeout,
         sessionPinningFilters: [SessionPinningFilter] = [],
         initQuery: String = "",
         backendIdleTimeout: Int = ConfigurationDefaults.backendIdleTimeout
     ) {
         self.maxConnectionsPercent = maxConnectionsPercent
+        // Unset: RDS Proxy's default, half of MaxConnectionsPercent.
         self.maxIdleConnectionsPercent = maxIdleConnectionsPercent
+            ?? ConfigurationDefaults.maxIdleConnectionsPercent(forMaxConnectionsPercent: maxConnectionsPercent)
         self.connectionBorrowTimeout = connectionBorrowTimeout
         self.sessionPinningFilters = sessionPinningFilters
         self.initQuery = initQuery

@@ -231,6 +231,12 @@ public enum ConfigurationValidator {
                 expectation: "no duplicates", message: "\(filter.rawValue) is listed twice"))
         }
         check(pool.backendIdleTimeout, ConfigurationLimits.backendIdleTimeout, "\(keyPath).backend_idle_timeout", &issues)
+        if pool.initQuery.utf8.contains(0) {
+            // PostgreSQL would run only what comes before it (the wire format ends a Query there).
+            issues.append(ConfigurationIssue(
+                keyPath: "\(keyPath).init_query", value: nil, expectation: "SQL text without a NUL character",
+                message: "the init query contains a NUL character (allowed: SQL text without NUL)"))
+        }
         return issues
     }
 

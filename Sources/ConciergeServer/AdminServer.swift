@@ -235,13 +235,23 @@ final class AdminRouter: Sendable {
             in: json, at: prefix)
         var pool = base
         if let value = try int(json, "MaxConnectionsPercent", at: prefix) { pool.maxConnectionsPercent = value }
-        if let value = try int(json, "MaxIdleConnectionsPercent", at: prefix) { pool.maxIdleConnectionsPercent = value }
+        if let value = try int(json, "MaxIdleConnectionsPercent", at: prefix) {
+            pool.maxIdleConnectionsPercent = value
+        } else if pool.maxIdleConnectionsPercent > pool.maxConnectionsPercent, base.maxIdleConnectionsPercent
+            == ConfigurationDefaults.maxIdleConnectionsPercent(forMaxConnectionsPercent: base.maxConnectionsPercent)
+        {
+            // Unchanged, unless it is at RDS Proxy's default (half of MaxConnectionsPercent) and
+            // above the new MaxConnectionsPercent: then half of that (not an error about a value
+            // nobody set).
+            pool.maxIdleConnectionsPercent = ConfigurationDefaults.maxIdleConnectionsPercent(
+                forMaxConnectionsPercent: pool.maxConnectionsPercent)
+        }
         if let value = try int(json, "ConnectionBorrowTimeout", at: prefix) { pool.connectionBorrowTimeout = value }
         if let value = json["InitQuery"] {
             guard case .string(let text) = value else {
                 throw AdminError.invalid("\(prefix).InitQuery", "expected a string, found \(value.typeName)")
             }
-            pool.initQuery = text
+            pool.initQuery = text  // a NUL in it is refused by the validator (as in a file)
         }
         if let value = json["SessionPinningFilters"] {
             let field = "\(prefix).SessionPinningFilters"

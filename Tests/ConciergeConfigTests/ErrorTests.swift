@@ -48,6 +48,27 @@ struct ErrorTests {
         #expect(NestingGuard.firstExcess(in: quoted) == nil)
     }
 
+    /// RDS Proxy's default: max_idle_connections_percent left out is half of
+    /// max_connections_percent (a file with max_connections_percent: 10 was refused over 50).
+    @Test func idlePercentageDefaultsToHalfOfMaxConnectionsPercent() throws {
+        let withMax = minimal(
+            replacing: "      targets:",
+            with: "      connection_pool_config:\n        max_connections_percent: 10\n      targets:")
+        let loaded = try ConfigurationLoader.parse(yaml: withMax, baseDirectory: "/nonexistent", environment: minimalEnvironment)
+        #expect(loaded.configuration.proxies[0].targetGroup.connectionPoolConfig.maxIdleConnectionsPercent == 5)
+        let plain = try ConfigurationLoader.parse(yaml: minimalYAML, baseDirectory: "/nonexistent", environment: minimalEnvironment)
+        #expect(plain.configuration.proxies[0].targetGroup.connectionPoolConfig.maxIdleConnectionsPercent == 50)
+    }
+
+    @Test func aNULInTheInitQueryIsRefused() {
+        let yaml = minimal(
+            replacing: "      targets:",
+            with: "      connection_pool_config:\n        init_query: \"SET a = 1\\0; DROP TABLE x\"\n      targets:")
+        let error = expectFailure(yaml)
+        #expect(error.description.contains("init_query"))
+        #expect(error.description.contains("NUL"))
+    }
+
     @Test func emptyDocumentIsAnError() {
         for yaml in ["", "   \n", "# only a comment\n", "~\n"] {
             let error = expectFailure(yaml)

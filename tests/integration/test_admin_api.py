@@ -378,11 +378,39 @@ def test_modify_target_group_idle_above_max(admin_proxy):
     # Also against the current value of the key not sent.
     assert_error(p.admin.modify_target_group({"MaxIdleConnectionsPercent": 11}),
                  400, "InvalidParameterCombination")
+    assert p.admin.pool_config() == before
+    # An idle percentage set explicitly (not half of MaxConnectionsPercent) stays, and is checked.
+    p.admin.ok(p.admin.modify_target_group({"MaxIdleConnectionsPercent": 6}))
     assert_error(p.admin.modify_target_group({"MaxConnectionsPercent": 4}),
                  400, "InvalidParameterCombination")
+    p.admin.ok(p.admin.modify_target_group({"MaxIdleConnectionsPercent": 5}))
     assert p.admin.pool_config() == before
     # Equal is fine.
     p.admin.ok(p.admin.modify_target_group({"MaxConnectionsPercent": 30, "MaxIdleConnectionsPercent": 30}))
+
+
+def test_idle_percentage_defaults_to_half_of_max_connections_percent(admin_proxy):
+    # RDS Proxy's default: unset, MaxIdleConnectionsPercent is half of MaxConnectionsPercent, and
+    # lowering MaxConnectionsPercent is not refused over a value nobody set (it was: "50 is
+    # greater than max_connections_percent (10)").
+    p = admin_proxy()  # MaxConnectionsPercent 10, MaxIdleConnectionsPercent 5: the default
+    p.admin.ok(p.admin.modify_target_group({"MaxConnectionsPercent": 4}))
+    assert p.admin.pool_config()["MaxIdleConnectionsPercent"] == 2
+    p.admin.ok(p.admin.modify_target_group({"MaxConnectionsPercent": 30}))
+    assert p.admin.pool_config()["MaxIdleConnectionsPercent"] == 2  # only the keys sent change
+    p.assert_serves()
+
+
+def test_init_query_with_a_nul_is_refused(admin_proxy):
+    # PostgreSQL would run only what came before the NUL; the API answered 200.
+    p = admin_proxy()
+    before = p.admin.pool_config()
+    r = p.admin.modify_target_group({"InitQuery": "SET application_name = 'a'\u0000; DROP TABLE x"})
+    error = assert_error(r, 400, ("InvalidParameterValue", "InvalidParameterCombination"),
+                         field="ConnectionPoolConfig.InitQuery")
+    assert "NUL" in error["Message"], error
+    assert p.admin.pool_config() == before
+    p.assert_serves()
 
 
 def test_modify_target_group_malformed_bodies(admin_proxy):
