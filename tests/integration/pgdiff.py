@@ -106,11 +106,12 @@ INHERENT = {
     # analysed, nor have it analysed now. Binds of earlier statements inside transactions get
     # the right parameter count (Generator.params_for).
     "failed_tx_bind_count",
-    # The same named Parse, answered without a backend, is analysed by the database at its first
-    # use, under the session's settings of that moment: a literal whose reading depends on them
-    # ('a\\b' and standard_conforming_strings; an ambiguous date and DateStyle) can read
-    # differently if the client changed them in between (README, "Differences from a direct
-    # connection"). Unless this is generated, such a Parse's text has no such literal.
+    # A named statement is parsed again on each backend that serves it (and, answered without a
+    # backend, first at its first use), under the session's settings of that moment: a literal
+    # whose reading depends on them ('a\\b' and standard_conforming_strings; an ambiguous date
+    # and DateStyle) can read differently if the client changed them since its Parse (README,
+    # "Differences from a direct connection"). Unless this is generated, a named Parse's text
+    # has no such literal.
     "deferred_parse_settings",
     # In a transaction that has failed, a Describe of a statement the serving backend lacks
     # fails (25P02) at the Parse the proxy sends first; PostgreSQL describes a statement that
@@ -828,10 +829,11 @@ class Generator:
 
     def pick_sql(self, i: int, m: ClientModel, safe_only: bool = False,
                  lone_query: bool = False, no_isolation: bool = False,
-                 multi: bool = False) -> tuple[str, str]:
+                 multi: bool = False, named: bool = False) -> tuple[str, str]:
         cat = self.sql_catalogue(i, m)
         if safe_only:
             cat = [c for c in cat if c[3]]
+        if named and not self.inherent:
             # INHERENT's deferred_parse_settings.
             cat = [c for c in cat if "\\" not in c[2]]
         if no_isolation:
@@ -997,7 +999,7 @@ class Generator:
             name = r.choice(names)
             # The proxy answers a named Parse itself while it holds no backend for the client.
             safe = not state["held"] and not self.inherent
-            sql, types, plists = self.ext_sql(c, m, safe_only=safe, state=state)
+            sql, types, plists = self.ext_sql(c, m, safe_only=safe, state=state, named=True)
             if not state["held"]:
                 state["parsed_locally"] = True
             params = r.choice(plists)
@@ -1050,13 +1052,13 @@ class Generator:
                 ["E", "", 0]]
 
     def ext_sql(self, c: int, m: ClientModel, safe_only: bool,
-                state: dict) -> tuple[str, list[int], list]:
+                state: dict, named: bool = False) -> tuple[str, list[int], list]:
         """(sql, declared types, parameter lists to bind: the first has the right count)."""
         if self.rng.random() < 0.5:
             sql, types, plists = self.param_sql(c)
         else:
             sql, _tag = self.pick_sql(c, m, safe_only=safe_only,
-                                      no_isolation=self.no_isolation(state))
+                                      no_isolation=self.no_isolation(state), named=named)
             types, plists = [], [[]]
         m.proposed[sql] = plists
         return sql, types, plists
