@@ -752,6 +752,10 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
 
     static let resyncName = "concierge_resync"
 
+    /// (Each `set_config` is wrapped in `IS NULL`: its result row would carry the value, which
+    /// the backend converts to the previous client's encoding before this batch's own
+    /// `client_encoding` takes effect, and which that encoding may not be able to represent.)
+
     /// As `parameterSyncSQL`, as one statement (for the extended protocol): a parameter to reset
     /// takes its reset value from `pg_settings`.
     static func parameterSyncStatement(
@@ -759,14 +763,14 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     ) -> String? {
         var calls: [String] = []
         for (name, value) in desired.sorted(by: { $0.key < $1.key }) where current[name] != value {
-            calls.append("pg_catalog.set_config(\(quoteLiteral(name)), \(quoteLiteral(value)), false)")
+            calls.append("pg_catalog.set_config(\(quoteLiteral(name)), \(quoteLiteral(value)), false) IS NULL")
         }
         for name in current.keys.sorted() where desired[name] == nil {
             if let value = baseline[name] {
-                calls.append("pg_catalog.set_config(\(quoteLiteral(name)), \(quoteLiteral(value)), false)")
+                calls.append("pg_catalog.set_config(\(quoteLiteral(name)), \(quoteLiteral(value)), false) IS NULL")
             } else {
                 calls.append(
-                    "pg_catalog.set_config(\(quoteLiteral(name)), (SELECT reset_val FROM pg_catalog.pg_settings WHERE name = \(quoteLiteral(name))), false)")
+                    "pg_catalog.set_config(\(quoteLiteral(name)), (SELECT reset_val FROM pg_catalog.pg_settings WHERE name = \(quoteLiteral(name))), false) IS NULL")
             }
         }
         return calls.isEmpty ? nil : "SELECT " + calls.joined(separator: ", ")
@@ -789,17 +793,17 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
             if fromDefaults {
                 if let baselineValue = baseline[name] {
                     defaults.append(
-                        "SELECT pg_catalog.set_config(\(quoteLiteral(name)), \(quoteLiteral(baselineValue)), false)")
+                        "SELECT pg_catalog.set_config(\(quoteLiteral(name)), \(quoteLiteral(baselineValue)), false) IS NULL")
                 } else {
                     defaults.append("RESET \(quoteIdentifier(name))")
                 }
             }
-            calls.append("pg_catalog.set_config(\(quoteLiteral(name)), \(quoteLiteral(value)), false)")
+            calls.append("pg_catalog.set_config(\(quoteLiteral(name)), \(quoteLiteral(value)), false) IS NULL")
         }
         var resets: [String] = []
         for name in current.keys.sorted() where desired[name] == nil {
             if let value = baseline[name] {
-                calls.append("pg_catalog.set_config(\(quoteLiteral(name)), \(quoteLiteral(value)), false)")
+                calls.append("pg_catalog.set_config(\(quoteLiteral(name)), \(quoteLiteral(value)), false) IS NULL")
             } else {
                 resets.append("RESET \(quoteIdentifier(name))")
             }
@@ -811,20 +815,46 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         return statements.joined(separator: "; ")
     }
 
+    /// A string literal in ASCII only: the backend reads the proxy's SQL in whatever
+    /// `client_encoding` its previous client left (LATIN1, SJIS, GBK...), where UTF-8 bytes would
+    /// mean other characters (`schéma` read as `schÃ©ma`) or, in SJIS or GBK, swallow the
+    /// backslash that escapes a quote (SQL injection). Other characters are `\u` / `\U` escapes,
+    /// which an `E''` literal reads in any encoding and with any `standard_conforming_strings`.
     static func quoteLiteral(_ value: String) -> String {
         var out = "E'"
-        for character in value.unicodeScalars {
-            switch character {
+        for scalar in value.unicodeScalars {
+            switch scalar {
             case "'": out += "''"
             case "\\": out += "\\\\"
-            default: out.unicodeScalars.append(character)
+            case _ where scalar.isASCII: out.unicodeScalars.append(scalar)
+            case _ where scalar.value <= 0xFFFF: out += "\\u" + hex(scalar.value, digits: 4)
+            default: out += "\\U" + hex(scalar.value, digits: 8)
             }
         }
         return out + "'"
     }
 
+    /// An identifier in ASCII only (see `quoteLiteral`): other characters as `U&"\XXXX"` escapes.
     static func quoteIdentifier(_ name: String) -> String {
-        "\"" + name.replacingAll("\"", with: "\"\"") + "\""
+        guard !name.unicodeScalars.allSatisfy(\.isASCII) else {
+            return "\"" + name.replacingAll("\"", with: "\"\"") + "\""
+        }
+        var out = "U&\""
+        for scalar in name.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\"\""
+            case "\\": out += "\\\\"
+            case _ where scalar.isASCII: out.unicodeScalars.append(scalar)
+            case _ where scalar.value <= 0xFFFF: out += "\\" + hex(scalar.value, digits: 4)
+            default: out += "\\+" + hex(scalar.value, digits: 6)
+            }
+        }
+        return out + "\""
+    }
+
+    private static func hex(_ value: UInt32, digits: Int) -> String {
+        let text = String(value, radix: 16, uppercase: true)
+        return String(repeating: "0", count: max(0, digits - text.count)) + text
     }
 
     /// The leasing session set `name` (lowercased) on this backend with SQL; nil: RESET.

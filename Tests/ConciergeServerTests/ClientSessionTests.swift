@@ -155,14 +155,14 @@ import Testing
         #expect(BackendConnection.parameterSyncSQL(from: ["a": "1"], to: ["a": "1"]) == nil)
         #expect(
             BackendConnection.parameterSyncSQL(from: ["a": "1", "c": "3"], to: ["a": "2", "b": "1"])
-                == "SELECT pg_catalog.set_config(E'a', E'2', false), pg_catalog.set_config(E'b', E'1', false); RESET \"c\"")
+                == "SELECT pg_catalog.set_config(E'a', E'2', false) IS NULL, pg_catalog.set_config(E'b', E'1', false) IS NULL; RESET \"c\"")
     }
 
     @Test func parametersSetByInitQueryGoBackToTheirInitValue() {
         #expect(
             BackendConnection.parameterSyncSQL(
                 from: ["statement_timeout": "5s"], to: [:], baseline: ["statement_timeout": "1234ms"])
-                == "SELECT pg_catalog.set_config(E'statement_timeout', E'1234ms', false)")
+                == "SELECT pg_catalog.set_config(E'statement_timeout', E'1234ms', false) IS NULL")
     }
 
     @Test func startupValuesApplyToTheDefaultsNotToThePreviousClients() {
@@ -172,13 +172,13 @@ import Testing
             BackendConnection.parameterSyncSQL(
                 from: ["datestyle": "German, DMY", "timezone": "UTC"], to: ["datestyle": "SQL", "timezone": "UTC"],
                 fromDefaults: true)
-                == "RESET \"datestyle\"; SELECT pg_catalog.set_config(E'datestyle', E'SQL', false)")
+                == "RESET \"datestyle\"; SELECT pg_catalog.set_config(E'datestyle', E'SQL', false) IS NULL")
         #expect(
             BackendConnection.parameterSyncSQL(
                 from: ["datestyle": "German, DMY"], to: ["datestyle": "SQL"], baseline: ["datestyle": "ISO, DMY"],
                 fromDefaults: true)
-                == "SELECT pg_catalog.set_config(E'datestyle', E'ISO, DMY', false); "
-                + "SELECT pg_catalog.set_config(E'datestyle', E'SQL', false)")
+                == "SELECT pg_catalog.set_config(E'datestyle', E'ISO, DMY', false) IS NULL; "
+                + "SELECT pg_catalog.set_config(E'datestyle', E'SQL', false) IS NULL")
     }
 
     @Test func literalsAndIdentifiersAreQuoted() {

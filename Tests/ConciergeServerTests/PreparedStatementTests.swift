@@ -52,6 +52,19 @@ import Testing
         #expect(StatementEpoch.next() < StatementEpoch.next())
     }
 
+    /// The sync SQL is ASCII whatever the values (issue 16: it was parsed in the previous
+    /// client's client_encoding), and reads back as the value.
+    @Test func parameterSyncSQLIsASCII() {
+        let sql = BackendConnection.parameterSyncSQL(
+            from: ["x.é": "a"], to: ["search_path": "schéma", "application_name": "ぁ\\' ; 😀"])!
+        let ascii = sql.unicodeScalars.allSatisfy { $0.isASCII }
+        #expect(ascii, "\(sql)")
+        let expected: [String] = [#"E'sch\u00E9ma'"#, #"E'\u3041\\'' ; \U0001F600'"#, #"RESET U&"x.\00E9""#]
+        for part in expected {
+            #expect(sql.split(separator: part).count > 1 || sql.hasSuffix(part), "\(sql) lacks \(part)")
+        }
+    }
+
     @Test func closeIsEncodedAsPostgreSQLExpectsIt() {
         var out = ByteBuffer()
         StatementMessages.closeStatement("s1", into: &out)
@@ -65,10 +78,10 @@ import Testing
         #expect(
             BackendConnection.parameterSyncSQL(
                 from: ["statement_timeout": lost], to: [:], baseline: ["statement_timeout": "1234ms"])
-                == "SELECT pg_catalog.set_config(E'statement_timeout', E'1234ms', false)")
+                == "SELECT pg_catalog.set_config(E'statement_timeout', E'1234ms', false) IS NULL")
         #expect(
             BackendConnection.parameterSyncSQL(
                 from: ["statement_timeout": lost], to: ["statement_timeout": "5s"], baseline: ["statement_timeout": "1234ms"])
-                == "SELECT pg_catalog.set_config(E'statement_timeout', E'5s', false)")
+                == "SELECT pg_catalog.set_config(E'statement_timeout', E'5s', false) IS NULL")
     }
 }

@@ -825,3 +825,23 @@ def test_a_backends_copy_older_than_the_clients_parse_is_not_used(proxy, pg):
                 w.query("commit")
         assert _parameter_types(c, "s1") == [25]
         holders[x].query("commit")
+
+
+@pytest.mark.proxy_only
+@pytest.mark.parametrize("encoding", ["LATIN1", "SJIS", "GBK"])
+def test_the_parameter_sync_is_read_the_same_in_any_previous_encoding(proxy, pg, encoding):
+    # One backend. The previous client leaves its client_encoding on it; the SQL that gives the
+    # backend to the next client was UTF-8 read in that encoding: `schéma` became `schÃ©ma`,
+    # and in SJIS a crafted value swallowed the backslash before a quote (SQL injection).
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=5)
+    crafted = "ぁぁ\\' , pg_catalog.set_config('work_mem', '1234kB', false) --"
+    for _ in range(2):
+        with p.wire() as before:
+            before.startup("app", p.passwords["app"], client_encoding=encoding)
+            before.query("select 1")
+        with p.wire() as c:
+            c.startup("app", p.passwords["app"], search_path="schéma, public", **{"concierge.test": crafted})
+            assert c.query("show search_path") == [("schéma, public",)]
+            assert c.query("show concierge.test") == [(crafted,)]
+            assert c.query("show work_mem") != [("1234kB",)]
+            assert c.query("show client_encoding") == [("UTF8",)]
