@@ -749,7 +749,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 var definition = frame.body
                 _ = definition.readNullTerminatedSlice()
                 statements[String(buffer: name)] = ClientStatement(
-                    definition: definition, resets: resets,
+                    definition: definition, analysed: false, resets: resets,
                     refersTo: resets.executed.flatMap { statements[$0.name]?.key })
                 writeToClient(StatementMessages.parseComplete)
                 return
@@ -1705,7 +1705,7 @@ extension ClientSession {
             return
         }
         let statement = ClientStatement(
-            definition: body, resets: resets, refersTo: resets.executed.flatMap { statements[$0.name]?.key })
+            definition: body, analysed: true, resets: resets, refersTo: resets.executed.flatMap { statements[$0.name]?.key })
         statements[clientName] = statement
         // Parsed afresh on the backend even when it has the text already: the database infers
         // parameter types now (its copy may predate DDL), and answers errors (a failed
@@ -1807,7 +1807,8 @@ extension ClientSession {
         let serverName = backend.statementCache.parse(statement.key, at: StatementEpoch.next())
         closeBeforeParse(serverName, on: backend)
         backend.write(StatementMessages.parse(name: serverName, definition: definition, allocator: backend.allocator))
-        appendPending(.injectedParse(client: client, key: statement.key, serverName: serverName))
+        appendPending(.injectedParse(client: client, key: statement.key, serverName: serverName, quiet: statement.analysed))
+        if !statement.analysed { statements[client]?.analysed = true }
         return serverName
     }
 
@@ -1878,6 +1879,12 @@ extension ClientSession {
             view.moveReaderIndex(forwardBy: size)
             switch type {
             case PGMessageType.Backend.noticeResponse, PGMessageType.Backend.notificationResponse:
+                if type == PGMessageType.Backend.noticeResponse, case .injectedParse(_, _, _, quiet: true) = pending.first {
+                    // The proxy's Parse of a statement the client has had analysed: its notices
+                    // were the client's already.
+                    writeRun(upTo: frameStart)
+                    runStart = view.readerIndex
+                }
                 continue  // asynchronous: not an answer to anything
             case PGMessageType.Backend.parameterStatus:
                 guard let window = resetWindow, let frame = bytes.getSlice(at: frameStart, length: size) else { continue }
@@ -1904,7 +1911,7 @@ extension ClientSession {
                 case .resetQuery(let watch) where watch.executed != nil:
                     expected = true
                     hint = watch.executed
-                case .bind(_, let client), .injectedParse(let client, _, _): hint = client
+                case .bind(_, let client), .injectedParse(let client, _, _, _): hint = client
                 default: break
                 }
                 if let rewritten = errorWithoutInternalNames(body, backend: backend, expected: expected, hint: hint) {
@@ -2280,7 +2287,7 @@ extension ClientSession {
                 unnamedStatement = previous
                 unnamedOnBackend = previousOnBackend
             }
-        case .injectedParse(let client, let key, let serverName):
+        case .injectedParse(let client, let key, let serverName, _):
             backend.statementCache.forget(key, serverName: serverName)
             if client == nil { unnamedOnBackend = false }  // the client's unnamed statement is not there
             // A statement the backend refuses (its text no longer valid, e.g. after DDL): gone,

@@ -21,6 +21,9 @@ struct ClientStatement {
     let definition: ByteBuffer
     /// The statement's identity on any backend: derived from `definition`.
     let key: String
+    /// The database has analysed it for the client (its Parse reached a backend, or it was
+    /// prepared since): notices of later Parses of it are not the client's news.
+    var analysed: Bool
     /// When the client (last) defined it, on the proxy-wide clock of Parses (`StatementEpoch`).
     /// A backend's copy parsed before that is not used for it: that copy may predate DDL the
     /// client has seen (PostgreSQL infers parameter types at Parse, never again), so its first
@@ -31,8 +34,12 @@ struct ClientStatement {
 
     /// `refersTo`: for `EXECUTE name`, the key of the statement it runs (part of its identity:
     /// two clients' `EXECUTE foobar` may run different statements).
-    init(definition: ByteBuffer, parsedAt: UInt64 = StatementEpoch.next(), resets: Resets = Resets(), refersTo: String? = nil) {
+    init(
+        definition: ByteBuffer, analysed: Bool, parsedAt: UInt64 = StatementEpoch.next(), resets: Resets = Resets(),
+        refersTo: String? = nil
+    ) {
         self.definition = definition
+        self.analysed = analysed
         self.parsedAt = parsedAt
         self.resets = resets
         var hasher = Hasher()
@@ -160,7 +167,10 @@ enum PendingResponse {
     /// statement the client had before it: a Parse skipped after an error leaves that one.
     case unnamedParse(previous: ByteBuffer?, previousOnBackend: Bool)
     /// A Parse the proxy added so the backend has a statement: its ParseComplete is dropped.
-    case injectedParse(client: String?, key: String, serverName: String)
+    /// `quiet`: the database analysed the statement for the client before (the client's own
+    /// Parse reached a backend): the notices of this Parse (`nonstandard use of escape`...) are
+    /// ones the client has had, and are dropped.
+    case injectedParse(client: String?, key: String, serverName: String, quiet: Bool = true)
     /// A client's Parse of a name it already uses, sent as a Parse of the existing statement's
     /// server-side name so that PostgreSQL refuses it (`42P05 ... already exists`, renamed to the
     /// client's name) exactly where it would refuse it directly; the old statement stays.

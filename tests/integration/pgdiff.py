@@ -578,6 +578,8 @@ class ClientModel:
     proposed: dict[str, list] = field(default_factory=dict)  # parameter lists by statement text
     # per Query sent, not yet answered: (unsynced, routed, parsed_locally) after it runs
     after_queries: list = field(default_factory=list)
+    # the unnamed portal may FETCH from a named portal (the fetch_portal unit): not described
+    fetch_unnamed: bool = False
 
     def holds(self) -> bool:
         return self.status in ("T", "E") or self.unsynced or self.maybe_pinned
@@ -636,6 +638,7 @@ class ClientModel:
             if a.startswith("Z "):
                 self.status = a[2]
                 if self.status == "I":
+                    self.fetch_unnamed = False  # portals end with the transaction
                     self.portals.clear()
                     self.cursors.clear()
                     self.savepoints.clear()
@@ -1035,7 +1038,10 @@ class Generator:
                 unnamed = [""] if self.ok("unnamed_reuse") else []
                 named = STMT_NAMES if not state["tx"] or self.inherent else []
                 return [["D", "S", r.choice(named + unnamed + ["nosuch"])]]
-            return [["D", "P", r.choice(PORTAL_NAMES + ["nosuch"])]]
+            # PostgreSQL 15 crashes (FetchStatementTargetList) describing a portal that FETCHes
+            # from a portal closed since: not generated.
+            portals = PORTAL_NAMES if not m.fetch_unnamed else [n for n in PORTAL_NAMES if n]
+            return [["D", "P", r.choice(portals + ["nosuch"])]]
         if kind == "bind_missing":
             return [["B", "", "nosuch", [], []], ["E", "", 0]]
         if kind == "exec_missing":
@@ -1048,6 +1054,7 @@ class Generator:
             return [["Q", sql]]
         # fetch_portal: a named portal read with FETCH, through the extended protocol
         portal = r.choice(["p1", "p2"])
+        m.fetch_unnamed = True
         return [["P", "", f"fetch {r.randint(1, 2)} from {portal}", []], ["B", "", "", [], []],
                 ["E", "", 0]]
 
@@ -1057,8 +1064,12 @@ class Generator:
         if self.rng.random() < 0.5:
             sql, types, plists = self.param_sql(c)
         else:
-            sql, _tag = self.pick_sql(c, m, safe_only=safe_only,
-                                      no_isolation=self.no_isolation(state), named=named)
+            for _ in range(20):
+                sql, _tag = self.pick_sql(c, m, safe_only=safe_only,
+                                          no_isolation=self.no_isolation(state), named=named)
+                # FETCH from a protocol portal only through the fetch_portal unit (see there).
+                if _tag != "fetch_portal":
+                    break
             types, plists = [], [[]]
         m.proposed[sql] = plists
         return sql, types, plists
