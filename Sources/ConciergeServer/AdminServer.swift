@@ -6,6 +6,10 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import Prometheus
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A response of the admin API.
 struct AdminResponse: Sendable {
@@ -293,19 +297,51 @@ final class AdminRouter: Sendable {
 }
 
 /// The admin listener: HTTP/1.1 with keep-alive, bodies up to 1 MiB.
+///
+/// It must never take the data path down: at most `AdminListener.maxConnections` connections
+/// are open at once (more are closed as they are accepted); a connection has
+/// `requestTimeout` to deliver each complete request (counted from its accept, then from the
+/// end of the previous response: slow senders and idle keep-alive connections are closed); a
+/// framing error is answered 400 and the connection closed.
 final class AdminHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
     static let maxBodySize = 1 << 20
+    static let requestTimeout = TimeAmount.seconds(15)
 
     private let router: AdminRouter
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
     private var tooLarge = false
+    private var deadline: Scheduled<Void>?
 
     init(router: AdminRouter) {
         self.router = router
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        armDeadline(context: context)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        deadline = nil
+    }
+
+    /// The next complete request must arrive within `requestTimeout`.
+    private func armDeadline(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        let channel = context.channel
+        deadline = context.eventLoop.scheduleTask(in: Self.requestTimeout) {
+            channel.close(promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // A framing error (answered 400 by NIO's protocol error handler before us) or an I/O
+        // error: nothing more is read from this connection.
+        context.close(promise: nil)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -325,6 +361,9 @@ final class AdminHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
         case .end:
             guard let head else { return }
             self.head = nil
+            // Being answered: no deadline until the response is out.
+            deadline?.cancel()
+            deadline = nil
             let keepAlive = head.isKeepAlive && !tooLarge
             if tooLarge {
                 respond(.error(AdminError(status: 413, code: "RequestTooLarge", field: nil, message: "the body is larger than 1 MiB")),
@@ -362,6 +401,8 @@ final class AdminHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
         if !keepAlive {
             let channel = context.channel
             done.whenComplete { _ in channel.close(promise: nil) }
+        } else if context.channel.isActive {
+            armDeadline(context: context)
         }
     }
 
@@ -398,14 +439,96 @@ final class AdminHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
 
 /// Starts the admin listener.
 enum AdminListener {
-    static func bind(_ address: HostPort, router: AdminRouter, group: any EventLoopGroup) async throws -> any Channel {
-        try await ServerBootstrap(group: group)
+    /// Admin connections open at once; beyond it, new ones are closed as they are accepted.
+    static let maxConnections = 64
+
+    static func bind(_ address: HostPort, router: AdminRouter, group: any EventLoopGroup, logger: Logger) async throws
+        -> any Channel
+    {
+        let open = NIOLockedValueBox(0)
+        return try await ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                channel.pipeline.addHandler(ListenerBackoff.handler(listener: "admin", logger: logger))
+            }
             .childChannelInitializer { channel in
-                channel.pipeline.configureHTTPServerPipeline(withErrorHandling: true).flatMap {
+                let admitted = open.withLockedValue { count -> Bool in
+                    guard count < maxConnections else { return false }
+                    count += 1
+                    return true
+                }
+                guard admitted else {
+                    // Refused before anything is read: an attacker's idle connections cannot
+                    // hold more than maxConnections descriptors.
+                    return channel.close()
+                }
+                channel.closeFuture.whenComplete { _ in open.withLockedValue { $0 -= 1 } }
+                return channel.pipeline.configureHTTPServerPipeline(withErrorHandling: true).flatMap {
                     channel.pipeline.addHandler(AdminHTTPHandler(router: router))
                 }
             }
             .bind(host: address.host, port: address.port).get()
+    }
+}
+
+/// The process's file descriptors, shared by every listener.
+///
+/// Out of descriptors, `accept` fails at once while connections wait, and SwiftNIO's listener
+/// retries as long as the socket is readable: it spins (both event loops at 100%). So the proxy
+/// never lets its clients take the last descriptors: beyond `clientLimit` open client sockets
+/// (the open-file limit less a reserve for backends, the admin port, logs and listeners), a
+/// new client is closed as it is accepted, which costs a descriptor only for that moment. Should
+/// accept fail anyway, the listener's `AcceptBackoffHandler` pauses reads (SwiftNIO's own remedy)
+/// and the log says so at most once a second.
+enum ListenerBackoff {
+    static let pause = TimeAmount.milliseconds(250)
+    private static let lastWarning = Synchronization.Atomic<Int64>(0)
+    private static let openClients = Synchronization.Atomic<Int>(0)
+    private static let lastRefusal = Synchronization.Atomic<Int64>(0)
+
+    /// Client sockets the process may hold open at once.
+    static let clientLimit: Int = {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < rlim_t(Int32.max) else {
+            return Int.max
+        }
+        let nofile = Int(clamping: limit.rlim_cur)
+        return max(16, nofile - max(128, nofile / 8))
+    }()
+
+    static func handler(listener: String, logger: Logger) -> AcceptBackoffHandler {
+        AcceptBackoffHandler(shouldForwardIOErrorCaught: false) { error in
+            if once(per: 1, last: lastWarning) {
+                logger.warning("could not accept a connection: accepting paused", metadata: [
+                    "concierge.listener": "\(listener)",
+                    "concierge.error": "\(error)",
+                    "concierge.pause_ms": "\(pause.nanoseconds / 1_000_000)",
+                ])
+            }
+            return pause
+        }
+    }
+
+    /// A client socket was accepted: false (and the socket is to be closed) beyond `clientLimit`.
+    /// Otherwise it counts until it closes.
+    static func admitClient(_ channel: any Channel, logger: Logger) -> Bool {
+        guard openClients.add(1, ordering: .relaxed).newValue <= clientLimit else {
+            openClients.subtract(1, ordering: .relaxed)
+            if once(per: 1, last: lastRefusal) {
+                logger.warning("client connection refused: the process is at its open-file limit", metadata: [
+                    "concierge.client_limit": "\(clientLimit)"
+                ])
+            }
+            return false
+        }
+        channel.closeFuture.whenComplete { _ in openClients.subtract(1, ordering: .relaxed) }
+        return true
+    }
+
+    private static func once(per seconds: Int64, last: borrowing Synchronization.Atomic<Int64>) -> Bool {
+        let now = Int64(NIODeadline.now().uptimeNanoseconds / 1_000_000_000)
+        let previous = last.load(ordering: .relaxed)
+        guard now - previous >= seconds || previous == 0 else { return false }
+        return last.compareExchange(expected: previous, desired: max(now, 1), ordering: .relaxed).exchanged
     }
 }

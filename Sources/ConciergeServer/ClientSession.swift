@@ -1141,11 +1141,12 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         let bytes = reports ? filterReports(bytes) : bytes
         if let setting = pendingSetting, sawError || readyForQueryCount > 0 {
             pendingSetting = nil
-            if !sawError, !setting.executed {
-                // Parsed as the unnamed statement and not executed in its batch: a later Bind
-                // may run it, where it is no longer a lone SET the proxy follows.
+            if sawError || !setting.executed {
+                // Not known to have run (not executed in its batch, or the batch failed): as the
+                // unnamed statement, a later Bind may run it, where it is no longer a lone SET
+                // the proxy follows.
                 pin(.setVariable, statement: ByteBuffer(string: setting.name))
-            } else if !sawError {
+            } else {
                 // The first ReadyForQuery answers the SET's own query or batch (a BEGIN
                 // pipelined after it in its own Query does not put the SET in a transaction).
                 if firstStatus == .idle {

@@ -110,7 +110,7 @@ public final class ConciergeServer: Service, @unchecked Sendable {
                 started.append(runtime)
             }
             if let admin = configuration.admin {
-                let channel = try await AdminListener.bind(admin.listen, router: router, group: group)
+                let channel = try await AdminListener.bind(admin.listen, router: router, group: group, logger: logger)
                 state.withLockedValue { $0.adminChannel = channel }
                 logger.info("admin API listening", metadata: ["concierge.listen": "\(admin.listen)"])
             }

@@ -481,8 +481,12 @@ final class ProxyRuntime: @unchecked Sendable {
             // Accepted sockets inherit SO_KEEPALIVE from the listener: no setsockopt per
             // connection. (TCP_NODELAY is NIO's default.)
             .serverChannelOption(ChannelOptions.socketOption(.so_keepalive), value: 1)
+            .serverChannelInitializer { [logger] channel in
+                channel.pipeline.addHandler(ListenerBackoff.handler(listener: "client", logger: logger))
+            }
             .childChannelInitializer { [unowned self] channel in
-                channel.eventLoop.makeCompletedFuture {
+                guard ListenerBackoff.admitClient(channel, logger: self.logger) else { return channel.close() }
+                return channel.eventLoop.makeCompletedFuture {
                     // Set synchronously here rather than as child options, which NIO applies
                     // one future at a time for every accepted connection.
                     if let options = channel.syncOptions {

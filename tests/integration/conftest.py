@@ -128,13 +128,15 @@ def proxy(request, pg: PgCluster, concierge_bin: Path, tmp_path: Path):
     proxy's entry. `wait_ready=False` only waits until the proxy listens, for configurations
     under which `select 1` is expected to fail (e.g. a failing init_query); `db_port` points
     the proxy at another port than the test cluster's; `threads` sets `--threads`; `admin` is
-    the config's top-level `admin` section (e.g. {"listen": "127.0.0.1:PORT", "token": "..."}).
+    the config's top-level `admin` section (e.g. {"listen": "127.0.0.1:PORT", "token": "..."});
+    `nofile` runs the proxy with that open-file limit (soft and hard).
     """
     started: list[Proxy] = []
     request.node._concierge_proxies = started
 
     def start(*, drain_timeout: float = 5, wait_ready: bool = True, no_wait: bool = False, db_port: int | None = None,
-              threads: int | None = None, admin: dict | None = None, **overrides) -> Proxy:
+              threads: int | None = None, admin: dict | None = None, nofile: int | None = None,
+              **overrides) -> Proxy:
         if DIRECT:
             return Proxy(host=pg.host, port=pg.port, passwords=pg.passwords, bindir=pg.bindir)
         n = len(started)
@@ -154,9 +156,14 @@ def proxy(request, pg: PgCluster, concierge_bin: Path, tmp_path: Path):
             extra = ["--threads", str(threads)] if threads else []
             if os.environ.get("CONCIERGE_ITEST_DEBUG") == "1":
                 extra += ["--log-level", "trace"]
+            def limit_descriptors() -> None:
+                import resource
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
             proc = subprocess.Popen([str(concierge_bin), "serve", "--config", str(config_path), *extra],
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    env=clean_env(), cwd=workdir)
+                                    env=clean_env(), cwd=workdir,
+                                    preexec_fn=limit_descriptors if nofile else None)
         p = Proxy(host="127.0.0.1", port=port, passwords=pg.passwords, bindir=pg.bindir,
                   proc=proc, config_path=config_path, log_path=log_path,
                   drain_timeout=drain_timeout)
