@@ -114,6 +114,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// none, none either). False at every new lease: the backend's unnamed statement may be
     /// another client's, which this client must never execute.
     private var unnamedOnBackend = false
+    /// How many times messages sent so far changed the client's unnamed statement (see
+    /// `UnnamedBefore.generation`).
+    private var unnamedGeneration: UInt32 = 0
     /// Portal → what executing it resets (only portals that reset something).
     private var portalResets: [String: Resets] = [:]
 
@@ -811,6 +814,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         // A simple Query destroys the unnamed statement, whatever it runs.
         unnamedStatement = nil
         unnamedOnBackend = false
+        unnamedGeneration &+= 1
         var out = ByteBuffer()
         if transactionStatus == .failed {
             PGEncode.errorResponse(ClientErrors.inFailedTransaction, into: &out)
@@ -1501,11 +1505,16 @@ extension ClientSession {
         }
         switch type {
         case PGMessageType.Frontend.query, PGMessageType.Frontend.functionCall:
-            var unnamedBefore: (statement: ByteBuffer?, onBackend: Bool)?
+            var unnamedBefore: UnnamedBefore?
             if type == PGMessageType.Frontend.query {
                 pendingSetting?.executed = true
                 // A simple Query destroys the unnamed statement (unless PostgreSQL skips it).
-                if unnamedStatement != nil, pendingTracked > 0 { unnamedBefore = (unnamedStatement, unnamedOnBackend) }
+                if unnamedStatement != nil {
+                    unnamedGeneration &+= 1
+                    if pendingTracked > 0 {
+                        unnamedBefore = UnnamedBefore(statement: unnamedStatement, onBackend: unnamedOnBackend, generation: unnamedGeneration)
+                    }
+                }
                 unnamedStatement = nil
                 unnamedOnBackend = true
             }
@@ -1559,10 +1568,11 @@ extension ClientSession {
                 let client = String(buffer: name)
                 appendPending(.localCloseComplete(client: client, removed: statements.removeValue(forKey: client)))
             } else {
-                var unnamedBefore: (statement: ByteBuffer?, onBackend: Bool)?
+                var unnamedBefore: UnnamedBefore?
                 if kind == UInt8(ascii: "S"), frame.body.readableBytes == 2 {
                     // Close of the unnamed statement: the client has none from now on.
-                    unnamedBefore = (unnamedStatement, unnamedOnBackend)
+                    unnamedGeneration &+= 1
+                    unnamedBefore = UnnamedBefore(statement: unnamedStatement, onBackend: unnamedOnBackend, generation: unnamedGeneration)
                     unnamedStatement = nil
                     unnamedOnBackend = true
                 }
@@ -1582,7 +1592,7 @@ extension ClientSession {
     /// A simple Query with a statement that resets session state: the statement cache is made
     /// safe before it runs, and its outcome is watched (`applyReset`).
     private func sendResetQuery(
-        _ message: HeldMessage, unnamedBefore: (statement: ByteBuffer?, onBackend: Bool)? = nil, to backend: BackendConnection
+        _ message: HeldMessage, unnamedBefore: UnnamedBefore? = nil, to backend: BackendConnection
     ) {
         let resets = message.resets
         var bytes = message.frame.bytes
@@ -1683,7 +1693,8 @@ extension ClientSession {
             } else {
                 backend.write(frame.bytes)
             }
-            appendPending(.unnamedParse(previous: unnamedStatement, previousOnBackend: unnamedOnBackend))
+            unnamedGeneration &+= 1
+            appendPending(.unnamedParse(UnnamedBefore(statement: unnamedStatement, onBackend: unnamedOnBackend, generation: unnamedGeneration)))
             unnamedStatement = body
             unnamedOnBackend = true
             return
@@ -2273,20 +2284,31 @@ extension ClientSession {
         ])
     }
 
+    /// The unnamed statement as `state` says, for a message (`change`) that failed or was
+    /// skipped, unless a message sent after it changed the unnamed statement again: that later
+    /// change stands, and the backend's unnamed statement is checked again before its next use.
+    private func undoUnnamed(_ change: UnnamedBefore, to state: UnnamedBefore) {
+        guard unnamedGeneration == change.generation else {
+            unnamedOnBackend = false
+            return
+        }
+        unnamedStatement = state.statement
+        unnamedOnBackend = state.onBackend
+        unnamedGeneration = change.generation &- 1
+    }
+
     /// A message that `failed` (or was skipped after a failure) did not create its statement.
     private func forgetStatement(of entry: PendingResponse, failed: Bool, backend: BackendConnection) {
         switch entry {
         case .parse(let client, let key, let serverName):
             if let client { statements[client] = nil }
             if !key.isEmpty { backend.statementCache.forget(key, serverName: serverName) }
-        case .unnamedParse(let previous, let previousOnBackend):
+        case .unnamedParse(let before):
             if failed {
                 // PostgreSQL drops the unnamed statement before parsing the new one.
-                unnamedStatement = nil
-                unnamedOnBackend = true
+                undoUnnamed(before, to: UnnamedBefore(statement: nil, onBackend: true, generation: 0))
             } else {
-                unnamedStatement = previous
-                unnamedOnBackend = previousOnBackend
+                undoUnnamed(before, to: before)
             }
         case .injectedParse(let client, let key, let serverName, _):
             backend.statementCache.forget(key, serverName: serverName)
@@ -2298,10 +2320,7 @@ extension ClientSession {
         case .injectedClose(unnamed: true):
             unnamedOnBackend = false
         case .close(let before?):
-            if !failed {
-                unnamedStatement = before.statement
-                unnamedOnBackend = before.onBackend
-            }
+            if !failed { undoUnnamed(before, to: before) }
         case .localParseComplete(let client):
             statements[client] = nil
         case .localCloseComplete(let client, let removed?):
@@ -2313,10 +2332,7 @@ extension ClientSession {
         case .resetQuery(let watch):
             // Skipped after an error before it: it removed and destroyed nothing.
             restoreStatements(of: watch)
-            if let before = watch.unnamedBefore {
-                unnamedStatement = before.statement
-                unnamedOnBackend = before.onBackend
-            }
+            if let before = watch.unnamedBefore { undoUnnamed(before, to: before) }
         default:
             break
         }

@@ -165,7 +165,7 @@ enum PendingResponse {
     case parse(client: String?, key: String, serverName: String)
     /// A client's Parse of the unnamed statement (ParseComplete forwarded), with the unnamed
     /// statement the client had before it: a Parse skipped after an error leaves that one.
-    case unnamedParse(previous: ByteBuffer?, previousOnBackend: Bool)
+    case unnamedParse(UnnamedBefore)
     /// A Parse the proxy added so the backend has a statement: its ParseComplete is dropped.
     /// `quiet`: the database analysed the statement for the client before (the client's own
     /// Parse reached a backend): the notices of this Parse (`nonstandard use of escape`...) are
@@ -195,7 +195,7 @@ enum PendingResponse {
     case resetQuery(ResetWatch)
     /// Close of a portal or the unnamed statement (CloseComplete forwarded). `unnamedBefore`:
     /// for the unnamed statement, what the client had before it (a skipped Close closes nothing).
-    case close(unnamedBefore: (statement: ByteBuffer?, onBackend: Bool)? = nil)
+    case close(unnamedBefore: UnnamedBefore? = nil)
     /// The placeholder statement the proxy prepares so that a Parse of a name in use can fail
     /// as in PostgreSQL (`ClientSession.sendParse`): its ParseComplete is dropped.
     case injectedPlaceholder
@@ -234,6 +234,16 @@ enum PendingResponse {
         default: return false
         }
     }
+}
+
+/// The client's unnamed statement before a message that changes it (a Parse of it, a Close of
+/// it, a simple Query): what the proxy puts back if PostgreSQL skips that message. `generation`
+/// is the session's count of such changes once this one was made: a change made since (by a
+/// message of a later batch, sent before the error came back) is not undone by it.
+struct UnnamedBefore {
+    var statement: ByteBuffer?
+    var onBackend: Bool
+    var generation: UInt32
 }
 
 /// What a statement resets, as the classifier found it (see `SessionResets`).
@@ -291,7 +301,7 @@ struct ResetWatch {
     /// A Query sent after extended messages not yet synced destroys the client's unnamed
     /// statement only if PostgreSQL does not skip it (after an error in those messages): what
     /// the client had before it.
-    var unnamedBefore: (statement: ByteBuffer?, onBackend: Bool)?
+    var unnamedBefore: UnnamedBefore?
 }
 
 enum StatementMessages {

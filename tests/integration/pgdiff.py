@@ -118,6 +118,12 @@ INHERENT = {
     # returns no rows even then (README). Unless this is generated, a Describe of a named
     # statement is not sent inside a transaction block.
     "failed_tx_describe",
+    # PostgreSQL ends every Parse with a CommandCounterIncrement: rows an UPDATE ... RETURNING
+    # changed, its portal suspended by a row limit, become visible to the next statement of the
+    # batch. A Parse the proxy sends (a statement the serving backend lacks) may do that where
+    # the client sent none (README). Unless this is generated, a batch binds or describes no
+    # earlier statement after an Execute with a row limit.
+    "deferred_parse_visibility",
 }
 # Also inherent, and normalised rather than avoided: in a failed transaction, a Bind or Describe
 # of a statement the serving backend lacks fails (25P02) at the Parse the proxy sends first, so
@@ -576,6 +582,8 @@ class ClientModel:
     temp_table: bool = False
     generation: int = 0
     proposed: dict[str, list] = field(default_factory=dict)  # parameter lists by statement text
+    # an Execute with a row limit since the last Sync (its portal may be suspended)
+    suspended: bool = False
     # per Query sent, not yet answered: (unsynced, routed, parsed_locally) after it runs
     after_queries: list = field(default_factory=list)
     # the unnamed portal may FETCH from a named portal (the fetch_portal unit): not described
@@ -948,7 +956,7 @@ class Generator:
         # Whether the proxy surely holds a backend for this client at this point of the batch
         # (a named Parse that fails while it holds none is reported later: INHERENT).
         state = {"held": m.status in ("T", "E") or m.routed, "tx": m.status in ("T", "E"),
-                 "parsed_locally": m.parsed_locally}
+                 "parsed_locally": m.parsed_locally, "suspended": m.suspended}
         groups = 1 if r.random() < 0.65 or not self.ok("pipeline") else r.randint(2, 4)
         for g in range(groups):
             for _ in range(1 if r.random() < 0.7 else 2):
@@ -961,12 +969,18 @@ class Generator:
                     sql = msg[1] if msg[0] == "Q" else msg[2] if msg[0] == "P" else ""
                     if re.match(r"\s*(begin|start)\b", sql, re.I):
                         state["tx"] = True
+                    if msg[0] == "E" and msg[2] > 0:
+                        state["suspended"] = True
+                    elif msg[0] == "Q":
+                        state["suspended"] = False
             if g < groups - 1 or r.random() < 0.75 or not self.ok("flush"):
                 msgs.append(["S"])
                 state["held"] = False
                 state["parsed_locally"] = False
+                state["suspended"] = False
             else:
                 msgs.append(["H"])
+        m.suspended = state["suspended"]
         return msgs
 
     def unit(self, c: int, m: ClientModel, state: dict) -> list[list]:
@@ -975,6 +989,9 @@ class Generator:
                  (6, "close"), (5, "describe"), (3, "bind_missing"), (2, "exec_missing"),
                  (3, "unnamed_reuse"), (2, "q_in_extended"), (2, "fetch_portal")]
         kinds = [k for k in kinds if self.ok(k[1])]
+        if state.get("suspended") and not self.inherent:
+            # INHERENT's deferred_parse_visibility.
+            kinds = [k for k in kinds if k[1] not in ("use_named", "unnamed_reuse", "describe")]
         x = r.uniform(0, sum(w for w, _ in kinds))
         kind = kinds[-1][1]
         for w, k in kinds:
