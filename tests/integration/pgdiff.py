@@ -584,6 +584,7 @@ class ClientModel:
     proposed: dict[str, list] = field(default_factory=dict)  # parameter lists by statement text
     # an Execute with a row limit since the last Sync (its portal may be suspended)
     suspended: bool = False
+    stmt_sql: dict[str, str] = field(default_factory=dict)  # statement texts by name (a guide)
     # per Query sent, not yet answered: (unsynced, routed, parsed_locally) after it runs
     after_queries: list = field(default_factory=list)
     # the unnamed portal may FETCH from a named portal (the fetch_portal unit): not described
@@ -653,6 +654,7 @@ class ClientModel:
         if t == "P":
             if ok:
                 self.stmts[m[1]] = self.proposed.get(m[2], [[]])
+                self.stmt_sql[m[1]] = m[2]
             elif not m[1]:
                 self.stmts.pop("", None)
         elif t == "B" and ok and m[1]:
@@ -1036,7 +1038,13 @@ class Generator:
             return out
         if kind == "use_named":
             known = sorted(n for n in m.stmts if n or self.ok("unnamed_reuse"))
-            name = r.choice(known) if known and r.random() < 0.9 else r.choice(STMT_NAMES)
+            candidates = STMT_NAMES
+            if self.no_isolation(state):
+                # Run after a Parse the proxy answered itself: see no_isolation.
+                isolating = {n for n, q in m.stmt_sql.items() if "isolation" in q}
+                known = [n for n in known if n not in isolating]
+                candidates = [n for n in STMT_NAMES if n not in isolating] or ["nosuch"]
+            name = r.choice(known) if known and r.random() < 0.9 else r.choice(candidates)
             params = self.params_for(m.stmts.get(name) or [[]], state)
             portal = r.choice(PORTAL_NAMES)
             out = [["B", portal, name, params, fmts]]
@@ -1064,6 +1072,8 @@ class Generator:
         if kind == "exec_missing":
             return [["E", "nosuch", 0]]
         if kind == "unnamed_reuse":
+            if self.no_isolation(state) and "isolation" in m.stmt_sql.get("", ""):
+                return [["C", "S", "nosuch"]]
             return [["B", "", "", self.params_for(m.stmts.get("") or [[]], state), fmts],
                     ["E", "", 0]]
         if kind == "q_in_extended":
@@ -1095,8 +1105,9 @@ class Generator:
         """A named Parse the proxy answered without a backend took no snapshot in the implicit
         transaction (PostgreSQL's parse analysis does), and a Bind or Describe makes the proxy
         prepare the statement (taking one) where PostgreSQL takes none: so a later START
-        TRANSACTION ISOLATION LEVEL before the Sync fails (25001) on one side only. Part of
-        INHERENT's deferred_parse_error, not generated."""
+        TRANSACTION ISOLATION LEVEL before the Sync (parsed then, or bound then after an earlier
+        Parse) fails (25001) on one side only. Part of INHERENT's deferred_parse_error, not
+        generated."""
         return state.get("parsed_locally", False) and not self.inherent
 
     def params_for(self, plists: list[list], state: dict) -> list:
