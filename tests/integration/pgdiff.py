@@ -957,7 +957,8 @@ class Generator:
         msgs: list[list] = []
         # Whether the proxy surely holds a backend for this client at this point of the batch
         # (a named Parse that fails while it holds none is reported later: INHERENT).
-        state = {"held": m.status in ("T", "E") or m.routed, "tx": m.status in ("T", "E"),
+        # "tx": a transaction block may be open (an unsynced earlier write may have begun one).
+        state = {"held": m.status in ("T", "E") or m.routed, "tx": m.status in ("T", "E") or m.unsynced,
                  "parsed_locally": m.parsed_locally, "suspended": m.suspended}
         groups = 1 if r.random() < 0.65 or not self.ok("pipeline") else r.randint(2, 4)
         for g in range(groups):
@@ -1060,8 +1061,9 @@ class Generator:
             return [["C", "P", r.choice(PORTAL_NAMES + ["nosuch"])]]
         if kind == "describe":
             if r.random() < 0.5:
-                unnamed = [""] if self.ok("unnamed_reuse") else []
-                named = STMT_NAMES if not state["tx"] or self.inherent else []
+                in_tx = state["tx"] and not self.inherent  # INHERENT's failed_tx_describe
+                unnamed = [""] if self.ok("unnamed_reuse") and not in_tx else []
+                named = STMT_NAMES if not in_tx else []
                 return [["D", "S", r.choice(named + unnamed + ["nosuch"])]]
             # PostgreSQL 15 crashes (FetchStatementTargetList) describing a portal that FETCHes
             # from a portal closed since: not generated.
@@ -1073,6 +1075,11 @@ class Generator:
             return [["E", "nosuch", 0]]
         if kind == "unnamed_reuse":
             if self.no_isolation(state) and "isolation" in m.stmt_sql.get("", ""):
+                return [["C", "S", "nosuch"]]
+            if state["tx"] and not self.inherent:
+                # INHERENT's failed_tx_bind_count: which statement is unnamed now (and its
+                # parameter count) is not known here while earlier units of the write are
+                # unanswered.
                 return [["C", "S", "nosuch"]]
             return [["B", "", "", self.params_for(m.stmts.get("") or [[]], state), fmts],
                     ["E", "", 0]]
