@@ -970,6 +970,8 @@ class Generator:
                     if msg[0] == "B" or (msg[0] == "D" and msg[1] == "S"):
                         state["parsed_locally"] = True
                     sql = msg[1] if msg[0] == "Q" else msg[2] if msg[0] == "P" else ""
+                    if msg[0] == "B":
+                        sql = m.stmt_sql.get(msg[2], "")  # an earlier statement bound again
                     if re.match(r"\s*(begin|start)\b", sql, re.I):
                         state["tx"] = True
                     if msg[0] == "E" and msg[2] > 0:
