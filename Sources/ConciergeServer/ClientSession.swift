@@ -1508,12 +1508,12 @@ extension ClientSession {
             var unnamedBefore: UnnamedBefore?
             if type == PGMessageType.Frontend.query {
                 pendingSetting?.executed = true
-                // A simple Query destroys the unnamed statement (unless PostgreSQL skips it).
-                if unnamedStatement != nil {
-                    unnamedGeneration &+= 1
-                    if pendingTracked > 0 {
-                        unnamedBefore = UnnamedBefore(statement: unnamedStatement, onBackend: unnamedOnBackend, generation: unnamedGeneration)
-                    }
+                // A simple Query destroys the unnamed statement (unless PostgreSQL skips it). It
+                // counts as a change even when there is none now: an earlier change undone later
+                // must not bring back a statement this Query destroys.
+                unnamedGeneration &+= 1
+                if pendingTracked > 0 {
+                    unnamedBefore = UnnamedBefore(statement: unnamedStatement, onBackend: unnamedOnBackend, generation: unnamedGeneration)
                 }
                 unnamedStatement = nil
                 unnamedOnBackend = true

@@ -1182,6 +1182,16 @@ class Environment:
     def start_proxy(self) -> Endpoint:
         if self.self_check:
             return Endpoint("direct(app)", self.host, self.port, "app", "app", self.app_password, 15.0)
+        for attempt in range(5):
+            try:
+                return self._start_proxy()
+            except RuntimeError as e:
+                # A free port taken by another process (parallel runs) before the proxy bound it.
+                if "Address already in use" not in str(e) or attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_proxy(self) -> Endpoint:
         from helpers import free_port, port_accepts, proxy_config, to_yaml, write_secret
         self.stop_proxy()
         self.proxies_started += 1
