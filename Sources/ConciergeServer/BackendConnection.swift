@@ -428,6 +428,14 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         case PGMessageType.Backend.parameterStatus:
             let parameter = try PGParse.parameterStatus(frame.body)
             serverParameters[parameter.name] = parameter.value
+            if case .resetting = phase {
+                // The ROLLBACK of a client that left inside a transaction undid a tracked SET
+                // the backend had reported (and recorded as applied): it runs with this again.
+                let name = parameter.name.lowercased()
+                if TrackedParameters.isTracked(name), appliedParameters[name] != nil {
+                    appliedParameters[name] = parameter.value
+                }
+            }
         case PGMessageType.Backend.backendKeyData:
             let keyData = try PGParse.backendKeyData(frame.body)
             backendProcessID = keyData.processID
