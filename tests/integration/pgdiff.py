@@ -584,6 +584,7 @@ class ClientModel:
     proposed: dict[str, list] = field(default_factory=dict)  # parameter lists by statement text
     # an Execute with a row limit since the last Sync (its portal may be suspended)
     suspended: bool = False
+    reset_in_tx: bool = False    # RESET ALL sent in the transaction block now open
     stmt_sql: dict[str, str] = field(default_factory=dict)  # statement texts by name (a guide)
     # per Query sent, not yet answered: (unsynced, routed, parsed_locally) after it runs
     after_queries: list = field(default_factory=list)
@@ -617,6 +618,8 @@ class ClientModel:
                 in_tx = in_tx or "begin" in low or "start transaction" in low
                 if may_pin(sql, lone, assume, in_tx=in_tx):
                     self.maybe_pinned = True
+                if in_tx and re.search(r"\breset\s+all\b", low):
+                    self.reset_in_tx = True
             in_tx = in_tx or t in ("B", "E")
             if t == "S":
                 self.unsynced = self.routed = self.parsed_locally = False
@@ -648,6 +651,7 @@ class ClientModel:
                 self.status = a[2]
                 if self.status == "I":
                     self.fetch_unnamed = False  # portals end with the transaction
+                    self.reset_in_tx = False
                     self.portals.clear()
                     self.cursors.clear()
                     self.savepoints.clear()
@@ -943,7 +947,7 @@ class Generator:
         stmts = []
         for _ in range(n):
             sql, _tag = self.pick_sql(c, m, lone_query=n == 1, multi=n > 1,
-                                      no_isolation=m.parsed_locally and not self.inherent)
+                                      no_isolation=(m.parsed_locally or m.reset_in_tx) and not self.inherent)
             if sql:
                 stmts.append(sql)
         msgs = [["Q", "; ".join(stmts)]]
@@ -959,7 +963,8 @@ class Generator:
         # (a named Parse that fails while it holds none is reported later: INHERENT).
         # "tx": a transaction block may be open (an unsynced earlier write may have begun one).
         state = {"held": m.status in ("T", "E") or m.routed, "tx": m.status in ("T", "E") or m.unsynced,
-                 "parsed_locally": m.parsed_locally, "suspended": m.suspended}
+                 "parsed_locally": m.parsed_locally, "suspended": m.suspended,
+                 "reset_in_tx": m.reset_in_tx}
         groups = 1 if r.random() < 0.65 or not self.ok("pipeline") else r.randint(2, 4)
         for g in range(groups):
             for _ in range(1 if r.random() < 0.7 else 2):
@@ -1116,8 +1121,9 @@ class Generator:
         prepare the statement (taking one) where PostgreSQL takes none: so a later START
         TRANSACTION ISOLATION LEVEL before the Sync (parsed then, or bound then after an earlier
         Parse) fails (25001) on one side only. Part of INHERENT's deferred_parse_error, not
-        generated."""
-        return state.get("parsed_locally", False) and not self.inherent
+        generated. Also after RESET ALL inside a transaction block: the proxy sets the client's
+        startup values again with a query in that transaction (README's differences)."""
+        return (state.get("parsed_locally", False) or state.get("reset_in_tx", False)) and not self.inherent
 
     def params_for(self, plists: list[list], state: dict) -> list:
         """Parameters for a Bind of a statement parsed in an earlier unit. In a transaction
