@@ -740,11 +740,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             }
             // Named statements do not pin: the proxy prepares them on whichever backend serves.
             // A lone tracked SET may, as the unnamed statement of a new batch (JDBC's way).
-            let loneSetBefore = pendingSetting != nil
             var resets = Resets(classify(query, loneSetAllowed: startsBatch && name.readableBytes == 0))
             resets.pinClock = pinClock
-            // A lone SET the proxy follows is not pinned again when bound (see `sendBind`).
-            if !loneSetBefore, pendingSetting != nil { resets.pins = [] }
             if name.readableBytes > 0, answersLocally, statements[String(buffer: name)] == nil {
                 // No backend serves this client: acknowledge now, prepare on first use. A client
                 // that prepares on one connection while its others hold backends in open
@@ -757,7 +754,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 writeToClient(StatementMessages.parseComplete)
                 return
             }
-            if !resets.isEmpty {
+            if !resets.isEmpty || !resets.pins.isEmpty {
+                // What it resets, or pins: a statement that pins pins again when bound later
+                // (`repin`).
                 route(HeldMessage(frame, resets: resets))
                 return
             }
@@ -1145,12 +1144,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         let bytes = reports ? filterReports(bytes) : bytes
         if let setting = pendingSetting, sawError || readyForQueryCount > 0 {
             pendingSetting = nil
-            if sawError || !setting.executed {
-                // Not known to have run (not executed in its batch, or the batch failed): as the
-                // unnamed statement, a later Bind may run it, where it is no longer a lone SET
-                // the proxy follows.
-                pin(.setVariable, statement: ByteBuffer(string: setting.name))
-            } else {
+            if !sawError, setting.executed {
                 // The first ReadyForQuery answers the SET's own query or batch (a BEGIN
                 // pipelined after it in its own Query does not put the SET in a transaction).
                 if firstStatus == .idle {
@@ -1742,7 +1736,9 @@ extension ClientSession {
             // (`prepared statement "..." does not exist` names the client's statement).
             if name.readableBytes == 0 {
                 ensureUnnamedStatement(on: backend)
-                repin(unnamedStatementResets)
+                // A lone SET is followed (`pendingSetting`) in the batch that parses it; bound
+                // again in a later batch, it pins as any SET would.
+                if pendingSetting == nil { repin(unnamedStatementResets) }
             }
             backend.write(frame.bytes)
             if !portalStatements.isEmpty { portalStatements[String(buffer: portal)] = nil }
