@@ -851,7 +851,8 @@ class Generator:
         if safe_only:
             cat = [c for c in cat if c[3]]
         if named and not self.inherent:
-            # INHERENT's deferred_parse_settings.
+            # INHERENT's deferred_parse_settings (the unnamed statement too: bound again in a
+            # later batch, it may be prepared again on another backend).
             cat = [c for c in cat if "\\" not in c[2]]
         if no_isolation:
             cat = [c for c in cat if "isolation" not in c[2]]
@@ -1100,7 +1101,7 @@ class Generator:
                 ["E", "", 0]]
 
     def ext_sql(self, c: int, m: ClientModel, safe_only: bool,
-                state: dict, named: bool = False) -> tuple[str, list[int], list]:
+                state: dict, named: bool = True) -> tuple[str, list[int], list]:
         """(sql, declared types, parameter lists to bind: the first has the right count)."""
         if self.rng.random() < 0.5:
             sql, types, plists = self.param_sql(c)
