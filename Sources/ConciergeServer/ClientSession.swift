@@ -119,6 +119,13 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     private var unnamedGeneration: UInt32 = 0
     /// Portal → what executing it resets (only portals that reset something).
     private var portalResets: [String: Resets] = [:]
+    /// The proxy parsed one of the client's statements on this backend to learn its row type
+    /// before the client's Bind or Describe of it goes out (`mustCheckResultTypeFirst`): the
+    /// client's messages wait for that answer.
+    private var awaitingShape = false
+    /// The statement (key) and parse of the last such check: a copy parsed by it is the database's
+    /// current answer, so a row type other than the client's is final (`changedResultType`).
+    private var shapeCheck: (key: String, parsedAt: UInt64)?
 
     // Session resets (RESET ALL, DISCARD ALL, ...; see `applyReset`)
     /// The parameters the client logged in with: what RESET ALL and DISCARD ALL return it to.
@@ -750,7 +757,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 _ = definition.readNullTerminatedSlice()
                 statements[String(buffer: name)] = ClientStatement(
                     definition: definition, analysed: false, resets: resets,
-                    refersTo: resets.executed.flatMap { statements[$0.name]?.key })
+                    refersTo: resets.executed.flatMap { statements[$0.name]?.key }, searchPath: desiredParameters["search_path"])
                 writeToClient(StatementMessages.parseComplete)
                 return
             }
@@ -844,7 +851,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     }
 
     private func route(_ message: HeldMessage) {
-        if let backend, backendReady, held.isEmpty, !mustWaitForEarlierBatches(message) {
+        if let backend, backendReady, held.isEmpty, !mustWaitForEarlierBatches(message),
+           !mustCheckResultTypeFirst(message, on: backend)
+        {
             send(message, to: backend)
             needsFlushToBackend = true
             return
@@ -1061,6 +1070,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// sent according to a guess.
     private func mustWaitForEarlierBatches(_ message: HeldMessage) -> Bool {
         // Nothing unanswered: nothing can change any more (and never wait on a stale entry).
+        if awaitingShape { return true }
         guard pendingTracked > 0, outstandingSyncs > 0 else { return false }
         if resetWindow != nil {
             // One parameter reset at a time: its ParameterStatus messages are told apart by the
@@ -1100,7 +1110,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     private func releaseHeldBehindEarlierBatches(to backend: BackendConnection) {
         guard waitingForEarlierBatches, backendReady else { return }
         var sent = 0
-        while sent < held.count, !mustWaitForEarlierBatches(held[sent]) {
+        while sent < held.count, !mustWaitForEarlierBatches(held[sent]), !mustCheckResultTypeFirst(held[sent], on: backend) {
             let message = held[sent]
             sent += 1
             heldBytes -= message.frame.bytes.readableBytes
@@ -1111,7 +1121,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             held.removeFirst(sent)
             backend.flush()
         }
-        if sent == 0, outstandingSyncs == 0, !held.isEmpty {
+        if sent == 0, outstandingSyncs == 0, !held.isEmpty, !awaitingShape {
             // Nothing in flight to wait for (cannot happen; never stall a client on it).
             let message = held.removeFirst()
             heldBytes -= message.frame.bytes.readableBytes
@@ -1276,6 +1286,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         if !portalStatements.isEmpty { portalStatements.removeAll() }
         if !portalResets.isEmpty { portalResets.removeAll() }
         unnamedOnBackend = false
+        awaitingShape = false
+        shapeCheck = nil
         waitingForEarlierBatches = false
         skippingUntilSync = false
         sentUnsynced = false
@@ -1314,6 +1326,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         if !portalStatements.isEmpty { portalStatements.removeAll() }
         if !portalResets.isEmpty { portalResets.removeAll() }
         unnamedOnBackend = false
+        awaitingShape = false
+        shapeCheck = nil
         self.backend = nil
         backendReady = false
         backendBlocked = false
@@ -1535,8 +1549,13 @@ extension ClientSession {
                let statement = statements[String(buffer: name)]
             {
                 let serverName = prepare(statement, client: String(buffer: name), on: backend)
-                backend.write(StatementMessages.describeStatement(serverName, allocator: backend.allocator))
-                appendPending(.describeStatement)
+                if resultTypeChanged(statement, on: backend) {
+                    backend.write(StatementMessages.describeStatement(StatementMessages.missingName, allocator: backend.allocator))
+                    appendPending(.changedResultType)
+                } else {
+                    backend.write(StatementMessages.describeStatement(serverName, allocator: backend.allocator))
+                    appendPending(.describeStatement)
+                }
             } else {
                 // `S` and an empty name: the unnamed statement.
                 if kind == UInt8(ascii: "S"), frame.body.readableBytes == 2 { ensureUnnamedStatement(on: backend) }
@@ -1711,7 +1730,8 @@ extension ClientSession {
             return
         }
         let statement = ClientStatement(
-            definition: body, analysed: true, resets: resets, refersTo: resets.executed.flatMap { statements[$0.name]?.key })
+            definition: body, analysed: true, resets: resets, refersTo: resets.executed.flatMap { statements[$0.name]?.key },
+            searchPath: desiredParameters["search_path"])
         statements[clientName] = statement
         // Parsed afresh on the backend even when it has the text already: the database infers
         // parameter types now (its copy may predate DDL), and answers errors (a failed
@@ -1722,6 +1742,7 @@ extension ClientSession {
         closeBeforeParse(serverName, on: backend)
         backend.write(StatementMessages.parse(name: serverName, definition: definition, allocator: backend.allocator))
         appendPending(.parse(client: clientName, key: statement.key, serverName: serverName))
+        describeShape(key: statement.key, serverName: serverName, parsedAt: statement.parsedAt, for: (clientName, statement.parsedAt), on: backend)
     }
 
     private func sendBind(_ frame: PGFrame, to backend: BackendConnection) {
@@ -1750,9 +1771,78 @@ extension ClientSession {
         repin(statement.resets)
         let clientName = String(buffer: name)
         let serverName = prepare(statement, client: clientName, on: backend)
+        if resultTypeChanged(statement, on: backend) {
+            backend.write(StatementMessages.bind(portal: portal, statement: StatementMessages.missingName, rest: body, allocator: backend.allocator))
+            if !portalStatements.isEmpty { portalStatements[String(buffer: portal)] = nil }
+            appendPending(.changedResultType)
+            return
+        }
         backend.write(StatementMessages.bind(portal: portal, statement: serverName, rest: body, allocator: backend.allocator))
         portalStatements[String(buffer: portal)] = serverName
         appendPending(.bind(serverName: serverName, client: clientName))
+    }
+
+    /// Whether the backend's copy of `statement` returns another row type than the one the
+    /// client prepared: PostgreSQL fails every use of such a statement. Only asked once
+    /// `mustCheckResultTypeFirst` made the copy's row type known and current.
+    private func resultTypeChanged(_ statement: ClientStatement, on backend: BackendConnection) -> Bool {
+        defer { shapeCheck = nil }
+        guard let expected = statement.shape, let shape = backend.statementCache.shape(of: statement.key) else { return false }
+        return shape != expected
+    }
+
+    /// Before a Bind or Describe of one of the client's named statements whose row type is known:
+    /// whether the backend's copy is known to return it. If the backend lacks a current copy, or
+    /// has one that another client parsed with another row type (DDL since, or another
+    /// search_path), the proxy parses the statement there now with a Describe and returns true:
+    /// the message (and everything after it) waits for that answer, after which the copy is the
+    /// database's current view and decides (`resultTypeChanged`). One round trip per statement
+    /// and backend, the first time that backend serves it to a client that prepared it elsewhere.
+    private func mustCheckResultTypeFirst(_ message: HeldMessage, on backend: BackendConnection) -> Bool {
+        let type = message.frame.type
+        guard type == PGMessageType.Frontend.bind || type == PGMessageType.Frontend.describe,
+              !skippingUntilSync, !copyInActive, !statements.isEmpty
+        else { return false }
+        var body = message.frame.body
+        if type == PGMessageType.Frontend.bind {
+            guard body.readNullTerminatedSlice() != nil else { return false }
+        } else {
+            guard body.readInteger(as: UInt8.self) == UInt8(ascii: "S") else { return false }
+        }
+        guard let name = body.readNullTerminatedSlice(), name.readableBytes > 0,
+              let statement = statements[String(buffer: name)], let expected = statement.shape
+        else { return false }
+        if let copy = backend.statementCache.copy(statement.key, since: statement.parsedAt) {
+            // Unknown: its Describe is on its way in this batch (the client's own Parse).
+            guard let shape = copy.shape, shape != expected else { return false }
+            if let check = shapeCheck, check.key == statement.key, check.parsedAt == copy.parsedAt { return false }
+            backend.statementCache.invalidate(key: statement.key)
+        }
+        let definition = executeRewritten(statement.definition, resets: statement.resets, on: backend) ?? statement.definition
+        let parsedAt = StatementEpoch.next()
+        let serverName = backend.statementCache.parse(statement.key, at: parsedAt)
+        closeBeforeParse(serverName, on: backend)
+        backend.write(StatementMessages.parse(name: serverName, definition: definition, allocator: backend.allocator))
+        appendPending(.injectedParse(client: String(buffer: name), key: statement.key, serverName: serverName, quiet: statement.analysed))
+        describeShape(key: statement.key, serverName: serverName, parsedAt: parsedAt, waiting: true, on: backend)
+        // PostgreSQL answers only at a Sync or Flush, and the client's may be among the
+        // messages that now wait.
+        backend.write(StatementMessages.flush)
+        backend.flush()
+        shapeCheck = (statement.key, parsedAt)
+        awaitingShape = true
+        return true
+    }
+
+    /// The Describe after a Parse of a named statement (see `PendingResponse.shapeDescribe`).
+    private func describeShape(
+        key: String, serverName: String, parsedAt: UInt64, for client: (name: String, parsedAt: UInt64)? = nil,
+        waiting: Bool = false, on backend: BackendConnection
+    ) {
+        backend.write(StatementMessages.describeStatement(serverName, allocator: backend.allocator))
+        appendPending(.shapeDescribe(
+            key: key, serverName: serverName, parsedAt: parsedAt, client: client?.name, clientParsedAt: client?.parsedAt ?? 0,
+            waiting: waiting))
     }
 
     /// A statement that pinned when parsed pins again when bound: a reset since its Parse released
@@ -1810,12 +1900,23 @@ extension ClientSession {
     /// The server-side name of `statement` on `backend`, preparing it there first if needed
     /// (its ParseComplete will be dropped).
     private func prepare(_ statement: ClientStatement, client: String, on backend: BackendConnection) -> String {
-        if let serverName = backend.statementCache.use(statement.key, since: statement.parsedAt) { return serverName }
+        if let serverName = backend.statementCache.use(statement.key, since: statement.parsedAt) {
+            if statement.shape == nil, let shape = backend.statementCache.shape(of: statement.key) {
+                statements[client]?.shape = shape  // what the client sees first
+            }
+            return serverName
+        }
         let definition = executeRewritten(statement.definition, resets: statement.resets, on: backend) ?? statement.definition
-        let serverName = backend.statementCache.parse(statement.key, at: StatementEpoch.next())
+        let parsedAt = StatementEpoch.next()
+        let serverName = backend.statementCache.parse(statement.key, at: parsedAt)
         closeBeforeParse(serverName, on: backend)
         backend.write(StatementMessages.parse(name: serverName, definition: definition, allocator: backend.allocator))
         appendPending(.injectedParse(client: client, key: statement.key, serverName: serverName, quiet: statement.analysed))
+        // A statement the proxy acknowledged without a backend gets its row type from its first
+        // Parse on one: that is what the client sees first.
+        describeShape(
+            key: statement.key, serverName: serverName, parsedAt: parsedAt,
+            for: statement.shape == nil ? (client, statement.parsedAt) : nil, on: backend)
         if !statement.analysed { statements[client]?.analysed = true }
         return serverName
     }
@@ -1920,6 +2021,13 @@ extension ClientSession {
                     expected = true
                     hint = watch.executed
                 case .bind(_, let client), .injectedParse(let client, _, _, _): hint = client
+                case .changedResultType:
+                    // The Bind or Describe the proxy failed on purpose: PostgreSQL's error for it.
+                    writeRun(upTo: frameStart)
+                    runStart = view.readerIndex
+                    context.write(wrapOutboundOut(StatementMessages.changedResultTypeError), promise: nil)
+                    backendReportedError(body, backend: backend)
+                    continue
                 default: break
                 }
                 if let rewritten = errorWithoutInternalNames(body, backend: backend, expected: expected, hint: hint) {
@@ -1999,6 +2107,28 @@ extension ClientSession {
                 if type == PGMessageType.Backend.bindComplete { popPending() }
             case .describeStatement, .describePortal:
                 if type == PGMessageType.Backend.rowDescription || type == PGMessageType.Backend.noData { popPending() }
+            case .shapeDescribe(let key, let serverName, let parsedAt, let client, let clientParsedAt, let waiting):
+                guard type == PGMessageType.Backend.parameterDescription || type == PGMessageType.Backend.rowDescription
+                    || type == PGMessageType.Backend.noData
+                else { break }
+                writeRun(upTo: frameStart)
+                runStart = view.readerIndex  // the proxy's own question: dropped
+                guard type != PGMessageType.Backend.parameterDescription else { break }
+                popPending()
+                let shape = type == PGMessageType.Backend.noData
+                    ? ResultShape.noRows
+                    : bytes.getSlice(at: frameStart + 5, length: size - 5).flatMap(ResultShape.of(rowDescription:))
+                if let shape {
+                    backend.statementCache.record(shape: shape, key: key, serverName: serverName, parsedAt: parsedAt)
+                    if let client, statements[client]?.key == key, statements[client]?.parsedAt == clientParsedAt,
+                       statements[client]?.shape == nil
+                    {
+                        statements[client]!.shape = shape
+                    }
+                }
+                if waiting { awaitingShape = false }
+            case .changedResultType:
+                break  // its ErrorResponse is handled above
             case .execute:
                 if type == PGMessageType.Backend.commandComplete || type == PGMessageType.Backend.emptyQueryResponse
                     || type == PGMessageType.Backend.portalSuspended
@@ -2315,6 +2445,8 @@ extension ClientSession {
             if failed, let client, transactionStatus != .failed { statements[client] = nil }
         case .injectedClose(unnamed: true):
             unnamedOnBackend = false
+        case .shapeDescribe(_, _, _, _, _, waiting: true):
+            awaitingShape = false  // skipped after its Parse failed: the waiting messages go on
         case .close(let before?):
             if !failed { undoUnnamed(before, to: before) }
         case .localParseComplete(let client):

@@ -31,12 +31,21 @@ struct ClientStatement {
     var parsedAt: UInt64
     /// What executing it resets (`DISCARD ALL` prepared as a statement, ...).
     let resets: Resets
+    /// The row type it returns, as the database described it after the client's Parse
+    /// (`ResultShape`); nil until that answer arrives. PostgreSQL fixes a prepared statement's
+    /// row type at Parse: once DDL changes it, every use fails with `cached plan must not change
+    /// result type`. A backend that parses the text afresh for this client must fail it the
+    /// same way, not return rows of another type (asyncpg decoded them as garbage).
+    var shape: Int?
 
     /// `refersTo`: for `EXECUTE name`, the key of the statement it runs (part of its identity:
-    /// two clients' `EXECUTE foobar` may run different statements).
+    /// two clients' `EXECUTE foobar` may run different statements). `searchPath`: the client's
+    /// when it defined the statement, also part of its identity: the same text names other
+    /// tables under another search_path, and a backend's copy analysed for one client would
+    /// fail (or serve) another.
     init(
         definition: ByteBuffer, analysed: Bool, parsedAt: UInt64 = StatementEpoch.next(), resets: Resets = Resets(),
-        refersTo: String? = nil
+        refersTo: String? = nil, searchPath: String? = nil
     ) {
         self.definition = definition
         self.analysed = analysed
@@ -45,6 +54,7 @@ struct ClientStatement {
         var hasher = Hasher()
         definition.withUnsafeReadableBytes { hasher.combine(bytes: $0) }
         if let refersTo { hasher.combine(refersTo) }
+        if let searchPath { hasher.combine(searchPath) }
         let hash = UInt64(bitPattern: Int64(hasher.finalize()))
         self.key = "concierge_" + String(hash, radix: 16)
     }
@@ -73,6 +83,8 @@ struct BackendStatementCache {
         var lastUse: UInt64
         /// When it was last parsed on the backend (`StatementEpoch`).
         var parsedAt: UInt64
+        /// Its row type (`ResultShape`), once the Describe sent after its Parse is answered.
+        var shape: Int?
     }
 
     private var entries: [String: Entry] = [:]
@@ -92,6 +104,24 @@ struct BackendStatementCache {
         return entry.serverName
     }
 
+    /// The backend's copy of `key` if it may serve a client that defined it at `since`: when it
+    /// was parsed and its row type (nil while its Describe is unanswered). Does not mark it used.
+    func copy(_ key: String, since: UInt64) -> (parsedAt: UInt64, shape: Int?)? {
+        guard let entry = entries[key], entry.parsedAt >= since else { return nil }
+        return (entry.parsedAt, entry.shape)
+    }
+
+    /// The row type of the backend's copy of `key`, when known.
+    func shape(of key: String) -> Int? {
+        entries[key]?.shape
+    }
+
+    /// The Describe after the Parse of `serverName` at `parsedAt` was answered with this row type.
+    mutating func record(shape: Int, key: String, serverName: String, parsedAt: UInt64) {
+        guard let entry = entries[key], entry.serverName == serverName, entry.parsedAt == parsedAt else { return }
+        entries[key]!.shape = shape
+    }
+
     /// Records that `key` is being (re)prepared on the backend, at `parsedAt`; returns its
     /// server-side name (the existing one when it is parsed again).
     mutating func parse(_ key: String, at parsedAt: UInt64) -> String {
@@ -99,6 +129,7 @@ struct BackendStatementCache {
         if entries[key] != nil {
             entries[key]!.lastUse = clock
             entries[key]!.parsedAt = parsedAt
+            entries[key]!.shape = nil
             return entries[key]!.serverName
         }
         // A key whose statement was invalidated gets a fresh name: the old one is deallocated later.
@@ -121,6 +152,12 @@ struct BackendStatementCache {
     /// type`): the next use prepares it again under a new name.
     mutating func invalidate(serverName: String) {
         guard let key = entries.first(where: { $0.value.serverName == serverName })?.key else { return }
+        invalidate(key: key)
+    }
+
+    /// As `invalidate(serverName:)`, by key.
+    mutating func invalidate(key: String) {
+        guard let serverName = entries[key]?.serverName else { return }
         entries[key] = nil
         stale.append(serverName)
         generation += 1
@@ -185,6 +222,18 @@ enum PendingResponse {
     case bind(serverName: String?, client: String? = nil)
     /// Describe of a statement: ParameterDescription, then RowDescription or NoData.
     case describeStatement
+    /// A Describe the proxy sends after each Parse of a named statement (the client's, or its
+    /// own): its ParameterDescription and RowDescription (or NoData) are dropped, and the row
+    /// type is recorded for the backend's copy (`parsedAt`) and, for the first Parse of the
+    /// client's statement (`client`, defined at `clientParsedAt`), for that statement. `waiting`:
+    /// the client's next messages wait for it (`ClientSession.mustCheckResultTypeFirst`).
+    case shapeDescribe(
+        key: String, serverName: String, parsedAt: UInt64, client: String?, clientParsedAt: UInt64, waiting: Bool)
+    /// A Bind or Describe of a statement whose row type changed since the client prepared it,
+    /// sent for a name that does not exist: PostgreSQL fails it (aborting the transaction and
+    /// skipping to Sync) where it would have failed it directly, and its error is replaced by
+    /// the one PostgreSQL gives for that case.
+    case changedResultType
     /// Describe of a portal: RowDescription or NoData.
     case describePortal
     /// Execute: rows and copy data, ended by CommandComplete, EmptyQueryResponse or
@@ -365,6 +414,51 @@ enum StatementMessages {
         return out
     }()
 
+    /// A Bind or Describe sent for this name fails (`PendingResponse.changedResultType`): no
+    /// statement has it (the proxy's names are `concierge_` and hex digits).
+    static let missingName = "concierge_none"
+
+    static let flush: ByteBuffer = ByteBuffer(bytes: [UInt8(ascii: "H"), 0, 0, 0, 4])
+
+    /// PostgreSQL's error for a prepared statement whose row type changed (plancache.c).
+    static let changedResultTypeError: ByteBuffer = {
+        var out = ByteBuffer()
+        PGEncode.errorResponse(.error(code: "0A000", message: "cached plan must not change result type"), into: &out)
+        return out
+    }()
+
     static let parseComplete: ByteBuffer = ByteBuffer(bytes: [UInt8(ascii: "1"), 0, 0, 0, 4])
     static let closeComplete: ByteBuffer = ByteBuffer(bytes: [UInt8(ascii: "3"), 0, 0, 0, 4])
+}
+
+/// A statement's row type, as a hash of what PostgreSQL compares when it decides that a cached
+/// plan changed its result type (the columns' names, types, lengths and type modifiers; not the
+/// table and column a value comes from). NoData is `noRows`.
+enum ResultShape {
+    static let noRows = 0
+
+    /// The shape of a RowDescription's body (after the message header); nil if malformed.
+    static func of(rowDescription body: ByteBuffer) -> Int? {
+        var body = body
+        guard let count = body.readInteger(as: Int16.self), count >= 0 else { return nil }
+        var hasher = Hasher()
+        hasher.combine(count)
+        for _ in 0..<count {
+            guard let name = body.readNullTerminatedSlice() else { return nil }
+            name.withUnsafeReadableBytes { hasher.combine(bytes: $0) }
+            hasher.combine(UInt8(0))
+            // Table OID (4) and column number (2) are where values come from, not their type.
+            guard body.readSlice(length: 6) != nil,
+                  let type = body.readInteger(as: UInt32.self),
+                  let length = body.readInteger(as: Int16.self),
+                  let modifier = body.readInteger(as: Int32.self),
+                  body.readInteger(as: Int16.self) != nil
+            else { return nil }
+            hasher.combine(type)
+            hasher.combine(length)
+            hasher.combine(modifier)
+        }
+        let shape = hasher.finalize()
+        return shape == noRows ? 1 : shape
+    }
 }

@@ -845,3 +845,109 @@ def test_the_parameter_sync_is_read_the_same_in_any_previous_encoding(proxy, pg,
             assert c.query("show concierge.test") == [(crafted,)]
             assert c.query("show work_mem") != [("1234kB",)]
             assert c.query("show client_encoding") == [("UTF8",)]
+
+
+def _hold_all_but(pid, clients):
+    """Opens a transaction on each of `clients` (as many as backends): returns the one that
+    holds backend `pid`; the others commit, so the next transaction runs on another backend."""
+    for w in clients:
+        w.query("begin")
+    holders = {w.query("select pg_backend_pid()")[0][0]: w for w in clients}
+    assert pid in holders and len(holders) == len(clients), holders
+    for p_, w in holders.items():
+        if p_ != pid:
+            w.query("commit")
+    return holders[pid]
+
+
+def _shape_table(pg, name="shape_t"):
+    pg.query(f"drop table if exists {name}")
+    pg.query(f"create table {name} (a int, b int)")
+    pg.query(f"insert into {name} values (1, 2)")
+    pg.query(f"alter table {name} owner to app")
+
+
+@pytest.mark.proxy_only
+def test_a_statement_whose_row_type_changed_fails_on_any_backend(proxy, pg):
+    # asyncpg's test_prepare_statement_invalid: a statement prepared while `b` is int, used after
+    # DDL made it text. Directly, every use fails with 0A000 (asyncpg re-prepares on it). Through
+    # the proxy the Bind reached a backend that lacked the statement: the proxy parsed the text
+    # there afresh and the client got text where it expected int4 (`insufficient data in buffer`).
+    _shape_table(pg)
+    p = proxy(max_connections_percent=2, connection_borrow_timeout=5)  # 2 backends
+    with p.wire() as a, p.wire() as b, p.wire() as c:
+        for w in (a, b, c):
+            w.startup("app", p.passwords["app"])
+        a.query("begin")
+        prepare(a, "s1", "select * from shape_t")
+        prepare(a, "s2", "select a from shape_t")
+        x = a.query("select pg_backend_pid()")[0][0]
+        a.query("commit")
+        holder = _hold_all_but(x, (b, c))  # a's next transaction: on the backend without s1
+        pg.query("alter table shape_t alter column b type text")
+        a.query("begin")
+        with pytest.raises(ServerError) as failed:
+            run_statement(a, "s1")
+        assert failed.value.sqlstate == "0A000"
+        assert failed.value.message == "cached plan must not change result type"
+        # As directly, the error aborted the transaction.
+        with pytest.raises(ServerError) as aborted:
+            a.query("select 1")
+        assert aborted.value.sqlstate == "25P02"
+        a.query("rollback")
+        # A statement whose row type did not change is unaffected; the changed one fails again.
+        assert run_statement(a, "s2") == ["1"]
+        with pytest.raises(ServerError) as again:
+            run_statement(a, "s1")
+        assert again.value.sqlstate == "0A000"
+        # Describe of it fails the same way, and the session goes on.
+        a.send(message(b"D", b"Ss1\0") + SYNC)
+        error = a.expect(b"E")
+        assert b"0A000" in error.payload
+        a.expect(b"Z")
+        # A new Parse of the same text gets the new row type.
+        prepare(a, "s3", "select * from shape_t")
+        assert run_statement(a, "s3") == ["1"]
+        holder.query("commit")
+
+
+@pytest.mark.proxy_only
+def test_a_copy_another_client_parsed_after_ddl_does_not_serve_the_old_statement(proxy, pg):
+    # Client a prepared the text before the DDL; client d parses the same text after it, so the
+    # backend's shared copy returns the new row type. a's statement must still fail as directly.
+    _shape_table(pg, "shape_u")
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=5)  # 1 backend
+    with p.wire() as a, p.wire() as d:
+        for w in (a, d):
+            w.startup("app", p.passwords["app"])
+        prepare(a, "s1", "select * from shape_u")
+        assert run_statement(a, "s1") == ["1"]
+        pg.query("alter table shape_u alter column b type text")
+        prepare(d, "s1", "select * from shape_u")
+        assert run_statement(d, "s1") == ["1"]
+        with pytest.raises(ServerError) as failed:
+            run_statement(a, "s1")
+        assert failed.value.sqlstate == "0A000"
+        assert run_statement(d, "s1") == ["1"]
+
+
+@pytest.mark.proxy_only
+def test_the_same_text_under_two_search_paths_serves_both_clients(proxy, pg):
+    # The same text names tables of different row types in two schemas: a backend's copy parsed
+    # for one client must not fail (nor serve) the other.
+    for schema, column in (("shape_s1", "int"), ("shape_s2", "text")):
+        pg.query(f"drop schema if exists {schema} cascade")
+        pg.query(f"create schema {schema} authorization app")
+        pg.query(f"create table {schema}.t (v {column})")
+        pg.query(f"insert into {schema}.t values ('7')")
+        pg.query(f"alter table {schema}.t owner to app")
+    p = proxy(max_connections_percent=1, connection_borrow_timeout=5)  # 1 backend
+    with p.wire() as a, p.wire() as b:
+        a.startup("app", p.passwords["app"], search_path="shape_s1")
+        b.startup("app", p.passwords["app"], search_path="shape_s2")
+        prepare(a, "s", "select v, pg_typeof(v)::text from t")
+        prepare(b, "s", "select v, pg_typeof(v)::text from t")
+        for _ in range(3):
+            for w in (a, b):
+                assert run_statement(w, "s") == ["7"]
+        assert a.query("select pg_typeof(v)::text from t") == [("integer",)]
