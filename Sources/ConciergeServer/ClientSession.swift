@@ -126,6 +126,13 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// The statement (key) and parse of the last such check: a copy parsed by it is the database's
     /// current answer, so a row type other than the client's is final (`changedResultType`).
     private var shapeCheck: (key: String, parsedAt: UInt64)?
+    /// The waiting Parse (`awaitingShape`) prepares a statement for a simple Query that runs it
+    /// (`EXECUTE name`): if it fails, the Query must still be answered.
+    private var preparingForQuery = false
+    /// That Parse failed: PostgreSQL skips everything up to a Sync, where it would have run the
+    /// client's Query and failed it with the same error. The Query is replaced by a Sync, whose
+    /// ReadyForQuery answers it.
+    private var syncInsteadOfQuery = false
 
     // Session resets (RESET ALL, DISCARD ALL, ...; see `applyReset`)
     /// The parameters the client logged in with: what RESET ALL and DISCARD ALL return it to.
@@ -1288,6 +1295,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         unnamedOnBackend = false
         awaitingShape = false
         shapeCheck = nil
+        preparingForQuery = false
+        syncInsteadOfQuery = false
         waitingForEarlierBatches = false
         skippingUntilSync = false
         sentUnsynced = false
@@ -1328,6 +1337,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         unnamedOnBackend = false
         awaitingShape = false
         shapeCheck = nil
+        preparingForQuery = false
+        syncInsteadOfQuery = false
         self.backend = nil
         backendReady = false
         backendBlocked = false
@@ -1487,6 +1498,20 @@ extension ClientSession {
     fileprivate func send(_ message: HeldMessage, to backend: BackendConnection) {
         let frame = message.frame
         let type = frame.type
+        if syncInsteadOfQuery, type == PGMessageType.Frontend.query {
+            // See `syncInsteadOfQuery`: the error the client got answers its Query.
+            syncInsteadOfQuery = false
+            skippingUntilSync = false
+            if outstandingSyncs == 0 { queryStarted = .now() }
+            outstandingSyncs += 1
+            sentUnsynced = false
+            // The Query ended the client's extended messages before it (messages after it may
+            // have started new ones).
+            pendingUnsynced = held.contains(where: { !Self.isSyncPoint($0.frame.type) })
+            backend.write(StatementMessages.sync)
+            appendPending(.query)
+            return
+        }
         if skippingUntilSync {
             guard type == PGMessageType.Frontend.sync else { return }  // PostgreSQL would skip it
             skippingUntilSync = false
@@ -1614,10 +1639,22 @@ extension ClientSession {
         if resets.kinds.contains(.deallocate), let name = resets.deallocated {
             if let statement = statements[name] {
                 // The client's statement is known to the backend by the proxy's name: deallocate
-                // that one (preparing it first if this backend lacks it, so the outcome is
-                // PostgreSQL's: success, or the error of an aborted transaction).
-                let serverName = prepare(statement, client: name, on: backend)
-                backend.statementCache.invalidate(serverName: serverName)
+                // that one. A backend without it deallocates the proxy's placeholder instead
+                // (prepared first: a Parse that cannot fail, where one of the client's text
+                // could, and would make PostgreSQL skip this Query). Either way the outcome is
+                // PostgreSQL's: success, or the error of an aborted transaction.
+                let serverName: String
+                if backend.statementCache.copy(statement.key, since: statement.parsedAt) != nil {
+                    serverName = prepare(statement, client: name, on: backend)
+                    backend.statementCache.invalidate(serverName: serverName)
+                } else {
+                    serverName = StatementMessages.placeholderName
+                    closeBeforeParse(serverName, on: backend)
+                    backend.statementCache.discardLater(serverName)
+                    backend.write(StatementMessages.parse(
+                        name: serverName, definition: StatementMessages.placeholderDefinition, allocator: backend.allocator))
+                    appendPending(.injectedPlaceholder)
+                }
                 bytes = ByteBuffer()
                 PGEncode.query("DEALLOCATE " + BackendConnection.quoteIdentifier(serverName), into: &bytes)
                 watch.deallocated = name
@@ -1800,6 +1837,15 @@ extension ClientSession {
     /// and backend, the first time that backend serves it to a client that prepared it elsewhere.
     private func mustCheckResultTypeFirst(_ message: HeldMessage, on backend: BackendConnection) -> Bool {
         let type = message.frame.type
+        if type == PGMessageType.Frontend.query, let (name, _) = message.resets.executed, !skippingUntilSync,
+           let statement = statements[name], backend.statementCache.copy(statement.key, since: statement.parsedAt) == nil
+        {
+            // SQL `EXECUTE name` of a protocol-level statement this backend lacks: prepared
+            // first, on its own (a failed Parse of it would make PostgreSQL skip the Query).
+            prepareAndWait(statement, client: name, on: backend)
+            preparingForQuery = true
+            return true
+        }
         guard type == PGMessageType.Frontend.bind || type == PGMessageType.Frontend.describe,
               !skippingUntilSync, !copyInActive, !statements.isEmpty
         else { return false }
@@ -1818,20 +1864,29 @@ extension ClientSession {
             if let check = shapeCheck, check.key == statement.key, check.parsedAt == copy.parsedAt { return false }
             backend.statementCache.invalidate(key: statement.key)
         }
+        prepareAndWait(statement, client: String(buffer: name), on: backend)
+        return true
+    }
+
+    /// Parses `statement` on the backend with a Describe, and makes the client's messages wait
+    /// for the answer (`awaitingShape`).
+    private func prepareAndWait(_ statement: ClientStatement, client: String, on backend: BackendConnection) {
         let definition = executeRewritten(statement.definition, resets: statement.resets, on: backend) ?? statement.definition
         let parsedAt = StatementEpoch.next()
         let serverName = backend.statementCache.parse(statement.key, at: parsedAt)
         closeBeforeParse(serverName, on: backend)
         backend.write(StatementMessages.parse(name: serverName, definition: definition, allocator: backend.allocator))
-        appendPending(.injectedParse(client: String(buffer: name), key: statement.key, serverName: serverName, quiet: statement.analysed))
-        describeShape(key: statement.key, serverName: serverName, parsedAt: parsedAt, waiting: true, on: backend)
+        appendPending(.injectedParse(client: client, key: statement.key, serverName: serverName, quiet: statement.analysed))
+        describeShape(
+            key: statement.key, serverName: serverName, parsedAt: parsedAt,
+            for: statement.shape == nil ? (client, statement.parsedAt) : nil, waiting: true, on: backend)
+        if !statement.analysed { statements[client]?.analysed = true }
         // PostgreSQL answers only at a Sync or Flush, and the client's may be among the
         // messages that now wait.
         backend.write(StatementMessages.flush)
         backend.flush()
         shapeCheck = (statement.key, parsedAt)
         awaitingShape = true
-        return true
     }
 
     /// The Describe after a Parse of a named statement (see `PendingResponse.shapeDescribe`).
@@ -2126,7 +2181,10 @@ extension ClientSession {
                         statements[client]!.shape = shape
                     }
                 }
-                if waiting { awaitingShape = false }
+                if waiting {
+                    awaitingShape = false
+                    preparingForQuery = false
+                }
             case .changedResultType:
                 break  // its ErrorResponse is handled above
             case .execute:
@@ -2439,14 +2497,17 @@ extension ClientSession {
         case .injectedParse(let client, let key, let serverName, _):
             backend.statementCache.forget(key, serverName: serverName)
             if client == nil { unnamedOnBackend = false }  // the client's unnamed statement is not there
-            // A statement the backend refuses (its text no longer valid, e.g. after DDL): gone,
-            // as if its Parse had failed. One skipped after another error stays, and so does one
-            // refused because the transaction had failed (25P02), as PostgreSQL keeps it.
-            if failed, let client, transactionStatus != .failed { statements[client] = nil }
+            // A statement the backend refuses (its text no longer valid after DDL, a failed
+            // transaction) stays the client's: PostgreSQL keeps it, and fails each use of it
+            // with the same error until the DDL is undone. Its next use parses it again.
         case .injectedClose(unnamed: true):
             unnamedOnBackend = false
         case .shapeDescribe(_, _, _, _, _, waiting: true):
             awaitingShape = false  // skipped after its Parse failed: the waiting messages go on
+            if preparingForQuery {
+                preparingForQuery = false
+                syncInsteadOfQuery = true
+            }
         case .close(let before?):
             if !failed { undoUnnamed(before, to: before) }
         case .localParseComplete(let client):

@@ -419,11 +419,17 @@ enum StatementMessages {
     static let missingName = "concierge_none"
 
     static let flush: ByteBuffer = ByteBuffer(bytes: [UInt8(ascii: "H"), 0, 0, 0, 4])
+    static let sync: ByteBuffer = ByteBuffer(bytes: [UInt8(ascii: "S"), 0, 0, 0, 4])
 
-    /// PostgreSQL's error for a prepared statement whose row type changed (plancache.c).
+    /// PostgreSQL's error for a prepared statement whose row type changed, with its source
+    /// fields: drivers recognise it by them (asyncpg raises `InvalidCachedStatementError`, and
+    /// re-prepares, when the routine is `RevalidateCachedQuery`; the message may be localised).
+    /// The line is PostgreSQL 15's.
     static let changedResultTypeError: ByteBuffer = {
         var out = ByteBuffer()
-        PGEncode.errorResponse(.error(code: "0A000", message: "cached plan must not change result type"), into: &out)
+        PGEncode.errorResponse(PGErrorFields(
+            severity: "ERROR", code: "0A000", message: "cached plan must not change result type",
+            source: ("plancache.c", "722", "RevalidateCachedQuery")), into: &out)
         return out
     }()
 

@@ -73,12 +73,12 @@ public enum PGEncode {
         buffer.writeMultipleIntegers(PGMessageType.Backend.readyForQuery, UInt32(5), status.rawValue)
     }
 
-    /// ErrorResponse: `E` with fields S, V, C, M, D, H and the terminator.
+    /// ErrorResponse: `E` with fields S, V, C, M, D, H (F, L, R when set) and the terminator.
     public static func errorResponse(_ fields: PGErrorFields, into buffer: inout ByteBuffer) {
         Self.diagnostic(type: PGMessageType.Backend.errorResponse, fields, into: &buffer)
     }
 
-    /// NoticeResponse: `N` with fields S, V, C, M, D, H and the terminator.
+    /// NoticeResponse: `N` with fields S, V, C, M, D, H (F, L, R when set) and the terminator.
     public static func noticeResponse(_ fields: PGErrorFields, into buffer: inout ByteBuffer) {
         Self.diagnostic(type: PGMessageType.Backend.noticeResponse, fields, into: &buffer)
     }
@@ -101,6 +101,14 @@ public enum PGEncode {
             if let hint = fields.hint {
                 buffer.writeInteger(Code.hint)
                 buffer.pgWriteCString(hint)
+            }
+            if let source = fields.source {
+                buffer.writeInteger(UInt8(ascii: "F"))
+                buffer.pgWriteCString(source.file)
+                buffer.writeInteger(UInt8(ascii: "L"))
+                buffer.pgWriteCString(source.line)
+                buffer.writeInteger(UInt8(ascii: "R"))
+                buffer.pgWriteCString(source.routine)
             }
             buffer.writeInteger(UInt8(0))
         }

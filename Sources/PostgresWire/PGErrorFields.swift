@@ -13,14 +13,38 @@ public struct PGErrorFields: Sendable, Hashable {
     public var detail: String?
     /// An optional suggestion what to do about the problem.
     public var hint: String?
+    /// Where in PostgreSQL's source the error is raised (`F`, `L`, `R`): set only when the proxy
+    /// gives an error on the database's behalf, since drivers recognise some errors by them.
+    public var source: (file: String, line: String, routine: String)?
 
     /// Creates a value.
-    public init(severity: String, code: String, message: String, detail: String? = nil, hint: String? = nil) {
+    public init(
+        severity: String, code: String, message: String, detail: String? = nil, hint: String? = nil,
+        source: (file: String, line: String, routine: String)? = nil
+    ) {
         self.severity = severity
         self.code = code
         self.message = message
         self.detail = detail
         self.hint = hint
+        self.source = source
+    }
+
+    public static func == (lhs: PGErrorFields, rhs: PGErrorFields) -> Bool {
+        lhs.severity == rhs.severity && lhs.code == rhs.code && lhs.message == rhs.message && lhs.detail == rhs.detail
+            && lhs.hint == rhs.hint && lhs.source?.file == rhs.source?.file && lhs.source?.line == rhs.source?.line
+            && lhs.source?.routine == rhs.source?.routine
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(severity)
+        hasher.combine(code)
+        hasher.combine(message)
+        hasher.combine(detail)
+        hasher.combine(hint)
+        hasher.combine(source?.file)
+        hasher.combine(source?.line)
+        hasher.combine(source?.routine)
     }
 
     /// A `FATAL` error: the server closes the connection after sending it.

@@ -890,6 +890,8 @@ def test_a_statement_whose_row_type_changed_fails_on_any_backend(proxy, pg):
             run_statement(a, "s1")
         assert failed.value.sqlstate == "0A000"
         assert failed.value.message == "cached plan must not change result type"
+        # asyncpg recognises it by the routine (and re-prepares): the database's own fields.
+        assert failed.value.fields.get("R") == "RevalidateCachedQuery"
         # As directly, the error aborted the transaction.
         with pytest.raises(ServerError) as aborted:
             a.query("select 1")
@@ -951,3 +953,46 @@ def test_the_same_text_under_two_search_paths_serves_both_clients(proxy, pg):
             for w in (a, b):
                 assert run_statement(w, "s") == ["7"]
         assert a.query("select pg_typeof(v)::text from t") == [("integer",)]
+
+
+@pytest.mark.proxy_only
+def test_a_statement_whose_text_broke_answers_execute_and_deallocate_as_directly(proxy, pg):
+    # A protocol-level statement that a backend lacks is parsed there before an SQL EXECUTE or
+    # DEALLOCATE of it. After DDL broke its text that Parse fails, and PostgreSQL then skipped the
+    # client's Query: it never got an answer (the fuzzer's finding 49, in a failed transaction).
+    _shape_table(pg, "broken_t")
+    p = proxy(max_connections_percent=2, connection_borrow_timeout=5)  # 2 backends
+    with p.wire() as a, p.wire() as b, p.wire() as c:
+        for w in (a, b, c):
+            w.startup("app", p.passwords["app"])
+        a.query("begin")
+        prepare(a, "s1", "select a from broken_t")
+        prepare(a, "s2", "select b from broken_t")
+        x = a.query("select pg_backend_pid()")[0][0]
+        a.query("commit")
+        holder = _hold_all_but(x, (b, c))  # a's next transactions: on the backend without them
+        pg.query("alter table broken_t rename to broken_gone")
+        # Directly: EXECUTE fails as the statement is analysed again; DEALLOCATE succeeds.
+        with pytest.raises(ServerError) as failed:
+            a.query("execute s1", timeout=10)
+        assert failed.value.sqlstate == "42P01"
+        assert a.query("select 1", timeout=10) == [("1",)]
+        a.query("deallocate s2", timeout=10)
+        # In a failed transaction both give 25P02, and each gets its answer.
+        a.query("begin")
+        with pytest.raises(ServerError):
+            a.query("select 1/0")
+        for sql in ("execute s1", "deallocate s1"):
+            with pytest.raises(ServerError) as aborted:
+                a.query(sql, timeout=10)
+            assert aborted.value.sqlstate == "25P02"
+        a.query("rollback")
+        # The statement is still the client's, as directly: once the table is back, it runs.
+        pg.query("alter table broken_gone rename to broken_t")
+        assert a.query("execute s1", timeout=10) == [("1",)]
+        assert run_statement(a, "s1") == ["1"]
+        # s2 was deallocated.
+        with pytest.raises(ServerError) as gone:
+            a.query("execute s2", timeout=10)
+        assert gone.value.sqlstate == "26000"
+        holder.query("commit")
