@@ -54,6 +54,53 @@ import Testing
 
     /// The sync SQL is ASCII whatever the values (issue 16: it was parsed in the previous
     /// client's client_encoding), and reads back as the value.
+    @Test func aCopysRowTypeIsRecordedOnlyForTheParseItAnswers() {
+        var cache = BackendStatementCache()
+        let name = cache.parse("k", at: 5)
+        #expect(cache.copy("k", since: 5)?.shape == nil)  // its Describe is on its way
+        cache.record(shape: 42, key: "k", serverName: name, parsedAt: 4)  // an older Parse's answer
+        #expect(cache.shape(of: "k") == nil)
+        cache.record(shape: 42, key: "k", serverName: name, parsedAt: 5)
+        #expect(cache.copy("k", since: 5)?.shape == 42)
+        #expect(cache.copy("k", since: 6) == nil)  // a client that parsed later: not for it
+        _ = cache.parse("k", at: 7)  // parsed again: its row type is asked again
+        #expect(cache.shape(of: "k") == nil)
+        cache.invalidate(key: "k")
+        #expect(cache.copy("k", since: 0) == nil)
+        #expect(cache.parse("k", at: 8) != name)
+    }
+
+    @Test func theRowTypeComparesWhatPostgreSQLComparesAndNotWhereValuesComeFrom() {
+        func rowDescription(_ columns: [(name: String, table: UInt32, type: UInt32, length: Int16, modifier: Int32)]) -> ByteBuffer {
+            var out = ByteBuffer()
+            out.writeInteger(Int16(columns.count))
+            for column in columns {
+                out.writeString(column.name)
+                out.writeInteger(UInt8(0))
+                out.writeInteger(column.table)
+                out.writeInteger(Int16(1))
+                out.writeInteger(column.type)
+                out.writeInteger(column.length)
+                out.writeInteger(column.modifier)
+                out.writeInteger(Int16(0))
+            }
+            return out
+        }
+        let int = ResultShape.of(rowDescription: rowDescription([("a", 100, 23, 4, -1), ("b", 100, 23, 4, -1)]))
+        #expect(int != nil && int != ResultShape.noRows)
+        // Another table with the same columns: the same row type.
+        #expect(ResultShape.of(rowDescription: rowDescription([("a", 200, 23, 4, -1), ("b", 200, 23, 4, -1)])) == int)
+        // A column's type, type modifier or name changed, or a column more: another row type.
+        #expect(ResultShape.of(rowDescription: rowDescription([("a", 100, 23, 4, -1), ("b", 100, 25, -1, -1)])) != int)
+        #expect(ResultShape.of(rowDescription: rowDescription([("a", 100, 23, 4, -1), ("b", 100, 23, 4, 8)])) != int)
+        #expect(ResultShape.of(rowDescription: rowDescription([("a", 100, 23, 4, -1), ("c", 100, 23, 4, -1)])) != int)
+        #expect(ResultShape.of(rowDescription: rowDescription([("a", 100, 23, 4, -1)])) != int)
+        // Truncated: no row type at all.
+        var truncated = rowDescription([("a", 100, 23, 4, -1)])
+        truncated.moveWriterIndex(to: truncated.writerIndex - 3)
+        #expect(ResultShape.of(rowDescription: truncated) == nil)
+    }
+
     @Test func parameterSyncSQLIsASCII() {
         let sql = BackendConnection.parameterSyncSQL(
             from: ["x.é": "a"], to: ["search_path": "schéma", "application_name": "ぁ\\' ; 😀"])!
