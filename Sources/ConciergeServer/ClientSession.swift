@@ -1667,7 +1667,11 @@ extension ClientSession {
         if let (name, range) = resets.executed, let statement = statements[name] {
             // SQL EXECUTE of a statement the client prepared with the protocol: the backend
             // knows it by the proxy's name (prepared there first if it lacks it).
-            let serverName = prepare(statement, client: name, on: backend)
+            var serverName = prepare(statement, client: name, on: backend)
+            if resultTypeChanged(statement, on: backend) {
+                serverName = StatementMessages.missingName
+                watch.changedResultType = true
+            }
             var sql = message.frame.body
             if let text = sql.readBytes(length: max(0, sql.readableBytes - 1)), range.upperBound <= text.count {
                 var rewritten = Array(text[..<range.lowerBound])
@@ -1836,35 +1840,38 @@ extension ClientSession {
     /// database's current view and decides (`resultTypeChanged`). One round trip per statement
     /// and backend, the first time that backend serves it to a client that prepared it elsewhere.
     private func mustCheckResultTypeFirst(_ message: HeldMessage, on backend: BackendConnection) -> Bool {
+        guard !skippingUntilSync, !copyInActive, !statements.isEmpty else { return false }
         let type = message.frame.type
-        if type == PGMessageType.Frontend.query, let (name, _) = message.resets.executed, !skippingUntilSync,
-           let statement = statements[name], backend.statementCache.copy(statement.key, since: statement.parsedAt) == nil
-        {
-            // SQL `EXECUTE name` of a protocol-level statement this backend lacks: prepared
-            // first, on its own (a failed Parse of it would make PostgreSQL skip the Query).
-            prepareAndWait(statement, client: name, on: backend)
-            preparingForQuery = true
-            return true
-        }
-        guard type == PGMessageType.Frontend.bind || type == PGMessageType.Frontend.describe,
-              !skippingUntilSync, !copyInActive, !statements.isEmpty
-        else { return false }
-        var body = message.frame.body
-        if type == PGMessageType.Frontend.bind {
-            guard body.readNullTerminatedSlice() != nil else { return false }
+        let client: String
+        if type == PGMessageType.Frontend.query {
+            guard let (name, _) = message.resets.executed else { return false }
+            client = name
+        } else if type == PGMessageType.Frontend.bind || type == PGMessageType.Frontend.describe {
+            var body = message.frame.body
+            if type == PGMessageType.Frontend.bind {
+                guard body.readNullTerminatedSlice() != nil else { return false }
+            } else {
+                guard body.readInteger(as: UInt8.self) == UInt8(ascii: "S") else { return false }
+            }
+            guard let name = body.readNullTerminatedSlice(), name.readableBytes > 0 else { return false }
+            client = String(buffer: name)
         } else {
-            guard body.readInteger(as: UInt8.self) == UInt8(ascii: "S") else { return false }
+            return false
         }
-        guard let name = body.readNullTerminatedSlice(), name.readableBytes > 0,
-              let statement = statements[String(buffer: name)], let expected = statement.shape
-        else { return false }
+        guard let statement = statements[client] else { return false }
         if let copy = backend.statementCache.copy(statement.key, since: statement.parsedAt) {
             // Unknown: its Describe is on its way in this batch (the client's own Parse).
-            guard let shape = copy.shape, shape != expected else { return false }
+            guard let expected = statement.shape, let shape = copy.shape, shape != expected else { return false }
             if let check = shapeCheck, check.key == statement.key, check.parsedAt == copy.parsedAt { return false }
             backend.statementCache.invalidate(key: statement.key)
+        } else if statement.shape == nil, type != PGMessageType.Frontend.query {
+            // Nothing to compare with: prepared in the same round trip (`prepare`).
+            return false
         }
-        prepareAndWait(statement, client: String(buffer: name), on: backend)
+        prepareAndWait(statement, client: client, on: backend)
+        // SQL `EXECUTE name`: a failed Parse of the statement would make PostgreSQL skip the
+        // Query, which must still be answered (`syncInsteadOfQuery`).
+        preparingForQuery = type == PGMessageType.Frontend.query
         return true
     }
 
@@ -2072,6 +2079,12 @@ extension ClientSession {
                 case .duplicateParse(_, let client):
                     expected = true
                     hint = client
+                case .resetQuery(let watch) where watch.changedResultType:
+                    writeRun(upTo: frameStart)
+                    runStart = view.readerIndex
+                    context.write(wrapOutboundOut(StatementMessages.changedResultTypeError), promise: nil)
+                    backendReportedError(body, backend: backend)
+                    continue
                 case .resetQuery(let watch) where watch.executed != nil:
                     expected = true
                     hint = watch.executed

@@ -347,6 +347,9 @@ struct ResetWatch {
     var deallocated: String?
     /// `EXECUTE name` of one of the client's protocol-level statements.
     var executed: String?
+    /// That statement's row type changed (`ClientSession.resultTypeChanged`): the Query runs
+    /// a name that does not exist, and its error is replaced by PostgreSQL's for that case.
+    var changedResultType = false
     /// A Query sent after extended messages not yet synced destroys the client's unnamed
     /// statement only if PostgreSQL does not skip it (after an error in those messages): what
     /// the client had before it.

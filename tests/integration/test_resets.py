@@ -907,6 +907,10 @@ def test_a_statement_whose_row_type_changed_fails_on_any_backend(proxy, pg):
         error = a.expect(b"E")
         assert b"0A000" in error.payload
         a.expect(b"Z")
+        # So does SQL EXECUTE of it.
+        with pytest.raises(ServerError) as executed:
+            a.query("execute s1", timeout=10)
+        assert executed.value.sqlstate == "0A000"
         # A new Parse of the same text gets the new row type.
         prepare(a, "s3", "select * from shape_t")
         assert run_statement(a, "s3") == ["1"]
