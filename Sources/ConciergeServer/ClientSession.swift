@@ -2507,12 +2507,15 @@ extension ClientSession {
             } else {
                 undoUnnamed(before, to: before)
             }
-        case .injectedParse(let client, let key, let serverName, _):
+        case .injectedParse(let client, let key, let serverName, let analysedBefore):
             backend.statementCache.forget(key, serverName: serverName)
             if client == nil { unnamedOnBackend = false }  // the client's unnamed statement is not there
-            // A statement the backend refuses (its text no longer valid after DDL, a failed
-            // transaction) stays the client's: PostgreSQL keeps it, and fails each use of it
-            // with the same error until the DDL is undone. Its next use parses it again.
+            // A statement a backend accepted before and this one refuses (its text no longer
+            // valid after DDL) stays the client's: PostgreSQL keeps it, and fails each use of it
+            // with the same error until the DDL is undone. Its next use parses it again. One
+            // whose Parse the proxy answered without a backend and that fails at its first
+            // analysis is gone, as after a failed Parse (unless the transaction had failed).
+            if failed, let client, !analysedBefore, transactionStatus != .failed { statements[client] = nil }
         case .injectedClose(unnamed: true):
             unnamedOnBackend = false
         case .shapeDescribe(_, _, _, _, _, waiting: true):
