@@ -13,6 +13,9 @@ Every test's outcome is recorded by the pytest plugin concierge_outcomes.py. A t
 directly and fails, errors, hangs, is skipped or is missing through the proxy is a *difference*.
 Differences listed in tests/drivers/inherent-differences.txt (each with its reason) are expected;
 any other makes the run fail. Listed entries that no longer differ are reported, not failed.
+Tests that fail directly too, from a race in the driver's own test (tests/drivers/flaky-directly.txt,
+each with the failure's signature, the evidence and the cause), are reported and not counted when
+they fail through the proxy with that signature; failing otherwise, they count as any other.
 A difference not on the list is run again by itself, CONCIERGE_DRIVERS_RERUNS times directly (if
 it fails there too, the test is flaky in itself and is reported, not counted) and once through a
 fresh proxy (reported: does it need the tests before it?). A test that takes longer than
@@ -58,6 +61,7 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 PG_SH = REPO_ROOT / "scripts" / "pg.sh"
 INHERENT_FILE = HERE / "inherent-differences.txt"
+FLAKY_FILE = HERE / "flaky-directly.txt"
 
 # Everything pip installs into the virtualenv, pinned: the drivers, then what their tests import
 # (asyncpg: distro; pg8000: pytz, pytest-mock, pytest-benchmark) and the runner's pytest plugins.
@@ -469,6 +473,23 @@ def load_inherent(path: Path) -> dict[tuple[str, str], str]:
     return entries
 
 
+def load_flaky(path: Path) -> dict[tuple[str, str], tuple[str, str]]:
+    """(driver, test id) -> (signature, reason), from lines `DRIVER TEST-ID "SIGNATURE" REASON`."""
+    entries: dict[tuple[str, str], tuple[str, str]] = {}
+    if not path.exists():
+        return entries
+    for number, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        driver, test, rest = (line.split(None, 2) + ["", ""])[:3]
+        if not rest.startswith('"') or rest.find('"', 1) < 0:
+            raise SystemExit(f"{path}:{number}: expected `DRIVER TEST-ID \"SIGNATURE\" REASON`, got {raw!r}")
+        end = rest.find('"', 1)
+        entries[(driver, test)] = (rest[1:end], rest[end + 1:].strip())
+    return entries
+
+
 def compare(direct: SuiteRun, proxied: SuiteRun) -> list[tuple[str, TestResult, TestResult]]:
     """Tests that passed directly and did not pass through the proxy."""
     diffs = []
@@ -668,6 +689,7 @@ def rerun(python: Path, tree: Path, driver: Driver, direct_t: Target, proxied: C
 
 def report(results: dict[str, DriverResult], inherent: dict[tuple[str, str], str],
            proxy_problems: dict[str, str], work: Path, seconds: float, filtered: bool) -> int:
+    flaky_directly = load_flaky(FLAKY_FILE)
     print()
     print("==== driver test suites: directly vs through Concierge ====")
     header = f"{'driver':<16} {'target':<10} {'run':>5} {'passed':>7} {'failed':>7} " \
@@ -694,6 +716,10 @@ def report(results: dict[str, DriverResult], inherent: dict[tuple[str, str], str
             if key in inherent:
                 expected.append(f"{line}\n      inherent: {inherent[key]}")
                 continue
+            if key in flaky_directly and flaky_directly[key][0] in message:
+                flaky.append(f"{line}\n      fails directly too, with this failure ({FLAKY_FILE.name}): "
+                             f"{flaky_directly[key][1]}")
+                continue
             reruns = res.direct_reruns.get(nodeid, [])
             alone = res.proxy_rerun.get(nodeid)
             if alone is not None:
@@ -716,7 +742,7 @@ def report(results: dict[str, DriverResult], inherent: dict[tuple[str, str], str
         print("inherent differences:")
         print("\n".join(expected))
     if flaky:
-        print("flaky tests (they also failed directly when run again):")
+        print("flaky tests (they also fail directly):")
         print("\n".join(flaky))
     if unexpected:
         print("UNEXPECTED differences (not in the list):")
