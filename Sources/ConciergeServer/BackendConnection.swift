@@ -216,6 +216,15 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
             .whenFailure { error in
                 connection.failSetup(.connection("\(settings.address): \(error)"))
             }
+        // The login as a whole (TLS, authentication, setup queries) has the same bound as the TCP
+        // connect: a server, or a path, that accepts and then never answers must not hold a
+        // borrow, a health check or a shutdown for ever.
+        let deadline = eventLoop.scheduleTask(in: connectTimeout) {
+            guard connection.setupPromise != nil else { return }
+            connection.failSetup(.connection("\(settings.address): no answer to the login within \(connectTimeout.nanoseconds / 1_000_000) ms"))
+            connection.channel?.close(promise: nil)
+        }
+        promise.futureResult.whenComplete { _ in deadline.cancel() }
         return promise.futureResult
     }
 
@@ -374,6 +383,22 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
                 lastStatus = status
                 if readyCount == 1 { firstStatus = status }
             case PGMessageType.Backend.errorResponse:
+                if let body = buffer.getSlice(at: buffer.readerIndex + 5, length: size - 5), Self.endsSession(body) {
+                    // FATAL (or PANIC): the database ends this backend (pg_terminate_backend, a
+                    // shutdown, a timeout) and closes it. That is not the client's to see: its
+                    // session goes on, and the proxy answers what was in flight with 08006 when
+                    // the connection closes. Relayed too, it would be a second error for one query.
+                    let fields = try? PGParse.errorResponse(body)
+                    settings.logger.warning("the database ended a backend connection", metadata: [
+                        "concierge.backend": "\(id)",
+                        "concierge.sqlstate": "\(fields?.code ?? "")",
+                        "concierge.database_message": "\(fields?.message ?? "")",
+                    ])
+                    let end = buffer.readerIndex
+                    buffer.moveReaderIndex(to: buffer.writerIndex)  // nothing after it is relayed
+                    forwardPrefix(unread, upTo: end, readyCount, firstStatus, lastStatus, sawError, notificationPids, reports, to: owner)
+                    return
+                }
                 // Only an error before the first ReadyForQuery answers the oldest query.
                 if readyCount == 0 { sawError = true }
             case PGMessageType.Backend.notificationResponse:
@@ -401,7 +426,29 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
             }
             buffer.moveReaderIndex(forwardBy: size)
         }
-        let length = buffer.readerIndex - unread.readerIndex
+        forwardPrefix(unread, upTo: buffer.readerIndex, readyCount, firstStatus, lastStatus, sawError, notificationPids, reports, to: owner)
+    }
+
+    /// Whether an ErrorResponse body has severity FATAL or PANIC (`V`, else `S`).
+    static func endsSession(_ body: ByteBuffer) -> Bool {
+        var body = body
+        var severity: ByteBuffer?
+        while let field = body.readInteger(as: UInt8.self), field != 0 {
+            guard let value = body.readNullTerminatedSlice() else { return false }
+            if field == UInt8(ascii: "V") { severity = value; break }
+            if field == UInt8(ascii: "S") { severity = value }
+        }
+        guard let severity else { return false }
+        return severity.readableBytesView.elementsEqual("FATAL".utf8) || severity.readableBytesView.elementsEqual("PANIC".utf8)
+    }
+
+    /// Hands the messages of `unread` up to `end` to the owner (see `forward`).
+    private func forwardPrefix(
+        _ unread: ByteBuffer, upTo end: Int, _ readyCount: Int, _ firstStatus: PGTransactionStatus,
+        _ lastStatus: PGTransactionStatus, _ sawError: Bool, _ notificationPids: [(Int, Int32)], _ reports: Bool,
+        to owner: any BackendOwner
+    ) {
+        let length = end - unread.readerIndex
         guard length > 0, var patched = unread.getSlice(at: unread.readerIndex, length: length) else { return }
         for (offset, processID) in notificationPids {
             patched.setInteger(processID, at: patched.readerIndex + offset)
@@ -976,6 +1023,13 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
             .recover { _ in }
     }
 
+    /// Closes the connection at once, without Terminate (the database stopped answering):
+    /// whoever holds it is told as when the database closes it (its client gets 08006), and so
+    /// is the pool.
+    func abort() {
+        eventLoop.execute { self.channel?.close(promise: nil) }
+    }
+
     /// Closes the connection politely (Terminate, then close).
     func close() {
         eventLoop.execute {
@@ -983,7 +1037,13 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
             if case .closed = self.phase {} else { self.phase = .closed }
             var out = channel.allocator.buffer(capacity: 5)
             PGEncode.terminate(into: &out)
-            channel.writeAndFlush(out).whenComplete { _ in channel.close(promise: nil) }
+            // Closed once Terminate is on its way, or after a second: a peer that stopped
+            // reading (a full send buffer) must not keep the connection open.
+            let fallback = channel.eventLoop.scheduleTask(in: .seconds(1)) { channel.close(promise: nil) }
+            channel.writeAndFlush(out).whenComplete { _ in
+                fallback.cancel()
+                channel.close(promise: nil)
+            }
         }
     }
 }

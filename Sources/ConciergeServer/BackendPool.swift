@@ -152,6 +152,13 @@ final class BackendPool: @unchecked Sendable {
         return promise.futureResult
     }
 
+    /// Aborts every connection open now (`BackendConnection.abort`): their target stopped
+    /// answering.
+    func abortAll() {
+        let all = lock.withLock { Array(connections.values) }
+        for connection in all { connection.abort() }
+    }
+
     /// Closes every connection still open (after the drain deadline).
     func closeAll() {
         let all = lock.withLock { Array(connections.values) }

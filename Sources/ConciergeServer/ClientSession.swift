@@ -133,6 +133,13 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// client's Query and failed it with the same error. The Query is replaced by a Sync, whose
     /// ReadyForQuery answers it.
     private var syncInsteadOfQuery = false
+    /// A cancel arrived while the backend was being prepared for the client (its session
+    /// parameters set), before the held statement reached it: it is sent once the statement is.
+    private var cancelWhenSent = false
+    /// Cancel requests sent for the backend this client holds and not yet answered (the database
+    /// closes a cancel connection once it has signalled the backend). The backend is not given
+    /// back before: a late signal would cancel whatever another client runs on it next.
+    private var cancelsInFlight = 0
 
     // Session resets (RESET ALL, DISCARD ALL, ...; see `applyReset`)
     /// The parameters the client logged in with: what RESET ALL and DISCARD ALL return it to.
@@ -1051,6 +1058,13 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             }
             backendReady = true
             sendHeld(to: backend)
+            if cancelWhenSent {
+                // See `cancelWhenSent`: the statement is on its way, the cancel follows it (over
+                // its own connection, so it cannot overtake it).
+                cancelWhenSent = false
+                backend.flush()
+                trackCancel(backend.sendCancelRequest())
+            }
         case .failure(let error):
             self.backend = nil
             backendReady = false
@@ -1189,7 +1203,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         outstandingSyncs = max(0, outstandingSyncs - readyForQueryCount)
         transactionStatus = lastStatus
         if outstandingSyncs == 0, !pendingUnsynced, lastStatus == .idle, pinReasons.isEmpty,
-            held.isEmpty, pending.isEmpty
+            held.isEmpty, pending.isEmpty, cancelsInFlight == 0
         {
             // The transaction is over: the client gets its answer now, because the backend may
             // move to another client (and its read-complete) before this call returns. The
@@ -1339,6 +1353,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         shapeCheck = nil
         preparingForQuery = false
         syncInsteadOfQuery = false
+        cancelWhenSent = false
         self.backend = nil
         backendReady = false
         backendBlocked = false
@@ -1416,11 +1431,33 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 self.borrowFailed(.unavailable(ClientErrors.queryCanceled))
                 return self.eventLoop.makeSucceededVoidFuture()
             }
+            if self.backend != nil, !self.backendReady, case .ready = self.state, !self.held.isEmpty {
+                self.log(.info, "cancelling a statement that waits for its database connection to be prepared")
+                self.cancelWhenSent = true
+                return self.eventLoop.makeSucceededVoidFuture()
+            }
             guard let backend = self.backend, self.backendReady, self.outstandingSyncs > 0 || self.pendingUnsynced else {
                 return self.eventLoop.makeSucceededVoidFuture()
             }
             self.log(.info, "cancelling the running query at the client's request")
-            return backend.sendCancelRequest()
+            let sent = backend.sendCancelRequest()
+            self.trackCancel(sent)
+            return sent
+        }
+    }
+
+    /// See `cancelsInFlight`.
+    private func trackCancel(_ sent: EventLoopFuture<Void>) {
+        cancelsInFlight += 1
+        sent.hop(to: eventLoop).whenComplete { [self] _ in
+            cancelsInFlight -= 1
+            guard cancelsInFlight == 0, backend != nil, backendReady, outstandingSyncs == 0, !pendingUnsynced,
+                  transactionStatus == .idle, pinReasons.isEmpty, held.isEmpty, pending.isEmpty, waitingRequest == nil
+            else { return }
+            // The transaction ended while the cancel was on its way: the backend goes back now.
+            needsParameterResync = false
+            releaseBackend()
+            if draining { fail(with: ClientErrors.shuttingDown) }
         }
     }
 

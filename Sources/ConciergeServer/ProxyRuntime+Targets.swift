@@ -95,21 +95,34 @@ extension ProxyRuntime {
         var waiters: [EventLoopPromise<Void>] = []
         var refused: [EventLoopPromise<Void>] = []
         var refusal: BackendError?
+        var unresponsivePools: [BackendPool] = []
+        var newlyUnresponsive = false
         state.withLockedValue { state in
             guard state.configuration.targetGroup.targets.contains(where: { $0.endpoint == target }) else { return }
             if target == state.writer { state.writerChecked = true }
             switch result {
             case .up(let inRecovery, let maxConnections):
+                state.unresponsiveTargets.remove(target)
                 state.targetHealth[target] = TargetHealth(state: .available)
                 state.roles[target] = inRecovery ? .reader : .writer
                 if let maxConnections { state.targetMaxConnections[target] = maxConnections }
             case .upUnknownRole(let why):
+                state.unresponsiveTargets.remove(target)
                 state.targetHealth[target] = TargetHealth(
                     state: .available, description: "The health check could not tell the role: \(why)")
                 if state.roles[target] == nil { state.roles[target] = .unknown }
-            case .down(let health):
+            case .down(let health, let unresponsive):
                 state.targetHealth[target] = health
                 state.roles[target] = .unknown
+                if unresponsive {
+                    // Its backends would wait for ever for answers that do not come: closed, so
+                    // that clients mid-transaction get 08006 now (idle clients hold none).
+                    if target == state.writer { unresponsivePools.append(pool) }
+                    if let readerPool = state.readerPools[target] { unresponsivePools.append(readerPool) }
+                    newlyUnresponsive = state.unresponsiveTargets.insert(target).inserted
+                } else {
+                    state.unresponsiveTargets.remove(target)
+                }
             }
             // The writer: the current one while it still is; else the first target that is.
             let targets = state.configuration.targetGroup.targets.map(\.endpoint)
@@ -151,6 +164,15 @@ extension ProxyRuntime {
             }
         }
         if let refusal { for waiter in refused { waiter.fail(NoWriter(reason: refusal)) } }
+        if newlyUnresponsive {
+            logger.warning("the database stopped answering health checks: closing its connections", metadata: [
+                "concierge.target": "\(target)",
+            ])
+        }
+        for unresponsive in unresponsivePools {
+            unresponsive.retire()
+            unresponsive.abortAll()
+        }
         if let change = changedWriter {
             logger.warning("writer changed: new backends go to the new writer", metadata: [
                 "concierge.previous_writer": "\(change.old.map(\.description) ?? "none")",
@@ -292,14 +314,26 @@ extension ProxyRuntime {
                 // No writer (and no failover to wait out): the reason is final.
                 if let refusal = error as? NoWriter { return eventLoop.makeFailedFuture(refusal.reason) }
                 let retry: Bool
+                var pause = TimeAmount.zero
                 switch error as? BackendError {
                 case .connection?: retry = NIODeadline.now() < deadline
+                case .server(let fields)? where fields.code.hasPrefix("57P"):
+                    // The database refuses logins for now (57P03: starting up, shutting down,
+                    // recovering from a crash): as for a failover, the transaction waits for it,
+                    // asking again at a gentle pace (its health-check session may still answer).
+                    retry = NIODeadline.now() + .milliseconds(100) < deadline
+                    pause = .milliseconds(100)
                 default: retry = false
                 }
                 guard retry else { return eventLoop.makeFailedFuture(error) }
                 // The connect failed: the writer is now suspect and the next attempt waits for a
                 // health check (or fails with its reason), so this cannot spin.
-                return self.attemptOpen(id: id, key: key, on: eventLoop, pool: pool, deadline: deadline)
+                guard pause > .zero else {
+                    return self.attemptOpen(id: id, key: key, on: eventLoop, pool: pool, deadline: deadline)
+                }
+                return eventLoop.scheduleTask(in: pause) {}.futureResult.flatMap {
+                    self.attemptOpen(id: id, key: key, on: eventLoop, pool: pool, deadline: deadline)
+                }
             }
     }
 

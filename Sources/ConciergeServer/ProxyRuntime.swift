@@ -82,6 +82,8 @@ final class ProxyRuntime: @unchecked Sendable {
         var writerChecked = false
         /// Backend opens waiting for a writer (failover), answered when one is found.
         var writerWaiters: [UInt64: EventLoopPromise<Void>] = [:]
+        /// Targets whose last health check got no answer (see `TargetCheckResult.down`).
+        var unresponsiveTargets: Set<HostPort> = []
         var nextWaiterID: UInt64 = 0
         /// Backend opens under way, and those waiting for a slot (bounded pace).
         var opening = 0
@@ -604,8 +606,21 @@ final class ProxyRuntime: @unchecked Sendable {
         let pools = allPools
         let drained = EventLoopFuture.andAllComplete(pools.map { $0.shutdown(on: eventLoop) }, on: eventLoop)
         let closeTask = eventLoop.scheduleTask(in: .seconds(2)) { for pool in pools { pool.closeAll() } }
-        try? await drained.get()
+        // A backend still logging in (to a database that stopped answering) is not waited for
+        // beyond that: the process exits, which closes it.
+        let finished = eventLoop.makePromise(of: Void.self)
+        let settled = NIOLockedValueBox(false)
+        let complete = {
+            if settled.withLockedValue({ done in defer { done = true }; return !done }) { finished.succeed(()) }
+        }
+        drained.whenComplete { _ in complete() }
+        let giveUp = eventLoop.scheduleTask(in: .seconds(3)) {
+            self.logger.warning("backends still opening at shutdown are abandoned")
+            complete()
+        }
+        try? await finished.futureResult.get()
         closeTask.cancel()
+        giveUp.cancel()
     }
 
     private struct DrainTimeout: Error {}

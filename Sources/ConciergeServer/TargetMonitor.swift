@@ -13,7 +13,16 @@ enum TargetCheckResult: Sendable {
     /// The target answered but the check could not tell its role (e.g. the check's database does
     /// not exist): it is up, role unknown.
     case upUnknownRole(String)
-    case down(TargetHealth)
+    /// `unresponsive`: the check got no answer within its timeout (a path or a server that stopped
+    /// answering without closing anything): the backends open to it are no better.
+    case down(TargetHealth, unresponsive: Bool)
+}
+
+/// A health check that got no answer within its timeout.
+struct HealthCheckTimedOut: Error, CustomStringConvertible {
+    var target: HostPort
+    var timeoutMS: Int
+    var description: String { "\(target): no answer to the health check within \(timeoutMS) ms" }
 }
 
 /// Checks one target every `interval` over a connection it keeps (a login per check would cost
@@ -76,10 +85,19 @@ final class TargetMonitor: @unchecked Sendable {
         guard !stopped, let (backendSettings, config) = settings() else { return }
         checkInFlight = true
         let timeout = TimeAmount.milliseconds(Int64(config.timeoutMS))
+        // The check's outcome: the query's answer, or the deadline's failure, whichever comes
+        // first. A check must end even when its connection never answers (a path that drops
+        // packets): otherwise no check is ever scheduled again.
+        let checked = eventLoop.makePromise(of: Bool.self)
+        let settled = Settled()
+        let target = self.target
         let deadline = eventLoop.scheduleTask(in: timeout) { [weak self] in
-            // Too slow: drop the connection; its pending check fails.
+            guard !settled.value else { return }
+            settled.value = true
+            // Too slow: drop the connection (the next check opens a new one).
             self?.connection?.close()
             self?.connection = nil
+            checked.fail(HealthCheckTimedOut(target: target, timeoutMS: config.timeoutMS))
         }
         let result: EventLoopFuture<Bool>
         if let connection {
@@ -89,11 +107,20 @@ final class TargetMonitor: @unchecked Sendable {
                 id: ConnectionID(-1), key: PoolKey(user: backendSettings.username, database: config.database),
                 on: eventLoop, settings: backendSettings, pool: nil, connectTimeout: timeout)
             result = opened.flatMap { connection in
+                guard !settled.value else {
+                    connection.close()  // opened after the deadline: not kept
+                    return self.eventLoop.makeFailedFuture(BackendError.connection("opened too late"))
+                }
                 self.connection = connection
                 return connection.checkRecovery()
             }
         }
-        result.whenComplete { [self] outcome in
+        result.whenComplete { outcome in
+            guard !settled.value else { return }
+            settled.value = true
+            checked.completeWith(outcome)
+        }
+        checked.futureResult.whenComplete { [self] outcome in
             deadline.cancel()
             checkInFlight = false
             switch outcome {
@@ -102,8 +129,12 @@ final class TargetMonitor: @unchecked Sendable {
             case .failure(let error):
                 connection?.close()
                 connection = nil
-                if let health = TargetHealth(after: error) {
-                    report(target, .down(health))
+                if let timedOut = error as? HealthCheckTimedOut {
+                    report(target, .down(
+                        TargetHealth(state: .unavailable, reason: "CONNECTION_FAILURE", description: timedOut.description),
+                        unresponsive: true))
+                } else if let health = TargetHealth(after: error) {
+                    report(target, .down(health, unresponsive: false))
                 } else {
                     report(target, .upUnknownRole("\(error)"))
                 }
@@ -112,4 +143,9 @@ final class TargetMonitor: @unchecked Sendable {
             timer = eventLoop.scheduleTask(in: .milliseconds(Int64(config.intervalMS))) { [weak self] in self?.check() }
         }
     }
+}
+
+/// Whether a check has its outcome (touched only on the monitor's event loop).
+private final class Settled: @unchecked Sendable {
+    var value = false
 }
