@@ -140,6 +140,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// closes a cancel connection once it has signalled the backend). The backend is not given
     /// back before: a late signal would cancel whatever another client runs on it next.
     private var cancelsInFlight = 0
+    /// Backends leased for the held messages that turned out closed before use (see
+    /// `backendDidPrepare`).
+    private var deadBackendsLeased = 0
 
     // Session resets (RESET ALL, DISCARD ALL, ...; see `applyReset`)
     /// The parameters the client logged in with: what RESET ALL and DISCARD ALL return it to.
@@ -1057,6 +1060,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 return
             }
             backendReady = true
+            deadBackendsLeased = 0
             sendHeld(to: backend)
             if cancelWhenSent {
                 // See `cancelWhenSent`: the statement is on its way, the cancel follows it (over
@@ -1073,9 +1077,17 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 fail(with: PGErrorFields(severity: "FATAL", code: fields.code, message: fields.message, detail: fields.detail, hint: fields.hint))
             case .connection, .protocolViolation:
                 if case .ready = state, pinReasons.isEmpty {
-                    // Nothing of the client's reached the database: its waiting messages get an
-                    // error, the connection stays.
+                    // Nothing of the client's reached the database: the backend was gone before
+                    // it was used (a restart closed the pool's idle backends). Its waiting
+                    // messages go to another one; after a few such, they get an error and the
+                    // connection stays.
                     runtime.backendConnectionLost()
+                    if !held.isEmpty, deadBackendsLeased < 3, waitingRequest == nil {
+                        deadBackendsLeased += 1
+                        log(.info, "the database connection leased to this client was closed before use: borrowing another")
+                        borrowBackend()
+                        return
+                    }
                     borrowFailed(.connectionFailed(error))
                 } else {
                     fail(with: ClientErrors.backendLost)

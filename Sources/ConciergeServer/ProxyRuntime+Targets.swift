@@ -154,13 +154,17 @@ extension ProxyRuntime {
                 becameUnavailable = !nowAvailable
             }
             if state.writerAvailable, !state.writerWaiters.isEmpty {
-                waiters = Array(state.writerWaiters.values)
+                waiters = state.writerWaiters.values.map(\.promise)
                 state.writerWaiters = [:]
-            } else if !state.writerAvailable, !state.writerWaiters.isEmpty, let reason = Self.noWriterReason(state) {
-                // Not a failover (no writer was lost lately): waiting would only delay the error.
-                refused = Array(state.writerWaiters.values)
-                state.writerWaiters = [:]
-                refusal = reason
+            } else if !state.writerAvailable, !state.writerWaiters.isEmpty {
+                // Not a failover (no writer was lost lately when they began): waiting would only
+                // delay the error. Those that began during one wait out their borrow timeout.
+                for (id, waiter) in state.writerWaiters {
+                    guard let reason = Self.noWriterReason(state, began: waiter.began) else { continue }
+                    refused.append(waiter.promise)
+                    state.writerWaiters[id] = nil
+                    refusal = reason
+                }
             }
         }
         if let refusal { for waiter in refused { waiter.fail(NoWriter(reason: refusal)) } }
@@ -289,8 +293,11 @@ extension ProxyRuntime {
     {
         metrics.databaseConnectionRequests.increment()
         let borrowTimeout = state.withLockedValue { $0.configuration.targetGroup.connectionPoolConfig.connectionBorrowTimeout }
-        let deadline = NIODeadline.now() + .seconds(Int64(max(1, borrowTimeout)))
-        return attemptOpen(id: id, key: key, on: eventLoop, pool: pool, deadline: deadline)
+        let began = NIODeadline.now()
+        // A little beyond the borrow timeout of the client it is opened for: that client gets
+        // the borrow timeout's error (53300), not this open's reason, whichever timer fires first.
+        let deadline = began + .seconds(Int64(max(1, borrowTimeout))) + .milliseconds(250)
+        return attemptOpen(id: id, key: key, on: eventLoop, pool: pool, began: began, deadline: deadline)
             .map { connection in
                 self.metrics.databaseConnectionsSetupSucceeded.increment()
                 return connection
@@ -302,9 +309,10 @@ extension ProxyRuntime {
     }
 
     private func attemptOpen(
-        id: ConnectionID, key: PoolKey, on eventLoop: any EventLoop, pool: BackendPool, deadline: NIODeadline
+        id: ConnectionID, key: PoolKey, on eventLoop: any EventLoop, pool: BackendPool, began: NIODeadline,
+        deadline: NIODeadline
     ) -> EventLoopFuture<BackendConnection> {
-        waitForWriter(on: eventLoop, until: deadline)
+        waitForWriter(on: eventLoop, began: began, until: deadline)
             .flatMap { self.acquireOpenSlot(on: eventLoop) }
             .flatMap {
                 self.connectToWriter(id: id, key: key, on: eventLoop, pool: pool)
@@ -329,23 +337,23 @@ extension ProxyRuntime {
                 // The connect failed: the writer is now suspect and the next attempt waits for a
                 // health check (or fails with its reason), so this cannot spin.
                 guard pause > .zero else {
-                    return self.attemptOpen(id: id, key: key, on: eventLoop, pool: pool, deadline: deadline)
+                    return self.attemptOpen(id: id, key: key, on: eventLoop, pool: pool, began: began, deadline: deadline)
                 }
                 return eventLoop.scheduleTask(in: pause) {}.futureResult.flatMap {
-                    self.attemptOpen(id: id, key: key, on: eventLoop, pool: pool, deadline: deadline)
+                    self.attemptOpen(id: id, key: key, on: eventLoop, pool: pool, began: began, deadline: deadline)
                 }
             }
     }
 
-    private func waitForWriter(on eventLoop: any EventLoop, until deadline: NIODeadline) -> EventLoopFuture<Void> {
+    private func waitForWriter(on eventLoop: any EventLoop, began: NIODeadline, until deadline: NIODeadline) -> EventLoopFuture<Void> {
         enum Decision { case proceed, wait(UInt64), fail(BackendError) }
         if state.withLockedValue({ $0.writerAvailable }) { return eventLoop.makeSucceededVoidFuture() }
         let promise = eventLoop.makePromise(of: Void.self)
         let decision: Decision = state.withLockedValue { state in
             if state.writerAvailable { return .proceed }
-            if let reason = Self.noWriterReason(state) { return .fail(reason) }
+            if let reason = Self.noWriterReason(state, began: began) { return .fail(reason) }
             state.nextWaiterID &+= 1
-            state.writerWaiters[state.nextWaiterID] = promise
+            state.writerWaiters[state.nextWaiterID] = (promise, began)
             return .wait(state.nextWaiterID)
         }
         let waiter: UInt64
@@ -361,19 +369,20 @@ extension ProxyRuntime {
         }
         let timeout = eventLoop.scheduleTask(deadline: deadline) { [weak self] in
             let expired = self?.state.withLockedValue { $0.writerWaiters.removeValue(forKey: waiter) }
-            expired?.fail(NoWriter(reason: BackendError.connection("no writer is available (the target group has no healthy primary)")))
+            expired?.promise.fail(NoWriter(reason: BackendError.connection("no writer is available (the target group has no healthy primary)")))
         }
         promise.futureResult.whenComplete { _ in timeout.cancel() }
         return promise.futureResult
     }
 
     /// Why a backend cannot be opened now without waiting, or nil to wait: waiting makes sense
-    /// during a failover (the writer was lost less than `connection_borrow_timeout` ago) and
-    /// before the first health check has answered.
-    static func noWriterReason(_ state: MutableState) -> BackendError? {
+    /// during a failover (the writer was lost less than `connection_borrow_timeout` before the
+    /// open `began`: its client waits out its own borrow timeout) and before the first health
+    /// check has answered.
+    static func noWriterReason(_ state: MutableState, began: NIODeadline = .now()) -> BackendError? {
         guard !state.writerAvailable else { return nil }
         let window = TimeAmount.seconds(Int64(state.configuration.targetGroup.connectionPoolConfig.connectionBorrowTimeout))
-        if let lost = state.writerLostAt, NIODeadline.now() < lost + window { return nil }
+        if let lost = state.writerLostAt, began < lost + window { return nil }
         guard let writer = state.writer else {
             return state.configuration.targetGroup.targets.isEmpty
                 ? .connection("no database target is registered")

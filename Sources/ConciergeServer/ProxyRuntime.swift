@@ -81,7 +81,7 @@ final class ProxyRuntime: @unchecked Sendable {
         /// A health check has reported on the current writer target since it became the writer.
         var writerChecked = false
         /// Backend opens waiting for a writer (failover), answered when one is found.
-        var writerWaiters: [UInt64: EventLoopPromise<Void>] = [:]
+        var writerWaiters: [UInt64: (promise: EventLoopPromise<Void>, began: NIODeadline)] = [:]
         /// Targets whose last health check got no answer (see `TargetCheckResult.down`).
         var unresponsiveTargets: Set<HostPort> = []
         var nextWaiterID: UInt64 = 0
