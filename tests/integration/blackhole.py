@@ -8,6 +8,8 @@ Put it between the proxy and PostgreSQL (the proxy's target is the forwarder's p
                                 # is closed, new connections are accepted and then get nothing
         fwd.heal()              # what was held back is delivered, forwarding goes on
 
+`Forwarder(port, delay=0.05)` makes a slow path instead: each chunk is passed on 50 ms late.
+
 As with a network path that drops packets and comes back before TCP gives up, no byte is lost
 or reordered: each direction holds what it read and reads no more until `heal()`. A peer that
 closes its side during the blackhole is seen as closed by the other side only after `heal()`.
@@ -17,11 +19,14 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 
 class Forwarder:
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1"):
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1", delay: float = 0.0):
+        """`delay`: seconds each chunk is held before it is passed on (a slow path)."""
         self.target = (target_host, target_port)
+        self.delay = delay
         self._listener = socket.socket()
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
@@ -113,6 +118,8 @@ class Forwarder:
                     except OSError:
                         pass
                     return
+                if self.delay:
+                    time.sleep(self.delay)
                 dst.sendall(data)
         except OSError:
             pass

@@ -15,7 +15,8 @@ be the proxy's to keep.
 - PostgreSQL restarted (`pg_ctl restart -m fast`) under steady writers.
 - PostgreSQL stopped for longer than `connection_borrow_timeout`.
 - The path to the database blackholed (tests/integration/blackhole.py, a TCP forwarder that
-  stops forwarding without closing anything).
+  stops forwarding without closing anything), or slow (the same forwarder, 50 ms per hop): a
+  cancel sent just after a statement must still cancel it.
 
 Measured times are printed (pytest -s, lines starting `[faults]`).
 
@@ -67,6 +68,8 @@ BUGS = {
     4: "SIGTERM does not complete while a backend login hangs in a blackholed path",
     5: "a backend login refused with 57P03 (starting up, in recovery after a crash, shutting "
        "down) is the client's error: the transaction does not wait for the writer",
+    6: "a cancel that arrives while the proxy brings the backend's session parameters to the "
+       "client's (before the statement reaches the backend) is lost: the statement runs on",
 }
 
 
@@ -284,9 +287,9 @@ def settle(db: Db, cap: int = CAP, timeout: float = 20) -> list[tuple]:
     them; then checks there are no more than the pool allows."""
     def quiet():
         rows = db.backends()
-        return rows if all(state == "idle" for _, state, _ in rows) else None
+        return (rows,) if all(state == "idle" for _, state, _ in rows) else None
     try:
-        rows = wait_for(quiet, timeout, "every backend of the pool to be idle") or []
+        (rows,) = wait_for(quiet, timeout, "every backend of the pool to be idle")
     except AssertionError as e:
         raise AssertionError(f"{e}: {db.backends()}")
     assert len(rows) <= cap, f"{len(rows)} backends, more than the cap {cap}: {rows}"
@@ -886,3 +889,59 @@ def test_transaction_begun_while_the_database_shuts_down_waits_for_it(start_prox
     assert ids_in(db, "fault_shutting_down") == {1, 2}
     client.close()
     settle(db)
+
+
+# -- a slow path: a cancel right after the statement ---------------------------------------------
+
+def _cancel_soon_after(conn: psycopg.Connection, after: float) -> tuple[str, float]:
+    """Runs `select pg_sleep(3)` on `conn` and cancels it `after` seconds after libpq sent it:
+    (outcome, seconds the statement took)."""
+    done: list[tuple[str, float]] = []
+
+    def sleep() -> None:
+        t0 = time.monotonic()
+        try:
+            conn.execute("select pg_sleep(3)")
+            done.append(("completed", time.monotonic() - t0))
+        except psycopg.Error as e:
+            done.append((e.sqlstate or repr(e), time.monotonic() - t0))
+    t = threading.Thread(target=sleep, daemon=True)
+    t.start()
+    wait_for(lambda: conn.info.transaction_status == psycopg.pq.TransactionStatus.ACTIVE or done,
+             10, "the statement to be sent", interval=0.001)
+    time.sleep(after)
+    conn.cancel_safe(timeout=10)
+    t.join(15)
+    assert done, "pg_sleep(3) still running 15 s after the cancel"
+    return done[0][0], round(done[0][1], 3)
+
+
+@pytest.mark.parametrize("parameters", ["same", pytest.param("different", marks=proxy_bug(6))])
+def test_cancel_right_after_a_statement_cancels_it_on_a_slow_path(start_proxy, db, parameters):
+    """Each hop between the proxy and PostgreSQL takes 50 ms (a distant database). A client
+    cancels its `pg_sleep(3)` 20 ms after sending it: the statement is cancelled (57014), as it
+    is when the client talks to PostgreSQL through the same slow path (checked first). With
+    one backend for two clients whose application_name differs, the proxy must first bring the
+    backend's session parameters to the client's: the cancel must not be lost in that round
+    trip (with the same application_name there is none)."""
+    with Forwarder(db.port, delay=0.05) as to_proxy, Forwarder(db.port, delay=0.05) as direct:
+        # Directly through the slow path: PostgreSQL gets the cancel after the statement.
+        import dataclasses
+        via = dataclasses.replace(db, port=direct.port)
+        with psycopg.connect(via.conninfo(), autocommit=True) as conn:
+            control = _cancel_soon_after(conn, 0.02)
+        assert control[0] == "57014", f"directly through the slow path: {control}"
+
+        p = start_proxy(db_port=to_proxy.port, max_connections_percent=1, max_idle_connections_percent=1)
+        other_name = "other" if parameters == "different" else "client"
+        outcomes = []
+        for _ in range(3):
+            with connect(p, application_name="client") as client, \
+                    connect(p, application_name=other_name) as other:
+                other.execute("select 1")  # the one backend now has the other's parameters
+                outcomes.append(_cancel_soon_after(client, 0.02))
+                assert client.execute("select 1").fetchone()[0] == 1
+        record(f"cancel_slow_path_{parameters}", direct=list(control), proxy=[list(o) for o in outcomes])
+        assert all(o[0] == "57014" for o in outcomes), \
+            f"cancel lost (the statement ran to its end): {outcomes}; directly: {control}"
+    settle(db, cap=1)
