@@ -8,7 +8,8 @@ Put it between the proxy and PostgreSQL (the proxy's target is the forwarder's p
                                 # is closed, new connections are accepted and then get nothing
         fwd.heal()              # what was held back is delivered, forwarding goes on
 
-`Forwarder(port, delay=0.05)` makes a slow path instead: each chunk is passed on 50 ms late.
+`Forwarder(port, delay=0.05)` makes a slow path instead: each chunk is passed on 50 ms late, and
+a new connection's first bytes 150 ms late (its handshake costs a round trip first).
 
 As with a network path that drops packets and comes back before TCP gives up, no byte is lost
 or reordered: each direction holds what it read and reads no more until `heal()`. A peer that
@@ -84,20 +85,28 @@ class Forwarder:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            try:
-                upstream = socket.create_connection(self.target, timeout=10)
-                upstream.settimeout(None)
-            except OSError:
-                client.close()
-                continue
-            for s in (client, upstream):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self._sockets += [client, upstream]
-                self.accepted += 1
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True,
-                                 name=f"fwd-{self.port}-pump").start()
+            threading.Thread(target=self._open, args=(client,), daemon=True,
+                             name=f"fwd-{self.port}-open").start()
+
+    def _open(self, client: socket.socket) -> None:
+        if self.delay:
+            # A new connection over a slow path costs a round trip (SYN, SYN-ACK) before its
+            # first bytes can go.
+            time.sleep(2 * self.delay)
+        try:
+            upstream = socket.create_connection(self.target, timeout=10)
+            upstream.settimeout(None)
+        except OSError:
+            client.close()
+            return
+        for s in (client, upstream):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            self._sockets += [client, upstream]
+            self.accepted += 1
+        for src, dst in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(src, dst), daemon=True,
+                             name=f"fwd-{self.port}-pump").start()
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
