@@ -72,6 +72,9 @@ BUGS = {
        "client's (before the statement reaches the backend) is lost: the statement runs on",
     7: "a cancel forwarded to a backend can reach it after the backend has moved on to another "
        "client: it cancels that client's statement",
+    8: "a transaction waiting out a database outage gets 08006 `could not connect to the "
+       "database: ...` when the failover window closes, before its own borrow timeout, instead "
+       "of 53300 after it",
 }
 
 
@@ -610,10 +613,11 @@ def test_fast_restart_under_steady_writers(start_proxy, db):
 
 def test_database_stopped_longer_than_the_borrow_timeout(start_proxy, db):
     """PostgreSQL stopped (fast) for twice `connection_borrow_timeout` (3 s): a transaction
-    started at once waits for the database and gets the borrow-timeout error (53300, the
-    connection stays) in about 3 s, not a hang; later ones get an error too, no later; the
-    proxy keeps running; once PostgreSQL is back (and the health check has seen it), existing
-    clients (idle, and those that got the error) and new ones work."""
+    started at once, and one from a client that logs in during the outage, each get an error
+    within about the borrow timeout, not a hang, and keep their connections (which error it is:
+    the next test); the proxy keeps running; once PostgreSQL is back (and the health check has
+    seen it), existing clients (idle, and those that got the error) and new ones work, and no
+    backend is left behind."""
     borrow_timeout = 3
     fresh_table(db, "fault_stopped")
     p = start_proxy(connection_borrow_timeout=borrow_timeout,
@@ -625,8 +629,8 @@ def test_database_stopped_longer_than_the_borrow_timeout(start_proxy, db):
     t_stop = time.monotonic()
     try:
         outcomes = []
-        for name in ("first", "second"):
-            c = waiter if name == "first" else connect(p)  # a client that logs in during the outage
+        for name in ("first", "logged_in_during_outage"):
+            c = waiter if name == "first" else connect(p)
             t0 = time.monotonic()
             with pytest.raises(psycopg.Error) as exc:
                 c.execute("insert into fault_stopped (id, v) values (2, 'during')")
@@ -647,10 +651,8 @@ def test_database_stopped_longer_than_the_borrow_timeout(start_proxy, db):
            errors=[dict(client=n, asked_s_after_stop=a, error_after_s=d, error=list(e))
                    for n, a, d, e in outcomes],
            health_available_after_start_s=round(seen_after, 3))
-    first = outcomes[0]
-    assert first[3] == BORROW_TIMEOUT, outcomes
-    assert borrow_timeout - 0.5 <= first[2] <= borrow_timeout + 2, outcomes
-    assert outcomes[1][2] <= borrow_timeout + 2, outcomes  # an error, and no later
+    for name, _, after, _ in outcomes:
+        assert after <= borrow_timeout + 2, f"{name}: error only after {after}s: {outcomes}"
     assert p.alive()
     # Everyone works again, on the connections they had.
     assert idle.execute("select count(*) from fault_stopped").fetchone()[0] == 1
@@ -660,6 +662,49 @@ def test_database_stopped_longer_than_the_borrow_timeout(start_proxy, db):
     assert ids_in(db, "fault_stopped") == {1, 3, 4}
     for c in (idle, waiter):
         c.close()
+    settle(db)
+
+
+@proxy_bug(8)
+def test_waiting_out_a_database_outage_gives_the_borrow_timeout_error(start_proxy, db):
+    """While PostgreSQL is down, a transaction waits for it up to `connection_borrow_timeout`
+    (3 s) and then gets `53300 Timed-out waiting to acquire database connection` (README, "Errors
+    clients may see from the proxy itself"; SPEC: "or no writer is available during failover").
+    Two clients: one asks as PostgreSQL stops, one 1 s after the proxy has seen it down. Each
+    should wait its 3 s and get 53300; the proxy ends the wait when the failover window (3 s from
+    the loss) closes and answers `08006 could not connect to the database: ...` instead, after
+    less than 3 s: always for the second client, for the first one depending on a race."""
+    borrow_timeout = 3
+    p = start_proxy(connection_borrow_timeout=borrow_timeout,
+                    health_check={"interval_ms": 250, "timeout_ms": 1000})
+    first, second = connect(p), connect(p)
+    first.execute("select 1")
+    second.execute("select 1")
+    outcomes = {}
+    try:
+        db.stop("fast")
+        t_stop = time.monotonic()
+        r1 = Running(lambda: first.execute("select 1"), "first")
+        wait_for(lambda: target_health(p) == "UNAVAILABLE", 10, "the proxy to see PostgreSQL down")
+        time.sleep(1.0)
+        t2 = time.monotonic()
+        r2 = Running(lambda: second.execute("select 1"), "second")
+        for name, r, t0 in (("first", r1, t_stop), ("second", r2, t2)):
+            r.result(borrow_timeout + 10)
+            e = r.error
+            outcomes[name] = {"asked_s_after_stop": round(t0 - t_stop, 3),
+                              "error_after_s": round(r.ended_at - t0, 3),
+                              "error": list(sqlstate_and_message(e)) if isinstance(e, psycopg.Error) else repr(e)}
+    finally:
+        db.start()
+    record("waited_out_outage", borrow_timeout_s=borrow_timeout, **outcomes)
+    wait_for(lambda: target_health(p) == "AVAILABLE", 20, "the health check to see PostgreSQL again")
+    for c in (first, second):
+        assert c.execute("select 1").fetchone()[0] == 1
+        c.close()
+    for name, o in outcomes.items():
+        assert o["error"] == list(BORROW_TIMEOUT), f"{name}: {outcomes}"
+        assert borrow_timeout - 0.5 <= o["error_after_s"] <= borrow_timeout + 2, f"{name}: {outcomes}"
     settle(db)
 
 
