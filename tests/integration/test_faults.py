@@ -20,8 +20,8 @@ be the proxy's to keep.
 
 Measured times are printed (pytest -s, lines starting `[faults]`).
 
-Tests marked `proxy_bug` reproduce open proxy bugs (`BUGS` below, found by these tests) and
-fail until they are fixed; `-m "not proxy_bug"` leaves them out meanwhile.
+Tests marked `found_bug` reproduce the proxy bugs these tests found (`BUGS` below); each failed
+before its fix and guards it since.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ CAP = 10  # the proxies' cap: 10% of max_connections = 100
 
 TIMINGS: dict[str, Any] = {}
 
-# Open proxy bugs these tests found (see the module docstring). A test marked with one fails
-# until it is fixed; `-m "not proxy_bug"` leaves them out.
+# The proxy bugs these tests found, all fixed (see the module docstring): a test marked with one
+# failed before its fix.
 BUGS = {
     1: "a backend that PostgreSQL ends (pg_terminate_backend, fast shutdown) sends a FATAL; the "
        "proxy relays it and then adds its own 08006: two ErrorResponses for one query",
@@ -78,8 +78,8 @@ BUGS = {
 }
 
 
-def proxy_bug(*numbers: int):
-    return pytest.mark.proxy_bug("; ".join(f"bug {n}: {BUGS[n]}" for n in numbers))
+def found_bug(*numbers: int):
+    return pytest.mark.found_bug("; ".join(f"bug {n}: {BUGS[n]}" for n in numbers))
 
 
 def record(name: str, **values: Any) -> None:
@@ -324,7 +324,7 @@ class Running:
 
 # -- a backend killed ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("how", ["terminate", pytest.param("sigkill", marks=proxy_bug(5))])
+@pytest.mark.parametrize("how", ["terminate", pytest.param("sigkill", marks=found_bug(5))])
 def test_backend_killed_while_its_client_is_idle_goes_unnoticed(start_proxy, db, how):
     """Every pooled backend killed while the clients are between transactions (they hold none):
     their next queries just work, with no error and no pause on our side. pg_terminate_backend:
@@ -447,7 +447,7 @@ def _workload(kind: str, conn: psycopg.Connection, table: str, marker: str,
     return {"statement": statement, "copy_in": copy_in, "copy_out": copy_out, "result": result}[kind]
 
 
-@pytest.mark.parametrize("how", [pytest.param("terminate", marks=proxy_bug(1)), "sigkill"])
+@pytest.mark.parametrize("how", [pytest.param("terminate", marks=found_bug(1)), "sigkill"])
 @pytest.mark.parametrize("kind", ["statement", "copy_in", "copy_out", "result"])
 def test_backend_killed_while_busy(start_proxy, db, kind, how):
     """The victim's backend is killed mid-statement (`pg_sleep`), mid-COPY FROM STDIN, mid-COPY
@@ -509,7 +509,7 @@ def test_backend_killed_while_busy(start_proxy, db, kind, how):
            error=list(sqlstate_and_message(error)) if isinstance(error, psycopg.Error) else repr(error))
 
 
-@proxy_bug(1)
+@found_bug(1)
 def test_terminated_backend_gives_the_client_one_error(start_proxy, db):
     """On the wire: a backend ended by pg_terminate_backend during a Query is answered with one
     ErrorResponse, the proxy's 08006 (severity ERROR: the client's connection stays), and
@@ -549,7 +549,7 @@ def _drill_table(db: Db) -> None:
              "at timestamptz default now()); alter table drill owner to app")
 
 
-@proxy_bug(1, 5)
+@found_bug(1, 5)
 def test_fast_restart_under_steady_writers(start_proxy, db):
     """`pg_ctl restart -m fast` while 4 clients write as fast as they can: every acknowledged
     commit is there afterwards; the writes in flight get 08006 and nothing else; no writer
@@ -665,7 +665,7 @@ def test_database_stopped_longer_than_the_borrow_timeout(start_proxy, db):
     settle(db)
 
 
-@proxy_bug(8)
+@found_bug(8)
 def test_waiting_out_a_database_outage_gives_the_borrow_timeout_error(start_proxy, db):
     """While PostgreSQL is down, a transaction waits for it up to `connection_borrow_timeout`
     (3 s) and then gets `53300 Timed-out waiting to acquire database connection` (README, "Errors
@@ -710,7 +710,7 @@ def test_waiting_out_a_database_outage_gives_the_borrow_timeout_error(start_prox
 
 # -- the network path blackholed --------------------------------------------------------------
 
-@proxy_bug(2, 3)
+@found_bug(2, 3)
 def test_blackholed_database_path(start_proxy, db):
     """The path between the proxy and PostgreSQL stops answering, without closing anything (a
     forwarder that stops forwarding). With short health checks (every 250 ms, 1 s timeout) and
@@ -795,7 +795,7 @@ def test_blackholed_database_path(start_proxy, db):
         settle(db)
 
 
-@proxy_bug(2)
+@found_bug(2)
 def test_health_check_goes_on_after_a_check_times_out(start_proxy, db):
     """A health check that times out (the path blackholed for twice `timeout_ms`) must not end
     the checking: once the path is back, a PostgreSQL that then stops is seen as UNAVAILABLE
@@ -844,7 +844,7 @@ def test_health_check_goes_on_after_a_check_times_out(start_proxy, db):
     settle(db)
 
 
-@proxy_bug(4)
+@found_bug(4)
 def test_shutdown_completes_while_the_database_path_is_blackholed(start_proxy, db):
     """SIGTERM while the path to the database is blackholed, with backend logins hanging in it
     (new clients whose borrow opened a backend): the proxy still exits, within `drain_timeout`
@@ -882,7 +882,7 @@ def test_shutdown_completes_while_the_database_path_is_blackholed(start_proxy, d
         assert code == 0 and exited_after <= drain_timeout + 3, (code, exited_after)
 
 
-@proxy_bug(5)
+@found_bug(5)
 def test_transaction_begun_while_the_database_shuts_down_waits_for_it(start_proxy, db):
     """A restart seen from a transaction that begins during it. PostgreSQL is shutting down
     (`pg_ctl stop -m smart`, held in that state by sessions still open) and refuses new logins
@@ -961,7 +961,7 @@ def _cancel_soon_after(conn: psycopg.Connection, after: float) -> tuple[str, flo
     return done[0][0], round(done[0][1], 3)
 
 
-@pytest.mark.parametrize("parameters", ["same", pytest.param("different", marks=proxy_bug(6))])
+@pytest.mark.parametrize("parameters", ["same", pytest.param("different", marks=found_bug(6))])
 def test_cancel_right_after_a_statement_cancels_it_on_a_slow_path(start_proxy, db, parameters):
     """Each hop between the proxy and PostgreSQL takes 50 ms (a distant database). A client
     cancels its `pg_sleep(3)` 20 ms after sending it: the statement is cancelled (57014), as it
@@ -992,7 +992,7 @@ def test_cancel_right_after_a_statement_cancels_it_on_a_slow_path(start_proxy, d
     settle(db, cap=1)
 
 
-@proxy_bug(7)
+@found_bug(7)
 def test_a_cancel_never_cancels_another_clients_statement(start_proxy, db):
     """Two clients share one backend over the slow path (50 ms per hop; a new connection's first
     bytes 150 ms, as its handshake costs a round trip). Client C runs `pg_sleep(0.1)` and
