@@ -1,6 +1,10 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+/// `CONCIERGE_FUZZ=1` (scripts/fuzz.sh) adds the libFuzzer executable, built with
+/// `-sanitize=fuzzer`; a normal `swift build` never builds it.
+let fuzzBuild = Context.environment["CONCIERGE_FUZZ"] == "1"
+
 let package = Package(
     name: "concierge",
     platforms: [.macOS(.v15)],
@@ -96,6 +100,26 @@ let package = Package(
         ),
         .testTarget(name: "ConnectionPoolTests", dependencies: ["ConnectionPool"]),
         .testTarget(name: "ConciergeConfigTests", dependencies: ["ConciergeConfig"]),
+        // The fuzz targets (Fuzz/README in README.md "Fuzzing"): plain functions over bytes, used by the
+        // libFuzzer executable below and by FuzzRegressionTests (which replays Fuzz/regressions and
+        // Fuzz/corpus without libFuzzer). The admin HTTP target needs ConciergeServer's internals:
+        // compiled in where the module is built for testing (debug builds, and the fuzz build,
+        // which passes -enable-testing).
+        .target(
+            name: "ConciergeFuzzTargets",
+            dependencies: [
+                "PostgresWire", "SQLClassifier", "ConciergeJSON", "ConciergeConfig", "ConciergeAWS", "ConciergeServer",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Fuzz/Targets",
+            swiftSettings: [
+                .define("CONCIERGE_FUZZ_TESTABLE", .when(configuration: .debug)),
+            ] + (fuzzBuild ? [.define("CONCIERGE_FUZZ_TESTABLE")] : [])
+        ),
+        .testTarget(name: "FuzzRegressionTests", dependencies: ["ConciergeFuzzTargets"]),
         .testTarget(
             name: "ConciergeServerTests",
             dependencies: [
@@ -105,3 +129,10 @@ let package = Package(
         ),
     ]
 )
+
+if fuzzBuild {
+    package.targets += [
+        .target(name: "CLibFuzzer", path: "Fuzz/CLibFuzzer"),
+        .executableTarget(name: "ConciergeFuzz", dependencies: ["ConciergeFuzzTargets", "CLibFuzzer"], path: "Fuzz/ConciergeFuzz"),
+    ]
+}

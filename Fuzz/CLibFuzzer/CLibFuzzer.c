@@ -1,0 +1,1 @@
+// Declarations only (include/CLibFuzzer.h); a C target needs a source file.
