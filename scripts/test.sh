@@ -57,16 +57,6 @@ export CONCIERGE_BIN=${CONCIERGE_BIN:-$BIN_DIR/concierge}
 
 failed=()
 
-# The coverage-guided fuzzers (scripts/fuzz.sh: their own sanitizer build, then every target for
-# CONCIERGE_FUZZ_SECONDS) run in the background, at low priority, beside the suites below.
-fuzz_pid=""
-if [[ "${CONCIERGE_FUZZ:-1}" != 0 && -x scripts/fuzz.sh ]]; then
-    fuzz_log=$(mktemp /tmp/concierge-fuzz.XXXXXX.log)
-    echo "fuzzing in the background (scripts/fuzz.sh, log $fuzz_log)"
-    CONCIERGE_FUZZ_NICE=${CONCIERGE_FUZZ_NICE:-15} nice -n 15 bash scripts/fuzz.sh >"$fuzz_log" 2>&1 &
-    fuzz_pid=$!
-fi
-
 section "unit tests (swift test)"
 swift_args=(--skip-build)
 [[ "${CONCIERGE_SWIFT_PARALLEL:-0}" == 1 ]] && swift_args+=(--parallel)
@@ -87,6 +77,17 @@ section "integration tests (pytest tests/integration, CONCIERGE_BIN=$CONCIERGE_B
 # for the test users' passwords at the end of each test (conftest), so a leak fails the run.
 export CONCIERGE_ITEST_DEBUG=${CONCIERGE_ITEST_DEBUG:-1}
 python3 -m pytest -q tests/integration "$@" || failed+=("integration tests")
+
+# The coverage-guided fuzzers (scripts/fuzz.sh: their own sanitizer build, then every target for
+# CONCIERGE_FUZZ_SECONDS) run in the background, at low priority, beside the soak only: the drivers'
+# suites and the integration tests have timing-sensitive tests that a parallel build would starve.
+fuzz_pid=""
+if [[ "${CONCIERGE_FUZZ:-1}" != 0 && -x scripts/fuzz.sh ]]; then
+    fuzz_log=$(mktemp /tmp/concierge-fuzz.XXXXXX.log)
+    echo "fuzzing in the background (scripts/fuzz.sh, log $fuzz_log)"
+    CONCIERGE_FUZZ_NICE=${CONCIERGE_FUZZ_NICE:-15} nice -n 15 bash scripts/fuzz.sh >"$fuzz_log" 2>&1 &
+    fuzz_pid=$!
+fi
 
 if [[ "${CONCIERGE_SOAK:-1}" != 0 ]]; then
     export CONCIERGE_SOAK_SECONDS=${CONCIERGE_SOAK_SECONDS:-180}
