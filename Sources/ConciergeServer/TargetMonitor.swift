@@ -81,8 +81,11 @@ final class TargetMonitor: @unchecked Sendable {
         }
     }
 
-    private func check() {
+    /// `afterStaleConnection`: this check replaces one that failed on the connection kept from an
+    /// earlier check (see below).
+    private func check(afterStaleConnection: Bool = false) {
         guard !stopped, let (backendSettings, config) = settings() else { return }
+        let reused = connection != nil
         checkInFlight = true
         let timeout = TimeAmount.milliseconds(Int64(config.timeoutMS))
         // The check's outcome: the query's answer, or the deadline's failure, whichever comes
@@ -129,6 +132,13 @@ final class TargetMonitor: @unchecked Sendable {
             case .failure(let error):
                 connection?.close()
                 connection = nil
+                if reused, !afterStaleConnection, !(error is HealthCheckTimedOut), !stopped {
+                    // The connection kept since the last check was closed meanwhile (the database
+                    // ended it: pg_terminate_backend, a restart): no news about the target yet. A
+                    // fresh connection decides, now.
+                    check(afterStaleConnection: true)
+                    return
+                }
                 if let timedOut = error as? HealthCheckTimedOut {
                     report(target, .down(
                         TargetHealth(state: .unavailable, reason: "CONNECTION_FAILURE", description: timedOut.description),

@@ -1026,3 +1026,21 @@ def test_a_cancel_never_cancels_another_clients_statement(start_proxy, db):
         assert all(o["v"] == "ok" for o in outcomes), \
             f"another client's cancel cancelled V's statement: {outcomes}"
     settle(db, cap=1)
+
+
+def test_a_health_check_whose_own_connection_was_ended_does_not_mark_the_target_down(start_proxy, db):
+    """The health check keeps its connection between checks. When the database ends that
+    connection (pg_terminate_backend of the role's sessions, as a password rotation does), the
+    next check failed on it and reported the target UNAVAILABLE for a whole interval, though the
+    database was up (test_secrets' rotation test caught it in CI). A fresh connection decides."""
+    p = start_proxy(health_check={"interval_ms": 200, "timeout_ms": 2000})
+    wait_for(lambda: target_health(p) == "AVAILABLE", 10, "the target to be AVAILABLE")
+    seen = set()
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:
+        db.query("select pg_terminate_backend(pid) from pg_stat_activity "
+                 "where application_name = 'concierge_health_check'")
+        for _ in range(5):
+            seen.add(target_health(p))
+            time.sleep(0.05)
+    assert seen == {"AVAILABLE"}, seen
