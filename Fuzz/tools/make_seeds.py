@@ -287,6 +287,18 @@ proxies:
     "deep-flow": "proxies: " + "[" * 70 + "]" * 70 + "\n",
     "deep-block": "proxies:\n" + "".join("  " * i + "- \n" for i in range(8)) + "".join("- " for _ in range(70)) + "x\n",
     "quoted": "proxies: 'it''s [not] {nested}' # [[[\nadmin: \"a\\\"[b\"\n",
+    "aliases": """iam:
+  region: us-east-1
+  account_id: "123456789012"
+  identities:
+    - access_key_id: AKIAEXAMPLE
+      secret_access_key: "env:K"
+      arn: "arn:aws:iam::123456789012:user/app"
+      policy:
+        Anchors: [&a0 [x, x, x], &a1 [*a0, *a0, *a0], &a2 [*a1, *a1, *a1]]
+        Statement: *a2
+proxies: []
+""",
     "empty": "",
     "null": "~\n",
 }
