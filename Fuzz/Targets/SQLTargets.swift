@@ -158,6 +158,19 @@ enum SQLTargets {
         }
     }
 
+    /// A dollar-quote tag character for an input byte: `dolq_cont` in valid UTF-8.
+    private static func tagBytes(_ byte: UInt8) -> [UInt8] {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+             UInt8(ascii: "_"):
+            return [byte]
+        case 0x80...0x9F:
+            return Array("é".utf8)
+        default:
+            return [UInt8(ascii: "a") + byte % 26]
+        }
+    }
+
     /// `/* ... */` nested `depth` deep, `content` in the innermost; the input's bytes around it
     /// with `*` and `/` replaced (they could open or close a comment).
     private static func commentBlock(_ reader: inout FuzzReader, content: [UInt8], depth: Int) -> [UInt8] {
@@ -193,10 +206,12 @@ enum SQLTargets {
             if reader.choice(2) == 1 { out += " UESCAPE '!'".utf8 }
             return out
         default:  // $$..$$ or $tag$..$tag$
+            // The tag in valid UTF-8 (ASCII and é): the property is about the text the redaction
+            // sees, which is decoded with invalid sequences replaced, and two tags that differ
+            // only in invalid bytes decode alike (see tagBytes).
             var tag: [UInt8] = []
             if reader.choice(3) != 0 {
-                let run = reader.run(maximum: 6).map { identifierByte($0) == UInt8(ascii: "$") ? UInt8(ascii: "_") : identifierByte($0) }
-                tag = [UInt8(ascii: "t")] + run
+                tag = [UInt8(ascii: "t")] + reader.run(maximum: 6).flatMap(tagBytes)
             }
             let delimiter = [UInt8(ascii: "$")] + tag + [UInt8(ascii: "$")]
             var body = content
