@@ -86,6 +86,9 @@ fi
 # LeakSanitizer: Swift's runtime keeps metadata caches alive on purpose; only real leaks of
 # the targets' objects are reported.
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1:handle_abort=1}
+# A trap (a failed property, a precondition) is reported by libFuzzer and ASan with the stack;
+# Swift's own backtracer would read the stack in a way ASan reports as a second error.
+export SWIFT_BACKTRACE=${SWIFT_BACKTRACE:-enable=no}
 
 OUT=${CONCIERGE_FUZZ_OUT:-$(mktemp -d /tmp/concierge-fuzz.XXXXXX)}
 mkdir -p "$OUT"
@@ -146,7 +149,9 @@ for t in "${targets[@]}"; do
     rc=$(cat "$work/rc" 2>/dev/null || echo "?")
     execs=$(stat "$t" number_of_executed_units || true)
     per_second=$(stat "$t" average_exec_per_sec || true)
-    done_line=$(grep -E '^#[0-9]+[[:space:]]+(DONE|INITED)' "$work/log" | tail -n 1 || true)
+    # libFuzzer's last status line (DONE at the end of a clean run) and how long it ran.
+    done_line=$(grep -E '^#[0-9]+[[:space:]]+(DONE|INITED|NEW|REDUCE|pulse|RELOAD)' "$work/log" | tail -n 1 || true)
+    ran=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$work/log" | tail -n 1)
     cov=$(sed -n 's/.*cov: \([0-9]*\).*/\1/p' <<<"$done_line")
     ft=$(sed -n 's/.*ft: \([0-9]*\).*/\1/p' <<<"$done_line")
     corpus=$(sed -n 's/.*corp: \([0-9]*\/[0-9]*[KMG]*b\).*/\1/p' <<<"$done_line")
@@ -157,7 +162,7 @@ for t in "${targets[@]}"; do
         result="FAILED (exit $rc)"
         failures=$((failures + 1))
     fi
-    printf '%-11s %8s %12s %8s %14s %8s %8s  %s\n' "$t" "$SECONDS_PER_TARGET" "${execs:--}" "${per_second:--}" "$corpus" "${cov:--}" "${ft:--}" "$result"
+    printf '%-11s %8s %12s %8s %14s %8s %8s  %s\n' "$t" "${ran:-<$SECONDS_PER_TARGET}" "${execs:--}" "${per_second:--}" "$corpus" "${cov:--}" "${ft:--}" "$result"
 done
 
 for t in "${targets[@]}"; do
