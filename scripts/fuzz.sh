@@ -86,6 +86,9 @@ fi
 # LeakSanitizer: Swift's runtime keeps metadata caches alive on purpose; only real leaks of
 # the targets' objects are reported.
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1:handle_abort=1}
+# A trap (a failed property, a precondition) is reported by libFuzzer and ASan with the stack;
+# Swift's own backtracer would read the stack in a way ASan reports as a second error.
+export SWIFT_BACKTRACE=${SWIFT_BACKTRACE:-enable=no}
 
 OUT=${CONCIERGE_FUZZ_OUT:-$(mktemp -d /tmp/concierge-fuzz.XXXXXX)}
 mkdir -p "$OUT"
@@ -107,8 +110,9 @@ if [[ $mode == replay ]]; then
             failed+=("$t")
         fi
     done
-    ((${#failed[@]} == 0)) || { echo "replay failed: ${failed[*]}"; exit 1; }
-    exit 0
+    echo "replay: $((${#targets[@]} - ${#failed[@]})) passed, ${#failed[@]} failed"
+    ((${#failed[@]} == 0))
+    exit
 fi
 
 # ---- fuzz ----
@@ -139,23 +143,26 @@ wait || true
 
 stat() { grep -m1 "^stat::$2:" "$OUT/$1/log" | awk '{print $2}'; }
 failures=0
-printf '\n%-11s %8s %12s %8s %8s %8s %8s  %s\n' target seconds executions exec/s corpus cov ft result
+printf '\n%-11s %8s %12s %8s %14s %8s %8s  %s\n' target seconds executions exec/s corpus cov ft result
 for t in "${targets[@]}"; do
     work=$OUT/$t
     rc=$(cat "$work/rc" 2>/dev/null || echo "?")
     execs=$(stat "$t" number_of_executed_units || true)
     per_second=$(stat "$t" average_exec_per_sec || true)
-    done_line=$(grep -E '^#[0-9]+[[:space:]]+(DONE|INITED)' "$work/log" | tail -n 1 || true)
+    # libFuzzer's last status line (DONE at the end of a clean run) and how long it ran.
+    done_line=$(grep -E '^#[0-9]+[[:space:]]+(DONE|INITED|NEW|REDUCE|pulse|RELOAD)' "$work/log" | tail -n 1 || true)
+    ran=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$work/log" | tail -n 1)
     cov=$(sed -n 's/.*cov: \([0-9]*\).*/\1/p' <<<"$done_line")
     ft=$(sed -n 's/.*ft: \([0-9]*\).*/\1/p' <<<"$done_line")
-    corpus=$(find "$work/corpus" -type f | wc -l)
-    artifacts=$(find "$work" -maxdepth 1 -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'leak-*' -o -name 'oom-*' -o -name 'slow-unit-*' \) ! -name 'slow-unit-*' | sort)
+    corpus=$(sed -n 's/.*corp: \([0-9]*\/[0-9]*[KMG]*b\).*/\1/p' <<<"$done_line")
+    [[ -n $corpus ]] || corpus=$(find "$work/corpus" -type f | wc -l)
+    artifacts=$(find "$work" -maxdepth 1 -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'leak-*' -o -name 'oom-*' \) | sort)
     result=ok
     if [[ $rc != 0 || -n $artifacts ]]; then
         result="FAILED (exit $rc)"
         failures=$((failures + 1))
     fi
-    printf '%-11s %8s %12s %8s %8s %8s %8s  %s\n' "$t" "$SECONDS_PER_TARGET" "${execs:--}" "${per_second:--}" "$corpus" "${cov:--}" "${ft:--}" "$result"
+    printf '%-11s %8s %12s %8s %14s %8s %8s  %s\n' "$t" "${ran:-<$SECONDS_PER_TARGET}" "${execs:--}" "${per_second:--}" "$corpus" "${cov:--}" "${ft:--}" "$result"
 done
 
 for t in "${targets[@]}"; do
@@ -174,8 +181,6 @@ for t in "${targets[@]}"; do
 done
 echo
 echo "fuzzed ${#targets[@]} targets in $(($(date +%s) - started)) s; output in $OUT"
-if ((failures)); then
-    echo "fuzz: $failures of ${#targets[@]} targets failed"
-    exit 1
-fi
-echo "fuzz: all ${#targets[@]} targets ok"
+# The plain closing line CI reads: targets that ran clean, targets that crashed, hung or leaked.
+echo "fuzz: $((${#targets[@]} - failures)) passed, $failures failed"
+((failures == 0))

@@ -55,7 +55,9 @@ enum SQLTargets {
     /// A property: a marker placed inside a string literal (or a comment) of a statement never
     /// appears in `SQLRedaction.redacted`'s output.
     ///
-    /// The input is read as a program (FuzzReader) that writes a statement: tokens that are
+    /// The input is read as a program (FuzzReader) that writes a statement for one setting of
+    /// `standard_conforming_strings` (the first choice; backslashes in `'..'` and `N'..'`
+    /// literals escape only with it off, and `U&'..'` exists only with it on): tokens that are
     /// complete in themselves (keywords, identifiers, quoted identifiers, closed comments,
     /// literals, numbers, operators that cannot start a comment, bytes that cannot start a
     /// quote), each followed by white space; then the marker inside a literal written in one of
@@ -64,21 +66,23 @@ enum SQLTargets {
     /// a block comment, nested or not, a line comment), its content around the marker chosen by
     /// the input and escaped for that style; then the rest of the input, unchanged. Nothing
     /// after a closed literal can make its content leave it (a following quote only extends a
-    /// `'..'` literal), and every token before it is closed, so in PostgreSQL's own lexer the
-    /// marker is inside a literal or comment whatever the input. When the marker also occurs
+    /// `'..'` literal), and every token before it is closed in that setting, so in PostgreSQL's
+    /// own lexer, with that setting, the marker is inside a literal or comment whatever the
+    /// input. (Redaction lexes both ways, since the session may have changed the setting.) When the marker also occurs
     /// elsewhere in the text (the input wrote it) the property says nothing, and the input is
     /// skipped.
     static let redact: FuzzTargets.Target = { data in
         var reader = FuzzReader(data)
+        let conforming = reader.choice(2) == 0
         var sql: [UInt8] = []
         for _ in 0..<reader.choice(6) {
-            appendToken(&reader, to: &sql)
+            appendToken(&reader, conforming, to: &sql)
             appendSpace(&reader, to: &sql)
         }
-        appendSecret(&reader, to: &sql)
+        appendSecret(&reader, conforming, to: &sql)
         appendSpace(&reader, to: &sql)
         for _ in 0..<reader.choice(3) {
-            appendToken(&reader, to: &sql)
+            appendToken(&reader, conforming, to: &sql)
             appendSpace(&reader, to: &sql)
         }
         sql += reader.rest()
@@ -103,7 +107,7 @@ enum SQLTargets {
         sql.append(spaces[reader.choice(spaces.count)])
     }
 
-    private static func appendToken(_ reader: inout FuzzReader, to sql: inout [UInt8]) {
+    private static func appendToken(_ reader: inout FuzzReader, _ conforming: Bool, to sql: inout [UInt8]) {
         switch reader.choice(10) {
         case 0:
             sql += keywords[reader.choice(keywords.count)].utf8
@@ -123,7 +127,7 @@ enum SQLTargets {
         case 4:  // line comment
             sql += "--".utf8 + lineCommentContent(reader.run(maximum: 16)) + [0x0A]
         case 5:  // a literal without the marker
-            sql += literal(&reader, content: reader.run(maximum: 16))
+            sql += literal(&reader, conforming, content: reader.run(maximum: 16))
         case 6:  // number or parameter
             sql += reader.choice(2) == 0 ? "$\(reader.byte())".utf8 : "\(reader.byte()).5e\(reader.byte() % 3)".utf8
         case 7:  // operator or punctuation that cannot start a comment or a quote
@@ -154,6 +158,19 @@ enum SQLTargets {
         }
     }
 
+    /// A dollar-quote tag character for an input byte: `dolq_cont` in valid UTF-8.
+    private static func tagBytes(_ byte: UInt8) -> [UInt8] {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+             UInt8(ascii: "_"):
+            return [byte]
+        case 0x80...0x9F:
+            return Array("é".utf8)
+        default:
+            return [UInt8(ascii: "a") + byte % 26]
+        }
+    }
+
     /// `/* ... */` nested `depth` deep, `content` in the innermost; the input's bytes around it
     /// with `*` and `/` replaced (they could open or close a comment).
     private static func commentBlock(_ reader: inout FuzzReader, content: [UInt8], depth: Int) -> [UInt8] {
@@ -170,28 +187,31 @@ enum SQLTargets {
         bytes.map { $0 == 0x0A || $0 == 0x0D ? UInt8(ascii: " ") : $0 }
     }
 
-    /// A closed literal in a style the input picks, holding `content`, escaped for that style.
-    private static func literal(_ reader: inout FuzzReader, content: [UInt8]) -> [UInt8] {
+    /// A literal in a style the input picks, holding `content`, escaped for that style, closed
+    /// with `standard_conforming_strings` as `conforming` says.
+    private static func literal(_ reader: inout FuzzReader, _ conforming: Bool, content: [UInt8]) -> [UInt8] {
         switch reader.choice(9) {
-        case 0:  // standard_conforming_strings = on: backslash is an ordinary character
-            return quoted(prefix: "", content, backslashEscapes: false, &reader)
-        case 1:  // standard_conforming_strings = off
-            return quoted(prefix: "", content, backslashEscapes: true, &reader)
+        case 0, 1:  // backslash escapes only with standard_conforming_strings = off
+            return quoted(prefix: "", content, backslashEscapes: !conforming, &reader)
         case 2:
             return quoted(prefix: reader.choice(2) == 0 ? "E" : "e", content, backslashEscapes: true, &reader)
         case 3:
-            return quoted(prefix: "N", content, backslashEscapes: reader.choice(2) == 1, &reader)
+            return quoted(prefix: reader.choice(2) == 0 ? "N" : "n", content, backslashEscapes: !conforming, &reader)
         case 4:
             return quoted(prefix: reader.choice(2) == 0 ? "B" : "x", content, backslashEscapes: false, &reader)
         case 5:
+            // U&'..' is refused with standard_conforming_strings = off: an E'..' instead.
+            guard conforming else { return quoted(prefix: "E", content, backslashEscapes: true, &reader) }
             var out = quoted(prefix: reader.choice(2) == 0 ? "U&" : "u&", content, backslashEscapes: false, &reader)
             if reader.choice(2) == 1 { out += " UESCAPE '!'".utf8 }
             return out
         default:  // $$..$$ or $tag$..$tag$
+            // The tag in valid UTF-8 (ASCII and é): the property is about the text the redaction
+            // sees, which is decoded with invalid sequences replaced, and two tags that differ
+            // only in invalid bytes decode alike (see tagBytes).
             var tag: [UInt8] = []
             if reader.choice(3) != 0 {
-                let run = reader.run(maximum: 6).map { identifierByte($0) == UInt8(ascii: "$") ? UInt8(ascii: "_") : identifierByte($0) }
-                tag = [UInt8(ascii: "t")] + run
+                tag = [UInt8(ascii: "t")] + reader.run(maximum: 6).flatMap(tagBytes)
             }
             let delimiter = [UInt8(ascii: "$")] + tag + [UInt8(ascii: "$")]
             var body = content
@@ -231,7 +251,7 @@ enum SQLTargets {
     }
 
     /// The marker inside a literal or comment, with input-chosen content around it.
-    private static func appendSecret(_ reader: inout FuzzReader, to sql: inout [UInt8]) {
+    private static func appendSecret(_ reader: inout FuzzReader, _ conforming: Bool, to sql: inout [UInt8]) {
         let before = reader.run(maximum: 24)
         let after = reader.run(maximum: 24)
         let content = before + marker + after
@@ -243,7 +263,7 @@ enum SQLTargets {
             sql += "--".utf8 + lineCommentContent(content)
             if reader.choice(2) == 1 { sql.append(0x0A) }
         default:
-            sql += literal(&reader, content: content)
+            sql += literal(&reader, conforming, content: content)
         }
     }
 }

@@ -134,11 +134,13 @@ for name, sql in statements.items():
 # The redact target reads its input as choices (SQLTargets.redact): a few hand-made programs
 # (one per quoting style) and random ones.
 rng = random.Random(16)
-for style in range(9):
-    # 2 tokens (keyword ALTER ROLE, space), the secret: before/after runs, literal container, style
-    write("redact", "style-%d" % style, bytes([2, 0, 2, 0, 0, 3]) + b"abc" + bytes([2]) + b"x'" + bytes([2 + style, style, 1, 1, 0]) + b"; SELECT 1")
-write("redact", "comment", bytes([1, 3, 1, 0, 4]) + b"a*/b" + bytes([0, 0, 2]) + b" -- tail")
-write("redact", "line-comment", bytes([0, 5]) + b"it's " + bytes([0, 1, 1]))
+for conforming in (0, 1):  # the first choice: standard_conforming_strings on (0) or off (1)
+    for style in range(9):
+        # 2 tokens (keyword ALTER ROLE, space), the secret: before/after runs, literal container, style
+        write("redact", "style-%d%s" % (style, "" if conforming == 0 else "-scs-off"),
+              bytes([conforming, 2, 0, 2, 0, 0, 3]) + b"a\\c" + bytes([2]) + b"x'" + bytes([2 + style, style, 1, 1, 0]) + b"; SELECT 1")
+write("redact", "comment", bytes([0, 1, 3, 1, 0, 4]) + b"a*/b" + bytes([0, 0, 2]) + b" -- tail")
+write("redact", "line-comment", bytes([1, 0, 5]) + b"it's " + bytes([0, 1, 1]))
 for i in range(12):
     write("redact", "random-%02d" % i, bytes(rng.randrange(256) for _ in range(rng.randrange(20, 90))))
 
@@ -287,6 +289,18 @@ proxies:
     "deep-flow": "proxies: " + "[" * 70 + "]" * 70 + "\n",
     "deep-block": "proxies:\n" + "".join("  " * i + "- \n" for i in range(8)) + "".join("- " for _ in range(70)) + "x\n",
     "quoted": "proxies: 'it''s [not] {nested}' # [[[\nadmin: \"a\\\"[b\"\n",
+    "aliases": """iam:
+  region: us-east-1
+  account_id: "123456789012"
+  identities:
+    - access_key_id: AKIAEXAMPLE
+      secret_access_key: "env:K"
+      arn: "arn:aws:iam::123456789012:user/app"
+      policy:
+        Anchors: [&a0 [x, x, x], &a1 [*a0, *a0, *a0], &a2 [*a1, *a1, *a1]]
+        Statement: *a2
+proxies: []
+""",
     "empty": "",
     "null": "~\n",
 }

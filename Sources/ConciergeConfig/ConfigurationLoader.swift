@@ -200,6 +200,13 @@ public enum ConfigurationLoader {
                 keyPath: "", value: nil, expectation: "a mapping with at least the key proxies",
                 message: "the configuration is empty (expected: a mapping with at least the key proxies)")])
         }
+        let budget = ExpansionGuard.nodeBudget(forTextOfLength: yaml.utf8.count)
+        if ExpansionGuard.exceeds(root, budget: budget) {
+            return (empty, [ConfigurationIssue(
+                keyPath: "", value: nil, expectation: "YAML whose aliases expand to at most \(budget) nodes",
+                message: "malformed YAML: its aliases expand to more than \(budget) nodes (allowed: at most ten per byte of the file, "
+                    + "plus 1000)")])
+        }
         var decoder = ConfigurationDecoder(baseDirectory: baseDirectory)
         let configuration = decoder.decodeRoot(root)
         var issues = decoder.issues

@@ -1,3 +1,5 @@
+import Yams
+
 /// A bound on how deeply a YAML text nests collections, checked before the parser sees it.
 ///
 /// Yams composes a document recursively, one stack frame chain per level: 20,000 nested `[` in a
@@ -80,5 +82,36 @@ enum NestingGuard {
             }
         }
         return nil
+    }
+}
+
+/// A bound on how many nodes a YAML document expands to once its aliases are resolved, checked
+/// after the parser (which resolves an alias in constant time) and before anything is decoded.
+///
+/// An alias (`*name`) stands for its anchor's whole node, so a few hundred bytes of nested anchors
+/// and aliases expand to millions of nodes ("billion laughs"), and decoding them (an IAM policy
+/// written as YAML is turned into JSON text) takes minutes and gigabytes. Without aliases a
+/// document has at most about one node per byte: ten per byte, plus 1,000, never refuses one.
+enum ExpansionGuard {
+    static func nodeBudget(forTextOfLength length: Int) -> Int { length * 10 + 1_000 }
+
+    /// Whether `node`, aliases expanded, has more than `budget` nodes; stops counting there.
+    static func exceeds(_ node: Node, budget: Int) -> Bool {
+        var remaining = budget
+        return !fits(node, &remaining)
+    }
+
+    private static func fits(_ node: Node, _ remaining: inout Int) -> Bool {
+        remaining -= 1
+        guard remaining >= 0 else { return false }
+        switch node {
+        case .mapping(let mapping):
+            for (key, value) in mapping where !fits(key, &remaining) || !fits(value, &remaining) { return false }
+        case .sequence(let sequence):
+            for element in sequence where !fits(element, &remaining) { return false }
+        default:
+            break
+        }
+        return true
     }
 }

@@ -527,3 +527,56 @@ struct ErrorTests {
         expectIssue(bad, "proxies[0].target_group.health_check.timeout_ms: 100000 is out of range (allowed: 100...60000)")
     }
 }
+
+/// A few hundred bytes of nested anchors and aliases ("billion laughs") expand to millions of
+/// nodes: an IAM policy written as YAML is turned into JSON text node by node, so a 600-byte file
+/// took a minute and 650 bytes ten times that (found with the fuzz target `config`,
+/// Fuzz/regressions/config). Refused right after the parser, before anything is decoded; files
+/// that use aliases modestly still load.
+@Suite("Configuration alias expansion")
+struct AliasExpansionTests {
+    static func withPolicy(_ policyLines: [String]) -> String {
+        """
+        iam:
+          region: us-east-1
+          account_id: "123456789012"
+          identities:
+            - access_key_id: AKIAEXAMPLE
+              secret_access_key: "env:K"
+              arn: "arn:aws:iam::123456789012:user/app"
+              policy:
+
+        """ + policyLines.map { "          " + $0 + "\n" }.joined() + minimalYAML
+    }
+
+    /// `levels` anchors, each a list of ten aliases of the one before: 10^levels scalars.
+    static func bomb(levels: Int) -> String {
+        var lines = ["Version: \"2012-10-17\"", "Anchors:", "  - &a0 [x, x, x, x, x, x, x, x, x, x]"]
+        for level in 1..<levels {
+            lines.append("  - &a\(level) [" + Array(repeating: "*a\(level - 1)", count: 10).joined(separator: ", ") + "]")
+        }
+        lines.append("Statement: *a\(levels - 1)")
+        return withPolicy(lines)
+    }
+
+    @Test func aliasesThatExpandToMillionsOfNodesAreRefused() {
+        for levels in [5, 7] {
+            let started = ContinuousClock.now
+            let error = expectFailure(Self.bomb(levels: levels))
+            #expect(error.issues.count == 1)
+            #expect(error.description.contains("aliases expand"), "\(error)")
+            #expect(ContinuousClock.now - started < .seconds(5))
+        }
+    }
+
+    @Test func modestAliasesStillLoad() throws {
+        let yaml = Self.withPolicy([
+            "Version: \"2012-10-17\"",
+            "Statement:",
+            "  - &allow {Effect: Allow, Action: \"rds-db:connect\", Resource: \"arn:aws:rds-db:us-east-1:123456789012:dbuser:prx-*/app\"}",
+            "  - *allow",
+        ])
+        let configuration = try ConfigurationLoader.parseConfiguration(yaml: yaml, baseDirectory: "/nonexistent")
+        #expect(configuration.iam?.identities.first?.policy.components(separatedBy: "rds-db:connect").count == 3)
+    }
+}
