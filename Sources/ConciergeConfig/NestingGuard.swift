@@ -71,7 +71,9 @@ enum NestingGuard {
             case UInt8(ascii: "]"), UInt8(ascii: "}"):
                 flowDepth = max(0, flowDepth - 1)
                 atLineStart = false
-            case UInt8(ascii: "-"), UInt8(ascii: "?"), UInt8(ascii: ":") where atLineStart && spaceAfter:
+            // (A `where` binds to the last pattern only: each pattern carries its own.)
+            case UInt8(ascii: "-") where atLineStart && spaceAfter, UInt8(ascii: "?") where atLineStart && spaceAfter,
+                UInt8(ascii: ":") where atLineStart && spaceAfter:
                 blockDepth += 1
             default:
                 atLineStart = false

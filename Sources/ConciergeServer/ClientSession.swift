@@ -924,13 +924,24 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         runtime.metrics.recordPins(new)
         var metadata: Logger.Metadata = ["concierge.pin_reason": "\(new.names.joined(separator: ","))"]
         // SQL text is logged only with debug_logging: it may contain data.
-        if runtime.debugLogging { metadata["concierge.statement"] = "\(Self.redactedStatement(String(buffer: statement)))" }
+        if runtime.debugLogging { metadata["concierge.statement"] = "\(Self.loggableStatement(statement))" }
         log(.info, first ? "session pinned" : "session pin reason added", metadata)
     }
 
     /// SQL text for a debug log line: literals and comments redacted (`SQLRedaction`).
     static func redactedStatement(_ sql: String) -> String {
         SQLRedaction.redacted(sql)
+    }
+
+    /// A statement's bytes for a debug log line: redacted, and not shown at all unless they are
+    /// valid UTF-8. Decoding replaces invalid bytes with U+FFFD, so two dollar-quote tags that
+    /// differ only in such bytes (a client in LATIN1) would read alike and end a quote early,
+    /// exposing what PostgreSQL reads as a literal (found by the fuzz harness's redact target).
+    static func loggableStatement(_ statement: ByteBuffer) -> String {
+        guard let sql = String(validating: statement.readableBytesView, as: UTF8.self) else {
+            return "(not shown: not valid UTF-8)"
+        }
+        return redactedStatement(sql)
     }
 
     private func borrowBackend() {

@@ -50,6 +50,14 @@ struct ErrorTests {
 
     /// RDS Proxy's default: max_idle_connections_percent left out is half of
     /// max_connections_percent (a file with max_connections_percent: 10 was refused over 50).
+    @Test func dashesAndQuestionMarksInsideALineAreNotNesting() {
+        // A `where` bound only `:`: every `-` or `?` of a line counted as a level, and a value
+        // with 70 dashes was refused as nested 70 deep (seen while building the fuzz harness).
+        #expect(NestingGuard.firstExcess(in: "x: a" + String(repeating: "-", count: 70) + "b\n") == nil)
+        #expect(NestingGuard.firstExcess(in: "x: " + String(repeating: "?", count: 70) + "\n") == nil)
+        #expect(NestingGuard.firstExcess(in: String(repeating: "- ", count: 65) + "x\n")?.depth == 65)
+    }
+
     @Test func idlePercentageDefaultsToHalfOfMaxConnectionsPercent() throws {
         let withMax = minimal(
             replacing: "      targets:",

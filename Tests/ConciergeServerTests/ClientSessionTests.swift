@@ -142,6 +142,21 @@ import Testing
     }
 }
 
+@Suite struct LoggedStatementTests {
+    @Test func aStatementThatIsNotUTF8IsNotLogged() {
+        // LATIN1 bytes of `SELECT $a£$ x $aô$ secret $a£$`: decoded, both tags read `$a\u{FFFD}$`
+        // and the quote seemed to end before `secret` (the fuzz harness's redact target).
+        var latin1 = ByteBuffer()
+        latin1.writeBytes(Array("SELECT $a".utf8) + [0xA3] + Array("$ x $a".utf8) + [0xF4] + Array("$ secret $a".utf8) + [0xA3] + Array("$".utf8))
+        let logged = ClientSession.loggableStatement(latin1)
+        #expect(!logged.contains("secret"))
+        var utf8 = ByteBuffer(string: "ALTER ROLE victim PASSWORD 'secret'")
+        #expect(!ClientSession.loggableStatement(utf8).contains("secret"))
+        utf8 = ByteBuffer(string: "SET search_path = public")
+        #expect(ClientSession.loggableStatement(utf8).contains("search_path"))
+    }
+}
+
 @Suite struct SessionParameterTests {
     @Test func optionsParseLikePostgreSQL() throws {
         let parsed = try ClientSession.parseOptions("-c search_path=a,b --statement-timeout=5s -cwork_mem=4MB -c x=a\\ b")
