@@ -1938,16 +1938,7 @@ extension ClientSession {
     /// Parses `statement` on the backend with a Describe, and makes the client's messages wait
     /// for the answer (`awaitingShape`).
     private func prepareAndWait(_ statement: ClientStatement, client: String, on backend: BackendConnection) {
-        let definition = executeRewritten(statement.definition, resets: statement.resets, on: backend) ?? statement.definition
-        let parsedAt = StatementEpoch.next()
-        let serverName = backend.statementCache.parse(statement.key, at: parsedAt)
-        closeBeforeParse(serverName, on: backend)
-        backend.write(StatementMessages.parse(name: serverName, definition: definition, allocator: backend.allocator))
-        appendPending(.injectedParse(client: client, key: statement.key, serverName: serverName, quiet: statement.analysed))
-        describeShape(
-            key: statement.key, serverName: serverName, parsedAt: parsedAt,
-            for: statement.shape == nil ? (client, statement.parsedAt) : nil, waiting: true, on: backend)
-        if !statement.analysed { statements[client]?.analysed = true }
+        let parsedAt = injectParse(statement, client: client, waiting: true, on: backend).parsedAt
         // PostgreSQL answers only at a Sync or Flush, and the client's may be among the
         // messages that now wait.
         backend.write(StatementMessages.flush)
@@ -2028,19 +2019,27 @@ extension ClientSession {
             }
             return serverName
         }
+        return injectParse(statement, client: client, waiting: false, on: backend).serverName
+    }
+
+    /// Parses the client's `statement` on the backend under the proxy's name (a Close first, its
+    /// ParseComplete dropped), with the Describe that records its row type (`waiting`: the
+    /// client's messages wait for that answer). A statement the proxy acknowledged without a
+    /// backend gets its row type from its first Parse on one: what the client sees first.
+    private func injectParse(
+        _ statement: ClientStatement, client: String, waiting: Bool, on backend: BackendConnection
+    ) -> (serverName: String, parsedAt: UInt64) {
         let definition = executeRewritten(statement.definition, resets: statement.resets, on: backend) ?? statement.definition
         let parsedAt = StatementEpoch.next()
         let serverName = backend.statementCache.parse(statement.key, at: parsedAt)
         closeBeforeParse(serverName, on: backend)
         backend.write(StatementMessages.parse(name: serverName, definition: definition, allocator: backend.allocator))
         appendPending(.injectedParse(client: client, key: statement.key, serverName: serverName, quiet: statement.analysed))
-        // A statement the proxy acknowledged without a backend gets its row type from its first
-        // Parse on one: that is what the client sees first.
         describeShape(
             key: statement.key, serverName: serverName, parsedAt: parsedAt,
-            for: statement.shape == nil ? (client, statement.parsedAt) : nil, on: backend)
+            for: statement.shape == nil ? (client, statement.parsedAt) : nil, waiting: waiting, on: backend)
         if !statement.analysed { statements[client]?.analysed = true }
-        return serverName
+        return (serverName, parsedAt)
     }
 
     /// A Close of `serverName` ahead of its Parse (see `PendingResponse.injectedClose`): one
