@@ -45,6 +45,20 @@ let package = Package(
             ]
         ),
         .target(name: "ConnectionPool"),
+        // The engine-neutral core: what every engine family shares (target group, proxy errors,
+        // session registry, auth policy). It names no database protocol.
+        .target(
+            name: "ProxyCore",
+            dependencies: ["ConnectionPool", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        // The PostgreSQL engine's pure session machines (no sockets, no event loops).
+        .target(
+            name: "PostgresProxy",
+            dependencies: [
+                "ProxyCore", "PostgresWire", "SQLClassifier",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
         .target(
             name: "ConciergeConfig",
             dependencies: [
@@ -56,6 +70,7 @@ let package = Package(
             name: "ConciergeServer",
             dependencies: [
                 "PostgresWire", "SQLClassifier", "ConnectionPool", "ConciergeConfig", "ConciergeAWS", "ConciergeJSON",
+                "ProxyCore", "PostgresProxy",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -99,6 +114,11 @@ let package = Package(
             ]
         ),
         .testTarget(name: "ConnectionPoolTests", dependencies: ["ConnectionPool"]),
+        .testTarget(name: "ProxyCoreTests", dependencies: ["ProxyCore", .product(name: "NIOCore", package: "swift-nio")]),
+        .testTarget(
+            name: "PostgresProxyTests",
+            dependencies: ["PostgresProxy", "ProxyCore", "PostgresWire", .product(name: "NIOCore", package: "swift-nio")]
+        ),
         .testTarget(name: "ConciergeConfigTests", dependencies: ["ConciergeConfig"]),
         // The fuzz targets (Fuzz/README in README.md "Fuzzing"): plain functions over bytes, used by the
         // libFuzzer executable below and by FuzzRegressionTests (which replays Fuzz/regressions and
