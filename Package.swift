@@ -49,7 +49,11 @@ let package = Package(
         // session registry, auth policy). It names no database protocol.
         .target(
             name: "ProxyCore",
-            dependencies: ["ConnectionPool", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: [
+                "ConnectionPool",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
         ),
         // The PostgreSQL engine's pure session machines (no sockets, no event loops).
         .target(
@@ -114,7 +118,15 @@ let package = Package(
             ]
         ),
         .testTarget(name: "ConnectionPoolTests", dependencies: ["ConnectionPool"]),
-        .testTarget(name: "ProxyCoreTests", dependencies: ["ProxyCore", .product(name: "NIOCore", package: "swift-nio")]),
+        .testTarget(
+            name: "ProxyCoreTests",
+            dependencies: [
+                "ProxyCore", "ConnectionPool",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
+        ),
         .testTarget(
             name: "PostgresProxyTests",
             dependencies: ["PostgresProxy", "ProxyCore", "PostgresWire", .product(name: "NIOCore", package: "swift-nio")]

@@ -1,3 +1,4 @@
+import ConnectionPool
 import PostgresWire
 
 /// Every error the proxy itself (not the database) shows a client, with its SQLSTATE and wording.
@@ -75,6 +76,13 @@ enum ClientErrors {
     static let backendLost = PGErrorFields.fatal(
         code: "08006",
         message: "the database connection serving this session was lost; the open transaction was rolled back")
+
+    /// Opening a backend for the client failed: the database's own error when it refused the
+    /// login (its SQLSTATE and message), else why the connection could not be made.
+    static func connectionFailed(_ failure: ConnectionFailure) -> PGErrorFields {
+        if let code = failure.code { return .error(code: code, message: failure.message) }
+        return backendUnavailable("\(BackendError.connection(failure.message))")
+    }
 
     static func backendUnavailable(_ reason: String) -> PGErrorFields {
         .error(code: "08006", message: "could not connect to the database: \(reason)")

@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import NIOSSL
 import PostgresWire
+import ProxyCore
 import SQLClassifier
 
 /// One client connection: startup, authentication, then transaction-level multiplexing.
@@ -949,7 +950,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         borrowAnswered = false
         guard let pool = runtime.borrowPool(forEndpoint: endpoint) else {
             borrowAnswered = true
-            borrowFailed(.unavailable(ClientErrors.noReader))
+            borrowFailed(with: ClientErrors.noReader)
             return
         }
         borrowPool = pool
@@ -959,7 +960,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     }
 
     /// Called on our loop with the pool's answer.
-    func borrowCompleted(_ result: Result<BackendConnection, BackendPoolError>) {
+    func borrowCompleted(_ result: Result<BackendConnection, BorrowError>) {
         borrowAnswered = true
         waitingRequest = nil
         switch result {
@@ -996,21 +997,19 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         return false
     }
 
-    private func borrowFailed(_ error: BackendPoolError) {
-        let fields: PGErrorFields
+    private func borrowFailed(_ error: BorrowError) {
         switch error {
         case .timeout:
             runtime.metrics.borrowTimeouts.increment()
-            fields = ClientErrors.borrowTimeout
+            borrowFailed(with: ClientErrors.borrowTimeout)
         case .shuttingDown:
-            fields = ClientErrors.shuttingDown
-        case .connectionFailed(.server(let serverFields)):
-            fields = serverFields
-        case .connectionFailed(let backendError):
-            fields = ClientErrors.backendUnavailable("\(backendError)")
-        case .unavailable(let reason):
-            fields = reason
+            borrowFailed(with: ClientErrors.shuttingDown)
+        case .connectionFailed(let failure):
+            borrowFailed(with: ClientErrors.connectionFailed(failure))
         }
+    }
+
+    private func borrowFailed(with fields: PGErrorFields) {
         log(.info, "could not borrow a database connection", ["concierge.reason": "\(fields.message)"])
         if case .loggingIn = state {
             fail(with: PGErrorFields(severity: "FATAL", code: fields.code, message: fields.message, detail: fields.detail, hint: fields.hint))
@@ -1099,7 +1098,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                         borrowBackend()
                         return
                     }
-                    borrowFailed(.connectionFailed(error))
+                    borrowFailed(with: ClientErrors.backendUnavailable("\(error)"))
                 } else {
                     fail(with: ClientErrors.backendLost)
                 }
@@ -1451,7 +1450,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                     self.waitingRequest = nil
                 }
                 self.log(.info, "cancelling a statement that waits for a database connection at the client's request")
-                self.borrowFailed(.unavailable(ClientErrors.queryCanceled))
+                self.borrowFailed(with: ClientErrors.queryCanceled)
                 return self.eventLoop.makeSucceededVoidFuture()
             }
             if self.backend != nil, !self.backendReady, case .ready = self.state, !self.held.isEmpty {

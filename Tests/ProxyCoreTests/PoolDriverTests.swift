@@ -1,0 +1,173 @@
+import ConnectionPool
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import ProxyCore
+import Testing
+
+/// A connection of no engine: records what the driver asks of it.
+private final class FakeConnection: PooledConnection, @unchecked Sendable {
+    let id: ConnectionID
+    let eventLoop: any EventLoop
+    let generation: Int
+    weak var pool: PoolDriver<FakeConnection>?
+    private let calls = NIOLockedValueBox<[String]>([])
+    var recorded: [String] { calls.withLockedValue { $0 } }
+
+    init(id: ConnectionID, eventLoop: any EventLoop, generation: Int, pool: PoolDriver<FakeConnection>) {
+        self.id = id
+        self.eventLoop = eventLoop
+        self.generation = generation
+        self.pool = pool
+    }
+
+    func close() {
+        calls.withLockedValue { $0.append("close") }
+        pool?.connectionClosed(self)
+    }
+
+    func abort() {
+        calls.withLockedValue { $0.append("abort") }
+        pool?.connectionClosed(self)
+    }
+
+    static func poolFailure(_ error: any Error) -> ConnectionFailure {
+        (error as? Refused).map { ConnectionFailure(code: $0.code, message: $0.message) }
+            ?? ConnectionFailure(message: "\(error)")
+    }
+}
+
+private struct Refused: Error {
+    var code: String
+    var message: String
+}
+
+/// A client waiting for a connection: its answer, awaited rather than slept for.
+private final class Requester: PoolRequester, @unchecked Sendable {
+    let eventLoop: any EventLoop
+    let answer: EventLoopPromise<Result<FakeConnection, BorrowError>>
+    init(eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+        self.answer = eventLoop.makePromise()
+    }
+
+    func borrowCompleted(_ result: Result<FakeConnection, BorrowError>) {
+        answer.succeed(result)
+    }
+
+    func connection() async throws -> FakeConnection {
+        try await answer.futureResult.get().get()
+    }
+
+    func error() async throws -> BorrowError? {
+        if case .failure(let error) = try await answer.futureResult.get() { return error }
+        return nil
+    }
+}
+
+private let key = PoolKey(user: "app", database: "orders")
+
+private func limits(cap: Int = 2, borrowTimeout: Duration = .seconds(10)) -> PoolLimits {
+    PoolLimits(maxConnections: cap, maxIdleConnections: cap, borrowTimeout: borrowTimeout, idleTimeout: .seconds(60))
+}
+
+/// One event loop, and a pool whose factory the test steers: it opens connections or refuses them.
+private final class Harness: @unchecked Sendable {
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    var loop: any EventLoop { group.next() }
+    let refusal = NIOLockedValueBox<Refused?>(nil)
+    let opened = NIOLockedValueBox<[FakeConnection]>([])
+    private(set) var pool: PoolDriver<FakeConnection>!
+
+    init(limits: PoolLimits) {
+        pool = PoolDriver(limits: limits, eventLoops: [group.next()]) { [refusal, opened] id, _, eventLoop, pool in
+            if let refused = refusal.withLockedValue({ $0 }) { return eventLoop.makeFailedFuture(refused) }
+            let connection = FakeConnection(id: id, eventLoop: eventLoop, generation: pool.generation, pool: pool)
+            opened.withLockedValue { $0.append(connection) }
+            return eventLoop.makeSucceededFuture(connection)
+        }
+    }
+
+    func borrow() -> Requester {
+        let requester = Requester(eventLoop: loop)
+        _ = pool.borrow(key: key, for: requester)
+        return requester
+    }
+
+    deinit { try? group.syncShutdownGracefully() }
+}
+
+@Suite struct PoolDriverTests {
+    @Test func aReleasedConnectionIsLeasedAgainWithoutOpeningAnother() async throws {
+        let harness = Harness(limits: limits())
+        let first = try await harness.borrow().connection()
+        harness.pool.release(first, reusable: true)
+        let second = try await harness.borrow().connection()
+        #expect(second === first)
+        #expect(harness.opened.withLockedValue { $0.count } == 1)
+        #expect(harness.pool.leaseCounters.total == 2)
+        #expect(harness.pool.stats.totals.leased == 1)
+    }
+
+    @Test func aRefusedOpenFailsTheWaiterWithTheDatabasesCode() async throws {
+        let harness = Harness(limits: limits())
+        harness.refusal.withLockedValue { $0 = Refused(code: "28P01", message: "password authentication failed") }
+        let error = try await harness.borrow().error()
+        #expect(error == .connectionFailed(ConnectionFailure(code: "28P01", message: "password authentication failed")))
+    }
+
+    @Test func aWaiterAtTheCapGetsTheBorrowTimeout() async throws {
+        let harness = Harness(limits: limits(cap: 1, borrowTimeout: .milliseconds(50)))
+        let holder = try await harness.borrow().connection()
+        let error = try await harness.borrow().error()
+        #expect(error == .timeout)
+        harness.pool.release(holder, reusable: true)
+    }
+
+    @Test func aWaiterGetsTheConnectionAnotherClientReleases() async throws {
+        let harness = Harness(limits: limits(cap: 1))
+        let holder = try await harness.borrow().connection()
+        let waiter = harness.borrow()
+        harness.pool.release(holder, reusable: true)
+        #expect(try await waiter.connection() === holder)
+    }
+
+    @Test func retiringClosesIdleConnectionsNowAndLeasedOnesWhenReturned() async throws {
+        let harness = Harness(limits: limits())
+        let idle = try await harness.borrow().connection()
+        let leased = try await harness.borrow().connection()
+        harness.pool.release(idle, reusable: true)
+        harness.pool.retire()
+        #expect(idle.recorded == ["close"])
+        #expect(leased.recorded == [])
+        // Returned as reusable, but opened before the retirement: closed, and the next client
+        // gets a connection of the new generation.
+        harness.pool.release(leased, reusable: true)
+        #expect(leased.recorded == ["close"])
+        let fresh = try await harness.borrow().connection()
+        #expect(fresh !== idle && fresh !== leased)
+        #expect(fresh.generation == 1)
+    }
+
+    @Test func abortAllAbortsEveryOpenConnection() async throws {
+        let harness = Harness(limits: limits())
+        let a = try await harness.borrow().connection()
+        let b = try await harness.borrow().connection()
+        harness.pool.release(b, reusable: true)
+        harness.pool.abortAll()
+        #expect(a.recorded == ["abort"])
+        #expect(b.recorded == ["abort"])
+        #expect(harness.pool.stats.totals.total == 0)
+    }
+
+    @Test func shutdownFailsWaitersAndCompletesWhenTheLastConnectionCloses() async throws {
+        let harness = Harness(limits: limits(cap: 1))
+        let holder = try await harness.borrow().connection()
+        let waiter = harness.borrow()
+        let drained = harness.pool.shutdown(on: harness.loop)
+        #expect(try await waiter.error() == .shuttingDown)
+        harness.pool.release(holder, reusable: true)
+        try await drained.get()
+        #expect(holder.recorded == ["close"])
+    }
+}
