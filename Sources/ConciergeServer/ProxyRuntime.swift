@@ -11,6 +11,7 @@ import Darwin
 import NIOPosix
 import NIOSSL
 import PostgresWire
+import ProxyCore
 import Prometheus
 import SQLClassifier
 import Synchronization
@@ -97,7 +98,7 @@ final class ProxyRuntime: @unchecked Sendable {
         var targetGroupUpdatedDate: Date
         var listeners: [any Channel] = []
         var canonicalValues: [CanonicalValueKey: String] = [:]
-        var sessions: [Int32: ClientSession] = [:]
+        var sessions = SessionRegistry<ClientSession>()
         var templates: [PoolKey: LoginTemplate] = [:]
         /// Per user and database: the classifier options with the server's tracked parameters.
         var loginClassifierOptions: [PoolKey: ClassifierOptions] = [:]
@@ -509,18 +510,13 @@ final class ProxyRuntime: @unchecked Sendable {
         clientCount.add(1, ordering: .relaxed)
         metrics.clientConnectionsReceived[endpoint].increment()
         return state.withLockedValue { state in
-            // One draw gives both halves of the cancel key; redraw on a (rare) pid collision.
-            var key: UInt64
-            var processID: Int32
-            repeat {
-                key = SecureRandom.uint64()
-                processID = Int32(truncatingIfNeeded: key & 0x7FFF_FFFF)
-            } while processID == 0 || state.sessions[processID] != nil
             let loopSessions = self.loopSessions[ObjectIdentifier(eventLoop)] ?? LoopSessions(eventLoop: eventLoop)
-            let session = ClientSession(
-                runtime: self, loopSessions: loopSessions, endpoint: endpoint, processID: processID,
-                secretKey: Int32(truncatingIfNeeded: key >> 32), logger: logger)
-            state.sessions[processID] = session
+            // The cancel key is the client's BackendKeyData (process id and secret key).
+            let session = state.sessions.register(random: SecureRandom.uint64) { key in
+                ClientSession(
+                    runtime: self, loopSessions: loopSessions, endpoint: endpoint, processID: Int32(bitPattern: key.id),
+                    secretKey: Int32(bitPattern: key.secret), logger: logger)
+            }
             if state.draining { session.beginDrain() }
             return session
         }
@@ -530,7 +526,7 @@ final class ProxyRuntime: @unchecked Sendable {
         clientCount.subtract(1, ordering: .relaxed)
         metrics.clientConnectionsClosed[session.endpoint].increment()
         let promise = state.withLockedValue { state -> EventLoopPromise<Void>? in
-            state.sessions[session.processID] = nil
+            state.sessions.remove(id: UInt32(bitPattern: session.processID))
             if state.draining, state.sessions.isEmpty {
                 defer { state.drainedPromise = nil }
                 return state.drainedPromise
@@ -548,8 +544,8 @@ final class ProxyRuntime: @unchecked Sendable {
     /// closes it only after signalling the backend (drivers wait for that close before they
     /// send their next statement, which a late cancel would otherwise hit).
     func cancel(processID: Int32, secretKey: Int32, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
-        let session = state.withLockedValue { $0.sessions[processID] }
-        guard let session, session.secretKey == secretKey else {
+        let key = CancelKey(id: UInt32(bitPattern: processID), secret: UInt32(bitPattern: secretKey))
+        guard let session = state.withLockedValue({ $0.sessions.session(for: key) }) else {
             logger.debug("ignoring a cancel request with an unknown key")
             return eventLoop.makeSucceededVoidFuture()
         }
@@ -581,7 +577,7 @@ final class ProxyRuntime: @unchecked Sendable {
             } else {
                 state.drainedPromise = promise
             }
-            return Array(state.sessions.values)
+            return state.sessions.all
         }
         logger.info("draining", metadata: ["concierge.clients": "\(sessions.count)"])
         for session in sessions { session.beginDrain() }
@@ -592,7 +588,7 @@ final class ProxyRuntime: @unchecked Sendable {
             try await promise.futureResult.get()
             timeoutTask.cancel()
         } catch {
-            let remaining = state.withLockedValue { Array($0.sessions.values) }
+            let remaining = state.withLockedValue { $0.sessions.all }
             logger.warning("drain timeout reached; closing remaining clients", metadata: ["concierge.clients": "\(remaining.count)"])
             for session in remaining { session.forceClose() }
         }

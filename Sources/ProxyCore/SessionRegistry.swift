@@ -1,0 +1,59 @@
+/// The key a client is given to cancel what its session runs, from another connection.
+///
+/// Every engine has one: PostgreSQL's BackendKeyData (process id and secret key, sent back in a
+/// CancelRequest), MySQL's connection id (named by `KILL QUERY`). The proxy hands out its own, never
+/// the database's: a client's statements run on whichever backend serves it, so only the proxy
+/// knows where to send the cancel.
+public struct CancelKey: Hashable, Sendable, CustomStringConvertible {
+    /// Positive and at most `Int32.max`, so it fits both PostgreSQL's signed process id and
+    /// MySQL's unsigned connection id; unique among the proxy's sessions.
+    public var id: UInt32
+    /// Random; an engine without a secret ignores it.
+    public var secret: UInt32
+
+    public init(id: UInt32, secret: UInt32) {
+        self.id = id
+        self.secret = secret
+    }
+
+    /// Only the id: the secret never goes to logs.
+    public var description: String { "\(id)" }
+}
+
+/// The proxy's client sessions by cancel key: who is connected, and where a cancel goes.
+///
+/// A value type, engine-neutral: the runtime keeps it under its lock; `Session` is whatever the
+/// engine's session handler is.
+public struct SessionRegistry<Session> {
+    private var sessions: [UInt32: (secret: UInt32, session: Session)] = [:]
+
+    public init() {}
+
+    public var count: Int { sessions.count }
+    public var isEmpty: Bool { sessions.isEmpty }
+    public var all: [Session] { sessions.values.map(\.session) }
+
+    /// Draws a fresh key from `random` (64 random bits: the low 31 the id, the high 32 the secret),
+    /// drawing again while the id is zero or taken, and registers the session `make` builds with it.
+    public mutating func register(random: () -> UInt64, _ make: (CancelKey) -> Session) -> Session {
+        var key: CancelKey
+        repeat {
+            let bits = random()
+            key = CancelKey(id: UInt32(truncatingIfNeeded: bits & 0x7FFF_FFFF), secret: UInt32(truncatingIfNeeded: bits >> 32))
+        } while key.id == 0 || sessions[key.id] != nil
+        let session = make(key)
+        sessions[key.id] = (key.secret, session)
+        return session
+    }
+
+    public mutating func remove(id: UInt32) {
+        sessions[id] = nil
+    }
+
+    /// The session a cancel request names, if both halves of its key match: a wrong secret finds
+    /// nothing (and the engine says nothing, as the databases do).
+    public func session(for key: CancelKey) -> Session? {
+        guard let entry = sessions[key.id], entry.secret == key.secret else { return nil }
+        return entry.session
+    }
+}
