@@ -155,7 +155,8 @@ let package = Package(
         .testTarget(
             name: "ConciergeServerTests",
             dependencies: [
-                "ConciergeServer", "ConciergeJSON", .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio"),
+                "ConciergeServer", "ConciergeJSON", "ProxyCore", "ConnectionPool", "PostgresWire",
+                .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),

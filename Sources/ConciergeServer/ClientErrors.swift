@@ -1,47 +1,62 @@
 import ConnectionPool
 import PostgresWire
+import ProxyCore
 
-/// Every error the proxy itself (not the database) shows a client, with its SQLSTATE and wording.
+/// Every error the proxy itself (not the database) shows a PostgreSQL client, with its SQLSTATE
+/// and wording: the engine-neutral `ProxyError`s rendered for PostgreSQL, and the errors only this
+/// engine has (its startup packet, its protocol).
 ///
 /// Wording follows the reference documents (RDS Proxy's messages) where they define one, and
 /// PostgreSQL's own messages otherwise, so drivers and humans recognise them.
 enum ClientErrors {
+    /// A `ProxyError` as an ErrorResponse: PostgreSQL's SQLSTATE for the same condition, FATAL
+    /// when the proxy closes the connection after it.
+    static func rendered(_ error: ProxyError) -> PGErrorFields {
+        let code: String
+        switch error {
+        case .borrowTimeout, .tooManyClients: code = "53300"  // too_many_connections
+        case .tlsRequired, .iamRequiresTLS: code = "28000"  // invalid_authorization_specification
+        case .iamAuthenticationFailed: code = "28P01"  // invalid_password
+        case .noReader: code = "08001"  // sqlclient_unable_to_establish_sqlconnection
+        case .idleTimeout: code = "57P05"  // idle_session_timeout
+        case .shuttingDown: code = "57P01"  // admin_shutdown
+        case .authenticationTimeout: code = "08P01"  // protocol_violation, as PostgreSQL's own timeout
+        case .transactionLost, .backendLost, .backendUnavailable: code = "08006"  // connection_failure
+        case .queryCanceled: code = "57014"  // query_canceled
+        }
+        return PGErrorFields(
+            severity: error.closesConnection ? "FATAL" : "ERROR", code: code, message: error.message, detail: nil,
+            hint: error.hint)
+    }
+
     /// Wrong password or unknown user: PostgreSQL's exact message, with no hint of which it was.
     static func authenticationFailed(user: String) -> PGErrorFields {
         .fatal(code: "28P01", message: "password authentication failed for user \"\(user)\"")
     }
 
     /// `require_tls: true` and a plaintext client (RDS Proxy's wording).
-    static let tlsRequired = PGErrorFields.fatal(code: "28000", message: "This proxy requires TLS connections.")
+    static let tlsRequired = rendered(.tlsRequired)
 
     /// An auth entry with `iam_auth: REQUIRED` and a plaintext client (RDS Proxy's wording).
-    static let iamRequiresTLS = PGErrorFields.fatal(
-        code: "28000", message: "IAM authentication is allowed only with SSL connections.")
+    static let iamRequiresTLS = rendered(.iamRequiresTLS)
 
     /// Any IAM token failure, whatever the cause (RDS Proxy's wording): the cause is logged only.
     static func iamAuthenticationFailed(user: String) -> PGErrorFields {
-        .fatal(code: "28P01", message: "IAM authentication failed for user \(user). Check the IAM token for this user and try again.")
+        rendered(.iamAuthenticationFailed(user: user))
     }
 
     /// A READ_ONLY endpoint with no available reader (its targets show INVALID_REPLICATION_STATE).
-    static let noReader = PGErrorFields.error(
-        code: "08001", message: "No reader is available for this read-only endpoint",
-        detail: nil, hint: "Add a healthy standby to the target group, or use the read/write endpoint.")
+    static let noReader = rendered(.noReader)
 
-    static let borrowTimeout = PGErrorFields.error(
-        code: "53300", message: "Timed-out waiting to acquire database connection")
+    static let borrowTimeout = rendered(.borrowTimeout)
 
-    static let tooManyClients = PGErrorFields.fatal(
-        code: "53300", message: "The maximum number of client connections to the proxy exceeded")
+    static let tooManyClients = rendered(.tooManyClients)
 
-    static let idleTimeout = PGErrorFields.fatal(
-        code: "57P05", message: "terminating connection due to idle-session timeout")
+    static let idleTimeout = rendered(.idleTimeout)
 
-    static let shuttingDown = PGErrorFields.fatal(
-        code: "57P01", message: "terminating connection due to administrator command")
+    static let shuttingDown = rendered(.shuttingDown)
 
-    static let authenticationTimeout = PGErrorFields.fatal(
-        code: "08P01", message: "canceling authentication due to timeout")
+    static let authenticationTimeout = rendered(.authenticationTimeout)
 
     static let noUser = PGErrorFields.fatal(
         code: "28000", message: "no PostgreSQL user name specified in startup packet")
@@ -65,17 +80,13 @@ enum ClientErrors {
 
     /// The backend of a client's transaction died (e.g. a failover); the client's connection stays.
     /// PostgreSQL's error for a cancelled statement.
-    static let queryCanceled = PGErrorFields.error(code: "57014", message: "canceling statement due to user request")
+    static let queryCanceled = rendered(.queryCanceled)
     /// PostgreSQL's answer to a statement in a failed transaction block.
     static let inFailedTransaction = PGErrorFields.error(
         code: "25P02", message: "current transaction is aborted, commands ignored until end of transaction block")
-    static let transactionLost = PGErrorFields.error(
-        code: "08006",
-        message: "the database connection serving this transaction was lost; the transaction was rolled back")
+    static let transactionLost = rendered(.transactionLost)
 
-    static let backendLost = PGErrorFields.fatal(
-        code: "08006",
-        message: "the database connection serving this session was lost; the open transaction was rolled back")
+    static let backendLost = rendered(.backendLost)
 
     /// Opening a backend for the client failed: the database's own error when it refused the
     /// login (its SQLSTATE and message), else why the connection could not be made.
@@ -85,7 +96,7 @@ enum ClientErrors {
     }
 
     static func backendUnavailable(_ reason: String) -> PGErrorFields {
-        .error(code: "08006", message: "could not connect to the database: \(reason)")
+        rendered(.backendUnavailable(reason: reason))
     }
 
     static let internalError = PGErrorFields.fatal(code: "XX000", message: "internal proxy error")
