@@ -53,6 +53,7 @@ let package = Package(
                 "ConnectionPool",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
         // The PostgreSQL engine's pure session machines (no sockets, no event loops).

@@ -922,7 +922,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         guard !new.isEmpty else { return }
         let first = pinReasons.isEmpty
         pinReasons.formUnion(new)
-        runtime.metrics.recordPins(new)
+        runtime.metrics.recordPins(bits: UInt64(new.rawValue))
         var metadata: Logger.Metadata = ["concierge.pin_reason": "\(new.names.joined(separator: ","))"]
         // SQL text is logged only with debug_logging: it may contain data.
         if runtime.debugLogging { metadata["concierge.statement"] = "\(Self.loggableStatement(statement))" }

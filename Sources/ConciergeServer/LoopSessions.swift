@@ -1,4 +1,5 @@
 import NIOCore
+import ProxyCore
 
 /// The client sessions of one event loop, checked for timeouts (authentication, idle) once a
 /// second by one repeated task: no timer per client. A per-client `Scheduled` task cost an

@@ -3,6 +3,7 @@ import ConciergeJSON
 import ConnectionPool
 import Logging
 import NIOCore
+import ProxyCore
 import SQLClassifier
 
 #if canImport(Glibc)

@@ -146,7 +146,7 @@ final class ProxyRuntime: @unchecked Sendable {
         self.metrics = ProxyMetrics(
             registry: registry, proxy: configuration.name,
             endpointNames: ["default"] + configuration.endpoints.map(\.name),
-            targetGroup: configuration.targetGroup.name)
+            targetGroup: configuration.targetGroup.name, pinReasonNames: PinReasons.all.names)
         self.endpointRoles = [.readWrite] + configuration.endpoints.map(\.targetRole)
         self.idleClientTimeoutSeconds = Atomic(configuration.idleClientTimeout)
         self.debugLoggingEnabled = Atomic(configuration.debugLogging)

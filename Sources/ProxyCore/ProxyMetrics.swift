@@ -1,6 +1,5 @@
 import NIOConcurrencyHelpers
 import Prometheus
-import SQLClassifier
 
 /// One proxy's Prometheus metrics: the CloudWatch metrics of RDS Proxy under `concierge_` names
 /// (docs/metrics.md), each labelled with the proxy.
@@ -13,36 +12,36 @@ import SQLClassifier
 ///   between threads on the per-query path), summed at scrape;
 /// - per-connection and per-transaction events (logins, borrows, pins) go straight to
 ///   swift-prometheus's atomic counters and histograms.
-final class ProxyMetrics: Sendable {
-    let proxy: String
-    let targetGroup: String
+public final class ProxyMetrics: Sendable {
+    public let proxy: String
+    public let targetGroup: String
 
     // Per endpoint (index 0: the default endpoint; then `endpoints` in order).
-    let endpointNames: [String]
-    let clientConnectionsReceived: [Counter]
-    let clientConnectionsSetupSucceeded: [Counter]
-    let clientConnectionsSetupFailedAuth: [Counter]
-    let clientConnectionsClosed: [Counter]
-    let clientConnections: [Gauge]
+    public let endpointNames: [String]
+    public let clientConnectionsReceived: [Counter]
+    public let clientConnectionsSetupSucceeded: [Counter]
+    public let clientConnectionsSetupFailedAuth: [Counter]
+    public let clientConnectionsClosed: [Counter]
+    public let clientConnections: [Gauge]
 
-    let queryRequests: Counter
-    let databaseConnectionRequests: Counter
-    let databaseConnectionsSetupSucceeded: Counter
-    let databaseConnectionsSetupFailed: Counter
-    let borrowTimeouts: Counter
-    let writerAvailableDuration: Counter
-    /// Indexed like `PinReasons.all`'s bits.
-    let sessionPins: [Counter]
+    public let queryRequests: Counter
+    public let databaseConnectionRequests: Counter
+    public let databaseConnectionsSetupSucceeded: Counter
+    public let databaseConnectionsSetupFailed: Counter
+    public let borrowTimeouts: Counter
+    public let writerAvailableDuration: Counter
+    /// Indexed like the bits of the engine's pin reasons (`pinReasonNames`).
+    public let sessionPins: [Counter]
 
-    let maxDatabaseConnectionsAllowed: Gauge
-    let databaseConnections: Gauge
-    let databaseConnectionsCurrentlyBorrowed: Gauge
-    let databaseConnectionsCurrentlySessionPinned: Gauge
-    let databaseConnectionsCurrentlyInTransaction: Gauge
-    let borrowWaiters: Gauge
+    public let maxDatabaseConnectionsAllowed: Gauge
+    public let databaseConnections: Gauge
+    public let databaseConnectionsCurrentlyBorrowed: Gauge
+    public let databaseConnectionsCurrentlySessionPinned: Gauge
+    public let databaseConnectionsCurrentlyInTransaction: Gauge
+    public let borrowWaiters: Gauge
 
-    let borrowLatency: DurationHistogram
-    let queryDatabaseResponseLatency: DurationHistogram
+    public let borrowLatency: DurationHistogram
+    public let queryDatabaseResponseLatency: DurationHistogram
 
     private let registry: PrometheusCollectorRegistry
     private let targetAvailable = NIOLockedValueBox<[String: Gauge]>([:])
@@ -60,7 +59,12 @@ final class ProxyMetrics: Sendable {
         .seconds(30), .seconds(60),
     ]
 
-    init(registry: PrometheusCollectorRegistry, proxy: String, endpointNames: [String], targetGroup: String) {
+    /// `pinReasonNames`: the engine's reasons for pinning a session, in the order of their bits
+    /// (one `concierge_session_pins_total` series each; the label values operators alert on).
+    public init(
+        registry: PrometheusCollectorRegistry, proxy: String, endpointNames: [String], targetGroup: String,
+        pinReasonNames: [String]
+    ) {
         self.registry = registry
         self.proxy = proxy
         self.targetGroup = targetGroup
@@ -90,7 +94,7 @@ final class ProxyMetrics: Sendable {
         databaseConnectionsSetupFailed = registry.makeCounter(descriptor: Self.descriptor("concierge_database_connections_setup_failed_total", "Database connection requests that failed (DatabaseConnectionsSetupFailed)."), labels: pool)
         borrowTimeouts = registry.makeCounter(descriptor: Self.descriptor("concierge_borrow_timeouts_total", "Clients that waited connection_borrow_timeout for a database connection and got an error."), labels: pool)
         writerAvailableDuration = registry.makeCounter(descriptor: Self.descriptor("concierge_target_group_writer_available_duration_seconds_total", "Seconds during which the target group had an available writer (TargetGroupWriterAvailableDuration)."), labels: pool)
-        sessionPins = PinReasons.all.names.map {
+        sessionPins = pinReasonNames.map {
             registry.makeCounter(descriptor: Self.descriptor("concierge_session_pins_total", "Sessions pinned to their database connection, by reason (a session counts once per new reason)."), labels: [("proxy", proxy), ("reason", $0)])
         }
         maxDatabaseConnectionsAllowed = registry.makeGauge(descriptor: Self.descriptor("concierge_max_database_connections_allowed", "The cap on database connections: max_connections_percent of the database's max_connections (MaxDatabaseConnectionsAllowed)."), labels: pool)
@@ -108,7 +112,7 @@ final class ProxyMetrics: Sendable {
     }
 
     /// Sets `concierge_target_available` for exactly the given series (key: target and role).
-    func setTargetAvailability(_ wanted: [String: (labels: [(String, String)], value: Int64)]) {
+    public func setTargetAvailability(_ wanted: [String: (labels: [(String, String)], value: Int64)]) {
         targetAvailable.withLockedValue { gauges in
             for (key, gauge) in gauges where wanted[key] == nil {
                 registry.unregisterGauge(gauge)
@@ -125,10 +129,10 @@ final class ProxyMetrics: Sendable {
         }
     }
 
-    /// Records a pin for each reason in `reasons` (new reasons of one session).
-    func recordPins(_ reasons: PinReasons) {
+    /// Records a pin for each reason whose bit is set in `reasons` (new reasons of one session).
+    public func recordPins(bits reasons: UInt64) {
         var bit = 0
-        var remaining = reasons.rawValue
+        var remaining = reasons
         while remaining != 0, bit < sessionPins.count {
             if remaining & 1 != 0 { sessionPins[bit].increment() }
             remaining >>= 1
@@ -138,17 +142,17 @@ final class ProxyMetrics: Sendable {
 }
 
 /// Counts one event loop's sessions contribute, read at scrape time on that loop.
-struct LoopMetricsSample: Sendable {
-    var clientsPerEndpoint: [Int]
-    var pinned = 0
-    var inTransaction = 0
-    var queryRequests = 0
+public struct LoopMetricsSample: Sendable {
+    public var clientsPerEndpoint: [Int]
+    public var pinned = 0
+    public var inTransaction = 0
+    public var queryRequests = 0
 
-    init(endpoints: Int) {
+    public init(endpoints: Int) {
         clientsPerEndpoint = Array(repeating: 0, count: endpoints)
     }
 
-    mutating func add(_ other: LoopMetricsSample) {
+    public mutating func add(_ other: LoopMetricsSample) {
         for index in clientsPerEndpoint.indices where index < other.clientsPerEndpoint.count {
             clientsPerEndpoint[index] += other.clientsPerEndpoint[index]
         }
