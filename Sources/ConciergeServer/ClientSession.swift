@@ -476,30 +476,22 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             fail(with: ClientErrors.noUser)
             return
         }
-        if runtime.requireTLS, !isTLS {
-            runtime.metrics.clientConnectionsSetupFailedAuth[endpoint].increment()
-            fail(with: ClientErrors.tlsRequired)
-            return
-        }
         if database.isEmpty { database = user }
         poolKey = PoolKey(user: user, database: database)
-
-        if runtime.clientLimitExceeded {
-            fail(with: ClientErrors.tooManyClients)
+        userEntry = runtime.users.entry(for: user)
+        let admission = AuthPolicy(requireTLS: runtime.requireTLS).admit(
+            clientUsesTLS: isTLS, clientLimitExceeded: runtime.clientLimitExceeded, iamRequired: userEntry?.iamRequired ?? false)
+        var out = context.channel.allocator.buffer(capacity: 64)
+        if case .refuse(let error, let countsAsFailedAuth) = admission {
+            if countsAsFailedAuth { runtime.metrics.clientConnectionsSetupFailedAuth[endpoint].increment() }
+            if error == .iamRequiresTLS { log(.info, "IAM authentication refused: the client did not use TLS") }
+            fail(with: ClientErrors.rendered(error))
             return
         }
-        var out = context.channel.allocator.buffer(capacity: 64)
         if version & 0xFFFF > 0 || !unsupportedOptions.isEmpty {
             PGEncode.negotiateProtocolVersion(newestMinorVersion: 0, unsupportedOptions: unsupportedOptions, into: &out)
         }
-        userEntry = runtime.users.entry(for: user)
-        if let entry = userEntry, entry.iamRequired {
-            guard isTLS else {
-                runtime.metrics.clientConnectionsSetupFailedAuth[endpoint].increment()
-                log(.info, "IAM authentication refused: the client did not use TLS")
-                fail(with: ClientErrors.iamRequiresTLS)
-                return
-            }
+        if admission == .iamToken {
             PGEncode.authenticationCleartextPassword(into: &out)
             state = .authenticatingIAM
         } else if let entry = userEntry, entry.authType == .postgresMD5 {
