@@ -53,6 +53,21 @@ let package = Package(
                 "ConnectionPool",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
+        // The admin HTTP API and /metrics, over any engine's proxies (`AdminManagedProxy`).
+        .target(
+            name: "ConciergeAdmin",
+            dependencies: [
+                "ProxyCore", "ConciergeConfig", "ConciergeJSON",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
@@ -75,7 +90,7 @@ let package = Package(
             name: "ConciergeServer",
             dependencies: [
                 "PostgresWire", "SQLClassifier", "ConnectionPool", "ConciergeConfig", "ConciergeAWS", "ConciergeJSON",
-                "ProxyCore", "PostgresProxy",
+                "ProxyCore", "PostgresProxy", "ConciergeAdmin",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -142,6 +157,7 @@ let package = Package(
             name: "ConciergeFuzzTargets",
             dependencies: [
                 "PostgresWire", "SQLClassifier", "ConciergeJSON", "ConciergeConfig", "ConciergeAWS", "ConciergeServer",
+                "ConciergeAdmin",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -156,7 +172,7 @@ let package = Package(
         .testTarget(
             name: "ConciergeServerTests",
             dependencies: [
-                "ConciergeServer", "ConciergeJSON", "ProxyCore", "ConnectionPool", "PostgresWire",
+                "ConciergeServer", "ConciergeJSON", "ProxyCore", "ConnectionPool", "PostgresWire", "ConciergeAdmin",
                 .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]

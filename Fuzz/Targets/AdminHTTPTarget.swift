@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import NIOEmbedded
 import NIOHTTP1
+@testable import ConciergeAdmin
 @testable import ConciergeServer
 
 /// The admin API as a connection reads it: bytes into the real pipeline (NIO's HTTP/1 server

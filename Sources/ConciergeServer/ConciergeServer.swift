@@ -1,3 +1,4 @@
+import ConciergeAdmin
 import ConciergeConfig
 import Logging
 import NIOConcurrencyHelpers

@@ -1,3 +1,4 @@
+import ConciergeAdmin
 import ConciergeConfig
 import ConciergeJSON
 import ConnectionPool
@@ -54,19 +55,7 @@ struct TargetHealth: Sendable, Hashable {
     }
 }
 
-/// A rejected admin request: the HTTP status, the RDS-style error code and the field at fault.
-struct AdminError: Error, Sendable {
-    var status: Int
-    var code: String
-    var field: String?
-    var message: String
-
-    static func invalid(_ field: String, _ message: String) -> AdminError {
-        AdminError(status: 400, code: "InvalidParameterValue", field: field, message: "\(field): \(message)")
-    }
-}
-
-extension ProxyRuntime {
+extension ProxyRuntime: AdminManagedProxy {
     // MARK: Metrics
 
     /// Samples every event loop's sessions and the pool, and sets the gauges (and the counters

@@ -6,6 +6,7 @@ import Testing
 
 import ConciergeJSON
 
+@testable import ConciergeAdmin
 @testable import ConciergeServer
 
 @Suite struct LogFormatTests {

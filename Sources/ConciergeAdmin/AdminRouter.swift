@@ -4,15 +4,46 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
-import NIOPosix
 import Prometheus
-import Synchronization
-#if canImport(Glibc)
-import Glibc
-#endif
+
+/// A proxy as the admin API manages it (RDS's DBProxy, its target group and targets). The
+/// runtime of every engine conforms; the admin API names no engine.
+public protocol AdminManagedProxy: AnyObject, Sendable {
+    var name: String { get }
+    var configuration: ProxyConfiguration { get }
+    func describeProxy() -> JSON
+    func modifyProxy(idleClientTimeout: Int?, requireTLS: Bool?, debugLogging: Bool?) throws(AdminError)
+    func describeTargetGroup() -> JSON
+    func modifyTargetGroup(_ pool: ConnectionPoolConfiguration) throws(AdminError)
+    func describeTargets() -> [JSON]
+    func registerTargets(_ targets: [HostPort]) throws(AdminError) -> [JSON]
+    func deregisterTargets(_ targets: [HostPort]) throws(AdminError)
+    /// Samples the live state into the metrics registry; completes once it holds this moment's
+    /// numbers (before `/metrics` renders them).
+    func collectMetrics() -> EventLoopFuture<Void>
+}
+
+/// A rejected admin request: the HTTP status, the RDS-style error code and the field at fault.
+public struct AdminError: Error, Sendable {
+    public var status: Int
+    public var code: String
+    public var field: String?
+    public var message: String
+
+    public init(status: Int, code: String, field: String?, message: String) {
+        self.status = status
+        self.code = code
+        self.field = field
+        self.message = message
+    }
+
+    public static func invalid(_ field: String, _ message: String) -> AdminError {
+        AdminError(status: 400, code: "InvalidParameterValue", field: field, message: "\(field): \(message)")
+    }
+}
 
 /// A response of the admin API.
-struct AdminResponse: Sendable {
+public struct AdminResponse: Sendable {
     var status: HTTPResponseStatus
     var contentType: String
     var body: String
@@ -30,7 +61,7 @@ struct AdminResponse: Sendable {
 }
 
 /// One admin request, as the router sees it.
-struct AdminRequest: Sendable {
+public struct AdminRequest: Sendable {
     var method: HTTPMethod
     var path: String
     var query: [String: String]
@@ -40,14 +71,14 @@ struct AdminRequest: Sendable {
 
 /// The admin API's routes (docs/admin-api.md): RDS-shaped JSON over the live proxies, and
 /// `/metrics` from the Prometheus registry.
-final class AdminRouter: Sendable {
-    private let proxies: @Sendable () -> [ProxyRuntime]
+public final class AdminRouter: Sendable {
+    private let proxies: @Sendable () -> [any AdminManagedProxy]
     private let token: NIOLockedValueBox<String?>
     private let registry: PrometheusCollectorRegistry
     private let logger: Logger
 
-    init(
-        proxies: @escaping @Sendable () -> [ProxyRuntime], token: String?, registry: PrometheusCollectorRegistry,
+    public init(
+        proxies: @escaping @Sendable () -> [any AdminManagedProxy], token: String?, registry: PrometheusCollectorRegistry,
         logger: Logger
     ) {
         self.proxies = proxies
@@ -56,7 +87,7 @@ final class AdminRouter: Sendable {
         self.logger = logger
     }
 
-    func setToken(_ token: String?) { self.token.withLockedValue { $0 = token } }
+    public func setToken(_ token: String?) { self.token.withLockedValue { $0 = token } }
 
     func handle(_ request: AdminRequest, on eventLoop: any EventLoop) -> EventLoopFuture<AdminResponse> {
         if request.path == "/healthz" {
@@ -173,7 +204,7 @@ final class AdminRouter: Sendable {
         }
     }
 
-    private func proxy(named name: String) throws(AdminError) -> ProxyRuntime {
+    private func proxy(named name: String) throws(AdminError) -> any AdminManagedProxy {
         guard let proxy = proxies().first(where: { $0.name == name }) else {
             throw AdminError(
                 status: 404, code: "DBProxyNotFoundFault", field: "DBProxyName", message: "DBProxyName: no proxy named \(name)")
@@ -181,7 +212,7 @@ final class AdminRouter: Sendable {
         return proxy
     }
 
-    private static func checkTargetGroup(_ name: String, of proxy: ProxyRuntime) throws(AdminError) {
+    private static func checkTargetGroup(_ name: String, of proxy: any AdminManagedProxy) throws(AdminError) {
         guard name == proxy.configuration.targetGroup.name else {
             throw AdminError(
                 status: 404, code: "DBProxyTargetGroupNotFoundFault", field: "TargetGroupName",
@@ -274,7 +305,7 @@ final class AdminRouter: Sendable {
         return pool
     }
 
-    private static func targets(_ body: [UInt8], of proxy: ProxyRuntime) throws(AdminError) -> [HostPort] {
+    private static func targets(_ body: [UInt8], of proxy: any AdminManagedProxy) throws(AdminError) -> [HostPort] {
         let object = try object(body)
         try allowOnly(["DBInstanceIdentifiers", "DBProxyName", "TargetGroupName"], in: object, at: nil)
         if case .string(let group)? = object["TargetGroupName"] { try checkTargetGroup(group, of: proxy) }
@@ -293,242 +324,5 @@ final class AdminRouter: Sendable {
             targets.append(target)
         }
         return targets
-    }
-}
-
-/// The admin listener: HTTP/1.1 with keep-alive, bodies up to 1 MiB.
-///
-/// It must never take the data path down: at most `AdminListener.maxConnections` connections
-/// are open at once (more are closed as they are accepted); a connection has
-/// `requestTimeout` to deliver each complete request (counted from its accept, then from the
-/// end of the previous response: slow senders and idle keep-alive connections are closed); a
-/// framing error is answered 400 and the connection closed.
-final class AdminHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
-    typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundOut = HTTPServerResponsePart
-
-    static let maxBodySize = 1 << 20
-    static let requestTimeout = TimeAmount.seconds(15)
-
-    private let router: AdminRouter
-    private var head: HTTPRequestHead?
-    private var body: [UInt8] = []
-    private var tooLarge = false
-    private var deadline: Scheduled<Void>?
-
-    init(router: AdminRouter) {
-        self.router = router
-    }
-
-    func handlerAdded(context: ChannelHandlerContext) {
-        armDeadline(context: context)
-    }
-
-    func handlerRemoved(context: ChannelHandlerContext) {
-        deadline?.cancel()
-        deadline = nil
-    }
-
-    /// The next complete request must arrive within `requestTimeout`.
-    private func armDeadline(context: ChannelHandlerContext) {
-        deadline?.cancel()
-        let channel = context.channel
-        deadline = context.eventLoop.scheduleTask(in: Self.requestTimeout) {
-            channel.close(promise: nil)
-        }
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // A framing error (answered 400 by NIO's protocol error handler before us) or an I/O
-        // error: nothing more is read from this connection.
-        context.close(promise: nil)
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .head(let head):
-            self.head = head
-            body.removeAll()
-            tooLarge = false
-        case .body(var chunk):
-            guard !tooLarge else { return }
-            if body.count + chunk.readableBytes > Self.maxBodySize {
-                tooLarge = true
-                body.removeAll()
-                return
-            }
-            body += chunk.readBytes(length: chunk.readableBytes) ?? []
-        case .end:
-            guard let head else { return }
-            self.head = nil
-            // Being answered: no deadline until the response is out.
-            deadline?.cancel()
-            deadline = nil
-            let keepAlive = head.isKeepAlive && !tooLarge
-            if tooLarge {
-                respond(.error(AdminError(status: 413, code: "RequestTooLarge", field: nil, message: "the body is larger than 1 MiB")),
-                        version: head.version, keepAlive: false, context: context)
-                return
-            }
-            let (path, query) = Self.split(head.uri)
-            let request = AdminRequest(
-                method: head.method, path: path, query: query,
-                authorization: head.headers.first(name: "authorization"), body: body)
-            body = []
-            let version = head.version
-            let boundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
-            router.handle(request, on: context.eventLoop).whenComplete { result in
-                let context = boundContext.value
-                let response: AdminResponse
-                switch result {
-                case .success(let value): response = value
-                case .failure(let error):
-                    response = .error(AdminError(status: 500, code: "InternalFailure", field: nil, message: "\(error)"))
-                }
-                self.respond(response, version: version, keepAlive: keepAlive, context: context)
-            }
-        }
-    }
-
-    private func respond(_ response: AdminResponse, version: HTTPVersion, keepAlive: Bool, context: ChannelHandlerContext) {
-        var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: response.contentType)
-        headers.add(name: "Content-Length", value: String(response.body.utf8.count))
-        headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: version, status: response.status, headers: headers))), promise: nil)
-        context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: response.body)))), promise: nil)
-        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
-        if !keepAlive {
-            let channel = context.channel
-            done.whenComplete { _ in channel.close(promise: nil) }
-        } else if context.channel.isActive {
-            armDeadline(context: context)
-        }
-    }
-
-    /// Path (percent-decoded) and query parameters of a request target.
-    static func split(_ uri: String) -> (String, [String: String]) {
-        let pieces = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
-        let path = percentDecoded(String(pieces[0]))
-        var query: [String: String] = [:]
-        if pieces.count > 1 {
-            for pair in pieces[1].split(separator: "&") {
-                let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-                let key = percentDecoded(String(kv[0]))
-                query[key] = kv.count > 1 ? percentDecoded(String(kv[1].map { $0 == "+" ? " " : $0 })) : ""
-            }
-        }
-        return (path, query)
-    }
-
-    static func percentDecoded(_ text: String) -> String {
-        var bytes: [UInt8] = []
-        var iterator = Array(text.utf8).makeIterator()
-        while let byte = iterator.next() {
-            if byte == UInt8(ascii: "%"), let high = iterator.next(), let low = iterator.next(),
-               let value = UInt8(String(decoding: [high, low], as: UTF8.self), radix: 16)
-            {
-                bytes.append(value)
-            } else {
-                bytes.append(byte)
-            }
-        }
-        return String(decoding: bytes, as: UTF8.self)
-    }
-}
-
-/// Starts the admin listener.
-enum AdminListener {
-    /// Admin connections open at once; beyond it, new ones are closed as they are accepted.
-    static let maxConnections = 64
-
-    static func bind(_ address: HostPort, router: AdminRouter, group: any EventLoopGroup, logger: Logger) async throws
-        -> any Channel
-    {
-        let open = NIOLockedValueBox(0)
-        return try await ServerBootstrap(group: group)
-            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-            .serverChannelInitializer { channel in
-                channel.pipeline.addHandler(ListenerBackoff.handler(listener: "admin", logger: logger))
-            }
-            .childChannelInitializer { channel in
-                let admitted = open.withLockedValue { count -> Bool in
-                    guard count < maxConnections else { return false }
-                    count += 1
-                    return true
-                }
-                guard admitted else {
-                    // Refused before anything is read: an attacker's idle connections cannot
-                    // hold more than maxConnections descriptors.
-                    return channel.close()
-                }
-                channel.closeFuture.whenComplete { _ in open.withLockedValue { $0 -= 1 } }
-                return channel.pipeline.configureHTTPServerPipeline(withErrorHandling: true).flatMap {
-                    channel.pipeline.addHandler(AdminHTTPHandler(router: router))
-                }
-            }
-            .bind(host: address.host, port: address.port).get()
-    }
-}
-
-/// The process's file descriptors, shared by every listener.
-///
-/// Out of descriptors, `accept` fails at once while connections wait, and SwiftNIO's listener
-/// retries as long as the socket is readable: it spins (both event loops at 100%). So the proxy
-/// never lets its clients take the last descriptors: beyond `clientLimit` open client sockets
-/// (the open-file limit less a reserve for backends, the admin port, logs and listeners), a
-/// new client is closed as it is accepted, which costs a descriptor only for that moment. Should
-/// accept fail anyway, the listener's `AcceptBackoffHandler` pauses reads (SwiftNIO's own remedy)
-/// and the log says so at most once a second.
-enum ListenerBackoff {
-    static let pause = TimeAmount.milliseconds(250)
-    private static let lastWarning = Synchronization.Atomic<Int64>(0)
-    private static let openClients = Synchronization.Atomic<Int>(0)
-    private static let lastRefusal = Synchronization.Atomic<Int64>(0)
-
-    /// Client sockets the process may hold open at once.
-    static let clientLimit: Int = {
-        var limit = rlimit()
-        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < rlim_t(Int32.max) else {
-            return Int.max
-        }
-        let nofile = Int(clamping: limit.rlim_cur)
-        return max(16, nofile - max(128, nofile / 8))
-    }()
-
-    static func handler(listener: String, logger: Logger) -> AcceptBackoffHandler {
-        AcceptBackoffHandler(shouldForwardIOErrorCaught: false) { error in
-            if once(per: 1, last: lastWarning) {
-                logger.warning("could not accept a connection: accepting paused", metadata: [
-                    "concierge.listener": "\(listener)",
-                    "concierge.error": "\(error)",
-                    "concierge.pause_ms": "\(pause.nanoseconds / 1_000_000)",
-                ])
-            }
-            return pause
-        }
-    }
-
-    /// A client socket was accepted: false (and the socket is to be closed) beyond `clientLimit`.
-    /// Otherwise it counts until it closes.
-    static func admitClient(_ channel: any Channel, logger: Logger) -> Bool {
-        guard openClients.add(1, ordering: .relaxed).newValue <= clientLimit else {
-            openClients.subtract(1, ordering: .relaxed)
-            if once(per: 1, last: lastRefusal) {
-                logger.warning("client connection refused: the process is at its open-file limit", metadata: [
-                    "concierge.client_limit": "\(clientLimit)"
-                ])
-            }
-            return false
-        }
-        channel.closeFuture.whenComplete { _ in openClients.subtract(1, ordering: .relaxed) }
-        return true
-    }
-
-    private static func once(per seconds: Int64, last: borrowing Synchronization.Atomic<Int64>) -> Bool {
-        let now = Int64(NIODeadline.now().uptimeNanoseconds / 1_000_000_000)
-        let previous = last.load(ordering: .relaxed)
-        guard now - previous >= seconds || previous == 0 else { return false }
-        return last.compareExchange(expected: previous, desired: max(now, 1), ordering: .relaxed).exchanged
     }
 }
