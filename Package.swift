@@ -58,6 +58,14 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
+        // Client authentication policy, IAM tokens and the users' keys, for every engine.
+        .target(
+            name: "ConciergeAuth",
+            dependencies: [
+                "ProxyCore", "ConciergeConfig", "ConciergeAWS",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
         // The admin HTTP API and /metrics, over any engine's proxies (`AdminManagedProxy`).
         .target(
             name: "ConciergeAdmin",
@@ -90,7 +98,7 @@ let package = Package(
             name: "ConciergeServer",
             dependencies: [
                 "PostgresWire", "SQLClassifier", "ConnectionPool", "ConciergeConfig", "ConciergeAWS", "ConciergeJSON",
-                "ProxyCore", "PostgresProxy", "ConciergeAdmin",
+                "ProxyCore", "PostgresProxy", "ConciergeAdmin", "ConciergeAuth",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -143,6 +151,7 @@ let package = Package(
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
+        .testTarget(name: "ConciergeAuthTests", dependencies: ["ConciergeAuth", "ProxyCore", "ConciergeConfig"]),
         .testTarget(
             name: "PostgresProxyTests",
             dependencies: ["PostgresProxy", "ProxyCore", "PostgresWire", .product(name: "NIOCore", package: "swift-nio")]

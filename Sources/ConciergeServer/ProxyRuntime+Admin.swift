@@ -1,3 +1,4 @@
+import ConciergeAuth
 import ConciergeAdmin
 import ConciergeConfig
 import ConciergeJSON

@@ -1,3 +1,4 @@
+import ConciergeAuth
 import ConciergeConfig
 import ConnectionPool
 import Logging

@@ -1,3 +1,5 @@
+import ProxyCore
+
 /// What a client's login request leads to, decided alike for every engine once the engine has
 /// read who the client is (PostgreSQL's startup packet, MySQL's handshake response).
 public enum LoginAdmission: Equatable, Sendable {

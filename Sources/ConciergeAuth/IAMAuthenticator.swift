@@ -11,19 +11,19 @@ import Foundation
 /// identity store's secret keys), validity, host, port, region, the database user, and the
 /// principal's policies allowing `rds-db:connect` on
 /// `arn:aws:rds-db:REGION:ACCOUNT:dbuser:PRX-ID/USER` (an explicit Deny wins).
-struct IAMAuthenticator: Sendable {
-    struct Identity: Sendable {
+public struct IAMAuthenticator: Sendable {
+    public struct Identity: Sendable {
         var secretAccessKey: String
         var arn: String
         var policies: [IAMPolicy]
     }
 
-    let region: String
-    let accountID: String
-    let identities: [String: Identity]
+    public let region: String
+    public let accountID: String
+    public let identities: [String: Identity]
 
     /// Nil when the configuration has no `iam` section. Throws when a policy does not parse.
-    init?(configuration: IAMConfiguration?, secretKeys: [String: String]) throws {
+    public init?(configuration: IAMConfiguration?, secretKeys: [String: String]) throws {
         guard let configuration else { return nil }
         region = configuration.region
         accountID = configuration.accountID
@@ -34,20 +34,20 @@ struct IAMAuthenticator: Sendable {
             do {
                 policy = try IAMPolicy(json: identity.policy)
             } catch {
-                throw SetupError(message: "iam.identities[\(index)].policy: \(error)")
+                throw IAMSetupError(message: "iam.identities[\(index)].policy: \(error)")
             }
             identities[identity.accessKeyID] = Identity(secretAccessKey: secret, arn: identity.arn, policies: [policy])
         }
         self.identities = identities
     }
 
-    enum Outcome: Sendable {
+    public enum Outcome: Sendable {
         case allowed(principal: String)
         /// Why (for the log; the client only ever sees the one generic message).
         case refused(String)
     }
 
-    func authenticate(token: String, user: String, hosts: Set<String>, port: Int, resourceID: String, now: Date = Date()) -> Outcome {
+    public func authenticate(token: String, user: String, hosts: Set<String>, port: Int, resourceID: String, now: Date = Date()) -> Outcome {
         let identity: RDSAuthIdentity
         do {
             identity = try RDSAuthToken.verify(
@@ -67,20 +67,8 @@ struct IAMAuthenticator: Sendable {
     }
 }
 
-/// Secrets Manager as the server's source of `arn:aws:secretsmanager:` secrets.
-public struct SecretsManagerFetcher: RemoteSecretFetcher {
-    let client: SecretsManagerClient
-
-    /// `configuration`: `secrets_manager` (region and endpoint overrides), credentials as loaded.
-    public init(configuration: SecretsManagerConfiguration?, credentials: LoadedConfiguration.AWSKeyPair) throws {
-        client = try SecretsManagerClient(
-            credentials: AWSCredentials(
-                accessKeyID: credentials.accessKeyID, secretAccessKey: credentials.secretAccessKey,
-                sessionToken: credentials.sessionToken),
-            region: configuration?.region, endpoint: configuration?.endpoint)
-    }
-
-    public func secretString(arn: String) async throws -> String {
-        try await client.getSecretValue(secretID: arn)
-    }
+/// The `iam` section cannot be used (a policy that does not parse), naming the key at fault.
+public struct IAMSetupError: Error, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
 }

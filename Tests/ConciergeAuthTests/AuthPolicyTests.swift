@@ -1,4 +1,4 @@
-import ProxyCore
+import ConciergeAuth
 import Testing
 
 @Suite struct AuthPolicyTests {
