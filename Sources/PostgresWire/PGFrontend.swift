@@ -119,6 +119,9 @@ public enum PGFrontend {
         /// The number of result format codes.
         public var resultFormatCount: Int { self.resultFormats.readableBytes &>> 1 }
 
+        /// Parses `rest`, a Bind's ``Bind/parametersAndFormats``, as PostgreSQL's
+        /// `exec_bind_message` does before it looks at the statement: the format count must be
+        /// 0, 1 or the parameter count, each value must be there whole.
         public init(_ rest: ByteBuffer) throws(PGWireError) {
             var reader = PGBodyReader(rest, type: PGMessageType.Frontend.bind)
             let formatCount = try reader.checkedCount(try reader.readUInt16("parameter format count"), minimumElementSize: 2, "parameter format count")
