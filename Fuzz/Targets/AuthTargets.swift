@@ -31,8 +31,8 @@ enum AuthTargets {
             exchange(clientFirst: Array(rest[..<(newline ?? rest.count)]),
                      clientFinal: newline.map { Array(rest[($0 + 1)...]) })
         case 1:
-            guard let initial = try? PGParse.saslInitialResponse(ByteBuffer(bytes: rest)) else { return }
-            exchange(clientFirst: initial.data ?? [], clientFinal: nil)
+            guard let initial = try? PGFrontend.SASLInitialResponse(ByteBuffer(bytes: rest)) else { return }
+            exchange(clientFirst: initial.data.map { Array($0.readableBytesView) } ?? [], clientFinal: nil)
         case 2:
             let response = String(decoding: rest, as: UTF8.self)
             let expected = PGMD5.expectedResponse(storedHash: md5Stored, salt: md5Salt)

@@ -109,60 +109,85 @@ enum WireTargets {
     private static func parseBody(_ frame: PGFrame) {
         let body = frame.body
         let validUTF8 = String(validating: body.readableBytesView, as: UTF8.self) != nil
-        _ = PGParse.firstCStringIsEmpty(body)
-        _ = PGParse.firstCString(body)
         switch frame.type {
         case UInt8(ascii: "Q"):
-            if let sql = try? PGParse.queryBytes(body) {
-                _ = SQLClassifier.classify(sql.readableBytesView)
-                let text = try! PGParse.query(body)
-                roundTrip(frame, validUTF8) { PGEncode.query(text, into: &$0) }
+            if let query = try? PGFrontend.Query(body) {
+                _ = SQLClassifier.classify(query.sql.readableBytesView)
+                let text = String(buffer: query.sql)
+                roundTrip(frame, validUTF8, parse: { body throws(PGWireError) in [String(buffer: try PGFrontend.Query(body).sql)] }) {
+                    PGEncode.query(text, into: &$0)
+                }
             }
         case UInt8(ascii: "P"):
-            if let message = try? PGParse.parseMessage(body) {
-                _ = SQLClassifier.classify(message.query)
-                roundTrip(frame, validUTF8, parse: PGParse.parseMessage) {
-                    PGEncode.parse(statementName: message.statementName, query: message.query,
-                                   parameterTypeOIDs: message.parameterTypeOIDs, into: &$0)
+            if let message = try? PGFrontend.Parse(body) {
+                _ = SQLClassifier.classify(message.query.readableBytesView)
+                FuzzCheck.require((try? PGFrontend.Parse(name: message.name, definition: message.definition)) == message,
+                                  "frontend: a Parse's definition parses as another")
+                roundTrip(frame, validUTF8, parse: { body throws(PGWireError) in Self.fields(try PGFrontend.Parse(body)) }) {
+                    PGEncode.parse(statementName: String(buffer: message.name), query: String(buffer: message.query),
+                                   parameterTypeOIDs: Array(message.parameterTypes), into: &$0)
                 }
             }
         case UInt8(ascii: "B"):
-            if let message = try? PGParse.bind(body) {
-                roundTrip(frame, validUTF8, parse: PGParse.bind) {
-                    PGEncode.bind(portalName: message.portalName, statementName: message.statementName,
+            if let message = try? PGFrontend.Bind(body) {
+                if let arguments = try? message.arguments() {
+                    FuzzCheck.require(arguments.parameterFormats.readableBytes + arguments.parameterValues.readableBytes
+                                      + arguments.resultFormats.readableBytes + 6 == message.parametersAndFormats.readableBytes,
+                                      "frontend: Bind arguments do not add up to the body")
+                }
+                roundTrip(frame, validUTF8, parse: { body throws(PGWireError) in
+                    let bind = try PGFrontend.Bind(body)
+                    return [String(buffer: bind.portal), String(buffer: bind.statement), "\(Array(bind.parametersAndFormats.readableBytesView))"]
+                }) {
+                    PGEncode.bind(portalName: String(buffer: message.portal), statementName: String(buffer: message.statement),
                                   parametersAndFormats: message.parametersAndFormats, into: &$0)
                 }
             }
         case UInt8(ascii: "D"):
-            if let message = try? PGParse.describe(body) {
-                roundTrip(frame, validUTF8, parse: PGParse.describe) { PGEncode.describe(message.kind, name: message.name, into: &$0) }
+            if let message = try? PGFrontend.describe(body) {
+                roundTrip(frame, validUTF8, parse: { body throws(PGWireError) in Self.fields(try PGFrontend.describe(body)) }) {
+                    PGEncode.describe(message.kind, name: String(buffer: message.name), into: &$0)
+                }
             }
             _ = try? PGParse.dataRow(body)
             _ = try? PGParse.dataRowStrings(body)
         case UInt8(ascii: "C"):
-            if let message = try? PGParse.close(body) {
-                roundTrip(frame, validUTF8, parse: PGParse.close) { PGEncode.close(message.kind, name: message.name, into: &$0) }
+            if let message = try? PGFrontend.close(body) {
+                roundTrip(frame, validUTF8, parse: { body throws(PGWireError) in Self.fields(try PGFrontend.close(body)) }) {
+                    PGEncode.close(message.kind, name: String(buffer: message.name), into: &$0)
+                }
             }
             _ = try? PGParse.commandComplete(body)
         case UInt8(ascii: "E"):
-            if let message = try? PGParse.execute(body) {
-                roundTrip(frame, validUTF8, parse: PGParse.execute) {
-                    PGEncode.execute(portalName: message.portalName, maxRows: message.maxRows, into: &$0)
+            if let message = try? PGFrontend.Execute(body) {
+                roundTrip(frame, validUTF8, parse: { body throws(PGWireError) in
+                    let execute = try PGFrontend.Execute(body)
+                    return [String(buffer: execute.portal), "\(execute.maxRows)"]
+                }) {
+                    PGEncode.execute(portalName: String(buffer: message.portal), maxRows: message.maxRows, into: &$0)
                 }
             }
             _ = try? PGParse.errorResponse(body)
         case UInt8(ascii: "p"):
-            if let password = try? PGParse.passwordMessage(body) {
+            if let password = try? PGFrontend.PasswordMessage(body) {
                 // Invalid UTF-8 is refused here, never replaced: the bytes always round-trip.
-                roundTrip(frame, true, parse: PGParse.passwordMessage) { PGEncode.passwordMessage(password, into: &$0) }
-            }
-            if let message = try? PGParse.saslInitialResponse(body) {
-                roundTrip(frame, validUTF8, parse: PGParse.saslInitialResponse) {
-                    PGEncode.saslInitialResponse(mechanism: message.mechanism, data: message.data, into: &$0)
+                roundTrip(frame, true, parse: { body throws(PGWireError) in [try PGFrontend.PasswordMessage(body).string] }) {
+                    PGEncode.passwordMessage(password.string, into: &$0)
                 }
             }
-            let data = PGParse.saslResponse(body)
-            roundTrip(frame, true, parse: { PGParse.saslResponse($0) }) { PGEncode.saslResponse(data: data, into: &$0) }
+            if let message = try? PGFrontend.SASLInitialResponse(body) {
+                roundTrip(frame, validUTF8, parse: { body throws(PGWireError) in
+                    let initial = try PGFrontend.SASLInitialResponse(body)
+                    return [String(buffer: initial.mechanism), "\(initial.data.map { Array($0.readableBytesView) } as [UInt8]?)"]
+                }) {
+                    PGEncode.saslInitialResponse(mechanism: String(buffer: message.mechanism),
+                                                 data: message.data.map { Array($0.readableBytesView) }, into: &$0)
+                }
+            }
+            let data = Array(PGFrontend.SASLResponse(body).data.readableBytesView)
+            roundTrip(frame, true, parse: { body throws(PGWireError) in ["\(Array(PGFrontend.SASLResponse(body).data.readableBytesView))"] }) {
+                PGEncode.saslResponse(data: data, into: &$0)
+            }
         case UInt8(ascii: "Z"):
             _ = try? PGParse.readyForQuery(body)
         case UInt8(ascii: "N"):
@@ -182,10 +207,20 @@ enum WireTargets {
         }
     }
 
+    /// What a view says, as strings (names are decoded with replacement, as `PGEncode` writes
+    /// them again), for comparing a message with its re-encoding.
+    private static func fields(_ parse: PGFrontend.Parse) -> [String] {
+        [String(buffer: parse.name), String(buffer: parse.query)] + parse.parameterTypes.map { "\($0)" }
+    }
+
+    private static func fields(_ reference: PGFrontend.ObjectReference) -> [String] {
+        ["\(reference.kind)", String(buffer: reference.name)]
+    }
+
     /// Encodes a parsed message again: parsing that gives the same message, and for a valid
     /// UTF-8 body (strings are decoded with replacement) the same bytes.
-    private static func roundTrip<Message: Equatable>(
-        _ frame: PGFrame, _ bytesMustMatch: Bool, parse: (ByteBuffer) throws(PGWireError) -> Message,
+    private static func roundTrip(
+        _ frame: PGFrame, _ bytesMustMatch: Bool, parse: (ByteBuffer) throws(PGWireError) -> [String],
         encode: (inout ByteBuffer) -> Void
     ) {
         var encoded = ByteBuffer()
@@ -200,9 +235,5 @@ enum WireTargets {
             FuzzCheck.fail("frontend: a re-encoded message does not parse")
         }
         FuzzCheck.require(original == again, "frontend: \(original) re-encoded parses as \(again)")
-    }
-
-    private static func roundTrip(_ frame: PGFrame, _ bytesMustMatch: Bool, encode: (inout ByteBuffer) -> Void) {
-        roundTrip(frame, bytesMustMatch, parse: PGParse.query, encode: encode)
     }
 }

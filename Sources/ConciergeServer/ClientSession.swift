@@ -563,7 +563,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         var out = context.channel.allocator.buffer(capacity: 128)
         switch state {
         case .authenticatingMD5(let salt):
-            let response = try PGParse.passwordMessage(frame.body)
+            let response = try PGFrontend.PasswordMessage(frame.body).string
             guard let entry = userEntry, PGMD5.verify(clientResponse: response, storedHash: entry.md5StoredHash, salt: salt)
             else {
                 authenticationFailed()
@@ -572,8 +572,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         case .authenticatingSCRAM(var session, let step):
             do {
                 if step == 1 {
-                    let initial = try PGParse.saslInitialResponse(frame.body)
-                    guard initial.mechanism == "SCRAM-SHA-256" else {
+                    let initial = try PGFrontend.SASLInitialResponse(frame.body)
+                    guard initial.mechanism.readableBytesView.elementsEqual("SCRAM-SHA-256".utf8) else {
                         fail(with: ClientErrors.protocolViolation("client selected an invalid SASL authentication mechanism"))
                         return
                     }
@@ -581,14 +581,14 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                         fail(with: ClientErrors.protocolViolation("malformed SCRAM message (empty message)"))
                         return
                     }
-                    let serverFirst = try session.receiveClientFirst(data)
+                    let serverFirst = try session.receiveClientFirst(Array(data.readableBytesView))
                     state = .authenticatingSCRAM(session, step: 2)
                     PGEncode.authenticationSASLContinue(data: serverFirst, into: &out)
                     context.writeAndFlush(wrapOutboundOut(out), promise: nil)
                     return
                 }
-                let response = PGParse.saslResponse(frame.body)
-                let serverFinal = try session.receiveClientFinal(response)
+                let response = PGFrontend.SASLResponse(frame.body)
+                let serverFinal = try session.receiveClientFinal(Array(response.data.readableBytesView))
                 guard userEntry != nil else {
                     authenticationFailed()
                     return
@@ -602,7 +602,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 return
             }
         case .authenticatingIAM:
-            let token = try PGParse.passwordMessage(frame.body)
+            let token = try PGFrontend.PasswordMessage(frame.body).string
             switch runtime.authenticateIAM(token: token, user: user, endpoint: endpoint) {
             case .allowed(let principal):
                 log(.debug, "IAM authentication succeeded", ["concierge.principal": "\(principal)"])
@@ -735,7 +735,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             // A Query ends the extended messages before it as a Sync does (PostgreSQL commits
             // their implicit transaction with it), unless an error there makes it skip the Query.
             if !skippingUntilSync { pendingUnsynced = false }
-            let classification = classify(try PGParse.queryBytes(frame.body), loneSetAllowed: isBetweenTransactions && backend == nil)
+            let classification = classify(try PGFrontend.Query(frame.body).sql, loneSetAllowed: isBetweenTransactions && backend == nil)
             if !classification.resets.isEmpty {
                 if let name = classification.deallocatedName, statements[name] != nil, answerDeallocateLocally(name) { return }
                 var resets = Resets(classification)
@@ -751,23 +751,23 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         case PGMessageType.Frontend.parse:
             let startsBatch = isBetweenTransactions && backend == nil
             pendingUnsynced = true
-            var body = frame.body
-            guard let name = body.readNullTerminatedSlice(), let query = body.readNullTerminatedSlice() else {
+            // Checked whole here, as PostgreSQL checks it: the proxy may keep the definition and
+            // send it again later, elsewhere, under another name.
+            guard let parse = try? PGFrontend.Parse(frame.body) else {
                 fail(with: ClientErrors.protocolViolation("invalid Parse message"))
                 return
             }
+            let name = parse.name
             // Named statements do not pin: the proxy prepares them on whichever backend serves.
             // A lone tracked SET may, as the unnamed statement of a new batch (JDBC's way).
-            var resets = Resets(classify(query, loneSetAllowed: startsBatch && name.readableBytes == 0))
+            var resets = Resets(classify(parse.query, loneSetAllowed: startsBatch && name.readableBytes == 0))
             resets.pinClock = pinClock
             if name.readableBytes > 0, answersLocally, statements[String(buffer: name)] == nil {
                 // No backend serves this client: acknowledge now, prepare on first use. A client
                 // that prepares on one connection while its others hold backends in open
                 // transactions (pgbench -M prepared) cannot then deadlock the pool.
-                var definition = frame.body
-                _ = definition.readNullTerminatedSlice()
                 statements[String(buffer: name)] = ClientStatement(
-                    definition: definition, analysed: false, resets: resets,
+                    definition: parse.definition, analysed: false, resets: resets,
                     refersTo: resets.executed.flatMap { statements[$0.name]?.key }, searchPath: desiredParameters["search_path"])
                 writeToClient(StatementMessages.parseComplete)
                 return
@@ -792,11 +792,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             if !skippingUntilSync { pendingUnsynced = false }
         case PGMessageType.Frontend.close:
             pendingUnsynced = true
-            var body = frame.body
-            if answersLocally, body.readInteger(as: UInt8.self) == UInt8(ascii: "S"),
-               let name = body.readNullTerminatedSlice(), name.readableBytes > 0
-            {
-                statements[String(buffer: name)] = nil
+            if answersLocally, let close = try? PGFrontend.close(frame.body), close.kind == .statement, close.name.readableBytes > 0 {
+                statements[String(buffer: close.name)] = nil
                 writeToClient(StatementMessages.closeComplete)
                 return
             }
@@ -1620,12 +1617,12 @@ extension ClientSession {
         case PGMessageType.Frontend.bind:
             sendBind(frame, to: backend)
         case PGMessageType.Frontend.describe:
-            var body = frame.body
-            let kind = body.readInteger(as: UInt8.self)
-            if kind == UInt8(ascii: "S"), let name = body.readNullTerminatedSlice(), name.readableBytes > 0,
-               let statement = statements[String(buffer: name)]
+            // A malformed Describe goes as it came: PostgreSQL answers it with its error.
+            let describe = try? PGFrontend.describe(frame.body)
+            if let describe, describe.kind == .statement, describe.name.readableBytes > 0,
+               let statement = statements[String(buffer: describe.name)]
             {
-                let serverName = prepare(statement, client: String(buffer: name), on: backend)
+                let serverName = prepare(statement, client: String(buffer: describe.name), on: backend)
                 if resultTypeChanged(statement, on: backend) {
                     backend.write(StatementMessages.describeStatement(StatementMessages.missingName, allocator: backend.allocator))
                     appendPending(.changedResultType)
@@ -1634,32 +1631,32 @@ extension ClientSession {
                     appendPending(.describeStatement)
                 }
             } else {
-                // `S` and an empty name: the unnamed statement.
-                if kind == UInt8(ascii: "S"), frame.body.readableBytes == 2 { ensureUnnamedStatement(on: backend) }
+                if describe?.isUnnamedStatement == true { ensureUnnamedStatement(on: backend) }
                 backend.write(frame.bytes)
-                appendPending(kind == UInt8(ascii: "S") ? .describeStatement : .describePortal)
+                appendPending(describe?.kind == .statement ? .describeStatement : .describePortal)
             }
         case PGMessageType.Frontend.execute:
             pendingSetting?.executed = true
-            var body = frame.body
-            let portal = body.readNullTerminatedSlice().map { String(buffer: $0) } ?? ""
+            // The portal's name becomes a String only for a lookup in a map that is not empty.
+            // A malformed Execute (PostgreSQL answers it with its error) runs no portal.
+            let portal = (try? PGFrontend.Execute(frame.body))?.portal ?? ByteBuffer()
             var reset: ResetWatch?
-            if !portalResets.isEmpty, let resets = portalResets[portal] {
+            if !portalResets.isEmpty, let resets = portalResets[String(buffer: portal)] {
                 // A reset through the extended protocol.
                 reset = beginReset(resets, on: backend)
             }
             backend.write(frame.bytes)
-            appendPending(.execute(serverName: portalStatements.isEmpty ? nil : portalStatements[portal], reset: reset))
+            appendPending(.execute(serverName: portalStatements.isEmpty ? nil : portalStatements[String(buffer: portal)], reset: reset))
         case PGMessageType.Frontend.close:
-            var body = frame.body
-            let kind = body.readInteger(as: UInt8.self)
-            if kind == UInt8(ascii: "S"), let name = body.readNullTerminatedSlice(), name.readableBytes > 0 {
+            // A malformed Close goes as it came: PostgreSQL answers it with its error.
+            let close = try? PGFrontend.close(frame.body)
+            if let close, close.kind == .statement, close.name.readableBytes > 0 {
                 // The backend keeps the statement for whoever prepares the same query next.
-                let client = String(buffer: name)
+                let client = String(buffer: close.name)
                 appendPending(.localCloseComplete(client: client, removed: statements.removeValue(forKey: client)))
             } else {
                 var unnamedBefore: UnnamedBefore?
-                if kind == UInt8(ascii: "S"), frame.body.readableBytes == 2 {
+                if close?.isUnnamedStatement == true {
                     // Close of the unnamed statement: the client has none from now on.
                     unnamedGeneration &+= 1
                     unnamedBefore = UnnamedBefore(statement: unnamedStatement, onBackend: unnamedOnBackend, generation: unnamedGeneration)
@@ -1724,16 +1721,13 @@ extension ClientSession {
                 serverName = StatementMessages.missingName
                 watch.changedResultType = true
             }
-            var sql = message.frame.body
-            if let text = sql.readBytes(length: max(0, sql.readableBytes - 1)), range.upperBound <= text.count {
-                var rewritten = Array(text[..<range.lowerBound])
-                rewritten += Array(BackendConnection.quoteIdentifier(serverName).utf8)
-                rewritten += text[range.upperBound...]
-                // Bytes, not a String: the text is in the client's encoding, not necessarily UTF-8.
+            if let query = try? PGFrontend.Query(message.frame.body),
+               let rewritten = StatementMessages.executeText(query.sql, naming: range, as: serverName)
+            {
                 bytes = ByteBuffer()
                 bytes.writeInteger(PGMessageType.Frontend.query)
-                bytes.writeInteger(Int32(4 + rewritten.count + 1))
-                bytes.writeBytes(rewritten)
+                bytes.writeInteger(Int32(4 + rewritten.readableBytes + 1))
+                bytes.writeImmutableBuffer(rewritten)
                 bytes.writeInteger(UInt8(0))
                 watch.executed = name
             }
@@ -1791,8 +1785,10 @@ extension ClientSession {
     }
 
     private func sendParse(_ frame: PGFrame, resets: Resets, to backend: BackendConnection) {
-        var body = frame.body
-        guard let name = body.readNullTerminatedSlice(), name.readableBytes > 0 else {
+        // Valid: `handleDataMessage` refused the client a malformed Parse.
+        let parse = try? PGFrontend.Parse(frame.body)
+        let body = parse?.definition ?? frame.body
+        guard let name = parse?.name, name.readableBytes > 0 else {
             unnamedStatementResets = resets
             if let definition = executeRewritten(body, resets: resets, on: backend) {
                 backend.write(StatementMessages.parse(name: "", definition: definition, allocator: backend.allocator))
@@ -1839,12 +1835,12 @@ extension ClientSession {
     }
 
     private func sendBind(_ frame: PGFrame, to backend: BackendConnection) {
-        var body = frame.body
-        guard let portal = body.readNullTerminatedSlice(), let name = body.readNullTerminatedSlice() else {
+        guard let bind = try? PGFrontend.Bind(frame.body) else {
             backend.write(frame.bytes)  // malformed: the backend answers with the error
             appendPending(.bind(serverName: nil))
             return
         }
+        let portal = bind.portal, name = bind.statement, body = bind.parametersAndFormats
         guard name.readableBytes > 0, let statement = statements[String(buffer: name)] else {
             // The unnamed statement, or a name the client never prepared: PostgreSQL answers
             // (`prepared statement "..." does not exist` names the client's statement).
@@ -1899,13 +1895,16 @@ extension ClientSession {
             guard let (name, _) = message.resets.executed else { return false }
             client = name
         } else if type == PGMessageType.Frontend.bind || type == PGMessageType.Frontend.describe {
-            var body = message.frame.body
+            // Read as `send` reads them: a malformed one names no statement.
+            let name: ByteBuffer
             if type == PGMessageType.Frontend.bind {
-                guard body.readNullTerminatedSlice() != nil else { return false }
+                guard let bind = try? PGFrontend.Bind(message.frame.body) else { return false }
+                name = bind.statement
             } else {
-                guard body.readInteger(as: UInt8.self) == UInt8(ascii: "S") else { return false }
+                guard let describe = try? PGFrontend.describe(message.frame.body), describe.kind == .statement else { return false }
+                name = describe.name
             }
-            guard let name = body.readNullTerminatedSlice(), name.readableBytes > 0 else { return false }
+            guard name.readableBytes > 0 else { return false }
             client = String(buffer: name)
         } else {
             return false
@@ -1963,16 +1962,12 @@ extension ClientSession {
     /// for it, prepared there first if needed; nil when there is nothing to rewrite.
     private func executeRewritten(_ definition: ByteBuffer, resets: Resets, on backend: BackendConnection) -> ByteBuffer? {
         guard let (name, range) = resets.executed, let statement = statements[name] else { return nil }
-        var view = definition
-        guard let text = view.readNullTerminatedSlice(), range.upperBound <= text.readableBytes else { return nil }
+        guard let parse = try? PGFrontend.Parse(definition: definition), range.upperBound <= parse.query.readableBytes else { return nil }
         let serverName = prepare(statement, client: name, on: backend)
-        let bytes = Array(text.readableBytesView)
-        var out = ByteBuffer()
-        out.writeBytes(bytes[..<range.lowerBound])
-        out.writeString(BackendConnection.quoteIdentifier(serverName))
-        out.writeBytes(bytes[range.upperBound...])
+        guard var out = StatementMessages.executeText(parse.query, naming: range, as: serverName) else { return nil }
         out.writeInteger(UInt8(0))
-        out.writeBuffer(&view)  // parameter types
+        out.writeInteger(UInt16(parse.parameterTypes.count))
+        out.writeImmutableBuffer(parse.parameterTypes.oids)
         return out
     }
 

@@ -357,6 +357,24 @@ struct ResetWatch {
 }
 
 enum StatementMessages {
+    /// `text` (a client's SQL, without its NUL) with the bytes at `range` (the statement name of
+    /// an `EXECUTE name`) replaced by the backend's name for that statement, quoted. Bytes, not a
+    /// String: the text is in the client's encoding, not necessarily UTF-8. Nil when `range`
+    /// lies outside `text`.
+    static func executeText(_ text: ByteBuffer, naming range: Range<Int>, as serverName: String) -> ByteBuffer? {
+        guard range.lowerBound >= 0, range.upperBound <= text.readableBytes,
+              let before = text.getSlice(at: text.readerIndex, length: range.lowerBound),
+              let after = text.getSlice(at: text.readerIndex + range.upperBound, length: text.readableBytes - range.upperBound)
+        else { return nil }
+        let quoted = BackendConnection.quoteIdentifier(serverName)
+        var out = ByteBuffer()
+        out.reserveCapacity(before.readableBytes + quoted.utf8.count + after.readableBytes + 1)
+        out.writeImmutableBuffer(before)
+        out.writeString(quoted)
+        out.writeImmutableBuffer(after)
+        return out
+    }
+
     /// Parse of `name` with a definition (query, NUL, parameter types) taken from a client's Parse.
     static func parse(name: String, definition: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer {
         var out = allocator.buffer(capacity: 6 + name.utf8.count + definition.readableBytes)

@@ -30,17 +30,13 @@ struct PGBodyReader {
         return String(buffer: slice)
     }
 
-    /// Reads a NUL-terminated string that must be valid UTF-8.
-    mutating func readUTF8CString(_ field: String) throws(PGWireError) -> String {
-        let slice = try self.readCStringSlice(field)
-        guard let string = slice.pgValidatedUTF8String() else {
-            throw self.malformed("\(field) is not valid UTF-8")
-        }
-        return string
-    }
-
     mutating func readUInt8(_ field: String) throws(PGWireError) -> UInt8 {
         guard let value = self.buffer.readInteger(as: UInt8.self) else { throw self.malformed("truncated \(field)") }
+        return value
+    }
+
+    mutating func readUInt16(_ field: String) throws(PGWireError) -> UInt16 {
+        guard let value = self.buffer.readInteger(as: UInt16.self) else { throw self.malformed("truncated \(field)") }
         return value
     }
 

@@ -292,7 +292,7 @@ public enum PGEncode {
     }
 
     /// Bind: `B` with new names and the raw remainder of a received Bind
-    /// (``PGBindMessage/parametersAndFormats``), for renaming a statement while forwarding.
+    /// (``PGFrontend/Bind/parametersAndFormats``), for renaming a statement while forwarding.
     public static func bind(portalName: String, statementName: String, parametersAndFormats: ByteBuffer, into buffer: inout ByteBuffer) {
         buffer.pgWriteMessage(type: PGMessageType.Frontend.bind) { buffer in
             buffer.pgWriteCString(portalName)

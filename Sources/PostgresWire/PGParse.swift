@@ -1,135 +1,13 @@
 import NIOCore
 
-/// Parsers for message bodies (``PGFrame/body``), both directions.
+/// Parsers for backend message bodies (``PGFrame/body``); the frontend messages have their
+/// zero-copy views in ``PGFrontend``.
 ///
 /// Every parser takes the body only (no type byte, no length), never traps, and throws
 /// ``PGWireError/malformedMessage(type:reason:)`` on truncated input, a missing NUL terminator,
 /// an out-of-range value or trailing bytes. Strings are decoded as UTF-8 with invalid sequences
 /// replaced by U+FFFD, except where noted.
 public enum PGParse {
-    // MARK: Cheap helpers for the hot path
-
-    /// Whether the body starts with an empty C string, i.e. whether a Parse or Bind message
-    /// uses the unnamed statement (Parse) or the unnamed portal (Bind). Does not allocate.
-    ///
-    /// Returns `false` for an empty body (which is malformed anyway).
-    @inlinable
-    public static func firstCStringIsEmpty(_ body: ByteBuffer) -> Bool {
-        body.getInteger(at: body.readerIndex, as: UInt8.self) == 0
-    }
-
-    /// The C string at the start of the body as a slice without its NUL (no copy), or `nil` when
-    /// there is no NUL. Compare it with `slice.readableBytesView.elementsEqual(...)`.
-    public static func firstCString(_ body: ByteBuffer) -> ByteBuffer? {
-        var body = body
-        return body.pgReadCStringSlice()
-    }
-
-    /// The SQL text of a Query (`Q`) body as a slice without the trailing NUL (no copy), for
-    /// classifying statements without building a `String`.
-    ///
-    /// Like PostgreSQL, requires the first NUL to be the last byte.
-    public static func queryBytes(_ body: ByteBuffer) throws(PGWireError) -> ByteBuffer {
-        var reader = PGBodyReader(body, type: PGMessageType.Frontend.query)
-        let sql = try reader.readCStringSlice("query string")
-        try reader.expectEnd()
-        return sql
-    }
-
-    // MARK: Frontend messages
-
-    /// Parses a Query (`Q`) body: the SQL text.
-    public static func query(_ body: ByteBuffer) throws(PGWireError) -> String {
-        String(buffer: try Self.queryBytes(body))
-    }
-
-    /// Parses a Parse (`P`) body.
-    public static func parseMessage(_ body: ByteBuffer) throws(PGWireError) -> PGParseMessage {
-        var reader = PGBodyReader(body, type: PGMessageType.Frontend.parse)
-        let name = try reader.readCString("statement name")
-        let query = try reader.readCString("query string")
-        let rawCount = try reader.readInt16("parameter type count")
-        let count = try reader.checkedCount(rawCount, minimumElementSize: 4, "parameter type count")
-        var oids: [UInt32] = []
-        oids.reserveCapacity(count)
-        for _ in 0..<count {
-            oids.append(try reader.readUInt32("parameter type"))
-        }
-        try reader.expectEnd()
-        return PGParseMessage(statementName: name, query: query, parameterTypeOIDs: oids)
-    }
-
-    /// Parses the names of a Bind (`B`) body; the rest is returned as a raw slice.
-    public static func bind(_ body: ByteBuffer) throws(PGWireError) -> PGBindMessage {
-        var reader = PGBodyReader(body, type: PGMessageType.Frontend.bind)
-        let portal = try reader.readCString("portal name")
-        let statement = try reader.readCString("statement name")
-        return PGBindMessage(portalName: portal, statementName: statement, parametersAndFormats: reader.buffer)
-    }
-
-    /// Parses a Describe (`D`) body.
-    public static func describe(_ body: ByteBuffer) throws(PGWireError) -> PGObjectReference {
-        try Self.objectReference(body, type: PGMessageType.Frontend.describe)
-    }
-
-    /// Parses a Close (`C`) body.
-    public static func close(_ body: ByteBuffer) throws(PGWireError) -> PGObjectReference {
-        try Self.objectReference(body, type: PGMessageType.Frontend.close)
-    }
-
-    private static func objectReference(_ body: ByteBuffer, type: UInt8) throws(PGWireError) -> PGObjectReference {
-        var reader = PGBodyReader(body, type: type)
-        let rawKind = try reader.readUInt8("kind")
-        guard let kind = PGObjectKind(rawValue: rawKind) else {
-            throw reader.malformed("kind must be 'S' or 'P'")
-        }
-        let name = try reader.readCString("name")
-        try reader.expectEnd()
-        return PGObjectReference(kind: kind, name: name)
-    }
-
-    /// Parses an Execute (`E`) body.
-    public static func execute(_ body: ByteBuffer) throws(PGWireError) -> PGExecuteMessage {
-        var reader = PGBodyReader(body, type: PGMessageType.Frontend.execute)
-        let portal = try reader.readCString("portal name")
-        let maxRows = try reader.readInt32("row limit")
-        try reader.expectEnd()
-        return PGExecuteMessage(portalName: portal, maxRows: maxRows)
-    }
-
-    /// Parses a PasswordMessage (`p`) body: the cleartext password or md5 response.
-    ///
-    /// The password must be valid UTF-8 (invalid bytes are rejected, never replaced, so two
-    /// different passwords can never compare equal).
-    public static func passwordMessage(_ body: ByteBuffer) throws(PGWireError) -> String {
-        var reader = PGBodyReader(body, type: PGMessageType.Frontend.password)
-        let password = try reader.readUTF8CString("password")
-        try reader.expectEnd()
-        return password
-    }
-
-    /// Parses a SASLInitialResponse (`p`) body.
-    public static func saslInitialResponse(_ body: ByteBuffer) throws(PGWireError) -> PGSASLInitialResponse {
-        var reader = PGBodyReader(body, type: PGMessageType.Frontend.password)
-        let mechanism = try reader.readCString("mechanism")
-        let length = try reader.readInt32("response length")
-        let data: [UInt8]?
-        if length == -1 {
-            data = nil
-        } else if length < 0 {
-            throw reader.malformed("negative response length")
-        } else {
-            data = try reader.readBytes(length: Int(length), "response")
-        }
-        try reader.expectEnd()
-        return PGSASLInitialResponse(mechanism: mechanism, data: data)
-    }
-
-    /// Parses a SASLResponse (`p`) body: the SASL data (the whole body).
-    public static func saslResponse(_ body: ByteBuffer) -> [UInt8] {
-        Array(body.readableBytesView)
-    }
-
     // MARK: Backend messages
 
     /// Parses a ReadyForQuery (`Z`) body: the transaction status.

@@ -118,6 +118,15 @@ import Testing
         #expect(Array(out.readableBytesView) == [UInt8(ascii: "C"), 0, 0, 0, 8, UInt8(ascii: "S"), UInt8(ascii: "s"), UInt8(ascii: "1"), 0])
     }
 
+    @Test func executeTextNamesTheBackendsStatementInTheClientsBytes() {
+        // `EXECUTE foo(1)` with a byte that is not UTF-8 after the name: kept as it came.
+        let text = ByteBuffer(bytes: Array("EXECUTE foo(1) -- ".utf8) + [0xFF])
+        let rewritten = StatementMessages.executeText(text, naming: 8..<11, as: "concierge_ab")
+        #expect(rewritten.map { Array($0.readableBytesView) } == Array("EXECUTE \"concierge_ab\"(1) -- ".utf8) + [0xFF])
+        #expect(StatementMessages.executeText(text, naming: 8..<text.readableBytes, as: "x").map { String(buffer: $0) } == "EXECUTE \"x\"")
+        #expect(StatementMessages.executeText(text, naming: 8..<(text.readableBytes + 1), as: "x") == nil)
+    }
+
     @Test func afterResetAllTheInitQuerysValuesAreSetAgain() {
         // RESET ALL took the backend to its login defaults: the baseline (init_query) values are
         // lost, so a client that wants them gets them set again; one that wants others too.

@@ -22,7 +22,7 @@ import Testing
                 ]),
                 (large, [PGFrame(type: PGMessageType.Frontend.query, body: ByteBuffer(Array((String(repeating: "x", count: 5000) + "\0").utf8)))]),
             ],
-            decoderFactory: { PGMessageDecoder(maxMessageSize: 8192) }
+            decoderFactory: { FramingDecoder(maxMessageSize: 8192) }
         )
     }
 
@@ -42,7 +42,7 @@ import Testing
                 (startup, [.startup(protocolVersion: PGProtocol.version3, parameters: parameters)]),
                 (cancelAndGSS, [.cancel(processID: 42, secretKey: -7), .gssEncRequest]),
             ],
-            decoderFactory: { PGStartupDecoder() }
+            decoderFactory: { StartupFramingDecoder() }
         )
     }
 
@@ -125,7 +125,7 @@ import Testing
     }
 
     @Test func decoderErrorsPropagate() {
-        var decoder = PGMessageDecoder(maxMessageSize: 16)
+        var decoder = FramingDecoder(maxMessageSize: 16)
         var buffer = ByteBuffer([0x51, 0, 0, 0, 100])
         #expect(throws: PGWireError.messageTooLarge(length: 100, limit: 16)) {
             try decoder.decode(buffer: &buffer)
@@ -141,5 +141,36 @@ import Testing
                 _ = frame.body
             }
         }
+    }
+}
+
+// `PGFraming` as NIO decoders, for `ByteToMessageDecoderVerifier` to feed it drip by drip and in
+// batches. Production has no such decoder: the client session frames each read burst itself,
+// so that the messages it forwards leave as one slice of the burst.
+
+/// One ``PGFrame`` per typed message.
+private struct FramingDecoder: NIOSingleStepByteToMessageDecoder {
+    typealias InboundOut = PGFrame
+    let maxMessageSize: Int
+
+    mutating func decode(buffer: inout ByteBuffer) throws -> PGFrame? {
+        try PGFraming.nextFrame(from: &buffer, maxMessageSize: self.maxMessageSize)
+    }
+
+    mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> PGFrame? {
+        try self.decode(buffer: &buffer)
+    }
+}
+
+/// One ``StartupPacket`` per startup-phase packet.
+private struct StartupFramingDecoder: NIOSingleStepByteToMessageDecoder {
+    typealias InboundOut = StartupPacket
+
+    mutating func decode(buffer: inout ByteBuffer) throws -> StartupPacket? {
+        try PGFraming.nextStartupPacket(from: &buffer)
+    }
+
+    mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> StartupPacket? {
+        try self.decode(buffer: &buffer)
     }
 }

@@ -6,15 +6,15 @@ import Testing
     @Test func queryRoundTripsAsStringAndSlice() throws {
         let frame = try encodeFrame { PGEncode.query("SELECT 'é'", into: &$0) }
         #expect(frame.type == PGMessageType.Frontend.query)
-        #expect(try PGParse.query(frame.body) == "SELECT 'é'")
-        let slice = try PGParse.queryBytes(frame.body)
+        #expect(String(buffer: try PGFrontend.Query(frame.body).sql) == "SELECT 'é'")
+        let slice = try PGFrontend.Query(frame.body).sql
         #expect(Array(slice.readableBytesView) == Array("SELECT 'é'".utf8))
     }
 
     @Test func queryRejectsMissingOrEmbeddedNUL() {
-        #expect(throws: PGWireError.self) { try PGParse.query(ByteBuffer(Array("SELECT 1".utf8))) }
-        #expect(throws: PGWireError.self) { try PGParse.query(ByteBuffer(Array("SELECT 1\0; DROP\0".utf8))) }
-        #expect(throws: PGWireError.self) { try PGParse.queryBytes(ByteBuffer()) }
+        #expect(throws: PGWireError.self) { try PGFrontend.Query(ByteBuffer(Array("SELECT 1".utf8))) }
+        #expect(throws: PGWireError.self) { try PGFrontend.Query(ByteBuffer(Array("SELECT 1\0; DROP\0".utf8))) }
+        #expect(throws: PGWireError.self) { try PGFrontend.Query(ByteBuffer()) }
     }
 
     @Test func parseRoundTrips() throws {
@@ -22,22 +22,24 @@ import Testing
             PGEncode.parse(statementName: "s1", query: "SELECT $1, $2", parameterTypeOIDs: [23, 0], into: &$0)
         }
         #expect(frame.type == PGMessageType.Frontend.parse)
-        #expect(try PGParse.parseMessage(frame.body) == PGParseMessage(statementName: "s1", query: "SELECT $1, $2", parameterTypeOIDs: [23, 0]))
-        #expect(!PGParse.firstCStringIsEmpty(frame.body))
-        let name = try #require(PGParse.firstCString(frame.body))
-        #expect(name.readableBytesView.elementsEqual("s1".utf8))
+        let parse = try PGFrontend.Parse(frame.body)
+        #expect(String(buffer: parse.name) == "s1")
+        #expect(String(buffer: parse.query) == "SELECT $1, $2")
+        #expect(Array(parse.parameterTypes) == [23, 0])
+        #expect(parse.name.readableBytes != 0)
+        #expect(parse.name.readableBytesView.elementsEqual("s1".utf8))
 
         let unnamed = try encodeFrame { PGEncode.parse(statementName: "", query: "SELECT 1", into: &$0) }
-        #expect(PGParse.firstCStringIsEmpty(unnamed.body))
-        #expect(try PGParse.parseMessage(unnamed.body).parameterTypeOIDs == [])
+        #expect(try PGFrontend.Parse(unnamed.body).name.readableBytes == 0)
+        #expect(Array(try PGFrontend.Parse(unnamed.body).parameterTypes) == [])
     }
 
     @Test func parseRejectsBadCounts() {
-        #expect(throws: PGWireError.self) { try PGParse.parseMessage(ByteBuffer(Array("s\0q\0".utf8) + [0xFF, 0xFF])) }
-        #expect(throws: PGWireError.self) { try PGParse.parseMessage(ByteBuffer(Array("s\0q\0".utf8) + [0x7F, 0xFF, 0, 0, 0, 1])) }
-        #expect(throws: PGWireError.self) { try PGParse.parseMessage(ByteBuffer(Array("s\0q\0".utf8) + [0, 1, 0, 0])) }
-        #expect(throws: PGWireError.self) { try PGParse.parseMessage(ByteBuffer(Array("s\0q\0".utf8))) }
-        #expect(throws: PGWireError.self) { try PGParse.parseMessage(ByteBuffer(Array("s\0q".utf8))) }
+        #expect(throws: PGWireError.self) { try PGFrontend.Parse(ByteBuffer(Array("s\0q\0".utf8) + [0xFF, 0xFF])) }
+        #expect(throws: PGWireError.self) { try PGFrontend.Parse(ByteBuffer(Array("s\0q\0".utf8) + [0x7F, 0xFF, 0, 0, 0, 1])) }
+        #expect(throws: PGWireError.self) { try PGFrontend.Parse(ByteBuffer(Array("s\0q\0".utf8) + [0, 1, 0, 0])) }
+        #expect(throws: PGWireError.self) { try PGFrontend.Parse(ByteBuffer(Array("s\0q\0".utf8))) }
+        #expect(throws: PGWireError.self) { try PGFrontend.Parse(ByteBuffer(Array("s\0q".utf8))) }
     }
 
     @Test func bindRoundTripsNamesAndKeepsTheRestRaw() throws {
@@ -45,47 +47,52 @@ import Testing
             PGEncode.bind(portalName: "p", statementName: "s1", parameters: [Array("42".utf8), nil], into: &$0)
         }
         #expect(frame.type == PGMessageType.Frontend.bind)
-        let bind = try PGParse.bind(frame.body)
-        #expect(bind.portalName == "p")
-        #expect(bind.statementName == "s1")
+        let bind = try PGFrontend.Bind(frame.body)
+        #expect(String(buffer: bind.portal) == "p")
+        #expect(String(buffer: bind.statement) == "s1")
         // formats: 0 codes; 2 params: "42", NULL; 0 result codes
         #expect(Array(bind.parametersAndFormats.readableBytesView) == [0, 0, 0, 2, 0, 0, 0, 2, 0x34, 0x32, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0])
 
         let renamed = try encodeFrame {
             PGEncode.bind(portalName: "", statementName: "concierge_7", parametersAndFormats: bind.parametersAndFormats, into: &$0)
         }
-        let reparsed = try PGParse.bind(renamed.body)
-        #expect(reparsed == PGBindMessage(portalName: "", statementName: "concierge_7", parametersAndFormats: bind.parametersAndFormats))
-        #expect(PGParse.firstCStringIsEmpty(renamed.body))
+        let reparsed = try PGFrontend.Bind(renamed.body)
+        #expect(String(buffer: reparsed.portal) == "")
+        #expect(String(buffer: reparsed.statement) == "concierge_7")
+        #expect(reparsed.parametersAndFormats == bind.parametersAndFormats)
+        #expect(reparsed.portal.readableBytes == 0)
     }
 
     @Test func bindRejectsMissingNames() {
-        #expect(throws: PGWireError.self) { try PGParse.bind(ByteBuffer(Array("p\0s".utf8))) }
-        #expect(throws: PGWireError.self) { try PGParse.bind(ByteBuffer()) }
+        #expect(throws: PGWireError.self) { try PGFrontend.Bind(ByteBuffer(Array("p\0s".utf8))) }
+        #expect(throws: PGWireError.self) { try PGFrontend.Bind(ByteBuffer()) }
     }
 
     @Test(arguments: PGObjectKind.allCases)
     func describeAndCloseRoundTrip(kind: PGObjectKind) throws {
         let describe = try encodeFrame { PGEncode.describe(kind, name: "n", into: &$0) }
         #expect(describe.type == PGMessageType.Frontend.describe)
-        #expect(try PGParse.describe(describe.body) == PGObjectReference(kind: kind, name: "n"))
+        let described = try PGFrontend.describe(describe.body)
+        #expect(described.kind == kind && String(buffer: described.name) == "n")
         let close = try encodeFrame { PGEncode.close(kind, name: "", into: &$0) }
         #expect(close.type == PGMessageType.Frontend.close)
-        #expect(try PGParse.close(close.body) == PGObjectReference(kind: kind, name: ""))
+        let closed = try PGFrontend.close(close.body)
+        #expect(closed.kind == kind && String(buffer: closed.name) == "")
     }
 
     @Test func describeRejectsBadKinds() {
         #expect(throws: PGWireError.malformedMessage(type: 0x44, reason: "kind must be 'S' or 'P'")) {
-            try PGParse.describe(ByteBuffer(Array("Xn\0".utf8)))
+            try PGFrontend.describe(ByteBuffer(Array("Xn\0".utf8)))
         }
-        #expect(throws: PGWireError.self) { try PGParse.close(ByteBuffer(Array("S".utf8))) }
+        #expect(throws: PGWireError.self) { try PGFrontend.close(ByteBuffer(Array("S".utf8))) }
     }
 
     @Test func executeRoundTrips() throws {
         let frame = try encodeFrame { PGEncode.execute(portalName: "c1", maxRows: 50, into: &$0) }
         #expect(frame.type == PGMessageType.Frontend.execute)
-        #expect(try PGParse.execute(frame.body) == PGExecuteMessage(portalName: "c1", maxRows: 50))
-        #expect(throws: PGWireError.self) { try PGParse.execute(ByteBuffer(Array("c1\0".utf8) + [0, 0])) }
+        let execute = try PGFrontend.Execute(frame.body)
+        #expect(String(buffer: execute.portal) == "c1" && execute.maxRows == 50)
+        #expect(throws: PGWireError.self) { try PGFrontend.Execute(ByteBuffer(Array("c1\0".utf8) + [0, 0])) }
     }
 
     @Test func emptyMessagesAreByteExact() {
@@ -97,10 +104,10 @@ import Testing
     @Test func passwordMessageRoundTrips() throws {
         let frame = try encodeFrame { PGEncode.passwordMessage("md5abc", into: &$0) }
         #expect(frame.type == PGMessageType.Frontend.password)
-        #expect(try PGParse.passwordMessage(frame.body) == "md5abc")
-        #expect(throws: PGWireError.self) { try PGParse.passwordMessage(ByteBuffer([0x61, 0xFF, 0])) }
-        #expect(throws: PGWireError.self) { try PGParse.passwordMessage(ByteBuffer([0x61])) }
-        #expect(throws: PGWireError.self) { try PGParse.passwordMessage(ByteBuffer([0x61, 0, 0x62])) }
+        #expect(try PGFrontend.PasswordMessage(frame.body).string == "md5abc")
+        #expect(throws: PGWireError.self) { try PGFrontend.PasswordMessage(ByteBuffer([0x61, 0xFF, 0])) }
+        #expect(throws: PGWireError.self) { try PGFrontend.PasswordMessage(ByteBuffer([0x61])) }
+        #expect(throws: PGWireError.self) { try PGFrontend.PasswordMessage(ByteBuffer([0x61, 0, 0x62])) }
     }
 
     @Test func saslMessagesRoundTrip() throws {
@@ -108,21 +115,24 @@ import Testing
             PGEncode.saslInitialResponse(mechanism: "SCRAM-SHA-256", data: Array("n,,n=,r=abc".utf8), into: &$0)
         }
         #expect(initial.type == PGMessageType.Frontend.password)
-        #expect(try PGParse.saslInitialResponse(initial.body) == PGSASLInitialResponse(mechanism: "SCRAM-SHA-256", data: Array("n,,n=,r=abc".utf8)))
+        let parsed = try PGFrontend.SASLInitialResponse(initial.body)
+        #expect(String(buffer: parsed.mechanism) == "SCRAM-SHA-256")
+        #expect(parsed.data.map { Array($0.readableBytesView) } == Array("n,,n=,r=abc".utf8))
 
         let empty = try encodeFrame { PGEncode.saslInitialResponse(mechanism: "X", data: nil, into: &$0) }
-        #expect(try PGParse.saslInitialResponse(empty.body) == PGSASLInitialResponse(mechanism: "X", data: nil))
+        let parsedEmpty = try PGFrontend.SASLInitialResponse(empty.body)
+        #expect(String(buffer: parsedEmpty.mechanism) == "X" && parsedEmpty.data == nil)
 
         let response = try encodeFrame { PGEncode.saslResponse(data: [1, 2, 3], into: &$0) }
-        #expect(PGParse.saslResponse(response.body) == [1, 2, 3])
+        #expect(Array(PGFrontend.SASLResponse(response.body).data.readableBytesView) == [1, 2, 3])
     }
 
     @Test func saslInitialResponseRejectsBadLengths() {
         let mechanism = Array("SCRAM-SHA-256\0".utf8)
-        #expect(throws: PGWireError.self) { try PGParse.saslInitialResponse(ByteBuffer(mechanism + [0xFF, 0xFF, 0xFF, 0xFE])) }
-        #expect(throws: PGWireError.self) { try PGParse.saslInitialResponse(ByteBuffer(mechanism + [0, 0, 0, 9, 1])) }
-        #expect(throws: PGWireError.self) { try PGParse.saslInitialResponse(ByteBuffer(mechanism + [0, 0, 0, 1, 1, 2])) }
-        #expect(throws: PGWireError.self) { try PGParse.saslInitialResponse(ByteBuffer(mechanism + [0, 0])) }
+        #expect(throws: PGWireError.self) { try PGFrontend.SASLInitialResponse(ByteBuffer(mechanism + [0xFF, 0xFF, 0xFF, 0xFE])) }
+        #expect(throws: PGWireError.self) { try PGFrontend.SASLInitialResponse(ByteBuffer(mechanism + [0, 0, 0, 9, 1])) }
+        #expect(throws: PGWireError.self) { try PGFrontend.SASLInitialResponse(ByteBuffer(mechanism + [0, 0, 0, 1, 1, 2])) }
+        #expect(throws: PGWireError.self) { try PGFrontend.SASLInitialResponse(ByteBuffer(mechanism + [0, 0])) }
     }
 
     @Test func startupPhaseRequestsRoundTrip() throws {
@@ -139,24 +149,31 @@ import Testing
         #expect(buffer.readableBytes == 0)
     }
 
-    @Test func firstCStringHelpersHandleDegenerateBodies() {
-        #expect(!PGParse.firstCStringIsEmpty(ByteBuffer()))
-        #expect(PGParse.firstCString(ByteBuffer(Array("abc".utf8))) == nil)
-        #expect(PGParse.firstCString(ByteBuffer([0]))?.readableBytes == 0)
+    @Test func namesAtTheStartOfDegenerateBodies() throws {
+        // An empty body names nothing; a name needs its NUL; a lone NUL is the empty name.
+        #expect(throws: PGWireError.self) { try PGFrontend.Parse(ByteBuffer()) }
+        #expect(throws: PGWireError.self) { try PGFrontend.Bind(ByteBuffer()) }
+        #expect(throws: PGWireError.self) { try PGFrontend.Parse(ByteBuffer(Array("abc".utf8))) }
+        #expect(throws: PGWireError.self) { try PGFrontend.Bind(ByteBuffer(Array("abc".utf8))) }
+        #expect(try PGFrontend.Bind(ByteBuffer([0, 0])).portal.readableBytes == 0)
+        #expect(try PGFrontend.Execute(ByteBuffer([0, 0, 0, 0, 0])).portal.readableBytes == 0)
     }
 
     @Test func parsersNeverTrapOnRandomBodies() {
         var generator = SeededGenerator(seed: 42)
         for _ in 0..<3000 {
             let body = ByteBuffer(generator.bytes(count: Int.random(in: 0...24, using: &generator)))
-            _ = try? PGParse.query(body)
-            _ = try? PGParse.parseMessage(body)
-            _ = try? PGParse.bind(body)
-            _ = try? PGParse.describe(body)
-            _ = try? PGParse.close(body)
-            _ = try? PGParse.execute(body)
-            _ = try? PGParse.passwordMessage(body)
-            _ = try? PGParse.saslInitialResponse(body)
+            _ = try? PGFrontend.Query(body)
+            _ = try? PGFrontend.Parse(body)
+            _ = try? PGFrontend.Parse(definition: body)
+            _ = try? PGFrontend.Bind(body)
+            _ = try? PGFrontend.BindArguments(body)
+            _ = try? PGFrontend.describe(body)
+            _ = try? PGFrontend.close(body)
+            _ = try? PGFrontend.Execute(body)
+            _ = try? PGFrontend.PasswordMessage(body)
+            _ = try? PGFrontend.SASLInitialResponse(body)
+            _ = PGFrontend.SASLResponse(body)
             _ = try? PGParse.readyForQuery(body)
             _ = try? PGParse.errorResponse(body)
             _ = try? PGParse.parameterStatus(body)
@@ -166,7 +183,6 @@ import Testing
             _ = try? PGParse.commandComplete(body)
             _ = try? PGParse.rowDescription(body)
             _ = try? PGParse.dataRow(body)
-            _ = PGParse.firstCString(body)
         }
     }
 }

@@ -86,6 +86,34 @@ def test_query_before_authentication_completes(p):
         assert errors_in(messages), f"expected an ErrorResponse, got {messages}"
 
 
+@pytest.mark.parametrize("type_, body, text", [
+    (b"P", b"s1\0select 1", "invalid Parse message"),
+    (b"P", b"s1", "invalid Parse message"),
+    (b"Q", b"select 1\0;", "invalid message of type 81: 1 unexpected trailing bytes"),
+    (b"Q", b"select 1", "invalid message of type 81: missing NUL terminator in query string"),
+], ids=["parse-no-query-nul", "parse-no-name-nul", "query-trailing-byte", "query-no-nul"])
+def test_malformed_message_after_login(p, type_, body, text):
+    with p.wire() as w:
+        w.startup("app", p.passwords["app"])
+        w.send(message(type_, body))
+        errors = errors_in(assert_closed_without_service(w))
+    assert [(e["C"], e["M"]) for e in errors] == [("08P01", text)]
+
+
+def test_malformed_bind_arguments_are_answered_by_postgresql(p):
+    """The proxy reads a Bind's names only and forwards the rest: PostgreSQL refuses a body that
+    ends inside its parameters as it would directly, and the session goes on after the Sync."""
+    with p.wire() as w:
+        w.startup("app", p.passwords["app"])
+        bind = b"\0\0" + struct.pack("!HHI", 0, 1, 5) + b"ab"  # one parameter of 5 bytes, 2 sent
+        w.send(message(b"P", b"\0select $1::text\0\0\0") + message(b"B", bind) + message(b"S"))
+        w.expect(b"1")
+        error = w.expect(b"E")
+        assert parse_error_fields(error.payload)["C"] == "08P01"
+        w.expect(b"Z")
+        assert w.query("select 1") == [("1",)]
+
+
 def _close_after(p, stage: str) -> None:
     """Open a connection, go as far as `stage`, then drop it (no Terminate unless asked)."""
     w = p.wire()
