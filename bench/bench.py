@@ -600,6 +600,9 @@ def table(scs: list[Scenario]) -> tuple[str, list[str]]:
                     cells.append("–")
                 elif target in sc.skipped and st is None:
                     cells.append(sc.skipped[target].split(":")[0])
+                elif st is None and metric in PROXY_METRICS and any(
+                        r.stalled for r in sc.runs if r.target == target):
+                    cells.append("stalled")   # pgbench printed no summary: no transaction count
                 elif st is None:
                     cells.append("failed (see notes)")
                 else:
@@ -731,7 +734,9 @@ def main() -> int:
         "",
         "Ratios are of the medians: for tps and conn/s above 1 means Concierge is faster; for "
         "latencies, seconds, KB and proxy CPU (lower is better) above 1 means Concierge is "
-        "slower, bigger or uses more CPU.",
+        "slower, bigger or uses more CPU."
+        + (" C ÷ base is Concierge over Concierge base (the base binary), read the same way."
+           if BASE else ""),
         "",
         "Notes:",
         "",
