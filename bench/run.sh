@@ -263,13 +263,13 @@ wait_ready pgbouncer "$PGB_PORT" bench "$BENCH_PASSWORD" "$PGBOUNCER_PID"
 wait_ready pgbouncer-md5 "$PGB_MD5_PORT" bench_md5 "$BENCH_MD5_PASSWORD" "$PGBOUNCER_MD5_PID"
 wait_ready concierge "$CONCIERGE_PORT" bench "$BENCH_PASSWORD" "$CONCIERGE_PID"
 wait_ready concierge "$CONCIERGE_PORT" bench_md5 "$BENCH_MD5_PASSWORD" "$CONCIERGE_PID"
-BASE_SETUP=""   # setup.json's "concierge_base" entry, only with CONCIERGE_BASE_BIN
 if [[ -n "$CONCIERGE_BASE_BIN" ]]; then
     wait_ready concierge_base "$CONCIERGE_BASE_PORT" bench "$BENCH_PASSWORD" "$CONCIERGE_BASE_PID"
-    wait_ready concierge_base "$CONCIERGE_BASE_PORT" bench_md5 "$BENCH_MD5_PASSWORD" "$CONCIERGE_BASE_PID"
-    BASE_SETUP="\"concierge_base\": {\"port\": $CONCIERGE_BASE_PORT, \"pid\": $CONCIERGE_BASE_PID, \"bin\": \"$CONCIERGE_BASE_BIN\", \"threads\": \"${THREADS:-one per core}\"},"
+    wait_ready concierge_base "$CONCIERGE_BASE_PORT" bench_md5 "$BENCH_MD5_PASSWORD" \
+        "$CONCIERGE_BASE_PID"
 fi
-log "ready after $(( $(date +%s) - START )) s: PostgreSQL :$PG_PORT, PgBouncer :$PGB_PORT (md5 :$PGB_MD5_PORT), Concierge :$CONCIERGE_PORT${CONCIERGE_BASE_BIN:+, Concierge base :$CONCIERGE_BASE_PORT}"
+log "ready after $(( $(date +%s) - START )) s: PostgreSQL :$PG_PORT, PgBouncer :$PGB_PORT (md5 :$PGB_MD5_PORT), Concierge :$CONCIERGE_PORT" \
+    "${CONCIERGE_BASE_BIN:+(base :$CONCIERGE_BASE_PORT)}"
 
 # -- the scenarios ----------------------------------------------------------------------------------
 
@@ -284,7 +284,10 @@ json.dump({
     "pgbouncer": {"port": $PGB_PORT, "pid": $PGBOUNCER_PID},
     "pgbouncer_md5": {"port": $PGB_MD5_PORT, "pid": $PGBOUNCER_MD5_PID},
     "concierge": {"port": $CONCIERGE_PORT, "pid": $CONCIERGE_PID, "bin": "$CONCIERGE_BIN", "threads": "${THREADS:-one per core}"},
-    $BASE_SETUP
+    # Only with CONCIERGE_BASE_BIN: bench.py adds it as a target when the key is there.
+    **({"concierge_base": {"port": $CONCIERGE_BASE_PORT, "pid": ${CONCIERGE_BASE_PID:-0},
+                           "bin": "$CONCIERGE_BASE_BIN", "threads": "${THREADS:-one per core}"}}
+       if "$CONCIERGE_BASE_BIN" else {}),
 }, open(sys.argv[1], "w"), indent=2)
 EOF
 if [[ "${BENCH_HOLD:-0}" == 1 ]]; then
