@@ -268,8 +268,7 @@ if [[ -n "$CONCIERGE_BASE_BIN" ]]; then
     wait_ready concierge_base "$CONCIERGE_BASE_PORT" bench_md5 "$BENCH_MD5_PASSWORD" \
         "$CONCIERGE_BASE_PID"
 fi
-log "ready after $(( $(date +%s) - START )) s: PostgreSQL :$PG_PORT, PgBouncer :$PGB_PORT (md5 :$PGB_MD5_PORT), Concierge :$CONCIERGE_PORT" \
-    "${CONCIERGE_BASE_BIN:+(base :$CONCIERGE_BASE_PORT)}"
+log "ready after $(( $(date +%s) - START )) s: PostgreSQL :$PG_PORT, PgBouncer :$PGB_PORT (md5 :$PGB_MD5_PORT), Concierge :$CONCIERGE_PORT${CONCIERGE_BASE_BIN:+ (base :$CONCIERGE_BASE_PORT)}"
 
 # -- the scenarios ----------------------------------------------------------------------------------
 
