@@ -5,8 +5,11 @@
 
 run.sh starts PostgreSQL, PgBouncer and Concierge and writes SETUP.json (ports, pids, passwords);
 this file only drives clients against them. Every measurement runs against each target
-(`direct`, `pgbouncer`, `concierge`), repeated BENCH_REPEAT times, interleaved (rep 1 of all
-three, then rep 2, ...) so slow drifts of the machine hit all three alike.
+(`direct`, `pgbouncer`, `concierge`, and `concierge_base` when run.sh was given
+CONCIERGE_BASE_BIN), repeated BENCH_REPEAT times, interleaved (rep 1 of all of them, then rep 2,
+...) so slow drifts of the machine hit them all alike. For the proxies, each pgbench run also
+reads the proxy process's CPU time (/proc/PID/stat) before and after: CPU per transaction (per
+connection with -C).
 
 Standard library only: pgbench and psql do the heavy lifting, and the idle-client scenario uses
 a small asyncio PostgreSQL client (startup + md5 / SCRAM-SHA-256, adapted from
@@ -42,14 +45,25 @@ IDLE_CLIENTS = int(os.environ.get("BENCH_IDLE_CLIENTS", "10000"))
 # otherwise wait out connection_borrow_timeout (120 s).
 GUARD = int(os.environ.get("BENCH_GUARD", "20"))
 SUPERUSER_RESERVED = 3  # PostgreSQL's default superuser_reserved_connections
-
-TARGETS = ("direct", "pgbouncer", "concierge")
-LABEL = {"direct": "direct", "pgbouncer": "PgBouncer", "concierge": "Concierge"}
+TICKS = os.sysconf("SC_CLK_TCK")   # /proc/PID/stat's unit for CPU time (100 per second)
 
 
 # -- setup -----------------------------------------------------------------------------------
 
 SETUP: dict = json.loads(Path(sys.argv[1]).read_text()) if __name__ == "__main__" else {}
+
+# The targets, in the order each repetition runs them. `concierge_base` (a second Concierge
+# binary, CONCIERGE_BASE_BIN) only when run.sh started one: the "before" of a before/after run.
+BASE = "concierge_base" in SETUP
+TARGETS = ("direct", "pgbouncer", "concierge_base", "concierge") if BASE else \
+    ("direct", "pgbouncer", "concierge")
+PROXIES = tuple(t for t in TARGETS if t != "direct")
+CONCIERGES = ("concierge_base", "concierge")   # targets with a concierge.log of their own
+LABEL = {"direct": "direct", "pgbouncer": "PgBouncer", "concierge_base": "Concierge base",
+         "concierge": "Concierge"}
+WIDTH = max(10, *(len(LABEL[t]) for t in TARGETS))   # of the label in progress lines
+# Metrics that only a proxy has: `direct` shows "–" for them.
+PROXY_METRICS = ("cpu_us",)
 
 
 def port_for(target: str, user: str) -> int:
@@ -102,20 +116,38 @@ def rss_kb(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def cpu_ticks(pid: int | None) -> tuple[int, int] | None:
+    """A process's CPU time so far, all threads: (utime, stime) in clock ticks, fields 14 and 15
+    of /proc/PID/stat (counted after the parenthesized command name, which may hold spaces).
+    None without a process (direct) or once it is gone."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return int(fields[11]), int(fields[12])
+
+
 CONCIERGE_LOG_LEVELS = ("warning", "error", "critical")
 
 
+def concierge_log(target: str) -> Path:
+    """run.sh's log of a Concierge target: $WORK/NAME/NAME.log."""
+    return Path(SETUP["work"]) / target / f"{target}.log"
+
+
 def proxy_log_size(target: str) -> int:
-    path = Path(SETUP["work"]) / "concierge" / "concierge.log"
-    return path.stat().st_size if target == "concierge" and path.exists() else 0
+    path = concierge_log(target)
+    return path.stat().st_size if target in CONCIERGES and path.exists() else 0
 
 
 def proxy_log_since(target: str, offset: int) -> dict[str, int]:
     """What Concierge logged during a run, as message -> count: pins, borrow timeouts, ...
     (lines look like `DATE LEVEL concierge: key=value ... [Module] message`)."""
-    if target != "concierge":
+    if target not in CONCIERGES:
         return {}
-    with open(Path(SETUP["work"]) / "concierge" / "concierge.log", "rb") as f:
+    with open(concierge_log(target), "rb") as f:
         f.seek(offset)
         text = f.read().decode("utf-8", "replace")
     counts: Counter = Counter()
@@ -171,7 +203,7 @@ class Scenario:
     key: str
     title: str
     metrics: list[tuple[str, str]]  # (metric name, unit shown in the table)
-    kind: str = "pgbench"           # pgbench | latency | idle
+    kind: str = "pgbench"           # pgbench | latency | idle (CPU rows: see with_cpu)
     args: list[str] = field(default_factory=list)
     clients: int = 0
     user: str = "bench"
@@ -208,12 +240,21 @@ def scenarios() -> list[Scenario]:
                  higher_is_better=False),
         Scenario("idle_clients", f"6. {IDLE_CLIENTS:,} idle clients (md5)",
                  [("open_s", "s to open all"), ("kb_per_client", "KB RSS / client")], kind="idle",
-                 clients=IDLE_CLIENTS, user="bench_md5", targets=("pgbouncer", "concierge"),
+                 clients=IDLE_CLIENTS, user="bench_md5", targets=PROXIES,
                  higher_is_better=False),
         Scenario("tpcb_50", "7. write mix (TPC-B-like), 50 clients", [("tps", "tps")],
                  args=["-n", "-T", D, "-c", "50", "-j", "2"], clients=50),
     ]
-    return out
+    return [with_cpu(sc) for sc in out]
+
+
+def with_cpu(sc: Scenario) -> Scenario:
+    """Every pgbench scenario gets a row for the proxy's CPU per transaction (per connection
+    with -C, where each transaction is one connection); see run_pgbench."""
+    if sc.kind in ("pgbench", "latency"):
+        per = "conn" if "-C" in sc.args else "tx"
+        sc.metrics.append(("cpu_us", f"proxy CPU µs/{per}"))
+    return sc
 
 
 # -- pgbench ---------------------------------------------------------------------------------
@@ -237,6 +278,8 @@ def run_pgbench(sc: Scenario, target: str, rep: int, log_prefix: str | None = No
     run = Run(sc.key, target, rep, command=" ".join(cmd[1:]))
     limit = DURATION + GUARD + sc.clients / 50   # 1,000 SCRAM logins take a few seconds
     log_mark = proxy_log_size(target)
+    pid = pid_for(target, sc.user)
+    cpu0 = cpu_ticks(pid)
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=client_env(sc.user), cwd=tempfile.gettempdir())
@@ -250,6 +293,7 @@ def run_pgbench(sc: Scenario, target: str, rep: int, log_prefix: str | None = No
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
+    cpu1 = cpu_ticks(pid)
     run.seconds = round(time.monotonic() - t0, 2)
     run.returncode = proc.returncode
 
@@ -259,6 +303,18 @@ def run_pgbench(sc: Scenario, target: str, rep: int, log_prefix: str | None = No
         run.values["connect_ms"] = float(connect.group(1))
     failed = re.search(r"number of failed transactions: (\d+)", out)
     run.failed = int(failed.group(1)) if failed else 0
+    processed = re.search(r"number of transactions actually processed: (\d+)", out)
+    if processed:
+        run.values["processed"] = int(processed.group(1))
+    if cpu0 and cpu1 and processed and int(processed.group(1)) > 0:
+        # The proxy's CPU during the whole run (connecting the clients included), per
+        # transaction pgbench processed (per connection with -C). One tick is 10 ms.
+        n = int(processed.group(1))
+        user, sys_ = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+        us = 1e6 / TICKS / n
+        run.values.update(cpu_us=round((user + sys_) * us, 2), cpu_user_us=round(user * us, 2),
+                          cpu_sys_us=round(sys_ * us, 2), cpu_user_ticks=user,
+                          cpu_sys_ticks=sys_)
     progress = [(float(t), float(v)) for t, v in
                 re.findall(r"^progress: ([\d.]+) s, ([\d.]+) tps", err, re.M)]
     if tps:
@@ -436,9 +492,11 @@ def idle_run(sc: Scenario, target: str, rep: int) -> Run:
 # -- running everything ------------------------------------------------------------------------
 
 def direct_slots() -> int:
-    """Client connections the database itself can take from `bench` while both proxies (three
-    pools of up to `pool` backends each, counting PgBouncer's md5 instance) hold theirs."""
-    return SETUP["max_connections"] - SUPERUSER_RESERVED - 3 * SETUP["pool"]
+    """Client connections the database itself can take from `bench` while the proxies (pools of
+    up to `pool` backends each: PgBouncer's two instances, Concierge, and the base if any) hold
+    theirs."""
+    pools = 2 + len([t for t in PROXIES if t != "pgbouncer"])
+    return SETUP["max_connections"] - SUPERUSER_RESERVED - pools * SETUP["pool"]
 
 
 def run_all(scs: list[Scenario]) -> None:
@@ -458,8 +516,8 @@ def run_all(scs: list[Scenario]) -> None:
                 if not alive(pid_for(target, sc.user)):
                     why = why_gone(proxy_name(target, sc.user))
                     sc.skipped[target] = f"not running: {LABEL[target]} {why}"
-                    print(f"  {sc.key:<14} {LABEL[target]:<10} #{rep}: {sc.skipped[target]}",
-                          flush=True)
+                    print(f"  {sc.key:<14} {LABEL[target]:<{WIDTH}} #{rep}: "
+                          f"{sc.skipped[target]}", flush=True)
                     continue
                 try:
                     run = runner[sc.kind](sc, target, rep)
@@ -470,7 +528,7 @@ def run_all(scs: list[Scenario]) -> None:
                 shown = ", ".join(f"{k}={v:g}" for k, v in run.values.items())
                 trouble = (f" failed={run.failed} aborted={run.aborted} rc={run.returncode}"
                            if run.failed or run.aborted or run.returncode else "")
-                print(f"  {sc.key:<14} {LABEL[target]:<10} #{rep}: {shown}{trouble}"
+                print(f"  {sc.key:<14} {LABEL[target]:<{WIDTH}} #{rep}: {shown}{trouble}"
                       f"{' STALLED' if run.stalled else ''} ({run.seconds:.1f} s)", flush=True)
                 if run.stalled:
                     no_repeat.add(target)  # another run would stall the same way
@@ -484,6 +542,8 @@ def fmt(metric: str, v: float) -> str:
         return f"{v:,.0f}"
     if metric.endswith("_ms"):
         return f"{v:.3f}"
+    if metric == "cpu_us":
+        return f"{v:,.1f}"
     return f"{v:,.2f}"
 
 
@@ -523,19 +583,26 @@ def failures(sc: Scenario, target: str) -> str:
 
 def table(scs: list[Scenario]) -> tuple[str, list[str]]:
     """The markdown table and its notes (skips, stalls, distinct errors)."""
-    lines = ["| scenario | metric | direct | PgBouncer | Concierge | C ÷ PgB | C ÷ direct "
-             "| failures (direct / PgB / C) |",
-             "|---|---|--:|--:|--:|--:|--:|---|"]
+    short = {"direct": "direct", "pgbouncer": "PgB", "concierge_base": "base", "concierge": "C"}
+    ratios = [("concierge", "pgbouncer")] + ([("concierge", "concierge_base")] if BASE else []) \
+        + [("concierge", "direct")]
+    lines = [f"| scenario | metric | {' | '.join(LABEL[t] for t in TARGETS)} | "
+             + " | ".join(f"C ÷ {short[b]}" for _, b in ratios)
+             + f" | failures ({' / '.join(short[t] for t in TARGETS)}) |",
+             "|---|---|" + "--:|" * (len(TARGETS) + len(ratios)) + "---|"]
     notes = []
     for sc in scs:
         for metric, unit in sc.metrics:
             cells, medians, clean = [], {}, set()
             for target in TARGETS:
                 st = stats(sc, target, metric) if target in sc.targets else None
-                if target not in sc.targets:
+                if target not in sc.targets or (target == "direct" and metric in PROXY_METRICS):
                     cells.append("–")
                 elif target in sc.skipped and st is None:
                     cells.append(sc.skipped[target].split(":")[0])
+                elif st is None and metric in PROXY_METRICS and any(
+                        r.stalled for r in sc.runs if r.target == target):
+                    cells.append("stalled")   # pgbench printed no summary: no transaction count
                 elif st is None:
                     cells.append("failed (see notes)")
                 else:
@@ -561,8 +628,7 @@ def table(scs: list[Scenario]) -> tuple[str, list[str]]:
                 return "–"
             fails = " / ".join(failures(sc, t) if t in sc.targets else "–" for t in TARGETS)
             lines.append(f"| {sc.title} | {unit} | {' | '.join(cells)} | "
-                         f"{ratio('concierge', 'pgbouncer')} | {ratio('concierge', 'direct')} "
-                         f"| {fails} |")
+                         + " | ".join(ratio(a, b) for a, b in ratios) + f" | {fails} |")
         for target, why in sc.skipped.items():
             notes.append(f"- {sc.title}, {LABEL[target]}: {why}.")
         for target in sc.targets:
@@ -573,7 +639,7 @@ def table(scs: list[Scenario]) -> tuple[str, list[str]]:
             run_notes = sorted({r.note for r in runs if r.note and sc.kind != "idle"})
             for r in runs:
                 if r.proxy_log and (r.stalled or r.returncode or r.failed or r.aborted):
-                    run_notes.append(f"run {r.rep}, Concierge's log: " + "; ".join(
+                    run_notes.append(f"run {r.rep}, {LABEL[target]}'s log: " + "; ".join(
                         f"{n}× {m}" for m, n in r.proxy_log.items()))
             if sc.kind == "idle":
                 run_notes = [f"run {r.rep}: {r.note}" for r in runs]
@@ -604,8 +670,13 @@ def machine() -> dict[str, str]:
     commit = sh("git", "-C", repo, "rev-parse", "--short", "HEAD")
     dirty = sh("git", "-C", repo, "status", "--porcelain", "--", "Sources", "Package.swift",
                "Package.resolved")
+    def built(binary: Path) -> str:
+        return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(binary.stat().st_mtime))
     binary = Path(SETUP["concierge"]["bin"])
-    built = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(binary.stat().st_mtime))
+    base = {}
+    if BASE:
+        base_bin = Path(SETUP["concierge_base"]["bin"])
+        base["concierge_base_binary"] = f"{base_bin} (built {built(base_bin)})"
     return {
         "nproc": str(os.cpu_count()),
         "memory": f"{mem_kb / 1024 / 1024:.1f} GiB",
@@ -618,7 +689,8 @@ def machine() -> dict[str, str]:
         "pgbench": sh(f"{SETUP['pg_bin']}/pgbench", "--version"),
         "pgbouncer": sh("pgbouncer", "--version").splitlines()[0],
         "concierge_commit": commit + (" (Sources modified)" if dirty else ""),
-        "concierge_binary": f"{binary} (built {built})",
+        "concierge_binary": f"{binary} (built {built(binary)})",
+        **base,
         "python": platform.python_version(),
         "fd_limit": sh("bash", "-c", "ulimit -n"),
         "load_average_at_start": SETUP.get("loadavg", "?"),
@@ -648,18 +720,23 @@ def main() -> int:
                 f"default_pool_size = max_db_connections = {SETUP['pool']}; Concierge cap "
                 f"{SETUP['pool']} = {SETUP['pool'] * 100 // SETUP['max_connections']}% of "
                 f"max_connections={SETUP['max_connections']}); Concierge's event loops (--threads): "
-                f"{SETUP['concierge'].get('threads', 'one per core')}; pgbench -i -s 10; all on loopback "
-                f"on the same machine as the clients.")
+                f"{SETUP['concierge'].get('threads', 'one per core')}"
+                + (" (the same for Concierge base)" if BASE else "")
+                + "; pgbench -i -s 10; all on loopback on the same machine as the clients.")
     md = "\n".join([
         f"# Concierge benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
-        "Direct PostgreSQL vs PgBouncer vs Concierge, made by `bench/run.sh` "
-        "(see bench/README.md for how to read it).",
+        "Direct PostgreSQL vs PgBouncer vs Concierge"
+        + (f" vs Concierge base (`{SETUP['concierge_base']['bin']}`, interleaved)" if BASE else "")
+        + ", made by `bench/run.sh` (see bench/README.md for how to read it).",
         "",
         tbl,
         "",
         "Ratios are of the medians: for tps and conn/s above 1 means Concierge is faster; for "
-        "latencies, seconds and KB above 1 means Concierge is slower or bigger.",
+        "latencies, seconds, KB and proxy CPU (lower is better) above 1 means Concierge is "
+        "slower, bigger or uses more CPU."
+        + (" C ÷ base is Concierge over Concierge base (the base binary), read the same way."
+           if BASE else ""),
         "",
         "Notes:",
         "",
@@ -683,7 +760,7 @@ def main() -> int:
         "date": stamp, "machine": info, "settings": {
             "duration_s": DURATION, "repeat": REPEAT, "idle_clients": IDLE_CLIENTS,
             "pool": SETUP["pool"], "max_connections": SETUP["max_connections"],
-            "guard_s": GUARD},
+            "guard_s": GUARD, "targets": list(TARGETS), "clock_ticks_per_s": TICKS},
         "total_seconds": round(total, 1),
         "scenarios": [{"key": sc.key, "title": sc.title, "user": sc.user, "args": sc.args,
                        "clients": sc.clients, "skipped": sc.skipped,

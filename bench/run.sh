@@ -3,6 +3,7 @@
 #
 #   bench/run.sh                                   # builds concierge (release) first
 #   CONCIERGE_BIN=.build-release/release/concierge bench/run.sh
+#   CONCIERGE_BASE_BIN=/path/to/older/concierge bench/run.sh   # also benchmark a second binary
 #
 # This script only sets things up and tears them down; bench/bench.py runs the scenarios and
 # writes bench/results/<UTC date>-<commit>.md and .json. See bench/README.md.
@@ -12,15 +13,19 @@
 #     `bench_md5` (md5-stored, md5 in pg_hba.conf), database `bench` (`pgbench -i -s 10`);
 #   - PgBouncer in transaction mode, pool 20: one instance with auth_type=scram-sha-256 and a
 #     second, identical one with auth_type=md5 (for the md5 connection storm and idle clients);
-#   - Concierge with a cap of 20 backends (10% of max_connections=200).
+#   - Concierge with a cap of 20 backends (10% of max_connections=200);
+#   - with CONCIERGE_BASE_BIN, a second Concierge ("concierge_base": that binary, the same
+#     configuration and --threads, its own port, directory and log), benchmarked as a fourth
+#     target interleaved with the others: "before and after" on the same machine.
 # The cap is 20 for both proxies; max_connections=200 (instead of 100 and 20%) leaves room for
 # the direct runs at 100 clients. A trap stops everything and removes $BENCH_DIR on exit,
 # failure or Ctrl-C (BENCH_KEEP=1 keeps the directory, with logs, for inspection).
 #
-# Environment: CONCIERGE_BIN, BENCH_DIR, BENCH_KEEP=1; for bench.py: BENCH_DURATION (seconds per
-# pgbench run, default 5), BENCH_REPEAT (default 3), BENCH_IDLE_CLIENTS (default 10000),
-# BENCH_THREADS (Concierge's --threads; default: its own, one per core), BENCH_GUARD (default 20),
-# BENCH_SCENARIOS (comma-separated key prefixes, e.g. select_,latency).
+# Environment: CONCIERGE_BIN, CONCIERGE_BASE_BIN, BENCH_DIR, BENCH_KEEP=1; for bench.py:
+# BENCH_DURATION (seconds per pgbench run, default 5), BENCH_REPEAT (default 3),
+# BENCH_IDLE_CLIENTS (default 10000), BENCH_THREADS (Concierge's --threads, for both binaries;
+# default: its own, one per core), BENCH_GUARD (default 20), BENCH_SCENARIOS (comma-separated key
+# prefixes, e.g. select_,latency).
 # BENCH_HOLD=1 sets everything up and waits (for profiling by hand) instead of running bench.py.
 # BENCH_FLOOR=1 runs bench/floor/floor.py instead: bare servers that show what any proxy here can reach.
 set -euo pipefail
@@ -59,6 +64,12 @@ if [[ -z "${CONCIERGE_BIN:-}" ]]; then
 fi
 CONCIERGE_BIN=$(realpath "$CONCIERGE_BIN")
 [[ -x "$CONCIERGE_BIN" ]] || die "no concierge binary at $CONCIERGE_BIN"
+# Optional: a second (e.g. older) concierge binary, benchmarked beside CONCIERGE_BIN.
+CONCIERGE_BASE_BIN=${CONCIERGE_BASE_BIN:-}
+if [[ -n "$CONCIERGE_BASE_BIN" ]]; then
+    CONCIERGE_BASE_BIN=$(realpath "$CONCIERGE_BASE_BIN")
+    [[ -x "$CONCIERGE_BASE_BIN" ]] || die "no concierge binary at $CONCIERGE_BASE_BIN (CONCIERGE_BASE_BIN)"
+fi
 
 # 1,000 pgbench clients and 10,000 idle clients need file descriptors: raise the soft limit to
 # the hard limit. Every process started below (PgBouncer, Concierge, pgbench, Python) inherits it.
@@ -79,7 +90,8 @@ cleanup() {
     done
     bash "$PG_SH" stop "$WORK/data" >/dev/null 2>&1 || true
     if [[ $rc -ne 0 ]]; then
-        for f in "$WORK"/concierge/concierge.log "$WORK"/pgbouncer*/pgbouncer.log "$WORK"/postgres.log; do
+        for f in "$WORK"/concierge/concierge.log "$WORK"/concierge_base/concierge_base.log \
+                 "$WORK"/pgbouncer*/pgbouncer.log "$WORK"/postgres.log; do
             [[ -s "$f" ]] && { log "--- tail of $f"; tail -n 15 "$f" >&2; }
         done
     fi
@@ -98,10 +110,10 @@ bash "$PG_SH" stop "$WORK/data" >/dev/null 2>&1 || true
 rm -rf "$WORK"
 mkdir -p "$WORK"
 
-# Four free ports, held open together so they differ.
-read -r PG_PORT PGB_PORT PGB_MD5_PORT CONCIERGE_PORT < <(python3 -c '
+# Five free ports, held open together so they differ (the last for CONCIERGE_BASE_BIN, if set).
+read -r PG_PORT PGB_PORT PGB_MD5_PORT CONCIERGE_PORT CONCIERGE_BASE_PORT < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(4)]
+socks = [socket.socket() for _ in range(5)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))')
 
@@ -188,18 +200,20 @@ start_pgbouncer pgbouncer-md5 "$PGB_MD5_PORT" md5; PGBOUNCER_MD5_PID=$PGB_PID
 
 # -- Concierge -------------------------------------------------------------------------------------
 
-mkdir -p "$WORK/concierge"
-(umask 077
- printf '{"username":"bench","password":"%s"}\n' "$BENCH_PASSWORD" >"$WORK/concierge/bench.json"
- printf '{"username":"bench_md5","password":"%s"}\n' "$BENCH_MD5_PASSWORD" >"$WORK/concierge/bench_md5.json")
 PERCENT=$(( POOL * 100 / MAX_CONNECTIONS ))
-cat >"$WORK/concierge/concierge.yaml" <<EOF
+start_concierge() {   # NAME PORT BINARY -> sets SPAWNED_PID; directory $WORK/NAME, log NAME.log
+    local dir="$WORK/$1" port=$2 bin=$3
+    mkdir -p "$dir"
+    (umask 077
+     printf '{"username":"bench","password":"%s"}\n' "$BENCH_PASSWORD" >"$dir/bench.json"
+     printf '{"username":"bench_md5","password":"%s"}\n' "$BENCH_MD5_PASSWORD" >"$dir/bench_md5.json")
+    cat >"$dir/concierge.yaml" <<EOF
 # written by bench/run.sh: a cap of $PERCENT% of max_connections=$MAX_CONNECTIONS = $POOL backends
 drain_timeout: 5
 proxies:
   - name: bench
     engine_family: POSTGRESQL
-    listen: "127.0.0.1:$CONCIERGE_PORT"
+    listen: "127.0.0.1:$port"
     require_tls: false
     idle_client_timeout: 1800
     max_client_connections: 20000
@@ -223,8 +237,14 @@ proxies:
       targets:
         - endpoint: "127.0.0.1:$PG_PORT"
 EOF
-spawn concierge "$WORK/concierge/concierge.log" "$CONCIERGE_BIN" serve --config "$WORK/concierge/concierge.yaml" \
-    ${THREADS:+--threads "$THREADS"}
+    spawn "$1" "$dir/$1.log" "$bin" serve --config "$dir/concierge.yaml" ${THREADS:+--threads "$THREADS"}
+}
+# The base (CONCIERGE_BASE_BIN): the same configuration and --threads; its own port, directory, log.
+if [[ -n "$CONCIERGE_BASE_BIN" ]]; then
+    start_concierge concierge_base "$CONCIERGE_BASE_PORT" "$CONCIERGE_BASE_BIN"
+    CONCIERGE_BASE_PID=$SPAWNED_PID
+fi
+start_concierge concierge "$CONCIERGE_PORT" "$CONCIERGE_BIN"
 CONCIERGE_PID=$SPAWNED_PID
 
 # -- wait until `select 1` works through each proxy ---------------------------------------------
@@ -243,7 +263,12 @@ wait_ready pgbouncer "$PGB_PORT" bench "$BENCH_PASSWORD" "$PGBOUNCER_PID"
 wait_ready pgbouncer-md5 "$PGB_MD5_PORT" bench_md5 "$BENCH_MD5_PASSWORD" "$PGBOUNCER_MD5_PID"
 wait_ready concierge "$CONCIERGE_PORT" bench "$BENCH_PASSWORD" "$CONCIERGE_PID"
 wait_ready concierge "$CONCIERGE_PORT" bench_md5 "$BENCH_MD5_PASSWORD" "$CONCIERGE_PID"
-log "ready after $(( $(date +%s) - START )) s: PostgreSQL :$PG_PORT, PgBouncer :$PGB_PORT (md5 :$PGB_MD5_PORT), Concierge :$CONCIERGE_PORT"
+if [[ -n "$CONCIERGE_BASE_BIN" ]]; then
+    wait_ready concierge_base "$CONCIERGE_BASE_PORT" bench "$BENCH_PASSWORD" "$CONCIERGE_BASE_PID"
+    wait_ready concierge_base "$CONCIERGE_BASE_PORT" bench_md5 "$BENCH_MD5_PASSWORD" \
+        "$CONCIERGE_BASE_PID"
+fi
+log "ready after $(( $(date +%s) - START )) s: PostgreSQL :$PG_PORT, PgBouncer :$PGB_PORT (md5 :$PGB_MD5_PORT), Concierge :$CONCIERGE_PORT${CONCIERGE_BASE_BIN:+ (base :$CONCIERGE_BASE_PORT)}"
 
 # -- the scenarios ----------------------------------------------------------------------------------
 
@@ -258,6 +283,10 @@ json.dump({
     "pgbouncer": {"port": $PGB_PORT, "pid": $PGBOUNCER_PID},
     "pgbouncer_md5": {"port": $PGB_MD5_PORT, "pid": $PGBOUNCER_MD5_PID},
     "concierge": {"port": $CONCIERGE_PORT, "pid": $CONCIERGE_PID, "bin": "$CONCIERGE_BIN", "threads": "${THREADS:-one per core}"},
+    # Only with CONCIERGE_BASE_BIN: bench.py adds it as a target when the key is there.
+    **({"concierge_base": {"port": $CONCIERGE_BASE_PORT, "pid": ${CONCIERGE_BASE_PID:-0},
+                           "bin": "$CONCIERGE_BASE_BIN", "threads": "${THREADS:-one per core}"}}
+       if "$CONCIERGE_BASE_BIN" else {}),
 }, open(sys.argv[1], "w"), indent=2)
 EOF
 if [[ "${BENCH_HOLD:-0}" == 1 ]]; then
