@@ -83,7 +83,7 @@ let package = Package(
         .target(
             name: "PostgresProxy",
             dependencies: [
-                "ProxyCore", "PostgresWire", "SQLClassifier",
+                "ProxyCore", "ConciergeAuth", "ConnectionPool", "PostgresWire", "SQLClassifier",
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
@@ -154,7 +154,10 @@ let package = Package(
         .testTarget(name: "ConciergeAuthTests", dependencies: ["ConciergeAuth", "ProxyCore", "ConciergeConfig"]),
         .testTarget(
             name: "PostgresProxyTests",
-            dependencies: ["PostgresProxy", "ProxyCore", "PostgresWire", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: [
+                "PostgresProxy", "ProxyCore", "ConciergeAuth", "ConciergeConfig", "ConnectionPool", "PostgresWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
         ),
         .testTarget(name: "ConciergeConfigTests", dependencies: ["ConciergeConfig"]),
         // The fuzz targets (Fuzz/README in README.md "Fuzzing"): plain functions over bytes, used by the
@@ -182,6 +185,7 @@ let package = Package(
             name: "ConciergeServerTests",
             dependencies: [
                 "ConciergeServer", "ConciergeJSON", "ProxyCore", "ConnectionPool", "PostgresWire", "ConciergeAdmin",
+                "PostgresProxy",
                 .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]

@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import NIOConcurrencyHelpers
+import PostgresProxy
 import PostgresWire
 import Synchronization
 

@@ -4,6 +4,7 @@ import ConnectionPool
 import Logging
 import NIOCore
 import NIOSSL
+import PostgresProxy
 import PostgresWire
 import ProxyCore
 import SQLClassifier
@@ -21,12 +22,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     typealias OutboundOut = ByteBuffer
 
     private enum State {
-        /// Waiting for the startup packet (possibly after answering SSLRequest/GSSENCRequest).
-        case awaitingStartup
-        case authenticatingSCRAM(SCRAMServerSession, step: Int)
-        case authenticatingMD5(salt: [UInt8])
-        /// Asked for the password in clear (over TLS): an IAM authentication token.
-        case authenticatingIAM
+        /// From the first packet to AuthenticationOk (`ClientLogin`).
+        case authenticating
         /// Authenticated; fetching the parameters PostgreSQL would report for this user/database.
         case loggingIn
         /// Logged in: the data path.
@@ -47,17 +44,16 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// (a copy of it) on every call, and `log` is on the per-transaction path.
     private let logLevel: Logger.Level
     private var context: ChannelHandlerContext?
-    private var state: State = .awaitingStartup
+    private var state: State = .authenticating
+    /// The login's machine; its user, database and parameters are copied here once known.
+    private var login = ClientLogin()
     private var cumulation: ByteBuffer?
-    /// The client negotiated TLS (SSLRequest answered `S`, handshake under way or done).
-    private var isTLS = false
     /// This connection carried a CancelRequest: it closes once the request is delivered.
     private var cancelPending = false
 
     // Login
     private var user = ""
     private var database = ""
-    private var userEntry: UserDirectory.Entry?
     /// Session parameters the client asked for in its startup packet (lowercased name → value),
     /// applied to whichever backend serves it.
     private var desiredParameters: [String: String] = [:]
@@ -285,7 +281,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         log(.debug, "client connection error", ["concierge.error": "\(error)"])
-        if isTLS, case .awaitingStartup = state, error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError {
+        if login.isTLS, case .authenticating = state, error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError {
             // A failed handshake: ClientConnectionsSetupFailedAuth counts TLS misconfiguration.
             runtime.metrics.clientConnectionsSetupFailedAuth[endpoint].increment()
             log(.info, "client TLS handshake failed", ["concierge.error": "\(error)"])
@@ -307,7 +303,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         // Reading on while a few messages wait for a backend saves two epoll_ctl calls per
         // transaction; a client that pipelines more than `maxHeldBytes` meanwhile is paused.
         case .ready: return heldBytes > Self.maxHeldBytes || backendBlocked
-        case .awaitingStartup, .authenticatingSCRAM, .authenticatingMD5, .authenticatingIAM, .closed: return false
+        case .authenticating, .closed: return false
         }
     }
 
@@ -328,7 +324,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         do {
             try process(&incoming, context: context)
         } catch let error as PGWireError {
-            fail(with: Self.clientError(for: error))
+            fail(with: ClientErrors.protocolError(error))
             return
         } catch {
             fail(with: ClientErrors.protocolViolation("invalid message: \(error)"))
@@ -353,21 +349,6 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         context.fireChannelReadComplete()
     }
 
-    private static func clientError(for error: PGWireError) -> PGErrorFields {
-        switch error {
-        case .unsupportedProtocolVersion(let version):
-            return ClientErrors.unsupportedProtocol(version)
-        case .invalidMessageLength(let length):
-            return ClientErrors.protocolViolation("invalid message length \(length)")
-        case .messageTooLarge(let length, let limit):
-            return ClientErrors.protocolViolation("message of \(length) bytes exceeds the proxy's limit of \(limit) bytes")
-        case .malformedMessage(let type, let reason):
-            return ClientErrors.protocolViolation("invalid message of type \(type): \(reason)")
-        case .invalidStartupPacket(let reason):
-            return ClientErrors.protocolViolation("invalid startup packet layout: \(reason)")
-        }
-    }
-
     // MARK: Incoming bytes by state
 
     private func process(_ buffer: inout ByteBuffer, context: ChannelHandlerContext) throws {
@@ -380,12 +361,23 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             case .closed:
                 buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
                 return
-            case .awaitingStartup:
-                guard let packet = try PGFraming.nextStartupPacket(from: &buffer) else { return }
-                handleStartupPacket(packet, trailingBytes: buffer.readableBytes, context: context)
-            case .authenticatingSCRAM, .authenticatingMD5, .authenticatingIAM:
-                guard let frame = try PGFraming.nextFrame(from: &buffer, maxMessageSize: 65_536) else { return }
-                try handleAuthenticationMessage(frame, context: context)
+            case .authenticating:
+                let action: ClientLogin.Action
+                if case .awaitingStartup = login.state {
+                    guard let packet = try PGFraming.nextStartupPacket(from: &buffer) else { return }
+                    let runtime = self.runtime
+                    action = login.packetReceived(
+                        packet, trailingBytes: buffer.readableBytes, tlsAvailable: runtime.serverTLSContext != nil,
+                        environment: ClientLogin.Environment(
+                            policy: AuthPolicy(requireTLS: runtime.requireTLS), clientLimitExceeded: runtime.clientLimitExceeded,
+                            users: runtime.users, md5Salt: { SecureRandom.bytes(4) }))
+                    user = login.user
+                    database = login.database
+                } else {
+                    guard let frame = try PGFraming.nextFrame(from: &buffer, maxMessageSize: 65_536) else { return }
+                    action = login.messageReceived(frame)
+                }
+                run(action, context: context)
             case .loggingIn:
                 // The client must wait for ReadyForQuery; keep what it sent for later.
                 guard let frame = try PGFraming.nextFrame(from: &buffer, maxMessageSize: runtime.maxMessageSize) else { return }
@@ -397,233 +389,58 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         }
     }
 
-    private func handleStartupPacket(_ packet: StartupPacket, trailingBytes: Int, context: ChannelHandlerContext) {
-        switch packet {
-        case .sslRequest, .gssEncRequest:
-            // A client must wait for our answer before sending more: bytes already here would be
-            // read as if they came through an encrypted channel (the CVE-2021-23214 class).
-            guard trailingBytes == 0 else {
-                fail(with: ClientErrors.protocolViolation("received unencrypted data after SSL request"))
-                return
-            }
-            guard !isTLS else {
-                fail(with: ClientErrors.protocolViolation("SSL request received on an encrypted connection"))
-                return
-            }
+    /// Carries out what the login machine decided.
+    private func run(_ action: ClientLogin.Action, context: ChannelHandlerContext) {
+        switch action {
+        case .none:
+            break
+        case .answerEncryptionRequest(let acceptTLS):
             var out = context.channel.allocator.buffer(capacity: 1)
-            if case .sslRequest = packet, let tls = runtime.serverTLSContext {
-                out.writeInteger(UInt8(ascii: "S"))
-                // The answer goes out in plaintext; everything after it through TLS.
-                context.writeAndFlush(wrapOutboundOut(out), promise: nil)
-                do {
-                    try context.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls), position: .first)
-                    isTLS = true
-                } catch {
-                    log(.error, "could not start TLS", ["concierge.error": "\(error)"])
-                    context.close(promise: nil)
-                }
-                return
-            }
-            out.writeInteger(UInt8(ascii: "N"))
+            out.writeInteger(UInt8(ascii: acceptTLS ? "S" : "N"))
+            // The answer goes out in plaintext; everything after it through TLS.
             context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+            guard acceptTLS, let tls = runtime.serverTLSContext else { return }
+            do {
+                try context.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls), position: .first)
+            } catch {
+                log(.error, "could not start TLS", ["concierge.error": "\(error)"])
+                login.tlsFailed()
+                context.close(promise: nil)
+            }
         case .cancel(let processID, let secretKey):
             // Nothing else may come on this connection; it closes once the cancel is delivered.
             cancelPending = true
             runtime.cancel(processID: processID, secretKey: secretKey, on: context.eventLoop).whenComplete { [weak self] _ in
                 self?.closeGracefully()
             }
-        case .startup(let version, let parameters):
-            handleStartup(version: version, parameters: parameters, context: context)
-        }
-    }
-
-    private func handleStartup(version: UInt32, parameters: [StartupParameter], context: ChannelHandlerContext) {
-        guard version >> 16 == 3 else {
-            fail(with: ClientErrors.unsupportedProtocol(version))
-            return
-        }
-        var unsupportedOptions: [String] = []
-        // PostgreSQL applies `options` first and the packet's own parameters after it, so a
-        // parameter given both ways takes the packet's value.
-        var fromOptions: [(String, String)] = []
-        for parameter in parameters {
-            switch parameter.name {
-            case "user": user = parameter.value
-            case "database": database = parameter.value
-            case "replication":
-                if !["false", "off", "no", "0"].contains(parameter.value.lowercased()) {
-                    fail(with: ClientErrors.replicationUnsupported)
-                    return
-                }
-            case "options":
-                do {
-                    fromOptions += try Self.parseOptions(parameter.value)
-                } catch {
-                    fail(with: ClientErrors.unsupportedStartupOption(parameter.value))
-                    return
-                }
-            default:
-                if parameter.name.hasPrefix("_pq_.") {
-                    unsupportedOptions.append(parameter.name)
-                } else {
-                    desiredParameters[parameter.name.lowercased()] = parameter.value
-                }
-            }
-        }
-        for (name, value) in fromOptions where desiredParameters[name.lowercased()] == nil {
-            desiredParameters[name.lowercased()] = value
-        }
-        guard !user.isEmpty else {
-            fail(with: ClientErrors.noUser)
-            return
-        }
-        if database.isEmpty { database = user }
-        poolKey = PoolKey(user: user, database: database)
-        userEntry = runtime.users.entry(for: user)
-        let admission = AuthPolicy(requireTLS: runtime.requireTLS).admit(
-            clientUsesTLS: isTLS, clientLimitExceeded: runtime.clientLimitExceeded, iamRequired: userEntry?.iamRequired ?? false)
-        var out = context.channel.allocator.buffer(capacity: 64)
-        if case .refuse(let error, let countsAsFailedAuth) = admission {
-            if countsAsFailedAuth { runtime.metrics.clientConnectionsSetupFailedAuth[endpoint].increment() }
-            if error == .iamRequiresTLS { log(.info, "IAM authentication refused: the client did not use TLS") }
-            fail(with: ClientErrors.rendered(error))
-            return
-        }
-        if version & 0xFFFF > 0 || !unsupportedOptions.isEmpty {
-            PGEncode.negotiateProtocolVersion(newestMinorVersion: 0, unsupportedOptions: unsupportedOptions, into: &out)
-        }
-        if admission == .iamToken {
-            PGEncode.authenticationCleartextPassword(into: &out)
-            state = .authenticatingIAM
-        } else if let entry = userEntry, entry.authType == .postgresMD5 {
-            let salt = SecureRandom.bytes(4)
-            PGEncode.authenticationMD5Password(salt: salt, into: &out)
-            state = .authenticatingMD5(salt: salt)
-        } else {
-            let verifier = userEntry?.scram ?? runtime.users.mockVerifier(for: user)
-            PGEncode.authenticationSASL(mechanisms: ["SCRAM-SHA-256"], into: &out)
-            state = .authenticatingSCRAM(SCRAMServerSession(verifier: verifier), step: 1)
-        }
-        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
-    }
-
-    /// Parses the `options` startup parameter (`-c name=value` and `--name=value`, space
-    /// separated, backslash escapes a space) into settings.
-    static func parseOptions(_ options: String) throws -> [(String, String)] {
-        var words: [String] = []
-        var current = ""
-        var escaped = false
-        for character in options {
-            if escaped {
-                current.append(character)
-                escaped = false
-            } else if character == "\\" {
-                escaped = true
-            } else if character == " " || character == "\t" {
-                if !current.isEmpty { words.append(current) }
-                current = ""
-            } else {
-                current.append(character)
-            }
-        }
-        if !current.isEmpty { words.append(current) }
-        var settings: [(String, String)] = []
-        var index = 0
-        func setting(_ word: Substring) throws -> (String, String) {
-            guard let equals = word.firstIndex(of: "="), equals != word.startIndex else {
-                throw PGWireError.invalidStartupPacket("bad option")
-            }
-            let name = String(word[..<equals]).replacingAll("-", with: "_")
-            return (String(name), String(word[word.index(after: equals)...]))
-        }
-        while index < words.count {
-            let word = words[index]
-            if word == "-c" {
-                guard index + 1 < words.count else { throw PGWireError.invalidStartupPacket("bad option") }
-                settings.append(try setting(Substring(words[index + 1])))
-                index += 2
-            } else if word.hasPrefix("-c") {
-                settings.append(try setting(word.dropFirst(2)))
-                index += 1
-            } else if word.hasPrefix("--") {
-                settings.append(try setting(word.dropFirst(2)))
-                index += 1
-            } else {
-                throw PGWireError.invalidStartupPacket("bad option")
-            }
-        }
-        return settings
-    }
-
-    private func handleAuthenticationMessage(_ frame: PGFrame, context: ChannelHandlerContext) throws {
-        guard frame.type == PGMessageType.Frontend.password else {
-            fail(with: ClientErrors.protocolViolation("expected password response, got message type \(frame.type)"))
-            return
-        }
-        var out = context.channel.allocator.buffer(capacity: 128)
-        switch state {
-        case .authenticatingMD5(let salt):
-            let response = try PGFrontend.PasswordMessage(frame.body).string
-            guard let entry = userEntry, PGMD5.verify(clientResponse: response, storedHash: entry.md5StoredHash, salt: salt)
-            else {
-                authenticationFailed()
-                return
-            }
-        case .authenticatingSCRAM(var session, let step):
-            do {
-                if step == 1 {
-                    let initial = try PGFrontend.SASLInitialResponse(frame.body)
-                    guard initial.mechanism.readableBytesView.elementsEqual("SCRAM-SHA-256".utf8) else {
-                        fail(with: ClientErrors.protocolViolation("client selected an invalid SASL authentication mechanism"))
-                        return
-                    }
-                    guard let data = initial.data else {
-                        fail(with: ClientErrors.protocolViolation("malformed SCRAM message (empty message)"))
-                        return
-                    }
-                    let serverFirst = try session.receiveClientFirst(Array(data.readableBytesView))
-                    state = .authenticatingSCRAM(session, step: 2)
-                    PGEncode.authenticationSASLContinue(data: serverFirst, into: &out)
-                    context.writeAndFlush(wrapOutboundOut(out), promise: nil)
-                    return
-                }
-                let response = PGFrontend.SASLResponse(frame.body)
-                let serverFinal = try session.receiveClientFinal(Array(response.data.readableBytesView))
-                guard userEntry != nil else {
-                    authenticationFailed()
-                    return
-                }
-                PGEncode.authenticationSASLFinal(data: serverFinal, into: &out)
-            } catch SCRAMError.authenticationFailed {
-                authenticationFailed()
-                return
-            } catch is SCRAMError {
-                fail(with: ClientErrors.protocolViolation("malformed SCRAM message"))
-                return
-            }
-        case .authenticatingIAM:
-            let token = try PGFrontend.PasswordMessage(frame.body).string
-            switch runtime.authenticateIAM(token: token, user: user, endpoint: endpoint) {
+        case .write(let bytes):
+            context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
+        case .checkIAMToken(let token):
+            let outcome = runtime.authenticateIAM(token: token, user: user, endpoint: endpoint)
+            switch outcome {
             case .allowed(let principal):
                 log(.debug, "IAM authentication succeeded", ["concierge.principal": "\(principal)"])
+                run(login.iamTokenChecked(allowed: true, reason: ""), context: context)
             case .refused(let reason):
-                runtime.metrics.clientConnectionsSetupFailedAuth[endpoint].increment()
-                log(.info, "IAM authentication failed", ["concierge.reason": "\(reason)"])
-                fail(with: ClientErrors.iamAuthenticationFailed(user: user))
-                return
+                run(login.iamTokenChecked(allowed: false, reason: reason), context: context)
             }
-        case .awaitingStartup, .loggingIn, .ready, .closed:
-            return
+        case .authenticated(let bytes):
+            context.write(wrapOutboundOut(bytes), promise: nil)
+            desiredParameters = login.parameters
+            poolKey = PoolKey(user: user, database: database)
+            beginLogin()
+        case .fail(let fields, let failedAuthentication):
+            if let failedAuthentication {
+                runtime.metrics.clientConnectionsSetupFailedAuth[endpoint].increment()
+                switch failedAuthentication {
+                case .tlsRequired: break
+                case .iamWithoutTLS: log(.info, "IAM authentication refused: the client did not use TLS")
+                case .wrongPassword: log(.info, "client authentication failed")
+                case .iamTokenRefused(let reason): log(.info, "IAM authentication failed", ["concierge.reason": "\(reason)"])
+                }
+            }
+            fail(with: fields)
         }
-        PGEncode.authenticationOk(into: &out)
-        context.write(wrapOutboundOut(out), promise: nil)
-        beginLogin()
-    }
-
-    private func authenticationFailed() {
-        runtime.metrics.clientConnectionsSetupFailedAuth[endpoint].increment()
-        log(.info, "client authentication failed")
-        fail(with: ClientErrors.authenticationFailed(user: user))
     }
 
     // MARK: Login
@@ -694,7 +511,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         desiredParameters = runtime.interned(desiredParameters)
         startupParameters = desiredParameters
         state = .ready
-        userEntry = nil
+        login.forgetCredentials()
         runtime.metrics.clientConnectionsSetupSucceeded[endpoint].increment()
         log(.debug, "client logged in")
         // Messages the client pipelined during login are served now.
@@ -1378,7 +1195,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// Called by `loopSessions` about once a second.
     func checkTimeouts(now: NIODeadline) {
         switch state {
-        case .awaitingStartup, .authenticatingSCRAM, .authenticatingMD5, .authenticatingIAM:
+        case .authenticating:
             if now >= loginDeadline { fail(with: ClientErrors.authenticationTimeout) }
         case .ready:
             guard isBetweenTransactions else {
@@ -1416,7 +1233,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 self.fail(with: ClientErrors.shuttingDown)
             case .ready, .loggingIn:
                 break
-            case .awaitingStartup, .authenticatingSCRAM, .authenticatingMD5, .authenticatingIAM:
+            case .authenticating:
                 self.fail(with: ClientErrors.shuttingDown)
             case .closed:
                 break

@@ -11,6 +11,7 @@ import Darwin
 #endif
 import NIOPosix
 import NIOSSL
+import PostgresProxy
 import PostgresWire
 import ProxyCore
 import Prometheus

@@ -1,37 +1,4 @@
-import ConciergeAuth
-import ConciergeConfig
-import PostgresWire
+import PostgresProxy
 
-/// What PostgreSQL's password exchanges check a client against.
-struct PostgresPasswordKeys: Sendable {
-    var scram: SCRAMVerifier
-    var md5StoredHash: String
-
-    /// SCRAM keys are derived once per secret here (PostgreSQL stores a verifier the same way).
-    init(_ credential: DatabaseCredential) {
-        scram = SCRAMVerifier.derive(password: credential.password, salt: SecureRandom.bytes(16))
-        md5StoredHash = PGMD5.storedHash(user: credential.username, password: credential.password)
-    }
-}
-
-/// The PostgreSQL engine's users.
-typealias UserDirectory = ConciergeAuth.UserDirectory<PostgresPasswordKeys>
-
-extension ConciergeAuth.UserDirectory where Keys == PostgresPasswordKeys {
-    init(credentials: [DatabaseCredential], auth: [AuthConfiguration], reusing previous: Self? = nil) {
-        self.init(credentials: credentials, auth: auth, reusing: previous, deriveKeys: PostgresPasswordKeys.init)
-    }
-
-    /// A verifier no password matches, with a salt that is stable for a given user name.
-    func mockVerifier(for user: String) -> SCRAMVerifier {
-        let bytes = mockSalt(for: user)
-        let random = SecureRandom.bytes(32)
-        return SCRAMVerifier(
-            salt: Array(bytes[0..<16]), iterations: 4096, storedKey: random, serverKey: Array(random.reversed()))
-    }
-}
-
-extension ConciergeAuth.UserDirectory.Entry where Keys == PostgresPasswordKeys {
-    var scram: SCRAMVerifier { keys.scram }
-    var md5StoredHash: String { keys.md5StoredHash }
-}
+/// The PostgreSQL engine's users (ConciergeAuth's directory with PostgreSQL's keys).
+typealias UserDirectory = PostgresUsers

@@ -1,3 +1,4 @@
+import PostgresProxy
 import ConciergeConfig
 import NIOCore
 import NIOEmbedded
@@ -159,11 +160,11 @@ import Testing
 
 @Suite struct SessionParameterTests {
     @Test func optionsParseLikePostgreSQL() throws {
-        let parsed = try ClientSession.parseOptions("-c search_path=a,b --statement-timeout=5s -cwork_mem=4MB -c x=a\\ b")
+        let parsed = try ClientLogin.parseOptions("-c search_path=a,b --statement-timeout=5s -cwork_mem=4MB -c x=a\\ b")
         #expect(parsed.map { "\($0.0)=\($0.1)" } == ["search_path=a,b", "statement_timeout=5s", "work_mem=4MB", "x=a b"])
-        #expect(throws: (any Error).self) { try ClientSession.parseOptions("-x") }
-        #expect(throws: (any Error).self) { try ClientSession.parseOptions("-c") }
-        #expect(throws: (any Error).self) { try ClientSession.parseOptions("-c =v") }
+        #expect(throws: (any Error).self) { try ClientLogin.parseOptions("-x") }
+        #expect(throws: (any Error).self) { try ClientLogin.parseOptions("-c") }
+        #expect(throws: (any Error).self) { try ClientLogin.parseOptions("-c =v") }
     }
 
     @Test func parameterSyncSetsOnlyDifferencesAndResetsTheRest() {

@@ -1,5 +1,5 @@
-@testable import ConciergeServer
 import ConnectionPool
+import PostgresProxy
 import PostgresWire
 import ProxyCore
 import Testing

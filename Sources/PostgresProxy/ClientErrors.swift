@@ -8,10 +8,10 @@ import ProxyCore
 ///
 /// Wording follows the reference documents (RDS Proxy's messages) where they define one, and
 /// PostgreSQL's own messages otherwise, so drivers and humans recognise them.
-enum ClientErrors {
+public enum ClientErrors {
     /// A `ProxyError` as an ErrorResponse: PostgreSQL's SQLSTATE for the same condition, FATAL
     /// when the proxy closes the connection after it.
-    static func rendered(_ error: ProxyError) -> PGErrorFields {
+    public static func rendered(_ error: ProxyError) -> PGErrorFields {
         let code: String
         switch error {
         case .borrowTimeout, .tooManyClients: code = "53300"  // too_many_connections
@@ -30,81 +30,98 @@ enum ClientErrors {
     }
 
     /// Wrong password or unknown user: PostgreSQL's exact message, with no hint of which it was.
-    static func authenticationFailed(user: String) -> PGErrorFields {
+    public static func authenticationFailed(user: String) -> PGErrorFields {
         .fatal(code: "28P01", message: "password authentication failed for user \"\(user)\"")
     }
 
     /// `require_tls: true` and a plaintext client (RDS Proxy's wording).
-    static let tlsRequired = rendered(.tlsRequired)
+    public static let tlsRequired = rendered(.tlsRequired)
 
     /// An auth entry with `iam_auth: REQUIRED` and a plaintext client (RDS Proxy's wording).
-    static let iamRequiresTLS = rendered(.iamRequiresTLS)
+    public static let iamRequiresTLS = rendered(.iamRequiresTLS)
 
     /// Any IAM token failure, whatever the cause (RDS Proxy's wording): the cause is logged only.
-    static func iamAuthenticationFailed(user: String) -> PGErrorFields {
+    public static func iamAuthenticationFailed(user: String) -> PGErrorFields {
         rendered(.iamAuthenticationFailed(user: user))
     }
 
     /// A READ_ONLY endpoint with no available reader (its targets show INVALID_REPLICATION_STATE).
-    static let noReader = rendered(.noReader)
+    public static let noReader = rendered(.noReader)
 
-    static let borrowTimeout = rendered(.borrowTimeout)
+    public static let borrowTimeout = rendered(.borrowTimeout)
 
-    static let tooManyClients = rendered(.tooManyClients)
+    public static let tooManyClients = rendered(.tooManyClients)
 
-    static let idleTimeout = rendered(.idleTimeout)
+    public static let idleTimeout = rendered(.idleTimeout)
 
-    static let shuttingDown = rendered(.shuttingDown)
+    public static let shuttingDown = rendered(.shuttingDown)
 
-    static let authenticationTimeout = rendered(.authenticationTimeout)
+    public static let authenticationTimeout = rendered(.authenticationTimeout)
 
-    static let noUser = PGErrorFields.fatal(
+    public static let noUser = PGErrorFields.fatal(
         code: "28000", message: "no PostgreSQL user name specified in startup packet")
 
-    static let replicationUnsupported = PGErrorFields.fatal(
+    public static let replicationUnsupported = PGErrorFields.fatal(
         code: "0A000", message: "replication connections are not supported by the proxy")
 
-    static func unsupportedProtocol(_ version: UInt32) -> PGErrorFields {
+    public static func unsupportedProtocol(_ version: UInt32) -> PGErrorFields {
         .fatal(
             code: "0A000",
             message: "unsupported frontend protocol \(version >> 16).\(version & 0xFFFF): server supports 3.0 to 3.0")
     }
 
-    static func protocolViolation(_ message: String) -> PGErrorFields {
+    /// A message the proxy could not read (framing or body), as the client is told before the
+    /// connection closes.
+    public static func protocolError(_ error: PGWireError) -> PGErrorFields {
+        switch error {
+        case .unsupportedProtocolVersion(let version):
+            return unsupportedProtocol(version)
+        case .invalidMessageLength(let length):
+            return protocolViolation("invalid message length \(length)")
+        case .messageTooLarge(let length, let limit):
+            return protocolViolation("message of \(length) bytes exceeds the proxy's limit of \(limit) bytes")
+        case .malformedMessage(let type, let reason):
+            return protocolViolation("invalid message of type \(type): \(reason)")
+        case .invalidStartupPacket(let reason):
+            return protocolViolation("invalid startup packet layout: \(reason)")
+        }
+    }
+
+    public static func protocolViolation(_ message: String) -> PGErrorFields {
         .fatal(code: "08P01", message: message)
     }
 
-    static func unsupportedStartupOption(_ option: String) -> PGErrorFields {
+    public static func unsupportedStartupOption(_ option: String) -> PGErrorFields {
         .fatal(code: "08P01", message: "unsupported startup option: \(option)")
     }
 
     /// The backend of a client's transaction died (e.g. a failover); the client's connection stays.
     /// PostgreSQL's error for a cancelled statement.
-    static let queryCanceled = rendered(.queryCanceled)
+    public static let queryCanceled = rendered(.queryCanceled)
     /// PostgreSQL's answer to a statement in a failed transaction block.
-    static let inFailedTransaction = PGErrorFields.error(
+    public static let inFailedTransaction = PGErrorFields.error(
         code: "25P02", message: "current transaction is aborted, commands ignored until end of transaction block")
-    static let transactionLost = rendered(.transactionLost)
+    public static let transactionLost = rendered(.transactionLost)
 
-    static let backendLost = rendered(.backendLost)
+    public static let backendLost = rendered(.backendLost)
 
     /// Opening a backend for the client failed: the database's own error when it refused the
     /// login (its SQLSTATE and message), else why the connection could not be made.
-    static func connectionFailed(_ failure: ConnectionFailure) -> PGErrorFields {
+    public static func connectionFailed(_ failure: ConnectionFailure) -> PGErrorFields {
         if let code = failure.code { return .error(code: code, message: failure.message) }
-        return backendUnavailable("\(BackendError.connection(failure.message))")
+        return backendUnavailable("connection failed: \(failure.message)")  // as BackendError.connection describes itself
     }
 
-    static func backendUnavailable(_ reason: String) -> PGErrorFields {
+    public static func backendUnavailable(_ reason: String) -> PGErrorFields {
         rendered(.backendUnavailable(reason: reason))
     }
 
-    static let internalError = PGErrorFields.fatal(code: "XX000", message: "internal proxy error")
+    public static let internalError = PGErrorFields.fatal(code: "XX000", message: "internal proxy error")
 }
 
 extension PGErrorFields {
     /// The fields of an ErrorResponse the database sent, for relaying to a client.
-    init(diagnostics: PGDiagnosticFields) {
+    public init(diagnostics: PGDiagnosticFields) {
         self.init(
             severity: diagnostics.severity ?? "ERROR", code: diagnostics.code ?? "XX000",
             message: diagnostics.message ?? "unknown error", detail: diagnostics.detail, hint: diagnostics.hint)
