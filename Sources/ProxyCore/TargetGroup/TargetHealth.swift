@@ -27,8 +27,8 @@ public enum TargetRoleState: Sendable, Hashable {
     case unknown
 }
 
-/// The role a probe found a target in (an engine asks the database: PostgreSQL whether it is in
-/// recovery, MySQL whether it is read-only).
+/// The role a probe found a target in (each engine asks its database in its own way, e.g. whether
+/// it is a standby or read-only).
 public enum ProbedRole: Sendable, Hashable {
     case writer
     case reader
