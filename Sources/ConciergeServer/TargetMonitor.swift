@@ -14,10 +14,10 @@ struct HealthCheckTimedOut: Error, CustomStringConvertible {
 }
 
 /// PostgreSQL's probe of a target's role, reported to the target group as a neutral
-/// `TargetProbeResult`. Checks one target every `interval` over a connection it keeps (a login per
-/// check would cost a PostgreSQL backend fork each time): `SELECT pg_is_in_recovery()`. A check that fails or
-/// takes longer than `timeout` drops the connection; the next check reconnects. `checkNow()`
-/// runs one at once (a backend connection to this target broke).
+/// `TargetProbeResult`. Checks one target every `interval` over a connection it keeps (a login
+/// per check would cost a PostgreSQL backend fork each time): `SELECT pg_is_in_recovery()`. A
+/// check that fails or takes longer than `timeout` drops the connection; the next check
+/// reconnects. `checkNow()` runs one at once (a backend connection to this target broke).
 ///
 /// Confined to `eventLoop`.
 final class TargetMonitor: @unchecked Sendable {
