@@ -17,45 +17,6 @@ import FoundationEssentials
 import Foundation
 #endif
 
-/// A target's health as the admin API shows it (RDS's `TargetHealth`).
-struct TargetHealth: Sendable, Hashable {
-    enum State: String, Sendable {
-        case registering = "REGISTERING"
-        case available = "AVAILABLE"
-        case unavailable = "UNAVAILABLE"
-    }
-
-    var state: State
-    var reason: String?
-    var description: String?
-
-    init(state: State, reason: String? = nil, description: String? = nil) {
-        self.state = state
-        self.reason = reason
-        self.description = description
-    }
-
-    /// What a failed backend connection says about its target; nil when it says nothing (e.g.
-    /// a database that does not exist: the server answered after checking the password).
-    init?(after error: any Error) {
-        guard let error = error as? BackendError else {
-            self.init(state: .unavailable, reason: "CONNECTION_FAILURE", description: "\(error)")
-            return
-        }
-        switch error {
-        case .server(let fields) where fields.code.hasPrefix("28"):
-            self.init(state: .unavailable, reason: "AUTH_FAILURE",
-                      description: "The database refused the proxy's credentials: \(fields.message)")
-        case .server(let fields) where fields.code == "53300" || fields.code.hasPrefix("57P"):
-            self.init(state: .unavailable, reason: "CONNECTION_FAILURE", description: fields.message)
-        case .server:
-            return nil
-        case .connection(let message), .protocolViolation(let message):
-            self.init(state: .unavailable, reason: "CONNECTION_FAILURE", description: message)
-        }
-    }
-}
-
 extension ProxyRuntime: AdminManagedProxy {
     // MARK: Metrics
 
@@ -90,15 +51,9 @@ extension ProxyRuntime: AdminManagedProxy {
             metrics.databaseConnectionsCurrentlyInTransaction.set(Int64(total.inTransaction))
             metrics.borrowWaiters.set(Int64(totals.waiting))
             let (queries, writerSeconds) = self.state.withLockedValue { state -> (Int, Double) in
-                var seconds = state.writerAvailableSeconds
-                if let since = state.writerAvailableSince {
-                    seconds += Double((NIODeadline.now() - since).nanoseconds) / 1e9
-                }
                 let queries = max(0, total.queryRequests - state.reportedQueryRequests)
-                let writer = max(0, seconds - state.reportedWriterAvailableSeconds)
                 state.reportedQueryRequests = max(state.reportedQueryRequests, total.queryRequests)
-                state.reportedWriterAvailableSeconds = max(state.reportedWriterAvailableSeconds, seconds)
-                return (queries, writer)
+                return (queries, state.targetGroup.writerAvailableSecondsToReport(now: .now()))
             }
             self.updateTargetGauges()
             if queries > 0 { metrics.queryRequests.increment(by: Int64(queries)) }
@@ -110,7 +65,7 @@ extension ProxyRuntime: AdminManagedProxy {
     /// deregistered targets (or of a role a target no longer has) are removed.
     private func updateTargetGauges() {
         let (targets, writer, health) = state.withLockedValue {
-            ($0.configuration.targetGroup.targets.map(\.endpoint), $0.writer, $0.targetHealth)
+            ($0.configuration.targetGroup.targets.map(\.endpoint), $0.targetGroup.writer, $0.targetGroup.health)
         }
         var wanted: [String: (labels: [(String, String)], value: Int64)] = [:]
         for target in targets {
@@ -191,7 +146,7 @@ extension ProxyRuntime: AdminManagedProxy {
 
     func describeTargets() -> [JSON] {
         let (targets, health) = state.withLockedValue {
-            ($0.configuration.targetGroup.targets.map(\.endpoint), $0.targetHealth)
+            ($0.configuration.targetGroup.targets.map(\.endpoint), $0.targetGroup.health)
         }
         var result = targets.map { target in
             let targetHealth = health[target] ?? TargetHealth(
@@ -199,7 +154,7 @@ extension ProxyRuntime: AdminManagedProxy {
             return Self.targetJSON(target, role: roleName(of: target), health: targetHealth, resourceID: resourceID)
         }
         // A READ_ONLY endpoint with no reader: its targets are unusable, as RDS reports it.
-        let (endpoints, readers) = state.withLockedValue { ($0.configuration.endpoints, $0.activeReaders) }
+        let (endpoints, readers) = state.withLockedValue { ($0.configuration.endpoints, $0.targetGroup.activeReaders) }
         for endpoint in endpoints where endpoint.targetRole == .readOnly && readers.isEmpty {
             for target in targets {
                 guard case .object(var members) = Self.targetJSON(
@@ -308,11 +263,12 @@ extension ProxyRuntime: AdminManagedProxy {
             let old = state.configuration.targetGroup.connectionPoolConfig
             state.configuration.targetGroup.connectionPoolConfig = pool
             if old != pool { state.targetGroupUpdatedDate = Date() }
+            state.targetGroup.failoverWindowChanged(.seconds(Int64(pool.connectionBorrowTimeout)))
             state.classifierOptions.excludeVariableSets = pool.excludesVariableSets
             for key in Array(state.loginClassifierOptions.keys) {
                 state.loginClassifierOptions[key]?.excludeVariableSets = pool.excludesVariableSets
             }
-            return (old, Self.limits(for: state.configuration, maxConnections: state.databaseMaxConnections))
+            return (old, Self.limits(for: state.configuration, maxConnections: state.targetGroup.writerMaxConnections))
         }
         guard old != pool else { return }
         logger.info("connection pool settings changed", metadata: [
@@ -377,17 +333,14 @@ extension ProxyRuntime: AdminManagedProxy {
         }
         let writerRemoved = state.withLockedValue { state -> Bool in
             state.configuration.targetGroup.targets = targets.map { TargetConfiguration(endpoint: $0) }
-            state.targetHealth = state.targetHealth.filter { targets.contains($0.key) }
             if let address, let first = targets.first, state.targetAddresses[first] == nil {
                 state.targetAddresses[first] = address
             }
             state.targetGroupUpdatedDate = Date()
-            guard let writer = state.writer, !targets.contains(writer) else { return false }
             // The writer left the group: health checks pick the next one.
-            state.writer = nil
-            state.writerAddress = nil
-            if state.writerAvailable { Self.setWriterAvailable(false, in: &state) }
-            return true
+            let writerRemoved = state.targetGroup.targetsChanged(targets, now: .now())
+            if writerRemoved { state.writerAddress = nil }
+            return writerRemoved
         }
         logger.info("targets changed", metadata: ["concierge.targets": "\(targets.map(\.description).joined(separator: ","))"])
         syncMonitors()

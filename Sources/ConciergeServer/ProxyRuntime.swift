@@ -15,6 +15,7 @@ import PostgresProxy
 import PostgresWire
 import ProxyCore
 import Prometheus
+import ProxyCore
 import SQLClassifier
 import Synchronization
 
@@ -57,10 +58,10 @@ final class ProxyRuntime: @unchecked Sendable {
         var configuration: ProxyConfiguration
         var users: UserDirectory
         var credentials: [String: DatabaseCredential]
-        /// The target new backends connect to, and its resolved address.
-        var writer: HostPort?
+        /// The target group: health, roles, the writer, opens waiting for one, paced opens, readers.
+        var targetGroup: TargetGroupStateMachine<HostPort>
+        /// The writer's resolved address (kept in step with `targetGroup.writer`).
         var writerAddress: SocketAddress?
-        var targetHealth: [HostPort: TargetHealth] = [:]
         /// The certificate clients are served (nil: SSLRequest is answered `N`).
         var serverTLS: ServerTLSContextSource?
         /// TLS to the database (nil: plaintext).
@@ -72,29 +73,14 @@ final class ProxyRuntime: @unchecked Sendable {
         /// Health checkers, one per target (while `monitoring`: between start and drain).
         var monitors: [HostPort: TargetMonitor] = [:]
         var monitoring = false
-        /// Each target's role as its last check found it.
-        var roles: [HostPort: TargetRoleState] = [:]
         var targetAddresses: [HostPort: SocketAddress] = [:]
-        var targetMaxConnections: [HostPort: Int] = [:]
-        /// The writer answers: new backends may be opened to it.
-        var writerAvailable = false
-        /// When the writer was lost: for `connection_borrow_timeout` after it, new backends wait
-        /// for a writer (a failover); outside that window they fail at once with the reason.
-        var writerLostAt: NIODeadline?
-        /// A health check has reported on the current writer target since it became the writer.
-        var writerChecked = false
-        /// Backend opens waiting for a writer (failover), answered when one is found.
-        var writerWaiters: [UInt64: (promise: EventLoopPromise<Void>, began: NIODeadline)] = [:]
-        /// Targets whose last health check got no answer (see `TargetCheckResult.down`).
-        var unresponsiveTargets: Set<HostPort> = []
-        var nextWaiterID: UInt64 = 0
-        /// Backend opens under way, and those waiting for a slot (bounded pace).
-        var opening = 0
-        var openQueue: [EventLoopPromise<Void>] = []
+        /// The promises of backend opens the target group keeps waiting: for a writer (failover),
+        /// and for an open slot (bounded pace).
+        var writerWaiters: [OpenWaiterID: EventLoopPromise<Void>] = [:]
+        var openSlotWaiters: [OpenWaiterID: EventLoopPromise<Void>] = [:]
         /// Pools of READ_ONLY endpoints, one per reader target (kept once made: backends hold
-        /// their pool weakly); `activeReaders` are those transactions may go to now.
+        /// their pool weakly); `targetGroup.activeReaders` are those transactions may go to now.
         var readerPools: [HostPort: BackendPool] = [:]
-        var activeReaders: Set<HostPort> = []
         var classifierOptions: ClassifierOptions
         var updatedDate: Date
         var targetGroupUpdatedDate: Date
@@ -104,14 +90,8 @@ final class ProxyRuntime: @unchecked Sendable {
         var templates: [PoolKey: LoginTemplate] = [:]
         /// Per user and database: the classifier options with the server's tracked parameters.
         var loginClassifierOptions: [PoolKey: ClassifierOptions] = [:]
-        /// The writer's `max_connections`, once read.
-        var databaseMaxConnections: Int?
         var draining = false
         var drainedPromise: EventLoopPromise<Void>?
-        /// Seconds with an available writer, up to `writerAvailableSince` (or now, if nil).
-        var writerAvailableSeconds: Double = 0
-        var writerAvailableSince: NIODeadline?
-        var reportedWriterAvailableSeconds: Double = 0
         var reportedQueryRequests = 0
     }
 
@@ -157,7 +137,7 @@ final class ProxyRuntime: @unchecked Sendable {
         self.requireTLSValue = Atomic(configuration.requireTLS)
         let serverTLS = try configuration.tls.map { try ServerTLSContextSource($0) }
         let backendTLS = try BackendTLS.makeContext(configuration.targetGroup.tls)
-        // Until writer discovery (health checks, failover) exists, the first target is the writer.
+        // The first target is the writer until health checks elect one.
         let target = configuration.targetGroup.targets[0].endpoint
         let address = try SocketAddress.makeAddressResolvingHost(target.host, port: target.port)
         let now = Date()
@@ -165,7 +145,11 @@ final class ProxyRuntime: @unchecked Sendable {
             configuration: configuration,
             users: UserDirectory(credentials: credentials, auth: configuration.auth),
             credentials: Dictionary(credentials.map { ($0.username, $0) }, uniquingKeysWith: { first, _ in first }),
-            writer: target, writerAddress: address,
+            targetGroup: TargetGroupStateMachine(
+                targets: configuration.targetGroup.targets.map(\.endpoint),
+                failoverWindow: .seconds(Int64(configuration.targetGroup.connectionPoolConfig.connectionBorrowTimeout)),
+                tracksReaders: configuration.endpoints.contains { $0.targetRole == .readOnly }),
+            writerAddress: address,
             classifierOptions: ClassifierOptions(
                 excludeVariableSets: configuration.targetGroup.connectionPoolConfig.excludesVariableSets,
                 trackedParameters: TrackedParameters.names),
@@ -206,7 +190,7 @@ final class ProxyRuntime: @unchecked Sendable {
         id: ConnectionID, key: PoolKey, on eventLoop: any EventLoop, pool: BackendPool, reader: HostPort? = nil
     ) -> EventLoopFuture<BackendConnection> {
         var (credential, needsMaxConnections, writer, address, initQuery, tls, tlsMode) = state.withLockedValue {
-            ($0.credentials[key.user], $0.databaseMaxConnections == nil, $0.writer, $0.writerAddress,
+            ($0.credentials[key.user], $0.targetGroup.writerMaxConnections == nil, $0.targetGroup.writer, $0.writerAddress,
              $0.configuration.targetGroup.connectionPoolConfig.initQuery, $0.backendTLS,
              $0.configuration.targetGroup.tls.mode)
         }
@@ -239,7 +223,7 @@ final class ProxyRuntime: @unchecked Sendable {
                 return connection
             }
             .flatMapErrorThrowing { error in
-                if let health = TargetHealth(after: error) {
+                if let health = PostgresTargetErrors.targetHealth(after: error) {
                     if health.reason == "AUTH_FAILURE" {
                         self.noteTargetHealth(writer, health)
                         // Name the secret, never its value; a rotated secret may be the cause.
@@ -312,9 +296,7 @@ final class ProxyRuntime: @unchecked Sendable {
     }
 
     func noteTargetHealth(_ target: HostPort, _ health: TargetHealth) {
-        state.withLockedValue { state in
-            state.targetHealth[target] = health
-        }
+        state.withLockedValue { $0.targetGroup.healthObserved(target, health) }
     }
 
     func backendOpened(_ connection: BackendConnection) {
@@ -326,8 +308,7 @@ final class ProxyRuntime: @unchecked Sendable {
                 options.trackedParameters = TrackedParameters.names(reportedAtLogin: template)
                 state.loginClassifierOptions[connection.key] = options
             }
-            if state.databaseMaxConnections == nil, let value = connection.maxConnections {
-                state.databaseMaxConnections = value
+            if let value = connection.maxConnections, state.targetGroup.writerMaxConnectionsRead(value) {
                 return Self.limits(for: state.configuration, maxConnections: value)
             }
             return nil

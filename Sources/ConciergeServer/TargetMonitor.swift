@@ -4,19 +4,7 @@ import Logging
 import NIOCore
 import NIOSSL
 import PostgresWire
-
-/// What one health check found.
-enum TargetCheckResult: Sendable {
-    /// The target answered: a standby (`inRecovery`) or a primary. `maxConnections` is read once
-    /// per health-check connection.
-    case up(inRecovery: Bool, maxConnections: Int?)
-    /// The target answered but the check could not tell its role (e.g. the check's database does
-    /// not exist): it is up, role unknown.
-    case upUnknownRole(String)
-    /// `unresponsive`: the check got no answer within its timeout (a path or a server that stopped
-    /// answering without closing anything): the backends open to it are no better.
-    case down(TargetHealth, unresponsive: Bool)
-}
+import ProxyCore
 
 /// A health check that got no answer within its timeout.
 struct HealthCheckTimedOut: Error, CustomStringConvertible {
@@ -25,17 +13,18 @@ struct HealthCheckTimedOut: Error, CustomStringConvertible {
     var description: String { "\(target): no answer to the health check within \(timeoutMS) ms" }
 }
 
-/// Checks one target every `interval` over a connection it keeps (a login per check would cost
-/// a PostgreSQL backend fork each time): `SELECT pg_is_in_recovery()`. A check that fails or
-/// takes longer than `timeout` drops the connection; the next check reconnects. `checkNow()`
-/// runs one at once (a backend connection to this target broke).
+/// PostgreSQL's probe of a target's role, reported to the target group as a neutral
+/// `TargetProbeResult`. Checks one target every `interval` over a connection it keeps (a login
+/// per check would cost a PostgreSQL backend fork each time): `SELECT pg_is_in_recovery()`. A
+/// check that fails or takes longer than `timeout` drops the connection; the next check
+/// reconnects. `checkNow()` runs one at once (a backend connection to this target broke).
 ///
 /// Confined to `eventLoop`.
 final class TargetMonitor: @unchecked Sendable {
     let target: HostPort
     let eventLoop: any EventLoop
     private let settings: @Sendable () -> (BackendSettings, HealthCheckConfiguration)?
-    private let report: @Sendable (HostPort, TargetCheckResult) -> Void
+    private let report: @Sendable (HostPort, TargetProbeResult) -> Void
     private let logger: Logger
     private var connection: BackendConnection?
     private var running = false
@@ -46,7 +35,7 @@ final class TargetMonitor: @unchecked Sendable {
     init(
         target: HostPort, eventLoop: any EventLoop, logger: Logger,
         settings: @escaping @Sendable () -> (BackendSettings, HealthCheckConfiguration)?,
-        report: @escaping @Sendable (HostPort, TargetCheckResult) -> Void
+        report: @escaping @Sendable (HostPort, TargetProbeResult) -> Void
     ) {
         self.target = target
         self.eventLoop = eventLoop
@@ -128,7 +117,7 @@ final class TargetMonitor: @unchecked Sendable {
             checkInFlight = false
             switch outcome {
             case .success(let inRecovery):
-                report(target, .up(inRecovery: inRecovery, maxConnections: connection?.maxConnections))
+                report(target, .up(inRecovery ? .reader : .writer, maxConnections: connection?.maxConnections))
             case .failure(let error):
                 connection?.close()
                 connection = nil
@@ -143,10 +132,10 @@ final class TargetMonitor: @unchecked Sendable {
                     report(target, .down(
                         TargetHealth(state: .unavailable, reason: "CONNECTION_FAILURE", description: timedOut.description),
                         unresponsive: true))
-                } else if let health = TargetHealth(after: error) {
+                } else if let health = PostgresTargetErrors.targetHealth(after: error) {
                     report(target, .down(health, unresponsive: false))
                 } else {
-                    report(target, .upUnknownRole("\(error)"))
+                    report(target, .upUnknownRole(why: "\(error)"))
                 }
             }
             guard !stopped else { return }

@@ -2,6 +2,7 @@ import ConciergeConfig
 import NIOCore
 import NIOEmbedded
 import NIOHTTP1
+import ProxyCore
 import Testing
 
 import ConciergeJSON
@@ -200,8 +201,8 @@ struct SplitMix64 {
         (status, body) = try call(.POST, "/v1/db-proxies/unit/targets", #"{"DBInstanceIdentifiers": ["127.0.0.1:3"]}"#)
         #expect(status == 409)
         // Roles come from health checks: :2 is a primary, :3 a standby.
-        runtime.targetChecked(HostPort(host: "127.0.0.1", port: 2), .up(inRecovery: false, maxConnections: 100))
-        runtime.targetChecked(HostPort(host: "127.0.0.1", port: 3), .up(inRecovery: true, maxConnections: 100))
+        runtime.targetChecked(HostPort(host: "127.0.0.1", port: 2), .up(.writer, maxConnections: 100))
+        runtime.targetChecked(HostPort(host: "127.0.0.1", port: 3), .up(.reader, maxConnections: 100))
         (status, body) = try call(.GET, "/v1/db-proxies/unit/targets")
         guard case .array(let targets)? = body["Targets"] else { Issue.record("no Targets"); return }
         #expect(targets.map { $0["RdsResourceId"] } == [.string("127.0.0.1:2"), .string("127.0.0.1:3")])
@@ -210,7 +211,7 @@ struct SplitMix64 {
         (status, _) = try call(.DELETE, "/v1/db-proxies/unit/targets", #"{"DBInstanceIdentifiers": ["127.0.0.1:2"]}"#)
         #expect(status == 200)
         // The standby is promoted: the next check finds it writable and it becomes the writer.
-        runtime.targetChecked(HostPort(host: "127.0.0.1", port: 3), .up(inRecovery: false, maxConnections: 100))
+        runtime.targetChecked(HostPort(host: "127.0.0.1", port: 3), .up(.writer, maxConnections: 100))
         (status, body) = try call(.GET, "/v1/db-proxies/unit/targets")
         guard case .array(let left)? = body["Targets"] else { Issue.record("no Targets"); return }
         #expect(left.map { $0["Role"] } == [.string("READ_WRITE")])
