@@ -197,11 +197,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     }
     /// Portal → server-side statement of its Bind, for `cached plan must not change result type`.
     private var portalStatements: [String: String] = [:]
-    private(set) var pinReasons: PinReasons = []
-    /// Counts pins; `pinTimes[bit]`: when each reason was last pinned (a reset releases only
-    /// reasons pinned before it). Empty until the first pin.
-    private var pinClock: UInt64 = 0
-    private var pinTimes: [UInt64] = []
+    /// Why the session is pinned (see `PinState`).
+    private var pins = PinState()
+    var pinReasons: PinReasons { pins.reasons }
     private var draining = false
     /// The backend's socket is full (e.g. a large COPY IN): stop reading from the client.
     private var backendBlocked = false
@@ -556,7 +554,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             if !classification.resets.isEmpty {
                 if let name = classification.deallocatedName, statements[name] != nil, answerDeallocateLocally(name) { return }
                 var resets = Resets(classification)
-                resets.pinClock = pinClock
+                resets.pinClock = pins.clock
                 route(HeldMessage(frame, resets: resets))
                 return
             }
@@ -578,7 +576,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             // Named statements do not pin: the proxy prepares them on whichever backend serves.
             // A lone tracked SET may, as the unnamed statement of a new batch (JDBC's way).
             var resets = Resets(classify(parse.query, loneSetAllowed: startsBatch && name.readableBytes == 0))
-            resets.pinClock = pinClock
+            resets.pinClock = pins.clock
             if name.readableBytes > 0, answersLocally, statements[String(buffer: name)] == nil {
                 // No backend serves this client: acknowledge now, prepare on first use. A client
                 // that prepares on one connection while its others hold backends in open
@@ -722,13 +720,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     }
 
     private func pin(_ reasons: PinReasons, statement: ByteBuffer) {
-        pinClock &+= 1
-        if pinTimes.isEmpty { pinTimes = Array(repeating: 0, count: 16) }
-        for bit in 0..<16 where reasons.rawValue & (1 << UInt16(bit)) != 0 { pinTimes[bit] = pinClock }
-        let new = reasons.subtracting(pinReasons)
+        let first = !pins.isPinned
+        let new = pins.pin(reasons)
         guard !new.isEmpty else { return }
-        let first = pinReasons.isEmpty
-        pinReasons.formUnion(new)
         runtime.metrics.recordPins(bits: UInt64(new.rawValue))
         var metadata: Logger.Metadata = ["concierge.pin_reason": "\(new.names.joined(separator: ","))"]
         // SQL text is logged only with debug_logging: it may contain data.
@@ -2332,13 +2326,8 @@ extension ClientSession {
     /// Releases `reasons` that `watch`'s reset undid: not those its own statement pins, nor
     /// those pinned after it was classified (a LISTEN after an UNLISTEN * in the same write).
     private func unpin(_ reasons: PinReasons, for resets: Resets) {
-        var reasons = reasons.subtracting(resets.pins)
-        if !pinTimes.isEmpty {
-            for bit in 0..<16 where pinTimes[bit] > resets.pinClock { reasons.remove(PinReasons(rawValue: 1 << UInt16(bit))) }
-        }
-        guard !pinReasons.isDisjoint(with: reasons) else { return }
-        let removed = pinReasons.intersection(reasons)
-        pinReasons.subtract(reasons)
+        let removed = pins.unpin(reasons, except: resets.pins, pinnedAfter: resets.pinClock)
+        guard !removed.isEmpty else { return }
         log(.info, pinReasons.isEmpty ? "session unpinned" : "session pin reason removed", [
             "concierge.pin_reason": "\(removed.names.joined(separator: ","))"
         ])
