@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import PostgresProxy
@@ -74,5 +75,40 @@ extension String {
             if character == target { out += replacement } else { out.append(character) }
         }
         return out
+    }
+}
+
+/// Every open backend of this process by target and pid: a NotificationResponse names the
+/// sending backend's pid, which the receiving backend maps to the client that backend last
+/// served (`BackendConnection.notifyingClient`).
+enum BackendRegistry {
+    private struct Identity: Hashable {
+        var address: SocketAddress
+        var processID: Int32
+    }
+
+    private final class WeakBackend: @unchecked Sendable {
+        weak var backend: BackendConnection?
+        init(_ backend: BackendConnection) { self.backend = backend }
+    }
+
+    private static let table = NIOLockedValueBox<[Identity: WeakBackend]>([:])
+
+    static func register(_ backend: BackendConnection, processID: Int32) {
+        let identity = Identity(address: backend.address, processID: processID)
+        let entry = WeakBackend(backend)
+        table.withLockedValue { $0[identity] = entry }
+    }
+
+    /// Removes `backend`'s entry, unless another backend took its pid since.
+    static func unregister(_ backend: BackendConnection, processID: Int32) {
+        let identity = Identity(address: backend.address, processID: processID)
+        table.withLockedValue { table in
+            if table[identity]?.backend === backend { table[identity] = nil }
+        }
+    }
+
+    static func backend(at address: SocketAddress, processID: Int32) -> BackendConnection? {
+        table.withLockedValue { $0[Identity(address: address, processID: processID)]?.backend }
     }
 }

@@ -86,24 +86,10 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     /// sender's pid. Written at each lease, read from other loops.
     private let lastLessee = Atomic<Int32>(0)
 
-    /// Every open backend of this process by target and pid (see `lastLessee`).
-    private static let byProcessID = NIOLockedValueBox<[BackendIdentity: WeakBackend]>([:])
-
-    private struct BackendIdentity: Hashable {
-        var address: SocketAddress
-        var processID: Int32
-    }
-
-    private final class WeakBackend: @unchecked Sendable {
-        weak var backend: BackendConnection?
-        init(_ backend: BackendConnection) { self.backend = backend }
-    }
-
     /// The client process id to show for a notification sent by backend `processID` of this
     /// target: the last client that backend served; nil if unknown.
     private func notifyingClient(_ processID: Int32) -> Int32? {
-        let identity = BackendIdentity(address: address, processID: processID)
-        guard let backend = Self.byProcessID.withLockedValue({ $0[identity]?.backend }) else { return nil }
+        guard let backend = BackendRegistry.backend(at: address, processID: processID) else { return nil }
         let lessee = backend.lastLessee.load(ordering: .relaxed)
         return lessee == 0 ? nil : lessee
     }
@@ -170,9 +156,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         case .registerProcessID(let processID, let secretKey):
             backendProcessID = processID
             backendSecretKey = secretKey
-            let identity = BackendIdentity(address: address, processID: processID)
-            let entry = WeakBackend(self)
-            Self.byProcessID.withLockedValue { $0[identity] = entry }
+            BackendRegistry.register(self, processID: processID)
         case .succeedSetup:
             loginParameters = machine.loginParameters
             maxConnections = machine.maxConnections
@@ -276,10 +260,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
 
     func channelInactive(context: ChannelHandlerContext) {
         if backendProcessID != 0 {
-            let identity = BackendIdentity(address: address, processID: backendProcessID)
-            Self.byProcessID.withLockedValue { table in
-                if table[identity]?.backend === self { table[identity] = nil }
-            }
+            BackendRegistry.unregister(self, processID: backendProcessID)
         }
         // `channel` stays set: other threads may still write to it (harmlessly, it is closed).
         run(machine.channelInactive())
