@@ -6,6 +6,16 @@ import Testing
 
 /// The proxy's bookkeeping of each backend's statements (PreparedStatements.swift).
 @Suite struct BackendStatementCacheTests {
+    /// The backend machine closes stale statements with PGEncode's Close: the same bytes as the
+    /// session's own Close of a statement.
+    @Test func closeOfAStatementIsEncodedAlikeByTheMachineAndTheSession() {
+        var session = ByteBuffer()
+        StatementMessages.closeStatement("concierge_1f", into: &session)
+        var machine = ByteBuffer()
+        PGEncode.close(.statement, name: "concierge_1f", into: &machine)
+        #expect(session == machine)
+    }
+
     @Test func invalidatingEverythingNeverReusesANameTheServerMayStillHave() {
         var cache = BackendStatementCache()
         let first = cache.parse("concierge_a", at: 1)
