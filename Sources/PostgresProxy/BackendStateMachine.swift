@@ -270,7 +270,7 @@ public struct BackendStateMachine: Sendable {
             secretKey = keyData.secretKey
             return .registerProcessID(keyData.processID, secretKey: keyData.secretKey)
         case PGMessageType.Backend.errorResponse:
-            return errorReceived(Self.fields(try PGParse.errorResponse(frame.body)))
+            return errorReceived(PGErrorFields(diagnostics: try PGParse.errorResponse(frame.body)))
         case PGMessageType.Backend.readyForQuery:
             return try readyForQuery(PGParse.readyForQuery(frame.body))
         case PGMessageType.Backend.dataRow:
@@ -438,12 +438,5 @@ public struct BackendStateMachine: Sendable {
         state = .idle
         loginParameters = serverParameters.sorted { $0.key < $1.key }.map { StartupParameter(name: $0.key, value: $0.value) }
         return .succeedSetup
-    }
-
-    /// The PGErrorFields of a database's ErrorResponse (defaults for missing fields).
-    static func fields(_ diagnostics: PGDiagnosticFields) -> PGErrorFields {
-        PGErrorFields(
-            severity: diagnostics.severity ?? "ERROR", code: diagnostics.code ?? "XX000",
-            message: diagnostics.message ?? "unknown error", detail: diagnostics.detail, hint: diagnostics.hint)
     }
 }

@@ -109,7 +109,7 @@ public enum ClientErrors {
     /// login (its SQLSTATE and message), else why the connection could not be made.
     public static func connectionFailed(_ failure: ConnectionFailure) -> PGErrorFields {
         if let code = failure.code { return .error(code: code, message: failure.message) }
-        return backendUnavailable("connection failed: \(failure.message)")  // as BackendError.connection describes itself
+        return backendUnavailable("\(BackendError.connection(failure.message))")
     }
 
     public static func backendUnavailable(_ reason: String) -> PGErrorFields {

@@ -38,7 +38,7 @@ import Testing
         let messages = Wire.messages(answer)
         #expect(messages.count == 1)
         #expect(messages.first?.type == PGMessageType.Frontend.password)
-        #expect(try PGParse.passwordMessage(messages[0].body) == "pw1")
+        #expect(try PGFrontend.PasswordMessage(messages[0].body).string == "pw1")
         #expect(machine.state.name == "authenticating")
     }
 
@@ -48,7 +48,7 @@ import Testing
         let salt: [UInt8] = [1, 2, 3, 4]
         let messages = Wire.messages(try machine.messageReceived(Wire.authentication(5, salt)))
         #expect(messages.count == 1)
-        #expect(try PGParse.passwordMessage(messages[0].body) == PGMD5.hashedPassword(user: "alice", password: "pw1", salt: salt))
+        #expect(try PGFrontend.PasswordMessage(messages[0].body).string == PGMD5.hashedPassword(user: "alice", password: "pw1", salt: salt))
     }
 
     @Test func scramExchangeAgainstARealServerSession() throws {
@@ -57,13 +57,13 @@ import Testing
         var server = SCRAMServerSession(verifier: SCRAMVerifier.derive(password: "pencil", iterations: 4096))
         let initial = Wire.messages(try machine.messageReceived(Wire.frame { PGEncode.authenticationSASL(into: &$0) }))
         #expect(initial.count == 1)
-        let response = try PGParse.saslInitialResponse(initial[0].body)
-        #expect(response.mechanism == "SCRAM-SHA-256")
-        let serverFirst = try server.receiveClientFirst(try #require(response.data))
+        let response = try PGFrontend.SASLInitialResponse(initial[0].body)
+        #expect(String(buffer: response.mechanism) == "SCRAM-SHA-256")
+        let serverFirst = try server.receiveClientFirst(Array(try #require(response.data).readableBytesView))
         let final = Wire.messages(
             try machine.messageReceived(Wire.frame { PGEncode.authenticationSASLContinue(data: serverFirst, into: &$0) }))
         #expect(final.count == 1)
-        let serverFinal = try server.receiveClientFinal(PGParse.saslResponse(final[0].body))
+        let serverFinal = try server.receiveClientFinal(Array(PGFrontend.SASLResponse(final[0].body).data.readableBytesView))
         #expect(server.isAuthenticated)
         #expect(
             try machine.messageReceived(Wire.frame { PGEncode.authenticationSASLFinal(data: serverFinal, into: &$0) }) == .none)
@@ -77,7 +77,7 @@ import Testing
         // The server knows another password: its signature cannot match.
         var server = SCRAMServerSession(verifier: SCRAMVerifier.derive(password: "other", iterations: 4096))
         let initial = Wire.messages(try machine.messageReceived(Wire.frame { PGEncode.authenticationSASL(into: &$0) }))
-        let serverFirst = try server.receiveClientFirst(try #require(PGParse.saslInitialResponse(initial[0].body).data))
+        let serverFirst = try server.receiveClientFirst(Array(try #require(PGFrontend.SASLInitialResponse(initial[0].body).data).readableBytesView))
         _ = try machine.messageReceived(Wire.frame { PGEncode.authenticationSASLContinue(data: serverFirst, into: &$0) })
         let forged = Array("v=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".utf8)
         #expect(throws: (any Error).self) {

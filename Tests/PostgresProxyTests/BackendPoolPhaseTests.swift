@@ -22,7 +22,8 @@ import Testing
             parameters: ["timezone": "Europe/Paris"], fromDefaults: false, takingStale: { ["concierge_1f", "concierge_2a"] })
         let messages = Wire.messages(action)
         #expect(messages.map(\.type) == [PGMessageType.Frontend.close, PGMessageType.Frontend.close, PGMessageType.Frontend.query])
-        #expect(try PGParse.close(messages[0].body) == PGObjectReference(kind: .statement, name: "concierge_1f"))
+        let closed = try PGFrontend.close(messages[0].body)
+        #expect(closed.kind == .statement && String(buffer: closed.name) == "concierge_1f")
         #expect(
             Wire.queries(action) == [ParameterSync.parameterSyncSQL(from: [:], to: ["timezone": "Europe/Paris"])!])
         #expect(machine.state.name == "preparing")
@@ -117,9 +118,9 @@ import Testing
             PGMessageType.Frontend.parse, PGMessageType.Frontend.bind, PGMessageType.Frontend.execute,
             PGMessageType.Frontend.close, PGMessageType.Frontend.close, PGMessageType.Frontend.sync,
         ])
-        let parse = try PGParse.parseMessage(messages[0].body)
-        #expect(parse.statementName == ParameterSync.resyncName)
-        #expect(parse.query == ParameterSync.parameterSyncStatement(from: [:], to: ["timezone": "UTC"]))
+        let parse = try PGFrontend.Parse(messages[0].body)
+        #expect(String(buffer: parse.name) == ParameterSync.resyncName)
+        #expect(String(buffer: parse.query) == ParameterSync.parameterSyncStatement(from: [:], to: ["timezone": "UTC"]))
         #expect(machine.state.name == "preparing")
         _ = try machine.messageReceived(Wire.frame { PGEncode.parseComplete(into: &$0) })
         _ = try machine.messageReceived(Wire.frame { PGEncode.bindComplete(into: &$0) })

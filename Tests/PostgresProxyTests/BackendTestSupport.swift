@@ -55,7 +55,7 @@ enum Wire {
 
     /// The Query texts of a `.write` action.
     static func queries(_ action: BackendStateMachine.Action) -> [String] {
-        messages(action).filter { $0.type == PGMessageType.Frontend.query }.map { try! PGParse.query($0.body) }
+        messages(action).filter { $0.type == PGMessageType.Frontend.query }.map { String(buffer: try! PGFrontend.Query($0.body).sql) }
     }
 
     /// The startup packet of a `.write` action.
