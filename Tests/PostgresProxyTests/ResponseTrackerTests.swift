@@ -336,6 +336,56 @@ import Testing
         #expect(tracker.isEmpty && tracker.outstandingSyncs == 0)
     }
 
+    // MARK: Invariants
+
+    @Test func theCountersFollowTheQueueWhateverTheOrder() {
+        // Random messages sent and received (a fixed seed): `tracked` is always the number of
+        // entries other than Query and Sync, and no counter goes below zero.
+        var seed: UInt64 = 0x9E37_79B9_7F4A_7C15
+        func next(_ bound: Int) -> Int {
+            seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return Int((seed >> 33) % UInt64(bound))
+        }
+        let entries: [PendingResponse] = [
+            .query, .sync, .parse(client: "a", key: "k", serverName: "s"), .injectedClose(),
+            .injectedParse(client: nil, key: "k", serverName: "s"), shapeDescribe(client: nil),
+            .bind(serverName: nil), .describePortal, .describeStatement, .execute(serverName: nil, reset: nil),
+            .localParseComplete(client: "b"), .localCloseComplete(client: "c", removed: nil), .copyEnd,
+            .resetQuery(ResetWatch(resets: Resets())), .changedResultType, .close(),
+        ]
+        let types: [UInt8] = [
+            B.parseComplete, B.bindComplete, B.closeComplete, B.noData, B.rowDescription, B.parameterDescription,
+            B.dataRow, B.commandComplete, B.emptyQueryResponse, B.portalSuspended, B.errorResponse, B.readyForQuery,
+            B.copyInResponse, B.noticeResponse, B.notificationResponse, B.parameterStatus,
+        ]
+        var tracker = ResponseTracker()
+        for _ in 0..<20_000 {
+            switch next(3) {
+            case 0:
+                let entry = entries[next(entries.count)]
+                tracker.sent(entry)
+                switch entry {
+                case .query, .sync, .resetQuery: _ = tracker.syncPointSent()
+                default: break
+                }
+            case 1:
+                _ = tracker.popLocalAnswer()
+                _ = tracker.received(types[next(types.count)])
+            default:
+                if next(50) == 0 { tracker.removeAllPending() }
+                if next(8) == 0 { tracker.syncPointsAnswered(1) }
+            }
+            let untracked = tracker.pending.filter {
+                switch $0 {
+                case .query, .sync: return true
+                default: return false
+                }
+            }.count
+            #expect(tracker.tracked == tracker.pending.count - untracked)
+            #expect(tracker.outstandingSyncs >= 0)
+        }
+    }
+
     private func shapeDescribe(client: String?) -> PendingResponse {
         .shapeDescribe(key: "k", serverName: "concierge_k", parsedAt: 1, client: client, clientParsedAt: 1, waiting: false)
     }
