@@ -73,12 +73,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     private var heldBytes = 0
     private var heldSyncPoints = 0
     private var borrowStarted = NIODeadline.uptimeNanoseconds(0)
-    /// When the first of the `outstandingSyncs` went to the database (QueryDatabaseResponseLatency).
+    /// When the first of the outstanding sync points (`responses`) went to the database (QueryDatabaseResponseLatency).
     private var queryStarted = NIODeadline.uptimeNanoseconds(0)
     private var readPending = false
-    /// Sync points (Query, Sync, FunctionCall) sent to the backend and not yet answered by a
-    /// ReadyForQuery.
-    private var outstandingSyncs = 0
     /// Extended-protocol messages sent since the last Sync: the backend holds their state.
     private var pendingUnsynced = false
     /// After a failed borrow, PostgreSQL semantics: discard extended messages until Sync.
@@ -151,9 +148,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// After a RESET ALL or DISCARD ALL, the backend runs with its own defaults: bring it back to
     /// the client's values before the client's next message, if the session keeps it.
     private var needsParameterResync = false
-    /// The reset query at the head of `pending` failed (some statement in it did).
+    /// The reset query at the head of `responses` failed (some statement in it did).
     private var resetQueryFailed = false
-    /// The reset at the head of `pending` removed statements (its command tag arrived).
+    /// The reset at the head of `responses` removed statements (its command tag arrived).
     private var statementResetConfirmed = false
 
     private struct ResetWindow {
@@ -176,12 +173,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         /// reports of them is the client's (not the reset's) value.
         var setAfter: Set<String> = []
     }
-    /// What the backend owes, in order, for what was sent to it.
-    /// (An array: no storage until a client uses the extended protocol; entries are few.)
-    private var pending: [PendingResponse] = []
-    /// Entries of `pending` other than `.query` and `.sync`: while zero, responses are forwarded
-    /// without looking at them (one ReadyForQuery answers each entry).
-    private var pendingTracked = 0
+    /// What the backend owes, in order, for what was sent to it, and its outstanding sync points
+    /// (see `ResponseTracker`).
+    private var responses = ResponseTracker()
     /// A `SET` sent alone outside a transaction (see `SQLTrackedSettings`): the client's value
     /// once its ReadyForQuery arrives without an error.
     private var pendingSetting: PendingSetting?
@@ -637,7 +631,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// knows by that name: when nothing is in flight, the proxy answers as PostgreSQL would (the
     /// statement is not transactional) and forgets it. Otherwise `send` renames it.
     private func answerDeallocateLocally(_ name: String) -> Bool {
-        guard case .ready = state, outstandingSyncs == 0, !pendingUnsynced, !sentUnsynced, pending.isEmpty,
+        guard case .ready = state, responses.outstandingSyncs == 0, !pendingUnsynced, !sentUnsynced, responses.isEmpty,
               held.isEmpty, waitingRequest == nil
         else { return false }
         // A simple Query destroys the unnamed statement, whatever it runs.
@@ -915,7 +909,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     private func mustWaitForEarlierBatches(_ message: HeldMessage) -> Bool {
         // Nothing unanswered: nothing can change any more (and never wait on a stale entry).
         if awaitingShape { return true }
-        guard pendingTracked > 0, outstandingSyncs > 0 else { return false }
+        guard responses.isTracking, responses.outstandingSyncs > 0 else { return false }
         if resetWindow != nil {
             // One parameter reset at a time: its ParameterStatus messages are told apart by the
             // ReadyForQuery that ends it (`ResetWindow`).
@@ -923,7 +917,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             if message.frame.type == PGMessageType.Frontend.execute, !portalResets.isEmpty { return true }
             // A later batch runs once the reset is answered and the backend has the client's
             // values again (a resync inside that batch's transaction would roll back with it).
-            if pending.contains(where: { switch $0 { case .sync, .query, .resetQuery: return true; default: return false } }) {
+            if responses.syncPointsPending > 0 {
                 return true
             }
         }
@@ -936,17 +930,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         default:
             return false
         }
-        var uncertain = false
-        for entry in pending {
-            if entry.isUncertain { uncertain = true }
-            switch entry {
-            case .sync, .query, .resetQuery:
-                if uncertain { return true }  // an uncertain entry in a batch that has ended
-            default:
-                break
-            }
-        }
-        return false
+        // An uncertain entry in a batch that has ended.
+        return responses.uncertainBatchPending
     }
 
     /// After each answer: the messages held behind an earlier batch go out once nothing they
@@ -965,7 +950,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             held.removeFirst(sent)
             backend.flush()
         }
-        if sent == 0, outstandingSyncs == 0, !held.isEmpty, !awaitingShape {
+        if sent == 0, responses.outstandingSyncs == 0, !held.isEmpty, !awaitingShape {
             // Nothing in flight to wait for (cannot happen; never stall a client on it).
             let message = held.removeFirst()
             heldBytes -= message.frame.bytes.readableBytes
@@ -1011,10 +996,10 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 }
             }
         }
-        if pendingTracked == 0, resetWindow == nil {
+        if !responses.isTracking, resetWindow == nil {
             context.write(wrapOutboundOut(bytes), promise: nil)
             // Only Query and Sync entries: one ReadyForQuery each.
-            pending.removeFirst(min(readyForQueryCount, pending.count))
+            responses.forwardedUntracked(readyForQueryCount: readyForQueryCount)
         } else {
             relayTracked(bytes, from: backend, context: context)
         }
@@ -1023,10 +1008,10 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             if waitingForEarlierBatches { releaseHeldBehindEarlierBatches(to: backend) }
             return
         }
-        outstandingSyncs = max(0, outstandingSyncs - readyForQueryCount)
+        responses.syncPointsAnswered(readyForQueryCount)
         transactionStatus = lastStatus
-        if outstandingSyncs == 0, !pendingUnsynced, lastStatus == .idle, pinReasons.isEmpty,
-            held.isEmpty, pending.isEmpty, cancelsInFlight == 0
+        if responses.outstandingSyncs == 0, !pendingUnsynced, lastStatus == .idle, pinReasons.isEmpty,
+            held.isEmpty, responses.isEmpty, cancelsInFlight == 0
         {
             // The transaction is over: the client gets its answer now, because the backend may
             // move to another client (and its read-complete) before this call returns. The
@@ -1038,9 +1023,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             // Shutting down: this was the client's last transaction. (Not left to the backend's
             // read-complete, which no longer reaches a session that gave the backend back.)
             if draining { fail(with: ClientErrors.shuttingDown) }
-        } else if outstandingSyncs == 0 {
+        } else if responses.outstandingSyncs == 0 {
             recordQueryLatency()
-            if needsParameterResync, lastStatus != .failed, !sentUnsynced, pending.isEmpty {
+            if needsParameterResync, lastStatus != .failed, !sentUnsynced, responses.isEmpty {
                 // The session keeps this backend (a transaction, a pin, messages that waited
                 // behind the reset) after RESET ALL, RESET name or DISCARD ALL: its next messages
                 // wait until the backend has its values again (then `sendHeld`).
@@ -1068,7 +1053,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// Nothing in flight and no transaction open (pinned or not): the client may be closed
     /// (idle timeout, shutdown) without losing anything.
     private var isBetweenTransactions: Bool {
-        waitingRequest == nil && held.isEmpty && outstandingSyncs == 0 && !pendingUnsynced
+        waitingRequest == nil && held.isEmpty && responses.outstandingSyncs == 0 && !pendingUnsynced
             && transactionStatus == .idle
     }
 
@@ -1122,11 +1107,10 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             return
         }
         log(.warning, "database connection lost mid-transaction: the client gets an error and keeps its connection")
-        let syncPoints = outstandingSyncs
+        let syncPoints = responses.outstandingSyncs
         let unsynced = pendingUnsynced
         let inTransaction = transactionStatus != .idle
-        pending.removeAll(keepingCapacity: true)
-        pendingTracked = 0
+        responses.reset()
         if !portalStatements.isEmpty { portalStatements.removeAll() }
         if !portalResets.isEmpty { portalResets.removeAll() }
         unnamedOnBackend = false
@@ -1141,7 +1125,6 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         resetWindow = nil
         needsParameterResync = false
         pendingSetting = nil
-        outstandingSyncs = 0
         pendingUnsynced = false
         transactionStatus = .idle
         backendBlocked = false
@@ -1167,8 +1150,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
 
     private func releaseBackend() {
         guard let backend else { return }
-        pending.removeAll(keepingCapacity: true)
-        pendingTracked = 0
+        responses.removeAllPending()
         if !portalStatements.isEmpty { portalStatements.removeAll() }
         if !portalResets.isEmpty { portalResets.removeAll() }
         unnamedOnBackend = false
@@ -1213,7 +1195,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         sample.clientsPerEndpoint[endpoint] += 1
         guard backend != nil else { return }
         if !pinReasons.isEmpty { sample.pinned += 1 }
-        if transactionStatus != .idle || outstandingSyncs > 0 || pendingUnsynced { sample.inTransaction += 1 }
+        if transactionStatus != .idle || responses.outstandingSyncs > 0 || pendingUnsynced { sample.inTransaction += 1 }
     }
 
     // MARK: Control from the runtime (any thread)
@@ -1259,7 +1241,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 self.cancelWhenSent = true
                 return self.eventLoop.makeSucceededVoidFuture()
             }
-            guard let backend = self.backend, self.backendReady, self.outstandingSyncs > 0 || self.pendingUnsynced else {
+            guard let backend = self.backend, self.backendReady, self.responses.outstandingSyncs > 0 || self.pendingUnsynced else {
                 return self.eventLoop.makeSucceededVoidFuture()
             }
             self.log(.info, "cancelling the running query at the client's request")
@@ -1274,8 +1256,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         cancelsInFlight += 1
         sent.hop(to: eventLoop).whenComplete { [self] _ in
             cancelsInFlight -= 1
-            guard cancelsInFlight == 0, backend != nil, backendReady, outstandingSyncs == 0, !pendingUnsynced,
-                  transactionStatus == .idle, pinReasons.isEmpty, held.isEmpty, pending.isEmpty, waitingRequest == nil
+            guard cancelsInFlight == 0, backend != nil, backendReady, responses.outstandingSyncs == 0, !pendingUnsynced,
+                  transactionStatus == .idle, pinReasons.isEmpty, held.isEmpty, responses.isEmpty, waitingRequest == nil
             else { return }
             // The transaction ended while the cancel was on its way: the backend goes back now.
             needsParameterResync = false
@@ -1314,8 +1296,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             self.backend = nil
             if !backendReady || !pinReasons.isEmpty {
                 // Session state (or a half-prepared backend): never hand it to anyone else.
-                if outstandingSyncs > 0 { backend.cancelAndClose() } else { backend.release(reusable: false) }
-            } else if outstandingSyncs > 0 || pendingUnsynced {
+                if responses.outstandingSyncs > 0 { backend.cancelAndClose() } else { backend.release(reusable: false) }
+            } else if responses.outstandingSyncs > 0 || pendingUnsynced {
                 backend.cancelAndClose()
             } else if transactionStatus != .idle {
                 backend.rollbackAndRelease()
@@ -1354,7 +1336,7 @@ extension ByteBuffer {
 extension ClientSession {
     /// Sends one client message to the leased backend: named statements are renamed (and
     /// prepared on this backend first when it lacks them), Parse and Close of named statements
-    /// may be answered by the proxy, and `pending` records what the backend owes.
+    /// may be answered by the proxy, and `responses` records what the backend owes.
     fileprivate func send(_ message: HeldMessage, to backend: BackendConnection) {
         let frame = message.frame
         let type = frame.type
@@ -1362,8 +1344,7 @@ extension ClientSession {
             // See `syncInsteadOfQuery`: the error the client got answers its Query.
             syncInsteadOfQuery = false
             skippingUntilSync = false
-            if outstandingSyncs == 0 { queryStarted = .now() }
-            outstandingSyncs += 1
+            if responses.syncPointSent() { queryStarted = .now() }
             sentUnsynced = false
             // The Query ended the client's extended messages before it (messages after it may
             // have started new ones).
@@ -1390,8 +1371,7 @@ extension ClientSession {
             }
         }
         if Self.isSyncPoint(type) {
-            if outstandingSyncs == 0 { queryStarted = .now() }
-            outstandingSyncs += 1
+            if responses.syncPointSent() { queryStarted = .now() }
             sentUnsynced = false
         } else {
             sentUnsynced = true
@@ -1405,7 +1385,7 @@ extension ClientSession {
                 // counts as a change even when there is none now: an earlier change undone later
                 // must not bring back a statement this Query destroys.
                 unnamedGeneration &+= 1
-                if pendingTracked > 0 {
+                if responses.isTracking {
                     unnamedBefore = UnnamedBefore(statement: unnamedStatement, onBackend: unnamedOnBackend, generation: unnamedGeneration)
                 }
                 unnamedStatement = nil
@@ -1479,7 +1459,7 @@ extension ClientSession {
             }
         case PGMessageType.Frontend.copyDone, PGMessageType.Frontend.copyFail:
             backend.write(frame.bytes)
-            if pendingTracked > 0 { appendPending(.copyEnd) }
+            if responses.isTracking { appendPending(.copyEnd) }
         default:
             // Flush, CopyData: no response of their own.
             backend.write(frame.bytes)
@@ -1573,7 +1553,7 @@ extension ClientSession {
         }
     }
 
-    /// Called just before the reset's message is recorded in `pending`.
+    /// Called just before the reset's message is recorded in `responses`.
     private func openResetWindow(parameters: Set<String>?, resets: Resets) {
         if resetWindow != nil {
             // Two resets in one batch: the window covers both.
@@ -1584,14 +1564,7 @@ extension ClientSession {
             }
             return
         }
-        var syncsBefore = 0
-        for entry in pending {
-            switch entry {
-            case .query, .sync, .resetQuery: syncsBefore += 1
-            default: break
-            }
-        }
-        resetWindow = ResetWindow(parameters: parameters, before: desiredParameters, syncsBefore: syncsBefore)
+        resetWindow = ResetWindow(parameters: parameters, before: desiredParameters, syncsBefore: responses.syncPointsPending)
         resetWindow!.resets = resets
     }
 
@@ -1850,43 +1823,31 @@ extension ClientSession {
     }
 
     private func appendPending(_ entry: PendingResponse) {
-        switch entry {
-        case .query, .sync: break
-        default: pendingTracked += 1
-        }
-        pending.append(entry)
+        responses.sent(entry)
     }
 
-    @discardableResult
-    private func popPending() -> PendingResponse {
-        let entry = pending.removeFirst()
-        switch entry {
-        case .query, .sync: break
-        default: pendingTracked -= 1
-        }
-        return entry
-    }
-
-    /// Answers the proxy-answered entries at the head of `pending`: everything before them has
+    /// Answers the proxy-answered entries at the head of `responses`: everything before them has
     /// been forwarded, so this is where PostgreSQL would have answered them.
     private func emitLocalResponses() {
         guard let context else { return }
-        while let head = pending.first, head.isLocal {
-            switch popPending() {
-            case .localParseComplete:
+        while let answer = responses.popLocalAnswer() {
+            switch answer {
+            case .parseComplete:
                 context.write(wrapOutboundOut(StatementMessages.parseComplete), promise: nil)
-            case .localCloseComplete:
+            case .closeComplete:
                 context.write(wrapOutboundOut(StatementMessages.closeComplete), promise: nil)
-            default:
+            case .none:
                 break
             }
             needsFlushToClient = true
         }
     }
 
-    /// Forwards backend responses while `pending` holds extended-protocol entries: drops the
-    /// answers to the proxy's own Parses and inserts the proxy's answers where they belong.
-    /// Forwarded runs stay slices of `bytes` (no copy).
+    /// Forwards backend responses while the tracker holds extended-protocol entries (or a reset
+    /// is watched): the tracker decides which message answers which entry, which are the
+    /// answers to the proxy's own messages (dropped) and where the proxy's answers go; the
+    /// session does its own work for each answered entry. Forwarded runs stay slices of `bytes`
+    /// (no copy).
     fileprivate func relayTracked(_ bytes: ByteBuffer, from backend: BackendConnection, context: ChannelHandlerContext) {
         var view = bytes
         var runStart = view.readerIndex
@@ -1897,7 +1858,7 @@ extension ClientSession {
             runStart = end
         }
         while true {
-            if let head = pending.first, head.isLocal {
+            if responses.headIsLocal {
                 writeRun(upTo: view.readerIndex)
                 emitLocalResponses()
             }
@@ -1905,16 +1866,10 @@ extension ClientSession {
             guard let (type, size) = try? PGFraming.peekFrame(in: view, maxMessageSize: Int(Int32.max)) else { break }
             let frameStart = view.readerIndex
             view.moveReaderIndex(forwardBy: size)
+            // The session's work that reads the entry this message answers, before it is popped.
             switch type {
-            case PGMessageType.Backend.noticeResponse, PGMessageType.Backend.notificationResponse:
-                if type == PGMessageType.Backend.noticeResponse, case .injectedParse(_, _, _, quiet: true) = pending.first {
-                    // The proxy's Parse of a statement the client has had analysed: its notices
-                    // were the client's already.
-                    writeRun(upTo: frameStart)
-                    runStart = view.readerIndex
-                }
-                continue  // asynchronous: not an answer to anything
             case PGMessageType.Backend.parameterStatus:
+                // Asynchronous: answers nothing (the tracker forwards it).
                 guard let window = resetWindow, let frame = bytes.getSlice(at: frameStart, length: size) else { continue }
                 if window.syncsBefore == 0 {
                     // Held back until the reset's ReadyForQuery (see `closeResetWindow`).
@@ -1932,50 +1887,41 @@ extension ClientSession {
                 if resetWindow?.syncsBefore == 0 { resetWindow!.failed = true }
                 var expected = false
                 var hint: String?
-                switch pending.first {
+                var replacement: ByteBuffer?
+                switch responses.head {
                 case .duplicateParse(_, let client):
                     expected = true
                     hint = client
                 case .resetQuery(let watch) where watch.changedResultType:
-                    writeRun(upTo: frameStart)
-                    runStart = view.readerIndex
-                    context.write(wrapOutboundOut(StatementMessages.changedResultTypeError), promise: nil)
-                    backendReportedError(body, backend: backend)
-                    continue
+                    replacement = StatementMessages.changedResultTypeError
                 case .resetQuery(let watch) where watch.executed != nil:
                     expected = true
                     hint = watch.executed
                 case .bind(_, let client), .injectedParse(let client, _, _, _): hint = client
                 case .changedResultType:
                     // The Bind or Describe the proxy failed on purpose: PostgreSQL's error for it.
-                    writeRun(upTo: frameStart)
-                    runStart = view.readerIndex
-                    context.write(wrapOutboundOut(StatementMessages.changedResultTypeError), promise: nil)
-                    backendReportedError(body, backend: backend)
-                    continue
+                    replacement = StatementMessages.changedResultTypeError
                 default: break
                 }
-                if let rewritten = errorWithoutInternalNames(body, backend: backend, expected: expected, hint: hint) {
+                if replacement == nil {
+                    replacement = errorWithoutInternalNames(body, backend: backend, expected: expected, hint: hint)
+                }
+                if let replacement {
                     writeRun(upTo: frameStart)
                     runStart = view.readerIndex
-                    context.write(wrapOutboundOut(rewritten), promise: nil)
+                    context.write(wrapOutboundOut(replacement), promise: nil)
                 }
-                backendReportedError(body, backend: backend)
+                if case .error(let outcome) = responses.received(type) {
+                    backendReportedError(outcome, body: body, backend: backend)
+                }
                 continue
             case PGMessageType.Backend.readyForQuery:
                 let status = bytes.getInteger(at: frameStart + 5, as: UInt8.self).flatMap(PGTransactionStatus.init(rawValue:)) ?? .idle
                 // As of this point in the stream: what follows in the same read (an error that
                 // decides whether a statement survives) is judged by it.
                 transactionStatus = status
-                // Pops through the Sync (or Query) it answers.
-                while !pending.isEmpty {
-                    switch popPending() {
-                    case .sync, .query: break
-                    case .resetQuery(let watch):
-                        applyResetAtReady(watch, status: status, backend: backend)
-                    default: continue
-                    }
-                    break
+                if case .readyForQuery(answered: .resetQuery(let watch)?) = responses.received(type) {
+                    applyResetAtReady(watch, status: status, backend: backend)
                 }
                 if let window = resetWindow {
                     if window.syncsBefore > 0 {
@@ -1987,10 +1933,10 @@ extension ClientSession {
                 }
                 continue
             case PGMessageType.Backend.copyInResponse:
-                if case .execute = pending.first { backendEnteredCopyIn() }
+                if case .copyIn(awaitingCopyEnd: true) = responses.received(type) { copyInActive = true }
                 continue
             case PGMessageType.Backend.commandComplete:
-                switch pending.first {
+                switch responses.head {
                 case .resetQuery(let watch):
                     applyResetAtCompletion(watch, tag: bytes.getSlice(at: frameStart + 5, length: size - 5) ?? ByteBuffer(), backend: backend)
                 case .execute(_, let watch?):
@@ -2003,74 +1949,47 @@ extension ClientSession {
             default:
                 break
             }
-            guard let head = pending.first else { continue }
-            switch head {
-            case .query, .sync, .resetQuery:
-                break  // inside a simple query's results
-            case .parse, .unnamedParse:
-                if type == PGMessageType.Backend.parseComplete { popPending() }
-            case .duplicateParse:
-                if type == PGMessageType.Backend.parseComplete {
-                    // The placeholder was not there (its Parse cannot fail): a bug, with no harm
-                    // beyond this answer (the client's statement is unchanged).
-                    popPending()
-                    log(.warning, "a Parse of a statement name in use was accepted by the database")
-                }
-            case .injectedParse, .injectedPlaceholder:
-                if type == PGMessageType.Backend.parseComplete {
-                    popPending()
-                    writeRun(upTo: frameStart)
-                    runStart = view.readerIndex  // drop it
-                }
-            case .injectedClose:
-                if type == PGMessageType.Backend.closeComplete {
-                    popPending()
-                    writeRun(upTo: frameStart)
-                    runStart = view.readerIndex  // drop it
-                }
-            case .bind:
-                if type == PGMessageType.Backend.bindComplete { popPending() }
-            case .describeStatement, .describePortal:
-                if type == PGMessageType.Backend.rowDescription || type == PGMessageType.Backend.noData { popPending() }
-            case .shapeDescribe(let key, let serverName, let parsedAt, let client, let clientParsedAt, let waiting):
-                guard type == PGMessageType.Backend.parameterDescription || type == PGMessageType.Backend.rowDescription
-                    || type == PGMessageType.Backend.noData
-                else { break }
+            switch responses.received(type) {
+            case .forward(answered: .duplicateParse?):
+                // The placeholder was not there (its Parse cannot fail): a bug, with no harm
+                // beyond this answer (the client's statement is unchanged).
+                log(.warning, "a Parse of a statement name in use was accepted by the database")
+            case .forward, .readyForQuery, .error, .copyIn:
+                break
+            case .drop(let answered):
                 writeRun(upTo: frameStart)
-                runStart = view.readerIndex  // the proxy's own question: dropped
-                guard type != PGMessageType.Backend.parameterDescription else { break }
-                popPending()
-                let shape = type == PGMessageType.Backend.noData
-                    ? ResultShape.noRows
-                    : bytes.getSlice(at: frameStart + 5, length: size - 5).flatMap(ResultShape.of(rowDescription:))
-                if let shape {
-                    backend.statementCache.record(shape: shape, key: key, serverName: serverName, parsedAt: parsedAt)
-                    if let client, statements[client]?.key == key, statements[client]?.parsedAt == clientParsedAt,
-                       statements[client]?.shape == nil
-                    {
-                        statements[client]!.shape = shape
-                    }
+                runStart = view.readerIndex  // the proxy's own: dropped
+                if case .shapeDescribe(let key, let serverName, let parsedAt, let client, let clientParsedAt, let waiting)? = answered {
+                    recordShape(
+                        type == PGMessageType.Backend.noData
+                            ? ResultShape.noRows
+                            : bytes.getSlice(at: frameStart + 5, length: size - 5).flatMap(ResultShape.of(rowDescription:)),
+                        key: key, serverName: serverName, parsedAt: parsedAt, client: client, clientParsedAt: clientParsedAt,
+                        waiting: waiting, backend: backend)
                 }
-                if waiting {
-                    awaitingShape = false
-                    preparingForQuery = false
-                }
-            case .changedResultType:
-                break  // its ErrorResponse is handled above
-            case .execute:
-                if type == PGMessageType.Backend.commandComplete || type == PGMessageType.Backend.emptyQueryResponse
-                    || type == PGMessageType.Backend.portalSuspended
-                {
-                    popPending()
-                }
-            case .close:
-                if type == PGMessageType.Backend.closeComplete { popPending() }
-            case .localParseComplete, .localCloseComplete, .copyEnd:
-                break  // answered at the top of the loop
             }
         }
         writeRun(upTo: view.readerIndex)
         emitLocalResponses()
+    }
+
+    /// The answer to a Describe the proxy sent after a Parse (`PendingResponse.shapeDescribe`).
+    private func recordShape(
+        _ shape: Int?, key: String, serverName: String, parsedAt: UInt64, client: String?, clientParsedAt: UInt64,
+        waiting: Bool, backend: BackendConnection
+    ) {
+        if let shape {
+            backend.statementCache.record(shape: shape, key: key, serverName: serverName, parsedAt: parsedAt)
+            if let client, statements[client]?.key == key, statements[client]?.parsedAt == clientParsedAt,
+               statements[client]?.shape == nil
+            {
+                statements[client]!.shape = shape
+            }
+        }
+        if waiting {
+            awaitingShape = false
+            preparingForQuery = false
+        }
     }
 
     /// An error that names one of the proxy's statements (`concierge_...`) means the proxy's
@@ -2121,76 +2040,44 @@ extension ClientSession {
     }
 
     /// An ErrorResponse: in the extended protocol it answers the head entry, and PostgreSQL then
-    /// skips every message up to Sync, so their entries go too (statements they would have
-    /// created do not exist).
-    private func backendReportedError(_ body: ByteBuffer, backend: BackendConnection) {
-        guard let head = pending.first else { return }
-        switch head {
-        case .query, .sync:
+    /// skips every message up to Sync, so their entries went too (`ResponseTracker`): statements
+    /// they would have created do not exist.
+    private func backendReportedError(
+        _ outcome: ResponseTracker.ErrorOutcome, body: ByteBuffer, backend: BackendConnection
+    ) {
+        switch outcome {
+        case .query:
             return  // a simple query's error: ReadyForQuery follows
         case .resetQuery:
             resetQueryFailed = true
             return
-        case .bind(let serverName?, _), .execute(let serverName?, _):
-            if let fields = try? PGParse.errorResponse(body), fields.code == "0A000",
-               fields.message?.contains("cached plan must not change result type") == true
-            {
-                // The statement's result type changed (DDL): prepare it afresh next time.
-                backend.statementCache.invalidate(serverName: serverName)
-            }
-        default:
-            break
-        }
-        let failed = popPending()
-        // What the client sends from now on up to its Sync is skipped too (see `send`).
-        skippingUntilSync = !pending.contains(where: { if case .sync = $0 { return true } else { return false } })
-        // A Query the client sent after the failed message is skipped too: a Sync is still due
-        // (unless the client's Sync is among the messages held back).
-        if skippingUntilSync {
-            sentUnsynced = true
-            if !held.contains(where: { $0.frame.type == PGMessageType.Frontend.sync }) { pendingUnsynced = true }
-        }
-        var skipped: [PendingResponse] = []
-        while let next = pending.first {
-            if case .sync = next { break }
-            let entry = popPending()
-            switch entry {
-            case .query, .resetQuery:
-                // PostgreSQL skips everything up to Sync, a simple Query (or FunctionCall)
-                // included: no ReadyForQuery will answer it.
-                outstandingSyncs = max(0, outstandingSyncs - 1)
+        case .failed(let failed, let skipped, let syncFollows):
+            switch failed {
+            case .bind(let serverName?, _), .execute(let serverName?, _):
+                if let fields = try? PGParse.errorResponse(body), fields.code == "0A000",
+                   fields.message?.contains("cached plan must not change result type") == true
+                {
+                    // The statement's result type changed (DDL): prepare it afresh next time.
+                    backend.statementCache.invalidate(serverName: serverName)
+                }
             default:
                 break
             }
-            skipped.append(entry)
-        }
-        // Undone last first, then the failed message: each skipped message restores what the
-        // one before it left (a Close then a Parse of the same name, two unnamed Parses).
-        for entry in skipped.reversed() {
-            forgetStatement(of: entry, failed: false, backend: backend)
-        }
-        forgetStatement(of: failed, failed: true, backend: backend)
-    }
-
-    /// CopyInResponse to an Execute: PostgreSQL reads the copy data now and ignores Sync (and
-    /// Flush) until CopyDone or CopyFail. Syncs the client sent before those get no
-    /// ReadyForQuery (pg8000 sends Parse, Bind, Execute and Sync at once, then the data).
-    private func backendEnteredCopyIn() {
-        var index = 1
-        while index < pending.count {
-            switch pending[index] {
-            case .sync:
-                pending.remove(at: index)
-                outstandingSyncs = max(0, outstandingSyncs - 1)
-            case .copyEnd:
-                pending.remove(at: index)
-                pendingTracked -= 1
-                return
-            default:
-                index += 1
+            // What the client sends from now on up to its Sync is skipped too (see `send`).
+            skippingUntilSync = !syncFollows
+            // A Query the client sent after the failed message is skipped too: a Sync is still due
+            // (unless the client's Sync is among the messages held back).
+            if skippingUntilSync {
+                sentUnsynced = true
+                if !held.contains(where: { $0.frame.type == PGMessageType.Frontend.sync }) { pendingUnsynced = true }
             }
+            // Undone last first, then the failed message: each skipped message restores what the
+            // one before it left (a Close then a Parse of the same name, two unnamed Parses).
+            for entry in skipped.reversed() {
+                forgetStatement(of: entry, failed: false, backend: backend)
+            }
+            forgetStatement(of: failed, failed: true, backend: backend)
         }
-        copyInActive = true
     }
 
     // MARK: Session resets

@@ -3,6 +3,7 @@ import PostgresWire
 import Testing
 
 @testable import ConciergeServer
+import PostgresProxy
 
 /// The proxy's bookkeeping of each backend's statements (PreparedStatements.swift).
 @Suite struct BackendStatementCacheTests {
