@@ -67,17 +67,6 @@ extension BackendConnection {
     static func quoteIdentifier(_ name: String) -> String { ParameterSync.quoteIdentifier(name) }
 }
 
-extension String {
-    func replacingAll(_ target: Character, with replacement: String) -> String {
-        var out = ""
-        out.reserveCapacity(utf8.count)
-        for character in self {
-            if character == target { out += replacement } else { out.append(character) }
-        }
-        return out
-    }
-}
-
 /// Every open backend of this process by target and pid: a NotificationResponse names the
 /// sending backend's pid, which the receiving backend maps to the client that backend last
 /// served (`BackendConnection.notifyingClient`).
