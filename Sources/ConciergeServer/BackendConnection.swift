@@ -40,7 +40,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     private var readingPaused = false
     private weak var pool: BackendPool?
 
-    /// The named statements this backend holds (see PreparedStatements.swift). Used by the
+    /// The named statements this backend holds (PostgresProxy/PreparedStatements.swift). Used by the
     /// session it is leased to, on the session's event loop, and here at lease time only
     /// (`takeStale`, on this backend's loop): never by both at once, since the session reaches it
     /// only between `backendDidPrepare` and its `release`, each a hop through the other's event

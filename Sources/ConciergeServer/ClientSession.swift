@@ -85,8 +85,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     private var needsFlushToClient = false
 
     // Prepared statements (see PreparedStatements.swift)
-    /// The client's named statements.
-    private var statements: [String: ClientStatement] = [:]
+    /// The client's named and unnamed statements and its portals (`StatementCatalogue`).
+    private var catalogue = StatementCatalogue()
     /// The backend is in copy-in mode through the extended protocol and the client has not sent
     /// CopyDone or CopyFail yet: its Syncs meanwhile are ignored by PostgreSQL.
     private var copyInActive = false
@@ -99,30 +99,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// the backend is inside the client's batch (an implicit transaction), where the proxy must
     /// not send a Sync of its own. (`pendingUnsynced` also counts messages still held.)
     private var sentUnsynced = false
-    /// What executing the unnamed statement resets (its last Parse).
-    private var unnamedStatementResets = Resets()
-    /// The client's unnamed statement (the definition of its last unnamed Parse). PostgreSQL
-    /// keeps it across Syncs, until the next unnamed Parse or simple Query, so a client may bind
-    /// it in a later transaction, on another backend.
-    private var unnamedStatement: ByteBuffer?
-    /// The backend the client holds has the client's unnamed statement (or, when the client has
-    /// none, none either). False at every new lease: the backend's unnamed statement may be
-    /// another client's, which this client must never execute.
-    private var unnamedOnBackend = false
-    /// How many times messages sent so far changed the client's unnamed statement (see
-    /// `UnnamedBefore.generation`).
-    private var unnamedGeneration: UInt32 = 0
-    /// Portal → what executing it resets (only portals that reset something).
-    private var portalResets: [String: Resets] = [:]
-    /// The proxy parsed one of the client's statements on this backend to learn its row type
-    /// before the client's Bind or Describe of it goes out (`mustCheckResultTypeFirst`): the
-    /// client's messages wait for that answer.
-    private var awaitingShape = false
-    /// The statement (key) and parse of the last such check: a copy parsed by it is the database's
-    /// current answer, so a row type other than the client's is final (`changedResultType`).
-    private var shapeCheck: (key: String, parsedAt: UInt64)?
-    /// The waiting Parse (`awaitingShape`) prepares a statement for a simple Query that runs it
-    /// (`EXECUTE name`): if it fails, the Query must still be answered.
+    /// The waiting Parse (`StatementCatalogue.awaitingShape`) prepares a statement for a simple
+    /// Query that runs it (`EXECUTE name`): if it fails, the Query must still be answered.
     private var preparingForQuery = false
     /// That Parse failed: PostgreSQL skips everything up to a Sync, where it would have run the
     /// client's Query and failed it with the same error. The Query is replaced by a Sync, whose
@@ -189,8 +167,6 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         /// Sent as a Query, or its unnamed statement was executed (a Parse alone sets nothing).
         var executed: Bool
     }
-    /// Portal → server-side statement of its Bind, for `cached plan must not change result type`.
-    private var portalStatements: [String: String] = [:]
     /// Why the session is pinned (see `PinState`).
     private var pins = PinState()
     var pinReasons: PinReasons { pins.reasons }
@@ -546,7 +522,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             if !skippingUntilSync { pendingUnsynced = false }
             let classification = classify(try PGFrontend.Query(frame.body).sql, loneSetAllowed: isBetweenTransactions && backend == nil)
             if !classification.resets.isEmpty {
-                if let name = classification.deallocatedName, statements[name] != nil, answerDeallocateLocally(name) { return }
+                if let name = classification.deallocatedName, catalogue[name] != nil, answerDeallocateLocally(name) { return }
                 var resets = Resets(classification)
                 resets.pinClock = pins.clock
                 route(HeldMessage(frame, resets: resets))
@@ -571,13 +547,13 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             // A lone tracked SET may, as the unnamed statement of a new batch (JDBC's way).
             var resets = Resets(classify(parse.query, loneSetAllowed: startsBatch && name.readableBytes == 0))
             resets.pinClock = pins.clock
-            if name.readableBytes > 0, answersLocally, statements[String(buffer: name)] == nil {
+            if name.readableBytes > 0, answersLocally, catalogue[String(buffer: name)] == nil {
                 // No backend serves this client: acknowledge now, prepare on first use. A client
                 // that prepares on one connection while its others hold backends in open
                 // transactions (pgbench -M prepared) cannot then deadlock the pool.
-                statements[String(buffer: name)] = ClientStatement(
+                catalogue.define(String(buffer: name), ClientStatement(
                     definition: parse.definition, analysed: false, resets: resets,
-                    refersTo: resets.executed.flatMap { statements[$0.name]?.key }, searchPath: desiredParameters["search_path"])
+                    refersTo: resets.executed.flatMap { catalogue[$0.name]?.key }, searchPath: desiredParameters["search_path"]))
                 writeToClient(StatementMessages.parseComplete)
                 return
             }
@@ -602,7 +578,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         case PGMessageType.Frontend.close:
             pendingUnsynced = true
             if answersLocally, let close = try? PGFrontend.close(frame.body), close.kind == .statement, close.name.readableBytes > 0 {
-                statements[String(buffer: close.name)] = nil
+                catalogue.remove(String(buffer: close.name))
                 writeToClient(StatementMessages.closeComplete)
                 return
             }
@@ -635,14 +611,12 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
               held.isEmpty, waitingRequest == nil
         else { return false }
         // A simple Query destroys the unnamed statement, whatever it runs.
-        unnamedStatement = nil
-        unnamedOnBackend = false
-        unnamedGeneration &+= 1
+        catalogue.simpleQueryAnsweredLocally()
         var out = ByteBuffer()
         if transactionStatus == .failed {
             PGEncode.errorResponse(ClientErrors.inFailedTransaction, into: &out)
         } else {
-            statements[name] = nil
+            catalogue.remove(name)
             PGEncode.commandComplete(tag: "DEALLOCATE", into: &out)
         }
         PGEncode.readyForQuery(transactionStatus, into: &out)
@@ -774,7 +748,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             ])
             backend = connection
             backendReady = false
-            unnamedOnBackend = false
+            catalogue.backendLeased()
             // (Usually sends the client's query right away.)
             // The login probe sets the startup packet's values as the client wrote them.
             let probing: Bool
@@ -908,13 +882,13 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// sent according to a guess.
     private func mustWaitForEarlierBatches(_ message: HeldMessage) -> Bool {
         // Nothing unanswered: nothing can change any more (and never wait on a stale entry).
-        if awaitingShape { return true }
+        if catalogue.awaitingShape { return true }
         guard responses.isTracking, responses.outstandingSyncs > 0 else { return false }
         if resetWindow != nil {
             // One parameter reset at a time: its ParameterStatus messages are told apart by the
             // ReadyForQuery that ends it (`ResetWindow`).
             if !message.resets.kinds.isDisjoint(with: [.resetAll, .discardAll, .resetParameter]) { return true }
-            if message.frame.type == PGMessageType.Frontend.execute, !portalResets.isEmpty { return true }
+            if message.frame.type == PGMessageType.Frontend.execute, !catalogue.portalResets.isEmpty { return true }
             // A later batch runs once the reset is answered and the backend has the client's
             // values again (a resync inside that batch's transaction would roll back with it).
             if responses.syncPointsPending > 0 {
@@ -926,7 +900,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             PGMessageType.Frontend.close:
             break
         case PGMessageType.Frontend.query, PGMessageType.Frontend.execute:
-            guard !message.resets.isEmpty || !portalResets.isEmpty else { return false }
+            guard !message.resets.isEmpty || !catalogue.portalResets.isEmpty else { return false }
         default:
             return false
         }
@@ -950,7 +924,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             held.removeFirst(sent)
             backend.flush()
         }
-        if sent == 0, responses.outstandingSyncs == 0, !held.isEmpty, !awaitingShape {
+        if sent == 0, responses.outstandingSyncs == 0, !held.isEmpty, !catalogue.awaitingShape {
             // Nothing in flight to wait for (cannot happen; never stall a client on it).
             let message = held.removeFirst()
             heldBytes -= message.frame.bytes.readableBytes
@@ -1111,11 +1085,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         let unsynced = pendingUnsynced
         let inTransaction = transactionStatus != .idle
         responses.reset()
-        if !portalStatements.isEmpty { portalStatements.removeAll() }
-        if !portalResets.isEmpty { portalResets.removeAll() }
-        unnamedOnBackend = false
-        awaitingShape = false
-        shapeCheck = nil
+        catalogue.backendDetached()
         preparingForQuery = false
         syncInsteadOfQuery = false
         waitingForEarlierBatches = false
@@ -1151,11 +1121,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     private func releaseBackend() {
         guard let backend else { return }
         responses.removeAllPending()
-        if !portalStatements.isEmpty { portalStatements.removeAll() }
-        if !portalResets.isEmpty { portalResets.removeAll() }
-        unnamedOnBackend = false
-        awaitingShape = false
-        shapeCheck = nil
+        catalogue.backendDetached()
         preparingForQuery = false
         syncInsteadOfQuery = false
         cancelWhenSent = false
@@ -1381,15 +1347,8 @@ extension ClientSession {
             var unnamedBefore: UnnamedBefore?
             if type == PGMessageType.Frontend.query {
                 pendingSetting?.executed = true
-                // A simple Query destroys the unnamed statement (unless PostgreSQL skips it). It
-                // counts as a change even when there is none now: an earlier change undone later
-                // must not bring back a statement this Query destroys.
-                unnamedGeneration &+= 1
-                if responses.isTracking {
-                    unnamedBefore = UnnamedBefore(statement: unnamedStatement, onBackend: unnamedOnBackend, generation: unnamedGeneration)
-                }
-                unnamedStatement = nil
-                unnamedOnBackend = true
+                // A simple Query destroys the unnamed statement (unless PostgreSQL skips it).
+                unnamedBefore = catalogue.simpleQuerySent(tracking: responses.isTracking)
             }
             if !message.resets.sets.isEmpty, resetWindow != nil, message.resets.isEmpty {
                 resetWindow!.setAfter.formUnion(message.resets.sets)
@@ -1411,10 +1370,10 @@ extension ClientSession {
             // A malformed Describe goes as it came: PostgreSQL answers it with its error.
             let describe = try? PGFrontend.describe(frame.body)
             if let describe, describe.kind == .statement, describe.name.readableBytes > 0,
-               let statement = statements[String(buffer: describe.name)]
+               let statement = catalogue[String(buffer: describe.name)]
             {
                 let serverName = prepare(statement, client: String(buffer: describe.name), on: backend)
-                if resultTypeChanged(statement, on: backend) {
+                if catalogue.resultTypeChanged(statement, cache: backend.statementCache) {
                     backend.write(StatementMessages.describeStatement(StatementMessages.missingName, allocator: backend.allocator))
                     appendPending(.changedResultType)
                 } else {
@@ -1428,31 +1387,27 @@ extension ClientSession {
             }
         case PGMessageType.Frontend.execute:
             pendingSetting?.executed = true
-            // The portal's name becomes a String only for a lookup in a map that is not empty.
             // A malformed Execute (PostgreSQL answers it with its error) runs no portal.
             let portal = (try? PGFrontend.Execute(frame.body))?.portal ?? ByteBuffer()
             var reset: ResetWatch?
-            if !portalResets.isEmpty, let resets = portalResets[String(buffer: portal)] {
+            if let resets = catalogue.resets(ofPortal: portal) {
                 // A reset through the extended protocol.
                 reset = beginReset(resets, on: backend)
             }
             backend.write(frame.bytes)
-            appendPending(.execute(serverName: portalStatements.isEmpty ? nil : portalStatements[String(buffer: portal)], reset: reset))
+            appendPending(.execute(serverName: catalogue.serverName(ofPortal: portal), reset: reset))
         case PGMessageType.Frontend.close:
             // A malformed Close goes as it came: PostgreSQL answers it with its error.
             let close = try? PGFrontend.close(frame.body)
             if let close, close.kind == .statement, close.name.readableBytes > 0 {
                 // The backend keeps the statement for whoever prepares the same query next.
                 let client = String(buffer: close.name)
-                appendPending(.localCloseComplete(client: client, removed: statements.removeValue(forKey: client)))
+                appendPending(.localCloseComplete(client: client, removed: catalogue.remove(client)))
             } else {
                 var unnamedBefore: UnnamedBefore?
                 if close?.isUnnamedStatement == true {
                     // Close of the unnamed statement: the client has none from now on.
-                    unnamedGeneration &+= 1
-                    unnamedBefore = UnnamedBefore(statement: unnamedStatement, onBackend: unnamedOnBackend, generation: unnamedGeneration)
-                    unnamedStatement = nil
-                    unnamedOnBackend = true
+                    unnamedBefore = catalogue.unnamedClosed()
                 }
                 backend.write(frame.bytes)
                 appendPending(.close(unnamedBefore: unnamedBefore))
@@ -1477,20 +1432,19 @@ extension ClientSession {
         var watch = beginReset(resets, on: backend)
         watch.unnamedBefore = unnamedBefore
         if resets.kinds.contains(.deallocate), let name = resets.deallocated {
-            if let statement = statements[name] {
+            if let statement = catalogue[name] {
                 // The client's statement is known to the backend by the proxy's name: deallocate
                 // that one. A backend without it deallocates the proxy's placeholder instead
                 // (prepared first: a Parse that cannot fail, where one of the client's text
                 // could, and would make PostgreSQL skip this Query). Either way the outcome is
                 // PostgreSQL's: success, or the error of an aborted transaction.
                 let serverName: String
-                if backend.statementCache.copy(statement.key, since: statement.parsedAt) != nil {
+                let placeholder = !catalogue.backendHasCopy(of: statement, cache: backend.statementCache)
+                if !placeholder {
                     serverName = prepare(statement, client: name, on: backend)
-                    backend.statementCache.invalidate(serverName: serverName)
                 } else {
                     serverName = StatementMessages.placeholderName
                     closeBeforeParse(serverName, on: backend)
-                    backend.statementCache.discardLater(serverName)
                     backend.write(StatementMessages.parse(
                         name: serverName, definition: StatementMessages.placeholderDefinition, allocator: backend.allocator))
                     appendPending(.injectedPlaceholder)
@@ -1498,17 +1452,17 @@ extension ClientSession {
                 bytes = ByteBuffer()
                 PGEncode.query("DEALLOCATE " + BackendConnection.quoteIdentifier(serverName), into: &bytes)
                 watch.deallocated = name
-                watch.removed[name] = statements.removeValue(forKey: name)
-            } else if name.hasPrefix("concierge_") {
-                // One of the proxy's own names: whatever happens, nothing cached is trusted.
-                backend.statementCache.invalidateAll()
+                watch.removed[name] = catalogue.deallocate(
+                    name, serverName: serverName, placeholder: placeholder, cache: &backend.statementCache)
+            } else {
+                catalogue.deallocateOther(name, cache: &backend.statementCache)
             }
         }
-        if let (name, range) = resets.executed, let statement = statements[name] {
+        if let (name, range) = resets.executed, let statement = catalogue[name] {
             // SQL EXECUTE of a statement the client prepared with the protocol: the backend
             // knows it by the proxy's name (prepared there first if it lacks it).
             var serverName = prepare(statement, client: name, on: backend)
-            if resultTypeChanged(statement, on: backend) {
+            if catalogue.resultTypeChanged(statement, cache: backend.statementCache) {
                 serverName = StatementMessages.missingName
                 watch.changedResultType = true
             }
@@ -1533,9 +1487,7 @@ extension ClientSession {
     private func beginReset(_ resets: Resets, on backend: BackendConnection) -> ResetWatch {
         var watch = ResetWatch(resets: resets)
         if !resets.kinds.isDisjoint(with: [.discardAll, .deallocateAll]) {
-            backend.statementCache.invalidateAll()
-            watch.removed = statements
-            statements.removeAll()
+            watch.removed = catalogue.removeAll(cache: &backend.statementCache)
         }
         if !resets.kinds.isDisjoint(with: [.resetAll, .discardAll]) {
             openResetWindow(parameters: nil, resets: resets)
@@ -1543,14 +1495,6 @@ extension ClientSession {
             openResetWindow(parameters: Set(resets.parameters), resets: resets)
         }
         return watch
-    }
-
-    /// A reset failed or was skipped: the client's statements it took out are back (unless the
-    /// client defined the name again since).
-    private func restoreStatements(of watch: ResetWatch) {
-        for (name, statement) in watch.removed where statements[name] == nil {
-            statements[name] = statement
-        }
     }
 
     /// Called just before the reset's message is recorded in `responses`.
@@ -1573,44 +1517,34 @@ extension ClientSession {
         let parse = try? PGFrontend.Parse(frame.body)
         let body = parse?.definition ?? frame.body
         guard let name = parse?.name, name.readableBytes > 0 else {
-            unnamedStatementResets = resets
             if let definition = executeRewritten(body, resets: resets, on: backend) {
                 backend.write(StatementMessages.parse(name: "", definition: definition, allocator: backend.allocator))
             } else {
                 backend.write(frame.bytes)
             }
-            unnamedGeneration &+= 1
-            appendPending(.unnamedParse(UnnamedBefore(statement: unnamedStatement, onBackend: unnamedOnBackend, generation: unnamedGeneration)))
-            unnamedStatement = body
-            unnamedOnBackend = true
+            appendPending(.unnamedParse(catalogue.unnamedParsed(body, resets: resets)))
             return
         }
         let clientName = String(buffer: name)
-        if statements[clientName] != nil {
-            // PostgreSQL refuses a second Parse of a name in use (42P05), after parsing the new
-            // text (its syntax error, or 25P02 in a failed transaction, comes first), and keeps
-            // the first statement. The backend refuses it the same way on the proxy's placeholder
-            // name, prepared just before with a text that any transaction state accepts (the
-            // client's statement need not be on this backend); the error names the client's.
-            let placeholder = StatementMessages.placeholderName
+        let statement: ClientStatement, serverName: String
+        switch catalogue.parse(
+            client: clientName, definition: body, resets: resets, searchPath: desiredParameters["search_path"],
+            cache: &backend.statementCache)
+        {
+        case .duplicate(let placeholder):
+            // The name is in use: refused on the placeholder (`StatementCatalogue.NamedParse`).
             closeBeforeParse(placeholder, on: backend)
-            backend.statementCache.discardLater(placeholder)  // not left in pg_prepared_statements
             backend.write(StatementMessages.parse(
                 name: placeholder, definition: StatementMessages.placeholderDefinition, allocator: backend.allocator))
             appendPending(.injectedPlaceholder)
             backend.write(StatementMessages.parse(name: placeholder, definition: body, allocator: backend.allocator))
             appendPending(.duplicateParse(serverName: placeholder, client: clientName))
             return
+        case .define(let defined, let name):
+            statement = defined
+            serverName = name
         }
-        let statement = ClientStatement(
-            definition: body, analysed: true, resets: resets, refersTo: resets.executed.flatMap { statements[$0.name]?.key },
-            searchPath: desiredParameters["search_path"])
-        statements[clientName] = statement
-        // Parsed afresh on the backend even when it has the text already: the database infers
-        // parameter types now (its copy may predate DDL), and answers errors (a failed
-        // transaction's among them) where it would directly. The Close before the Parse replaces
-        // the backend's copy for every client that uses it.
-        let serverName = backend.statementCache.parse(statement.key, at: statement.parsedAt)
+        // The Close before the Parse replaces the backend's copy for every client that uses it.
         let definition = executeRewritten(statement.definition, resets: resets, on: backend) ?? statement.definition
         closeBeforeParse(serverName, on: backend)
         backend.write(StatementMessages.parse(name: serverName, definition: definition, allocator: backend.allocator))
@@ -1625,101 +1559,60 @@ extension ClientSession {
             return
         }
         let portal = bind.portal, name = bind.statement, body = bind.parametersAndFormats
-        guard name.readableBytes > 0, let statement = statements[String(buffer: name)] else {
+        guard name.readableBytes > 0, let statement = catalogue[String(buffer: name)] else {
             // The unnamed statement, or a name the client never prepared: PostgreSQL answers
             // (`prepared statement "..." does not exist` names the client's statement).
             if name.readableBytes == 0 {
                 ensureUnnamedStatement(on: backend)
                 // A lone SET is followed (`pendingSetting`) in the batch that parses it; bound
                 // again in a later batch, it pins as any SET would.
-                if pendingSetting == nil { repin(unnamedStatementResets) }
+                if pendingSetting == nil { repin(catalogue.unnamedResets) }
             }
             backend.write(frame.bytes)
-            if !portalStatements.isEmpty { portalStatements[String(buffer: portal)] = nil }
-            notePortalResets(name.readableBytes == 0 ? unnamedStatementResets : Resets(), portal: portal)
+            catalogue.boundWithoutStatement(portal: portal, unnamed: name.readableBytes == 0)
             appendPending(.bind(serverName: nil))
             return
         }
-        notePortalResets(statement.resets, portal: portal)
+        catalogue.notePortalResets(statement.resets, portal: portal)
         repin(statement.resets)
         let clientName = String(buffer: name)
         let serverName = prepare(statement, client: clientName, on: backend)
-        if resultTypeChanged(statement, on: backend) {
+        if catalogue.resultTypeChanged(statement, cache: backend.statementCache) {
             backend.write(StatementMessages.bind(portal: portal, statement: StatementMessages.missingName, rest: body, allocator: backend.allocator))
-            if !portalStatements.isEmpty { portalStatements[String(buffer: portal)] = nil }
+            catalogue.bound(portal: portal, serverName: nil)
             appendPending(.changedResultType)
             return
         }
         backend.write(StatementMessages.bind(portal: portal, statement: serverName, rest: body, allocator: backend.allocator))
-        portalStatements[String(buffer: portal)] = serverName
+        catalogue.bound(portal: portal, serverName: serverName)
         appendPending(.bind(serverName: serverName, client: clientName))
     }
 
-    /// Whether the backend's copy of `statement` returns another row type than the one the
-    /// client prepared: PostgreSQL fails every use of such a statement. Only asked once
-    /// `mustCheckResultTypeFirst` made the copy's row type known and current.
-    private func resultTypeChanged(_ statement: ClientStatement, on backend: BackendConnection) -> Bool {
-        defer { shapeCheck = nil }
-        guard let expected = statement.shape, let shape = backend.statementCache.shape(of: statement.key) else { return false }
-        return shape != expected
-    }
-
-    /// Before a Bind or Describe of one of the client's named statements whose row type is known:
-    /// whether the backend's copy is known to return it. If the backend lacks a current copy, or
-    /// has one that another client parsed with another row type (DDL since, or another
-    /// search_path), the proxy parses the statement there now with a Describe and returns true:
-    /// the message (and everything after it) waits for that answer, after which the copy is the
-    /// database's current view and decides (`resultTypeChanged`). One round trip per statement
-    /// and backend, the first time that backend serves it to a client that prepared it elsewhere.
+    /// Before a Bind or Describe of one of the client's named statements whose row type is
+    /// known (or a Query that executes one): whether the proxy must first parse it on this
+    /// backend with a Describe (`StatementCatalogue.statementToCheckFirst`); if so it does, and
+    /// the message (and everything after it) waits for that answer.
     private func mustCheckResultTypeFirst(_ message: HeldMessage, on backend: BackendConnection) -> Bool {
-        guard !skippingUntilSync, !copyInActive, !statements.isEmpty else { return false }
-        let type = message.frame.type
-        let client: String
-        if type == PGMessageType.Frontend.query {
-            guard let (name, _) = message.resets.executed else { return false }
-            client = name
-        } else if type == PGMessageType.Frontend.bind || type == PGMessageType.Frontend.describe {
-            // Read as `send` reads them: a malformed one names no statement.
-            let name: ByteBuffer
-            if type == PGMessageType.Frontend.bind {
-                guard let bind = try? PGFrontend.Bind(message.frame.body) else { return false }
-                name = bind.statement
-            } else {
-                guard let describe = try? PGFrontend.describe(message.frame.body), describe.kind == .statement else { return false }
-                name = describe.name
-            }
-            guard name.readableBytes > 0 else { return false }
-            client = String(buffer: name)
-        } else {
-            return false
-        }
-        guard let statement = statements[client] else { return false }
-        if let copy = backend.statementCache.copy(statement.key, since: statement.parsedAt) {
-            // Unknown: its Describe is on its way in this batch (the client's own Parse).
-            guard let expected = statement.shape, let shape = copy.shape, shape != expected else { return false }
-            if let check = shapeCheck, check.key == statement.key, check.parsedAt == copy.parsedAt { return false }
-            backend.statementCache.invalidate(key: statement.key)
-        } else if statement.shape == nil, type != PGMessageType.Frontend.query {
-            // Nothing to compare with: prepared in the same round trip (`prepare`).
-            return false
-        }
+        guard !skippingUntilSync, !copyInActive, !catalogue.statements.isEmpty,
+              let (statement, client) = catalogue.statementToCheckFirst(
+                frameType: message.frame.type, body: message.frame.body, resets: message.resets, cache: &backend.statementCache)
+        else { return false }
         prepareAndWait(statement, client: client, on: backend)
         // SQL `EXECUTE name`: a failed Parse of the statement would make PostgreSQL skip the
         // Query, which must still be answered (`syncInsteadOfQuery`).
-        preparingForQuery = type == PGMessageType.Frontend.query
+        preparingForQuery = message.frame.type == PGMessageType.Frontend.query
         return true
     }
 
     /// Parses `statement` on the backend with a Describe, and makes the client's messages wait
-    /// for the answer (`awaitingShape`).
+    /// for the answer (`StatementCatalogue.awaitingShape`).
     private func prepareAndWait(_ statement: ClientStatement, client: String, on backend: BackendConnection) {
         let parsedAt = injectParse(statement, client: client, waiting: true, on: backend).parsedAt
         // PostgreSQL answers only at a Sync or Flush, and the client's may be among the
         // messages that now wait.
         backend.write(StatementMessages.flush)
         backend.flush()
-        shapeCheck = (statement.key, parsedAt)
-        awaitingShape = true
+        catalogue.awaitShape(key: statement.key, parsedAt: parsedAt)
     }
 
     /// The Describe after a Parse of a named statement (see `PendingResponse.shapeDescribe`).
@@ -1745,7 +1638,7 @@ extension ClientSession {
     /// statements (asyncpg's `fetchval('EXECUTE foobar')`): its definition with the backend's name
     /// for it, prepared there first if needed; nil when there is nothing to rewrite.
     private func executeRewritten(_ definition: ByteBuffer, resets: Resets, on backend: BackendConnection) -> ByteBuffer? {
-        guard let (name, range) = resets.executed, let statement = statements[name] else { return nil }
+        guard let (name, range) = resets.executed, let statement = catalogue[name] else { return nil }
         guard let parse = try? PGFrontend.Parse(definition: definition), range.upperBound <= parse.query.readableBytes else { return nil }
         let serverName = prepare(statement, client: name, on: backend)
         guard var out = StatementMessages.executeText(parse.query, naming: range, as: serverName) else { return nil }
@@ -1759,13 +1652,14 @@ extension ClientSession {
     /// client's: the client's own is prepared there (its ParseComplete dropped), or, if the
     /// client has none, the backend's is closed, so PostgreSQL answers as it would directly.
     private func ensureUnnamedStatement(on backend: BackendConnection) {
-        guard !unnamedOnBackend else { return }
-        unnamedOnBackend = true
-        if let definition = unnamedStatement {
-            let definition = executeRewritten(definition, resets: unnamedStatementResets, on: backend) ?? definition
+        switch catalogue.ensureUnnamed() {
+        case .ready:
+            return
+        case .parse(let definition):
+            let definition = executeRewritten(definition, resets: catalogue.unnamedResets, on: backend) ?? definition
             backend.write(StatementMessages.parse(name: "", definition: definition, allocator: backend.allocator))
             appendPending(.injectedParse(client: nil, key: "", serverName: ""))
-        } else {
+        case .close:
             var close = backend.allocator.buffer(capacity: 7)
             StatementMessages.closeStatement("", into: &close)
             backend.write(close)
@@ -1773,21 +1667,10 @@ extension ClientSession {
         }
     }
 
-    private func notePortalResets(_ resets: Resets, portal: ByteBuffer) {
-        if !resets.isEmpty {
-            portalResets[String(buffer: portal)] = resets
-        } else if !portalResets.isEmpty {
-            portalResets[String(buffer: portal)] = nil
-        }
-    }
-
     /// The server-side name of `statement` on `backend`, preparing it there first if needed
     /// (its ParseComplete will be dropped).
     private func prepare(_ statement: ClientStatement, client: String, on backend: BackendConnection) -> String {
-        if let serverName = backend.statementCache.use(statement.key, since: statement.parsedAt) {
-            if statement.shape == nil, let shape = backend.statementCache.shape(of: statement.key) {
-                statements[client]?.shape = shape  // what the client sees first
-            }
+        if let serverName = catalogue.useCopy(of: statement, client: client, cache: &backend.statementCache) {
             return serverName
         }
         return injectParse(statement, client: client, waiting: false, on: backend).serverName
@@ -1801,15 +1684,13 @@ extension ClientSession {
         _ statement: ClientStatement, client: String, waiting: Bool, on backend: BackendConnection
     ) -> (serverName: String, parsedAt: UInt64) {
         let definition = executeRewritten(statement.definition, resets: statement.resets, on: backend) ?? statement.definition
-        let parsedAt = StatementEpoch.next()
-        let serverName = backend.statementCache.parse(statement.key, at: parsedAt)
+        let (serverName, parsedAt) = catalogue.injectParse(of: statement, client: client, cache: &backend.statementCache)
         closeBeforeParse(serverName, on: backend)
         backend.write(StatementMessages.parse(name: serverName, definition: definition, allocator: backend.allocator))
         appendPending(.injectedParse(client: client, key: statement.key, serverName: serverName, quiet: statement.analysed))
         describeShape(
             key: statement.key, serverName: serverName, parsedAt: parsedAt,
             for: statement.shape == nil ? (client, statement.parsedAt) : nil, waiting: waiting, on: backend)
-        if !statement.analysed { statements[client]?.analysed = true }
         return (serverName, parsedAt)
     }
 
@@ -1960,12 +1841,13 @@ extension ClientSession {
                 writeRun(upTo: frameStart)
                 runStart = view.readerIndex  // the proxy's own: dropped
                 if case .shapeDescribe(let key, let serverName, let parsedAt, let client, let clientParsedAt, let waiting)? = answered {
-                    recordShape(
+                    catalogue.recordShape(
                         type == PGMessageType.Backend.noData
                             ? ResultShape.noRows
                             : bytes.getSlice(at: frameStart + 5, length: size - 5).flatMap(ResultShape.of(rowDescription:)),
                         key: key, serverName: serverName, parsedAt: parsedAt, client: client, clientParsedAt: clientParsedAt,
-                        waiting: waiting, backend: backend)
+                        waiting: waiting, cache: &backend.statementCache)
+                    if waiting { preparingForQuery = false }
                 }
             }
         }
@@ -1973,70 +1855,21 @@ extension ClientSession {
         emitLocalResponses()
     }
 
-    /// The answer to a Describe the proxy sent after a Parse (`PendingResponse.shapeDescribe`).
-    private func recordShape(
-        _ shape: Int?, key: String, serverName: String, parsedAt: UInt64, client: String?, clientParsedAt: UInt64,
-        waiting: Bool, backend: BackendConnection
-    ) {
-        if let shape {
-            backend.statementCache.record(shape: shape, key: key, serverName: serverName, parsedAt: parsedAt)
-            if let client, statements[client]?.key == key, statements[client]?.parsedAt == clientParsedAt,
-               statements[client]?.shape == nil
-            {
-                statements[client]!.shape = shape
-            }
-        }
-        if waiting {
-            awaitingShape = false
-            preparingForQuery = false
-        }
-    }
-
-    /// An error that names one of the proxy's statements (`concierge_...`) means the proxy's
-    /// view of the backend was wrong: a bug. The client must not see the proxy's names, so they
-    /// are replaced by the client's own, and the backend's statements are all prepared afresh
-    /// from the next use on. Nil (the usual case): the error is forwarded as it is.
+    /// An error that names one of the proxy's statements (`concierge_...`), with the client's
+    /// names instead (`StatementCatalogue.errorWithoutInternalNames`); nil (the usual case): the
+    /// error is forwarded as it is.
     private func errorWithoutInternalNames(
         _ body: ByteBuffer, backend: BackendConnection, expected: Bool = false, hint: String? = nil
     ) -> ByteBuffer? {
-        let prefix = Array("concierge_".utf8)
-        let bytes = Array(body.readableBytesView)
-        guard bytes.count >= prefix.count,
-              (0...(bytes.count - prefix.count)).contains(where: { bytes[$0..<($0 + prefix.count)].elementsEqual(prefix) })
+        guard let (error, invalidated) = catalogue.errorWithoutInternalNames(
+            body, expected: expected, hint: hint, cache: &backend.statementCache)
         else { return nil }
-        // Errors about a statement the backend has (a Bind with the wrong number of parameters)
-        // name it too; only one that says it is missing (or present, for a Parse) means the
-        // proxy's view of the backend was wrong.
-        let code = (try? PGParse.errorResponse(body))?.code
-        let expected = expected || (code != "26000" && code != "42P05")
-        if !expected { backend.statementCache.invalidateAll() }
-        var out: [UInt8] = []
-        var index = 0
-        while index < bytes.count {
-            if index + prefix.count <= bytes.count, bytes[index..<(index + prefix.count)].elementsEqual(prefix) {
-                var end = index + prefix.count
-                while end < bytes.count, bytes[end] == UInt8(ascii: "_") || (bytes[end] >= 0x30 && bytes[end] <= 0x39)
-                    || (bytes[end] >= 0x61 && bytes[end] <= 0x66) { end += 1 }
-                let serverName = String(decoding: bytes[index..<end], as: UTF8.self)
-                let client = hint
-                    ?? statements.first(where: { serverName == $0.value.key || serverName.hasPrefix($0.value.key + "_") })?.key
-                out += Array((client ?? "").utf8)
-                index = end
-            } else {
-                out.append(bytes[index])
-                index += 1
-            }
-        }
-        if !expected {
+        if invalidated {
             log(.warning, "the database reported an error about one of the proxy's statements; its statements on this backend will be prepared again", [
                 "concierge.backend": "\(backend.id)"
             ])
         }
-        var frame = ByteBuffer()
-        frame.writeInteger(PGMessageType.Backend.errorResponse)
-        frame.writeInteger(Int32(4 + out.count))
-        frame.writeBytes(out)
-        return frame
+        return error
     }
 
     /// An ErrorResponse: in the extended protocol it answers the head entry, and PostgreSQL then
@@ -2117,7 +1950,7 @@ extension ClientSession {
     private func applyResetAtReady(_ watch: ResetWatch, status: PGTransactionStatus, backend: BackendConnection) {
         let failed = resetQueryFailed
         resetQueryFailed = false
-        if !statementResetConfirmed { restoreStatements(of: watch) }
+        if !statementResetConfirmed { catalogue.restoreStatements(of: watch) }
         statementResetConfirmed = false
         guard !failed else { return }
         // UNLISTEN takes effect at commit.
@@ -2220,65 +2053,16 @@ extension ClientSession {
         ])
     }
 
-    /// The unnamed statement as `state` says, for a message (`change`) that failed or was
-    /// skipped, unless a message sent after it changed the unnamed statement again: that later
-    /// change stands, and the backend's unnamed statement is checked again before its next use.
-    private func undoUnnamed(_ change: UnnamedBefore, to state: UnnamedBefore) {
-        guard unnamedGeneration == change.generation else {
-            unnamedOnBackend = false
-            return
-        }
-        unnamedStatement = state.statement
-        unnamedOnBackend = state.onBackend
-        unnamedGeneration = change.generation &- 1
-    }
-
-    /// A message that `failed` (or was skipped after a failure) did not create its statement.
+    /// A message that `failed` (or was skipped after a failure) did not create its statement
+    /// (`StatementCatalogue.forget`). If the messages waiting for a row type go on because the
+    /// Parse they waited for failed, and that Parse prepared a statement for a simple Query,
+    /// the Query is answered by a Sync (`syncInsteadOfQuery`).
     private func forgetStatement(of entry: PendingResponse, failed: Bool, backend: BackendConnection) {
-        switch entry {
-        case .parse(let client, let key, let serverName):
-            if let client { statements[client] = nil }
-            if !key.isEmpty { backend.statementCache.forget(key, serverName: serverName) }
-        case .unnamedParse(let before):
-            if failed {
-                // PostgreSQL drops the unnamed statement before parsing the new one.
-                undoUnnamed(before, to: UnnamedBefore(statement: nil, onBackend: true, generation: 0))
-            } else {
-                undoUnnamed(before, to: before)
-            }
-        case .injectedParse(let client, let key, let serverName, let analysedBefore):
-            backend.statementCache.forget(key, serverName: serverName)
-            if client == nil { unnamedOnBackend = false }  // the client's unnamed statement is not there
-            // A statement a backend accepted before and this one refuses (its text no longer
-            // valid after DDL) stays the client's: PostgreSQL keeps it, and fails each use of it
-            // with the same error until the DDL is undone. Its next use parses it again. One
-            // whose Parse the proxy answered without a backend and that fails at its first
-            // analysis is gone, as after a failed Parse (unless the transaction had failed).
-            if failed, let client, !analysedBefore, transactionStatus != .failed { statements[client] = nil }
-        case .injectedClose(unnamed: true):
-            unnamedOnBackend = false
-        case .shapeDescribe(_, _, _, _, _, waiting: true):
-            awaitingShape = false  // skipped after its Parse failed: the waiting messages go on
-            if preparingForQuery {
-                preparingForQuery = false
-                syncInsteadOfQuery = true
-            }
-        case .close(let before?):
-            if !failed { undoUnnamed(before, to: before) }
-        case .localParseComplete(let client):
-            statements[client] = nil
-        case .localCloseComplete(let client, let removed?):
-            // A skipped Close closed nothing.
-            if statements[client] == nil { statements[client] = removed }
-        case .execute(_, let watch?):
-            // A reset that failed or was skipped removed nothing.
-            restoreStatements(of: watch)
-        case .resetQuery(let watch):
-            // Skipped after an error before it: it removed and destroyed nothing.
-            restoreStatements(of: watch)
-            if let before = watch.unnamedBefore { undoUnnamed(before, to: before) }
-        default:
-            break
+        let waitingReleased = catalogue.forget(
+            entry, failed: failed, transactionFailed: transactionStatus == .failed, cache: &backend.statementCache)
+        if waitingReleased, preparingForQuery {
+            preparingForQuery = false
+            syncInsteadOfQuery = true
         }
     }
 }

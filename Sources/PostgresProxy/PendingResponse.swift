@@ -3,8 +3,9 @@ import SQLClassifier
 import Synchronization
 
 // What the backend owes the client, entry by entry (`PendingResponse`), and the client's statements
-// and session resets those entries carry. Moved from ConciergeServer's PreparedStatements.swift,
-// where the statement catalogue (`BackendStatementCache`) and the messages the proxy builds stay.
+// and session resets those entries carry. The client's statements are kept by `StatementCatalogue`,
+// each backend's by `BackendStatementCache` (PreparedStatements.swift, with the messages the proxy
+// builds).
 
 /// A statement as a client prepared it.
 public struct ClientStatement {

@@ -1,11 +1,10 @@
 import NIOCore
 import PostgresWire
-import SQLClassifier
 
 /// Protocol-level named prepared statements in transaction mode, without pinning.
 ///
-/// A client's statement names are its own: the session maps each (`statements`) to its text and
-/// parameter types. A backend knows statements by a name derived from that text
+/// A client's statement names are its own: the session's `StatementCatalogue` maps each to its
+/// text and parameter types. A backend knows statements by a name derived from that text
 /// (`BackendStatementCache`), so every client preparing the same query shares one server-side
 /// statement per backend. Before a Bind or Describe reaches a backend that lacks the statement, the
 /// session prepares it there in the same round trip and drops the ParseComplete that answers it;
@@ -17,10 +16,10 @@ import SQLClassifier
 /// The statements a backend holds, by key, least recently used first out. Touched only by the
 /// session the backend is leased to (and by the backend itself at lease time, when no session
 /// touches it).
-struct BackendStatementCache {
+public struct BackendStatementCache {
     /// How many statements a backend keeps; beyond it, the least recently used are deallocated
     /// when the backend is next leased (PgBouncer's `max_prepared_statements` is 200).
-    static let capacity = 256
+    public static let capacity = 256
 
     private struct Entry {
         var serverName: String
@@ -35,13 +34,15 @@ struct BackendStatementCache {
     private var clock: UInt64 = 0
     private var generation = 0
     /// Server-side names to deallocate at the next lease (evicted or invalidated ones).
-    private(set) var stale: [String] = []
+    public private(set) var stale: [String] = []
 
-    var count: Int { entries.count }
+    public init() {}
+
+    public var count: Int { entries.count }
 
     /// The server-side name of `key`, marking it used; nil if the backend lacks it, or has only
     /// a copy parsed before `since`.
-    mutating func use(_ key: String, since: UInt64 = 0) -> String? {
+    public mutating func use(_ key: String, since: UInt64 = 0) -> String? {
         guard let entry = entries[key], entry.parsedAt >= since else { return nil }
         clock &+= 1
         entries[key]!.lastUse = clock
@@ -50,25 +51,25 @@ struct BackendStatementCache {
 
     /// The backend's copy of `key` if it may serve a client that defined it at `since`: when it
     /// was parsed and its row type (nil while its Describe is unanswered). Does not mark it used.
-    func copy(_ key: String, since: UInt64) -> (parsedAt: UInt64, shape: Int?)? {
+    public func copy(_ key: String, since: UInt64) -> (parsedAt: UInt64, shape: Int?)? {
         guard let entry = entries[key], entry.parsedAt >= since else { return nil }
         return (entry.parsedAt, entry.shape)
     }
 
     /// The row type of the backend's copy of `key`, when known.
-    func shape(of key: String) -> Int? {
+    public func shape(of key: String) -> Int? {
         entries[key]?.shape
     }
 
     /// The Describe after the Parse of `serverName` at `parsedAt` was answered with this row type.
-    mutating func record(shape: Int, key: String, serverName: String, parsedAt: UInt64) {
+    public mutating func record(shape: Int, key: String, serverName: String, parsedAt: UInt64) {
         guard let entry = entries[key], entry.serverName == serverName, entry.parsedAt == parsedAt else { return }
         entries[key]!.shape = shape
     }
 
     /// Records that `key` is being (re)prepared on the backend, at `parsedAt`; returns its
     /// server-side name (the existing one when it is parsed again).
-    mutating func parse(_ key: String, at parsedAt: UInt64) -> String {
+    public mutating func parse(_ key: String, at parsedAt: UInt64) -> String {
         clock &+= 1
         if entries[key] != nil {
             entries[key]!.lastUse = clock
@@ -83,24 +84,24 @@ struct BackendStatementCache {
     }
 
     /// A statement of the proxy's own (the placeholder) to deallocate at the next lease.
-    mutating func discardLater(_ serverName: String) {
+    public mutating func discardLater(_ serverName: String) {
         if !stale.contains(serverName) { stale.append(serverName) }
     }
 
     /// The Parse that prepared `key` failed or was skipped: the backend does not have it.
-    mutating func forget(_ key: String, serverName: String) {
+    public mutating func forget(_ key: String, serverName: String) {
         if entries[key]?.serverName == serverName { entries[key] = nil }
     }
 
     /// The server-side plan of `serverName` is unusable (`cached plan must not change result
     /// type`): the next use prepares it again under a new name.
-    mutating func invalidate(serverName: String) {
+    public mutating func invalidate(serverName: String) {
         guard let key = entries.first(where: { $0.value.serverName == serverName })?.key else { return }
         invalidate(key: key)
     }
 
     /// As `invalidate(serverName:)`, by key.
-    mutating func invalidate(key: String) {
+    public mutating func invalidate(key: String) {
         guard let serverName = entries[key]?.serverName else { return }
         entries[key] = nil
         stale.append(serverName)
@@ -112,7 +113,7 @@ struct BackendStatementCache {
     /// or not, nothing known is used again: the next use prepares afresh under a new name, and
     /// the old names are closed at the next lease (a Close of a name that no longer exists is
     /// not an error), so no Parse can collide with a statement the server still has.
-    mutating func invalidateAll() {
+    public mutating func invalidateAll() {
         guard !entries.isEmpty else { return }
         for entry in entries.values { stale.append(entry.serverName) }
         entries.removeAll()
@@ -121,7 +122,7 @@ struct BackendStatementCache {
 
     /// At lease time: moves the least recently used statements beyond `capacity` to `stale` and
     /// returns (and clears) everything to deallocate.
-    mutating func takeStale() -> [String] {
+    public mutating func takeStale() -> [String] {
         if entries.count > Self.capacity {
             let victims = entries.sorted { $0.value.lastUse < $1.value.lastUse }.prefix(entries.count - Self.capacity)
             for (key, entry) in victims {
@@ -134,17 +135,17 @@ struct BackendStatementCache {
     }
 }
 
-enum StatementMessages {
+public enum StatementMessages {
     /// `text` (a client's SQL, without its NUL) with the bytes at `range` (the statement name of
     /// an `EXECUTE name`) replaced by the backend's name for that statement, quoted. Bytes, not a
     /// String: the text is in the client's encoding, not necessarily UTF-8. Nil when `range`
     /// lies outside `text`.
-    static func executeText(_ text: ByteBuffer, naming range: Range<Int>, as serverName: String) -> ByteBuffer? {
+    public static func executeText(_ text: ByteBuffer, naming range: Range<Int>, as serverName: String) -> ByteBuffer? {
         guard range.lowerBound >= 0, range.upperBound <= text.readableBytes,
               let before = text.getSlice(at: text.readerIndex, length: range.lowerBound),
               let after = text.getSlice(at: text.readerIndex + range.upperBound, length: text.readableBytes - range.upperBound)
         else { return nil }
-        let quoted = BackendConnection.quoteIdentifier(serverName)
+        let quoted = ParameterSync.quoteIdentifier(serverName)
         var out = ByteBuffer()
         out.reserveCapacity(before.readableBytes + quoted.utf8.count + after.readableBytes + 1)
         out.writeImmutableBuffer(before)
@@ -154,7 +155,7 @@ enum StatementMessages {
     }
 
     /// Parse of `name` with a definition (query, NUL, parameter types) taken from a client's Parse.
-    static func parse(name: String, definition: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer {
+    public static func parse(name: String, definition: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer {
         var out = allocator.buffer(capacity: 6 + name.utf8.count + definition.readableBytes)
         out.writeInteger(PGMessageType.Frontend.parse)
         out.writeInteger(Int32(4 + name.utf8.count + 1 + definition.readableBytes))
@@ -166,7 +167,7 @@ enum StatementMessages {
     }
 
     /// Bind with its statement name replaced: `portal`, then `rest` (formats, values, result formats).
-    static func bind(portal: ByteBuffer, statement: String, rest: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer {
+    public static func bind(portal: ByteBuffer, statement: String, rest: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer {
         var out = allocator.buffer(capacity: 7 + portal.readableBytes + statement.utf8.count + rest.readableBytes)
         out.writeInteger(PGMessageType.Frontend.bind)
         out.writeInteger(Int32(4 + portal.readableBytes + 1 + statement.utf8.count + 1 + rest.readableBytes))
@@ -181,7 +182,7 @@ enum StatementMessages {
     }
 
     /// Describe of statement `name`.
-    static func describeStatement(_ name: String, allocator: ByteBufferAllocator) -> ByteBuffer {
+    public static func describeStatement(_ name: String, allocator: ByteBufferAllocator) -> ByteBuffer {
         var out = allocator.buffer(capacity: 7 + name.utf8.count)
         out.writeInteger(PGMessageType.Frontend.describe)
         out.writeInteger(Int32(4 + 1 + name.utf8.count + 1))
@@ -192,7 +193,7 @@ enum StatementMessages {
     }
 
     /// Close of statement `name` (a Close of a name that does not exist is not an error).
-    static func closeStatement(_ name: String, into out: inout ByteBuffer) {
+    public static func closeStatement(_ name: String, into out: inout ByteBuffer) {
         out.writeInteger(PGMessageType.Frontend.close)
         out.writeInteger(Int32(4 + 1 + name.utf8.count + 1))
         out.writeInteger(UInt8(ascii: "S"))
@@ -204,8 +205,8 @@ enum StatementMessages {
     /// proxy's form (`concierge_` and hex digits, which errors shown to clients never contain)
     /// that no statement key takes in practice, and a transaction-exit text, which PostgreSQL
     /// parses even in a failed transaction.
-    static let placeholderName = "concierge_0"
-    static let placeholderDefinition: ByteBuffer = {
+    public static let placeholderName = "concierge_0"
+    public static let placeholderDefinition: ByteBuffer = {
         var out = ByteBuffer()
         out.writeString("ROLLBACK")
         out.writeInteger(UInt8(0))
@@ -215,16 +216,16 @@ enum StatementMessages {
 
     /// A Bind or Describe sent for this name fails (`PendingResponse.changedResultType`): no
     /// statement has it (the proxy's names are `concierge_` and hex digits).
-    static let missingName = "concierge_none"
+    public static let missingName = "concierge_none"
 
-    static let flush: ByteBuffer = ByteBuffer(bytes: [UInt8(ascii: "H"), 0, 0, 0, 4])
-    static let sync: ByteBuffer = ByteBuffer(bytes: [UInt8(ascii: "S"), 0, 0, 0, 4])
+    public static let flush: ByteBuffer = ByteBuffer(bytes: [UInt8(ascii: "H"), 0, 0, 0, 4])
+    public static let sync: ByteBuffer = ByteBuffer(bytes: [UInt8(ascii: "S"), 0, 0, 0, 4])
 
     /// PostgreSQL's error for a prepared statement whose row type changed, with its source
     /// fields: drivers recognise it by them (asyncpg raises `InvalidCachedStatementError`, and
     /// re-prepares, when the routine is `RevalidateCachedQuery`; the message may be localised).
     /// The line is PostgreSQL 15's.
-    static let changedResultTypeError: ByteBuffer = {
+    public static let changedResultTypeError: ByteBuffer = {
         var out = ByteBuffer()
         PGEncode.errorResponse(PGErrorFields(
             severity: "ERROR", code: "0A000", message: "cached plan must not change result type",
@@ -232,18 +233,18 @@ enum StatementMessages {
         return out
     }()
 
-    static let parseComplete: ByteBuffer = ByteBuffer(bytes: [UInt8(ascii: "1"), 0, 0, 0, 4])
-    static let closeComplete: ByteBuffer = ByteBuffer(bytes: [UInt8(ascii: "3"), 0, 0, 0, 4])
+    public static let parseComplete: ByteBuffer = ByteBuffer(bytes: [UInt8(ascii: "1"), 0, 0, 0, 4])
+    public static let closeComplete: ByteBuffer = ByteBuffer(bytes: [UInt8(ascii: "3"), 0, 0, 0, 4])
 }
 
 /// A statement's row type, as a hash of what PostgreSQL compares when it decides that a cached
 /// plan changed its result type (the columns' names, types, lengths and type modifiers; not the
 /// table and column a value comes from). NoData is `noRows`.
-enum ResultShape {
-    static let noRows = 0
+public enum ResultShape {
+    public static let noRows = 0
 
     /// The shape of a RowDescription's body (after the message header); nil if malformed.
-    static func of(rowDescription body: ByteBuffer) -> Int? {
+    public static func of(rowDescription body: ByteBuffer) -> Int? {
         var body = body
         guard let count = body.readInteger(as: Int16.self), count >= 0 else { return nil }
         var hasher = Hasher()
@@ -265,5 +266,16 @@ enum ResultShape {
         }
         let shape = hasher.finalize()
         return shape == noRows ? 1 : shape
+    }
+}
+
+extension ByteBuffer {
+    /// Reads a NUL-terminated string as a slice without the NUL (no copy), or nil without a NUL.
+    mutating func readNullTerminatedSlice() -> ByteBuffer? {
+        guard let length = readableBytesView.firstIndex(of: 0).map({ $0 - readerIndex }),
+            let slice = readSlice(length: length)
+        else { return nil }
+        moveReaderIndex(forwardBy: 1)
+        return slice
     }
 }
