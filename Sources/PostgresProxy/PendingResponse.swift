@@ -225,7 +225,7 @@ public struct ResetWatch {
     public var deallocated: String?
     /// `EXECUTE name` of one of the client's protocol-level statements.
     public var executed: String?
-    /// That statement's row type changed (`ClientSession.resultTypeChanged`): the Query runs
+    /// That statement's row type changed (`StatementCatalogue.resultTypeChanged`): the Query runs
     /// a name that does not exist, and its error is replaced by PostgreSQL's for that case.
     public var changedResultType = false
     /// A Query sent after extended messages not yet synced destroys the client's unnamed
