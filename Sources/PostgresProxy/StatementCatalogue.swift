@@ -117,7 +117,7 @@ public struct StatementCatalogue {
     }
 
     /// What a Bind or Describe of the unnamed statement needs first (`ensureUnnamed`).
-    public enum UnnamedPreparation {
+    public enum UnnamedPreparation: Equatable {
         /// The backend has the client's unnamed statement (or none, as the client).
         case ready
         /// The backend may hold another client's: prepare the client's there (its ParseComplete

@@ -282,6 +282,24 @@ import Testing
             frameType: PGMessageType.Frontend.bind, body: Self.bindBody(statement: "other"), resets: Resets(), cache: &backend) == nil)
     }
 
+    @Test func aQueryThatExecutesAStatementTheBackendLacksWaitsForItsParse() {
+        // SQL `EXECUTE s` of a protocol-level statement: even without a known row type, a failed
+        // Parse there must not make PostgreSQL skip the Query unanswered.
+        var catalogue = StatementCatalogue()
+        let statement = ClientStatement(definition: Self.definition("SELECT 1"), analysed: false)
+        catalogue.define("s", statement)
+        var execute = Resets()
+        execute.executed = ("s", 8..<9)
+        var backend = BackendStatementCache()
+        let query = Self.body { PGEncode.query("EXECUTE s", into: &$0) }
+        let check = catalogue.statementToCheckFirst(
+            frameType: PGMessageType.Frontend.query, body: query, resets: execute, cache: &backend)
+        #expect(check?.client == "s" && check?.statement.key == statement.key)
+        // A Query that executes nothing of the client's goes at once.
+        #expect(catalogue.statementToCheckFirst(
+            frameType: PGMessageType.Frontend.query, body: query, resets: Resets(), cache: &backend) == nil)
+    }
+
     @Test func aFailedParseThatMessagesWaitedForReleasesThem() {
         var catalogue = StatementCatalogue()
         var none = BackendStatementCache()
@@ -388,15 +406,5 @@ import Testing
         #expect(catalogue.resets(ofPortal: ByteBuffer(string: "q"))?.kinds == [.discardAll])
         catalogue.boundWithoutStatement(portal: ByteBuffer(string: "q"), unnamed: false)
         #expect(catalogue.resets(ofPortal: ByteBuffer(string: "q")) == nil)
-    }
-}
-
-extension StatementCatalogue.UnnamedPreparation: Equatable {
-    public static func == (a: Self, b: Self) -> Bool {
-        switch (a, b) {
-        case (.ready, .ready), (.close, .close): return true
-        case (.parse(let x), .parse(let y)): return x == y
-        default: return false
-        }
     }
 }
