@@ -1,0 +1,661 @@
+import ConnectionPool
+import NIOCore
+import PostgresWire
+import SQLClassifier
+
+/// A client message on its way to a backend, with what the classifier found it resets.
+public struct HeldMessage {
+    public var frame: PGFrame
+    public var resets: Resets
+
+    public init(_ frame: PGFrame, resets: Resets = Resets()) {
+        self.frame = frame
+        self.resets = resets
+    }
+}
+
+/// The client session's life, as a pure machine: logging in, between transactions without a
+/// backend, waiting for one, having it prepared, attached to it, closed; and what the client sent
+/// meanwhile. The NIO handler (`ClientSession`) runs its actions: it borrows, leases, writes and
+/// closes, and it keeps the backend object itself (the machine knows only how it stands with
+/// one). Time is an input (`now`), so timeouts are tested without sleeping.
+///
+/// What happens to each message once it reaches an attached backend (statement bookkeeping,
+/// resets, the response stream) is decided by the smaller machines the session also holds:
+/// `ResponseTracker`, `PinState` and the statement catalogue.
+public struct ClientSessionMachine {
+    /// How the session stands with a backend.
+    public enum Link: Equatable, Sendable {
+        /// No backend, none asked for.
+        case none
+        /// Asked the pool for one. The pool's request id, once `borrow` returned it: the pool may
+        /// answer before it returns (an idle backend on the same loop), then there is none.
+        case borrowing(RequestID?)
+        /// Leased; the backend is being brought to the client's parameters (or, during login,
+        /// probed for what PostgreSQL reports).
+        case preparing
+        /// Ready: the client's messages go to it.
+        case attached
+    }
+
+    public enum State: Equatable, Sendable {
+        /// Before and during authentication (`ClientLogin` decides), until `loginDeadline`.
+        case authenticating
+        /// Authenticated; ReadyForQuery not sent yet (a login probe may be borrowing a backend).
+        case loggingIn(Link)
+        /// Serving queries.
+        case ready(Link)
+        case closed
+    }
+
+    public private(set) var state: State = .authenticating
+
+    /// What the client sent while no backend could take it, in order.
+    public private(set) var held: [HeldMessage] = []
+    public private(set) var heldBytes = 0
+    /// Query, Sync and FunctionCall messages among `held`: each owes the client a ReadyForQuery.
+    public private(set) var heldSyncPoints = 0
+    /// Some of `held` wait for the answer to an earlier batch (not for a backend).
+    public var waitingForEarlierBatches = false
+
+    /// What the backend owes, in order, for what was sent to it (see `ResponseTracker`).
+    public var responses = ResponseTracker()
+    /// Why the session is pinned (see `PinState`).
+    public var pins = PinState()
+
+    // The extended-query batch, as PostgreSQL sees it.
+    /// Extended messages sent (or held) since the last sync point.
+    public var pendingUnsynced = false
+    /// Extended messages sent to the backend since the last Sync that went there.
+    public var sentUnsynced = false
+    /// An error in the current batch: the backend skips to its Sync.
+    public var skippingUntilSync = false
+    /// The client gets an error for what it sends until its next Sync (PostgreSQL's rule after an
+    /// error in an extended batch), answered by the proxy.
+    public private(set) var discardUntilSync = false
+    /// The backend of an open transaction died while the client was idle in it: its next
+    /// statement is answered with an error (and the transaction is over).
+    public private(set) var transactionLost = false
+    /// The backend runs COPY FROM STDIN for the client.
+    public var copyInActive = false
+    /// The proxy's own preparation failed for a Query: the error the client got answers it, and
+    /// a Sync goes instead (see ClientSession.send).
+    public var syncInsteadOfQuery = false
+    /// A prepared statement is being parsed so that a Query can run.
+    public var preparingForQuery = false
+    /// The last ReadyForQuery's status.
+    public var transactionStatus = PGTransactionStatus.idle
+    /// After RESET ALL, RESET name or DISCARD ALL on a backend the session keeps: the client's
+    /// values go back to it before its next messages.
+    public var needsParameterResync = false
+
+    // Cancel.
+    /// A cancel arrived while the backend was being prepared: it follows the statement.
+    public private(set) var cancelWhenSent = false
+    /// Cancel requests on their way to the database: the backend is not given back before they
+    /// arrive (a late cancel would hit the next client's statement).
+    public private(set) var cancelsInFlight = 0
+    /// Backends leased in a row that were dead before use (see `backendPrepareFailed`).
+    public private(set) var deadBackendsLeased = 0
+
+    /// Shutting down: close between transactions.
+    public private(set) var draining = false
+    /// The backend's socket is full (e.g. a large COPY IN): stop reading from the client.
+    public var backendBlocked = false
+
+    // Time.
+    public private(set) var lastActivity: NIODeadline
+    public private(set) var loginDeadline: NIODeadline
+    public private(set) var borrowStarted = NIODeadline.uptimeNanoseconds(0)
+
+    /// PostgreSQL's authentication_timeout: a client must log in within a minute.
+    public static let authenticationTimeout = TimeAmount.seconds(60)
+    /// How much a client may send ahead while it waits for a backend before we stop reading it.
+    public static let maxHeldBytes = 65_536
+
+    public init(now: NIODeadline) {
+        self.lastActivity = now
+        self.loginDeadline = .distantFuture
+    }
+
+    // MARK: Derived state
+
+    public var link: Link {
+        switch state {
+        case .loggingIn(let link), .ready(let link): return link
+        case .authenticating, .closed: return .none
+        }
+    }
+
+    private mutating func setLink(_ link: Link) {
+        switch state {
+        case .loggingIn: state = .loggingIn(link)
+        case .ready: state = .ready(link)
+        case .authenticating, .closed: break
+        }
+    }
+
+    public var isClosed: Bool { state == .closed }
+    public var isReady: Bool {
+        if case .ready = state { return true }
+        return false
+    }
+    public var isLoggingIn: Bool {
+        if case .loggingIn = state { return true }
+        return false
+    }
+    public var isBackendReady: Bool { link == .attached }
+    public var isBorrowing: Bool {
+        if case .borrowing = link { return true }
+        return false
+    }
+
+    /// Nothing in flight and no transaction open (pinned or not): the client may be closed
+    /// (idle timeout, shutdown) without losing anything.
+    public var isBetweenTransactions: Bool {
+        !isBorrowing && held.isEmpty && responses.outstandingSyncs == 0 && !pendingUnsynced && transactionStatus == .idle
+    }
+
+    /// No backend serves this client and nothing waits for one: statement bookkeeping (Parse,
+    /// Close of named statements, Flush, and the Sync after them) is answered by the proxy.
+    public var answersLocally: Bool {
+        state == .ready(.none) && held.isEmpty
+    }
+
+    /// `DEALLOCATE name` of a protocol-level statement may be answered by the proxy: nothing is
+    /// in flight or waiting.
+    public var mayAnswerDeallocateLocally: Bool {
+        guard isReady, !isBorrowing else { return false }
+        return responses.outstandingSyncs == 0 && !pendingUnsynced && !sentUnsynced && responses.isEmpty && held.isEmpty
+    }
+
+    /// Whether to stop reading from the client.
+    public var readsPaused: Bool {
+        switch state {
+        case .loggingIn: return true
+        // Reading on while a few messages wait for a backend saves two epoll_ctl calls per
+        // transaction; a client that pipelines more than `maxHeldBytes` meanwhile is paused.
+        case .ready: return heldBytes > Self.maxHeldBytes || backendBlocked
+        case .authenticating, .closed: return false
+        }
+    }
+
+    /// For the gauges: attached and pinned, attached and in a transaction.
+    public var countsAsPinned: Bool { link != .none && pins.isPinned }
+    public var countsInTransaction: Bool {
+        link != .none && (transactionStatus != .idle || responses.outstandingSyncs > 0 || pendingUnsynced)
+    }
+
+    // MARK: Login
+
+    /// The client's connection is up: it must log in by `now + authenticationTimeout`.
+    public mutating func connected(now: NIODeadline) {
+        loginDeadline = now + Self.authenticationTimeout
+    }
+
+    public enum LoginStart: Equatable {
+        /// PostgreSQL's spelling of what the client asked for is known: answer now.
+        case completeLogin
+        /// Borrow a backend to learn it (see `backendPrepared`).
+        case borrowProbe
+    }
+
+    /// The client authenticated. `knowsParameters`: PostgreSQL's spelling of every tracked
+    /// startup parameter is known; otherwise the first backend tells (the login probe).
+    public mutating func authenticated(knowsParameters: Bool, now: NIODeadline) -> LoginStart {
+        guard state == .authenticating else { return .completeLogin }
+        state = .loggingIn(.none)
+        if knowsParameters { return .completeLogin }
+        startBorrow(now: now)
+        return .borrowProbe
+    }
+
+    /// ReadyForQuery went to the client. True: messages it pipelined meanwhile need a backend
+    /// (the borrow has started).
+    public mutating func loginCompleted(now: NIODeadline) -> Bool {
+        guard case .loggingIn(let link) = state else { return false }
+        state = .ready(link)
+        guard !held.isEmpty, link == .none else { return false }
+        startBorrow(now: now)
+        return true
+    }
+
+    // MARK: Messages from the client
+
+    public enum Gate: Equatable {
+        /// Handle the message.
+        case proceed
+        /// Discarded (PostgreSQL's rule after an error, until Sync).
+        case drop
+        /// The Sync that ends a discarded batch: ReadyForQuery (idle).
+        case replyReadyForQuery
+        /// The transaction's backend was lost: the client gets that error, with a ReadyForQuery
+        /// if the message was a sync point.
+        case transactionLost(thenReady: Bool)
+        case close
+    }
+
+    /// The client sent something (once per read).
+    public mutating func clientActivity(now: NIODeadline) {
+        lastActivity = now
+    }
+
+    /// Every message from the client passes here first.
+    public mutating func messageArrived(_ type: UInt8) -> Gate {
+        if transactionLost, type != PGMessageType.Frontend.terminate {
+            transactionLost = false
+            let syncPoint = Self.isSyncPoint(type)
+            if !syncPoint { discardUntilSync = true }
+            return .transactionLost(thenReady: syncPoint)
+        }
+        if discardUntilSync {
+            if type == PGMessageType.Frontend.sync {
+                discardUntilSync = false
+                return .replyReadyForQuery
+            }
+            return type == PGMessageType.Frontend.terminate ? .close : .drop
+        }
+        return .proceed
+    }
+
+    public enum Route: Equatable {
+        /// Write it to the attached backend.
+        case send
+        /// Kept until a backend is ready, or an earlier batch is answered.
+        case held
+        /// Kept; ask the pool for a backend (`borrowRequested` follows).
+        case borrow
+    }
+
+    /// Where a message goes. `sendable`: whether the attached backend may take it now, or it must
+    /// wait for an earlier batch's answer (asked only when nothing is held before it).
+    public mutating func route(_ message: HeldMessage, now: NIODeadline, sendable: (HeldMessage) -> Bool) -> Route {
+        if link == .attached {
+            if held.isEmpty, sendable(message) { return .send }
+            // Behind a batch whose outcome decides how this message is to be sent: it waits
+            // (and everything after it, to keep the order) until that batch is answered.
+            hold(message)
+            waitingForEarlierBatches = true
+            return .held
+        }
+        hold(message)
+        if state == .ready(.none) {
+            startBorrow(now: now)
+            return .borrow
+        }
+        return .held
+    }
+
+    private mutating func hold(_ message: HeldMessage) {
+        held.append(message)
+        heldBytes += message.frame.bytes.readableBytes
+        if Self.isSyncPoint(message.frame.type) { heldSyncPoints += 1 }
+    }
+
+    public static func isSyncPoint(_ type: UInt8) -> Bool {
+        type == PGMessageType.Frontend.query || type == PGMessageType.Frontend.sync
+            || type == PGMessageType.Frontend.functionCall
+    }
+
+    /// The next held message that may go to the attached backend now (`sendable` decides, as in
+    /// `route`); it leaves the queue. When none may, and nothing is in flight that could free
+    /// them, the first goes anyway: a client is never stalled on a guess.
+    public mutating func nextHeldToSend(force: Bool = false, sendable: (HeldMessage) -> Bool) -> HeldMessage? {
+        guard link == .attached, let first = held.first else { return nil }
+        guard force || sendable(first) else { return nil }
+        held.removeFirst()
+        heldBytes -= first.frame.bytes.readableBytes
+        if Self.isSyncPoint(first.frame.type) { heldSyncPoints -= 1 }
+        if held.isEmpty {
+            heldBytes = 0
+        }
+        return first
+    }
+
+    /// After the held messages that could go went: true if the queue is empty now (reads may
+    /// resume).
+    public mutating func heldDrained() -> Bool {
+        guard held.isEmpty else { return false }
+        waitingForEarlierBatches = false
+        heldBytes = 0
+        return true
+    }
+
+    // MARK: The pool
+
+    private mutating func startBorrow(now: NIODeadline) {
+        borrowStarted = now
+        setLink(.borrowing(nil))
+    }
+
+    /// Ask for a backend (login probe, or a new one after a dead lease).
+    public mutating func borrowStarting(now: NIODeadline) {
+        startBorrow(now: now)
+    }
+
+    /// `borrow` returned: the request to cancel if the client gives up, unless the pool already
+    /// answered (it may, before returning).
+    public mutating func borrowRequested(_ request: RequestID) {
+        if link == .borrowing(nil) { setLink(.borrowing(request)) }
+    }
+
+    public enum BorrowAnswer: Equatable {
+        /// Nobody wants it any more (the client left, or cancelled its wait): give it back.
+        case returnUnused
+        /// Lease it; `probing`: the login probe, which sets the startup packet's values as the
+        /// client wrote them. `waited`: for the borrow latency.
+        case lease(probing: Bool, waited: TimeAmount)
+    }
+
+    public mutating func borrowSucceeded(now: NIODeadline) -> BorrowAnswer {
+        // A cancelled wait that the pool answered meanwhile has nothing held any more.
+        guard isBorrowing, !(isReady && held.isEmpty) else {
+            if isBorrowing { setLink(.none) }
+            return .returnUnused
+        }
+        let probing = isLoggingIn
+        setLink(.preparing)
+        return .lease(probing: probing, waited: now - borrowStarted)
+    }
+
+    public enum BorrowFailure: Equatable {
+        case none
+        /// Close the session with the error (FATAL).
+        case fail
+        /// PostgreSQL's own semantics for a failed statement: the error and a ReadyForQuery for
+        /// each held sync point; when extended messages came after the last one, the error (if not
+        /// given already) and they are discarded until the client's Sync. The connection stays.
+        case answer(syncPoints: Int, unsyncedError: Bool)
+    }
+
+    /// The pool could not give a backend (or the client cancelled its wait: `borrowCancelled`).
+    public mutating func borrowFailed(closesSession: Bool) -> BorrowFailure {
+        guard !isClosed else { return .none }
+        setLink(.none)
+        if isLoggingIn || closesSession { return .fail }
+        let syncPoints = heldSyncPoints
+        var unsyncedError = false
+        if pendingUnsynced {
+            unsyncedError = syncPoints == 0
+            discardUntilSync = true
+            pendingUnsynced = false
+        }
+        held.removeAll(keepingCapacity: true)
+        heldBytes = 0
+        heldSyncPoints = 0
+        return .answer(syncPoints: syncPoints, unsyncedError: unsyncedError)
+    }
+
+    // MARK: The backend
+
+    public enum Prepared: Equatable {
+        /// The login probe: learn what it reported, finish login, then give it back if nothing
+        /// waits (`release`) or send what waits.
+        case completeLogin(release: Bool)
+        /// Send what waits; `thenCancel`: a cancel came meanwhile (it follows the statement).
+        case sendHeld(thenCancel: Bool)
+        case none
+    }
+
+    /// The leased backend has the client's parameters.
+    public mutating func backendPrepared() -> Prepared {
+        guard link == .preparing else { return .none }
+        setLink(.attached)
+        if isLoggingIn {
+            if held.isEmpty {
+                return .completeLogin(release: true)
+            }
+            return .completeLogin(release: false)
+        }
+        deadBackendsLeased = 0
+        let cancel = cancelWhenSent
+        cancelWhenSent = false
+        return .sendHeld(thenCancel: cancel)
+    }
+
+    public enum PrepareFailure: Equatable {
+        /// Close the session: `serverError` with the database's error, or as lost.
+        case fail(serverError: Bool)
+        /// The backend was dead before use: borrow another for what waits.
+        case borrowAgain
+        /// Answer what waits with "backend unavailable" (as a borrow failure).
+        case unavailable
+    }
+
+    /// Preparing the leased backend failed. `serverError`: the database refused (its error goes
+    /// to the client, FATAL); otherwise the connection broke.
+    public mutating func backendPrepareFailed(serverError: Bool, now: NIODeadline) -> PrepareFailure {
+        setLink(.none)
+        if serverError { return .fail(serverError: true) }
+        guard isReady, !pins.isPinned else { return .fail(serverError: false) }
+        // Nothing of the client's reached the database: the backend was gone before it was used
+        // (a restart closed the pool's idle backends). Its waiting messages go to another one;
+        // after a few such, they get an error and the connection stays.
+        if !held.isEmpty, deadBackendsLeased < 3 {
+            deadBackendsLeased += 1
+            startBorrow(now: now)
+            return .borrowAgain
+        }
+        return .unavailable
+    }
+
+    public enum AfterReady: Equatable {
+        case none
+        /// The transaction is over: answer the client now, then give the backend back (and close
+        /// if draining). The response latency ends here.
+        case release(thenClose: Bool)
+        /// All sync points answered; the session keeps the backend.
+        case keep
+        /// As `keep`, and the backend needs the client's parameters again (after a reset): its
+        /// next messages wait (the link is `preparing` until `backendPrepared`).
+        case reapply
+    }
+
+    /// The backend's ReadyForQuery messages (`count`, the last with `status`) reached the client.
+    public mutating func readyForQueryForwarded(count: Int, status: PGTransactionStatus) -> AfterReady {
+        guard count > 0 else { return .none }
+        responses.syncPointsAnswered(count)
+        transactionStatus = status
+        guard responses.outstandingSyncs == 0 else { return .none }
+        if mayRelease {
+            // The next lease brings the backend to the client's values.
+            needsParameterResync = false
+            return .release(thenClose: draining)
+        }
+        if needsParameterResync, status != .failed, !sentUnsynced, responses.isEmpty {
+            needsParameterResync = false
+            setLink(.preparing)
+            return .reapply
+        }
+        return .keep
+    }
+
+    private var mayRelease: Bool {
+        responses.outstandingSyncs == 0 && !pendingUnsynced && transactionStatus == .idle && !pins.isPinned && held.isEmpty
+            && responses.isEmpty && cancelsInFlight == 0
+    }
+
+    /// The backend went back to the pool (`.release`, or a cancel that arrived after the end).
+    public mutating func backendReleased(now: NIODeadline) {
+        responses.removeAllPending()
+        preparingForQuery = false
+        syncInsteadOfQuery = false
+        cancelWhenSent = false
+        backendBlocked = false
+        setLink(.none)
+        lastActivity = now
+    }
+
+    public enum Lost: Equatable {
+        case none
+        /// A pinned session's state lived on that backend (or it was logging in): it cannot go on.
+        case fail
+        /// The client gets an error (with ReadyForQuery) for each unanswered sync point; for
+        /// extended messages after them, the error (if not given already) and discarding until
+        /// Sync. Idle in a transaction, its next statement gets the error. `borrow`: messages
+        /// that arrived meanwhile go to a new backend.
+        case answer(syncPoints: Int, unsyncedError: Bool, borrow: Bool)
+    }
+
+    /// The backend's connection closed under the session.
+    public mutating func backendClosed(now: NIODeadline) -> Lost {
+        guard link == .preparing || link == .attached else { return .none }
+        setLink(.none)
+        guard isReady, !pins.isPinned else { return .fail }
+        let syncPoints = responses.outstandingSyncs
+        let unsynced = pendingUnsynced
+        let inTransaction = transactionStatus != .idle
+        responses.reset()
+        preparingForQuery = false
+        syncInsteadOfQuery = false
+        waitingForEarlierBatches = false
+        skippingUntilSync = false
+        sentUnsynced = false
+        copyInActive = false
+        needsParameterResync = false
+        pendingUnsynced = false
+        transactionStatus = .idle
+        backendBlocked = false
+        if unsynced {
+            discardUntilSync = true
+        } else if syncPoints == 0, inTransaction {
+            transactionLost = true
+        }
+        lastActivity = now
+        let borrow = !held.isEmpty
+        if borrow { startBorrow(now: now) }
+        return .answer(syncPoints: syncPoints, unsyncedError: unsynced && syncPoints == 0, borrow: borrow)
+    }
+
+    // MARK: Cancel
+
+    public enum Cancel: Equatable {
+        /// Nothing runs.
+        case none
+        /// Still waiting for a backend: the wait ends (cancel `request` at the pool, if any) and
+        /// what waits gets "canceling statement due to user request" as a failed borrow.
+        case cancelWait(RequestID?)
+        /// Waiting for its backend to be prepared: the cancel follows the statement.
+        case afterSend
+        /// Send a CancelRequest to the backend (then `cancelSent`).
+        case sendCancel
+    }
+
+    /// A CancelRequest carrying this session's key.
+    public mutating func cancelRequested() -> Cancel {
+        guard isReady else { return .none }
+        switch link {
+        case .borrowing(let request):
+            return .cancelWait(request)
+        case .none:
+            return held.isEmpty ? .none : .cancelWait(nil)
+        case .preparing:
+            guard !held.isEmpty else { return .none }
+            cancelWhenSent = true
+            return .afterSend
+        case .attached:
+            return responses.outstandingSyncs > 0 || pendingUnsynced ? .sendCancel : .none
+        }
+    }
+
+    /// A cancel request is on its way to the database.
+    public mutating func cancelSent() {
+        cancelsInFlight += 1
+    }
+
+    /// The database has it (or sending it failed). `.release`: the transaction ended meanwhile and
+    /// the backend may go back now.
+    public mutating func cancelDelivered() -> AfterReady {
+        cancelsInFlight -= 1
+        guard cancelsInFlight == 0, link == .attached, mayRelease else { return .none }
+        needsParameterResync = false
+        return .release(thenClose: draining)
+    }
+
+    // MARK: Time, drain, close
+
+    public enum Timeout: Equatable {
+        case none
+        case authentication
+        case idle
+    }
+
+    /// About once a second. `idleTimeout`: the configuration's (it may change on reload).
+    public mutating func tick(now: NIODeadline, idleTimeout: TimeAmount) -> Timeout {
+        switch state {
+        case .authenticating:
+            return now >= loginDeadline ? .authentication : .none
+        case .ready:
+            guard isBetweenTransactions else {
+                // A long transaction is not idleness: the idle period starts when it ends.
+                lastActivity = now
+                return .none
+            }
+            return now >= lastActivity + idleTimeout ? .idle : .none
+        case .loggingIn, .closed:
+            return .none
+        }
+    }
+
+    /// Graceful shutdown: true if the session must close now (between transactions, or not
+    /// logged in); otherwise it closes after its current transaction.
+    public mutating func drain() -> Bool {
+        draining = true
+        switch state {
+        case .ready: return isBetweenTransactions
+        case .authenticating: return true
+        case .loggingIn, .closed: return false
+        }
+    }
+
+    public enum BackendDisposal: Equatable {
+        case none
+        /// Clean: back to the pool for anyone.
+        case release
+        /// Session state (pins) or half-prepared: closed, never handed to anyone else.
+        case discard
+        /// Something runs on it: cancel it, then close.
+        case cancelAndClose
+        /// Idle in a transaction: roll back, then back to the pool.
+        case rollbackAndRelease
+    }
+
+    public struct Teardown: Equatable {
+        /// The pool request to cancel.
+        public var cancelBorrow: RequestID?
+        public var backend: BackendDisposal
+
+        public init(cancelBorrow: RequestID?, backend: BackendDisposal) {
+            self.cancelBorrow = cancelBorrow
+            self.backend = backend
+        }
+    }
+
+    /// The session ends (client gone, error, timeout, drain). Nil if it had already.
+    public mutating func closed() -> Teardown? {
+        guard !isClosed else { return nil }
+        let link = self.link
+        state = .closed
+        held.removeAll()
+        heldBytes = 0
+        heldSyncPoints = 0
+        var teardown = Teardown(cancelBorrow: nil, backend: .none)
+        switch link {
+        case .none:
+            break
+        case .borrowing(let request):
+            teardown.cancelBorrow = request
+        case .preparing, .attached:
+            if link == .preparing || pins.isPinned {
+                teardown.backend = responses.outstandingSyncs > 0 ? .cancelAndClose : .discard
+            } else if responses.outstandingSyncs > 0 || pendingUnsynced {
+                teardown.backend = .cancelAndClose
+            } else if transactionStatus != .idle {
+                teardown.backend = .rollbackAndRelease
+            } else {
+                teardown.backend = .release
+            }
+        }
+        return teardown
+    }
+}
