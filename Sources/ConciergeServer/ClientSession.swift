@@ -624,12 +624,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     }
 
     private func route(_ message: HeldMessage) {
-        let backend = self.backend
-        let route = machine.route(message, now: .now()) { message in
-            guard let backend else { return false }
-            return !mustWaitForEarlierBatches(message) && !mustCheckResultTypeFirst(message, on: backend)
-        }
-        switch route {
+        // (Checked in this order: `mustCheckResultTypeFirst` may send a Parse of its own.)
+        let sendable = machine.mayTakeNow && backend.map { !mustWaitForEarlierBatches(message) && !mustCheckResultTypeFirst(message, on: $0) } ?? false
+        switch machine.route(message, now: .now(), sendable: sendable) {
         case .send:
             send(message, to: backend!)
             needsFlushToBackend = true
@@ -865,24 +862,17 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         guard machine.waitingForEarlierBatches, machine.isBackendReady else { return }
         var sent = false
         var sentSinceForced = false
-        while true {
-            if let message = machine.nextHeldToSend(sendable: { message in
-                !mustWaitForEarlierBatches(message) && !mustCheckResultTypeFirst(message, on: backend)
-            }) {
-                send(message, to: backend)
-                sent = true
+        while let first = machine.held.first {
+            if !mustWaitForEarlierBatches(first), !mustCheckResultTypeFirst(first, on: backend) {
                 sentSinceForced = true
-                continue
+            } else if !sentSinceForced, responses.outstandingSyncs == 0, !awaitingShape {
+                // Nothing in flight to wait for (cannot happen; never stall a client on it).
+            } else {
+                break
             }
-            // Nothing in flight to wait for (cannot happen; never stall a client on it).
-            if !sentSinceForced, responses.outstandingSyncs == 0, !awaitingShape,
-                let message = machine.nextHeldToSend(force: true, sendable: { _ in true })
-            {
-                send(message, to: backend)
-                sent = true
-                continue
-            }
-            break
+            guard let message = machine.popHeld() else { break }
+            send(message, to: backend)
+            sent = true
         }
         if sent { backend.flush() }
         if machine.heldDrained() { resumeReadsIfNeeded() }

@@ -64,11 +64,15 @@ public struct ClientSessionMachine {
     public var pins = PinState()
 
     // The extended-query batch, as PostgreSQL sees it.
-    /// Extended messages sent (or held) since the last sync point.
+    /// Extended-protocol messages sent (or held) since the last Sync: the backend holds their
+    /// state.
     public var pendingUnsynced = false
-    /// Extended messages sent to the backend since the last Sync that went there.
+    /// Messages other than a Sync or Query have gone to the backend since the last of those:
+    /// the backend is inside the client's batch (an implicit transaction), where the proxy must
+    /// not send a Sync of its own. (`pendingUnsynced` also counts messages still held.)
     public var sentUnsynced = false
-    /// An error in the current batch: the backend skips to its Sync.
+    /// An extended-protocol message failed and no Sync has been sent since: PostgreSQL skips
+    /// everything the client sends until its Sync, so the proxy neither answers nor records it.
     public var skippingUntilSync = false
     /// The client gets an error for what it sends until its next Sync (PostgreSQL's rule after an
     /// error in an extended batch), answered by the proxy.
@@ -76,12 +80,16 @@ public struct ClientSessionMachine {
     /// The backend of an open transaction died while the client was idle in it: its next
     /// statement is answered with an error (and the transaction is over).
     public private(set) var transactionLost = false
-    /// The backend runs COPY FROM STDIN for the client.
+    /// The backend is in copy-in mode through the extended protocol and the client has not sent
+    /// CopyDone or CopyFail yet: its Syncs meanwhile are ignored by PostgreSQL.
     public var copyInActive = false
-    /// The proxy's own preparation failed for a Query: the error the client got answers it, and
-    /// a Sync goes instead (see ClientSession.send).
+    /// The proxy parsed a statement for a simple Query that runs it (`EXECUTE name`), and that
+    /// Parse failed: PostgreSQL skips everything up to a Sync, where it would have run the
+    /// client's Query and failed it with the same error. The Query is replaced by a Sync, whose
+    /// ReadyForQuery answers it.
     public var syncInsteadOfQuery = false
-    /// A prepared statement is being parsed so that a Query can run.
+    /// The Parse the client's messages wait for (the statement catalogue's row-type check)
+    /// prepares a statement for a simple Query: if it fails, the Query must still be answered.
     public var preparingForQuery = false
     /// The last ReadyForQuery's status.
     public var transactionStatus = PGTransactionStatus.idle
@@ -90,10 +98,12 @@ public struct ClientSessionMachine {
     public var needsParameterResync = false
 
     // Cancel.
-    /// A cancel arrived while the backend was being prepared: it follows the statement.
+    /// A cancel arrived while the backend was being prepared for the client (its session
+    /// parameters set), before the held statement reached it: it is sent once the statement is.
     public private(set) var cancelWhenSent = false
-    /// Cancel requests on their way to the database: the backend is not given back before they
-    /// arrive (a late cancel would hit the next client's statement).
+    /// Cancel requests sent for the backend this client holds and not yet answered (the database
+    /// closes a cancel connection once it has signalled the backend). The backend is not given
+    /// back before: a late signal would cancel whatever another client runs on it next.
     public private(set) var cancelsInFlight = 0
     /// Backends leased in a row that were dead before use (see `backendPrepareFailed`).
     public private(set) var deadBackendsLeased = 0
@@ -267,11 +277,12 @@ public struct ClientSessionMachine {
         case borrow
     }
 
-    /// Where a message goes. `sendable`: whether the attached backend may take it now, or it must
-    /// wait for an earlier batch's answer (asked only when nothing is held before it).
-    public mutating func route(_ message: HeldMessage, now: NIODeadline, sendable: (HeldMessage) -> Bool) -> Route {
+    /// Where a message goes. `sendable`: the attached backend may take it now (the handler asks
+    /// only when nothing is held, see `mayTakeNow`); otherwise it must wait for an earlier batch's
+    /// answer.
+    public mutating func route(_ message: HeldMessage, now: NIODeadline, sendable: Bool) -> Route {
         if link == .attached {
-            if held.isEmpty, sendable(message) { return .send }
+            if held.isEmpty, sendable { return .send }
             // Behind a batch whose outcome decides how this message is to be sent: it waits
             // (and everything after it, to keep the order) until that batch is answered.
             hold(message)
@@ -286,6 +297,10 @@ public struct ClientSessionMachine {
         return .held
     }
 
+    /// Whether a new message could go straight to the backend, if it need not wait for an
+    /// earlier batch: the handler checks that only then.
+    public var mayTakeNow: Bool { link == .attached && held.isEmpty }
+
     private mutating func hold(_ message: HeldMessage) {
         held.append(message)
         heldBytes += message.frame.bytes.readableBytes
@@ -297,18 +312,15 @@ public struct ClientSessionMachine {
             || type == PGMessageType.Frontend.functionCall
     }
 
-    /// The next held message that may go to the attached backend now (`sendable` decides, as in
-    /// `route`); it leaves the queue. When none may, and nothing is in flight that could free
-    /// them, the first goes anyway: a client is never stalled on a guess.
-    public mutating func nextHeldToSend(force: Bool = false, sendable: (HeldMessage) -> Bool) -> HeldMessage? {
-        guard link == .attached, let first = held.first else { return nil }
-        guard force || sendable(first) else { return nil }
-        held.removeFirst()
+    /// Takes the first held message, to send to the attached backend. The handler decides first
+    /// whether it may go now (or must wait for the answer to an earlier batch); when nothing in
+    /// flight could free it, it goes anyway: a client is never stalled on a guess.
+    public mutating func popHeld() -> HeldMessage? {
+        guard link == .attached, !held.isEmpty else { return nil }
+        let first = held.removeFirst()
         heldBytes -= first.frame.bytes.readableBytes
         if Self.isSyncPoint(first.frame.type) { heldSyncPoints -= 1 }
-        if held.isEmpty {
-            heldBytes = 0
-        }
+        if held.isEmpty { heldBytes = 0 }
         return first
     }
 

@@ -44,7 +44,7 @@ import Testing
         } else if type == Frontend.sync || type == Frontend.query {
             machine.pendingUnsynced = false
         }
-        return machine.route(message, now: now) { _ in true }
+        return machine.route(message, now: now, sendable: true)
     }
 
     /// What the handler records when it writes a message to the backend.
@@ -74,7 +74,7 @@ import Testing
         machine.borrowRequested(RequestID(clientID: 1))
         same(machine.borrowSucceeded(now: t0 + .milliseconds(3)), .lease(probing: false, waited: .milliseconds(3)))
         same(machine.backendPrepared(), .sendHeld(thenCancel: false))
-        let first = machine.nextHeldToSend { _ in true }
+        let first = machine.popHeld()
         #expect(first?.frame.type == Frontend.query)
         sent(first!, &machine)
         same(machine.heldDrained(), true)
@@ -138,24 +138,22 @@ import Testing
         _ = machine.borrowSucceeded(now: Self.t0)
         _ = machine.backendPrepared()
         var types: [UInt8] = []
-        while let next = machine.nextHeldToSend(sendable: { _ in true }) { types.append(next.frame.type) }
+        while let next = machine.popHeld() { types.append(next.frame.type) }
         #expect(types == [Frontend.parse, Frontend.bind, Frontend.execute, Frontend.sync, Frontend.query])
         same(machine.heldDrained(), true)
         #expect(!machine.readsPaused)
     }
 
-    @Test func aHeldMessageThatMustWaitForAnEarlierBatchStopsTheQueueUnlessNothingIsInFlight() {
+    @Test func aMessageThatMustWaitForAnEarlierBatchIsHeldWithEverythingAfterIt() {
         var machine = Self.attached()
         // The handler says the Parse must wait for the answer to the batch before it; the Sync
         // waits behind it.
-        same(machine.route(Self.parse, now: Self.t0) { _ in false }, .held)
-        same(machine.route(Self.sync, now: Self.t0) { _ in true }, .held)
+        same(machine.route(Self.parse, now: Self.t0, sendable: false), .held)
+        same(machine.route(Self.sync, now: Self.t0, sendable: true), .held)
         #expect(machine.waitingForEarlierBatches)
-        same(machine.nextHeldToSend(sendable: { $0.frame.type != Frontend.parse })?.frame.type, nil)
         same(machine.heldDrained(), false)
-        // Forced (the handler does so when nothing is in flight that could free it).
-        same(machine.nextHeldToSend(force: true, sendable: { _ in false })?.frame.type, Frontend.parse)
-        same(machine.nextHeldToSend(sendable: { _ in true })?.frame.type, Frontend.sync)
+        same(machine.popHeld()?.frame.type, Frontend.parse)
+        same(machine.popHeld()?.frame.type, Frontend.sync)
         same(machine.heldDrained(), true)
         #expect(!machine.waitingForEarlierBatches)
     }
@@ -199,7 +197,7 @@ import Testing
         same(machine.backendPrepared(), .completeLogin(release: false))
         same(machine.loginCompleted(now: Self.t0), false)  // the probe's backend serves them
         #expect(machine.state == .ready(.attached))
-        same(machine.nextHeldToSend(sendable: { _ in true })?.frame.type, Frontend.query)
+        same(machine.popHeld()?.frame.type, Frontend.query)
     }
 
     @Test func theLoginProbeIsGivenBackWhenNothingWaits() {
@@ -328,7 +326,7 @@ import Testing
 
     @Test func messagesHeldWhenTheBackendDiesGoToANewOne() {
         var machine = Self.attached()
-        same(machine.route(Self.sync, now: Self.t0) { _ in false }, .held)
+        same(machine.route(Self.sync, now: Self.t0, sendable: false), .held)
         same(Self.arrive(Self.query, &machine), .held)
         same(machine.backendClosed(now: Self.t0), .answer(syncPoints: 1, unsyncedError: false, borrow: true))
         #expect(machine.state == .ready(.borrowing(nil)))
