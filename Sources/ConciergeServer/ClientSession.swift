@@ -48,7 +48,12 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     private var database = ""
     /// Session parameters the client asked for in its startup packet (lowercased name → value),
     /// applied to whichever backend serves it.
-    private var desiredParameters: [String: String] = [:]
+    private var desiredParameters: [String: String] {
+        _read { yield parameters.current }
+        _modify { yield &parameters.current }
+    }
+    /// The client's session parameters (see `SessionParameters`).
+    private var parameters = SessionParameters()
     private var poolKey = PoolKey(user: "", database: "")
     /// The proxy's, with the parameters this server reports (set at login).
     private lazy var classifierOptions = runtime.classifierOptions
@@ -92,7 +97,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
 
     // Session resets (RESET ALL, DISCARD ALL, ...; see `applyReset`)
     /// The parameters the client logged in with: what RESET ALL and DISCARD ALL return it to.
-    private var startupParameters: [String: String] = [:]
+    private var startupParameters: [String: String] { parameters.startup }
     /// A RESET ALL or DISCARD ALL is on its way: ParameterStatus messages are held back until
     /// its ReadyForQuery, when the client gets what PostgreSQL would have reported to it.
     private var resetWindow: ResetWindow?
@@ -123,14 +128,11 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     }
     /// A `SET` sent alone outside a transaction (see `SQLTrackedSettings`): the client's value
     /// once its ReadyForQuery arrives without an error.
-    private var pendingSetting: PendingSetting?
-
-    private struct PendingSetting {
-        var name: String
-        var value: String?
-        /// Sent as a Query, or its unnamed statement was executed (a Parse alone sets nothing).
-        var executed: Bool
+    private var pendingSetting: SessionParameters.PendingSetting? {
+        _read { yield parameters.pendingSetting }
+        _modify { yield &parameters.pendingSetting }
     }
+
     /// Portal → server-side statement of its Bind, for `cached plan must not change result type`.
     private var portalStatements: [String: String] = [:]
     var pinReasons: PinReasons { machine.pins.reasons }
@@ -414,32 +416,16 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         }
     }
 
-    /// Whether PostgreSQL's spelling of every tracked startup parameter is known (then
-    /// `desiredParameters` holds it): `DateStyle=iso` is reported as `ISO, MDY`,
-    /// `TimeZone=utc` as `UTC`.
+    /// See `SessionParameters.knowsCanonicalValues`.
     private func knowsCanonicalValues(template: LoginTemplate) -> Bool {
-        for (name, value) in desiredParameters where TrackedParameters.isTracked(name) {
-            if let index = template.indexByLowercasedName[name], template.parameters[index].value == value {
-                continue
-            }
-            if name == "application_name", value.utf8.count < 64, value.utf8.allSatisfy({ (32...126).contains($0) }) {
-                continue  // reported as sent
-            }
-            guard let canonical = runtime.canonicalValue(of: name, as: value, for: poolKey) else { return false }
-            desiredParameters[name] = canonical
-        }
-        return true
+        let (runtime, poolKey) = (self.runtime, self.poolKey)
+        return parameters.knowsCanonicalValues(template: template) { runtime.canonicalValue(of: $0, as: $1, for: poolKey) }
     }
 
-    /// After a login that used a backend: the values it reports are PostgreSQL's spelling of
-    /// what the client asked for.
+    /// See `SessionParameters.learnCanonicalValues`.
     private func learnCanonicalValues(from reported: [String: String]) {
-        for (reportedName, reportedValue) in reported {
-            let name = reportedName.lowercased()
-            guard TrackedParameters.isTracked(name), let requested = desiredParameters[name] else { continue }
-            if requested != reportedValue { runtime.learnCanonicalValue(of: name, as: requested, reportedValue, for: poolKey) }
-            desiredParameters[name] = reportedValue
-        }
+        let (runtime, poolKey) = (self.runtime, self.poolKey)
+        parameters.learnCanonicalValues(from: reported) { runtime.learnCanonicalValue(of: $0, as: $1, $2, for: poolKey) }
     }
 
     private func completeLogin(template: LoginTemplate, classifierOptions: ClassifierOptions) {
@@ -464,8 +450,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         PGEncode.readyForQuery(.idle, into: &out)
         self.classifierOptions = classifierOptions
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
-        desiredParameters = runtime.interned(desiredParameters)
-        startupParameters = desiredParameters
+        parameters.loggedIn(with: runtime.interned(desiredParameters))
         login.forgetCredentials()
         runtime.metrics.clientConnectionsSetupSucceeded[endpoint].increment()
         log(.debug, "client logged in")
@@ -651,7 +636,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         {
             // A lone `SET extra_float_digits = 3` outside a transaction (what JDBC sends after
             // login): recorded when it succeeds, carried to every backend like a tracked one.
-            pendingSetting = PendingSetting(name: setting.name, value: setting.value, executed: false)
+            pendingSetting = SessionParameters.PendingSetting(name: setting.name, value: setting.value, executed: false)
             return classification
         }
         pin(reasons, statement: sql)
@@ -892,20 +877,13 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     ) {
         guard let context, let backend else { return }
         let bytes = reports ? filterReports(bytes) : bytes
-        if let setting = pendingSetting, sawError || readyForQueryCount > 0 {
-            pendingSetting = nil
-            if !sawError, setting.executed {
-                // The first ReadyForQuery answers the SET's own query or batch (a BEGIN
-                // pipelined after it in its own Query does not put the SET in a transaction).
-                if firstStatus == .idle {
-                    desiredParameters[setting.name] = setting.value
-                    backend.noteApplied(name: setting.name, value: setting.value)
-                } else {
-                    // The batch opened a transaction around it (BEGIN later in the batch): its
-                    // outcome is unknown until then, so the session keeps this backend.
-                    pin(.setVariable, statement: ByteBuffer(string: setting.name))
-                }
-            }
+        switch parameters.backendAnswered(readyForQueryCount: readyForQueryCount, firstStatus: firstStatus, sawError: sawError) {
+        case .none:
+            break
+        case .applied(let name, let value):
+            backend.noteApplied(name: name, value: value)
+        case .pin(let name):
+            pin(.setVariable, statement: ByteBuffer(string: name))
         }
         if !responses.isTracking, resetWindow == nil {
             context.write(wrapOutboundOut(bytes), promise: nil)
@@ -954,35 +932,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         }
     }
 
-    /// The backend's ParameterStatus messages of tracked parameters: each is the client's value
-    /// from now on; the client sees only those that change what it last saw (the backend reports
-    /// changes from what *it* last reported, and the proxy sets values behind the client's back:
-    /// a resync that rolls back with the client's transaction, say).
+    /// See `SessionParameters.filterReports`.
     private func filterReports(_ bytes: ByteBuffer) -> ByteBuffer {
-        var view = bytes
-        var kept = ByteBuffer()
-        var runStart = view.readerIndex
-        var dropped = false
-        while let (type, size) = try? PGFraming.peekFrame(in: view, maxMessageSize: Int(Int32.max)) {
-            let frameStart = view.readerIndex
-            view.moveReaderIndex(forwardBy: size)
-            guard type == PGMessageType.Backend.parameterStatus,
-                  let body = bytes.getSlice(at: frameStart + 5, length: size - 5),
-                  let parameter = try? PGParse.parameterStatus(body)
-            else { continue }
-            let name = parameter.name.lowercased()
-            guard TrackedParameters.isTracked(name) else { continue }
-            let seen = desiredParameters[name] ?? loginTemplateValue(of: name)
-            desiredParameters[name] = parameter.value
-            if seen == parameter.value {
-                if var run = bytes.getSlice(at: runStart, length: frameStart - runStart) { kept.writeBuffer(&run) }
-                runStart = view.readerIndex
-                dropped = true
-            }
-        }
-        guard dropped else { return bytes }
-        if var rest = bytes.getSlice(at: runStart, length: bytes.writerIndex - runStart) { kept.writeBuffer(&rest) }
-        return kept
+        parameters.filterReports(bytes) { loginTemplateValue(of: $0) }
     }
 
     /// What the client was told at login of a parameter it did not set (lowercased name).
