@@ -106,26 +106,6 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// The reset at the head of `responses` removed statements (its command tag arrived).
     private var statementResetConfirmed = false
 
-    private struct ResetWindow {
-        /// The parameters reset (lowercased names); nil: all of them (RESET ALL, DISCARD ALL).
-        var parameters: Set<String>?
-        /// The client's parameters as it last saw them reported.
-        var before: [String: String]
-        /// ReadyForQuery messages still due for what was sent before the reset (their
-        /// ParameterStatus messages are not the reset's).
-        var syncsBefore: Int
-        /// ParameterStatus messages the backend sent meanwhile.
-        var reports = ByteBuffer()
-        /// Something failed in the reset's query or batch: nothing was reset.
-        var failed = false
-        /// The reset that opened it (what it may release: see `unpin(_:for:)`).
-        var resets = Resets()
-        /// DISCARD ALL completed: the parameters went back to the defaults.
-        var discarded = false
-        /// Parameters a Query sent after the reset, inside its window, SETs: what the backend
-        /// reports of them is the client's (not the reset's) value.
-        var setAfter: Set<String> = []
-    }
     /// A `SET` sent alone outside a transaction (see `SQLTrackedSettings`): the client's value
     /// once its ReadyForQuery arrives without an error.
     private var pendingSetting: SessionParameters.PendingSetting? {
@@ -1346,8 +1326,7 @@ extension ClientSession {
             }
             return
         }
-        resetWindow = ResetWindow(parameters: parameters, before: desiredParameters, syncsBefore: responses.syncPointsPending)
-        resetWindow!.resets = resets
+        resetWindow = ResetWindow(parameters: parameters, before: desiredParameters, syncsBefore: responses.syncPointsPending, resets: resets)
     }
 
     private func sendParse(_ frame: PGFrame, resets: Resets, to backend: BackendConnection) {
@@ -1907,89 +1886,28 @@ extension ClientSession {
         if watch.resets.kinds.contains(.advisoryUnlockAll) { unpin(.advisoryLock, for: watch.resets) }
     }
 
-    /// At the ReadyForQuery after a RESET ALL or DISCARD ALL: PostgreSQL returned every
-    /// parameter to the backend's defaults, where the client's are its startup values. The
-    /// client gets the ParameterStatus messages a direct session would have sent, the backend is
-    /// brought to the client's values before its next message (or at its next lease), and the
-    /// parameters the reset removed stop pinning.
+    /// At the ReadyForQuery after a RESET ALL or DISCARD ALL (`SessionParameters.closeResetWindow`
+    /// decides): the client gets the ParameterStatus messages a direct session would have sent,
+    /// the backend is brought to the client's values before its next message (or at its next
+    /// lease), and the parameters the reset removed stop pinning.
     private func closeResetWindow(status: PGTransactionStatus, context: ChannelHandlerContext, backend: BackendConnection) {
-        guard var window = resetWindow else { return }
+        guard let window = resetWindow else { return }
         resetWindow = nil
-        guard window.discarded || !window.failed else {
-            // Nothing was reset: the backend's reports are the client's.
-            if window.reports.readableBytes > 0 { context.write(wrapOutboundOut(window.reports), promise: nil) }
-            return
+        let closed = parameters.closeResetWindow(window, status: status, template: runtime.loginState(for: poolKey).template)
+        if closed.reset {
+            backend.noteParametersReset(closed.backendDefaults)
+            for (name, value) in closed.backendApplied { backend.noteApplied(name: name, value: value) }
+            switch closed.setVariable {
+            case .unchanged: break
+            case .unpin: unpin(.setVariable, for: window.resets)
+            case .pin:
+                // Inside a transaction block: a rollback would restore what RESET ALL reset,
+                // settings the proxy does not see among them. The session keeps this backend.
+                pin(.setVariable, statement: ByteBuffer(string: "RESET ALL"))
+            }
+            needsParameterResync = true
         }
-        // The reports the client gets, by name: PostgreSQL sends them in the order of its
-        // settings' names (case-insensitive), whichever statement changed them.
-        var reports: [(name: String, value: String)] = []
-        // Those set again after the reset keep the values the backend reported (or, unreported,
-        // the values the client last saw): `filterReports` recorded them.
-        let setAfter = window.setAfter
-        if let names = window.parameters {
-            for name in names where !setAfter.contains(name) {
-                desiredParameters[name] = startupParameters[name]
-            }
-            backend.noteParametersReset(names.subtracting(setAfter))
-            for name in names.intersection(setAfter) { backend.noteApplied(name: name, value: desiredParameters[name]) }
-            // Reports of other parameters (set in the same query) are the backend's own.
-            while let (_, size) = try? PGFraming.peekFrame(in: window.reports, maxMessageSize: Int(Int32.max)),
-                  let frame = window.reports.readSlice(length: size)
-            {
-                if let body = frame.getSlice(at: frame.readerIndex + 5, length: size - 5),
-                   let parameter = try? PGParse.parameterStatus(body),
-                   !names.contains(parameter.name.lowercased()) || setAfter.contains(parameter.name.lowercased())
-                {
-                    reports.append((parameter.name, parameter.value))
-                }
-            }
-        } else {
-            var kept: [String: String] = [:]
-            for name in setAfter { kept[name] = desiredParameters[name] }
-            desiredParameters = startupParameters
-            backend.noteParametersReset(nil)
-            for (name, value) in kept {
-                desiredParameters[name] = value
-                backend.noteApplied(name: name, value: value)
-            }
-            while !setAfter.isEmpty, let (_, size) = try? PGFraming.peekFrame(in: window.reports, maxMessageSize: Int(Int32.max)),
-                  let frame = window.reports.readSlice(length: size)
-            {
-                if let body = frame.getSlice(at: frame.readerIndex + 5, length: size - 5),
-                   let parameter = try? PGParse.parameterStatus(body), setAfter.contains(parameter.name.lowercased())
-                {
-                    reports.append((parameter.name, parameter.value))
-                }
-            }
-            if !window.discarded {
-                if status == .idle {
-                    unpin(.setVariable, for: window.resets)
-                } else {
-                    // Inside a transaction block: a rollback would restore what RESET ALL reset,
-                    // settings the proxy does not see among them. The session keeps this backend.
-                    pin(.setVariable, statement: ByteBuffer(string: "RESET ALL"))
-                }
-            }
-        }
-        needsParameterResync = true
-        if let template = runtime.loginState(for: poolKey).template {
-            for parameter in template.parameters {
-                let name = parameter.name.lowercased()
-                if let names = window.parameters, !names.contains(name) { continue }
-                if setAfter.contains(name) { continue }
-                let now = startupParameters[name] ?? parameter.value
-                if now != (window.before[name] ?? parameter.value) {
-                    reports.append((parameter.name, now))
-                }
-            }
-        }
-        guard !reports.isEmpty else { return }
-        reports.sort { $0.name.lowercased() < $1.name.lowercased() }
-        var out = ByteBuffer()
-        for report in reports {
-            PGEncode.parameterStatus(name: report.name, value: report.value, into: &out)
-        }
-        context.write(wrapOutboundOut(out), promise: nil)
+        if closed.reports.readableBytes > 0 { context.write(wrapOutboundOut(closed.reports), promise: nil) }
     }
 
     /// Releases `reasons` that `watch`'s reset undid: not those its own statement pins, nor

@@ -93,4 +93,64 @@ import Testing
         parameters.current["timezone"] = "Europe/Paris"
         #expect(parameters.startup == ["timezone": "UTC"])
     }
+
+    // MARK: Reset windows
+
+    static let template = LoginTemplate([
+        StartupParameter(name: "DateStyle", value: "ISO, MDY"), StartupParameter(name: "TimeZone", value: "UTC"),
+        StartupParameter(name: "application_name", value: ""),
+    ])
+
+    static func reports(_ pairs: [(String, String)]) -> ByteBuffer {
+        var out = ByteBuffer()
+        for (name, value) in pairs { PGEncode.parameterStatus(name: name, value: value, into: &out) }
+        return out
+    }
+
+    @Test func resetAllReturnsToTheLoginValuesAndReportsWhatChangedInPostgresOrder() {
+        var parameters = SessionParameters()
+        parameters.loggedIn(with: ["application_name": "app"])
+        parameters.current["timezone"] = "Europe/Paris"
+        parameters.current["datestyle"] = "German, DMY"
+        let window = ResetWindow(parameters: nil, before: parameters.current, syncsBefore: 0)
+        let closed = parameters.closeResetWindow(window, status: .idle, template: Self.template)
+        #expect(closed.reset && closed.backendDefaults == nil && closed.setVariable == .unpin)
+        #expect(parameters.current == ["application_name": "app"])
+        #expect(closed.reports == Self.reports([("DateStyle", "ISO, MDY"), ("TimeZone", "UTC")]))
+    }
+
+    @Test func resetAllInsideATransactionBlockPins() {
+        var parameters = SessionParameters()
+        let window = ResetWindow(parameters: nil, before: [:], syncsBefore: 0)
+        #expect(parameters.closeResetWindow(window, status: .inTransaction, template: nil).setVariable == .pin)
+        var discard = ResetWindow(parameters: nil, before: [:], syncsBefore: 0)
+        discard.discarded = true
+        #expect(parameters.closeResetWindow(discard, status: .inTransaction, template: nil).setVariable == .unchanged)
+    }
+
+    @Test func aFailedResetChangesNothingAndPassesTheBackendsReportsOn() {
+        var parameters = SessionParameters()
+        parameters.current = ["timezone": "Europe/Paris"]
+        var window = ResetWindow(parameters: ["timezone"], before: parameters.current, syncsBefore: 0)
+        window.failed = true
+        window.reports = Self.reports([("TimeZone", "Asia/Tokyo")])
+        let closed = parameters.closeResetWindow(window, status: .idle, template: Self.template)
+        #expect(!closed.reset)
+        #expect(closed.reports == Self.reports([("TimeZone", "Asia/Tokyo")]))
+        #expect(parameters.current == ["timezone": "Europe/Paris"])
+    }
+
+    @Test func resetOfOneParameterKeepsOneSetAgainAfterIt() {
+        var parameters = SessionParameters()
+        parameters.loggedIn(with: [:])
+        parameters.current = ["timezone": "Asia/Tokyo", "datestyle": "German, DMY"]
+        var window = ResetWindow(parameters: ["timezone", "datestyle"], before: ["timezone": "Europe/Paris", "datestyle": "German, DMY"], syncsBefore: 0)
+        window.setAfter = ["timezone"]
+        window.reports = Self.reports([("TimeZone", "Asia/Tokyo")])
+        let closed = parameters.closeResetWindow(window, status: .idle, template: Self.template)
+        #expect(closed.backendDefaults == ["datestyle"])
+        #expect(closed.backendApplied.map(\.name) == ["timezone"])
+        #expect(parameters.current == ["timezone": "Asia/Tokyo"])
+        #expect(closed.reports == Self.reports([("DateStyle", "ISO, MDY"), ("TimeZone", "Asia/Tokyo")]))
+    }
 }
