@@ -30,8 +30,11 @@ final class ProxyRuntime: @unchecked Sendable {
     /// concrete class (a generic runtime comes with the second engine, as a mechanical change of
     /// this line into `ProxyRuntime<Engine: DatabaseEngine>`); and no existential, so that the
     /// pool's connections and the sessions stay concrete types, with static dispatch and no boxing
-    /// on the per-transaction and per-message paths. The runtime calls the engine only through
-    /// `DatabaseEngine`'s requirements.
+    /// on the per-transaction and per-message paths. The runtime opens backends, probes targets,
+    /// classifies failed opens and makes, drains and cancels client sessions only through
+    /// `DatabaseEngine`'s and `EngineClientSession`'s requirements. What still names PostgreSQL
+    /// here (the login template and tracked parameters in `backendOpened`, `BackendError` as the
+    /// reason a waiting open fails) is what the client session reads back from the runtime.
     typealias Engine = PostgresEngine
 
     let name: String

@@ -143,8 +143,8 @@ public final class TargetMonitor<Engine: DatabaseEngine, Target: Hashable & Send
                 dropConnection()
                 if reused, !afterStaleConnection, !(error is HealthCheckTimedOut), !stopped {
                     // The connection kept since the last check was closed meanwhile (the database
-                    // ended it: pg_terminate_backend, a restart): no news about the target yet. A
-                    // fresh connection decides, now.
+                    // ended it: an administrator ended the session, a restart): no news about the
+                    // target yet. A fresh connection decides, now.
                     check(afterStaleConnection: true)
                     return
                 }
