@@ -45,8 +45,9 @@ let package = Package(
             ]
         ),
         .target(name: "ConnectionPool"),
-        // The engine-neutral core: what every engine family shares (target group, proxy errors,
-        // session registry, auth policy). It names no database protocol.
+        // The engine-neutral core: what every engine family shares (target group and its health
+        // checks, proxy errors, session registry), and `DatabaseEngine`, the protocol an engine
+        // implements. It names no database protocol.
         .target(
             name: "ProxyCore",
             dependencies: [
@@ -56,6 +57,8 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                // Only for `BackendLogin.tls`: every engine's backends speak TLS the same way.
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ]
         ),
         // Client authentication policy, IAM tokens and the users' keys, for every engine.
@@ -148,7 +151,9 @@ let package = Package(
                 "ProxyCore", "ConnectionPool",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(name: "ConciergeAuthTests", dependencies: ["ConciergeAuth", "ProxyCore", "ConciergeConfig"]),

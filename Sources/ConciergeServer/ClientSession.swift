@@ -11,25 +11,16 @@ import SQLClassifier
 
 /// One client connection: startup, authentication, then transaction-level multiplexing.
 ///
-/// "What happens when a client sends Query" lives here: the session reads the client's messages,
-/// classifies the few it must (Query and Parse text, for pinning), borrows a backend on the first
-/// message of a transaction, forwards the original bytes, and returns the backend at the
-/// ReadyForQuery that ends the transaction. All state is confined to the client's event loop.
+/// The NIO side of a client session. Its life (logging in, waiting for a backend, attached,
+/// pinned, draining, closed) is `ClientSessionMachine` (PostgresProxy), which decides when to
+/// borrow, lease, release, answer locally and close; this class runs those decisions, classifies
+/// the few messages it must (Query and Parse text, for pinning), forwards the original bytes, and
+/// keeps the backend object. All state is confined to the client's event loop.
 final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = Never
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
-
-    private enum State {
-        /// From the first packet to AuthenticationOk (`ClientLogin`).
-        case authenticating
-        /// Authenticated; fetching the parameters PostgreSQL would report for this user/database.
-        case loggingIn
-        /// Logged in: the data path.
-        case ready
-        case closed
-    }
 
     let eventLoop: any EventLoop
     /// The endpoint the client connected to (0: the proxy's default endpoint).
@@ -44,7 +35,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// (a copy of it) on every call, and `log` is on the per-transaction path.
     private let logLevel: Logger.Level
     private var context: ChannelHandlerContext?
-    private var state: State = .authenticating
+    /// The session's life and the client's batch state (see `ClientSessionMachine`).
+    private var machine = ClientSessionMachine(now: .now())
     /// The login's machine; its user, database and parameters are copied here once known.
     private var login = ClientLogin()
     private var cumulation: ByteBuffer?
@@ -56,127 +48,95 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     private var database = ""
     /// Session parameters the client asked for in its startup packet (lowercased name → value),
     /// applied to whichever backend serves it.
-    private var desiredParameters: [String: String] = [:]
+    private var desiredParameters: [String: String] {
+        _read { yield parameters.current }
+        _modify { yield &parameters.current }
+    }
+    /// The client's session parameters (see `SessionParameters`).
+    private var parameters = SessionParameters()
     private var poolKey = PoolKey(user: "", database: "")
     /// The proxy's, with the parameters this server reports (set at login).
     private lazy var classifierOptions = runtime.classifierOptions
 
     // Data path
+    /// The leased backend (`machine.link` says how it stands).
     private var backend: BackendConnection?
-    private var backendReady = false
-    private var waitingRequest: RequestID?
     /// The pool of the current borrow (the writer's, or a reader's for a READ_ONLY endpoint).
     private var borrowPool: BackendPool?
-    private var borrowAnswered = false
-    /// Client messages that arrived while no backend was ready, in order.
-    private var held: [HeldMessage] = []
-    private var heldBytes = 0
-    private var heldSyncPoints = 0
-    private var borrowStarted = NIODeadline.uptimeNanoseconds(0)
     /// When the first of the outstanding sync points (`responses`) went to the database (QueryDatabaseResponseLatency).
     private var queryStarted = NIODeadline.uptimeNanoseconds(0)
     private var readPending = false
-    /// Extended-protocol messages sent since the last Sync: the backend holds their state.
-    private var pendingUnsynced = false
-    /// After a failed borrow, PostgreSQL semantics: discard extended messages until Sync.
-    private var discardUntilSync = false
-    private var transactionStatus = PGTransactionStatus.idle
     private var needsFlushToBackend = false
     private var needsFlushToClient = false
 
     // Prepared statements (see PreparedStatements.swift)
     /// The client's named and unnamed statements and its portals (`StatementCatalogue`).
     private var catalogue = StatementCatalogue()
-    /// The backend is in copy-in mode through the extended protocol and the client has not sent
-    /// CopyDone or CopyFail yet: its Syncs meanwhile are ignored by PostgreSQL.
-    private var copyInActive = false
-    /// Messages in `held` wait behind an earlier batch, not for a backend.
-    private var waitingForEarlierBatches = false
-    /// An extended-protocol message failed and no Sync has been sent since: PostgreSQL skips
-    /// everything the client sends until its Sync, so the proxy neither answers nor records it.
-    private var skippingUntilSync = false
-    /// Messages other than a Sync or Query have gone to the backend since the last of those:
-    /// the backend is inside the client's batch (an implicit transaction), where the proxy must
-    /// not send a Sync of its own. (`pendingUnsynced` also counts messages still held.)
-    private var sentUnsynced = false
-    /// The waiting Parse (`StatementCatalogue.awaitingShape`) prepares a statement for a simple
-    /// Query that runs it (`EXECUTE name`): if it fails, the Query must still be answered.
-    private var preparingForQuery = false
-    /// That Parse failed: PostgreSQL skips everything up to a Sync, where it would have run the
-    /// client's Query and failed it with the same error. The Query is replaced by a Sync, whose
-    /// ReadyForQuery answers it.
-    private var syncInsteadOfQuery = false
-    /// A cancel arrived while the backend was being prepared for the client (its session
-    /// parameters set), before the held statement reached it: it is sent once the statement is.
-    private var cancelWhenSent = false
-    /// Cancel requests sent for the backend this client holds and not yet answered (the database
-    /// closes a cancel connection once it has signalled the backend). The backend is not given
-    /// back before: a late signal would cancel whatever another client runs on it next.
-    private var cancelsInFlight = 0
-    /// Backends leased for the held messages that turned out closed before use (see
-    /// `backendDidPrepare`).
-    private var deadBackendsLeased = 0
 
     // Session resets (RESET ALL, DISCARD ALL, ...; see `applyReset`)
     /// The parameters the client logged in with: what RESET ALL and DISCARD ALL return it to.
-    private var startupParameters: [String: String] = [:]
+    private var startupParameters: [String: String] { parameters.startup }
     /// A RESET ALL or DISCARD ALL is on its way: ParameterStatus messages are held back until
     /// its ReadyForQuery, when the client gets what PostgreSQL would have reported to it.
     private var resetWindow: ResetWindow?
-    /// After a RESET ALL or DISCARD ALL, the backend runs with its own defaults: bring it back to
-    /// the client's values before the client's next message, if the session keeps it.
-    private var needsParameterResync = false
     /// The reset query at the head of `responses` failed (some statement in it did).
     private var resetQueryFailed = false
     /// The reset at the head of `responses` removed statements (its command tag arrived).
     private var statementResetConfirmed = false
 
-    private struct ResetWindow {
-        /// The parameters reset (lowercased names); nil: all of them (RESET ALL, DISCARD ALL).
-        var parameters: Set<String>?
-        /// The client's parameters as it last saw them reported.
-        var before: [String: String]
-        /// ReadyForQuery messages still due for what was sent before the reset (their
-        /// ParameterStatus messages are not the reset's).
-        var syncsBefore: Int
-        /// ParameterStatus messages the backend sent meanwhile.
-        var reports = ByteBuffer()
-        /// Something failed in the reset's query or batch: nothing was reset.
-        var failed = false
-        /// The reset that opened it (what it may release: see `unpin(_:for:)`).
-        var resets = Resets()
-        /// DISCARD ALL completed: the parameters went back to the defaults.
-        var discarded = false
-        /// Parameters a Query sent after the reset, inside its window, SETs: what the backend
-        /// reports of them is the client's (not the reset's) value.
-        var setAfter: Set<String> = []
-    }
-    /// What the backend owes, in order, for what was sent to it, and its outstanding sync points
-    /// (see `ResponseTracker`).
-    private var responses = ResponseTracker()
     /// A `SET` sent alone outside a transaction (see `SQLTrackedSettings`): the client's value
     /// once its ReadyForQuery arrives without an error.
-    private var pendingSetting: PendingSetting?
-    /// The backend of an open transaction died while the client was idle in it: its next
-    /// statement is answered with an error (and the transaction is over).
-    private var transactionLost = false
-
-    private struct PendingSetting {
-        var name: String
-        var value: String?
-        /// Sent as a Query, or its unnamed statement was executed (a Parse alone sets nothing).
-        var executed: Bool
+    private var pendingSetting: SessionParameters.PendingSetting? {
+        _read { yield parameters.pendingSetting }
+        _modify { yield &parameters.pendingSetting }
     }
-    /// Why the session is pinned (see `PinState`).
-    private var pins = PinState()
-    var pinReasons: PinReasons { pins.reasons }
-    private var draining = false
-    /// The backend's socket is full (e.g. a large COPY IN): stop reading from the client.
-    private var backendBlocked = false
 
-    // Timeouts, checked by `loopSessions` once a second.
-    private var lastActivity = NIODeadline.now()
-    private var loginDeadline = NIODeadline.distantFuture
+    var pinReasons: PinReasons { machine.pins.reasons }
+
+    // The machine's parts that statement handling (below, and `send`/`relayTracked`) uses, in
+    // place: `_modify` yields the stored value, so no copy is made.
+    private var responses: ResponseTracker {
+        _read { yield machine.responses }
+        _modify { yield &machine.responses }
+    }
+    private var pins: PinState {
+        _read { yield machine.pins }
+        _modify { yield &machine.pins }
+    }
+    private var held: [HeldMessage] { machine.held }
+    private var pendingUnsynced: Bool {
+        get { machine.pendingUnsynced }
+        set { machine.pendingUnsynced = newValue }
+    }
+    private var sentUnsynced: Bool {
+        get { machine.sentUnsynced }
+        set { machine.sentUnsynced = newValue }
+    }
+    private var skippingUntilSync: Bool {
+        get { machine.skippingUntilSync }
+        set { machine.skippingUntilSync = newValue }
+    }
+    private var copyInActive: Bool {
+        get { machine.copyInActive }
+        set { machine.copyInActive = newValue }
+    }
+    private var syncInsteadOfQuery: Bool {
+        get { machine.syncInsteadOfQuery }
+        set { machine.syncInsteadOfQuery = newValue }
+    }
+    private var preparingForQuery: Bool {
+        get { machine.preparingForQuery }
+        set { machine.preparingForQuery = newValue }
+    }
+    private var transactionStatus: PGTransactionStatus {
+        get { machine.transactionStatus }
+        set { machine.transactionStatus = newValue }
+    }
+    private var needsParameterResync: Bool {
+        get { machine.needsParameterResync }
+        set { machine.needsParameterResync = newValue }
+    }
+
     private let loopSessions: LoopSessions
     /// This session's index in `loopSessions` (-1: not there).
     var loopSlot = -1
@@ -217,15 +177,10 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        // PostgreSQL's authentication_timeout: a client must log in within a minute.
-        loginDeadline = .now() + Self.authenticationTimeout
-        if !isClosed { loopSessions.add(self) }
+        machine.connected(now: .now())
+        if !machine.isClosed { loopSessions.add(self) }
         context.fireChannelActive()
     }
-
-    static let authenticationTimeout = TimeAmount.seconds(60)
-    /// How much a client may send ahead while it waits for a backend before we stop reading it.
-    static let maxHeldBytes = 65_536
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         // A client that reads slowly makes us stop reading its backend's results.
@@ -234,7 +189,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     }
 
     func backendWritabilityChanged(isWritable: Bool) {
-        backendBlocked = !isWritable
+        machine.backendBlocked = !isWritable
         resumeReadsIfNeeded()
     }
 
@@ -249,7 +204,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         log(.debug, "client connection error", ["concierge.error": "\(error)"])
-        if login.isTLS, case .authenticating = state, error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError {
+        if login.isTLS, case .authenticating = machine.state,
+            error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError
+        {
             // A failed handshake: ClientConnectionsSetupFailedAuth counts TLS misconfiguration.
             runtime.metrics.clientConnectionsSetupFailedAuth[endpoint].increment()
             log(.info, "client TLS handshake failed", ["concierge.error": "\(error)"])
@@ -258,25 +215,15 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     }
 
     func read(context: ChannelHandlerContext) {
-        if shouldHoldReads {
+        if machine.readsPaused {
             readPending = true
         } else {
             context.read()
         }
     }
 
-    private var shouldHoldReads: Bool {
-        switch state {
-        case .loggingIn: return true
-        // Reading on while a few messages wait for a backend saves two epoll_ctl calls per
-        // transaction; a client that pipelines more than `maxHeldBytes` meanwhile is paused.
-        case .ready: return heldBytes > Self.maxHeldBytes || backendBlocked
-        case .authenticating, .closed: return false
-        }
-    }
-
     private func resumeReadsIfNeeded() {
-        guard readPending, !shouldHoldReads, let context else { return }
+        guard readPending, !machine.readsPaused, let context else { return }
         readPending = false
         context.read()
     }
@@ -288,7 +235,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             pending.writeBuffer(&incoming)
             incoming = pending
         }
-        lastActivity = .now()
+        machine.clientActivity(now: .now())
         do {
             try process(&incoming, context: context)
         } catch let error as PGWireError {
@@ -298,7 +245,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             fail(with: ClientErrors.protocolViolation("invalid message: \(error)"))
             return
         }
-        if incoming.readableBytes > 0, !isClosed {
+        if incoming.readableBytes > 0, !machine.isClosed {
             // Keep only the partial message; a slice avoids moving (or copying, when forwarded
             // messages still share the storage) the bytes already handled.
             cumulation = incoming.slice()
@@ -325,7 +272,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             return
         }
         while true {
-            switch state {
+            switch machine.state {
             case .closed:
                 buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
                 return
@@ -346,11 +293,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                     action = login.messageReceived(frame)
                 }
                 run(action, context: context)
-            case .loggingIn:
-                // The client must wait for ReadyForQuery; keep what it sent for later.
-                guard let frame = try PGFraming.nextFrame(from: &buffer, maxMessageSize: runtime.maxMessageSize) else { return }
-                try handleDataMessage(frame)
-            case .ready:
+            case .loggingIn, .ready:
+                // While logging in, the client must wait for ReadyForQuery: what it sends is held.
                 guard let frame = try PGFraming.nextFrame(from: &buffer, maxMessageSize: runtime.maxMessageSize) else { return }
                 try handleDataMessage(frame)
             }
@@ -411,47 +355,33 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         }
     }
 
-    // MARK: Login
+    // Login
 
     private func beginLogin() {
-        state = .loggingIn
         let known = runtime.loginState(for: poolKey)
-        if let template = known.template, knowsCanonicalValues(template: template) {
-            completeLogin(template: template, classifierOptions: known.classifierOptions)
-            return
+        var template: LoginTemplate?
+        if let known = known.template, knowsCanonicalValues(template: known) { template = known }
+        switch machine.authenticated(knowsParameters: template != nil, now: .now()) {
+        case .completeLogin:
+            completeLogin(template: template ?? LoginTemplate([]), classifierOptions: known.classifierOptions)
+        case .borrowProbe:
+            // First client of this user/database: a backend tells us what PostgreSQL reports (and
+            // whether the database exists at all). It is returned right away. The same for a
+            // client whose startup parameters PostgreSQL would report in a spelling not seen yet.
+            borrowBackend()
         }
-        // First client of this user/database: a backend tells us what PostgreSQL reports (and
-        // whether the database exists at all). It is returned right away. The same for a client
-        // whose startup parameters PostgreSQL would report in a spelling not seen yet.
-        borrowBackend()
     }
 
-    /// Whether PostgreSQL's spelling of every tracked startup parameter is known (then
-    /// `desiredParameters` holds it): `DateStyle=iso` is reported as `ISO, MDY`,
-    /// `TimeZone=utc` as `UTC`.
+    /// See `SessionParameters.knowsCanonicalValues`.
     private func knowsCanonicalValues(template: LoginTemplate) -> Bool {
-        for (name, value) in desiredParameters where TrackedParameters.isTracked(name) {
-            if let index = template.indexByLowercasedName[name], template.parameters[index].value == value {
-                continue
-            }
-            if name == "application_name", value.utf8.count < 64, value.utf8.allSatisfy({ (32...126).contains($0) }) {
-                continue  // reported as sent
-            }
-            guard let canonical = runtime.canonicalValue(of: name, as: value, for: poolKey) else { return false }
-            desiredParameters[name] = canonical
-        }
-        return true
+        let (runtime, poolKey) = (self.runtime, self.poolKey)
+        return parameters.knowsCanonicalValues(template: template) { runtime.canonicalValue(of: $0, as: $1, for: poolKey) }
     }
 
-    /// After a login that used a backend: the values it reports are PostgreSQL's spelling of
-    /// what the client asked for.
+    /// See `SessionParameters.learnCanonicalValues`.
     private func learnCanonicalValues(from reported: [String: String]) {
-        for (reportedName, reportedValue) in reported {
-            let name = reportedName.lowercased()
-            guard TrackedParameters.isTracked(name), let requested = desiredParameters[name] else { continue }
-            if requested != reportedValue { runtime.learnCanonicalValue(of: name, as: requested, reportedValue, for: poolKey) }
-            desiredParameters[name] = reportedValue
-        }
+        let (runtime, poolKey) = (self.runtime, self.poolKey)
+        parameters.learnCanonicalValues(from: reported) { runtime.learnCanonicalValue(of: $0, as: $1, $2, for: poolKey) }
     }
 
     private func completeLogin(template: LoginTemplate, classifierOptions: ClassifierOptions) {
@@ -476,15 +406,13 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         PGEncode.readyForQuery(.idle, into: &out)
         self.classifierOptions = classifierOptions
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
-        desiredParameters = runtime.interned(desiredParameters)
-        startupParameters = desiredParameters
-        state = .ready
+        parameters.loggedIn(with: runtime.interned(desiredParameters))
         login.forgetCredentials()
         runtime.metrics.clientConnectionsSetupSucceeded[endpoint].increment()
         log(.debug, "client logged in")
         // Messages the client pipelined during login are served now.
-        if !held.isEmpty, backend == nil, waitingRequest == nil {
-            borrowBackend()
+        if machine.loginCompleted(now: .now()) {
+            requestBackend()
         }
         resumeReadsIfNeeded()
     }
@@ -493,25 +421,22 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
 
     private func handleDataMessage(_ frame: PGFrame) throws {
         let type = frame.type
-        if transactionLost, type != PGMessageType.Frontend.terminate {
-            transactionLost = false
+        switch machine.messageArrived(type) {
+        case .proceed:
+            break
+        case .drop:
+            return
+        case .replyReadyForQuery:
+            replyReadyLocally()
+            return
+        case .transactionLost(let thenReady):
             var out = ByteBuffer()
             PGEncode.errorResponse(ClientErrors.transactionLost, into: &out)
-            if Self.isSyncPoint(type) {
-                PGEncode.readyForQuery(.idle, into: &out)
-            } else {
-                discardUntilSync = true
-            }
+            if thenReady { PGEncode.readyForQuery(.idle, into: &out) }
             writeToClient(out)
             return
-        }
-        if discardUntilSync {
-            if type == PGMessageType.Frontend.sync {
-                discardUntilSync = false
-                replyReadyLocally()
-            } else if type == PGMessageType.Frontend.terminate {
-                closeGracefully()
-            }
+        case .close:
+            closeGracefully()
             return
         }
         switch type {
@@ -607,9 +532,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// knows by that name: when nothing is in flight, the proxy answers as PostgreSQL would (the
     /// statement is not transactional) and forgets it. Otherwise `send` renames it.
     private func answerDeallocateLocally(_ name: String) -> Bool {
-        guard case .ready = state, responses.outstandingSyncs == 0, !pendingUnsynced, !sentUnsynced, responses.isEmpty,
-              held.isEmpty, waitingRequest == nil
-        else { return false }
+        guard machine.mayAnswerDeallocateLocally else { return false }
         // A simple Query destroys the unnamed statement, whatever it runs.
         catalogue.simpleQueryAnsweredLocally()
         var out = ByteBuffer()
@@ -624,12 +547,11 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         return true
     }
 
-    /// No backend serves this client and nothing waits for one: statement bookkeeping (Parse,
-    /// Close of named statements, Flush, and the Sync after them) is answered by the proxy.
-    private var answersLocally: Bool {
-        guard case .ready = state else { return false }
-        return backend == nil && held.isEmpty && waitingRequest == nil
-    }
+    /// No backend serves this client and nothing waits for one (`ClientSessionMachine.answersLocally`).
+    private var answersLocally: Bool { machine.answersLocally }
+
+    /// See `ClientSessionMachine.isBetweenTransactions`.
+    private var isBetweenTransactions: Bool { machine.isBetweenTransactions }
 
     private func writeToClient(_ bytes: ByteBuffer) {
         context?.write(wrapOutboundOut(bytes), promise: nil)
@@ -637,31 +559,19 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     }
 
     private static func isSyncPoint(_ type: UInt8) -> Bool {
-        type == PGMessageType.Frontend.query || type == PGMessageType.Frontend.sync
-            || type == PGMessageType.Frontend.functionCall
+        ClientSessionMachine.isSyncPoint(type)
     }
 
     private func route(_ message: HeldMessage) {
-        if let backend, backendReady, held.isEmpty, !mustWaitForEarlierBatches(message),
-           !mustCheckResultTypeFirst(message, on: backend)
-        {
-            send(message, to: backend)
+        // (Checked in this order: `mustCheckResultTypeFirst` may send a Parse of its own.)
+        let sendable = machine.mayTakeNow && backend.map { !mustWaitForEarlierBatches(message) && !mustCheckResultTypeFirst(message, on: $0) } ?? false
+        switch machine.route(message, now: .now(), sendable: sendable) {
+        case .send:
+            send(message, to: backend!)
             needsFlushToBackend = true
-            return
-        }
-        if backend != nil, backendReady {
-            // Behind a batch whose outcome decides how this message is to be sent: it waits
-            // (and everything after it, to keep the order) until that batch is answered.
-            held.append(message)
-            heldBytes += message.frame.bytes.readableBytes
-            if Self.isSyncPoint(message.frame.type) { heldSyncPoints += 1 }
-            waitingForEarlierBatches = true
-            return
-        }
-        held.append(message)
-        heldBytes += message.frame.bytes.readableBytes
-        if Self.isSyncPoint(message.frame.type) { heldSyncPoints += 1 }
-        if case .ready = state, backend == nil, waitingRequest == nil {
+        case .held:
+            break
+        case .borrow:
             borrowBackend()
         }
     }
@@ -680,7 +590,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         {
             // A lone `SET extra_float_digits = 3` outside a transaction (what JDBC sends after
             // login): recorded when it succeeds, carried to every backend like a tracked one.
-            pendingSetting = PendingSetting(name: setting.name, value: setting.value, executed: false)
+            pendingSetting = SessionParameters.PendingSetting(name: setting.name, value: setting.value, executed: false)
             return classification
         }
         pin(reasons, statement: sql)
@@ -714,61 +624,52 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         return redactedStatement(sql)
     }
 
+    /// Asks the pool for a backend (the machine's link is `borrowing`).
     private func borrowBackend() {
-        borrowStarted = .now()
-        borrowAnswered = false
         guard let pool = runtime.borrowPool(forEndpoint: endpoint) else {
-            borrowAnswered = true
             borrowFailed(with: ClientErrors.noReader)
             return
         }
         borrowPool = pool
         let request = pool.borrow(key: poolKey, for: self)
-        // The pool may answer before `borrow` returns (an idle backend on our loop).
-        if !borrowAnswered { waitingRequest = request }
+        // The pool may answer before `borrow` returns (an idle backend on our loop): the machine
+        // then no longer waits, and keeps no request.
+        machine.borrowRequested(request)
+    }
+
+    /// A borrow the machine did not start itself (after login).
+    private func requestBackend() {
+        borrowBackend()
     }
 
     /// Called on our loop with the pool's answer.
     func borrowCompleted(_ result: Result<BackendConnection, BorrowError>) {
-        borrowAnswered = true
-        waitingRequest = nil
         switch result {
         case .success(let connection):
-            var unused = isClosed
-            // A cancelled wait (see `cancelCurrentQuery`) that the pool answered meanwhile.
-            if case .ready = state, held.isEmpty { unused = true }
-            guard !unused else {
+            switch machine.borrowSucceeded(now: .now()) {
+            case .returnUnused:
                 (borrowPool ?? runtime.pool).returnUnused(connection)
-                return
+            case .lease(let probing, let waited):
+                log(.trace, "backend borrowed", [
+                    "concierge.backend": "\(connection.id)",
+                    "concierge.borrow_ms": "\(waited.nanoseconds / 1_000_000)",
+                ])
+                backend = connection
+                catalogue.backendLeased()
+                // (Usually sends the client's query right away.)
+                // The login probe sets the startup packet's values as the client wrote them.
+                connection.lease(to: self, parameters: desiredParameters, fromDefaults: probing)
+                runtime.metrics.borrowLatency.record(.nanoseconds(waited.nanoseconds))
             }
-            let borrowed = NIODeadline.now() - borrowStarted
-            log(.trace, "backend borrowed", [
-                "concierge.backend": "\(connection.id)",
-                "concierge.borrow_ms": "\(borrowed.nanoseconds / 1_000_000)",
-            ])
-            backend = connection
-            backendReady = false
-            catalogue.backendLeased()
-            // (Usually sends the client's query right away.)
-            // The login probe sets the startup packet's values as the client wrote them.
-            let probing: Bool
-            if case .loggingIn = state { probing = true } else { probing = false }
-            connection.lease(to: self, parameters: desiredParameters, fromDefaults: probing)
-            runtime.metrics.borrowLatency.record(.nanoseconds(borrowed.nanoseconds))
         case .failure(let error):
-            guard !isClosed else { return }
             borrowFailed(error)
         }
-    }
-
-    private var isClosed: Bool {
-        if case .closed = state { return true }
-        return false
     }
 
     private func borrowFailed(_ error: BorrowError) {
         switch error {
         case .timeout:
+            guard !machine.isClosed else { return }
             runtime.metrics.borrowTimeouts.increment()
             borrowFailed(with: ClientErrors.borrowTimeout)
         case .shuttingDown:
@@ -779,35 +680,29 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     }
 
     private func borrowFailed(with fields: PGErrorFields) {
+        guard !machine.isClosed else { return }
         log(.info, "could not borrow a database connection", ["concierge.reason": "\(fields.message)"])
-        if case .loggingIn = state {
+        let closes = fields.severity == "FATAL" && fields.code == ClientErrors.shuttingDown.code
+        switch machine.borrowFailed(closesSession: closes) {
+        case .none:
+            break
+        case .fail:
             fail(with: PGErrorFields(severity: "FATAL", code: fields.code, message: fields.message, detail: fields.detail, hint: fields.hint))
-            return
+        case .answer(let syncPoints, let unsyncedError):
+            // PostgreSQL's own semantics for a failed statement: an ErrorResponse, then a
+            // ReadyForQuery for each sync point; extended messages after the last sync point are
+            // discarded until the client's next Sync. The connection stays usable.
+            guard let context else { return }
+            var out = context.channel.allocator.buffer(capacity: 128)
+            let errorFields = PGErrorFields(severity: "ERROR", code: fields.code, message: fields.message, detail: fields.detail, hint: fields.hint)
+            for _ in 0..<syncPoints {
+                PGEncode.errorResponse(errorFields, into: &out)
+                PGEncode.readyForQuery(.idle, into: &out)
+            }
+            if unsyncedError { PGEncode.errorResponse(errorFields, into: &out) }
+            context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+            resumeReadsIfNeeded()
         }
-        if fields.severity == "FATAL" && fields.code == ClientErrors.shuttingDown.code {
-            fail(with: fields)
-            return
-        }
-        // PostgreSQL's own semantics for a failed statement: an ErrorResponse, then a
-        // ReadyForQuery for each sync point; extended messages after the last sync point are
-        // discarded until the client's next Sync. The connection stays usable.
-        guard let context else { return }
-        var out = context.channel.allocator.buffer(capacity: 128)
-        let errorFields = PGErrorFields(severity: "ERROR", code: fields.code, message: fields.message, detail: fields.detail, hint: fields.hint)
-        for _ in 0..<heldSyncPoints {
-            PGEncode.errorResponse(errorFields, into: &out)
-            PGEncode.readyForQuery(.idle, into: &out)
-        }
-        if pendingUnsynced {
-            if heldSyncPoints == 0 { PGEncode.errorResponse(errorFields, into: &out) }
-            discardUntilSync = true
-            pendingUnsynced = false
-        }
-        held.removeAll(keepingCapacity: true)
-        heldBytes = 0
-        heldSyncPoints = 0
-        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
-        resumeReadsIfNeeded()
     }
 
     private func replyReadyLocally() {
@@ -823,54 +718,45 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         guard let backend else { return }
         switch result {
         case .success(let reported):
-            if case .loggingIn = state {
-                // The login probe: learn the parameters, give the backend back, finish login.
-                backendReady = true
+            switch machine.backendPrepared() {
+            case .none:
+                break
+            case .completeLogin(let release):
+                // The login probe: learn the parameters, give the backend back (unless the client
+                // pipelined messages meanwhile: they go to it), finish login.
                 learnCanonicalValues(from: reported)
                 let known = runtime.loginState(for: poolKey)
                 let template = known.template ?? LoginTemplate([])
-                if held.isEmpty {
-                    releaseBackend()
-                    completeLogin(template: template, classifierOptions: known.classifierOptions)
-                } else {
-                    completeLogin(template: template, classifierOptions: known.classifierOptions)
-                    sendHeld(to: backend)
+                if release { releaseBackend() }
+                completeLogin(template: template, classifierOptions: known.classifierOptions)
+                if !release { sendHeld(to: backend) }
+            case .sendHeld(let thenCancel):
+                sendHeld(to: backend)
+                if thenCancel {
+                    // A cancel came while the backend was prepared: the statement is on its way,
+                    // the cancel follows it (over its own connection, so it cannot overtake it).
+                    backend.flush()
+                    trackCancel(backend.sendCancelRequest())
                 }
-                return
-            }
-            backendReady = true
-            deadBackendsLeased = 0
-            sendHeld(to: backend)
-            if cancelWhenSent {
-                // See `cancelWhenSent`: the statement is on its way, the cancel follows it (over
-                // its own connection, so it cannot overtake it).
-                cancelWhenSent = false
-                backend.flush()
-                trackCancel(backend.sendCancelRequest())
             }
         case .failure(let error):
             self.backend = nil
-            backendReady = false
-            switch error {
-            case .server(let fields):
-                fail(with: PGErrorFields(severity: "FATAL", code: fields.code, message: fields.message, detail: fields.detail, hint: fields.hint))
-            case .connection, .protocolViolation:
-                if case .ready = state, pinReasons.isEmpty {
-                    // Nothing of the client's reached the database: the backend was gone before
-                    // it was used (a restart closed the pool's idle backends). Its waiting
-                    // messages go to another one; after a few such, they get an error and the
-                    // connection stays.
-                    runtime.backendConnectionLost()
-                    if !held.isEmpty, deadBackendsLeased < 3, waitingRequest == nil {
-                        deadBackendsLeased += 1
-                        log(.info, "the database connection leased to this client was closed before use: borrowing another")
-                        borrowBackend()
-                        return
-                    }
-                    borrowFailed(with: ClientErrors.backendUnavailable("\(error)"))
+            let serverError: PGErrorFields?
+            if case .server(let fields) = error { serverError = fields } else { serverError = nil }
+            switch machine.backendPrepareFailed(serverError: serverError != nil, now: .now()) {
+            case .fail:
+                if let fields = serverError {
+                    fail(with: PGErrorFields(severity: "FATAL", code: fields.code, message: fields.message, detail: fields.detail, hint: fields.hint))
                 } else {
                     fail(with: ClientErrors.backendLost)
                 }
+            case .borrowAgain:
+                runtime.backendConnectionLost()
+                log(.info, "the database connection leased to this client was closed before use: borrowing another")
+                borrowBackend()
+            case .unavailable:
+                runtime.backendConnectionLost()
+                borrowFailed(with: ClientErrors.backendUnavailable("\(error)"))
             }
         }
     }
@@ -908,44 +794,34 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         return responses.uncertainBatchPending
     }
 
+
     /// After each answer: the messages held behind an earlier batch go out once nothing they
     /// depend on is pending (see `mustWaitForEarlierBatches`).
     private func releaseHeldBehindEarlierBatches(to backend: BackendConnection) {
-        guard waitingForEarlierBatches, backendReady else { return }
-        var sent = 0
-        while sent < held.count, !mustWaitForEarlierBatches(held[sent]), !mustCheckResultTypeFirst(held[sent], on: backend) {
-            let message = held[sent]
-            sent += 1
-            heldBytes -= message.frame.bytes.readableBytes
-            if Self.isSyncPoint(message.frame.type) { heldSyncPoints -= 1 }
+        guard machine.waitingForEarlierBatches, machine.isBackendReady else { return }
+        var sent = false
+        var sentSinceForced = false
+        while let first = machine.held.first {
+            if !mustWaitForEarlierBatches(first), !mustCheckResultTypeFirst(first, on: backend) {
+                sentSinceForced = true
+            } else if !sentSinceForced, responses.outstandingSyncs == 0, !catalogue.awaitingShape {
+                // Nothing in flight to wait for (cannot happen; never stall a client on it).
+            } else {
+                break
+            }
+            guard let message = machine.popHeld() else { break }
             send(message, to: backend)
+            sent = true
         }
-        if sent > 0 {
-            held.removeFirst(sent)
-            backend.flush()
-        }
-        if sent == 0, responses.outstandingSyncs == 0, !held.isEmpty, !catalogue.awaitingShape {
-            // Nothing in flight to wait for (cannot happen; never stall a client on it).
-            let message = held.removeFirst()
-            heldBytes -= message.frame.bytes.readableBytes
-            if Self.isSyncPoint(message.frame.type) { heldSyncPoints -= 1 }
-            send(message, to: backend)
-            backend.flush()
-            releaseHeldBehindEarlierBatches(to: backend)
-            return
-        }
-        if held.isEmpty {
-            waitingForEarlierBatches = false
-            heldBytes = 0
-            resumeReadsIfNeeded()
-        }
+        if sent { backend.flush() }
+        if machine.heldDrained() { resumeReadsIfNeeded() }
     }
 
     private func sendHeld(to backend: BackendConnection) {
         guard !held.isEmpty else { return }
         // What waited for a backend goes out now, up to a message that must wait for the answer
         // to an earlier batch among them (see `mustWaitForEarlierBatches`).
-        waitingForEarlierBatches = true
+        machine.waitingForEarlierBatches = true
         releaseHeldBehindEarlierBatches(to: backend)
     }
 
@@ -955,20 +831,13 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     ) {
         guard let context, let backend else { return }
         let bytes = reports ? filterReports(bytes) : bytes
-        if let setting = pendingSetting, sawError || readyForQueryCount > 0 {
-            pendingSetting = nil
-            if !sawError, setting.executed {
-                // The first ReadyForQuery answers the SET's own query or batch (a BEGIN
-                // pipelined after it in its own Query does not put the SET in a transaction).
-                if firstStatus == .idle {
-                    desiredParameters[setting.name] = setting.value
-                    backend.noteApplied(name: setting.name, value: setting.value)
-                } else {
-                    // The batch opened a transaction around it (BEGIN later in the batch): its
-                    // outcome is unknown until then, so the session keeps this backend.
-                    pin(.setVariable, statement: ByteBuffer(string: setting.name))
-                }
-            }
+        switch parameters.backendAnswered(readyForQueryCount: readyForQueryCount, firstStatus: firstStatus, sawError: sawError) {
+        case .none:
+            break
+        case .applied(let name, let value):
+            backend.noteApplied(name: name, value: value)
+        case .pin(let name):
+            pin(.setVariable, statement: ByteBuffer(string: name))
         }
         if !responses.isTracking, resetWindow == nil {
             context.write(wrapOutboundOut(bytes), promise: nil)
@@ -977,39 +846,32 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         } else {
             relayTracked(bytes, from: backend, context: context)
         }
-        guard readyForQueryCount > 0 else {
+        switch machine.readyForQueryForwarded(count: readyForQueryCount, status: lastStatus) {
+        case .none:
             // An error may have ended the batch that held messages back (its reset skipped).
-            if waitingForEarlierBatches { releaseHeldBehindEarlierBatches(to: backend) }
-            return
-        }
-        responses.syncPointsAnswered(readyForQueryCount)
-        transactionStatus = lastStatus
-        if responses.outstandingSyncs == 0, !pendingUnsynced, lastStatus == .idle, pinReasons.isEmpty,
-            held.isEmpty, responses.isEmpty, cancelsInFlight == 0
-        {
+            break
+        case .release(let thenClose):
             // The transaction is over: the client gets its answer now, because the backend may
             // move to another client (and its read-complete) before this call returns. The
             // bookkeeping comes after the answer is on its way.
             context.flush()
             recordQueryLatency()
-            needsParameterResync = false  // the next lease brings the backend to the client's values
             releaseBackend()
             // Shutting down: this was the client's last transaction. (Not left to the backend's
             // read-complete, which no longer reaches a session that gave the backend back.)
-            if draining { fail(with: ClientErrors.shuttingDown) }
-        } else if responses.outstandingSyncs == 0 {
+            if thenClose { fail(with: ClientErrors.shuttingDown) }
+            return
+        case .keep:
             recordQueryLatency()
-            if needsParameterResync, lastStatus != .failed, !sentUnsynced, responses.isEmpty {
-                // The session keeps this backend (a transaction, a pin, messages that waited
-                // behind the reset) after RESET ALL, RESET name or DISCARD ALL: its next messages
-                // wait until the backend has its values again (then `sendHeld`).
-                needsParameterResync = false
-                backendReady = false
-                backend.reapply(to: self, parameters: desiredParameters)
-                return
-            }
+        case .reapply:
+            // The session keeps this backend (a transaction, a pin, messages that waited behind
+            // the reset) after RESET ALL, RESET name or DISCARD ALL: its next messages wait until
+            // the backend has its values again (then `sendHeld`).
+            recordQueryLatency()
+            backend.reapply(to: self, parameters: desiredParameters)
+            return
         }
-        if waitingForEarlierBatches { releaseHeldBehindEarlierBatches(to: backend) }
+        if machine.waitingForEarlierBatches { releaseHeldBehindEarlierBatches(to: backend) }
     }
 
     /// The database's response time for what the client sent, up to its last ReadyForQuery.
@@ -1019,47 +881,14 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
 
     func backendDidReadComplete() {
         context?.flush()
-        if draining, isBetweenTransactions {
+        if machine.draining, machine.isBetweenTransactions {
             fail(with: ClientErrors.shuttingDown)
         }
     }
 
-    /// Nothing in flight and no transaction open (pinned or not): the client may be closed
-    /// (idle timeout, shutdown) without losing anything.
-    private var isBetweenTransactions: Bool {
-        waitingRequest == nil && held.isEmpty && responses.outstandingSyncs == 0 && !pendingUnsynced
-            && transactionStatus == .idle
-    }
-
-    /// The backend's ParameterStatus messages of tracked parameters: each is the client's value
-    /// from now on; the client sees only those that change what it last saw (the backend reports
-    /// changes from what *it* last reported, and the proxy sets values behind the client's back:
-    /// a resync that rolls back with the client's transaction, say).
+    /// See `SessionParameters.filterReports`.
     private func filterReports(_ bytes: ByteBuffer) -> ByteBuffer {
-        var view = bytes
-        var kept = ByteBuffer()
-        var runStart = view.readerIndex
-        var dropped = false
-        while let (type, size) = try? PGFraming.peekFrame(in: view, maxMessageSize: Int(Int32.max)) {
-            let frameStart = view.readerIndex
-            view.moveReaderIndex(forwardBy: size)
-            guard type == PGMessageType.Backend.parameterStatus,
-                  let body = bytes.getSlice(at: frameStart + 5, length: size - 5),
-                  let parameter = try? PGParse.parameterStatus(body)
-            else { continue }
-            let name = parameter.name.lowercased()
-            guard TrackedParameters.isTracked(name) else { continue }
-            let seen = desiredParameters[name] ?? loginTemplateValue(of: name)
-            desiredParameters[name] = parameter.value
-            if seen == parameter.value {
-                if var run = bytes.getSlice(at: runStart, length: frameStart - runStart) { kept.writeBuffer(&run) }
-                runStart = view.readerIndex
-                dropped = true
-            }
-        }
-        guard dropped else { return bytes }
-        if var rest = bytes.getSlice(at: runStart, length: bytes.writerIndex - runStart) { kept.writeBuffer(&rest) }
-        return kept
+        parameters.filterReports(bytes) { loginTemplateValue(of: $0) }
     }
 
     /// What the client was told at login of a parameter it did not set (lowercased name).
@@ -1072,85 +901,51 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     func backendDidClose() {
         guard backend != nil else { return }
         backend = nil
-        backendReady = false
         runtime.backendConnectionLost()
-        guard pinReasons.isEmpty, case .ready = state, let context else {
+        let lost = machine.backendClosed(now: .now())
+        guard case .answer(let syncPoints, let unsyncedError, let borrow) = lost, let context else {
             // A pinned session's state lived on that backend: it cannot go on.
             log(.warning, "database connection lost while serving this client")
             fail(with: ClientErrors.backendLost)
             return
         }
         log(.warning, "database connection lost mid-transaction: the client gets an error and keeps its connection")
-        let syncPoints = responses.outstandingSyncs
-        let unsynced = pendingUnsynced
-        let inTransaction = transactionStatus != .idle
-        responses.reset()
         catalogue.backendDetached()
-        preparingForQuery = false
-        syncInsteadOfQuery = false
-        waitingForEarlierBatches = false
-        skippingUntilSync = false
-        sentUnsynced = false
-        copyInActive = false
         resetWindow = nil
-        needsParameterResync = false
         pendingSetting = nil
-        pendingUnsynced = false
-        transactionStatus = .idle
-        backendBlocked = false
         var out = context.channel.allocator.buffer(capacity: 256)
         for _ in 0..<syncPoints {
             PGEncode.errorResponse(ClientErrors.transactionLost, into: &out)
             PGEncode.readyForQuery(.idle, into: &out)
         }
-        if unsynced {
-            // PostgreSQL's rule after an error: extended messages are discarded until Sync.
-            if syncPoints == 0 { PGEncode.errorResponse(ClientErrors.transactionLost, into: &out) }
-            discardUntilSync = true
-        } else if syncPoints == 0, inTransaction {
-            // Idle in a transaction: its next statement is answered with the error.
-            transactionLost = true
-        }
+        // PostgreSQL's rule after an error: extended messages are discarded until Sync.
+        if unsyncedError { PGEncode.errorResponse(ClientErrors.transactionLost, into: &out) }
         if out.readableBytes > 0 { context.writeAndFlush(wrapOutboundOut(out), promise: nil) }
-        lastActivity = .now()
         // Messages that arrived meanwhile are served by a new backend.
-        if !held.isEmpty, waitingRequest == nil { borrowBackend() }
+        if borrow { borrowBackend() }
         resumeReadsIfNeeded()
     }
 
     private func releaseBackend() {
         guard let backend else { return }
-        responses.removeAllPending()
         catalogue.backendDetached()
-        preparingForQuery = false
-        syncInsteadOfQuery = false
-        cancelWhenSent = false
+        machine.backendReleased(now: .now())
         self.backend = nil
-        backendReady = false
-        backendBlocked = false
         backend.release(reusable: true)
-        lastActivity = .now()
     }
 
     // MARK: Idle timeout
 
     /// Called by `loopSessions` about once a second.
     func checkTimeouts(now: NIODeadline) {
-        switch state {
-        case .authenticating:
-            if now >= loginDeadline { fail(with: ClientErrors.authenticationTimeout) }
-        case .ready:
-            guard isBetweenTransactions else {
-                // A long transaction is not idleness: the idle period starts when it ends.
-                lastActivity = now
-                return
-            }
-            if now >= lastActivity + .seconds(Int64(runtime.idleClientTimeout)) {
-                log(.info, "closing idle client")
-                fail(with: ClientErrors.idleTimeout)
-            }
-        case .loggingIn, .closed:
+        switch machine.tick(now: now, idleTimeout: .seconds(Int64(runtime.idleClientTimeout))) {
+        case .none:
             break
+        case .authentication:
+            fail(with: ClientErrors.authenticationTimeout)
+        case .idle:
+            log(.info, "closing idle client")
+            fail(with: ClientErrors.idleTimeout)
         }
     }
 
@@ -1160,8 +955,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     func addMetrics(to sample: inout LoopMetricsSample) {
         sample.clientsPerEndpoint[endpoint] += 1
         guard backend != nil else { return }
-        if !pinReasons.isEmpty { sample.pinned += 1 }
-        if transactionStatus != .idle || responses.outstandingSyncs > 0 || pendingUnsynced { sample.inTransaction += 1 }
+        if machine.countsAsPinned { sample.pinned += 1 }
+        if machine.countsInTransaction { sample.inTransaction += 1 }
     }
 
     // MARK: Control from the runtime (any thread)
@@ -1169,17 +964,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// Graceful shutdown: close now if idle, else after the current transaction.
     func beginDrain() {
         eventLoop.execute { [self] in
-            self.draining = true
-            switch self.state {
-            case .ready where self.isBetweenTransactions:
-                self.fail(with: ClientErrors.shuttingDown)
-            case .ready, .loggingIn:
-                break
-            case .authenticating:
-                self.fail(with: ClientErrors.shuttingDown)
-            case .closed:
-                break
-            }
+            if self.machine.drain() { self.fail(with: ClientErrors.shuttingDown) }
         }
     }
 
@@ -1192,50 +977,43 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// future completes when the database has the request (or at once if nothing runs).
     func cancelCurrentQuery() -> EventLoopFuture<Void> {
         eventLoop.flatSubmit { [self] in
-            if self.backend == nil, case .ready = self.state, !self.held.isEmpty || self.waitingRequest != nil {
+            switch self.machine.cancelRequested() {
+            case .none:
+                break
+            case .cancelWait(let request):
                 // Still waiting for a backend: the statement is cancelled before it starts.
-                if let request = self.waitingRequest {
-                    (self.borrowPool ?? self.runtime.pool).cancel(request)
-                    self.waitingRequest = nil
-                }
+                if let request { (self.borrowPool ?? self.runtime.pool).cancel(request) }
                 self.log(.info, "cancelling a statement that waits for a database connection at the client's request")
                 self.borrowFailed(with: ClientErrors.queryCanceled)
-                return self.eventLoop.makeSucceededVoidFuture()
-            }
-            if self.backend != nil, !self.backendReady, case .ready = self.state, !self.held.isEmpty {
+            case .afterSend:
                 self.log(.info, "cancelling a statement that waits for its database connection to be prepared")
-                self.cancelWhenSent = true
-                return self.eventLoop.makeSucceededVoidFuture()
+            case .sendCancel:
+                guard let backend = self.backend else { break }
+                self.log(.info, "cancelling the running query at the client's request")
+                let sent = backend.sendCancelRequest()
+                self.trackCancel(sent)
+                return sent
             }
-            guard let backend = self.backend, self.backendReady, self.responses.outstandingSyncs > 0 || self.pendingUnsynced else {
-                return self.eventLoop.makeSucceededVoidFuture()
-            }
-            self.log(.info, "cancelling the running query at the client's request")
-            let sent = backend.sendCancelRequest()
-            self.trackCancel(sent)
-            return sent
+            return self.eventLoop.makeSucceededVoidFuture()
         }
     }
 
-    /// See `cancelsInFlight`.
+    /// Until the database has the cancel, the backend stays with this client (see
+    /// `ClientSessionMachine.cancelsInFlight`).
     private func trackCancel(_ sent: EventLoopFuture<Void>) {
-        cancelsInFlight += 1
+        machine.cancelSent()
         sent.hop(to: eventLoop).whenComplete { [self] _ in
-            cancelsInFlight -= 1
-            guard cancelsInFlight == 0, backend != nil, backendReady, responses.outstandingSyncs == 0, !pendingUnsynced,
-                  transactionStatus == .idle, pinReasons.isEmpty, held.isEmpty, responses.isEmpty, waitingRequest == nil
-            else { return }
+            guard case .release(let thenClose) = machine.cancelDelivered() else { return }
             // The transaction ended while the cancel was on its way: the backend goes back now.
-            needsParameterResync = false
             releaseBackend()
-            if draining { fail(with: ClientErrors.shuttingDown) }
+            if thenClose { fail(with: ClientErrors.shuttingDown) }
         }
     }
 
     // MARK: Closing
 
     private func fail(with fields: PGErrorFields) {
-        guard let context, !isClosed else { return }
+        guard let context, !machine.isClosed else { return }
         var out = context.channel.allocator.buffer(capacity: 128)
         PGEncode.errorResponse(fields, into: &out)
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
@@ -1243,46 +1021,28 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     }
 
     private func closeGracefully() {
-        guard let context, !isClosed else { return }
+        guard let context, !machine.isClosed else { return }
         teardown()
         context.close(promise: nil)
     }
 
     /// Gives back or disposes of the backend so no state leaks to the next client.
     private func teardown() {
-        guard !isClosed else { return }
-        state = .closed
+        guard let teardown = machine.closed() else { return }
         loopSessions.remove(self)
-        held.removeAll()
-        if let waitingRequest {
-            (borrowPool ?? runtime.pool).cancel(waitingRequest)
-            self.waitingRequest = nil
+        if let request = teardown.cancelBorrow {
+            (borrowPool ?? runtime.pool).cancel(request)
         }
         if let backend {
             self.backend = nil
-            if !backendReady || !pinReasons.isEmpty {
-                // Session state (or a half-prepared backend): never hand it to anyone else.
-                if responses.outstandingSyncs > 0 { backend.cancelAndClose() } else { backend.release(reusable: false) }
-            } else if responses.outstandingSyncs > 0 || pendingUnsynced {
-                backend.cancelAndClose()
-            } else if transactionStatus != .idle {
-                backend.rollbackAndRelease()
-            } else {
-                backend.release(reusable: true)
+            switch teardown.backend {
+            case .none, .release: backend.release(reusable: true)
+            case .discard: backend.release(reusable: false)
+            case .cancelAndClose: backend.cancelAndClose()
+            case .rollbackAndRelease: backend.rollbackAndRelease()
             }
         }
         runtime.sessionClosed(self)
-    }
-}
-
-/// A client message on its way to a backend, with what the classifier found it resets.
-struct HeldMessage {
-    var frame: PGFrame
-    var resets: Resets
-
-    init(_ frame: PGFrame, resets: Resets = Resets()) {
-        self.frame = frame
-        self.resets = resets
     }
 }
 
@@ -1508,8 +1268,7 @@ extension ClientSession {
             }
             return
         }
-        resetWindow = ResetWindow(parameters: parameters, before: desiredParameters, syncsBefore: responses.syncPointsPending)
-        resetWindow!.resets = resets
+        resetWindow = ResetWindow(parameters: parameters, before: desiredParameters, syncsBefore: responses.syncPointsPending, resets: resets)
     }
 
     private func sendParse(_ frame: PGFrame, resets: Resets, to backend: BackendConnection) {
@@ -1958,89 +1717,28 @@ extension ClientSession {
         if watch.resets.kinds.contains(.advisoryUnlockAll) { unpin(.advisoryLock, for: watch.resets) }
     }
 
-    /// At the ReadyForQuery after a RESET ALL or DISCARD ALL: PostgreSQL returned every
-    /// parameter to the backend's defaults, where the client's are its startup values. The
-    /// client gets the ParameterStatus messages a direct session would have sent, the backend is
-    /// brought to the client's values before its next message (or at its next lease), and the
-    /// parameters the reset removed stop pinning.
+    /// At the ReadyForQuery after a RESET ALL or DISCARD ALL (`SessionParameters.closeResetWindow`
+    /// decides): the client gets the ParameterStatus messages a direct session would have sent,
+    /// the backend is brought to the client's values before its next message (or at its next
+    /// lease), and the parameters the reset removed stop pinning.
     private func closeResetWindow(status: PGTransactionStatus, context: ChannelHandlerContext, backend: BackendConnection) {
-        guard var window = resetWindow else { return }
+        guard let window = resetWindow else { return }
         resetWindow = nil
-        guard window.discarded || !window.failed else {
-            // Nothing was reset: the backend's reports are the client's.
-            if window.reports.readableBytes > 0 { context.write(wrapOutboundOut(window.reports), promise: nil) }
-            return
+        let closed = parameters.closeResetWindow(window, status: status, template: runtime.loginState(for: poolKey).template)
+        if closed.reset {
+            backend.noteParametersReset(closed.backendDefaults)
+            for (name, value) in closed.backendApplied { backend.noteApplied(name: name, value: value) }
+            switch closed.setVariable {
+            case .unchanged: break
+            case .unpin: unpin(.setVariable, for: window.resets)
+            case .pin:
+                // Inside a transaction block: a rollback would restore what RESET ALL reset,
+                // settings the proxy does not see among them. The session keeps this backend.
+                pin(.setVariable, statement: ByteBuffer(string: "RESET ALL"))
+            }
+            needsParameterResync = true
         }
-        // The reports the client gets, by name: PostgreSQL sends them in the order of its
-        // settings' names (case-insensitive), whichever statement changed them.
-        var reports: [(name: String, value: String)] = []
-        // Those set again after the reset keep the values the backend reported (or, unreported,
-        // the values the client last saw): `filterReports` recorded them.
-        let setAfter = window.setAfter
-        if let names = window.parameters {
-            for name in names where !setAfter.contains(name) {
-                desiredParameters[name] = startupParameters[name]
-            }
-            backend.noteParametersReset(names.subtracting(setAfter))
-            for name in names.intersection(setAfter) { backend.noteApplied(name: name, value: desiredParameters[name]) }
-            // Reports of other parameters (set in the same query) are the backend's own.
-            while let (_, size) = try? PGFraming.peekFrame(in: window.reports, maxMessageSize: Int(Int32.max)),
-                  let frame = window.reports.readSlice(length: size)
-            {
-                if let body = frame.getSlice(at: frame.readerIndex + 5, length: size - 5),
-                   let parameter = try? PGParse.parameterStatus(body),
-                   !names.contains(parameter.name.lowercased()) || setAfter.contains(parameter.name.lowercased())
-                {
-                    reports.append((parameter.name, parameter.value))
-                }
-            }
-        } else {
-            var kept: [String: String] = [:]
-            for name in setAfter { kept[name] = desiredParameters[name] }
-            desiredParameters = startupParameters
-            backend.noteParametersReset(nil)
-            for (name, value) in kept {
-                desiredParameters[name] = value
-                backend.noteApplied(name: name, value: value)
-            }
-            while !setAfter.isEmpty, let (_, size) = try? PGFraming.peekFrame(in: window.reports, maxMessageSize: Int(Int32.max)),
-                  let frame = window.reports.readSlice(length: size)
-            {
-                if let body = frame.getSlice(at: frame.readerIndex + 5, length: size - 5),
-                   let parameter = try? PGParse.parameterStatus(body), setAfter.contains(parameter.name.lowercased())
-                {
-                    reports.append((parameter.name, parameter.value))
-                }
-            }
-            if !window.discarded {
-                if status == .idle {
-                    unpin(.setVariable, for: window.resets)
-                } else {
-                    // Inside a transaction block: a rollback would restore what RESET ALL reset,
-                    // settings the proxy does not see among them. The session keeps this backend.
-                    pin(.setVariable, statement: ByteBuffer(string: "RESET ALL"))
-                }
-            }
-        }
-        needsParameterResync = true
-        if let template = runtime.loginState(for: poolKey).template {
-            for parameter in template.parameters {
-                let name = parameter.name.lowercased()
-                if let names = window.parameters, !names.contains(name) { continue }
-                if setAfter.contains(name) { continue }
-                let now = startupParameters[name] ?? parameter.value
-                if now != (window.before[name] ?? parameter.value) {
-                    reports.append((parameter.name, now))
-                }
-            }
-        }
-        guard !reports.isEmpty else { return }
-        reports.sort { $0.name.lowercased() < $1.name.lowercased() }
-        var out = ByteBuffer()
-        for report in reports {
-            PGEncode.parameterStatus(name: report.name, value: report.value, into: &out)
-        }
-        context.write(wrapOutboundOut(out), promise: nil)
+        if closed.reports.readableBytes > 0 { context.write(wrapOutboundOut(closed.reports), promise: nil) }
     }
 
     /// Releases `reasons` that `watch`'s reset undid: not those its own statement pins, nor

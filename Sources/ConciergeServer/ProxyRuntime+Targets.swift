@@ -9,9 +9,6 @@ import ProxyCore
 extension ProxyRuntime {
     // MARK: Health checks
 
-    /// How health-check connections show in `pg_stat_activity` (they are outside the pool's cap).
-    static let healthCheckApplicationName = "concierge_health_check"
-
     /// One checker per registered target (started with the proxy; kept in step with the
     /// registered targets).
     func syncMonitors() {
@@ -19,8 +16,8 @@ extension ProxyRuntime {
             ($0.configuration.targetGroup.targets.map(\.endpoint), $0.monitors, $0.monitoring)
         }
         guard monitoring else { return }  // not started (or stopped)
-        var started: [TargetMonitor] = []
-        var stopped: [TargetMonitor] = []
+        var started: [TargetMonitor<Engine, HostPort>] = []
+        var stopped: [TargetMonitor<Engine, HostPort>] = []
         state.withLockedValue { state in
             for (target, monitor) in existing where !targets.contains(target) {
                 stopped.append(monitor)
@@ -29,7 +26,7 @@ extension ProxyRuntime {
             state.targetGroup.forget(stopped.map(\.target))
             for (index, target) in targets.enumerated() where state.monitors[target] == nil {
                 let monitor = TargetMonitor(
-                    target: target, eventLoop: eventLoops[index % eventLoops.count], logger: logger,
+                    target: target, engine: engine, eventLoop: eventLoops[index % eventLoops.count], logger: logger,
                     settings: { [weak self] in self?.healthCheckSettings(for: target) },
                     report: { [weak self] target, result in self?.targetChecked(target, result) })
                 state.monitors[target] = monitor
@@ -46,7 +43,7 @@ extension ProxyRuntime {
     }
 
     func stopMonitors() {
-        let monitors = state.withLockedValue { state -> [TargetMonitor] in
+        let monitors = state.withLockedValue { state -> [TargetMonitor<Engine, HostPort>] in
             state.monitoring = false
             defer { state.monitors = [:] }
             return Array(state.monitors.values)
@@ -55,7 +52,7 @@ extension ProxyRuntime {
     }
 
     /// How a health check logs in: the first auth entry's credentials, the check's database.
-    private func healthCheckSettings(for target: HostPort) -> (BackendSettings, HealthCheckConfiguration)? {
+    private func healthCheckSettings(for target: HostPort) -> TargetCheckSettings? {
         let snapshot = state.withLockedValue { state -> (DatabaseCredential?, HealthCheckConfiguration, SocketAddress?, BackendTLSSnapshot) in
             let first = state.users.username(forAuthIndex: 0).flatMap { state.credentials[$0] }
                 ?? state.credentials.values.sorted { $0.username < $1.username }.first
@@ -71,13 +68,12 @@ extension ProxyRuntime {
         guard let address else { return nil }
         var checkLogger = logger
         checkLogger[metadataKey: "concierge.health_check"] = "\(target)"
-        let settings = BackendSettings(
+        let login = BackendLogin(
             address: address, username: credential.username, password: credential.password,
-            database: snapshot.1.database, initQuery: "", readMaxConnections: true, scramCache: scramCacheForChecks,
+            database: snapshot.1.database, initQuery: "", readMaxConnections: true,
             logger: checkLogger, generation: 0, tls: snapshot.3.context,
-            serverHostname: BackendTLS.serverHostname(target.host), tlsMode: snapshot.3.mode,
-            applicationName: Self.healthCheckApplicationName)
-        return (settings, snapshot.1)
+            serverHostname: BackendTLS.serverHostname(target.host), tlsMode: snapshot.3.mode)
+        return TargetCheckSettings(login: login, intervalMS: snapshot.1.intervalMS, timeoutMS: snapshot.1.timeoutMS)
     }
 
     /// A check's result: the target group decides, under the lock, what changes; the promises,
@@ -185,7 +181,7 @@ extension ProxyRuntime {
     /// A backend open to `writer` failed to connect: until a health check says otherwise, new
     /// opens wait, and the check runs now.
     func writerSuspect(_ writer: HostPort) {
-        let monitor = state.withLockedValue { state -> TargetMonitor? in
+        let monitor = state.withLockedValue { state -> TargetMonitor<Engine, HostPort>? in
             state.targetGroup.writerSuspect(writer, now: .now())
             return state.monitors[writer]
         }
@@ -204,7 +200,7 @@ extension ProxyRuntime {
     /// until the borrow timeout; a failed connect marks the writer suspect and waits again.
     /// At most a few opens run at once, so a new writer is not hit by a reconnection storm.
     func openBackend(id: ConnectionID, key: PoolKey, on eventLoop: any EventLoop, pool: BackendPool)
-        -> EventLoopFuture<BackendConnection>
+        -> EventLoopFuture<Engine.Connection>
     {
         metrics.databaseConnectionRequests.increment()
         let borrowTimeout = state.withLockedValue { $0.configuration.targetGroup.connectionPoolConfig.connectionBorrowTimeout }
@@ -226,7 +222,7 @@ extension ProxyRuntime {
     private func attemptOpen(
         id: ConnectionID, key: PoolKey, on eventLoop: any EventLoop, pool: BackendPool, began: NIODeadline,
         deadline: NIODeadline
-    ) -> EventLoopFuture<BackendConnection> {
+    ) -> EventLoopFuture<Engine.Connection> {
         waitForWriter(on: eventLoop, began: began, until: deadline)
             .flatMap { self.acquireOpenSlot(on: eventLoop) }
             .flatMap {
@@ -238,7 +234,7 @@ extension ProxyRuntime {
                 if let refusal = error as? NoWriter { return eventLoop.makeFailedFuture(refusal.reason) }
                 // A failed connect made the writer suspect: the next attempt waits for a health
                 // check (or fails with its reason), so this cannot spin.
-                switch BackendOpenRetry.decide(after: PostgresTargetErrors.openFailure(error), now: .now(), deadline: deadline) {
+                switch BackendOpenRetry.decide(after: self.engine.openFailure(error), now: .now(), deadline: deadline) {
                 case .giveUp:
                     return eventLoop.makeFailedFuture(error)
                 case .retryNow:

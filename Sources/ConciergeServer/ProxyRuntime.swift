@@ -4,16 +4,10 @@ import ConnectionPool
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import NIOPosix
 import NIOSSL
 import PostgresProxy
 import PostgresWire
-import ProxyCore
 import Prometheus
 import ProxyCore
 import SQLClassifier
@@ -26,7 +20,23 @@ import Foundation
 #endif
 
 /// One configured proxy at run time: its listeners, its users, its pool and its client sessions.
+///
+/// It opens backends, probes targets and makes client handlers only through its `engine`
+/// (`DatabaseEngine`); target health, writer election, failover waits, paced opens and reader
+/// pools are the engine-neutral `TargetGroupStateMachine`'s.
 final class ProxyRuntime: @unchecked Sendable {
+    /// The engine this runtime runs, named once here. A concrete type rather than a generic
+    /// parameter or an existential: the client session and the tests name `ProxyRuntime` as a
+    /// concrete class (a generic runtime comes with the second engine, as a mechanical change of
+    /// this line into `ProxyRuntime<Engine: DatabaseEngine>`); and no existential, so that the
+    /// pool's connections and the sessions stay concrete types, with static dispatch and no boxing
+    /// on the per-transaction and per-message paths. The runtime opens backends, probes targets,
+    /// classifies failed opens and makes, drains and cancels client sessions only through
+    /// `DatabaseEngine`'s and `EngineClientSession`'s requirements. What still names PostgreSQL
+    /// here (the login template and tracked parameters in `backendOpened`, `BackendError` as the
+    /// reason a waiting open fails) is what the client session reads back from the runtime.
+    typealias Engine = PostgresEngine
+
     let name: String
     let logger: Logger
     private(set) var pool: BackendPool!
@@ -36,15 +46,15 @@ final class ProxyRuntime: @unchecked Sendable {
     /// A stable id like `prx-0123456789abcdef0`, derived from the proxy's name.
     let resourceID: String
     let createdDate: Date
-    private let group: any EventLoopGroup
+    let group: any EventLoopGroup
     let eventLoops: [any EventLoop]
     /// Per event loop: its client sessions, swept for timeouts.
     let loopSessions: [ObjectIdentifier: LoopSessions]
-    private let scramCache = SCRAMSaltedPasswordCache()
-    /// The health checks' own (keys differ per target only by salt).
-    let scramCacheForChecks = SCRAMSaltedPasswordCache()
+    /// The engine: what differs per database family (opening backends, probing targets, error
+    /// classification, the client handler). See `Engine` for why it is a concrete type here.
+    let engine: Engine
 
-    private let clientCount = Synchronization.Atomic<Int>(0)
+    let clientCount = Synchronization.Atomic<Int>(0)
     let state: NIOLockedValueBox<MutableState>
 
     // Settings the admin API or a reload may change, read on hot paths without a lock.
@@ -71,7 +81,7 @@ final class ProxyRuntime: @unchecked Sendable {
         /// Checks IAM tokens (nil: no `iam` section).
         var iam: IAMAuthenticator?
         /// Health checkers, one per target (while `monitoring`: between start and drain).
-        var monitors: [HostPort: TargetMonitor] = [:]
+        var monitors: [HostPort: TargetMonitor<Engine, HostPort>] = [:]
         var monitoring = false
         var targetAddresses: [HostPort: SocketAddress] = [:]
         /// The promises of backend opens the target group keeps waiting: for a writer (failover),
@@ -86,7 +96,7 @@ final class ProxyRuntime: @unchecked Sendable {
         var targetGroupUpdatedDate: Date
         var listeners: [any Channel] = []
         var canonicalValues: [CanonicalValueKey: String] = [:]
-        var sessions = SessionRegistry<ClientSession>()
+        var sessions = SessionRegistry<Engine.ClientHandler>()
         var templates: [PoolKey: LoginTemplate] = [:]
         /// Per user and database: the classifier options with the server's tracked parameters.
         var loginClassifierOptions: [PoolKey: ClassifierOptions] = [:]
@@ -116,6 +126,8 @@ final class ProxyRuntime: @unchecked Sendable {
     ) throws {
         self.name = configuration.name
         self.group = group
+        let engine = Engine()
+        self.engine = engine
         self.eventLoops = Array(group.makeIterator())
         self.loopSessions = Dictionary(uniqueKeysWithValues: eventLoops.map {
             (ObjectIdentifier($0), LoopSessions(eventLoop: $0))
@@ -128,7 +140,7 @@ final class ProxyRuntime: @unchecked Sendable {
         self.metrics = ProxyMetrics(
             registry: registry, proxy: configuration.name,
             endpointNames: ["default"] + configuration.endpoints.map(\.name),
-            targetGroup: configuration.targetGroup.name, pinReasonNames: PinReasons.all.names)
+            targetGroup: configuration.targetGroup.name, pinReasonNames: engine.pinReasonNames)
         self.endpointRoles = [.readWrite] + configuration.endpoints.map(\.targetRole)
         self.idleClientTimeoutSeconds = Atomic(configuration.idleClientTimeout)
         self.debugLoggingEnabled = Atomic(configuration.debugLogging)
@@ -188,7 +200,7 @@ final class ProxyRuntime: @unchecked Sendable {
     /// One attempt to open a backend to the current writer (see `openBackend`).
     func connectToWriter(
         id: ConnectionID, key: PoolKey, on eventLoop: any EventLoop, pool: BackendPool, reader: HostPort? = nil
-    ) -> EventLoopFuture<BackendConnection> {
+    ) -> EventLoopFuture<Engine.Connection> {
         var (credential, needsMaxConnections, writer, address, initQuery, tls, tlsMode) = state.withLockedValue {
             ($0.credentials[key.user], $0.targetGroup.writerMaxConnections == nil, $0.targetGroup.writer, $0.writerAddress,
              $0.configuration.targetGroup.connectionPoolConfig.initQuery, $0.backendTLS,
@@ -211,19 +223,18 @@ final class ProxyRuntime: @unchecked Sendable {
         }
         var backendLogger = logger
         backendLogger[metadataKey: "concierge.backend"] = "\(id)"
-        let settings = BackendSettings(
+        let login = BackendLogin(
             address: address, username: credential.username, password: credential.password,
-            database: key.database, initQuery: initQuery,
-            readMaxConnections: needsMaxConnections, scramCache: scramCache, logger: backendLogger,
-            generation: pool.generation, tls: tls, serverHostname: BackendTLS.serverHostname(writer.host),
-            tlsMode: tlsMode.rawValue)
-        return BackendConnection.connect(id: id, key: key, on: eventLoop, settings: settings, pool: pool)
+            database: key.database, initQuery: initQuery, readMaxConnections: needsMaxConnections,
+            logger: backendLogger, generation: pool.generation, tls: tls,
+            serverHostname: BackendTLS.serverHostname(writer.host), tlsMode: tlsMode.rawValue)
+        return engine.openBackend(id: id, key: key, login: login, on: eventLoop, pool: pool)
             .map { connection in
                 self.backendOpened(connection)
                 return connection
             }
             .flatMapErrorThrowing { error in
-                if let health = PostgresTargetErrors.targetHealth(after: error) {
+                if let health = self.engine.targetHealth(after: error) {
                     if health.reason == "AUTH_FAILURE" {
                         self.noteTargetHealth(writer, health)
                         // Name the secret, never its value; a rotated secret may be the cause.
@@ -361,248 +372,6 @@ final class ProxyRuntime: @unchecked Sendable {
     func loginState(for key: PoolKey) -> (template: LoginTemplate?, classifierOptions: ClassifierOptions) {
         state.withLockedValue { ($0.templates[key], $0.loginClassifierOptions[key] ?? $0.classifierOptions) }
     }
-
-    // MARK: Listening
-
-    /// Binds every endpoint of the proxy. Throws (having bound nothing) if any address fails.
-    ///
-    /// On Linux each event loop gets its own listening socket on the same address
-    /// (SO_REUSEPORT): the kernel spreads new connections over the loops and each connection is
-    /// accepted and served by one thread, with no hand-off to register it elsewhere. In a
-    /// connection storm that hand-off cost about 50 µs of CPU per connection.
-    func start() async throws {
-        let configuration = self.configuration
-        var addresses = [configuration.listen]
-        for endpoint in configuration.endpoints { addresses.append(endpoint.listen) }
-        var bound: [any Channel] = []
-        do {
-            for (endpointIndex, address) in addresses.enumerated() {
-                let loops = Self.acceptingLoops(eventLoops)
-                if loops.count > 1 {
-                    // SO_REUSEPORT would also join a socket that another process of this user
-                    // (a second Concierge by mistake) listens on, silently splitting its clients.
-                    // A plain bind fails on any listener there: fail as a single socket would.
-                    try Self.probeBind(address)
-                }
-                for eventLoop in loops {
-                    let channel = try await makeBootstrap(on: eventLoop, endpoint: endpointIndex).bind(host: address.host, port: address.port).get()
-                    bound.append(channel)
-                }
-                logger.info("listening", metadata: ["concierge.listen": "\(address)"])
-            }
-        } catch {
-            for channel in bound { try? await channel.close() }
-            throw error
-        }
-        state.withLockedValue { $0.listeners = bound }
-        startCertificateChecks()
-        startMonitors()
-    }
-
-    /// Every few seconds: a renewed certificate or key file is loaded for new TLS clients.
-    private func startCertificateChecks() {
-        let logger = self.logger
-        let task = eventLoops[0].scheduleRepeatedTask(initialDelay: .seconds(2), delay: .seconds(2)) { [weak self] _ in
-            guard let self, let source = self.state.withLockedValue({ $0.serverTLS }) else { return }
-            source.reloadIfChanged(logger: logger)
-        }
-        state.withLockedValue { $0.certificateCheck = task }
-    }
-
-    /// The loops that accept connections: all of them where SO_REUSEPORT balances connections
-    /// (Linux); elsewhere one listener whose connections are spread over every loop.
-    private static func acceptingLoops(_ eventLoops: [any EventLoop]) -> [(any EventLoop)?] {
-        #if os(Linux)
-        return eventLoops.map { $0 }
-        #else
-        return [nil]
-        #endif
-    }
-
-    /// Binds a plain socket to `address` and closes it, without listening: a socket that
-    /// listened, even for a moment, would accept clients that then went unserved (a client that
-    /// connected as the proxy started got no answer at all; the differential fuzzer found it).
-    private static func probeBind(_ address: HostPort) throws {
-        #if os(Linux)
-        let resolved = try SocketAddress.makeAddressResolvingHost(address.host, port: address.port)
-        let fd = Glibc.socket(resolved.protocol.rawValue, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw IOError(errnoCode: errno, reason: "socket") }
-        defer { _ = Glibc.close(fd) }
-        var one: Int32 = 1
-        _ = Glibc.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        let result = resolved.withSockAddr { pointer, size in Glibc.bind(fd, pointer, socklen_t(size)) }
-        guard result == 0 else { throw IOError(errnoCode: errno, reason: "bind(\(address))") }
-        #endif
-    }
-
-    private static let reusePort = NIOBSDSocket.Option(rawValue: SO_REUSEPORT)
-
-    #if os(Linux)
-    /// TCP_DEFER_ACCEPT (Linux): the kernel hands over a new connection only once its first bytes
-    /// (the SSLRequest or startup packet: a PostgreSQL client speaks first) have arrived, so the
-    /// accept and the first read happen in one wake-up instead of two. PgBouncer sets it too
-    /// (`tcp_defer_accept`, on by default on Linux). The value is how long, in seconds, the kernel
-    /// waits for those bytes before handing the connection over anyway.
-    private static let deferAccept = ChannelOptions.Types.SocketOption(
-        level: NIOBSDSocket.OptionLevel(rawValue: CInt(IPPROTO_TCP)),
-        name: NIOBSDSocket.Option(rawValue: TCP_DEFER_ACCEPT))
-    #endif
-
-    private func makeBootstrap(on eventLoop: (any EventLoop)?, endpoint: Int) -> ServerBootstrap {
-        let bootstrap: ServerBootstrap
-        if let eventLoop {
-            bootstrap = ServerBootstrap(group: eventLoop)
-                .serverChannelOption(ChannelOptions.socketOption(Self.reusePort), value: 1)
-        } else {
-            bootstrap = ServerBootstrap(group: group)
-        }
-        #if os(Linux)
-        let deferring = bootstrap.serverChannelOption(Self.deferAccept, value: 45)
-        #else
-        let deferring = bootstrap
-        #endif
-        return deferring
-            .serverChannelOption(ChannelOptions.backlog, value: 4096)
-            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-            // Accepted sockets inherit SO_KEEPALIVE from the listener: no setsockopt per
-            // connection. (TCP_NODELAY is NIO's default.)
-            .serverChannelOption(ChannelOptions.socketOption(.so_keepalive), value: 1)
-            .serverChannelInitializer { [logger] channel in
-                channel.pipeline.addHandler(ListenerBackoff.handler(listener: "client", logger: logger))
-            }
-            .childChannelInitializer { [unowned self] channel in
-                guard ListenerBackoff.admitClient(channel, logger: self.logger) else { return channel.close() }
-                return channel.eventLoop.makeCompletedFuture {
-                    // Set synchronously here rather than as child options, which NIO applies
-                    // one future at a time for every accepted connection.
-                    if let options = channel.syncOptions {
-                        try options.setOption(ChannelOptions.maxMessagesPerRead, value: 16)
-                        // Idle clients dominate memory: start each with a small receive buffer;
-                        // it grows (up to 64 KiB) for clients that send more.
-                        try options.setOption(
-                            ChannelOptions.recvAllocator,
-                            value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65_536))
-                    }
-                    let session = self.makeSession(on: channel.eventLoop, endpoint: endpoint)
-                    try channel.pipeline.syncOperations.addHandler(session)
-                }
-            }
-    }
-
-    func makeSession(on eventLoop: any EventLoop, endpoint: Int = 0) -> ClientSession {
-        clientCount.add(1, ordering: .relaxed)
-        metrics.clientConnectionsReceived[endpoint].increment()
-        return state.withLockedValue { state in
-            let loopSessions = self.loopSessions[ObjectIdentifier(eventLoop)] ?? LoopSessions(eventLoop: eventLoop)
-            // The cancel key is the client's BackendKeyData (process id and secret key).
-            let session = state.sessions.register(random: SecureRandom.uint64) { key in
-                ClientSession(
-                    runtime: self, loopSessions: loopSessions, endpoint: endpoint, processID: Int32(bitPattern: key.id),
-                    secretKey: Int32(bitPattern: key.secret), logger: logger)
-            }
-            if state.draining { session.beginDrain() }
-            return session
-        }
-    }
-
-    func sessionClosed(_ session: ClientSession) {
-        clientCount.subtract(1, ordering: .relaxed)
-        metrics.clientConnectionsClosed[session.endpoint].increment()
-        let promise = state.withLockedValue { state -> EventLoopPromise<Void>? in
-            state.sessions.remove(id: UInt32(bitPattern: session.processID))
-            if state.draining, state.sessions.isEmpty {
-                defer { state.drainedPromise = nil }
-                return state.drainedPromise
-            }
-            return nil
-        }
-        promise?.succeed(())
-    }
-
-    /// A CancelRequest: forwarded to the backend serving the session with that key, if any.
-    /// Unknown or wrong keys cancel nothing (and say nothing, as PostgreSQL does).
-    /// Cancels what the session with this key runs. The future completes once the database has
-    /// the cancel request (it closed the proxy's cancel connection), or at once when there is
-    /// nothing to cancel: only then may the client's own cancel connection close, as PostgreSQL
-    /// closes it only after signalling the backend (drivers wait for that close before they
-    /// send their next statement, which a late cancel would otherwise hit).
-    func cancel(processID: Int32, secretKey: Int32, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
-        let key = CancelKey(id: UInt32(bitPattern: processID), secret: UInt32(bitPattern: secretKey))
-        guard let session = state.withLockedValue({ $0.sessions.session(for: key) }) else {
-            logger.debug("ignoring a cancel request with an unknown key")
-            return eventLoop.makeSucceededVoidFuture()
-        }
-        return session.cancelCurrentQuery().hop(to: eventLoop)
-    }
-
-    var clientConnections: Int { clientCount.load(ordering: .relaxed) }
-
-    // MARK: Shutdown
-
-    /// Stops accepting new clients.
-    func stopAccepting() async {
-        let listeners = state.withLockedValue { state -> [any Channel] in
-            defer { state.listeners = [] }
-            return state.listeners
-        }
-        for channel in listeners { try? await channel.close() }
-    }
-
-    /// Closes idle clients now and the others as their transactions end, waiting at most
-    /// `timeout`; then closes whatever is left and every backend.
-    func drain(timeout: TimeAmount) async {
-        let eventLoop = eventLoops[0]
-        let promise = eventLoop.makePromise(of: Void.self)
-        let sessions = state.withLockedValue { state -> [ClientSession] in
-            state.draining = true
-            if state.sessions.isEmpty {
-                promise.succeed(())
-            } else {
-                state.drainedPromise = promise
-            }
-            return state.sessions.all
-        }
-        logger.info("draining", metadata: ["concierge.clients": "\(sessions.count)"])
-        for session in sessions { session.beginDrain() }
-        let timeoutTask = eventLoop.scheduleTask(in: timeout) {
-            promise.fail(DrainTimeout())
-        }
-        do {
-            try await promise.futureResult.get()
-            timeoutTask.cancel()
-        } catch {
-            let remaining = state.withLockedValue { $0.sessions.all }
-            logger.warning("drain timeout reached; closing remaining clients", metadata: ["concierge.clients": "\(remaining.count)"])
-            for session in remaining { session.forceClose() }
-        }
-        let counters = pool.leaseCounters
-        logger.info("backend leases", metadata: [
-            "concierge.leases": "\(counters.total)", "concierge.leases_across_event_loops": "\(counters.acrossEventLoops)",
-        ])
-        for sessions in loopSessions.values { sessions.stop() }
-        state.withLockedValue { $0.certificateCheck?.cancel() }
-        stopMonitors()
-        let pools = allPools
-        let drained = EventLoopFuture.andAllComplete(pools.map { $0.shutdown(on: eventLoop) }, on: eventLoop)
-        let closeTask = eventLoop.scheduleTask(in: .seconds(2)) { for pool in pools { pool.closeAll() } }
-        // A backend still logging in (to a database that stopped answering) is not waited for
-        // beyond that: the process exits, which closes it.
-        let finished = eventLoop.makePromise(of: Void.self)
-        let settled = NIOLockedValueBox(false)
-        let complete = {
-            if settled.withLockedValue({ done in defer { done = true }; return !done }) { finished.succeed(()) }
-        }
-        drained.whenComplete { _ in complete() }
-        let giveUp = eventLoop.scheduleTask(in: .seconds(3)) {
-            self.logger.warning("backends still opening at shutdown are abandoned")
-            complete()
-        }
-        try? await finished.futureResult.get()
-        closeTask.cancel()
-        giveUp.cancel()
-    }
-
-    private struct DrainTimeout: Error {}
 }
 
 /// A tracked parameter's value as a client wrote it, for a user and database.

@@ -98,7 +98,7 @@ public enum PendingResponse {
     /// own): its ParameterDescription and RowDescription (or NoData) are dropped, and the row
     /// type is recorded for the backend's copy (`parsedAt`) and, for the first Parse of the
     /// client's statement (`client`, defined at `clientParsedAt`), for that statement. `waiting`:
-    /// the client's next messages wait for it (`ClientSession.mustCheckResultTypeFirst`).
+    /// the client's next messages wait for it (`StatementCatalogue.statementToCheckFirst`).
     case shapeDescribe(
         key: String, serverName: String, parsedAt: UInt64, client: String?, clientParsedAt: UInt64, waiting: Bool)
     /// A Bind or Describe of a statement whose row type changed since the client prepared it,

@@ -11,12 +11,12 @@ import SQLClassifier
 /// ran `SET LOCAL`), PostgreSQL reports the new value, already in its canonical spelling. The
 /// next backend that serves the client is brought to those values before the client's first
 /// message (BackendConnection.parameterSyncSQL).
-enum TrackedParameters {
+public enum TrackedParameters {
     /// Lowercased names every supported PostgreSQL version reports: used until the server's own
     /// list is known (the first login of a user and database). After that, any parameter the
     /// server reports at login and a session can set counts (`names(reportedAtLogin:)`); one it
     /// does not report keeps pinning, since its changes would go unseen.
-    static let names: Set<String> = [
+    public static let names: Set<String> = [
         "application_name",
         "client_encoding",
         "datestyle",
@@ -26,20 +26,20 @@ enum TrackedParameters {
     ]
 
     /// Reported parameters a session cannot set (read-only), or whose change pins anyway.
-    static let notCarried: Set<String> = [
+    public static let notCarried: Set<String> = [
         "is_superuser", "server_version", "server_encoding", "integer_datetimes", "in_hot_standby",
         "session_authorization",
     ]
 
     /// Whether a parameter the server reported is carried to the next backend: any it reports
     /// that a session can set.
-    static func isTracked(_ lowercasedName: String) -> Bool {
+    public static func isTracked(_ lowercasedName: String) -> Bool {
         !notCarried.contains(lowercasedName)
     }
 
     /// The parameters whose SET does not pin on a server that reports `reported` at login (so
     /// `default_transaction_read_only` from PostgreSQL 14 on, `scram_iterations` from 16).
-    static func names(reportedAtLogin reported: [StartupParameter]) -> Set<String> {
+    public static func names(reportedAtLogin reported: [StartupParameter]) -> Set<String> {
         var names = Self.names
         for parameter in reported {
             let name = parameter.name.lowercased()
@@ -54,8 +54,8 @@ enum TrackedParameters {
 /// keeps it once the database accepted it (no ErrorResponse before ReadyForQuery); a lone
 /// statement outside a transaction block commits by itself, so it cannot be rolled back later.
 /// Anywhere else (in a transaction, with other statements) such a SET still pins.
-enum SQLTrackedSettings {
-    static let names: Set<String> = [
+public enum SQLTrackedSettings {
+    public static let names: Set<String> = [
         "extra_float_digits",  // the PostgreSQL JDBC driver
         "statement_timeout",
         "lock_timeout",
@@ -65,7 +65,7 @@ enum SQLTrackedSettings {
 
     /// The (lowercased name, value) a classification's only statement sets, nil value for a
     /// RESET; nil when it is anything else or the value is not a single plain token.
-    static func setting(of classification: Classification) -> (name: String, value: String?)? {
+    public static func setting(of classification: Classification) -> (name: String, value: String?)? {
         guard classification.statementCount == 1, classification.setCommands.count == 1 else { return nil }
         let command = classification.setCommands[0]
         guard command.scope == .session, names.contains(command.name) else { return nil }
@@ -75,7 +75,7 @@ enum SQLTrackedSettings {
     }
 
     /// `3`, `-1`, `'5s'`, `hex`: one number, word or simple quoted string, unquoted.
-    static func plainValue(_ raw: String) -> String? {
+    public static func plainValue(_ raw: String) -> String? {
         let bytes = Array(raw.utf8)
         guard !bytes.isEmpty, bytes.count <= 64 else { return nil }
         if bytes.first == UInt8(ascii: "'") {
@@ -94,14 +94,14 @@ enum SQLTrackedSettings {
 
 /// What PostgreSQL reports at login for a user and database, prepared once for every login:
 /// lowercased names, and each ParameterStatus message already encoded.
-final class LoginTemplate: Sendable {
-    let parameters: [StartupParameter]
-    let lowercasedNames: [String]
-    let encoded: [ByteBuffer]
+public final class LoginTemplate: Sendable {
+    public let parameters: [StartupParameter]
+    public let lowercasedNames: [String]
+    public let encoded: [ByteBuffer]
     /// Where each (lowercased) name is in `parameters`.
-    let indexByLowercasedName: [String: Int]
+    public let indexByLowercasedName: [String: Int]
 
-    init(_ parameters: [StartupParameter]) {
+    public init(_ parameters: [StartupParameter]) {
         self.parameters = parameters
         self.lowercasedNames = parameters.map { $0.name.lowercased() }
         self.indexByLowercasedName = Dictionary(
