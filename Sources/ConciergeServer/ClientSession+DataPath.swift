@@ -34,112 +34,39 @@ extension ClientSession {
             closeGracefully()
             return
         }
-        switch type {
-        case PGMessageType.Frontend.query:
-            loopSessions.queryRequests &+= 1
-            // A Query ends the extended messages before it as a Sync does (PostgreSQL commits
-            // their implicit transaction with it), unless an error there makes it skip the Query.
-            if !skippingUntilSync { pendingUnsynced = false }
-            let classification = classify(try PGFrontend.Query(frame.body).sql, loneSetAllowed: isBetweenTransactions && backend == nil)
-            if !classification.resets.isEmpty {
-                if let name = classification.deallocatedName, catalogue[name] != nil, answerDeallocateLocally(name) { return }
-                var resets = Resets(classification)
-                resets.pinClock = pins.clock
-                route(HeldMessage(frame, resets: resets))
-                return
-            }
-            if resetWindow != nil, !classification.setCommands.isEmpty {
-                // A SET after a reset whose window is still open (see `ResetWindow.setAfter`).
-                route(HeldMessage(frame, resets: Resets(classification)))
-                return
-            }
-        case PGMessageType.Frontend.parse:
-            let startsBatch = isBetweenTransactions && backend == nil
-            pendingUnsynced = true
-            // Checked whole here, as PostgreSQL checks it: the proxy may keep the definition and
-            // send it again later, elsewhere, under another name.
-            guard let parse = try? PGFrontend.Parse(frame.body) else {
-                fail(with: ClientErrors.protocolViolation("invalid Parse message"))
-                return
-            }
-            let name = parse.name
-            // Named statements do not pin: the proxy prepares them on whichever backend serves.
-            // A lone tracked SET may, as the unnamed statement of a new batch (JDBC's way).
-            var resets = Resets(classify(parse.query, loneSetAllowed: startsBatch && name.readableBytes == 0))
-            resets.pinClock = pins.clock
-            if name.readableBytes > 0, answersLocally, catalogue[String(buffer: name)] == nil {
-                // No backend serves this client: acknowledge now, prepare on first use. A client
-                // that prepares on one connection while its others hold backends in open
-                // transactions (pgbench -M prepared) cannot then deadlock the pool.
-                catalogue.define(String(buffer: name), ClientStatement(
-                    definition: parse.definition, analysed: false, resets: resets,
-                    refersTo: resets.executed.flatMap { catalogue[$0.name]?.key }, searchPath: desiredParameters["search_path"]))
+        if type == PGMessageType.Frontend.query || type == PGMessageType.Frontend.execute { loopSessions.queryRequests &+= 1 }
+        let decision = try machine.frontendMessage(frame)
+        if !decision.newPins.isEmpty { logPins(decision.newPins, first: decision.firstPin, frame: frame) }
+        switch decision.action {
+        case .route(let message):
+            route(message)
+        case .reply(let reply):
+            switch reply {
+            case .parseComplete:
                 writeToClient(StatementMessages.parseComplete)
-                return
-            }
-            if !resets.isEmpty || !resets.pins.isEmpty {
-                // What it resets, or pins: a statement that pins pins again when bound later
-                // (`repin`).
-                route(HeldMessage(frame, resets: resets))
-                return
-            }
-        case PGMessageType.Frontend.sync:
-            if answersLocally {
-                // Everything since the last Sync was answered by the proxy.
-                pendingUnsynced = false
+            case .closeComplete:
+                writeToClient(StatementMessages.closeComplete)
+            case .readyForQuery:
                 var out = ByteBuffer()
                 PGEncode.readyForQuery(.idle, into: &out)
                 writeToClient(out)
-                return
+            case .deallocate(let failedTransaction, let status):
+                var out = ByteBuffer()
+                if failedTransaction {
+                    PGEncode.errorResponse(ClientErrors.inFailedTransaction, into: &out)
+                } else {
+                    PGEncode.commandComplete(tag: "DEALLOCATE", into: &out)
+                }
+                PGEncode.readyForQuery(status, into: &out)
+                writeToClient(out)
             }
-            pendingUnsynced = false
-        case PGMessageType.Frontend.functionCall:
-            if !skippingUntilSync { pendingUnsynced = false }
-        case PGMessageType.Frontend.close:
-            pendingUnsynced = true
-            if answersLocally, let close = try? PGFrontend.close(frame.body), close.kind == .statement, close.name.readableBytes > 0 {
-                catalogue.remove(String(buffer: close.name))
-                writeToClient(StatementMessages.closeComplete)
-                return
-            }
-        case PGMessageType.Frontend.flush:
-            // A Flush opens nothing: alone after a Sync or Query it does not keep a backend.
-            if answersLocally {
-                needsFlushToClient = true
-                return
-            }
-        case PGMessageType.Frontend.bind, PGMessageType.Frontend.execute, PGMessageType.Frontend.describe:
-            if type == PGMessageType.Frontend.execute { loopSessions.queryRequests &+= 1 }
-            pendingUnsynced = true
-        case PGMessageType.Frontend.copyData, PGMessageType.Frontend.copyDone, PGMessageType.Frontend.copyFail:
-            break
-        case PGMessageType.Frontend.terminate:
+        case .flushClient:
+            needsFlushToClient = true
+        case .close:
             closeGracefully()
-            return
-        default:
-            fail(with: ClientErrors.protocolViolation("invalid frontend message type \(type)"))
-            return
+        case .protocolViolation(let message):
+            fail(with: ClientErrors.protocolViolation(message))
         }
-        route(HeldMessage(frame))
-    }
-
-    /// `DEALLOCATE name` of one of the client's protocol-level statements, which no backend
-    /// knows by that name: when nothing is in flight, the proxy answers as PostgreSQL would (the
-    /// statement is not transactional) and forgets it. Otherwise `send` renames it.
-    func answerDeallocateLocally(_ name: String) -> Bool {
-        guard machine.mayAnswerDeallocateLocally else { return false }
-        // A simple Query destroys the unnamed statement, whatever it runs.
-        catalogue.simpleQueryAnsweredLocally()
-        var out = ByteBuffer()
-        if transactionStatus == .failed {
-            PGEncode.errorResponse(ClientErrors.inFailedTransaction, into: &out)
-        } else {
-            catalogue.remove(name)
-            PGEncode.commandComplete(tag: "DEALLOCATE", into: &out)
-        }
-        PGEncode.readyForQuery(transactionStatus, into: &out)
-        writeToClient(out)
-        return true
     }
 
     /// No backend serves this client and nothing waits for one (`ClientSessionMachine.answersLocally`).
@@ -171,25 +98,21 @@ extension ClientSession {
         }
     }
 
-    /// Pins the session when the SQL changes session state. Reads the bytes in place: no
-    /// String is built unless a pin is logged.
-    @discardableResult
-    func classify(_ sql: ByteBuffer, loneSetAllowed: Bool = false) -> Classification {
-        let classification = sql.withUnsafeReadableBytes {
-            SQLClassifier.classify($0, options: classifierOptions)
+    /// Logs and counts pins the machine added for a message's SQL (its text only with
+    /// debug_logging, redacted).
+    func logPins(_ new: PinReasons, first: Bool, frame: PGFrame) {
+        runtime.metrics.recordPins(bits: UInt64(new.rawValue))
+        var metadata: Logger.Metadata = ["concierge.pin_reason": "\(new.names.joined(separator: ","))"]
+        if runtime.debugLogging {
+            let sql: ByteBuffer?
+            if frame.type == PGMessageType.Frontend.query {
+                sql = try? PGFrontend.Query(frame.body).sql
+            } else {
+                sql = (try? PGFrontend.Parse(frame.body))?.query
+            }
+            if let sql { metadata["concierge.statement"] = "\(Self.loggableStatement(sql))" }
         }
-        let reasons = classification.pinReasons
-        guard !reasons.isEmpty else { return classification }
-        if loneSetAllowed, reasons == .setVariable, pinReasons.isEmpty,
-           let setting = SQLTrackedSettings.setting(of: classification)
-        {
-            // A lone `SET extra_float_digits = 3` outside a transaction (what JDBC sends after
-            // login): recorded when it succeeds, carried to every backend like a tracked one.
-            pendingSetting = SessionParameters.PendingSetting(name: setting.name, value: setting.value, executed: false)
-            return classification
-        }
-        pin(reasons, statement: sql)
-        return classification
+        log(.info, first ? "session pinned" : "session pin reason added", metadata)
     }
 
     func pin(_ reasons: PinReasons, statement: ByteBuffer) {

@@ -52,11 +52,12 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         _read { yield parameters.current }
         _modify { yield &parameters.current }
     }
-    /// The client's session parameters (see `SessionParameters`).
-    var parameters = SessionParameters()
+    /// The client's session parameters (`machine.parameters`).
+    var parameters: SessionParameters {
+        _read { yield machine.parameters }
+        _modify { yield &machine.parameters }
+    }
     var poolKey = PoolKey(user: "", database: "")
-    /// The proxy's, with the parameters this server reports (set at login).
-    lazy var classifierOptions = runtime.classifierOptions
 
     // Data path
     /// The leased backend (`machine.link` says how it stands).
@@ -71,14 +72,20 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
 
     // Prepared statements (see PreparedStatements.swift)
     /// The client's named and unnamed statements and its portals (`StatementCatalogue`).
-    var catalogue = StatementCatalogue()
+    var catalogue: StatementCatalogue {
+        _read { yield machine.catalogue }
+        _modify { yield &machine.catalogue }
+    }
 
     // Session resets (RESET ALL, DISCARD ALL, ...; see `applyReset`)
     /// The parameters the client logged in with: what RESET ALL and DISCARD ALL return it to.
     var startupParameters: [String: String] { parameters.startup }
     /// A RESET ALL or DISCARD ALL is on its way: ParameterStatus messages are held back until
     /// its ReadyForQuery, when the client gets what PostgreSQL would have reported to it.
-    var resetWindow: ResetWindow?
+    var resetWindow: ResetWindow? {
+        _read { yield machine.resetWindow }
+        _modify { yield &machine.resetWindow }
+    }
     /// The reset query at the head of `responses` failed (some statement in it did).
     var resetQueryFailed = false
     /// The reset at the head of `responses` removed statements (its command tag arrived).
@@ -358,6 +365,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     // Login
 
     func beginLogin() {
+        // Messages pipelined during login are classified with the proxy's options until the
+        // server's are known.
+        machine.classifierOptions = runtime.classifierOptions
         let known = runtime.loginState(for: poolKey)
         var template: LoginTemplate?
         if let known = known.template, knowsCanonicalValues(template: known) { template = known }
@@ -404,7 +414,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         }
         PGEncode.backendKeyData(processID: processID, secretKey: secretKey, into: &out)
         PGEncode.readyForQuery(.idle, into: &out)
-        self.classifierOptions = classifierOptions
+        machine.classifierOptions = classifierOptions
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
         parameters.loggedIn(with: runtime.interned(desiredParameters))
         login.forgetCredentials()

@@ -62,6 +62,14 @@ public struct ClientSessionMachine {
     public var responses = ResponseTracker()
     /// Why the session is pinned (see `PinState`).
     public var pins = PinState()
+    /// The client's prepared statements, unnamed statement and portals (see `StatementCatalogue`).
+    public var catalogue = StatementCatalogue()
+    /// The client's session parameters (see `SessionParameters`).
+    public var parameters = SessionParameters()
+    /// A parameter reset on its way (see `ResetWindow`).
+    public var resetWindow: ResetWindow?
+    /// How the classifier reads this server's SQL (set at login).
+    public var classifierOptions = ClassifierOptions()
 
     // The extended-query batch, as PostgreSQL sees it.
     /// Extended-protocol messages sent (or held) since the last Sync: the backend holds their

@@ -437,6 +437,102 @@ import Testing
         waiting.borrowRequested(RequestID(clientID: 3))
         same(waiting.closed(), ClientSessionMachine.Teardown(cancelBorrow: RequestID(clientID: 3), backend: .none))
     }
+
+    // MARK: The client's messages
+
+    static func parseFrame(_ name: String, _ sql: String) -> PGFrame {
+        PGFrame(type: Frontend.parse, body: ByteBuffer(string: name + "\0" + sql + "\0\0\0"))
+    }
+
+    static func queryFrame(_ sql: String) -> PGFrame {
+        PGFrame(type: Frontend.query, body: ByteBuffer(string: sql + "\0"))
+    }
+
+    static func isRoute(_ action: ClientSessionMachine.FrontendAction) -> HeldMessage? {
+        if case .route(let message) = action { return message }
+        return nil
+    }
+
+    static func reply(_ action: ClientSessionMachine.FrontendAction) -> ClientSessionMachine.LocalReply? {
+        if case .reply(let reply) = action { return reply }
+        return nil
+    }
+
+    @Test func statementBookkeepingWithoutABackendIsAnsweredByTheProxy() throws {
+        var machine = Self.loggedIn()
+        same(Self.reply(try machine.frontendMessage(Self.parseFrame("s1", "SELECT 1")).action), .parseComplete)
+        #expect(machine.catalogue["s1"] != nil)
+        #expect(machine.pendingUnsynced)
+        same(Self.reply(try machine.frontendMessage(PGFrame(type: Frontend.sync, body: ByteBuffer())).action), .readyForQuery)
+        #expect(!machine.pendingUnsynced)
+        let close = PGFrame(type: Frontend.close, body: ByteBuffer(string: "Ss1\0"))
+        same(Self.reply(try machine.frontendMessage(close).action), .closeComplete)
+        #expect(machine.catalogue["s1"] == nil)
+        if case .flushClient = try machine.frontendMessage(PGFrame(type: Frontend.flush, body: ByteBuffer())).action {
+        } else {
+            Issue.record("a Flush with nothing in flight is the proxy's")
+        }
+        #expect(machine.state == .ready(.none))
+    }
+
+    @Test func aBindNeedsABackend() throws {
+        var machine = Self.loggedIn()
+        let decision = try machine.frontendMessage(Self.bind.frame)
+        #expect(Self.isRoute(decision.action)?.frame.type == Frontend.bind)
+        #expect(machine.pendingUnsynced)
+    }
+
+    @Test func sqlThatChangesSessionStatePinsAndSaysSoOnce() throws {
+        var machine = Self.loggedIn()
+        let first = try machine.frontendMessage(Self.queryFrame("CREATE TEMP TABLE t (x int)"))
+        #expect(Self.isRoute(first.action) != nil)
+        #expect(first.newPins == .temporaryObject && first.firstPin)
+        let again = try machine.frontendMessage(Self.queryFrame("CREATE TEMP TABLE u (x int)"))
+        #expect(again.newPins.isEmpty)
+        let more = try machine.frontendMessage(Self.queryFrame("SELECT pg_advisory_lock(1)"))
+        #expect(more.newPins == .advisoryLock && !more.firstPin)
+        #expect(machine.pins.reasons == [.temporaryObject, .advisoryLock])
+    }
+
+    @Test func aLoneSetOfADriverSettingBetweenTransactionsDoesNotPin() throws {
+        var machine = Self.loggedIn()
+        let decision = try machine.frontendMessage(Self.queryFrame("SET extra_float_digits = 3"))
+        #expect(decision.newPins.isEmpty)
+        #expect(machine.parameters.pendingSetting == SessionParameters.PendingSetting(name: "extra_float_digits", value: "3", executed: false))
+        // Inside a transaction (a backend kept) the same SET pins.
+        var attached = Self.attached()
+        _ = Self.answered(&attached, 1, .inTransaction)
+        same(try attached.frontendMessage(Self.queryFrame("SET extra_float_digits = 3")).newPins, .setVariable)
+    }
+
+    @Test func deallocateOfAProtocolStatementIsAnsweredLocallyWhenNothingIsInFlight() throws {
+        var machine = Self.loggedIn()
+        _ = try machine.frontendMessage(Self.parseFrame("s1", "SELECT 1"))
+        _ = try machine.frontendMessage(PGFrame(type: Frontend.sync, body: ByteBuffer()))
+        let decision = try machine.frontendMessage(Self.queryFrame("DEALLOCATE s1"))
+        same(Self.reply(decision.action), .deallocate(failedTransaction: false, status: .idle))
+        #expect(machine.catalogue["s1"] == nil)
+        // An unknown name goes to the database, which answers its error.
+        let unknown = try machine.frontendMessage(Self.queryFrame("DEALLOCATE nope"))
+        #expect(Self.isRoute(unknown.action)?.resets.deallocated == "nope")
+    }
+
+    @Test func invalidMessagesCloseTheClientWithAProtocolViolation() throws {
+        var machine = Self.loggedIn()
+        let bad = try machine.frontendMessage(PGFrame(type: UInt8(ascii: "z"), body: ByteBuffer()))
+        if case .protocolViolation(let message) = bad.action {
+            #expect(message.contains("invalid frontend message type"))
+        } else {
+            Issue.record("expected a protocol violation")
+        }
+        let badParse = try machine.frontendMessage(PGFrame(type: Frontend.parse, body: ByteBuffer(string: "no terminator")))
+        if case .protocolViolation = badParse.action {} else { Issue.record("expected a protocol violation") }
+        if case .close = try machine.frontendMessage(PGFrame(type: Frontend.terminate, body: ByteBuffer())).action {
+        } else {
+            Issue.record("Terminate closes")
+        }
+    }
+
 }
 
 /// `#expect(a == b)` where `a` is a mutating call (the macro cannot capture one).
