@@ -155,11 +155,14 @@ struct AdminHTTPClient: Sendable {
         var failure: (any Error)?
         do {
             try await channel.executeThenClose { inbound, outbound in
-                try await outbound.write(.head(head))
-                if let body {
-                    try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body))))
-                }
-                try await outbound.write(.end(nil))
+                // The whole request in one write: the server may answer (and, with
+                // `Connection: close`, close) as soon as it has the head of a request without a
+                // body, and a later write of `.end` then failed with "I/O on closed channel"
+                // although the answer had arrived (seen under load in test_cli).
+                var parts: [HTTPClientRequestPart] = [.head(head)]
+                if let body { parts.append(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
+                parts.append(.end(nil))
+                try await outbound.write(contentsOf: parts)
                 for try await part in inbound {
                     switch part {
                     case .head(let h):
