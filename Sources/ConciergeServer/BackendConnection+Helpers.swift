@@ -12,7 +12,7 @@ extension BackendConnection {
         var body = body
         var severity: ByteBuffer?
         while let field = body.readInteger(as: UInt8.self), field != 0 {
-            guard let value = body.readNullTerminatedSlice() else { return false }
+            guard let value = body.pgReadCStringSlice() else { return false }
             if field == UInt8(ascii: "V") { severity = value; break }
             if field == UInt8(ascii: "S") { severity = value }
         }

@@ -109,7 +109,7 @@ extension ClientSession {
     /// are not transactional, so this happens at once.
     func applyResetAtCompletion(_ watch: ResetWatch, tag: ByteBuffer, backend: BackendConnection) {
         var tag = tag
-        guard let text = tag.readNullTerminatedSlice() else { return }
+        guard let text = tag.pgReadCStringSlice() else { return }
         switch String(buffer: text) {
         case "DEALLOCATE ALL":
             statementResetConfirmed = true

@@ -346,15 +346,3 @@ extension ClientSession {
         }
     }
 }
-
-
-extension ByteBuffer {
-    /// Reads a NUL-terminated string as a slice without the NUL (no copy), or nil without a NUL.
-    mutating func readNullTerminatedSlice() -> ByteBuffer? {
-        guard let length = readableBytesView.firstIndex(of: 0).map({ $0 - readerIndex }),
-            let slice = readSlice(length: length)
-        else { return nil }
-        moveReaderIndex(forwardBy: 1)
-        return slice
-    }
-}

@@ -250,7 +250,7 @@ public enum ResultShape {
         var hasher = Hasher()
         hasher.combine(count)
         for _ in 0..<count {
-            guard let name = body.readNullTerminatedSlice() else { return nil }
+            guard let name = body.pgReadCStringSlice() else { return nil }
             name.withUnsafeReadableBytes { hasher.combine(bytes: $0) }
             hasher.combine(UInt8(0))
             // Table OID (4) and column number (2) are where values come from, not their type.
@@ -266,16 +266,5 @@ public enum ResultShape {
         }
         let shape = hasher.finalize()
         return shape == noRows ? 1 : shape
-    }
-}
-
-extension ByteBuffer {
-    /// Reads a NUL-terminated string as a slice without the NUL (no copy), or nil without a NUL.
-    mutating func readNullTerminatedSlice() -> ByteBuffer? {
-        guard let length = readableBytesView.firstIndex(of: 0).map({ $0 - readerIndex }),
-            let slice = readSlice(length: length)
-        else { return nil }
-        moveReaderIndex(forwardBy: 1)
-        return slice
     }
 }

@@ -98,8 +98,8 @@ extension ByteBuffer {
     }
 
     /// Reads a NUL-terminated string as a slice without the terminator; `nil` (reader index
-    /// unchanged) when there is no NUL.
-    mutating func pgReadCStringSlice() -> ByteBuffer? {
+    /// unchanged) when there is no NUL. Public: the proxy reads command tags and names with it.
+    public mutating func pgReadCStringSlice() -> ByteBuffer? {
         guard let length = self.pgFirstNULOffset(), let slice = self.getSlice(at: self.readerIndex, length: length) else {
             return nil
         }
