@@ -69,12 +69,6 @@ extension ClientSession {
         }
     }
 
-    /// No backend serves this client and nothing waits for one (`ClientSessionMachine.answersLocally`).
-    var answersLocally: Bool { machine.answersLocally }
-
-    /// See `ClientSessionMachine.isBetweenTransactions`.
-    var isBetweenTransactions: Bool { machine.isBetweenTransactions }
-
     func writeToClient(_ bytes: ByteBuffer) {
         context?.write(wrapOutboundOut(bytes), promise: nil)
         needsFlushToClient = true
@@ -153,11 +147,6 @@ extension ClientSession {
         // The pool may answer before `borrow` returns (an idle backend on our loop): the machine
         // then no longer waits, and keeps no request.
         machine.borrowRequested(request)
-    }
-
-    /// A borrow the machine did not start itself (after login).
-    func requestBackend() {
-        borrowBackend()
     }
 
     /// Called on our loop with the pool's answer.

@@ -422,7 +422,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         log(.debug, "client logged in")
         // Messages the client pipelined during login are served now.
         if machine.loginCompleted(now: .now()) {
-            requestBackend()
+            borrowBackend()
         }
         resumeReadsIfNeeded()
     }
