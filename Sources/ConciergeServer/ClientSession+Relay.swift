@@ -90,7 +90,7 @@ extension ClientSession {
                 // decides whether a statement survives) is judged by it.
                 transactionStatus = status
                 if case .readyForQuery(answered: .resetQuery(let watch)?) = responses.received(type) {
-                    applyResetAtReady(watch, status: status, backend: backend)
+                    applyResetAtReady(watch, status: status)
                 }
                 if let window = resetWindow {
                     if window.syncsBefore > 0 {
@@ -107,11 +107,10 @@ extension ClientSession {
             case PGMessageType.Backend.commandComplete:
                 switch responses.head {
                 case .resetQuery(let watch):
-                    applyResetAtCompletion(watch, tag: bytes.getSlice(at: frameStart + 5, length: size - 5) ?? ByteBuffer(), backend: backend)
+                    applyResetAtCompletion(watch, tag: bytes.getSlice(at: frameStart + 5, length: size - 5) ?? ByteBuffer())
                 case .execute(_, let watch?):
-                    applyResetAtCompletion(watch, tag: bytes.getSlice(at: frameStart + 5, length: size - 5) ?? ByteBuffer(), backend: backend)
                     // An Execute's CommandComplete is its success: nothing to confirm later.
-                    statementResetConfirmed = false
+                    applyResetAtCompletion(watch, tag: bytes.getSlice(at: frameStart + 5, length: size - 5) ?? ByteBuffer(), execute: true)
                 default:
                     break
                 }
@@ -170,7 +169,7 @@ extension ClientSession {
         case .query:
             return  // a simple query's error: ReadyForQuery follows
         case .resetQuery:
-            resetQueryFailed = true
+            machine.resetQueryFailed = true
             return
         case .failed(let failed, let skipped, let syncFollows):
             switch failed {
@@ -199,16 +198,6 @@ extension ClientSession {
             }
             forgetStatement(of: failed, failed: true, backend: backend)
         }
-    }
-
-    /// Releases `reasons` that `watch`'s reset undid: not those its own statement pins, nor
-    /// those pinned after it was classified (a LISTEN after an UNLISTEN * in the same write).
-    func unpin(_ reasons: PinReasons, for resets: Resets) {
-        let removed = pins.unpin(reasons, except: resets.pins, pinnedAfter: resets.pinClock)
-        guard !removed.isEmpty else { return }
-        log(.info, pinReasons.isEmpty ? "session unpinned" : "session pin reason removed", [
-            "concierge.pin_reason": "\(removed.names.joined(separator: ","))"
-        ])
     }
 
     /// A message that `failed` (or was skipped after a failure) did not create its statement

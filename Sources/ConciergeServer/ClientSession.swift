@@ -86,10 +86,6 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         _read { yield machine.resetWindow }
         _modify { yield &machine.resetWindow }
     }
-    /// The reset query at the head of `responses` failed (some statement in it did).
-    var resetQueryFailed = false
-    /// The reset at the head of `responses` removed statements (its command tag arrived).
-    var statementResetConfirmed = false
 
     /// A `SET` sent alone outside a transaction (see `SQLTrackedSettings`): the client's value
     /// once its ReadyForQuery arrives without an error.
