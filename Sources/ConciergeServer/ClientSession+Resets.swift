@@ -23,21 +23,6 @@ extension ClientSession {
         ])
     }
 
-    /// A CommandComplete (`tag`) of a reset query (`execute`: of a portal that resets): see
-    /// `ClientSessionMachine.applyResetAtCompletion`.
-    func applyResetAtCompletion(_ watch: ResetWatch, tag: ByteBuffer, execute: Bool = false) {
-        logUnpinned(
-            execute
-                ? machine.applyResetAtExecuteCompletion(watch, tag: tag) : machine.applyResetAtCompletion(watch, tag: tag))
-    }
-
-    /// The ReadyForQuery of a reset query: see `ClientSessionMachine.applyResetAtReady`.
-    func applyResetAtReady(_ watch: ResetWatch, status: PGTransactionStatus) {
-        let released = machine.applyResetAtReady(watch, status: status)
-        logUnpinned(released.listen, remaining: pinReasons.union(released.advisoryLock))
-        logUnpinned(released.advisoryLock)
-    }
-
     /// At the ReadyForQuery after a RESET ALL or DISCARD ALL (`SessionParameters.closeResetWindow`
     /// decides): the client gets the ParameterStatus messages a direct session would have sent,
     /// the backend is brought to the client's values before its next message (or at its next
