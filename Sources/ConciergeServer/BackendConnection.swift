@@ -255,6 +255,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
 
     func channelActive(context: ChannelHandlerContext) {
         channel = context.channel
+        allocator = context.channel.allocator
         run(machine.connected())
     }
 
@@ -505,8 +506,9 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
-    /// For messages the proxy builds on the client's behalf.
-    var allocator: ByteBufferAllocator { channel?.allocator ?? ByteBufferAllocator() }
+    /// For messages the proxy builds on the client's behalf: the channel's, once connected. Kept
+    /// here (not read through the channel) as the session passes it with every message it sends.
+    private(set) var allocator = ByteBufferAllocator()
 
     /// Writes client bytes to the database (any thread; flushes at `flush()`).
     func write(_ bytes: ByteBuffer) {

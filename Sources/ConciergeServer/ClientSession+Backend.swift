@@ -61,40 +61,6 @@ extension ClientSession {
         }
     }
 
-    /// Whether `message` touches the client's statements while an earlier batch (before a
-    /// Sync, or a simple Query) that may still change them is unanswered. PostgreSQL decides
-    /// that earlier batch's fate (an error skips the rest of it); within one batch the proxy's
-    /// bookkeeping follows skips, but a message of a later batch sent before the answer would be
-    /// sent according to a guess.
-    func mustWaitForEarlierBatches(_ message: HeldMessage) -> Bool {
-        // Nothing unanswered: nothing can change any more (and never wait on a stale entry).
-        if catalogue.awaitingShape { return true }
-        guard responses.isTracking, responses.outstandingSyncs > 0 else { return false }
-        if resetWindow != nil {
-            // One parameter reset at a time: its ParameterStatus messages are told apart by the
-            // ReadyForQuery that ends it (`ResetWindow`).
-            if !message.resets.kinds.isDisjoint(with: [.resetAll, .discardAll, .resetParameter]) { return true }
-            if message.frame.type == PGMessageType.Frontend.execute, !catalogue.portalResets.isEmpty { return true }
-            // A later batch runs once the reset is answered and the backend has the client's
-            // values again (a resync inside that batch's transaction would roll back with it).
-            if responses.syncPointsPending > 0 {
-                return true
-            }
-        }
-        switch message.frame.type {
-        case PGMessageType.Frontend.parse, PGMessageType.Frontend.bind, PGMessageType.Frontend.describe,
-            PGMessageType.Frontend.close:
-            break
-        case PGMessageType.Frontend.query, PGMessageType.Frontend.execute:
-            guard !message.resets.isEmpty || !catalogue.portalResets.isEmpty else { return false }
-        default:
-            return false
-        }
-        // An uncertain entry in a batch that has ended.
-        return responses.uncertainBatchPending
-    }
-
-
     /// After each answer: the messages held behind an earlier batch go out once nothing they
     /// depend on is pending (see `mustWaitForEarlierBatches`).
     func releaseHeldBehindEarlierBatches(to backend: BackendConnection) {

@@ -113,6 +113,11 @@ extension ClientSession {
         let first = !pins.isPinned
         let new = pins.pin(reasons)
         guard !new.isEmpty else { return }
+        logPins(new, first: first, statement: statement)
+    }
+
+    /// Logs and counts pins added for `statement` (its text only with debug_logging, redacted).
+    func logPins(_ new: PinReasons, first: Bool, statement: ByteBuffer) {
         runtime.metrics.recordPins(bits: UInt64(new.rawValue))
         var metadata: Logger.Metadata = ["concierge.pin_reason": "\(new.names.joined(separator: ","))"]
         // SQL text is logged only with debug_logging: it may contain data.

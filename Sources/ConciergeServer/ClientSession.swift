@@ -77,19 +77,13 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         _modify { yield &machine.catalogue }
     }
 
-    // Session resets (RESET ALL, DISCARD ALL, ...; see `applyReset`)
-    /// The parameters the client logged in with: what RESET ALL and DISCARD ALL return it to.
-    var startupParameters: [String: String] { parameters.startup }
+    // Session resets (RESET ALL, DISCARD ALL, ...; see ClientSessionMachine+Resets.swift)
     /// A RESET ALL or DISCARD ALL is on its way: ParameterStatus messages are held back until
     /// its ReadyForQuery, when the client gets what PostgreSQL would have reported to it.
     var resetWindow: ResetWindow? {
         _read { yield machine.resetWindow }
         _modify { yield &machine.resetWindow }
     }
-    /// The reset query at the head of `responses` failed (some statement in it did).
-    var resetQueryFailed = false
-    /// The reset at the head of `responses` removed statements (its command tag arrived).
-    var statementResetConfirmed = false
 
     /// A `SET` sent alone outside a transaction (see `SQLTrackedSettings`): the client's value
     /// once its ReadyForQuery arrives without an error.
@@ -111,34 +105,6 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         _modify { yield &machine.pins }
     }
     var held: [HeldMessage] { machine.held }
-    var pendingUnsynced: Bool {
-        get { machine.pendingUnsynced }
-        set { machine.pendingUnsynced = newValue }
-    }
-    var sentUnsynced: Bool {
-        get { machine.sentUnsynced }
-        set { machine.sentUnsynced = newValue }
-    }
-    var skippingUntilSync: Bool {
-        get { machine.skippingUntilSync }
-        set { machine.skippingUntilSync = newValue }
-    }
-    var copyInActive: Bool {
-        get { machine.copyInActive }
-        set { machine.copyInActive = newValue }
-    }
-    var syncInsteadOfQuery: Bool {
-        get { machine.syncInsteadOfQuery }
-        set { machine.syncInsteadOfQuery = newValue }
-    }
-    var preparingForQuery: Bool {
-        get { machine.preparingForQuery }
-        set { machine.preparingForQuery = newValue }
-    }
-    var transactionStatus: PGTransactionStatus {
-        get { machine.transactionStatus }
-        set { machine.transactionStatus = newValue }
-    }
     var needsParameterResync: Bool {
         get { machine.needsParameterResync }
         set { machine.needsParameterResync = newValue }

@@ -68,6 +68,10 @@ public struct ClientSessionMachine {
     public var parameters = SessionParameters()
     /// A parameter reset on its way (see `ResetWindow`).
     public var resetWindow: ResetWindow?
+    /// The reset query at the head of `responses` failed (some statement in it did).
+    public var resetQueryFailed = false
+    /// The reset at the head of `responses` removed statements (its command tag arrived).
+    public var statementResetConfirmed = false
     /// How the classifier reads this server's SQL (set at login).
     public var classifierOptions = ClassifierOptions()
 
