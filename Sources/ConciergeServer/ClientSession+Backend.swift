@@ -67,17 +67,22 @@ extension ClientSession {
         guard machine.waitingForEarlierBatches, machine.isBackendReady else { return }
         var sent = false
         var sentSinceForced = false
-        while let first = machine.held.first {
-            if !mustWaitForEarlierBatches(first), !mustCheckResultTypeFirst(first, on: backend) {
-                sentSinceForced = true
-            } else if !sentSinceForced, responses.outstandingSyncs == 0, !catalogue.awaitingShape {
-                // Nothing in flight to wait for (cannot happen; never stall a client on it).
-            } else {
-                break
+        loop: while true {
+            // The write only writes to the backend's channel (see `send`).
+            switch machine.popSendable(
+                sentSinceForced: sentSinceForced, cache: &backend.statementCache, allocator: backend.allocator,
+                write: { backend.write($0) })
+            {
+            case .send(let message, let forced):
+                if !forced { sentSinceForced = true }
+                send(message, to: backend)
+                sent = true
+            case .wait(let flush):
+                if flush { sent = true }
+                break loop
+            case .empty:
+                break loop
             }
-            guard let message = machine.popHeld() else { break }
-            send(message, to: backend)
-            sent = true
         }
         if sent { backend.flush() }
         if machine.heldDrained() { resumeReadsIfNeeded() }

@@ -79,8 +79,13 @@ extension ClientSession {
     }
 
     func route(_ message: HeldMessage) {
-        // (Checked in this order: `mustCheckResultTypeFirst` may send a Parse of its own.)
-        let sendable = machine.mayTakeNow && backend.map { !mustWaitForEarlierBatches(message) && !mustCheckResultTypeFirst(message, on: $0) } ?? false
+        var sendable = false
+        if let backend {
+            let now = machine.takesNow(
+                message, cache: &backend.statementCache, allocator: backend.allocator, write: { backend.write($0) })
+            sendable = now.takes
+            if now.flush { backend.flush() }
+        }
         switch machine.route(message, now: .now(), sendable: sendable) {
         case .send:
             send(message, to: backend!)

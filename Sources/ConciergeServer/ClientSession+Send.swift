@@ -20,22 +20,6 @@ extension ClientSession {
     /// How a Bind that pins again names its statement in the log (see `ClientSessionMachine.repin`).
     static let preparedStatementText = ByteBuffer(string: "(a prepared statement)")
 
-    /// Whether the proxy must first parse a statement `message` uses on this backend, to learn its
-    /// row type (see `ClientSessionMachine.mustCheckResultTypeFirst`): if so the machine wrote that,
-    /// it goes out now, and the message waits for the answer.
-    func mustCheckResultTypeFirst(_ message: HeldMessage, on backend: BackendConnection) -> Bool {
-        guard machine.mustCheckResultTypeFirst(
-            message, cache: &backend.statementCache, allocator: backend.allocator, write: { backend.write($0) })
-        else { return false }
-        backend.flush()
-        return true
-    }
-
-    /// See `ClientSessionMachine.mustWaitForEarlierBatches`.
-    func mustWaitForEarlierBatches(_ message: HeldMessage) -> Bool {
-        machine.mustWaitForEarlierBatches(message)
-    }
-
     /// Answers the proxy-answered entries at the head of `responses`: everything before them has
     /// been forwarded, so this is where PostgreSQL would have answered them.
     func emitLocalResponses() {

@@ -420,3 +420,56 @@ extension ClientSessionMachine {
         return responses.uncertainBatchPending
     }
 }
+
+// MARK: Taking messages for the attached backend
+//
+// Why these are `mutating` and do the whole decision at once: the handler keeps the machine as a
+// stored property of a class, and a non-mutating method of another module called on it gets a
+// copy of the whole machine (every array and dictionary in it retained and released) so that
+// the callee sees a stable value. Measured at about 1.5% of the proxy's CPU in extended-protocol
+// select-only (two copies per message). A mutating call works in place.
+extension ClientSessionMachine {
+    /// What `popSendable` found at the head of `held`.
+    public enum HeldTake {
+        /// Send this now (popped). `forced`: it had to wait for an earlier batch, but nothing in
+        /// flight could free it, so it goes anyway (a client is never stalled on a guess).
+        case send(HeldMessage, forced: Bool)
+        /// The head waits for an earlier batch's answer, or for a row-type check. `flush`: the
+        /// machine wrote that check (a Parse and Describe ending in a Flush), to flush now.
+        case wait(flush: Bool)
+        /// Nothing held, or no backend attached.
+        case empty
+    }
+
+    /// Whether a message the client just sent may go straight to the attached backend
+    /// (`mayTakeNow`, not waiting for an earlier batch, no row-type check first). A row-type
+    /// check it needs is written (see `mustCheckResultTypeFirst`): the handler flushes then.
+    /// Checked in this order: the check writes a Parse of its own.
+    public mutating func takesNow(
+        _ message: HeldMessage, cache: inout BackendStatementCache, allocator: ByteBufferAllocator, write: BackendWrite
+    ) -> (takes: Bool, flush: Bool) {
+        guard mayTakeNow, !mustWaitForEarlierBatches(message) else { return (false, false) }
+        if mustCheckResultTypeFirst(message, cache: &cache, allocator: allocator, write: write) { return (false, true) }
+        return (true, false)
+    }
+
+    /// The next held message that may go to the attached backend now, popped.
+    /// `sentSinceForced`: a message went in this release without being forced; after that, a
+    /// head that must wait does wait (what was sent may free it).
+    public mutating func popSendable(
+        sentSinceForced: Bool, cache: inout BackendStatementCache, allocator: ByteBufferAllocator, write: BackendWrite
+    ) -> HeldTake {
+        guard link == .attached, let first = held.first else { return .empty }
+        var forced = false
+        if mustWaitForEarlierBatches(first) {
+            guard !sentSinceForced, responses.outstandingSyncs == 0, !catalogue.awaitingShape else { return .wait(flush: false) }
+            // Nothing in flight to wait for (cannot happen; never stall a client on it).
+            forced = true
+        } else if mustCheckResultTypeFirst(first, cache: &cache, allocator: allocator, write: write) {
+            // A check just written is in flight: wait for it.
+            return .wait(flush: true)
+        }
+        guard let message = popHeld() else { return .empty }
+        return .send(message, forced: forced)
+    }
+}

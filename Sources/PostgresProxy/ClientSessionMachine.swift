@@ -141,8 +141,12 @@ public struct ClientSessionMachine {
     }
 
     // MARK: Derived state
+    //
+    // Inlinable, like every small getter the handler reads on the data path: the handler keeps
+    // the machine in a class, and a call into this module on it would copy the whole machine (see
+    // `popSendable`); inlined, a getter reads the fields it needs in place.
 
-    public var link: Link {
+    @inlinable public var link: Link {
         switch state {
         case .loggingIn(let link), .ready(let link): return link
         case .authenticating, .closed: return .none
@@ -157,42 +161,42 @@ public struct ClientSessionMachine {
         }
     }
 
-    public var isClosed: Bool { state == .closed }
-    public var isReady: Bool {
+    @inlinable public var isClosed: Bool { state == .closed }
+    @inlinable public var isReady: Bool {
         if case .ready = state { return true }
         return false
     }
-    public var isLoggingIn: Bool {
+    @inlinable public var isLoggingIn: Bool {
         if case .loggingIn = state { return true }
         return false
     }
-    public var isBackendReady: Bool { link == .attached }
-    public var isBorrowing: Bool {
+    @inlinable public var isBackendReady: Bool { link == .attached }
+    @inlinable public var isBorrowing: Bool {
         if case .borrowing = link { return true }
         return false
     }
 
     /// Nothing in flight and no transaction open (pinned or not): the client may be closed
     /// (idle timeout, shutdown) without losing anything.
-    public var isBetweenTransactions: Bool {
+    @inlinable public var isBetweenTransactions: Bool {
         !isBorrowing && held.isEmpty && responses.outstandingSyncs == 0 && !pendingUnsynced && transactionStatus == .idle
     }
 
     /// No backend serves this client and nothing waits for one: statement bookkeeping (Parse,
     /// Close of named statements, Flush, and the Sync after them) is answered by the proxy.
-    public var answersLocally: Bool {
+    @inlinable public var answersLocally: Bool {
         state == .ready(.none) && held.isEmpty
     }
 
     /// `DEALLOCATE name` of a protocol-level statement may be answered by the proxy: nothing is
     /// in flight or waiting.
-    public var mayAnswerDeallocateLocally: Bool {
+    @inlinable public var mayAnswerDeallocateLocally: Bool {
         guard isReady, !isBorrowing else { return false }
         return responses.outstandingSyncs == 0 && !pendingUnsynced && !sentUnsynced && responses.isEmpty && held.isEmpty
     }
 
     /// Whether to stop reading from the client.
-    public var readsPaused: Bool {
+    @inlinable public var readsPaused: Bool {
         switch state {
         case .loggingIn: return true
         // Reading on while a few messages wait for a backend saves two epoll_ctl calls per
@@ -203,8 +207,8 @@ public struct ClientSessionMachine {
     }
 
     /// For the gauges: attached and pinned, attached and in a transaction.
-    public var countsAsPinned: Bool { link != .none && pins.isPinned }
-    public var countsInTransaction: Bool {
+    @inlinable public var countsAsPinned: Bool { link != .none && pins.isPinned }
+    @inlinable public var countsInTransaction: Bool {
         link != .none && (transactionStatus != .idle || responses.outstandingSyncs > 0 || pendingUnsynced)
     }
 
@@ -311,7 +315,7 @@ public struct ClientSessionMachine {
 
     /// Whether a new message could go straight to the backend, if it need not wait for an
     /// earlier batch: the handler checks that only then.
-    public var mayTakeNow: Bool { link == .attached && held.isEmpty }
+    @inlinable public var mayTakeNow: Bool { link == .attached && held.isEmpty }
 
     private mutating func hold(_ message: HeldMessage) {
         held.append(message)

@@ -149,7 +149,7 @@ public enum PendingResponse {
         }
     }
 
-    public var isLocal: Bool {
+    @inlinable public var isLocal: Bool {
         switch self {
         case .localParseComplete, .localCloseComplete, .copyEnd: return true
         default: return false

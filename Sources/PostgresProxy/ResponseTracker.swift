@@ -71,11 +71,11 @@ public struct ResponseTracker {
 
     /// While false, only Queries and Syncs are pending: one ReadyForQuery answers each, and the
     /// responses need not be looked at.
-    public var isTracking: Bool { tracked > 0 }
+    @inlinable public var isTracking: Bool { tracked > 0 }
 
-    public var isEmpty: Bool { pending.isEmpty }
+    @inlinable public var isEmpty: Bool { pending.isEmpty }
 
-    public var head: PendingResponse? { pending.first }
+    @inlinable public var head: PendingResponse? { pending.first }
 
     /// A message went to the backend (or is answered by the proxy, `PendingResponse.isLocal`).
     public mutating func sent(_ entry: PendingResponse) {
@@ -107,7 +107,7 @@ public struct ResponseTracker {
     }
 
     /// The proxy's answers are due: everything the backend owed before them has been forwarded.
-    public var headIsLocal: Bool { pending.first?.isLocal == true }
+    @inlinable public var headIsLocal: Bool { pending.first?.isLocal == true }
 
     /// The next of the proxy's answers due now (the head entry is answered locally), popped; nil
     /// when the head is the backend's to answer.
