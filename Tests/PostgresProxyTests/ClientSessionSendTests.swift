@@ -502,6 +502,67 @@ import Testing
         #expect(machine.mustWaitForEarlierBatches(bind))
         #expect(!machine.preparingForQuery)
     }
+
+    // MARK: Taking messages now, releasing held ones
+
+    @Test func aMessageGoesStraightToAnAttachedBackendUnlessItsRowTypeIsCheckedFirst() throws {
+        var machine = Self.attached()
+        var backend = FakeBackend()
+        var out: [ByteBuffer] = []
+        let query = HeldMessage(Self.query("SELECT 1"))
+        let plain = machine.takesNow(query, cache: &backend.cache, allocator: ByteBufferAllocator()) { out.append($0) }
+        #expect(plain.takes && !plain.flush && out.isEmpty)
+
+        var statement = ClientStatement(definition: Self.definition("SELECT * FROM t"), analysed: true)
+        statement.shape = 7
+        machine.catalogue.define("s1", statement)
+        let serverName = backend.cache.parse(statement.key, at: StatementEpoch.next())
+        let copiedAt = try #require(backend.cache.copy(statement.key, since: 0)).parsedAt
+        backend.cache.record(shape: 8, key: statement.key, serverName: serverName, parsedAt: copiedAt)
+        let bind = HeldMessage(Self.bind("s1"))
+        let checked = machine.takesNow(bind, cache: &backend.cache, allocator: ByteBufferAllocator()) { out.append($0) }
+        // The check (Close, Parse, Describe, Flush) was written and must be flushed; the Bind waits.
+        #expect(!checked.takes && checked.flush)
+        #expect(out.map { Self.describe(written: $0) }.last == "H")
+        // Everything after it waits for that answer too.
+        let later = machine.takesNow(query, cache: &backend.cache, allocator: ByteBufferAllocator()) { out.append($0) }
+        #expect(!later.takes && !later.flush)
+    }
+
+    @Test func heldMessagesAreReleasedInOrderUntilOneMustWait() throws {
+        var machine = Self.attached()
+        var backend = FakeBackend()
+        var written: [ByteBuffer] = []
+        func pop(sentSinceForced: Bool = false) -> Machine.HeldTake {
+            machine.popSendable(sentSinceForced: sentSinceForced, cache: &backend.cache, allocator: ByteBufferAllocator()) {
+                written.append($0)
+            }
+        }
+        guard case .empty = pop() else { Issue.record("nothing held: nothing to send"); return }
+        same(machine.route(HeldMessage(Self.query("SELECT 1")), now: .uptimeNanoseconds(0), sendable: false), .held)
+        same(machine.route(HeldMessage(Self.sync), now: .uptimeNanoseconds(0), sendable: false), .held)
+        guard case .send(let first, forced: false) = pop() else { Issue.record("the Query goes first"); return }
+        #expect(first.frame.type == Frontend.query)
+        guard case .send(let second, forced: false) = pop(sentSinceForced: true) else { Issue.record("then the Sync"); return }
+        #expect(second.frame.type == Frontend.sync)
+        guard case .empty = pop(sentSinceForced: true) else { Issue.record("all sent"); return }
+        let drained = machine.heldDrained()
+        #expect(drained)
+
+        // A Bind held while a row-type check is in flight waits for its answer.
+        var statement = ClientStatement(definition: Self.definition("SELECT * FROM t"), analysed: true)
+        statement.shape = 7
+        machine.catalogue.define("s1", statement)
+        let serverName = backend.cache.parse(statement.key, at: StatementEpoch.next())
+        let copiedAt = try #require(backend.cache.copy(statement.key, since: 0)).parsedAt
+        backend.cache.record(shape: 8, key: statement.key, serverName: serverName, parsedAt: copiedAt)
+        same(machine.route(HeldMessage(Self.bind("s1")), now: .uptimeNanoseconds(0), sendable: false), .held)
+        guard case .wait(flush: true) = pop() else { Issue.record("the check is written and flushed"); return }
+        #expect(written.map { Self.describe(written: $0) }.last == "H")
+        #expect(machine.catalogue.awaitingShape)
+        guard case .wait(flush: false) = pop() else { Issue.record("the Bind waits for the check's answer"); return }
+        #expect(machine.held.count == 1)
+    }
 }
 
 extension ClientSessionMachine.FrontendAction {
