@@ -25,7 +25,7 @@ extension ClientSession {
                 // The login probe: learn the parameters, give the backend back (unless the client
                 // pipelined messages meanwhile: they go to it), finish login.
                 learnCanonicalValues(from: reported)
-                let known = runtime.loginState(for: poolKey)
+                let known = runtime.engine.loginState(for: poolKey)
                 let template = known.template ?? LoginTemplate([])
                 if release { releaseBackend() }
                 completeLogin(template: template, classifierOptions: known.classifierOptions)
@@ -164,7 +164,7 @@ extension ClientSession {
 
     /// What the client was told at login of a parameter it did not set (lowercased name).
     func loginTemplateValue(of name: String) -> String? {
-        guard let template = runtime.loginState(for: poolKey).template,
+        guard let template = runtime.engine.loginState(for: poolKey).template,
               let index = template.indexByLowercasedName[name] else { return nil }
         return template.parameters[index].value
     }

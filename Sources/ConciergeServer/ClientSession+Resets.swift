@@ -30,7 +30,7 @@ extension ClientSession {
     func closeResetWindow(status: PGTransactionStatus, context: ChannelHandlerContext, backend: BackendConnection) {
         guard let window = resetWindow else { return }
         resetWindow = nil
-        let closed = parameters.closeResetWindow(window, status: status, template: runtime.loginState(for: poolKey).template)
+        let closed = parameters.closeResetWindow(window, status: status, template: runtime.engine.loginState(for: poolKey).template)
         if closed.reset {
             backend.noteParametersReset(closed.backendDefaults)
             for (name, value) in closed.backendApplied { backend.noteApplied(name: name, value: value) }

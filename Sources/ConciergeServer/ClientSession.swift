@@ -295,7 +295,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         case .cancel(let processID, let secretKey):
             // Nothing else may come on this connection; it closes once the cancel is delivered.
             cancelPending = true
-            runtime.cancel(processID: processID, secretKey: secretKey, on: context.eventLoop).whenComplete { [weak self] _ in
+            let key = CancelKey(id: UInt32(bitPattern: processID), secret: UInt32(bitPattern: secretKey))
+            runtime.cancel(key: key, on: context.eventLoop).whenComplete { [weak self] _ in
                 self?.closeGracefully()
             }
         case .write(let bytes):
@@ -333,8 +334,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     func beginLogin() {
         // Messages pipelined during login are classified with the proxy's options until the
         // server's are known.
-        machine.classifierOptions = runtime.classifierOptions
-        let known = runtime.loginState(for: poolKey)
+        machine.classifierOptions = runtime.engine.classifierOptions
+        let known = runtime.engine.loginState(for: poolKey)
         var template: LoginTemplate?
         if let known = known.template, knowsCanonicalValues(template: known) { template = known }
         switch machine.authenticated(knowsParameters: template != nil, now: .now()) {
@@ -351,13 +352,13 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// See `SessionParameters.knowsCanonicalValues`.
     func knowsCanonicalValues(template: LoginTemplate) -> Bool {
         let (runtime, poolKey) = (self.runtime, self.poolKey)
-        return parameters.knowsCanonicalValues(template: template) { runtime.canonicalValue(of: $0, as: $1, for: poolKey) }
+        return parameters.knowsCanonicalValues(template: template) { runtime.engine.canonicalValue(of: $0, as: $1, for: poolKey) }
     }
 
     /// See `SessionParameters.learnCanonicalValues`.
     func learnCanonicalValues(from reported: [String: String]) {
         let (runtime, poolKey) = (self.runtime, self.poolKey)
-        parameters.learnCanonicalValues(from: reported) { runtime.learnCanonicalValue(of: $0, as: $1, $2, for: poolKey) }
+        parameters.learnCanonicalValues(from: reported) { runtime.engine.learnCanonicalValue(of: $0, as: $1, $2, for: poolKey) }
     }
 
     func completeLogin(template: LoginTemplate, classifierOptions: ClassifierOptions) {
@@ -382,7 +383,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         PGEncode.readyForQuery(.idle, into: &out)
         machine.classifierOptions = classifierOptions
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
-        parameters.loggedIn(with: runtime.interned(desiredParameters))
+        parameters.loggedIn(with: runtime.engine.interned(desiredParameters))
         login.forgetCredentials()
         runtime.metrics.clientConnectionsSetupSucceeded[endpoint].increment()
         log(.debug, "client logged in")

@@ -1,4 +1,5 @@
 import ConnectionPool
+import NIOConcurrencyHelpers
 import SQLClassifier
 import NIOCore
 import PostgresProxy
@@ -70,6 +71,99 @@ final class PostgresEngine: DatabaseEngine {
             logger: client.logger)
     }
 
+    /// PostgreSQL's own connection error (what a broken connection fails with).
+    func connectionError(_ reason: String) -> any Error {
+        BackendError.connection(reason)
+    }
+
+    /// PostgreSQL's answer to a wrong password (28P01), the same for a user the proxy does not
+    /// know.
+    func unknownUserError(user: String) -> any Error {
+        BackendError.server(ClientErrors.authenticationFailed(user: user))
+    }
+
+    // MARK: What logins taught
+    //
+    // Per proxy, shared by its sessions: what PostgreSQL reported at login for each user and
+    // database, and the classifier options that follow from it. The SQL dialect is the engine's
+    // (the runtime only says when `session_pinning_filters` change).
+
+    struct LoginKnowledge {
+        /// The classifier options before any backend reported its parameters.
+        var classifierOptions = ClassifierOptions(trackedParameters: TrackedParameters.names)
+        /// Per user and database: the ParameterStatus values PostgreSQL reports at login.
+        var templates: [PoolKey: LoginTemplate] = [:]
+        /// Per user and database: the classifier options with the server's tracked parameters.
+        var loginClassifierOptions: [PoolKey: ClassifierOptions] = [:]
+        /// PostgreSQL's spellings of tracked parameters' values as clients wrote them.
+        var canonicalValues: [CanonicalValueKey: String] = [:]
+    }
+
+    let knowledge = NIOLockedValueBox(LoginKnowledge())
+
+    /// Records the first login template of the backend's user and database; returns the
+    /// `max_connections` it read, if it did.
+    func backendOpened(_ connection: BackendConnection) -> Int? {
+        let template = connection.loginParameters
+        knowledge.withLockedValue { known in
+            guard known.templates[connection.key] == nil else { return }
+            known.templates[connection.key] = LoginTemplate(template)
+            var options = known.classifierOptions
+            options.trackedParameters = TrackedParameters.names(reportedAtLogin: template)
+            known.loginClassifierOptions[connection.key] = options
+        }
+        return connection.maxConnections
+    }
+
+    func sessionPinningFiltersChanged(excludeVariableSets: Bool) {
+        knowledge.withLockedValue { known in
+            known.classifierOptions.excludeVariableSets = excludeVariableSets
+            for key in Array(known.loginClassifierOptions.keys) {
+                known.loginClassifierOptions[key]?.excludeVariableSets = excludeVariableSets
+            }
+        }
+    }
+
+    /// The classifier options for a client before its login is known.
+    var classifierOptions: ClassifierOptions { knowledge.withLockedValue { $0.classifierOptions } }
+
+    /// What a login of `key` needs, under one lock: the ParameterStatus values PostgreSQL reports
+    /// at login for this user and database (once known), and the classifier options for its
+    /// clients (specific once a backend told which parameters it reports).
+    func loginState(for key: PoolKey) -> (template: LoginTemplate?, classifierOptions: ClassifierOptions) {
+        knowledge.withLockedValue { ($0.templates[key], $0.loginClassifierOptions[key] ?? $0.classifierOptions) }
+    }
+
+    /// PostgreSQL's spelling of a tracked parameter's value as a client wrote it, once a
+    /// backend reported it (lowercased name). Per user and database: a partial value completes
+    /// from their defaults (`DateStyle=SQL` after `ALTER ROLE ... SET DateStyle = German`).
+    func canonicalValue(of name: String, as value: String, for key: PoolKey) -> String? {
+        knowledge.withLockedValue { $0.canonicalValues[CanonicalValueKey(key: key, name: name, value: value)] }
+    }
+
+    func learnCanonicalValue(of name: String, as value: String, _ canonical: String, for key: PoolKey) {
+        knowledge.withLockedValue { known in
+            // Bounded: distinct spellings are few; a client inventing many only costs backends.
+            if known.canonicalValues.count >= 10_000 { known.canonicalValues.removeAll() }
+            known.canonicalValues[CanonicalValueKey(key: key, name: name, value: value)] = canonical
+        }
+    }
+
+    /// One shared instance per distinct set of startup parameters. A backend remembers the
+    /// parameters it was last set up for, and every lease compares them with the new client's:
+    /// most clients send the same startup packet, and two dictionaries sharing storage compare
+    /// equal at once instead of key by key. Bounded: past the limit a set is simply not shared.
+    func interned(_ parameters: [String: String]) -> [String: String] {
+        internedParameters.withLockedValue { table in
+            if let shared = table[parameters] { return shared }
+            if table.count < Self.maxInternedParameterSets { table[parameters] = parameters }
+            return parameters
+        }
+    }
+
+    static let maxInternedParameterSets = 1024
+    private let internedParameters = NIOLockedValueBox<[[String: String]: [String: String]]>([:])
+
     private func settings(_ login: BackendLogin, scramCache: SCRAMSaltedPasswordCache) -> BackendSettings {
         BackendSettings(
             address: login.address, username: login.username, password: login.password, database: login.database,
@@ -85,4 +179,11 @@ extension ClientSession: EngineClientSession {
     var cancelKey: CancelKey {
         CancelKey(id: UInt32(bitPattern: processID), secret: UInt32(bitPattern: secretKey))
     }
+}
+
+/// A tracked parameter's value as a client wrote it, for a user and database.
+struct CanonicalValueKey: Hashable {
+    let key: PoolKey
+    let name: String
+    let value: String
 }

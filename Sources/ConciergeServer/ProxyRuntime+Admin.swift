@@ -264,12 +264,9 @@ extension ProxyRuntime: AdminManagedProxy {
             state.configuration.targetGroup.connectionPoolConfig = pool
             if old != pool { state.targetGroupUpdatedDate = Date() }
             state.targetGroup.failoverWindowChanged(.seconds(Int64(pool.connectionBorrowTimeout)))
-            state.classifierOptions.excludeVariableSets = pool.excludesVariableSets
-            for key in Array(state.loginClassifierOptions.keys) {
-                state.loginClassifierOptions[key]?.excludeVariableSets = pool.excludesVariableSets
-            }
             return (old, Self.limits(for: state.configuration, maxConnections: state.targetGroup.writerMaxConnections))
         }
+        engine.sessionPinningFiltersChanged(excludeVariableSets: pool.excludesVariableSets)
         guard old != pool else { return }
         logger.info("connection pool settings changed", metadata: [
             "concierge.max_connections_percent": "\(pool.maxConnectionsPercent)",

@@ -177,8 +177,7 @@ extension ProxyRuntime {
     /// nothing to cancel: only then may the client's own cancel connection close, as PostgreSQL
     /// closes it only after signalling the backend (drivers wait for that close before they
     /// send their next statement, which a late cancel would otherwise hit).
-    func cancel(processID: Int32, secretKey: Int32, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
-        let key = CancelKey(id: UInt32(bitPattern: processID), secret: UInt32(bitPattern: secretKey))
+    func cancel(key: CancelKey, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
         guard let session = state.withLockedValue({ $0.sessions.session(for: key) }) else {
             logger.debug("ignoring a cancel request with an unknown key")
             return eventLoop.makeSucceededVoidFuture()

@@ -96,7 +96,7 @@ extension ProxyRuntime {
                     action.resume.compactMap { state.writerWaiters.removeValue(forKey: $0) }, pools, state.targetGroup.writer)
         }
         if let refusal = action.refusal {
-            for waiter in refused { waiter.fail(NoWriter(reason: BackendError.connection(refusal.text))) }
+            for waiter in refused { waiter.fail(NoWriter(reason: engine.connectionError(refusal.text))) }
         }
         if action.unresponsive?.newly == true {
             logger.warning("the database stopped answering health checks: closing its connections", metadata: [
@@ -261,16 +261,17 @@ extension ProxyRuntime {
         case .proceed:
             promise.succeed(())
         case .fail(let reason):
-            promise.fail(NoWriter(reason: BackendError.connection(reason.text)))
+            promise.fail(NoWriter(reason: engine.connectionError(reason.text)))
         case .wait(let waiter):
             let timeout = eventLoop.scheduleTask(deadline: deadline) { [weak self] in
-                let expired = self?.state.withLockedValue { state -> (EventLoopPromise<Void>, String)? in
+                guard let self else { return }
+                let expired = self.state.withLockedValue { state -> (EventLoopPromise<Void>, String)? in
                     guard let reason = state.targetGroup.waiterTimedOut(waiter),
                           let promise = state.writerWaiters.removeValue(forKey: waiter)
                     else { return nil }
                     return (promise, reason.text)
                 }
-                if let (promise, reason) = expired { promise.fail(NoWriter(reason: BackendError.connection(reason))) }
+                if let (promise, reason) = expired { promise.fail(NoWriter(reason: self.engine.connectionError(reason))) }
             }
             promise.futureResult.whenComplete { _ in timeout.cancel() }
         }
@@ -311,7 +312,8 @@ extension ProxyRuntime {
 }
 /// Opening a backend gave up waiting for a writer (its reason is what the client sees).
 struct NoWriter: Error {
-    var reason: BackendError
+    /// The engine's error (`DatabaseEngine.connectionError`).
+    var reason: any Error
 }
 
 struct BackendTLSSnapshot: @unchecked Sendable {

@@ -91,15 +91,10 @@ final class ProxyRuntime: @unchecked Sendable {
         /// Pools of READ_ONLY endpoints, one per reader target (kept once made: backends hold
         /// their pool weakly); `targetGroup.activeReaders` are those transactions may go to now.
         var readerPools: [HostPort: BackendPool] = [:]
-        var classifierOptions: ClassifierOptions
         var updatedDate: Date
         var targetGroupUpdatedDate: Date
         var listeners: [any Channel] = []
-        var canonicalValues: [CanonicalValueKey: String] = [:]
         var sessions = SessionRegistry<Engine.ClientHandler>()
-        var templates: [PoolKey: LoginTemplate] = [:]
-        /// Per user and database: the classifier options with the server's tracked parameters.
-        var loginClassifierOptions: [PoolKey: ClassifierOptions] = [:]
         var draining = false
         var drainedPromise: EventLoopPromise<Void>?
         var reportedQueryRequests = 0
@@ -107,7 +102,6 @@ final class ProxyRuntime: @unchecked Sendable {
 
     var configuration: ProxyConfiguration { state.withLockedValue { $0.configuration } }
     var users: UserDirectory { state.withLockedValue { $0.users } }
-    var classifierOptions: ClassifierOptions { state.withLockedValue { $0.classifierOptions } }
     var maxMessageSize: Int { maxMessageSizeValue.load(ordering: .relaxed) }
     var idleClientTimeout: Int { idleClientTimeoutSeconds.load(ordering: .relaxed) }
     var debugLogging: Bool { debugLoggingEnabled.load(ordering: .relaxed) }
@@ -162,14 +156,13 @@ final class ProxyRuntime: @unchecked Sendable {
                 failoverWindow: .seconds(Int64(configuration.targetGroup.connectionPoolConfig.connectionBorrowTimeout)),
                 tracksReaders: configuration.endpoints.contains { $0.targetRole == .readOnly }),
             writerAddress: address,
-            classifierOptions: ClassifierOptions(
-                excludeVariableSets: configuration.targetGroup.connectionPoolConfig.excludesVariableSets,
-                trackedParameters: TrackedParameters.names),
             updatedDate: now, targetGroupUpdatedDate: now))
         state.withLockedValue {
             $0.serverTLS = serverTLS
             $0.backendTLS = backendTLS
         }
+        engine.sessionPinningFiltersChanged(
+            excludeVariableSets: configuration.targetGroup.connectionPoolConfig.excludesVariableSets)
         // The cap is unknown until a backend reads max_connections: start with one connection.
         self.pool = BackendPool(limits: Self.limits(for: configuration, maxConnections: nil), eventLoops: eventLoops) {
             [unowned self] id, key, eventLoop, pool in
@@ -214,12 +207,11 @@ final class ProxyRuntime: @unchecked Sendable {
         }
         guard let writer, let address else {
             metrics.databaseConnectionsSetupFailed.increment()
-            return eventLoop.makeFailedFuture(BackendError.connection("no database target is registered"))
+            return eventLoop.makeFailedFuture(engine.connectionError("no database target is registered"))
         }
         guard let credential else {
             metrics.databaseConnectionsSetupFailed.increment()
-            return eventLoop.makeFailedFuture(
-                BackendError.server(ClientErrors.authenticationFailed(user: key.user)))
+            return eventLoop.makeFailedFuture(engine.unknownUserError(user: key.user))
         }
         var backendLogger = logger
         backendLogger[metadataKey: "concierge.backend"] = "\(id)"
@@ -310,16 +302,10 @@ final class ProxyRuntime: @unchecked Sendable {
         state.withLockedValue { $0.targetGroup.healthObserved(target, health) }
     }
 
-    func backendOpened(_ connection: BackendConnection) {
-        let template = connection.loginParameters
+    func backendOpened(_ connection: Engine.Connection) {
+        let maxConnections = engine.backendOpened(connection)
         let newLimits: PoolLimits? = state.withLockedValue { state in
-            if state.templates[connection.key] == nil {
-                state.templates[connection.key] = LoginTemplate(template)
-                var options = state.classifierOptions
-                options.trackedParameters = TrackedParameters.names(reportedAtLogin: template)
-                state.loginClassifierOptions[connection.key] = options
-            }
-            if let value = connection.maxConnections, state.targetGroup.writerMaxConnectionsRead(value) {
+            if let value = maxConnections, state.targetGroup.writerMaxConnectionsRead(value) {
                 return Self.limits(for: state.configuration, maxConnections: value)
             }
             return nil
@@ -335,48 +321,4 @@ final class ProxyRuntime: @unchecked Sendable {
             pool.updateLimits(newLimits)
         }
     }
-
-    /// PostgreSQL's spelling of a tracked parameter's value as a client wrote it, once a
-    /// backend reported it (lowercased name). Per user and database: a partial value completes
-    /// from their defaults (`DateStyle=SQL` after `ALTER ROLE ... SET DateStyle = German`).
-    func canonicalValue(of name: String, as value: String, for key: PoolKey) -> String? {
-        state.withLockedValue { $0.canonicalValues[CanonicalValueKey(key: key, name: name, value: value)] }
-    }
-
-    func learnCanonicalValue(of name: String, as value: String, _ canonical: String, for key: PoolKey) {
-        state.withLockedValue { state in
-            // Bounded: distinct spellings are few; a client inventing many only costs backends.
-            if state.canonicalValues.count >= 10_000 { state.canonicalValues.removeAll() }
-            state.canonicalValues[CanonicalValueKey(key: key, name: name, value: value)] = canonical
-        }
-    }
-
-    /// One shared instance per distinct set of startup parameters. A backend remembers the
-    /// parameters it was last set up for, and every lease compares them with the new client's:
-    /// most clients send the same startup packet, and two dictionaries sharing storage compare
-    /// equal at once instead of key by key. Bounded: past the limit a set is simply not shared.
-    func interned(_ parameters: [String: String]) -> [String: String] {
-        internedParameters.withLockedValue { table in
-            if let shared = table[parameters] { return shared }
-            if table.count < Self.maxInternedParameterSets { table[parameters] = parameters }
-            return parameters
-        }
-    }
-
-    static let maxInternedParameterSets = 1024
-    private let internedParameters = NIOLockedValueBox<[[String: String]: [String: String]]>([:])
-
-    /// What a login of `key` needs, under one lock: the ParameterStatus values PostgreSQL reports
-    /// at login for this user and database (once known), and the classifier options for its
-    /// clients (specific once a backend told which parameters it reports).
-    func loginState(for key: PoolKey) -> (template: LoginTemplate?, classifierOptions: ClassifierOptions) {
-        state.withLockedValue { ($0.templates[key], $0.loginClassifierOptions[key] ?? $0.classifierOptions) }
-    }
-}
-
-/// A tracked parameter's value as a client wrote it, for a user and database.
-struct CanonicalValueKey: Hashable {
-    let key: PoolKey
-    let name: String
-    let value: String
 }

@@ -62,6 +62,25 @@ public protocol DatabaseEngine: AnyObject, Sendable {
     /// (a broken connection during a failover, a database refusing logins for now) or gives up.
     func openFailure(_ error: any Error) -> BackendOpenFailure
 
+    /// The error a backend open fails with when it never reached a database (no target is
+    /// registered; no writer was elected in time): the engine's own connection error, so that it
+    /// is classified (`openFailure`) and shown to the client like any failed connection.
+    func connectionError(_ reason: String) -> any Error
+
+    /// The error a backend open fails with for a user the proxy holds no database credentials for
+    /// (its secret was removed after the client logged in): what the database answers a wrong
+    /// password, in the engine's terms.
+    func unknownUserError(user: String) -> any Error
+
+    /// A backend just opened and logged in: the engine keeps what its login taught (PostgreSQL:
+    /// the parameter values sessions of its user and database start from). Returns the
+    /// database's connection limit when this backend read it (the pool's cap derives from it).
+    func backendOpened(_ connection: Connection) -> Int?
+
+    /// `session_pinning_filters` changed (at start, a reload or the admin API):
+    /// `EXCLUDE_VARIABLE_SETS` is on or off for the clients that log in from now on.
+    func sessionPinningFiltersChanged(excludeVariableSets: Bool)
+
     /// Makes the handler of a client connection just accepted on one of `runtime`'s listeners.
     /// Called under the runtime's lock while the session registry hands out the client's
     /// `cancelKey` (so it must not call back into the runtime synchronously).

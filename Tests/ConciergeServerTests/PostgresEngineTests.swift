@@ -1,4 +1,5 @@
 import ConciergeConfig
+import ConnectionPool
 import NIOCore
 import NIOEmbedded
 import PostgresProxy
@@ -39,6 +40,29 @@ import Testing
         #expect(engine.openFailure(server("57P03")) == .refusingLoginsForNow)
         #expect(engine.openFailure(server("28P01")) == .final)
         #expect(engine.openFailure(BackendError.protocolViolation("x")) == .final)
+    }
+
+    @Test func rendersTheRuntimesErrorsAsPostgreSQLWould() {
+        // A backend open that never reached a database fails as a broken connection does: retried
+        // during a failover, shown to the client as a connection failure.
+        let noWriter = engine.connectionError("no target is the writer")
+        #expect(noWriter as? BackendError == .connection("no target is the writer"))
+        #expect(engine.openFailure(noWriter) == .connectionFailed)
+        // A user without credentials gets PostgreSQL's wrong-password error (28P01).
+        guard case .server(let fields)? = engine.unknownUserError(user: "ghost") as? BackendError else {
+            Issue.record("not a server error"); return
+        }
+        #expect(fields.code == "28P01")
+        #expect(fields.message == "password authentication failed for user \"ghost\"")
+    }
+
+    @Test func sessionPinningFiltersReachEveryClassifierOption() {
+        let engine = PostgresEngine()
+        #expect(!engine.classifierOptions.excludeVariableSets)
+        engine.sessionPinningFiltersChanged(excludeVariableSets: true)
+        #expect(engine.classifierOptions.excludeVariableSets)
+        #expect(engine.loginState(for: PoolKey(user: "app", database: "app")).classifierOptions.excludeVariableSets)
+        #expect(engine.loginState(for: PoolKey(user: "app", database: "app")).template == nil)
     }
 
     @Test func namesItsPinReasonsForMetrics() {

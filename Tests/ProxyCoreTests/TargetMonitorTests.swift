@@ -82,6 +82,14 @@ private final class FakeEngine: DatabaseEngine, @unchecked Sendable {
 
     func makeClientHandler(runtime: Void, client: AcceptedClient) -> UnusedHandler { UnusedHandler() }
 
+    func connectionError(_ reason: String) -> any Error { Refused() }
+
+    func unknownUserError(user: String) -> any Error { Refused() }
+
+    func backendOpened(_ connection: UnusedConnection) -> Int? { nil }
+
+    func sessionPinningFiltersChanged(excludeVariableSets: Bool) {}
+
     /// Completes the oldest pending open with a new probe connection.
     @discardableResult
     func answerOpen() -> FakeProbe {
