@@ -80,7 +80,9 @@ extension ClientSession {
 
     func route(_ message: HeldMessage) {
         var sendable = false
-        if let backend {
+        // Only an attached backend's statement cache may be touched (a backend still being
+        // prepared may belong to another event loop): `mayTakeNow` first.
+        if machine.mayTakeNow, let backend {
             let now = machine.takesNow(
                 message, cache: &backend.statementCache, allocator: backend.allocator, write: { backend.write($0) })
             sendable = now.takes
