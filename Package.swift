@@ -21,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
     ],
     targets: [
         .target(
@@ -87,6 +88,9 @@ let package = Package(
             name: "PostgresProxy",
             dependencies: [
                 "ProxyCore", "ConciergeAuth", "ConnectionPool", "PostgresWire", "SQLClassifier",
+                // Deque: the held messages and the responses owed are queues popped at the front,
+                // per message (an Array's removeFirst moves every element after it).
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),

@@ -89,7 +89,7 @@ extension ClientSession {
     }
 
     func sendHeld(to backend: BackendConnection) {
-        guard !held.isEmpty else { return }
+        guard !machine.held.isEmpty else { return }
         // What waited for a backend goes out now, up to a message that must wait for the answer
         // to an earlier batch among them (see `mustWaitForEarlierBatches`).
         machine.waitingForEarlierBatches = true

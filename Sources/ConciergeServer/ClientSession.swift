@@ -104,7 +104,6 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         _read { yield machine.pins }
         _modify { yield &machine.pins }
     }
-    var held: [HeldMessage] { machine.held }
     var needsParameterResync: Bool {
         get { machine.needsParameterResync }
         set { machine.needsParameterResync = newValue }

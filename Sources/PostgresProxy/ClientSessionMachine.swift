@@ -1,4 +1,5 @@
 import ConnectionPool
+import DequeModule
 import NIOCore
 import PostgresWire
 import SQLClassifier
@@ -51,7 +52,7 @@ public struct ClientSessionMachine {
     public internal(set) var state: State = .authenticating
 
     /// What the client sent while no backend could take it, in order.
-    public internal(set) var held: [HeldMessage] = []
+    public internal(set) var held: Deque<HeldMessage> = []
     public internal(set) var heldBytes = 0
     /// Query, Sync and FunctionCall messages among `held`: each owes the client a ReadyForQuery.
     public internal(set) var heldSyncPoints = 0

@@ -1,3 +1,4 @@
+import DequeModule
 import PostgresWire
 
 /// What the backend owes the client for what the session sent it, in order, and which of the
@@ -16,9 +17,9 @@ import PostgresWire
 /// answers each entry and the session forwards a whole burst without looking at it
 /// (`forwardedUntracked(readyForQueryCount:)`).
 public struct ResponseTracker {
-    /// What the backend owes, in order. (An array: no storage until a client uses the extended
-    /// protocol; entries are few.)
-    public private(set) var pending: [PendingResponse] = []
+    /// What the backend owes, in order. (A deque: popped at the front for every answer; no
+    /// storage until a client sends something.)
+    public private(set) var pending: Deque<PendingResponse> = []
     /// Entries of `pending` other than `.query` and `.sync`.
     public private(set) var tracked = 0
     /// Sync points (Query, Sync, FunctionCall) sent to the backend and not yet answered by a
