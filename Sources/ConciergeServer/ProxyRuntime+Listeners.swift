@@ -121,7 +121,10 @@ extension ProxyRuntime {
             // connection. (TCP_NODELAY is NIO's default.)
             .serverChannelOption(ChannelOptions.socketOption(.so_keepalive), value: 1)
             .serverChannelInitializer { [logger] channel in
-                channel.pipeline.addHandler(ListenerBackoff.handler(listener: "client", logger: logger))
+                // Made and added on the channel's loop: the handler is not Sendable.
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ListenerBackoff.handler(listener: "client", logger: logger))
+                }
             }
             .childChannelInitializer { [unowned self] channel in
                 guard ListenerBackoff.admitClient(channel, logger: self.logger) else { return channel.close() }
@@ -239,7 +242,7 @@ extension ProxyRuntime {
         // beyond that: the process exits, which closes it.
         let finished = eventLoop.makePromise(of: Void.self)
         let settled = NIOLockedValueBox(false)
-        let complete = {
+        let complete: @Sendable () -> Void = {
             if settled.withLockedValue({ done in defer { done = true }; return !done }) { finished.succeed(()) }
         }
         drained.whenComplete { _ in complete() }
