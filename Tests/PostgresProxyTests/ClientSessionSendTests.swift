@@ -115,6 +115,18 @@ import Testing
         return sent
     }
 
+    /// The client's statement "s1" (`SELECT * FROM t`, row type 7) and the backend's copy of it,
+    /// whose row type (8) has since changed: a Bind of it is checked first.
+    static func defineStatementWithChangedRowType(_ machine: inout Machine, _ backend: inout FakeBackend) throws -> ClientStatement {
+        var statement = ClientStatement(definition: definition("SELECT * FROM t"), analysed: true)
+        statement.shape = 7
+        machine.catalogue.define("s1", statement)
+        let serverName = backend.cache.parse(statement.key, at: StatementEpoch.next())
+        let copiedAt = try #require(backend.cache.copy(statement.key, since: 0)).parsedAt
+        backend.cache.record(shape: 8, key: statement.key, serverName: serverName, parsedAt: copiedAt)
+        return statement
+    }
+
     /// The backend answers with a message of `type`: what the response tracker decides.
     static func backend(_ type: UInt8, _ machine: inout Machine) -> ResponseTracker.Action {
         machine.responses.received(type)
@@ -486,12 +498,7 @@ import Testing
     @Test func aStatementWhoseCopyHasAnotherRowTypeIsCheckedFirst() throws {
         var machine = Self.attached()
         var backend = FakeBackend()
-        var statement = ClientStatement(definition: Self.definition("SELECT * FROM t"), analysed: true)
-        statement.shape = 7
-        machine.catalogue.define("s1", statement)
-        let serverName = backend.cache.parse(statement.key, at: StatementEpoch.next())
-        let copiedAt = try #require(backend.cache.copy(statement.key, since: 0)).parsedAt
-        backend.cache.record(shape: 8, key: statement.key, serverName: serverName, parsedAt: copiedAt)
+        let statement = try Self.defineStatementWithChangedRowType(&machine, &backend)
         let bind = HeldMessage(Self.bind("s1"))
         var out: [ByteBuffer] = []
         let waits = machine.mustCheckResultTypeFirst(bind, cache: &backend.cache, allocator: ByteBufferAllocator()) { out.append($0) }
@@ -513,12 +520,7 @@ import Testing
         let plain = machine.takesNow(query, cache: &backend.cache, allocator: ByteBufferAllocator()) { out.append($0) }
         #expect(plain.takes && !plain.flush && out.isEmpty)
 
-        var statement = ClientStatement(definition: Self.definition("SELECT * FROM t"), analysed: true)
-        statement.shape = 7
-        machine.catalogue.define("s1", statement)
-        let serverName = backend.cache.parse(statement.key, at: StatementEpoch.next())
-        let copiedAt = try #require(backend.cache.copy(statement.key, since: 0)).parsedAt
-        backend.cache.record(shape: 8, key: statement.key, serverName: serverName, parsedAt: copiedAt)
+        _ = try Self.defineStatementWithChangedRowType(&machine, &backend)
         let bind = HeldMessage(Self.bind("s1"))
         let checked = machine.takesNow(bind, cache: &backend.cache, allocator: ByteBufferAllocator()) { out.append($0) }
         // The check (Close, Parse, Describe, Flush) was written and must be flushed; the Bind waits.
@@ -550,12 +552,7 @@ import Testing
         #expect(drained)
 
         // A Bind held while a row-type check is in flight waits for its answer.
-        var statement = ClientStatement(definition: Self.definition("SELECT * FROM t"), analysed: true)
-        statement.shape = 7
-        machine.catalogue.define("s1", statement)
-        let serverName = backend.cache.parse(statement.key, at: StatementEpoch.next())
-        let copiedAt = try #require(backend.cache.copy(statement.key, since: 0)).parsedAt
-        backend.cache.record(shape: 8, key: statement.key, serverName: serverName, parsedAt: copiedAt)
+        _ = try Self.defineStatementWithChangedRowType(&machine, &backend)
         same(machine.route(HeldMessage(Self.bind("s1")), now: .uptimeNanoseconds(0), sendable: false), .held)
         guard case .wait(flush: true) = pop() else { Issue.record("the check is written and flushed"); return }
         #expect(written.map { Self.describe(written: $0) }.last == "H")
