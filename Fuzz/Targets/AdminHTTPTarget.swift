@@ -29,9 +29,9 @@ enum AdminHTTPTarget {
             name: "app", listen: HostPort(host: "127.0.0.1", port: 1),
             auth: [AuthConfiguration(secretARN: "env:X", secret: .env(name: "X"))],
             targetGroup: TargetGroupConfiguration(targets: [TargetConfiguration(endpoint: HostPort(host: "127.0.0.1", port: 2))]))
-        let runtime: ProxyRuntime
+        let runtime: PostgresRuntime
         do {
-            runtime = try ProxyRuntime(
+            runtime = try PostgresRuntime(
                 configuration: proxy, credentials: [DatabaseCredential(username: "app", password: "secret")],
                 group: loop, logger: logger)
         } catch {

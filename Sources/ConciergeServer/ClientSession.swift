@@ -27,7 +27,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     let endpoint: Int
     let processID: Int32
     let secretKey: Int32
-    let runtime: ProxyRuntime
+    let runtime: PostgresRuntime
     /// The proxy's logger; per-client metadata is added at each call (see `log`), so an idle
     /// client does not carry its own copy of the logger's metadata.
     let logger: Logger
@@ -109,12 +109,12 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         set { machine.needsParameterResync = newValue }
     }
 
-    let loopSessions: LoopSessions
+    let loopSessions: LoopSessions<ClientSession>
     /// This session's index in `loopSessions` (-1: not there).
     var loopSlot = -1
 
     init(
-        runtime: ProxyRuntime, loopSessions: LoopSessions, endpoint: Int = 0, processID: Int32, secretKey: Int32,
+        runtime: PostgresRuntime, loopSessions: LoopSessions<ClientSession>, endpoint: Int = 0, processID: Int32, secretKey: Int32,
         logger: Logger
     ) {
         self.runtime = runtime

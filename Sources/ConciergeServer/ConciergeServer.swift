@@ -71,7 +71,7 @@ public final class ConciergeServer: Service, @unchecked Sendable {
     private struct State {
         var configuration: ConciergeConfiguration
         var credentials: [String: [DatabaseCredential]]
-        var proxies: [ProxyRuntime] = []
+        var proxies: [any ServedProxy] = []
         var adminChannel: (any Channel)?
     }
 
@@ -94,18 +94,23 @@ public final class ConciergeServer: Service, @unchecked Sendable {
             proxies: { state.withLockedValue { $0.proxies } }, token: adminToken, registry: registry, logger: logger)
     }
 
-    var proxies: [ProxyRuntime] { state.withLockedValue { $0.proxies } }
+    var proxies: [any ServedProxy] { state.withLockedValue { $0.proxies } }
 
     /// Binds every listener; throws if any cannot be bound (nothing is left listening then).
     public func start() async throws {
         let (configuration, credentials) = state.withLockedValue { ($0.configuration, $0.credentials) }
-        var started: [ProxyRuntime] = []
+        var started: [any ServedProxy] = []
         do {
             let iam = try IAMAuthenticator(configuration: configuration.iam, secretKeys: iamSecretKeys.withLockedValue { $0 })
             for proxy in configuration.proxies {
-                let runtime = try ProxyRuntime(
-                    configuration: proxy, credentials: credentials[proxy.name] ?? [], group: group,
-                    registry: registry, logger: logger)
+                let runtime: any ServedProxy
+                switch proxy.engineFamily {
+                case .postgresql, .mysql:
+                    // Validation refuses MYSQL until its engine exists.
+                    runtime = try PostgresRuntime(
+                        configuration: proxy, credentials: credentials[proxy.name] ?? [], group: group,
+                        registry: registry, logger: logger)
+                }
                 try await runtime.start()
                 runtime.onBackendAuthFailure = { [weak self] in self?.refreshRequested.store(true, ordering: .relaxed) }
                 runtime.iam = iam
@@ -209,7 +214,7 @@ public final class ConciergeServer: Service, @unchecked Sendable {
         if current.admin?.listen != new.admin?.listen { needsRestart.append("admin.listen") }
         for (index, proxy) in new.proxies.enumerated() {
             guard let old = current.proxy(named: proxy.name) else { continue }
-            needsRestart += ProxyRuntime.unreloadableChanges(from: old, to: proxy, at: "proxies[\(index)]")
+            needsRestart += ProxyConfiguration.unreloadableChanges(from: old, to: proxy, at: "proxies[\(index)]")
         }
         if !needsRestart.isEmpty {
             throw ReloadError(description: "these changes need a restart: \(needsRestart.joined(separator: ", "))")

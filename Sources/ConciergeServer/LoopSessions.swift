@@ -6,21 +6,21 @@ import ProxyCore
 /// allocation and two heap operations per login, and memory for every idle client.
 ///
 /// Confined to `eventLoop`, like the sessions it holds.
-final class LoopSessions: @unchecked Sendable {
+final class LoopSessions<Session: SweptClientSession>: @unchecked Sendable {
     let eventLoop: any EventLoop
-    private var sessions: [ClientSession] = []
+    private var sessions: [Session] = []
     private var sweeper: RepeatedTask?
     /// Queries received by this loop's sessions (`QueryRequests`), summed over loops at scrape.
     var queryRequests = 0
 
-    static let sweepInterval = TimeAmount.seconds(1)
+    static var sweepInterval: TimeAmount { .seconds(1) }
 
     init(eventLoop: any EventLoop) {
         self.eventLoop = eventLoop
     }
 
     /// Adds a session (on the loop); `session.loopSlot` remembers where.
-    func add(_ session: ClientSession) {
+    func add(_ session: Session) {
         eventLoop.preconditionInEventLoop()
         session.loopSlot = sessions.count
         sessions.append(session)
@@ -32,7 +32,7 @@ final class LoopSessions: @unchecked Sendable {
     }
 
     /// Removes a session (on the loop) in O(1); harmless if it is not here.
-    func remove(_ session: ClientSession) {
+    func remove(_ session: Session) {
         let slot = session.loopSlot
         guard slot >= 0, slot < sessions.count, sessions[slot] === session else { return }
         session.loopSlot = -1

@@ -1,3 +1,4 @@
+import ConciergeConfig
 import ConnectionPool
 import NIOConcurrencyHelpers
 import SQLClassifier
@@ -6,17 +7,25 @@ import PostgresProxy
 import PostgresWire
 import ProxyCore
 
+/// The runtime of a PostgreSQL proxy.
+typealias PostgresRuntime = ProxyRuntime<PostgresEngine>
+
 /// The PostgreSQL engine: backends are `BackendConnection`s, a target's role is
 /// `pg_is_in_recovery()`, errors are classified by SQLSTATE (`PostgresTargetErrors`), and a client
 /// connection is served by a `ClientSession`.
 ///
 /// One per proxy: it keeps the SCRAM key caches its logins share (a backend's and a health
 /// check's keys differ only by salt, so each kind has its own cache).
-final class PostgresEngine: DatabaseEngine {
+final class PostgresEngine: ServedEngine {
     typealias Connection = BackendConnection
     typealias ProbeConnection = BackendConnection
     typealias ClientHandler = ClientSession
-    typealias Runtime = ProxyRuntime
+    typealias Runtime = PostgresRuntime
+    typealias UserKeys = PostgresPasswordKeys
+
+    static func userKeys(for credential: DatabaseCredential) -> PostgresPasswordKeys {
+        PostgresPasswordKeys(credential)
+    }
 
     /// How health-check connections show in `pg_stat_activity` (they are outside the pool's cap).
     static let healthCheckApplicationName = "concierge_health_check"
@@ -63,7 +72,7 @@ final class PostgresEngine: DatabaseEngine {
 
     /// A `ClientSession`, with the client's BackendKeyData made of its cancel key (process id and
     /// secret key), served by the session list of its event loop.
-    func makeClientHandler(runtime: ProxyRuntime, client: AcceptedClient) -> ClientSession {
+    func makeClientHandler(runtime: PostgresRuntime, client: AcceptedClient) -> ClientSession {
         let loopSessions = runtime.loopSessions[ObjectIdentifier(client.eventLoop)] ?? LoopSessions(eventLoop: client.eventLoop)
         return ClientSession(
             runtime: runtime, loopSessions: loopSessions, endpoint: client.endpoint,
@@ -175,7 +184,7 @@ final class PostgresEngine: DatabaseEngine {
 
 /// The PostgreSQL client session as the runtime's registry sees it: its cancel key is the
 /// BackendKeyData the client was given.
-extension ClientSession: EngineClientSession {
+extension ClientSession: EngineClientSession, SweptClientSession {
     var cancelKey: CancelKey {
         CancelKey(id: UInt32(bitPattern: processID), secret: UInt32(bitPattern: secretKey))
     }

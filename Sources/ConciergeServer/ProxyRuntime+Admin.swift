@@ -359,6 +359,9 @@ extension ProxyRuntime: AdminManagedProxy {
 
     // MARK: Reload
 
+}
+
+extension ProxyConfiguration {
     /// What a new configuration changes that needs a restart, as key paths (empty: reloadable).
     static func unreloadableChanges(from old: ProxyConfiguration, to new: ProxyConfiguration, at path: String) -> [String] {
         var keys: [String] = []
@@ -369,7 +372,9 @@ extension ProxyRuntime: AdminManagedProxy {
         if old.effectiveResourceID != new.effectiveResourceID { keys.append("\(path).resource_id") }
         return keys
     }
+}
 
+extension ProxyRuntime {
     /// Applies a reloaded configuration of this proxy (already validated, credentials read):
     /// settings, pool, auth entries and targets, without dropping any client.
     func reload(_ new: ProxyConfiguration, credentials: [DatabaseCredential]) throws(AdminError) {
@@ -395,7 +400,7 @@ extension ProxyRuntime: AdminManagedProxy {
             $0.configuration.hostnames = new.hostnames
         }
         if new.targetGroup.tls != old.targetGroup.tls { pool.retire() }
-        let users = UserDirectory(credentials: credentials, auth: new.auth, reusing: self.users)
+        let users = Self.userDirectory(credentials: credentials, auth: new.auth, reusing: self.users)
         state.withLockedValue { state in
             if state.configuration.auth != new.auth || state.credentials.values.sorted(by: { $0.username < $1.username })
                 != credentials.sorted(by: { $0.username < $1.username })

@@ -88,7 +88,7 @@ extension ProxyRuntime {
         #endif
     }
 
-    private static let reusePort = NIOBSDSocket.Option(rawValue: SO_REUSEPORT)
+    private static var reusePort: NIOBSDSocket.Option { NIOBSDSocket.Option(rawValue: SO_REUSEPORT) }
 
     #if os(Linux)
     /// TCP_DEFER_ACCEPT (Linux): the kernel hands over a new connection only once its first bytes
@@ -96,9 +96,11 @@ extension ProxyRuntime {
     /// accept and the first read happen in one wake-up instead of two. PgBouncer sets it too
     /// (`tcp_defer_accept`, on by default on Linux). The value is how long, in seconds, the kernel
     /// waits for those bytes before handing the connection over anyway.
-    private static let deferAccept = ChannelOptions.Types.SocketOption(
-        level: NIOBSDSocket.OptionLevel(rawValue: CInt(IPPROTO_TCP)),
-        name: NIOBSDSocket.Option(rawValue: TCP_DEFER_ACCEPT))
+    private static var deferAccept: ChannelOptions.Types.SocketOption {
+        ChannelOptions.Types.SocketOption(
+            level: NIOBSDSocket.OptionLevel(rawValue: CInt(IPPROTO_TCP)),
+            name: NIOBSDSocket.Option(rawValue: TCP_DEFER_ACCEPT))
+    }
     #endif
 
     private func makeBootstrap(on eventLoop: (any EventLoop)?, endpoint: Int) -> ServerBootstrap {

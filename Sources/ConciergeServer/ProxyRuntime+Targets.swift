@@ -81,13 +81,13 @@ extension ProxyRuntime {
     func targetChecked(_ target: HostPort, _ result: TargetProbeResult) {
         typealias Promises = [EventLoopPromise<Void>]
         let (action, refused, resumed, unresponsivePools, writer) = state.withLockedValue {
-            state -> (TargetGroupStateMachine<HostPort>.TargetCheckedAction, Promises, Promises, [BackendPool], HostPort?) in
+            state -> (TargetGroupStateMachine<HostPort>.TargetCheckedAction, Promises, Promises, [Pool], HostPort?) in
             let action = state.targetGroup.targetChecked(target, result, now: .now())
             if let change = action.writerChange {
                 state.writerAddress = state.targetAddresses[change.new]
                     ?? (try? SocketAddress.makeAddressResolvingHost(change.new.host, port: change.new.port))
             }
-            var pools: [BackendPool] = []
+            var pools: [Pool] = []
             if let unresponsive = action.unresponsive {
                 if unresponsive.wasWriter { pools.append(pool) }
                 if let readerPool = state.readerPools[target] { pools.append(readerPool) }
@@ -138,15 +138,15 @@ extension ProxyRuntime {
     private func applyReaderChanges(_ changes: TargetGroupStateMachine<HostPort>.ReaderChanges) {
         guard !changes.activate.isEmpty || !changes.retire.isEmpty else { return }
         var created: [HostPort] = []
-        var resized: [(BackendPool, PoolLimits)] = []
-        let retired = state.withLockedValue { state -> [BackendPool] in
+        var resized: [(Pool, PoolLimits)] = []
+        let retired = state.withLockedValue { state -> [Pool] in
             for reader in changes.activate {
                 let limits = Self.limits(for: state.configuration, maxConnections: reader.maxConnections)
                 if let pool = state.readerPools[reader.target] {
                     resized.append((pool, limits))
                 } else {
                     let target = reader.target
-                    state.readerPools[target] = BackendPool(limits: limits, eventLoops: eventLoops) { [unowned self] id, key, eventLoop, pool in
+                    state.readerPools[target] = Pool(limits: limits, eventLoops: eventLoops) { [unowned self] id, key, eventLoop, pool in
                         self.metrics.databaseConnectionRequests.increment()
                         return self.connectToWriter(id: id, key: key, on: eventLoop, pool: pool, reader: target)
                     }
@@ -164,7 +164,7 @@ extension ProxyRuntime {
 
     /// The pool a client of `endpoint` borrows from: the writer's, or for a READ_ONLY endpoint
     /// the least busy available reader's (nil: no reader).
-    func borrowPool(forEndpoint endpoint: Int) -> BackendPool? {
+    func borrowPool(forEndpoint endpoint: Int) -> Pool? {
         guard endpoint < endpointRoles.count, endpointRoles[endpoint] == .readOnly else { return pool }
         let candidates = state.withLockedValue { state in state.targetGroup.activeReaders.compactMap { state.readerPools[$0] } }
         return candidates.min { a, b in
@@ -174,7 +174,7 @@ extension ProxyRuntime {
     }
 
     /// Every pool (the writer's and the readers'), for metrics and shutdown.
-    var allPools: [BackendPool] {
+    var allPools: [Pool] {
         [pool] + state.withLockedValue { Array($0.readerPools.values) }
     }
 
@@ -199,7 +199,7 @@ extension ProxyRuntime {
     /// Opens a backend to the writer. With no writer available (a failover), it waits for one
     /// until the borrow timeout; a failed connect marks the writer suspect and waits again.
     /// At most a few opens run at once, so a new writer is not hit by a reconnection storm.
-    func openBackend(id: ConnectionID, key: PoolKey, on eventLoop: any EventLoop, pool: BackendPool)
+    func openBackend(id: ConnectionID, key: PoolKey, on eventLoop: any EventLoop, pool: Pool)
         -> EventLoopFuture<Engine.Connection>
     {
         metrics.databaseConnectionRequests.increment()
@@ -220,7 +220,7 @@ extension ProxyRuntime {
     }
 
     private func attemptOpen(
-        id: ConnectionID, key: PoolKey, on eventLoop: any EventLoop, pool: BackendPool, began: NIODeadline,
+        id: ConnectionID, key: PoolKey, on eventLoop: any EventLoop, pool: Pool, began: NIODeadline,
         deadline: NIODeadline
     ) -> EventLoopFuture<Engine.Connection> {
         waitForWriter(on: eventLoop, began: began, until: deadline)

@@ -24,22 +24,18 @@ import Foundation
 /// It opens backends, probes targets and makes client handlers only through its `engine`
 /// (`DatabaseEngine`); target health, writer election, failover waits, paced opens and reader
 /// pools are the engine-neutral `TargetGroupStateMachine`'s.
-final class ProxyRuntime: @unchecked Sendable {
-    /// The engine this runtime runs, named once here. A concrete type rather than a generic
-    /// parameter or an existential: the client session and the tests name `ProxyRuntime` as a
-    /// concrete class (a generic runtime comes with the second engine, as a mechanical change of
-    /// this line into `ProxyRuntime<Engine: DatabaseEngine>`); and no existential, so that the
-    /// pool's connections and the sessions stay concrete types, with static dispatch and no boxing
-    /// on the per-transaction and per-message paths. The runtime opens backends, probes targets,
-    /// classifies failed opens and makes, drains and cancels client sessions only through
-    /// `DatabaseEngine`'s and `EngineClientSession`'s requirements. What still names PostgreSQL
-    /// here (the login template and tracked parameters in `backendOpened`, `BackendError` as the
-    /// reason a waiting open fails) is what the client session reads back from the runtime.
-    typealias Engine = PostgresEngine
+final class ProxyRuntime<Engine: ServedEngine>: @unchecked Sendable {
+    /// Generic over its engine rather than holding an existential: the pool's connections and
+    /// the sessions stay concrete types (`ProxyRuntime<PostgresEngine>` is specialised in this
+    /// module), with static dispatch and no boxing on the per-transaction and per-message paths.
+    /// The runtime opens backends, probes targets, classifies failed opens and makes, drains and
+    /// cancels client sessions only through `ServedEngine`'s requirements; it names no engine.
+    typealias Pool = PoolDriver<Engine.Connection>
+    typealias Users = UserDirectory<Engine.UserKeys>
 
     let name: String
     let logger: Logger
-    private(set) var pool: BackendPool!
+    private(set) var pool: Pool!
     let metrics: ProxyMetrics
     /// Each endpoint's role (index 0: the default READ_WRITE endpoint).
     let endpointRoles: [TargetRole]
@@ -49,7 +45,7 @@ final class ProxyRuntime: @unchecked Sendable {
     let group: any EventLoopGroup
     let eventLoops: [any EventLoop]
     /// Per event loop: its client sessions, swept for timeouts.
-    let loopSessions: [ObjectIdentifier: LoopSessions]
+    let loopSessions: [ObjectIdentifier: LoopSessions<Engine.ClientHandler>]
     /// The engine: what differs per database family (opening backends, probing targets, error
     /// classification, the client handler). See `Engine` for why it is a concrete type here.
     let engine: Engine
@@ -66,7 +62,7 @@ final class ProxyRuntime: @unchecked Sendable {
 
     struct MutableState {
         var configuration: ProxyConfiguration
-        var users: UserDirectory
+        var users: Users
         var credentials: [String: DatabaseCredential]
         /// The target group: health, roles, the writer, opens waiting for one, paced opens, readers.
         var targetGroup: TargetGroupStateMachine<HostPort>
@@ -90,7 +86,7 @@ final class ProxyRuntime: @unchecked Sendable {
         var openSlotWaiters: [OpenWaiterID: EventLoopPromise<Void>] = [:]
         /// Pools of READ_ONLY endpoints, one per reader target (kept once made: backends hold
         /// their pool weakly); `targetGroup.activeReaders` are those transactions may go to now.
-        var readerPools: [HostPort: BackendPool] = [:]
+        var readerPools: [HostPort: Pool] = [:]
         var updatedDate: Date
         var targetGroupUpdatedDate: Date
         var listeners: [any Channel] = []
@@ -101,7 +97,7 @@ final class ProxyRuntime: @unchecked Sendable {
     }
 
     var configuration: ProxyConfiguration { state.withLockedValue { $0.configuration } }
-    var users: UserDirectory { state.withLockedValue { $0.users } }
+    var users: Users { state.withLockedValue { $0.users } }
     var maxMessageSize: Int { maxMessageSizeValue.load(ordering: .relaxed) }
     var idleClientTimeout: Int { idleClientTimeoutSeconds.load(ordering: .relaxed) }
     var debugLogging: Bool { debugLoggingEnabled.load(ordering: .relaxed) }
@@ -149,7 +145,7 @@ final class ProxyRuntime: @unchecked Sendable {
         let now = Date()
         self.state = NIOLockedValueBox(MutableState(
             configuration: configuration,
-            users: UserDirectory(credentials: credentials, auth: configuration.auth),
+            users: Self.userDirectory(credentials: credentials, auth: configuration.auth),
             credentials: Dictionary(credentials.map { ($0.username, $0) }, uniquingKeysWith: { first, _ in first }),
             targetGroup: TargetGroupStateMachine(
                 targets: configuration.targetGroup.targets.map(\.endpoint),
@@ -164,10 +160,18 @@ final class ProxyRuntime: @unchecked Sendable {
         engine.sessionPinningFiltersChanged(
             excludeVariableSets: configuration.targetGroup.connectionPoolConfig.excludesVariableSets)
         // The cap is unknown until a backend reads max_connections: start with one connection.
-        self.pool = BackendPool(limits: Self.limits(for: configuration, maxConnections: nil), eventLoops: eventLoops) {
+        self.pool = Pool(limits: Self.limits(for: configuration, maxConnections: nil), eventLoops: eventLoops) {
             [unowned self] id, key, eventLoop, pool in
             self.openBackend(id: id, key: key, on: eventLoop, pool: pool)
         }
+    }
+
+    /// The users' directory with the engine's password keys (derived once per secret; kept for
+    /// secrets that did not change when `previous` is given).
+    static func userDirectory(
+        credentials: [DatabaseCredential], auth: [AuthConfiguration], reusing previous: Users? = nil
+    ) -> Users {
+        Users(credentials: credentials, auth: auth, reusing: previous, deriveKeys: Engine.userKeys(for:))
     }
 
     /// The pool limits for a database whose `max_connections` is `maxConnections` (nil: unknown).
@@ -192,7 +196,7 @@ final class ProxyRuntime: @unchecked Sendable {
 
     /// One attempt to open a backend to the current writer (see `openBackend`).
     func connectToWriter(
-        id: ConnectionID, key: PoolKey, on eventLoop: any EventLoop, pool: BackendPool, reader: HostPort? = nil
+        id: ConnectionID, key: PoolKey, on eventLoop: any EventLoop, pool: Pool, reader: HostPort? = nil
     ) -> EventLoopFuture<Engine.Connection> {
         var (credential, needsMaxConnections, writer, address, initQuery, tls, tlsMode) = state.withLockedValue {
             ($0.credentials[key.user], $0.targetGroup.writerMaxConnections == nil, $0.targetGroup.writer, $0.writerAddress,
@@ -280,7 +284,7 @@ final class ProxyRuntime: @unchecked Sendable {
     /// them and new clients are checked against them; nobody is disconnected.
     func updateCredentials(_ credentials: [DatabaseCredential]) {
         let auth = configuration.auth
-        let users = UserDirectory(credentials: credentials, auth: auth, reusing: self.users)
+        let users = Self.userDirectory(credentials: credentials, auth: auth, reusing: self.users)
         let changed = state.withLockedValue { state -> [String] in
             var changed: [String] = []
             for credential in credentials where state.credentials[credential.username] != credential {

@@ -104,7 +104,7 @@ struct SplitMix64 {
 }
 
 @Suite struct AdminRouterTests {
-    let runtime: ProxyRuntime
+    let runtime: PostgresRuntime
     let loop = EmbeddedEventLoop()
 
     init() throws {
@@ -112,7 +112,7 @@ struct SplitMix64 {
             name: "unit", listen: HostPort(host: "127.0.0.1", port: 1),
             auth: [AuthConfiguration(secretARN: "env:X", secret: .env(name: "X"))],
             targetGroup: TargetGroupConfiguration(targets: [TargetConfiguration(endpoint: HostPort(host: "127.0.0.1", port: 2))]))
-        runtime = try ProxyRuntime(
+        runtime = try PostgresRuntime(
             configuration: proxy, credentials: [DatabaseCredential(username: "app", password: "secret")],
             group: loop, logger: .init(label: "test"))
     }
@@ -195,7 +195,7 @@ struct SplitMix64 {
     @Test func registersAndDeregistersTargets() throws {
         var (status, body) = try call(.POST, "/v1/db-proxies/unit/targets", #"{"DBInstanceIdentifiers": ["127.0.0.1:3"]}"#)
         #expect(status == 200)
-        #expect(body["DBProxyTargets"] == .array([ProxyRuntime.targetJSON(
+        #expect(body["DBProxyTargets"] == .array([PostgresRuntime.targetJSON(
             HostPort(host: "127.0.0.1", port: 3), role: "UNKNOWN", health: TargetHealth(state: .registering),
             resourceID: runtime.resourceID)]))
         (status, body) = try call(.POST, "/v1/db-proxies/unit/targets", #"{"DBInstanceIdentifiers": ["127.0.0.1:3"]}"#)

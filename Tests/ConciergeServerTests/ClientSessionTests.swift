@@ -10,7 +10,7 @@ import Testing
 /// The client side of the protocol up to authentication, driven through an EmbeddedChannel.
 /// Everything after login needs a real database and lives in tests/integration.
 @Suite struct ClientSessionTests {
-    let runtime: ProxyRuntime
+    let runtime: PostgresRuntime
     let channel: EmbeddedChannel
 
     init() throws {
@@ -19,7 +19,7 @@ import Testing
             auth: [AuthConfiguration(secretARN: "env:X", secret: .env(name: "X"))],
             targetGroup: TargetGroupConfiguration(targets: [TargetConfiguration(endpoint: HostPort(host: "127.0.0.1", port: 2))]))
         let embedded = EmbeddedEventLoop()
-        runtime = try ProxyRuntime(
+        runtime = try PostgresRuntime(
             configuration: proxy, credentials: [DatabaseCredential(username: "app", password: "secret")],
             group: embedded, logger: .init(label: "test"))
         channel = EmbeddedChannel(loop: embedded)

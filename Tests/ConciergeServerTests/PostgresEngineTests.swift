@@ -76,7 +76,7 @@ import Testing
             auth: [AuthConfiguration(secretARN: "env:X", secret: .env(name: "X"))],
             targetGroup: TargetGroupConfiguration(targets: [TargetConfiguration(endpoint: HostPort(host: "127.0.0.1", port: 2))]))
         let loop = EmbeddedEventLoop()
-        let runtime = try ProxyRuntime(
+        let runtime = try PostgresRuntime(
             configuration: proxy, credentials: [DatabaseCredential(username: "app", password: "secret")],
             group: loop, logger: .init(label: "test"))
         let key = CancelKey(id: 0x7fff_fffe, secret: 0xdead_beef)
