@@ -101,9 +101,42 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
+        // The NIO runtime every engine runs on, generic over the engine (`ProxyRuntime<Engine>`):
+        // listeners, accepting and draining, backends opened through the engine, target health,
+        // failover waits, paced opens, reader pools, reload, admin. It names no database protocol.
+        .target(
+            name: "ConciergeRuntime",
+            dependencies: [
+                "ConnectionPool", "ConciergeConfig", "ConciergeJSON", "ProxyCore", "ConciergeAdmin", "ConciergeAuth",
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
+        // The PostgreSQL engine on that runtime: its NIO handlers (the client session, the backend
+        // connection), which run PostgresProxy's machines' actions, and `PostgresEngine`.
+        .target(
+            name: "PostgresServer",
+            dependencies: [
+                "ConciergeRuntime", "PostgresWire", "SQLClassifier", "ConnectionPool", "ConciergeConfig",
+                "ProxyCore", "PostgresProxy", "ConciergeAuth",
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
+        // The composition root: the server that runs each configured proxy on its engine, secret
+        // rotation, reload, the admin listener, structured logs.
         .target(
             name: "ConciergeServer",
             dependencies: [
+                "ConciergeRuntime", "PostgresServer",
                 "PostgresWire", "SQLClassifier", "ConnectionPool", "ConciergeConfig", "ConciergeAWS", "ConciergeJSON",
                 "ProxyCore", "PostgresProxy", "ConciergeAdmin", "ConciergeAuth",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -178,7 +211,7 @@ let package = Package(
             name: "ConciergeFuzzTargets",
             dependencies: [
                 "PostgresWire", "SQLClassifier", "ConciergeJSON", "ConciergeConfig", "ConciergeAWS", "ConciergeServer",
-                "ConciergeAdmin",
+                "ConciergeRuntime", "PostgresServer", "ConciergeAdmin",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -193,8 +226,8 @@ let package = Package(
         .testTarget(
             name: "ConciergeServerTests",
             dependencies: [
-                "ConciergeServer", "ConciergeJSON", "ProxyCore", "ConnectionPool", "PostgresWire", "ConciergeAdmin",
-                "PostgresProxy",
+                "ConciergeServer", "ConciergeRuntime", "PostgresServer", "ConciergeJSON", "ProxyCore", "ConnectionPool",
+                "PostgresWire", "ConciergeAdmin", "PostgresProxy",
                 .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]

@@ -5,7 +5,9 @@ import NIOCore
 import NIOEmbedded
 import NIOHTTP1
 @testable import ConciergeAdmin
+@testable import ConciergeRuntime
 @testable import ConciergeServer
+@testable import PostgresServer
 
 /// The admin API as a connection reads it: bytes into the real pipeline (NIO's HTTP/1 server
 /// pipeline with its error handling, then `AdminHTTPHandler` and `AdminRouter`) over an

@@ -1,3 +1,5 @@
+import ConciergeRuntime
+import PostgresServer
 import ConciergeAuth
 import ConciergeAdmin
 import ConciergeConfig
@@ -107,7 +109,7 @@ public final class ConciergeServer: Service, @unchecked Sendable {
                 switch proxy.engineFamily {
                 case .postgresql, .mysql:
                     // Validation refuses MYSQL until its engine exists.
-                    runtime = try PostgresRuntime(
+                    runtime = try PostgresEngineFactory.makeProxy(
                         configuration: proxy, credentials: credentials[proxy.name] ?? [], group: group,
                         registry: registry, logger: logger)
                 }

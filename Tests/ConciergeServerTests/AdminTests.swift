@@ -8,7 +8,9 @@ import Testing
 import ConciergeJSON
 
 @testable import ConciergeAdmin
+@testable import ConciergeRuntime
 @testable import ConciergeServer
+@testable import PostgresServer
 
 @Suite struct LogFormatTests {
     @Test func logfmtQuotesOnlyWhatNeedsIt() {

@@ -5,7 +5,9 @@ import NIOEmbedded
 import PostgresWire
 import Testing
 
+@testable import ConciergeRuntime
 @testable import ConciergeServer
+@testable import PostgresServer
 
 /// The client side of the protocol up to authentication, driven through an EmbeddedChannel.
 /// Everything after login needs a real database and lives in tests/integration.

@@ -8,7 +8,9 @@ import ProxyCore
 import SQLClassifier
 import Testing
 
+@testable import ConciergeRuntime
 @testable import ConciergeServer
+@testable import PostgresServer
 
 // The PostgreSQL engine as the runtime sees it through `DatabaseEngine`: its error classification
 // (SQLSTATE classes), its pin reasons, and the client handler it makes for an accepted connection.

@@ -1,4 +1,6 @@
+@testable import ConciergeRuntime
 @testable import ConciergeServer
+@testable import PostgresServer
 import PostgresWire
 import ProxyCore
 import Testing

@@ -2,7 +2,9 @@ import NIOCore
 import PostgresWire
 import Testing
 
+@testable import ConciergeRuntime
 @testable import ConciergeServer
+@testable import PostgresServer
 import PostgresProxy
 
 /// The proxy's bookkeeping of each backend's statements (PreparedStatements.swift).

@@ -1,3 +1,4 @@
+import ConciergeRuntime
 import ConnectionPool
 import Logging
 import NIOCore

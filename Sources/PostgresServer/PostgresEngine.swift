@@ -1,3 +1,4 @@
+import ConciergeRuntime
 import ConciergeConfig
 import ConnectionPool
 import NIOConcurrencyHelpers
@@ -5,10 +6,24 @@ import SQLClassifier
 import NIOCore
 import PostgresProxy
 import PostgresWire
+import Prometheus
 import ProxyCore
+import Logging
 
 /// The runtime of a PostgreSQL proxy.
 typealias PostgresRuntime = ProxyRuntime<PostgresEngine>
+
+/// What the server (the composition root) needs of this module: a PostgreSQL proxy to run. The
+/// engine and its handlers stay internal to the module.
+public enum PostgresEngineFactory {
+    public static func makeProxy(
+        configuration: ProxyConfiguration, credentials: [DatabaseCredential], group: any EventLoopGroup,
+        registry: PrometheusCollectorRegistry, logger: Logger
+    ) throws -> any ServedProxy {
+        try PostgresRuntime(
+            configuration: configuration, credentials: credentials, group: group, registry: registry, logger: logger)
+    }
+}
 
 /// The PostgreSQL engine: backends are `BackendConnection`s, a target's role is
 /// `pg_is_in_recovery()`, errors are classified by SQLSTATE (`PostgresTargetErrors`), and a client

@@ -1,3 +1,4 @@
+import ConciergeRuntime
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix

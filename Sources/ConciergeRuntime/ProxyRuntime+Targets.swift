@@ -164,8 +164,16 @@ extension ProxyRuntime {
 
     /// The pool a client of `endpoint` borrows from: the writer's, or for a READ_ONLY endpoint
     /// the least busy available reader's (nil: no reader).
-    func borrowPool(forEndpoint endpoint: Int) -> Pool? {
+    /// Inlinable (the engine's session calls it from its own module at every borrow): the
+    /// writer's pool is returned without a call; only a READ_ONLY endpoint looks at the readers.
+    @inlinable
+    public func borrowPool(forEndpoint endpoint: Int) -> Pool? {
         guard endpoint < endpointRoles.count, endpointRoles[endpoint] == .readOnly else { return pool }
+        return leastBusyReaderPool()
+    }
+
+    @usableFromInline
+    func leastBusyReaderPool() -> Pool? {
         let candidates = state.withLockedValue { state in state.targetGroup.activeReaders.compactMap { state.readerPools[$0] } }
         return candidates.min { a, b in
             let x = a.stats.totals, y = b.stats.totals
@@ -189,7 +197,7 @@ extension ProxyRuntime {
     }
 
     /// A backend connection to the writer broke while in use: check the writer now.
-    func backendConnectionLost() {
+    public func backendConnectionLost() {
         let monitor = state.withLockedValue { state in state.targetGroup.writer.flatMap { state.monitors[$0] } }
         monitor?.checkNow()
     }

@@ -1,3 +1,4 @@
+import ConciergeRuntime
 import PostgresWire
 import ProxyCore
 

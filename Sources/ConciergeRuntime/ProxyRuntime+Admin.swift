@@ -22,7 +22,7 @@ extension ProxyRuntime: AdminManagedProxy {
 
     /// Samples every event loop's sessions and the pool, and sets the gauges (and the counters
     /// kept per loop). The future completes once the registry holds the numbers of this moment.
-    func collectMetrics() -> EventLoopFuture<Void> {
+    public func collectMetrics() -> EventLoopFuture<Void> {
         let endpoints = metrics.endpointNames.count
         let futures = loopSessions.values.map { sessions in
             sessions.eventLoop.submit { sessions.sample(endpoints: endpoints) }
@@ -81,7 +81,7 @@ extension ProxyRuntime: AdminManagedProxy {
 
     var arn: String { "arn:concierge:rds:local:000000000000:db-proxy:\(resourceID)" }
 
-    func describeProxy() -> JSON {
+    public func describeProxy() -> JSON {
         let (configuration, users, updated) = state.withLockedValue { ($0.configuration, $0.users, $0.updatedDate) }
         let auth: [JSON] = zip(configuration.auth.indices, configuration.auth).map { index, entry in
             var members: [JSON.Member] = [
@@ -122,7 +122,7 @@ extension ProxyRuntime: AdminManagedProxy {
         ])
     }
 
-    func describeTargetGroup() -> JSON {
+    public func describeTargetGroup() -> JSON {
         let (configuration, updated) = state.withLockedValue { ($0.configuration, $0.targetGroupUpdatedDate) }
         let group = configuration.targetGroup
         let pool = group.connectionPoolConfig
@@ -144,7 +144,7 @@ extension ProxyRuntime: AdminManagedProxy {
         ])
     }
 
-    func describeTargets() -> [JSON] {
+    public func describeTargets() -> [JSON] {
         let (targets, health) = state.withLockedValue {
             ($0.configuration.targetGroup.targets.map(\.endpoint), $0.targetGroup.health)
         }
@@ -203,7 +203,7 @@ extension ProxyRuntime: AdminManagedProxy {
 
     /// ModifyDBProxy: the changes are validated like a loaded configuration, then take effect at
     /// once (the idle timeout at the next sweep, debug logging at the next log line).
-    func modifyProxy(idleClientTimeout: Int?, requireTLS: Bool?, debugLogging: Bool?) throws(AdminError) {
+    public func modifyProxy(idleClientTimeout: Int?, requireTLS: Bool?, debugLogging: Bool?) throws(AdminError) {
         var candidate = configuration
         if let idleClientTimeout { candidate.idleClientTimeout = idleClientTimeout }
         if let requireTLS { candidate.requireTLS = requireTLS }
@@ -245,7 +245,7 @@ extension ProxyRuntime: AdminManagedProxy {
     /// those already waiting (counted from when each started); new
     /// filters apply to clients that log in from now on; a new init query retires the backends
     /// that ran the old one (idle ones now, borrowed ones when returned).
-    func modifyTargetGroup(_ pool: ConnectionPoolConfiguration) throws(AdminError) {
+    public func modifyTargetGroup(_ pool: ConnectionPoolConfiguration) throws(AdminError) {
         var candidate = configuration
         candidate.targetGroup.connectionPoolConfig = pool
         try Self.check(candidate, fields: [
@@ -279,7 +279,7 @@ extension ProxyRuntime: AdminManagedProxy {
     }
 
     /// RegisterDBProxyTargets: the targets are added after those registered.
-    func registerTargets(_ targets: [HostPort]) throws(AdminError) -> [JSON] {
+    public func registerTargets(_ targets: [HostPort]) throws(AdminError) -> [JSON] {
         var candidate = configuration
         for target in targets {
             let exists = candidate.targetGroup.targets.contains {
@@ -302,7 +302,7 @@ extension ProxyRuntime: AdminManagedProxy {
 
     /// DeregisterDBProxyTargets. Deregistering the writer moves new backends to the next target;
     /// backends of the old one close as their clients return them.
-    func deregisterTargets(_ targets: [HostPort]) throws(AdminError) {
+    public func deregisterTargets(_ targets: [HostPort]) throws(AdminError) {
         var remaining = configuration.targetGroup.targets.map(\.endpoint)
         for target in targets {
             guard let index = remaining.firstIndex(where: {
@@ -363,7 +363,7 @@ extension ProxyRuntime: AdminManagedProxy {
 
 extension ProxyConfiguration {
     /// What a new configuration changes that needs a restart, as key paths (empty: reloadable).
-    static func unreloadableChanges(from old: ProxyConfiguration, to new: ProxyConfiguration, at path: String) -> [String] {
+    public static func unreloadableChanges(from old: ProxyConfiguration, to new: ProxyConfiguration, at path: String) -> [String] {
         var keys: [String] = []
         if old.listen != new.listen { keys.append("\(path).listen") }
         if old.endpoints != new.endpoints { keys.append("\(path).endpoints") }
@@ -377,7 +377,7 @@ extension ProxyConfiguration {
 extension ProxyRuntime {
     /// Applies a reloaded configuration of this proxy (already validated, credentials read):
     /// settings, pool, auth entries and targets, without dropping any client.
-    func reload(_ new: ProxyConfiguration, credentials: [DatabaseCredential]) throws(AdminError) {
+    public func reload(_ new: ProxyConfiguration, credentials: [DatabaseCredential]) throws(AdminError) {
         let old = configuration
         // TLS first: a certificate that does not load refuses the whole reload.
         var serverTLS = state.withLockedValue { $0.serverTLS }

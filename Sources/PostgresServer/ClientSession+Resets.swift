@@ -1,3 +1,4 @@
+import ConciergeRuntime
 import Logging
 import NIOCore
 import PostgresProxy

@@ -8,7 +8,7 @@ import ProxyCore
 /// or NIO runtime type) with what `ProxyRuntime` needs on top, written once for every engine
 /// family: how to make the engine, the keys its password exchanges check a client against, and
 /// the sweep its client sessions take part in.
-protocol ServedEngine: DatabaseEngine where Runtime == ProxyRuntime<Self>, ClientHandler: SweptClientSession {
+public protocol ServedEngine: DatabaseEngine where Runtime == ProxyRuntime<Self>, ClientHandler: SweptClientSession {
     /// What this engine's client authentication checks a password against (PostgreSQL: a SCRAM
     /// verifier and an md5 hash), derived once per secret.
     associatedtype UserKeys: Sendable
@@ -22,7 +22,7 @@ protocol ServedEngine: DatabaseEngine where Runtime == ProxyRuntime<Self>, Clien
 
 /// A client session as its event loop's `LoopSessions` sees it: a slot in the loop's list, and
 /// the once-a-second sweep (timeouts, gauges).
-protocol SweptClientSession: AnyObject {
+public protocol SweptClientSession: AnyObject {
     /// Where `LoopSessions` keeps it (-1: not kept).
     var loopSlot: Int { get set }
     /// The sweep: close the session if its authentication or idle timeout passed.
@@ -33,7 +33,7 @@ protocol SweptClientSession: AnyObject {
 
 /// One proxy as the server runs it, whatever its engine (`ProxyRuntime<Engine>`): started,
 /// reloaded, given rotated secrets, drained; and managed by the admin API.
-protocol ServedProxy: AdminManagedProxy {
+public protocol ServedProxy: AdminManagedProxy {
     /// Binds its listeners and starts its health checks.
     func start() async throws
     /// Closes its listeners (clients already connected stay).

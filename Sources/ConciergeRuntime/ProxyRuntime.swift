@@ -24,41 +24,41 @@ import Foundation
 /// It opens backends, probes targets and makes client handlers only through its `engine`
 /// (`DatabaseEngine`); target health, writer election, failover waits, paced opens and reader
 /// pools are the engine-neutral `TargetGroupStateMachine`'s.
-final class ProxyRuntime<Engine: ServedEngine>: @unchecked Sendable {
+public final class ProxyRuntime<Engine: ServedEngine>: @unchecked Sendable {
     /// Generic over its engine rather than holding an existential: the pool's connections and
     /// the sessions stay concrete types (`ProxyRuntime<PostgresEngine>` is specialised in this
     /// module), with static dispatch and no boxing on the per-transaction and per-message paths.
     /// The runtime opens backends, probes targets, classifies failed opens and makes, drains and
     /// cancels client sessions only through `ServedEngine`'s requirements; it names no engine.
-    typealias Pool = PoolDriver<Engine.Connection>
-    typealias Users = UserDirectory<Engine.UserKeys>
+    public typealias Pool = PoolDriver<Engine.Connection>
+    public typealias Users = UserDirectory<Engine.UserKeys>
 
-    let name: String
+    public let name: String
     let logger: Logger
-    private(set) var pool: Pool!
-    let metrics: ProxyMetrics
+    public private(set) var pool: Pool!
+    public let metrics: ProxyMetrics
     /// Each endpoint's role (index 0: the default READ_WRITE endpoint).
-    let endpointRoles: [TargetRole]
+    @usableFromInline let endpointRoles: [TargetRole]
     /// A stable id like `prx-0123456789abcdef0`, derived from the proxy's name.
     let resourceID: String
     let createdDate: Date
     let group: any EventLoopGroup
     let eventLoops: [any EventLoop]
     /// Per event loop: its client sessions, swept for timeouts.
-    let loopSessions: [ObjectIdentifier: LoopSessions<Engine.ClientHandler>]
+    public let loopSessions: [ObjectIdentifier: LoopSessions<Engine.ClientHandler>]
     /// The engine: what differs per database family (opening backends, probing targets, error
     /// classification, the client handler). See `Engine` for why it is a concrete type here.
-    let engine: Engine
+    public let engine: Engine
 
-    let clientCount = Synchronization.Atomic<Int>(0)
+    @usableFromInline let clientCount = Synchronization.Atomic<Int>(0)
     let state: NIOLockedValueBox<MutableState>
 
     // Settings the admin API or a reload may change, read on hot paths without a lock.
-    let idleClientTimeoutSeconds: Synchronization.Atomic<Int>
-    let debugLoggingEnabled: Synchronization.Atomic<Bool>
-    let maxClientConnectionsValue: Synchronization.Atomic<Int>
-    let maxMessageSizeValue: Synchronization.Atomic<Int>
-    let requireTLSValue: Synchronization.Atomic<Bool>
+    @usableFromInline let idleClientTimeoutSeconds: Synchronization.Atomic<Int>
+    @usableFromInline let debugLoggingEnabled: Synchronization.Atomic<Bool>
+    @usableFromInline let maxClientConnectionsValue: Synchronization.Atomic<Int>
+    @usableFromInline let maxMessageSizeValue: Synchronization.Atomic<Int>
+    @usableFromInline let requireTLSValue: Synchronization.Atomic<Bool>
 
     struct MutableState {
         var configuration: ProxyConfiguration
@@ -96,21 +96,21 @@ final class ProxyRuntime<Engine: ServedEngine>: @unchecked Sendable {
         var reportedQueryRequests = 0
     }
 
-    var configuration: ProxyConfiguration { state.withLockedValue { $0.configuration } }
-    var users: Users { state.withLockedValue { $0.users } }
-    var maxMessageSize: Int { maxMessageSizeValue.load(ordering: .relaxed) }
-    var idleClientTimeout: Int { idleClientTimeoutSeconds.load(ordering: .relaxed) }
-    var debugLogging: Bool { debugLoggingEnabled.load(ordering: .relaxed) }
-    var requireTLS: Bool { requireTLSValue.load(ordering: .relaxed) }
+    public var configuration: ProxyConfiguration { state.withLockedValue { $0.configuration } }
+    public var users: Users { state.withLockedValue { $0.users } }
+    @inlinable public var maxMessageSize: Int { maxMessageSizeValue.load(ordering: .relaxed) }
+    @inlinable public var idleClientTimeout: Int { idleClientTimeoutSeconds.load(ordering: .relaxed) }
+    @inlinable public var debugLogging: Bool { debugLoggingEnabled.load(ordering: .relaxed) }
+    @inlinable public var requireTLS: Bool { requireTLSValue.load(ordering: .relaxed) }
     /// The TLS context for a client's SSLRequest, nil when the proxy has no certificate.
-    var serverTLSContext: NIOSSLContext? { state.withLockedValue { $0.serverTLS }?.current }
+    public var serverTLSContext: NIOSSLContext? { state.withLockedValue { $0.serverTLS }?.current }
 
     /// True when this connection (already counted) is beyond `max_client_connections`.
-    var clientLimitExceeded: Bool {
+    @inlinable public var clientLimitExceeded: Bool {
         clientCount.load(ordering: .relaxed) > maxClientConnectionsValue.load(ordering: .relaxed)
     }
 
-    init(
+    public init(
         configuration: ProxyConfiguration, credentials: [DatabaseCredential], group: any EventLoopGroup,
         registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(), logger: Logger
     ) throws {
@@ -249,18 +249,18 @@ final class ProxyRuntime<Engine: ServedEngine>: @unchecked Sendable {
     }
 
     /// Called when the database refuses a secret's credentials (the server re-reads secrets).
-    var onBackendAuthFailure: (@Sendable () -> Void)? {
+    public var onBackendAuthFailure: (@Sendable () -> Void)? {
         get { state.withLockedValue { $0.onBackendAuthFailure } }
         set { state.withLockedValue { $0.onBackendAuthFailure = newValue } }
     }
 
-    var iam: IAMAuthenticator? {
+    public var iam: IAMAuthenticator? {
         get { state.withLockedValue { $0.iam } }
         set { state.withLockedValue { $0.iam = newValue } }
     }
 
     /// Checks a client's IAM token for `user`, connected to endpoint `endpoint`.
-    func authenticateIAM(token: String, user: String, endpoint: Int) -> IAMAuthenticator.Outcome {
+    public func authenticateIAM(token: String, user: String, endpoint: Int) -> IAMAuthenticator.Outcome {
         let (iam, configuration) = state.withLockedValue { ($0.iam, $0.configuration) }
         guard let iam else { return .refused("no iam section is configured") }
         var hosts = Set(configuration.hostnames)
@@ -282,7 +282,7 @@ final class ProxyRuntime<Engine: ServedEngine>: @unchecked Sendable {
 
     /// Rotated secrets: the credentials of every auth entry, in order. New backends log in with
     /// them and new clients are checked against them; nobody is disconnected.
-    func updateCredentials(_ credentials: [DatabaseCredential]) {
+    public func updateCredentials(_ credentials: [DatabaseCredential]) {
         let auth = configuration.auth
         let users = Self.userDirectory(credentials: credentials, auth: auth, reusing: self.users)
         let changed = state.withLockedValue { state -> [String] in

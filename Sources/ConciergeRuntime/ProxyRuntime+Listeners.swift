@@ -23,7 +23,7 @@ extension ProxyRuntime {
     /// (SO_REUSEPORT): the kernel spreads new connections over the loops and each connection is
     /// accepted and served by one thread, with no hand-off to register it elsewhere. In a
     /// connection storm that hand-off cost about 50 µs of CPU per connection.
-    func start() async throws {
+    public func start() async throws {
         let configuration = self.configuration
         var addresses = [configuration.listen]
         for endpoint in configuration.endpoints { addresses.append(endpoint.listen) }
@@ -161,7 +161,7 @@ extension ProxyRuntime {
         }
     }
 
-    func sessionClosed(_ session: Engine.ClientHandler) {
+    public func sessionClosed(_ session: Engine.ClientHandler) {
         clientCount.subtract(1, ordering: .relaxed)
         metrics.clientConnectionsClosed[session.endpoint].increment()
         let promise = state.withLockedValue { state -> EventLoopPromise<Void>? in
@@ -182,7 +182,7 @@ extension ProxyRuntime {
     /// nothing to cancel: only then may the client's own cancel connection close, as PostgreSQL
     /// closes it only after signalling the backend (drivers wait for that close before they
     /// send their next statement, which a late cancel would otherwise hit).
-    func cancel(key: CancelKey, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+    public func cancel(key: CancelKey, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
         guard let session = state.withLockedValue({ $0.sessions.session(for: key) }) else {
             logger.debug("ignoring a cancel request with an unknown key")
             return eventLoop.makeSucceededVoidFuture()
@@ -195,7 +195,7 @@ extension ProxyRuntime {
     // MARK: Shutdown
 
     /// Stops accepting new clients.
-    func stopAccepting() async {
+    public func stopAccepting() async {
         let listeners = state.withLockedValue { state -> [any Channel] in
             defer { state.listeners = [] }
             return state.listeners
@@ -205,7 +205,7 @@ extension ProxyRuntime {
 
     /// Closes idle clients now and the others as their transactions end, waiting at most
     /// `timeout`; then closes whatever is left and every backend.
-    func drain(timeout: TimeAmount) async {
+    public func drain(timeout: TimeAmount) async {
         let eventLoop = eventLoops[0]
         let promise = eventLoop.makePromise(of: Void.self)
         let sessions = state.withLockedValue { state -> [Engine.ClientHandler] in

@@ -16,7 +16,7 @@ final class ServerTLSContextSource: @unchecked Sendable {
     private var files: ClientTLSConfiguration
     private var stamps: [FileStamp?]
 
-    init(_ files: ClientTLSConfiguration) throws {
+    public init(_ files: ClientTLSConfiguration) throws {
         self.files = files
         self.stamps = [FileStamp(files.certificateFile), FileStamp(files.privateKeyFile)]
         self.context = try Self.makeContext(files)

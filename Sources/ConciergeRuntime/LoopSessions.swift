@@ -6,33 +6,39 @@ import ProxyCore
 /// allocation and two heap operations per login, and memory for every idle client.
 ///
 /// Confined to `eventLoop`, like the sessions it holds.
-final class LoopSessions<Session: SweptClientSession>: @unchecked Sendable {
-    let eventLoop: any EventLoop
-    private var sessions: [Session] = []
-    private var sweeper: RepeatedTask?
+public final class LoopSessions<Session: SweptClientSession>: @unchecked Sendable {
+    public let eventLoop: any EventLoop
+    @usableFromInline var sessions: [Session] = []
+    @usableFromInline var sweeper: RepeatedTask?
     /// Queries received by this loop's sessions (`QueryRequests`), summed over loops at scrape.
-    var queryRequests = 0
+    public var queryRequests = 0
 
     static var sweepInterval: TimeAmount { .seconds(1) }
 
-    init(eventLoop: any EventLoop) {
+    public init(eventLoop: any EventLoop) {
         self.eventLoop = eventLoop
     }
 
-    /// Adds a session (on the loop); `session.loopSlot` remembers where.
-    func add(_ session: Session) {
+    /// Adds a session (on the loop); `session.loopSlot` remembers where. Inlinable, like
+    /// `remove`: the engine's session calls both from its own module, once per connection.
+    @inlinable
+    public func add(_ session: Session) {
         eventLoop.preconditionInEventLoop()
         session.loopSlot = sessions.count
         sessions.append(session)
-        if sweeper == nil {
-            sweeper = eventLoop.scheduleRepeatedTask(initialDelay: Self.sweepInterval, delay: Self.sweepInterval) {
-                [weak self] _ in self?.sweep()
-            }
+        if sweeper == nil { startSweeping() }
+    }
+
+    @usableFromInline
+    func startSweeping() {
+        sweeper = eventLoop.scheduleRepeatedTask(initialDelay: Self.sweepInterval, delay: Self.sweepInterval) {
+            [weak self] _ in self?.sweep()
         }
     }
 
     /// Removes a session (on the loop) in O(1); harmless if it is not here.
-    func remove(_ session: Session) {
+    @inlinable
+    public func remove(_ session: Session) {
         let slot = session.loopSlot
         guard slot >= 0, slot < sessions.count, sessions[slot] === session else { return }
         session.loopSlot = -1

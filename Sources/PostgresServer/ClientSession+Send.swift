@@ -1,3 +1,4 @@
+import ConciergeRuntime
 import NIOCore
 import PostgresProxy
 import PostgresWire

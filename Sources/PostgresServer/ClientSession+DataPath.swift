@@ -1,3 +1,4 @@
+import ConciergeRuntime
 import ConciergeAuth
 import ConciergeConfig
 import ConnectionPool
