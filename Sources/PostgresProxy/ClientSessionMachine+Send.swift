@@ -459,17 +459,22 @@ extension ClientSessionMachine {
     public mutating func popSendable(
         sentSinceForced: Bool, cache: inout BackendStatementCache, allocator: ByteBufferAllocator, write: BackendWrite
     ) -> HeldTake {
-        guard link == .attached, let first = held.first else { return .empty }
+        // Popped before it is looked at, and put back if it must wait: `held.first` would be a
+        // copy (its buffer retained and released again), once per message sent.
+        guard let message = popHeld() else { return .empty }
         var forced = false
-        if mustWaitForEarlierBatches(first) {
-            guard !sentSinceForced, responses.outstandingSyncs == 0, !catalogue.awaitingShape else { return .wait(flush: false) }
+        if mustWaitForEarlierBatches(message) {
+            guard !sentSinceForced, responses.outstandingSyncs == 0, !catalogue.awaitingShape else {
+                unpopHeld(message)
+                return .wait(flush: false)
+            }
             // Nothing in flight to wait for (cannot happen; never stall a client on it).
             forced = true
-        } else if mustCheckResultTypeFirst(first, cache: &cache, allocator: allocator, write: write) {
+        } else if mustCheckResultTypeFirst(message, cache: &cache, allocator: allocator, write: write) {
             // A check just written is in flight: wait for it.
+            unpopHeld(message)
             return .wait(flush: true)
         }
-        guard let message = popHeld() else { return .empty }
         return .send(message, forced: forced)
     }
 }

@@ -341,6 +341,13 @@ public struct ClientSessionMachine {
         return first
     }
 
+    /// Puts back at the head of `held` the message `popHeld` just returned (it must wait).
+    mutating func unpopHeld(_ message: HeldMessage) {
+        heldBytes += message.frame.bytes.readableBytes
+        if Self.isSyncPoint(message.frame.type) { heldSyncPoints += 1 }
+        held.prepend(message)
+    }
+
     /// After the held messages that could go went: true if the queue is empty now (reads may
     /// resume).
     public mutating func heldDrained() -> Bool {

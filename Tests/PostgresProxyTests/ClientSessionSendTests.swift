@@ -554,11 +554,15 @@ import Testing
         // A Bind held while a row-type check is in flight waits for its answer.
         _ = try Self.defineStatementWithChangedRowType(&machine, &backend)
         same(machine.route(HeldMessage(Self.bind("s1")), now: .uptimeNanoseconds(0), sendable: false), .held)
+        same(machine.route(HeldMessage(Self.sync), now: .uptimeNanoseconds(0), sendable: false), .held)
+        let heldBytes = machine.heldBytes
         guard case .wait(flush: true) = pop() else { Issue.record("the check is written and flushed"); return }
         #expect(written.map { Self.describe(written: $0) }.last == "H")
         #expect(machine.catalogue.awaitingShape)
         guard case .wait(flush: false) = pop() else { Issue.record("the Bind waits for the check's answer"); return }
-        #expect(machine.held.count == 1)
+        // A message that must wait is put back where it was, and the queue's sizes with it.
+        #expect(machine.held.map(\.frame.type) == [Frontend.bind, Frontend.sync])
+        #expect(machine.heldBytes == heldBytes && machine.heldSyncPoints == 1)
     }
 }
 
