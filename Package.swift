@@ -24,9 +24,12 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
     ],
     targets: [
+        // The system CSPRNG, pooled (salts, nonces, scrambles and cancel keys on every login).
+        .target(name: "ConciergeRandom"),
         .target(
             name: "PostgresWire",
             dependencies: [
+                "ConciergeRandom",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
@@ -87,7 +90,7 @@ let package = Package(
         .target(
             name: "PostgresProxy",
             dependencies: [
-                "ProxyCore", "ConciergeAuth", "ConnectionPool", "PostgresWire", "SQLClassifier",
+                "ConciergeRandom", "ProxyCore", "ConciergeAuth", "ConnectionPool", "PostgresWire", "SQLClassifier",
                 // Deque: the held messages and the responses owed are queues popped at the front,
                 // per message (an Array's removeFirst moves every element after it).
                 .product(name: "DequeModule", package: "swift-collections"),
@@ -107,7 +110,7 @@ let package = Package(
         .target(
             name: "ConciergeRuntime",
             dependencies: [
-                "ConnectionPool", "ConciergeConfig", "ConciergeJSON", "ProxyCore", "ConciergeAdmin", "ConciergeAuth",
+                "ConciergeRandom", "ConnectionPool", "ConciergeConfig", "ConciergeJSON", "ProxyCore", "ConciergeAdmin", "ConciergeAuth",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -121,7 +124,7 @@ let package = Package(
         .target(
             name: "PostgresServer",
             dependencies: [
-                "ConciergeRuntime", "PostgresWire", "SQLClassifier", "ConnectionPool", "ConciergeConfig",
+                "ConciergeRandom", "ConciergeRuntime", "PostgresWire", "SQLClassifier", "ConnectionPool", "ConciergeConfig",
                 "ProxyCore", "PostgresProxy", "ConciergeAuth",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -168,9 +171,10 @@ let package = Package(
         ),
         .testTarget(
             name: "PostgresWireTests",
-            dependencies: ["PostgresWire", .product(name: "NIOTestUtils", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["PostgresWire", "ConciergeRandom", .product(name: "NIOTestUtils", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(name: "SQLClassifierTests", dependencies: ["SQLClassifier"]),
+        .testTarget(name: "ConciergeRandomTests", dependencies: ["ConciergeRandom"]),
         .testTarget(name: "ConciergeJSONTests", dependencies: ["ConciergeJSON"]),
         .testTarget(
             name: "ConciergeAWSTests",

@@ -6,7 +6,6 @@ import ConnectionPool
 import Logging
 import NIOCore
 import ProxyCore
-import SQLClassifier
 
 #if canImport(Glibc)
 import Glibc

@@ -1,3 +1,4 @@
+import ConciergeRandom
 import ConciergeConfig
 import Logging
 import NIOConcurrencyHelpers
@@ -8,7 +9,6 @@ import Glibc
 import Darwin
 #endif
 import NIOPosix
-import PostgresWire
 import ProxyCore
 
 // The proxy's listeners and the clients they accept: binding (one socket per event loop on

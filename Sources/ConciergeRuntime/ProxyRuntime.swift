@@ -6,11 +6,8 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
-import PostgresProxy
-import PostgresWire
 import Prometheus
 import ProxyCore
-import SQLClassifier
 import Synchronization
 
 #if canImport(FoundationEssentials)

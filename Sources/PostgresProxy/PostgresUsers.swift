@@ -1,3 +1,4 @@
+import ConciergeRandom
 import ConciergeAuth
 import ConciergeConfig
 import PostgresWire

@@ -1,3 +1,4 @@
+import ConciergeRandom
 import ConciergeRuntime
 import ConciergeAuth
 import ConciergeConfig

@@ -1,3 +1,4 @@
+import ConciergeRandom
 import Crypto
 import _CryptoExtras
 

@@ -1,4 +1,5 @@
 @testable import PostgresWire
+import ConciergeRandom
 import Testing
 
 private func bytes(_ string: String) -> [UInt8] { Array(string.utf8) }

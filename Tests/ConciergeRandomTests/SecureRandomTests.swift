@@ -1,4 +1,4 @@
-import PostgresWire
+import ConciergeRandom
 import Testing
 
 @Suite struct SecureRandomPoolTests {
