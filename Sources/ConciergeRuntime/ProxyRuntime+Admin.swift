@@ -38,12 +38,15 @@ extension ProxyRuntime: AdminManagedProxy {
                 totals.idle += counts.idle
                 totals.leased += counts.leased
                 totals.waiting += counts.waiting
+                totals.closing += counts.closing
             }
             let metrics = self.metrics
             for (index, gauge) in metrics.clientConnections.enumerated() {
                 gauge.set(Int64(total.clientsPerEndpoint[index]))
             }
             metrics.maxDatabaseConnectionsAllowed.set(Int64(stats.limits.maxConnections))
+            // Every slot of the cap in use, closing connections included: the database still
+            // holds their sessions, so this never exceeds the cap (as the database sees it).
             metrics.databaseConnections.set(Int64(totals.total))
             metrics.databaseConnectionsCurrentlyBorrowed.set(Int64(totals.leased))
             metrics.databaseConnectionsCurrentlySessionPinned.set(Int64(total.pinned))

@@ -8,8 +8,8 @@ public enum PoolAction: Hashable, Sendable {
     case lease(ConnectionID, to: RequestID)
     /// The request gets no connection. Exactly one `lease` or `failRequest` per request.
     case failRequest(RequestID, PoolError)
-    /// Close the connection. The machine has already forgotten it (its slot is free); a later
-    /// `connectionClosed` for it is ignored.
+    /// Close the connection, then report `connectionClosed` once it is closed. Until then it keeps
+    /// its slot of the cap (the database still holds its session), and it is never leased.
     case closeConnection(ConnectionID)
     /// Keep one timer: (re)arm it for `at`, replacing any earlier one, and call `tick(now:)` when it
     /// fires. Emitted only when the new instant is earlier than the one already armed; a tick that

@@ -4,17 +4,24 @@
 /// the returned actions in order. The machine does no I/O and never reads a clock.
 ///
 /// Rules (see each event for details):
-/// - `stats.totals.total` (connecting + idle + leased, all keys) never exceeds `maxConnections`,
-///   except after the cap is lowered below the connections in use: the surplus is closed as it is
-///   released (idle surplus right away) and nothing is created until the total is below the cap.
+/// - `stats.totals.total` (connecting + idle + leased + closing, all keys) never exceeds
+///   `maxConnections`, except after the cap is lowered below the connections in use: the surplus is
+///   closed as it is released (idle surplus right away) and nothing is created until the total is
+///   below the cap.
+/// - A connection the machine closes keeps its slot until the runtime reports it gone
+///   (`connectionClosed`): the database ends its session only then, and an open started earlier
+///   would give it one session more than the cap. An open that needs that slot is decided at once
+///   (it covers its waiter) but started (`createConnection`) only then. Closing connections are
+///   never leased.
 /// - A connection of key K only serves waiters of key K. It goes to the oldest waiter of K on the
 ///   connection's event loop (no cross-thread hand-off), unless the oldest waiter of K arrived
 ///   `affinityWindow` or more before that one (then to the oldest), so no waiter is overtaken by
 ///   one that arrived a window or more after it; with a zero window, strict FIFO. Freed slots go to the oldest uncovered waiter (all keys).
 ///   A connection being opened for key K "covers" one waiter of K: the oldest `connecting(K)`
 ///   waiters of K are covered, the others are uncovered. The machine keeps two invariants after
-///   every event: no uncovered waiter while total < cap, and no uncovered waiter while an idle
-///   connection exists (it would be stolen for it).
+///   every event: no uncovered waiter while total < cap, and no uncovered waiter while the total is
+///   at the cap and an idle connection (it would be stolen for it) or a closing one whose slot is
+///   not yet promised exists.
 /// - Cost per event: O(1) hash-map work for borrow, release, establish and cancel (plus the number
 ///   of keys with waiters when a slot is freed); waiters live in intrusive doubly linked lists.
 /// - Each request gets exactly one outcome (`lease` or `failRequest`). Unknown ids are ignored.
@@ -32,6 +39,14 @@ public struct PoolStateMachine: Sendable {
         /// `order` identifies this idle period (for the lazy LRU queue) and orders idle connections.
         case idle(since: PoolInstant, order: UInt64)
         case leased(RequestID)
+        /// Asked to close; forgotten when the runtime reports it closed. `successor`: the open its
+        /// slot is promised to (that open is counted, as connecting, instead of this one); nil
+        /// while the slot is its own (counted as closing, listed in `freeClosing`).
+        case closing(successor: ConnectionID?)
+        /// An open waiting for the slot of closing connection `freedBy`: counted as connecting (it
+        /// covers a waiter), started when that one is reported closed. The runtime does not know
+        /// its id until then, so events naming it are ignored.
+        case awaitingSlot(freedBy: ConnectionID)
     }
 
     private struct Connection: Sendable {
@@ -88,6 +103,8 @@ public struct PoolStateMachine: Sendable {
     private var nextOrder: UInt64 = 0
 
     private var connections: [ConnectionID: Connection] = [:]
+    /// Closing connections whose slot is not promised to an open, oldest close first.
+    private var freeClosing: [ConnectionID] = []
     /// key → event loop (index) → idle connections, most recently parked last. Like
     /// `waiterQueues`, an entry stays (possibly empty) while its key is in `perKey`, so the
     /// per-transaction path does not allocate.
@@ -133,6 +150,8 @@ public struct PoolStateMachine: Sendable {
         case .connecting: state = .connecting
         case .idle(let since, _): state = .idle(since: since)
         case .leased(let request): state = .leased(to: request)
+        case .closing: state = .closing
+        case .awaitingSlot(let closing): state = .awaitingSlot(freedBy: closing)
         }
         return PoolConnectionInfo(id: id, key: connection.key, eventLoopIndex: connection.eventLoopIndex, state: state)
     }
@@ -143,10 +162,11 @@ public struct PoolStateMachine: Sendable {
 
     /// A client needs a backend of `key`.
     /// Idle of that key → lease (same event loop first, then most recently used); else below the
-    /// cap → open one (the request waits for it); else an idle connection of another key → close the
-    /// least recently used one and open one for this key; else wait (or fail with
-    /// `.timeout` right away when `borrowTimeout` is zero). A duplicate id of a waiting request is
-    /// ignored. After `shutdown()` → `.shuttingDown`.
+    /// cap → open one (the request waits for it); else at the cap, a connection already closing
+    /// whose slot is not promised, or else the least recently used idle connection of another key
+    /// (closed now) → an open for this key, started when that connection is reported closed; else
+    /// wait (or fail with `.timeout` right away when `borrowTimeout` is zero). A duplicate id of a
+    /// waiting request is ignored. After `shutdown()` → `.shuttingDown`.
     public mutating func borrow(request: RequestID, key: PoolKey, eventLoopIndex: Int, now: PoolInstant) -> PoolActions {
         var actions = PoolActions()
         switch lifecycle {
@@ -162,15 +182,11 @@ public struct PoolStateMachine: Sendable {
             lease(id, to: request, actions: &actions)
             return actions
         }
-        // Invariants: below the cap or with any idle connection, no older waiter is uncovered, so
-        // the connection opened now covers exactly this request.
-        if totals.total < limits.maxConnections {
+        // Invariants: when a slot can be had, no older waiter is uncovered, so the connection
+        // opened now covers exactly this request.
+        if canOpen {
             enqueue(request, key: key, eventLoopIndex: eventLoopIndex, now: now)
-            createConnection(key: key, eventLoopIndex: eventLoopIndex, actions: &actions)
-        } else if totals.total == limits.maxConnections, let victim = oldestIdle() {
-            close(victim.id, actions: &actions)
-            enqueue(request, key: key, eventLoopIndex: eventLoopIndex, now: now)
-            createConnection(key: key, eventLoopIndex: eventLoopIndex, actions: &actions)
+            openConnection(key: key, eventLoopIndex: eventLoopIndex, actions: &actions)
         } else if borrowTimeoutNanoseconds == 0 {
             actions.append(.failRequest(request, .timeout))
             return actions
@@ -197,17 +213,16 @@ public struct PoolStateMachine: Sendable {
     /// fails waiters rather than hanging them). Other waiters may trigger new creations within the
     /// cap. For a connection that was already established this is the same as `connectionClosed`.
     public mutating func connectionFailed(_ id: ConnectionID, error: ConnectionFailure, now: PoolInstant) -> PoolActions {
-        var actions = PoolActions()
-        guard let connection = connections[id] else { return actions }
+        guard let connection = connections[id] else { return PoolActions() }
         switch connection.state {
         case .connecting:
+            var actions = PoolActions()
             forget(id)
             connectingEnded(key: connection.key, error: error, now: now, actions: &actions)
-        case .idle, .leased:
-            forget(id)
-            afterSlotFreed(now: now, actions: &actions)
+            return actions
+        case .idle, .leased, .closing, .awaitingSlot:
+            return connectionClosed(id, now: now)
         }
-        return actions
     }
 
     /// The runtime returns a leased connection. `reusable`: clean and idle (ReadyForQuery `I`), it may
@@ -223,23 +238,33 @@ public struct PoolStateMachine: Sendable {
             connectionAvailable(id, now: now, actions: &actions)
         } else {
             close(id, actions: &actions)
-            afterSlotFreed(now: now, actions: &actions)
+            // Its slot goes to the oldest uncovered waiter, if any (the open starts once it is
+            // reported closed).
+            rebalance(now: now, actions: &actions)
         }
         return actions
     }
 
-    /// The database or the network closed a connection (in any state). Frees its slot and serves
-    /// waiters. A connection closed while connecting counts as a failed attempt.
+    /// A connection is closed (in any state): the database or the network closed it, or the
+    /// runtime closed it as asked (`closeConnection`). Frees its slot: the open it was promised to
+    /// starts, or waiters are served. A connection closed while connecting counts as a failed
+    /// attempt. Reports of unknown (or already forgotten) ids are ignored.
     public mutating func connectionClosed(_ id: ConnectionID, now: PoolInstant) -> PoolActions {
         var actions = PoolActions()
         guard let connection = connections[id] else { return actions }
-        forget(id)
         switch connection.state {
         case .connecting:
+            forget(id)
             let failure = ConnectionFailure(message: "connection closed during startup")
             connectingEnded(key: connection.key, error: failure, now: now, actions: &actions)
-        case .idle, .leased:
+        case .idle, .leased, .closing(successor: nil):
+            forget(id)
             afterSlotFreed(now: now, actions: &actions)
+        case .closing(let successor?):
+            forget(id)
+            startAwaitingOpen(successor, now: now, actions: &actions)
+        case .awaitingSlot:
+            break  // its id was never given out: the report is not about it
         }
         return actions
     }
@@ -285,8 +310,9 @@ public struct PoolStateMachine: Sendable {
     }
 
     /// Closes every idle connection now (the target or the init query changed, so they are stale);
-    /// waiters are served by new connections. Leased connections are the caller's to close when
-    /// they come back (`release(_:reusable: false)`).
+    /// waiters are served by new connections, each started as a closed one is reported gone.
+    /// Leased connections are the caller's to close when they come back
+    /// (`release(_:reusable: false)`).
     public mutating func closeIdleConnections(now: PoolInstant) -> PoolActions {
         var actions = PoolActions()
         guard lifecycle == .running else { return actions }
@@ -298,7 +324,8 @@ public struct PoolStateMachine: Sendable {
 
     /// Closes idle connections, fails every waiter with `.shuttingDown` and makes later borrows fail
     /// the same way. Connecting and leased connections are closed when they are established or
-    /// released. `.shutdownComplete` is emitted (once) when no connection is left.
+    /// released. `.shutdownComplete` is emitted (once) when no connection is left: every one closed
+    /// has been reported closed, and opens waiting for a slot are dropped.
     public mutating func shutdown() -> PoolActions {
         var actions = PoolActions()
         guard lifecycle == .running else { return actions }
@@ -326,11 +353,10 @@ public struct PoolStateMachine: Sendable {
         case .running:
             break
         case .shuttingDown, .drained:
-            close(id, actions: &actions)
-            checkDrained(actions: &actions)
+            close(id, actions: &actions)  // drained once it is reported closed
             return
         }
-        if totals.total > limits.maxConnections {
+        if liveTotal > limits.maxConnections {
             close(id, actions: &actions)
             rebalance(now: now, actions: &actions)
             return
@@ -363,6 +389,7 @@ public struct PoolStateMachine: Sendable {
         rebalance(now: now, actions: &actions)
     }
 
+    /// A connection is gone: its slot is free.
     private mutating func afterSlotFreed(now: PoolInstant, actions: inout PoolActions) {
         switch lifecycle {
         case .running: rebalance(now: now, actions: &actions)
@@ -370,12 +397,14 @@ public struct PoolStateMachine: Sendable {
         }
     }
 
-    /// Restores the invariants: closes idle surplus over the cap, then opens (or steals idle
-    /// connections of other keys) for uncovered waiters, oldest first, within the cap. With a zero
-    /// borrow timeout, uncovered waiters that still cannot be served fail with `.timeout`.
+    /// Restores the invariants: closes idle surplus over the cap, then opens (in free slots, in the
+    /// slots of closing connections, or in those of idle connections of other keys closed for them)
+    /// for uncovered waiters, oldest first, within the cap. With a zero borrow timeout, uncovered
+    /// waiters that still cannot be served fail with `.timeout`.
     private mutating func rebalance(now: PoolInstant, actions: inout PoolActions) {
         guard lifecycle == .running else { return }
-        while totals.total > limits.maxConnections, let entry = oldestIdle() {
+        // Closing connections are already on their way out: they are not surplus to close again.
+        while liveTotal > limits.maxConnections, let entry = oldestIdle() {
             close(entry.id, actions: &actions)
         }
         guard totals.waiting > 0 else { return }
@@ -385,11 +414,8 @@ public struct PoolStateMachine: Sendable {
                 if let first = popFirstWaiter(key: waiter.key) {
                     lease(id, to: first.id, actions: &actions)
                 }
-            } else if totals.total < limits.maxConnections {
-                createConnection(key: waiter.key, eventLoopIndex: waiter.eventLoopIndex, actions: &actions)
-            } else if totals.total == limits.maxConnections, let victim = oldestIdle() {
-                close(victim.id, actions: &actions)
-                createConnection(key: waiter.key, eventLoopIndex: waiter.eventLoopIndex, actions: &actions)
+            } else if canOpen {
+                openConnection(key: waiter.key, eventLoopIndex: waiter.eventLoopIndex, actions: &actions)
             } else {
                 break
             }
@@ -477,17 +503,81 @@ public struct PoolStateMachine: Sendable {
 
     // MARK: Connections
 
-    private mutating func createConnection(key: PoolKey, eventLoopIndex: Int, actions: inout PoolActions) {
+    /// Connections not on their way out (closing ones whose slot is promised are not counted at
+    /// all; their successors are, as connecting).
+    private var liveTotal: Int { totals.total - totals.closing }
+
+    /// Whether a waiter with no idle connection of its key can have a connection opened for it
+    /// now (see `openConnection`).
+    private var canOpen: Bool {
+        let total = totals.total
+        if total < limits.maxConnections { return true }
+        // Not over a lowered cap: a slot that is being freed will then be within it.
+        return total == limits.maxConnections && (!freeClosing.isEmpty || totals.idle > 0)
+    }
+
+    /// Opens a connection for a waiter of `key` (only when `canOpen`; the caller has checked that
+    /// no idle connection of `key` exists): in a free slot, at once; else in the slot of the oldest
+    /// closing connection whose slot is not promised; else in that of the least recently used idle
+    /// connection (of another key), closed now. In the last two cases the open is decided now (it
+    /// covers a waiter) and started when that connection is reported closed.
+    private mutating func openConnection(key: PoolKey, eventLoopIndex: Int, actions: inout PoolActions) {
+        if totals.total < limits.maxConnections {
+            createConnection(key: key, eventLoopIndex: eventLoopIndex, actions: &actions)
+            return
+        }
+        if freeClosing.isEmpty {
+            guard let victim = oldestIdle() else { return }
+            close(victim.id, actions: &actions)
+        }
+        let closingID = freeClosing.removeFirst()
+        guard var closing = connections[closingID] else { return }
+        // The slot changes hands: counted for the new open (as connecting) instead of as closing.
+        let successor = createConnection(
+            key: key, eventLoopIndex: eventLoopIndex, freedBy: closingID, actions: &actions)
+        perKey[closing.key]?.closing -= 1
+        totals.closing -= 1
+        closing.state = .closing(successor: successor)
+        connections[closingID] = closing
+        dropKeyIfUnused(closing.key)
+    }
+
+    /// `freedBy`: the closing connection whose slot it takes; the open waits for it
+    /// (`awaitingSlot`) instead of starting now.
+    @discardableResult
+    private mutating func createConnection(
+        key: PoolKey, eventLoopIndex: Int, freedBy closing: ConnectionID? = nil, actions: inout PoolActions
+    ) -> ConnectionID {
         let id = ConnectionID(nextConnectionID)
         nextConnectionID += 1
-        connections[id] = Connection(key: key, eventLoopIndex: eventLoopIndex, state: .connecting)
+        let state: ConnectionState = closing.map { .awaitingSlot(freedBy: $0) } ?? .connecting
+        connections[id] = Connection(key: key, eventLoopIndex: eventLoopIndex, state: state)
         perKey[key, default: PoolCounts()].connecting += 1
         totals.connecting += 1
         // One more covered waiter: the boundary moves one newer.
         if let first = waiterQueues[key]?.firstUncovered {
             waiterQueues[key]!.firstUncovered = waiterSlots[first].nextOfKey
         }
-        actions.append(.createConnection(id, key, eventLoopIndex: eventLoopIndex))
+        if closing == nil { actions.append(.createConnection(id, key, eventLoopIndex: eventLoopIndex)) }
+        return id
+    }
+
+    /// The closing connection whose slot `id` was promised is gone: the open starts. Shutting
+    /// down, or over a cap lowered since, it is dropped instead (its waiter, if still waiting, is
+    /// uncovered again and served like any other).
+    private mutating func startAwaitingOpen(_ id: ConnectionID, now: PoolInstant, actions: inout PoolActions) {
+        guard var connection = connections[id], case .awaitingSlot = connection.state else {
+            afterSlotFreed(now: now, actions: &actions)  // defensive: nothing was waiting for it
+            return
+        }
+        if lifecycle == .running, totals.total <= limits.maxConnections {
+            connection.state = .connecting  // same counts: it was counted as connecting already
+            connections[id] = connection
+            actions.append(.createConnection(id, connection.key, eventLoopIndex: connection.eventLoopIndex))
+        } else {
+            forget(id)
+            afterSlotFreed(now: now, actions: &actions)
+        }
     }
 
     private mutating func lease(_ id: ConnectionID, to request: RequestID, actions: inout PoolActions) {
@@ -513,9 +603,23 @@ public struct PoolStateMachine: Sendable {
         idleLRU.append(IdleEntry(id: id, order: order))
     }
 
+    /// Asks the runtime to close `id` (connecting-just-established, idle or leased). It keeps its
+    /// slot, as closing, until reported closed: PostgreSQL counts a session until its backend
+    /// exits, and an open started in the slot before then would exceed the cap on the database.
     private mutating func close(_ id: ConnectionID, actions: inout PoolActions) {
-        guard connections[id] != nil else { return }
-        forget(id)
+        guard var connection = connections[id] else { return }
+        switch connection.state {
+        case .connecting, .idle, .leased: break
+        case .closing, .awaitingSlot: return
+        }
+        // Counted as closing before its old state is undone, so its key's entries are not dropped
+        // and made again.
+        perKey[connection.key, default: PoolCounts()].closing += 1
+        totals.closing += 1
+        leaveState(of: id, connection)
+        connection.state = .closing(successor: nil)
+        connections[id] = connection
+        freeClosing.append(id)
         actions.append(.closeConnection(id))
     }
 
@@ -529,7 +633,7 @@ public struct PoolStateMachine: Sendable {
     private mutating func leaveState(of id: ConnectionID, _ connection: Connection) {
         let key = connection.key
         switch connection.state {
-        case .connecting:
+        case .connecting, .awaitingSlot:
             perKey[key]?.connecting -= 1
             totals.connecting -= 1
             // One less covered waiter: the newest covered one (if any) becomes uncovered.
@@ -548,6 +652,13 @@ public struct PoolStateMachine: Sendable {
         case .leased:
             perKey[key]?.leased -= 1
             totals.leased -= 1
+        case .closing(let successor):
+            // With a successor its slot was already handed over (and uncounted).
+            if successor == nil {
+                perKey[key]?.closing -= 1
+                totals.closing -= 1
+                if let index = freeClosing.firstIndex(of: id) { freeClosing.remove(at: index) }
+            }
         }
         dropKeyIfUnused(key)
     }

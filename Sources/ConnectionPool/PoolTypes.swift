@@ -103,7 +103,8 @@ extension Duration {
 
 /// The pool's limits; can be changed at runtime with `PoolStateMachine.updateLimits(_:now:)`.
 public struct PoolLimits: Hashable, Sendable {
-    /// Cap on connections across all keys (connecting + idle + leased). Negative counts as 0.
+    /// Cap on connections across all keys (connecting + idle + leased + closing). Negative counts
+    /// as 0.
     public var maxConnections: Int
     /// Idle connections kept indefinitely (across all keys); idle ones beyond this are closed after
     /// `idleTimeout`, oldest idle first. Negative counts as 0.
@@ -167,21 +168,29 @@ public enum PoolError: Error, Hashable, Sendable {
     case cancelled
 }
 
-/// Connection counts; `total` = connecting + idle + leased (waiting requests are not connections).
+/// Connection counts; `total` = connecting + idle + leased + closing: the slots of the cap in use
+/// (waiting requests are not connections).
 public struct PoolCounts: Hashable, Sendable {
+    /// Opens under way, and opens waiting for a closing connection's slot (the one it makes room
+    /// for: that connection is counted here instead, not under `closing`).
     public var connecting: Int = 0
     public var idle: Int = 0
     public var leased: Int = 0
     public var waiting: Int = 0
+    /// Connections the pool asked to close that the runtime has not reported closed yet: the
+    /// database still holds a session for each, so each still takes a slot of the cap. Never
+    /// leased.
+    public var closing: Int = 0
 
-    public init(connecting: Int = 0, idle: Int = 0, leased: Int = 0, waiting: Int = 0) {
+    public init(connecting: Int = 0, idle: Int = 0, leased: Int = 0, waiting: Int = 0, closing: Int = 0) {
         self.connecting = connecting
         self.idle = idle
         self.leased = leased
         self.waiting = waiting
+        self.closing = closing
     }
 
-    public var total: Int { connecting + idle + leased }
+    public var total: Int { connecting + idle + leased + closing }
     var isEmpty: Bool { total == 0 && waiting == 0 }
 }
 
@@ -207,6 +216,12 @@ public struct PoolConnectionInfo: Hashable, Sendable {
         case connecting
         case idle(since: PoolInstant)
         case leased(to: RequestID)
+        /// Asked to close (`closeConnection`); gone when the runtime reports `connectionClosed`.
+        case closing
+        /// An open decided but not started: it starts (`createConnection`) when the closing
+        /// connection `freedBy` is reported closed, in the slot that one leaves. Its id is not
+        /// known to the runtime until then.
+        case awaitingSlot(freedBy: ConnectionID)
     }
 
     public var id: ConnectionID

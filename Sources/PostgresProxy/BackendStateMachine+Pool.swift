@@ -111,7 +111,8 @@ extension BackendStateMachine {
         return .write(out)
     }
 
-    /// Close politely: Terminate, then close. Nobody is told (the caller knows).
+    /// Close politely: Terminate, then close. Nobody is told now (the caller knows); the pool is
+    /// told when the connection has closed (`channelInactive`), as it keeps the slot until then.
     public mutating func closeRequested() -> Action {
         state = .closed
         var out = configuration.allocator.buffer(capacity: 5)
@@ -127,10 +128,14 @@ extension BackendStateMachine {
         return .close
     }
 
-    /// The connection closed: who must hear of it depends on who had it.
+    /// The connection closed: who must hear of it depends on who had it. The pool hears of every
+    /// backend it got (once): it keeps a backend it closed (or that was released as not
+    /// reusable, `.closed` here) in its cap until then.
     public mutating func channelInactive() -> Action {
         let previous = state
         state = .closed
+        let toldPool = poolAwaitsClose
+        poolAwaitsClose = false
         switch previous {
         case .connecting, .negotiatingTLS, .authenticating, .startingUp, .setup:
             return .failSetup(.connection(tlsFailure ?? "the database closed the connection during login"))
@@ -141,7 +146,7 @@ extension BackendStateMachine {
         case .checking:
             return .completeCheck(.failure(.connection("the database closed the health-check connection")))
         case .closed, .modifying:
-            return .none
+            return toldPool ? .poolLost : .none
         }
     }
 

@@ -123,7 +123,8 @@ public struct BackendStateMachine: Sendable {
         case completeCheck(Result<Bool, BackendError>)
         /// The connection closed: tell the owner, then the pool.
         case ownerAndPoolLost
-        /// The connection closed while in the pool's hands.
+        /// The connection closed while in the pool's hands, or after the pool asked for its close
+        /// (or it was released as not reusable): tell the pool.
         case poolLost
         /// The database reported an error outside any request of ours (logged); close if fatal.
         case unsolicitedError(PGErrorFields, close: Bool)
@@ -151,6 +152,12 @@ public struct BackendStateMachine: Sendable {
     public internal(set) var secretKey: Int32 = 0
     /// Why TLS with the database failed, for the setup error when the connection then closes.
     public internal(set) var tlsFailure: String?
+    /// Set when the setup succeeds (the backend is the pool's from then on) and cleared when the
+    /// connection's end is reported (`poolLost`, `ownerAndPoolLost`): the pool hears of the end
+    /// once, whoever closed it. That includes a close the pool asked for (`closeRequested`) or
+    /// that follows a release as not reusable: the pool counts such a connection against its cap
+    /// until it is told it is gone.
+    public internal(set) var poolAwaitsClose = false
 
     public init(configuration: Configuration) {
         self.configuration = configuration
@@ -436,6 +443,7 @@ public struct BackendStateMachine: Sendable {
 
     private mutating func finishSetup() -> Action {
         state = .idle
+        poolAwaitsClose = true
         loginParameters = serverParameters.sorted { $0.key < $1.key }.map { StartupParameter(name: $0.key, value: $0.value) }
         return .succeedSetup
     }

@@ -4,15 +4,23 @@ import NIOCore
 import Synchronization
 
 /// A connection the pool hands out: a database connection of any engine.
+///
+/// Once opened (the factory's future succeeded), a connection reports its end to its pool with
+/// `PoolDriver.connectionClosed` exactly once, whoever closed it: the database, the network,
+/// `close()`, `abort()`, or its client releasing it as not reusable. The pool keeps a connection
+/// it asked to close in its cap until then (the database counts the session until its backend
+/// exits): a connection that never reports it holds a slot for good.
 public protocol PooledConnection: AnyObject, Sendable {
     var id: ConnectionID { get }
     /// The loop its I/O runs on (a lease to a client on another loop is counted as crossing).
     var eventLoop: any EventLoop { get }
     /// The pool's generation when it was opened (see `PoolDriver.retire`).
     var generation: Int { get }
-    /// Closes it politely (the engine's goodbye, then the socket).
+    /// Closes it politely (the engine's goodbye, then the socket), then reports
+    /// `PoolDriver.connectionClosed`.
     func close()
-    /// Closes the socket at once: its target stopped answering.
+    /// Closes the socket at once (its target stopped answering), then reports
+    /// `PoolDriver.connectionClosed`.
     func abort()
     /// How a failure to open one (the factory's error) is told to the pool, and through it to the
     /// clients waiting for it: a stable code when the database gave one, and a message without
@@ -151,7 +159,9 @@ public final class PoolDriver<Connection: PooledConnection>: @unchecked Sendable
         release(connection, reusable: true)
     }
 
-    /// The database or the network closed a connection.
+    /// A connection closed: the database or the network closed it, or it was closed as the pool
+    /// asked. Its slot of the cap is free from now on. Harmless for a connection the pool has
+    /// forgotten already.
     @inlinable public func connectionClosed(_ connection: Connection) {
         let actions = lock.withLock { () -> PoolActions in
             connections[connection.id] = nil
@@ -242,8 +252,15 @@ public final class PoolDriver<Connection: PooledConnection>: @unchecked Sendable
                 }
                 deliver(.failure(result), to: waiter)
             case .closeConnection(let id):
+                // The machine keeps the slot until the connection reports it closed
+                // (`connectionClosed`). If there is nothing here to close (it cannot happen while
+                // each established connection is kept here until it reports its end), the slot
+                // is freed now rather than held for ever.
                 if let connection = lock.withLock({ connections.removeValue(forKey: id) }) {
                     connection.close()
+                } else {
+                    let actions = lock.withLock { machine.connectionClosed(id, now: Self.now) }
+                    run(actions)
                 }
             case .scheduleTimer(let at):
                 schedule(at: at)

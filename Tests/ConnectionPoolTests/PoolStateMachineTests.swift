@@ -27,10 +27,13 @@ import Testing
         #expect(pool.stats.totals == PoolCounts(idle: 1, leased: 1))
         let actions = pool.closeIdleConnections(now: t(1))
         #expect(actions.closed == [c1])
-        #expect(pool.stats.totals == PoolCounts(leased: 1))
-        // The leased one is the caller's to close on return; a new borrow opens a fresh one.
+        #expect(pool.stats.totals == PoolCounts(leased: 1, closing: 1))
+        #expect(pool.connection(c1)?.state == .closing)
+        // The leased one is the caller's to close on return; a new borrow opens a fresh one, once
+        // a closed one is gone.
         #expect(pool.release(c0, reusable: false, now: t(1.5)).closed == [c0])
-        #expect(pool.borrow(request: req(3), key: keyA, eventLoopIndex: 0, now: t(2)).created.count == 1)
+        #expect(pool.borrow(request: req(3), key: keyA, eventLoopIndex: 0, now: t(2)).created.isEmpty)
+        #expect(pool.connectionClosed(c1, now: t(2.5)).created.count == 1)
     }
 
     @Test func capIsRespectedUnderManyBorrowers() {
@@ -106,9 +109,9 @@ import Testing
         #expect(pool.borrow(request: req(4), key: keyB, eventLoopIndex: 3, now: t(3)) == [])
         // A connection only serves its own key: keyA's waiter, although keyB's is older.
         #expect(pool.release(c0, reusable: true, now: t(4)) == [.lease(c0, to: req(3))])
-        // A freed slot goes to the oldest waiter overall, on its event loop.
-        #expect(pool.release(c0, reusable: false, now: t(5))
-            == [.closeConnection(c0), .createConnection(conn(1), keyB, eventLoopIndex: 1)])
+        // A freed slot goes to the oldest waiter overall, on its event loop (once it is free).
+        #expect(pool.release(c0, reusable: false, now: t(5)) == [.closeConnection(c0)])
+        #expect(pool.connectionClosed(c0, now: t(5.5)) == [.createConnection(conn(1), keyB, eventLoopIndex: 1)])
         #expect(pool.connectionEstablished(conn(1), now: t(6)) == [.lease(conn(1), to: req(2))])
         #expect(pool.release(conn(1), reusable: true, now: t(7)) == [.lease(conn(1), to: req(4))])
     }
@@ -167,9 +170,10 @@ import Testing
         let c1 = pool.leaseNew(req(2))
         _ = pool.release(c0, reusable: true, now: t(1))
         _ = pool.release(c1, reusable: true, now: t(2))
-        #expect(pool.borrow(request: req(3), key: keyB, eventLoopIndex: 1, now: t(3))
-            == [.closeConnection(c0), .createConnection(conn(2), keyB, eventLoopIndex: 1)])
+        #expect(pool.borrow(request: req(3), key: keyB, eventLoopIndex: 1, now: t(3)) == [.closeConnection(c0)])
         #expect(pool.totalConnections == 2)
+        #expect(pool.connection(conn(2))?.state == .awaitingSlot(freedBy: c0))
+        #expect(pool.connectionClosed(c0, now: t(3.5)) == [.createConnection(conn(2), keyB, eventLoopIndex: 1)])
         #expect(pool.connectionEstablished(conn(2), now: t(4)) == [.lease(conn(2), to: req(3))])
     }
 
@@ -177,8 +181,8 @@ import Testing
         var pool = makePool(cap: 1)
         let c0 = pool.leaseNew(req(1), key: keyA)
         #expect(pool.borrow(request: req(2), key: keyB, eventLoopIndex: 2, now: t(1)) == [])
-        #expect(pool.release(c0, reusable: true, now: t(2))
-            == [.closeConnection(c0), .createConnection(conn(1), keyB, eventLoopIndex: 2)])
+        #expect(pool.release(c0, reusable: true, now: t(2)) == [.closeConnection(c0)])
+        #expect(pool.connectionClosed(c0, now: t(2.5)) == [.createConnection(conn(1), keyB, eventLoopIndex: 2)])
         #expect(pool.connectionEstablished(conn(1), now: t(3)) == [.lease(conn(1), to: req(2))])
     }
 
@@ -253,8 +257,8 @@ import Testing
         #expect(pool.waitingCount == 0)
         // At the cap with an idle connection of another key: steal rather than fail.
         _ = pool.release(conn(0), reusable: true, now: t(102))
-        #expect(pool.borrow(request: req(3), key: keyB, eventLoopIndex: 0, now: t(103))
-            == [.closeConnection(conn(0)), .createConnection(conn(1), keyB, eventLoopIndex: 0)])
+        #expect(pool.borrow(request: req(3), key: keyB, eventLoopIndex: 0, now: t(103)) == [.closeConnection(conn(0))])
+        #expect(pool.connectionClosed(conn(0), now: t(104)) == [.createConnection(conn(1), keyB, eventLoopIndex: 0)])
     }
 
     @Test func updatingBorrowTimeoutAppliesToWaiters() {
@@ -339,6 +343,9 @@ import Testing
         #expect(pool.tick(now: t(61)) == [.closeConnection(c1)])
         // Down to maxIdle: kept however long it idles.
         #expect(pool.tick(now: t(10_000)) == [])
+        #expect(pool.stats.totals == PoolCounts(idle: 1, closing: 2))
+        _ = pool.connectionClosed(c0, now: t(10_001))
+        _ = pool.connectionClosed(c1, now: t(10_001))
         #expect(pool.stats.totals == PoolCounts(idle: 1))
         #expect(pool.connection(c2)?.state == .idle(since: t(2)))
     }
@@ -358,6 +365,8 @@ import Testing
         var pool = makePool(maxIdle: 0, idleTimeout: .zero)
         let c0 = pool.leaseNew(req(1))
         #expect(pool.release(c0, reusable: true, now: t(1)) == [.closeConnection(c0)])
+        #expect(pool.totalConnections == 1)  // until reported closed
+        #expect(pool.connectionClosed(c0, now: t(2)) == [])
         #expect(pool.totalConnections == 0)
     }
 }
@@ -372,8 +381,9 @@ import Testing
         #expect(pool.totalConnections == 4)
         #expect(pool.release(ids[0], reusable: true, now: t(2)) == [.closeConnection(ids[0])])
         #expect(pool.release(ids[1], reusable: true, now: t(3)) == [.closeConnection(ids[1])])
+        // The two closing ones are on their way out: this one is within the cap.
         #expect(pool.release(ids[2], reusable: true, now: t(4)) == [])
-        #expect(pool.stats.totals == PoolCounts(idle: 1, leased: 1))
+        #expect(pool.stats.totals == PoolCounts(idle: 1, leased: 1, closing: 2))
     }
 
     @Test func loweringCapWithWaitersServesThemOnceBelowCap() {
@@ -397,7 +407,7 @@ import Testing
         var limits = pool.limits
         limits.maxConnections = 1
         #expect(pool.updateLimits(limits, now: t(3)) == [.closeConnection(ids[1]), .closeConnection(ids[0])])
-        #expect(pool.stats.totals == PoolCounts(leased: 2))
+        #expect(pool.stats.totals == PoolCounts(leased: 2, closing: 2))
     }
 
     @Test func establishedConnectionOverLoweredCapIsClosed() {
@@ -470,7 +480,12 @@ import Testing
         #expect(pool.connectionEstablished(conn(2), now: t(5)) == [.closeConnection(conn(2))])
         #expect(pool.connectionFailed(conn(3), error: ConnectionFailure(message: "refused"), now: t(5)) == [])
         #expect(pool.tick(now: t(100)) == [])
-        #expect(pool.release(c0, reusable: true, now: t(6)) == [.closeConnection(c0), .shutdownComplete])
+        #expect(pool.release(c0, reusable: true, now: t(6)) == [.closeConnection(c0)])
+        // Drained once every connection closed is reported closed.
+        #expect(pool.connectionClosed(c1, now: t(7)) == [])
+        #expect(pool.connectionClosed(conn(2), now: t(7)) == [])
+        #expect(!pool.isDrained)
+        #expect(pool.connectionClosed(c0, now: t(7)) == [.shutdownComplete])
         #expect(pool.isDrained)
         #expect(pool.shutdown() == [])
         #expect(pool.stats.totals == PoolCounts())
@@ -545,5 +560,181 @@ import Testing
         #expect(pool.borrow(request: req(1), key: keyA, eventLoopIndex: 0, now: t(1)) == [])
         #expect(pool.tick(now: t(1_000_000)) == [])
         #expect(pool.isWaiting(req(1)))
+    }
+}
+
+/// A connection the machine asks to close keeps its slot until the runtime reports it gone
+/// (`connectionClosed`): PostgreSQL ends the backend session only then, and an open started
+/// earlier would briefly give the database cap + 1 sessions (the flaky
+/// `test_pools_per_database_share_one_cap`).
+@Suite struct ClosingConnectionTests {
+    /// Three idle connections of keyA fill the cap.
+    func fullOfIdleA(cap: Int = 3, borrowTimeout: Duration = .seconds(10)) -> (PoolStateMachine, [ConnectionID]) {
+        var pool = makePool(cap: cap, borrowTimeout: borrowTimeout)
+        let ids = (1...cap).map { pool.leaseNew(req(UInt64($0))) }
+        for (index, id) in ids.enumerated() { _ = pool.release(id, reusable: true, now: t(Double(index + 1))) }
+        return (pool, ids)
+    }
+
+    @Test func anotherKeyOpensOnlyOnceTheStolenConnectionIsClosed() {
+        var (pool, ids) = fullOfIdleA()
+        // The least recently used idle one is closed for keyB; no open yet.
+        #expect(pool.borrow(request: req(10), key: keyB, eventLoopIndex: 1, now: t(10)).withoutTimers
+            == [.closeConnection(ids[0])])
+        #expect(pool.isWaiting(req(10)))
+        // Other events in between open nothing either.
+        #expect(pool.tick(now: t(11)).created.isEmpty)
+        #expect(pool.release(conn(99), reusable: true, now: t(11)) == [])
+        // Gone: the open for keyB starts, in the slot it leaves.
+        #expect(pool.connectionClosed(ids[0], now: t(12)) == [.createConnection(conn(3), keyB, eventLoopIndex: 1)])
+        #expect(pool.connectionEstablished(conn(3), now: t(13)) == [.lease(conn(3), to: req(10))])
+        #expect(pool.connectionClosed(ids[0], now: t(14)) == [])  // reported twice: harmless
+        #expect(pool.stats.totals == PoolCounts(idle: 2, leased: 1))
+    }
+
+    @Test func aClosingConnectionCountsAgainstTheCapForEveryKey() {
+        var (pool, ids) = fullOfIdleA()
+        _ = pool.borrow(request: req(10), key: keyB, eventLoopIndex: 0, now: t(10))
+        // keyC: the next least recently used keyA connection is stolen, and keyC waits for it.
+        #expect(pool.borrow(request: req(11), key: keyC, eventLoopIndex: 2, now: t(11)).withoutTimers
+            == [.closeConnection(ids[1])])
+        #expect(pool.totalConnections == 3)
+        // The closes end in any order; each starts the open it made room for.
+        #expect(pool.connectionClosed(ids[1], now: t(12)) == [.createConnection(conn(4), keyC, eventLoopIndex: 2)])
+        #expect(pool.connectionClosed(ids[0], now: t(13)) == [.createConnection(conn(3), keyB, eventLoopIndex: 0)])
+        #expect(pool.totalConnections == 3)
+    }
+
+    @Test func closeIdleConnectionsHoldsTheSlotsUntilClosed() {
+        var (pool, ids) = fullOfIdleA()
+        #expect(pool.closeIdleConnections(now: t(10)).closed == ids)
+        #expect(pool.totalConnections == 3)
+        // A borrow of any key waits for one of them to be gone (and is covered meanwhile).
+        #expect(pool.borrow(request: req(10), key: keyB, eventLoopIndex: 0, now: t(11)).withoutTimers == [])
+        #expect(pool.borrow(request: req(11), key: keyA, eventLoopIndex: 0, now: t(11)).withoutTimers == [])
+        #expect(pool.connectionClosed(ids[0], now: t(12)) == [.createConnection(conn(3), keyB, eventLoopIndex: 0)])
+        #expect(pool.connectionClosed(ids[1], now: t(12)) == [.createConnection(conn(4), keyA, eventLoopIndex: 0)])
+        // Nobody else waits: the last slot is simply free.
+        #expect(pool.connectionClosed(ids[2], now: t(12)) == [])
+        #expect(pool.totalConnections == 2)
+    }
+
+    @Test func aConnectionReleasedAsNotReusableHoldsItsSlotUntilClosed() {
+        var pool = makePool(cap: 1, borrowTimeout: .seconds(100))
+        let c0 = pool.leaseNew(req(1), key: keyA)
+        #expect(pool.borrow(request: req(2), key: keyB, eventLoopIndex: 1, now: t(1)) == [])
+        #expect(pool.release(c0, reusable: false, now: t(2)) == [.closeConnection(c0)])
+        #expect(pool.connectionClosed(c0, now: t(3)) == [.createConnection(conn(1), keyB, eventLoopIndex: 1)])
+    }
+
+    @Test func aConnectionClosedForAnotherKeysWaiterHoldsItsSlotUntilClosed() {
+        var pool = makePool(cap: 1, borrowTimeout: .seconds(100))
+        let c0 = pool.leaseNew(req(1), key: keyA)
+        #expect(pool.borrow(request: req(2), key: keyB, eventLoopIndex: 2, now: t(1)) == [])
+        #expect(pool.release(c0, reusable: true, now: t(2)) == [.closeConnection(c0)])
+        #expect(pool.connectionClosed(c0, now: t(3)) == [.createConnection(conn(1), keyB, eventLoopIndex: 2)])
+    }
+
+    @Test func idleTrimmedConnectionHoldsItsSlotUntilClosed() {
+        var pool = makePool(cap: 1, maxIdle: 0, borrowTimeout: .seconds(100), idleTimeout: .seconds(5))
+        let c0 = pool.leaseNew(req(1))
+        _ = pool.release(c0, reusable: true, now: t(1))
+        #expect(pool.tick(now: t(6)) == [.closeConnection(c0)])
+        #expect(pool.borrow(request: req(2), key: keyA, eventLoopIndex: 0, now: t(7)).withoutTimers == [])
+        #expect(pool.connectionClosed(c0, now: t(8)) == [.createConnection(conn(1), keyA, eventLoopIndex: 0)])
+    }
+
+    @Test func aClosingConnectionIsNeverLeased() {
+        var (pool, ids) = fullOfIdleA()
+        _ = pool.closeIdleConnections(now: t(10))
+        // keyA's borrower does not get any of its closing connections.
+        let actions = pool.borrow(request: req(10), key: keyA, eventLoopIndex: 0, now: t(11))
+        #expect(!actions.contains { if case .lease = $0 { return true } else { return false } })
+        // Nor do events in the wrong state bring one back.
+        #expect(pool.release(ids[1], reusable: true, now: t(12)) == [])
+        #expect(pool.connectionEstablished(ids[1], now: t(12)) == [])
+        #expect(pool.isWaiting(req(10)))
+        #expect(pool.connectionClosed(ids[0], now: t(13)) == [.createConnection(conn(3), keyA, eventLoopIndex: 0)])
+        #expect(pool.connectionEstablished(conn(3), now: t(14)) == [.lease(conn(3), to: req(10))])
+    }
+
+    @Test func zeroBorrowTimeoutWaitsForASlotBeingFreed() {
+        var (pool, ids) = fullOfIdleA(borrowTimeout: .zero)
+        // The slot is coming: the borrower waits for it rather than failing with a timeout.
+        #expect(pool.borrow(request: req(10), key: keyB, eventLoopIndex: 0, now: t(10)) == [.closeConnection(ids[0])])
+        #expect(pool.isWaiting(req(10)))
+        #expect(pool.connectionClosed(ids[0], now: t(11)) == [.createConnection(conn(3), keyB, eventLoopIndex: 0)])
+    }
+
+    @Test func connectionClosedForAnUnknownIdIsHarmless() {
+        var (pool, ids) = fullOfIdleA()
+        #expect(pool.connectionClosed(conn(42), now: t(10)) == [])
+        #expect(pool.connectionFailed(conn(42), error: ConnectionFailure(message: "x"), now: t(10)) == [])
+        _ = pool.borrow(request: req(10), key: keyB, eventLoopIndex: 0, now: t(10))
+        // The id of the open waiting for the slot is not known to the runtime yet: reports of it
+        // change nothing.
+        #expect(pool.connectionClosed(conn(3), now: t(11)) == [])
+        #expect(pool.connectionEstablished(conn(3), now: t(11)) == [])
+        #expect(pool.totalConnections == 3)
+        #expect(pool.connectionClosed(ids[0], now: t(12)) == [.createConnection(conn(3), keyB, eventLoopIndex: 0)])
+    }
+
+    @Test func closeReportedAsAFailureCountsAsClosed() {
+        var (pool, ids) = fullOfIdleA()
+        _ = pool.borrow(request: req(10), key: keyB, eventLoopIndex: 0, now: t(10))
+        #expect(pool.connectionFailed(ids[0], error: ConnectionFailure(message: "reset"), now: t(11))
+            == [.createConnection(conn(3), keyB, eventLoopIndex: 0)])
+    }
+
+    @Test func cancelledWaiterLeavesTheOpenToParkIdle() {
+        var (pool, ids) = fullOfIdleA()
+        _ = pool.borrow(request: req(10), key: keyB, eventLoopIndex: 0, now: t(10))
+        #expect(pool.cancel(request: req(10), now: t(11)) == [.failRequest(req(10), .cancelled)])
+        // The open still starts (as one already under way would), and parks.
+        #expect(pool.connectionClosed(ids[0], now: t(12)) == [.createConnection(conn(3), keyB, eventLoopIndex: 0)])
+        #expect(pool.connectionEstablished(conn(3), now: t(13)) == [])
+        #expect(pool.stats.perKey[keyB] == PoolCounts(idle: 1))
+    }
+
+    @Test func shutdownCompletesOnlyOnceClosingConnectionsAreGone() {
+        var (pool, ids) = fullOfIdleA()
+        #expect(pool.shutdown() == [.closeConnection(ids[0]), .closeConnection(ids[1]), .closeConnection(ids[2])])
+        #expect(!pool.isDrained)
+        #expect(pool.connectionClosed(ids[0], now: t(10)) == [])
+        #expect(pool.connectionClosed(ids[2], now: t(10)) == [])
+        #expect(pool.connectionClosed(ids[1], now: t(10)) == [.shutdownComplete])
+        #expect(pool.isDrained)
+        #expect(pool.connectionClosed(ids[1], now: t(10)) == [])
+    }
+
+    @Test func shutdownWhileAnOpenWaitsForASlotDropsTheOpen() {
+        var (pool, ids) = fullOfIdleA()
+        _ = pool.borrow(request: req(10), key: keyB, eventLoopIndex: 0, now: t(10))
+        #expect(pool.shutdown() == [
+            .failRequest(req(10), .shuttingDown), .closeConnection(ids[1]), .closeConnection(ids[2]),
+        ])
+        // The stolen connection's close ends: no open starts for a pool shutting down.
+        #expect(pool.connectionClosed(ids[0], now: t(11)) == [])
+        #expect(pool.connectionClosed(ids[1], now: t(11)) == [])
+        #expect(pool.connectionClosed(ids[2], now: t(11)) == [.shutdownComplete])
+    }
+
+    @Test func loweredCapCountsClosingSurplusOnce() {
+        var pool = makePool(cap: 4, borrowTimeout: .seconds(100))
+        let ids = (1...4).map { pool.leaseNew(req(UInt64($0))) }
+        _ = pool.release(ids[0], reusable: true, now: t(1))
+        _ = pool.release(ids[1], reusable: true, now: t(2))
+        var limits = pool.limits
+        limits.maxConnections = 2
+        // Two idle closed: the two leased ones are within the new cap, and stay so when released
+        // while the two others are still closing.
+        #expect(pool.updateLimits(limits, now: t(3)) == [.closeConnection(ids[0]), .closeConnection(ids[1])])
+        #expect(pool.release(ids[2], reusable: true, now: t(4)) == [])
+        #expect(pool.stats.totals.idle == 1)
+        // A borrow of another key waits: the cap is exceeded until both closes end.
+        #expect(pool.borrow(request: req(10), key: keyB, eventLoopIndex: 0, now: t(5)).withoutTimers == [])
+        #expect(pool.connectionClosed(ids[0], now: t(6)) == [])
+        #expect(pool.connectionClosed(ids[1], now: t(7)).withoutTimers == [.closeConnection(ids[2])])
+        #expect(pool.connectionClosed(ids[2], now: t(8)) == [.createConnection(conn(4), keyB, eventLoopIndex: 0)])
     }
 }

@@ -21,6 +21,9 @@ struct RuntimeModel {
         case available
         case idle(since: PoolInstant)
         case leased(RequestID)
+        /// Asked to close; the runtime has not reported it closed yet (the database still holds
+        /// its session).
+        case closing
     }
 
     struct Connection {
@@ -48,10 +51,15 @@ struct RuntimeModel {
     var borrowed: [RequestID] = []
     var nextRequest: UInt64 = 0
     var highestConnectionID = -1
+    /// Every id ever created: an open that waited for a slot gets an id allocated before the ones
+    /// created in the meantime, so ids are unique but not created in increasing order.
+    var createdIDs: Set<ConnectionID> = []
     var shutdownCompletions = 0
     var steps = 0
     /// Leases that went to a same-loop waiter while an older waiter of the key was waiting.
     var affinityLeases = 0
+    /// Opens started by the report that a closing connection is gone (they waited for its slot).
+    var opensAfterClose = 0
     let keys = [keyA, keyB, keyC]
     let loops = 4
 
@@ -69,7 +77,7 @@ struct RuntimeModel {
         for action in actions {
             switch action {
             case .createConnection(let id, let key, let loop):
-                #expect(connections[id] == nil && id.rawValue > highestConnectionID, "step \(steps): reused \(id)")
+                #expect(connections[id] == nil && createdIDs.insert(id).inserted, "step \(steps): reused \(id)")
                 highestConnectionID = max(highestConnectionID, id.rawValue)
                 connections[id] = Connection(key: key, eventLoopIndex: loop, state: .connecting)
                 created = true
@@ -87,7 +95,7 @@ struct RuntimeModel {
                 #expect(connection.key == waiter.key, "step \(steps): key mismatch")
                 switch connection.state {
                 case .available, .idle: break
-                case .connecting, .leased: Issue.record("step \(steps): lease of \(id) in state \(connection.state)")
+                case .connecting, .leased, .closing: Issue.record("step \(steps): lease of \(id) in state \(connection.state)")
                 }
                 connections[id]?.state = .leased(request)
             case .failRequest(let request, _):
@@ -96,11 +104,14 @@ struct RuntimeModel {
                     Issue.record("step \(steps): failure of \(request), which is not waiting")
                 }
             case .closeConnection(let id):
-                guard let connection = connections.removeValue(forKey: id) else {
+                guard let connection = connections[id] else {
                     Issue.record("step \(steps): close of unknown \(id)")
                     continue
                 }
                 if case .leased = connection.state { Issue.record("step \(steps): closed leased \(id)") }
+                if case .closing = connection.state { Issue.record("step \(steps): closed \(id) twice") }
+                // Still there (and in the cap) until reported closed.
+                connections[id]?.state = .closing
             case .scheduleTimer(let at):
                 if let timer { #expect(at < timer, "step \(steps): timer not earlier") }
                 timer = at
@@ -147,7 +158,7 @@ struct RuntimeModel {
             if window > .zero, let sameLoop, sameLoop.value.since < oldest.value.since + window { expected = sameLoop.key }
             #expect(request == expected, "step \(steps): leased to \(request), expected \(expected)")
             if request != oldest.key { affinityLeases += 1 }
-        case .connecting, .leased:
+        case .connecting, .leased, .closing:
             break  // reported by `run`
         }
     }
@@ -157,11 +168,19 @@ struct RuntimeModel {
         let limits = pool.limits
         let indexProblems = pool.waiterIndexProblems()
         #expect(indexProblems.isEmpty, "step \(steps): \(indexProblems)")
+        // Idle, leased and waiting as the model counts them. Opens waiting for a closing
+        // connection's slot are not visible to the runtime: the machine counts each as connecting
+        // and its closing predecessor not at all, so only the sum of the two is compared.
         var perKey: [PoolKey: PoolCounts] = [:]
         var idleSince: [PoolInstant] = []
+        var connectingOrClosing = 0
+        var closing = 0
         for connection in connections.values {
             switch connection.state {
-            case .connecting: perKey[connection.key, default: PoolCounts()].connecting += 1
+            case .connecting: connectingOrClosing += 1
+            case .closing:
+                connectingOrClosing += 1
+                closing += 1
             case .available: Issue.record("available after step")
             case .idle(let since):
                 perKey[connection.key, default: PoolCounts()].idle += 1
@@ -172,28 +191,59 @@ struct RuntimeModel {
         for waiter in waiting.values { perKey[waiter.key, default: PoolCounts()].waiting += 1 }
         var totals = PoolCounts()
         for counts in perKey.values {
-            totals.connecting += counts.connecting
             totals.idle += counts.idle
             totals.leased += counts.leased
             totals.waiting += counts.waiting
         }
-        #expect(stats.totals == totals, "step \(steps): totals")
-        #expect(stats.perKey == perKey, "step \(steps): per key")
+        #expect(stats.totals.idle == totals.idle && stats.totals.leased == totals.leased
+            && stats.totals.waiting == totals.waiting, "step \(steps): totals")
+        #expect(stats.totals.connecting + stats.totals.closing == connectingOrClosing, "step \(steps): connecting and closing")
+        #expect(stats.totals.closing <= closing, "step \(steps): closing")
+        for (key, counts) in stats.perKey {
+            let model = perKey[key] ?? PoolCounts()
+            #expect(counts.idle == model.idle && counts.leased == model.leased && counts.waiting == model.waiting,
+                "step \(steps): per key \(key)")
+        }
+        for (key, counts) in perKey where stats.perKey[key] == nil {
+            #expect(counts == PoolCounts(), "step \(steps): per key \(key) missing")
+        }
+        var sum = PoolCounts()
+        for counts in stats.perKey.values {
+            sum.connecting += counts.connecting
+            sum.idle += counts.idle
+            sum.leased += counts.leased
+            sum.waiting += counts.waiting
+            sum.closing += counts.closing
+        }
+        #expect(sum == stats.totals, "step \(steps): per-key counts do not add up")
         #expect(pool.waitingCount == waiting.count)
+        // Every connection the runtime still has (closing ones included) is one the machine
+        // counts: what the database sees is what the cap limits.
+        #expect(connections.count == stats.totals.total, "step \(steps): \(connections.count) connections, total \(stats.totals.total)")
 
-        // The cap: exceeded only after lowering it, and then nothing is created and nothing idles.
+        // The cap: exceeded only after lowering it, and then nothing is created and nothing idles
+        // beyond it (closing connections are on their way out).
+        if created {
+            #expect(connections.count <= limits.maxConnections, "step \(steps): opened with \(connections.count) connections")
+        }
         if stats.totals.total > limits.maxConnections {
             #expect(!created, "step \(steps): created over the cap")
+        }
+        if stats.totals.total - stats.totals.closing > limits.maxConnections {
             #expect(stats.totals.idle == 0, "step \(steps): idle over the cap")
         }
         guard !pool.isShuttingDown else {
             #expect(waiting.isEmpty)
             return
         }
-        // Liveness: no waiter left uncovered while a slot or an idle connection could serve it.
-        for (key, counts) in perKey where counts.waiting > counts.connecting {
+        // Liveness: no waiter left uncovered while a slot, a slot being freed or an idle
+        // connection could serve it.
+        for (key, counts) in stats.perKey where counts.waiting > counts.connecting {
             #expect(stats.totals.total >= limits.maxConnections, "step \(steps): \(key) starved below the cap")
-            #expect(stats.totals.idle == 0, "step \(steps): \(key) starved with idle connections")
+            if stats.totals.total == limits.maxConnections {
+                #expect(stats.totals.idle == 0, "step \(steps): \(key) starved with idle connections")
+                #expect(stats.totals.closing == 0, "step \(steps): \(key) starved with a slot being freed")
+            }
             #expect(limits.borrowTimeout > .zero, "step \(steps): uncovered waiter with zero timeout")
         }
         // The timer covers every deadline.
@@ -256,6 +306,17 @@ struct RuntimeModel {
         run(actions)
     }
 
+    /// The runtime reports a connection it was asked to close as closed (sometimes as a failure).
+    mutating func finishClose() {
+        guard let id = pick(ids { $0 == .closing }) else { return }
+        connections[id] = nil
+        let actions = Bool.random(using: &rng)
+            ? pool.connectionClosed(id, now: now)
+            : pool.connectionFailed(id, error: ConnectionFailure(message: "reset"), now: now)
+        opensAfterClose += actions.created.count
+        run(actions)
+    }
+
     mutating func closeAny() {
         guard let id = pick(connections.keys.sorted()) else { return }
         connections[id] = nil
@@ -308,7 +369,7 @@ struct RuntimeModel {
     }
 
     mutating func randomStep() {
-        switch Int.random(in: 0..<100, using: &rng) {
+        switch Int.random(in: 0..<110, using: &rng) {
         case 0..<30: borrow()
         case 30..<46: establish()
         case 46..<51: failConnecting()
@@ -317,7 +378,8 @@ struct RuntimeModel {
         case 74..<79: cancel()
         case 79..<95: advanceAndTick()
         case 95..<97: changeLimits()
-        default: bogus()
+        case 97..<100: bogus()
+        default: finishClose()
         }
     }
 
@@ -341,6 +403,9 @@ struct RuntimeModel {
                 let actions = pool.release(id, reusable: true, now: now)
                 #expect(actions.first == .closeConnection(id))
                 run(actions)
+            case .closing:
+                connections[id] = nil
+                run(pool.connectionClosed(id, now: now))
             case .available, .idle:
                 Issue.record("idle connection \(id) survived shutdown")
                 connections[id] = nil
@@ -359,6 +424,7 @@ struct RuntimeModel {
         for _ in 0..<4000 { model.randomStep() }
         #expect(model.borrowed.count > 500)
         #expect(model.affinityLeases > 0, "affinity never exercised")
+        #expect(model.opensAfterClose > 0, "no open waited for a closing connection")
         model.shutdownAndDrain()
     }
 }

@@ -63,6 +63,8 @@ import Testing
         #expect(try machine.messageReceived(Wire.error(fields)) == .none)
         #expect(try machine.messageReceived(Wire.ready()) == .ownerFailedClosing(.server(fields)))
         #expect(machine.state.name == "closed")
+        // Released as not reusable: the pool keeps its slot until told it is gone.
+        #expect(machine.channelInactive() == .poolLost)
         #expect(machine.channelInactive() == .none)
     }
 
@@ -80,6 +82,7 @@ import Testing
         var machine = try Wire.leasedMachine()
         #expect(machine.released(reusable: false) == .discard)
         #expect(machine.state.name == "closed")
+        #expect(machine.channelInactive() == .poolLost)  // the pool counts it until then
         var preparing = try Wire.idleMachine()
         _ = preparing.lease(parameters: ["timezone": "UTC"], fromDefaults: false, takingStale: { [] })
         #expect(preparing.released(reusable: true) == .returnToPool)
@@ -206,8 +209,18 @@ import Testing
         var closing = try Wire.leasedMachine()
         var terminate = ByteBuffer()
         PGEncode.terminate(into: &terminate)
+        // Closed at the pool's request: the pool keeps its slot in the cap until it hears the
+        // connection is gone, once.
         #expect(closing.closeRequested() == .terminate(terminate))
+        #expect(closing.channelInactive() == .poolLost)
         #expect(closing.channelInactive() == .none)
+        var closedIdle = try Wire.idleMachine()
+        _ = closedIdle.closeRequested()
+        #expect(closedIdle.channelInactive() == .poolLost)
+        var reported = try Wire.idleMachine()
+        #expect(reported.channelInactive() == .poolLost)
+        #expect(reported.closeRequested() == .terminate(terminate))
+        #expect(reported.channelInactive() == .none)
     }
 
     @Test func unexpectedMessagesOnAnIdleConnection() throws {

@@ -11,19 +11,22 @@ private final class FakeConnection: PooledConnection, @unchecked Sendable {
     let eventLoop: any EventLoop
     let generation: Int
     weak var pool: PoolDriver<FakeConnection>?
+    /// A close is reported by the test (as a socket's close completes later), not at once.
+    let reportsCloseLater: Bool
     private let calls = NIOLockedValueBox<[String]>([])
     var recorded: [String] { calls.withLockedValue { $0 } }
 
-    init(id: ConnectionID, eventLoop: any EventLoop, generation: Int, pool: PoolDriver<FakeConnection>) {
+    init(id: ConnectionID, eventLoop: any EventLoop, generation: Int, pool: PoolDriver<FakeConnection>, reportsCloseLater: Bool) {
         self.id = id
         self.eventLoop = eventLoop
         self.generation = generation
         self.pool = pool
+        self.reportsCloseLater = reportsCloseLater
     }
 
     func close() {
         calls.withLockedValue { $0.append("close") }
-        pool?.connectionClosed(self)
+        if !reportsCloseLater { pool?.connectionClosed(self) }
     }
 
     func abort() {
@@ -79,16 +82,17 @@ private final class Harness: @unchecked Sendable {
     let opened = NIOLockedValueBox<[FakeConnection]>([])
     private(set) var pool: PoolDriver<FakeConnection>!
 
-    init(limits: PoolLimits) {
+    init(limits: PoolLimits, closesReportedLater: Bool = false) {
         pool = PoolDriver(limits: limits, eventLoops: [group.next()]) { [refusal, opened] id, _, eventLoop, pool in
             if let refused = refusal.withLockedValue({ $0 }) { return eventLoop.makeFailedFuture(refused) }
-            let connection = FakeConnection(id: id, eventLoop: eventLoop, generation: pool.generation, pool: pool)
+            let connection = FakeConnection(
+                id: id, eventLoop: eventLoop, generation: pool.generation, pool: pool, reportsCloseLater: closesReportedLater)
             opened.withLockedValue { $0.append(connection) }
             return eventLoop.makeSucceededFuture(connection)
         }
     }
 
-    func borrow() -> Requester {
+    func borrow(key: PoolKey = key) -> Requester {
         let requester = Requester(eventLoop: loop)
         _ = pool.borrow(key: key, for: requester)
         return requester
@@ -158,6 +162,27 @@ private final class Harness: @unchecked Sendable {
         #expect(a.recorded == ["abort"])
         #expect(b.recorded == ["abort"])
         #expect(harness.pool.stats.totals.total == 0)
+    }
+
+    /// The cap is shared by every key: a connection of one key closed to make room for another
+    /// keeps its slot until it reports its close, and only then is the other key's opened (else
+    /// the database would briefly hold one session more than the cap).
+    @Test func anOpenForAnotherKeyWaitsUntilTheClosedConnectionReportsItsEnd() async throws {
+        let harness = Harness(limits: limits(cap: 1), closesReportedLater: true)
+        let first = try await harness.borrow().connection()
+        harness.pool.release(first, reusable: true)
+        let other = harness.borrow(key: PoolKey(user: "app", database: "billing"))
+        // Asked to close (synchronously, within the borrow), and nothing opened yet.
+        #expect(first.recorded == ["close"])
+        #expect(harness.opened.withLockedValue { $0.count } == 1)
+        #expect(harness.pool.stats.totals == PoolCounts(connecting: 1, waiting: 1))
+        harness.pool.connectionClosed(first)
+        let second = try await other.connection()
+        #expect(second !== first)
+        #expect(harness.opened.withLockedValue { $0.count } == 2)
+        #expect(harness.pool.stats.totals == PoolCounts(leased: 1))
+        harness.pool.connectionClosed(first)  // reported twice: harmless
+        #expect(harness.pool.stats.totals == PoolCounts(leased: 1))
     }
 
     @Test func shutdownFailsWaitersAndCompletesWhenTheLastConnectionCloses() async throws {
