@@ -22,7 +22,7 @@ public protocol ServedEngine: DatabaseEngine where Runtime == ProxyRuntime<Self>
 
 /// A client session as its event loop's `LoopSessions` sees it: a slot in the loop's list, and
 /// the once-a-second sweep (timeouts, gauges).
-public protocol SweptClientSession: AnyObject {
+public protocol SweptClientSession: AnyObject, Sendable {
     /// Where `LoopSessions` keeps it (-1: not kept).
     var loopSlot: Int { get set }
     /// The sweep: close the session if its authentication or idle timeout passed.
