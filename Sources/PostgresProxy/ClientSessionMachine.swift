@@ -296,8 +296,8 @@ public struct ClientSessionMachine {
 
     /// Where a message goes. `sendable`: the attached backend may take it now (the handler asks
     /// only when nothing is held, see `mayTakeNow`); otherwise it must wait for an earlier batch's
-    /// answer.
-    public mutating func route(_ message: HeldMessage, now: NIODeadline, sendable: Bool) -> Route {
+    /// answer. `now` is read only when a borrow starts (a clock read per message otherwise).
+    public mutating func route(_ message: HeldMessage, now: @autoclosure () -> NIODeadline, sendable: Bool) -> Route {
         if link == .attached {
             if held.isEmpty, sendable { return .send }
             // Behind a batch whose outcome decides how this message is to be sent: it waits
@@ -308,7 +308,7 @@ public struct ClientSessionMachine {
         }
         hold(message)
         if state == .ready(.none) {
-            startBorrow(now: now)
+            startBorrow(now: now())
             return .borrow
         }
         return .held
