@@ -22,6 +22,10 @@ public struct ResponseTracker {
     public private(set) var pending: Deque<PendingResponse> = []
     /// Entries of `pending` other than `.query` and `.sync`.
     public private(set) var tracked = 0
+    /// Entries of `pending` the proxy answers itself (`PendingResponse.isLocal`): while there are
+    /// none, `headIsLocal` is false without copying the head entry (asked before every message
+    /// of a tracked burst).
+    public private(set) var localCount = 0
     /// Sync points (Query, Sync, FunctionCall) sent to the backend and not yet answered by a
     /// ReadyForQuery.
     public private(set) var outstandingSyncs = 0
@@ -84,6 +88,7 @@ public struct ResponseTracker {
         case .query, .sync: break
         default: tracked += 1
         }
+        if entry.isLocal { localCount += 1 }
         pending.append(entry)
     }
 
@@ -99,7 +104,11 @@ public struct ResponseTracker {
     /// A burst forwarded without looking at it (`isTracking` false): each of its ReadyForQuery
     /// messages answers one entry.
     public mutating func forwardedUntracked(readyForQueryCount: Int) {
-        pending.removeFirst(min(readyForQueryCount, pending.count))
+        let count = min(readyForQueryCount, pending.count)
+        if localCount > 0 {
+            for entry in pending.prefix(count) where entry.isLocal { localCount -= 1 }
+        }
+        pending.removeFirst(count)
     }
 
     /// The burst held `count` ReadyForQuery messages: as many sync points are answered.
@@ -108,12 +117,12 @@ public struct ResponseTracker {
     }
 
     /// The proxy's answers are due: everything the backend owed before them has been forwarded.
-    @inlinable public var headIsLocal: Bool { pending.first?.isLocal == true }
+    @inlinable public var headIsLocal: Bool { localCount > 0 && pending.first?.isLocal == true }
 
     /// The next of the proxy's answers due now (the head entry is answered locally), popped; nil
     /// when the head is the backend's to answer.
     public mutating func popLocalAnswer() -> LocalAnswer? {
-        guard let head = pending.first, head.isLocal else { return nil }
+        guard localCount > 0, let head = pending.first, head.isLocal else { return nil }
         switch pop() {
         case .localParseComplete: return .parseComplete
         case .localCloseComplete: return .closeComplete
@@ -132,7 +141,10 @@ public struct ResponseTracker {
                 return .drop(answered: nil)
             }
             return .forward(answered: nil)  // asynchronous: not an answer to anything
-        case PGMessageType.Backend.notificationResponse, PGMessageType.Backend.parameterStatus:
+        case PGMessageType.Backend.notificationResponse, PGMessageType.Backend.parameterStatus,
+            PGMessageType.Backend.dataRow:
+            // A DataRow completes no entry, whatever the head is (`answer`): the commonest
+            // message of a result answered without copying the head entry.
             return .forward(answered: nil)
         case PGMessageType.Backend.errorResponse:
             return .error(errorReceived())
@@ -252,6 +264,7 @@ public struct ResponseTracker {
         case .query, .sync: break
         default: tracked -= 1
         }
+        if entry.isLocal { localCount -= 1 }
         return entry
     }
 
@@ -298,6 +311,7 @@ public struct ResponseTracker {
     public mutating func removeAllPending() {
         pending.removeAll(keepingCapacity: true)
         tracked = 0
+        localCount = 0
     }
 
     /// The backend was lost: nothing is owed, no sync point outstanding.

@@ -149,6 +149,40 @@ import Testing
         #expect(tracker.isEmpty && !tracker.isTracking)
     }
 
+    @Test func localAnswersAreCountedSoThatNoneDueIsKnownWithoutLookingAtTheHead() {
+        let tracker = Harness()
+        tracker.sent(.bind(serverName: "concierge_ka", client: "a"))
+        tracker.sent(.execute(serverName: "concierge_ka", reset: nil))
+        tracker.sent(.localParseComplete(client: "b"))
+        tracker.sent(.sync)
+        #expect(tracker.localCount == 1 && !tracker.headIsLocal)
+        #expect(tracker.on(B.bindComplete) == "forward bind")
+        // A DataRow answers no entry, whatever the head.
+        #expect(tracker.on(B.dataRow) == "forward")
+        #expect(tracker.on(B.commandComplete) == "forward execute")
+        #expect(tracker.headIsLocal)
+        #expect(tracker.popLocalAnswer() == .parseComplete)
+        #expect(tracker.localCount == 0 && !tracker.headIsLocal)
+        // Dropped with the rest when the backend goes.
+        tracker.sent(.localCloseComplete(client: "c", removed: nil))
+        tracker.removeAllPending()
+        #expect(tracker.localCount == 0 && tracker.popLocalAnswer() == nil)
+    }
+
+    @Test func aDataRowCompletesNoEntry() {
+        let heads: [PendingResponse] = [
+            .describeStatement, .describePortal, .bind(serverName: nil), .close(),
+            .parse(client: "a", key: "ka", serverName: "concierge_ka"), .execute(serverName: nil, reset: nil),
+            .injectedClose(), .changedResultType,
+        ]
+        for head in heads {
+            let tracker = Harness()
+            tracker.sent(head)
+            #expect(tracker.on(B.dataRow) == "forward")
+            #expect(tracker.tracked == 1)
+        }
+    }
+
     // MARK: Errors
 
     @Test func anErrorInTheMiddleOfABatchSkipsToItsSync() {
@@ -382,6 +416,7 @@ import Testing
                 }
             }.count
             #expect(tracker.tracked == tracker.pending.count - untracked)
+            #expect(tracker.localCount == tracker.pending.filter(\.isLocal).count)
             #expect(tracker.outstandingSyncs >= 0)
         }
     }
