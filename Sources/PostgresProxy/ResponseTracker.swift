@@ -250,6 +250,7 @@ public struct ResponseTracker {
             case .copyEnd:
                 pending.remove(at: index)
                 tracked -= 1
+                localCount -= 1  // `.copyEnd` is answered by the proxy (`isLocal`)
                 return false
             default:
                 index += 1
