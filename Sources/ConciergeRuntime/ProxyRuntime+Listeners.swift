@@ -9,7 +9,9 @@ import Glibc
 import Darwin
 #endif
 import NIOPosix
+import Prometheus
 import ProxyCore
+import Synchronization
 
 // The proxy's listeners and the clients they accept: binding (one socket per event loop on
 // Linux), making each accepted connection's handler through the engine, the session registry's
@@ -91,8 +93,9 @@ extension ProxyRuntime {
     private static var reusePort: NIOBSDSocket.Option { NIOBSDSocket.Option(rawValue: SO_REUSEPORT) }
 
     #if os(Linux)
-    /// TCP_DEFER_ACCEPT (Linux): the kernel hands over a new connection only once its first bytes
-    /// (the SSLRequest or startup packet: a PostgreSQL client speaks first) have arrived, so the
+    /// TCP_DEFER_ACCEPT (Linux), for engines whose client speaks first (`clientSpeaksFirst`): the
+    /// kernel hands over a new connection only once its first bytes (PostgreSQL's SSLRequest or
+    /// startup packet) have arrived, so the
     /// accept and the first read happen in one wake-up instead of two. PgBouncer sets it too
     /// (`tcp_defer_accept`, on by default on Linux). The value is how long, in seconds, the kernel
     /// waits for those bytes before handing the connection over anyway.
@@ -112,7 +115,7 @@ extension ProxyRuntime {
             bootstrap = ServerBootstrap(group: group)
         }
         #if os(Linux)
-        let deferring = bootstrap.serverChannelOption(Self.deferAccept, value: 45)
+        let deferring = Engine.clientSpeaksFirst ? bootstrap.serverChannelOption(Self.deferAccept, value: 45) : bootstrap
         #else
         let deferring = bootstrap
         #endif
@@ -161,6 +164,9 @@ extension ProxyRuntime {
         }
     }
 
+    /// Inlinable: the engine's session calls it once per connection, from its own module, where
+    /// the registry's dictionary is specialised.
+    @inlinable
     public func sessionClosed(_ session: Engine.ClientHandler) {
         clientCount.subtract(1, ordering: .relaxed)
         metrics.clientConnectionsClosed[session.endpoint].increment()

@@ -23,10 +23,13 @@ import Foundation
 /// pools are the engine-neutral `TargetGroupStateMachine`'s.
 public final class ProxyRuntime<Engine: ServedEngine>: @unchecked Sendable {
     /// Generic over its engine rather than holding an existential: the pool's connections and
-    /// the sessions stay concrete types (`ProxyRuntime<PostgresEngine>` is specialised in this
-    /// module), with static dispatch and no boxing on the per-transaction and per-message paths.
-    /// The runtime opens backends, probes targets, classifies failed opens and makes, drains and
-    /// cancels client sessions only through `ServedEngine`'s requirements; it names no engine.
+    /// the sessions stay concrete types, with no boxing on the per-transaction and per-message
+    /// paths. This module does not know the engines, so its own code runs unspecialised; what an
+    /// engine's session calls per borrow or per connection (`borrowPool`, `users`,
+    /// `sessionClosed`, the settings, `LoopSessions.add`/`remove`) is `@inlinable`, and
+    /// specialised in the engine's module. The runtime opens backends, probes targets, classifies
+    /// failed opens and makes, drains and cancels client sessions only through `ServedEngine`'s
+    /// requirements; it names no engine.
     public typealias Pool = PoolDriver<Engine.Connection>
     public typealias Users = UserDirectory<Engine.UserKeys>
 
@@ -48,7 +51,7 @@ public final class ProxyRuntime<Engine: ServedEngine>: @unchecked Sendable {
     public let engine: Engine
 
     @usableFromInline let clientCount = Synchronization.Atomic<Int>(0)
-    let state: NIOLockedValueBox<MutableState>
+    @usableFromInline let state: NIOLockedValueBox<MutableState>
 
     // Settings the admin API or a reload may change, read on hot paths without a lock.
     @usableFromInline let idleClientTimeoutSeconds: Synchronization.Atomic<Int>
@@ -57,9 +60,10 @@ public final class ProxyRuntime<Engine: ServedEngine>: @unchecked Sendable {
     @usableFromInline let maxMessageSizeValue: Synchronization.Atomic<Int>
     @usableFromInline let requireTLSValue: Synchronization.Atomic<Bool>
 
+    @usableFromInline
     struct MutableState {
         var configuration: ProxyConfiguration
-        var users: Users
+        @usableFromInline var users: Users
         var credentials: [String: DatabaseCredential]
         /// The target group: health, roles, the writer, opens waiting for one, paced opens, readers.
         var targetGroup: TargetGroupStateMachine<HostPort>
@@ -87,14 +91,16 @@ public final class ProxyRuntime<Engine: ServedEngine>: @unchecked Sendable {
         var updatedDate: Date
         var targetGroupUpdatedDate: Date
         var listeners: [any Channel] = []
-        var sessions = SessionRegistry<Engine.ClientHandler>()
-        var draining = false
-        var drainedPromise: EventLoopPromise<Void>?
+        @usableFromInline var sessions = SessionRegistry<Engine.ClientHandler>()
+        @usableFromInline var draining = false
+        @usableFromInline var drainedPromise: EventLoopPromise<Void>?
         var reportedQueryRequests = 0
     }
 
     public var configuration: ProxyConfiguration { state.withLockedValue { $0.configuration } }
-    public var users: Users { state.withLockedValue { $0.users } }
+    /// Inlinable, like `sessionClosed`: read by the engine's session at every login, specialised
+    /// in the engine's module (this module's generic code would copy it through metadata).
+    @inlinable public var users: Users { state.withLockedValue { $0.users } }
     @inlinable public var maxMessageSize: Int { maxMessageSizeValue.load(ordering: .relaxed) }
     @inlinable public var idleClientTimeout: Int { idleClientTimeoutSeconds.load(ordering: .relaxed) }
     @inlinable public var debugLogging: Bool { debugLoggingEnabled.load(ordering: .relaxed) }

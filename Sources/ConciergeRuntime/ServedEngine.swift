@@ -16,6 +16,12 @@ public protocol ServedEngine: DatabaseEngine where Runtime == ProxyRuntime<Self>
     /// One engine per proxy, made by its runtime.
     init()
 
+    /// Whether a client speaks first on a new connection (PostgreSQL: its SSLRequest or startup
+    /// packet; MySQL: no, the server sends its handshake). Only then do listeners defer the
+    /// accept until the first bytes arrive (TCP_DEFER_ACCEPT): for a server-speaks-first protocol
+    /// the kernel would hold every connection until its timeout.
+    static var clientSpeaksFirst: Bool { get }
+
     /// The keys of one secret's credentials.
     static func userKeys(for credential: DatabaseCredential) -> UserKeys
 }

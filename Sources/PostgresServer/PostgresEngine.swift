@@ -38,6 +38,9 @@ final class PostgresEngine: ServedEngine {
     typealias Runtime = PostgresRuntime
     typealias UserKeys = PostgresPasswordKeys
 
+    /// A PostgreSQL client sends its SSLRequest or startup packet first.
+    static let clientSpeaksFirst = true
+
     static func userKeys(for credential: DatabaseCredential) -> PostgresPasswordKeys {
         PostgresPasswordKeys(credential)
     }

@@ -24,17 +24,22 @@ public struct CancelKey: Hashable, Sendable, CustomStringConvertible {
 ///
 /// A value type, engine-neutral: the runtime keeps it under its lock; `Session` is whatever the
 /// engine's session handler is.
+///
+/// Inlinable: it is generic, and an engine's module (which knows `Session`) registers and removes
+/// a session per connection; inlined there, its dictionary is specialised instead of going through
+/// generic metadata.
 public struct SessionRegistry<Session> {
-    private var sessions: [UInt32: (secret: UInt32, session: Session)] = [:]
+    @usableFromInline var sessions: [UInt32: (secret: UInt32, session: Session)] = [:]
 
     public init() {}
 
     public var count: Int { sessions.count }
-    public var isEmpty: Bool { sessions.isEmpty }
+    @inlinable public var isEmpty: Bool { sessions.isEmpty }
     public var all: [Session] { sessions.values.map(\.session) }
 
     /// Draws a fresh key from `random` (64 random bits: the low 31 the id, the high 32 the secret),
     /// drawing again while the id is zero or taken, and registers the session `make` builds with it.
+    @inlinable
     public mutating func register(random: () -> UInt64, _ make: (CancelKey) -> Session) -> Session {
         var key: CancelKey
         repeat {
@@ -46,6 +51,7 @@ public struct SessionRegistry<Session> {
         return session
     }
 
+    @inlinable
     public mutating func remove(id: UInt32) {
         sessions[id] = nil
     }
