@@ -36,6 +36,18 @@ let package = Package(
             ]
         ),
         .target(name: "SQLClassifier"),
+        // The MySQL/MariaDB client/server protocol: packets and their framing, the handshake,
+        // authentication (native, caching_sha2, RSA, clear), OK/ERR/EOF, and the tracker that
+        // tells where a command's response ends. Pure: no channels, no event loops.
+        .target(
+            name: "MySQLWire",
+            dependencies: [
+                "ConciergeRandom",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ]
+        ),
         .target(name: "ConciergeJSON"),
         .target(
             name: "ConciergeAWS",
@@ -97,6 +109,15 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
+        // The MySQL engine's pure session machines (no sockets, no event loops).
+        .target(
+            name: "MySQLProxy",
+            dependencies: [
+                "ConciergeRandom", "ProxyCore", "ConciergeAuth", "ConnectionPool", "MySQLWire", "SQLClassifier",
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
         .target(
             name: "ConciergeConfig",
             dependencies: [
@@ -134,12 +155,26 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
+        // The MySQL/MariaDB engine on the same runtime: its NIO handlers and `MySQLEngine`.
+        .target(
+            name: "MySQLServer",
+            dependencies: [
+                "ConciergeRandom", "ConciergeRuntime", "MySQLWire", "MySQLProxy", "SQLClassifier", "ConnectionPool",
+                "ConciergeConfig", "ProxyCore", "ConciergeAuth",
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
         // The composition root: the server that runs each configured proxy on its engine, secret
         // rotation, reload, the admin listener, structured logs.
         .target(
             name: "ConciergeServer",
             dependencies: [
-                "ConciergeRuntime", "PostgresServer",
+                "ConciergeRuntime", "PostgresServer", "MySQLServer",
                 "PostgresWire", "SQLClassifier", "ConnectionPool", "ConciergeConfig", "ConciergeAWS", "ConciergeJSON",
                 "ProxyCore", "PostgresProxy", "ConciergeAdmin", "ConciergeAuth",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -174,6 +209,18 @@ let package = Package(
             dependencies: ["PostgresWire", "ConciergeRandom", .product(name: "NIOTestUtils", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(name: "SQLClassifierTests", dependencies: ["SQLClassifier"]),
+        .testTarget(
+            name: "MySQLWireTests",
+            dependencies: ["MySQLWire", "ConciergeRandom", .product(name: "NIOCore", package: "swift-nio")],
+            resources: [.copy("Captures")]
+        ),
+        .testTarget(
+            name: "MySQLProxyTests",
+            dependencies: [
+                "MySQLProxy", "MySQLWire", "ProxyCore", "ConciergeAuth", "ConciergeConfig", "ConnectionPool", "SQLClassifier",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
         .testTarget(name: "ConciergeRandomTests", dependencies: ["ConciergeRandom"]),
         .testTarget(name: "ConciergeJSONTests", dependencies: ["ConciergeJSON"]),
         .testTarget(

@@ -1,0 +1,2 @@
+/// The MySQL/MariaDB engine on the shared runtime.
+public enum MySQLServer {}
