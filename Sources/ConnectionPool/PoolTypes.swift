@@ -1,32 +1,37 @@
 // Value types shared by the pool state machine and the runtime that drives it.
 // Pure Swift: no Foundation, no NIO, no clock reads.
 
-/// Backends are pooled per (database user, database name).
+/// Backends are pooled per (database user, database name), and per variant: what else must be
+/// the same between a client and the backend serving it (MySQL: the capability flags that shape
+/// the wire format, and the handshake's character set; PostgreSQL: nothing, empty).
 public struct PoolKey: Hashable, Sendable, CustomStringConvertible {
     public let user: String
     public let database: String
+    public let variant: String
     /// Computed once: the pool looks keys up several times per transaction, and hashing two
     /// strings each time showed up in profiles.
     private let hash: Int
 
-    public init(user: String, database: String) {
+    public init(user: String, database: String, variant: String = "") {
         self.user = user
         self.database = database
+        self.variant = variant
         var hasher = Hasher()
         hasher.combine(user)
         hasher.combine(database)
+        hasher.combine(variant)
         self.hash = hasher.finalize()
     }
 
     public static func == (lhs: PoolKey, rhs: PoolKey) -> Bool {
-        lhs.hash == rhs.hash && lhs.user == rhs.user && lhs.database == rhs.database
+        lhs.hash == rhs.hash && lhs.user == rhs.user && lhs.database == rhs.database && lhs.variant == rhs.variant
     }
 
     public func hash(into hasher: inout Hasher) {
         hasher.combine(hash)
     }
 
-    public var description: String { "\(user)@\(database)" }
+    public var description: String { variant.isEmpty ? "\(user)@\(database)" : "\(user)@\(database)[\(variant)]" }
 }
 
 /// A backend connection, allocated by the machine (monotonically increasing, never reused).

@@ -1,0 +1,412 @@
+import MySQLWire
+import NIOCore
+import SQLClassifier
+
+/// A MySQL client's session after login: when it needs a backend, how the backend is made to
+/// match the client's session state, where each command's response ends, and when the backend
+/// goes back to the pool. Pure: the NIO handler (`MySQLClientSession`, MySQLServer) frames the
+/// bytes, runs the actions, and owns the backend object.
+///
+/// MySQL is one command, one response: a client sends a command (packet sequence 0) and reads
+/// the server's answer to its end before the next one (a client that pipelines anyway is served:
+/// every command's expectation is queued). The backend is borrowed for a command and returned
+/// after the final packet of a response when the server says no more results follow, no
+/// transaction is open, autocommit is on and no cursor is open, and nothing pins the session.
+public struct MySQLSessionMachine: Sendable {
+    public enum State: Sendable, Hashable {
+        /// No backend: the next command borrows one.
+        case idle
+        /// The pool was asked; commands are held.
+        case borrowing
+        /// A backend was leased; the proxy is restoring the client's session state on it (its
+        /// own statements' responses are consumed here) before the held commands go.
+        case restoring(RestoreStep)
+        /// Commands run on the backend.
+        case attached
+        /// The session ended (quit, a fatal error, the backend lost with state on it).
+        case closed
+    }
+
+    public enum RestoreStep: Sendable, Hashable {
+        /// `SET SESSION ...` sent; its response is awaited.
+        case variables(thenSchema: String?)
+        /// COM_INIT_DB sent.
+        case schema
+    }
+
+    /// A complete client command as the handler framed it.
+    public struct Command: Sendable {
+        /// The command byte (the payload's first byte).
+        public var code: UInt8
+        /// The raw packets (headers included): forwarded as they are.
+        public var bytes: ByteBuffer
+        public init(code: UInt8, bytes: ByteBuffer) {
+            self.code = code
+            self.bytes = bytes
+        }
+    }
+
+    public enum Action: Sendable {
+        case none
+        /// Ask the pool for a backend (`borrowed` or `borrowFailed` follows).
+        case borrow
+        /// Write these client commands to the backend, in order, and flush.
+        case sendToBackend([ByteBuffer])
+        /// Write this command to the backend (attached: no borrow needed).
+        case forwardToBackend(ByteBuffer)
+        /// Send the backend a COM_QUERY with this text (a restore statement of the proxy's own).
+        case sendRestoreQuery(String)
+        /// Send the backend a COM_INIT_DB for this schema.
+        case sendInitDB(String)
+        /// Forward the server packet just given to the client.
+        case forwardToClient
+        /// Forward the server packet just given to the client, then return the backend to the pool.
+        case forwardToClientAndRelease
+        /// Answer the client with this error packet (sequence id 1: the answer to its command).
+        case answerClient(MySQLErrPacket)
+        /// Answer a COM_PING (an OK, sequence id 1) without a backend.
+        case answerPing
+        /// Return the backend to the pool (reusable or not).
+        case release(reusable: Bool)
+        /// Close the client connection, after sending it this error if any; release the backend
+        /// (not reusable) if one is held.
+        case close(MySQLErrPacket?)
+        /// Release the backend (reusable), then close the client: COM_QUIT.
+        case quit
+    }
+
+    public private(set) var state: State = .idle
+    /// Why the session is pinned to its backend (empty: it is not).
+    public private(set) var pins: MySQLPinReasons = []
+    /// The session state the client wants (what its backend must have).
+    public private(set) var client = MySQLSessionState()
+    /// The state the leased backend has (valid while a backend is held).
+    public private(set) var backend = MySQLSessionState()
+    /// Where the current response stands; made for the capabilities this client negotiated
+    /// (its backends share them: the pool key carries them).
+    public private(set) var tracker: MySQLResponseTracker
+    /// Commands waiting for a backend.
+    private var held: [ByteBuffer] = []
+    /// A command's response is outstanding (the tracker queues pipelined ones).
+    private var inFlight: Bool { !tracker.isIdle }
+    /// The client is sending a LOCAL INFILE's content (after the server asked for it).
+    public private(set) var sendingInfile = false
+    /// The last server status seen on this backend (for the release decision).
+    public private(set) var status: MySQLServerStatus = [.autocommit]
+    /// The schema the client logged in with.
+    public let loginSchema: String?
+    /// The negotiated capabilities (SESSION_TRACK decides whether the OK packets the client sees
+    /// may carry session-state information).
+    public let capabilities: MySQLCapabilities
+
+    public init(capabilities: MySQLCapabilities, loginSchema: String?) {
+        self.capabilities = capabilities
+        self.loginSchema = (loginSchema?.isEmpty ?? true) ? nil : loginSchema
+        self.tracker = MySQLResponseTracker(capabilities: capabilities)
+    }
+
+    /// Whether the session holds a backend (leased).
+    public var holdsBackend: Bool {
+        switch state {
+        case .restoring, .attached: return true
+        case .idle, .borrowing, .closed: return false
+        }
+    }
+
+    /// Whether the client is in a transaction as the server last reported.
+    public var inTransaction: Bool { status.contains(.inTransaction) || !status.contains(.autocommit) }
+
+    // MARK: Client events
+
+    /// A complete command from the client; `classification` for COM_QUERY's text (nil for
+    /// other commands). The pins it adds apply before it runs.
+    public mutating func commandReceived(_ command: Command, classification: MySQLClassification?) -> Action {
+        if let classification {
+            pins.formUnion(classification.pinReasons)
+            if classification.unlocksTables {
+                // UNLOCK TABLES ends LOCK TABLES and FLUSH TABLES WITH READ LOCK: once it
+                // succeeds nothing of them is left on the backend.
+                pins.subtract([.lockTables, .globalReadLock])
+            }
+        }
+        switch command.code {
+        case MySQLCommand.quit.rawValue:
+            let wasHolding = holdsBackend
+            state = .closed
+            return wasHolding && pins.isEmpty && !inFlight ? .quit : .close(nil)
+        case MySQLCommand.ping.rawValue where !holdsBackend && state != .borrowing:
+            return .answerPing
+        case MySQLCommand.stmtPrepare.rawValue:
+            // Binary-protocol statements live on the backend that prepared them (the next issue
+            // multiplexes them).
+            pins.insert(.binaryPreparedStatement)
+        case MySQLCommand.setOption.rawValue:
+            // Turns multi-statements on or off for the session: not restored on another backend.
+            pins.insert(.setVariable)
+        default:
+            break
+        }
+        let expectation = MySQLResponseTracker.expectation(for: MySQLCommand(rawValue: command.code) ?? .query)
+        switch state {
+        case .closed:
+            return .none
+        case .idle:
+            if expectation == .none {
+                // COM_STMT_CLOSE / SEND_LONG_DATA with no backend: there is no statement to act
+                // on (a statement pins its backend), and the server would answer nothing.
+                return .none
+            }
+            held.append(command.bytes)
+            heldExpectations.append(expectation)
+            state = .borrowing
+            return .borrow
+        case .borrowing, .restoring:
+            held.append(command.bytes)
+            heldExpectations.append(expectation)
+            return .none
+        case .attached:
+            expect(expectation)
+            return .forwardToBackend(command.bytes)
+        }
+    }
+
+    /// Expectations of the held commands, sent with them.
+    private var heldExpectations: [MySQLResponseTracker.Expectation] = []
+
+    /// LOCAL INFILE content from the client (only while `sendingInfile`): forwarded; the empty
+    /// packet that ends it leaves the tracker waiting for the server's OK or ERR.
+    public mutating func infileDataReceived(isLast: Bool) {
+        if isLast { sendingInfile = false }
+    }
+
+    private mutating func expect(_ expectation: MySQLResponseTracker.Expectation) {
+        guard expectation != .none else { return }
+        tracker.commandSent(expectation)
+    }
+
+    // MARK: Pool events
+
+    /// The pool leased a backend whose session state is `backendState`; `baseline` is its pool
+    /// key's baseline, `noBackslashEscapes` whether its sql_mode has NO_BACKSLASH_ESCAPES.
+    public mutating func borrowed(
+        backendState: MySQLSessionState, baseline: [String: String], noBackslashEscapes: Bool
+    ) -> Action {
+        guard state == .borrowing else {
+            // The client left meanwhile: give it back.
+            return .release(reusable: true)
+        }
+        backend = backendState
+        status = [.autocommit]
+        let plan = MySQLRestorePlan(
+            client: client, backend: backendState, baseline: baseline, loginSchema: loginSchema,
+            noBackslashEscapes: noBackslashEscapes)
+        if let statement = plan.setStatement {
+            state = .restoring(.variables(thenSchema: plan.schema))
+            tracker.commandSent(.response)
+            return .sendRestoreQuery(statement)
+        }
+        if let schema = plan.schema {
+            state = .restoring(.schema)
+            tracker.commandSent(.response)
+            return .sendInitDB(schema)
+        }
+        return sendHeld()
+    }
+
+    private mutating func sendHeld() -> Action {
+        state = .attached
+        let commands = held
+        let expectations = heldExpectations
+        held.removeAll(keepingCapacity: true)
+        heldExpectations.removeAll(keepingCapacity: true)
+        for expectation in expectations { expect(expectation) }
+        if commands.isEmpty { return releaseIfPossible() }
+        return .sendToBackend(commands)
+    }
+
+    /// The pool could not lease one: the held commands fail with `error` (RDS's 9501 for a
+    /// timeout), and the session stays usable.
+    public mutating func borrowFailed(_ error: MySQLErrPacket) -> Action {
+        guard state == .borrowing else { return .none }
+        held.removeAll()
+        heldExpectations.removeAll()
+        state = .idle
+        return .answerClient(error)
+    }
+
+    // MARK: Backend events
+
+    /// A packet from the backend (its payload). Restoring: the proxy's own statements' answers
+    /// are consumed. Attached: forwarded, and the backend released after the final packet of a
+    /// response when nothing keeps it.
+    public mutating func serverPacket(_ payload: ByteBuffer) throws(MySQLWireError) -> Action {
+        switch state {
+        case .restoring(let step):
+            let outcome = try tracker.serverPacket(payload)
+            switch outcome {
+            case .inProgress, .localInfileRequested:
+                return .none
+            case .finished(let status, let wasError):
+                self.status = status
+                if wasError {
+                    // The client's state cannot be given to this backend (a variable this server
+                    // refuses, a schema dropped since): the backend is left as it is, not reused,
+                    // and the client's command gets the server's error.
+                    let error = (try? MySQLErrPacket(parsing: payload)) ?? MySQLErrPacket(
+                        code: 1105, sqlState: "HY000", message: "Unknown error")
+                    held.removeAll()
+                    heldExpectations.removeAll()
+                    state = .closed
+                    return .close(error)
+                }
+                try? recordSessionState(payload)
+                switch step {
+                case .variables(let schema?):
+                    state = .restoring(.schema)
+                    tracker.commandSent(.response)
+                    return .sendInitDB(schema)
+                case .variables(nil), .schema:
+                    backend = client
+                    return sendHeld()
+                }
+            }
+        case .attached:
+            guard inFlight else {
+                // The server spoke without being asked (it is closing the connection: an ERR
+                // after a KILL or a shutdown): the client gets it.
+                return .forwardToClient
+            }
+            let outcome = try tracker.serverPacket(payload)
+            switch outcome {
+            case .inProgress:
+                return .forwardToClient
+            case .localInfileRequested:
+                sendingInfile = true
+                return .forwardToClient
+            case .finished(let status, let wasError):
+                if !wasError {
+                    self.status = status
+                    if status.contains(.sessionStateChanged) { try? recordSessionState(payload) }
+                }
+                if canRelease {
+                    state = .idle
+                    return .forwardToClientAndRelease
+                }
+                return .forwardToClient
+            }
+        case .idle, .borrowing, .closed:
+            return .none
+        }
+    }
+
+    /// The backend may go back to the pool now.
+    private var canRelease: Bool {
+        !inFlight && pins.isEmpty && !sendingInfile && held.isEmpty
+            && !status.contains(.moreResultsExist) && !status.contains(.inTransaction)
+            && status.contains(.autocommit) && !status.contains(.cursorExists)
+    }
+
+    private mutating func releaseIfPossible() -> Action {
+        if canRelease {
+            state = .idle
+            return .release(reusable: true)
+        }
+        return .none
+    }
+
+    /// Reads an OK packet's session-state information: each reported variable and the schema
+    /// become both the backend's and the client's (the client's command changed them). A state
+    /// change the server reports without naming a variable or the schema (user variables,
+    /// temporary tables, prepared statements, locks) cannot be restored elsewhere: it pins.
+    private mutating func recordSessionState(_ payload: ByteBuffer) throws(MySQLWireError) {
+        guard let first = payload.getInteger(at: payload.readerIndex, as: UInt8.self), first == 0x00 || first == 0xFE else { return }
+        let ok = try MySQLOKPacket(parsing: payload, capabilities: capabilities.union(.sessionTrack))
+        var namedSomething = false
+        var stateChanged = false
+        for change in ok.sessionStateChanges {
+            switch change {
+            case .systemVariable(let name, let value):
+                namedSomething = true
+                if case .restoring = state {
+                    backend.apply(variable: name, value: value)
+                } else {
+                    if Self.unrestorableVariables.contains(name.lowercased()) { pins.insert(.sessionStateChange) }
+                    client.apply(variable: name, value: value)
+                    backend.apply(variable: name, value: value)
+                }
+            case .schema(let schema):
+                namedSomething = true
+                if case .restoring = state {
+                    backend.schema = schema
+                } else {
+                    client.schema = schema
+                    backend.schema = schema
+                }
+            case .stateChanged(let changed):
+                stateChanged = stateChanged || changed
+            default:
+                break
+            }
+        }
+        if stateChanged, !namedSomething, case .attached = state {
+            pins.insert(.sessionStateChange)
+        }
+    }
+
+    /// Variables whose change the proxy cannot carry to another backend: the trackers it relies
+    /// on, and what needs privileges a restore may not have.
+    static let unrestorableVariables: Set<String> = [
+        "session_track_system_variables", "session_track_schema", "session_track_state_change",
+        "session_track_transaction_info", "sql_log_bin", "pseudo_thread_id", "gtid_next",
+    ]
+
+    /// The backend closed or failed. A session with nothing on it just carries on (the next
+    /// command borrows another); one with a command in flight, a transaction, pins or a
+    /// restore under way loses them: the client is closed with an error, as a server crash
+    /// would.
+    public mutating func backendLost() -> Action {
+        switch state {
+        case .restoring, .attached:
+            let lost = inFlight || !pins.isEmpty || inTransaction || sendingInfile || !held.isEmpty
+            tracker = MySQLResponseTracker(capabilities: capabilities)
+            held.removeAll()
+            heldExpectations.removeAll()
+            if lost {
+                state = .closed
+                return .close(MySQLErrPacket(
+                    code: 2013, sqlState: "HY000", message: "Lost connection to MySQL server during query"))
+            }
+            state = .idle
+            return .none
+        case .idle, .borrowing, .closed:
+            return .none
+        }
+    }
+
+    /// The client closed: the backend goes back if it holds nothing of the client's.
+    public mutating func clientClosed() -> Action {
+        let wasHolding = holdsBackend
+        let wasBorrowing = state == .borrowing
+        state = .closed
+        if wasHolding {
+            return .release(reusable: !inFlight && pins.isEmpty && !inTransaction && !sendingInfile)
+        }
+        _ = wasBorrowing
+        return .none
+    }
+
+    /// COM_RESET_CONNECTION answered by the proxy: the client's state returns to its login
+    /// defaults and its pins go; a pinned backend is not reusable (its state is the client's).
+    public mutating func resetConnection() -> Action {
+        let wasHolding = holdsBackend
+        let dirty = !pins.isEmpty || inTransaction
+        pins = []
+        client = MySQLSessionState()
+        status = [.autocommit]
+        if wasHolding, state == .attached, !inFlight {
+            state = .idle
+            return .release(reusable: !dirty)
+        }
+        return .none
+    }
+}

@@ -1,0 +1,90 @@
+/// The session state of a MySQL connection that the proxy restores on each lease: the system
+/// variables a client changed (as the server reported them, through its session trackers) and
+/// the current schema.
+///
+/// Both sides keep one: a client its wanted state, a backend what it has now. Each is a change
+/// set over the backend's **baseline** (what a backend of that pool key has after its setup: the
+/// server's login defaults for the user and character set, plus the init query's effects), so a
+/// client that changed nothing and a fresh backend both hold an empty set, and a lease compares
+/// two empty dictionaries (no work on the common path).
+public struct MySQLSessionState: Sendable, Hashable {
+    /// Lower-cased variable name → the value the server reported (its own spelling).
+    public var variables: [String: String]
+    /// The current schema; nil: the login's (no `USE` since).
+    public var schema: String?
+
+    public init(variables: [String: String] = [:], schema: String? = nil) {
+        self.variables = variables
+        self.schema = schema
+    }
+
+    /// Applies what the server reported in an OK packet's session-state information.
+    public mutating func apply(variable name: String, value: String) {
+        variables[name.lowercased()] = value
+    }
+}
+
+/// The statements that make a backend's session state the client's: one `SET SESSION` for every
+/// variable that differs, and the schema (sent as COM_INIT_DB by the session).
+public struct MySQLRestorePlan: Sendable, Hashable {
+    /// `SET SESSION a = ..., b = ...`, or nil when every variable already matches.
+    public var setStatement: String?
+    /// The schema to select, or nil when it already matches.
+    public var schema: String?
+
+    public var isEmpty: Bool { setStatement == nil && schema == nil }
+
+    /// The plan that turns `backend` into `client`. `baseline` is what the backend's pool key
+    /// starts from: a variable the backend changed and the client did not goes back to its
+    /// baseline value, or to `DEFAULT` (the global value, which is also the login value of
+    /// every variable not set by the handshake or the init query) when the baseline does not
+    /// name it. `loginSchema` is the schema the client logged in with (its `schema` nil).
+    /// `noBackslashEscapes`: the backend's current sql_mode has NO_BACKSLASH_ESCAPES, so a
+    /// backslash in a value is written as it is (otherwise doubled).
+    public init(
+        client: MySQLSessionState, backend: MySQLSessionState, baseline: [String: String], loginSchema: String?,
+        noBackslashEscapes: Bool
+    ) {
+        var assignments: [String] = []
+        if client.variables != backend.variables {
+            // Sorted: the statement is the same for the same difference (easier to read in logs
+            // and tests), and sql_mode goes where the sort puts it; the statement's escaping was
+            // decided by the mode before it, which `noBackslashEscapes` gives.
+            let names = Set(client.variables.keys).union(backend.variables.keys).sorted()
+            for name in names {
+                let wanted = client.variables[name] ?? baseline[name]
+                let current = backend.variables[name] ?? baseline[name]
+                if wanted == current, wanted != nil { continue }
+                assignments.append(
+                    "\(name) = " + (wanted.map { Self.literal(name: name, value: $0, noBackslashEscapes: noBackslashEscapes) } ?? "DEFAULT"))
+            }
+        }
+        setStatement = assignments.isEmpty ? nil : "SET SESSION " + assignments.joined(separator: ", ")
+        let wantedSchema = client.schema ?? loginSchema
+        let currentSchema = backend.schema ?? loginSchema
+        schema = wantedSchema != currentSchema ? wantedSchema : nil
+    }
+
+    /// A value as the server reported it, written so that `SET` gives it back: integers bare
+    /// (a quoted number is refused by integer variables, error 1232), an empty reported value of
+    /// a variable that may be NULL as NULL, everything else a string literal (enum, set and
+    /// boolean variables take their names as strings).
+    static func literal(name: String, value: String, noBackslashEscapes: Bool) -> String {
+        if !value.isEmpty, value.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) || (value.first == "-" && value.utf8.count > 1 && value.utf8.dropFirst().allSatisfy({ $0 >= 0x30 && $0 <= 0x39 })) {
+            return value
+        }
+        if value.isEmpty, nullableVariables.contains(name) { return "NULL" }
+        var out = "'"
+        for c in value.unicodeScalars {
+            switch c {
+            case "'": out += "''"
+            case "\\": out += noBackslashEscapes ? "\\" : "\\\\"
+            default: out.unicodeScalars.append(c)
+            }
+        }
+        return out + "'"
+    }
+
+    /// Variables whose session value may be NULL (reported as an empty value).
+    static let nullableVariables: Set<String> = ["character_set_results"]
+}

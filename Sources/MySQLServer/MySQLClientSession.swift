@@ -1,0 +1,614 @@
+import ConciergeAuth
+import ConciergeConfig
+import ConciergeRuntime
+import ConnectionPool
+import Logging
+import MySQLProxy
+import MySQLWire
+import NIOCore
+import NIOSSL
+import ProxyCore
+import SQLClassifier
+
+/// One MySQL client connection: the proxy's handshake and the client's authentication
+/// (`MySQLClientLogin`), then command-level multiplexing (`MySQLSessionMachine`). This handler
+/// frames packets, classifies COM_QUERY text for pinning, runs the machines' actions and holds
+/// the backend object. All state is confined to the client's event loop.
+final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolRequester, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = Never
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    typealias Connection = MySQLBackendConnection
+
+    let eventLoop: any EventLoop
+    let endpoint: Int
+    let cancelKey: CancelKey
+    let runtime: MySQLRuntime
+    let logger: Logger
+    let logLevel: Logger.Level
+    let loopSessions: LoopSessions<MySQLClientSession>
+    var loopSlot = -1
+    var context: ChannelHandlerContext?
+    var cumulation: ByteBuffer?
+
+    var login: MySQLClientLogin
+    /// Nil until login completes.
+    var machine: MySQLSessionMachine?
+    var user = ""
+    var poolKey = PoolKey(user: "", database: "")
+    var backend: MySQLBackendConnection?
+    var borrowPool: MySQLBackendPool?
+    var borrowRequest: RequestID?
+    var closed = false
+    var draining = false
+    var queryStarted = NIODeadline.uptimeNanoseconds(0)
+    var lastActivity = NIODeadline.now()
+    let connectedAt = NIODeadline.now()
+    var needsFlushToClient = false
+    var needsFlushToBackend = false
+    /// The previous packet from the backend was 0xFFFFFF bytes long: the next continues its
+    /// payload (a row or value of 16 MB and more), and is forwarded without a look.
+    var serverPacketContinues = false
+
+    init(runtime: MySQLRuntime, loopSessions: LoopSessions<MySQLClientSession>, endpoint: Int, cancelKey: CancelKey, logger: Logger) {
+        self.runtime = runtime
+        self.loopSessions = loopSessions
+        self.eventLoop = loopSessions.eventLoop
+        self.endpoint = endpoint
+        self.cancelKey = cancelKey
+        self.logger = logger
+        self.logLevel = logger.logLevel
+        self.login = MySQLClientLogin(configuration: .init(
+            passwordMethod: Self.passwordMethod(runtime.configuration.auth), tlsAvailable: runtime.serverTLSContext != nil,
+            rsaKeyPair: runtime.engine.rsaKeyPair))
+    }
+
+    /// The plugin the handshake announces: the proxy's auth entries' `client_password_auth_type`
+    /// (caching_sha2 when any entry asks for it: a client that answers with the other plugin is
+    /// switched to it with an AuthSwitchRequest).
+    static func passwordMethod(_ auth: [AuthConfiguration]) -> MySQLClientLogin.PasswordMethod {
+        auth.contains { $0.clientPasswordAuthType == .mysqlNativePassword } && !auth.contains { $0.clientPasswordAuthType == .mysqlCachingSHA2Password }
+            ? .nativePassword : .cachingSHA2Password
+    }
+
+    func log(_ level: Logger.Level, _ message: @autoclosure () -> Logger.Message, _ extra: @autoclosure () -> Logger.Metadata = [:]) {
+        guard logLevel <= level else { return }
+        var metadata = extra()
+        metadata["concierge.client_id"] = "\(cancelKey.id)"
+        if !user.isEmpty { metadata["concierge.user"] = "\(user)" }
+        logger.log(level: level, message(), metadata: metadata)
+    }
+
+    // MARK: Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        loopSessions.add(self)
+        // The server speaks first: the handshake, with the connection id the registry gave this
+        // client (the one it sees as CONNECTION_ID() is its backend's; see README).
+        run(login.start(
+            connectionID: cancelKey.id, nonce: MySQLNonce.make(), serverVersion: runtime.engine.serverVersion,
+            capabilities: MySQLClientProfile.offeredToClients), context: context)
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        teardown()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        log(.debug, "client connection error", ["concierge.error": "\(error)"])
+        if machine == nil, error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError {
+            runtime.metrics.clientConnectionsSetupFailedAuth[endpoint].increment()
+            log(.info, "client TLS handshake failed", ["concierge.error": "\(error)"])
+        }
+        context.close(promise: nil)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        backend?.setReadingPaused(!context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = unwrapInboundIn(data)
+        if var pending = cumulation {
+            cumulation = nil
+            pending.writeBuffer(&incoming)
+            incoming = pending
+        }
+        lastActivity = .now()
+        do {
+            try process(&incoming, context: context)
+        } catch let error as MySQLWireError {
+            fail(with: MySQLClientErrors.malformed("\(error)"))
+            return
+        } catch {
+            fail(with: MySQLClientErrors.malformed("\(error)"))
+            return
+        }
+        if incoming.readableBytes > 0, !closed { cumulation = incoming.slice() }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if needsFlushToBackend {
+            needsFlushToBackend = false
+            backend?.flush()
+        }
+        if needsFlushToClient {
+            needsFlushToClient = false
+            context.flush()
+        }
+        context.fireChannelReadComplete()
+    }
+
+    // MARK: Incoming packets
+
+    func process(_ buffer: inout ByteBuffer, context: ChannelHandlerContext) throws {
+        while !closed {
+            guard let header = buffer.peekMySQLPacketHeader() else { return }
+            if machine == nil {
+                // Login packets are small: an oversized one is an attack or garbage.
+                guard header.length <= 65_536 else { throw MySQLWireError.payloadTooLarge(header.length, max: 65_536) }
+                guard buffer.readableBytes >= 4 + header.length else { return }
+                buffer.moveReaderIndex(forwardBy: 4)
+                let payload = buffer.readSlice(length: header.length)!
+                let action = login.packetReceived(
+                    MySQLPacket(sequenceID: header.sequenceID, payload: payload), trailingBytes: buffer.readableBytes,
+                    environment: loginEnvironment())
+                run(action, context: context)
+                continue
+            }
+            guard let command = try nextCommand(&buffer) else { return }
+            if command.code == MySQLCommand.query.rawValue || command.code == MySQLCommand.stmtExecute.rawValue {
+                loopSessions.queryRequests &+= 1
+            }
+            handleCommand(command, context: context)
+        }
+    }
+
+    /// The next complete command: one packet, or several when a payload of 16 MB or more is
+    /// split (each 0xFFFFFF-byte packet is followed by the next part). Sliced from the read
+    /// buffer, not copied.
+    func nextCommand(_ buffer: inout ByteBuffer) throws -> (code: UInt8, bytes: ByteBuffer, payloadLength: Int)? {
+        var offset = buffer.readerIndex
+        var total = 0
+        let limit = runtime.maxMessageSize
+        while true {
+            guard let header = buffer.getMySQLPacketHeader(at: offset) else { return nil }
+            guard buffer.writerIndex - offset >= 4 + header.length else {
+                if total + header.length > limit { throw MySQLWireError.payloadTooLarge(total + header.length, max: limit) }
+                return nil
+            }
+            total += header.length
+            offset += 4 + header.length
+            if header.length < 0xFF_FFFF { break }
+        }
+        if total > limit { throw MySQLWireError.payloadTooLarge(total, max: limit) }
+        let code = total > 0 ? buffer.getInteger(at: buffer.readerIndex + 4, as: UInt8.self)! : 0
+        let bytes = buffer.readSlice(length: offset - buffer.readerIndex)!
+        return (code, bytes, total)
+    }
+
+    func handleCommand(_ command: (code: UInt8, bytes: ByteBuffer, payloadLength: Int), context: ChannelHandlerContext) {
+        guard var machine else { return }
+        if machine.sendingInfile {
+            // LOCAL INFILE content: straight to the backend; the empty packet ends it.
+            machine.infileDataReceived(isLast: command.payloadLength == 0)
+            self.machine = machine
+            backend?.write(command.bytes)
+            needsFlushToBackend = true
+            return
+        }
+        var classification: MySQLClassification?
+        switch command.code {
+        case MySQLCommand.query.rawValue:
+            classification = classify(command.bytes, payloadLength: command.payloadLength)
+        case MySQLCommand.resetConnection.rawValue:
+            self.machine = machine
+            resetConnection(context: context)
+            return
+        case MySQLCommand.changeUser.rawValue, MySQLCommand.processKill.rawValue, MySQLCommand.binlogDump.rawValue,
+            MySQLCommand.binlogDumpGTID.rawValue, MySQLCommand.registerSlave.rawValue:
+            // Not served through the proxy yet (COM_CHANGE_USER and COM_PROCESS_KILL: the next
+            // issue): refused like a server that does not know them.
+            self.machine = machine
+            answer(MySQLClientErrors.unsupportedCommand(command.code), context: context)
+            return
+        default:
+            break
+        }
+        let pinsBefore = machine.pins
+        let action = machine.commandReceived(.init(code: command.code, bytes: command.bytes), classification: classification)
+        let newPins = machine.pins.subtracting(pinsBefore)
+        self.machine = machine
+        if !newPins.isEmpty { pinned(newPins, statement: classification != nil ? command.bytes : nil) }
+        run(action, context: context)
+    }
+
+    /// Classifies a COM_QUERY's text (joined first when it spans packets: rare, 16 MB and more).
+    func classify(_ bytes: ByteBuffer, payloadLength: Int) -> MySQLClassification {
+        let options = classifierOptions
+        if payloadLength < 0xFF_FFFF {
+            return bytes.withUnsafeReadableBytes { raw in
+                MySQLClassifier.classify(UnsafeRawBufferPointer(rebasing: raw[5...]), options: options)
+            }
+        }
+        var joined: [UInt8] = []
+        joined.reserveCapacity(payloadLength)
+        var buffer = bytes
+        while let header = buffer.peekMySQLPacketHeader() {
+            buffer.moveReaderIndex(forwardBy: 4)
+            joined.append(contentsOf: buffer.readBytes(length: header.length) ?? [])
+        }
+        return MySQLClassifier.classify(joined.dropFirst(), options: options)
+    }
+
+    var classifierOptions: MySQLClassifierOptions {
+        var options = runtime.engine.classifierOptions
+        if let mode = machine?.client.variables["sql_mode"] {
+            let upper = mode.uppercased()
+            options.noBackslashEscapes = upper.contains("NO_BACKSLASH_ESCAPES")
+            options.ansiQuotes = upper.contains("ANSI_QUOTES") || upper.contains("ANSI")
+        }
+        return options
+    }
+
+    func pinned(_ reasons: MySQLPinReasons, statement: ByteBuffer?) {
+        runtime.metrics.recordPins(bits: UInt64(reasons.rawValue))
+        log(.info, "client session pinned to its database connection", ["concierge.pin_reasons": "\(reasons.names.joined(separator: ","))"])
+    }
+
+    // MARK: Login
+
+    func loginEnvironment() -> MySQLClientLogin.Environment {
+        let runtime = self.runtime
+        let users = runtime.users
+        return MySQLClientLogin.Environment(
+            policy: AuthPolicy(requireTLS: runtime.requireTLS), clientLimitExceeded: runtime.clientLimitExceeded,
+            clientLimit: runtime.configuration.maxClientConnections,
+            user: { name in
+                users.entry(for: name).map { MySQLClientLogin.User(password: $0.keys.password, iamRequired: $0.iamRequired) }
+            })
+    }
+
+    /// Carries out what the login machine decided.
+    func run(_ action: MySQLClientLogin.Action, context: ChannelHandlerContext) {
+        switch action {
+        case .none:
+            break
+        case .write(let bytes):
+            context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
+        case .startTLS:
+            guard let tls = runtime.serverTLSContext else {
+                login.tlsFailed()
+                context.close(promise: nil)
+                return
+            }
+            do {
+                try context.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls), position: .first)
+            } catch {
+                log(.error, "could not start TLS", ["concierge.error": "\(error)"])
+                login.tlsFailed()
+                context.close(promise: nil)
+            }
+        case .verifyIAMToken(let token):
+            switch runtime.authenticateIAM(token: token, user: user, endpoint: endpoint) {
+            case .allowed(let principal):
+                log(.debug, "IAM authentication succeeded", ["concierge.principal": "\(principal)"])
+                run(login.iamResult(ok: true), context: context)
+            case .refused(let reason):
+                run(login.iamResult(ok: false, reason: reason), context: context)
+            }
+        case .loggedIn(let result, let write):
+            if let write { context.write(wrapOutboundOut(write), promise: nil) }
+            loggedIn(result, context: context)
+        case .fail(let packet, _, let reason):
+            if reason.countsAsFailedAuthentication {
+                runtime.metrics.clientConnectionsSetupFailedAuth[endpoint].increment()
+                log(.info, "client authentication failed", ["concierge.reason": "\(reason)"])
+            }
+            context.writeAndFlush(wrapOutboundOut(packet), promise: nil)
+            closeGracefully()
+        }
+    }
+
+    func loggedIn(_ result: MySQLClientLogin.LoginResult, context: ChannelHandlerContext) {
+        user = result.user
+        let profile = MySQLClientProfile(negotiated: result.capabilities, characterSet: result.characterSet)
+        let schema = result.database ?? ""
+        poolKey = PoolKey(user: result.user, database: schema, variant: profile.description)
+        machine = MySQLSessionMachine(capabilities: result.capabilities, loginSchema: schema)
+        let ok = MySQLOKPacket(affectedRows: 0, lastInsertID: 0, status: .autocommit, warnings: 0, info: "", sessionStateChanges: [])
+        var out = context.channel.allocator.buffer(capacity: 16)
+        out.writeMySQLPacket(sequenceID: result.nextSequenceID) { ok.encode(into: &$0, capabilities: result.capabilities) }
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        runtime.metrics.clientConnectionsSetupSucceeded[endpoint].increment()
+        log(.debug, "client logged in")
+    }
+
+    // MARK: Running the session machine's actions
+
+    func run(_ action: MySQLSessionMachine.Action, context: ChannelHandlerContext) {
+        switch action {
+        case .none:
+            break
+        case .borrow:
+            borrowBackend()
+        case .sendToBackend(let commands):
+            guard let backend else { return }
+            queryStarted = .now()
+            for command in commands { backend.write(command) }
+            backend.flush()
+        case .forwardToBackend(let bytes):
+            guard let backend else { return }
+            queryStarted = .now()
+            backend.write(bytes)
+            needsFlushToBackend = true
+        case .sendRestoreQuery(let text):
+            backend?.writeAndFlush(MySQLBackendConnection.query(text, allocator: context.channel.allocator))
+        case .sendInitDB(let schema):
+            var out = context.channel.allocator.buffer(capacity: schema.utf8.count + 5)
+            out.writeMySQLPacket(sequenceID: 0) { payload in
+                payload.writeInteger(MySQLCommand.initDB.rawValue)
+                payload.writeString(schema)
+            }
+            backend?.writeAndFlush(out)
+        case .forwardToClient, .forwardToClientAndRelease:
+            // Handled per packet in `backendDidRead`.
+            break
+        case .answerClient(let error):
+            answer(error, context: context)
+        case .answerPing:
+            answerOK(context: context)
+        case .release(let reusable):
+            releaseBackend(reusable: reusable)
+        case .close(let error):
+            if let error { fail(with: error) } else { closeGracefully() }
+        case .quit:
+            releaseBackend(reusable: true)
+            closeGracefully()
+        }
+    }
+
+    func answer(_ error: MySQLErrPacket, sequenceID: UInt8 = 1, context: ChannelHandlerContext) {
+        var out = context.channel.allocator.buffer(capacity: error.message.utf8.count + 16)
+        out.writeMySQLPacket(sequenceID: sequenceID) { error.encode(into: &$0, capabilities: self.clientCapabilities) }
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+    }
+
+    func answerOK(context: ChannelHandlerContext) {
+        let status: MySQLServerStatus = machine?.status.intersection([.autocommit, .inTransaction]) ?? [.autocommit]
+        let ok = MySQLOKPacket(affectedRows: 0, lastInsertID: 0, status: status, warnings: 0, info: "", sessionStateChanges: [])
+        var out = context.channel.allocator.buffer(capacity: 16)
+        out.writeMySQLPacket(sequenceID: 1) { ok.encode(into: &$0, capabilities: self.clientCapabilities) }
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+    }
+
+    var clientCapabilities: MySQLCapabilities { machine?.capabilities ?? login.negotiatedCapabilities }
+
+    func resetConnection(context: ChannelHandlerContext) {
+        guard var machine else { return }
+        let action = machine.resetConnection()
+        self.machine = machine
+        if case .release(let reusable) = action { releaseBackend(reusable: reusable) }
+        answerOK(context: context)
+    }
+
+    // MARK: Borrowing
+
+    func borrowBackend() {
+        guard let pool = runtime.borrowPool(forEndpoint: endpoint) else {
+            borrowCompleted(.failure(.connectionFailed(ConnectionFailure(message: "no database target is available"))))
+            return
+        }
+        borrowPool = pool
+        queryStarted = .now()
+        borrowRequest = pool.borrow(key: poolKey, for: self)
+    }
+
+    func borrowCompleted(_ result: Result<MySQLBackendConnection, BorrowError>) {
+        borrowRequest = nil
+        switch result {
+        case .success(let connection):
+            runtime.metrics.borrowLatency.record(.nanoseconds((NIODeadline.now() - queryStarted).nanoseconds))
+            guard !closed else {
+                borrowPool?.release(connection, reusable: true)
+                return
+            }
+            backend = connection
+            connection.lease(to: self) { [self] info in
+                guard let info else {
+                    // Closed between the pool and the lease: ask again.
+                    self.backend = nil
+                    if !self.closed { self.borrowBackend() }
+                    return
+                }
+                guard var machine = self.machine, let context = self.context else {
+                    connection.release(reusable: true, state: info.state)
+                    self.backend = nil
+                    return
+                }
+                let action = machine.borrowed(
+                    backendState: info.state, baseline: info.baseline, noBackslashEscapes: info.noBackslashEscapes)
+                self.machine = machine
+                self.run(action, context: context)
+            }
+        case .failure(let error):
+            if case .timeout = error { runtime.metrics.borrowTimeouts.increment() }
+            log(.info, "no database connection for the client", ["concierge.error": "\(error)"])
+            guard var machine, let context else { return }
+            let action = machine.borrowFailed(MySQLClientErrors.borrowFailed(error))
+            self.machine = machine
+            run(action, context: context)
+        }
+    }
+
+    func releaseBackend(reusable: Bool) {
+        guard let backend else { return }
+        self.backend = nil
+        let state = machine?.backend ?? MySQLSessionState()
+        // A backend of a pool without a schema cannot be given "no schema" again once a USE
+        // selected one (MySQL has no way back): it is not reused.
+        let schemaStays = poolKey.database.isEmpty && state.schema != nil
+        backend.release(reusable: reusable && !schemaStays, state: state)
+        if draining, machine?.holdsBackend == false { fail(with: MySQLClientErrors.shuttingDown) }
+    }
+
+    // MARK: MySQLBackendOwner
+
+    func backendDidRead(_ packets: ByteBuffer) {
+        guard let context, backend != nil else { return }
+        var buffer = packets
+        var forwardStart = buffer.readerIndex
+        var release = false
+        while let header = buffer.peekMySQLPacketHeader(), buffer.readableBytes >= 4 + header.length {
+            let packetStart = buffer.readerIndex
+            buffer.moveReaderIndex(forwardBy: 4 + header.length)
+            let continuation = serverPacketContinues
+            serverPacketContinues = header.length == MySQLPacketHeader.maxPacketPayload
+            // The tracker reads a logical payload's first packet only: a 0xFFFFFF-byte packet is
+            // never an EOF or OK, which is all it needs to know of a long row.
+            if continuation { continue }
+            let payload = buffer.getSlice(at: packetStart + 4, length: header.length)!
+            guard var machine else { return }
+            let action: MySQLSessionMachine.Action
+            do {
+                action = try machine.serverPacket(payload)
+            } catch {
+                self.machine = machine
+                log(.warning, "database sent a malformed packet", ["concierge.error": "\(error)"])
+                releaseBackend(reusable: false)
+                fail(with: MySQLClientErrors.backendLost)
+                return
+            }
+            self.machine = machine
+            switch action {
+            case .forwardToClient:
+                continue
+            case .forwardToClientAndRelease:
+                release = true
+            case .none:
+                // The proxy's own statement's answer: not the client's.
+                flushForwarded(packets, from: forwardStart, to: packetStart, context: context)
+                forwardStart = buffer.readerIndex
+            default:
+                flushForwarded(packets, from: forwardStart, to: packetStart, context: context)
+                forwardStart = buffer.readerIndex
+                run(action, context: context)
+                if closed || self.backend == nil { return }
+            }
+            if release { break }
+        }
+        flushForwarded(packets, from: forwardStart, to: buffer.readerIndex, context: context)
+        if release {
+            context.flush()
+            runtime.metrics.queryDatabaseResponseLatency.record(.nanoseconds((NIODeadline.now() - queryStarted).nanoseconds))
+            releaseBackend(reusable: true)
+        }
+    }
+
+    func flushForwarded(_ packets: ByteBuffer, from start: Int, to end: Int, context: ChannelHandlerContext) {
+        guard end > start, let slice = packets.getSlice(at: start, length: end - start) else { return }
+        context.write(wrapOutboundOut(slice), promise: nil)
+        needsFlushToClient = true
+    }
+
+    func backendDidReadComplete() {
+        if needsFlushToClient {
+            needsFlushToClient = false
+            context?.flush()
+        }
+    }
+
+    func backendDidClose() {
+        guard backend != nil, var machine, let context else { return }
+        backend = nil
+        runtime.backendConnectionLost()
+        let action = machine.backendLost()
+        self.machine = machine
+        if case .close = action { log(.warning, "database connection lost while serving this client") }
+        run(action, context: context)
+    }
+
+    // MARK: Timeouts, metrics, drain
+
+    func checkTimeouts(now: NIODeadline) {
+        if machine == nil {
+            if now - connectedAt > .seconds(30) { fail(with: MySQLClientErrors.authenticationTimeout) }
+            return
+        }
+        let timeout = runtime.idleClientTimeout
+        if timeout > 0, backend == nil, now - lastActivity > .seconds(Int64(timeout)) {
+            log(.info, "closing idle client")
+            fail(with: MySQLClientErrors.idleTimeout, sequenceID: 0)
+        }
+    }
+
+    func addMetrics(to sample: inout LoopMetricsSample) {
+        sample.clientsPerEndpoint[endpoint] += 1
+        guard backend != nil, let machine else { return }
+        if !machine.pins.isEmpty { sample.pinned += 1 }
+        if machine.inTransaction { sample.inTransaction += 1 }
+    }
+
+    func beginDrain() {
+        eventLoop.execute { [self] in
+            draining = true
+            if backend == nil { fail(with: MySQLClientErrors.shuttingDown, sequenceID: 0) }
+        }
+    }
+
+    func forceClose() {
+        eventLoop.execute { [self] in fail(with: MySQLClientErrors.shuttingDown, sequenceID: 0) }
+    }
+
+    /// KILL QUERY through the proxy is the next issue's; nothing is cancelled yet.
+    func cancelCurrentQuery() -> EventLoopFuture<Void> {
+        eventLoop.makeSucceededVoidFuture()
+    }
+
+    // MARK: Closing
+
+    func fail(with error: MySQLErrPacket, sequenceID: UInt8 = 1) {
+        guard let context, !closed else { return }
+        answer(error, sequenceID: sequenceID, context: context)
+        closeGracefully()
+    }
+
+    func closeGracefully() {
+        guard let context, !closed else { return }
+        teardown()
+        context.close(promise: nil)
+    }
+
+    func teardown() {
+        guard !closed else { return }
+        closed = true
+        loopSessions.remove(self)
+        if let request = borrowRequest {
+            borrowRequest = nil
+            (borrowPool ?? runtime.pool).cancel(request)
+        }
+        if let backend, var machine {
+            self.backend = nil
+            let action = machine.clientClosed()
+            self.machine = machine
+            if case .release(let reusable) = action {
+                backend.release(reusable: reusable, state: machine.backend)
+            } else {
+                backend.release(reusable: false, state: machine.backend)
+            }
+        }
+        runtime.sessionClosed(self)
+    }
+}

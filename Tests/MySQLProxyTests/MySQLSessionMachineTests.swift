@@ -1,0 +1,268 @@
+import MySQLWire
+import NIOCore
+import SQLClassifier
+import XCTest
+@testable import MySQLProxy
+
+/// The MySQL session machine, event by event, without sockets: when a backend is borrowed,
+/// restored, kept and returned.
+final class MySQLSessionMachineTests: XCTestCase {
+    let caps: MySQLCapabilities = [.protocol41, .transactions, .sessionTrack, .multiResults, .multiStatements]
+
+    func command(_ sql: String) -> MySQLSessionMachine.Command {
+        var bytes = ByteBuffer()
+        bytes.writeMySQLPacket(sequenceID: 0) { payload in
+            payload.writeInteger(MySQLCommand.query.rawValue)
+            payload.writeString(sql)
+        }
+        return .init(code: MySQLCommand.query.rawValue, bytes: bytes)
+    }
+
+    func ok(_ status: MySQLServerStatus, changes: [MySQLSessionStateChange] = []) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        var status = status
+        if !changes.isEmpty { status.insert(.sessionStateChanged) }
+        MySQLOKPacket(status: status, sessionStateChanges: changes).encode(into: &buffer, capabilities: caps)
+        return buffer
+    }
+
+    func eof(_ status: MySQLServerStatus) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        MySQLEOFPacket(status: status).encode(into: &buffer)
+        return buffer
+    }
+
+    func err(_ code: UInt16, _ message: String) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        MySQLErrPacket(code: code, message: message).encode(into: &buffer)
+        return buffer
+    }
+
+    func send(_ machine: inout MySQLSessionMachine, _ sql: String) -> MySQLSessionMachine.Action {
+        machine.commandReceived(command(sql), classification: MySQLClassifier.classify(sql))
+    }
+
+    /// A machine that has a fresh backend attached for `sql`.
+    func attached(_ sql: String = "SELECT 1") -> MySQLSessionMachine {
+        var machine = MySQLSessionMachine(capabilities: caps, loginSchema: "app")
+        guard case .borrow = send(&machine, sql) else { XCTFail("expected a borrow"); return machine }
+        guard case .sendToBackend(let commands) = machine.borrowed(backendState: .init(), baseline: [:], noBackslashEscapes: false) else {
+            XCTFail("expected the held command to go out"); return machine
+        }
+        XCTAssertEqual(commands.count, 1)
+        return machine
+    }
+
+    func isForward(_ action: MySQLSessionMachine.Action) -> Bool {
+        if case .forwardToClient = action { return true }
+        return false
+    }
+
+    func isRelease(_ action: MySQLSessionMachine.Action) -> Bool {
+        if case .forwardToClientAndRelease = action { return true }
+        return false
+    }
+
+    func testAnAutocommitStatementBorrowsAndReturnsTheBackendAtItsOK() throws {
+        var machine = attached()
+        XCTAssertEqual(machine.state, .attached)
+        XCTAssertTrue(isRelease(try machine.serverPacket(ok(.autocommit))))
+        XCTAssertEqual(machine.state, .idle)
+    }
+
+    func testAResultSetReturnsTheBackendOnlyAfterItsLastPacket() throws {
+        var machine = attached()
+        var count = ByteBuffer()
+        count.writeMySQLLengthEncodedInteger(1)
+        XCTAssertTrue(isForward(try machine.serverPacket(count)))
+        var column = ByteBuffer()
+        for part in ["def", "", "", "", "1", ""] { column.writeMySQLLengthEncodedString(part) }
+        column.writeBytes([0x0C, 0x3F, 0x00, 0x01, 0, 0, 0, 0x08, 0x81, 0x00, 0x00, 0x00, 0x00])
+        XCTAssertTrue(isForward(try machine.serverPacket(column)))
+        XCTAssertTrue(isForward(try machine.serverPacket(eof(.autocommit))))
+        var row = ByteBuffer()
+        row.writeMySQLLengthEncodedString("1")
+        XCTAssertTrue(isForward(try machine.serverPacket(row)))
+        XCTAssertTrue(isRelease(try machine.serverPacket(eof(.autocommit))))
+    }
+
+    func testATransactionKeepsTheBackendUntilItsEnd() throws {
+        var machine = attached("BEGIN")
+        XCTAssertTrue(isForward(try machine.serverPacket(ok([.autocommit, .inTransaction]))))
+        XCTAssertTrue(machine.inTransaction)
+        guard case .forwardToBackend = send(&machine, "INSERT INTO t VALUES (1)") else { return XCTFail() }
+        XCTAssertTrue(isForward(try machine.serverPacket(ok([.autocommit, .inTransaction]))))
+        guard case .forwardToBackend = send(&machine, "COMMIT") else { return XCTFail() }
+        XCTAssertTrue(isRelease(try machine.serverPacket(ok(.autocommit))))
+    }
+
+    func testAutocommitOffCountsAsATransaction() throws {
+        var machine = attached("SET autocommit = 0")
+        XCTAssertTrue(isForward(try machine.serverPacket(ok([]))))
+        XCTAssertTrue(machine.inTransaction)
+        XCTAssertEqual(machine.state, .attached)
+    }
+
+    func testAPinnedSessionKeepsItsBackend() throws {
+        var machine = attached("SET @x = 1")
+        XCTAssertEqual(machine.pins, .userVariable)
+        XCTAssertTrue(isForward(try machine.serverPacket(ok(.autocommit))))
+        XCTAssertEqual(machine.state, .attached)
+    }
+
+    func testLookAlikesDoNotPin() throws {
+        var machine = attached("SELECT '@x' /* LOCK TABLES */")
+        XCTAssertEqual(machine.pins, [])
+        XCTAssertTrue(isRelease(try machine.serverPacket(ok(.autocommit))))
+    }
+
+    func testUnlockTablesReleasesTheLockPin() throws {
+        var machine = attached("LOCK TABLES t WRITE")
+        XCTAssertTrue(isForward(try machine.serverPacket(ok(.autocommit))))
+        guard case .forwardToBackend = send(&machine, "UNLOCK TABLES") else { return XCTFail() }
+        XCTAssertEqual(machine.pins, [])
+        XCTAssertTrue(isRelease(try machine.serverPacket(ok(.autocommit))))
+    }
+
+    func testMoreResultsKeepTheBackendUntilTheLastResult() throws {
+        var machine = attached("SELECT 1; SELECT 2")
+        XCTAssertTrue(isForward(try machine.serverPacket(ok([.autocommit, .moreResultsExist]))))
+        XCTAssertTrue(isRelease(try machine.serverPacket(ok(.autocommit))))
+    }
+
+    func testABorrowTimeoutAnswersTheHeldCommandAndTheSessionGoesOn() {
+        var machine = MySQLSessionMachine(capabilities: caps, loginSchema: nil)
+        guard case .borrow = send(&machine, "SELECT 1") else { return XCTFail() }
+        guard case .answerClient(let error) = machine.borrowFailed(MySQLErrPacket(code: 9501, message: "Timed-out waiting to acquire database connection")) else {
+            return XCTFail()
+        }
+        XCTAssertEqual(error.code, 9501)
+        XCTAssertEqual(machine.state, .idle)
+        guard case .borrow = send(&machine, "SELECT 1") else { return XCTFail("the next command borrows again") }
+    }
+
+    func testCommandsPipelinedWhileBorrowingGoOutTogether() {
+        var machine = MySQLSessionMachine(capabilities: caps, loginSchema: nil)
+        guard case .borrow = send(&machine, "SELECT 1") else { return XCTFail() }
+        guard case .none = send(&machine, "SELECT 2") else { return XCTFail() }
+        guard case .sendToBackend(let commands) = machine.borrowed(backendState: .init(), baseline: [:], noBackslashEscapes: false) else {
+            return XCTFail()
+        }
+        XCTAssertEqual(commands.count, 2)
+    }
+
+    func testReportedVariablesBecomeTheClientsStateAndAreRestoredOnTheNextBackend() throws {
+        var machine = attached("SET time_zone = '+01:00'")
+        let reported = ok(.autocommit, changes: [.systemVariable(name: "time_zone", value: "+01:00"), .stateChanged(true)])
+        XCTAssertTrue(isRelease(try machine.serverPacket(reported)))
+        XCTAssertEqual(machine.client.variables, ["time_zone": "+01:00"])
+        XCTAssertEqual(machine.pins, [])
+        // The next command gets another backend, fresh: the variable is set before it.
+        guard case .borrow = send(&machine, "SELECT NOW()") else { return XCTFail() }
+        guard case .sendRestoreQuery(let restore) = machine.borrowed(backendState: .init(), baseline: [:], noBackslashEscapes: false) else {
+            return XCTFail()
+        }
+        XCTAssertEqual(restore, "SET SESSION time_zone = '+01:00'")
+        // The restore's own OK is not the client's; then the held command goes.
+        let restored = ok(.autocommit, changes: [.systemVariable(name: "time_zone", value: "+01:00"), .stateChanged(true)])
+        guard case .sendToBackend(let commands) = try machine.serverPacket(restored) else { return XCTFail() }
+        XCTAssertEqual(commands.count, 1)
+        XCTAssertEqual(machine.backend, machine.client)
+    }
+
+    func testTheSchemaIsRestoredWithInitDB() throws {
+        var machine = attached("USE other")
+        XCTAssertTrue(isRelease(try machine.serverPacket(ok(.autocommit, changes: [.schema("other"), .stateChanged(true)]))))
+        guard case .borrow = send(&machine, "SELECT 1") else { return XCTFail() }
+        guard case .sendInitDB("other") = machine.borrowed(backendState: .init(), baseline: [:], noBackslashEscapes: false) else {
+            return XCTFail()
+        }
+        guard case .sendToBackend = try machine.serverPacket(ok(.autocommit, changes: [.schema("other")])) else { return XCTFail() }
+    }
+
+    func testAStateChangeNoVariableNamesPins() throws {
+        // E.g. a user variable set inside a stored procedure, which the classifier cannot see.
+        var machine = attached("CALL p()")
+        XCTAssertTrue(isForward(try machine.serverPacket(ok(.autocommit, changes: [.stateChanged(true)]))))
+        XCTAssertEqual(machine.pins, .sessionStateChange)
+    }
+
+    func testARefusedRestoreClosesTheClientWithTheServersError() throws {
+        var machine = attached("USE gone")
+        _ = try machine.serverPacket(ok(.autocommit, changes: [.schema("gone")]))
+        _ = send(&machine, "SELECT 1")
+        guard case .sendInitDB("gone") = machine.borrowed(backendState: .init(), baseline: [:], noBackslashEscapes: false) else {
+            return XCTFail()
+        }
+        guard case .close(let error?) = try machine.serverPacket(err(1049, "Unknown database 'gone'")) else { return XCTFail() }
+        XCTAssertEqual(error.code, 1049)
+    }
+
+    func testPingIsAnsweredWithoutABackend() {
+        var machine = MySQLSessionMachine(capabilities: caps, loginSchema: nil)
+        var bytes = ByteBuffer()
+        bytes.writeMySQLPacket(sequenceID: 0) { $0.writeInteger(MySQLCommand.ping.rawValue) }
+        guard case .answerPing = machine.commandReceived(.init(code: MySQLCommand.ping.rawValue, bytes: bytes), classification: nil) else {
+            return XCTFail()
+        }
+    }
+
+    func testABackendLostBetweenStatementsOfNoTransactionIsNotTheClientsLoss() throws {
+        var machine = attached("SELECT 1")
+        _ = try machine.serverPacket(ok(.autocommit))
+        XCTAssertEqual(machine.state, .idle)
+        guard case .none = machine.backendLost() else { return XCTFail() }
+    }
+
+    func testABackendLostMidTransactionClosesTheClientWithAnError() throws {
+        var machine = attached("BEGIN")
+        _ = try machine.serverPacket(ok([.autocommit, .inTransaction]))
+        guard case .close(let error?) = machine.backendLost() else { return XCTFail() }
+        XCTAssertEqual(error.code, 2013)
+        XCTAssertEqual(machine.state, .closed)
+    }
+
+    func testABackendLostMidStatementClosesTheClient() {
+        var machine = attached("SELECT SLEEP(10)")
+        guard case .close = machine.backendLost() else { return XCTFail() }
+    }
+
+    func testAClientLeavingMidStatementDoesNotReturnTheBackendForReuse() {
+        var machine = attached("SELECT SLEEP(10)")
+        guard case .release(let reusable) = machine.clientClosed() else { return XCTFail() }
+        XCTAssertFalse(reusable)
+    }
+
+    func testBinaryPreparedStatementsPin() {
+        var machine = attached("SELECT 1")
+        var bytes = ByteBuffer()
+        bytes.writeMySQLPacket(sequenceID: 0) {
+            $0.writeInteger(MySQLCommand.stmtPrepare.rawValue)
+            $0.writeString("SELECT ?")
+        }
+        _ = machine.commandReceived(.init(code: MySQLCommand.stmtPrepare.rawValue, bytes: bytes), classification: nil)
+        XCTAssertEqual(machine.pins, .binaryPreparedStatement)
+    }
+
+    func testResetConnectionDropsPinsAndState() throws {
+        var machine = attached("SET @x = 1")
+        _ = try machine.serverPacket(ok(.autocommit))
+        guard case .release(let reusable) = machine.resetConnection() else { return XCTFail() }
+        XCTAssertFalse(reusable, "a pinned backend carries the client's state: not reused")
+        XCTAssertEqual(machine.pins, [])
+        XCTAssertEqual(machine.state, .idle)
+    }
+
+    func testLocalInfileKeepsTheBackendUntilTheServersAnswer() throws {
+        var machine = attached("LOAD DATA LOCAL INFILE 'x' INTO TABLE t")
+        var request = ByteBuffer()
+        request.writeInteger(UInt8(0xFB))
+        request.writeString("x")
+        XCTAssertTrue(isForward(try machine.serverPacket(request)))
+        XCTAssertTrue(machine.sendingInfile)
+        machine.infileDataReceived(isLast: false)
+        machine.infileDataReceived(isLast: true)
+        XCTAssertFalse(machine.sendingInfile)
+        XCTAssertTrue(isRelease(try machine.serverPacket(ok(.autocommit))))
+    }
+}
