@@ -138,6 +138,8 @@ public struct MySQLServerStatus: OptionSet, Sendable, Hashable {
     public static let inTransactionReadOnly = MySQLServerStatus(rawValue: 0x2000)
     /// The OK packet carries session-state changes (with CLIENT_SESSION_TRACK).
     public static let sessionStateChanged = MySQLServerStatus(rawValue: 0x4000)
+    /// MariaDB: `ANSI_QUOTES` is in sql_mode: the SQL lexer must read `"..."` as an identifier.
+    public static let ansiQuotes = MySQLServerStatus(rawValue: 0x8000)
 }
 
 /// The first byte of a client's command packet (after the handshake, each command starts a new

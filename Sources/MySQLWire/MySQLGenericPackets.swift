@@ -60,8 +60,10 @@ public enum MySQLSessionStateChange: Sendable, Hashable {
                 guard let schema = data.readMySQLLengthEncodedString() else { throw .malformed("truncated session schema") }
                 changes.append(.schema(schema))
             case TrackerType.stateChange:
-                guard let flag = data.readMySQLLengthEncodedString() else { throw .malformed("truncated session state change") }
-                changes.append(.stateChanged(flag == "1"))
+                // The data is the character itself, not a length-encoded string (MySQL and
+                // MariaDB both send 02 01 31).
+                guard let flag = data.readableBytesView.last else { throw .malformed("empty session state change") }
+                changes.append(.stateChanged(flag == UInt8(ascii: "1")))
             case TrackerType.gtids:
                 changes.append(.gtids(Array(data.readableBytesView)))
             case TrackerType.transactionCharacteristics:
@@ -93,7 +95,7 @@ public enum MySQLSessionStateChange: Sendable, Hashable {
             data.writeMySQLLengthEncodedString(schema)
         case .stateChanged(let changed):
             type = TrackerType.stateChange
-            data.writeMySQLLengthEncodedString(changed ? "1" : "0")
+            data.writeInteger(changed ? UInt8(ascii: "1") : UInt8(ascii: "0"))
         case .gtids(let bytes):
             type = TrackerType.gtids
             data.writeBytes(bytes)

@@ -14,7 +14,7 @@ A scenario's reply is read until the server sends nothing for QUIET seconds, so 
 not depend on any idea of where a response ends: that is what the tests check.
 
     bash scripts/mysql.sh start /tmp/concierge-mywire/data 3399
-    python3 Tests/MySQLWireTests/capture.py --port 3399 \
+    python3 Tests/MySQLWireTests/Captures/capture.py --port 3399 \
         --password-file /tmp/concierge-mywire/admin.password --out Tests/MySQLWireTests/Captures
 """
 import argparse
