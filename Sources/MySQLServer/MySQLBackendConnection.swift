@@ -56,6 +56,8 @@ final class MySQLBackendConnection: ChannelInboundHandler, @unchecked Sendable {
     private var login: MySQLBackendLogin
     private(set) var machine: MySQLBackendMachine
     private var channel: (any Channel)?
+    /// Set in handlerAdded; used on `eventLoop` only.
+    private var context: ChannelHandlerContext?
     private var cumulation: ByteBuffer?
     private var setupPromise: EventLoopPromise<MySQLBackendConnection>?
     private var checkPromise: EventLoopPromise<[[String?]]>?
@@ -124,6 +126,14 @@ final class MySQLBackendConnection: ChannelInboundHandler, @unchecked Sendable {
     }
 
     // MARK: Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
 
     func channelActive(context: ChannelHandlerContext) {
         channel = context.channel
@@ -293,8 +303,14 @@ final class MySQLBackendConnection: ChannelInboundHandler, @unchecked Sendable {
                 fallback.cancel()
                 channel.close(promise: nil)
             }
-        case .close, .discard:
+        case .close:
             owner = nil
+            context.close(promise: nil)
+        case .discard:
+            // Not reusable: the pool keeps its slot until the close is reported
+            // (channelInactive → connectionClosed).
+            owner = nil
+            pool?.release(self, reusable: false)
             context.close(promise: nil)
         case .returnToPool:
             owner = nil
@@ -316,14 +332,12 @@ final class MySQLBackendConnection: ChannelInboundHandler, @unchecked Sendable {
     func check(_ query: String) -> EventLoopFuture<[[String?]]> {
         let promise = eventLoop.makePromise(of: [[String?]].self)
         eventLoop.execute {
-            guard let context = self.channel.map({ _ in () }), let action = self.machine.checkRequested(query) else {
+            guard let context = self.context, let action = self.machine.checkRequested(query) else {
                 promise.fail(MySQLBackendError.connection("the health check connection is busy or closed"))
                 return
             }
-            _ = context
             self.checkPromise = promise
-            self.channel?.writeAndFlush(Self.query(query, allocator: self.channel!.allocator), promise: nil)
-            _ = action
+            self.run(action, context: context)
         }
         return promise.futureResult
     }
@@ -364,16 +378,14 @@ final class MySQLBackendConnection: ChannelInboundHandler, @unchecked Sendable {
     func release(reusable: Bool, state: MySQLSessionState) {
         eventLoop.execute {
             if self.readingPaused { self.setReadingPaused(false) }
-            guard let context = self.channel?.pipeline.syncOperations.context(handlerType: MySQLBackendConnection.self) else {
-                return
-            }
-            self.run(self.machine.released(reusable: reusable, sessionState: state), context: (try? context.get())!)
+            guard let context = self.context else { return }
+            self.run(self.machine.released(reusable: reusable, sessionState: state), context: context)
         }
     }
 
     func close() {
         eventLoop.execute {
-            guard let channel = self.channel, let context = try? channel.pipeline.syncOperations.context(handlerType: MySQLBackendConnection.self) else { return }
+            guard let context = self.context else { return }
             self.run(self.machine.closeRequested(), context: context)
         }
     }
