@@ -321,7 +321,8 @@ public struct MySQLEOFPacket: Sendable, Hashable {
     }
 
     /// Whether a payload is an EOF packet: 0xFE and shorter than 9 bytes (a text row can start
-    /// with 0xFE only when its first field needs a 9-byte length).
+    /// with 0xFE only when its first field needs a 9-byte length). Under DEPRECATE_EOF no EOF is
+    /// ever sent, and a short 0xFE OK (7 or 8 bytes) passes this test too: parse it as an OK.
     public static func isEOF(payload: ByteBuffer) -> Bool {
         payload.readableBytes < 9 && payload.getInteger(at: payload.readerIndex, as: UInt8.self) == 0xFE
     }

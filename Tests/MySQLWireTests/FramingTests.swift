@@ -106,8 +106,12 @@ final class FramingTests: XCTestCase {
     }
 
     func testPayloadOf16MBPlusOneIsSplitAndJoined() throws {
+        // A repeating 0...250 pattern, so a misplaced continuation boundary shows as a mismatch.
+        let pattern = [UInt8](0...250)
         var payload = ByteBuffer()
-        for index in 0..<(16 * 1024 * 1024 + 1) { payload.writeInteger(UInt8(truncatingIfNeeded: index)) }
+        while payload.readableBytes + pattern.count <= 16 * 1024 * 1024 + 1 { payload.writeBytes(pattern) }
+        payload.writeBytes(pattern.prefix(16 * 1024 * 1024 + 1 - payload.readableBytes))
+        XCTAssertEqual(payload.readableBytes, 16 * 1024 * 1024 + 1)
         var buffer = ByteBuffer()
         XCTAssertEqual(buffer.writeMySQLPacket(sequenceID: 255, payload: payload), 1, "ids wrap at 256")
         // 16 MB + 1 = 0xFFFFFF + 2: one full packet, then 2 bytes.
