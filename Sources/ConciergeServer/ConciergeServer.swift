@@ -1,4 +1,5 @@
 import ConciergeRuntime
+import MySQLServer
 import PostgresServer
 import ConciergeAuth
 import ConciergeAdmin
@@ -107,9 +108,12 @@ public final class ConciergeServer: Service, @unchecked Sendable {
             for proxy in configuration.proxies {
                 let runtime: any ServedProxy
                 switch proxy.engineFamily {
-                case .postgresql, .mysql:
-                    // Validation refuses MYSQL until its engine exists.
+                case .postgresql:
                     runtime = try PostgresEngineFactory.makeProxy(
+                        configuration: proxy, credentials: credentials[proxy.name] ?? [], group: group,
+                        registry: registry, logger: logger)
+                case .mysql:
+                    runtime = try MySQLEngineFactory.makeProxy(
                         configuration: proxy, credentials: credentials[proxy.name] ?? [], group: group,
                         registry: registry, logger: logger)
                 }
@@ -198,6 +202,8 @@ public final class ConciergeServer: Service, @unchecked Sendable {
             if complete { proxy.updateCredentials(credentials) }
         }
     }
+
+    // MARK: - Reload
 
     /// Why a reloaded configuration was refused (the running one stays).
     public struct ReloadError: Error, CustomStringConvertible {

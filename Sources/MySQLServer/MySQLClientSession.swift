@@ -59,9 +59,9 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
         self.cancelKey = cancelKey
         self.logger = logger
         self.logLevel = logger.logLevel
-        self.login = MySQLClientLogin(configuration: .init(
-            passwordMethod: Self.passwordMethod(runtime.configuration.auth), tlsAvailable: runtime.serverTLSContext != nil,
-            rsaKeyPair: runtime.engine.rsaKeyPair))
+        // Configured in channelActive: this runs under the runtime's lock (see
+        // `DatabaseEngine.makeClientHandler`), where the runtime must not be called back.
+        self.login = MySQLClientLogin(configuration: .init(passwordMethod: .nativePassword, tlsAvailable: false))
     }
 
     /// The plugin the handshake announces: the proxy's auth entries' `client_password_auth_type`
@@ -92,6 +92,9 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
 
     func channelActive(context: ChannelHandlerContext) {
         loopSessions.add(self)
+        login = MySQLClientLogin(configuration: .init(
+            passwordMethod: Self.passwordMethod(runtime.configuration.auth), tlsAvailable: runtime.serverTLSContext != nil,
+            rsaKeyPair: runtime.engine.rsaKeyPair, allocator: context.channel.allocator))
         // The server speaks first: the handshake, with the connection id the registry gave this
         // client (the one it sees as CONNECTION_ID() is its backend's; see README).
         run(login.start(
@@ -473,13 +476,13 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
         var release = false
         while let header = buffer.peekMySQLPacketHeader(), buffer.readableBytes >= 4 + header.length {
             let packetStart = buffer.readerIndex
+            let payload = buffer.getSlice(at: packetStart + 4, length: header.length)!
             buffer.moveReaderIndex(forwardBy: 4 + header.length)
             let continuation = serverPacketContinues
             serverPacketContinues = header.length == MySQLPacketHeader.maxPacketPayload
             // The tracker reads a logical payload's first packet only: a 0xFFFFFF-byte packet is
             // never an EOF or OK, which is all it needs to know of a long row.
             if continuation { continue }
-            let payload = buffer.getSlice(at: packetStart + 4, length: header.length)!
             guard var machine else { return }
             let action: MySQLSessionMachine.Action
             do {
