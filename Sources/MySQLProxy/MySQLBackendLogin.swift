@@ -69,6 +69,17 @@ public struct MySQLBackendLogin: Sendable {
         public var serverVersion: String
         /// The status flags of the final OK packet.
         public var status: MySQLServerStatus
+
+        public init(
+            serverCapabilities: MySQLCapabilities, capabilities: MySQLCapabilities, connectionID: UInt32, serverVersion: String,
+            status: MySQLServerStatus
+        ) {
+            self.serverCapabilities = serverCapabilities
+            self.capabilities = capabilities
+            self.connectionID = connectionID
+            self.serverVersion = serverVersion
+            self.status = status
+        }
     }
 
     /// Why the login failed (the connection is closing).

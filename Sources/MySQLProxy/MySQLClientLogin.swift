@@ -170,7 +170,7 @@ public struct MySQLClientLogin: Sendable {
         /// is written in reply: the client starts the TLS handshake). Its next packet is the
         /// HandshakeResponse41, encrypted.
         case startTLS
-        /// Check this IAM token for `LoginResult.user`, then report with `iamResult(ok:reason:)`.
+        /// Check this IAM token for `user`, then report with `iamResult(ok:reason:)`.
         case verifyIAMToken(String)
         /// The client is who it claims. Write `write` first when there is one (caching_sha2's
         /// fast-auth-success AuthMoreData), then let the session complete the login with its OK
@@ -238,6 +238,9 @@ public struct MySQLClientLogin: Sendable {
     public private(set) var state: State = .initial
     /// The client negotiated TLS (SSLRequest accepted).
     public private(set) var isTLS = false
+    /// The user the client names in its HandshakeResponse41 (empty before it): for the log, and
+    /// for the IAM check of `.verifyIAMToken`.
+    public private(set) var user = ""
     /// The capabilities in force once the HandshakeResponse41 is read (before it, CLIENT_PROTOCOL_41
     /// only: what an ERR packet is encoded with).
     public private(set) var negotiatedCapabilities: MySQLCapabilities = .protocol41
@@ -389,6 +392,7 @@ public struct MySQLClientLogin: Sendable {
         var negotiated = response.capabilities.intersection(advertised)
         if isTLS { negotiated.insert(.ssl) } else { negotiated.remove(.ssl) }
         negotiatedCapabilities = negotiated
+        user = response.username
         let client = Client(
             user: response.username,
             database: response.capabilities.contains(.connectWithDB) ? response.database : nil,

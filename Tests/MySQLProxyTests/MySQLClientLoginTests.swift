@@ -649,6 +649,7 @@ enum LoginWire {
             let token = "proxy.example:3306/?Action=connect&DBUser=token&X-Amz-Signature=abc"
             #expect(login.packetReceived(LoginWire.packet(4, bytes: Array(token.utf8) + [0]), environment: Self.environment())
                 == .verifyIAMToken(token))
+            #expect(login.user == "token")
             guard case .checkingIAMToken(_, replyID: 5) = login.state else { Issue.record("state \(login.state)"); return }
             let action = login.iamResult(ok: allowed, reason: "signature mismatch")
             if allowed {
