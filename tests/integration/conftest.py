@@ -8,6 +8,8 @@
   starts `$CONCIERGE_BIN serve --config FILE`, waits until a real psql `select 1` succeeds through
   it and returns a `helpers.Proxy`. Teardown sends SIGTERM and waits for the exit.
 - `concierge_bin`: the binary under test ($CONCIERGE_BIN, else .build/debug/concierge).
+- `mariadb` (session) and `mysql_proxy` (function): the same for MySQL proxies in front of a
+  throwaway MariaDB (mysql_fixtures.py).
 
 Direct mode (CONCIERGE_ITEST_DIRECT=1): `proxy()` starts nothing and returns the database's own
 address, so the test logic can be checked against PostgreSQL itself. Tests marked `proxy_only`
@@ -234,3 +236,8 @@ def _wait_ready(p: Proxy, timeout: float = 20) -> None:
         wait_for(ready, timeout, f"concierge on port {p.port} to serve `select 1`", interval=0.1)
     except AssertionError as e:
         pytest.fail(f"{e}\nlog:\n{p.log()}")
+
+
+# -- MySQL/MariaDB ---------------------------------------------------------------------------
+# `mariadb` (session) and `mysql_proxy` (factory): see mysql_fixtures.py.
+from mysql_fixtures import mariadb, mysql_proxy  # noqa: E402,F401

@@ -257,11 +257,13 @@ def write_secret(path: Path, username: str, password: str) -> Path:
 
 def proxy_config(*, listen_port: int, db_port: int, secrets: dict[str, Path],
                  md5_users: set[str] | None = None, drain_timeout: float | None = 5,
-                 **overrides: Any) -> dict:
+                 client_auth: dict[str, str] | None = None, **overrides: Any) -> dict:
     """The config dict for one proxy named `app`; overrides are flat keys (see POOL_KEYS).
 
     One auth entry per secret; clients of the users in `md5_users` log in with md5, the others
-    with SCRAM-SHA-256. By default `md5_users` are those of DB_USERS with POSTGRES_MD5."""
+    with SCRAM-SHA-256. By default `md5_users` are those of DB_USERS with POSTGRES_MD5.
+    `client_auth` (user -> client_password_auth_type) overrides both, e.g. for a MySQL proxy
+    (`engine_family="MYSQL"`, `client_auth={"app": "MYSQL_NATIVE_PASSWORD"}`)."""
     if md5_users is None:
         md5_users = {u.name for u in DB_USERS if u.client_auth == "POSTGRES_MD5"}
     pool = dict(DEFAULT_POOL)
@@ -276,8 +278,8 @@ def proxy_config(*, listen_port: int, db_port: int, secrets: dict[str, Path],
             {"auth_scheme": "SECRETS",
              "secret_arn": f"file:{path}",
              "iam_auth": "DISABLED",
-             "client_password_auth_type":
-                 "POSTGRES_MD5" if user in md5_users else "POSTGRES_SCRAM_SHA_256"}
+             "client_password_auth_type": (client_auth or {}).get(user) or
+                 ("POSTGRES_MD5" if user in md5_users else "POSTGRES_SCRAM_SHA_256")}
             for user, path in secrets.items()
         ],
     }
