@@ -398,3 +398,180 @@ import Testing
         #expect(response.authResponse == Array("db-secret".utf8) + [0])
     }
 }
+
+/// The two machines against each other: the backend login (the proxy as a client) logs in to
+/// the client login (the proxy as a server), packet by packet, as a MySQL 8 server with
+/// caching_sha2_password would answer. TLS is the handlers' business: here each side is told
+/// it started.
+@Suite struct MySQLLoginsAgainstEachOtherTests {
+    enum Outcome: Equatable {
+        case loggedIn(MySQLClientLogin.LoginResult, MySQLBackendLogin.Authenticated)
+        case refused(MySQLErrPacket, MySQLClientLogin.Failure)
+    }
+
+    /// Runs the exchange; `trace` gets each packet's direction, sequence id and first byte.
+    static func run(
+        method: MySQLClientLogin.PasswordMethod, password: String, user: String = "app", tls: Bool = false,
+        trace: inout [String]
+    ) throws -> Outcome {
+        var server = MySQLClientLogin(configuration: .init(
+            passwordMethod: method, tlsAvailable: tls, rsaKeyPair: LoginWire.keys, makeNonce: { LoginWire.otherNonce }))
+        var client = MySQLBackendLogin(configuration: .init(
+            username: user, password: password, database: "orders", useTLS: tls, capabilities: [.deprecateEOF, .sessionTrack]))
+        let environment = MySQLClientLogin.Environment(
+            policy: .init(requireTLS: tls), user: { $0 == "app" ? MySQLClientLogin.User(password: "db-secret") : nil })
+
+        // Server packets with their first byte; client packets with theirs only when it is
+        // all there is (the key request).
+        func record(_ direction: String, _ packets: [MySQLPacket]) {
+            for packet in packets {
+                let byte = packet.firstByte.map { String($0, radix: 16) } ?? "-"
+                trace.append(direction == "S" || packet.payload.readableBytes == 1 ? "\(direction)\(packet.sequenceID):\(byte)" : "\(direction)\(packet.sequenceID)")
+            }
+        }
+
+        var toClient = LoginWire.packets(try #require({
+            if case .write(let bytes) = server.start(
+                connectionID: 9, nonce: LoginWire.nonce, serverVersion: "8.0.36-concierge",
+                capabilities: MySQLClientProfile.offeredToClients)
+            { return bytes }
+            return nil
+        }()))
+        for _ in 0..<10 {
+            record("S", toClient)
+            var toServer: [MySQLPacket] = []
+            for packet in toClient {
+                switch client.packetReceived(packet) {
+                case .write(let bytes):
+                    toServer += LoginWire.packets(bytes)
+                case .sendSSLRequestAndStartTLS(let bytes):
+                    toServer += LoginWire.packets(bytes)
+                case .authenticated(let result):
+                    Issue.record("authenticated before the session's OK: \(result)")
+                case .failed(let failure):
+                    Issue.record("the backend side failed: \(failure)")
+                case .none:
+                    break
+                }
+            }
+            record("C", toServer)
+            toClient = []
+            for packet in toServer {
+                let action = server.packetReceived(packet, environment: environment)
+                switch action {
+                case .write(let bytes):
+                    toClient += LoginWire.packets(bytes)
+                case .startTLS:
+                    // Both sides' TLS handlers are in place; the response follows.
+                    guard case .write(let bytes) = client.tlsHandlerAdded() else {
+                        Issue.record("no response after TLS")
+                        return .refused(MySQLErrPacket(code: 0, message: ""), .protocolViolation(""))
+                    }
+                    let response = LoginWire.packets(bytes)
+                    record("C", response)
+                    guard let first = response.first else { break }
+                    let next = server.packetReceived(first, environment: environment)
+                    guard case .write(let more) = next else {
+                        return try finish(next, client: &client) { record("S", $0) }
+                    }
+                    toClient += LoginWire.packets(more)
+                case .verifyIAMToken:
+                    Issue.record("no IAM here")
+                case .loggedIn, .fail:
+                    return try finish(action, client: &client) { record("S", $0) }
+                case .none:
+                    break
+                }
+            }
+        }
+        Issue.record("no end after ten rounds")
+        return .refused(MySQLErrPacket(code: 0, message: ""), .protocolViolation(""))
+    }
+
+    /// The server side's last word, and the session's OK (or the ERR) to the client side.
+    static func finish(
+        _ action: MySQLClientLogin.Action, client: inout MySQLBackendLogin, record: ([MySQLPacket]) -> Void
+    ) throws -> Outcome {
+        switch action {
+        case .loggedIn(let result, let write):
+            record(LoginWire.packets(write))
+            for packet in LoginWire.packets(write) {
+                #expect(client.packetReceived(packet) == .none)
+            }
+            let ok = LoginWire.packet(result.nextSequenceID) {
+                MySQLOKPacket(status: .autocommit).encode(into: &$0, capabilities: result.capabilities)
+            }
+            record([ok])
+            guard case .authenticated(let authenticated) = client.packetReceived(ok) else {
+                Issue.record("the session's OK did not complete the backend side")
+                return .refused(MySQLErrPacket(code: 0, message: ""), .protocolViolation(""))
+            }
+            return .loggedIn(result, authenticated)
+        case .fail(let bytes, let error, let reason):
+            let packet = try #require(LoginWire.packets(bytes).first)
+            record([packet])
+            #expect(client.packetReceived(packet) == .failed(.server(error)))
+            return .refused(error, reason)
+        case .none, .write, .startTLS, .verifyIAMToken:
+            Issue.record("unexpected \(action)")
+            return .refused(MySQLErrPacket(code: 0, message: ""), .protocolViolation(""))
+        }
+    }
+
+    static func run(method: MySQLClientLogin.PasswordMethod, password: String, user: String = "app", tls: Bool = false) throws
+        -> (Outcome, [String])
+    {
+        var trace: [String] = []
+        let outcome = try run(method: method, password: password, user: user, tls: tls, trace: &trace)
+        return (outcome, trace)
+    }
+
+    @Test func nativePassword() throws {
+        let (outcome, trace) = try Self.run(method: .nativePassword, password: "db-secret")
+        guard case .loggedIn(let result, let authenticated) = outcome else { Issue.record("\(outcome)"); return }
+        #expect(trace == ["S0:a", "C1", "S2:0"])
+        #expect(result.user == "app" && result.database == "orders")
+        #expect(result.capabilities == authenticated.capabilities)
+        #expect(authenticated.connectionID == 9)
+        #expect(authenticated.serverVersion == "8.0.36-concierge")
+        #expect(result.attributes == [MySQLConnectAttribute(name: "program_name", value: "concierge")])
+    }
+
+    @Test func cachingSHA2FastPath() throws {
+        let (outcome, trace) = try Self.run(method: .cachingSHA2Password, password: "db-secret")
+        guard case .loggedIn(let result, _) = outcome else { Issue.record("\(outcome)"); return }
+        #expect(trace == ["S0:a", "C1", "S2:1", "S3:0"])
+        #expect(result.method == .password(.cachingSHA2Password))
+        #expect(result.nextSequenceID == 3)
+    }
+
+    @Test func cachingSHA2FastPathOverTLS() throws {
+        let (outcome, trace) = try Self.run(method: .cachingSHA2Password, password: "db-secret", tls: true)
+        guard case .loggedIn(let result, let authenticated) = outcome else { Issue.record("\(outcome)"); return }
+        #expect(trace == ["S0:a", "C1", "C2", "S3:1", "S4:0"])
+        #expect(result.isTLS && authenticated.capabilities.contains(.ssl))
+        #expect(result.nextSequenceID == 4)
+    }
+
+    @Test func aWrongPasswordGoesThroughTheRSAExchangeToError1045() throws {
+        let (outcome, trace) = try Self.run(method: .cachingSHA2Password, password: "wrong")
+        #expect(outcome == .refused(MySQLClientLoginTests.accessDenied("app"), .wrongPassword))
+        // Greeting, response, "full authentication", key request, key, ciphertext, ERR.
+        #expect(trace == ["S0:a", "C1", "S2:1", "C3:2", "S4:1", "C5", "S6:ff"])
+    }
+
+    @Test func anUnknownUserGoesThroughTheSameExchange() throws {
+        let (wrong, wrongTrace) = try Self.run(method: .cachingSHA2Password, password: "wrong")
+        let (unknown, unknownTrace) = try Self.run(method: .cachingSHA2Password, password: "wrong", user: "ghost")
+        #expect(wrongTrace == unknownTrace)
+        #expect(unknown == .refused(MySQLClientLoginTests.accessDenied("ghost"), .wrongPassword))
+        #expect(wrong == .refused(MySQLClientLoginTests.accessDenied("app"), .wrongPassword))
+    }
+
+    @Test func aWrongPasswordOverTLSIsSentInClearAndRefused() throws {
+        let (outcome, trace) = try Self.run(method: .cachingSHA2Password, password: "wrong", tls: true)
+        #expect(outcome == .refused(MySQLClientLoginTests.accessDenied("app"), .wrongPassword))
+        // Greeting, SSLRequest, response, "full authentication", the password, ERR.
+        #expect(trace == ["S0:a", "C1", "C2", "S3:1", "C4", "S5:ff"])
+    }
+}
