@@ -174,9 +174,6 @@ public struct MySQLBackendLogin: Sendable {
     /// What the proxy cannot do without.
     static let required: MySQLCapabilities = [.protocol41, .secureConnection, .pluginAuth]
 
-    /// caching_sha2_password's request for the server's public key.
-    static let requestPublicKey: UInt8 = 0x02
-
     public let configuration: Configuration
     public private(set) var state: State = .awaitingHandshake
 
@@ -390,7 +387,7 @@ public struct MySQLBackendLogin: Sendable {
             if configuration.useTLS {
                 return send(Array(configuration.password.utf8) + [0], after: sequenceID, session) { .awaitingFullAuthResult($0) }
             }
-            return send([Self.requestPublicKey], after: sequenceID, session) { .awaitingPublicKey($0, nonce: nonce) }
+            return send(MySQLAuthentication.requestPublicKey, after: sequenceID, session) { .awaitingPublicKey($0, nonce: nonce) }
         case .publicKey, .data, nil:
             return protocolViolation("unexpected caching_sha2_password AuthMoreData of \(payload.readableBytes) bytes")
         }

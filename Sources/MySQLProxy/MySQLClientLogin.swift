@@ -23,6 +23,20 @@ import ProxyCore
 /// An unknown user goes through exactly the exchange of a known user with a wrong password
 /// (same packets, same steps, the same ERR 1045), so neither the answer nor the behaviour tells
 /// them apart.
+///
+/// caching_sha2_password: the proxy holds the clear password, so it checks the fast-path
+/// scramble itself (it needs no cache): a right password always takes the fast path (AuthMoreData
+/// 0x03). A scramble that does not match (a wrong password, an unknown user, garbage) gets full
+/// authentication (AuthMoreData 0x04), as MySQL does on a cache miss: the password in clear over
+/// TLS, or RSA-encrypted with the proxy's key without it. An empty response is refused at once
+/// with `using password: NO`, as MySQL does (both plugins).
+///
+/// The errors: 1045 (28000) for every authentication failure, IAM tokens included; 1040 (HY000)
+/// `Number simultaneous connections exceeded (N)` beyond `max_client_connections`; 3159 (HY000)
+/// for `require_tls` (MySQL's ER_SECURE_TRANSPORT_REQUIRED: the reference gives no MySQL wording)
+/// and for IAM without TLS (RDS Proxy's wording); 1043 (08S01) `Bad handshake` for malformed or
+/// misplaced packets; 1156 (08S01) for a wrong sequence id; 1251 (08004) for a client that
+/// cannot switch plugins. `Failure` tells the handler why, for its log and metrics.
 public struct MySQLClientLogin: Sendable {
     /// The proxy's `client_password_auth_type` for MySQL: the plugin announced in the greeting
     /// and required of every client (one that answers with another is switched to it).
@@ -34,15 +48,11 @@ public struct MySQLClientLogin: Sendable {
 
         public var pluginName: String {
             switch self {
-            case .nativePassword: return MySQLClientLogin.nativePasswordPlugin
-            case .cachingSHA2Password: return MySQLClientLogin.cachingSHA2Plugin
+            case .nativePassword: return MySQLAuthentication.nativePasswordPlugin
+            case .cachingSHA2Password: return MySQLAuthentication.cachingSHA2PasswordPlugin
             }
         }
     }
-
-    public static let nativePasswordPlugin = "mysql_native_password"
-    public static let cachingSHA2Plugin = "caching_sha2_password"
-    public static let clearPasswordPlugin = "mysql_clear_password"
 
     /// What the proxy is, fixed for the life of the connection.
     public struct Configuration: Sendable {
@@ -252,9 +262,8 @@ public struct MySQLClientLogin: Sendable {
     // MARK: Events
 
     /// The connection is accepted: greet the client. `capabilities`: the session's capability
-    /// profile; the machine adds what its exchanges need (PROTOCOL_41, SECURE_CONNECTION,
-    /// PLUGIN_AUTH, PLUGIN_AUTH_LENENC_CLIENT_DATA), advertises CLIENT_SSL only when TLS is
-    /// available, and never CLIENT_COMPRESS. `nonce`: 20 bytes (`MySQLNonce.make()`).
+    /// profile; the machine adds `requiredCapabilities`, advertises CLIENT_SSL exactly when TLS
+    /// is available, and never `neverAdvertised`. `nonce`: 20 bytes (`MySQLNonce.make()`).
     public mutating func start(
         connectionID: UInt32, nonce: [UInt8], serverVersion: String, capabilities: MySQLCapabilities,
         characterSet: UInt8 = 45, status: MySQLServerStatus = .autocommit
@@ -317,7 +326,7 @@ public struct MySQLClientLogin: Sendable {
             if isTLS {
                 return fullAuthentication(client, password: Self.droppingNUL(data), sequenceID: sequenceID)
             }
-            if data == [MySQLClientLogin.requestPublicKey] {
+            if data == MySQLAuthentication.requestPublicKey {
                 guard let keys = configuration.rsaKeyPair else {
                     // Nothing to encrypt with: the client cannot prove anything.
                     return wrongPassword(client, replyID: sequenceID &+ 1, passwordUsed: true)
@@ -370,9 +379,6 @@ public struct MySQLClientLogin: Sendable {
         .canHandleExpiredPasswords,
     ])
 
-    /// caching_sha2_password: the client's request for the RSA public key.
-    static let requestPublicKey: UInt8 = 0x02
-
     private mutating func handshakeResponse(
         _ payload: ByteBuffer, sequenceID: UInt8, nonce: [UInt8], advertised: MySQLCapabilities, environment: Environment
     ) -> Action {
@@ -402,8 +408,8 @@ public struct MySQLClientLogin: Sendable {
             entry: environment.user(response.username), nextClientSequenceID: sequenceID &+ 2)
         // Without CLIENT_PLUGIN_AUTH the client speaks mysql_native_password (4.1 scramble).
         let clientPlugin = response.capabilities.contains(.pluginAuth)
-            ? (response.authPluginName ?? Self.nativePasswordPlugin) : Self.nativePasswordPlugin
-        let asksForClearPassword = clientPlugin == Self.clearPasswordPlugin
+            ? (response.authPluginName ?? MySQLAuthentication.nativePasswordPlugin) : MySQLAuthentication.nativePasswordPlugin
+        let asksForClearPassword = clientPlugin == MySQLAuthentication.clearPasswordPlugin
         let admission = environment.policy.admit(
             clientUsesTLS: isTLS, clientLimitExceeded: environment.clientLimitExceeded,
             iamRequired: (client.entry?.iamRequired ?? false) || asksForClearPassword)
@@ -422,7 +428,7 @@ public struct MySQLClientLogin: Sendable {
                 return iamToken(client, data: response.authResponse, sequenceID: sequenceID)
             }
             state = .switchingPlugin(client, plugin: .clearPassword, nonce: [])
-            return .write(authSwitch(plugin: Self.clearPasswordPlugin, data: [], sequenceID: replyID))
+            return .write(authSwitch(plugin: MySQLAuthentication.clearPasswordPlugin, data: [], sequenceID: replyID))
         case .password:
             break
         }
