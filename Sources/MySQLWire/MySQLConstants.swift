@@ -6,8 +6,10 @@
 /// flags, carried in filler bytes of the handshake packets when a peer lacks `CLIENT_MYSQL` (bit 0),
 /// fill the upper 32 bits, so one value describes a MariaDB connection completely.
 public struct MySQLCapabilities: OptionSet, Sendable, Hashable {
+    /// The flags as one word: MySQL's in the lower 32 bits, MariaDB's extended ones above.
     public let rawValue: UInt64
 
+    /// Wraps a word read from (or to be written to) a handshake packet.
     public init(rawValue: UInt64) {
         self.rawValue = rawValue
     }
@@ -93,6 +95,16 @@ public struct MySQLCapabilities: OptionSet, Sendable, Hashable {
     /// All of MariaDB's extended capabilities (the upper 32 bits).
     public static let mariadbExtended = MySQLCapabilities(rawValue: 0xFFFF_FFFF_0000_0000)
 
+    /// The capabilities whose wire format this module does not follow, which a proxy must strip
+    /// from what it offers and asks for: compressed packets (zlib, zstd), query attributes inside
+    /// COM_QUERY/COM_STMT_EXECUTE, MySQL 8's optional metadata (supported in result sets, not in
+    /// COM_STMT_PREPARE responses), multi-factor authentication, and MariaDB's COM_MULTI.
+    /// (MariaDB's progress reports, cache metadata, bulk execution and extended type info are
+    /// followed by ``MySQLResponseTracker``; whether to forward them is the proxy's choice.)
+    public static let unsupportedWireFormats: MySQLCapabilities = [
+        .compress, .zstdCompression, .queryAttributes, .optionalResultsetMetadata, .multiFactorAuth, .mariadbComMulti,
+    ]
+
     /// The lower 32 bits, as written in the capability words of the handshake packets.
     public var lowerWord: UInt32 { UInt32(truncatingIfNeeded: self.rawValue) }
     /// The upper 32 bits, as written in MariaDB's extended-capability filler.
@@ -103,8 +115,10 @@ public struct MySQLCapabilities: OptionSet, Sendable, Hashable {
 /// server is in a transaction, whether more results follow, whether a cursor is open, and whether
 /// session state changed, which decides when a backend can be returned to the pool.
 public struct MySQLServerStatus: OptionSet, Sendable, Hashable {
+    /// The flags as sent in OK and EOF packets.
     public let rawValue: UInt16
 
+    /// Wraps the flags read from an OK or EOF packet.
     public init(rawValue: UInt16) {
         self.rawValue = rawValue
     }

@@ -22,6 +22,7 @@ public enum MySQLWireError: Error, Sendable, Hashable, CustomStringConvertible {
     /// small, or the ciphertext does not decrypt).
     case cryptography(String)
 
+    /// A log line without packet contents.
     public var description: String {
         switch self {
         case .payloadTooLarge(let length, let max):

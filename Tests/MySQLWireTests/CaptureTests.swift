@@ -294,4 +294,39 @@ final class CaptureTests: XCTestCase {
             XCTAssertEqual(execute.count, 1 + 2 + 1, "\(name): count, 2 binary rows, the 0xFE OK")
         }
     }
+
+    /// The real server's 16 MB rows: one starting with 0xFE (a 9-byte field length), one whose
+    /// payload is exactly 0xFFFFFF bytes; and a client's 17 MB statement.
+    func testPayloadsOf16MBAndMoreFromTheRealServer() throws {
+        for mode in ["eof", "deprecate_eof"] {
+            let big = try self.replay(try Capture.load("big_row_\(mode)"))[0].packets
+            let row = big[mode == "eof" ? 4 : 3]
+            XCTAssertEqual(row.firstByte, 0xFE)
+            XCTAssertEqual(row.wirePacketCount, 2)
+            XCTAssertEqual(row.payload.readableBytes, 9 + 16_777_226 + 1 + 4)
+            var fields = row.payload
+            XCTAssertEqual(fields.readMySQLLengthEncodedSlice()?.readableBytes, 16_777_226)
+            XCTAssertEqual(fields.readMySQLLengthEncodedString(), "tail")
+
+            let exact = try self.replay(try Capture.load("exact_row_\(mode)"))[0].packets
+            let exactRow = exact[mode == "eof" ? 3 : 2]
+            XCTAssertEqual(exactRow.payload.readableBytes, 0xFF_FFFF)
+            XCTAssertEqual(exactRow.wirePacketCount, 2, "continued by an empty packet")
+
+            let statement = try Capture.load("big_statement_\(mode)")
+            let command = try decodeAll(statement.clientRecords[0], expectedSequenceID: 0)
+            XCTAssertEqual(command.count, 1)
+            XCTAssertEqual(command[0].wirePacketCount, 2)
+            XCTAssertEqual(MySQLCommandPacket.command(of: command[0].payload), .query)
+            let sql = try XCTUnwrap(MySQLCommandPacket.textArgument(of: command[0].payload))
+            XCTAssertEqual(sql.readableBytes, "SELECT LENGTH('') AS n".utf8.count + 17 * 1024 * 1024)
+            var reencoded = ByteBuffer()
+            XCTAssertEqual(reencoded.writeMySQLCommand(.query, String(buffer: sql)), 2)
+            XCTAssertEqual(reencoded, statement.clientRecords[0])
+            // SELECT LENGTH(...) returned 17825792.
+            let result = try self.replay(statement)[0].packets
+            var value = result[mode == "eof" ? 3 : 2].payload
+            XCTAssertEqual(value.readMySQLLengthEncodedString(), "17825792")
+        }
+    }
 }

@@ -246,4 +246,31 @@ final class MessageTests: XCTestCase {
         XCTAssertEqual(MySQLCommand.stmtBulkExecute.rawValue, 0xFA)
         XCTAssertEqual(MySQLCommand.allCases.count, 34)
     }
+
+    func testCommandPackets() throws {
+        var buffer = ByteBuffer()
+        XCTAssertEqual(buffer.writeMySQLCommand(.query, "SELECT 1"), 1)
+        XCTAssertEqual(buffer.bytes, [9, 0, 0, 0, 0x03] + Array("SELECT 1".utf8))
+        buffer.clear()
+        buffer.writeMySQLCommand(.ping)
+        XCTAssertEqual(buffer.bytes, [1, 0, 0, 0, 0x0E])
+        buffer.clear()
+        buffer.writeMySQLCommand(.stmtClose, statementID: 0x0102_0304)
+        XCTAssertEqual(buffer.bytes, [5, 0, 0, 0, 0x19, 4, 3, 2, 1])
+
+        var close = try decodeAll(buffer)[0].payload
+        XCTAssertEqual(MySQLCommandPacket.command(of: close), .stmtClose)
+        XCTAssertEqual(MySQLCommandPacket.statementID(of: close), 0x0102_0304)
+        XCTAssertTrue(MySQLCommandPacket.setStatementID(7, in: &close))
+        XCTAssertEqual(close.bytes, [0x19, 7, 0, 0, 0])
+        XCTAssertNil(MySQLCommandPacket.textArgument(of: close))
+
+        var query = ByteBuffer(bytes: [0x03] + Array("USE x".utf8))
+        XCTAssertEqual(MySQLCommandPacket.textArgument(of: query).map { String(buffer: $0) }, "USE x")
+        XCTAssertNil(MySQLCommandPacket.statementID(of: query))
+        XCTAssertFalse(MySQLCommandPacket.setStatementID(1, in: &query))
+        XCTAssertNil(MySQLCommandPacket.command(of: ByteBuffer()))
+        XCTAssertNil(MySQLCommandPacket.command(of: ByteBuffer(bytes: [0x99])))
+        XCTAssertNil(MySQLCommandPacket.statementID(of: ByteBuffer(bytes: [0x17, 1])))
+    }
 }

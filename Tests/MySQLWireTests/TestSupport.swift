@@ -74,6 +74,20 @@ struct Capture {
         return url
     }()
 
+    /// Hex tokens, where `HH*COUNT` stands for COUNT bytes HH.
+    static func expand(_ tokens: Substring) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        for token in tokens.split(separator: " ") {
+            if let star = token.firstIndex(of: "*") {
+                let byte = [UInt8](hex: String(token[..<star]))[0]
+                buffer.writeRepeatingByte(byte, count: Int(token[token.index(after: star)...])!)
+            } else {
+                buffer.writeBytes([UInt8](hex: String(token)))
+            }
+        }
+        return buffer
+    }
+
     static func names() throws -> [String] {
         try FileManager.default.contentsOfDirectory(atPath: Self.directory.path)
             .filter { $0.hasSuffix(".hex") }
@@ -92,9 +106,9 @@ struct Capture {
             } else if line.hasPrefix("# note: ") {
                 capture.note = String(line.dropFirst(8))
             } else if line.hasPrefix("C ") || line == "C" {
-                capture.records.append((.client, ByteBuffer(hex: String(line.dropFirst(1)))))
+                capture.records.append((.client, Self.expand(line.dropFirst(1))))
             } else if line.hasPrefix("S ") || line == "S" {
-                capture.records.append((.server, ByteBuffer(hex: String(line.dropFirst(1)))))
+                capture.records.append((.server, Self.expand(line.dropFirst(1))))
             }
         }
         return capture

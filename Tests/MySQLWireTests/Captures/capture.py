@@ -10,6 +10,9 @@ scenario, and writes one NAME.hex per scenario:
     C <hex>                      bytes the client sent (whole packets, headers included)
     S <hex>                      bytes the server sent in reply, read until it fell silent
 
+Runs of 64 or more equal bytes are written as a separate token `HH*COUNT` (the 16 MB rows and the
+17 MB statement would otherwise take 34 MB of hex each).
+
 A scenario's reply is read until the server sends nothing for QUIET seconds, so the captures do
 not depend on any idea of where a response ends: that is what the tests check.
 
@@ -72,6 +75,26 @@ def packets(payload, seq):
         seq += 1
         if len(chunk) < 0xFFFFFF:
             return out
+
+
+def rle_hex(data):
+    """Hex, with runs of 64+ equal bytes as space-separated `HH*COUNT` tokens."""
+    tokens, plain, i = [], [], 0
+    while i < len(data):
+        j = i
+        while j < len(data) and data[j] == data[i]:
+            j += 1
+        if j - i >= 64:
+            if plain:
+                tokens.append(bytes(plain).hex())
+                plain = []
+            tokens.append(f"{data[i]:02x}*{j - i}")
+        else:
+            plain.extend(data[i:j])
+        i = j
+    if plain:
+        tokens.append(bytes(plain).hex())
+    return " ".join(tokens)
 
 
 def split_packets(data):
@@ -183,7 +206,7 @@ class Conn:
         with open(os.path.join(out, name + ".hex"), "w") as f:
             f.write(f"# capabilities: 0x{self.negotiated:x}\n# expect: {expect}\n# note: {note}\n")
             for direction, data in self.records:
-                f.write(f"{direction} {data.hex()}\n")
+                f.write(f"{direction} {rle_hex(data)}\n")
         self.records = []
 
 
@@ -301,6 +324,14 @@ def scenarios(port, admin_user, admin_password, out):
         c.save(out, f"session_time_zone_{mode}", "response", "OK with session state: time_zone, autocommit")
         c.query("SELECT 1")
         c.save(out, f"select_autocommit_off_{mode}", "response", "result set with autocommit off (in a transaction)")
+        c.query("SELECT REPEAT('x', 16777216 + 10) AS big, 'tail' AS small")
+        c.save(out, f"big_row_{mode}", "response",
+               "a row whose first field is 16 MB + 10 bytes: it starts with 0xFE and is split in 2 packets")
+        c.query("SELECT REPEAT('y', 16777215 - 4) AS exact")
+        c.save(out, f"exact_row_{mode}", "response",
+               "a row payload of exactly 0xFFFFFF bytes, continued by an empty packet")
+        c.query("SELECT LENGTH('" + "z" * (17 * 1024 * 1024) + "') AS n")
+        c.save(out, f"big_statement_{mode}", "response", "a 17 MB COM_QUERY, split in 2 packets by the client")
         c.command(b"\x1f")
         c.save(out, f"reset_connection_{mode}", "response", "COM_RESET_CONNECTION: OK")
         c.command(b"\x0e")
