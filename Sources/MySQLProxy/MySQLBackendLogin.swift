@@ -93,6 +93,20 @@ public struct MySQLBackendLogin: Sendable {
         /// text without TLS, TLS it does not offer, a protocol older than 4.1).
         case unsupported(String)
 
+        /// The server refused the proxy's credentials: 1045 (access denied), 1044 (no access to
+        /// the database), 1698 (access denied without a password), 1862 (expired password).
+        public var isAuthenticationFailure: Bool {
+            guard case .server(let error) = self else { return false }
+            return [1044, 1045, 1698, 1862].contains(error.code)
+        }
+
+        /// The server has no room: 1040 (too many connections), 1203 (the user's
+        /// max_user_connections).
+        public var isTooManyConnections: Bool {
+            guard case .server(let error) = self else { return false }
+            return error.code == 1040 || error.code == 1203
+        }
+
         public var description: String {
             switch self {
             case .server(let error): return "ERROR \(error.code) (\(error.sqlState)): \(error.message)"

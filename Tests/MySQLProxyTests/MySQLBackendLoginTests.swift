@@ -152,6 +152,15 @@ import Testing
         #expect(login.packetReceived(Self.handshake()) == .none)
     }
 
+    @Test func failuresAreClassifiedByCode() {
+        func server(_ code: UInt16) -> Login.Failure { .server(MySQLErrPacket(code: code, message: "")) }
+        #expect(server(1045).isAuthenticationFailure && !server(1045).isTooManyConnections)
+        #expect(server(1040).isTooManyConnections && server(1203).isTooManyConnections)
+        #expect(!server(1049).isAuthenticationFailure && !server(1049).isTooManyConnections)
+        #expect(!Login.Failure.protocolViolation("x").isAuthenticationFailure)
+        #expect(!Login.Failure.unsupported("x").isTooManyConnections)
+    }
+
     @Test func aWrongPasswordIsTheServersError1045() {
         var login = Self.login(password: "nope")
         _ = login.packetReceived(Self.handshake())
