@@ -228,6 +228,7 @@ let mysqlLookAlikes: [String] = [
     "DROP USER IF EXISTS 'a'@'b', c@d",
     "RENAME USER 'a'@'h' TO 'b'@'h'",
     "SHOW GRANTS FOR 'u'@'%'",
+    "GRANT PROXY ON ''@'' TO 'u'@'h'",
     "REVOKE ALL ON *.* FROM u@'%'",
     "CREATE DEFINER=`root`@`localhost` VIEW v AS SELECT 1",
     "CREATE ALGORITHM=UNDEFINED DEFINER=root@localhost SQL SECURITY DEFINER VIEW v AS SELECT 1",
@@ -907,15 +908,11 @@ extension Array where Element == UInt8 {
     }
 }
 
-@Test(arguments: [
-    MySQLClassifierOptions(),
-    MySQLClassifierOptions(noBackslashEscapes: true),
-    MySQLClassifierOptions(ansiQuotes: true),
-    MySQLClassifierOptions(noBackslashEscapes: true, ansiQuotes: true),
-])
-func mysqlLiteralsAndCommentsNeverPin(_ options: MySQLClassifierOptions) {
+@Test(arguments: [false, true], [false, true])
+func mysqlLiteralsAndCommentsNeverPin(noBackslashEscapes: Bool, ansiQuotes: Bool) {
+    let options = MySQLClassifierOptions(noBackslashEscapes: noBackslashEscapes, ansiQuotes: ansiQuotes)
     var generator = MySQLLiteralGenerator(
-        random: MySQLTestRandom(seed: 42 &+ UInt64(options.noBackslashEscapes ? 1 : 0) &+ UInt64(options.ansiQuotes ? 2 : 0)),
+        random: MySQLTestRandom(seed: 42 &+ UInt64(noBackslashEscapes ? 1 : 0) &+ UInt64(ansiQuotes ? 2 : 0)),
         options: options)
     for _ in 0..<1500 {
         var statements: [String] = []
