@@ -7,8 +7,11 @@ import NIOCore
 /// tracker follows the response's grammar on each packet's first byte, length and, for OK/EOF,
 /// status flags, reading bytes in place: no allocation per packet.
 ///
-/// Packets are logical payloads (``MySQLPacketDecoder`` joins continuation packets), which is
-/// what makes a 16 MB row starting with 0xFE distinguishable from an EOF or OK.
+/// Feed it each logical payload (``MySQLPacketDecoder`` joins continuation packets), or, for a
+/// proxy that forwards wire packets untouched, only the first wire packet of each logical
+/// payload (skip the packets that follow a 0xFFFFFF-byte one): the tracker reads only a
+/// payload's first bytes, and its length only to tell a 16 MB row starting with 0xFE (whose
+/// first wire packet is 0xFFFFFF bytes long) from an EOF or OK (always shorter).
 ///
 /// The grammar followed, for a `.response` (COM_QUERY, COM_STMT_EXECUTE, ...):
 /// - OK (0x00, or 0xFE under DEPRECATE_EOF as for COM_SET_OPTION), ERR (0xFF), or LOCAL INFILE

@@ -80,6 +80,37 @@ final class CaptureTests: XCTestCase {
         return finals
     }
 
+    /// A proxy that forwards wire packets feeds the tracker each logical payload's first wire
+    /// packet only: the steps are the same as with joined payloads.
+    func testFirstWirePacketsAloneGiveTheSameSteps() throws {
+        for name in try Capture.names() where !name.hasPrefix("handshake") {
+            let capture = try Capture.load(name)
+            let logical = try self.replay(capture).flatMap(\.steps)
+            var tracker = MySQLResponseTracker(capabilities: capture.capabilities)
+            var steps: [MySQLResponseTracker.Step] = []
+            var continues = false
+            for (direction, bytes) in capture.records {
+                var buffer = bytes
+                while let header = buffer.peekMySQLPacketHeader() {
+                    let payload = buffer.getSlice(at: buffer.readerIndex + 4, length: header.length)!
+                    buffer.moveReaderIndex(forwardBy: 4 + header.length)
+                    let continuation = continues
+                    continues = header.length == MySQLPacketHeader.maxPacketPayload
+                    if continuation { continue }
+                    switch direction {
+                    case .client:
+                        if tracker.isIdle {
+                            tracker.commandSent(MySQLResponseTracker.expectation(for: MySQLCommandPacket.command(of: payload)!))
+                        }
+                    case .server:
+                        steps.append(try tracker.serverPacket(payload))
+                    }
+                }
+            }
+            XCTAssertEqual(steps, logical, name)
+        }
+    }
+
     func testEveryCommandCaptureEndsExactlyAtItsLastPacket() throws {
         let names = try Capture.names().filter { !$0.hasPrefix("handshake") }
         XCTAssertGreaterThan(names.count, 40)
