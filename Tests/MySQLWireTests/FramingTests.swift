@@ -37,7 +37,7 @@ final class FramingTests: XCTestCase {
         XCTAssertEqual(null.readMySQLLengthEncodedIntegerOrNull(), .some(nil))
         XCTAssertEqual(null.readMySQLLengthEncodedIntegerOrNull(), .some(5))
         var empty = ByteBuffer()
-        XCTAssertNil(empty.readMySQLLengthEncodedIntegerOrNull())
+        XCTAssertTrue(empty.readMySQLLengthEncodedIntegerOrNull() == nil)
     }
 
     func testStringsRoundTrip() {
