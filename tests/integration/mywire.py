@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import ssl
 import struct
 import time
 from dataclasses import dataclass
@@ -186,6 +187,11 @@ class MyWireClient:
             self.sock.close()
         except OSError:
             pass
+
+    def start_tls(self, context: "ssl.SSLContext", server_hostname: str | None = None) -> None:
+        """Wraps the connection in TLS (after an SSLRequest was sent)."""
+        assert not self.buffer, f"bytes after the SSLRequest's answer: {self.buffer[:40]!r}"
+        self.sock = context.wrap_socket(self.sock, server_hostname=server_hostname)
 
     # -- bytes ---------------------------------------------------------------------------------
 
