@@ -89,6 +89,9 @@ public struct MySQLSessionMachine: Sendable {
     private var held: [ByteBuffer] = []
     /// A command's response is outstanding (the tracker queues pipelined ones).
     private var inFlight: Bool { !tracker.isIdle }
+    /// Commands (this one included) during which the backend is kept for a `SET TRANSACTION`
+    /// that applies to the next transaction.
+    private var holdForNextTransaction = 0
     /// The client is sending a LOCAL INFILE's content (after the server asked for it).
     public private(set) var sendingInfile = false
     /// The last server status seen on this backend (for the release decision).
@@ -121,8 +124,14 @@ public struct MySQLSessionMachine: Sendable {
     /// A complete command from the client; `classification` for COM_QUERY's text (nil for
     /// other commands). The pins it adds apply before it runs.
     public mutating func commandReceived(_ command: Command, classification: MySQLClassification?) -> Action {
+        if holdForNextTransaction > 0 { holdForNextTransaction -= 1 }
         if let classification {
             pins.formUnion(classification.pinReasons)
+            if classification.sets.contains(where: { $0.scope == .nextTransaction }) {
+                // `SET TRANSACTION ...` without a scope applies to the session's next
+                // transaction only: the backend stays until that one (the next command) is done.
+                holdForNextTransaction = 1
+            }
             if classification.unlocksTables {
                 // UNLOCK TABLES ends LOCK TABLES and FLUSH TABLES WITH READ LOCK: once it
                 // succeeds nothing of them is left on the backend.
@@ -301,7 +310,7 @@ public struct MySQLSessionMachine: Sendable {
 
     /// The backend may go back to the pool now.
     private var canRelease: Bool {
-        !inFlight && pins.isEmpty && !sendingInfile && held.isEmpty
+        !inFlight && pins.isEmpty && !sendingInfile && held.isEmpty && holdForNextTransaction == 0
             && !status.contains(.moreResultsExist) && !status.contains(.inTransaction)
             && status.contains(.autocommit) && !status.contains(.cursorExists)
     }

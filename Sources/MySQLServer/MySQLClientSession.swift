@@ -305,7 +305,10 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
                 context.close(promise: nil)
             }
         case .verifyIAMToken(let token):
-            switch runtime.authenticateIAM(token: token, user: user, endpoint: endpoint) {
+            // The session's `user` is set once login completes; the machine knows it since the
+            // handshake response.
+            user = login.user
+            switch runtime.authenticateIAM(token: token, user: login.user, endpoint: endpoint) {
             case .allowed(let principal):
                 log(.debug, "IAM authentication succeeded", ["concierge.principal": "\(principal)"])
                 run(login.iamResult(ok: true), context: context)

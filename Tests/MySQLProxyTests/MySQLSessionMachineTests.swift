@@ -266,3 +266,12 @@ final class MySQLSessionMachineTests: XCTestCase {
         XCTAssertTrue(isRelease(try machine.serverPacket(ok(.autocommit))))
     }
 }
+
+extension MySQLSessionMachineTests {
+    func testSetTransactionKeepsTheBackendForTheNextTransactionOnly() throws {
+        var machine = attached("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        XCTAssertTrue(isForward(try machine.serverPacket(ok(.autocommit))), "the next transaction must run here")
+        guard case .forwardToBackend = send(&machine, "SELECT 1") else { return XCTFail() }
+        XCTAssertTrue(isRelease(try machine.serverPacket(ok(.autocommit))))
+    }
+}
