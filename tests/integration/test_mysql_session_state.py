@@ -1,0 +1,64 @@
+"""Session state a MySQL proxy tracks and restores instead of pinning: two clients with different
+time_zone, sql_mode, character set (SET NAMES) and default schema (USE), taking turns on one
+backend (a cap of 1), each always see their own."""
+
+import pytest
+
+from helpers import DIRECT
+
+ROUNDS = 10
+STATE = "SELECT @@time_zone, @@sql_mode, @@character_set_client, @@character_set_results, DATABASE()"
+
+
+def test_two_clients_keep_their_own_session_state_on_one_backend(mysql_proxy, mariadb):
+    # One backend (1% of 100), and a borrow timeout that fails the test instead of hanging it.
+    p = mysql_proxy(max_connections_percent=1, connection_borrow_timeout=5)
+    a = p.connect(database="app")
+    b = p.connect(database=None)
+    try:
+        ca, cb = a.cursor(), b.cursor()
+        # Interleaved: each SET lands on the backend the other client used just before.
+        ca.execute("SET time_zone = '+05:30'")
+        cb.execute("SET time_zone = '-03:00'")
+        ca.execute("SET sql_mode = 'ANSI_QUOTES,NO_BACKSLASH_ESCAPES'")
+        cb.execute("SET SESSION sql_mode = 'TRADITIONAL'")
+        ca.execute("SET NAMES latin1")
+        cb.execute("SET NAMES utf8mb4")
+        ca.execute("USE app2")
+        cb.execute("USE app")
+        ca.execute(STATE)
+        own_a = ca.fetchone()
+        cb.execute(STATE)
+        own_b = cb.fetchone()
+        assert own_a == ("+05:30", "ANSI_QUOTES,NO_BACKSLASH_ESCAPES", "latin1", "latin1", "app2")
+        assert own_b[0] == "-03:00" and own_b[2:] == ("utf8mb4", "utf8mb4", "app")
+        assert "STRICT_ALL_TABLES" in own_b[1] and "ANSI_QUOTES" not in own_b[1], own_b
+        backends = set()
+        for round_ in range(ROUNDS):
+            for cur, own, name in [(ca, own_a, "a"), (cb, own_b, "b")]:
+                cur.execute(STATE + ", CONNECTION_ID()")
+                row = cur.fetchone()
+                assert row[:-1] == own, f"round {round_}: client {name} sees {row[:-1]}, not its own {own}"
+                backends.add(row[-1])
+        # What the state does, not only what it says: the time zone shifts NOW(); with
+        # NO_BACKSLASH_ESCAPES a backslash is a character, else it escapes the next one;
+        # ANSI_QUOTES makes "v" an identifier; latin1 reads the two bytes of UTF-8's é as two
+        # characters.
+        checks = [
+            ("SELECT TIMESTAMPDIFF(MINUTE, UTC_TIMESTAMP(), NOW())", (329, 330), (-181, -180)),
+            ("SELECT LENGTH('a\\b')", (3,), (2,)),
+            ("""SELECT "v" FROM (SELECT 'x' AS v) AS t""", ("x",), ("v",)),
+            ("SELECT CHAR_LENGTH('é')", (2,), (1,)),
+        ]
+        for sql, for_a, for_b in checks:
+            ca.execute(sql)
+            assert ca.fetchone()[0] in for_a, sql
+            cb.execute(sql)
+            assert cb.fetchone()[0] in for_b, sql
+            ca.execute("SELECT CONNECTION_ID()")
+            backends.add(ca.fetchone()[0])
+    finally:
+        a.close()
+        b.close()
+    if not DIRECT:
+        assert len(backends) == 1, f"the two clients were served by {len(backends)} backends, not one"
