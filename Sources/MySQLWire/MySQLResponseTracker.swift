@@ -113,6 +113,11 @@ public struct MySQLResponseTracker: Sendable {
     /// Whether no response is outstanding: the backend is between commands.
     public var isIdle: Bool { self.state == .idle }
 
+    /// Whether the next packet starts a response or the next result of one: there, a packet
+    /// starting 0x00 is an OK packet (a session rewrites OKs for clients that did not negotiate
+    /// CLIENT_SESSION_TRACK, whose format differs).
+    public var atResultStart: Bool { self.state == .resultStart }
+
     /// The number of commands whose responses have not finished (the one in flight included).
     public var outstandingResponses: Int { self.state == .idle ? 0 : 1 + self.pending.count }
 

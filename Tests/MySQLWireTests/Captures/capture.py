@@ -332,6 +332,17 @@ def scenarios(port, admin_user, admin_password, out):
                "a row payload of exactly 0xFFFFFF bytes, continued by an empty packet")
         c.query("SELECT LENGTH('" + "z" * (17 * 1024 * 1024) + "') AS n")
         c.save(out, f"big_statement_{mode}", "response", "a 17 MB COM_QUERY, split in 2 packets by the client")
+        # COM_CHANGE_USER naming another plugin: the server switches to native with a new nonce.
+        body = b"\x11" + user.encode() + b"\0" + bytes([20]) + os.urandom(20) + b"capture\0"
+        body += struct.pack("<H", 45) + b"caching_sha2_password\0" + lenenc_str(b"")
+        reply = c.command(body)
+        switch = split_packets(reply)[0]
+        assert switch[1][:1] == b"\xfe", reply
+        name, data = switch[1][1:].split(b"\0", 1)
+        c.send(packets(native_scramble(password, data.rstrip(b"\0")), switch[0] + 1))
+        c.read_burst()
+        c.save(out, f"change_user_{mode}", "authentication",
+               "COM_CHANGE_USER with another plugin: AuthSwitchRequest, the scramble, OK")
         c.command(b"\x1f")
         c.save(out, f"reset_connection_{mode}", "response", "COM_RESET_CONNECTION: OK")
         c.command(b"\x0e")
