@@ -89,6 +89,9 @@ public struct MySQLSessionMachine: Sendable {
     private var held: [ByteBuffer] = []
     /// A command's response is outstanding (the tracker queues pipelined ones).
     private var inFlight: Bool { !tracker.isIdle }
+    /// The packet `serverPacket` just read was an OK packet at the start of a response or result
+    /// (the handler rewrites those for clients without CLIENT_SESSION_TRACK).
+    public private(set) var lastPacketWasOK = false
     /// Commands (this one included) during which the backend is kept for a `SET TRANSACTION`
     /// that applies to the next transaction.
     private var holdForNextTransaction = 0
@@ -280,6 +283,7 @@ public struct MySQLSessionMachine: Sendable {
                 }
             }
         case .attached:
+            lastPacketWasOK = tracker.atResultStart && payload.getInteger(at: payload.readerIndex, as: UInt8.self) == 0x00
             guard inFlight else {
                 // The server spoke without being asked (it is closing the connection: an ERR
                 // after a KILL or a shutdown): the client gets it.

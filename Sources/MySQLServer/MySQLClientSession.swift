@@ -498,6 +498,16 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
                 return
             }
             self.machine = machine
+            if machine.lastPacketWasOK, !machine.capabilities.contains(.sessionTrack),
+                rewriteOK(payload, sequenceID: header.sequenceID, packets, from: forwardStart, to: packetStart, context: context)
+            {
+                forwardStart = buffer.readerIndex
+                if case .forwardToClientAndRelease = action {
+                    release = true
+                    break
+                }
+                continue
+            }
             switch action {
             case .forwardToClient:
                 continue
@@ -521,6 +531,39 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
             runtime.metrics.queryDatabaseResponseLatency.record(.nanoseconds((NIODeadline.now() - queryStarted).nanoseconds))
             releaseBackend(reusable: true)
         }
+    }
+
+    /// An OK packet for a client that did not negotiate CLIENT_SESSION_TRACK: backends always
+    /// do (the proxy's state tracking needs it), so an OK that reports session-state changes
+    /// carries them after its info string, where such a client would read them as part of the
+    /// info. The packet goes out cut after the info string, with SERVER_SESSION_STATE_CHANGED
+    /// cleared: what the server sends a client that did not ask. Other OKs are forwarded as they
+    /// are (MariaDB writes the info length-encoded either way). Only when state changed: a SET,
+    /// a USE, not per statement.
+    func rewriteOK(
+        _ payload: ByteBuffer, sequenceID: UInt8, _ packets: ByteBuffer, from start: Int, to end: Int,
+        context: ChannelHandlerContext
+    ) -> Bool {
+        var reader = payload
+        reader.moveReaderIndex(forwardBy: 1)
+        guard reader.readMySQLLengthEncodedInteger() != nil, reader.readMySQLLengthEncodedInteger() != nil else { return false }
+        let statusOffset = reader.readerIndex - payload.readerIndex
+        guard let raw = reader.readInteger(endianness: .little, as: UInt16.self),
+              MySQLServerStatus(rawValue: raw).contains(.sessionStateChanged),
+              reader.readInteger(endianness: .little, as: UInt16.self) != nil
+        else { return false }
+        let afterWarnings = reader.readerIndex
+        guard let info = reader.readMySQLLengthEncodedSlice() else { return false }
+        flushForwarded(packets, from: start, to: end, context: context)
+        // An empty info string is left out, as the server does for such a client.
+        let length = (info.readableBytes == 0 ? afterWarnings : reader.readerIndex) - payload.readerIndex
+        var cut = payload.getSlice(at: payload.readerIndex, length: length)!
+        cut.setInteger(raw & ~MySQLServerStatus.sessionStateChanged.rawValue, at: cut.readerIndex + statusOffset, endianness: .little)
+        var out = context.channel.allocator.buffer(capacity: length + 4)
+        out.writeMySQLPacket(sequenceID: sequenceID, payload: cut)
+        context.write(wrapOutboundOut(out), promise: nil)
+        needsFlushToClient = true
+        return true
     }
 
     func flushForwarded(_ packets: ByteBuffer, from start: Int, to end: Int, context: ChannelHandlerContext) {
