@@ -416,4 +416,23 @@ final class ResponseTrackerTests: XCTestCase {
                 && MySQLResponseTracker.expectation(for: .stmtExecute) == .response
         )
     }
+
+    /// `atResultStart` (what a session checks before rewriting an OK for a client without
+    /// session tracking) holds where a 0x00 packet is an OK, and not among rows or in a prepare.
+    func testAtResultStart() throws {
+        var tracker = MySQLResponseTracker(capabilities: self.deprecateCaps)
+        XCTAssertFalse(tracker.atResultStart)
+        tracker.commandSent(.response)
+        XCTAssertTrue(tracker.atResultStart)
+        _ = try tracker.serverPacket(self.columnCount(1))
+        XCTAssertFalse(tracker.atResultStart)
+        _ = self.run(&tracker, [self.columnDefinition(), self.binaryRow()])
+        XCTAssertFalse(tracker.atResultStart, "a binary row starts 0x00 too")
+        _ = try tracker.serverPacket(self.ok([.autocommit, .moreResultsExist], eofReplacement: true))
+        XCTAssertTrue(tracker.atResultStart, "the next result")
+        _ = try tracker.serverPacket(self.ok())
+        XCTAssertFalse(tracker.atResultStart)
+        tracker.commandSent(.prepareResponse)
+        XCTAssertFalse(tracker.atResultStart, "a prepare OK is not an OK packet")
+    }
 }
