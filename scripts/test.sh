@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run every test: Swift unit tests, the drivers' own test suites (tests/drivers/run.py), then the
-# integration tests (pytest) against a real PostgreSQL and the freshly built debug binary.
+# integration tests (pytest) against a real PostgreSQL and MariaDB and the freshly built debug binary.
 #
 #   scripts/test.sh                 everything
 #   scripts/test.sh -k borrow       extra arguments go to pytest
@@ -14,8 +14,10 @@
 #   CONCIERGE_DRIVER_SUITES=0       skip the drivers' own test suites (tests/drivers/run.py; its
 #                                   CONCIERGE_DRIVERS* variables are described there and in README)
 #
-# Installs what is missing: PostgreSQL, the JDBC driver, a JDK and promtool (apt); pytest,
-# pytest-timeout, psycopg, PyYAML, boto3 (IAM tokens), moto (a local Secrets Manager) and asyncpg (pip).
+# Installs what is missing: PostgreSQL, MariaDB and its `mariadb` client (scripts/mysql.sh install),
+# the JDBC driver, a JDK and promtool (apt); pytest, pytest-timeout, psycopg, PyYAML, boto3 (IAM
+# tokens), moto (a local Secrets Manager), asyncpg, PyMySQL, mysql-connector-python and cryptography
+# (PyMySQL's caching_sha2_password RSA exchange) (pip).
 # Exits non-zero if any step fails; later test steps still run so one report shows everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,14 +28,17 @@ section "dependencies"
 bash scripts/pg.sh install
 PG_BIN=$(bash scripts/pg.sh bindir)
 echo "PostgreSQL: $("$PG_BIN/postgres" --version)"
-if ! python3 -c "import pytest, pytest_timeout, psycopg, yaml, boto3, moto.server, asyncpg" 2>/dev/null; then
-    echo "installing pytest, pytest-timeout, psycopg[binary], pyyaml, boto3, moto[server] and asyncpg with pip"
-    pip_args=(install --quiet --disable-pip-version-check pytest pytest-timeout "psycopg[binary]" pyyaml boto3 "moto[server]" "asyncpg==0.30.0")
+bash scripts/mysql.sh install
+echo "MariaDB: $(mariadb --version)"
+if ! python3 -c "import pytest, pytest_timeout, psycopg, yaml, boto3, moto.server, asyncpg, pymysql, mysql.connector, cryptography" 2>/dev/null; then
+    echo "installing pytest, pytest-timeout, psycopg[binary], pyyaml, boto3, moto[server], asyncpg, pymysql, mysql-connector-python and cryptography with pip"
+    pip_args=(install --quiet --disable-pip-version-check pytest pytest-timeout "psycopg[binary]" pyyaml boto3 "moto[server]" "asyncpg==0.30.0"
+        pymysql mysql-connector-python cryptography)
     # Debian's own python3 refuses system-wide pip installs (PEP 668) unless told otherwise.
     python3 -m pip "${pip_args[@]}" 2>/dev/null ||
         python3 -m pip "${pip_args[@]}" --break-system-packages
 fi
-python3 -c 'import pytest, psycopg; print(f"pytest {pytest.__version__}, psycopg {psycopg.__version__}")'
+python3 -c 'import pytest, psycopg, pymysql; print(f"pytest {pytest.__version__}, psycopg {psycopg.__version__}, PyMySQL {pymysql.__version__}")'
 # The PostgreSQL JDBC driver (Debian's package) and a JDK to run the JDBC test's single-file source;
 # promtool (Debian's prometheus package, about 10 s) to check and unit-test ops/prometheus.
 apt_packages=()
