@@ -72,10 +72,6 @@ extension ConfigurationIssue {
             keyPath: keyPath, value: value, expectation: "one of \(list)",
             message: "\(renderText(value)) is not a valid value (allowed: \(list))")
     }
-
-    static func notSupported(_ keyPath: String, _ value: String, _ message: String, allowed: String) -> ConfigurationIssue {
-        ConfigurationIssue(keyPath: keyPath, value: value, expectation: allowed, message: message)
-    }
 }
 
 extension ClosedRange where Bound == Int {

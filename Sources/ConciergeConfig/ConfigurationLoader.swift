@@ -212,7 +212,11 @@ public enum ConfigurationLoader {
         var issues = decoder.issues
         // A value that failed to decode was replaced by a placeholder: don't report it a second time.
         let parseIssues = issues
-        for issue in ConfigurationValidator.validate(configuration) where !isCovered(issue.keyPath, by: parseIssues) {
+        let unknownEngines = Set(configuration.proxies.indices.filter { index in
+            parseIssues.contains { $0.keyPath == "proxies[\(index)].engine_family" }
+        })
+        for issue in ConfigurationValidator.validate(configuration, proxiesWithUnknownEngine: unknownEngines)
+        where !isCovered(issue.keyPath, by: parseIssues) {
             issues.append(issue)
         }
         return (configuration, issues)

@@ -35,7 +35,9 @@ struct ConfigurationDecoder {
     static let targetKeys = ["endpoint"]
 
     static let listenExpectation = "host:port or [ipv6]:port with a port in 1...65535"
-    static let targetExpectation = "host:port or [ipv6]:port with a port in 1...65535 (port 5432 when omitted)"
+    static func targetExpectation(defaultPort: Int) -> String {
+        "host:port or [ipv6]:port with a port in 1...65535 (port \(defaultPort) when omitted)"
+    }
 
     /// A placeholder for a required address that is missing or invalid (skipped by cross checks).
     static let invalidAddress = HostPort(host: "", port: 0)
@@ -100,8 +102,12 @@ struct ConfigurationDecoder {
     mutating func decodeProxy(_ node: Node, at path: String) -> ProxyConfiguration {
         let fields = mapping(node, at: path, allowed: Self.proxyKeys, expectation: "a mapping describing a proxy")
         let name = string(fields, "name", at: path, required: true, expectation: ConfigurationLimits.nameExpectation) ?? ""
-        let engine = enumeration(fields, "engine_family", at: path, required: true, shown: [EngineFamily.postgresql],
+        let issuesBefore = issues.count
+        let engine = enumeration(fields, "engine_family", at: path, required: true, shown: EngineFamily.allCases,
                                  default: EngineFamily.postgresql)
+        // The engine's defaults and allowed values apply only when engine_family is given and valid
+        // (otherwise its issue is reported, and the engine-specific checks are left out).
+        let knownEngine: EngineFamily? = issues.count == issuesBefore ? engine : nil
         let listen = hostPort(fields, "listen", at: path, required: true, defaultPort: nil,
                               expectation: Self.listenExpectation) ?? Self.invalidAddress
         var endpoints: [EndpointConfiguration] = []
@@ -122,13 +128,13 @@ struct ConfigurationDecoder {
         if let items = sequence(fields, "auth", at: path, required: true,
                                 expectation: "a list of 1...200 auth entries") {
             for (i, item) in items.enumerated() {
-                auth.append(decodeAuth(item, at: Self.child(path, "auth") + "[\(i)]"))
+                auth.append(decodeAuth(item, at: Self.child(path, "auth") + "[\(i)]", engine: knownEngine))
             }
         }
         var targetGroup = TargetGroupConfiguration(targets: [])
         let targetGroupPath = Self.child(path, "target_group")
         if let groupNode = present(fields, "target_group") {
-            targetGroup = decodeTargetGroup(groupNode, at: targetGroupPath)
+            targetGroup = decodeTargetGroup(groupNode, at: targetGroupPath, engine: engine)
         } else {
             missing(targetGroupPath, fields, "target_group", expectation: "a mapping with targets")
         }
@@ -230,7 +236,9 @@ struct ConfigurationDecoder {
         return EndpointConfiguration(name: name, targetRole: role, listen: listen)
     }
 
-    mutating func decodeAuth(_ node: Node, at path: String) -> AuthConfiguration {
+    /// `engine`: the proxy's engine family, nil when it is missing or invalid (every
+    /// `client_password_auth_type` is shown as allowed then).
+    mutating func decodeAuth(_ node: Node, at path: String, engine: EngineFamily?) -> AuthConfiguration {
         let fields = mapping(node, at: path, allowed: Self.authKeys, expectation: "a mapping describing an auth entry")
         let scheme = enumeration(fields, "auth_scheme", at: path, required: false, shown: AuthScheme.allCases,
                                  default: AuthScheme.secrets)
@@ -248,15 +256,19 @@ struct ConfigurationDecoder {
         }
         let iam = enumeration(fields, "iam_auth", at: path, required: false, shown: IAMAuth.allCases,
                               default: IAMAuth.disabled)
-        let passwordType = enumeration(fields, "client_password_auth_type", at: path, required: false,
-                                       shown: ClientPasswordAuthType.allCases, default: .postgresScramSHA256)
+        // Any known name decodes; one of another engine is refused by the validator, by engine.
+        let passwordType = enumeration(
+            fields, "client_password_auth_type", at: path, required: false,
+            shown: engine.map { ClientPasswordAuthType.allowed(for: $0) } ?? ClientPasswordAuthType.allCases,
+            default: ConfigurationDefaults.clientPasswordAuthType(for: engine ?? .postgresql))
         let description = string(fields, "description", at: path, required: false, expectation: "a string") ?? ""
         return AuthConfiguration(
             authScheme: scheme, secretARN: written ?? "", secret: reference, iamAuth: iam,
             clientPasswordAuthType: passwordType, description: description)
     }
 
-    mutating func decodeTargetGroup(_ node: Node, at path: String) -> TargetGroupConfiguration {
+    /// `engine`: the proxy's engine family (its default port and health-check database).
+    mutating func decodeTargetGroup(_ node: Node, at path: String, engine: EngineFamily) -> TargetGroupConfiguration {
         let fields = mapping(node, at: path, allowed: Self.targetGroupKeys, expectation: "a mapping with targets")
         let name = string(fields, "name", at: path, required: false, expectation: ConfigurationLimits.nameExpectation)
             ?? ConfigurationDefaults.targetGroupName
@@ -271,13 +283,14 @@ struct ConfigurationDecoder {
                 let itemPath = Self.child(path, "targets") + "[\(i)]"
                 let itemFields = mapping(item, at: itemPath, allowed: Self.targetKeys,
                                          expectation: "a mapping with endpoint")
-                let endpoint = hostPort(itemFields, "endpoint", at: itemPath, required: true,
-                                        defaultPort: ConfigurationDefaults.targetPort,
-                                        expectation: Self.targetExpectation) ?? Self.invalidAddress
+                let defaultPort = ConfigurationDefaults.targetPort(for: engine)
+                let endpoint = hostPort(itemFields, "endpoint", at: itemPath, required: true, defaultPort: defaultPort,
+                                        expectation: Self.targetExpectation(defaultPort: defaultPort)) ?? Self.invalidAddress
                 targets.append(TargetConfiguration(endpoint: endpoint))
             }
         }
         var group = TargetGroupConfiguration(name: name, connectionPoolConfig: pool, targets: targets)
+        group.healthCheck.database = ConfigurationDefaults.healthCheckDatabase(for: engine)
         if let node = present(fields, "health_check") {
             let hcPath = Self.child(path, "health_check")
             let hc = mapping(node, at: hcPath, allowed: Self.healthCheckKeys, expectation: "a mapping with interval_ms, timeout_ms and database")
@@ -287,7 +300,7 @@ struct ConfigurationDecoder {
                 timeoutMS: int(hc, "timeout_ms", at: hcPath, range: ConfigurationLimits.healthCheckTimeoutMS,
                                default: ConfigurationDefaults.healthCheckTimeoutMS),
                 database: string(hc, "database", at: hcPath, required: false, expectation: "a database name")
-                    ?? ConfigurationDefaults.healthCheckDatabase)
+                    ?? ConfigurationDefaults.healthCheckDatabase(for: engine))
         }
         if let node = present(fields, "tls") {
             let tlsPath = Self.child(path, "tls")

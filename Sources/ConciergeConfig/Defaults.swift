@@ -18,12 +18,41 @@ public enum ConfigurationDefaults {
     }
     public static let connectionBorrowTimeout = 120
     public static let backendIdleTimeout = 60
-    /// Port of a target `endpoint` written without one.
+    /// Port of a target `endpoint` written without one, for POSTGRESQL (`targetPort(for:)` per engine).
     public static let targetPort = 5432
     public static let secretRefreshInterval = 300
     public static let healthCheckIntervalMS = 500
     public static let healthCheckTimeoutMS = 1000
+    /// The health checks' database, for POSTGRESQL (`healthCheckDatabase(for:)` per engine).
     public static let healthCheckDatabase = "postgres"
+
+    // Per engine family.
+
+    /// Port of a target `endpoint` written without one: PostgreSQL's 5432, MySQL's 3306.
+    public static func targetPort(for engine: EngineFamily) -> Int {
+        switch engine {
+        case .postgresql: targetPort
+        case .mysql: 3306
+        }
+    }
+
+    /// `client_password_auth_type` when not given: RDS Proxy's default per engine
+    /// (`POSTGRES_SCRAM_SHA_256`; `MYSQL_CACHING_SHA2_PASSWORD`, as the RDS API documents for MySQL).
+    public static func clientPasswordAuthType(for engine: EngineFamily) -> ClientPasswordAuthType {
+        switch engine {
+        case .postgresql: .postgresScramSHA256
+        case .mysql: .mysqlCachingSHA2Password
+        }
+    }
+
+    /// `health_check.database` when not given: `postgres`; for MYSQL "" (no default schema: a
+    /// MySQL login needs none, and the checks read only server variables).
+    public static func healthCheckDatabase(for engine: EngineFamily) -> String {
+        switch engine {
+        case .postgresql: healthCheckDatabase
+        case .mysql: ""
+        }
+    }
 }
 
 /// Allowed ranges of every numeric key (inclusive).

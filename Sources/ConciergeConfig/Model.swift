@@ -130,7 +130,9 @@ public struct AuthConfiguration: Sendable, Hashable {
     public var secret: SecretReference
     /// `iam_auth`: default `DISABLED`.
     public var iamAuth: IAMAuth
-    /// `client_password_auth_type`: default `POSTGRES_SCRAM_SHA_256`.
+    /// `client_password_auth_type`: how clients prove the password; one of the proxy's engine's
+    /// (`ClientPasswordAuthType.allowed(for:)`). Loaded configurations default to the engine's
+    /// (`ConfigurationDefaults.clientPasswordAuthType(for:)`); built in code, to `POSTGRES_SCRAM_SHA_256`.
     public var clientPasswordAuthType: ClientPasswordAuthType
     /// `description`: free text, default "".
     public var description: String
@@ -215,7 +217,8 @@ public struct ConnectionPoolConfiguration: Sendable, Hashable {
 
 /// One entry of a target group's `targets`.
 public struct TargetConfiguration: Sendable, Hashable {
-    /// `endpoint`: `host:port`; the port defaults to 5432.
+    /// `endpoint`: `host:port`; the port defaults to the engine's (5432 for POSTGRESQL, 3306 for
+    /// MYSQL: `ConfigurationDefaults.targetPort(for:)`).
     public var endpoint: HostPort
 
     public init(endpoint: HostPort) {
@@ -227,7 +230,8 @@ public struct TargetConfiguration: Sendable, Hashable {
 
 public enum EngineFamily: String, Sendable, Hashable, CaseIterable {
     case postgresql = "POSTGRESQL"
-    /// Recognised but refused at load for now.
+    /// MySQL and MariaDB. A valid configuration; until the MySQL engine is served, the server
+    /// refuses to start such a proxy (`ConciergeServer.mysqlEngineAvailable`).
     case mysql = "MYSQL"
 }
 
@@ -246,9 +250,27 @@ public enum IAMAuth: String, Sendable, Hashable, CaseIterable {
     case required = "REQUIRED"
 }
 
+/// RDS Proxy's names. Each belongs to one engine family: a proxy accepts only its engine's.
 public enum ClientPasswordAuthType: String, Sendable, Hashable, CaseIterable {
     case postgresScramSHA256 = "POSTGRES_SCRAM_SHA_256"
     case postgresMD5 = "POSTGRES_MD5"
+    /// `mysql_native_password`.
+    case mysqlNativePassword = "MYSQL_NATIVE_PASSWORD"
+    /// `caching_sha2_password` (RDS Proxy's default for MySQL).
+    case mysqlCachingSHA2Password = "MYSQL_CACHING_SHA2_PASSWORD"
+
+    /// The engine family this authentication belongs to.
+    public var engineFamily: EngineFamily {
+        switch self {
+        case .postgresScramSHA256, .postgresMD5: .postgresql
+        case .mysqlNativePassword, .mysqlCachingSHA2Password: .mysql
+        }
+    }
+
+    /// The values a proxy of `engine` accepts, in declaration order.
+    public static func allowed(for engine: EngineFamily) -> [ClientPasswordAuthType] {
+        allCases.filter { $0.engineFamily == engine }
+    }
 }
 
 public enum SessionPinningFilter: String, Sendable, Hashable, CaseIterable {
@@ -358,12 +380,15 @@ extension ProxyConfiguration {
 }
 
 /// `target_group.health_check`: each target is checked every `interval_ms` over a kept
-/// connection (`SELECT pg_is_in_recovery()`); a check that takes longer than `timeout_ms` fails.
+/// connection (`SELECT pg_is_in_recovery()`; `@@global.read_only` for MYSQL); a check that takes
+/// longer than `timeout_ms` fails.
 /// The defaults find a dead writer within about 1 to 2 seconds.
 public struct HealthCheckConfiguration: Sendable, Hashable {
     public var intervalMS: Int
     public var timeoutMS: Int
-    /// The database the checks log in to, with the first auth entry's secret.
+    /// The database the checks log in to, with the first auth entry's secret. Loaded
+    /// configurations default to the engine's (`ConfigurationDefaults.healthCheckDatabase(for:)`:
+    /// `postgres`, or "" for MYSQL: no default schema); built in code, to `postgres`.
     public var database: String
 
     public init(

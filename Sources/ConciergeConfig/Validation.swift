@@ -3,6 +3,12 @@
 public enum ConfigurationValidator {
     /// Every problem in `configuration`, with YAML key paths.
     public static func validate(_ configuration: ConciergeConfiguration) -> [ConfigurationIssue] {
+        validate(configuration, proxiesWithUnknownEngine: [])
+    }
+
+    /// Every problem in `configuration`; the engine-specific rules are left out for the proxies at
+    /// these indices (their `engine_family` was missing or invalid, and is reported as such).
+    static func validate(_ configuration: ConciergeConfiguration, proxiesWithUnknownEngine: Set<Int>) -> [ConfigurationIssue] {
         var issues: [ConfigurationIssue] = []
         check(configuration.drainTimeout, ConfigurationLimits.drainTimeout, "drain_timeout", &issues)
 
@@ -82,7 +88,7 @@ public enum ConfigurationValidator {
         var endpointNames: [String: String] = [:]
         for (index, proxy) in configuration.proxies.enumerated() {
             let path = "proxies[\(index)]"
-            issues += validate(proxy, at: path)
+            issues += validate(proxy, at: path, engineKnown: !proxiesWithUnknownEngine.contains(index))
             if !proxy.name.isEmpty {
                 if let first = proxyNames[proxy.name] {
                     issues.append(ConfigurationIssue(
@@ -122,13 +128,12 @@ public enum ConfigurationValidator {
     }
 
     /// The rules of one proxy (not the cross-proxy ones), with key paths under `keyPath`.
-    public static func validate(_ proxy: ProxyConfiguration, at path: String) -> [ConfigurationIssue] {
+    /// `engineKnown: false` leaves out the rules that depend on `engine_family` (when it did not
+    /// decode, the values of the default engine would be judged against an engine nobody wrote).
+    public static func validate(_ proxy: ProxyConfiguration, at path: String, engineKnown: Bool = true) -> [ConfigurationIssue] {
         var issues: [ConfigurationIssue] = []
         checkName(proxy.name, "\(path).name", &issues)
-        if proxy.engineFamily == .mysql {
-            issues.append(.notSupported(
-                "\(path).engine_family", "MYSQL", "MYSQL is not supported yet; allowed: POSTGRESQL", allowed: "POSTGRESQL"))
-        }
+        if engineKnown { checkEngineSpecific(proxy, at: path, &issues) }
         _ = checkAddress(proxy.listen, "\(path).listen", &issues)
         for (i, endpoint) in proxy.endpoints.enumerated() {
             checkName(endpoint.name, "\(path).endpoints[\(i)].name", &issues)
@@ -232,12 +237,29 @@ public enum ConfigurationValidator {
         }
         check(pool.backendIdleTimeout, ConfigurationLimits.backendIdleTimeout, "\(keyPath).backend_idle_timeout", &issues)
         if pool.initQuery.utf8.contains(0) {
-            // PostgreSQL would run only what comes before it (the wire format ends a Query there).
+            // PostgreSQL would run only what comes before it (the wire format ends a Query there);
+            // MySQL's COM_QUERY could carry one, but no SQL text needs it: refused for every engine.
             issues.append(ConfigurationIssue(
                 keyPath: "\(keyPath).init_query", value: nil, expectation: "SQL text without a NUL character",
                 message: "the init query contains a NUL character (allowed: SQL text without NUL)"))
         }
         return issues
+    }
+
+    /// The rules that depend on the proxy's `engine_family`. Everything else (ranges, TLS and its
+    /// modes, pinning filters, init query, health checks) means the same for every engine; the
+    /// engine's defaults (target port, client_password_auth_type, health-check database) are
+    /// applied when loading (`ConfigurationDefaults`).
+    private static func checkEngineSpecific(_ proxy: ProxyConfiguration, at path: String, _ issues: inout [ConfigurationIssue]) {
+        let engine = proxy.engineFamily
+        let allowed = ClientPasswordAuthType.allowed(for: engine).map(\.rawValue).joined(separator: ", ")
+        for (i, auth) in proxy.auth.enumerated() where auth.clientPasswordAuthType.engineFamily != engine {
+            let value = auth.clientPasswordAuthType.rawValue
+            issues.append(ConfigurationIssue(
+                keyPath: "\(path).auth[\(i)].client_password_auth_type", value: value,
+                expectation: "one of \(allowed)",
+                message: "\(value) is not allowed with engine_family \(engine.rawValue) (allowed: \(allowed))"))
+        }
     }
 
     // MARK: Helpers
