@@ -230,8 +230,7 @@ public struct TargetConfiguration: Sendable, Hashable {
 
 public enum EngineFamily: String, Sendable, Hashable, CaseIterable {
     case postgresql = "POSTGRESQL"
-    /// MySQL and MariaDB. A valid configuration; until the MySQL engine is served, the server
-    /// refuses to start such a proxy (`ConciergeServer.mysqlEngineAvailable`).
+    /// MySQL and MariaDB.
     case mysql = "MYSQL"
 }
 
