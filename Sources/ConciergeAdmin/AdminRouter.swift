@@ -315,9 +315,11 @@ public final class AdminRouter: Sendable {
             throw AdminError.invalid(field, "expected a non-empty array of host:port strings")
         }
         var targets: [HostPort] = []
+        // An endpoint without a port gets its engine's (5432, 3306), as in the configuration file.
+        let defaultPort = ConfigurationDefaults.targetPort(for: proxy.configuration.engineFamily)
         for element in elements {
             guard case .string(let text) = element,
-                  let target = HostPort(parsing: text, defaultPort: ConfigurationDefaults.targetPort)
+                  let target = HostPort(parsing: text, defaultPort: defaultPort)
             else {
                 throw AdminError.invalid(field, "\(element.rendered(indent: 0)) is not a host:port endpoint")
             }
