@@ -252,6 +252,7 @@ public struct MySQLSessionMachine: Sendable {
     /// are consumed. Attached: forwarded, and the backend released after the final packet of a
     /// response when nothing keeps it.
     public mutating func serverPacket(_ payload: ByteBuffer) throws(MySQLWireError) -> Action {
+        lastPacketWasOK = false
         switch state {
         case .restoring(let step):
             let outcome = try tracker.serverPacket(payload)
@@ -347,8 +348,10 @@ public struct MySQLSessionMachine: Sendable {
                     client.apply(variable: name, value: value)
                     backend.apply(variable: name, value: value)
                 }
-            case .schema(let schema):
+            case .schema(let reported):
                 namedSomething = true
+                // An empty schema is "none" (a session that never selected one).
+                let schema: String? = reported.isEmpty ? nil : reported
                 if case .restoring = state {
                     backend.schema = schema
                 } else {

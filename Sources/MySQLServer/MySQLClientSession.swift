@@ -345,6 +345,7 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
     // MARK: Running the session machine's actions
 
     func run(_ action: MySQLSessionMachine.Action, context: ChannelHandlerContext) {
+        log(.trace, "session action", ["concierge.action": "\(action)"])
         switch action {
         case .none:
             break
@@ -426,6 +427,7 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
         borrowRequest = nil
         switch result {
         case .success(let connection):
+            log(.trace, "backend borrowed", ["concierge.backend": "\(connection.id)"])
             runtime.metrics.borrowLatency.record(.nanoseconds((NIODeadline.now() - queryStarted).nanoseconds))
             guard !closed else {
                 borrowPool?.release(connection, reusable: true)
@@ -466,6 +468,9 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
         // A backend of a pool without a schema cannot be given "no schema" again once a USE
         // selected one (MySQL has no way back): it is not reused.
         let schemaStays = poolKey.database.isEmpty && state.schema != nil
+        log(.trace, "backend released", [
+            "concierge.backend": "\(backend.id)", "concierge.reusable": "\(reusable && !schemaStays)",
+        ])
         backend.release(reusable: reusable && !schemaStays, state: state)
         if draining, machine?.holdsBackend == false { fail(with: MySQLClientErrors.shuttingDown) }
     }
@@ -498,7 +503,7 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
                 return
             }
             self.machine = machine
-            if machine.lastPacketWasOK, !machine.capabilities.contains(.sessionTrack),
+            if machine.lastPacketWasOK, !machine.capabilities.contains(.sessionTrack), action.forwardsToClient,
                 rewriteOK(payload, sequenceID: header.sequenceID, packets, from: forwardStart, to: packetStart, context: context)
             {
                 forwardStart = buffer.readerIndex
@@ -659,5 +664,15 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
             }
         }
         runtime.sessionClosed(self)
+    }
+}
+
+extension MySQLSessionMachine.Action {
+    /// The server packet just read goes to the client.
+    var forwardsToClient: Bool {
+        switch self {
+        case .forwardToClient, .forwardToClientAndRelease: return true
+        default: return false
+        }
     }
 }

@@ -275,3 +275,20 @@ extension MySQLSessionMachineTests {
         XCTAssertTrue(isRelease(try machine.serverPacket(ok(.autocommit))))
     }
 }
+
+extension MySQLSessionMachineTests {
+    /// The restore's own OK is not "the last packet was an OK for the client": the handler
+    /// rewrote it for the client (found with PyMySQL: the restore's OK reached the client and
+    /// the held command never went).
+    func testARestoresOKIsNotMarkedAsTheClientsOK() throws {
+        var machine = attached("SET time_zone = '+01:00'")
+        _ = try machine.serverPacket(ok(.autocommit, changes: [.systemVariable(name: "time_zone", value: "+01:00")]))
+        XCTAssertTrue(machine.lastPacketWasOK)
+        _ = send(&machine, "SELECT 1")
+        _ = machine.borrowed(backendState: .init(), baseline: [:], noBackslashEscapes: false)
+        guard case .sendToBackend = try machine.serverPacket(ok(.autocommit, changes: [.systemVariable(name: "time_zone", value: "+01:00")])) else {
+            return XCTFail()
+        }
+        XCTAssertFalse(machine.lastPacketWasOK)
+    }
+}
