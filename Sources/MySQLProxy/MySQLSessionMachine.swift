@@ -108,6 +108,9 @@ public struct MySQLSessionMachine: Sendable {
     public init(capabilities: MySQLCapabilities, loginSchema: String?) {
         self.capabilities = capabilities
         self.loginSchema = (loginSchema?.isEmpty ?? true) ? nil : loginSchema
+        // Backends of clients with a login schema are shared by all of them and log in without
+        // one: the schema is part of the state a lease restores (COM_INIT_DB).
+        self.client = MySQLSessionState(schema: self.loginSchema)
         self.tracker = MySQLResponseTracker(capabilities: capabilities)
     }
 
@@ -210,7 +213,7 @@ public struct MySQLSessionMachine: Sendable {
         backend = backendState
         status = [.autocommit]
         let plan = MySQLRestorePlan(
-            client: client, backend: backendState, baseline: baseline, loginSchema: loginSchema,
+            client: client, backend: backendState, baseline: baseline, loginSchema: nil,
             noBackslashEscapes: noBackslashEscapes)
         if let statement = plan.setStatement {
             state = .restoring(.variables(thenSchema: plan.schema))
@@ -417,7 +420,7 @@ public struct MySQLSessionMachine: Sendable {
         let wasHolding = holdsBackend
         let dirty = !pins.isEmpty || inTransaction
         pins = []
-        client = MySQLSessionState()
+        client = MySQLSessionState(schema: loginSchema)
         status = [.autocommit]
         if wasHolding, state == .attached, !inFlight {
             state = .idle

@@ -332,7 +332,10 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
         user = result.user
         let profile = MySQLClientProfile(negotiated: result.capabilities, characterSet: result.characterSet)
         let schema = result.database ?? ""
-        poolKey = PoolKey(user: result.user, database: schema, variant: profile.description)
+        // Clients with a login schema share one pool (the schema is restored per lease); those
+        // without one have their own, whose backends never keep a schema (MySQL cannot go back
+        // to "none", so such a backend is not reused once a USE selected one).
+        poolKey = PoolKey(user: result.user, database: schema.isEmpty ? "" : MySQLEngine.anySchema, variant: profile.description)
         machine = MySQLSessionMachine(capabilities: result.capabilities, loginSchema: schema)
         let ok = MySQLOKPacket(affectedRows: 0, lastInsertID: 0, status: .autocommit, warnings: 0, info: "", sessionStateChanges: [])
         var out = context.channel.allocator.buffer(capacity: 16)

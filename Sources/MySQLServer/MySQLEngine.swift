@@ -84,9 +84,16 @@ final class MySQLEngine: ServedEngine {
         id: ConnectionID, key: PoolKey, login: BackendLogin, on eventLoop: any EventLoop, pool: MySQLBackendPool
     ) -> EventLoopFuture<MySQLBackendConnection> {
         let profile = MySQLClientProfile(variant: key.variant) ?? Self.defaultProfile
+        var login = login
+        // The shared pool of clients that log in with a schema: its backends log in with none.
+        if login.database == Self.anySchema { login.database = "" }
         return MySQLBackendConnection.connect(
             id: id, key: key, on: eventLoop, settings: MySQLBackendSettings(login: login, profile: profile), pool: pool)
     }
+
+    /// The pool key's database for clients that logged in with a schema (all of them share
+    /// backends; the schema is restored per lease). Not a valid schema name on purpose.
+    static let anySchema = "*"
 
     /// Health checks and the backends of no particular client: utf8mb4, no format options.
     static let defaultProfile = MySQLClientProfile(negotiated: [], characterSet: 45)

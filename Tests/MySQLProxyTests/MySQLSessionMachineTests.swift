@@ -46,7 +46,8 @@ final class MySQLSessionMachineTests: XCTestCase {
     func attached(_ sql: String = "SELECT 1") -> MySQLSessionMachine {
         var machine = MySQLSessionMachine(capabilities: caps, loginSchema: "app")
         guard case .borrow = send(&machine, sql) else { XCTFail("expected a borrow"); return machine }
-        guard case .sendToBackend(let commands) = machine.borrowed(backendState: .init(), baseline: [:], noBackslashEscapes: false) else {
+        // A backend whose last client used the same schema.
+        guard case .sendToBackend(let commands) = machine.borrowed(backendState: .init(schema: "app"), baseline: [:], noBackslashEscapes: false) else {
             XCTFail("expected the held command to go out"); return machine
         }
         XCTAssertEqual(commands.count, 1)
@@ -159,7 +160,7 @@ final class MySQLSessionMachineTests: XCTestCase {
         XCTAssertEqual(machine.pins, [])
         // The next command gets another backend, fresh: the variable is set before it.
         guard case .borrow = send(&machine, "SELECT NOW()") else { return XCTFail() }
-        guard case .sendRestoreQuery(let restore) = machine.borrowed(backendState: .init(), baseline: [:], noBackslashEscapes: false) else {
+        guard case .sendRestoreQuery(let restore) = machine.borrowed(backendState: .init(schema: "app"), baseline: [:], noBackslashEscapes: false) else {
             return XCTFail()
         }
         XCTAssertEqual(restore, "SET SESSION time_zone = '+01:00'")
@@ -285,10 +286,32 @@ extension MySQLSessionMachineTests {
         _ = try machine.serverPacket(ok(.autocommit, changes: [.systemVariable(name: "time_zone", value: "+01:00")]))
         XCTAssertTrue(machine.lastPacketWasOK)
         _ = send(&machine, "SELECT 1")
-        _ = machine.borrowed(backendState: .init(), baseline: [:], noBackslashEscapes: false)
+        _ = machine.borrowed(backendState: .init(schema: "app"), baseline: [:], noBackslashEscapes: false)
         guard case .sendToBackend = try machine.serverPacket(ok(.autocommit, changes: [.systemVariable(name: "time_zone", value: "+01:00")])) else {
             return XCTFail()
         }
         XCTAssertFalse(machine.lastPacketWasOK)
+    }
+}
+
+extension MySQLSessionMachineTests {
+    /// Backends of clients that logged in with a schema log in without one and are shared:
+    /// a fresh one gets the client's login schema first.
+    func testAFreshBackendGetsTheLoginSchema() throws {
+        var machine = MySQLSessionMachine(capabilities: caps, loginSchema: "app")
+        _ = send(&machine, "SELECT 1")
+        guard case .sendInitDB("app") = machine.borrowed(backendState: .init(), baseline: [:], noBackslashEscapes: false) else {
+            return XCTFail()
+        }
+        guard case .sendToBackend = try machine.serverPacket(ok(.autocommit, changes: [.schema("app")])) else { return XCTFail() }
+        XCTAssertEqual(machine.backend.schema, "app")
+    }
+
+    func testResetConnectionGoesBackToTheLoginSchema() throws {
+        var machine = attached("USE other")
+        _ = try machine.serverPacket(ok(.autocommit, changes: [.schema("other")]))
+        XCTAssertEqual(machine.client.schema, "other")
+        _ = machine.resetConnection()
+        XCTAssertEqual(machine.client.schema, "app")
     }
 }

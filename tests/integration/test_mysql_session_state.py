@@ -13,8 +13,11 @@ STATE = "SELECT @@time_zone, @@sql_mode, @@character_set_client, @@character_set
 def test_two_clients_keep_their_own_session_state_on_one_backend(mysql_proxy, mariadb):
     # One backend (1% of 100), and a borrow timeout that fails the test instead of hanging it.
     p = mysql_proxy(max_connections_percent=1, connection_borrow_timeout=5)
+    # Both log in with a schema: such clients share backends (the schema is restored per lease).
+    # A client without one never gets a backend with a schema selected (test below), so it has
+    # backends of its own.
     a = p.connect(database="app")
-    b = p.connect(database=None)
+    b = p.connect(database="app2")
     try:
         ca, cb = a.cursor(), b.cursor()
         # Interleaved: each SET lands on the backend the other client used just before.
@@ -62,3 +65,23 @@ def test_two_clients_keep_their_own_session_state_on_one_backend(mysql_proxy, ma
         b.close()
     if not DIRECT:
         assert len(backends) == 1, f"the two clients were served by {len(backends)} backends, not one"
+
+
+def test_a_client_without_a_schema_never_sees_another_clients_schema(mysql_proxy, mariadb):
+    """MySQL cannot go back to "no schema" once one is selected: a client that logged in without
+    one must never get a backend on which another client selected one."""
+    p = mysql_proxy(max_connections_percent=1, connection_borrow_timeout=5)
+    users = [p.connect(database=None) for _ in range(2)]
+    try:
+        first, second = (u.cursor() for u in users)
+        first.execute("USE app")
+        first.execute("SELECT DATABASE()")
+        assert first.fetchone() == ("app",)
+        for _ in range(3):
+            second.execute("SELECT DATABASE()")
+            assert second.fetchone() == (None,)
+            first.execute("SELECT DATABASE()")
+            assert first.fetchone() == ("app",)
+    finally:
+        for u in users:
+            u.close()
