@@ -25,6 +25,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -87,10 +88,15 @@ class MyTarget:
 
     def connect(self, user: str = "app", database: str | None = "app", password: str | None = None,
                 *, autocommit: bool = True, **kw: Any) -> "pymysql.connections.Connection":
-        """A PyMySQL connection (autocommit by default: each statement its own transaction)."""
+        """A PyMySQL connection (autocommit by default: each statement its own transaction).
+
+        Plaintext unless TLS is asked for (`ssl=...`, `ssl_ca=...`): PyMySQL's own default is
+        to use TLS whenever the server offers it."""
         require_pymysql()
         if password is None:
             password = self.passwords.get(user, "")
+        if not any(k == "ssl" or k.startswith("ssl_") for k in kw):
+            kw["ssl_disabled"] = True
         kw.setdefault("connect_timeout", 10)
         kw.setdefault("read_timeout", 60)
         kw.setdefault("write_timeout", 60)
@@ -105,7 +111,8 @@ class MyTarget:
         if password is None:
             password = self.passwords.get(user, "")
         cmd = [mariadb_client(), "--no-defaults", "--protocol=tcp", "-h", self.host, "-P", str(self.port),
-               "-u", user, "--batch", "--skip-column-names", "--connect-timeout=10", *args]
+               "-u", user, "--batch", "--skip-column-names", "--skip-print-query-on-error",
+               "--connect-timeout=10", *args]
         if database:
             cmd += ["-D", database]
         if sql is not None:
@@ -256,6 +263,81 @@ class ProcesslistSampler:
         self._thread.join(timeout=10)
         if self._error and not exc[0]:
             raise self._error
+
+
+# -- a relay that sends an SSLRequest and the ClientHello in one write ---------------------------
+
+class SSLRequestCoalescer:
+    """A TCP relay in front of a MySQL server that holds each client's SSLRequest until the
+    client's next bytes (its TLS ClientHello) arrive and forwards both in one write. A MySQL
+    client does not wait for anything after its SSLRequest, so a server may always read the two
+    together; this makes it happen every time. `coalesced` counts the SSLRequests so sent."""
+
+    def __init__(self, host: str, port: int):
+        self.upstream = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.coalesced = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self) -> "SSLRequestCoalescer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.listener.close()
+
+    def _accept(self) -> None:
+        self.listener.settimeout(0.1)  # to see `_stop` (closing does not wake accept())
+        while not self._stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (sink, source):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _serve(self, client: socket.socket) -> None:
+        with client, socket.create_connection(self.upstream, timeout=30) as upstream:
+            upstream.settimeout(None)
+            down = threading.Thread(target=self._pipe, args=(upstream, client), daemon=True)
+            down.start()
+            buffer = b""
+            try:
+                while len(buffer) < 4 or len(buffer) < 4 + int.from_bytes(buffer[:3], "little"):
+                    chunk = client.recv(65536)
+                    if not chunk:
+                        return
+                    buffer += chunk
+                length = int.from_bytes(buffer[:3], "little")
+                if length == 32:  # an SSLRequest: with the bytes after it (waited for if need be)
+                    if len(buffer) == 4 + length:
+                        buffer += client.recv(65536)
+                    self.coalesced += 1
+                upstream.sendall(buffer)
+            except OSError:
+                return
+            self._pipe(client, upstream)
+            down.join(timeout=10)
 
 
 # -- the database ----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import ssl
 import pytest
 
 from helpers import DIRECT
-from mysql_fixtures import CACHING_SHA2, NATIVE
+from mysql_fixtures import CACHING_SHA2, NATIVE, MyTarget, SSLRequestCoalescer
 from mywire import native_password_scramble, parse_err, ssl_request
 
 AUTH_TYPES = [NATIVE, CACHING_SHA2]
@@ -108,6 +108,26 @@ def test_pymysql_and_mysql_connector_log_in(mysql_proxy, mariadb, proxy_tls, aut
                                 auth_plugin=PLUGIN[auth], connection_timeout=10, **connector_args)
     assert exc2.value.errno == 1045 and exc2.value.sqlstate == "28000"
     assert exc2.value.msg == f"Access denied for user 'nobody'@'{DENIED_HOST}' (using password: YES)"
+
+
+@pytest.mark.parametrize("auth", AUTH_TYPES, ids=["native", "caching_sha2"])
+def test_tls_client_hello_in_the_same_segment_as_the_ssl_request(mysql_proxy, mariadb, proxy_tls, auth):
+    """A MySQL client sends its TLS ClientHello right after the SSLRequest without waiting for
+    an answer (there is none), so the two often arrive together (PyMySQL's do, under load):
+    the bytes after the SSLRequest are then the TLS handshake and must be served as such."""
+    p = mysql_proxy(client_auth=auth, tls=proxy_tls)
+    with SSLRequestCoalescer(p.host, p.port) as relay:
+        via = MyTarget(p.host, relay.port, p.passwords)
+        for _ in range(3):
+            with via.connect(ssl_ca=str(mariadb.pki.ca_cert)) as conn, conn.cursor() as cur:
+                cur.execute("SELECT CURRENT_USER()")
+                assert cur.fetchone() == ("app@%",)
+        proc = via.cli(input="SELECT 42;\nstatus\n", args=[f"--default-auth={PLUGIN[auth]}", *tls_args(mariadb, True)],
+                       check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines()[0] == "42"
+        assert status_line(proc.stdout, "SSL").startswith("Cipher in use is ")
+        assert relay.coalesced == 4
 
 
 def caching_sha2_scramble(password: str, nonce: bytes) -> bytes:

@@ -82,11 +82,25 @@ def test_handshake_response_declared_16_mb_long(p):
         answered_with_err(w)
 
 
+def closed_or_serving(w) -> None:
+    """After an ERR to a logged-in client: the connection is either closed or still serves."""
+    try:
+        w.command(COM_QUERY, b"SELECT 'still here'")
+        first = w.read_packet(timeout=EOF_TIMEOUT)
+    except (BrokenPipeError, ConnectionResetError):
+        return
+    if first is None:
+        return
+    w.buffer = packet(first.payload, first.seq) + w.buffer  # back, to read the whole result
+    assert w.read_result() == [["still here"]]
+
+
 def test_empty_command_packet(p):
     with p.wire() as w:
         w.login("app", p.passwords["app"])
         w.send(b"\x00\x00\x00\x00")  # a command packet without a command byte
         answered_with_err(w, closes=False)
+        closed_or_serving(w)
 
 
 # -- wrong sequence ids ----------------------------------------------------------------------
@@ -105,7 +119,8 @@ def test_command_with_a_wrong_sequence_id(p, seq):
         w.login("app", p.passwords["app"])
         assert w.query("SELECT 1") == [["1"]]
         w.command(COM_QUERY, b"SELECT 2", seq=seq)  # a command starts at 0
-        assert answered_with_err(w).code == 1156
+        assert answered_with_err(w, closes=False).code == 1156
+        closed_or_serving(w)
 
 
 # -- bytes after an SSLRequest ------------------------------------------------------------------

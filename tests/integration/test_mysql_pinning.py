@@ -138,7 +138,10 @@ def test_lookalikes_do_not_pin(mysql_proxy, pin_tables):
             if expected is not None:
                 assert rows[0] == expected, sql
             # The other client gets the one backend at once: `a` holds nothing.
-            cb.execute("SELECT 2")
+            try:
+                cb.execute("SELECT 2")
+            except pymysql.err.OperationalError as e:
+                raise AssertionError(f"after {sql!r}, another client got {e}") from e
             assert cb.fetchone() == (2,), f"after {sql!r}"
     finally:
         a.close()
