@@ -165,10 +165,21 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
                 guard buffer.readableBytes >= 4 + header.length else { return }
                 buffer.moveReaderIndex(forwardBy: 4)
                 let payload = buffer.readSlice(length: header.length)!
+                // A MySQL client starts TLS right after its SSLRequest, without an answer: its
+                // ClientHello may arrive in the same read. Bytes that begin a TLS handshake
+                // record go to the TLS handler; anything else after an SSLRequest is plaintext
+                // where encrypted bytes must be, and is refused.
+                let startsTLS = MySQLSSLRequest.isSSLRequest(payload: payload) && Self.beginsTLSHandshake(buffer)
                 let action = login.packetReceived(
-                    MySQLPacket(sequenceID: header.sequenceID, payload: payload), trailingBytes: buffer.readableBytes,
-                    environment: loginEnvironment())
+                    MySQLPacket(sequenceID: header.sequenceID, payload: payload),
+                    trailingBytes: startsTLS ? 0 : buffer.readableBytes, environment: loginEnvironment())
                 run(action, context: context)
+                if startsTLS, case .startTLS = action, !closed {
+                    let handshake = buffer.readSlice(length: buffer.readableBytes)!
+                    // From the pipeline's head: through the TLS handler just added first.
+                    context.pipeline.fireChannelRead(NIOAny(handshake))
+                    return
+                }
                 continue
             }
             guard let command = try nextCommand(&buffer) else { return }
@@ -282,6 +293,14 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
             user: { name in
                 users.entry(for: name).map { MySQLClientLogin.User(password: $0.keys.password, iamRequired: $0.iamRequired) }
             })
+    }
+
+    /// Whether `bytes` start with a TLS handshake record (content type 22, version 3.x).
+    static func beginsTLSHandshake(_ bytes: ByteBuffer) -> Bool {
+        guard let type = bytes.getInteger(at: bytes.readerIndex, as: UInt8.self),
+              let major = bytes.getInteger(at: bytes.readerIndex + 1, as: UInt8.self)
+        else { return false }
+        return type == 0x16 && major == 0x03
     }
 
     /// Carries out what the login machine decided.
