@@ -12,8 +12,13 @@ pytestmark = pytest.mark.proxy_only
 
 
 def hold_transaction(p):
-    """A client inside a transaction (it holds a backend), or the error it got instead."""
-    conn = p.connect()
+    """A client inside a transaction (it holds a backend), or the error it got instead. PyMySQL's
+    connect already runs a statement (SET autocommit), which needs a backend: a full pool can
+    answer it with the 9501."""
+    try:
+        conn = p.connect()
+    except pymysql.err.OperationalError as e:
+        return e
     try:
         with conn.cursor() as cur:
             cur.execute("BEGIN")
