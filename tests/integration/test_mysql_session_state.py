@@ -1,10 +1,15 @@
 """Session state a MySQL proxy tracks and restores instead of pinning: two clients with different
 time_zone, sql_mode, character set (SET NAMES) and default schema (USE), taking turns on one
-backend (a cap of 1), each always see their own."""
+backend (a cap of 1), each always see their own; LAST_INSERT_ID() is each client's own; a
+client that did not ask for session tracking gets OK packets without it; the init query is the
+baseline of every backend, also after COM_RESET_CONNECTION."""
+
+import struct
 
 import pytest
 
 from helpers import DIRECT
+from mywire import ErrPacket, read_lenenc_int
 
 ROUNDS = 10
 STATE = "SELECT @@time_zone, @@sql_mode, @@character_set_client, @@character_set_results, DATABASE()"
@@ -85,3 +90,81 @@ def test_a_client_without_a_schema_never_sees_another_clients_schema(mysql_proxy
     finally:
         for u in users:
             u.close()
+
+
+def test_last_insert_id_is_each_clients_own(mysql_proxy, mariadb):
+    """LAST_INSERT_ID() after an autocommit INSERT answers the client's own insert, though
+    another client's INSERT ran on the same backend in between."""
+    mariadb.create_table("auto_ids", "id INT AUTO_INCREMENT PRIMARY KEY, who VARCHAR(10)")
+    p = mysql_proxy(max_connections_percent=1, connection_borrow_timeout=5)
+    a, b = p.connect(), p.connect()
+    try:
+        ca, cb = a.cursor(), b.cursor()
+        for _ in range(3):
+            ca.execute("INSERT INTO auto_ids (who) VALUES ('a')")
+            own_a = ca.lastrowid
+            cb.execute("INSERT INTO auto_ids (who) VALUES ('b'), ('b')")
+            own_b = cb.lastrowid  # the first id of a multi-row insert
+            ca.execute("SELECT LAST_INSERT_ID()")
+            assert ca.fetchone() == (own_a,)
+            cb.execute("SELECT LAST_INSERT_ID()")
+            assert cb.fetchone() == (own_b,)
+            ca.execute("SELECT who FROM auto_ids WHERE id = LAST_INSERT_ID()")
+            assert ca.fetchone() == ("a",)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_ok_packets_carry_no_session_state_for_a_client_that_did_not_ask(mysql_proxy):
+    """The proxy's backends track session state; a client without CLIENT_SESSION_TRACK gets OK
+    packets without it (no SERVER_SESSION_STATE_CHANGED flag, no state-change data)."""
+    p = mysql_proxy()
+    with p.wire() as w:
+        w.login("app", p.passwords["app"])  # no CLIENT_SESSION_TRACK
+        for sql in ["SET time_zone = '+02:00'", "USE app2", "SET NAMES latin1", "SET autocommit = 1"]:
+            ok = w.query(sql)
+            assert not isinstance(ok, (list, ErrPacket)) and ok.is_ok, (sql, ok)
+            pos = 1
+            for _ in range(2):  # affected rows, last insert id
+                _, pos = read_lenenc_int(ok.payload, pos)
+            status = struct.unpack_from("<H", ok.payload, pos)[0]
+            assert not status & 0x4000, f"{sql}: SERVER_SESSION_STATE_CHANGED set for a client that did not ask"
+        assert w.query("SELECT @@time_zone, DATABASE(), @@character_set_client") == [["+02:00", "app2", "latin1"]]
+
+
+@pytest.mark.proxy_only
+def test_init_query_runs_on_every_new_backend_and_after_a_reset(mysql_proxy):
+    """init_query runs on each new backend; COM_RESET_CONNECTION (mysql-connector's
+    reset_session) wipes the client's state, not the init query's."""
+    import mysql.connector
+
+    p = mysql_proxy(init_query="SET SESSION max_sort_length = 1234, SESSION div_precision_increment = 7")
+    conns = [p.connect() for _ in range(3)]
+    try:
+        for c in conns:  # three transactions at once: three backends
+            c.begin()
+            with c.cursor() as cur:
+                cur.execute("SELECT @@max_sort_length, @@div_precision_increment, CONNECTION_ID()")
+                row = cur.fetchone()
+                assert row[:2] == (1234, 7)
+        for c in conns:
+            c.commit()
+    finally:
+        for c in conns:
+            c.close()
+    conn = mysql.connector.connect(host=p.host, port=p.port, user="app", password=p.passwords["app"],
+                                   database="app", ssl_disabled=True, connection_timeout=10)
+    try:
+        cur = conn.cursor()
+        cur.execute("SET time_zone = '+03:00'")
+        cur.execute("SELECT @@time_zone, @@max_sort_length")
+        assert cur.fetchone() == ("+03:00", 1234)
+        cur.close()
+        conn.cmd_reset_connection()
+        cur = conn.cursor()
+        cur.execute("SELECT @@time_zone, @@max_sort_length, @@div_precision_increment, DATABASE()")
+        assert cur.fetchone() == ("SYSTEM", 1234, 7, "app")
+        cur.close()
+    finally:
+        conn.close()
