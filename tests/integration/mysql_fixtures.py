@@ -353,8 +353,10 @@ def mariadb() -> MariaDB:
     # OS user and must read its key: a throwaway test key, readable by all.
     pki = make_pki(root / "pki")
     cert, key = pki.issue("mariadb", dns=["localhost"], ips=["127.0.0.1"])
-    key.chmod(0o644)
-    root.chmod(0o755)
+    for path in (root, pki.dir):
+        path.chmod(0o755)
+    for path in (pki.ca_cert, cert, key):
+        path.chmod(0o644)
     run(["bash", str(MY_SH), "start", str(root / "data"), str(port), f"max_connections={MAX_CONNECTIONS}",
          "max_allowed_packet=64M", f"ssl_cert={cert}", f"ssl_key={key}", f"ssl_ca={pki.ca_cert}"],
         env=env, timeout=180)
