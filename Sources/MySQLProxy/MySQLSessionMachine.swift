@@ -288,6 +288,7 @@ public struct MySQLSessionMachine: Sendable {
             }
         case .attached:
             lastPacketWasOK = tracker.atResultStart && payload.getInteger(at: payload.readerIndex, as: UInt8.self) == 0x00
+            if lastPacketWasOK { noteInsertID(payload) }
             guard inFlight else {
                 // The server spoke without being asked (it is closing the connection: an ERR
                 // after a KILL or a shutdown): the client gets it.
@@ -314,6 +315,18 @@ public struct MySQLSessionMachine: Sendable {
         case .idle, .borrowing, .closed:
             return .none
         }
+    }
+
+    /// An OK's last-insert-id (read in place: affected rows, then the id, both length-encoded):
+    /// when a statement generated one, it is what LAST_INSERT_ID() now answers for this client
+    /// (restored on its next backend), and what this backend answers.
+    private mutating func noteInsertID(_ payload: ByteBuffer) {
+        guard let affected = payload.getMySQLLengthEncodedInteger(at: payload.readerIndex + 1),
+              let id = payload.getMySQLLengthEncodedInteger(at: payload.readerIndex + 1 + affected.width),
+              id.value != 0
+        else { return }
+        client.lastInsertID = id.value
+        backend.lastInsertID = id.value
     }
 
     /// The backend may go back to the pool now.

@@ -12,10 +12,15 @@ public struct MySQLSessionState: Sendable, Hashable {
     public var variables: [String: String]
     /// The current schema; nil: the login's (no `USE` since).
     public var schema: String?
+    /// What `LAST_INSERT_ID()` answers on this connection: the last AUTO_INCREMENT value an
+    /// OK packet reported (a statement that generates none leaves it). Per connection in MySQL,
+    /// so a lease sets it (`last_insert_id` is a session variable) when it differs.
+    public var lastInsertID: UInt64
 
-    public init(variables: [String: String] = [:], schema: String? = nil) {
+    public init(variables: [String: String] = [:], schema: String? = nil, lastInsertID: UInt64 = 0) {
         self.variables = variables
         self.schema = schema
+        self.lastInsertID = lastInsertID
     }
 
     /// Applies what the server reported in an OK packet's session-state information.
@@ -58,6 +63,9 @@ public struct MySQLRestorePlan: Sendable, Hashable {
                 assignments.append(
                     "\(name) = " + (wanted.map { Self.literal(name: name, value: $0, noBackslashEscapes: noBackslashEscapes) } ?? "DEFAULT"))
             }
+        }
+        if client.lastInsertID != backend.lastInsertID {
+            assignments.append("last_insert_id = \(client.lastInsertID)")
         }
         setStatement = assignments.isEmpty ? nil : "SET SESSION " + assignments.joined(separator: ", ")
         let wantedSchema = client.schema ?? loginSchema

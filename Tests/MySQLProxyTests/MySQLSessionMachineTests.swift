@@ -315,3 +315,33 @@ extension MySQLSessionMachineTests {
         XCTAssertEqual(machine.client.schema, "app")
     }
 }
+
+extension MySQLSessionMachineTests {
+    func okWithInsertID(_ id: UInt64) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        MySQLOKPacket(affectedRows: 1, lastInsertID: id, status: .autocommit).encode(into: &buffer, capabilities: caps)
+        return buffer
+    }
+
+    /// LAST_INSERT_ID() is per connection in MySQL: the client's own id is set on its next
+    /// backend (found by the integration test: another client's INSERT ran there in between).
+    func testTheClientsLastInsertIDIsRestoredOnItsNextBackend() throws {
+        var machine = attached("INSERT INTO t (v) VALUES (1)")
+        XCTAssertTrue(isRelease(try machine.serverPacket(okWithInsertID(7))))
+        XCTAssertEqual(machine.client.lastInsertID, 7)
+        _ = send(&machine, "SELECT LAST_INSERT_ID()")
+        guard case .sendRestoreQuery(let restore) = machine.borrowed(
+            backendState: .init(schema: "app", lastInsertID: 9), baseline: [:], noBackslashEscapes: false)
+        else { return XCTFail() }
+        XCTAssertEqual(restore, "SET SESSION last_insert_id = 7")
+    }
+
+    func testAStatementThatGeneratesNoIDKeepsTheLastOne() throws {
+        var machine = attached("INSERT INTO t (v) VALUES (1)")
+        _ = try machine.serverPacket(okWithInsertID(7))
+        _ = send(&machine, "UPDATE t SET v = 2")
+        _ = machine.borrowed(backendState: .init(schema: "app", lastInsertID: 7), baseline: [:], noBackslashEscapes: false)
+        _ = try machine.serverPacket(okWithInsertID(0))
+        XCTAssertEqual(machine.client.lastInsertID, 7)
+    }
+}
