@@ -95,6 +95,11 @@ public struct MySQLSessionMachine: Sendable {
     /// Commands (this one included) during which the backend is kept for a `SET TRANSACTION`
     /// that applies to the next transaction.
     private var holdForNextTransaction = 0
+    /// The last response left conditions in the server's diagnostics area (an ERR, or warnings):
+    /// the backend is kept for the client's next command, so that SHOW WARNINGS, SHOW ERRORS,
+    /// GET DIAGNOSTICS or @@warning_count read the client's own conditions there and not
+    /// another backend's. That command's own response decides again.
+    private var holdForDiagnostics = false
     /// The client is sending a LOCAL INFILE's content (after the server asked for it).
     public private(set) var sendingInfile = false
     /// The last server status seen on this backend (for the release decision).
@@ -131,6 +136,7 @@ public struct MySQLSessionMachine: Sendable {
     /// other commands). The pins it adds apply before it runs.
     public mutating func commandReceived(_ command: Command, classification: MySQLClassification?) -> Action {
         if holdForNextTransaction > 0 { holdForNextTransaction -= 1 }
+        holdForDiagnostics = false
         if let classification {
             pins.formUnion(classification.pinReasons)
             if classification.sets.contains(where: { $0.scope == .nextTransaction }) {
@@ -306,6 +312,7 @@ public struct MySQLSessionMachine: Sendable {
                     self.status = status
                     if status.contains(.sessionStateChanged) { try? recordSessionState(payload) }
                 }
+                holdForDiagnostics = tracker.lastResponseLeftConditions
                 if canRelease {
                     state = .idle
                     return .forwardToClientAndRelease
@@ -331,7 +338,7 @@ public struct MySQLSessionMachine: Sendable {
 
     /// The backend may go back to the pool now.
     private var canRelease: Bool {
-        !inFlight && pins.isEmpty && !sendingInfile && held.isEmpty && holdForNextTransaction == 0
+        !inFlight && pins.isEmpty && !sendingInfile && held.isEmpty && holdForNextTransaction == 0 && !holdForDiagnostics
             && !status.contains(.moreResultsExist) && !status.contains(.inTransaction)
             && status.contains(.autocommit) && !status.contains(.cursorExists)
     }
@@ -433,6 +440,7 @@ public struct MySQLSessionMachine: Sendable {
         let wasHolding = holdsBackend
         let dirty = !pins.isEmpty || inTransaction
         pins = []
+        holdForDiagnostics = false
         client = MySQLSessionState(schema: loginSchema)
         status = [.autocommit]
         if wasHolding, state == .attached, !inFlight {

@@ -99,6 +99,12 @@ public struct MySQLResponseTracker: Sendable {
     /// The status flags of the last OK or EOF packet seen: an ERR has none, so this is what a
     /// session reasons with after one.
     public private(set) var lastStatus: MySQLServerStatus
+    /// Whether the response that last finished ended with an ERR or reported warnings in any of
+    /// its OK or EOF packets: the server's diagnostics area then holds conditions that SHOW
+    /// WARNINGS, SHOW ERRORS, GET DIAGNOSTICS and @@warning_count read on that connection.
+    public private(set) var lastResponseLeftConditions = false
+    /// Warnings reported so far by the response in flight.
+    private var warningsInResponse = false
 
     /// Creates a tracker for a backend connection with the negotiated `capabilities`;
     /// `initialStatus` is the handshake's status (autocommit, normally).
@@ -159,6 +165,8 @@ public struct MySQLResponseTracker: Sendable {
         self.state = .idle
         self.pending.removeAll()
         self.lastStatus = status
+        self.lastResponseLeftConditions = false
+        self.warningsInResponse = false
     }
 
     private static func initialState(_ expectation: Expectation) -> State {
@@ -332,6 +340,8 @@ public struct MySQLResponseTracker: Sendable {
         // An ERR after a result that announced more results ends the response all the same.
         let status = wasError ? status.subtracting(.moreResultsExist) : status
         self.lastStatus = status
+        self.lastResponseLeftConditions = wasError || self.warningsInResponse
+        self.warningsInResponse = false
         if self.pending.isEmpty {
             self.state = .idle
         } else {
@@ -340,8 +350,9 @@ public struct MySQLResponseTracker: Sendable {
         return .finished(status, wasError: wasError)
     }
 
-    /// The status of an OK packet (0x00 or 0xFE header), read in place.
-    private func okStatus(_ payload: ByteBuffer) throws(MySQLWireError) -> MySQLServerStatus {
+    /// The status of an OK packet (0x00 or 0xFE header), read in place; its warning count (after
+    /// the status) is noted.
+    private mutating func okStatus(_ payload: ByteBuffer) throws(MySQLWireError) -> MySQLServerStatus {
         guard self.statusInOK else { return self.lastStatus }
         var index = payload.readerIndex + 1
         guard let (_, affectedWidth) = payload.getMySQLLengthEncodedInteger(at: index) else {
@@ -351,16 +362,24 @@ public struct MySQLResponseTracker: Sendable {
         guard let (_, insertIDWidth) = payload.getMySQLLengthEncodedInteger(at: index),
               let status = payload.getInteger(at: index + insertIDWidth, endianness: .little, as: UInt16.self)
         else { throw .malformed("truncated OK packet") }
+        if let warnings = payload.getInteger(at: index + insertIDWidth + 2, endianness: .little, as: UInt16.self),
+           warnings > 0 {
+            self.warningsInResponse = true
+        }
         return MySQLServerStatus(rawValue: status)
     }
 
     /// The status of a 0xFE terminator: an EOF (5 bytes: header, warnings, status; 1 byte
     /// before 4.1) or an OK with a 0xFE header (at least 7 bytes).
-    private func terminatorStatus(_ payload: ByteBuffer) throws(MySQLWireError) -> MySQLServerStatus {
+    private mutating func terminatorStatus(_ payload: ByteBuffer) throws(MySQLWireError) -> MySQLServerStatus {
         let length = payload.readableBytes
         if length <= 5 {
             guard let status = payload.getInteger(at: payload.readerIndex + 3, endianness: .little, as: UInt16.self) else {
                 return self.lastStatus
+            }
+            if let warnings = payload.getInteger(at: payload.readerIndex + 1, endianness: .little, as: UInt16.self),
+               warnings > 0 {
+                self.warningsInResponse = true
             }
             return MySQLServerStatus(rawValue: status)
         }

@@ -345,3 +345,34 @@ extension MySQLSessionMachineTests {
         XCTAssertEqual(machine.client.lastInsertID, 7)
     }
 }
+
+extension MySQLSessionMachineTests {
+    /// A statement whose answer left conditions (warnings, or an error) keeps the backend for the
+    /// client's next command: SHOW WARNINGS must read this backend's diagnostics area, not
+    /// another's, where another client's error or nothing would show (found by mysqlclient's
+    /// workload in test_mysql_clients.py: SHOW WARNINGS after INSERT IGNORE showed another
+    /// client's error).
+    func testConditionsKeepTheBackendForTheNextCommand() throws {
+        var warningOK = ByteBuffer()
+        MySQLOKPacket(status: .autocommit, warnings: 1).encode(into: &warningOK, capabilities: caps)
+        var machine = attached("INSERT IGNORE INTO t VALUES (1)")
+        XCTAssertTrue(isForward(try machine.serverPacket(warningOK)), "SHOW WARNINGS must come here")
+        XCTAssertEqual(machine.state, .attached)
+        guard case .forwardToBackend = send(&machine, "SHOW WARNINGS") else { return XCTFail("expected the same backend") }
+        var count = ByteBuffer()
+        count.writeMySQLLengthEncodedInteger(3)
+        var column = ByteBuffer()
+        for part in ["def", "", "", "", "Level", ""] { column.writeMySQLLengthEncodedString(part) }
+        for packet in [count, column, column, column, eof(.autocommit)] {
+            XCTAssertTrue(isForward(try machine.serverPacket(packet)))
+        }
+        // The warnings' own listing reports no new ones: the backend goes back after it.
+        XCTAssertTrue(isRelease(try machine.serverPacket(eof(.autocommit))))
+
+        // An error: the same.
+        machine = attached("SELECT * FROM no_such_table")
+        XCTAssertTrue(isForward(try machine.serverPacket(err(1146, "Table 'app.no_such_table' doesn't exist"))))
+        guard case .forwardToBackend = send(&machine, "SELECT 1") else { return XCTFail("expected the same backend") }
+        XCTAssertTrue(isRelease(try machine.serverPacket(ok(.autocommit))))
+    }
+}

@@ -436,3 +436,51 @@ final class ResponseTrackerTests: XCTestCase {
         XCTAssertFalse(tracker.atResultStart, "a prepare OK is not an OK packet")
     }
 }
+
+extension ResponseTrackerTests {
+    /// A response that ends with an ERR or reports warnings in an OK or EOF leaves conditions in
+    /// the server's diagnostics area (what SHOW WARNINGS reads); a clean one reports none.
+    func testConditionsLeftByAResponse() throws {
+        func warningOK(_ caps: MySQLCapabilities, eofReplacement: Bool = false) -> ByteBuffer {
+            encoded { MySQLOKPacket(affectedRows: 0, status: .autocommit, warnings: 1)
+                .encode(into: &$0, capabilities: caps, asEOFReplacement: eofReplacement) }
+        }
+        let warningEOF = encoded(MySQLEOFPacket(warnings: 2, status: .autocommit).encode)
+        var tracker = MySQLResponseTracker(capabilities: self.eofCaps)
+        XCTAssertFalse(tracker.lastResponseLeftConditions)
+        // An OK with a warning (INSERT IGNORE of a duplicate).
+        tracker.commandSent(.response)
+        XCTAssertEqual(try tracker.serverPacket(warningOK(self.eofCaps)), .finished(.autocommit, wasError: false))
+        XCTAssertTrue(tracker.lastResponseLeftConditions)
+        // A clean OK.
+        tracker.commandSent(.response)
+        _ = try tracker.serverPacket(self.ok())
+        XCTAssertFalse(tracker.lastResponseLeftConditions)
+        // A result set whose final EOF reports warnings (SELECT CAST('x' AS INT)).
+        tracker.commandSent(.response)
+        _ = self.run(&tracker, [self.columnCount(1), self.columnDefinition(), self.eof(), self.textRow(["0"]), warningEOF])
+        XCTAssertTrue(tracker.isIdle)
+        XCTAssertTrue(tracker.lastResponseLeftConditions)
+        // An ERR.
+        tracker.commandSent(.response)
+        _ = try tracker.serverPacket(self.err())
+        XCTAssertTrue(tracker.lastResponseLeftConditions)
+        // Warnings in an earlier result of a multi-result response count for the whole response.
+        tracker.commandSent(.response)
+        let moreWithWarning = encoded { MySQLOKPacket(affectedRows: 1, status: [.autocommit, .moreResultsExist], warnings: 1)
+            .encode(into: &$0, capabilities: self.eofCaps) }
+        XCTAssertEqual(self.run(&tracker, [moreWithWarning, self.ok()]), [.inProgress, .finished(.autocommit, wasError: false)])
+        XCTAssertTrue(tracker.lastResponseLeftConditions)
+        // Under DEPRECATE_EOF the final 0xFE OK carries the warnings.
+        var deprecate = MySQLResponseTracker(capabilities: self.deprecateCaps)
+        deprecate.commandSent(.response)
+        _ = self.run(&deprecate, [self.columnCount(1), self.columnDefinition(), self.textRow(["0"]),
+                                  warningOK(self.deprecateCaps, eofReplacement: true)])
+        XCTAssertTrue(deprecate.isIdle)
+        XCTAssertTrue(deprecate.lastResponseLeftConditions)
+        deprecate.commandSent(.response)
+        _ = self.run(&deprecate, [self.columnCount(1), self.columnDefinition(), self.textRow(["0"]),
+                                  self.ok(eofReplacement: true, caps: self.deprecateCaps)])
+        XCTAssertFalse(deprecate.lastResponseLeftConditions)
+    }
+}
