@@ -15,9 +15,11 @@
 #                                   CONCIERGE_DRIVERS* variables are described there and in README)
 #
 # Installs what is missing: PostgreSQL, MariaDB and its `mariadb` client (scripts/mysql.sh install),
-# the JDBC driver, a JDK and promtool (apt); pytest, pytest-timeout, psycopg, PyYAML, boto3 (IAM
-# tokens), moto (a local Secrets Manager), asyncpg, PyMySQL, mysql-connector-python and cryptography
-# (PyMySQL's caching_sha2_password RSA exchange) (pip).
+# the PostgreSQL and MariaDB JDBC drivers, a JDK, sysbench, promtool, and MariaDB Connector/C's
+# headers with pkg-config and a C compiler (to build mysqlclient) (apt); pytest, pytest-timeout,
+# psycopg, PyYAML, boto3 (IAM tokens), moto (a local Secrets Manager), asyncpg, PyMySQL,
+# mysql-connector-python, cryptography (PyMySQL's caching_sha2_password RSA exchange) and
+# mysqlclient (pip, built from its source).
 # Exits non-zero if any step fails; later test steps still run so one report shows everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,19 +41,36 @@ if ! python3 -c "import pytest, pytest_timeout, psycopg, yaml, boto3, moto.serve
         python3 -m pip "${pip_args[@]}" --break-system-packages
 fi
 python3 -c 'import pytest, psycopg, pymysql; print(f"pytest {pytest.__version__}, psycopg {psycopg.__version__}, PyMySQL {pymysql.__version__}")'
-# The PostgreSQL JDBC driver (Debian's package) and a JDK to run the JDBC test's single-file source;
-# promtool (Debian's prometheus package, about 10 s) to check and unit-test ops/prometheus.
+# The PostgreSQL and MariaDB JDBC drivers (Debian's packages) and a JDK to run the JDBC tests'
+# single-file sources; promtool (Debian's prometheus package, about 10 s) to check and unit-test
+# ops/prometheus; sysbench; MariaDB Connector/C's headers, pkg-config and a C compiler, which pip
+# needs to build mysqlclient (MySQLdb) from its source.
 apt_packages=()
 [[ -f /usr/share/java/postgresql.jar ]] || apt_packages+=(libpostgresql-jdbc-java)
+[[ -f /usr/share/java/mariadb-java-client.jar ]] || apt_packages+=(libmariadb-java)
 command -v javac >/dev/null || apt_packages+=(default-jdk-headless)
 command -v promtool >/dev/null || apt_packages+=(prometheus)
+command -v sysbench >/dev/null || apt_packages+=(sysbench)
+if ! python3 -c "import MySQLdb" 2>/dev/null; then
+    pkg-config --exists mariadb 2>/dev/null || apt_packages+=(libmariadb-dev)
+    command -v pkg-config >/dev/null || apt_packages+=(pkg-config)
+    command -v cc >/dev/null || apt_packages+=(build-essential)
+    python3 -c 'import os, sysconfig; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' 2>/dev/null ||
+        apt_packages+=(python3-dev)
+fi
 if ((${#apt_packages[@]})); then
     echo "installing ${apt_packages[*]} with apt-get"
     sudo=""; [[ $(id -u) == 0 ]] || sudo=sudo
     $sudo apt-get update -qq >/dev/null || true
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
 fi
-echo "JDBC: $(readlink -f /usr/share/java/postgresql.jar), $(java -version 2>&1 | head -n 1)"
+if ! python3 -c "import MySQLdb" 2>/dev/null; then
+    echo "installing mysqlclient with pip (built against $(pkg-config --modversion mariadb 2>/dev/null || echo '?'))"
+    python3 -m pip install --quiet --disable-pip-version-check "mysqlclient==2.3.1" 2>/dev/null ||
+        python3 -m pip install --quiet --disable-pip-version-check "mysqlclient==2.3.1" --break-system-packages
+fi
+echo "JDBC: $(readlink -f /usr/share/java/postgresql.jar), $(readlink -f /usr/share/java/mariadb-java-client.jar), $(java -version 2>&1 | head -n 1)"
+echo "mysqlclient $(python3 -c 'import MySQLdb; print(".".join(map(str, MySQLdb.version_info[:3])))'), $(sysbench --version)"
 echo "promtool: $(promtool --version 2>&1 | head -n 1)"
 swift --version 2>&1 | head -n 1
 
