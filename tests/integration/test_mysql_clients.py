@@ -391,3 +391,86 @@ def test_mariadb_connector_j_server_prepared_statements_pin(mysql_proxy, mariadb
         pinned = metric(p.metrics(), "concierge_session_pins_total", reason="binary_prepared_statement")
         assert pinned == threads, f"{pinned} binary_prepared_statement pins for {threads} sessions"
     p.assert_serves()
+
+
+# -- sysbench --------------------------------------------------------------------------------
+
+SYSBENCH_TABLES = 4
+SYSBENCH_TABLE_SIZE = 25000  # big enough that 16 threads meet no deadlock (sysbench ignores 1213)
+
+
+def sysbench(target: MyTarget, command: str, *options: str, timeout: float = 120) -> dict[str, int]:
+    """`sysbench oltp_read_write COMMAND` against `target` as `app` on database `app`; for `run`,
+    its counts (transactions, queries, ignored errors, reconnects). Fails on a non-zero exit."""
+    require(shutil.which("sysbench") is not None, "sysbench (Debian's sysbench)")
+    cmd = ["sysbench", "oltp_read_write", "--db-driver=mysql", f"--mysql-host={target.host}",
+           f"--mysql-port={target.port}", "--mysql-user=app", f"--mysql-password={target.passwords['app']}",
+           "--mysql-db=app", "--mysql-ssl=off", f"--tables={SYSBENCH_TABLES}",
+           f"--table-size={SYSBENCH_TABLE_SIZE}", *options, command]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=mysql_env())
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"sysbench {command} exited {proc.returncode}:\n{output[-6000:]}"
+    assert "FATAL" not in output, output[-6000:]
+    if command != "run":
+        return {}
+    counts = {}
+    for name in ("transactions", "queries", "ignored errors", "reconnects"):
+        match = re.search(rf"^\s*{name}:\s+(\d+)", proc.stdout, re.MULTILINE)
+        assert match, f"no {name!r} in sysbench's report:\n{proc.stdout}"
+        counts[name] = int(match.group(1))
+    print(f"sysbench run {' '.join(options)} on port {target.port}: {counts}")
+    return counts
+
+
+def check_sysbench_tables(mariadb) -> None:
+    """oltp_read_write deletes and re-inserts the same rows inside its transactions: every table
+    still has all of its rows, and the secondary index agrees with the table."""
+    for n in range(1, SYSBENCH_TABLES + 1):
+        rows = mariadb.query(f"SELECT COUNT(*), COUNT(DISTINCT id), MIN(id), MAX(id) FROM sbtest{n}")
+        assert rows == [(SYSBENCH_TABLE_SIZE, SYSBENCH_TABLE_SIZE, 1, SYSBENCH_TABLE_SIZE)], (n, rows)
+        by_index = mariadb.scalar(f"SELECT COUNT(*) FROM sbtest{n} FORCE INDEX (k_{n}) WHERE k >= 0")
+        assert by_index == SYSBENCH_TABLE_SIZE, (n, by_index)
+
+
+def test_sysbench_oltp_read_write(mysql_proxy, mariadb):
+    """16 sysbench threads for 10 s over the default cap of 10 backends, text protocol
+    (--db-ps-mode=disable): no error, no reconnect, the server never sees more than 10 of the
+    proxy's connections, and the tables are whole afterwards, as after the same run directly.
+    Then 4 threads with sysbench's default server-side prepared statements: each session pins its
+    backend (counted), and they run as well."""
+    text_protocol = ["--threads=16", "--db-ps-mode=disable"]
+    # Directly, for comparison (shorter).
+    sysbench(mariadb, "prepare", *text_protocol)
+    direct = sysbench(mariadb, "run", *text_protocol, "--time=5")
+    assert direct["transactions"] > 0 and direct["ignored errors"] == 0 and direct["reconnects"] == 0, direct
+    check_sysbench_tables(mariadb)
+    sysbench(mariadb, "cleanup")
+
+    p = mysql_proxy(connection_borrow_timeout=60, metrics=True)  # cap 10 of max_connections 100
+    sysbench(p, "prepare", *text_protocol)
+    with ProcesslistSampler(mariadb, "app") as sampler:
+        proxied = sysbench(p, "run", *text_protocol, "--time=10")
+    assert proxied["transactions"] > 0, proxied
+    assert proxied["ignored errors"] == 0 and proxied["reconnects"] == 0, proxied
+    assert sampler.samples > 10
+    if not DIRECT:
+        assert 1 <= sampler.max_seen <= 10, f"the server saw {sampler.max_seen} connections of app"
+        pins = {dict(labels)["reason"]: v for (name, labels), v in p.metrics().items()
+                if name == "concierge_session_pins_total" and v}
+        assert pins == {}, f"sysbench's text protocol pinned: {pins}"
+    check_sysbench_tables(mariadb)
+
+    # sysbench's default: server-side prepared statements, one pinned session per thread.
+    threads = 4
+    prepared = sysbench(p, "run", f"--threads={threads}", "--time=5")
+    assert prepared["transactions"] > 0, prepared
+    assert prepared["ignored errors"] == 0 and prepared["reconnects"] == 0, prepared
+    if not DIRECT:
+        pinned = metric(p.metrics(), "concierge_session_pins_total", reason="binary_prepared_statement")
+        assert pinned == threads, f"{pinned} binary_prepared_statement pins for {threads} threads"
+        wait_for(lambda: metric(p.metrics(), "concierge_database_connections_currently_session_pinned") == 0,
+                 10, "the pinned backends to be released")
+    check_sysbench_tables(mariadb)
+    sysbench(p, "cleanup")
+    assert mariadb.query("SHOW TABLES LIKE 'sbtest%'") == []
+    p.assert_serves()
