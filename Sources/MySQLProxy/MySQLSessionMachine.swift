@@ -92,6 +92,9 @@ public struct MySQLSessionMachine: Sendable {
     /// The packet `serverPacket` just read was an OK packet at the start of a response or result
     /// (the handler rewrites those for clients without CLIENT_SESSION_TRACK).
     public private(set) var lastPacketWasOK = false
+    /// The packet `serverPacket` just read was the last of the response to one of the client's
+    /// commands (not of a restore of the proxy's own): the database's answer is complete.
+    public private(set) var lastPacketEndedResponse = false
     /// Commands (this one included) during which the backend is kept for a `SET TRANSACTION`
     /// that applies to the next transaction.
     private var holdForNextTransaction = 0
@@ -130,6 +133,22 @@ public struct MySQLSessionMachine: Sendable {
     /// Whether the client is in a transaction as the server last reported.
     public var inTransaction: Bool { status.contains(.inTransaction) || !status.contains(.autocommit) }
 
+    /// Whether the client has nothing under way: no command waits for a backend or for its
+    /// response, and no transaction is open (with autocommit off, a transaction is open from
+    /// its first statement to its COMMIT or ROLLBACK, as the server's IN_TRANS flag says). A
+    /// pinned client between commands is between transactions too. Only then is a client idle
+    /// (`idle_client_timeout`) or closed at once by a drain.
+    public var isBetweenTransactions: Bool {
+        switch state {
+        case .idle:
+            return true
+        case .attached:
+            return !inFlight && held.isEmpty && !sendingInfile && !status.contains(.inTransaction)
+        case .borrowing, .restoring, .closed:
+            return false
+        }
+    }
+
     // MARK: Client events
 
     /// A complete command from the client; `classification` for COM_QUERY's text (nil for
@@ -154,7 +173,11 @@ public struct MySQLSessionMachine: Sendable {
         case MySQLCommand.quit.rawValue:
             let wasHolding = holdsBackend
             state = .closed
-            return wasHolding && pins.isEmpty && !inFlight ? .quit : .close(nil)
+            // An open transaction (or autocommit off: an ERR carries no status, so a failed
+            // statement may have opened one unseen) dies with the client: the backend is closed
+            // and the server rolls it back. Reused, the next client would run inside it, or its
+            // restore's `SET autocommit` would commit it.
+            return wasHolding && pins.isEmpty && !inFlight && !inTransaction ? .quit : .close(nil)
         case MySQLCommand.ping.rawValue where !holdsBackend && state != .borrowing:
             return .answerPing
         case MySQLCommand.stmtPrepare.rawValue:
@@ -262,6 +285,7 @@ public struct MySQLSessionMachine: Sendable {
     /// response when nothing keeps it.
     public mutating func serverPacket(_ payload: ByteBuffer) throws(MySQLWireError) -> Action {
         lastPacketWasOK = false
+        lastPacketEndedResponse = false
         switch state {
         case .restoring(let step):
             let outcome = try tracker.serverPacket(payload)
@@ -308,6 +332,7 @@ public struct MySQLSessionMachine: Sendable {
                 sendingInfile = true
                 return .forwardToClient
             case .finished(let status, let wasError):
+                lastPacketEndedResponse = true
                 if !wasError {
                     self.status = status
                     if status.contains(.sessionStateChanged) { try? recordSessionState(payload) }

@@ -41,6 +41,7 @@ extension MySQLClientSession {
                 return
             }
             self.machine = machine
+            if machine.lastPacketEndedResponse { responseEnded() }
             if machine.lastPacketWasOK, !machine.capabilities.contains(.sessionTrack), action.forwardsToClient,
                 rewriteOK(payload, sequenceID: header.sequenceID, packets, from: forwardStart, to: packetStart, context: context)
             {
@@ -71,9 +72,21 @@ extension MySQLClientSession {
         flushForwarded(packets, from: forwardStart, to: buffer.readerIndex, context: context)
         if release {
             context.flush()
-            runtime.metrics.queryDatabaseResponseLatency.record(.nanoseconds((NIODeadline.now() - queryStarted).nanoseconds))
             releaseBackend(reusable: true)
+        } else if draining, machine?.isBetweenTransactions == true {
+            // A pinned client's command (it keeps its backend) was its last.
+            context.flush()
+            closeIfDrained()
         }
+    }
+
+    /// The database finished answering one of the client's commands: its response time is
+    /// recorded (each response, in a transaction or pinned too, as QueryDatabaseResponseLatency
+    /// counts them), and the client's idle time starts now.
+    func responseEnded() {
+        let now = NIODeadline.now()
+        runtime.metrics.queryDatabaseResponseLatency.record(.nanoseconds((now - queryStarted).nanoseconds))
+        lastActivity = now
     }
 
     /// An OK packet for a client that did not negotiate CLIENT_SESSION_TRACK: backends always

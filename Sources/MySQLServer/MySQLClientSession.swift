@@ -398,6 +398,7 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
             let action = machine.borrowFailed(MySQLClientErrors.borrowFailed(error))
             self.machine = machine
             run(action, context: context)
+            closeIfDrained()
         }
     }
 
@@ -412,18 +413,24 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
             "concierge.backend": "\(backend.id)", "concierge.reusable": "\(reusable && !schemaStays)",
         ])
         backend.release(reusable: reusable && !schemaStays, state: state)
-        if draining, machine?.holdsBackend == false { fail(with: MySQLClientErrors.shuttingDown) }
+        closeIfDrained()
     }
 
     // MARK: Timeouts, metrics, drain
 
     func checkTimeouts(now: NIODeadline) {
-        if machine == nil {
+        guard let machine else {
             if now - connectedAt > .seconds(30) { fail(with: MySQLClientErrors.authenticationTimeout) }
             return
         }
+        guard machine.isBetweenTransactions else {
+            // A transaction, a statement running or a wait for a backend is not idleness: the
+            // idle period starts when it ends. (A pinned client between commands is idle.)
+            lastActivity = now
+            return
+        }
         let timeout = runtime.idleClientTimeout
-        if timeout > 0, backend == nil, now - lastActivity > .seconds(Int64(timeout)) {
+        if timeout > 0, now - lastActivity > .seconds(Int64(timeout)) {
             log(.info, "closing idle client")
             fail(with: MySQLClientErrors.idleTimeout, sequenceID: 0)
         }
@@ -436,11 +443,18 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
         if machine.inTransaction { sample.inTransaction += 1 }
     }
 
+    /// Graceful shutdown: close now if the client is between transactions (pinned or not) or
+    /// not logged in, else after its current transaction (`closeIfDrained`).
     func beginDrain() {
         eventLoop.execute { [self] in
             draining = true
-            if backend == nil { fail(with: MySQLClientErrors.shuttingDown, sequenceID: 0) }
+            if machine?.isBetweenTransactions ?? true { fail(with: MySQLClientErrors.shuttingDown, sequenceID: 0) }
         }
+    }
+
+    /// Shutting down and the client's transaction just ended: this was its last.
+    func closeIfDrained() {
+        if draining, machine?.isBetweenTransactions == true { fail(with: MySQLClientErrors.shuttingDown) }
     }
 
     func forceClose() {

@@ -376,3 +376,75 @@ extension MySQLSessionMachineTests {
         XCTAssertTrue(isRelease(try machine.serverPacket(ok(.autocommit))))
     }
 }
+
+extension MySQLSessionMachineTests {
+    /// Between transactions (idle for idle_client_timeout, closed at once by a drain): nothing
+    /// waits for a backend or a response and no transaction is open; a pinned client between
+    /// commands is, a client with autocommit off is only between its COMMIT and its next
+    /// statement (found by test_mysql_lifecycle.py: a pinned client never timed out nor let a
+    /// drain end, a client waiting for a backend was closed as idle, and one with autocommit
+    /// off held a drain up after its COMMIT).
+    func testBetweenTransactions() throws {
+        var machine = MySQLSessionMachine(capabilities: caps, loginSchema: "app")
+        XCTAssertTrue(machine.isBetweenTransactions)
+        guard case .borrow = send(&machine, "SELECT 1") else { return XCTFail() }
+        XCTAssertFalse(machine.isBetweenTransactions, "waiting for a backend")
+        _ = machine.borrowed(backendState: .init(schema: "app"), baseline: [:], noBackslashEscapes: false)
+        XCTAssertFalse(machine.isBetweenTransactions, "waiting for the response")
+        XCTAssertTrue(isRelease(try machine.serverPacket(ok(.autocommit))))
+        XCTAssertTrue(machine.isBetweenTransactions)
+
+        machine = attached("BEGIN")
+        XCTAssertTrue(isForward(try machine.serverPacket(ok([.autocommit, .inTransaction]))))
+        XCTAssertFalse(machine.isBetweenTransactions, "in a transaction")
+        guard case .forwardToBackend = send(&machine, "COMMIT") else { return XCTFail() }
+        XCTAssertTrue(isRelease(try machine.serverPacket(ok(.autocommit))))
+        XCTAssertTrue(machine.isBetweenTransactions)
+
+        machine = attached("SET @x = 1")
+        XCTAssertTrue(isForward(try machine.serverPacket(ok(.autocommit))))
+        XCTAssertEqual(machine.state, .attached)
+        XCTAssertTrue(machine.isBetweenTransactions, "pinned, between commands")
+        guard case .forwardToBackend = send(&machine, "SELECT @x") else { return XCTFail() }
+        XCTAssertFalse(machine.isBetweenTransactions, "pinned, a command in flight")
+
+        machine = attached("SET autocommit = 0")
+        XCTAssertTrue(isForward(try machine.serverPacket(ok([]))))
+        XCTAssertTrue(machine.isBetweenTransactions, "autocommit off, no statement yet")
+        guard case .forwardToBackend = send(&machine, "INSERT INTO t VALUES (1)") else { return XCTFail() }
+        XCTAssertTrue(isForward(try machine.serverPacket(ok([.inTransaction]))))
+        XCTAssertFalse(machine.isBetweenTransactions, "autocommit off, a statement run")
+        guard case .forwardToBackend = send(&machine, "COMMIT") else { return XCTFail() }
+        XCTAssertTrue(isForward(try machine.serverPacket(ok([]))))
+        XCTAssertEqual(machine.state, .attached, "autocommit off keeps the backend")
+        XCTAssertTrue(machine.isBetweenTransactions, "autocommit off, after COMMIT")
+    }
+
+    /// The end of each response to a client command is marked (QueryDatabaseResponseLatency
+    /// counts every one, in a transaction or pinned too: found by test_mysql_metrics.py, where
+    /// only responses that returned the backend were counted); a restore's is not the client's.
+    func testEachResponseEndIsMarked() throws {
+        var machine = attached("BEGIN")
+        XCTAssertTrue(isForward(try machine.serverPacket(ok([.autocommit, .inTransaction]))))
+        XCTAssertTrue(machine.lastPacketEndedResponse)
+        guard case .forwardToBackend = send(&machine, "SELECT 1; SELECT 2") else { return XCTFail() }
+        XCTAssertTrue(isForward(try machine.serverPacket(ok([.autocommit, .inTransaction, .moreResultsExist]))))
+        XCTAssertFalse(machine.lastPacketEndedResponse, "another result follows")
+        XCTAssertTrue(isForward(try machine.serverPacket(ok([.autocommit, .inTransaction]))))
+        XCTAssertTrue(machine.lastPacketEndedResponse)
+        guard case .forwardToBackend = send(&machine, "COMMIT") else { return XCTFail() }
+        XCTAssertTrue(isRelease(try machine.serverPacket(ok(.autocommit))))
+        XCTAssertTrue(machine.lastPacketEndedResponse)
+
+        // A restore's answer is the proxy's own.
+        machine = MySQLSessionMachine(capabilities: caps, loginSchema: "app")
+        guard case .borrow = send(&machine, "SELECT 1") else { return XCTFail() }
+        guard case .sendInitDB = machine.borrowed(backendState: .init(schema: "other"), baseline: [:], noBackslashEscapes: false) else {
+            return XCTFail("expected the schema to be restored")
+        }
+        guard case .sendToBackend = try machine.serverPacket(ok(.autocommit, changes: [.schema("app")])) else { return XCTFail() }
+        XCTAssertFalse(machine.lastPacketEndedResponse)
+        XCTAssertTrue(isRelease(try machine.serverPacket(ok(.autocommit))))
+        XCTAssertTrue(machine.lastPacketEndedResponse)
+    }
+}
