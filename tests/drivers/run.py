@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
-"""Run real drivers' own test suites directly against PostgreSQL and through Concierge.
+"""Run real drivers' own test suites directly against the database and through Concierge.
 
 Each driver's test suite comes from its PyPI source distribution (pinned below), downloaded and
 unpacked into a cache directory outside the repository; the driver itself and what its tests need
-are pip-installed, pinned, into a virtualenv in that cache. Two throwaway PostgreSQL clusters are
-started with scripts/pg.sh, one for the direct run and one behind the proxy, so the two runs of a
-suite go on at the same time without seeing each other. Per driver, a fresh proxy
-($CONCIERGE_BIN serve) fronts the superuser `postgres` in transaction mode with a cap of
-CONCIERGE_DRIVERS_CAP backends (5), far fewer than the connections the suites open.
+are pip-installed, pinned, into a virtualenv in that cache. Each driver has an engine: PostgreSQL
+(asyncpg, psycopg2, pg8000) or MySQL (mysqlclient, against MariaDB, once as it is and once as
+`mysqlclient-autocommit`, its connections in autocommit mode so that they multiplex: the plugin
+concierge_autocommit.py). Per engine of the drivers asked for, two throwaway servers are started
+(scripts/pg.sh: PostgreSQL clusters; scripts/mysql.sh: MariaDB servers), one for the direct run and
+one behind the proxy, so the two runs of a suite go on at the same time without seeing each other.
+Per driver, a fresh proxy ($CONCIERGE_BIN serve, engine_family POSTGRESQL or MYSQL) fronts the
+server's superuser (`postgres`; MariaDB: scripts/mysql.sh's admin `concierge_admin`, logging in to
+the proxy with mysql_native_password) in transaction mode with a cap of CONCIERGE_DRIVERS_CAP
+backends (5% of max_connections=100), far fewer than the connections the suites open.
 
 Every test's outcome is recorded by the pytest plugin concierge_outcomes.py. A test that passes
 directly and fails, errors, hangs, is skipped or is missing through the proxy is a *difference*.
@@ -24,6 +29,7 @@ as hung; the suite is then resumed after it.
 
   python3 tests/drivers/run.py                       every driver
   python3 tests/drivers/run.py --drivers asyncpg -k pool   one driver, a pytest -k filter
+  python3 tests/drivers/run.py --drivers mysqlclient,mysqlclient-autocommit   MySQL's only
 
 Environment (each also a flag; see --help):
   CONCIERGE_BIN            the proxy binary (default .build/debug/concierge)
@@ -34,7 +40,11 @@ Environment (each also a flag; see --help):
   CONCIERGE_DRIVERS_TIMEOUT  seconds one test may take before it counts as hung (default 120)
   CONCIERGE_DRIVERS_RERUNS  direct reruns of each unexpected difference (default 4)
   CONCIERGE_DRIVERS_BUDGET seconds the whole run may take (default 1800)
-  CONCIERGE_DRIVERS_KEEP=1 keep the clusters' data directories after the run
+  CONCIERGE_DRIVERS_KEEP=1 keep the servers' data directories after the run
+
+PyMySQL's sdists ship no test suite (1.0.3 to 1.2.4: only tests/test_auth.py, MySQL 8's sha256
+accounts on port 3306), and mysql-connector-python's needs its own bootstrap (unittests.py) and
+MySQL's server, so the MySQL engine runs mysqlclient's (pytest; libmariadb, MariaDB's C client).
 """
 
 from __future__ import annotations
@@ -60,11 +70,16 @@ from typing import Callable
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 PG_SH = REPO_ROOT / "scripts" / "pg.sh"
+MY_SH = REPO_ROOT / "scripts" / "mysql.sh"
+POSTGRESQL, MYSQL = "POSTGRESQL", "MYSQL"   # a driver's engine: the proxy's engine_family
+SUPERUSER = {POSTGRESQL: "postgres", MYSQL: "concierge_admin"}  # scripts/mysql.sh's admin user
 INHERENT_FILE = HERE / "inherent-differences.txt"
 FLAKY_FILE = HERE / "flaky-directly.txt"
 
 # Everything pip installs into the virtualenv, pinned: the drivers, then what their tests import
-# (asyncpg: distro; pg8000: pytz, pytest-mock, pytest-benchmark) and the runner's pytest plugins.
+# (asyncpg: distro; pg8000: pytz, pytest-mock, pytest-benchmark; mysqlclient: SQLAlchemy, whose
+# tests are skipped without it) and the runner's pytest plugins. mysqlclient is built from source
+# against MariaDB Connector/C (Debian: libmariadb-dev, pkg-config, a C compiler).
 REQUIREMENTS = [
     "asyncpg==0.32.0",
     "psycopg2-binary==2.9.13",
@@ -74,6 +89,7 @@ REQUIREMENTS = [
     "pytest-timeout==2.4.0",
     "distro==1.9.0", "pytz==2026.6", "pytest-mock==3.17.0", "pytest-benchmark==5.3.1",
     "py-cpuinfo2==10.1.1",
+    "mysqlclient==2.3.2", "SQLAlchemy==2.1.9", "typing_extensions==4.16.0",
 ]
 
 
@@ -84,6 +100,7 @@ class Target:
     host: str
     port: int
     password: str      # the superuser's
+    user: str = "postgres"
 
 
 @dataclass
@@ -93,10 +110,11 @@ class Driver:
     remove: list[str]               # paths of the unpacked sdist removed so they do not shadow
                                     # the installed package (python -m pytest puts cwd on sys.path)
     paths: list[str]                # what pytest collects
-    env: Callable[[Target], dict[str, str]]
+    env: Callable[[Target, Path], dict[str, str]]  # (target, the suite's output directory)
     options: list[str] = field(default_factory=list)     # more pytest arguments
     databases: list[str] = field(default_factory=list)    # created on each cluster
     extensions: dict[str, list[str]] = field(default_factory=dict)  # database -> extensions
+    engine: str = POSTGRESQL
 
     @property
     def version(self) -> str:
@@ -108,14 +126,14 @@ DRIVERS = {
     # connect with libpq's variables. Its pyproject's pytest options apply (importlib mode).
     "asyncpg": Driver(
         name="asyncpg", sdist="asyncpg==0.32.0", remove=["asyncpg"], paths=["tests"],
-        env=lambda t: {"PGHOST": t.host, "PGPORT": str(t.port), "PGUSER": "postgres",
+        env=lambda t, _: {"PGHOST": t.host, "PGPORT": str(t.port), "PGUSER": "postgres",
                        "PGPASSWORD": t.password, "PGDATABASE": "asyncpg_test"},
         databases=["asyncpg_test"]),
     # psycopg2's sdist tests (unittest, run by pytest) read PSYCOPG2_TESTDB*; they run against
     # psycopg2-binary of the same version, which installs the same `psycopg2` package.
     "psycopg2": Driver(
         name="psycopg2", sdist="psycopg2==2.9.13", remove=[], paths=["tests"],
-        env=lambda t: {"PSYCOPG2_TESTDB": "psycopg2_test", "PSYCOPG2_TESTDB_HOST": t.host,
+        env=lambda t, _: {"PSYCOPG2_TESTDB": "psycopg2_test", "PSYCOPG2_TESTDB_HOST": t.host,
                        "PSYCOPG2_TESTDB_PORT": str(t.port), "PSYCOPG2_TESTDB_USER": "postgres",
                        "PSYCOPG2_TESTDB_PASSWORD": t.password},
         databases=["psycopg2_test"], extensions={"psycopg2_test": ["hstore"]}),
@@ -124,19 +142,44 @@ DRIVERS = {
     "pg8000": Driver(
         name="pg8000", sdist="pg8000==1.31.6", remove=[], paths=["test"],
         options=["--benchmark-disable"],
-        env=lambda t: {"PGHOST": t.host, "PGPORT": str(t.port), "PGPASSWORD": t.password},
+        env=lambda t, _: {"PGHOST": t.host, "PGPORT": str(t.port), "PGPASSWORD": t.password},
         extensions={"postgres": ["hstore"]}),
+    # mysqlclient's tests (pytest) read the [MySQLdb-tests] group of the option file that
+    # $TESTDB names (a path relative to tests/, or absolute): written per target, mode 600.
+    "mysqlclient": Driver(
+        name="mysqlclient", sdist="mysqlclient==2.3.2", remove=[], paths=["tests"],
+        env=lambda t, outdir: {"TESTDB": str(mysql_option_file(t, outdir, "mysqldb_test"))},
+        databases=["mysqldb_test"], engine=MYSQL),
+    # The same suite with its connections in autocommit mode (the plugin concierge_autocommit.py):
+    # with MySQLdb's default, autocommit off, each connection keeps its backend for its lifetime.
+    "mysqlclient-autocommit": Driver(
+        name="mysqlclient-autocommit", sdist="mysqlclient==2.3.2", remove=[], paths=["tests"],
+        options=["-p", "concierge_autocommit"],
+        env=lambda t, outdir: {"TESTDB": str(mysql_option_file(t, outdir, "mysqldb_test"))},
+        engine=MYSQL),
 }
+
+
+def mysql_option_file(target: Target, outdir: Path, database: str) -> Path:
+    """mysqlclient's option file for the target, in outdir."""
+    path = outdir / f"{target.name}.cnf"
+    outdir.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(f"[MySQLdb-tests]\nhost = {target.host}\nport = {target.port}\n"
+                    f"user = {target.user}\npassword = {target.password}\n"
+                    f"database = {database}\ndefault-character-set = utf8mb4\n")
+    return path
 
 def log(msg: str) -> None:
     print(f"[drivers] {msg}", flush=True)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment minus libpq's and the suites' own settings, plus extra."""
+    """The environment minus libpq's, the MySQL clients' and the suites' own settings, plus extra."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PG", "PSYCOPG2_", "CONCIERGE_DRIVERS_", "PYTEST_"))
-           and k not in ("PYTHONPATH", "USE_UVLOOP")}
+           if not k.startswith(("PG", "PSYCOPG2_", "CONCIERGE_DRIVERS_", "PYTEST_", "MYSQL_",
+                                "MARIADB_", "CONCIERGE_MYSQL_"))
+           and k not in ("PYTHONPATH", "USE_UVLOOP", "TESTDB")}
     env.update(extra)
     return env
 
@@ -218,37 +261,70 @@ def ensure_sdist(cache: Path, python: Path, driver: Driver) -> Path:
     return tree
 
 
-# -- PostgreSQL and the proxy ---------------------------------------------------------------------
+# -- the database servers and the proxy -----------------------------------------------------------
 
 @dataclass
 class Cluster:
+    """A throwaway server of an engine: a PostgreSQL cluster (scripts/pg.sh, superuser `postgres`)
+    or a MariaDB server (scripts/mysql.sh, admin user `concierge_admin`), max_connections=100."""
+    engine: str
     root: Path
     port: int
-    password: str
-    bindir: Path
+    password: str      # the superuser's
+    bindir: Path | None = None  # PostgreSQL's, for psql
 
-    def psql(self, sql: str, dbname: str = "postgres") -> str:
-        return run([self.bindir / "psql", "-X", "-At", "-v", "ON_ERROR_STOP=1",
-                    "-h", "127.0.0.1", "-p", self.port, "-U", "postgres", "-d", dbname, "-c", sql],
+    @property
+    def user(self) -> str:
+        return SUPERUSER[self.engine]
+
+    def sql(self, sql: str, dbname: str | None = None) -> str:
+        """Run SQL as the superuser (PostgreSQL: in dbname, default postgres)."""
+        if self.engine == MYSQL:
+            return run(["bash", MY_SH, "sql", self.port, sql, *([dbname] if dbname else [])],
+                       env=clean_env(CONCIERGE_MYSQL_PASSWORD=self.password), timeout=60)
+        return run([self.bindir / "psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
+                    "-p", self.port, "-U", "postgres", "-d", dbname or "postgres", "-c", sql],
                    env=clean_env(PGPASSWORD=self.password), timeout=60)
 
+    def select_one(self, port: int) -> subprocess.CompletedProcess:
+        """`select 1` as the superuser through whatever listens on port (the proxy)."""
+        if self.engine == MYSQL:
+            client = shutil.which("mariadb") or shutil.which("mysql") or "mariadb"
+            cmd = [client, "--no-defaults", "--protocol=tcp", "-h", "127.0.0.1", "-P", str(port),
+                   "-u", self.user, "--batch", "--skip-column-names", "--connect-timeout=3",
+                   "-e", "select 1"]
+            env = clean_env(MYSQL_PWD=self.password)
+        else:
+            cmd = [str(self.bindir / "psql"), "-X", "-At", "-h", "127.0.0.1", "-p", str(port),
+                   "-U", "postgres", "-d", "postgres", "-c", "select 1"]
+            env = clean_env(PGPASSWORD=self.password, PGCONNECT_TIMEOUT="3")
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=15, env=env)
+
     def stop(self) -> None:
-        subprocess.run(["bash", str(PG_SH), "stop", str(self.root / "data")],
+        script = MY_SH if self.engine == MYSQL else PG_SH
+        subprocess.run(["bash", str(script), "stop", str(self.root / "data")],
                        capture_output=True, text=True, timeout=120, env=clean_env())
 
 
-def start_cluster(root: Path, bindir: Path) -> Cluster:
+def start_cluster(engine: str, root: Path, bindir: Path | None) -> Cluster:
     password = secrets.token_hex(16)
     port = free_port()
-    run(["bash", PG_SH, "start", root / "data", port, "max_connections=100"],
-        env=clean_env(CONCIERGE_PG_PASSWORD=password), timeout=300)
-    cluster = Cluster(root=root, port=port, password=password, bindir=bindir)
+    if engine == MYSQL:
+        root.mkdir(parents=True, exist_ok=True)
+        run(["bash", MY_SH, "start", root / "data", port, "max_connections=100"],
+            env=clean_env(CONCIERGE_MYSQL_PASSWORD=password), timeout=300)
+    else:
+        run(["bash", PG_SH, "start", root / "data", port, "max_connections=100"],
+            env=clean_env(CONCIERGE_PG_PASSWORD=password), timeout=300)
+    cluster = Cluster(engine=engine, root=root, port=port, password=password, bindir=bindir)
     for driver in DRIVERS.values():
+        if driver.engine != engine:
+            continue
         for db in driver.databases:
-            cluster.psql(f"create database {db}")
+            cluster.sql(f"create database {db}")
         for db, extensions in driver.extensions.items():
             for ext in extensions:
-                cluster.psql(f"create extension if not exists {ext}", dbname=db)
+                cluster.sql(f"create extension if not exists {ext}", dbname=db)
     return cluster
 
 
@@ -285,22 +361,23 @@ RUNNING_PROXIES: list[Proxy] = []  # stopped at exit, whatever happened
 
 def start_proxy(binary: Path, workdir: Path, cluster: Cluster, cap_percent: int) -> Proxy:
     workdir.mkdir(parents=True, exist_ok=True)
-    secret = workdir / "postgres.json"
-    secret.write_text(json.dumps({"username": "postgres", "password": cluster.password}))
-    secret.chmod(0o600)
+    secret = workdir / f"{cluster.user}.json"
+    secret.touch(mode=0o600)
+    secret.write_text(json.dumps({"username": cluster.user, "password": cluster.password}))
     port = free_port()
+    client_auth = "MYSQL_NATIVE_PASSWORD" if cluster.engine == MYSQL else "POSTGRES_SCRAM_SHA_256"
     (workdir / "concierge.yaml").write_text(f"""\
 drain_timeout: 5
 proxies:
   - name: drivers
-    engine_family: POSTGRESQL
+    engine_family: {cluster.engine}
     listen: "127.0.0.1:{port}"
     debug_logging: true
     auth:
       - auth_scheme: SECRETS
-        secret_arn: "file:postgres.json"
+        secret_arn: "file:{secret.name}"
         iam_auth: DISABLED
-        client_password_auth_type: POSTGRES_SCRAM_SHA_256
+        client_password_auth_type: {client_auth}
     target_group:
       connection_pool_config:
         max_connections_percent: {cap_percent}
@@ -320,10 +397,7 @@ proxies:
     while True:
         if not proxy.alive():
             raise RuntimeError(f"concierge exited {proc.returncode} at start:\n{proxy.log_tail()}")
-        check = subprocess.run([str(cluster.bindir / "psql"), "-X", "-At", "-h", "127.0.0.1",
-                                "-p", str(port), "-U", "postgres", "-d", "postgres",
-                                "-c", "select 1"], capture_output=True, text=True, timeout=15,
-                               env=clean_env(PGPASSWORD=cluster.password, PGCONNECT_TIMEOUT="3"))
+        check = cluster.select_one(port)
         if check.returncode == 0 and check.stdout.strip() == "1":
             return proxy
         if time.monotonic() > deadline:
@@ -409,7 +483,7 @@ def run_suite(python: Path, tree: Path, driver: Driver, target: Target, outdir: 
     note = ""
     env = clean_env(PYTHONPATH=str(HERE), CONCIERGE_DRIVERS_OUTCOMES=str(outcomes),
                     CONCIERGE_DRIVERS_DONE=str(done_file), PYTHONDONTWRITEBYTECODE="1",
-                    **driver.env(target))
+                    **driver.env(target, outdir))
     cmd = [str(python), "-m", "pytest", "-p", "concierge_outcomes", "-p", "no:cacheprovider",
            "-q", "-rN", f"--timeout={per_test_timeout}", "--timeout-method=thread",
            *driver.options, *(driver.paths if selection is None else selection), *extra]
@@ -537,7 +611,7 @@ def main() -> int:
                          "test is flaky in itself and the difference does not count)")
     ap.add_argument("--keep", action="store_true",
                     default=os.environ.get("CONCIERGE_DRIVERS_KEEP") == "1",
-                    help="keep the clusters' data directories")
+                    help="keep the servers' data directories")
     ap.add_argument("-k", dest="keyword", help="pytest -k expression for every suite")
     args = ap.parse_args()
 
@@ -562,21 +636,25 @@ def main() -> int:
     args.cache.mkdir(parents=True, exist_ok=True)
     python = ensure_venv(args.cache)
     trees = {n: ensure_sdist(args.cache, python, DRIVERS[n]) for n in names}
-    bindir = Path(run(["bash", PG_SH, "bindir"]).strip())
+    engines = [e for e in (POSTGRESQL, MYSQL) if any(DRIVERS[n].engine == e for n in names)]
+    bindir = Path(run(["bash", PG_SH, "bindir"]).strip()) if POSTGRESQL in engines else None
     work = Path(tempfile.mkdtemp(prefix="concierge-drivers-", dir="/tmp"))
-    work.chmod(0o755)  # the clusters inside run as another OS user when we are root
+    work.chmod(0o755)  # the servers inside run as another OS user when we are root
     log(f"work directory {work} (suite logs, outcomes, proxy logs); proxy {args.bin}")
 
-    clusters: dict[str, Cluster] = {}
+    # (engine, "direct" | "proxied") -> its server; all started at once.
+    clusters: dict[tuple[str, str], Cluster] = {}
     errors: list[str] = []
 
-    def start(which: str) -> None:
+    def start(key: tuple[str, str]) -> None:
+        engine, which = key
+        prefix = "my" if engine == MYSQL else "pg"
         try:
-            clusters[which] = start_cluster(work / f"pg-{which}", bindir)
+            clusters[key] = start_cluster(engine, work / f"{prefix}-{which}", bindir)
         except Exception as e:  # reported below
-            errors.append(f"cluster {which}: {e}")
+            errors.append(f"{engine} server {which}: {e}")
 
-    parallel(start, ["direct", "proxied"])
+    parallel(start, [(e, w) for e in engines for w in ("direct", "proxied")])
     results: dict[str, DriverResult] = {}
     proxy_problems: dict[str, str] = {}
     try:
@@ -584,20 +662,22 @@ def main() -> int:
             for e in errors:
                 log(e)
             return 2
-        log(f"setup took {time.monotonic() - t0:.0f} s; direct PostgreSQL on port "
-            f"{clusters['direct'].port}, the proxied one on {clusters['proxied'].port}, "
-            f"cap {args.cap} backends")
-        direct_t = Target("direct", "127.0.0.1", clusters["direct"].port,
-                          clusters["direct"].password)
+        log(f"setup took {time.monotonic() - t0:.0f} s; " + "; ".join(
+            f"direct {'MariaDB' if e == MYSQL else 'PostgreSQL'} on port "
+            f"{clusters[e, 'direct'].port}, the proxied one on {clusters[e, 'proxied'].port}"
+            for e in engines) + f"; cap {args.cap} backends")
         for name in names:
             driver = DRIVERS[name]
+            direct_c, proxied_c = clusters[driver.engine, "direct"], clusters[driver.engine, "proxied"]
+            direct_t = Target("direct", "127.0.0.1", direct_c.port, direct_c.password, direct_c.user)
             outdir = work / name
             if suite_deadline() < 60:
                 proxy_problems[name] = (f"{name} was not run: the run's budget of {args.budget} s "
                                         f"(--budget, CONCIERGE_DRIVERS_BUDGET) is used up")
                 continue
-            proxy = start_proxy(args.bin, outdir / "proxy", clusters["proxied"], args.cap)
-            proxy_t = Target("concierge", "127.0.0.1", proxy.port, clusters["proxied"].password)
+            proxy = start_proxy(args.bin, outdir / "proxy", proxied_c, args.cap)
+            proxy_t = Target("concierge", "127.0.0.1", proxy.port, proxied_c.password,
+                             proxied_c.user)
             got: dict[str, SuiteRun] = {}
 
             def one(target: Target) -> None:
@@ -620,7 +700,7 @@ def main() -> int:
             if suspects and args.reruns > 0 and len(suspects) <= 100:
                 log(f"  {len(suspects)} unexpected difference(s): running them again by "
                     f"themselves, {args.reruns}x directly and once through a fresh proxy")
-                rerun(python, trees[name], driver, direct_t, clusters["proxied"], args,
+                rerun(python, trees[name], driver, direct_t, proxied_c, args,
                       lambda: suite_deadline(300), outdir, suspects, result, proxy_problems)
     finally:
         for p in RUNNING_PROXIES:
@@ -675,7 +755,7 @@ def rerun(python: Path, tree: Path, driver: Driver, direct_t: Target, proxied: C
         if deadline() < 30:
             return
         proxy = start_proxy(args.bin, outdir / "proxy-rerun", proxied, args.cap)
-        target = Target("concierge", "127.0.0.1", proxy.port, proxied.password)
+        target = Target("concierge", "127.0.0.1", proxy.port, proxied.password, proxied.user)
         r = run_suite(python, tree, driver, target, outdir, args.timeout, deadline(), [],
                       tag=".rerun", selection=suspects)
         for n in suspects:
@@ -692,13 +772,14 @@ def report(results: dict[str, DriverResult], inherent: dict[tuple[str, str], str
     flaky_directly = load_flaky(FLAKY_FILE)
     print()
     print("==== driver test suites: directly vs through Concierge ====")
-    header = f"{'driver':<16} {'target':<10} {'run':>5} {'passed':>7} {'failed':>7} " \
+    width = max([16] + [len(f"{n} {DRIVERS[n].version}") for n in results])
+    header = f"{'driver':<{width}} {'target':<10} {'run':>5} {'passed':>7} {'failed':>7} " \
              f"{'errors':>7} {'skipped':>8} {'hung':>5} {'time':>6}"
     print(header)
     print("-" * len(header))
     for name, res in results.items():
         for r in (res.direct, res.proxied):
-            print(f"{name + ' ' + DRIVERS[name].version if r.target == 'direct' else '':<16} "
+            print(f"{name + ' ' + DRIVERS[name].version if r.target == 'direct' else '':<{width}} "
                   f"{r.target:<10} {len(r.results):>5} {r.count('passed'):>7} "
                   f"{r.count('failed'):>7} {r.count('error'):>7} {r.count('skipped'):>8} "
                   f"{r.count('hung'):>5} {r.seconds:>5.0f}s")
