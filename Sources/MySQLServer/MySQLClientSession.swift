@@ -395,7 +395,7 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
             if case .timeout = error { runtime.metrics.borrowTimeouts.increment() }
             log(.info, "no database connection for the client", ["concierge.error": "\(error)"])
             guard var machine, let context else { return }
-            let action = machine.borrowFailed(MySQLClientErrors.borrowFailed(error))
+            let action = machine.borrowFailed(MySQLClientErrors.borrowFailed(error, user: user))
             self.machine = machine
             run(action, context: context)
             closeIfDrained()

@@ -52,14 +52,18 @@ enum MySQLClientErrors {
         code: 2013, sqlState: "HY000", message: "Lost connection to MySQL server during query")
 
     /// A borrow failed for another reason than the timeout: the database refused or was
-    /// unreachable (its own error when it gave one).
-    static func borrowFailed(_ error: BorrowError) -> MySQLErrPacket {
+    /// unreachable (its own error when it gave one). The database refusing the proxy's login
+    /// (a stale secret) is RDS's `ERROR 1045 (28000)` for the client's user, as RDS documents it,
+    /// not the server's text (which names the proxy's host, and whose SQLSTATE the pool does not
+    /// keep).
+    static func borrowFailed(_ error: BorrowError, user: String) -> MySQLErrPacket {
         switch error {
         case .timeout:
             return borrowTimeout
         case .shuttingDown:
             return shuttingDown
         case .connectionFailed(let failure):
+            if failure.code == "1045" { return accessDenied(user: user) }
             if let code = failure.code.flatMap({ UInt16($0) }) {
                 return MySQLErrPacket(code: code, sqlState: "HY000", message: failure.message)
             }
