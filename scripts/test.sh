@@ -87,7 +87,7 @@ swift_args=(--skip-build)
 swift test "${swift_args[@]}" || failed+=("unit tests")
 
 if [[ "${CONCIERGE_DRIVER_SUITES:-1}" != 0 ]]; then
-    section "driver test suites (tests/drivers/run.py: asyncpg, psycopg2, pg8000, directly and through the proxy)"
+    section "driver test suites (tests/drivers/run.py: asyncpg, psycopg2, pg8000 on PostgreSQL, mysqlclient on MariaDB, directly and through the proxy)"
     # Before the integration tests, so that pytest's closing line stays the last one. Installs its
     # own pinned virtualenv and the drivers' sdists under ~/.cache/concierge-driver-suites.
     # Its report is kept so that a failure is shown again at the end, where CI's excerpt is.
