@@ -259,6 +259,24 @@ public struct MySQLClientLogin: Sendable {
         self.configuration = configuration
     }
 
+    /// The sequence id of the proxy's answer to the client's next packet: what an ERR the proxy
+    /// sends now, unasked (the authentication timeout's), must carry for the client to read it as
+    /// the answer it waits for. (0 once the login is over.)
+    public var replySequenceID: UInt8 {
+        switch state {
+        case .initial, .greeted:
+            return 2
+        case .tlsStarted:
+            return 3
+        case .switchingPlugin(let client, _, _), .fullAuthentication(let client, _), .awaitingEncryptedPassword(let client, _):
+            return client.nextClientSequenceID &+ 1
+        case .checkingIAMToken(_, let replyID):
+            return replyID
+        case .loggedIn, .failed:
+            return 0
+        }
+    }
+
     // MARK: Events
 
     /// The connection is accepted: greet the client. `capabilities`: the session's capability

@@ -420,7 +420,9 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
 
     func checkTimeouts(now: NIODeadline) {
         guard let machine else {
-            if now - connectedAt > .seconds(30) { fail(with: MySQLClientErrors.authenticationTimeout) }
+            if now - connectedAt > .seconds(30) {
+                fail(with: MySQLClientErrors.authenticationTimeout, sequenceID: login.replySequenceID)
+            }
             return
         }
         guard machine.isBetweenTransactions else {

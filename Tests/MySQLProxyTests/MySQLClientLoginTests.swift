@@ -733,3 +733,45 @@ extension MySQLClientLoginTests {
         #expect(failure?.reason == .unsupportedClient("no CLIENT_PROTOCOL_41"))
     }
 }
+
+extension MySQLClientLoginTests {
+    /// The authentication timeout's ERR is sent unasked: it carries the id of the answer the
+    /// client waits for at that step (it was 1 whatever the step: found by test_mysql_lifecycle.py,
+    /// where a client stalled after an AuthSwitchRequest got an ERR with sequence id 1).
+    @Test func theReplySequenceIDFollowsTheExchange() throws {
+        var login = Self.login()
+        Self.greet(&login)
+        #expect(login.replySequenceID == 2, "the answer to the HandshakeResponse41")
+
+        var tls = Self.login(tls: true)
+        Self.greet(&tls, tls: true)
+        #expect(tls.replySequenceID == 3, "the answer to the HandshakeResponse41 after the SSLRequest")
+
+        // A client of the other plugin is switched (AuthSwitchRequest, id 2): its answer is 3.
+        var switched = Self.login()
+        Self.greet(&switched)
+        let switchRequest = LoginWire.single(switched.packetReceived(
+            Self.response(authResponse: Array(repeating: 1, count: 32), plugin: "caching_sha2_password"),
+            environment: Self.environment()))
+        #expect(switchRequest?.sequenceID == 2)
+        #expect(LoginWire.authSwitch(switchRequest) != nil)
+        #expect(switched.replySequenceID == 4)
+
+        // caching_sha2 without TLS: full authentication (id 2), the key request (3), the key (4).
+        var sha2 = Self.login(.cachingSHA2Password)
+        Self.greet(&sha2)
+        let more = LoginWire.single(sha2.packetReceived(
+            Self.response(authResponse: Array(repeating: 1, count: 32), plugin: "caching_sha2_password"),
+            environment: Self.environment()))
+        #expect(more?.sequenceID == 2)
+        #expect(sha2.replySequenceID == 4)
+        let key = LoginWire.single(sha2.packetReceived(LoginWire.packet(3, bytes: [0x02]), environment: Self.environment()))
+        #expect(key?.sequenceID == 4)
+        #expect(sha2.replySequenceID == 6)
+
+        let done = login.packetReceived(
+            Self.response(authResponse: LoginWire.Vectors.nativeDBSecret), environment: Self.environment())
+        guard case .loggedIn = done else { Issue.record("expected a login, got \(done)"); return }
+        #expect(login.replySequenceID == 0)
+    }
+}

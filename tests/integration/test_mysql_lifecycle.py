@@ -758,8 +758,11 @@ def test_a_login_that_never_finishes_is_closed(mysql_proxy):
             for w in (silent, partial, switched):
                 w.close()
     print(f"\n{results}")
-    for name in ("silent", "partial", "switched"):
+    # Each ERR carries the sequence id of the answer its client waits for: to its handshake
+    # response (2), to its answer to the AuthSwitchRequest (4).
+    for name, seq in (("silent", 2), ("partial", 2), ("switched", 4)):
         elapsed, packets = results[name]
         assert 29 <= elapsed <= 35, f"{name}: closed after {elapsed:.1f}s"
         assert last_err(packets) == ErrPacket(1043, "08S01", "Bad handshake"), (name, packets)
+        assert packets[-1].seq == seq, (name, packets)
     wait_for(lambda: metric(p.metrics(), "concierge_client_connections") == 0, 10, "no client left")
