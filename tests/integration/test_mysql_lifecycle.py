@@ -373,6 +373,36 @@ def test_pinned_idle_client_does_not_hold_the_shutdown_up(mysql_proxy):
         pinned.close()
 
 
+def test_a_client_waiting_for_a_backend_during_drain(mysql_proxy):
+    # One backend, held by a transaction; another client's statement waits for it when SIGTERM
+    # comes. The transaction finishes; the waiting statement gets an answer (not silence, not a
+    # wait until drain_timeout), then both clients are told and closed, and the proxy exits.
+    p = mysql_proxy(drain_timeout=30, max_connections_percent=1, connection_borrow_timeout=20, metrics=True)
+    holder, waiter = login(p), login(p)
+    try:
+        assert isinstance(holder.query("BEGIN"), Packet)
+        assert rows(holder.query("SELECT 1")) == [["1"]]
+        waiter.command(COM_QUERY, b"SELECT 'served'")
+        wait_for(lambda: metric(p.metrics(), "concierge_database_connection_borrow_waiters") == 1, 5,
+                 "the waiting client to be counted")
+        p.signal(signal.SIGTERM)
+        p.expect_exit = True
+        sigterm_at = time.monotonic()
+        assert isinstance(holder.query("COMMIT"), Packet)
+        packets, _ = read_until_closed(holder, 5)
+        assert last_err(packets) == ErrPacket(1053, "08S01", "Server shutdown in progress")
+        answer = waiter.read_result()
+        print(f"\nthe waiting statement's answer: {answer}")
+        assert answer == [["served"]], answer
+        packets, _ = read_until_closed(waiter, 5)
+        assert last_err(packets) == ErrPacket(1053, "08S01", "Server shutdown in progress")
+        assert p.wait(timeout=p.drain_timeout + 5) == 0
+        assert time.monotonic() - sigterm_at < 10, "the drain waited on"
+    finally:
+        holder.close()
+        waiter.close()
+
+
 def test_clients_that_left_are_not_left_behind(mysql_proxy, mariadb):
     # Clients that came and went every way a MySQL client does (COM_QUIT, a dropped socket
     # before or during the login, a failed login, the command-line client) must not count as
@@ -635,6 +665,19 @@ def test_idle_client_timeout(mysql_proxy):
         assert cur.fetchone() == (2,)
     assert "closing idle client" in p.log()
     p.assert_serves()
+
+
+def test_idle_client_timeout_changed_live_applies_to_connected_clients(mysql_proxy):
+    # modify-db-proxy --idle-client-timeout through the admin API: clients already connected
+    # (idle for less than the old timeout) are closed by the new one.
+    p = mysql_proxy(metrics=True)  # idle_client_timeout 1800
+    with login(p) as idle:
+        assert rows(idle.query("SELECT 1")) == [["1"]]
+        api = admin_api(p)
+        api.ok(api.modify_proxy({"IdleClientTimeout": 1}))
+        assert api.db_proxy()["IdleClientTimeout"] == 1
+        packets, _ = read_until_closed(idle, 15)
+        assert last_err(packets) == IDLE_TIMEOUT_ERR
 
 
 def test_idle_client_timeout_seen_by_the_command_line_client(mysql_proxy):
