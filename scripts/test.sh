@@ -51,13 +51,12 @@ apt_packages=()
 command -v javac >/dev/null || apt_packages+=(default-jdk-headless)
 command -v promtool >/dev/null || apt_packages+=(prometheus)
 command -v sysbench >/dev/null || apt_packages+=(sysbench)
-if ! python3 -c "import MySQLdb" 2>/dev/null; then
-    pkg-config --exists mariadb 2>/dev/null || apt_packages+=(libmariadb-dev)
-    command -v pkg-config >/dev/null || apt_packages+=(pkg-config)
-    command -v cc >/dev/null || apt_packages+=(build-essential)
-    python3 -c 'import os, sysconfig; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' 2>/dev/null ||
-        apt_packages+=(python3-dev)
-fi
+# (Built here and in the driver suites' virtualenv.)
+pkg-config --exists mariadb 2>/dev/null || apt_packages+=(libmariadb-dev)
+command -v pkg-config >/dev/null || apt_packages+=(pkg-config)
+command -v cc >/dev/null || apt_packages+=(build-essential)
+python3 -c 'import os, sysconfig; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' 2>/dev/null ||
+    apt_packages+=(python3-dev)
 if ((${#apt_packages[@]})); then
     echo "installing ${apt_packages[*]} with apt-get"
     sudo=""; [[ $(id -u) == 0 ]] || sudo=sudo
