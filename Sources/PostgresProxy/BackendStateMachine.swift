@@ -133,7 +133,15 @@ public struct BackendStateMachine: Sendable {
         case close
     }
 
-    public internal(set) var state: State = .connecting
+    public internal(set) var state: State = .connecting {
+        didSet {
+            if case .leased = state { isLeased = true } else { isLeased = false }
+        }
+    }
+    /// Whether the database's messages go to the owner as they are (asked per read burst). Kept
+    /// beside `state` rather than matched from it per burst: matching a case of an enum whose
+    /// cases carry payloads copied the whole state (retains included) each time.
+    public private(set) var isLeased = false
     public let configuration: Configuration
     /// ParameterStatus values the server reported (at login and since).
     public internal(set) var serverParameters: [String: String] = [:]
@@ -161,13 +169,6 @@ public struct BackendStateMachine: Sendable {
 
     public init(configuration: Configuration) {
         self.configuration = configuration
-    }
-
-    /// Whether the database's messages go to the owner as they are (checked per read burst).
-    @inlinable
-    public var isLeased: Bool {
-        if case .leased = state { return true }
-        return false
     }
 
     /// Whether the machine reads the database's messages itself (not forwarding them).

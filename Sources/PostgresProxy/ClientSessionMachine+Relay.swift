@@ -97,6 +97,8 @@ extension ClientSessionMachine {
             if case .copyIn(awaitingCopyEnd: true) = responses.received(type) { copyInActive = true }
             return relayed
         case PGMessageType.Backend.commandComplete:
+            // Most often no entry watches a reset: the head is not copied to find out.
+            guard responses.watched > 0 else { break }
             switch responses.head {
             case .resetQuery(let watch):
                 relayed.unpinned = applyResetAtCompletion(watch, tag: bytes.getSlice(at: start + 5, length: size - 5) ?? ByteBuffer())

@@ -99,7 +99,9 @@ public enum PendingResponse {
     /// type is recorded for the backend's copy (`parsedAt`) and, for the first Parse of the
     /// client's statement (`client`, defined at `clientParsedAt`), for that statement. `waiting`:
     /// the client's next messages wait for it (`StatementCatalogue.statementToCheckFirst`).
-    case shapeDescribe(
+    /// (Indirect, as `localCloseComplete`: both are large and rare, and an entry is as large as
+    /// its largest case; see `ResetWatch`.)
+    indirect case shapeDescribe(
         key: String, serverName: String, parsedAt: UInt64, client: String?, clientParsedAt: UInt64, waiting: Bool)
     /// A Bind or Describe of a statement whose row type changed since the client prepared it,
     /// sent for a name that does not exist: PostgreSQL fails it (aborting the transaction and
@@ -129,7 +131,7 @@ public enum PendingResponse {
     /// A Close of a named statement answered by the proxy: CloseComplete at this point. The
     /// statement it removed comes back if PostgreSQL would have skipped the Close (an error
     /// before it in the same batch).
-    case localCloseComplete(client: String, removed: ClientStatement?)
+    indirect case localCloseComplete(client: String, removed: ClientStatement?)
 
     /// An entry whose failure (or skipping after an earlier error) changes what the proxy knows
     /// of the client's statements: a message of a later batch that depends on them waits until
@@ -145,6 +147,14 @@ public enum PendingResponse {
         case .close(let unnamedBefore): return unnamedBefore != nil
         case .resetQuery(let watch): return !watch.removed.isEmpty || watch.deallocated != nil || watch.unnamedBefore != nil
         case .execute(_, let watch?): return !watch.removed.isEmpty
+        default: return false
+        }
+    }
+
+    /// It carries a `ResetWatch` (see `ResponseTracker.watched`).
+    @inlinable public var isWatched: Bool {
+        switch self {
+        case .resetQuery, .execute(_, _?): return true
         default: return false
         }
     }
@@ -174,36 +184,86 @@ public struct UnnamedBefore {
 }
 
 /// What a statement resets, as the classifier found it (see `SessionResets`).
+///
+/// Every message the session holds carries one (`HeldMessage`), and most reset nothing: the
+/// names and sets, rare, live in a box that exists only when one of them is set, so that an
+/// empty `Resets` is a few plain words with nothing to retain (inline, its arrays, strings and
+/// set made each held message about 100 bytes, copied and moved per message).
 public struct Resets {
     public var kinds: SessionResets = []
-    /// `RESET name`, `SET name TO DEFAULT`: the parameters, as the classifier names them.
-    public var parameters: [String] = []
-    /// `DEALLOCATE name`: the name.
-    public var deallocated: String?
-    /// `EXECUTE name`: the name and where it is in the query text.
-    public var executed: (name: String, range: Range<Int>)?
     /// What the same statement (or Query) pins: a reset does not release those
     /// (`UNLISTEN *; LISTEN x`).
     public var pins: PinReasons = []
     /// The session's pin clock when it was classified: pins added later (by messages after it)
     /// are not released by it.
     public var pinClock: UInt64 = 0
+
+    private final class Names {
+        var parameters: [String] = []
+        var deallocated: String?
+        var executed: (name: String, range: Range<Int>)?
+        var sets: Set<String> = []
+
+        func copy() -> Names {
+            let copy = Names()
+            copy.parameters = parameters
+            copy.deallocated = deallocated
+            copy.executed = executed
+            copy.sets = sets
+            return copy
+        }
+    }
+
+    private var names: Names?
+
+    private mutating func uniqueNames() -> Names {
+        guard let names else {
+            let created = Names()
+            self.names = created
+            return created
+        }
+        if isKnownUniquelyReferenced(&self.names) { return names }
+        let copy = names.copy()
+        self.names = copy
+        return copy
+    }
+
+    /// `RESET name`, `SET name TO DEFAULT`: the parameters, as the classifier names them.
+    public var parameters: [String] {
+        get { names?.parameters ?? [] }
+        set { uniqueNames().parameters = newValue }
+    }
+    /// `DEALLOCATE name`: the name.
+    public var deallocated: String? {
+        get { names?.deallocated }
+        set { uniqueNames().deallocated = newValue }
+    }
+    /// `EXECUTE name`: the name and where it is in the query text.
+    public var executed: (name: String, range: Range<Int>)? {
+        get { names?.executed }
+        set { uniqueNames().executed = newValue }
+    }
     /// Parameters the statement SETs for the session (lowercased): a reset window open before it
     /// leaves them to it (`ClientSession.ResetWindow.setAfter`).
-    public var sets: Set<String> = []
+    public var sets: Set<String> {
+        get { names?.sets ?? [] }
+        set { uniqueNames().sets = newValue }
+    }
 
     public init() {}
 
     public init(_ classification: Classification) {
         kinds = classification.resets
         pins = classification.pinReasons
-        deallocated = classification.deallocatedName
+        if let name = classification.deallocatedName { deallocated = name }
         if let name = classification.executedName, let range = classification.executedNameRange {
             executed = (name, range)
         }
+        var sets = Set<String>()
         for command in classification.setCommands where !command.isReset && command.scope == .session {
             sets.insert(command.name.lowercased())
         }
+        if !sets.isEmpty { self.sets = sets }
         if kinds.contains(.resetParameter) {
             parameters = classification.setCommands.filter { $0.isReset && $0.scope == .session && $0.name != "all" }
                 .map { $0.name.lowercased() }
@@ -215,26 +275,99 @@ public struct Resets {
 
 /// A statement that resets session state, on its way to the database: what the session applies
 /// once the database confirms it (see `ClientSession.applyResetAtCompletion`).
+///
+/// Its fields live in one boxed, copy-on-write storage. A watch rides in `PendingResponse`
+/// (`.execute`, `.resetQuery`), and an enum is as large as its largest case: inline, the watch's
+/// ~170 bytes made every entry that large, so that each entry appended, popped or looked at for
+/// every message of a tracked burst (a prepared statement's BindComplete, CommandComplete...)
+/// moved that much memory. Boxed it is one word; the box is allocated once per statement that
+/// resets something, which is rare.
 public struct ResetWatch {
-    public var resets: Resets
+    private final class Storage {
+        var resets: Resets
+        var removed: [String: ClientStatement] = [:]
+        var deallocated: String?
+        var executed: String?
+        var changedResultType = false
+        var unnamedBefore: UnnamedBefore?
+
+        init(resets: Resets) {
+            self.resets = resets
+        }
+
+        func copy() -> Storage {
+            let copy = Storage(resets: resets)
+            copy.removed = removed
+            copy.deallocated = deallocated
+            copy.executed = executed
+            copy.changedResultType = changedResultType
+            copy.unnamedBefore = unnamedBefore
+            return copy
+        }
+    }
+
+    private var storage: Storage
+
+    public init(resets: Resets) {
+        storage = Storage(resets: resets)
+    }
+
+    private mutating func unique() -> Storage {
+        if !isKnownUniquelyReferenced(&storage) { storage = storage.copy() }
+        return storage
+    }
+
+    public var resets: Resets {
+        get { storage.resets }
+        _modify {
+            let storage = unique()
+            yield &storage.resets
+        }
+    }
     /// The client's statements it removes (DEALLOCATE ALL, DISCARD ALL, DEALLOCATE name): taken
     /// out of the client's statements when it is sent, so that what follows it in the same
     /// pipeline sees them gone, as PostgreSQL will; put back if it fails.
-    public var removed: [String: ClientStatement] = [:]
+    public var removed: [String: ClientStatement] {
+        get { storage.removed }
+        _modify {
+            let storage = unique()
+            yield &storage.removed
+        }
+    }
     /// `DEALLOCATE name` of one of the client's protocol-level statements.
-    public var deallocated: String?
+    public var deallocated: String? {
+        get { storage.deallocated }
+        _modify {
+            let storage = unique()
+            yield &storage.deallocated
+        }
+    }
     /// `EXECUTE name` of one of the client's protocol-level statements.
-    public var executed: String?
+    public var executed: String? {
+        get { storage.executed }
+        _modify {
+            let storage = unique()
+            yield &storage.executed
+        }
+    }
     /// That statement's row type changed (`StatementCatalogue.resultTypeChanged`): the Query runs
     /// a name that does not exist, and its error is replaced by PostgreSQL's for that case.
-    public var changedResultType = false
+    public var changedResultType: Bool {
+        get { storage.changedResultType }
+        _modify {
+            let storage = unique()
+            yield &storage.changedResultType
+        }
+    }
     /// A Query sent after extended messages not yet synced destroys the client's unnamed
     /// statement only if PostgreSQL does not skip it (after an error in those messages): what
     /// the client had before it.
-    public var unnamedBefore: UnnamedBefore?
-
-    public init(resets: Resets) {
-        self.resets = resets
+    public var unnamedBefore: UnnamedBefore? {
+        get { storage.unnamedBefore }
+        _modify {
+            let storage = unique()
+            yield &storage.unnamedBefore
+        }
     }
 }
 

@@ -26,6 +26,9 @@ public struct ResponseTracker {
     /// none, `headIsLocal` is false without copying the head entry (asked before every message
     /// of a tracked burst).
     public private(set) var localCount = 0
+    /// Entries of `pending` that carry a `ResetWatch` (`.resetQuery`, `.execute` with one):
+    /// while there are none, a CommandComplete needs no look at the head (`headWatch`).
+    public private(set) var watched = 0
     /// Sync points (Query, Sync, FunctionCall) sent to the backend and not yet answered by a
     /// ReadyForQuery.
     public private(set) var outstandingSyncs = 0
@@ -83,12 +86,13 @@ public struct ResponseTracker {
     @inlinable public var head: PendingResponse? { pending.first }
 
     /// A message went to the backend (or is answered by the proxy, `PendingResponse.isLocal`).
-    public mutating func sent(_ entry: PendingResponse) {
+    public mutating func sent(_ entry: __owned PendingResponse) {
         switch entry {
         case .query, .sync: break
         default: tracked += 1
         }
         if entry.isLocal { localCount += 1 }
+        if entry.isWatched { watched += 1 }
         pending.append(entry)
     }
 
@@ -168,40 +172,64 @@ public struct ResponseTracker {
 
     /// The head entry and `type`: whether it completes it, and whether it is the proxy's own.
     private mutating func answer(_ type: UInt8) -> Action {
-        guard let head = pending.first else { return .forward(answered: nil) }
+        guard !pending.isEmpty else { return .forward(answered: nil) }
+        // Looked at in place (the deque's modify access moves the entry out and back): a copy
+        // (`pending.first`) retained and released its strings for every BindComplete,
+        // CommandComplete... of a tracked burst.
+        switch Self.headAnswer(type, &pending[pending.startIndex]) {
+        case .inside: return .forward(answered: nil)
+        case .forward: return .forward(answered: pop())
+        case .drop: return .drop(answered: pop())
+        case .dropInside: return .drop(answered: nil)
+        }
+    }
+
+    /// What a backend message of `type` does to the head entry (`answer`).
+    private enum HeadAnswer {
+        /// Not its answer (or not its last message): forwarded, the entry stays.
+        case inside
+        /// Its answer, forwarded; the entry is popped.
+        case forward
+        /// Its answer, the proxy's own: cut out, the entry popped.
+        case drop
+        /// Part of the answer to the proxy's own question, cut out; the entry stays.
+        case dropInside
+    }
+
+    private static func headAnswer(_ type: UInt8, _ head: inout PendingResponse) -> HeadAnswer {
         switch head {
         case .query, .sync, .resetQuery:
-            return .forward(answered: nil)  // inside a simple query's results
+            return .inside  // inside a simple query's results
         case .parse, .unnamedParse, .duplicateParse:
-            return type == PGMessageType.Backend.parseComplete ? .forward(answered: pop()) : .forward(answered: nil)
+            return type == PGMessageType.Backend.parseComplete ? .forward : .inside
         case .injectedParse, .injectedPlaceholder:
-            return type == PGMessageType.Backend.parseComplete ? .drop(answered: pop()) : .forward(answered: nil)
+            return type == PGMessageType.Backend.parseComplete ? .drop : .inside
         case .injectedClose:
-            return type == PGMessageType.Backend.closeComplete ? .drop(answered: pop()) : .forward(answered: nil)
+            return type == PGMessageType.Backend.closeComplete ? .drop : .inside
         case .bind:
-            return type == PGMessageType.Backend.bindComplete ? .forward(answered: pop()) : .forward(answered: nil)
+            return type == PGMessageType.Backend.bindComplete ? .forward : .inside
         case .describeStatement, .describePortal:
             return type == PGMessageType.Backend.rowDescription || type == PGMessageType.Backend.noData
-                ? .forward(answered: pop()) : .forward(answered: nil)
+                ? .forward : .inside
         case .shapeDescribe:
             switch type {
             case PGMessageType.Backend.parameterDescription:
-                return .drop(answered: nil)  // the proxy's own question
+                return .dropInside  // the proxy's own question
             case PGMessageType.Backend.rowDescription, PGMessageType.Backend.noData:
-                return .drop(answered: pop())
+                return .drop
             default:
-                return .forward(answered: nil)
+                return .inside
             }
         case .changedResultType:
-            return .forward(answered: nil)  // its ErrorResponse is handled there
+            return .inside  // its ErrorResponse is handled there
         case .execute:
             return type == PGMessageType.Backend.commandComplete || type == PGMessageType.Backend.emptyQueryResponse
                 || type == PGMessageType.Backend.portalSuspended
-                ? .forward(answered: pop()) : .forward(answered: nil)
+                ? .forward : .inside
         case .close:
-            return type == PGMessageType.Backend.closeComplete ? .forward(answered: pop()) : .forward(answered: nil)
+            return type == PGMessageType.Backend.closeComplete ? .forward : .inside
         case .localParseComplete, .localCloseComplete, .copyEnd:
-            return .forward(answered: nil)  // answered before each message (`popLocalAnswer`)
+            return .inside  // answered before each message (`popLocalAnswer`)
         }
     }
 
@@ -266,6 +294,7 @@ public struct ResponseTracker {
         default: tracked -= 1
         }
         if entry.isLocal { localCount -= 1 }
+        if entry.isWatched { watched -= 1 }
         return entry
     }
 
@@ -313,6 +342,7 @@ public struct ResponseTracker {
         pending.removeAll(keepingCapacity: true)
         tracked = 0
         localCount = 0
+        watched = 0
     }
 
     /// The backend was lost: nothing is owed, no sync point outstanding.

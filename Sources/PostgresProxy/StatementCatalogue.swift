@@ -72,8 +72,10 @@ public struct StatementCatalogue {
     /// The backend went back to the pool, or was lost: its portals and unnamed statement are
     /// not the client's any more, and no row-type check is under way.
     public mutating func backendDetached() {
-        if !portalStatements.isEmpty { portalStatements.removeAll() }
-        if !portalResets.isEmpty { portalResets.removeAll() }
+        // The storage is kept while small: a client that binds a portal per transaction would
+        // otherwise free it and allocate it again each time.
+        if !portalStatements.isEmpty { portalStatements.removeAll(keepingCapacity: portalStatements.count <= 8) }
+        if !portalResets.isEmpty { portalResets.removeAll(keepingCapacity: portalResets.count <= 8) }
         unnamedOnBackend = false
         awaitingShape = false
         shapeCheck = nil

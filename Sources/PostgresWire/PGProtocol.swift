@@ -28,90 +28,94 @@ public enum PGProtocol {
 ///
 /// Several bytes mean different things depending on the direction (for example `C` is Close from
 /// the frontend and CommandComplete from the backend), hence the two namespaces.
+///
+/// The bytes are inlinable computed properties, not `static let`s: a `static let` of another
+/// module is reached through an accessor call at each use, and these are compared for every
+/// message the proxy relays.
 public enum PGMessageType {
     /// Messages sent by a client (frontend) to the server.
     public enum Frontend {
         /// `B` Bind.
-        public static let bind = UInt8(ascii: "B")
+        @inlinable public static var bind: UInt8 { UInt8(ascii: "B") }
         /// `C` Close (a statement or portal).
-        public static let close = UInt8(ascii: "C")
+        @inlinable public static var close: UInt8 { UInt8(ascii: "C") }
         /// `d` CopyData.
-        public static let copyData = UInt8(ascii: "d")
+        @inlinable public static var copyData: UInt8 { UInt8(ascii: "d") }
         /// `c` CopyDone.
-        public static let copyDone = UInt8(ascii: "c")
+        @inlinable public static var copyDone: UInt8 { UInt8(ascii: "c") }
         /// `f` CopyFail.
-        public static let copyFail = UInt8(ascii: "f")
+        @inlinable public static var copyFail: UInt8 { UInt8(ascii: "f") }
         /// `D` Describe (a statement or portal).
-        public static let describe = UInt8(ascii: "D")
+        @inlinable public static var describe: UInt8 { UInt8(ascii: "D") }
         /// `E` Execute.
-        public static let execute = UInt8(ascii: "E")
+        @inlinable public static var execute: UInt8 { UInt8(ascii: "E") }
         /// `H` Flush.
-        public static let flush = UInt8(ascii: "H")
+        @inlinable public static var flush: UInt8 { UInt8(ascii: "H") }
         /// `F` FunctionCall.
-        public static let functionCall = UInt8(ascii: "F")
+        @inlinable public static var functionCall: UInt8 { UInt8(ascii: "F") }
         /// `P` Parse.
-        public static let parse = UInt8(ascii: "P")
+        @inlinable public static var parse: UInt8 { UInt8(ascii: "P") }
         /// `p` PasswordMessage, SASLInitialResponse, SASLResponse and GSSResponse (the meaning
         /// depends on the authentication exchange in progress).
-        public static let password = UInt8(ascii: "p")
+        @inlinable public static var password: UInt8 { UInt8(ascii: "p") }
         /// `Q` Query (simple query protocol).
-        public static let query = UInt8(ascii: "Q")
+        @inlinable public static var query: UInt8 { UInt8(ascii: "Q") }
         /// `S` Sync.
-        public static let sync = UInt8(ascii: "S")
+        @inlinable public static var sync: UInt8 { UInt8(ascii: "S") }
         /// `X` Terminate.
-        public static let terminate = UInt8(ascii: "X")
+        @inlinable public static var terminate: UInt8 { UInt8(ascii: "X") }
     }
 
     /// Messages sent by the server (backend) to a client.
     public enum Backend {
         /// `R` Authentication request (all Authentication* messages).
-        public static let authentication = UInt8(ascii: "R")
+        @inlinable public static var authentication: UInt8 { UInt8(ascii: "R") }
         /// `K` BackendKeyData.
-        public static let backendKeyData = UInt8(ascii: "K")
+        @inlinable public static var backendKeyData: UInt8 { UInt8(ascii: "K") }
         /// `2` BindComplete.
-        public static let bindComplete = UInt8(ascii: "2")
+        @inlinable public static var bindComplete: UInt8 { UInt8(ascii: "2") }
         /// `3` CloseComplete.
-        public static let closeComplete = UInt8(ascii: "3")
+        @inlinable public static var closeComplete: UInt8 { UInt8(ascii: "3") }
         /// `C` CommandComplete.
-        public static let commandComplete = UInt8(ascii: "C")
+        @inlinable public static var commandComplete: UInt8 { UInt8(ascii: "C") }
         /// `d` CopyData.
-        public static let copyData = UInt8(ascii: "d")
+        @inlinable public static var copyData: UInt8 { UInt8(ascii: "d") }
         /// `c` CopyDone.
-        public static let copyDone = UInt8(ascii: "c")
+        @inlinable public static var copyDone: UInt8 { UInt8(ascii: "c") }
         /// `G` CopyInResponse.
-        public static let copyInResponse = UInt8(ascii: "G")
+        @inlinable public static var copyInResponse: UInt8 { UInt8(ascii: "G") }
         /// `H` CopyOutResponse.
-        public static let copyOutResponse = UInt8(ascii: "H")
+        @inlinable public static var copyOutResponse: UInt8 { UInt8(ascii: "H") }
         /// `W` CopyBothResponse.
-        public static let copyBothResponse = UInt8(ascii: "W")
+        @inlinable public static var copyBothResponse: UInt8 { UInt8(ascii: "W") }
         /// `D` DataRow.
-        public static let dataRow = UInt8(ascii: "D")
+        @inlinable public static var dataRow: UInt8 { UInt8(ascii: "D") }
         /// `I` EmptyQueryResponse.
-        public static let emptyQueryResponse = UInt8(ascii: "I")
+        @inlinable public static var emptyQueryResponse: UInt8 { UInt8(ascii: "I") }
         /// `E` ErrorResponse.
-        public static let errorResponse = UInt8(ascii: "E")
+        @inlinable public static var errorResponse: UInt8 { UInt8(ascii: "E") }
         /// `V` FunctionCallResponse.
-        public static let functionCallResponse = UInt8(ascii: "V")
+        @inlinable public static var functionCallResponse: UInt8 { UInt8(ascii: "V") }
         /// `v` NegotiateProtocolVersion.
-        public static let negotiateProtocolVersion = UInt8(ascii: "v")
+        @inlinable public static var negotiateProtocolVersion: UInt8 { UInt8(ascii: "v") }
         /// `n` NoData.
-        public static let noData = UInt8(ascii: "n")
+        @inlinable public static var noData: UInt8 { UInt8(ascii: "n") }
         /// `N` NoticeResponse.
-        public static let noticeResponse = UInt8(ascii: "N")
+        @inlinable public static var noticeResponse: UInt8 { UInt8(ascii: "N") }
         /// `A` NotificationResponse (LISTEN/NOTIFY).
-        public static let notificationResponse = UInt8(ascii: "A")
+        @inlinable public static var notificationResponse: UInt8 { UInt8(ascii: "A") }
         /// `t` ParameterDescription.
-        public static let parameterDescription = UInt8(ascii: "t")
+        @inlinable public static var parameterDescription: UInt8 { UInt8(ascii: "t") }
         /// `S` ParameterStatus.
-        public static let parameterStatus = UInt8(ascii: "S")
+        @inlinable public static var parameterStatus: UInt8 { UInt8(ascii: "S") }
         /// `1` ParseComplete.
-        public static let parseComplete = UInt8(ascii: "1")
+        @inlinable public static var parseComplete: UInt8 { UInt8(ascii: "1") }
         /// `s` PortalSuspended.
-        public static let portalSuspended = UInt8(ascii: "s")
+        @inlinable public static var portalSuspended: UInt8 { UInt8(ascii: "s") }
         /// `Z` ReadyForQuery.
-        public static let readyForQuery = UInt8(ascii: "Z")
+        @inlinable public static var readyForQuery: UInt8 { UInt8(ascii: "Z") }
         /// `T` RowDescription.
-        public static let rowDescription = UInt8(ascii: "T")
+        @inlinable public static var rowDescription: UInt8 { UInt8(ascii: "T") }
     }
 }
 
