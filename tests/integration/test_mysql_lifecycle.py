@@ -644,6 +644,52 @@ IDLE_TIMEOUT_ERR = ErrPacket(4031, "HY000", "The client was disconnected by the 
                                             "See wait_timeout and interactive_timeout for configuring this behavior.")
 
 
+# A child process that takes a row lock in an open transaction, says so on stdout, and then
+# either idles (in the transaction) or runs a long SLEEP, until it is SIGKILLed.
+LOCK_HOLDER = """
+import sys, time, pymysql
+host, port, password, table, mode = sys.argv[1:]
+conn = pymysql.connect(host=host, port=int(port), user="app", password=password, database="app",
+                       autocommit=True, ssl_disabled=True)
+cur = conn.cursor()
+cur.execute("BEGIN")
+cur.execute(f"UPDATE {table} SET v = 'locked' WHERE id = 1")
+print("locked", flush=True)
+if mode == "sleep":
+    cur.execute("SELECT SLEEP(60)")
+else:
+    time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("mode", ["idle", "sleep"])
+def test_killed_client_releases_its_lock(mysql_proxy, mariadb, mode):
+    p = mysql_proxy()
+    table = mariadb.create_table(f"lock_{uuid.uuid4().hex[:8]}")
+    mariadb.query(f"INSERT INTO {table} VALUES (1, 'free')")
+    locks_held = "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_rows_locked > 0"
+    sleeping = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(60)'"
+    child = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, p.host, str(p.port), p.passwords["app"], table, mode],
+                             stdout=subprocess.PIPE, text=True, env=mysql_env())
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        assert mariadb.scalar(locks_held) == 1
+        if mode == "sleep":
+            wait_for(lambda: mariadb.scalar(sleeping) == 1, 10, "SLEEP(60) to be running")
+    finally:
+        child.kill()
+        child.wait()
+
+    # (InnoDB refreshes what INNODB_TRX shows only when it was not read for 100 ms: poll slower.)
+    wait_for(lambda: mariadb.scalar(locks_held) == 0, 10, "the dead client's lock to go", interval=0.25)
+    wait_for(lambda: mariadb.scalar(sleeping) == 0, 10, "no sleeping backend left")
+    # Another client can take the lock at once.
+    with p.connect() as conn, conn.cursor() as cur:
+        cur.execute("SET SESSION innodb_lock_wait_timeout = 5")
+        cur.execute(f"UPDATE {table} SET v = 'mine' WHERE id = 1")
+    assert mariadb.scalar(f"SELECT v FROM {table} WHERE id = 1") == "mine"
+
+
 def test_idle_client_timeout(mysql_proxy):
     p = mysql_proxy(idle_client_timeout=1)
     with login(p) as idle, p.connect() as busy:
