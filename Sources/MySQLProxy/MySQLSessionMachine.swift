@@ -424,6 +424,14 @@ public struct MySQLSessionMachine: Sendable {
         "session_track_transaction_info", "sql_log_bin", "pseudo_thread_id", "gtid_next",
     ]
 
+    /// What a client whose backend was lost with its transaction, statement or pins on it is
+    /// told before it is closed: MySQL's ER_NET_READ_ERROR (08S01, a communication failure, as
+    /// drivers classify it), with the words the client library uses for a lost server. Not the
+    /// library's own 2013: libmariadb shows a server's ERR with a client-side code (2000...2999)
+    /// as "Received malformed packet".
+    public static let lostConnection = MySQLErrPacket(
+        code: 1158, sqlState: "08S01", message: "Lost connection to MySQL server during query")
+
     /// The backend closed or failed. A session with nothing on it just carries on (the next
     /// command borrows another); one with a command in flight, a transaction, pins or a
     /// restore under way loses them: the client is closed with an error, as a server crash
@@ -437,8 +445,7 @@ public struct MySQLSessionMachine: Sendable {
             heldExpectations.removeAll()
             if lost {
                 state = .closed
-                return .close(MySQLErrPacket(
-                    code: 2013, sqlState: "HY000", message: "Lost connection to MySQL server during query"))
+                return .close(Self.lostConnection)
             }
             state = .idle
             return .none

@@ -1,3 +1,4 @@
+import MySQLProxy
 import MySQLWire
 import ProxyCore
 
@@ -47,9 +48,9 @@ enum MySQLClientErrors {
         MySQLErrPacket(code: 1047, sqlState: "08S01", message: "Unknown command")
     }
 
-    /// The database connection serving the client was lost with its state on it.
-    static let backendLost = MySQLErrPacket(
-        code: 2013, sqlState: "HY000", message: "Lost connection to MySQL server during query")
+    /// The database connection serving the client was lost with its state on it (the session
+    /// machine's `lostConnection`).
+    static let backendLost = MySQLSessionMachine.lostConnection
 
     /// A borrow failed for another reason than the timeout: the database refused or was
     /// unreachable (its own error when it gave one). The database refusing the proxy's login
@@ -67,7 +68,10 @@ enum MySQLClientErrors {
             if let code = failure.code.flatMap({ UInt16($0) }) {
                 return MySQLErrPacket(code: code, sqlState: "HY000", message: failure.message)
             }
-            return MySQLErrPacket(code: 2003, sqlState: "HY000", message: "Can't connect to MySQL server: \(failure.message)")
+            // MySQL's ER_CONNECT_TO_FOREIGN_DATA_SOURCE: a server must not send the client
+            // library's own 2003 (libmariadb shows any ERR in 2000...2999 as "Received malformed
+            // packet").
+            return MySQLErrPacket(code: 1429, sqlState: "HY000", message: "Can't connect to MySQL server: \(failure.message)")
         }
     }
 }

@@ -25,6 +25,7 @@ says "Server has gone away"); the proxy sends an ERR first, which a raw client r
 from __future__ import annotations
 
 import json
+import re
 import secrets as pysecrets
 import signal
 import subprocess
@@ -642,6 +643,56 @@ def test_secret_from_secrets_manager_and_its_rotation(mariadb, concierge_bin, tm
 
 IDLE_TIMEOUT_ERR = ErrPacket(4031, "HY000", "The client was disconnected by the server because of inactivity. "
                                             "See wait_timeout and interactive_timeout for configuring this behavior.")
+
+
+def test_database_down_gives_a_clear_error_and_the_proxy_keeps_running(mysql_proxy):
+    # Nothing listens on the target: a logged-in client's statement gets an ERR naming the
+    # problem (not a hang), its connection stays usable, and the proxy stays up for the next one.
+    # The `mariadb` client shows a server's ERR with a client-side code (2000-2999, such as 2003)
+    # as "ERROR 2027 (HY000): Received malformed packet": the proxy must not send those.
+    p = mysql_proxy(db_port=free_port(), wait_ready=False, connection_borrow_timeout=2)
+    for _ in range(2):
+        proc = p.cli("SELECT 1", check=False)
+        assert proc.returncode == 1
+        assert re.fullmatch(r"ERROR \d{4} \(HY000\) at line 1: Can't connect to MySQL server: .*Connection refused.*",
+                            proc.stderr.strip()), proc.stderr
+        assert not proc.stderr.startswith("ERROR 2"), proc.stderr
+    with login(p) as w:
+        for _ in range(2):
+            err = w.query("SELECT 1")
+            assert isinstance(err, ErrPacket) and not 2000 <= err.code < 3000, err
+            assert "Can't connect to MySQL server" in err.message
+    assert p.alive()
+
+
+def test_backend_lost_in_a_transaction_closes_the_client_with_a_clear_error(mysql_proxy, mariadb):
+    # The database ends the session serving a client's open transaction (KILL, a crash): the
+    # transaction is gone, so the client is told and closed; other clients go on.
+    p = mysql_proxy()
+    with login(p) as w:
+        assert isinstance(w.query("BEGIN"), Packet)
+        backend_id = int(rows(w.query("SELECT CONNECTION_ID()"))[0][0])
+        mariadb.query(f"KILL CONNECTION {backend_id}")
+        packets, _ = read_until_closed(w, 10)
+        err = last_err(packets)
+        assert err.sqlstate == "08S01" and not 2000 <= err.code < 3000, err
+        assert "Lost connection" in err.message, err
+    # A PyMySQL client in the same situation sees it at its next statement: the proxy's ERR, or
+    # (if the closed socket was reset first) PyMySQL's own 2013.
+    conn = p.connect(autocommit=False)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT CONNECTION_ID()")
+            seen = p.log(10**9).count("database connection lost while serving this client")
+            mariadb.query(f"KILL CONNECTION {cur.fetchone()[0]}")
+            wait_for(lambda: p.log(10**9).count("database connection lost while serving this client") > seen, 10,
+                     "the proxy to notice")
+            with pytest.raises(pymysql.err.OperationalError) as exc:
+                cur.execute("SELECT 1")
+            assert exc.value.args[0] in (err.code, 2013), exc.value.args
+    finally:
+        conn.close()
+    p.assert_serves()
 
 
 # A child process that takes a row lock in an open transaction, says so on stdout, and then
