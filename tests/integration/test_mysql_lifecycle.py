@@ -6,17 +6,21 @@ test_drain.py, test_secrets.py, test_secrets_manager.py, test_client_lifecycle.p
   that needs a restart (a listen address, the engine family) is refused and logged, and the
   running configuration stays.
 - SIGTERM: new clients are refused, idle clients get ERROR 1053 (Server shutdown in progress)
-  and are closed at once (pinned ones too), an open transaction may finish and commit, one that
-  never does is ended (and rolled back on the database) at drain_timeout; clients that came and
-  went leave nothing that holds the shutdown up.
+  and are closed at once (pinned ones too), an open transaction may finish and commit, a
+  statement waiting for a backend is served, one that never finishes is ended (and rolled back
+  on the database) at drain_timeout; clients that came and went leave nothing that holds the
+  shutdown up.
 - Secrets: a rotated secret (the database's password changed first) takes effect without
   dropping clients: new logins are checked against it and new backends log in to MariaDB with
   it; a stale secret marks the target AUTH_FAILURE (named, never its value) and heals once
   fixed; a secret in Secrets Manager (moto_server) and its rotation.
-- idle_client_timeout closes a client idle between transactions (ERROR 4031), pinned ones too
-  (and closes their backend), but never one inside a transaction, running a long statement, or
-  waiting for a backend; a client that does not finish its login within 30 s is closed (ERROR
-  1043, Bad handshake).
+- Clients that die leave no lock or transaction behind; a database that is down or a backend
+  lost mid-transaction gives a clear ERR (never a client library's own 2000-2999 code, which the
+  `mariadb` client shows as "Received malformed packet").
+- idle_client_timeout (also changed live) closes a client idle between transactions (ERROR
+  4031), pinned ones too (and closes their backend), but never one inside a transaction, running
+  a long statement, or waiting for a backend; a client that does not finish its login within
+  30 s is closed (ERROR 1043, Bad handshake, with the sequence id its client waits for).
 
 MariaDB itself closes a timed-out or killed connection without a word (the `mariadb` client then
 says "Server has gone away"); the proxy sends an ERR first, which a raw client reads here.
