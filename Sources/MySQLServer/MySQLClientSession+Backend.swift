@@ -29,20 +29,20 @@ extension MySQLClientSession {
             // The tracker reads a logical payload's first packet only: a 0xFFFFFF-byte packet is
             // never an EOF or OK, which is all it needs to know of a long row.
             if continuation { continue }
-            guard var machine else { return }
+            // In place (`machine!`), as in `handleCommand`: no copy per packet.
+            guard machine != nil else { return }
             let action: MySQLSessionMachine.Action
             do {
-                action = try machine.serverPacket(payload)
+                action = try machine!.serverPacket(payload)
             } catch {
-                self.machine = machine
                 log(.warning, "database sent a malformed packet", ["concierge.error": "\(error)"])
                 releaseBackend(reusable: false)
                 fail(with: MySQLClientErrors.backendLost)
                 return
             }
-            self.machine = machine
-            if machine.lastPacketEndedResponse { responseEnded() }
-            if machine.lastPacketWasOK, !machine.capabilities.contains(.sessionTrack), action.forwardsToClient,
+            let cutSessionState = machine!.lastPacketWasOK && !machine!.capabilities.contains(.sessionTrack)
+            if machine!.lastPacketEndedResponse { responseEnded() }
+            if cutSessionState, action.forwardsToClient,
                 rewriteOK(payload, sequenceID: header.sequenceID, packets, from: forwardStart, to: packetStart, context: context)
             {
                 forwardStart = buffer.readerIndex

@@ -86,6 +86,9 @@ extension MySQLClientSession {
         // to "none", so such a backend is not reused once a USE selected one).
         poolKey = PoolKey(user: result.user, database: schema.isEmpty ? "" : MySQLEngine.anySchema, variant: profile.description)
         machine = MySQLSessionMachine(capabilities: result.capabilities, loginSchema: schema)
+        loginClassifierOptions = runtime.engine.classifierOptions
+        classifierOptionsCache = loginClassifierOptions
+        classifierOptionsMode = nil
         let ok = MySQLOKPacket(affectedRows: 0, lastInsertID: 0, status: .autocommit, warnings: 0, info: "", sessionStateChanges: [])
         var out = context.channel.allocator.buffer(capacity: 16)
         out.writeMySQLPacket(sequenceID: result.nextSequenceID) { ok.encode(into: &$0, capabilities: result.capabilities) }

@@ -35,6 +35,11 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
     var login: MySQLClientLogin
     /// Nil until login completes.
     var machine: MySQLSessionMachine?
+    /// The proxy's classifier options when this client logged in (`classifierOptions`).
+    var loginClassifierOptions = MySQLClassifierOptions()
+    /// `classifierOptions` for the client's sql_mode `classifierOptionsMode` (nil: the server's).
+    var classifierOptionsCache = MySQLClassifierOptions()
+    var classifierOptionsMode: String?
     var user = ""
     var poolKey = PoolKey(user: "", database: "")
     var backend: MySQLBackendConnection?
@@ -214,11 +219,12 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
     }
 
     func handleCommand(_ command: (code: UInt8, bytes: ByteBuffer, payloadLength: Int), context: ChannelHandlerContext) {
-        guard var machine else { return }
-        if machine.sendingInfile {
+        // The machine is changed in place (`machine!`), never copied out and written back: a
+        // copy alive while it changes would make its arrays and dictionaries copy themselves.
+        guard machine != nil else { return }
+        if machine!.sendingInfile {
             // LOCAL INFILE content: straight to the backend; the empty packet ends it.
-            machine.infileDataReceived(isLast: command.payloadLength == 0)
-            self.machine = machine
+            machine!.infileDataReceived(isLast: command.payloadLength == 0)
             backend?.write(command.bytes)
             needsFlushToBackend = true
             return
@@ -228,23 +234,20 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
         case MySQLCommand.query.rawValue:
             classification = classify(command.bytes, payloadLength: command.payloadLength)
         case MySQLCommand.resetConnection.rawValue:
-            self.machine = machine
             resetConnection(context: context)
             return
         case MySQLCommand.changeUser.rawValue, MySQLCommand.processKill.rawValue, MySQLCommand.binlogDump.rawValue,
             MySQLCommand.binlogDumpGTID.rawValue, MySQLCommand.registerSlave.rawValue:
             // Not served through the proxy yet (COM_CHANGE_USER and COM_PROCESS_KILL: the next
             // issue): refused like a server that does not know them.
-            self.machine = machine
             answer(MySQLClientErrors.unsupportedCommand(command.code), context: context)
             return
         default:
             break
         }
-        let pinsBefore = machine.pins
-        let action = machine.commandReceived(.init(code: command.code, bytes: command.bytes), classification: classification)
-        let newPins = machine.pins.subtracting(pinsBefore)
-        self.machine = machine
+        let pinsBefore = machine!.pins
+        let action = machine!.commandReceived(.init(code: command.code, bytes: command.bytes), classification: classification)
+        let newPins = machine!.pins.subtracting(pinsBefore)
         if !newPins.isEmpty { pinned(newPins, statement: classification != nil ? command.bytes : nil) }
         run(action, context: context)
     }
@@ -267,14 +270,23 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
         return MySQLClassifier.classify(joined.dropFirst(), options: options)
     }
 
+    /// The classifier's options for this client: the proxy's (taken at login, as PostgreSQL
+    /// sessions take theirs) with what the client's sql_mode changes in the SQL it writes. Worked
+    /// out again only when that sql_mode changes, not per statement: the proxy's options sit
+    /// behind the engine's lock.
     var classifierOptions: MySQLClassifierOptions {
-        var options = runtime.engine.classifierOptions
-        if let mode = machine?.client.variables["sql_mode"] {
-            let upper = mode.uppercased()
-            options.noBackslashEscapes = upper.contains("NO_BACKSLASH_ESCAPES")
-            options.ansiQuotes = upper.contains("ANSI_QUOTES") || upper.contains("ANSI")
+        let mode = machine?.client.variables["sql_mode"]
+        if mode != classifierOptionsMode {
+            var options = loginClassifierOptions
+            if let mode {
+                let upper = mode.uppercased()
+                options.noBackslashEscapes = upper.contains("NO_BACKSLASH_ESCAPES")
+                options.ansiQuotes = upper.contains("ANSI_QUOTES") || upper.contains("ANSI")
+            }
+            classifierOptionsCache = options
+            classifierOptionsMode = mode
         }
-        return options
+        return classifierOptionsCache
     }
 
     func pinned(_ reasons: MySQLPinReasons, statement: ByteBuffer?) {
