@@ -32,6 +32,9 @@ public struct MySQLSessionMachine: Sendable {
         case variables(thenSchema: String?)
         /// COM_INIT_DB sent.
         case schema
+        /// `MySQLRestorePlan.clearDiagnosticsStatement` sent (first, before the plan's others):
+        /// the backend's diagnostics area held another client's conditions.
+        case diagnostics
     }
 
     /// A complete client command as the handler framed it.
@@ -103,6 +106,8 @@ public struct MySQLSessionMachine: Sendable {
     /// GET DIAGNOSTICS or @@warning_count read the client's own conditions there and not
     /// another backend's. That command's own response decides again.
     private var holdForDiagnostics = false
+    /// The rest of a lease's restore plan while the backend's diagnostics area is cleared.
+    private var planAfterClearing: MySQLRestorePlan?
     /// The client is sending a LOCAL INFILE's content (after the server asked for it).
     public private(set) var sendingInfile = false
     /// The last server status seen on this backend (for the release decision).
@@ -244,6 +249,19 @@ public struct MySQLSessionMachine: Sendable {
         let plan = MySQLRestorePlan(
             client: client, backend: backendState, baseline: baseline, loginSchema: nil,
             noBackslashEscapes: noBackslashEscapes)
+        if plan.clearDiagnostics {
+            // Another client's warnings or error must not be what this client's SHOW WARNINGS
+            // shows: cleared first, then the rest of the plan.
+            planAfterClearing = plan
+            state = .restoring(.diagnostics)
+            tracker.commandSent(.response)
+            return .sendRestoreQuery(MySQLRestorePlan.clearDiagnosticsStatement)
+        }
+        return restore(plan)
+    }
+
+    /// The plan's SET SESSION, then its COM_INIT_DB, then the held commands.
+    private mutating func restore(_ plan: MySQLRestorePlan) -> Action {
         if let statement = plan.setStatement {
             state = .restoring(.variables(thenSchema: plan.schema))
             tracker.commandSent(.response)
@@ -307,6 +325,11 @@ public struct MySQLSessionMachine: Sendable {
                 }
                 try? recordSessionState(payload)
                 switch step {
+                case .diagnostics:
+                    backend.mayHoldConditions = false
+                    let plan = planAfterClearing ?? MySQLRestorePlan()
+                    planAfterClearing = nil
+                    return restore(plan)
                 case .variables(let schema?):
                     state = .restoring(.schema)
                     tracker.commandSent(.response)
@@ -337,7 +360,11 @@ public struct MySQLSessionMachine: Sendable {
                     self.status = status
                     if status.contains(.sessionStateChanged) { try? recordSessionState(payload) }
                 }
-                holdForDiagnostics = tracker.lastResponseLeftConditions
+                // An ERR of SQLSTATE class 08 (1156 packets out of order, 1153 packet too large,
+                // 1927 killed) comes as the server closes the connection: nothing to read there.
+                let serverCloses = wasError && Self.errorClosesConnection(payload)
+                holdForDiagnostics = tracker.lastResponseLeftConditions && !serverCloses
+                if holdForDiagnostics { backend.mayHoldConditions = true }
                 if canRelease {
                     state = .idle
                     return .forwardToClientAndRelease
@@ -347,6 +374,13 @@ public struct MySQLSessionMachine: Sendable {
         case .idle, .borrowing, .closed:
             return .none
         }
+    }
+
+    /// Whether an ERR packet is one the server sends as it closes the connection: SQLSTATE
+    /// class 08 (connection exception).
+    static func errorClosesConnection(_ payload: ByteBuffer) -> Bool {
+        guard let error = try? MySQLErrPacket(parsing: payload) else { return false }
+        return error.sqlState.hasPrefix("08")
     }
 
     /// An OK's last-insert-id (read in place: affected rows, then the id, both length-encoded):

@@ -16,11 +16,18 @@ public struct MySQLSessionState: Sendable, Hashable {
     /// OK packet reported (a statement that generates none leaves it). Per connection in MySQL,
     /// so a lease sets it (`last_insert_id` is a session variable) when it differs.
     public var lastInsertID: UInt64
+    /// The connection's diagnostics area may hold conditions (warnings, an error) of a statement
+    /// that SHOW WARNINGS, SHOW ERRORS and GET DIAGNOSTICS would show: MariaDB keeps them until a
+    /// statement that uses a table. Set on a backend by a response that left some; a lease to
+    /// another client clears them first. Always false for a client's wanted state.
+    public var mayHoldConditions: Bool
 
-    public init(variables: [String: String] = [:], schema: String? = nil, lastInsertID: UInt64 = 0) {
+    public init(variables: [String: String] = [:], schema: String? = nil, lastInsertID: UInt64 = 0,
+                mayHoldConditions: Bool = false) {
         self.variables = variables
         self.schema = schema
         self.lastInsertID = lastInsertID
+        self.mayHoldConditions = mayHoldConditions
     }
 
     /// Applies what the server reported in an OK packet's session-state information.
@@ -30,14 +37,25 @@ public struct MySQLSessionState: Sendable, Hashable {
 }
 
 /// The statements that make a backend's session state the client's: one `SET SESSION` for every
-/// variable that differs, and the schema (sent as COM_INIT_DB by the session).
+/// variable that differs, and the schema (sent as COM_INIT_DB by the session); before them, a
+/// statement that clears another client's conditions from the diagnostics area.
 public struct MySQLRestorePlan: Sendable, Hashable {
     /// `SET SESSION a = ..., b = ...`, or nil when every variable already matches.
     public var setStatement: String?
     /// The schema to select, or nil when it already matches.
     public var schema: String?
+    /// The backend's diagnostics area must be cleared (`clearDiagnosticsStatement`) first.
+    public var clearDiagnostics = false
 
-    public var isEmpty: Bool { setStatement == nil && schema == nil }
+    public var isEmpty: Bool { setStatement == nil && schema == nil && !clearDiagnostics }
+
+    /// A statement that empties the diagnostics area and adds nothing to the session: MariaDB
+    /// clears the area only for a statement that uses a table (MySQL for any statement that is
+    /// not a diagnostic one); every user may read information_schema.COLLATIONS.
+    public static let clearDiagnosticsStatement = "DO (SELECT 1 FROM information_schema.COLLATIONS LIMIT 0)"
+
+    /// The empty plan.
+    public init() {}
 
     /// The plan that turns `backend` into `client`. `baseline` is what the backend's pool key
     /// starts from: a variable the backend changed and the client did not goes back to its
@@ -71,6 +89,7 @@ public struct MySQLRestorePlan: Sendable, Hashable {
         let wantedSchema = client.schema ?? loginSchema
         let currentSchema = backend.schema ?? loginSchema
         schema = wantedSchema != currentSchema ? wantedSchema : nil
+        clearDiagnostics = backend.mayHoldConditions && !client.mayHoldConditions
     }
 
     /// A value as the server reported it, written so that `SET` gives it back: integers bare

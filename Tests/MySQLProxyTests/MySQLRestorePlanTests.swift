@@ -56,3 +56,16 @@ final class MySQLRestorePlanTests: XCTestCase {
         XCTAssertEqual(plan(client: client, backend: MySQLSessionState()).setStatement, "SET SESSION character_set_results = NULL")
     }
 }
+
+extension MySQLRestorePlanTests {
+    func testABackendWithConditionsIsCleared() {
+        let dirty = MySQLSessionState(schema: "app", mayHoldConditions: true)
+        let plan = MySQLRestorePlan(client: .init(schema: "app"), backend: dirty, baseline: [:], loginSchema: nil, noBackslashEscapes: false)
+        XCTAssertTrue(plan.clearDiagnostics)
+        XCTAssertFalse(plan.isEmpty)
+        XCTAssertNil(plan.setStatement)
+        XCTAssertNil(plan.schema)
+        XCTAssertFalse(MySQLRestorePlan(client: .init(schema: "app"), backend: .init(schema: "app"), baseline: [:],
+                                        loginSchema: nil, noBackslashEscapes: false).clearDiagnostics)
+    }
+}

@@ -375,6 +375,14 @@ extension MySQLSessionMachineTests {
         XCTAssertTrue(isForward(try machine.serverPacket(err(1146, "Table 'app.no_such_table' doesn't exist"))))
         guard case .forwardToBackend = send(&machine, "SELECT 1") else { return XCTFail("expected the same backend") }
         XCTAssertTrue(isRelease(try machine.serverPacket(ok(.autocommit))))
+
+        // An error the server closes the connection with (SQLSTATE class 08) keeps nothing: the
+        // client's next command must borrow a live backend (found by test_mysql_bad_input.py:
+        // after 1156 the next command went to the closing backend and the client lost it).
+        machine = attached("SELECT 2")
+        var closing = ByteBuffer()
+        MySQLErrPacket(code: 1156, sqlState: "08S01", message: "Got packets out of order").encode(into: &closing)
+        XCTAssertTrue(isRelease(try machine.serverPacket(closing)))
     }
 }
 
@@ -447,5 +455,42 @@ extension MySQLSessionMachineTests {
         XCTAssertFalse(machine.lastPacketEndedResponse)
         XCTAssertTrue(isRelease(try machine.serverPacket(ok(.autocommit))))
         XCTAssertTrue(machine.lastPacketEndedResponse)
+    }
+}
+
+extension MySQLSessionMachineTests {
+    /// A backend returned with conditions in its diagnostics area (the last client's warnings or
+    /// error, which MariaDB keeps until a statement uses a table) is cleared before the next
+    /// client's commands, then restored as usual: that client's SHOW WARNINGS must not show
+    /// another's error (found with test_mysql_clients.py's diagnostics test).
+    func testAnotherClientsConditionsAreClearedOnTheNextLease() throws {
+        // The first client's error marks its backend.
+        var first = attached("SELECT * FROM no_such_table")
+        XCTAssertTrue(isForward(try first.serverPacket(err(1146, "Table 'app.no_such_table' doesn't exist"))))
+        XCTAssertTrue(first.backend.mayHoldConditions)
+        guard case .forwardToBackend = send(&first, "SELECT 1") else { return XCTFail() }
+        XCTAssertTrue(isRelease(try first.serverPacket(ok(.autocommit))))
+        XCTAssertTrue(first.backend.mayHoldConditions, "SELECT 1 does not clear MariaDB's diagnostics area")
+
+        // The next client, whose time zone differs: clearing, then its SET, then its command.
+        var next = MySQLSessionMachine(capabilities: caps, loginSchema: "app")
+        guard case .borrow = send(&next, "SHOW WARNINGS") else { return XCTFail() }
+        var backendState = first.backend
+        backendState.variables["time_zone"] = "+01:00"
+        guard case .sendRestoreQuery(let clear) = next.borrowed(backendState: backendState, baseline: ["time_zone": "SYSTEM"], noBackslashEscapes: false)
+        else { return XCTFail("expected the diagnostics area to be cleared first") }
+        XCTAssertEqual(clear, MySQLRestorePlan.clearDiagnosticsStatement)
+        XCTAssertEqual(next.state, .restoring(.diagnostics))
+        guard case .sendRestoreQuery(let set) = try next.serverPacket(ok(.autocommit)) else { return XCTFail() }
+        XCTAssertEqual(set, "SET SESSION time_zone = 'SYSTEM'")
+        guard case .sendToBackend(let commands) = try next.serverPacket(ok(.autocommit)) else { return XCTFail() }
+        XCTAssertEqual(commands.count, 1)
+        XCTAssertFalse(next.backend.mayHoldConditions)
+
+        // A clean backend: no clearing.
+        var clean = MySQLSessionMachine(capabilities: caps, loginSchema: "app")
+        _ = send(&clean, "SHOW WARNINGS")
+        guard case .sendToBackend = clean.borrowed(backendState: .init(schema: "app"), baseline: [:], noBackslashEscapes: false)
+        else { return XCTFail("a clean backend needs no restore") }
     }
 }

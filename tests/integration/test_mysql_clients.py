@@ -332,6 +332,46 @@ def test_mysqlclient_workload_as_directly(mysql_proxy, mariadb):
     p.assert_serves()
 
 
+
+def diagnostics_seen(target: MyTarget) -> list[tuple[str, Any]]:
+    """Two clients in turn: SHOW WARNINGS after one's warning and after its error, then the other
+    client's SHOW WARNINGS and @@warning_count (a new session's diagnostics area is empty)."""
+    seen: list[tuple[str, Any]] = []
+    a = mysqlclient_connect(target, autocommit=True)
+    b = mysqlclient_connect(target, autocommit=True)
+    try:
+        ca, cb = a.cursor(), b.cursor()
+        ca.execute("SELECT CAST('x' AS INT)")
+        seen.append(("a warning", (ca.fetchall(), a.warning_count())))
+        ca.execute("SHOW WARNINGS")
+        seen.append(("a's SHOW WARNINGS", ca.fetchall()))
+        seen.append(("a's error", error_of(lambda: ca.execute("SELECT * FROM no_such_table"))))
+        ca.execute("SHOW WARNINGS")
+        seen.append(("a's SHOW WARNINGS after its error", ca.fetchall()))
+        ca.execute("SELECT 1")  # MariaDB keeps the error in the diagnostics area after this
+        seen.append(("a's SELECT 1", ca.fetchall()))
+        cb.execute("SHOW WARNINGS")
+        seen.append(("b's SHOW WARNINGS", cb.fetchall()))
+        cb.execute("SELECT @@warning_count, @@error_count")
+        seen.append(("b's counts", cb.fetchall()))
+    finally:
+        a.close()
+        b.close()
+    return seen
+
+
+def test_show_warnings_is_each_clients_own(mysql_proxy, mariadb):
+    """One backend for two clients: each one's SHOW WARNINGS shows its own warnings and errors,
+    never the other's, as directly."""
+    require_mysqlclient()
+    direct = diagnostics_seen(mariadb)
+    assert dict(direct)["b's SHOW WARNINGS"] == ()
+    assert dict(direct)["a's SHOW WARNINGS after its error"] == (
+        ("Error", 1146, "Table 'app.no_such_table' doesn't exist"),)
+    p = mysql_proxy(max_connections_percent=1, connection_borrow_timeout=5)  # 1 backend
+    compare(direct, diagnostics_seen(p), "two clients")
+    p.assert_serves()
+
 # -- MariaDB Connector/J ---------------------------------------------------------------------
 
 def run_jdbc(target: MyTarget, threads: int, iterations: int, options: str = "") -> list[str]:
