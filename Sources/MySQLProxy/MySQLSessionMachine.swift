@@ -65,6 +65,10 @@ public struct MySQLSessionMachine: Sendable {
         case forwardToClient
         /// Forward the server packet just given to the client, then return the backend to the pool.
         case forwardToClientAndRelease
+        /// Forward the server packet just given to the client, then close the backend: the
+        /// server is closing it (an ERR of SQLSTATE class 08), so it must not go back to the pool
+        /// for another client's next command to find it dead.
+        case forwardToClientAndDiscard
         /// Answer the client with this error packet (sequence id 1: the answer to its command).
         case answerClient(MySQLErrPacket)
         /// Answer a COM_PING (an OK, sequence id 1) without a backend.
@@ -367,7 +371,7 @@ public struct MySQLSessionMachine: Sendable {
                 if holdForDiagnostics { backend.mayHoldConditions = true }
                 if canRelease {
                     state = .idle
-                    return .forwardToClientAndRelease
+                    return serverCloses ? .forwardToClientAndDiscard : .forwardToClientAndRelease
                 }
                 return .forwardToClient
             }

@@ -20,6 +20,7 @@ extension MySQLClientSession {
         var buffer = packets
         var forwardStart = buffer.readerIndex
         var release = false
+        var reusable = true
         while let header = buffer.peekMySQLPacketHeader(), buffer.readableBytes >= 4 + header.length {
             let packetStart = buffer.readerIndex
             let payload = buffer.getSlice(at: packetStart + 4, length: header.length)!
@@ -57,6 +58,9 @@ extension MySQLClientSession {
                 continue
             case .forwardToClientAndRelease:
                 release = true
+            case .forwardToClientAndDiscard:
+                release = true
+                reusable = false
             case .none:
                 // The proxy's own statement's answer: not the client's.
                 flushForwarded(packets, from: forwardStart, to: packetStart, context: context)
@@ -72,7 +76,7 @@ extension MySQLClientSession {
         flushForwarded(packets, from: forwardStart, to: buffer.readerIndex, context: context)
         if release {
             context.flush()
-            releaseBackend(reusable: true)
+            releaseBackend(reusable: reusable)
         } else if draining, machine?.isBetweenTransactions == true {
             // A pinned client's command (it keeps its backend) was its last.
             context.flush()

@@ -322,7 +322,7 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
                 payload.writeString(schema)
             }
             backend?.writeAndFlush(out)
-        case .forwardToClient, .forwardToClientAndRelease:
+        case .forwardToClient, .forwardToClientAndRelease, .forwardToClientAndDiscard:
             // Handled per packet in `backendDidRead`.
             break
         case .answerClient(let error):
@@ -520,7 +520,7 @@ extension MySQLSessionMachine.Action {
     /// The server packet just read goes to the client.
     var forwardsToClient: Bool {
         switch self {
-        case .forwardToClient, .forwardToClientAndRelease: return true
+        case .forwardToClient, .forwardToClientAndRelease, .forwardToClientAndDiscard: return true
         default: return false
         }
     }
