@@ -66,12 +66,13 @@ extension ProxyRuntime: AdminManagedProxy {
     /// `concierge_target_available{target, role}`: 1 when the target is AVAILABLE; series of
     /// deregistered targets (or of a role a target no longer has) are removed.
     private func updateTargetGauges() {
-        let (targets, writer, health) = state.withLockedValue {
-            ($0.configuration.targetGroup.targets.map(\.endpoint), $0.targetGroup.writer, $0.targetGroup.health)
+        let (targets, roles, health) = state.withLockedValue { state -> ([HostPort], [String], [HostPort: TargetHealth]) in
+            let targets = state.configuration.targetGroup.targets.map(\.endpoint)
+            return (targets, targets.map { state.targetGroup.roleName(of: $0) }, state.targetGroup.health)
         }
         var wanted: [String: (labels: [(String, String)], value: Int64)] = [:]
-        for target in targets {
-            let role = target == writer ? "READ_WRITE" : "UNKNOWN"
+        for (target, role) in zip(targets, roles) {
+            // The role describe-db-proxy-targets shows (READ_WRITE, READ_ONLY, UNKNOWN).
             wanted["\(target)|\(role)"] = (
                 [("proxy", name), ("target_group", metrics.targetGroup), ("target", target.description), ("role", role)],
                 health[target]?.state == .available ? 1 : 0)

@@ -109,6 +109,15 @@ extension ProxyRuntime {
             unresponsive.retire()
             unresponsive.abortAll()
         }
+        if let demoted = action.writerDemoted {
+            // Its backends would run new transactions on a server that refuses writes: retired
+            // (idle ones close now, leased ones when returned), so new transactions wait for a
+            // writer. The writer change, if this check made one, retires them anyway.
+            logger.warning("the writer is read-only now: its connections are closed as they are returned", metadata: [
+                "concierge.target": "\(demoted)",
+            ])
+            if action.writerChange == nil { pool.retire() }
+        }
         if let change = action.writerChange {
             logger.warning("writer changed: new backends go to the new writer", metadata: [
                 "concierge.previous_writer": "\(change.old.map(\.description) ?? "none")",

@@ -88,14 +88,19 @@ extension TargetGroupStateMachine {
     }
 
     /// What the runtime does after a health check, in this order: refuse the waiters that are not
-    /// in a failover, abort an unresponsive target's pools, apply a writer change (or log that the
-    /// writer is available again), log a lost writer, resume the waiters, then apply reader changes.
+    /// in a failover, abort an unresponsive target's pools, retire a demoted writer's pool, apply a
+    /// writer change (or log that the writer is available again), log a lost writer, resume the
+    /// waiters, then apply reader changes.
     public struct TargetCheckedAction: Hashable, Sendable {
         /// Waiters to fail with `refusal` (all with the same reason: it does not depend on the waiter).
         public var refuse: [OpenWaiterID] = []
         public var refusal: NoWriterReason?
         public var unresponsive: Unresponsive?
         public var writerChange: WriterChange?
+        /// The writer's check found it up but a reader now (it was demoted while up, not lost):
+        /// the writer's pool retires its backends, which are to a server that refuses writes, so
+        /// that new transactions wait for the next writer instead of failing there.
+        public var writerDemoted: Target?
         /// The target group has a writer again (logged unless `writerChange` says more).
         public var writerBecameAvailable = false
         /// The target group lost its writer: new opens wait for one (up to the borrow timeout).

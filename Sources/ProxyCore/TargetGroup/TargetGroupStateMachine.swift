@@ -134,6 +134,11 @@ public struct TargetGroupStateMachine<Target: Hashable & Sendable & CustomString
         case .up(let role, let maxConnections):
             unresponsiveTargets.remove(target)
             health[target] = TargetHealth(state: .available)
+            if role == .reader, case .available(let current, _) = writerState, current == target {
+                // The writer answers as a reader now (MySQL: `SET GLOBAL read_only = 1`, a
+                // switchover's first step): its backends are to a server that refuses writes.
+                action.writerDemoted = target
+            }
             roles[target] = role == .reader ? .reader : .writer
             if let maxConnections { targetMaxConnections[target] = maxConnections }
         case .upUnknownRole(let why):
