@@ -30,10 +30,20 @@ public struct MySQLSessionState: Sendable, Hashable {
         self.mayHoldConditions = mayHoldConditions
     }
 
-    /// Applies what the server reported in an OK packet's session-state information.
+    /// Applies what the server reported in an OK packet's session-state information (but not a
+    /// variable of `reportedReadOnly`).
     public mutating func apply(variable name: String, value: String) {
-        variables[name.lowercased()] = value
+        let name = name.lowercased()
+        guard !Self.reportedReadOnly.contains(name) else { return }
+        variables[name] = value
     }
+
+    /// Read-only variables the server reports as changed by a statement: MariaDB's `last_gtid`
+    /// (with a binary log on, every commit reports its GTID, for causal reads). Information
+    /// about that statement, not state a lease could restore: `SET SESSION last_gtid` is refused
+    /// (error 1238), and the client's next command failed with it on another backend (found by
+    /// test_mysql_failover.py, the first MySQL test with a binary log on).
+    public static let reportedReadOnly: Set<String> = ["last_gtid"]
 }
 
 /// The statements that make a backend's session state the client's: one `SET SESSION` for every
