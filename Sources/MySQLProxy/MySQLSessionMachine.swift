@@ -399,6 +399,23 @@ public struct MySQLSessionMachine: Sendable {
         backend.lastInsertID = id.value
     }
 
+    /// The backend is kept only for the client's diagnostics (the last response left warnings or
+    /// an error) and must not run the client's next command: its pool retired it (the writer
+    /// changed, or became read-only: it is connected to a server that no longer takes the
+    /// client's writes). Called before that command: the backend goes (not reused) and the
+    /// command borrows another. Anything else that keeps it (a transaction, pins, a statement
+    /// running) keeps it here too: `.none`.
+    public mutating func dropDiagnosticsHold() -> Action {
+        guard case .attached = state, holdForDiagnostics else { return .none }
+        holdForDiagnostics = false
+        guard canRelease else {
+            holdForDiagnostics = true
+            return .none
+        }
+        state = .idle
+        return .release(reusable: false)
+    }
+
     /// The backend may go back to the pool now.
     private var canRelease: Bool {
         !inFlight && pins.isEmpty && !sendingInfile && held.isEmpty && holdForNextTransaction == 0 && !holdForDiagnostics

@@ -139,6 +139,18 @@ extension MySQLClientSession {
         }
     }
 
+    /// A backend kept only for the client's diagnostics (its last response left warnings or an
+    /// error) whose pool retired it since does not run the client's next command: the writer
+    /// changed or became read-only, and it is connected to a server that no longer takes writes
+    /// (a client whose INSERT got the demoted primary's 1290 would otherwise send every next
+    /// one there, for ever). It goes, and the command borrows another.
+    func dropStaleDiagnosticsHold() {
+        guard let backend, let pool = borrowPool, backend.generation != pool.generation,
+              case .release(let reusable) = machine!.dropDiagnosticsHold()
+        else { return }
+        releaseBackend(reusable: reusable)
+    }
+
     func backendDidClose() {
         guard backend != nil, var machine, let context else { return }
         backend = nil

@@ -245,6 +245,7 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
         default:
             break
         }
+        dropStaleDiagnosticsHold()
         let pinsBefore = machine!.pins
         let action = machine!.commandReceived(.init(code: command.code, bytes: command.bytes), classification: classification)
         let newPins = machine!.pins.subtracting(pinsBefore)
