@@ -1,0 +1,647 @@
+"""Writer election, failover and READ_ONLY endpoints of a MYSQL proxy, with two real MariaDB
+servers: a primary (binary log on) and a replica of it made with `scripts/mysql.sh replica`
+(MariaDB replication with GTIDs, `read_only=1`). Real replication, not two independent servers:
+a switchover is only a switchover when the new writer has the old one's data (the drill checks
+that no acknowledged row is lost), and a READ_ONLY endpoint is only useful in front of a replica
+(its reads see what was written through the proxy). The pair is made once for the module; the
+tests that fail over leave it with the roles swapped (`Pair.writer` / `Pair.reader` follow), and
+the last one kills its writer.
+
+- The writer is the server with `@@global.read_only = 0`: the admin API, the CLI and the
+  `concierge_target_available` metric show it READ_WRITE and the replica READ_ONLY. Statements
+  through the proxy run on the writer; through a READ_ONLY endpoint, on the replica (which
+  refuses writes with its own 1290).
+- A switchover as MariaDB orchestrators do it: the primary is made read-only, the replica
+  catches up (MASTER_GTID_WAIT), stops replicating and is made writable. Four autocommit
+  writers, idle clients and a client connecting every 0.1 s run through it: only statements the
+  old primary ran before the proxy saw it read-only fail (its own 1290); once seen, new
+  statements wait for the new writer instead of failing; no client is refused or disconnected,
+  idle clients keep their connections, writes resume within 2 s of the promotion and run on the
+  new writer, no acknowledged row is lost, and the proxy opens no more backends to the new writer
+  than its cap (counted on the server and in the metrics).
+- A crash: the writer is killed (SIGKILL) and the replica promoted. Statements in flight get
+  ERROR 1158 (08S01) and their clients reconnect (a MySQL client's session dies with its
+  server; README "MySQL and MariaDB"); nothing else fails, nobody is refused, idle clients carry
+  on, writes resume within 2 s on the new writer, and the killed one shows UNAVAILABLE.
+
+Found, and fixed: MariaDB with a binary log reports `last_gtid` after each commit and the proxy
+restored it on the client's next backend (`SET SESSION last_gtid`: ERROR 1238); a writer made
+read-only kept its pool, so until a new writer was elected every transaction still ran there and
+got 1290; a client whose statement got that 1290 kept the backend for its diagnostics and sent
+every next statement there, for ever; `concierge_target_available` labelled readers UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from helpers import free_port, proxy_config, run, to_yaml, wait_for, write_secret
+from mysql_fixtures import (MY_SH, MY_USERS, NATIVE, MariaDB, MySQLProxy,
+                            ProcesslistSampler, _wait_ready, metric, mysql_env, pymysql,
+                            require_pymysql)
+
+pytestmark = pytest.mark.proxy_only
+
+MAX_CONNECTIONS = 100
+CAP = 10                 # max_connections_percent 10 of max_connections 100
+RESUME_WITHIN = 2.0      # seconds from the promotion to the first acknowledged write
+READ_ONLY_ERROR = 1290   # ER_OPTION_PREVENTS_STATEMENT: "running with the --read-only option"
+LOST = 1158              # the proxy's "Lost connection to MySQL server during query" (08S01)
+
+
+# -- the pair ----------------------------------------------------------------------------------
+
+@dataclass
+class Pair:
+    primary: MariaDB     # as made: the binary-logging server the replica was made from
+    replica: MariaDB
+    env: dict
+    writer: MariaDB = None  # type: ignore[assignment]  # the server with read_only = 0 now
+    reader: MariaDB = None  # type: ignore[assignment]
+
+    @property
+    def passwords(self) -> dict[str, str]:
+        return self.primary.passwords
+
+
+def _server(root: Path, port: int, passwords: dict[str, str], admin_password: str) -> MariaDB:
+    return MariaDB(host="127.0.0.1", port=port, passwords=passwords, root=root,
+                   admin_password=admin_password)
+
+
+@pytest.fixture(scope="module")
+def pair() -> Pair:
+    require_pymysql()
+    admin_password = secrets.token_hex(16)
+    env = mysql_env(CONCIERGE_MYSQL_PASSWORD=admin_password)
+    passwords = {u: secrets.token_hex(12) for u in MY_USERS}
+    roots = [Path(tempfile.mkdtemp(prefix=f"concierge-itest-myfo-{n}-", dir="/tmp"))
+             for n in ("primary", "replica")]
+    for root in roots:
+        root.chmod(0o755)
+    ports = [free_port(), free_port()]
+    while ports[1] == ports[0]:
+        ports[1] = free_port()
+    primary = _server(roots[0], ports[0], passwords, admin_password)
+    replica = _server(roots[1], ports[1], passwords, admin_password)
+    p = Pair(primary=primary, replica=replica, env=env, writer=primary, reader=replica)
+    try:
+        run(["bash", str(MY_SH), "start", str(roots[0] / "data"), str(ports[0]), "log_bin=1",
+             f"max_connections={MAX_CONNECTIONS}"], env=env, timeout=180)
+        # Everything the tests need, binary-logged: the replica replays it.
+        with primary.admin() as conn, conn.cursor() as cur:
+            for user in MY_USERS:
+                cur.execute(f"CREATE USER '{user}'@'%%' IDENTIFIED VIA mysql_native_password "
+                            f"USING PASSWORD(%s)", (passwords[user],))
+            cur.execute("CREATE DATABASE app")
+            cur.execute("GRANT ALL PRIVILEGES ON app.* TO 'app'@'%'")
+            cur.execute("CREATE TABLE app.drill (id BIGINT PRIMARY KEY, writer VARCHAR(20), "
+                        "server_id INT UNSIGNED)")
+        run(["bash", str(MY_SH), "replica", str(roots[1] / "data"), str(ports[1]), str(ports[0]),
+             f"max_connections={MAX_CONNECTIONS}"], env=env, timeout=180)
+        assert replica.scalar("SELECT @@global.read_only", database=None) == 1
+        for db in (primary, replica):  # scripts/mysql.sh: server_id = port
+            assert db.scalar("SELECT @@server_id", database=None) == db.port
+        assert replica.scalar("SELECT COUNT(*) FROM drill") == 0  # the table replicated
+        yield p
+    finally:
+        for root in roots:
+            run(["bash", str(MY_SH), "stop", str(root / "data")], check=False, env=env, timeout=120)
+        for root in roots:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def server_id(db: MariaDB) -> int:
+    return db.port  # scripts/mysql.sh: server_id = port (checked by the fixture)
+
+
+def promote(db: MariaDB) -> float:
+    """Stops replication and makes `db` writable; returns when read_only = 0 took effect."""
+    with db.admin(None) as conn, conn.cursor() as cur:
+        if cur.execute("SHOW SLAVE STATUS"):
+            cur.execute("STOP SLAVE")
+        cur.execute("SET GLOBAL read_only = 0")
+    return time.monotonic()
+
+
+def demote(db: MariaDB) -> float:
+    with db.admin(None) as conn, conn.cursor() as cur:
+        cur.execute("SET GLOBAL read_only = 1")
+    return time.monotonic()
+
+
+# -- the proxy ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def start_proxy(request, pair: Pair, concierge_bin: Path, tmp_path: Path):
+    """Factory: a MYSQL proxy with both servers as targets (in the order they were made), health
+    checks every 200 ms, an admin listener and, with `read_only=True`, a READ_ONLY endpoint
+    (`p.ro`, a MyTarget)."""
+    started: list[MySQLProxy] = []
+    request.node._concierge_proxies = started  # conftest attaches their logs to a failure
+
+    def start(*, read_only: bool = False) -> MySQLProxy:
+        workdir = tmp_path / f"proxy{len(started)}"
+        workdir.mkdir()
+        secret_files = {u: write_secret(workdir / f"{u}.json", u, pair.passwords[u]) for u in MY_USERS}
+        port, admin_port, ro_port = free_port(), free_port(), free_port()
+        config = proxy_config(listen_port=port, db_port=pair.primary.port, secrets=secret_files,
+                              client_auth={u: NATIVE for u in MY_USERS}, drain_timeout=5,
+                              engine_family="MYSQL", max_connections_percent=10,
+                              max_idle_connections_percent=5, connection_borrow_timeout=10)
+        entry = config["proxies"][0]
+        entry["target_group"]["targets"] = [{"endpoint": f"127.0.0.1:{s.port}"}
+                                            for s in (pair.primary, pair.replica)]
+        entry["target_group"]["health_check"] = {"interval_ms": 200, "timeout_ms": 1000}
+        if read_only:
+            entry["endpoints"] = [{"name": "app-ro", "target_role": "READ_ONLY",
+                                   "listen": f"127.0.0.1:{ro_port}"}]
+        config["admin"] = {"listen": f"127.0.0.1:{admin_port}"}
+        config_path = workdir / "concierge.yaml"
+        config_path.write_text(to_yaml(config) + "\n")
+        log_path = workdir / "concierge.log"
+        extra = ["--log-level", "trace"] if os.environ.get("CONCIERGE_ITEST_DEBUG") == "1" else []
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([str(concierge_bin), "serve", "--config", str(config_path), *extra],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    env=mysql_env(), cwd=workdir)
+        p = MySQLProxy(host="127.0.0.1", port=port, passwords=pair.passwords, proc=proc,
+                       config_path=config_path, log_path=log_path, drain_timeout=5,
+                       admin_url=f"http://127.0.0.1:{admin_port}")
+        p.ro = MySQLProxy(host="127.0.0.1", port=ro_port, passwords=pair.passwords) if read_only else None
+        started.append(p)
+        _wait_ready(p)
+        return p
+
+    yield start
+
+    errors = []
+    for p in started:
+        log = p.log(10**9)
+        if any(v in log for v in [*pair.passwords.values(), pair.primary.admin_password]):
+            errors.append(f"a password appears in the log of the proxy on port {p.port}")
+        if p.proc.poll() is not None:
+            errors.append(f"proxy on port {p.port} died (exit {p.proc.returncode}):\n{p.log()}")
+            continue
+        p.proc.terminate()
+        try:
+            p.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.proc.kill()
+            p.proc.wait()
+            errors.append(f"proxy on port {p.port} ignored SIGTERM:\n{p.log()}")
+    if errors:
+        pytest.fail("\n\n".join(errors))
+
+
+def targets(p: MySQLProxy) -> list[dict]:
+    with urllib.request.urlopen(p.admin_url + "/v1/db-proxies/app/targets", timeout=10) as response:
+        return json.loads(response.read())["Targets"]
+
+
+def roles(p: MySQLProxy) -> dict[int, tuple[str, str]]:
+    """The target group's own rows (not a READ_ONLY endpoint's): port -> (Role, State)."""
+    return {t["Port"]: (t["Role"], t["TargetHealth"]["State"]) for t in targets(p)
+            if "DBProxyEndpointName" not in t}
+
+
+def await_roles(p: MySQLProxy, wanted: dict[int, tuple[str, str | None]], timeout: float, what: str) -> float:
+    """Waits until each port in `wanted` has that (Role, State) (a None State: any); returns when."""
+    last: list = []
+
+    def matches() -> bool:
+        now = roles(p)
+        last[:] = [now]
+        return all(port in now and now[port][0] == role and state in (None, now[port][1])
+                   for port, (role, state) in wanted.items())
+    try:
+        wait_for(matches, timeout, what, interval=0.02)
+    except AssertionError as e:
+        raise AssertionError(f"{e}: targets {last[0] if last else None}") from None
+    return time.monotonic()
+
+
+def where(target, **kw) -> tuple[int, int]:
+    """(@@server_id, @@global.read_only) of the server a new connection's statement runs on."""
+    with target.connect(**kw) as conn, conn.cursor() as cur:
+        cur.execute("SELECT @@server_id, @@global.read_only")
+        return tuple(cur.fetchone())
+
+
+def where_or_error(target) -> tuple[int, int] | str:
+    """`where`, or the error a client got (for waiting until an endpoint serves)."""
+    try:
+        return where(target, connect_timeout=5, read_timeout=15)
+    except pymysql.err.MySQLError as e:
+        return f"{code_of(e)} {e}"
+
+
+def setups(p: MySQLProxy) -> float:
+    return metric(p.metrics(), "concierge_database_connections_setup_succeeded_total")
+
+
+def availability(p: MySQLProxy, port: int) -> dict[str, float]:
+    """concierge_target_available of one target, by its role label (no series yet: {})."""
+    return {dict(labels)["role"]: value for (name, labels), value in p.metrics().items()
+            if name == "concierge_target_available" and dict(labels).get("target") == f"127.0.0.1:{port}"}
+
+
+# -- the drill's clients -----------------------------------------------------------------------
+
+def code_of(e: BaseException) -> int:
+    return e.args[0] if e.args and isinstance(e.args[0], int) else 0
+
+
+@dataclass
+class Writer:
+    """Inserts numbered rows (autocommit), each recording the server that ran it, as fast as it
+    can. After an error it keeps its connection unless the proxy closed it (1158) or it broke
+    (a client-side 2006/2013/0): then it reconnects (counted)."""
+
+    number: int
+    target: MySQLProxy
+    stop: threading.Event
+    acked: list = field(default_factory=list)      # (id, sent, acked)
+    errors: list = field(default_factory=list)     # (sent, at, code, message)
+    refused: list = field(default_factory=list)    # (at, message)
+    connects: int = 0
+    pending_since: float | None = None             # when the statement (or login) now waiting was sent
+    thread: threading.Thread | None = None
+
+    def run(self) -> None:
+        conn, i = None, 0
+        while not self.stop.is_set():
+            if conn is None:
+                self.pending_since = time.monotonic()  # PyMySQL's SET NAMES waits for a writer too
+                try:
+                    conn = self.target.connect(read_timeout=30, write_timeout=30)
+                    self.connects += 1
+                except pymysql.err.MySQLError as e:
+                    self.pending_since = None
+                    self.refused.append((time.monotonic(), f"{code_of(e)} {e}"))
+                    self.stop.wait(0.05)
+                    continue
+            i += 1
+            row = self.number * 1_000_000 + i
+            sent = self.pending_since = time.monotonic()
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("INSERT INTO drill (id, writer, server_id) VALUES (%s, %s, @@server_id)",
+                                (row, f"w{self.number}"))
+                self.pending_since = None
+                self.acked.append((row, sent, time.monotonic()))
+            except pymysql.err.MySQLError as e:
+                self.pending_since = None
+                code = code_of(e)
+                self.errors.append((sent, time.monotonic(), code, str(e)[:200]))
+                if code in (LOST, 2006, 2013, 0):
+                    try:
+                        conn.close()
+                    except Exception:
+                        pass
+                    conn = None
+                self.stop.wait(0.01)
+        if conn is not None:
+            conn.close()
+
+    def acked_after(self, t: float) -> int:
+        return sum(1 for _, _, at in self.acked if at > t)
+
+    def start(self) -> "Writer":
+        self.thread = threading.Thread(target=self.run, name=f"writer{self.number}", daemon=True)
+        self.thread.start()
+        return self
+
+
+@dataclass
+class Connector:
+    """Opens (and closes) a new connection every 0.1 s: a failover must refuse none. (PyMySQL
+    sends SET NAMES after its login: without a writer, its connection waits for one.)"""
+
+    target: MySQLProxy
+    stop: threading.Event
+    ok: int = 0
+    refused: list = field(default_factory=list)
+    pending_since: float | None = None
+    thread: threading.Thread | None = None
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.pending_since = time.monotonic()
+            try:
+                self.target.connect(connect_timeout=10).close()
+                self.ok += 1
+            except pymysql.err.MySQLError as e:
+                self.refused.append((time.monotonic(), f"{code_of(e)} {e}"))
+            self.pending_since = None
+            self.stop.wait(0.1)
+
+    def start(self) -> "Connector":
+        self.thread = threading.Thread(target=self.run, name="connector", daemon=True)
+        self.thread.start()
+        return self
+
+
+_writer_numbers = itertools.count(1)  # unique across drills: row ids never collide
+
+
+@dataclass
+class Drill:
+    """Writers, a connector and idle clients on a proxy; `finish()` stops them."""
+
+    p: MySQLProxy
+    writers: int = 4
+    idle: int = 3
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.idle_conns = []
+        for _ in range(self.idle):
+            conn = self.p.connect()
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+            self.idle_conns.append(conn)
+        self.ws = [Writer(next(_writer_numbers), self.p, self.stop).start() for _ in range(self.writers)]
+        self.connector = Connector(self.p, self.stop).start()
+
+    def await_writes_after(self, t: float, n: int, timeout: float, what: str) -> None:
+        """Every writer has `n` acknowledged writes after `t`."""
+        try:
+            wait_for(lambda: all(w.acked_after(t) >= n for w in self.ws), timeout, what, interval=0.02)
+        except AssertionError as e:
+            raise AssertionError(f"{e}: {self.summary(t)}") from None
+
+    def finish(self) -> None:
+        self.stop.set()
+        threads = [w.thread for w in self.ws] + [self.connector.thread]
+        for t in threads:
+            t.join(30)
+        stuck = [t.name for t in threads if t.is_alive()]
+        assert not stuck, f"clients still blocked 30 s after the drill ended: {stuck}"
+
+    @property
+    def errors(self) -> list:
+        return sorted(e for w in self.ws for e in w.errors)
+
+    @property
+    def refused(self) -> list:
+        return [r for w in self.ws for r in w.refused] + self.connector.refused
+
+    def acked(self) -> list:
+        return [a for w in self.ws for a in w.acked]
+
+    def await_waiting(self, since: float, what: str) -> None:
+        """Every writer has a statement sent after `since` waiting for its answer for 0.3 s (a
+        server answers these in milliseconds, and the old writer refuses at once), and the
+        connector a new connection: clients wait for a writer (neither failed nor refused)."""
+        def waiting() -> bool:
+            now = time.monotonic()
+            pending = [w.pending_since for w in self.ws] + [self.connector.pending_since]
+            return all(t is not None and t > since and now - t > 0.3 for t in pending)
+        try:
+            wait_for(waiting, 5, what, interval=0.02)
+        except AssertionError as e:
+            pending = [None if t is None else round(t - since, 3)
+                       for t in [w.pending_since for w in self.ws] + [self.connector.pending_since]]
+            raise AssertionError(f"{e}: pending since (writers, connector) {pending}; {self.summary(since)}") from None
+
+    def first_ack_after(self, t: float) -> float | None:
+        return min((at for _, _, at in self.acked() if at > t), default=None)
+
+    def summary(self, t0: float) -> dict:
+        rel = lambda t: None if t is None else round(t - t0, 3)  # noqa: E731
+        return {
+            "acked": len(self.acked()),
+            "acked_after_t0": [w.acked_after(t0) for w in self.ws],
+            "connects": [w.connects for w in self.ws],
+            "errors": [(rel(s), rel(a), c, m) for s, a, c, m in self.errors][:20],
+            "error_count": len(self.errors),
+            "refused": self.refused[:5],
+            "connector_ok": self.connector.ok,
+        }
+
+    def idle_next_statement(self) -> list:
+        """Each idle client's next statement, on the connection it opened before: its server."""
+        out = []
+        for conn in self.idle_conns:
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT @@server_id")
+                    out.append(cur.fetchone()[0])
+            except pymysql.err.MySQLError as e:
+                out.append(f"{code_of(e)} {e}")
+            finally:
+                conn.close()
+        return out
+
+
+# -- 1. roles and the READ_ONLY endpoint -------------------------------------------------------
+
+def test_the_writer_is_the_server_with_read_only_off_and_read_only_endpoints_read_the_replica(
+        pair: Pair, start_proxy, concierge_bin: Path):
+    w, r = pair.writer, pair.reader
+    assert w.query("SELECT @@global.read_only, @@global.innodb_read_only", database=None) == [(0, 0)]
+    p = start_proxy(read_only=True)
+    await_roles(p, {w.port: ("READ_WRITE", "AVAILABLE"), r.port: ("READ_ONLY", "AVAILABLE")}, 10,
+                "the read_only=0 server READ_WRITE and the replica READ_ONLY")
+    # The metric says the same, per target and role.
+    wait_for(lambda: availability(p, w.port) == {"READ_WRITE": 1} and availability(p, r.port) == {"READ_ONLY": 1},
+             10, "concierge_target_available: the writer READ_WRITE and the replica READ_ONLY")
+    # And the CLI.
+    cli = subprocess.run([str(concierge_bin), "describe-db-proxy-targets", "--db-proxy-name", "app",
+                          "--endpoint-url", p.admin_url], capture_output=True, text=True, timeout=30)
+    assert cli.returncode == 0, cli.stderr
+    assert {t["Port"]: (t["Role"], t["TargetHealth"]["State"]) for t in json.loads(cli.stdout)["Targets"]} == {
+        w.port: ("READ_WRITE", "AVAILABLE"), r.port: ("READ_ONLY", "AVAILABLE")}
+
+    # The proxy's endpoint runs every statement on the writer (connections multiplexed over
+    # the pool: each statement borrows again).
+    with p.connect() as conn, conn.cursor() as cur:
+        for _ in range(10):
+            cur.execute("SELECT @@server_id, @@global.read_only")
+            assert cur.fetchone() == (server_id(w), 0)
+        cur.execute("INSERT INTO drill (id, writer, server_id) VALUES (-1, 'setup', @@server_id)")
+
+    # The READ_ONLY endpoint: every statement on the replica, which has what was written
+    # through the proxy (replication), and refuses writes itself.
+    wait_for(lambda: where_or_error(p.ro) == (server_id(r), 1), 10, "the READ_ONLY endpoint to serve")
+    with p.ro.connect() as conn, conn.cursor() as cur:
+        for _ in range(10):
+            cur.execute("SELECT @@server_id, @@global.read_only")
+            assert cur.fetchone() == (server_id(r), 1)
+
+        def replicated() -> bool:
+            cur.execute("SELECT server_id FROM drill WHERE id = -1")
+            return cur.fetchall() == ((server_id(w),),)
+        wait_for(replicated, 10, "the row written through the proxy to be read through the READ_ONLY endpoint")
+        with pytest.raises(pymysql.err.MySQLError) as exc:
+            cur.execute("INSERT INTO drill (id, writer) VALUES (-2, 'ro')")
+        assert code_of(exc.value) == READ_ONLY_ERROR, exc.value
+        # The client's connection is still good after the replica's error.
+        cur.execute("SELECT 1")
+        assert cur.fetchone() == (1,)
+    with p.connect() as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM drill WHERE id = -1")
+
+
+# -- 2. a switchover: read_only flipped on both --------------------------------------------------
+
+def test_switchover_by_read_only_is_a_brief_stall_on_the_new_writer(pair: Pair, start_proxy):
+    old, new = pair.writer, pair.reader
+    p = start_proxy(read_only=True)
+    await_roles(p, {old.port: ("READ_WRITE", "AVAILABLE"), new.port: ("READ_ONLY", "AVAILABLE")}, 10,
+                "the roles before the switchover")
+    drill = Drill(p)
+    t0 = time.monotonic()
+    try:
+        drill.await_writes_after(t0, 5, 10, "writes through the proxy before the switchover")
+        opened_before = setups(p)
+        with ProcesslistSampler(new, interval=0.1) as sampler:
+            t_demoted = demote(old)
+            # The proxy sees the old primary read-only: from then on, new statements wait for a
+            # writer instead of running there.
+            t_seen = await_roles(p, {old.port: ("READ_ONLY", "AVAILABLE")}, 5,
+                                 "the proxy to see the old primary read-only")
+            drill.await_waiting(t_demoted, "the writers' statements to wait for a writer")
+            # The replica has everything the primary logged, then takes over.
+            position = old.scalar("SELECT @@global.gtid_binlog_pos", database=None)
+            assert new.scalar("SELECT MASTER_GTID_WAIT(%s, 10)", (position,), database=None) == 0
+            t_promoted = promote(new)
+            await_roles(p, {new.port: ("READ_WRITE", "AVAILABLE")}, 5,
+                        "the proxy to elect the promoted replica")
+            drill.await_writes_after(t_promoted, 20, 10, "every writer to write again after the promotion")
+            wait_for(lambda: sampler.max_seen > 0, 5, "the sampler to see the proxy's sessions on the new writer")
+        drill.finish()
+    finally:
+        drill.stop.set()
+    pair.writer, pair.reader = new, old
+    s = drill.summary(t_demoted)
+    opened = setups(p) - opened_before
+    s.update(seen_s=round(t_seen - t_demoted, 3), promoted_s=round(t_promoted - t_demoted, 3),
+             stall_s=(first := drill.first_ack_after(t_promoted)) and round(first - t_promoted, 3),
+             backends_opened=opened, server_max_sessions=sampler.max_seen)
+    print(f"\nswitchover (times from the demotion): {json.dumps(s)}")
+
+    assert p.alive(), p.log()
+    # Clients: none refused, none disconnected (each writer kept its one connection).
+    assert drill.refused == [], s
+    assert all(w.connects == 1 for w in drill.ws), s
+    # The only errors: the old primary's own refusal, of statements sent before the proxy saw
+    # it read-only. After that they waited for the new writer.
+    assert all(code == READ_ONLY_ERROR for _, _, code, _ in drill.errors), s
+    assert all(sent < t_seen for sent, _, _, _ in drill.errors), s
+    waited = [a for a in drill.acked() if a[1] > t_seen]
+    assert all(at > t_promoted for _, _, at in waited), s
+    rows = dict(new.query("SELECT id, server_id FROM drill"))
+    assert all(rows.get(i) == server_id(new) for i, _, _ in waited), s
+    # Writes resume within 2 s of the promotion, on the new writer.
+    assert first is not None and first - t_promoted <= RESUME_WITHIN, (first and first - t_promoted, s)
+    acked = {a[0] for a in drill.acked()}
+    assert not acked - rows.keys(), f"acknowledged rows missing on the new writer: {sorted(acked - rows.keys())[:10]}"
+    after = [a[0] for a in drill.acked() if a[1] > t_promoted]
+    assert after and all(rows[i] == server_id(new) for i in after), s
+    assert where(p) == (server_id(new), 0)
+    # Idle clients carry on, on the connections they had, now on the new writer.
+    assert drill.idle_next_statement() == [server_id(new)] * drill.idle
+    # No storm: the new writer never saw more of the proxy's sessions than its cap, and the
+    # proxy opened no more backends than that during the switchover.
+    assert sampler.max_seen <= CAP, (sampler.max_seen, s)
+    assert opened <= CAP, (opened, s)
+    # The old primary is now the reader: the READ_ONLY endpoint reads there.
+    await_roles(p, {old.port: ("READ_ONLY", "AVAILABLE"), new.port: ("READ_WRITE", "AVAILABLE")}, 5,
+                "the roles after the switchover")
+    wait_for(lambda: where_or_error(p.ro) == (server_id(old), 1), 10,
+             "the READ_ONLY endpoint to read the old primary")
+    wait_for(lambda: availability(p, old.port) == {"READ_ONLY": 1} and availability(p, new.port) == {"READ_WRITE": 1},
+             5, "concierge_target_available: the roles swapped")
+
+
+# -- 3. a crash: the writer killed, the replica promoted -----------------------------------------
+
+def kill_server(db: MariaDB) -> float:
+    """SIGKILL to the server (no shutdown, as a crash); returns when it was sent, once the process
+    is gone."""
+    pid = int((db.root / "data" / "mariadbd.pid").read_text().strip())
+    t = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: _gone(pid), 10, "the killed server to exit")
+    return t
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie not yet reaped counts: its sockets are closed)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] in "ZX"
+
+
+def test_writer_crash_then_promotion_fails_only_statements_in_flight(pair: Pair, start_proxy):
+    old, new = pair.writer, pair.reader
+    p = start_proxy()
+    await_roles(p, {old.port: ("READ_WRITE", "AVAILABLE"), new.port: ("READ_ONLY", "AVAILABLE")}, 10,
+                "the roles before the crash")
+    drill = Drill(p)
+    t0 = time.monotonic()
+    try:
+        drill.await_writes_after(t0, 5, 10, "writes through the proxy before the crash")
+        opened_before = setups(p)
+        with ProcesslistSampler(new, interval=0.1) as sampler:
+            t_killed = kill_server(old)
+            t_seen = await_roles(p, {old.port: ("UNKNOWN", "UNAVAILABLE")}, 5,
+                                 "the proxy to see the writer down")
+            drill.await_waiting(t_killed, "the writers' statements to wait for a writer")
+            t_promoted = promote(new)
+            await_roles(p, {new.port: ("READ_WRITE", "AVAILABLE")}, 5, "the proxy to elect the replica")
+            drill.await_writes_after(t_promoted, 20, 10, "every writer to write again after the promotion")
+            wait_for(lambda: sampler.max_seen > 0, 5, "the sampler to see the proxy's sessions on the new writer")
+        drill.finish()
+    finally:
+        drill.stop.set()
+    pair.writer, pair.reader = new, None
+    s = drill.summary(t_killed)
+    opened = setups(p) - opened_before
+    s.update(seen_s=round(t_seen - t_killed, 3), promoted_s=round(t_promoted - t_killed, 3),
+             stall_s=(first := drill.first_ack_after(t_promoted)) and round(first - t_promoted, 3),
+             backends_opened=opened, server_max_sessions=sampler.max_seen)
+    print(f"\ncrash (times from the kill): {json.dumps(s)}")
+
+    assert p.alive(), p.log()
+    assert drill.refused == [], s
+    # Only statements in flight when the server died failed (ERROR 1158, and their clients
+    # were closed: one reconnect each at most); those sent once the proxy knew waited.
+    assert all(code == LOST for _, _, code, _ in drill.errors), s
+    assert all(sent < t_seen for sent, _, _, _ in drill.errors), s
+    assert sum(w.connects - 1 for w in drill.ws) == len(drill.errors), s
+    # Statements sent once the proxy knew waited, and ran on the new writer.
+    waited = [a for a in drill.acked() if a[1] > t_seen]
+    assert waited and all(at > t_promoted for _, _, at in waited), s
+    assert first is not None and first - t_promoted <= RESUME_WITHIN, (first and first - t_promoted, s)
+    rows = dict(new.query("SELECT id, server_id FROM drill"))
+    assert all(rows.get(i) == server_id(new) for i, _, _ in waited), s
+    assert where(p) == (server_id(new), 0)
+    assert drill.idle_next_statement() == [server_id(new)] * drill.idle
+    assert sampler.max_seen <= CAP, (sampler.max_seen, s)
+    assert opened <= CAP, (opened, s)
+    # The killed server: UNAVAILABLE (connection failure), and its metric 0.
+    dead = next(t for t in targets(p) if t["Port"] == old.port and "DBProxyEndpointName" not in t)
+    assert dead["TargetHealth"]["State"] == "UNAVAILABLE"
+    assert dead["TargetHealth"]["Reason"] == "CONNECTION_FAILURE", dead
+    wait_for(lambda: availability(p, old.port) == {"UNKNOWN": 0}
+             and availability(p, new.port) == {"READ_WRITE": 1}, 5,
+             "concierge_target_available: the killed server 0, the new writer READ_WRITE")
