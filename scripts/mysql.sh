@@ -14,6 +14,7 @@
 #   my.cnf          the server's option file (rewritten on every start)
 #   mysqld.log      the server log (and install-db.log, the output of mariadb-install-db)
 #   socket/         the unix socket directory (mode 700: the socket logins of root are private)
+#   tmp/            the server's tmpdir (mode 700)
 #
 # The server listens on 127.0.0.1 only, with local_infile=1, server_id=PORT, utf8mb4 and
 # max_allowed_packet=64M. OPTS are server options given as `name=value` (or `--name=value`, e.g.
@@ -78,8 +79,14 @@ as_my() {
 
 ensure_os_user() {
     [[ $(id -u) -eq 0 ]] || return 0
-    id "$MY_OS_USER" >/dev/null 2>&1 ||
-        useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$MY_OS_USER"
+    # Under one lock shared with the other server script: the tests start several servers at once,
+    # and on a fresh machine two useradds raced (the loser exited 9, "already exists", or saw a
+    # half-made user, or could not lock /etc/passwd).
+    (
+        flock -w 60 9 || die "could not lock /tmp/.concierge-os-users.lock within 60 s"
+        id "$MY_OS_USER" >/dev/null 2>&1 ||
+            useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$MY_OS_USER"
+    ) 9>>/tmp/.concierge-os-users.lock
 }
 
 # The OS user the server runs as, which is also the name of the second unix_socket account
@@ -165,13 +172,13 @@ cmd_start() {
 
     # The server directory: ours, owned by the server's OS user.
     local log="$root/mysqld.log"
-    mkdir -p "$root" "$root/socket"
+    mkdir -p "$root" "$root/socket" "$root/tmp"
     touch "$log"
     if [[ $(id -u) -eq 0 ]]; then
-        chown "$MY_OS_USER": "$root" "$root/socket" "$log"
+        chown "$MY_OS_USER": "$root" "$root/socket" "$root/tmp" "$log"
         [[ -d "$datadir" ]] && chown -R "$MY_OS_USER": "$datadir"
     fi
-    chmod 700 "$root/socket"
+    chmod 700 "$root/socket" "$root/tmp"
     chmod 755 "$root"   # others may read the log; secrets inside are mode 600
     chmod 644 "$log"
 
@@ -194,6 +201,9 @@ cmd_start() {
         echo "socket = $root/socket/mysqld.sock"
         echo "pid_file = $datadir/mariadbd.pid"
         echo "log_error = $log"
+        # A private tmpdir: servers bootstrapped at once in the shared /tmp collided on their
+        # temporary tables' names ("Unknown table 'mysql.tmp_user_sys'", install-db failed).
+        echo "tmpdir = $root/tmp"
         echo "server_id = $port"
         echo "report_host = 127.0.0.1"
         echo "report_port = $port"
@@ -248,7 +258,13 @@ cmd_start() {
         as_my "$(find_install_db)" --defaults-file="$root/my.cnf" --user="$(server_os_user)" \
             --auth-root-authentication-method=socket --skip-test-db --skip-name-resolve \
             >"$root/install-db.log" 2>&1 ||
-            { tail -n 30 "$root/install-db.log" >&2; die "mariadb-install-db failed (see $root/install-db.log)"; }
+            {
+                # The bootstrap server's own errors go to log_error (mysqld.log), not to install-db.log.
+                tail -n 30 "$root/install-db.log" >&2
+                echo "mysql.sh: the end of $log:" >&2
+                tail -n 40 "$log" >&2
+                die "mariadb-install-db failed (see $root/install-db.log and $log)"
+            }
     fi
 
     if [[ -n "$pid" && $changed -eq 0 ]]; then

@@ -58,8 +58,14 @@ as_pg() {
 
 ensure_os_user() {
     [[ $(id -u) -eq 0 ]] || return 0
-    id "$PG_OS_USER" >/dev/null 2>&1 ||
-        useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$PG_OS_USER"
+    # Under one lock shared with the other server script: the tests start several servers at once,
+    # and on a fresh machine two useradds raced (the loser exited 9, "already exists", or saw a
+    # half-made user, or could not lock /etc/passwd).
+    (
+        flock -w 60 9 || die "could not lock /tmp/.concierge-os-users.lock within 60 s"
+        id "$PG_OS_USER" >/dev/null 2>&1 ||
+            useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$PG_OS_USER"
+    ) 9>>/tmp/.concierge-os-users.lock
 }
 
 random_password() { head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 24; }
