@@ -80,6 +80,12 @@ public struct MySQLSessionMachine: Sendable {
         case close(MySQLErrPacket?)
         /// Release the backend (reusable), then close the client: COM_QUIT.
         case quit
+        /// The login stands (`verifyLoginSchema`): send the client its login OK, and return the
+        /// backend to the pool (reusable) if there is one. `schemaChecked`: the database showed
+        /// that the schema is there and the user may use it (worth remembering); false when no
+        /// backend could be had to check it (the database is down, a borrow timeout), and then
+        /// the client's first command meets that problem, as it does without a schema.
+        case loginStands(schemaChecked: Bool)
     }
 
     public private(set) var state: State = .idle
@@ -112,6 +118,9 @@ public struct MySQLSessionMachine: Sendable {
     private var holdForDiagnostics = false
     /// The rest of a lease's restore plan while the backend's diagnostics area is cleared.
     private var planAfterClearing: MySQLRestorePlan?
+    /// A lease made to check the login schema (`verifyLoginSchema`) is under way: the client
+    /// has not had its login OK yet, and errors until then answer its login.
+    public private(set) var verifyingLoginSchema = false
     /// The client is sending a LOCAL INFILE's content (after the server asked for it).
     public private(set) var sendingInfile = false
     /// The last server status seen on this backend (for the release decision).
@@ -156,6 +165,22 @@ public struct MySQLSessionMachine: Sendable {
         case .borrowing, .restoring, .closed:
             return false
         }
+    }
+
+    // MARK: Login
+
+    /// The client logged in with a schema the proxy has not seen on the database for this user:
+    /// a MySQL server refuses such a login (`ERROR 1049 (42000): Unknown database`, or 1044 for
+    /// a schema the user may not use), so the proxy checks before it answers. A backend is
+    /// borrowed and the lease's restore selects the schema (COM_INIT_DB); `.loginStands`
+    /// follows, or the server's error (`.close`), to be sent as the answer to the login. A
+    /// failed borrow does not fail the login (`.loginStands(schemaChecked: false)`): the proxy
+    /// could not ask, and the database's absence is not the client's error.
+    public mutating func verifyLoginSchema() -> Action {
+        guard state == .idle, loginSchema != nil else { return .loginStands(schemaChecked: false) }
+        verifyingLoginSchema = true
+        state = .borrowing
+        return .borrow
     }
 
     // MARK: Client events
@@ -280,6 +305,15 @@ public struct MySQLSessionMachine: Sendable {
     }
 
     private mutating func sendHeld() -> Action {
+        if verifyingLoginSchema {
+            // The restore selected the login schema (or the backend had it): the login stands.
+            // The client sends nothing before its login OK, so nothing is held.
+            verifyingLoginSchema = false
+            held.removeAll()
+            heldExpectations.removeAll()
+            state = .idle
+            return .loginStands(schemaChecked: true)
+        }
         state = .attached
         let commands = held
         let expectations = heldExpectations
@@ -297,6 +331,10 @@ public struct MySQLSessionMachine: Sendable {
         held.removeAll()
         heldExpectations.removeAll()
         state = .idle
+        if verifyingLoginSchema {
+            verifyingLoginSchema = false
+            return .loginStands(schemaChecked: false)
+        }
         return .answerClient(error)
     }
 

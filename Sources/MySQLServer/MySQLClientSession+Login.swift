@@ -92,8 +92,25 @@ extension MySQLClientSession {
         let ok = MySQLOKPacket(affectedRows: 0, lastInsertID: 0, status: .autocommit, warnings: 0, info: "", sessionStateChanges: [])
         var out = context.channel.allocator.buffer(capacity: 16)
         out.writeMySQLPacket(sequenceID: result.nextSequenceID) { ok.encode(into: &$0, capabilities: result.capabilities) }
-        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        if !schema.isEmpty, !runtime.engine.schemaVerified(user: result.user, schema: schema) {
+            // First login with this schema for this user: checked on the database before the OK
+            // (a server refuses a login naming a schema that is not there, or not the user's).
+            pendingLogin = (out, result.nextSequenceID)
+            run(machine!.verifyLoginSchema(), context: context)
+            return
+        }
+        completeLogin(out, context: context)
+    }
+
+    /// Sends the login OK; commands the client sent before it are read now.
+    func completeLogin(_ ok: ByteBuffer, context: ChannelHandlerContext) {
+        pendingLogin = nil
+        context.writeAndFlush(wrapOutboundOut(ok), promise: nil)
         runtime.metrics.clientConnectionsSetupSucceeded[endpoint].increment()
         log(.debug, "client logged in")
+        if var pending = cumulation, !closed {
+            cumulation = nil
+            processIncoming(&pending, context: context)
+        }
     }
 }

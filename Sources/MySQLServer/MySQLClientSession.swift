@@ -35,6 +35,9 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
     var login: MySQLClientLogin
     /// Nil until login completes.
     var machine: MySQLSessionMachine?
+    /// The login OK held while the login schema is checked on the database
+    /// (`MySQLSessionMachine.verifyLoginSchema`), with the sequence id its answer takes.
+    var pendingLogin: (ok: ByteBuffer, sequenceID: UInt8)?
     /// The proxy's classifier options when this client logged in (`classifierOptions`).
     var loginClassifierOptions = MySQLClassifierOptions()
     /// `classifierOptions` for the client's sql_mode `classifierOptionsMode` (nil: the server's).
@@ -135,6 +138,12 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
             incoming = pending
         }
         lastActivity = .now()
+        processIncoming(&incoming, context: context)
+    }
+
+    /// Processes what the client sent (`channelRead`, and the bytes kept while a login waited
+    /// for its schema check); what is left of an incomplete packet is kept.
+    func processIncoming(_ incoming: inout ByteBuffer, context: ChannelHandlerContext) {
         do {
             try process(&incoming, context: context)
         } catch let error as MySQLWireError {
@@ -163,6 +172,9 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
 
     func process(_ buffer: inout ByteBuffer, context: ChannelHandlerContext) throws {
         while !closed {
+            // A client's commands before its login OK (sent once the login schema is checked)
+            // wait: they are read after it.
+            guard pendingLogin == nil else { return }
             guard let header = buffer.peekMySQLPacketHeader() else { return }
             if machine == nil {
                 // Login packets are small: an oversized one is an attack or garbage.
@@ -333,10 +345,25 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
         case .release(let reusable):
             releaseBackend(reusable: reusable)
         case .close(let error):
-            if let error { fail(with: error) } else { closeGracefully() }
+            if let pendingLogin {
+                // The login schema was refused (1049 Unknown database, 1044): the login's answer.
+                fail(with: error ?? MySQLClientErrors.backendLost, sequenceID: pendingLogin.sequenceID)
+            } else if let error {
+                fail(with: error)
+            } else {
+                closeGracefully()
+            }
         case .quit:
             releaseBackend(reusable: true)
             closeGracefully()
+        case .loginStands(let schemaChecked):
+            if backend != nil { releaseBackend(reusable: true) }
+            if let pendingLogin {
+                if schemaChecked, let schema = machine?.loginSchema {
+                    runtime.engine.noteSchemaVerified(user: user, schema: schema)
+                }
+                completeLogin(pendingLogin.ok, context: context)
+            }
         }
     }
 

@@ -69,6 +69,23 @@ final class MySQLEngine: ServedEngine {
         return options
     }
 
+    /// Login schemas found on the database, per user ("user NUL schema"): a login naming one of
+    /// them is answered at once; any other is checked with a lease first
+    /// (`MySQLSessionMachine.verifyLoginSchema`). Bounded: past 10,000 entries it starts again.
+    /// A schema dropped later fails its client's first command instead (the lease's COM_INIT_DB).
+    private let verifiedSchemas = NIOLockedValueBox(Set<String>())
+
+    func schemaVerified(user: String, schema: String) -> Bool {
+        verifiedSchemas.withLockedValue { $0.contains(user + "\u{0}" + schema) }
+    }
+
+    func noteSchemaVerified(user: String, schema: String) {
+        verifiedSchemas.withLockedValue { known in
+            if known.count >= 10_000 { known.removeAll() }
+            known.insert(user + "\u{0}" + schema)
+        }
+    }
+
     /// The proxy's RSA key pair, for caching_sha2 clients that ask for a public key without TLS.
     /// Made once, on first use (2048-bit generation takes tens of milliseconds).
     private let rsa = NIOLockedValueBox<MySQLRSAKeyPair?>(nil)

@@ -206,3 +206,38 @@ def test_caching_sha2_full_authentication(mysql_proxy, mariadb, proxy_tls, tls):
                 assert result.is_err, result
                 assert str(parse_err(result.payload)) == ("ERROR 1045 (28000): Access denied for user "
                                                           "'app'@'%' (using password: YES)")
+
+
+def test_a_login_naming_an_unknown_or_forbidden_schema_fails_as_it_does_directly(mysql_proxy, mariadb):
+    """A MySQL server refuses a login whose schema is not there (1049, when the user has
+    privileges on that name) or not the user's (1044). The proxy checks a login schema it has not
+    seen on the database before answering the login, so clients fail at connect, with the
+    server's error, as they do directly (before, the login succeeded and the client's first
+    statement failed)."""
+    import pymysql
+
+    p = mysql_proxy()
+    cases = [("app", "ghost_db", 1049, "42000", "Unknown database 'ghost_db'"),
+             ("app", "no_such_db", 1044, "42000", "Access denied for user 'app'@'%' to database 'no_such_db'"),
+             ("app_monitor", "app", 1044, "42000", "Access denied for user 'app_monitor'@'%' to database 'app'")]
+    with mariadb.admin() as conn, conn.cursor() as cur:
+        cur.execute("GRANT SELECT ON `ghost_db`.* TO 'app'@'%'")  # privileges on a schema not there
+    try:
+        for target in (mariadb, p):
+            for user, schema, code, sqlstate, message in cases:
+                proc = target.cli("SELECT 1", user=user, database=schema, check=False)
+                assert proc.returncode == 1, (target, user, proc.stdout, proc.stderr)
+                # At connect, not "at line 1" (the first statement).
+                assert proc.stderr.strip() == f"ERROR {code} ({sqlstate}): {message}", (target, proc.stderr)
+                with pytest.raises(pymysql.err.OperationalError) as exc:
+                    target.connect(user=user, database=schema)
+                assert exc.value.args == (code, message), target
+    finally:
+        with mariadb.admin() as conn, conn.cursor() as cur:
+            cur.execute("REVOKE SELECT ON `ghost_db`.* FROM 'app'@'%'")
+    # A schema that is there: checked once, then every login with it is answered at once.
+    for _ in range(3):
+        with p.connect(database="app2") as conn, conn.cursor() as cur:
+            cur.execute("SELECT DATABASE()")
+            assert cur.fetchone() == ("app2",)
+    assert p.cli("SELECT DATABASE()", database="app").stdout.strip() == "app"
