@@ -395,7 +395,13 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
 
     func borrowBackend() {
         guard let pool = runtime.borrowPool(forEndpoint: endpoint) else {
-            borrowCompleted(.failure(.connectionFailed(ConnectionFailure(message: "no database target is available"))))
+            // Only a READ_ONLY endpoint has no pool: none of its readers is available.
+            log(.info, "no reader for the read-only endpoint")
+            guard var machine, let context else { return }
+            let action = machine.borrowFailed(MySQLClientErrors.noReader)
+            self.machine = machine
+            run(action, context: context)
+            closeIfDrained()
             return
         }
         borrowPool = pool

@@ -52,6 +52,11 @@ enum MySQLClientErrors {
     /// machine's `lostConnection`).
     static let backendLost = MySQLSessionMachine.lostConnection
 
+    /// A READ_ONLY endpoint with no available reader: the proxy's wording (`ProxyError.noReader`,
+    /// as PostgreSQL clients get it) with MySQL's ER_CONNECT_TO_FOREIGN_DATA_SOURCE, the code of
+    /// the proxy's other "no database connection" errors. The connection stays usable.
+    static let noReader = MySQLErrPacket(code: 1429, sqlState: "HY000", message: ProxyError.noReader.message)
+
     /// A borrow failed for another reason than the timeout: the database refused or was
     /// unreachable (its own error when it gave one). The database refusing the proxy's login
     /// (a stale secret) is RDS's `ERROR 1045 (28000)` for the client's user, as RDS documents it,

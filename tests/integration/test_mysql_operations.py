@@ -120,3 +120,31 @@ def test_require_tls_refuses_plaintext_clients(mysql_proxy, mariadb):
     proc = p.cli("SELECT 1", args=["--skip-ssl"], check=False)
     assert proc.returncode == 1 and proc.stderr.startswith("ERROR 3159 (HY000)"), proc.stderr
     assert p.cli("SELECT 1", args=["--ssl", f"--ssl-ca={mariadb.pki.ca_cert}"]).stdout.strip() == "1"
+
+
+def test_a_read_only_endpoint_without_a_reader_says_so(mysql_proxy, mariadb):
+    """A READ_ONLY endpoint in front of a writer alone has no reader: each statement gets the
+    proxy's "No reader is available" (as PostgreSQL clients do), not a connect error naming no
+    cause, and the client's connection stays usable; the read/write listener serves."""
+    from helpers import free_port
+    from mysql_fixtures import MySQLProxy
+
+    ro_port = free_port()
+    p = mysql_proxy(endpoints=[{"name": "app-ro", "target_role": "READ_ONLY", "listen": f"127.0.0.1:{ro_port}"}])
+    ro = MySQLProxy(host="127.0.0.1", port=ro_port, passwords=mariadb.passwords)
+    wait_for(lambda: ro.cli("SELECT 1", check=False).returncode == 1, 10, "the READ_ONLY endpoint to listen")
+    proc = ro.cli("SELECT 1", check=False)
+    assert proc.stderr.strip() == ("ERROR 1429 (HY000) at line 1: No reader is available for this "
+                                   "read-only endpoint"), proc.stderr
+    # PyMySQL's connect runs SET NAMES, which needs a backend.
+    for _ in range(2):
+        with pytest.raises(pymysql.err.OperationalError) as exc:
+            ro.connect()
+        assert exc.value.args == (1429, "No reader is available for this read-only endpoint")
+    # The connection stays usable: one `mariadb` session, two statements, two errors.
+    proc = ro.cli(input="SELECT 1;\nSELECT 2;\n", args=("--force",), check=False)
+    assert proc.stderr.strip().splitlines() == [
+        f"ERROR 1429 (HY000) at line {n}: No reader is available for this read-only endpoint" for n in (1, 2)], proc.stderr
+    with p.connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1")
+        assert cur.fetchone() == (1,)
