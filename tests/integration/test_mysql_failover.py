@@ -500,67 +500,98 @@ def test_the_writer_is_the_server_with_read_only_off_and_read_only_endpoints_rea
 
 # -- 2. a switchover: read_only flipped on both --------------------------------------------------
 
-def test_switchover_by_read_only_is_a_brief_stall_on_the_new_writer(pair: Pair, start_proxy):
-    old, new = pair.writer, pair.reader
-    p = start_proxy(read_only=True)
-    await_roles(p, {old.port: ("READ_WRITE", "AVAILABLE"), new.port: ("READ_ONLY", "AVAILABLE")}, 10,
-                "the roles before the switchover")
+@dataclass
+class Failover:
+    """What `run_failover` saw: times are time.monotonic()."""
+    drill: Drill
+    cause: float           # the demotion or the kill
+    seen: float            # the proxy showed the old writer's new role
+    promoted: float        # the replica took over
+    first: float | None    # the first write acknowledged after the promotion
+    opened: float          # backends the proxy opened meanwhile
+    max_seen: int          # the most of the proxy's sessions the new writer saw at once
+    summary: dict
+
+
+def run_failover(p: MySQLProxy, old: MariaDB, new: MariaDB, what: str, cause, old_role: tuple[str, str],
+                 before_promotion=lambda: None) -> Failover:
+    """Writers and idle clients through `p` (a Drill) while `cause(old)` demotes or kills the
+    writer and returns when it did; once the proxy shows `old_role` for it and the writers'
+    statements wait, `before_promotion()` runs, then `new` is promoted. Returns once every writer
+    wrote again (the new writer elected) and the drill stopped."""
     drill = Drill(p)
     t0 = time.monotonic()
     try:
-        drill.await_writes_after(t0, 5, 10, "writes through the proxy before the switchover")
+        drill.await_writes_after(t0, 5, 10, f"writes through the proxy before the {what}")
         opened_before = setups(p)
         with ProcesslistSampler(new, interval=0.1) as sampler:
-            t_demoted = demote(old)
-            # The proxy sees the old primary read-only: from then on, new statements wait for a
-            # writer instead of running there.
-            t_seen = await_roles(p, {old.port: ("READ_ONLY", "AVAILABLE")}, 5,
-                                 "the proxy to see the old primary read-only")
-            drill.await_waiting(t_demoted, "the writers' statements to wait for a writer")
-            # The replica has everything the primary logged, then takes over.
-            position = old.scalar("SELECT @@global.gtid_binlog_pos", database=None)
-            assert new.scalar("SELECT MASTER_GTID_WAIT(%s, 10)", (position,), database=None) == 0
+            t_cause = cause(old)
+            t_seen = await_roles(p, {old.port: old_role}, 5, f"the proxy to see the old writer {old_role}")
+            drill.await_waiting(t_cause, "the writers' statements to wait for a writer")
+            before_promotion()
             t_promoted = promote(new)
-            await_roles(p, {new.port: ("READ_WRITE", "AVAILABLE")}, 5,
-                        "the proxy to elect the promoted replica")
+            await_roles(p, {new.port: ("READ_WRITE", "AVAILABLE")}, 5, "the proxy to elect the promoted replica")
             drill.await_writes_after(t_promoted, 20, 10, "every writer to write again after the promotion")
             wait_for(lambda: sampler.max_seen > 0, 5, "the sampler to see the proxy's sessions on the new writer")
         drill.finish()
     finally:
         drill.stop.set()
-    pair.writer, pair.reader = new, old
-    s = drill.summary(t_demoted)
+    s = drill.summary(t_cause)
     opened = setups(p) - opened_before
-    s.update(seen_s=round(t_seen - t_demoted, 3), promoted_s=round(t_promoted - t_demoted, 3),
-             stall_s=(first := drill.first_ack_after(t_promoted)) and round(first - t_promoted, 3),
-             backends_opened=opened, server_max_sessions=sampler.max_seen)
-    print(f"\nswitchover (times from the demotion): {json.dumps(s)}")
+    first = drill.first_ack_after(t_promoted)
+    s.update(seen_s=round(t_seen - t_cause, 3), promoted_s=round(t_promoted - t_cause, 3),
+             stall_s=first and round(first - t_promoted, 3), backends_opened=opened,
+             server_max_sessions=sampler.max_seen)
+    print(f"\n{what} (times from the {'kill' if old_role[1] == 'UNAVAILABLE' else 'demotion'}): {json.dumps(s)}")
+    return Failover(drill=drill, cause=t_cause, seen=t_seen, promoted=t_promoted, first=first, opened=opened,
+                    max_seen=sampler.max_seen, summary=s)
 
+
+def assert_resumed_on_the_new_writer(f: Failover, p: MySQLProxy, new: MariaDB) -> None:
+    """After either failover: no client refused; the statements sent once the proxy knew waited
+    and ran on the new writer, the first within RESUME_WITHIN of the promotion; the proxy writes
+    there now; idle clients carry on there; and no storm: the new writer never saw more of the
+    proxy's sessions than its cap, nor did the proxy open more backends than that."""
+    s = f.summary
     assert p.alive(), p.log()
-    # Clients: none refused, none disconnected (each writer kept its one connection).
-    assert drill.refused == [], s
-    assert all(w.connects == 1 for w in drill.ws), s
-    # The only errors: the old primary's own refusal, of statements sent before the proxy saw
-    # it read-only. After that they waited for the new writer.
-    assert all(code == READ_ONLY_ERROR for _, _, code, _ in drill.errors), s
-    assert all(sent < t_seen for sent, _, _, _ in drill.errors), s
-    waited = [a for a in drill.acked() if a[1] > t_seen]
-    assert all(at > t_promoted for _, _, at in waited), s
+    assert f.drill.refused == [], s
+    waited = [a for a in f.drill.acked() if a[1] > f.seen]
+    assert waited and all(at > f.promoted for _, _, at in waited), s
+    assert f.first is not None and f.first - f.promoted <= RESUME_WITHIN, (f.first and f.first - f.promoted, s)
     rows = dict(new.query("SELECT id, server_id FROM drill"))
     assert all(rows.get(i) == server_id(new) for i, _, _ in waited), s
-    # Writes resume within 2 s of the promotion, on the new writer.
-    assert first is not None and first - t_promoted <= RESUME_WITHIN, (first and first - t_promoted, s)
-    acked = {a[0] for a in drill.acked()}
-    assert not acked - rows.keys(), f"acknowledged rows missing on the new writer: {sorted(acked - rows.keys())[:10]}"
-    after = [a[0] for a in drill.acked() if a[1] > t_promoted]
-    assert after and all(rows[i] == server_id(new) for i in after), s
     assert where(p) == (server_id(new), 0)
-    # Idle clients carry on, on the connections they had, now on the new writer.
-    assert drill.idle_next_statement() == [server_id(new)] * drill.idle
-    # No storm: the new writer never saw more of the proxy's sessions than its cap, and the
-    # proxy opened no more backends than that during the switchover.
-    assert sampler.max_seen <= CAP, (sampler.max_seen, s)
-    assert opened <= CAP, (opened, s)
+    assert f.drill.idle_next_statement() == [server_id(new)] * f.drill.idle
+    assert f.max_seen <= CAP, (f.max_seen, s)
+    assert f.opened <= CAP, (f.opened, s)
+
+
+def test_switchover_by_read_only_is_a_brief_stall_on_the_new_writer(pair: Pair, start_proxy):
+    old, new = pair.writer, pair.reader
+    p = start_proxy(read_only=True)
+    await_roles(p, {old.port: ("READ_WRITE", "AVAILABLE"), new.port: ("READ_ONLY", "AVAILABLE")}, 10,
+                "the roles before the switchover")
+
+    def caught_up() -> None:  # the replica has everything the primary logged, then takes over
+        position = old.scalar("SELECT @@global.gtid_binlog_pos", database=None)
+        assert new.scalar("SELECT MASTER_GTID_WAIT(%s, 10)", (position,), database=None) == 0
+
+    # From the demotion on, new statements wait for a writer instead of running on the old one.
+    f = run_failover(p, old, new, "switchover", demote, ("READ_ONLY", "AVAILABLE"), before_promotion=caught_up)
+    pair.writer, pair.reader = new, old
+    s = f.summary
+    assert_resumed_on_the_new_writer(f, p, new)
+    # Each writer kept its one connection. The only errors: the old primary's own refusal, of
+    # statements sent before the proxy saw it read-only.
+    assert all(w.connects == 1 for w in f.drill.ws), s
+    assert all(code == READ_ONLY_ERROR for _, _, code, _ in f.drill.errors), s
+    assert all(sent < f.seen for sent, _, _, _ in f.drill.errors), s
+    # No acknowledged row lost, and every write after the promotion on the new writer.
+    rows = dict(new.query("SELECT id, server_id FROM drill"))
+    acked = {a[0] for a in f.drill.acked()}
+    assert not acked - rows.keys(), f"acknowledged rows missing on the new writer: {sorted(acked - rows.keys())[:10]}"
+    after = [a[0] for a in f.drill.acked() if a[1] > f.promoted]
+    assert after and all(rows[i] == server_id(new) for i in after), s
     # The old primary is now the reader: the READ_ONLY endpoint reads there.
     await_roles(p, {old.port: ("READ_ONLY", "AVAILABLE"), new.port: ("READ_WRITE", "AVAILABLE")}, 5,
                 "the roles after the switchover")
@@ -596,48 +627,15 @@ def test_writer_crash_then_promotion_fails_only_statements_in_flight(pair: Pair,
     p = start_proxy()
     await_roles(p, {old.port: ("READ_WRITE", "AVAILABLE"), new.port: ("READ_ONLY", "AVAILABLE")}, 10,
                 "the roles before the crash")
-    drill = Drill(p)
-    t0 = time.monotonic()
-    try:
-        drill.await_writes_after(t0, 5, 10, "writes through the proxy before the crash")
-        opened_before = setups(p)
-        with ProcesslistSampler(new, interval=0.1) as sampler:
-            t_killed = kill_server(old)
-            t_seen = await_roles(p, {old.port: ("UNKNOWN", "UNAVAILABLE")}, 5,
-                                 "the proxy to see the writer down")
-            drill.await_waiting(t_killed, "the writers' statements to wait for a writer")
-            t_promoted = promote(new)
-            await_roles(p, {new.port: ("READ_WRITE", "AVAILABLE")}, 5, "the proxy to elect the replica")
-            drill.await_writes_after(t_promoted, 20, 10, "every writer to write again after the promotion")
-            wait_for(lambda: sampler.max_seen > 0, 5, "the sampler to see the proxy's sessions on the new writer")
-        drill.finish()
-    finally:
-        drill.stop.set()
+    f = run_failover(p, old, new, "crash", kill_server, ("UNKNOWN", "UNAVAILABLE"))
     pair.writer, pair.reader = new, None
-    s = drill.summary(t_killed)
-    opened = setups(p) - opened_before
-    s.update(seen_s=round(t_seen - t_killed, 3), promoted_s=round(t_promoted - t_killed, 3),
-             stall_s=(first := drill.first_ack_after(t_promoted)) and round(first - t_promoted, 3),
-             backends_opened=opened, server_max_sessions=sampler.max_seen)
-    print(f"\ncrash (times from the kill): {json.dumps(s)}")
-
-    assert p.alive(), p.log()
-    assert drill.refused == [], s
+    s = f.summary
+    assert_resumed_on_the_new_writer(f, p, new)
     # Only statements in flight when the server died failed (ERROR 1158, and their clients
     # were closed: one reconnect each at most); those sent once the proxy knew waited.
-    assert all(code == LOST for _, _, code, _ in drill.errors), s
-    assert all(sent < t_seen for sent, _, _, _ in drill.errors), s
-    assert sum(w.connects - 1 for w in drill.ws) == len(drill.errors), s
-    # Statements sent once the proxy knew waited, and ran on the new writer.
-    waited = [a for a in drill.acked() if a[1] > t_seen]
-    assert waited and all(at > t_promoted for _, _, at in waited), s
-    assert first is not None and first - t_promoted <= RESUME_WITHIN, (first and first - t_promoted, s)
-    rows = dict(new.query("SELECT id, server_id FROM drill"))
-    assert all(rows.get(i) == server_id(new) for i, _, _ in waited), s
-    assert where(p) == (server_id(new), 0)
-    assert drill.idle_next_statement() == [server_id(new)] * drill.idle
-    assert sampler.max_seen <= CAP, (sampler.max_seen, s)
-    assert opened <= CAP, (opened, s)
+    assert all(code == LOST for _, _, code, _ in f.drill.errors), s
+    assert all(sent < f.seen for sent, _, _, _ in f.drill.errors), s
+    assert sum(w.connects - 1 for w in f.drill.ws) == len(f.drill.errors), s
     # The killed server: UNAVAILABLE (connection failure), and its metric 0.
     dead = next(t for t in targets(p) if t["Port"] == old.port and "DBProxyEndpointName" not in t)
     assert dead["TargetHealth"]["State"] == "UNAVAILABLE"

@@ -131,17 +131,23 @@ def kill_sessions(db: MariaDB, user: str) -> None:
 
 # -- SIGHUP reload -----------------------------------------------------------------------------
 
+def temporary_user(db: MariaDB, prefix: str):
+    """A database user of its own (not in the fixture's secrets) with every right on `app`, for
+    the length of a test: yields (name, password); its sessions are killed and it is dropped."""
+    name = prefix + pysecrets.token_hex(3)
+    password = pysecrets.token_hex(12)
+    db.query(f"CREATE USER '{name}'@'%%' IDENTIFIED VIA mysql_native_password USING PASSWORD(%s)",
+             (password,))
+    db.query(f"GRANT ALL PRIVILEGES ON `app`.* TO '{name}'@'%'")
+    yield name, password
+    kill_sessions(db, name)
+    db.query(f"DROP USER IF EXISTS '{name}'@'%'")
+
+
 @pytest.fixture
 def extra_user(mariadb):
     """A third database user (not in the fixture's secrets): name, password."""
-    name = "app_x" + pysecrets.token_hex(3)
-    password = pysecrets.token_hex(12)
-    mariadb.query(f"CREATE USER '{name}'@'%%' IDENTIFIED VIA mysql_native_password USING PASSWORD(%s)",
-                  (password,))
-    mariadb.query(f"GRANT ALL PRIVILEGES ON `app`.* TO '{name}'@'%'")
-    yield name, password
-    kill_sessions(mariadb, name)
-    mariadb.query(f"DROP USER IF EXISTS '{name}'@'%'")
+    yield from temporary_user(mariadb, "app_x")
 
 
 def test_reload_applies_pool_settings_and_auth_entries_without_dropping_clients(mysql_proxy, mariadb, extra_user):
@@ -440,14 +446,8 @@ def test_clients_that_left_are_not_left_behind(mysql_proxy, mariadb):
 
 @pytest.fixture
 def rotating_user(mariadb):
-    name = "rot_" + pysecrets.token_hex(3)
-    password = pysecrets.token_hex(12)
-    mariadb.query(f"CREATE USER '{name}'@'%%' IDENTIFIED VIA mysql_native_password USING PASSWORD(%s)",
-                  (password,))
-    mariadb.query(f"GRANT ALL PRIVILEGES ON `app`.* TO '{name}'@'%'")
-    yield name, password
-    kill_sessions(mariadb, name)
-    mariadb.query(f"DROP USER IF EXISTS '{name}'@'%'")
+    """A user whose password the secrets tests change: name, password."""
+    yield from temporary_user(mariadb, "rot_")
 
 
 def set_password(db: MariaDB, user: str, password: str) -> None:
