@@ -397,11 +397,7 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
         guard let pool = runtime.borrowPool(forEndpoint: endpoint) else {
             // Only a READ_ONLY endpoint has no pool: none of its readers is available.
             log(.info, "no reader for the read-only endpoint")
-            guard var machine, let context else { return }
-            let action = machine.borrowFailed(MySQLClientErrors.noReader)
-            self.machine = machine
-            run(action, context: context)
-            closeIfDrained()
+            borrowFailed(with: MySQLClientErrors.noReader)
             return
         }
         borrowPool = pool
@@ -440,12 +436,18 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
         case .failure(let error):
             if case .timeout = error { runtime.metrics.borrowTimeouts.increment() }
             log(.info, "no database connection for the client", ["concierge.error": "\(error)"])
-            guard var machine, let context else { return }
-            let action = machine.borrowFailed(MySQLClientErrors.borrowFailed(error, user: user))
-            self.machine = machine
-            run(action, context: context)
-            closeIfDrained()
+            borrowFailed(with: MySQLClientErrors.borrowFailed(error, user: user))
         }
+    }
+
+    /// No backend for the client's commands: the machine answers them with `error` (or lets a
+    /// login waiting for its schema check stand), and a drain may end the session now.
+    func borrowFailed(with error: MySQLErrPacket) {
+        guard var machine, let context else { return }
+        let action = machine.borrowFailed(error)
+        self.machine = machine
+        run(action, context: context)
+        closeIfDrained()
     }
 
     func releaseBackend(reusable: Bool) {
