@@ -43,6 +43,7 @@ public struct MySQLBackendMachine: Sendable {
     /// What setup learned (see `MySQLBackendSetup`).
     public private(set) var baseline: [String: String] = [:]
     public private(set) var maxConnections: Int?
+    public private(set) var maxPreparedStatements: Int?
     public private(set) var noBackslashEscapes = false
     /// The session state the backend has now (a change set over `baseline`).
     public var sessionState = MySQLSessionState()
@@ -89,6 +90,7 @@ public struct MySQLBackendMachine: Sendable {
             case .ready:
                 baseline = setup.baseline
                 maxConnections = setup.maxConnections
+                maxPreparedStatements = setup.maxPreparedStatements
                 noBackslashEscapes = setup.noBackslashEscapes
                 state = .idle
                 return .setupSucceeded

@@ -48,6 +48,8 @@ public struct MySQLBackendSetup: Sendable {
     public private(set) var baseline: [String: String] = [:]
     /// `@@max_connections`, when read.
     public private(set) var maxConnections: Int?
+    /// `@@global.max_prepared_stmt_count`, when read: the bound of the backends' statement caches.
+    public private(set) var maxPreparedStatements: Int?
     /// Whether sql_mode has NO_BACKSLASH_ESCAPES after setup.
     public private(set) var noBackslashEscapes = false
 
@@ -70,7 +72,7 @@ public struct MySQLBackendSetup: Sendable {
     }
 
     private var baselineQuery: String {
-        "SELECT @@max_connections, @@session.sql_mode, "
+        "SELECT @@max_connections, @@session.sql_mode, @@global.max_prepared_stmt_count, "
             + Self.baselineVariables.map { "@@session.\($0)" }.joined(separator: ", ")
     }
 
@@ -124,14 +126,15 @@ public struct MySQLBackendSetup: Sendable {
             tracker.commandSent(.response)
             return .send(baselineQuery)
         case .baseline:
-            guard let row = result.rows.first, row.count == 2 + Self.baselineVariables.count else {
+            guard let row = result.rows.first, row.count == 3 + Self.baselineVariables.count else {
                 step = .failed
                 return .failed(MySQLErrPacket(code: 2027, sqlState: "HY000", message: "Unexpected answer to the setup query"))
             }
             maxConnections = row[0].flatMap { Int($0) }
+            maxPreparedStatements = row[2].flatMap { Int($0) }
             noBackslashEscapes = (row[1] ?? "").uppercased().contains("NO_BACKSLASH_ESCAPES")
             for (index, name) in Self.baselineVariables.enumerated() where baseline[name] == nil {
-                baseline[name] = row[2 + index] ?? ""
+                baseline[name] = row[3 + index] ?? ""
             }
             step = .done
             return .ready

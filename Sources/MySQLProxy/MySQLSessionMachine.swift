@@ -73,6 +73,12 @@ public struct MySQLSessionMachine: Sendable {
         case answerClient(MySQLErrPacket)
         /// Answer a COM_PING (an OK, sequence id 1) without a backend.
         case answerPing
+        /// Answer the client's command with an OK (sequence id 1): a COM_STMT_RESET the proxy
+        /// handles itself (no cursor to close on a backend).
+        case answerOK
+        /// Forward the server packet just given (a COM_STMT_PREPARE's OK) to the client with
+        /// this statement id in place of the backend's.
+        case forwardToClientRewritingStatementID(UInt32)
         /// Return the backend to the pool (reusable or not).
         case release(reusable: Bool)
         /// Close the client connection, after sending it this error if any; release the backend
@@ -88,7 +94,12 @@ public struct MySQLSessionMachine: Sendable {
         case loginStands(schemaChecked: Bool)
     }
 
-    public private(set) var state: State = .idle
+    public private(set) var state: State = .idle {
+        didSet {
+            // The backend's statements are the lease holder's only while it holds the lease.
+            if !holdsBackend { statementCache = nil }
+        }
+    }
     /// Why the session is pinned to its backend (empty: it is not).
     public private(set) var pins: MySQLPinReasons = []
     /// The session state the client wants (what its backend must have).
@@ -98,8 +109,58 @@ public struct MySQLSessionMachine: Sendable {
     /// Where the current response stands; made for the capabilities this client negotiated
     /// (its backends share them: the pool key carries them).
     public private(set) var tracker: MySQLResponseTracker
-    /// Commands waiting for a backend.
-    private var held: [ByteBuffer] = []
+    /// Commands waiting for a backend, a restore, or a prepare's answer (`awaiting`), or to be
+    /// answered by the proxy after the responses before them: sent (or answered) in order.
+    private var held: [Command] = []
+    /// The client's binary-protocol statements, by the ids the proxy gave it.
+    public private(set) var statements: [UInt32: MySQLClientStatement] = [:]
+    private var nextStatementID: UInt32 = 1
+    /// The id of the client's last prepared statement (what MariaDB's id 0xFFFFFFFF names).
+    private var lastPreparedID: UInt32?
+    /// The leased backend's prepared statements (nil without a lease).
+    public private(set) var statementCache: MySQLBackendStatementCache?
+    /// The server's `max_prepared_stmt_count`, as the last lease reported it: a client may not
+    /// hold more statements through the proxy than directly.
+    private var statementLimit = 16_382
+    /// Statements with a cursor open on the backend (COM_STMT_EXECUTE with a cursor type, not
+    /// yet exhausted, reset or closed): their COM_STMT_FETCH must reach the same backend, so
+    /// it is kept.
+    public private(set) var openCursors: Set<UInt32> = []
+    /// Responses the proxy must treat other than by forwarding them, by their index among the
+    /// responses of the lease (`sentResponses` when sent, `finishedResponses` when read).
+    private var roles: [(index: UInt64, role: ResponseRole)] = []
+    private var sentResponses: UInt64 = 0
+    private var finishedResponses: UInt64 = 0
+    /// Responses of prepares under way (the client's, or the proxy's own for a statement the
+    /// backend lacks): the commands after them wait, since they may name the statement.
+    private var awaiting = 0
+    /// A step of the proxy's own statement preparation failed and its error answered the
+    /// client's command: the rest of that preparation is only cleaned up.
+    private var lazyPreparationFailed = false
+    /// Backend statements to close with the next commands sent (prepared for a command that
+    /// failed meanwhile).
+    private var pendingCloses: [UInt32] = []
+    /// Held commands can move now (a prepare was answered, or responses before a command the
+    /// proxy answers itself finished): the handler calls `resume()` until it is false.
+    public private(set) var needsResume = false
+
+    /// What a response is to the proxy.
+    enum ResponseRole: Sendable {
+        /// The client's COM_STMT_PREPARE: forwarded, its OK's statement id the client's own.
+        case clientPrepare(MySQLStatementKey)
+        /// The proxy preparing a client's statement on this backend for the held execute:
+        /// consumed (an ERR is that execute's answer).
+        case ownPrepare(MySQLStatementKey)
+        /// A COM_INIT_DB around the proxy's own prepare (to the schema the client prepared in,
+        /// then back): consumed; the first one's ERR answers the held execute.
+        case ownInitDB(first: Bool)
+        /// A COM_STMT_RESET of the proxy's (closing a cursor of a statement the client closed).
+        case ownReset
+        /// The client's execute of a statement that opens (or had) a cursor.
+        case execute(UInt32)
+        case fetch(UInt32)
+        case reset(UInt32)
+    }
     /// A command's response is outstanding (the tracker queues pipelined ones).
     private var inFlight: Bool { !tracker.isIdle }
     /// The packet `serverPacket` just read was an OK packet at the start of a response or result
@@ -211,13 +272,12 @@ public struct MySQLSessionMachine: Sendable {
             // statement may have opened one unseen) dies with the client: the backend is closed
             // and the server rolls it back. Reused, the next client would run inside it, or its
             // restore's `SET autocommit` would commit it.
-            return wasHolding && pins.isEmpty && !inFlight && !inTransaction ? .quit : .close(nil)
+            return wasHolding && pins.isEmpty && !inFlight && !inTransaction && openCursors.isEmpty ? .quit : .close(nil)
         case MySQLCommand.ping.rawValue where !holdsBackend && state != .borrowing:
             return .answerPing
-        case MySQLCommand.stmtPrepare.rawValue:
-            // Binary-protocol statements live on the backend that prepared them (the next issue
-            // multiplexes them).
-            pins.insert(.binaryPreparedStatement)
+        case MySQLCommand.stmtPrepare.rawValue, MySQLCommand.stmtExecute.rawValue, MySQLCommand.stmtSendLongData.rawValue,
+            MySQLCommand.stmtClose.rawValue, MySQLCommand.stmtReset.rawValue, MySQLCommand.stmtFetch.rawValue:
+            return statementCommand(command)
         case MySQLCommand.setOption.rawValue:
             // Turns multi-statements on or off for the session: not restored on another backend.
             pins.insert(.setVariable)
@@ -229,27 +289,295 @@ public struct MySQLSessionMachine: Sendable {
         case .closed:
             return .none
         case .idle:
-            if expectation == .none {
-                // COM_STMT_CLOSE / SEND_LONG_DATA with no backend: there is no statement to act
-                // on (a statement pins its backend), and the server would answer nothing.
-                return .none
-            }
-            held.append(command.bytes)
-            heldExpectations.append(expectation)
+            if expectation == .none { return .none }
+            held.append(command)
             state = .borrowing
             return .borrow
         case .borrowing, .restoring:
-            held.append(command.bytes)
-            heldExpectations.append(expectation)
+            held.append(command)
             return .none
         case .attached:
+            if !held.isEmpty || awaiting > 0 {
+                held.append(command)
+                return .none
+            }
             expect(expectation)
             return .forwardToBackend(command.bytes)
         }
     }
 
-    /// Expectations of the held commands, sent with them.
-    private var heldExpectations: [MySQLResponseTracker.Expectation] = []
+    // MARK: Binary-protocol prepared statements
+
+    /// COM_STMT_*: what needs no backend is done at once when the client holds none (closing a
+    /// statement, buffering long data, the errors of an unknown id); the rest is held and sent
+    /// in order by `pump()`, which maps the client's statement ids to the backend's.
+    private mutating func statementCommand(_ command: Command) -> Action {
+        switch state {
+        case .closed:
+            return .none
+        case .idle:
+            if let local = withoutBackend(command) { return local }
+            held.append(command)
+            state = .borrowing
+            return .borrow
+        case .borrowing, .restoring:
+            held.append(command)
+            return .none
+        case .attached:
+            held.append(command)
+            return awaiting > 0 ? .none : pump()
+        }
+    }
+
+    /// The client's statement id in a command (MariaDB's 0xFFFFFFFF: the last one prepared).
+    private func clientStatementID(_ command: Command) -> UInt32 {
+        let id = MySQLStatementPackets.statementID(inPacket: command.bytes) ?? 0
+        return id == 0xFFFF_FFFF ? (lastPreparedID ?? id) : id
+    }
+
+    /// A statement command the proxy settles without a backend (nil: it needs one): with no
+    /// cursor open, COM_STMT_RESET has nothing to do on a backend and COM_STMT_FETCH has no
+    /// cursor to read; an unknown id gets the server's error.
+    private mutating func withoutBackend(_ command: Command) -> Action? {
+        let id = clientStatementID(command)
+        switch command.code {
+        case MySQLCommand.stmtPrepare.rawValue:
+            return statements.count >= statementLimit ? .answerClient(Self.tooManyStatements(statementLimit)) : nil
+        case MySQLCommand.stmtClose.rawValue:
+            statements[id] = nil
+            return openCursors.contains(id) ? nil : Action.none
+        case MySQLCommand.stmtSendLongData.rawValue:
+            // Held until the execute, which may run on another backend. An unknown id is dropped,
+            // as the server would (it reports that at the execute).
+            statements[id]?.longData.append(command.bytes)
+            return Action.none
+        case MySQLCommand.stmtReset.rawValue:
+            guard statements[id] != nil else { return .answerClient(Self.unknownStatement(id, in: "mysqld_stmt_reset")) }
+            statements[id]!.longData.removeAll()
+            return openCursors.contains(id) ? nil : .answerOK
+        case MySQLCommand.stmtFetch.rawValue:
+            guard statements[id] != nil else { return .answerClient(Self.unknownStatement(id, in: "mysqld_stmt_fetch")) }
+            return openCursors.contains(id) ? nil : .answerClient(Self.noOpenCursor(id))
+        case MySQLCommand.stmtExecute.rawValue:
+            return statements[id] == nil ? .answerClient(Self.unknownStatement(id, in: "mysqld_stmt_execute")) : nil
+        default:
+            return nil
+        }
+    }
+
+    /// MySQL's ER_UNKNOWN_STMT_HANDLER, as the server words it for the command.
+    static func unknownStatement(_ id: UInt32, in function: String) -> MySQLErrPacket {
+        MySQLErrPacket(code: 1243, sqlState: "HY000", message: "Unknown prepared statement handler (\(id)) given to \(function)")
+    }
+
+    /// MySQL's ER_STMT_HAS_NO_OPEN_CURSOR.
+    static func noOpenCursor(_ id: UInt32) -> MySQLErrPacket {
+        MySQLErrPacket(code: 1421, sqlState: "HY000", message: "The statement (\(id)) has no open cursor.")
+    }
+
+    /// MySQL's ER_MAX_PREPARED_STMT_COUNT_REACHED: a client holds as many statements as the
+    /// server allows all its connections together.
+    static func tooManyStatements(_ limit: Int) -> MySQLErrPacket {
+        MySQLErrPacket(
+            code: 1461, sqlState: "42000",
+            message: "Can't create more than max_prepared_stmt_count statements (current value: \(limit))")
+    }
+
+    /// What a held command needs done on the leased backend.
+    private enum Step {
+        /// Written (or settled without an answer): the next command may go.
+        case done
+        /// Its answer, or the answer to the proxy's own commands written for it, must come
+        /// before the next command goes (a prepare); `sent`: the command itself was written
+        /// (else it goes once they are answered).
+        case wait(sent: Bool)
+        /// The proxy answers it itself, once nothing before it is outstanding.
+        case answer(Action)
+    }
+
+    /// Sends the held commands in order while attached: each statement command with the
+    /// backend's id, after the backend's own preparation of the statement when it lacks it.
+    /// Stops at a prepare (the commands after it may name the new statement) and before a
+    /// command the proxy answers itself while responses are outstanding (answers keep their
+    /// order).
+    private mutating func pump() -> Action {
+        needsResume = false
+        guard case .attached = state else { return .none }
+        var writes: [ByteBuffer] = []
+        for id in pendingCloses { writes.append(MySQLStatementPackets.command(.stmtClose, statementID: id)) }
+        pendingCloses.removeAll()
+        while awaiting == 0, !held.isEmpty {
+            let command = held[0]
+            switch step(command, writes: &writes) {
+            case .done:
+                held.removeFirst()
+            case .wait(let sent):
+                if sent { held.removeFirst() }
+            case .answer(let action):
+                if inFlight || !writes.isEmpty {
+                    // After the responses before it: `serverPacket` asks for a resume.
+                    return writes.isEmpty ? .none : .sendToBackend(writes)
+                }
+                held.removeFirst()
+                needsResume = true
+                return action
+            }
+        }
+        if writes.isEmpty { return releaseIfPossible() }
+        if !inFlight, held.isEmpty {
+            // Only commands without an answer went (COM_STMT_CLOSE): the lease may end next.
+            needsResume = true
+        }
+        return .sendToBackend(writes)
+    }
+
+    private mutating func role(_ role: ResponseRole) {
+        roles.append((sentResponses, role))
+    }
+
+    /// One held command on the leased backend (see `pump`).
+    private mutating func step(_ command: Command, writes: inout [ByteBuffer]) -> Step {
+        guard let cache = statementCache else {
+            writes.append(command.bytes)
+            expect(MySQLResponseTracker.expectation(for: MySQLCommand(rawValue: command.code) ?? .query))
+            return .done
+        }
+        statementLimit = cache.serverLimit
+        let id = clientStatementID(command)
+        switch command.code {
+        case MySQLCommand.stmtPrepare.rawValue:
+            if let local = withoutBackend(command) { return .answer(local) }
+            let key = MySQLStatementKey(schema: client.schema, sql: MySQLStatementPackets.sql(ofPrepare: command.bytes))
+            for old in cache.makeRoom(for: key) { writes.append(MySQLStatementPackets.command(.stmtClose, statementID: old)) }
+            writes.append(command.bytes)
+            role(.clientPrepare(key))
+            expect(.prepareResponse)
+            awaiting += 1
+            return .wait(sent: true)
+        case MySQLCommand.stmtExecute.rawValue:
+            if let local = withoutBackend(command) { return .answer(local) }
+            return execute(command, id: id, cache: cache, writes: &writes)
+        case MySQLCommand.stmtFetch.rawValue, MySQLCommand.stmtReset.rawValue, MySQLCommand.stmtClose.rawValue:
+            // The statement's slot on this backend, looked up before a close forgets it.
+            var slot: Int?
+            if openCursors.contains(id), statements[id] != nil { slot = cache.find(&statements[id]!) }
+            if let local = withoutBackend(command) {
+                if case .none = local { return .done }
+                return .answer(local)
+            }
+            guard let slot, let entry = cache.slots[slot] else {
+                // A cursor keeps its backend and its statement there, so this does not happen;
+                // answered as the server does a statement without a cursor.
+                openCursors.remove(id)
+                if command.code == MySQLCommand.stmtFetch.rawValue { return .answer(.answerClient(Self.noOpenCursor(id))) }
+                if command.code == MySQLCommand.stmtReset.rawValue { return .answer(.answerOK) }
+                return .done
+            }
+            switch command.code {
+            case MySQLCommand.stmtFetch.rawValue:
+                writes.append(contentsOf: MySQLStatementPackets.withStatementID(entry.backendID, command.bytes))
+                role(.fetch(id))
+                expect(.fetch)
+            case MySQLCommand.stmtReset.rawValue:
+                writes.append(contentsOf: MySQLStatementPackets.withStatementID(entry.backendID, command.bytes))
+                role(.reset(id))
+                expect(.response)
+            default:
+                // The client closed a statement whose cursor is open: the backend's statement
+                // stays (other clients may use it), its cursor goes.
+                openCursors.remove(id)
+                writes.append(MySQLStatementPackets.command(.stmtReset, statementID: entry.backendID))
+                role(.ownReset)
+                expect(.response)
+            }
+            return .done
+        case MySQLCommand.stmtSendLongData.rawValue:
+            _ = withoutBackend(command)
+            return .done
+        default:
+            writes.append(command.bytes)
+            expect(MySQLResponseTracker.expectation(for: MySQLCommand(rawValue: command.code) ?? .query))
+            return .done
+        }
+    }
+
+    /// A COM_STMT_EXECUTE of a known statement: prepared on this backend first if it lacks it
+    /// (`.wait`, the command stays held), then sent with the backend's id, the client's long
+    /// data before it, and the client's parameter types when it left them out and the backend's
+    /// statement has other ones bound.
+    private mutating func execute(_ command: Command, id: UInt32, cache: MySQLBackendStatementCache, writes: inout [ByteBuffer]) -> Step {
+        let parameterCount = statements[id]!.parameterCount
+        if let sent = MySQLStatementPackets.boundTypes(inExecute: command.bytes, parameterCount: parameterCount),
+           statements[id]!.types.map({ !$0.elementsEqual(sent) }) ?? true
+        {
+            statements[id]!.types = Array(sent)
+        }
+        guard let slot = cache.find(&statements[id]!), let entry = cache.slots[slot] else {
+            prepareOnBackend(statements[id]!.key, cache: cache, writes: &writes)
+            return .wait(sent: false)
+        }
+        if !statements[id]!.longData.isEmpty {
+            for packet in statements[id]!.longData {
+                writes.append(contentsOf: MySQLStatementPackets.withStatementID(entry.backendID, packet))
+            }
+            statements[id]!.longData.removeAll()
+        }
+        let types = statements[id]!.types
+        if MySQLStatementPackets.omitsTypes(command.bytes, parameterCount: parameterCount), let types, entry.boundTypes != types {
+            writes.append(MySQLStatementPackets.execute(command.bytes, backendID: entry.backendID, insertingTypes: types, parameterCount: parameterCount))
+        } else {
+            writes.append(contentsOf: MySQLStatementPackets.withStatementID(entry.backendID, command.bytes))
+        }
+        if entry.boundTypes != types { cache.setBoundTypes(types, slot: slot) }
+        let flags = command.bytes.getInteger(at: command.bytes.readerIndex + 9, as: UInt8.self) ?? 0
+        if flags & 0x07 != 0 || openCursors.contains(id) { role(.execute(id)) }
+        expect(.response)
+        return .done
+    }
+
+    /// The proxy's own preparation of a client's statement on the leased backend, in the schema
+    /// the client prepared it in (selected for the prepare and then back, when the backend's is
+    /// another; a statement prepared with no schema selected is prepared in the current one,
+    /// since MySQL cannot go back to "none").
+    private mutating func prepareOnBackend(_ key: MySQLStatementKey, cache: MySQLBackendStatementCache, writes: inout [ByteBuffer]) {
+        lazyPreparationFailed = false
+        for old in cache.makeRoom(for: key) { writes.append(MySQLStatementPackets.command(.stmtClose, statementID: old)) }
+        let switchSchema: (to: String, back: String)?
+        if let wanted = key.schema, let current = backend.schema, wanted != current {
+            switchSchema = (wanted, current)
+        } else {
+            switchSchema = nil
+        }
+        if let switchSchema {
+            writes.append(Self.initDB(switchSchema.to))
+            role(.ownInitDB(first: true))
+            expect(.response)
+            awaiting += 1
+        }
+        writes.append(MySQLStatementPackets.prepare(key.sql))
+        role(.ownPrepare(key))
+        expect(.prepareResponse)
+        awaiting += 1
+        if let switchSchema {
+            writes.append(Self.initDB(switchSchema.back))
+            role(.ownInitDB(first: false))
+            expect(.response)
+            awaiting += 1
+        }
+    }
+
+    static func initDB(_ schema: String) -> ByteBuffer {
+        var out = ByteBuffer()
+        out.reserveCapacity(schema.utf8.count + 5)
+        out.writeMySQLCommand(.initDB, schema)
+        return out
+    }
+
+    /// Moves the held commands on after `needsResume` (see there).
+    public mutating func resume() -> Action {
+        guard needsResume else { return .none }
+        return pump()
+    }
 
     /// LOCAL INFILE content from the client (only while `sendingInfile`): forwarded; the empty
     /// packet that ends it leaves the tracker waiting for the server's OK or ERR.
@@ -257,9 +585,11 @@ public struct MySQLSessionMachine: Sendable {
         if isLast { sendingInfile = false }
     }
 
+    /// A command whose response the tracker awaits was written in the lease (attached).
     private mutating func expect(_ expectation: MySQLResponseTracker.Expectation) {
         guard expectation != .none else { return }
         tracker.commandSent(expectation)
+        sentResponses &+= 1
     }
 
     // MARK: Pool events
@@ -267,13 +597,20 @@ public struct MySQLSessionMachine: Sendable {
     /// The pool leased a backend whose session state is `backendState`; `baseline` is its pool
     /// key's baseline, `noBackslashEscapes` whether its sql_mode has NO_BACKSLASH_ESCAPES.
     public mutating func borrowed(
-        backendState: MySQLSessionState, baseline: [String: String], noBackslashEscapes: Bool
+        backendState: MySQLSessionState, baseline: [String: String], noBackslashEscapes: Bool,
+        statements cache: MySQLBackendStatementCache? = nil
     ) -> Action {
         guard state == .borrowing else {
             // The client left meanwhile: give it back.
             return .release(reusable: true)
         }
         backend = backendState
+        statementCache = cache
+        if let cache { statementLimit = cache.serverLimit }
+        sentResponses = 0
+        finishedResponses = 0
+        roles.removeAll(keepingCapacity: true)
+        awaiting = 0
         status = [.autocommit]
         let plan = MySQLRestorePlan(
             client: client, backend: backendState, baseline: baseline, loginSchema: nil,
@@ -310,18 +647,11 @@ public struct MySQLSessionMachine: Sendable {
             // The client sends nothing before its login OK, so nothing is held.
             verifyingLoginSchema = false
             held.removeAll()
-            heldExpectations.removeAll()
             state = .idle
             return .loginStands(schemaChecked: true)
         }
         state = .attached
-        let commands = held
-        let expectations = heldExpectations
-        held.removeAll(keepingCapacity: true)
-        heldExpectations.removeAll(keepingCapacity: true)
-        for expectation in expectations { expect(expectation) }
-        if commands.isEmpty { return releaseIfPossible() }
-        return .sendToBackend(commands)
+        return pump()
     }
 
     /// The pool could not lease one: the held commands fail with `error` (RDS's 9501 for a
@@ -329,7 +659,6 @@ public struct MySQLSessionMachine: Sendable {
     public mutating func borrowFailed(_ error: MySQLErrPacket) -> Action {
         guard state == .borrowing else { return .none }
         held.removeAll()
-        heldExpectations.removeAll()
         state = .idle
         if verifyingLoginSchema {
             verifyingLoginSchema = false
@@ -361,7 +690,6 @@ public struct MySQLSessionMachine: Sendable {
                     let error = (try? MySQLErrPacket(parsing: payload)) ?? MySQLErrPacket(
                         code: 1105, sqlState: "HY000", message: "Unknown error")
                     held.removeAll()
-                    heldExpectations.removeAll()
                     state = .closed
                     return .close(error)
                 }
@@ -382,13 +710,16 @@ public struct MySQLSessionMachine: Sendable {
                 }
             }
         case .attached:
-            lastPacketWasOK = tracker.atResultStart && payload.getInteger(at: payload.readerIndex, as: UInt8.self) == 0x00
-            if lastPacketWasOK { noteInsertID(payload) }
             guard inFlight else {
                 // The server spoke without being asked (it is closing the connection: an ERR
                 // after a KILL or a shutdown): the client gets it.
                 return .forwardToClient
             }
+            if let first = roles.first, first.index == finishedResponses {
+                return try statementResponse(payload, role: first.role)
+            }
+            lastPacketWasOK = tracker.atResultStart && payload.getInteger(at: payload.readerIndex, as: UInt8.self) == 0x00
+            if lastPacketWasOK { noteInsertID(payload) }
             let outcome = try tracker.serverPacket(payload)
             switch outcome {
             case .inProgress:
@@ -397,6 +728,8 @@ public struct MySQLSessionMachine: Sendable {
                 sendingInfile = true
                 return .forwardToClient
             case .finished(let status, let wasError):
+                finishedResponses &+= 1
+                if !held.isEmpty, awaiting == 0 { needsResume = true }
                 lastPacketEndedResponse = true
                 if !wasError {
                     self.status = status
@@ -416,6 +749,109 @@ public struct MySQLSessionMachine: Sendable {
         case .idle, .borrowing, .closed:
             return .none
         }
+    }
+
+    /// A packet of a response the proxy treats itself (`ResponseRole`): a prepare's OK (the
+    /// client's, its id rewritten; the proxy's own, recorded and consumed), the proxy's own
+    /// statements' answers (consumed, but an ERR that fails the held command is its answer),
+    /// and the cursor state that executes, fetches and resets leave.
+    private mutating func statementResponse(_ payload: ByteBuffer, role: ResponseRole) throws(MySQLWireError) -> Action {
+        let atPrepareOK = tracker.atPrepareOK
+        let isError = payload.getInteger(at: payload.readerIndex, as: UInt8.self) == 0xFF
+        if case .execute = role, tracker.atResultStart, payload.getInteger(at: payload.readerIndex, as: UInt8.self) == 0x00 {
+            lastPacketWasOK = true
+            noteInsertID(payload)
+        }
+        let outcome = try tracker.serverPacket(payload)
+        var action: Action = .forwardToClient
+        switch role {
+        case .clientPrepare(let key):
+            if atPrepareOK, let ok = MySQLStatementPackets.prepareOK(payload) {
+                let id = nextStatementID
+                nextStatementID = nextStatementID == 0xFFFF_FFFE ? 1 : nextStatementID + 1
+                statements[id] = MySQLClientStatement(key: key, parameterCount: ok.parameters)
+                lastPreparedID = id
+                statementCache?.insert(key, backendID: ok.id)
+                action = .forwardToClientRewritingStatementID(id)
+            }
+        case .ownPrepare(let key):
+            if atPrepareOK, let ok = MySQLStatementPackets.prepareOK(payload) {
+                if lazyPreparationFailed {
+                    pendingCloses.append(ok.id)
+                } else {
+                    statementCache?.insert(key, backendID: ok.id)
+                }
+                action = .none
+            } else {
+                action = isError && !lazyPreparationFailed ? failHeldCommand() : .none
+            }
+        case .ownInitDB(let first):
+            if isError, first, !lazyPreparationFailed {
+                action = failHeldCommand()
+            } else {
+                if isError, !first {
+                    // The backend stays in the statement's schema: the next lease's restore
+                    // selects the client's again.
+                    backend.schema = nil
+                }
+                action = .none
+            }
+        case .ownReset:
+            action = .none
+        case .execute, .fetch, .reset:
+            break
+        }
+        guard case .finished(let status, let wasError) = outcome else {
+            if case .localInfileRequested = outcome { sendingInfile = true }
+            return action
+        }
+        finishedResponses &+= 1
+        roles.removeFirst()
+        switch role {
+        case .clientPrepare, .ownPrepare, .ownInitDB:
+            awaiting -= 1
+            if awaiting == 0 { needsResume = true }
+        case .execute(let id):
+            if !wasError, status.contains(.cursorExists) { openCursors.insert(id) } else { openCursors.remove(id) }
+        case .fetch(let id):
+            if wasError || !status.contains(.cursorExists) { openCursors.remove(id) }
+        case .reset(let id):
+            openCursors.remove(id)
+        case .ownReset:
+            break
+        }
+        if !held.isEmpty, awaiting == 0 { needsResume = true }
+        if case .none = action {
+            // The proxy's own command: its status is the backend's, its conditions nobody's.
+            if !wasError { self.status = status }
+            return canRelease && !needsResume ? releaseAfterOwnCommand() : .none
+        }
+        lastPacketEndedResponse = true
+        if !wasError {
+            self.status = status
+            if status.contains(.sessionStateChanged) { try? recordSessionState(payload) }
+        }
+        holdForDiagnostics = tracker.lastResponseLeftConditions
+        if holdForDiagnostics { backend.mayHoldConditions = true }
+        if case .forwardToClient = action, canRelease {
+            state = .idle
+            return .forwardToClientAndRelease
+        }
+        return action
+    }
+
+    /// The proxy's preparation for the first held command (an execute) failed: the server's
+    /// ERR, forwarded as it is (sequence id 1, as the execute's answer would have), answers it.
+    private mutating func failHeldCommand() -> Action {
+        lazyPreparationFailed = true
+        if !held.isEmpty { held.removeFirst() }
+        return .forwardToClient
+    }
+
+    /// The proxy's own command (a COM_STMT_RESET closing a cursor) was the last thing under way.
+    private mutating func releaseAfterOwnCommand() -> Action {
+        state = .idle
+        return .release(reusable: true)
     }
 
     /// Whether an ERR packet is one the server sends as it closes the connection: SQLSTATE
@@ -458,7 +894,7 @@ public struct MySQLSessionMachine: Sendable {
     private var canRelease: Bool {
         !inFlight && pins.isEmpty && !sendingInfile && held.isEmpty && holdForNextTransaction == 0 && !holdForDiagnostics
             && !status.contains(.moreResultsExist) && !status.contains(.inTransaction)
-            && status.contains(.autocommit) && !status.contains(.cursorExists)
+            && status.contains(.autocommit) && openCursors.isEmpty && awaiting == 0 && pendingCloses.isEmpty
     }
 
     private mutating func releaseIfPossible() -> Action {
@@ -532,10 +968,14 @@ public struct MySQLSessionMachine: Sendable {
     public mutating func backendLost() -> Action {
         switch state {
         case .restoring, .attached:
-            let lost = inFlight || !pins.isEmpty || inTransaction || sendingInfile || !held.isEmpty
+            let lost = inFlight || !pins.isEmpty || inTransaction || sendingInfile || !held.isEmpty || !openCursors.isEmpty
             tracker = MySQLResponseTracker(capabilities: capabilities)
             held.removeAll()
-            heldExpectations.removeAll()
+            openCursors.removeAll()
+            roles.removeAll()
+            pendingCloses.removeAll()
+            awaiting = 0
+            needsResume = false
             if lost {
                 state = .closed
                 return .close(Self.lostConnection)
@@ -553,7 +993,7 @@ public struct MySQLSessionMachine: Sendable {
         let wasBorrowing = state == .borrowing
         state = .closed
         if wasHolding {
-            return .release(reusable: !inFlight && pins.isEmpty && !inTransaction && !sendingInfile)
+            return .release(reusable: !inFlight && pins.isEmpty && !inTransaction && !sendingInfile && openCursors.isEmpty && pendingCloses.isEmpty)
         }
         _ = wasBorrowing
         return .none
@@ -563,8 +1003,14 @@ public struct MySQLSessionMachine: Sendable {
     /// defaults and its pins go; a pinned backend is not reusable (its state is the client's).
     public mutating func resetConnection() -> Action {
         let wasHolding = holdsBackend
-        let dirty = !pins.isEmpty || inTransaction
+        let dirty = !pins.isEmpty || inTransaction || !openCursors.isEmpty || !pendingCloses.isEmpty
         pins = []
+        // The server deallocates a connection's statements on a reset; the backends' copies
+        // stay theirs (shared, closed when least used).
+        statements.removeAll()
+        lastPreparedID = nil
+        openCursors.removeAll()
+        pendingCloses.removeAll()
         holdForDiagnostics = false
         client = MySQLSessionState(schema: loginSchema)
         status = [.autocommit]

@@ -71,6 +71,9 @@ final class MySQLBackendConnection: ChannelInboundHandler, @unchecked Sendable {
     /// Values the leasing session reads at lease time (fixed after setup).
     private(set) var baseline: [String: String] = [:]
     private(set) var maxConnections: Int?
+    /// The clients' binary-protocol statements prepared on this connection (see
+    /// `MySQLBackendStatementCache`): lent with each lease.
+    private(set) var statements = MySQLBackendStatementCache(maxPreparedStatements: nil, maxConnections: nil)
     private(set) var noBackslashEscapes = false
 
     private init(id: ConnectionID, key: PoolKey, eventLoop: any EventLoop, settings: MySQLBackendSettings, pool: MySQLBackendPool?) {
@@ -281,6 +284,8 @@ final class MySQLBackendConnection: ChannelInboundHandler, @unchecked Sendable {
             baseline = machine.baseline
             maxConnections = machine.maxConnections
             noBackslashEscapes = machine.noBackslashEscapes
+            statements = MySQLBackendStatementCache(
+                maxPreparedStatements: machine.maxPreparedStatements, maxConnections: machine.maxConnections)
             let promise = setupPromise
             setupPromise = nil
             promise?.succeed(self)
@@ -352,7 +357,8 @@ final class MySQLBackendConnection: ChannelInboundHandler, @unchecked Sendable {
             if self.machine.lease() {
                 self.owner = owner
                 info = MySQLLeaseInfo(
-                    state: self.machine.sessionState, baseline: self.baseline, noBackslashEscapes: self.noBackslashEscapes)
+                    state: self.machine.sessionState, baseline: self.baseline, noBackslashEscapes: self.noBackslashEscapes,
+                    statements: self.statements)
             } else {
                 info = nil
             }
@@ -400,6 +406,7 @@ struct MySQLLeaseInfo: Sendable {
     var state: MySQLSessionState
     var baseline: [String: String]
     var noBackslashEscapes: Bool
+    var statements: MySQLBackendStatementCache
 }
 
 typealias MySQLBackendPool = PoolDriver<MySQLBackendConnection>

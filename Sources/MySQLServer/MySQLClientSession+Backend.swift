@@ -55,6 +55,27 @@ extension MySQLClientSession {
             }
             switch action {
             case .forwardToClient:
+                if machine!.needsResume {
+                    // Held commands go now: after what was forwarded so far.
+                    flushForwarded(packets, from: forwardStart, to: buffer.readerIndex, context: context)
+                    forwardStart = buffer.readerIndex
+                    resumeHeldCommands(context: context)
+                    if closed || self.backend == nil { return }
+                }
+                continue
+            case .forwardToClientRewritingStatementID(let id):
+                // A prepare's OK: the client sees the id the proxy gave its statement.
+                flushForwarded(packets, from: forwardStart, to: packetStart, context: context)
+                forwardStart = buffer.readerIndex
+                var out = context.channel.allocator.buffer(capacity: header.length + 4)
+                out.writeMySQLPacket(sequenceID: header.sequenceID, payload: payload)
+                out.setInteger(id, at: out.readerIndex + 5, endianness: .little)
+                context.write(wrapOutboundOut(out), promise: nil)
+                needsFlushToClient = true
+                if machine!.needsResume {
+                    resumeHeldCommands(context: context)
+                    if closed || self.backend == nil { return }
+                }
                 continue
             case .forwardToClientAndRelease:
                 release = true
@@ -65,10 +86,15 @@ extension MySQLClientSession {
                 // The proxy's own statement's answer: not the client's.
                 flushForwarded(packets, from: forwardStart, to: packetStart, context: context)
                 forwardStart = buffer.readerIndex
+                if machine!.needsResume {
+                    resumeHeldCommands(context: context)
+                    if closed || self.backend == nil { return }
+                }
             default:
                 flushForwarded(packets, from: forwardStart, to: packetStart, context: context)
                 forwardStart = buffer.readerIndex
                 run(action, context: context)
+                resumeHeldCommands(context: context)
                 if closed || self.backend == nil { return }
             }
             if release { break }

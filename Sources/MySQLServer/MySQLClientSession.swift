@@ -263,6 +263,17 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
         let newPins = machine!.pins.subtracting(pinsBefore)
         if !newPins.isEmpty { pinned(newPins, statement: classification != nil ? command.bytes : nil) }
         run(action, context: context)
+        resumeHeldCommands(context: context)
+    }
+
+    /// Runs what the machine can do now with the commands it held (`needsResume`): statement
+    /// commands after a prepare's answer, the proxy's own answers after the responses before
+    /// them, the release that follows.
+    func resumeHeldCommands(context: ChannelHandlerContext) {
+        while !closed, machine?.needsResume == true {
+            let action = machine!.resume()
+            run(action, context: context)
+        }
     }
 
     /// Classifies a COM_QUERY's text (joined first when it spans packets: rare, 16 MB and more).
@@ -335,12 +346,12 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
                 payload.writeString(schema)
             }
             backend?.writeAndFlush(out)
-        case .forwardToClient, .forwardToClientAndRelease, .forwardToClientAndDiscard:
+        case .forwardToClient, .forwardToClientAndRelease, .forwardToClientAndDiscard, .forwardToClientRewritingStatementID:
             // Handled per packet in `backendDidRead`.
             break
         case .answerClient(let error):
             answer(error, context: context)
-        case .answerPing:
+        case .answerPing, .answerOK:
             answerOK(context: context)
         case .release(let reusable):
             releaseBackend(reusable: reusable)
@@ -429,9 +440,11 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
                     return
                 }
                 let action = machine.borrowed(
-                    backendState: info.state, baseline: info.baseline, noBackslashEscapes: info.noBackslashEscapes)
+                    backendState: info.state, baseline: info.baseline, noBackslashEscapes: info.noBackslashEscapes,
+                    statements: info.statements)
                 self.machine = machine
                 self.run(action, context: context)
+                self.resumeHeldCommands(context: context)
             }
         case .failure(let error):
             if case .timeout = error { runtime.metrics.borrowTimeouts.increment() }

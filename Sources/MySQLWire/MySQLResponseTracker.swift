@@ -124,6 +124,9 @@ public struct MySQLResponseTracker: Sendable {
     /// CLIENT_SESSION_TRACK, whose format differs).
     public var atResultStart: Bool { self.state == .resultStart }
 
+    /// Whether the next packet is a COM_STMT_PREPARE's first (its OK, with the statement id).
+    public var atPrepareOK: Bool { self.state == .prepareOK }
+
     /// The number of commands whose responses have not finished (the one in flight included).
     public var outstandingResponses: Int { self.state == .idle ? 0 : 1 + self.pending.count }
 
