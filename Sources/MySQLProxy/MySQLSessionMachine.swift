@@ -810,7 +810,6 @@ public struct MySQLSessionMachine: Sendable {
         switch role {
         case .clientPrepare, .ownPrepare, .ownInitDB:
             awaiting -= 1
-            if awaiting == 0 { needsResume = true }
         case .execute(let id):
             if !wasError, status.contains(.cursorExists) { openCursors.insert(id) } else { openCursors.remove(id) }
         case .fetch(let id):
@@ -820,7 +819,7 @@ public struct MySQLSessionMachine: Sendable {
         case .ownReset:
             break
         }
-        if !held.isEmpty, awaiting == 0 { needsResume = true }
+        if awaiting == 0, !held.isEmpty || !pendingCloses.isEmpty { needsResume = true }
         if case .none = action {
             // The proxy's own command: its status is the backend's, its conditions nobody's.
             if !wasError { self.status = status }

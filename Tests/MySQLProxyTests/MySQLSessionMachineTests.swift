@@ -235,17 +235,6 @@ final class MySQLSessionMachineTests: XCTestCase {
         XCTAssertFalse(reusable)
     }
 
-    func testBinaryPreparedStatementsPin() {
-        var machine = attached("SELECT 1")
-        var bytes = ByteBuffer()
-        bytes.writeMySQLPacket(sequenceID: 0) {
-            $0.writeInteger(MySQLCommand.stmtPrepare.rawValue)
-            $0.writeString("SELECT ?")
-        }
-        _ = machine.commandReceived(.init(code: MySQLCommand.stmtPrepare.rawValue, bytes: bytes), classification: nil)
-        XCTAssertEqual(machine.pins, .binaryPreparedStatement)
-    }
-
     func testResetConnectionDropsPinsAndState() throws {
         var machine = attached("SET @x = 1")
         _ = try machine.serverPacket(ok(.autocommit))
