@@ -359,3 +359,168 @@ class MyWireClient:
 def ssl_request(capabilities: int = DEFAULT_CAPABILITIES) -> bytes:
     """The 32-byte SSLRequest payload (a HandshakeResponse41 cut after its fixed part)."""
     return struct.pack("<IIB23x", capabilities | CLIENT_SSL, 1 << 24, UTF8MB4_GENERAL_CI)
+
+
+# -- the binary protocol (prepared statements) ---------------------------------------------------
+
+COM_STMT_PREPARE = 0x16
+COM_STMT_EXECUTE = 0x17
+COM_STMT_SEND_LONG_DATA = 0x18
+COM_STMT_CLOSE = 0x19
+COM_STMT_RESET = 0x1A
+COM_STMT_FETCH = 0x1C
+CURSOR_TYPE_READ_ONLY = 1
+SERVER_STATUS_CURSOR_EXISTS = 0x40
+SERVER_STATUS_LAST_ROW_SENT = 0x80
+
+TYPE_LONG, TYPE_LONGLONG, TYPE_NULL = 3, 8, 6
+TYPE_VAR_STRING, TYPE_STRING, TYPE_BLOB = 253, 254, 252
+TYPE_NEWDECIMAL, TYPE_VARCHAR = 246, 15
+
+
+@dataclass
+class Prepared:
+    id: int
+    columns: int
+    params: int
+
+
+@dataclass
+class BinaryResult:
+    """A binary-protocol answer: column names, rows (str for strings and decimals, int for
+    integers, None for NULL) and the final status flags; or the OK packet's fields."""
+    names: list[str]
+    rows: list[list]
+    status: int
+    affected: int | None = None
+
+
+def _column_definition(payload: bytes) -> tuple[str, int]:
+    """A column definition's name and type."""
+    pos, parts = 0, []
+    for _ in range(6):
+        n, pos = read_lenenc_int(payload, pos)
+        parts.append(payload[pos:pos + n])
+        pos += n
+    _, pos = read_lenenc_int(payload, pos)  # length of the fixed fields (0x0c)
+    column_type = payload[pos + 6]
+    return parts[4].decode(), column_type
+
+
+def _binary_row(payload: bytes, types: list[int]) -> list:
+    n = len(types)
+    bitmap_len = (n + 7 + 2) // 8
+    bitmap = payload[1:1 + bitmap_len]
+    pos, row = 1 + bitmap_len, []
+    for i, t in enumerate(types):
+        if bitmap[(i + 2) // 8] & (1 << ((i + 2) % 8)):
+            row.append(None)
+        elif t == TYPE_LONGLONG:
+            row.append(struct.unpack_from("<q", payload, pos)[0]); pos += 8
+        elif t == TYPE_LONG:
+            row.append(struct.unpack_from("<i", payload, pos)[0]); pos += 4
+        else:  # strings, decimals, blobs: length-encoded
+            length, pos = read_lenenc_int(payload, pos)
+            row.append(payload[pos:pos + length].decode(errors="replace")); pos += length
+    return row
+
+
+def _param_value(value) -> tuple[int, bytes]:
+    if isinstance(value, int):
+        return TYPE_LONGLONG, struct.pack("<q", value)
+    data = value.encode() if isinstance(value, str) else bytes(value)
+    return TYPE_VAR_STRING, lenenc_int(len(data)) + data
+
+
+class MyWireStatements:
+    """COM_STMT_* on a logged-in MyWireClient (without DEPRECATE_EOF)."""
+
+    def __init__(self, client: MyWireClient):
+        self.c = client
+
+    def prepare(self, sql: str) -> Prepared | ErrPacket:
+        self.c.command(COM_STMT_PREPARE, sql.encode())
+        first = self.c.read_packet()
+        assert first is not None, "closed instead of answering the prepare"
+        if first.is_err:
+            return parse_err(first.payload)
+        stmt_id, columns, params = struct.unpack_from("<IHH", first.payload, 1)
+        for count in (params, columns):
+            for _ in range(count):
+                assert self.c.read_packet() is not None
+            if count:
+                eof = self.c.read_packet()
+                assert eof is not None and eof.is_eof, f"expected an EOF, got {eof}"
+        return Prepared(stmt_id, columns, params)
+
+    def execute_packet(self, stmt_id: int, params: list, *, send_types: bool = True, cursor: bool = False) -> bytes:
+        body = struct.pack("<IBI", stmt_id, CURSOR_TYPE_READ_ONLY if cursor else 0, 1)
+        if params:
+            bitmap = bytearray((len(params) + 7) // 8)
+            types, values = b"", b""
+            for i, value in enumerate(params):
+                if value is None:
+                    bitmap[i // 8] |= 1 << (i % 8)
+                    types += struct.pack("<H", TYPE_NULL)
+                    continue
+                t, v = _param_value(value)
+                types += struct.pack("<H", t)
+                values += v
+            body += bytes(bitmap) + (b"\x01" + types if send_types else b"\x00") + values
+        return bytes([COM_STMT_EXECUTE]) + body
+
+    def execute(self, stmt_id: int, params: list | None = None, *, send_types: bool = True,
+                cursor: bool = False) -> BinaryResult | ErrPacket:
+        self.c.send_packet(self.execute_packet(stmt_id, params or [], send_types=send_types, cursor=cursor), 0)
+        return self.read_binary_result()
+
+    def read_binary_result(self) -> BinaryResult | ErrPacket:
+        first = self.c.read_packet()
+        assert first is not None, "closed instead of answering the execute"
+        if first.is_err:
+            return parse_err(first.payload)
+        if first.is_ok:
+            affected, pos = read_lenenc_int(first.payload, 1)
+            _, pos = read_lenenc_int(first.payload, pos)
+            return BinaryResult([], [], struct.unpack_from("<H", first.payload, pos)[0], affected)
+        columns, _ = read_lenenc_int(first.payload, 0)
+        names, types = [], []
+        for _ in range(columns):
+            name, t = _column_definition(self.c.read_packet().payload)
+            names.append(name)
+            types.append(t)
+        eof = self.c.read_packet()
+        assert eof is not None and eof.is_eof, f"expected an EOF after the columns, got {eof}"
+        status = struct.unpack_from("<H", eof.payload, 3)[0]
+        self.types = types
+        if status & SERVER_STATUS_CURSOR_EXISTS:
+            return BinaryResult(names, [], status)
+        rows, status = self._rows(types)
+        return BinaryResult(names, rows, status) if not isinstance(rows, ErrPacket) else rows
+
+    def _rows(self, types: list[int]):
+        rows = []
+        while True:
+            p = self.c.read_packet()
+            assert p is not None, "closed in a result set"
+            if p.is_err:
+                return parse_err(p.payload), 0
+            if p.is_eof:
+                return rows, struct.unpack_from("<H", p.payload, 3)[0]
+            rows.append(_binary_row(p.payload, types))
+
+    def fetch(self, stmt_id: int, count: int) -> BinaryResult | ErrPacket:
+        self.c.send_packet(struct.pack("<BII", COM_STMT_FETCH, stmt_id, count), 0)
+        rows, status = self._rows(self.types)
+        return rows if isinstance(rows, ErrPacket) else BinaryResult([], rows, status)
+
+    def send_long_data(self, stmt_id: int, param: int, data: bytes) -> None:
+        self.c.send_packet(struct.pack("<BIH", COM_STMT_SEND_LONG_DATA, stmt_id, param) + data, 0)
+
+    def close(self, stmt_id: int) -> None:
+        self.c.send_packet(struct.pack("<BI", COM_STMT_CLOSE, stmt_id), 0)
+
+    def reset(self, stmt_id: int) -> Packet | ErrPacket:
+        self.c.send_packet(struct.pack("<BI", COM_STMT_RESET, stmt_id), 0)
+        p = self.c.read_packet()
+        return parse_err(p.payload) if p.is_err else p
