@@ -27,9 +27,10 @@ public struct MySQLClientStatement: Sendable {
     /// COM_STMT_SEND_LONG_DATA packets (headers included) held until the next execute, which
     /// may run on another backend than the one that would have taken them.
     public var longData: [ByteBuffer] = []
-    /// Where this statement was last found: the cache (by identity), its slot and the entry's
-    /// serial, so that the next execute on the same backend skips hashing the SQL.
-    var memo: (cache: ObjectIdentifier, slot: Int, serial: UInt64)?
+    /// Where this statement was last found: the cache (by its random id, not its address: a
+    /// closed backend's cache is freed and a new one may get its address), its slot and the
+    /// entry's serial, so that the next execute on the same backend skips hashing the SQL.
+    var memo: (cache: UInt64, slot: Int, serial: UInt64)?
 
     public init(key: MySQLStatementKey, parameterCount: Int) {
         self.key = key
@@ -57,6 +58,9 @@ public final class MySQLBackendStatementCache: @unchecked Sendable {
 
     /// How many statements the backend may hold.
     public let capacity: Int
+    /// Tells this cache from every other for the memos of client statements (random: caches are
+    /// made on every event loop, so a shared counter would need a lock).
+    let id = UInt64.random(in: 1...UInt64.max)
     /// The server's `max_prepared_stmt_count` (a client may not hold more through the proxy).
     public let serverLimit: Int
     public private(set) var slots: [Entry?] = []
@@ -78,14 +82,14 @@ public final class MySQLBackendStatementCache: @unchecked Sendable {
 
     /// The slot holding `statement`'s key, found through its memo when it is still valid.
     public func find(_ statement: inout MySQLClientStatement) -> Int? {
-        if let memo = statement.memo, memo.cache == ObjectIdentifier(self), memo.slot < slots.count,
+        if let memo = statement.memo, memo.cache == id, memo.slot < slots.count,
            let entry = slots[memo.slot], entry.serial == memo.serial
         {
             touch(memo.slot)
             return memo.slot
         }
         guard let slot = index[statement.key], let entry = slots[slot] else { return nil }
-        statement.memo = (ObjectIdentifier(self), slot, entry.serial)
+        statement.memo = (id, slot, entry.serial)
         touch(slot)
         return slot
     }

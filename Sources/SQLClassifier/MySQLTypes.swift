@@ -35,9 +35,8 @@ public struct MySQLPinReasons: OptionSet, Sendable, Hashable, CustomStringConver
     /// A `SET` of a session variable that the proxy does not track, `SET RESOURCE GROUP`, and
     /// malformed `SET`s (conservatively). Exempted by `excludeVariableSets`.
     public static let setVariable = MySQLPinReasons(rawValue: 1 << 9)
-    /// A binary-protocol prepared statement (`COM_STMT_PREPARE`). Never set by `classify`:
-    /// the session sets it.
-    public static let binaryPreparedStatement = MySQLPinReasons(rawValue: 1 << 10)
+    // Bit 10 was `binary_prepared_statement`: binary-protocol prepared statements are
+    // multiplexed now (MySQLSessionMachine), and the bit stays unused so that names keep theirs.
     /// The server reported a session-state change the proxy cannot restore. Never set by
     /// `classify`: the session sets it.
     public static let sessionStateChange = MySQLPinReasons(rawValue: 1 << 11)
@@ -52,14 +51,14 @@ public struct MySQLPinReasons: OptionSet, Sendable, Hashable, CustomStringConver
     /// Every reason, in the order used by `names`.
     public static let all: MySQLPinReasons = [
         .userVariable, .temporaryTable, .lockTables, .globalReadLock, .namedLock, .sqlPrepare, .foundRows,
-        .handler, .xa, .setVariable, .binaryPreparedStatement, .sessionStateChange, .setRole, .backupLock,
+        .handler, .xa, .setVariable, .sessionStateChange, .setRole, .backupLock,
     ]
 
     /// Stable names, in bit order.
     private static let nameTable: [String] = [
         "user_variable", "temporary_table", "lock_tables", "flush_tables_with_read_lock", "get_lock",
         "sql_prepare", "sql_calc_found_rows", "handler", "xa_transaction", "set_variable",
-        "binary_prepared_statement", "session_state_change", "set_role", "backup_lock",
+        "", "session_state_change", "set_role", "backup_lock",
     ]
 
     /// Stable snake_case names of the reasons in this set (bit order), e.g. `["user_variable", "lock_tables"]`.
@@ -73,7 +72,7 @@ public struct MySQLPinReasons: OptionSet, Sendable, Hashable, CustomStringConver
 
     /// The reason with the given stable name, if any.
     public init?(name: String) {
-        guard let index = MySQLPinReasons.nameTable.firstIndex(of: name) else { return nil }
+        guard !name.isEmpty, let index = MySQLPinReasons.nameTable.firstIndex(of: name) else { return nil }
         self.init(rawValue: 1 << UInt16(index))
     }
 

@@ -262,6 +262,26 @@ final class MySQLPreparedStatementTests: XCTestCase {
         XCTAssertEqual(statementID(out[0]), 1)
     }
 
+    /// Found by Connector/J's workload, 50 threads over 5 backends: a client statement
+    /// remembered where it was found by the cache's address, and a backend closed and replaced
+    /// got a cache at the same address, where the remembered slot held another statement: the
+    /// execute ran that one ("Data too long for column").
+    func testAStatementIsNotFoundInANewCacheAtAnOldOnesAddress() {
+        let one = MySQLStatementKey(schema: "app", sql: Array("INSERT INTO t (k, v) VALUES (?, ?)".utf8))
+        let other = MySQLStatementKey(schema: "app", sql: Array("INSERT INTO t (v, k) VALUES (?, ?)".utf8))
+        var statement = MySQLClientStatement(key: one, parameterCount: 2)
+        for _ in 0..<100 {
+            do {
+                let closed = cache()
+                closed.insert(one, backendID: 1)
+                XCTAssertNotNil(closed.find(&statement))
+            }
+            let replacement = cache()
+            replacement.insert(other, backendID: 2)
+            XCTAssertNil(replacement.find(&statement), "the new backend does not have the statement")
+        }
+    }
+
     func testMariaDBsLastStatementIDFollowsAPipelinedPrepare() throws {
         var machine = MySQLSessionMachine(capabilities: caps, loginSchema: "app")
         let backend = cache()

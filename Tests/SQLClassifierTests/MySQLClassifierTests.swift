@@ -634,7 +634,7 @@ func mysqlSetAssignments(_ c: MySQLSetCase) {
     #expect(MySQLPinReasons.all.names == [
         "user_variable", "temporary_table", "lock_tables", "flush_tables_with_read_lock", "get_lock",
         "sql_prepare", "sql_calc_found_rows", "handler", "xa_transaction", "set_variable",
-        "binary_prepared_statement", "session_state_change", "set_role", "backup_lock",
+        "session_state_change", "set_role", "backup_lock",
     ])
     for name in MySQLPinReasons.all.names {
         let reason = MySQLPinReasons(name: name)
@@ -644,7 +644,8 @@ func mysqlSetAssignments(_ c: MySQLSetCase) {
     #expect(MySQLPinReasons(name: "user_variable") == .userVariable)
     #expect(MySQLPinReasons(name: "get_lock") == .namedLock)
     #expect(MySQLPinReasons(name: "flush_tables_with_read_lock") == .globalReadLock)
-    #expect(MySQLPinReasons(name: "binary_prepared_statement") == .binaryPreparedStatement)
+    #expect(MySQLPinReasons(name: "binary_prepared_statement") == nil, "prepared statements no longer pin")
+    #expect(MySQLPinReasons(name: "") == nil)
     #expect(MySQLPinReasons(name: "session_state_change") == .sessionStateChange)
     #expect(([.lockTables, .userVariable] as MySQLPinReasons).names == ["user_variable", "lock_tables"])
     #expect(MySQLPinReasons().names == [])
@@ -652,7 +653,7 @@ func mysqlSetAssignments(_ c: MySQLSetCase) {
     // The session's reasons are never produced from SQL.
     var everything = MySQLPinReasons()
     for c in mysqlTriggerCases { everything.formUnion(MySQLClassifier.classify(c.sql).pinReasons) }
-    #expect(everything == MySQLPinReasons.all.subtracting([.binaryPreparedStatement, .sessionStateChange]))
+    #expect(everything == MySQLPinReasons.all.subtracting([.sessionStateChange]))
 }
 
 // MARK: - Lexer
