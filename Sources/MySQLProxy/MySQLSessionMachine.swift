@@ -177,6 +177,8 @@ public struct MySQLSessionMachine: Sendable {
     /// GET DIAGNOSTICS or @@warning_count read the client's own conditions there and not
     /// another backend's. That command's own response decides again.
     private var holdForDiagnostics = false
+    /// The client's earlier conditions are still in the diagnostics area through its prepare.
+    private var diagnosticsBeforePrepare = false
     /// The rest of a lease's restore plan while the backend's diagnostics area is cleared.
     private var planAfterClearing: MySQLRestorePlan?
     /// A lease made to check the login schema (`verifyLoginSchema`) is under way: the client
@@ -250,6 +252,9 @@ public struct MySQLSessionMachine: Sendable {
     /// other commands). The pins it adds apply before it runs.
     public mutating func commandReceived(_ command: Command, classification: MySQLClassification?) -> Action {
         if holdForNextTransaction > 0 { holdForNextTransaction -= 1 }
+        // A COM_STMT_PREPARE leaves the diagnostics area as it is (MariaDB): the conditions an
+        // earlier statement left stay the client's to read after it.
+        diagnosticsBeforePrepare = holdForDiagnostics && command.code == MySQLCommand.stmtPrepare.rawValue
         holdForDiagnostics = false
         if let classification {
             pins.formUnion(classification.pinReasons)
@@ -831,6 +836,7 @@ public struct MySQLSessionMachine: Sendable {
             if status.contains(.sessionStateChanged) { try? recordSessionState(payload) }
         }
         holdForDiagnostics = tracker.lastResponseLeftConditions
+        if case .clientPrepare = role, diagnosticsBeforePrepare { holdForDiagnostics = true }
         if holdForDiagnostics { backend.mayHoldConditions = true }
         if case .forwardToClient = action, canRelease {
             state = .idle
