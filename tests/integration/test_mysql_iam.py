@@ -1,7 +1,6 @@
 """IAM database authentication through a MySQL proxy, as RDS Proxy does it: the token boto3's
 `generate_db_auth_token` mints is the password, over TLS only. It reaches the proxy through
-`mysql_clear_password` (the `mariadb` client's --enable-cleartext-plugin, PyMySQL,
-mysql-connector-python) or, for clients that keep that plugin disabled, as the password of
+`mysql_clear_password` (the `mariadb` client, PyMySQL, mysql-connector-python) or, for clients that keep that plugin disabled, as the password of
 caching_sha2_password's full authentication over TLS (the proxy answers a caching_sha2 scramble
 of an IAM user with "perform full authentication", 0x04, and the client sends its password in
 clear: TLS protects it). A tampered or expired token, or one sent without TLS, is refused with
@@ -17,7 +16,7 @@ import json
 
 import pytest
 
-from mysql_fixtures import CACHING_SHA2, NATIVE, MY_USERS, MyTarget, mysql_env
+from mysql_fixtures import CACHING_SHA2, NATIVE
 from helpers import wait_for
 
 pytestmark = pytest.mark.proxy_only
@@ -120,22 +119,19 @@ WHO = ("app@%", "app", 42)
 
 
 @pytest.mark.parametrize("auth", [NATIVE, CACHING_SHA2], ids=["native", "caching_sha2"])
-def test_mariadb_client_with_the_cleartext_plugin(iam_proxy, auth):
-    """`mariadb --enable-cleartext-plugin`: the proxy switches the client to mysql_clear_password
-    (a native proxy) or to caching_sha2's full authentication (a caching_sha2 proxy)."""
+def test_mariadb_client_logs_in_with_a_token(iam_proxy, auth):
+    """The `mariadb` client (MariaDB's client library always has mysql_clear_password: its
+    --enable-cleartext-plugin is obsolete) is switched to mysql_clear_password by a native proxy;
+    with a caching_sha2 proxy it answers with caching_sha2 and sends the token in that plugin's
+    full authentication over TLS."""
     p = iam_proxy(auth)
-    proc = cli(p, token(p), "--enable-cleartext-plugin")
+    proc = cli(p, token(p))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "app@%\tapp\t42"
-
-
-def test_mariadb_client_through_caching_sha2_without_the_cleartext_plugin(iam_proxy):
-    """A client that does not enable mysql_clear_password logs in through caching_sha2's full
-    authentication over TLS."""
-    p = iam_proxy(CACHING_SHA2)
-    proc = cli(p, token(p), "--default-auth=caching_sha2_password")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "app@%\tapp\t42"
+    if auth == CACHING_SHA2:
+        proc = cli(p, token(p), "--default-auth=caching_sha2_password")
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "app@%\tapp\t42"
 
 
 @pytest.mark.parametrize("auth", [NATIVE, CACHING_SHA2], ids=["native", "caching_sha2"])
@@ -178,7 +174,7 @@ def test_tampered_and_expired_tokens_get_1045(iam_proxy, auth):
         with pytest.raises(pymysql.err.OperationalError) as exc:
             pymysql_login(p, bad)
         assert exc.value.args == (1045, DENIED), bad[:40]
-    proc = cli(p, tampered(good), "--enable-cleartext-plugin")
+    proc = cli(p, tampered(good))
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"ERROR 1045 (28000): {DENIED}"
     with pytest.raises(mysql.connector.errors.ProgrammingError) as exc2:
@@ -198,7 +194,7 @@ def test_a_token_without_tls_is_refused(iam_proxy, auth):
     with pytest.raises(pymysql.err.OperationalError) as exc:
         pymysql_login(p, token(p), tls=False)
     assert exc.value.args == (3159, IAM_NEEDS_TLS)
-    proc = cli(p, token(p), "--enable-cleartext-plugin", tls=False)
+    proc = cli(p, token(p), tls=False)
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"ERROR 3159 (HY000): {IAM_NEEDS_TLS}"
 
