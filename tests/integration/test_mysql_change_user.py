@@ -173,3 +173,27 @@ def test_change_user_to_a_schema_not_the_users_is_refused_like_a_login(mysql_pro
         except Exception:
             pass
     p.assert_serves()
+
+
+@pytest.mark.proxy_only
+def test_a_change_user_pipelined_behind_a_query_waits_for_its_answer(mysql_proxy):
+    """A COM_QUERY, a COM_CHANGE_USER and another COM_QUERY in one write: the first query is
+    answered as app, then the change (at once: the scramble is of the greeting's nonce), then
+    the second query as app_monitor. (MariaDB itself answers this change with an
+    AuthSwitchRequest, and then reads the pipelined query as the client's answer to it.)"""
+    import struct
+
+    from mywire import COM_QUERY, native_password_scramble, packet
+
+    p = mysql_proxy()
+    with p.wire() as w:
+        w.login("app", p.passwords["app"])
+        scramble = native_password_scramble(p.passwords["app_monitor"], w.greeting.salt)
+        change = (b"\x11app_monitor\0" + bytes([len(scramble)]) + scramble + b"\0"
+                  + struct.pack("<H", 45) + b"mysql_native_password\0")
+        w.send(packet(bytes([COM_QUERY]) + b"SELECT SLEEP(0.3), CURRENT_USER()", 0) + packet(change, 0)
+               + packet(bytes([COM_QUERY]) + b"SELECT CURRENT_USER(), DATABASE()", 0))
+        assert w.read_result() == [["0", "app@%"]]
+        answer = w.read_packet()
+        assert answer is not None and answer.is_ok and answer.seq == 1, answer
+        assert w.read_result() == [["app_monitor@%", None]]
