@@ -526,8 +526,8 @@ public struct MySQLClientLogin: Sendable {
             iamClient.iam = true
             if clientPlugin == MySQLAuthentication.cachingSHA2PasswordPlugin {
                 // caching_sha2_password's full authentication: over TLS the client sends its
-                // password (the token) in clear, so clients that do not enable
-                // mysql_clear_password (MySQL's, Connector/J) log in with a token too. Its
+                // password (the token) in clear, so clients that keep mysql_clear_password
+                // disabled (libmysqlclient unless told otherwise) log in with a token too. Its
                 // scramble is not looked at: a token cannot be checked from one.
                 state = .fullAuthentication(iamClient.expecting(after: sequenceID), nonce: nonce)
                 return .write(authMoreData(.performFullAuthentication, sequenceID: replyID))
