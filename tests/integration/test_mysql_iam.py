@@ -230,3 +230,66 @@ def test_change_user_to_the_iam_user_with_a_token(iam_proxy):
             conn.close()
         except Exception:
             pass
+
+
+@pytest.mark.parametrize("auth", [NATIVE, CACHING_SHA2], ids=["native", "caching_sha2"])
+def test_the_exchange_on_the_wire(iam_proxy, auth):
+    """Packet by packet, over TLS: an IAM user's caching_sha2 scramble (even the secret
+    password's) gets "perform full authentication" (0x01 0x04), and the token then logs in; a
+    native answer is switched to mysql_clear_password (a native proxy) or to caching_sha2 (a
+    caching_sha2 proxy, then full authentication)."""
+    import hashlib
+    import ssl
+
+    from mywire import CLIENT_SSL, DEFAULT_CAPABILITIES, native_password_scramble, ssl_request
+
+    p = iam_proxy(auth)
+    good = token(p)
+
+    def sha2_scramble(password: str, nonce: bytes) -> bytes:
+        h1 = hashlib.sha256(password.encode()).digest()
+        h3 = hashlib.sha256(hashlib.sha256(h1).digest() + nonce[:20]).digest()
+        return bytes(a ^ b for a, b in zip(h1, h3))
+
+    for client_plugin in ("caching_sha2_password", "mysql_native_password"):
+        for password, ok in ((good, True), (tampered(good), False)):
+            with p.wire() as w:
+                greeting = w.read_greeting()
+                w.send_packet(ssl_request(), 1)
+                w.start_tls(ssl.create_default_context(cafile=p.ca), server_hostname="localhost")
+                if client_plugin == "caching_sha2_password":
+                    scramble = sha2_scramble(p.passwords["app"], greeting.salt)
+                else:
+                    scramble = native_password_scramble(p.passwords["app"], greeting.salt)
+                w.send_packet(w.handshake_response("app", "", plugin=client_plugin, auth_response=scramble,
+                                                   capabilities=DEFAULT_CAPABILITIES | CLIENT_SSL), 2)
+                answer = w.read_packet()
+                if client_plugin == "mysql_native_password":
+                    name, _, nonce = answer.payload[1:].partition(b"\0")
+                    assert answer.payload[:1] == b"\xfe" and answer.seq == 3, answer
+                    if auth == NATIVE:
+                        assert name == b"mysql_clear_password"
+                        w.send_packet(password.encode() + b"\0", 4)
+                        result = w.read_packet()
+                        assert result.seq == 5
+                        check(w, result, ok)
+                        continue
+                    assert name == b"caching_sha2_password"
+                    w.send_packet(sha2_scramble("whatever", nonce.rstrip(b"\0")), 4)
+                    answer = w.read_packet()
+                assert answer.payload == b"\x01\x04", answer  # perform_full_authentication
+                w.send_packet(password.encode() + b"\0", answer.seq + 1)
+                result = w.read_packet()
+                assert result.seq == answer.seq + 2
+                check(w, result, ok)
+
+
+def check(w, result, ok: bool) -> None:
+    from mywire import parse_err
+
+    if ok:
+        assert result.is_ok, result
+        assert w.query("SELECT CURRENT_USER()") == [["app@%"]]
+    else:
+        assert result.is_err, result
+        assert str(parse_err(result.payload)) == f"ERROR 1045 (28000): {DENIED}"
