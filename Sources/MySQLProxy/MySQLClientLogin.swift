@@ -8,7 +8,10 @@ import ProxyCore
 /// client's SSLRequest (TLS), its HandshakeResponse41, the auth policy (TLS, the client limit,
 /// IAM) and the password exchange of the proxy's `client_password_auth_type`
 /// (mysql_native_password or caching_sha2_password, with its full authentication over TLS or
-/// with the RSA public key), or an IAM token sent with mysql_clear_password.
+/// with the RSA public key), or an IAM token: sent with mysql_clear_password, or as the password
+/// of caching_sha2_password's full authentication over TLS (clients that keep
+/// mysql_clear_password disabled, as MySQL's own do, send it so). The same machine answers a
+/// COM_CHANGE_USER (`init(configuration:changingUserOf:greetingNonce:)`).
 ///
 /// The session handler frames the client's bytes into packets, feeds them to `packetReceived`
 /// and runs what each event returns: write these bytes, start TLS, check a token, fail. After
@@ -203,6 +206,9 @@ public struct MySQLClientLogin: Sendable {
         var entry: User?
         /// The sequence id the client's next packet must carry.
         var nextClientSequenceID: UInt8
+        /// The user logs in with an IAM token (`iam_auth: REQUIRED`, or the client chose
+        /// mysql_clear_password): caching_sha2_password's full authentication carries the token.
+        var iam = false
 
         /// The same client after the proxy answered its packet `sequenceID` with one packet.
         func expecting(after sequenceID: UInt8) -> Client {
@@ -232,6 +238,9 @@ public struct MySQLClientLogin: Sendable {
         case awaitingEncryptedPassword(Client, nonce: [UInt8])
         /// An IAM token is being checked (`.verifyIAMToken`); `replyID`: the id of the answer.
         case checkingIAMToken(Client, replyID: UInt8)
+        /// A COM_CHANGE_USER is expected (`init(configuration:changingUserOf:greetingNonce:)`):
+        /// its payload goes to `changeUserReceived`, on a connection logged in as `previous`.
+        case awaitingChangeUser(previous: LoginResult)
         /// `.loggedIn` was returned: the session owns the connection.
         case loggedIn
         /// The login failed (or TLS could not start): nothing more is read.
@@ -254,9 +263,25 @@ public struct MySQLClientLogin: Sendable {
     /// The capabilities in force once the HandshakeResponse41 is read (before it, CLIENT_PROTOCOL_41
     /// only: what an ERR packet is encoded with).
     public private(set) var negotiatedCapabilities: MySQLCapabilities = .protocol41
+    /// The greeting's nonce: clients compute a COM_CHANGE_USER's scramble with it (they keep it
+    /// for the life of the connection), so the session keeps it for its change-user machines.
+    public private(set) var greetingNonce: [UInt8] = []
 
     public init(configuration: Configuration) {
         self.configuration = configuration
+    }
+
+    /// A machine for a COM_CHANGE_USER on a connection logged in as `previous` (its TLS, its
+    /// capabilities and the greeting's nonce stay): the command's payload goes to
+    /// `changeUserReceived`, and the exchange goes on as a login's does (the same plugins, IAM
+    /// and errors), its packets numbered from the command's 0. `.loggedIn` ends it (the session
+    /// sends the OK), `.fail` too (the ERR, then the connection closes, as MySQL closes it).
+    public init(configuration: Configuration, changingUserOf previous: LoginResult, greetingNonce: [UInt8]) {
+        self.configuration = configuration
+        self.isTLS = previous.isTLS
+        self.negotiatedCapabilities = previous.capabilities
+        self.greetingNonce = greetingNonce
+        self.state = .awaitingChangeUser(previous: previous)
     }
 
     /// The sequence id of the proxy's answer to the client's next packet: what an ERR the proxy
@@ -266,6 +291,8 @@ public struct MySQLClientLogin: Sendable {
         switch state {
         case .initial, .greeted:
             return 2
+        case .awaitingChangeUser:
+            return 1
         case .tlsStarted:
             return 3
         case .switchingPlugin(let client, _, _), .fullAuthentication(let client, _), .awaitingEncryptedPassword(let client, _):
@@ -293,6 +320,7 @@ public struct MySQLClientLogin: Sendable {
             serverVersion: serverVersion, connectionID: connectionID, authPluginData: nonce, capabilities: advertised,
             characterSet: characterSet, status: status, authPluginName: configuration.passwordMethod.pluginName)
         state = .greeted(nonce: nonce, capabilities: advertised)
+        greetingNonce = nonce
         return .write(packet(sequenceID: 0) { handshake.encode(into: &$0) })
     }
 
@@ -305,7 +333,7 @@ public struct MySQLClientLogin: Sendable {
         let sequenceID = packet.sequenceID
         let payload = packet.payload
         switch state {
-        case .initial, .loggedIn, .failed:
+        case .initial, .loggedIn, .failed, .awaitingChangeUser:
             return .none
         case .greeted(let nonce, let capabilities):
             guard sequenceID == 1 else { return outOfOrder(sequenceID, replyID: sequenceID &+ 1) }
@@ -341,6 +369,11 @@ public struct MySQLClientLogin: Sendable {
         case .fullAuthentication(let client, let nonce):
             guard sequenceID == client.nextClientSequenceID else { return outOfOrder(sequenceID, replyID: sequenceID &+ 1) }
             let data = Array(payload.readableBytesView)
+            if client.iam {
+                // The token, in clear: the admission let IAM in over TLS only.
+                guard isTLS else { return wrongPassword(client, replyID: sequenceID &+ 1, passwordUsed: true) }
+                return iamToken(client, data: data, sequenceID: sequenceID)
+            }
             if isTLS {
                 return fullAuthentication(client, password: Self.droppingNUL(data), sequenceID: sequenceID)
             }
@@ -427,6 +460,50 @@ public struct MySQLClientLogin: Sendable {
         // Without CLIENT_PLUGIN_AUTH the client speaks mysql_native_password (4.1 scramble).
         let clientPlugin = response.capabilities.contains(.pluginAuth)
             ? (response.authPluginName ?? MySQLAuthentication.nativePasswordPlugin) : MySQLAuthentication.nativePasswordPlugin
+        return authenticationBegins(
+            client, clientPlugin: clientPlugin, pluginAuth: response.capabilities.contains(.pluginAuth),
+            authResponse: response.authResponse, nonce: nonce, sequenceID: sequenceID, environment: environment)
+    }
+
+    /// A COM_CHANGE_USER (its payload, sequence id 0) on a machine made with
+    /// `init(configuration:changingUserOf:greetingNonce:)`. The user, schema, character set and
+    /// connection attributes are the command's; capabilities, TLS and the maximum packet size
+    /// are the connection's. The client limit is not checked again (the client holds its slot).
+    public mutating func changeUserReceived(_ packet: MySQLPacket, environment: Environment) -> Action {
+        guard case .awaitingChangeUser(let previous) = state else { return .none }
+        let sequenceID = packet.sequenceID
+        let request: MySQLChangeUser
+        do {
+            request = try MySQLChangeUser(parsing: packet.payload, capabilities: previous.capabilities)
+        } catch {
+            return protocolViolation("malformed COM_CHANGE_USER: \(error)", replyID: sequenceID &+ 1)
+        }
+        user = request.username
+        let characterSet = request.characterSet.flatMap { $0 == 0 ? nil : $0 } ?? previous.characterSet
+        let client = Client(
+            user: request.username, database: request.database.isEmpty ? nil : request.database,
+            characterSet: characterSet, clientCapabilities: previous.clientCapabilities,
+            capabilities: previous.capabilities, maxPacketSize: previous.maxPacketSize,
+            attributes: request.attributes.isEmpty ? previous.attributes : request.attributes,
+            entry: environment.user(request.username), nextClientSequenceID: sequenceID &+ 2)
+        let pluginAuth = previous.capabilities.contains(.pluginAuth)
+        let clientPlugin = pluginAuth
+            ? (request.authPluginName ?? MySQLAuthentication.nativePasswordPlugin) : MySQLAuthentication.nativePasswordPlugin
+        var policy = environment
+        policy.clientLimitExceeded = false
+        return authenticationBegins(
+            client, clientPlugin: clientPlugin, pluginAuth: pluginAuth, authResponse: request.authResponse,
+            nonce: greetingNonce, sequenceID: sequenceID, environment: policy)
+    }
+
+    /// Who the client claims to be is known (its HandshakeResponse41 or COM_CHANGE_USER, the
+    /// packet `sequenceID`): the auth policy, then the exchange of the user's method. `nonce`:
+    /// the one the client's scramble was computed with.
+    private mutating func authenticationBegins(
+        _ client: Client, clientPlugin: String, pluginAuth: Bool, authResponse: [UInt8], nonce: [UInt8],
+        sequenceID: UInt8, environment: Environment
+    ) -> Action {
+        let replyID = sequenceID &+ 1
         let asksForClearPassword = clientPlugin == MySQLAuthentication.clearPasswordPlugin
         let admission = environment.policy.admit(
             clientUsesTLS: isTLS, clientLimitExceeded: environment.clientLimitExceeded,
@@ -443,7 +520,24 @@ public struct MySQLClientLogin: Sendable {
                 reason: .iamWithoutTLS)
         case .iamToken:
             if asksForClearPassword {
-                return iamToken(client, data: response.authResponse, sequenceID: sequenceID)
+                return iamToken(client, data: authResponse, sequenceID: sequenceID)
+            }
+            var iamClient = client
+            iamClient.iam = true
+            if clientPlugin == MySQLAuthentication.cachingSHA2PasswordPlugin {
+                // caching_sha2_password's full authentication: over TLS the client sends its
+                // password (the token) in clear, so clients that keep mysql_clear_password
+                // disabled (libmysqlclient unless told otherwise) log in with a token too. Its
+                // scramble is not looked at: a token cannot be checked from one.
+                state = .fullAuthentication(iamClient.expecting(after: sequenceID), nonce: nonce)
+                return .write(authMoreData(.performFullAuthentication, sequenceID: replyID))
+            }
+            if configuration.passwordMethod == .cachingSHA2Password, pluginAuth {
+                // The proxy's own plugin, then its full authentication (above).
+                let fresh = configuration.makeNonce()
+                state = .switchingPlugin(iamClient, plugin: .password(.cachingSHA2Password), nonce: fresh)
+                return .write(authSwitch(
+                    plugin: MySQLAuthentication.cachingSHA2PasswordPlugin, data: fresh, sequenceID: replyID))
             }
             state = .switchingPlugin(client, plugin: .clearPassword, nonce: [])
             return .write(authSwitch(plugin: MySQLAuthentication.clearPasswordPlugin, data: [], sequenceID: replyID))
@@ -452,7 +546,7 @@ public struct MySQLClientLogin: Sendable {
         }
         let method = configuration.passwordMethod
         guard clientPlugin == method.pluginName else {
-            guard response.capabilities.contains(.pluginAuth) else {
+            guard pluginAuth else {
                 // No AuthSwitchRequest without CLIENT_PLUGIN_AUTH (MySQL's own answer).
                 return fail(
                     Self.notSupportedAuthMode, sequenceID: replyID, reason: .unsupportedClient("no CLIENT_PLUGIN_AUTH"))
@@ -462,7 +556,7 @@ public struct MySQLClientLogin: Sendable {
             // (Sent NUL-terminated, as MySQL does: clients check its length.)
             return .write(authSwitch(plugin: method.pluginName, data: fresh, sequenceID: replyID))
         }
-        return authenticate(client, method: method, authData: response.authResponse, nonce: nonce, sequenceID: sequenceID)
+        return authenticate(client, method: method, authData: authResponse, nonce: nonce, sequenceID: sequenceID)
     }
 
     /// The client's scramble for `method`, in the packet `sequenceID` (its HandshakeResponse41,
@@ -471,6 +565,12 @@ public struct MySQLClientLogin: Sendable {
         _ client: Client, method: PasswordMethod, authData: [UInt8], nonce: [UInt8], sequenceID: UInt8
     ) -> Action {
         let replyID = sequenceID &+ 1
+        if client.iam {
+            // An IAM user switched to caching_sha2_password: its full authentication carries
+            // the token (the scramble cannot prove one).
+            state = .fullAuthentication(client.expecting(after: sequenceID), nonce: nonce)
+            return .write(authMoreData(.performFullAuthentication, sequenceID: replyID))
+        }
         // An unknown user is checked against a password nobody has, so the work (and its time)
         // is the same as for a known user; it can never succeed.
         let password = client.entry?.password

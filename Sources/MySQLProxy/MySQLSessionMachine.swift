@@ -1004,6 +1004,35 @@ public struct MySQLSessionMachine: Sendable {
         return .none
     }
 
+    /// Whether none of the client's commands is under way: none waits for a backend, a restore
+    /// or its response (a transaction may be open). A COM_CHANGE_USER is answered only then.
+    public var isBetweenCommands: Bool {
+        switch state {
+        case .idle:
+            return true
+        case .attached:
+            return !inFlight && held.isEmpty && !sendingInfile
+        case .borrowing, .restoring, .closed:
+            return false
+        }
+    }
+
+    /// COM_CHANGE_USER answered by the proxy (between commands): whatever the client was, it is
+    /// no more (its session becomes another machine's, the new user's, once the change is
+    /// authenticated). Its pins go, and the backend it holds is released: reusable when it holds
+    /// nothing of the client's, closed when it is pinned or in a transaction (its state is the
+    /// client's: MySQL rolls a transaction back on COM_CHANGE_USER, and closing the backend does
+    /// that; reused, the next client would find it).
+    public mutating func changeUser() -> Action {
+        let wasHolding = holdsBackend
+        let dirty = !pins.isEmpty || inTransaction
+        pins = []
+        holdForDiagnostics = false
+        holdForNextTransaction = 0
+        state = .idle
+        return wasHolding ? .release(reusable: !dirty) : .none
+    }
+
     /// COM_RESET_CONNECTION answered by the proxy: the client's state returns to its login
     /// defaults and its pins go; a pinned backend is not reusable (its state is the client's).
     public mutating func resetConnection() -> Action {

@@ -108,6 +108,7 @@ extension MySQLClientSession {
             context.flush()
             closeIfDrained()
         }
+        if deferredChangeUser != nil { resumeDeferredChangeUser() }
     }
 
     /// The database finished answering one of the client's commands: its response time is
@@ -185,5 +186,6 @@ extension MySQLClientSession {
         self.machine = machine
         if case .close = action { log(.warning, "database connection lost while serving this client") }
         run(action, context: context)
+        if deferredChangeUser != nil { resumeDeferredChangeUser() }
     }
 }

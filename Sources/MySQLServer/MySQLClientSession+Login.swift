@@ -69,8 +69,10 @@ extension MySQLClientSession {
             loggedIn(result, context: context)
         case .fail(let packet, _, let reason):
             if reason.countsAsFailedAuthentication {
-                runtime.metrics.clientConnectionsSetupFailedAuth[endpoint].increment()
-                log(.info, "client authentication failed", ["concierge.reason": "\(reason)"])
+                // A COM_CHANGE_USER's failure is not a connection's setup failing.
+                if !changingUser { runtime.metrics.clientConnectionsSetupFailedAuth[endpoint].increment() }
+                log(.info, changingUser ? "client change of user failed" : "client authentication failed",
+                    ["concierge.reason": "\(reason)"])
             }
             context.writeAndFlush(wrapOutboundOut(packet), promise: nil)
             closeGracefully()
@@ -78,6 +80,9 @@ extension MySQLClientSession {
     }
 
     func loggedIn(_ result: MySQLClientLogin.LoginResult, context: ChannelHandlerContext) {
+        loginIsChangeUser = changingUser
+        changingUser = false
+        lastLogin = result
         user = result.user
         let profile = MySQLClientProfile(negotiated: result.capabilities, characterSet: result.characterSet)
         let schema = result.database ?? ""
@@ -106,8 +111,51 @@ extension MySQLClientSession {
     func completeLogin(_ ok: ByteBuffer, context: ChannelHandlerContext) {
         pendingLogin = nil
         context.writeAndFlush(wrapOutboundOut(ok), promise: nil)
-        runtime.metrics.clientConnectionsSetupSucceeded[endpoint].increment()
-        log(.debug, "client logged in")
+        if loginIsChangeUser {
+            log(.debug, "client changed user")
+        } else {
+            runtime.metrics.clientConnectionsSetupSucceeded[endpoint].increment()
+            log(.debug, "client logged in")
+        }
+        if var pending = cumulation, !closed {
+            cumulation = nil
+            processIncoming(&pending, context: context)
+        }
+    }
+}
+
+// COM_CHANGE_USER: answered by the proxy, as a login on the connection the client has.
+extension MySQLClientSession {
+    /// The client logs in again (`bytes`: the command's packet): its pins and backend go
+    /// (`MySQLSessionMachine.changeUser`), then a change-user login machine runs the exchange
+    /// against the same users and secrets as a login (native, caching_sha2, IAM); its
+    /// `.loggedIn` gives the client a new session machine, the new user's pool and login
+    /// defaults (`loggedIn`), its `.fail` the ERR and the connection's end, as MySQL does.
+    func changeUser(_ bytes: ByteBuffer, context: ChannelHandlerContext) {
+        guard machine != nil, let previous = lastLogin else { return }
+        guard machine!.isBetweenCommands else {
+            // Pipelined behind commands still under way: their answers come first.
+            deferredChangeUser = bytes
+            return
+        }
+        if case .release(let reusable) = machine!.changeUser() { releaseBackend(reusable: reusable) }
+        guard !closed, let header = bytes.peekMySQLPacketHeader(),
+              let payload = bytes.getSlice(at: bytes.readerIndex + 4, length: bytes.readableBytes - 4)
+        else { return }
+        login = MySQLClientLogin(configuration: login.configuration, changingUserOf: previous, greetingNonce: login.greetingNonce)
+        changingUser = true
+        changeUserStarted = .now()
+        log(.debug, "client changes user")
+        run(login.changeUserReceived(MySQLPacket(sequenceID: header.sequenceID, payload: payload), environment: loginEnvironment()),
+            context: context)
+    }
+
+    /// A deferred COM_CHANGE_USER is answered once the commands before it are over; the packets
+    /// the client sent after it are read then.
+    func resumeDeferredChangeUser() {
+        guard let bytes = deferredChangeUser, let context, !closed, machine?.isBetweenCommands == true else { return }
+        deferredChangeUser = nil
+        changeUser(bytes, context: context)
         if var pending = cumulation, !closed {
             cumulation = nil
             processIncoming(&pending, context: context)

@@ -38,6 +38,19 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
     /// The login OK held while the login schema is checked on the database
     /// (`MySQLSessionMachine.verifyLoginSchema`), with the sequence id its answer takes.
     var pendingLogin: (ok: ByteBuffer, sequenceID: UInt8)?
+    /// The last login's (or COM_CHANGE_USER's) outcome: what a COM_CHANGE_USER keeps of the
+    /// connection (its TLS, capabilities, maximum packet size).
+    var lastLogin: MySQLClientLogin.LoginResult?
+    /// A COM_CHANGE_USER's authentication exchange is under way (`login` runs it): the client's
+    /// packets go to it, not to the session machine.
+    var changingUser = false
+    /// The login under way (or whose OK is held) is a COM_CHANGE_USER's: not a new connection's
+    /// setup in the metrics.
+    var loginIsChangeUser = false
+    var changeUserStarted = NIODeadline.now()
+    /// A COM_CHANGE_USER the client pipelined after commands still under way: answered once their
+    /// responses are over (`resumeDeferredChangeUser`); the client's later packets wait with it.
+    var deferredChangeUser: ByteBuffer?
     /// The proxy's classifier options when this client logged in (`classifierOptions`).
     var loginClassifierOptions = MySQLClassifierOptions()
     /// `classifierOptions` for the client's sql_mode `classifierOptionsMode` (nil: the server's).
@@ -174,9 +187,9 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
         while !closed {
             // A client's commands before its login OK (sent once the login schema is checked)
             // wait: they are read after it.
-            guard pendingLogin == nil else { return }
+            guard pendingLogin == nil, deferredChangeUser == nil else { return }
             guard let header = buffer.peekMySQLPacketHeader() else { return }
-            if machine == nil {
+            if machine == nil || changingUser {
                 // Login packets are small: an oversized one is an attack or garbage.
                 guard header.length <= 65_536 else { throw MySQLWireError.payloadTooLarge(header.length, max: 65_536) }
                 guard buffer.readableBytes >= 4 + header.length else { return }
@@ -248,10 +261,13 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
         case MySQLCommand.resetConnection.rawValue:
             resetConnection(context: context)
             return
-        case MySQLCommand.changeUser.rawValue, MySQLCommand.processKill.rawValue, MySQLCommand.binlogDump.rawValue,
+        case MySQLCommand.changeUser.rawValue:
+            changeUser(command.bytes, context: context)
+            return
+        case MySQLCommand.processKill.rawValue, MySQLCommand.binlogDump.rawValue,
             MySQLCommand.binlogDumpGTID.rawValue, MySQLCommand.registerSlave.rawValue:
-            // Not served through the proxy yet (COM_CHANGE_USER and COM_PROCESS_KILL: the next
-            // issue): refused like a server that does not know them.
+            // Not served through the proxy yet (COM_PROCESS_KILL: the next issue): refused like
+            // a server that does not know them.
             answer(MySQLClientErrors.unsupportedCommand(command.code), context: context)
             return
         default:
@@ -461,6 +477,7 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
         self.machine = machine
         run(action, context: context)
         closeIfDrained()
+        if deferredChangeUser != nil { resumeDeferredChangeUser() }
     }
 
     func releaseBackend(reusable: Bool) {
@@ -480,6 +497,11 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
     // MARK: Timeouts, metrics, drain
 
     func checkTimeouts(now: NIODeadline) {
+        if changingUser, now - changeUserStarted > .seconds(30) {
+            // A COM_CHANGE_USER's exchange has the login's time limit.
+            fail(with: MySQLClientErrors.authenticationTimeout, sequenceID: login.replySequenceID)
+            return
+        }
         guard let machine else {
             if now - connectedAt > .seconds(30) {
                 fail(with: MySQLClientErrors.authenticationTimeout, sequenceID: login.replySequenceID)

@@ -80,3 +80,113 @@ public enum MySQLCommandPacket {
         }
     }
 }
+
+/// COM_CHANGE_USER (0x11): the client logs in again, as another user or the same one, on the
+/// connection it has. Its fields are those of a HandshakeResponse41 without the capabilities
+/// (the connection's stay) and in another order; the auth response is always 1-byte-length
+/// prefixed (CLIENT_SECURE_CONNECTION), never length-encoded, even with
+/// CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA (MySQL's and MariaDB's parsers read it so).
+///
+/// The scramble is computed with the nonce of the connection's greeting (clients keep it), so a
+/// proxy that answers the command itself checks it against that nonce.
+public struct MySQLChangeUser: Sendable, Hashable {
+    public var username: String
+    /// The scramble (or, for mysql_clear_password, the password) for ``authPluginName``.
+    public var authResponse: [UInt8]
+    /// The schema to select; empty for none.
+    public var database: String
+    /// The collation id, when the client sent one (it changes the connection's character set).
+    public var characterSet: UInt8?
+    /// The plugin the auth response is for (CLIENT_PLUGIN_AUTH).
+    public var authPluginName: String?
+    /// The connection attributes (CLIENT_CONNECT_ATTRS), in the client's order.
+    public var attributes: [MySQLConnectAttribute]
+
+    public init(
+        username: String, authResponse: [UInt8], database: String = "", characterSet: UInt8? = nil,
+        authPluginName: String? = nil, attributes: [MySQLConnectAttribute] = []
+    ) {
+        self.username = username
+        self.authResponse = authResponse
+        self.database = database
+        self.characterSet = characterSet
+        self.authPluginName = authPluginName
+        self.attributes = attributes
+    }
+
+    /// Parses the payload (command byte included), read with the connection's negotiated
+    /// `capabilities`. Optional fields missing at the end are read as absent, as the server does.
+    public init(parsing payload: ByteBuffer, capabilities: MySQLCapabilities) throws(MySQLWireError) {
+        var buffer = payload
+        guard buffer.readInteger(as: UInt8.self) == MySQLCommand.changeUser.rawValue else {
+            throw .malformed("not a COM_CHANGE_USER")
+        }
+        guard let username = buffer.readMySQLNullTerminatedString() else {
+            throw .malformed("COM_CHANGE_USER without a NUL-terminated user name")
+        }
+        self.username = username
+        if capabilities.contains(.secureConnection) {
+            guard let length = buffer.readInteger(as: UInt8.self), let response = buffer.readBytes(length: Int(length)) else {
+                throw .malformed("truncated auth response")
+            }
+            self.authResponse = response
+        } else {
+            guard let response = buffer.readMySQLNullTerminatedSlice() else { throw .malformed("truncated auth response") }
+            self.authResponse = Array(response.readableBytesView)
+        }
+        self.database = ""
+        self.characterSet = nil
+        self.authPluginName = nil
+        self.attributes = []
+        guard buffer.readableBytes > 0 else { return }
+        guard let database = buffer.readMySQLNullTerminatedString() else { throw .malformed("unterminated database name") }
+        self.database = database
+        guard buffer.readableBytes > 0 else { return }
+        guard let characterSet = buffer.readInteger(endianness: .little, as: UInt16.self) else {
+            throw .malformed("truncated character set")
+        }
+        self.characterSet = UInt8(truncatingIfNeeded: characterSet)
+        if capabilities.contains(.pluginAuth), buffer.readableBytes > 0 {
+            guard let plugin = buffer.readMySQLNullTerminatedString() else { throw .malformed("unterminated plugin name") }
+            self.authPluginName = plugin
+        }
+        if capabilities.contains(.connectAttrs), buffer.readableBytes > 0 {
+            guard var attributes = buffer.readMySQLLengthEncodedSlice() else { throw .malformed("truncated connection attributes") }
+            while attributes.readableBytes > 0 {
+                guard let name = attributes.readMySQLLengthEncodedString(),
+                      let value = attributes.readMySQLLengthEncodedString()
+                else { throw .malformed("truncated connection attribute") }
+                self.attributes.append(MySQLConnectAttribute(name: name, value: value))
+            }
+        }
+    }
+
+    /// Writes the payload (command byte included, no packet header), for `capabilities`. The
+    /// auth response must fit 255 bytes with CLIENT_SECURE_CONNECTION.
+    public func encode(into buffer: inout ByteBuffer, capabilities: MySQLCapabilities) {
+        buffer.writeInteger(MySQLCommand.changeUser.rawValue)
+        buffer.writeMySQLNullTerminatedString(self.username)
+        if capabilities.contains(.secureConnection) {
+            precondition(self.authResponse.count <= 255, "COM_CHANGE_USER's auth response is at most 255 bytes")
+            buffer.writeInteger(UInt8(self.authResponse.count))
+            buffer.writeBytes(self.authResponse)
+        } else {
+            buffer.writeBytes(self.authResponse)
+            buffer.writeInteger(UInt8(0))
+        }
+        buffer.writeMySQLNullTerminatedString(self.database)
+        buffer.writeInteger(UInt16(self.characterSet ?? 45), endianness: .little)
+        if capabilities.contains(.pluginAuth) {
+            buffer.writeMySQLNullTerminatedString(self.authPluginName ?? "")
+        }
+        if capabilities.contains(.connectAttrs) {
+            var attributes = ByteBuffer()
+            for attribute in self.attributes {
+                attributes.writeMySQLLengthEncodedString(attribute.name)
+                attributes.writeMySQLLengthEncodedString(attribute.value)
+            }
+            buffer.writeMySQLLengthEncodedInteger(UInt64(attributes.readableBytes))
+            buffer.writeBuffer(&attributes)
+        }
+    }
+}

@@ -394,7 +394,8 @@ def mysql_proxy(request, mariadb: MariaDB, concierge_bin: Path, tmp_path: Path):
     for `proxy` (pool keys such as max_connections_percent or connection_borrow_timeout go into
     connection_pool_config; `tls`, `require_tls`, `max_client_connections`, ... into the proxy's
     entry; `target_group_tls` is the target group's `tls`). `metrics=True` adds an admin listener
-    (`p.admin_url`, `p.metrics()`); `admin` gives the admin section itself. `wait_ready=False`
+    (`p.admin_url`, `p.metrics()`); `admin` gives the admin section itself; `top_level` adds sections beside
+    `proxies` (e.g. `iam`); the users of `iam_users` get `iam_auth: REQUIRED`. `wait_ready=False`
     only waits until the proxy listens; `no_wait=True` does not wait at all; `db_port` points it
     at another server.
     """
@@ -406,7 +407,7 @@ def mysql_proxy(request, mariadb: MariaDB, concierge_bin: Path, tmp_path: Path):
     def start(*, client_auth: str | dict[str, str] = NATIVE, drain_timeout: float = 5,
               wait_ready: bool = True, no_wait: bool = False, db_port: int | None = None,
               threads: int | None = None, admin: dict | None = None, metrics: bool = False,
-              **overrides) -> MySQLProxy:
+              top_level: dict | None = None, iam_users: tuple[str, ...] = (), **overrides) -> MySQLProxy:
         if DIRECT:
             return MySQLProxy(host=mariadb.host, port=mariadb.port, passwords=mariadb.passwords)
         n = len(started)
@@ -420,6 +421,10 @@ def mysql_proxy(request, mariadb: MariaDB, concierge_bin: Path, tmp_path: Path):
         config = proxy_config(listen_port=port, db_port=db_port or mariadb.port, secrets=secret_files,
                               client_auth=auth, drain_timeout=drain_timeout, engine_family="MYSQL",
                               **overrides)
+        config.update(top_level or {})
+        for user, entry in zip(MY_USERS, config["proxies"][0]["auth"]):
+            if user in iam_users:
+                entry["iam_auth"] = "REQUIRED"
         admin_url = None
         if metrics and admin is None:
             admin = {"listen": f"127.0.0.1:{free_port()}"}
