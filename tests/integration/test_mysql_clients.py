@@ -435,8 +435,10 @@ def test_mariadb_connector_j_server_prepared_statements_multiplex(mysql_proxy, m
 
 # -- sysbench --------------------------------------------------------------------------------
 
-SYSBENCH_TABLES = 4
-SYSBENCH_TABLE_SIZE = 25000  # big enough that 16 threads meet no deadlock (sysbench ignores 1213)
+# Big enough that 16 threads rarely meet a deadlock (sysbench ignores and counts 1213): 4 tables
+# once gave one directly in a 5 s run.
+SYSBENCH_TABLES = 8
+SYSBENCH_TABLE_SIZE = 25000
 
 
 def sysbench(target: MyTarget, command: str, *options: str, timeout: float = 120) -> dict[str, int]:
@@ -482,7 +484,8 @@ def test_sysbench_oltp_read_write(mysql_proxy, mariadb):
     # Directly, for comparison (shorter).
     sysbench(mariadb, "prepare", *text_protocol)
     direct = sysbench(mariadb, "run", *text_protocol, "--time=5")
-    assert direct["transactions"] > 0 and direct["ignored errors"] == 0 and direct["reconnects"] == 0, direct
+    # The baseline: a deadlock the server chose directly (an ignored error) is not the proxy's.
+    assert direct["transactions"] > 0 and direct["reconnects"] == 0, direct
     check_sysbench_tables(mariadb)
     sysbench(mariadb, "cleanup")
 
