@@ -101,7 +101,7 @@ public struct MySQLSessionMachine: Sendable {
     /// Commands waiting for a backend.
     private var held: [ByteBuffer] = []
     /// A command's response is outstanding (the tracker queues pipelined ones).
-    private var inFlight: Bool { !tracker.isIdle }
+    var inFlight: Bool { !tracker.isIdle }
     /// The packet `serverPacket` just read was an OK packet at the start of a response or result
     /// (the handler rewrites those for clients without CLIENT_SESSION_TRACK).
     public private(set) var lastPacketWasOK = false
@@ -116,6 +116,12 @@ public struct MySQLSessionMachine: Sendable {
     /// GET DIAGNOSTICS or @@warning_count read the client's own conditions there and not
     /// another backend's. That command's own response decides again.
     private var holdForDiagnostics = false
+    /// What ROW_COUNT() and FOUND_ROWS() answer for the client (MySQLSessionFunctions.swift).
+    public internal(set) var functions = MySQLSessionFunctions()
+    /// KILL QUERYs of the proxy's on their way to this backend (MySQLSessionMachine+Kill.swift):
+    /// until the server has them, the backend must not serve another client, whose statement
+    /// they would kill.
+    var killsInFlight = 0
     /// The rest of a lease's restore plan while the backend's diagnostics area is cleared.
     private var planAfterClearing: MySQLRestorePlan?
     /// A lease made to check the login schema (`verifyLoginSchema`) is under way: the client
@@ -330,6 +336,7 @@ public struct MySQLSessionMachine: Sendable {
         guard state == .borrowing else { return .none }
         held.removeAll()
         heldExpectations.removeAll()
+        functions.commandsDropped()
         state = .idle
         if verifyingLoginSchema {
             verifyingLoginSchema = false
@@ -405,8 +412,11 @@ public struct MySQLSessionMachine: Sendable {
                 // An ERR of SQLSTATE class 08 (1156 packets out of order, 1153 packet too large,
                 // 1927 killed) comes as the server closes the connection: nothing to read there.
                 let serverCloses = wasError && Self.errorClosesConnection(payload)
+                functions.responseFinished(tracker)
                 holdForDiagnostics = tracker.lastResponseLeftConditions && !serverCloses
                 if holdForDiagnostics { backend.mayHoldConditions = true }
+                // A ROW_COUNT()/FOUND_ROWS() the proxy could not follow: the next command reads it here.
+                if functions.holdForNextCommand, !serverCloses { holdForDiagnostics = true }
                 if canRelease {
                     state = .idle
                     return serverCloses ? .forwardToClientAndDiscard : .forwardToClientAndRelease
@@ -455,13 +465,13 @@ public struct MySQLSessionMachine: Sendable {
     }
 
     /// The backend may go back to the pool now.
-    private var canRelease: Bool {
-        !inFlight && pins.isEmpty && !sendingInfile && held.isEmpty && holdForNextTransaction == 0 && !holdForDiagnostics
+    var canRelease: Bool {
+        killsInFlight == 0 && !inFlight && pins.isEmpty && !sendingInfile && held.isEmpty && holdForNextTransaction == 0 && !holdForDiagnostics
             && !status.contains(.moreResultsExist) && !status.contains(.inTransaction)
             && status.contains(.autocommit) && !status.contains(.cursorExists)
     }
 
-    private mutating func releaseIfPossible() -> Action {
+    mutating func releaseIfPossible() -> Action {
         if canRelease {
             state = .idle
             return .release(reusable: true)
@@ -536,6 +546,8 @@ public struct MySQLSessionMachine: Sendable {
             tracker = MySQLResponseTracker(capabilities: capabilities)
             held.removeAll()
             heldExpectations.removeAll()
+            functions.commandsDropped()
+            killsInFlight = 0
             if lost {
                 state = .closed
                 return .close(Self.lostConnection)
@@ -553,7 +565,7 @@ public struct MySQLSessionMachine: Sendable {
         let wasBorrowing = state == .borrowing
         state = .closed
         if wasHolding {
-            return .release(reusable: !inFlight && pins.isEmpty && !inTransaction && !sendingInfile)
+            return .release(reusable: !inFlight && pins.isEmpty && !inTransaction && !sendingInfile && killsInFlight == 0)
         }
         _ = wasBorrowing
         return .none
@@ -566,9 +578,10 @@ public struct MySQLSessionMachine: Sendable {
         let dirty = !pins.isEmpty || inTransaction
         pins = []
         holdForDiagnostics = false
+        functions.reset()
         client = MySQLSessionState(schema: loginSchema)
         status = [.autocommit]
-        if wasHolding, state == .attached, !inFlight {
+        if wasHolding, state == .attached, !inFlight, killsInFlight == 0 {
             state = .idle
             return .release(reusable: !dirty)
         }
