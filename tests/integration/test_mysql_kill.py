@@ -374,3 +374,64 @@ def test_a_bare_select_of_session_functions_does_not_pin(mysql_proxy, mariadb):
         assert any(("reason", "row_count_found_rows") in labels and v >= 1 for labels, v in pins.items()), pins
     finally:
         conn.close()
+
+
+@pytest.mark.proxy_only
+def test_kill_query_of_a_client_waiting_for_a_backend_fails_its_statement_with_1317(mysql_proxy, mariadb):
+    # One backend, held by a transaction: the victim's statement waits for it; KILL QUERY ends
+    # the wait with the server's error for a killed statement, and the victim goes on.
+    p = mysql_proxy(max_connections_percent=1, connection_borrow_timeout=30)
+    holder, victim, killer = p.connect(), p.connect(), p.connect()
+    try:
+        with holder.cursor() as cur:
+            cur.execute("BEGIN")
+            cur.execute("SELECT 1")
+        waiting = Runner(victim, "SELECT 2")
+        # A KILL QUERY before the victim's command reaches the proxy is a no-op (nothing runs):
+        # repeated until the statement ends (only a kill ends it: the backend is held for 30 s).
+        deadline = time.monotonic() + 5
+        with killer.cursor() as k:
+            while True:
+                k.execute(f"KILL QUERY {victim.thread_id()}")
+                waiting.thread.join(0.2)
+                if not waiting.thread.is_alive() or time.monotonic() > deadline:
+                    break
+        waiting.join()
+        assert waiting.error == (1317, "Query execution was interrupted"), (waiting.result, waiting.error)
+        with holder.cursor() as cur:
+            cur.execute("COMMIT")
+        with victim.cursor() as cur:
+            cur.execute("SELECT 3")
+            assert cur.fetchone() == (3,)
+    finally:
+        for c in (holder, victim, killer):
+            c.close()
+
+
+def test_the_mariadb_client_and_mysql_connector_see_the_servers_kill_errors(mysql_proxy, mariadb):
+    import mysql.connector
+
+    p = mysql_proxy()
+    seen: list = []
+    for target in (mariadb, p):
+        other = target.connect("app_monitor", database=None)
+        try:
+            oid = other.thread_id()
+            cli = target.cli(f"KILL QUERY {oid}", check=False)
+            conn = mysql.connector.connect(host=target.host, port=target.port, user="app",
+                                           password=target.passwords["app"], database="app", ssl_disabled=True)
+            try:
+                cur = conn.cursor()
+                cur.execute("SELECT CONNECTION_ID()")
+                own = cur.fetchone()[0]
+                assert own == conn.connection_id, (own, conn.connection_id)
+                with pytest.raises(mysql.connector.errors.Error) as exc:
+                    cur.execute(f"KILL {oid}")
+                connector = (exc.value.errno, exc.value.sqlstate, exc.value.msg)
+            finally:
+                conn.close()
+            seen.append((cli.returncode, cli.stderr.strip(), connector))
+        finally:
+            other.close()
+        assert seen[-1] == (1, f"ERROR 1095 (HY000) at line 1: You are not owner of thread {oid}",
+                            (1095, "HY000", f"You are not owner of thread {oid}")), (target, seen)
