@@ -25,7 +25,15 @@ extension MySQLClientSession {
     func answerItself(
         _ bytes: ByteBuffer, payloadLength: Int, classification: inout MySQLClassification, context: ChannelHandlerContext
     ) -> Bool {
-        guard payloadLength < 0xFF_FFFF, machine != nil else { return false }
+        guard machine != nil else { return false }
+        guard payloadLength < 0xFF_FFFF else {
+            // 16 MB of text: not a KILL or a SELECT of the functions the proxy answers.
+            if classification.kind == .kill {
+                answer(notSupported("KILL with other statements in one query through the proxy"), context: context)
+                return true
+            }
+            return false
+        }
         let options = classifierOptions
         let parsed = bytes.withUnsafeReadableBytes { raw in
             MySQLProxyAnswerable.parse(UnsafeRawBufferPointer(rebasing: raw[5...]), options: options)
@@ -55,7 +63,11 @@ extension MySQLClientSession {
             answer(notSupported("KILL USER and KILL of a computed id through the proxy"), context: context)
             return true
         case nil:
-            break
+            if classification.kind == .kill {
+                // `SELECT 1; KILL 5`: a KILL the proxy cannot answer alone.
+                answer(notSupported("KILL with other statements in one query through the proxy"), context: context)
+                return true
+            }
         }
         if machine!.state != .idle { classification.pinReasons.remove(.sessionFunction) }
         return false

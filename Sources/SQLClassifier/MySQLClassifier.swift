@@ -33,7 +33,13 @@ public enum MySQLClassifier {
             if first.kind == .end { break }
             if lexer.isPunctuation(first, semicolon) { continue }
             result.statementCount += 1
-            if result.statementCount == 1 { result.kind = statementKind(first, lexer) }
+            if result.statementCount == 1 {
+                result.kind = statementKind(first, lexer)
+            } else if lexer.isKeyword(first, "kill") {
+                // A KILL anywhere in the text names a proxy connection id: the session refuses
+                // what it cannot answer rather than let a backend kill by that number.
+                result.kind = .kill
+            }
             var startLexer = lexer
             let mode = classifyStatementStart(first, &startLexer, options, &result, nested: false)
             scanStatement(first, &lexer, mode, options, &result)

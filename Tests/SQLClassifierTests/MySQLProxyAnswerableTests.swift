@@ -18,6 +18,8 @@ final class MySQLProxyAnswerableTests: XCTestCase {
         XCTAssertEqual(MySQLProxyAnswerable.parse("KILL 1+1"), .killUnsupported)
         XCTAssertEqual(MySQLClassifier.classify("KILL 5").kind, .kill)
         XCTAssertEqual(MySQLClassifier.classify("/* x */ kill query 5").kind, .kill)
+        XCTAssertEqual(MySQLClassifier.classify("SELECT 1; KILL 5").kind, .kill)
+        XCTAssertEqual(MySQLProxyAnswerable.parse("KILL 5; SELECT 1"), .killUnsupported)
     }
 
     func testSessionFunctionSelects() {
