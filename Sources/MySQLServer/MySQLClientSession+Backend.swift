@@ -82,6 +82,7 @@ extension MySQLClientSession {
             context.flush()
             closeIfDrained()
         }
+        if deferredCommand != nil { answerDeferredCommand(context: context) }
     }
 
     /// The database finished answering one of the client's commands: its response time is
@@ -159,5 +160,6 @@ extension MySQLClientSession {
         self.machine = machine
         if case .close = action { log(.warning, "database connection lost while serving this client") }
         run(action, context: context)
+        if deferredCommand != nil { answerDeferredCommand(context: context) }
     }
 }

@@ -38,6 +38,13 @@ extension MySQLClientSession {
         let parsed = bytes.withUnsafeReadableBytes { raw in
             MySQLProxyAnswerable.parse(UnsafeRawBufferPointer(rebasing: raw[5...]), options: options)
         }
+        if case .select? = parsed {} else if !machine!.canAnswerWithoutBackend {
+            // A KILL pipelined behind a command still running: answered in its turn, after that
+            // command's response (`answerDeferredCommand`); what the client sends meanwhile waits.
+            deferredCommand = (bytes, payloadLength)
+            awaitingProxyAnswer = true
+            return true
+        }
         switch parsed {
         case .select(let columns)?:
             if let values = machine!.answerSessionSelect(columns, connectionID: cancelKey.id) {
@@ -79,8 +86,35 @@ extension MySQLClientSession {
         return MySQLErrPacket(code: 1235, sqlState: "42000", message: "This version of \(product) doesn't yet support '\(what)'")
     }
 
+    /// A response ended (or the backend went): a KILL that waited behind it is answered now,
+    /// then the commands that came after it are read.
+    func answerDeferredCommand(context: ChannelHandlerContext) {
+        guard let deferred = deferredCommand, !closed, machine?.canAnswerWithoutBackend == true else { return }
+        deferredCommand = nil
+        awaitingProxyAnswer = false
+        let code = deferred.bytes.getInteger(at: deferred.bytes.readerIndex + 4, as: UInt8.self) ?? 0
+        handleCommand((code: code, bytes: deferred.bytes, payloadLength: deferred.payloadLength), context: context)
+        resumeReading(context: context)
+    }
+
+    /// Reads what the client sent while a proxy answer was pending, unless another is pending now.
+    func resumeReading(context: ChannelHandlerContext) {
+        guard !awaitingProxyAnswer, !closed, var pending = cumulation else { return }
+        cumulation = nil
+        processIncoming(&pending, context: context)
+        if needsFlushToBackend {
+            needsFlushToBackend = false
+            backend?.flush()
+        }
+    }
+
     /// COM_PROCESS_KILL: a 4-byte connection id; the server treats it as `KILL CONNECTION id`.
     func processKill(_ bytes: ByteBuffer, payloadLength: Int, context: ChannelHandlerContext) {
+        guard machine?.canAnswerWithoutBackend == true else {
+            deferredCommand = (bytes, payloadLength)
+            awaitingProxyAnswer = true
+            return
+        }
         guard payloadLength >= 5, let id = bytes.getInteger(at: bytes.readerIndex + 5, endianness: .little, as: UInt32.self) else {
             answer(MySQLClientErrors.malformed("COM_PROCESS_KILL without a connection id"), context: context)
             return
@@ -121,14 +155,7 @@ extension MySQLClientSession {
                 answer(MySQLErrPacket(code: 1094, sqlState: "HY000", message: "Unknown thread id: \(id)"), context: context)
             }
             // The commands the client sent meanwhile.
-            if var pending = cumulation {
-                cumulation = nil
-                processIncoming(&pending, context: context)
-            }
-            if needsFlushToBackend {
-                needsFlushToBackend = false
-                backend?.flush()
-            }
+            resumeReading(context: context)
         }
     }
 

@@ -64,6 +64,9 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
     /// A KILL QUERY came while the backend was being prepared for this client's commands: it
     /// goes once they are sent.
     var killAfterSend = false
+    /// A KILL (or COM_PROCESS_KILL) that came while an earlier command of the client's still ran:
+    /// answered after that command's response.
+    var deferredCommand: (bytes: ByteBuffer, payloadLength: Int)?
 
     init(runtime: MySQLRuntime, loopSessions: LoopSessions<MySQLClientSession>, endpoint: Int, cancelKey: CancelKey, logger: Logger) {
         self.runtime = runtime
@@ -464,6 +467,7 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
         self.machine = machine
         run(action, context: context)
         closeIfDrained()
+        if deferredCommand != nil { answerDeferredCommand(context: context) }
     }
 
     func releaseBackend(reusable: Bool) {
