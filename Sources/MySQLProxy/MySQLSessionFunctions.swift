@@ -9,22 +9,26 @@ import SQLClassifier
 /// the bare functions itself (`MySQLProxyAnswerable.select`).
 ///
 /// Followed as MariaDB 10.11 sets them (checked statement by statement against the server):
-/// - `ROW_COUNT()`: an OK's affected rows (with CLIENT_FOUND_ROWS, the rows matched, as the OK
-///   says); -1 after a result set or an error.
+/// - `ROW_COUNT()`: the last result's: an OK's affected rows (with CLIENT_FOUND_ROWS, the rows
+///   matched, as the OK says); -1 after a result set or an error. Also after a CALL (its final
+///   OK carries the last statement's count) and several statements in one COM_QUERY.
 /// - `FOUND_ROWS()`: the rows a `SELECT`, `SHOW` (but SHOW WARNINGS / ERRORS) or `DESCRIBE`
-///   returned; unchanged by other statements and by errors.
-/// A statement whose effect the proxy cannot tell (`CALL`, several statements in one
-/// COM_QUERY, `INSERT ... SELECT` and other statements with a `SELECT` inside, a `SELECT` that
-/// answers with an OK, binary-protocol executions) leaves the value unknown: the backend is
-/// then kept for the client's next command (where it reads the value itself), and afterwards an
-/// unknown value is not answered by the proxy (the statement runs on a backend and pins
-/// `row_count_found_rows`).
+///   returned; unchanged by other statements and by errors. After a CALL, several statements
+///   or a binary-protocol execution: the rows of the response's last result set, unchanged
+///   when it had none.
+/// Unknown (nil) after what the proxy cannot follow: one statement with a `SELECT` inside that
+/// answers with an OK (`INSERT ... SELECT`, `CREATE ... SELECT`, `UPDATE ... WHERE x IN
+/// (SELECT ...)`, `SELECT ... INTO`), for which the backend is kept for the client's next
+/// command (where it reads the value itself); several statements or a CALL with a `SELECT`
+/// inside another statement, SQL_CALC_FOUND_ROWS (which pins: the backend answers), and rare
+/// commands. An unknown value is not answered by the proxy: a client without a backend that
+/// asks for it runs the statement on one and is pinned (`row_count_found_rows`).
 public struct MySQLSessionFunctions: Sendable, Hashable {
     /// nil: unknown. A new MariaDB session answers 0.
     public var rowCount: Int64? = 0
     /// nil: unknown. A new MariaDB session answers 1.
     public var foundRows: UInt64? = 1
-    /// The last response left a value unknown: the backend that knows it stays for one command.
+    /// The last response left a value unknown that the backend knows: it stays for one command.
     public private(set) var holdForNextCommand = false
     /// What each command in flight does to the values, in order.
     private var pending: [Effect] = []
@@ -35,7 +39,12 @@ public struct MySQLSessionFunctions: Sendable, Hashable {
     public enum Effect: Sendable, Hashable {
         /// A COM_QUERY of one statement of this kind.
         case statement(MySQLStatementKind, containsSelect: Bool)
-        /// Effects the proxy does not follow (see the type's comment).
+        /// A COM_QUERY of several statements, or a CALL; `containsSelect`: a SELECT inside
+        /// another statement (FOUND_ROWS() is then unknown).
+        case several(containsSelect: Bool)
+        /// COM_STMT_EXECUTE.
+        case execute
+        /// Effects the proxy does not follow.
         case unknown
         /// COM_INIT_DB (`USE`) and COM_PING: ROW_COUNT() 0, FOUND_ROWS() unchanged.
         case initDB
@@ -45,9 +54,11 @@ public struct MySQLSessionFunctions: Sendable, Hashable {
 
     /// The effect of a COM_QUERY with this classification.
     public static func effect(of classification: MySQLClassification) -> Effect {
-        if classification.statementCount != 1 || classification.kind == .call { return .unknown }
         // FOUND_ROWS() after SQL_CALC_FOUND_ROWS counts rows the result set did not carry.
         if classification.pinReasons.contains(.foundRows) { return .unknown }
+        if classification.statementCount != 1 || classification.kind == .call {
+            return .several(containsSelect: classification.containsSelect)
+        }
         return .statement(classification.kind, containsSelect: classification.containsSelect)
     }
 
@@ -70,45 +81,47 @@ public struct MySQLSessionFunctions: Sendable, Hashable {
         // A ping, a prepare, a field list, statistics: no statement ran, nothing changes (a
         // hold for the next command carries over to the one after).
         guard results > 0, effect != .noChange else { return }
-        var madeUnknown = false
+        holdForNextCommand = false
         switch result {
         case .ok(let affected): rowCount = Int64(bitPattern: affected)
         case .resultSet, .error: rowCount = -1
-        case .other:
-            rowCount = nil
-            madeUnknown = true
+        case .other: rowCount = nil
         }
         switch effect {
         case .unknown:
             rowCount = nil
             foundRows = nil
-            madeUnknown = true
-        case .initDB:
+        case .initDB, .noChange:
             rowCount = 0
-        case .noChange:
-            break
+        case .several(let containsSelect):
+            if containsSelect {
+                foundRows = nil
+            } else if let rows = tracker.rowsOfLastResultSetInLastResponse {
+                foundRows = rows
+            }
+        case .execute:
+            if let rows = tracker.rowsOfLastResultSetInLastResponse { foundRows = rows }
         case .statement(let kind, let containsSelect):
             switch (kind, result) {
             case (_, .error):
                 break
             case (.select, .resultSet(let rows)), (.show, .resultSet(let rows)), (.describe, .resultSet(let rows)):
-                foundRows = results == 1 ? rows : nil
-                madeUnknown = madeUnknown || results != 1
+                foundRows = rows
             case (.select, _), (.show, _), (.describe, _):
-                foundRows = nil  // SELECT ... INTO: an OK
-                madeUnknown = true
+                // SELECT ... INTO: an OK, after rows the client did not see.
+                foundRows = nil
+                holdForNextCommand = true
             case (.showDiagnostics, _), (.explainOrHelp, _):
                 break
             default:
                 if containsSelect {
                     foundRows = nil
-                    madeUnknown = true
+                    holdForNextCommand = true
                 }
             }
+            // The realistic reader of ROW_COUNT() or FOUND_ROWS() is the very next statement.
+            if rowCount == nil { holdForNextCommand = true }
         }
-        // Kept for the next command only when this response made a value unknown: the
-        // realistic reader of ROW_COUNT() or FOUND_ROWS() is the very next statement.
-        holdForNextCommand = madeUnknown
     }
 
     /// A command the proxy answered itself with a one-row result set (`SELECT ROW_COUNT()`):
@@ -180,6 +193,8 @@ extension MySQLSessionMachine {
             functions.commandSent(MySQLSessionFunctions.effect(of: classification))
         } else if command == .initDB || command == .ping {
             functions.commandSent(.initDB)
+        } else if command == .stmtExecute {
+            functions.commandSent(.execute)
         } else if command == .statistics || command == .stmtPrepare || command == .fieldList {
             functions.commandSent(.noChange)
         } else {

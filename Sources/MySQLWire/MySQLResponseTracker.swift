@@ -110,7 +110,10 @@ public struct MySQLResponseTracker: Sendable {
     /// that answers them itself follows them here).
     public private(set) var lastResult: MySQLResultSummary = .other
     public private(set) var resultsInLastResponse = 0
+    /// The rows of the last result set of that response (nil: it had none).
+    public private(set) var rowsOfLastResultSetInLastResponse: UInt64?
     private var resultsInResponse = 0
+    private var rowsOfLastResultSet: UInt64?
     private var rowsInResult: UInt64 = 0
 
     /// Creates a tracker for a backend connection with the negotiated `capabilities`;
@@ -175,6 +178,7 @@ public struct MySQLResponseTracker: Sendable {
         self.lastResponseLeftConditions = false
         self.warningsInResponse = false
         self.resultsInResponse = 0
+        self.rowsOfLastResultSet = nil
     }
 
     private static func initialState(_ expectation: Expectation) -> State {
@@ -268,6 +272,7 @@ public struct MySQLResponseTracker: Sendable {
             }
             self.resultsInResponse += 1
             self.lastResult = .resultSet(rows: self.rowsInResult)
+            self.rowsOfLastResultSet = self.rowsInResult
             return self.resultEnded(try self.terminatorStatus(payload))
 
         case .prepareOK:
@@ -364,6 +369,8 @@ public struct MySQLResponseTracker: Sendable {
         }
         self.resultsInLastResponse = self.resultsInResponse
         self.resultsInResponse = 0
+        self.rowsOfLastResultSetInLastResponse = self.rowsOfLastResultSet
+        self.rowsOfLastResultSet = nil
         self.lastResponseLeftConditions = wasError || self.warningsInResponse
         self.warningsInResponse = false
         if self.pending.isEmpty {

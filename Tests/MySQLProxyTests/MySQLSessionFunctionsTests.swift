@@ -128,12 +128,24 @@ final class MySQLSessionFunctionsTests: XCTestCase {
         XCTAssertEqual(machine.functions.foundRows, 1)
     }
 
-    func testAMultiStatementOrCallLeavesBothUnknown() throws {
+    func testACallIsReadFromItsLastResultsAndReleasesTheBackend() throws {
+        // As MariaDB: ROW_COUNT() the CALL's final OK, FOUND_ROWS() its last result set's rows.
         var machine = MySQLSessionMachine(capabilities: caps, loginSchema: "app")
         send(&machine, "CALL p()")
-        XCTAssertFalse(isRelease(try machine.serverPacket(ok(affected: 0))))
-        XCTAssertNil(machine.functions.rowCount)
+        var packets = resultSet(rows: 3)
+        var last = ByteBuffer()
+        MySQLEOFPacket(status: [.autocommit, .moreResultsExist]).encode(into: &last)
+        packets[packets.count - 1] = last
+        packets.append(ok(affected: 2))
+        XCTAssertTrue(isRelease(try feed(&machine, packets)))
+        XCTAssertEqual(machine.functions.rowCount, 2)
+        XCTAssertEqual(machine.functions.foundRows, 3)
+        // Several statements with a SELECT inside another: FOUND_ROWS() unknown, not held.
+        send(&machine, "INSERT INTO t SELECT * FROM u; DO 1")
+        XCTAssertTrue(isRelease(try machine.serverPacket(ok(affected: 0))))
         XCTAssertNil(machine.functions.foundRows)
+        XCTAssertNil(machine.answerSessionSelect(foundRows, connectionID: 1))
+        XCTAssertEqual(machine.answerSessionSelect(rowCount, connectionID: 1), ["0"])
     }
 
     func testNothingIsAnsweredWhileACommandIsInFlight() {

@@ -268,6 +268,7 @@ SCRIPT = [
     "DESCRIBE fn_t",
     "SHOW WARNINGS",
     "SET time_zone = '+01:00'",
+    "CALL fn_p()",
     "UPDATE fn_t SET v = 0 WHERE id = 1",
 ]
 CHECKS = [
@@ -289,11 +290,13 @@ def run_script(target: MyTarget) -> list:
         with conn.cursor() as cur:
             cur.execute("DROP TABLE IF EXISTS fn_t")
             cur.execute("CREATE TABLE fn_t (id INT AUTO_INCREMENT PRIMARY KEY, v INT)")
+            cur.execute("CREATE OR REPLACE PROCEDURE fn_p() BEGIN SELECT * FROM seq_1_to_4; "
+                        "UPDATE fn_t SET v = v WHERE id < 3; END")
             for statement in SCRIPT:
                 for check in CHECKS:
                     error_of(lambda: cur.execute(statement))
-                    if cur.description:
-                        cur.fetchall()
+                    while cur.nextset():  # a CALL's results
+                        pass
                     cur.execute(check)
                     answers.append((statement, check, cur.fetchall()))
     finally:
