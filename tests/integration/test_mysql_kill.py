@@ -23,7 +23,8 @@ import pytest
 
 from helpers import DIRECT, wait_for
 from mysql_fixtures import MariaDB, MyTarget
-from mywire import Packet, parse_err
+from mywire import (CLIENT_DEPRECATE_EOF, CLIENT_SESSION_TRACK, DEFAULT_CAPABILITIES, Packet, parse_err,
+                    read_lenenc_int)
 
 COM_PROCESS_KILL = 0x0C
 LONG = "SELECT SLEEP(30)"
@@ -272,6 +273,7 @@ SCRIPT = [
     "UPDATE fn_t SET v = 0 WHERE id = 1",
 ]
 CHECKS = [
+    "SHOW ERRORS",
     "SELECT ROW_COUNT()",
     "SELECT FOUND_ROWS()",
     "SELECT found_rows() AS n, ROW_COUNT() rc",
@@ -465,3 +467,40 @@ def test_a_pipelined_kill_is_answered_in_its_turn(mysql_proxy, mariadb):
             assert w.read_result() == [["9"]], target
         finally:
             w.close()
+
+
+def raw_result(w, sql: str, deprecate_eof: bool) -> list[tuple[int, bytes]]:
+    """A result set's packets (sequence id, payload) as sent."""
+    w.command(0x03, sql.encode())
+    first = w.read_packet()
+    packets = [(first.seq, first.payload)]
+    columns, _ = read_lenenc_int(first.payload, 0)
+    for _ in range(columns + (0 if deprecate_eof else 1)):
+        p = w.read_packet()
+        packets.append((p.seq, p.payload))
+    while True:
+        p = w.read_packet()
+        packets.append((p.seq, p.payload))
+        if p.payload[:1] in (b"\xfe", b"\xff") and len(p.payload) < 9:
+            return packets
+
+
+@pytest.mark.parametrize("deprecate_eof", [False, True], ids=["eof", "deprecate-eof"])
+def test_the_proxys_answers_are_mariadbs_bytes(mysql_proxy, mariadb, deprecate_eof):
+    p = mysql_proxy()
+    caps = DEFAULT_CAPABILITIES | (CLIENT_DEPRECATE_EOF | CLIENT_SESSION_TRACK if deprecate_eof else 0)
+    seen = []
+    for target in (mariadb, p):
+        w = target.wire()
+        try:
+            w.login("app", target.passwords["app"], "app", capabilities=caps)
+            assert w.query("DELETE FROM items WHERE id < 0").is_ok
+            one = raw_result(w, "SELECT ROW_COUNT() AS rc, found_rows( ) `Found`", deprecate_eof)
+            ident = raw_result(w, "SELECT CONNECTION_ID()", deprecate_eof)
+            own = str(w.greeting.connection_id).encode()
+            # The id's row: its length-encoded text, which is the handshake's id.
+            assert ident[-2][1] == bytes([len(own)]) + own, (target, ident)
+            seen.append((one, ident[:-2] + ident[-1:]))
+        finally:
+            w.close()
+    assert seen[0] == seen[1], seen
