@@ -494,6 +494,9 @@ def test_the_proxys_answers_are_mariadbs_bytes(mysql_proxy, mariadb, deprecate_e
         w = target.wire()
         try:
             w.login("app", target.passwords["app"], "app", capabilities=caps)
+            # (A new MariaDB session's FOUND_ROWS() is what its server thread had last, from a
+            # previous connection: a SELECT makes it the session's own.)
+            assert w.query("SELECT 1 FROM seq_1_to_3") == [["1"]] * 3
             assert w.query("DELETE FROM items WHERE id < 0").is_ok
             one = raw_result(w, "SELECT ROW_COUNT() AS rc, found_rows( ) `Found`", deprecate_eof)
             ident = raw_result(w, "SELECT CONNECTION_ID()", deprecate_eof)
