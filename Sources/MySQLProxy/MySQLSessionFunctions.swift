@@ -157,9 +157,9 @@ extension MySQLSessionMachine {
     /// the server's would after it.
     public mutating func answerSessionSelect(_ columns: [MySQLSessionFunctionColumn], connectionID: UInt32) -> [String]? {
         guard canAnswerWithoutBackend else { return nil }
-        // ROW_COUNT() and FOUND_ROWS() only without a backend: a backend the client holds ran
-        // its previous statement and answers them itself (SQL_CALC_FOUND_ROWS, which pins, is
-        // read there). CONNECTION_ID() is the proxy's id, backend or not.
+        // ROW_COUNT(), FOUND_ROWS() and LAST_INSERT_ID() only without a backend: a backend the
+        // client holds ran its previous statement and answers them itself (SQL_CALC_FOUND_ROWS,
+        // which pins, is read there). CONNECTION_ID() is the proxy's id, backend or not.
         if state != .idle, columns.contains(where: { $0.function != .connectionID }) { return nil }
         var values: [String] = []
         values.reserveCapacity(columns.count)
@@ -173,6 +173,9 @@ extension MySQLSessionMachine {
                 values.append(String(value))
             case .connectionID:
                 values.append(String(connectionID))
+            case .lastInsertID:
+                // What a lease would set on the backend that ran it (`MySQLRestorePlan`).
+                values.append(String(client.lastInsertID))
             }
         }
         functions.answeredOneRow()
@@ -207,8 +210,9 @@ extension MySQLSessionFunctions {
     /// The result set MariaDB sends for a `SELECT` of these functions, byte for byte (captured
     /// from MariaDB 10.11): per column `def`, empty schema and tables, the column's name, no
     /// original name, binary charset (63), and the function's type: `ROW_COUNT()` and
-    /// `FOUND_ROWS()` a BIGINT (LONGLONG, length 21, NOT_NULL | BINARY), `CONNECTION_ID()` an
-    /// INT UNSIGNED (LONG, length 10, NOT_NULL | UNSIGNED | BINARY); the EOF after the columns
+    /// `FOUND_ROWS()` a BIGINT (LONGLONG, length 21, NOT_NULL | BINARY), `LAST_INSERT_ID()` a
+    /// BIGINT UNSIGNED, `CONNECTION_ID()` an INT UNSIGNED (LONG, length 10, NOT_NULL | UNSIGNED |
+    /// BINARY); the EOF after the columns
     /// unless DEPRECATE_EOF, one text row, then an EOF, or with DEPRECATE_EOF an OK with a 0xFE
     /// header. Sequence ids from 1 (the answer to the client's command). No warnings: MariaDB
     /// reports none for these, and an answered statement leaves the diagnostics area alone.
@@ -231,7 +235,9 @@ extension MySQLSessionFunctions {
                 let isConnectionID = column.function == .connectionID
                 payload.writeInteger(UInt32(isConnectionID ? 10 : 21), endianness: .little)
                 payload.writeInteger(UInt8(isConnectionID ? 0x03 : 0x08))
-                payload.writeInteger(UInt16(isConnectionID ? 0x00A1 : 0x0081), endianness: .little)
+                // UNSIGNED for the ids.
+                let unsigned = isConnectionID || column.function == .lastInsertID
+                payload.writeInteger(UInt16(unsigned ? 0x00A1 : 0x0081), endianness: .little)
                 payload.writeInteger(UInt8(0))  // decimals
                 payload.writeInteger(UInt16(0))  // filler
             }

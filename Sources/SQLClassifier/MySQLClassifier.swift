@@ -376,18 +376,20 @@ extension MySQLClassifier {
 
     /// Words that pin wherever they are: `GET_LOCK(` and `SQL_CALC_FOUND_ROWS`; `ROW_COUNT(`
     /// and `FOUND_ROWS(` (the session lifts the pin when it answers the statement itself), and
-    /// `CONNECTION_ID(`, noted; a `SELECT` after the first word, noted.
+    /// `CONNECTION_ID(` and `LAST_INSERT_ID(`, noted; a `SELECT` after the first word, noted.
     @inline(__always)
     private static func checkWord(_ t: MySQLToken, _ prev: MySQLToken, _ lx: MySQLLexer, _ result: inout MySQLClassification) {
         switch t.contentEnd - t.contentStart {
         case 6:
             if prev.kind != .end, lx.isKeyword(t, "select") { result.containsSelect = true }
-        case 9, 10, 13:
-            guard lx.isName(t, "row_count") || lx.isName(t, "found_rows") || lx.isName(t, "connection_id") else { return }
+        case 9, 10, 13, 14:
+            guard lx.isName(t, "row_count") || lx.isName(t, "found_rows") || lx.isName(t, "connection_id")
+                || lx.isName(t, "last_insert_id")
+            else { return }
             if lx.isPunctuation(prev, dot) || lx.isKeyword(prev, "function") || lx.isKeyword(prev, "procedure") { return }
             guard lx.isPunctuation(peekToken(lx), openParen) else { return }
             result.mentionsSessionFunction = true
-            if !lx.isName(t, "connection_id") { result.pinReasons.insert(.sessionFunction) }
+            if lx.isName(t, "row_count") || lx.isName(t, "found_rows") { result.pinReasons.insert(.sessionFunction) }
         case 8:
             guard lx.isName(t, "get_lock") else { return }
             // `db.get_lock(` is a stored function; `CREATE FUNCTION get_lock(...)` names one.

@@ -4,8 +4,9 @@
 /// - `KILL [HARD | SOFT] [CONNECTION | QUERY] id` (MariaDB's grammar; MySQL's is the plain
 ///   forms): the id is a proxy connection id (the one the client's handshake gave), which only
 ///   the proxy can map to the backend serving that client now.
-/// - `SELECT f() [[AS] alias] [, ...]` where each `f` is `ROW_COUNT`, `FOUND_ROWS` or
-///   `CONNECTION_ID`: per-connection values that another backend does not have.
+/// - `SELECT f() [[AS] alias] [, ...]` where each `f` is `ROW_COUNT`, `FOUND_ROWS`,
+///   `CONNECTION_ID` or `LAST_INSERT_ID`: per-connection values that another backend does not
+///   have.
 ///
 /// Parsed only when `MySQLClassification.kind` is `.kill` or `mentionsSessionFunction` is set,
 /// so the common statement pays nothing.
@@ -106,6 +107,8 @@ public enum MySQLProxyAnswerable: Sendable, Hashable {
                 function = .foundRows
             } else if lx.isKeyword(name, "connection_id") {
                 function = .connectionID
+            } else if lx.isKeyword(name, "last_insert_id") {
+                function = .lastInsertID
             } else {
                 return nil
             }
@@ -156,6 +159,7 @@ public enum MySQLSessionFunction: Sendable, Hashable {
     case rowCount
     case foundRows
     case connectionID
+    case lastInsertID
 }
 
 /// One column of a proxy-answered `SELECT`.

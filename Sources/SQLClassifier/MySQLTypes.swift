@@ -228,7 +228,7 @@ public struct MySQLClassification: Sendable, Hashable {
     /// A `SELECT` keyword after the first word (a subquery, `INSERT ... SELECT`, `CREATE ...
     /// SELECT`): such a statement may change `FOUND_ROWS()` in ways the proxy does not follow.
     public var containsSelect = false
-    /// `ROW_COUNT(`, `FOUND_ROWS(` or `CONNECTION_ID(` appear (built-ins, unqualified): the
+    /// `ROW_COUNT(`, `FOUND_ROWS(`, `CONNECTION_ID(` or `LAST_INSERT_ID(` appear (built-ins, unqualified): the
     /// session checks whether it can answer the statement itself (`MySQLProxyAnswerable`).
     public var mentionsSessionFunction = false
 

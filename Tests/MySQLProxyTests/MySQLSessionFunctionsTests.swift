@@ -102,6 +102,25 @@ final class MySQLSessionFunctionsTests: XCTestCase {
         XCTAssertEqual(machine.answerSessionSelect(foundRows + rowCount, connectionID: 1), ["4", "-1"])
     }
 
+    func testLastInsertIDIsAnsweredWithTheValueALeaseWouldRestore() throws {
+        var machine = MySQLSessionMachine(capabilities: caps, loginSchema: "app")
+        send(&machine, "INSERT INTO t (v) VALUES (1), (2)")
+        var okPacket = ByteBuffer()
+        MySQLOKPacket(affectedRows: 2, lastInsertID: 41, status: .autocommit, warnings: 0, info: "", sessionStateChanges: [])
+            .encode(into: &okPacket, capabilities: caps)
+        XCTAssertTrue(isRelease(try machine.serverPacket(okPacket)))
+        XCTAssertEqual(
+            machine.answerSessionSelect([.init(function: .lastInsertID, name: "id")] + rowCount, connectionID: 1), ["41", "2"])
+        // Bytes as MariaDB's `SELECT LAST_INSERT_ID()` (captured, answering 0).
+        var out = ByteBuffer()
+        MySQLSessionFunctions.resultSet(
+            columns: [.init(function: .lastInsertID, name: "LAST_INSERT_ID()")], values: ["0"], status: .autocommit,
+            capabilities: caps, into: &out)
+        XCTAssertEqual(Array(out.readableBytesView), Array(
+            "\u{01}\0\0\u{01}\u{01}&\0\0\u{02}\u{03}def\0\0\0\u{10}LAST_INSERT_ID()\0\u{0c}?\0\u{15}\0\0\0\u{08}\u{a1}\0\0\0\0\u{05}\0\0\u{03}\u{fe}\0\0\u{02}\0\u{02}\0\0\u{04}\u{01}0\u{05}\0\0\u{05}\u{fe}\0\0\u{02}\0"
+                .unicodeScalars.map { UInt8($0.value) }))
+    }
+
     func testAnErrorMakesRowCountMinusOneAndLeavesFoundRows() throws {
         var machine = MySQLSessionMachine(capabilities: caps, loginSchema: "app")
         send(&machine, "SELECT * FROM t")

@@ -34,7 +34,12 @@ final class MySQLProxyAnswerableTests: XCTestCase {
         XCTAssertNil(MySQLProxyAnswerable.parse("SELECT ROW_COUNT() FROM t"))
         XCTAssertNil(MySQLProxyAnswerable.parse("SELECT ROW_COUNT (), 1"))
         XCTAssertNil(MySQLProxyAnswerable.parse("SELECT db.ROW_COUNT()"))
-        XCTAssertNil(MySQLProxyAnswerable.parse("SELECT LAST_INSERT_ID()"))
+        XCTAssertEqual(
+            MySQLProxyAnswerable.parse("SELECT LAST_INSERT_ID() id, ROW_COUNT()"),
+            .select([.init(function: .lastInsertID, name: "id"), .init(function: .rowCount, name: "ROW_COUNT()")]))
+        XCTAssertNil(MySQLProxyAnswerable.parse("SELECT LAST_INSERT_ID(5)"))
+        XCTAssertTrue(MySQLClassifier.classify("SELECT LAST_INSERT_ID()").mentionsSessionFunction)
+        XCTAssertFalse(MySQLClassifier.classify("SELECT LAST_INSERT_ID()").pins)
     }
 
     func testTheClassifierFlagsSessionFunctionsAndPinsOnlyRowCountAndFoundRows() {

@@ -278,6 +278,7 @@ CHECKS = [
     "SELECT FOUND_ROWS()",
     "SELECT found_rows() AS n, ROW_COUNT() rc",
     "SELECT LAST_INSERT_ID()",
+    "SELECT LAST_INSERT_ID() AS id, ROW_COUNT()",
     "SHOW WARNINGS",
 ]
 
