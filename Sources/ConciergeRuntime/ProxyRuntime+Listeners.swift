@@ -196,6 +196,11 @@ extension ProxyRuntime {
         return session.cancelCurrentQuery().hop(to: eventLoop)
     }
 
+    /// The client session with this id (MySQL's `KILL id`), if connected.
+    public func session(id: UInt32) -> Engine.ClientHandler? {
+        state.withLockedValue { $0.sessions.session(id: id) }
+    }
+
     var clientConnections: Int { clientCount.load(ordering: .relaxed) }
 
     // MARK: Shutdown

@@ -162,7 +162,7 @@ public struct MySQLSessionMachine: Sendable {
         case reset(UInt32)
     }
     /// A command's response is outstanding (the tracker queues pipelined ones).
-    private var inFlight: Bool { !tracker.isIdle }
+    var inFlight: Bool { !tracker.isIdle }
     /// The packet `serverPacket` just read was an OK packet at the start of a response or result
     /// (the handler rewrites those for clients without CLIENT_SESSION_TRACK).
     public private(set) var lastPacketWasOK = false
@@ -179,6 +179,12 @@ public struct MySQLSessionMachine: Sendable {
     private var holdForDiagnostics = false
     /// The client's earlier conditions are still in the diagnostics area through its prepare.
     private var diagnosticsBeforePrepare = false
+    /// What ROW_COUNT() and FOUND_ROWS() answer for the client (MySQLSessionFunctions.swift).
+    public internal(set) var functions = MySQLSessionFunctions()
+    /// KILL QUERYs of the proxy's on their way to this backend (MySQLSessionMachine+Kill.swift):
+    /// until the server has them, the backend must not serve another client, whose statement
+    /// they would kill.
+    var killsInFlight = 0
     /// The rest of a lease's restore plan while the backend's diagnostics area is cleared.
     private var planAfterClearing: MySQLRestorePlan?
     /// A lease made to check the login schema (`verifyLoginSchema`) is under way: the client
@@ -424,6 +430,7 @@ public struct MySQLSessionMachine: Sendable {
                     return writes.isEmpty ? .none : .sendToBackend(writes)
                 }
                 held.removeFirst()
+                functions.commandAnsweredByProxy()
                 needsResume = true
                 return action
             }
@@ -664,6 +671,7 @@ public struct MySQLSessionMachine: Sendable {
     public mutating func borrowFailed(_ error: MySQLErrPacket) -> Action {
         guard state == .borrowing else { return .none }
         held.removeAll()
+        functions.commandsDropped()
         state = .idle
         if verifyingLoginSchema {
             verifyingLoginSchema = false
@@ -743,8 +751,11 @@ public struct MySQLSessionMachine: Sendable {
                 // An ERR of SQLSTATE class 08 (1156 packets out of order, 1153 packet too large,
                 // 1927 killed) comes as the server closes the connection: nothing to read there.
                 let serverCloses = wasError && Self.errorClosesConnection(payload)
+                functions.responseFinished(tracker)
                 holdForDiagnostics = tracker.lastResponseLeftConditions && !serverCloses
                 if holdForDiagnostics { backend.mayHoldConditions = true }
+                // A ROW_COUNT()/FOUND_ROWS() the proxy could not follow: the next command reads it here.
+                if functions.holdForNextCommand, !serverCloses { holdForDiagnostics = true }
                 if canRelease {
                     state = .idle
                     return serverCloses ? .forwardToClientAndDiscard : .forwardToClientAndRelease
@@ -835,7 +846,10 @@ public struct MySQLSessionMachine: Sendable {
             self.status = status
             if status.contains(.sessionStateChanged) { try? recordSessionState(payload) }
         }
+        // The client's command was answered (an own prepare's ERR answers its execute).
+        functions.responseFinished(tracker)
         holdForDiagnostics = tracker.lastResponseLeftConditions
+        if functions.holdForNextCommand { holdForDiagnostics = true }
         if case .clientPrepare = role, diagnosticsBeforePrepare { holdForDiagnostics = true }
         if holdForDiagnostics { backend.mayHoldConditions = true }
         if case .forwardToClient = action, canRelease {
@@ -896,13 +910,13 @@ public struct MySQLSessionMachine: Sendable {
     }
 
     /// The backend may go back to the pool now.
-    private var canRelease: Bool {
-        !inFlight && pins.isEmpty && !sendingInfile && held.isEmpty && holdForNextTransaction == 0 && !holdForDiagnostics
+    var canRelease: Bool {
+        killsInFlight == 0 && !inFlight && pins.isEmpty && !sendingInfile && held.isEmpty && holdForNextTransaction == 0 && !holdForDiagnostics
             && !status.contains(.moreResultsExist) && !status.contains(.inTransaction)
             && status.contains(.autocommit) && openCursors.isEmpty && awaiting == 0 && pendingCloses.isEmpty
     }
 
-    private mutating func releaseIfPossible() -> Action {
+    mutating func releaseIfPossible() -> Action {
         if canRelease {
             state = .idle
             return .release(reusable: true)
@@ -981,6 +995,8 @@ public struct MySQLSessionMachine: Sendable {
             pendingCloses.removeAll()
             awaiting = 0
             needsResume = false
+            functions.commandsDropped()
+            killsInFlight = 0
             if lost {
                 state = .closed
                 return .close(Self.lostConnection)
@@ -998,7 +1014,9 @@ public struct MySQLSessionMachine: Sendable {
         let wasBorrowing = state == .borrowing
         state = .closed
         if wasHolding {
-            return .release(reusable: !inFlight && pins.isEmpty && !inTransaction && !sendingInfile && openCursors.isEmpty && pendingCloses.isEmpty)
+            return .release(
+                reusable: !inFlight && pins.isEmpty && !inTransaction && !sendingInfile && openCursors.isEmpty
+                    && pendingCloses.isEmpty && killsInFlight == 0)
         }
         _ = wasBorrowing
         return .none
@@ -1046,9 +1064,10 @@ public struct MySQLSessionMachine: Sendable {
         openCursors.removeAll()
         pendingCloses.removeAll()
         holdForDiagnostics = false
+        functions.reset()
         client = MySQLSessionState(schema: loginSchema)
         status = [.autocommit]
-        if wasHolding, state == .attached, !inFlight {
+        if wasHolding, state == .attached, !inFlight, killsInFlight == 0 {
             state = .idle
             return .release(reusable: !dirty)
         }

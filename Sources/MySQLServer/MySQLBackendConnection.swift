@@ -68,6 +68,8 @@ final class MySQLBackendConnection: ChannelInboundHandler, @unchecked Sendable {
     private(set) var capabilities: MySQLCapabilities = []
     /// The server's version string, from its handshake.
     private(set) var serverVersion = ""
+    /// The server's id for this connection (its handshake's connection id): what `KILL` names.
+    private(set) var threadID: UInt32 = 0
     /// Values the leasing session reads at lease time (fixed after setup).
     private(set) var baseline: [String: String] = [:]
     private(set) var maxConnections: Int?
@@ -263,6 +265,7 @@ final class MySQLBackendConnection: ChannelInboundHandler, @unchecked Sendable {
         case .authenticated(let result):
             capabilities = result.capabilities
             serverVersion = result.serverVersion
+            threadID = result.connectionID
             run(machine.loggedIn(capabilities: result.capabilities), context: context)
         case .failed(let failure):
             switch failure {
@@ -393,6 +396,28 @@ final class MySQLBackendConnection: ChannelInboundHandler, @unchecked Sendable {
         eventLoop.execute {
             guard let context = self.context else { return }
             self.run(self.machine.closeRequested(), context: context)
+        }
+    }
+
+    /// Runs `KILL [QUERY] <this connection's thread id>` on a connection of its own to the same
+    /// server, as the same database user (so the server lets it), as a client's `KILL` would from
+    /// another session: the connection itself is busy with the statement to stop. The future
+    /// completes once the server answered (or the attempt failed: the statement ran to its end,
+    /// or the connection is gone, and then there is nothing left to stop).
+    func killOnServer(query: Bool) -> EventLoopFuture<Void> {
+        var login = settings.login
+        login.initQuery = ""
+        login.readMaxConnections = false
+        let statement = (query ? "KILL QUERY " : "KILL CONNECTION ") + String(threadID)
+        let logger = settings.login.logger
+        return MySQLBackendConnection.connect(
+            id: ConnectionID(-1), key: key, on: eventLoop,
+            settings: MySQLBackendSettings(login: login, profile: MySQLEngine.defaultProfile), pool: nil
+        ).flatMap { killer in
+            killer.check(statement).always { _ in killer.close() }.map { _ in () }
+        }.flatMapErrorWithEventLoop { error, eventLoop in
+            logger.debug("the proxy's KILL did not reach the database", metadata: ["concierge.backend_error": "\(error)"])
+            return eventLoop.makeSucceededVoidFuture()
         }
     }
 

@@ -109,6 +109,7 @@ extension MySQLClientSession {
             closeIfDrained()
         }
         if deferredChangeUser != nil { resumeDeferredChangeUser() }
+        if deferredCommand != nil { answerDeferredCommand(context: context) }
     }
 
     /// The database finished answering one of the client's commands: its response time is
@@ -187,5 +188,6 @@ extension MySQLClientSession {
         if case .close = action { log(.warning, "database connection lost while serving this client") }
         run(action, context: context)
         if deferredChangeUser != nil { resumeDeferredChangeUser() }
+        if deferredCommand != nil { answerDeferredCommand(context: context) }
     }
 }

@@ -71,6 +71,15 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
     /// The previous packet from the backend was 0xFFFFFF bytes long: the next continues its
     /// payload (a row or value of 16 MB and more), and is forwarded without a look.
     var serverPacketContinues = false
+    /// A KILL of this client's waits for the target session: the client's next commands are
+    /// read after its answer (MySQLClientSession+Kill.swift).
+    var awaitingProxyAnswer = false
+    /// A KILL QUERY came while the backend was being prepared for this client's commands: it
+    /// goes once they are sent.
+    var killAfterSend = false
+    /// A KILL (or COM_PROCESS_KILL) that came while an earlier command of the client's still ran:
+    /// answered after that command's response.
+    var deferredCommand: (bytes: ByteBuffer, payloadLength: Int)?
 
     init(runtime: MySQLRuntime, loopSessions: LoopSessions<MySQLClientSession>, endpoint: Int, cancelKey: CancelKey, logger: Logger) {
         self.runtime = runtime
@@ -187,7 +196,7 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
         while !closed {
             // A client's commands before its login OK (sent once the login schema is checked)
             // wait: they are read after it.
-            guard pendingLogin == nil, deferredChangeUser == nil else { return }
+            guard pendingLogin == nil, deferredChangeUser == nil, !awaitingProxyAnswer else { return }
             guard let header = buffer.peekMySQLPacketHeader() else { return }
             if machine == nil || changingUser {
                 // Login packets are small: an oversized one is an attack or garbage.
@@ -258,16 +267,23 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
         switch command.code {
         case MySQLCommand.query.rawValue:
             classification = classify(command.bytes, payloadLength: command.payloadLength)
+            if classification!.kind == .kill || classification!.mentionsSessionFunction,
+               answerItself(command.bytes, payloadLength: command.payloadLength, classification: &classification!, context: context)
+            {
+                return
+            }
         case MySQLCommand.resetConnection.rawValue:
             resetConnection(context: context)
             return
         case MySQLCommand.changeUser.rawValue:
             changeUser(command.bytes, context: context)
             return
-        case MySQLCommand.processKill.rawValue, MySQLCommand.binlogDump.rawValue,
-            MySQLCommand.binlogDumpGTID.rawValue, MySQLCommand.registerSlave.rawValue:
-            // Not served through the proxy yet (COM_PROCESS_KILL: the next issue): refused like
-            // a server that does not know them.
+        case MySQLCommand.processKill.rawValue:
+            processKill(command.bytes, payloadLength: command.payloadLength, context: context)
+            return
+        case MySQLCommand.binlogDump.rawValue, MySQLCommand.binlogDumpGTID.rawValue, MySQLCommand.registerSlave.rawValue:
+            // Replication streams are not served through the proxy: refused like a server that
+            // does not know them.
             answer(MySQLClientErrors.unsupportedCommand(command.code), context: context)
             return
         default:
@@ -276,6 +292,7 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
         dropStaleDiagnosticsHold()
         let pinsBefore = machine!.pins
         let action = machine!.commandReceived(.init(code: command.code, bytes: command.bytes), classification: classification)
+        machine!.noteCommandForFunctions(code: command.code, classification: classification, after: action)
         let newPins = machine!.pins.subtracting(pinsBefore)
         if !newPins.isEmpty { pinned(newPins, statement: classification != nil ? command.bytes : nil) }
         run(action, context: context)
@@ -348,6 +365,7 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
             queryStarted = .now()
             for command in commands { backend.write(command) }
             backend.flush()
+            killIfRequestedDuringRestore()
         case .forwardToBackend(let bytes):
             guard let backend else { return }
             queryStarted = .now()
@@ -478,6 +496,7 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
         run(action, context: context)
         closeIfDrained()
         if deferredChangeUser != nil { resumeDeferredChangeUser() }
+        if deferredCommand != nil { answerDeferredCommand(context: context) }
     }
 
     func releaseBackend(reusable: Bool) {
@@ -546,9 +565,9 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
         eventLoop.execute { [self] in fail(with: MySQLClientErrors.shuttingDown, sequenceID: 0) }
     }
 
-    /// KILL QUERY through the proxy is the next issue's; nothing is cancelled yet.
+    /// The runtime's cancel (a KILL QUERY of this client, MySQLClientSession+Kill.swift).
     func cancelCurrentQuery() -> EventLoopFuture<Void> {
-        eventLoop.makeSucceededVoidFuture()
+        eventLoop.flatSubmit { [self] in killQuery() }
     }
 
     // MARK: Closing

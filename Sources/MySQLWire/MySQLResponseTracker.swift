@@ -105,6 +105,16 @@ public struct MySQLResponseTracker: Sendable {
     public private(set) var lastResponseLeftConditions = false
     /// Warnings reported so far by the response in flight.
     private var warningsInResponse = false
+    /// How the last result of the response that last finished ended, and how many results it
+    /// had: what `ROW_COUNT()` and `FOUND_ROWS()` answer next on that connection (a session
+    /// that answers them itself follows them here).
+    public private(set) var lastResult: MySQLResultSummary = .other
+    public private(set) var resultsInLastResponse = 0
+    /// The rows of the last result set of that response (nil: it had none).
+    public private(set) var rowsOfLastResultSetInLastResponse: UInt64?
+    private var resultsInResponse = 0
+    private var rowsOfLastResultSet: UInt64?
+    private var rowsInResult: UInt64 = 0
 
     /// Creates a tracker for a backend connection with the negotiated `capabilities`;
     /// `initialStatus` is the handshake's status (autocommit, normally).
@@ -170,6 +180,8 @@ public struct MySQLResponseTracker: Sendable {
         self.lastStatus = status
         self.lastResponseLeftConditions = false
         self.warningsInResponse = false
+        self.resultsInResponse = 0
+        self.rowsOfLastResultSet = nil
     }
 
     private static func initialState(_ expectation: Expectation) -> State {
@@ -213,6 +225,7 @@ public struct MySQLResponseTracker: Sendable {
         case .resultStart:
             switch first {
             case 0x00:
+                self.noteOK(payload)
                 return self.resultEnded(try self.okStatus(payload))
             case 0xFF:
                 return self.finish(self.lastStatus, wasError: true)
@@ -220,8 +233,10 @@ public struct MySQLResponseTracker: Sendable {
                 return .localInfileRequested
             default:
                 if isTerminator {
+                    self.noteOK(payload)
                     return self.resultEnded(try self.terminatorStatus(payload))
                 }
+                self.rowsInResult = 0
                 guard let (count, width) = payload.getMySQLLengthEncodedInteger(at: start), count > 0,
                       count <= UInt64(Int32.max)
                 else { throw .malformed("invalid column count") }
@@ -245,6 +260,8 @@ public struct MySQLResponseTracker: Sendable {
             self.lastStatus = status
             if status.contains(.cursorExists) {
                 // COM_STMT_EXECUTE opened a cursor: rows come with COM_STMT_FETCH.
+                self.resultsInResponse += 1
+                self.lastResult = .other
                 return self.finish(status, wasError: false)
             }
             self.state = .rows
@@ -252,7 +269,13 @@ public struct MySQLResponseTracker: Sendable {
 
         case .rows:
             if first == 0xFF { return self.finish(self.lastStatus, wasError: true) }
-            guard isTerminator else { return .inProgress }
+            guard isTerminator else {
+                self.rowsInResult &+= 1
+                return .inProgress
+            }
+            self.resultsInResponse += 1
+            self.lastResult = .resultSet(rows: self.rowsInResult)
+            self.rowsOfLastResultSet = self.rowsInResult
             return self.resultEnded(try self.terminatorStatus(payload))
 
         case .prepareOK:
@@ -343,6 +366,14 @@ public struct MySQLResponseTracker: Sendable {
         // An ERR after a result that announced more results ends the response all the same.
         let status = wasError ? status.subtracting(.moreResultsExist) : status
         self.lastStatus = status
+        if wasError {
+            self.lastResult = .error
+            self.resultsInResponse += 1
+        }
+        self.resultsInLastResponse = self.resultsInResponse
+        self.resultsInResponse = 0
+        self.rowsOfLastResultSetInLastResponse = self.rowsOfLastResultSet
+        self.rowsOfLastResultSet = nil
         self.lastResponseLeftConditions = wasError || self.warningsInResponse
         self.warningsInResponse = false
         if self.pending.isEmpty {
@@ -351,6 +382,16 @@ public struct MySQLResponseTracker: Sendable {
             self.state = Self.initialState(self.pending.removeFirst())
         }
         return .finished(status, wasError: wasError)
+    }
+
+    /// An OK that is a result of its own (not a result set's end): its affected rows.
+    private mutating func noteOK(_ payload: ByteBuffer) {
+        self.resultsInResponse += 1
+        if let (affected, _) = payload.getMySQLLengthEncodedInteger(at: payload.readerIndex + 1) {
+            self.lastResult = .ok(affectedRows: affected)
+        } else {
+            self.lastResult = .other
+        }
     }
 
     /// The status of an OK packet (0x00 or 0xFE header), read in place; its warning count (after
@@ -388,4 +429,16 @@ public struct MySQLResponseTracker: Sendable {
         }
         return try self.okStatus(payload)
     }
+}
+
+/// How a result ended (`MySQLResponseTracker.lastResult`).
+public enum MySQLResultSummary: Sendable, Hashable {
+    /// An OK packet with its affected rows.
+    case ok(affectedRows: UInt64)
+    /// A result set and the number of rows it carried.
+    case resultSet(rows: UInt64)
+    /// An ERR packet.
+    case error
+    /// Anything else (a prepare response, a cursor opened, field lists, statistics).
+    case other
 }

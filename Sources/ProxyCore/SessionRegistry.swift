@@ -56,6 +56,12 @@ public struct SessionRegistry<Session> {
         sessions[id] = nil
     }
 
+    /// The session with this id, whatever its secret: MySQL's `KILL` names a connection by its
+    /// id alone (the server checks who asks, and so does the engine).
+    public func session(id: UInt32) -> Session? {
+        sessions[id]?.session
+    }
+
     /// The session a cancel request names, if both halves of its key match: a wrong secret finds
     /// nothing (and the engine says nothing, as the databases do).
     public func session(for key: CancelKey) -> Session? {

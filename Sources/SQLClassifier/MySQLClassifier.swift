@@ -33,6 +33,13 @@ public enum MySQLClassifier {
             if first.kind == .end { break }
             if lexer.isPunctuation(first, semicolon) { continue }
             result.statementCount += 1
+            if result.statementCount == 1 {
+                result.kind = statementKind(first, lexer)
+            } else if lexer.isKeyword(first, "kill") {
+                // A KILL anywhere in the text names a proxy connection id: the session refuses
+                // what it cannot answer rather than let a backend kill by that number.
+                result.kind = .kill
+            }
             var startLexer = lexer
             let mode = classifyStatementStart(first, &startLexer, options, &result, nested: false)
             scanStatement(first, &lexer, mode, options, &result)
@@ -150,6 +157,50 @@ extension MySQLClassifier {
             break
         }
         return .normal
+    }
+
+    /// The kind of a statement from its first word(s); `lx` is positioned after `first`.
+    static func statementKind(_ first: MySQLToken, _ lx: MySQLLexer) -> MySQLStatementKind {
+        if lx.isPunctuation(first, openParen) { return .select }
+        guard first.kind == .identifier else { return .other }
+        var peek = lx
+        switch first.end - first.start {
+        case 4:
+            if lx.isKeyword(first, "kill") { return .kill }
+            if lx.isKeyword(first, "show") {
+                let u = peek.next()
+                if lx.isKeyword(u, "warnings") || lx.isKeyword(u, "errors") || lx.isKeyword(u, "count") { return .showDiagnostics }
+                return .show
+            }
+            if lx.isKeyword(first, "desc") { return describeKind(&peek) }
+            if lx.isKeyword(first, "with") { return .select }
+            if lx.isKeyword(first, "call") { return .call }
+            if lx.isKeyword(first, "help") { return .explainOrHelp }
+        case 5:
+            if lx.isKeyword(first, "table") { return .select }
+        case 6:
+            if lx.isKeyword(first, "select") || lx.isKeyword(first, "values") { return .select }
+        case 7:
+            if lx.isKeyword(first, "explain") || lx.isKeyword(first, "analyze") { return .explainOrHelp }
+        case 8:
+            if lx.isKeyword(first, "describe") { return describeKind(&peek) }
+        default:
+            break
+        }
+        return .other
+    }
+
+    /// `DESC t` describes a table (a result set that sets `FOUND_ROWS()`); `DESC SELECT ...`,
+    /// `DESC FORMAT=...`, `DESC EXTENDED ...` explain a statement.
+    private static func describeKind(_ lx: inout MySQLLexer) -> MySQLStatementKind {
+        let u = lx.next()
+        if lx.isKeyword(u, "select") || lx.isKeyword(u, "insert") || lx.isKeyword(u, "update") || lx.isKeyword(u, "delete")
+            || lx.isKeyword(u, "replace") || lx.isKeyword(u, "format") || lx.isKeyword(u, "extended")
+            || lx.isKeyword(u, "partitions") || lx.isKeyword(u, "with") || lx.isPunctuation(u, openParen)
+        {
+            return .explainOrHelp
+        }
+        return .describe
     }
 
     static func peekToken(_ lx: MySQLLexer) -> MySQLToken {
@@ -323,10 +374,22 @@ extension MySQLClassifier {
         }
     }
 
-    /// Words that pin wherever they are: `GET_LOCK(` and `SQL_CALC_FOUND_ROWS`.
+    /// Words that pin wherever they are: `GET_LOCK(` and `SQL_CALC_FOUND_ROWS`; `ROW_COUNT(`
+    /// and `FOUND_ROWS(` (the session lifts the pin when it answers the statement itself), and
+    /// `CONNECTION_ID(` and `LAST_INSERT_ID(`, noted; a `SELECT` after the first word, noted.
     @inline(__always)
     private static func checkWord(_ t: MySQLToken, _ prev: MySQLToken, _ lx: MySQLLexer, _ result: inout MySQLClassification) {
         switch t.contentEnd - t.contentStart {
+        case 6:
+            if prev.kind != .end, lx.isKeyword(t, "select") { result.containsSelect = true }
+        case 9, 10, 13, 14:
+            guard lx.isName(t, "row_count") || lx.isName(t, "found_rows") || lx.isName(t, "connection_id")
+                || lx.isName(t, "last_insert_id")
+            else { return }
+            if lx.isPunctuation(prev, dot) || lx.isKeyword(prev, "function") || lx.isKeyword(prev, "procedure") { return }
+            guard lx.isPunctuation(peekToken(lx), openParen) else { return }
+            result.mentionsSessionFunction = true
+            if lx.isName(t, "row_count") || lx.isName(t, "found_rows") { result.pinReasons.insert(.sessionFunction) }
         case 8:
             guard lx.isName(t, "get_lock") else { return }
             // `db.get_lock(` is a stored function; `CREATE FUNCTION get_lock(...)` names one.

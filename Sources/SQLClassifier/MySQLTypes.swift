@@ -47,18 +47,22 @@ public struct MySQLPinReasons: OptionSet, Sendable, Hashable, CustomStringConver
     /// A backup lock held by the session: MySQL's `LOCK INSTANCE FOR BACKUP`, MariaDB's
     /// `BACKUP STAGE ...` and `BACKUP LOCK t`.
     public static let backupLock = MySQLPinReasons(rawValue: 1 << 13)
+    /// `ROW_COUNT()` or `FOUND_ROWS()` in a statement the proxy cannot answer itself (the
+    /// values are the previous statement's, on the connection that ran it): only `SELECT`s of
+    /// the bare functions (with aliases) are answered from the values the proxy tracked.
+    public static let sessionFunction = MySQLPinReasons(rawValue: 1 << 14)
 
     /// Every reason, in the order used by `names`.
     public static let all: MySQLPinReasons = [
         .userVariable, .temporaryTable, .lockTables, .globalReadLock, .namedLock, .sqlPrepare, .foundRows,
-        .handler, .xa, .setVariable, .sessionStateChange, .setRole, .backupLock,
+        .handler, .xa, .setVariable, .sessionStateChange, .setRole, .backupLock, .sessionFunction,
     ]
 
     /// Stable names, in bit order.
     private static let nameTable: [String] = [
         "user_variable", "temporary_table", "lock_tables", "flush_tables_with_read_lock", "get_lock",
         "sql_prepare", "sql_calc_found_rows", "handler", "xa_transaction", "set_variable",
-        "", "session_state_change", "set_role", "backup_lock",
+        "", "session_state_change", "set_role", "backup_lock", "row_count_found_rows",
     ]
 
     /// Stable snake_case names of the reasons in this set (bit order), e.g. `["user_variable", "lock_tables"]`.
@@ -173,6 +177,25 @@ public struct MySQLSetAssignment: Sendable, Hashable, CustomStringConvertible {
     public var description: String { "MySQLSetAssignment(\(name)=\(value), \(scope))" }
 }
 
+/// The first statement's kind, for what the proxy answers or tracks itself.
+public enum MySQLStatementKind: Sendable, Hashable {
+    /// `SELECT`, `WITH`, `VALUES`, `TABLE`, or a parenthesised query.
+    case select
+    /// `SHOW ...` other than `showDiagnostics`.
+    case show
+    /// `SHOW WARNINGS`, `SHOW ERRORS`, `SHOW COUNT(*) ...` (these do not change `FOUND_ROWS()`).
+    case showDiagnostics
+    /// `DESC` / `DESCRIBE` of a table (`DESC SELECT ...` is `explainOrHelp`).
+    case describe
+    /// `EXPLAIN`, `ANALYZE SELECT`, `HELP` (result sets that do not change `FOUND_ROWS()`).
+    case explainOrHelp
+    /// `CALL`: the procedure's statements may change anything.
+    case call
+    /// `KILL ...`: answered by the proxy (`MySQLProxyAnswerable.kill`).
+    case kill
+    case other
+}
+
 /// The result of classifying one `COM_QUERY` text (all its statements).
 public struct MySQLClassification: Sendable, Hashable {
     /// Union of the pin reasons of all statements.
@@ -196,6 +219,15 @@ public struct MySQLClassification: Sendable, Hashable {
     /// there are none). `SET PASSWORD`, `SET ROLE`, `SET DEFAULT ROLE`, `SET NAMES` and MariaDB's
     /// per-statement `SET STATEMENT ... FOR` are not reported.
     public var sets: [MySQLSetAssignment]
+    /// What the first statement is, as far as the proxy answers or tracks it (`KILL`, and how
+    /// the statement changes what `FOUND_ROWS()` answers next).
+    public var kind: MySQLStatementKind = .other
+    /// A `SELECT` keyword after the first word (a subquery, `INSERT ... SELECT`, `CREATE ...
+    /// SELECT`): such a statement may change `FOUND_ROWS()` in ways the proxy does not follow.
+    public var containsSelect = false
+    /// `ROW_COUNT(`, `FOUND_ROWS(`, `CONNECTION_ID(` or `LAST_INSERT_ID(` appear (built-ins, unqualified): the
+    /// session checks whether it can answer the statement itself (`MySQLProxyAnswerable`).
+    public var mentionsSessionFunction = false
 
     public init(
         pinReasons: MySQLPinReasons = [], statementCount: Int = 0, unlocksTables: Bool = false,

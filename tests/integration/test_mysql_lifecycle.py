@@ -675,7 +675,7 @@ def test_backend_lost_in_a_transaction_closes_the_client_with_a_clear_error(mysq
     p = mysql_proxy()
     with login(p) as w:
         assert isinstance(w.query("BEGIN"), Packet)
-        backend_id = int(rows(w.query("SELECT CONNECTION_ID()"))[0][0])
+        backend_id = int(rows(w.query("SELECT CONNECTION_ID() + 0"))[0][0])
         mariadb.query(f"KILL CONNECTION {backend_id}")
         packets, _ = read_until_closed(w, 10)
         err = last_err(packets)
@@ -686,7 +686,7 @@ def test_backend_lost_in_a_transaction_closes_the_client_with_a_clear_error(mysq
     conn = p.connect(autocommit=False)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT CONNECTION_ID()")
+            cur.execute("SELECT CONNECTION_ID() + 0")
             seen = p.log(10**9).count("database connection lost while serving this client")
             mariadb.query(f"KILL CONNECTION {cur.fetchone()[0]}")
             wait_for(lambda: p.log(10**9).count("database connection lost while serving this client") > seen, 10,
@@ -812,7 +812,7 @@ def test_idle_timeout_closes_pinned_clients_and_frees_their_backend(mysql_proxy,
     p = mysql_proxy(idle_client_timeout=1)
     with login(p) as pinned:
         assert isinstance(pinned.query("SET @pinned = 1"), Packet)
-        backend_id = int(rows(pinned.query("SELECT CONNECTION_ID()"))[0][0])
+        backend_id = int(rows(pinned.query("SELECT CONNECTION_ID() + 0"))[0][0])
         assert backend_id in processlist_ids(mariadb, "app")
         packets, _ = read_until_closed(pinned, 15)
         assert last_err(packets) == IDLE_TIMEOUT_ERR

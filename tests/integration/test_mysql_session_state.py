@@ -63,7 +63,7 @@ def test_two_clients_keep_their_own_session_state_on_one_backend(mysql_proxy, ma
             assert ca.fetchone()[0] in for_a, sql
             cb.execute(sql)
             assert cb.fetchone()[0] in for_b, sql
-            ca.execute("SELECT CONNECTION_ID()")
+            ca.execute("SELECT CONNECTION_ID() + 0")
             backends.add(ca.fetchone()[0])
     finally:
         a.close()
