@@ -67,9 +67,10 @@ public struct MySQLSessionFunctions: Sendable, Hashable {
         pending.append(effect)
     }
 
-    /// The oldest command in flight was answered by the proxy, not the server (a statement
-    /// command for an unknown statement, a reset with no cursor): the server ran nothing.
-    public mutating func commandAnsweredByProxy() {
+    /// The oldest command in flight ran no statement: the proxy answered it (a statement
+    /// command for an unknown statement, a reset with no cursor), or it was a COM_STMT_FETCH or
+    /// COM_STMT_RESET of a cursor (the execute that opened it set the values).
+    public mutating func commandRanNoStatement() {
         if !pending.isEmpty { pending.removeFirst() }
     }
 

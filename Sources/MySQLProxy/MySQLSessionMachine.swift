@@ -430,7 +430,7 @@ public struct MySQLSessionMachine: Sendable {
                     return writes.isEmpty ? .none : .sendToBackend(writes)
                 }
                 held.removeFirst()
-                functions.commandAnsweredByProxy()
+                functions.commandRanNoStatement()
                 needsResume = true
                 return action
             }
@@ -847,7 +847,10 @@ public struct MySQLSessionMachine: Sendable {
             if status.contains(.sessionStateChanged) { try? recordSessionState(payload) }
         }
         // The client's command was answered (an own prepare's ERR answers its execute).
-        functions.responseFinished(tracker)
+        switch role {
+        case .fetch, .reset: functions.commandRanNoStatement()
+        default: functions.responseFinished(tracker)
+        }
         holdForDiagnostics = tracker.lastResponseLeftConditions
         if functions.holdForNextCommand { holdForDiagnostics = true }
         if case .clientPrepare = role, diagnosticsBeforePrepare { holdForDiagnostics = true }

@@ -19,6 +19,14 @@ final class MySQLPreparedStatementTests: XCTestCase {
         return .init(code: code.rawValue, bytes: bytes)
     }
 
+    /// A client command, as the handler gives it: to the machine, then its effect on the
+    /// session functions noted.
+    func receive(_ machine: inout MySQLSessionMachine, _ command: MySQLSessionMachine.Command) -> MySQLSessionMachine.Action {
+        let action = machine.commandReceived(command, classification: nil)
+        machine.noteCommandForFunctions(code: command.code, classification: nil, after: action)
+        return action
+    }
+
     func prepare(_ sql: String) -> MySQLSessionMachine.Command {
         packet(.stmtPrepare) { $0.writeString(sql) }
     }
@@ -112,7 +120,7 @@ final class MySQLPreparedStatementTests: XCTestCase {
     /// Prepares "SELECT ?" through the machine on `cache`'s backend (backend id `backendID`):
     /// the client's id comes back.
     func prepared(_ machine: inout MySQLSessionMachine, on cache: MySQLBackendStatementCache, backendID: UInt32) throws -> UInt32 {
-        guard case .borrow = machine.commandReceived(prepare("SELECT ?"), classification: nil) else { XCTFail("borrow"); return 0 }
+        guard case .borrow = receive(&machine, prepare("SELECT ?")) else { XCTFail("borrow"); return 0 }
         XCTAssertNotNil(sent(lease(&machine, cache)), "the client's prepare goes to the backend")
         guard case .forwardToClientRewritingStatementID(let id) = try machine.serverPacket(prepareOK(id: backendID)) else {
             XCTFail("the prepare's OK goes to the client with the proxy's id"); return 0
@@ -143,14 +151,14 @@ final class MySQLPreparedStatementTests: XCTestCase {
         let id = try prepared(&machine, on: first, backendID: 77)
 
         // First execute, with types, on the first backend: the backend's id replaces the client's.
-        guard case .borrow = machine.commandReceived(execute(id, types: true), classification: nil) else { return XCTFail() }
+        guard case .borrow = receive(&machine, execute(id, types: true)) else { return XCTFail() }
         let one = try XCTUnwrap(sent(lease(&machine, first)))
         XCTAssertEqual(packets(one).map { statementID($0) }, [77])
         guard case .forwardToClientAndRelease = try machine.serverPacket(ok()) else { return XCTFail() }
 
         // Second execute, without types, on the other backend: prepared there (consumed), then
         // executed with the types the client sent last time.
-        guard case .borrow = machine.commandReceived(execute(id, value: 8, types: false), classification: nil) else { return XCTFail() }
+        guard case .borrow = receive(&machine, execute(id, value: 8, types: false)) else { return XCTFail() }
         let preparing = try XCTUnwrap(sent(lease(&machine, second)))
         XCTAssertEqual(packets(preparing).map { $0[0] }, [MySQLCommand.stmtPrepare.rawValue])
         XCTAssertEqual(Array(packets(preparing)[0].dropFirst()), Array("SELECT ?".utf8))
@@ -167,7 +175,7 @@ final class MySQLPreparedStatementTests: XCTestCase {
         guard case .forwardToClientAndRelease = try machine.serverPacket(ok()) else { return XCTFail() }
 
         // Once bound there, later executes without types go as they are.
-        guard case .borrow = machine.commandReceived(execute(id, value: 9, types: false), classification: nil) else { return XCTFail() }
+        guard case .borrow = receive(&machine, execute(id, value: 9, types: false)) else { return XCTFail() }
         let again = try XCTUnwrap(packets(XCTUnwrap(sent(lease(&machine, second)))).first)
         XCTAssertEqual(statementID(again), 5)
         XCTAssertEqual(again[11], 0)
@@ -177,7 +185,7 @@ final class MySQLPreparedStatementTests: XCTestCase {
     func testALazyPrepareThatFailsAnswersTheExecuteWithTheServersError() throws {
         var machine = MySQLSessionMachine(capabilities: caps, loginSchema: "app")
         let id = try prepared(&machine, on: cache(), backendID: 1)
-        guard case .borrow = machine.commandReceived(execute(id, types: true), classification: nil) else { return XCTFail() }
+        guard case .borrow = receive(&machine, execute(id, types: true)) else { return XCTFail() }
         XCTAssertNotNil(sent(lease(&machine, cache())))
         // The table went since (DDL): the server's error is the execute's answer, as directly.
         guard case .forwardToClient = try machine.serverPacket(err(1146, "Table 'app.t' doesn't exist")) else {
@@ -187,7 +195,7 @@ final class MySQLPreparedStatementTests: XCTestCase {
         XCTAssertEqual(machine.state, .attached)
         XCTAssertFalse(machine.needsResume)
         // The next command runs there.
-        guard case .forwardToBackend = machine.commandReceived(command("SHOW ERRORS"), classification: nil) else { return XCTFail() }
+        guard case .forwardToBackend = receive(&machine, command("SHOW ERRORS")) else { return XCTFail() }
     }
 
     func command(_ sql: String) -> MySQLSessionMachine.Command {
@@ -196,14 +204,14 @@ final class MySQLPreparedStatementTests: XCTestCase {
 
     func testUnknownStatementsAndCursorlessFetchesAreAnsweredWithoutABackend() throws {
         var machine = MySQLSessionMachine(capabilities: caps, loginSchema: "app")
-        guard case .answerClient(let unknown) = machine.commandReceived(execute(42, types: true), classification: nil) else { return XCTFail() }
+        guard case .answerClient(let unknown) = receive(&machine, execute(42, types: true)) else { return XCTFail() }
         XCTAssertEqual(unknown.code, 1243)
         XCTAssertEqual(unknown.message, "Unknown prepared statement handler (42) given to mysqld_stmt_execute")
         let id = try prepared(&machine, on: cache(), backendID: 1)
-        guard case .answerClient(let noCursor) = machine.commandReceived(statementCommand(.stmtFetch, id) { $0.writeInteger(UInt32(10), endianness: .little) }, classification: nil) else { return XCTFail() }
+        guard case .answerClient(let noCursor) = receive(&machine, statementCommand(.stmtFetch, id) { $0.writeInteger(UInt32(10), endianness: .little) }) else { return XCTFail() }
         XCTAssertEqual(noCursor.code, 1421)
-        guard case .answerOK = machine.commandReceived(statementCommand(.stmtReset, id), classification: nil) else { return XCTFail() }
-        guard case .none = machine.commandReceived(statementCommand(.stmtClose, id), classification: nil) else { return XCTFail() }
+        guard case .answerOK = receive(&machine, statementCommand(.stmtReset, id)) else { return XCTFail() }
+        guard case .none = receive(&machine, statementCommand(.stmtClose, id)) else { return XCTFail() }
         XCTAssertNil(machine.statements[id])
         XCTAssertEqual(machine.state, .idle, "nothing borrowed")
     }
@@ -216,9 +224,9 @@ final class MySQLPreparedStatementTests: XCTestCase {
             $0.writeInteger(UInt16(0), endianness: .little)
             $0.writeString("a long value")
         }
-        guard case .none = machine.commandReceived(longData, classification: nil) else { return XCTFail("held, no backend") }
+        guard case .none = receive(&machine, longData) else { return XCTFail("held, no backend") }
         XCTAssertEqual(machine.state, .idle)
-        guard case .borrow = machine.commandReceived(execute(id, types: true), classification: nil) else { return XCTFail() }
+        guard case .borrow = receive(&machine, execute(id, types: true)) else { return XCTFail() }
         let out = packets(try XCTUnwrap(sent(lease(&machine, backend))))
         XCTAssertEqual(out.map { $0[0] }, [MySQLCommand.stmtSendLongData.rawValue, MySQLCommand.stmtExecute.rawValue])
         XCTAssertEqual(out.map { statementID($0) }, [31, 31])
@@ -229,7 +237,7 @@ final class MySQLPreparedStatementTests: XCTestCase {
         var machine = MySQLSessionMachine(capabilities: caps, loginSchema: "app")
         let backend = cache()
         let id = try prepared(&machine, on: backend, backendID: 9)
-        guard case .borrow = machine.commandReceived(execute(id, types: true, cursor: true), classification: nil) else { return XCTFail() }
+        guard case .borrow = receive(&machine, execute(id, types: true, cursor: true)) else { return XCTFail() }
         XCTAssertNotNil(sent(lease(&machine, backend)))
         var count = ByteBuffer()
         count.writeMySQLLengthEncodedInteger(1)
@@ -240,11 +248,11 @@ final class MySQLPreparedStatementTests: XCTestCase {
         }
         XCTAssertEqual(machine.openCursors, [id])
         let fetch = statementCommand(.stmtFetch, id) { $0.writeInteger(UInt32(2), endianness: .little) }
-        let fetched = packets(try XCTUnwrap(sent(machine.commandReceived(fetch, classification: nil))))
+        let fetched = packets(try XCTUnwrap(sent(receive(&machine, fetch))))
         XCTAssertEqual(fetched.map { statementID($0) }, [9])
         _ = try machine.serverPacket(ByteBuffer(bytes: [0x00, 0x00, 1, 0, 0, 0, 0, 0, 0, 0]))
         guard case .forwardToClient = try machine.serverPacket(eof([.autocommit, .cursorExists])) else { return XCTFail() }
-        _ = machine.commandReceived(fetch, classification: nil)
+        _ = receive(&machine, fetch)
         guard case .forwardToClientAndRelease = try machine.serverPacket(eof([.autocommit, .lastRowSent])) else {
             return XCTFail("the last row releases the backend")
         }
@@ -256,7 +264,7 @@ final class MySQLPreparedStatementTests: XCTestCase {
         let backend = MySQLBackendStatementCache(maxPreparedStatements: 10, maxConnections: 10)
         XCTAssertEqual(backend.capacity, 1)
         _ = try prepared(&machine, on: backend, backendID: 1)
-        guard case .borrow = machine.commandReceived(prepare("SELECT ? + 1"), classification: nil) else { return XCTFail() }
+        guard case .borrow = receive(&machine, prepare("SELECT ? + 1")) else { return XCTFail() }
         let out = packets(try XCTUnwrap(sent(lease(&machine, backend))))
         XCTAssertEqual(out.map { $0[0] }, [MySQLCommand.stmtClose.rawValue, MySQLCommand.stmtPrepare.rawValue])
         XCTAssertEqual(statementID(out[0]), 1)
@@ -285,8 +293,8 @@ final class MySQLPreparedStatementTests: XCTestCase {
     func testMariaDBsLastStatementIDFollowsAPipelinedPrepare() throws {
         var machine = MySQLSessionMachine(capabilities: caps, loginSchema: "app")
         let backend = cache()
-        guard case .borrow = machine.commandReceived(prepare("SELECT ?"), classification: nil) else { return XCTFail() }
-        guard case .none = machine.commandReceived(execute(0xFFFF_FFFF, types: true), classification: nil) else { return XCTFail() }
+        guard case .borrow = receive(&machine, prepare("SELECT ?")) else { return XCTFail() }
+        guard case .none = receive(&machine, execute(0xFFFF_FFFF, types: true)) else { return XCTFail() }
         let first = packets(try XCTUnwrap(sent(lease(&machine, backend))))
         XCTAssertEqual(first.map { $0[0] }, [MySQLCommand.stmtPrepare.rawValue], "the execute waits for the prepare's answer")
         guard case .forwardToClientRewritingStatementID(1) = try machine.serverPacket(prepareOK(id: 12)) else { return XCTFail() }
