@@ -35,22 +35,20 @@ public struct MySQLPinReasons: OptionSet, Sendable, Hashable, CustomStringConver
     /// A `SET` of a session variable that the proxy does not track, `SET RESOURCE GROUP`, and
     /// malformed `SET`s (conservatively). Exempted by `excludeVariableSets`.
     public static let setVariable = MySQLPinReasons(rawValue: 1 << 9)
-    // Bit 10 was `binary_prepared_statement`: binary-protocol prepared statements are
-    // multiplexed now (MySQLSessionMachine), and the bit stays unused so that names keep theirs.
     /// The server reported a session-state change the proxy cannot restore. Never set by
     /// `classify`: the session sets it.
-    public static let sessionStateChange = MySQLPinReasons(rawValue: 1 << 11)
+    public static let sessionStateChange = MySQLPinReasons(rawValue: 1 << 10)
     /// `SET ROLE ...` (MySQL 8 and MariaDB): the session's active roles, hence its privileges.
     /// A separate reason because it is never exempted by `excludeVariableSets`: a role left on
     /// a shared backend would lend its privileges to the next client.
-    public static let setRole = MySQLPinReasons(rawValue: 1 << 12)
+    public static let setRole = MySQLPinReasons(rawValue: 1 << 11)
     /// A backup lock held by the session: MySQL's `LOCK INSTANCE FOR BACKUP`, MariaDB's
     /// `BACKUP STAGE ...` and `BACKUP LOCK t`.
-    public static let backupLock = MySQLPinReasons(rawValue: 1 << 13)
+    public static let backupLock = MySQLPinReasons(rawValue: 1 << 12)
     /// `ROW_COUNT()` or `FOUND_ROWS()` in a statement the proxy cannot answer itself (the
     /// values are the previous statement's, on the connection that ran it): only `SELECT`s of
     /// the bare functions (with aliases) are answered from the values the proxy tracked.
-    public static let sessionFunction = MySQLPinReasons(rawValue: 1 << 14)
+    public static let sessionFunction = MySQLPinReasons(rawValue: 1 << 13)
 
     /// Every reason, in the order used by `names`.
     public static let all: MySQLPinReasons = [
@@ -58,11 +56,13 @@ public struct MySQLPinReasons: OptionSet, Sendable, Hashable, CustomStringConver
         .handler, .xa, .setVariable, .sessionStateChange, .setRole, .backupLock, .sessionFunction,
     ]
 
-    /// Stable names, in bit order.
+    /// Stable names, in bit order: the metrics' counters are indexed by bit (`recordPins`), so
+    /// the bits have no gaps (binary_prepared_statement went when prepared statements stopped
+    /// pinning; the bits after it moved down, the names stayed).
     private static let nameTable: [String] = [
         "user_variable", "temporary_table", "lock_tables", "flush_tables_with_read_lock", "get_lock",
         "sql_prepare", "sql_calc_found_rows", "handler", "xa_transaction", "set_variable",
-        "", "session_state_change", "set_role", "backup_lock", "row_count_found_rows",
+        "session_state_change", "set_role", "backup_lock", "row_count_found_rows",
     ]
 
     /// Stable snake_case names of the reasons in this set (bit order), e.g. `["user_variable", "lock_tables"]`.
@@ -76,7 +76,7 @@ public struct MySQLPinReasons: OptionSet, Sendable, Hashable, CustomStringConver
 
     /// The reason with the given stable name, if any.
     public init?(name: String) {
-        guard !name.isEmpty, let index = MySQLPinReasons.nameTable.firstIndex(of: name) else { return nil }
+        guard let index = MySQLPinReasons.nameTable.firstIndex(of: name) else { return nil }
         self.init(rawValue: 1 << UInt16(index))
     }
 

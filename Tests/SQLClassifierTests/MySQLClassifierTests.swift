@@ -654,7 +654,8 @@ func mysqlSetAssignments(_ c: MySQLSetCase) {
     #expect(MySQLPinReasons(name: "get_lock") == .namedLock)
     #expect(MySQLPinReasons(name: "flush_tables_with_read_lock") == .globalReadLock)
     #expect(MySQLPinReasons(name: "binary_prepared_statement") == nil, "prepared statements no longer pin")
-    #expect(MySQLPinReasons(name: "") == nil)
+    // Every bit has its name, in order: the metrics' counters are indexed by bit.
+    #expect(MySQLPinReasons.all.rawValue == (1 << MySQLPinReasons.all.names.count) - 1)
     #expect(MySQLPinReasons(name: "session_state_change") == .sessionStateChange)
     #expect(([.lockTables, .userVariable] as MySQLPinReasons).names == ["user_variable", "lock_tables"])
     #expect(MySQLPinReasons().names == [])

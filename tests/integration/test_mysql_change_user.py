@@ -139,14 +139,14 @@ def test_a_pinned_backend_is_closed_and_a_clean_one_reused(mysql_proxy, mariadb)
     conn = mysqldb(p)
     try:
         fetch(conn, "SET @pin = 1")
-        pinned_id = fetch(conn, "SELECT CONNECTION_ID()")[0][0]
+        pinned_id = fetch(conn, "SELECT CONNECTION_ID() + 0")[0][0]
         conn.change_user("app_monitor", p.passwords["app_monitor"], "")
         assert fetch(conn, "SELECT CURRENT_USER()") == (("app_monitor@%",),)
         wait_for(lambda: mariadb.scalar("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %s",
                                         (pinned_id,)) == 0, 10, "the pinned backend to be closed")
         # Unpinned: the backend goes back to app's pool, open.
         conn.change_user("app", p.passwords["app"], "app")
-        backend_id = fetch(conn, "SELECT CONNECTION_ID()")[0][0]
+        backend_id = fetch(conn, "SELECT CONNECTION_ID() + 0")[0][0]  # + 0: the backend's (a bare one is the proxy's)
         conn.change_user("app_monitor", p.passwords["app_monitor"], "")
         assert fetch(conn, "SELECT CURRENT_USER()") == (("app_monitor@%",),)
         assert mariadb.scalar("SELECT USER FROM information_schema.PROCESSLIST WHERE ID = %s", (backend_id,)) == "app"
