@@ -300,11 +300,16 @@ def run_sysbench(sc: Scenario, target: str, rep: int) -> Run:
     if run.stalled:
         run.note = (f"stalled: still running {limit:.0f} s after start ({DURATION} s --time), "
                     f"stopped; " + run.note).rstrip("; ")
+    elif "Worker threads failed to initialize" in out:
+        # sysbench's own limit (30 s) on its threads' thread_init, which prepares the statements:
+        # threads beyond the backends the pinned ones hold wait for one there. A stall too.
+        run.stalled = True
+        run.note = "stalled: sysbench's threads did not all initialize within its 30 s limit"
     errors: Counter = Counter()
     for line in out.splitlines():
         if re.match(r"\s*(FATAL|ALERT|WARNING|error)", line, re.I) and "storm:" not in line:
             errors[normalize_error(line)] += 1
-    if sc.kind != "storm":   # the storm counted its own (its threads go on after one)
+    if sc.kind != "storm" and not run.stalled:   # the storm counted its own (its threads go on)
         run.failed += sum(c for e, c in errors.items() if e.startswith("FATAL"))
     for e, c in errors.most_common(8):
         run.errors[e] = c
