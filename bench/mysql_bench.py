@@ -109,10 +109,12 @@ def log_since(offset: int) -> dict[str, int]:
         f.seek(offset)
         text = f.read().decode("utf-8", "replace")
     counts: Counter = Counter()
-    for line in text.splitlines():
-        m = re.match(r"\S+ (\w+) [^\[]*\[\w+\] (.*)$", line)
-        if m:
-            counts[f"{m.group(1)}: {m.group(2)}"] += 1
+    for line in text.splitlines():   # logfmt: ts=... level=warning msg="..." key=value ...
+        level = re.search(r"\blevel=(\w+)", line)
+        msg = re.search(r'\bmsg=("(?:[^"\\]|\\.)*"|\S+)', line)
+        if level and msg:
+            text_ = msg.group(1).strip('"')
+            counts[f"{level.group(1)}: {text_}"] += 1
     return dict(counts.most_common(8))
 
 
