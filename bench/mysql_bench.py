@@ -34,6 +34,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bench import log_line   # Concierge's logfmt lines, read as bench.py reads them
+
 DURATION = int(os.environ.get("BENCH_DURATION", "5"))     # seconds per sysbench run (--time)
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))         # runs per (scenario, target)
 IDLE_CLIENTS = int(os.environ.get("BENCH_IDLE_CLIENTS", "10000"))
@@ -109,12 +111,10 @@ def log_since(offset: int) -> dict[str, int]:
         f.seek(offset)
         text = f.read().decode("utf-8", "replace")
     counts: Counter = Counter()
-    for line in text.splitlines():   # logfmt: ts=... level=warning msg="..." key=value ...
-        level = re.search(r"\blevel=(\w+)", line)
-        msg = re.search(r'\bmsg=("(?:[^"\\]|\\.)*"|\S+)', line)
-        if level and msg:
-            text_ = msg.group(1).strip('"')
-            counts[f"{level.group(1)}: {text_}"] += 1
+    for line in text.splitlines():
+        m = log_line(line)
+        if m:
+            counts[m] += 1
     return dict(counts.most_common(8))
 
 
