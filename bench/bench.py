@@ -143,8 +143,7 @@ def proxy_log_size(target: str) -> int:
 
 
 def proxy_log_since(target: str, offset: int) -> dict[str, int]:
-    """What Concierge logged during a run, as message -> count: pins, borrow timeouts, ...
-    (lines look like `DATE LEVEL concierge: key=value ... [Module] message`)."""
+    """What Concierge logged during a run, as message -> count: pins, borrow timeouts, ..."""
     if target not in CONCIERGES:
         return {}
     with open(concierge_log(target), "rb") as f:
@@ -152,11 +151,22 @@ def proxy_log_since(target: str, offset: int) -> dict[str, int]:
         text = f.read().decode("utf-8", "replace")
     counts: Counter = Counter()
     for line in text.splitlines():
-        m = re.match(r"\S+ (\w+) [^\[]*\[\w+\] (.*)$", line)
+        m = log_line(line)
         if m:
-            reason = re.search(r"concierge\.pin_reason=(\S+)", line)
-            counts[f"{m.group(1)}: {m.group(2)}" + (f" ({reason.group(1)})" if reason else "")] += 1
+            counts[m] += 1
     return dict(counts.most_common(8))
+
+
+def log_line(line: str) -> str | None:
+    """`LEVEL: message (pin reasons)` of one of Concierge's logfmt lines
+    (`ts=... level=warning msg="..." key=value ...`, the `concierge.` of its keys dropped)."""
+    level = re.search(r"\blevel=(\w+)", line)
+    msg = re.search(r'\bmsg=("(?:[^"\\]|\\.)*"|\S+)', line)
+    if not (level and msg):
+        return None
+    reason = re.search(r"\bpin_reasons?=(\S+)", line)
+    text = msg.group(1).strip('"')
+    return f"{level.group(1)}: {text}" + (f" ({reason.group(1)})" if reason else "")
 
 
 def client_env(user: str) -> dict[str, str]:
