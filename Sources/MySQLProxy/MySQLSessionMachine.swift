@@ -296,38 +296,24 @@ public struct MySQLSessionMachine: Sendable {
             break
         }
         let expectation = MySQLResponseTracker.expectation(for: MySQLCommand(rawValue: command.code) ?? .query)
-        switch state {
-        case .closed:
-            return .none
-        case .idle:
-            if expectation == .none { return .none }
-            held.append(command)
-            state = .borrowing
-            return .borrow
-        case .borrowing, .restoring:
-            held.append(command)
-            return .none
-        case .attached:
-            if !held.isEmpty || awaiting > 0 {
-                held.append(command)
-                return .none
-            }
+        if case .attached = state, held.isEmpty, awaiting == 0 {
+            // The common case: straight to the backend the client holds.
             expect(expectation)
             return .forwardToBackend(command.bytes)
         }
+        // Without a backend, a command that gets no answer has nothing to act on.
+        return enqueue(command, settledWithoutBackend: expectation == .none ? Action.none : nil)
     }
 
-    // MARK: Binary-protocol prepared statements
-
-    /// COM_STMT_*: what needs no backend is done at once when the client holds none (closing a
-    /// statement, buffering long data, the errors of an unknown id); the rest is held and sent
-    /// in order by `pump()`, which maps the client's statement ids to the backend's.
-    private mutating func statementCommand(_ command: Command) -> Action {
+    /// Holds a command until it can go (in order with the ones before it): with no backend it
+    /// borrows one, unless `settledWithoutBackend` answers it; attached, `pump()` sends it when
+    /// no prepare is awaited.
+    private mutating func enqueue(_ command: Command, settledWithoutBackend: Action?) -> Action {
         switch state {
         case .closed:
             return .none
         case .idle:
-            if let local = withoutBackend(command) { return local }
+            if let settledWithoutBackend { return settledWithoutBackend }
             held.append(command)
             state = .borrowing
             return .borrow
@@ -338,6 +324,15 @@ public struct MySQLSessionMachine: Sendable {
             held.append(command)
             return awaiting > 0 ? .none : pump()
         }
+    }
+
+    // MARK: Binary-protocol prepared statements
+
+    /// COM_STMT_*: what needs no backend is done at once when the client holds none (closing a
+    /// statement, buffering long data, the errors of an unknown id); the rest is held and sent
+    /// in order by `pump()`, which maps the client's statement ids to the backend's.
+    private mutating func statementCommand(_ command: Command) -> Action {
+        enqueue(command, settledWithoutBackend: state == .idle ? withoutBackend(command) : nil)
     }
 
     /// The client's statement id in a command (MariaDB's 0xFFFFFFFF: the last one prepared).

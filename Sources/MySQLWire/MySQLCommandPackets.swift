@@ -146,19 +146,7 @@ public struct MySQLChangeUser: Sendable, Hashable {
             throw .malformed("truncated character set")
         }
         self.characterSet = UInt8(truncatingIfNeeded: characterSet)
-        if capabilities.contains(.pluginAuth), buffer.readableBytes > 0 {
-            guard let plugin = buffer.readMySQLNullTerminatedString() else { throw .malformed("unterminated plugin name") }
-            self.authPluginName = plugin
-        }
-        if capabilities.contains(.connectAttrs), buffer.readableBytes > 0 {
-            guard var attributes = buffer.readMySQLLengthEncodedSlice() else { throw .malformed("truncated connection attributes") }
-            while attributes.readableBytes > 0 {
-                guard let name = attributes.readMySQLLengthEncodedString(),
-                      let value = attributes.readMySQLLengthEncodedString()
-                else { throw .malformed("truncated connection attribute") }
-                self.attributes.append(MySQLConnectAttribute(name: name, value: value))
-            }
-        }
+        try buffer.readMySQLPluginAndAttributes(capabilities, plugin: &self.authPluginName, attributes: &self.attributes)
     }
 
     /// Writes the payload (command byte included, no packet header), for `capabilities`. The
@@ -176,17 +164,45 @@ public struct MySQLChangeUser: Sendable, Hashable {
         }
         buffer.writeMySQLNullTerminatedString(self.database)
         buffer.writeInteger(UInt16(self.characterSet ?? 45), endianness: .little)
+        buffer.writeMySQLPluginAndAttributes(capabilities, plugin: self.authPluginName, attributes: self.attributes)
+    }
+}
+
+extension ByteBuffer {
+    /// The tail HandshakeResponse41 and COM_CHANGE_USER share: the auth plugin's name
+    /// (CLIENT_PLUGIN_AUTH) and the connection attributes (CLIENT_CONNECT_ATTRS), each only when
+    /// the packet has bytes left for it.
+    mutating func readMySQLPluginAndAttributes(
+        _ capabilities: MySQLCapabilities, plugin: inout String?, attributes list: inout [MySQLConnectAttribute]
+    ) throws(MySQLWireError) {
+        if capabilities.contains(.pluginAuth), self.readableBytes > 0 {
+            guard let name = self.readMySQLNullTerminatedString() else { throw .malformed("unterminated plugin name") }
+            plugin = name
+        }
+        if capabilities.contains(.connectAttrs), self.readableBytes > 0 {
+            guard var attributes = self.readMySQLLengthEncodedSlice() else { throw .malformed("truncated connection attributes") }
+            while attributes.readableBytes > 0 {
+                guard let name = attributes.readMySQLLengthEncodedString(),
+                      let value = attributes.readMySQLLengthEncodedString()
+                else { throw .malformed("truncated connection attribute") }
+                list.append(MySQLConnectAttribute(name: name, value: value))
+            }
+        }
+    }
+
+    /// Writes that tail (see `readMySQLPluginAndAttributes`).
+    mutating func writeMySQLPluginAndAttributes(_ capabilities: MySQLCapabilities, plugin: String?, attributes list: [MySQLConnectAttribute]) {
         if capabilities.contains(.pluginAuth) {
-            buffer.writeMySQLNullTerminatedString(self.authPluginName ?? "")
+            self.writeMySQLNullTerminatedString(plugin ?? "")
         }
         if capabilities.contains(.connectAttrs) {
             var attributes = ByteBuffer()
-            for attribute in self.attributes {
+            for attribute in list {
                 attributes.writeMySQLLengthEncodedString(attribute.name)
                 attributes.writeMySQLLengthEncodedString(attribute.value)
             }
-            buffer.writeMySQLLengthEncodedInteger(UInt64(attributes.readableBytes))
-            buffer.writeBuffer(&attributes)
+            self.writeMySQLLengthEncodedInteger(UInt64(attributes.readableBytes))
+            self.writeBuffer(&attributes)
         }
     }
 }

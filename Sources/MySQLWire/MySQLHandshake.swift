@@ -295,19 +295,7 @@ public struct MySQLHandshakeResponse41: Sendable, Hashable {
             guard let database = buffer.readMySQLNullTerminatedString() else { throw .malformed("unterminated database name") }
             self.database = database
         }
-        if self.capabilities.contains(.pluginAuth), buffer.readableBytes > 0 {
-            guard let plugin = buffer.readMySQLNullTerminatedString() else { throw .malformed("unterminated plugin name") }
-            self.authPluginName = plugin
-        }
-        if self.capabilities.contains(.connectAttrs), buffer.readableBytes > 0 {
-            guard var attributes = buffer.readMySQLLengthEncodedSlice() else { throw .malformed("truncated connection attributes") }
-            while attributes.readableBytes > 0 {
-                guard let name = attributes.readMySQLLengthEncodedString(),
-                      let value = attributes.readMySQLLengthEncodedString()
-                else { throw .malformed("truncated connection attribute") }
-                self.attributes.append(MySQLConnectAttribute(name: name, value: value))
-            }
-        }
+        try buffer.readMySQLPluginAndAttributes(self.capabilities, plugin: &self.authPluginName, attributes: &self.attributes)
         if self.capabilities.contains(.zstdCompression), buffer.readableBytes > 0 {
             self.zstdCompressionLevel = buffer.readInteger(as: UInt8.self)
         }
@@ -333,18 +321,7 @@ public struct MySQLHandshakeResponse41: Sendable, Hashable {
         if capabilities.contains(.connectWithDB) {
             buffer.writeMySQLNullTerminatedString(self.database ?? "")
         }
-        if capabilities.contains(.pluginAuth) {
-            buffer.writeMySQLNullTerminatedString(self.authPluginName ?? "")
-        }
-        if capabilities.contains(.connectAttrs) {
-            var attributes = ByteBuffer()
-            for attribute in self.attributes {
-                attributes.writeMySQLLengthEncodedString(attribute.name)
-                attributes.writeMySQLLengthEncodedString(attribute.value)
-            }
-            buffer.writeMySQLLengthEncodedInteger(UInt64(attributes.readableBytes))
-            buffer.writeBuffer(&attributes)
-        }
+        buffer.writeMySQLPluginAndAttributes(capabilities, plugin: self.authPluginName, attributes: self.attributes)
         if capabilities.contains(.zstdCompression) {
             buffer.writeInteger(self.zstdCompressionLevel ?? 3)
         }
