@@ -513,23 +513,26 @@ public struct MySQLSessionMachine: Sendable {
     /// data before it, and the client's parameter types when it left them out and the backend's
     /// statement has other ones bound.
     private mutating func execute(_ command: Command, id: UInt32, cache: MySQLBackendStatementCache, writes: inout [ByteBuffer]) -> Step {
-        let parameterCount = statements[id]!.parameterCount
+        // One lookup, one write-back: the per-execute path (the copy shares its arrays).
+        var statement = statements[id]!
+        defer { statements[id] = statement }
+        let parameterCount = statement.parameterCount
         if let sent = MySQLStatementPackets.boundTypes(inExecute: command.bytes, parameterCount: parameterCount),
-           statements[id]!.types.map({ !$0.elementsEqual(sent) }) ?? true
+           statement.types.map({ !$0.elementsEqual(sent) }) ?? true
         {
-            statements[id]!.types = Array(sent)
+            statement.types = Array(sent)
         }
-        guard let slot = cache.find(&statements[id]!), let entry = cache.slots[slot] else {
-            prepareOnBackend(statements[id]!.key, cache: cache, writes: &writes)
+        guard let slot = cache.find(&statement), let entry = cache.slots[slot] else {
+            prepareOnBackend(statement.key, cache: cache, writes: &writes)
             return .wait(sent: false)
         }
-        if !statements[id]!.longData.isEmpty {
-            for packet in statements[id]!.longData {
+        if !statement.longData.isEmpty {
+            for packet in statement.longData {
                 writes.append(contentsOf: MySQLStatementPackets.withStatementID(entry.backendID, packet))
             }
-            statements[id]!.longData.removeAll()
+            statement.longData.removeAll()
         }
-        let types = statements[id]!.types
+        let types = statement.types
         if MySQLStatementPackets.omitsTypes(command.bytes, parameterCount: parameterCount), let types, entry.boundTypes != types {
             writes.append(MySQLStatementPackets.execute(command.bytes, backendID: entry.backendID, insertingTypes: types, parameterCount: parameterCount))
         } else {

@@ -125,15 +125,8 @@ public struct MySQLChangeUser: Sendable, Hashable {
             throw .malformed("COM_CHANGE_USER without a NUL-terminated user name")
         }
         self.username = username
-        if capabilities.contains(.secureConnection) {
-            guard let length = buffer.readInteger(as: UInt8.self), let response = buffer.readBytes(length: Int(length)) else {
-                throw .malformed("truncated auth response")
-            }
-            self.authResponse = response
-        } else {
-            guard let response = buffer.readMySQLNullTerminatedSlice() else { throw .malformed("truncated auth response") }
-            self.authResponse = Array(response.readableBytesView)
-        }
+        // COM_CHANGE_USER has no length-encoded form of the auth response.
+        self.authResponse = try buffer.readMySQLAuthResponse(capabilities.subtracting(.pluginAuthLenencClientData))
         self.database = ""
         self.characterSet = nil
         self.authPluginName = nil
@@ -169,6 +162,24 @@ public struct MySQLChangeUser: Sendable, Hashable {
 }
 
 extension ByteBuffer {
+    /// The auth response of HandshakeResponse41 and COM_CHANGE_USER, the way the capabilities
+    /// say: length-encoded (CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA), a 1-byte length
+    /// (CLIENT_SECURE_CONNECTION), or NUL-terminated.
+    mutating func readMySQLAuthResponse(_ capabilities: MySQLCapabilities) throws(MySQLWireError) -> [UInt8] {
+        if capabilities.contains(.pluginAuthLenencClientData) {
+            guard let response = self.readMySQLLengthEncodedBytes() else { throw .malformed("truncated auth response") }
+            return response
+        }
+        if capabilities.contains(.secureConnection) {
+            guard let length = self.readInteger(as: UInt8.self), let response = self.readBytes(length: Int(length)) else {
+                throw .malformed("truncated auth response")
+            }
+            return response
+        }
+        guard let response = self.readMySQLNullTerminatedSlice() else { throw .malformed("truncated auth response") }
+        return Array(response.readableBytesView)
+    }
+
     /// The tail HandshakeResponse41 and COM_CHANGE_USER share: the auth plugin's name
     /// (CLIENT_PLUGIN_AUTH) and the connection attributes (CLIENT_CONNECT_ATTRS), each only when
     /// the packet has bytes left for it.

@@ -275,18 +275,7 @@ public struct MySQLHandshakeResponse41: Sendable, Hashable {
             throw .malformed("handshake response without a NUL-terminated user name")
         }
         self.username = username
-        if self.capabilities.contains(.pluginAuthLenencClientData) {
-            guard let response = buffer.readMySQLLengthEncodedBytes() else { throw .malformed("truncated auth response") }
-            self.authResponse = response
-        } else if self.capabilities.contains(.secureConnection) {
-            guard let length = buffer.readInteger(as: UInt8.self), let response = buffer.readBytes(length: Int(length)) else {
-                throw .malformed("truncated auth response")
-            }
-            self.authResponse = response
-        } else {
-            guard let response = buffer.readMySQLNullTerminatedSlice() else { throw .malformed("truncated auth response") }
-            self.authResponse = Array(response.readableBytesView)
-        }
+        self.authResponse = try buffer.readMySQLAuthResponse(self.capabilities)
         self.database = nil
         self.authPluginName = nil
         self.attributes = []
