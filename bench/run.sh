@@ -26,6 +26,14 @@
 # BENCH_IDLE_CLIENTS (default 10000), BENCH_THREADS (Concierge's --threads, for both binaries;
 # default: its own, one per core), BENCH_GUARD (default 20), BENCH_SCENARIOS (comma-separated key
 # prefixes, e.g. select_,latency).
+# BENCH_QUICK=1 (a smoke run), BENCH_FULL=1 (every scenario, and direct PostgreSQL too).
+# TLS: a self-signed certificate in $BENCH_DIR/tls serves both proxies' clients (sslmode=require);
+# the backends stay plain.
+# The proxy-bound scenario: bench/fakepg.c (compiled here with gcc) is a PostgreSQL that answers
+# at once; a third PgBouncer (md5) and one Concierge per loop count in BENCH_LOOPS (default: 1 and
+# one per core) sit in front of it. Many-core runs: BENCH_LOOPS=1,2,4,8, BENCH_PROXY_CPUS (taskset
+# for every proxy), BENCH_CLIENT_CPUS (pgbench), BENCH_SERVER_CPUS (fakepg; default the client's),
+# BENCH_FAKE_THREADS (fakepg's epoll loops, default 1).
 # BENCH_HOLD=1 sets everything up and waits (for profiling by hand) instead of running bench.py.
 # BENCH_FLOOR=1 runs bench/floor/floor.py instead: bare servers that show what any proxy here can reach.
 set -euo pipefail
@@ -40,6 +48,14 @@ MAX_CONNECTIONS=200
 POOL=20                     # backends per proxy: PgBouncer's pool size, Concierge's cap
 # Concierge's event loops: its default (one per core) unless BENCH_THREADS sets --threads.
 THREADS=${BENCH_THREADS:-}
+NPROC=$(nproc)
+# The proxy-bound scenario's Concierge instances: one per loop count (--threads), sorted, unique.
+LOOPS=$(tr ',' '\n' <<<"${BENCH_LOOPS:-1,$NPROC}" | grep -E '^[0-9]+$' | sort -n | uniq | paste -sd, -)
+[[ -n "$LOOPS" ]] || { echo "bench: BENCH_LOOPS must list loop counts, e.g. 1,2,4" >&2; exit 1; }
+PROXY_CPUS=${BENCH_PROXY_CPUS:-}
+CLIENT_CPUS=${BENCH_CLIENT_CPUS:-}
+SERVER_CPUS=${BENCH_SERVER_CPUS:-$CLIENT_CPUS}
+FAKE_THREADS=${BENCH_FAKE_THREADS:-1}
 START=$(date +%s)
 LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)   # other work on the machine skews the numbers
 
@@ -57,6 +73,13 @@ if ! command -v pgbouncer >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
 fi
 command -v python3 >/dev/null || die "python3 is required"
+command -v openssl >/dev/null || die "openssl is required (the TLS scenarios' certificate)"
+command -v gcc >/dev/null || die "gcc is required (bench/fakepg.c, the proxy-bound scenario)"
+# For spawn only (it execs, in spawn's background subshell); with no CPU set, nothing is wrapped.
+pinned() {   # CPUS COMMAND... : COMMAND, on CPUS if set (taskset execs: the pid is the command's)
+    local cpus=$1; shift
+    if [[ -n "$cpus" ]]; then exec taskset -c "$cpus" "$@"; else exec "$@"; fi
+}
 
 if [[ -z "${CONCIERGE_BIN:-}" ]]; then
     log "scripts/build-release.sh (swift build -c release, the project's release flags)"
@@ -110,12 +133,16 @@ bash "$PG_SH" stop "$WORK/data" >/dev/null 2>&1 || true
 rm -rf "$WORK"
 mkdir -p "$WORK"
 
-# Five free ports, held open together so they differ (the last for CONCIERGE_BASE_BIN, if set).
-read -r PG_PORT PGB_PORT PGB_MD5_PORT CONCIERGE_PORT CONCIERGE_BASE_PORT < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(5)]
+# Free ports, held open together so they differ: PostgreSQL, the PgBouncers, Concierge (and its
+# base, if any), fakepg, then one per proxy-bound Concierge (one per loop count).
+N_LOOPS=$(tr ',' '\n' <<<"$LOOPS" | wc -l)
+read -r PG_PORT PGB_PORT PGB_MD5_PORT CONCIERGE_PORT CONCIERGE_BASE_PORT FAKE_PORT PGB_FAKE_PORT \
+    FAKE_PORTS < <(python3 -c '
+import socket, sys
+socks = [socket.socket() for _ in range(7 + int(sys.argv[1]))]
 for s in socks: s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))')
+print(*(s.getsockname()[1] for s in socks))' "$N_LOOPS")
+read -r -a FAKE_PORTS <<<"$FAKE_PORTS"
 
 bash "$PG_SH" start "$WORK/data" "$PG_PORT" max_connections=$MAX_CONNECTIONS
 export CONCIERGE_PG_PASSWORD; CONCIERGE_PG_PASSWORD=$(cat "$WORK/superuser.password")
@@ -139,13 +166,25 @@ PGPASSWORD=$BENCH_PASSWORD "$PG_BIN/pgbench" -i -q -s 10 -h 127.0.0.1 -p "$PG_PO
 sql "GRANT SELECT ON ALL TABLES IN SCHEMA public TO bench_md5" bench >/dev/null
 sql "VACUUM ANALYZE" bench >/dev/null
 
+# -- TLS: one self-signed certificate for both proxies' clients (RSA 2048, as most servers use) ---
+
+mkdir -p "$WORK/tls"
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=localhost" \
+    -keyout "$WORK/tls/server.key" -out "$WORK/tls/server.crt" 2>/dev/null ||
+    die "openssl could not make the certificate"
+chown -R "$PG_OS_USER": "$WORK/tls"; chmod 600 "$WORK/tls/server.key"   # PgBouncer reads it too
+
+# -- fakepg: a PostgreSQL that answers at once (the proxy-bound scenario) ----------------------------
+
+gcc -O2 -pthread -o "$WORK/fakepg" "$BENCH/fakepg.c" || die "gcc could not build bench/fakepg.c"
+
 # Start a proxy in the background, in a subshell that waits for it and records how it ended in
 # $WORK/NAME.exit (exit status or signal): bench.py reports that if a proxy dies mid-run.
 spawn() {   # NAME LOGFILE COMMAND... -> sets SPAWNED_PID (the command's own pid)
     local name=$1 logfile=$2; shift 2
     rm -f "$WORK/$name.pid"
     (
-        "$@" >>"$logfile" 2>&1 &
+        "$@" >>"$logfile" 2>&1 </dev/null &
         echo $! >"$WORK/$name.pid"
         rc=0; wait $! || rc=$?   # (not `wait; rc=$?`: set -e would end the subshell first)
         if (( rc > 128 )); then echo "killed by signal $(kill -l $((rc - 128)))"; else echo "exited with status $rc"; fi >"$WORK/$name.exit"
@@ -159,8 +198,8 @@ spawn() {   # NAME LOGFILE COMMAND... -> sets SPAWNED_PID (the command's own pid
 
 # PgBouncer checks client passwords against the verifiers PostgreSQL stores, and logs in to the
 # database with them (SCRAM pass-through / the md5 hash): no plaintext password on its side.
-start_pgbouncer() {   # NAME PORT AUTH_TYPE -> sets PGB_PID
-    local dir="$WORK/$1" port=$2 auth=$3
+start_pgbouncer() {   # NAME PORT AUTH_TYPE [DATABASE_PORT] -> sets PGB_PID
+    local dir="$WORK/$1" port=$2 auth=$3 db_port=${4:-$PG_PORT}
     mkdir -p "$dir"
     # auth_file lines: "user" "SCRAM-SHA-256$..." or "user" "md5...".
     sql "SELECT '\"' || rolname || '\" \"' || rolpassword || '\"' FROM pg_authid
@@ -168,7 +207,7 @@ start_pgbouncer() {   # NAME PORT AUTH_TYPE -> sets PGB_PID
     cat >"$dir/pgbouncer.ini" <<EOF
 ;; written by bench/run.sh
 [databases]
-bench = host=127.0.0.1 port=$PG_PORT dbname=bench
+bench = host=127.0.0.1 port=$db_port dbname=bench
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -187,22 +226,30 @@ log_connections = 0
 log_disconnections = 0
 logfile = $dir/pgbouncer.log
 pidfile = $dir/pgbouncer.pid
+;; TLS for clients that ask (sslmode=require), the same certificate as Concierge's
+client_tls_sslmode = allow
+client_tls_key_file = $WORK/tls/server.key
+client_tls_cert_file = $WORK/tls/server.crt
 EOF
     chown -R "$PG_OS_USER": "$dir"; chmod 600 "$dir/userlist.txt"
     # PgBouncer refuses to run as root; setpriv execs it (so the pid is PgBouncer's own), and the
     # raised fd limit is inherited.
-    spawn "$1" "$dir/stderr.log" setpriv --reuid="$PG_OS_USER" --regid="$PG_OS_USER" --init-groups \
-        pgbouncer "$dir/pgbouncer.ini"
+    spawn "$1" "$dir/stderr.log" pinned "$PROXY_CPUS" setpriv --reuid="$PG_OS_USER" \
+        --regid="$PG_OS_USER" --init-groups pgbouncer "$dir/pgbouncer.ini"
     PGB_PID=$SPAWNED_PID
 }
 start_pgbouncer pgbouncer "$PGB_PORT" scram-sha-256; PGBOUNCER_PID=$PGB_PID
 start_pgbouncer pgbouncer-md5 "$PGB_MD5_PORT" md5; PGBOUNCER_MD5_PID=$PGB_PID
+# The proxy-bound scenario's: md5, in front of fakepg.
+spawn fakepg "$WORK/fakepg.log" pinned "$SERVER_CPUS" "$WORK/fakepg" "$FAKE_PORT" "$FAKE_THREADS"
+FAKE_PID=$SPAWNED_PID
+start_pgbouncer pgbouncer-fake "$PGB_FAKE_PORT" md5 "$FAKE_PORT"; PGBOUNCER_FAKE_PID=$PGB_PID
 
 # -- Concierge -------------------------------------------------------------------------------------
 
 PERCENT=$(( POOL * 100 / MAX_CONNECTIONS ))
-start_concierge() {   # NAME PORT BINARY -> sets SPAWNED_PID; directory $WORK/NAME, log NAME.log
-    local dir="$WORK/$1" port=$2 bin=$3
+start_concierge() {   # NAME PORT BINARY [DATABASE_PORT [THREADS]] -> sets SPAWNED_PID; dir $WORK/NAME
+    local dir="$WORK/$1" port=$2 bin=$3 db_port=${4:-$PG_PORT} threads=${5:-$THREADS}
     mkdir -p "$dir"
     (umask 077
      printf '{"username":"bench","password":"%s"}\n' "$BENCH_PASSWORD" >"$dir/bench.json"
@@ -215,6 +262,9 @@ proxies:
     engine_family: POSTGRESQL
     listen: "127.0.0.1:$port"
     require_tls: false
+    tls:
+      certificate_file: $WORK/tls/server.crt
+      private_key_file: $WORK/tls/server.key
     idle_client_timeout: 1800
     max_client_connections: 20000
     debug_logging: false
@@ -235,9 +285,10 @@ proxies:
         session_pinning_filters: []
         init_query: ""
       targets:
-        - endpoint: "127.0.0.1:$PG_PORT"
+        - endpoint: "127.0.0.1:$db_port"
 EOF
-    spawn "$1" "$dir/$1.log" "$bin" serve --config "$dir/concierge.yaml" ${THREADS:+--threads "$THREADS"}
+    spawn "$1" "$dir/$1.log" pinned "$PROXY_CPUS" "$bin" serve --config "$dir/concierge.yaml" \
+        ${threads:+--threads "$threads"}
 }
 # The base (CONCIERGE_BASE_BIN): the same configuration and --threads; its own port, directory, log.
 if [[ -n "$CONCIERGE_BASE_BIN" ]]; then
@@ -246,6 +297,15 @@ if [[ -n "$CONCIERGE_BASE_BIN" ]]; then
 fi
 start_concierge concierge "$CONCIERGE_PORT" "$CONCIERGE_BIN"
 CONCIERGE_PID=$SPAWNED_PID
+# The proxy-bound scenario's: one per loop count, in front of fakepg (which says max_connections
+# is 200, so the cap is 20 here too). "loops:port:pid" each, for setup.json.
+FAKE_CONCIERGES=()
+i=0
+for loops in ${LOOPS//,/ }; do
+    start_concierge "concierge_fake_$loops" "${FAKE_PORTS[$i]}" "$CONCIERGE_BIN" "$FAKE_PORT" "$loops"
+    FAKE_CONCIERGES+=("$loops:${FAKE_PORTS[$i]}:$SPAWNED_PID")
+    i=$((i + 1))
+done
 
 # -- wait until `select 1` works through each proxy ---------------------------------------------
 
@@ -263,6 +323,11 @@ wait_ready pgbouncer "$PGB_PORT" bench "$BENCH_PASSWORD" "$PGBOUNCER_PID"
 wait_ready pgbouncer-md5 "$PGB_MD5_PORT" bench_md5 "$BENCH_MD5_PASSWORD" "$PGBOUNCER_MD5_PID"
 wait_ready concierge "$CONCIERGE_PORT" bench "$BENCH_PASSWORD" "$CONCIERGE_PID"
 wait_ready concierge "$CONCIERGE_PORT" bench_md5 "$BENCH_MD5_PASSWORD" "$CONCIERGE_PID"
+wait_ready pgbouncer-fake "$PGB_FAKE_PORT" bench_md5 "$BENCH_MD5_PASSWORD" "$PGBOUNCER_FAKE_PID"
+for entry in "${FAKE_CONCIERGES[@]}"; do
+    IFS=: read -r loops port pid <<<"$entry"
+    wait_ready "concierge_fake_$loops" "$port" bench_md5 "$BENCH_MD5_PASSWORD" "$pid"
+done
 if [[ -n "$CONCIERGE_BASE_BIN" ]]; then
     wait_ready concierge_base "$CONCIERGE_BASE_PORT" bench "$BENCH_PASSWORD" "$CONCIERGE_BASE_PID"
     wait_ready concierge_base "$CONCIERGE_BASE_PORT" bench_md5 "$BENCH_MD5_PASSWORD" \
@@ -282,6 +347,13 @@ json.dump({
     "direct": {"port": $PG_PORT},
     "pgbouncer": {"port": $PGB_PORT, "pid": $PGBOUNCER_PID},
     "pgbouncer_md5": {"port": $PGB_MD5_PORT, "pid": $PGBOUNCER_MD5_PID},
+    "tls": {"cert": "$WORK/tls/server.crt", "key": "rsa:2048"},
+    "fakepg": {"port": $FAKE_PORT, "pid": $FAKE_PID, "threads": $FAKE_THREADS},
+    "pgbouncer_fake": {"port": $PGB_FAKE_PORT, "pid": $PGBOUNCER_FAKE_PID},
+    "concierge_fake": [{"loops": int(l), "port": int(p), "pid": int(q)} for l, p, q in
+                       (e.split(":") for e in "${FAKE_CONCIERGES[*]}".split())],
+    "cpus": {"nproc": $NPROC, "proxy": "$PROXY_CPUS", "client": "$CLIENT_CPUS",
+             "server": "$SERVER_CPUS"},
     "concierge": {"port": $CONCIERGE_PORT, "pid": $CONCIERGE_PID, "bin": "$CONCIERGE_BIN", "threads": "${THREADS:-one per core}"},
     # Only with CONCIERGE_BASE_BIN: bench.py adds it as a target when the key is there.
     **({"concierge_base": {"port": $CONCIERGE_BASE_PORT, "pid": ${CONCIERGE_BASE_PID:-0},
