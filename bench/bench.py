@@ -37,9 +37,14 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-DURATION = int(os.environ.get("BENCH_DURATION", "5"))     # seconds per pgbench run (-T)
-REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))         # runs per (scenario, target)
-IDLE_CLIENTS = int(os.environ.get("BENCH_IDLE_CLIENTS", "10000"))
+# BENCH_QUICK=1: a smoke run (1 run of 5 s per cell, 1,000 idle clients) unless set otherwise.
+QUICK = os.environ.get("BENCH_QUICK", "0") == "1"
+# BENCH_FULL=1: every scenario (also those no target of issue 20 reads) and direct PostgreSQL.
+FULL = os.environ.get("BENCH_FULL", "0") == "1"
+DIRECT = FULL or os.environ.get("BENCH_DIRECT", "0") == "1"
+DURATION = int(os.environ.get("BENCH_DURATION", "5" if QUICK else "15"))  # seconds per run (-T)
+REPEAT = int(os.environ.get("BENCH_REPEAT", "1" if QUICK else "5"))      # runs per cell
+IDLE_CLIENTS = int(os.environ.get("BENCH_IDLE_CLIENTS", "1000" if QUICK else "10000"))
 # A pgbench run still going this many seconds after its -T (plus time to connect) is stopped and
 # reported as stalled, and not repeated: e.g. clients queued behind pinned backends would
 # otherwise wait out connection_borrow_timeout (120 s).
@@ -54,16 +59,42 @@ SETUP: dict = json.loads(Path(sys.argv[1]).read_text()) if __name__ == "__main__
 
 # The targets, in the order each repetition runs them. `concierge_base` (a second Concierge
 # binary, CONCIERGE_BASE_BIN) only when run.sh started one: the "before" of a before/after run.
+# `direct` (PostgreSQL without a proxy) only with BENCH_FULL=1 or BENCH_DIRECT=1.
 BASE = "concierge_base" in SETUP
-TARGETS = ("direct", "pgbouncer", "concierge_base", "concierge") if BASE else \
-    ("direct", "pgbouncer", "concierge")
+TARGETS = (("direct",) if DIRECT else ()) + (
+    ("pgbouncer", "concierge_base", "concierge") if BASE else ("pgbouncer", "concierge"))
 PROXIES = tuple(t for t in TARGETS if t != "direct")
-CONCIERGES = ("concierge_base", "concierge")   # targets with a concierge.log of their own
 LABEL = {"direct": "direct", "pgbouncer": "PgBouncer", "concierge_base": "Concierge base",
-         "concierge": "Concierge"}
-WIDTH = max(10, *(len(LABEL[t]) for t in TARGETS))   # of the label in progress lines
+         "concierge": "Concierge", "pgbouncer_fake": "PgBouncer"}
+# The proxy-bound scenario's targets, in front of fakepg: a PgBouncer (md5) and one Concierge per
+# loop count (BENCH_LOOPS; run.sh's concierge_fake_L, --threads L).
+LOOPS = {f"concierge_fake_{c['loops']}": c["loops"] for c in SETUP.get("concierge_fake", [])}
+FAKE_TARGETS = ("pgbouncer_fake", *LOOPS)
+for _target, _loops in LOOPS.items():
+    LABEL[_target] = f"Concierge, {_loops} loop{'s' if _loops > 1 else ''}"
+# Targets with a concierge.log of their own (NAME/NAME.log).
+CONCIERGES = ("concierge_base", "concierge", *LOOPS)
+WIDTH = max(10, *(len(LABEL[t]) for t in TARGETS + FAKE_TARGETS))  # labels in progress lines
 # Metrics that only a proxy has: `direct` shows "–" for them.
-PROXY_METRICS = ("cpu_us",)
+PROXY_METRICS = ("cpu_us", "cpu_user_us", "cpu_sys_us", "tx_per_cpu_s")
+# pgbench runs on these CPUs (taskset), if BENCH_CLIENT_CPUS set them.
+CLIENT_CPUS = SETUP.get("cpus", {}).get("client", "")
+
+
+def cpu_count(cpus: str) -> int:
+    """How many CPUs a taskset list ("2-9", "0,4-5") names."""
+    n = 0
+    for part in filter(None, cpus.split(",")):
+        lo, _, hi = part.partition("-")
+        n += int(hi or lo) - int(lo) + 1
+    return n
+
+
+def endpoint(target: str) -> dict:
+    """SETUP's {"port", "pid"} of a target (a proxy-bound Concierge: its entry in the list)."""
+    if target in LOOPS:
+        return next(c for c in SETUP["concierge_fake"] if c["loops"] == LOOPS[target])
+    return SETUP[target]
 
 
 def port_for(target: str, user: str) -> int:
@@ -71,17 +102,19 @@ def port_for(target: str, user: str) -> int:
     instance (auth_type = md5): auth_type = scram-sha-256 needs SCRAM verifiers."""
     if target == "pgbouncer" and user == "bench_md5":
         return SETUP["pgbouncer_md5"]["port"]
-    return SETUP[target]["port"]
+    return endpoint(target)["port"]
 
 
 def pid_for(target: str, user: str) -> int | None:
     if target == "pgbouncer" and user == "bench_md5":
         return SETUP["pgbouncer_md5"]["pid"]
-    return SETUP[target].get("pid")
+    return endpoint(target).get("pid")
 
 
 def proxy_name(target: str, user: str) -> str:
     """run.sh's name for the process serving `user` for `target` (its log and .exit files)."""
+    if target == "pgbouncer_fake":
+        return "pgbouncer-fake"
     return "pgbouncer-md5" if target == "pgbouncer" and user == "bench_md5" else target
 
 
@@ -169,10 +202,12 @@ def log_line(line: str) -> str | None:
     return f"{level.group(1)}: {text}" + (f" ({reason.group(1)})" if reason else "")
 
 
-def client_env(user: str) -> dict[str, str]:
-    """The environment without the caller's libpq settings, plus the user's password."""
+def client_env(user: str, tls: bool = False) -> dict[str, str]:
+    """The environment without the caller's libpq settings, plus the user's password; TLS
+    (sslmode=require: encrypted, the self-signed certificate not verified) or none."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update(PGPASSWORD=SETUP["passwords"][user], PGSSLMODE="disable", PGCONNECT_TIMEOUT="10")
+    env.update(PGPASSWORD=SETUP["passwords"][user], PGSSLMODE="require" if tls else "disable",
+               PGCONNECT_TIMEOUT="10")
     return env
 
 
@@ -213,12 +248,14 @@ class Scenario:
     key: str
     title: str
     metrics: list[tuple[str, str]]  # (metric name, unit shown in the table)
-    kind: str = "pgbench"           # pgbench | latency | idle (CPU rows: see with_cpu)
+    kind: str = "pgbench"           # pgbench | latency | idle | proxy_bound (CPU: see with_cpu)
     args: list[str] = field(default_factory=list)
     clients: int = 0
     user: str = "bench"
     targets: tuple[str, ...] = TARGETS
     higher_is_better: bool = True
+    tls: bool = False               # clients connect with sslmode=require
+    default: bool = True            # in the default set (a target of issue 20 reads it)
     runs: list[Run] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # target -> why it was not run
 
@@ -230,20 +267,25 @@ def select_only(clients: int, mode: str = "simple") -> list[str]:
     return ["-S", "-n", "-M", mode, "-T", str(seconds), "-c", str(clients), "-j", "2"]
 
 
+# The proxy-bound scenario's transaction: pgbench -S's, as a script (-f), so that pgbench does not
+# look at pgbench_branches (fakepg has no tables).
+SELECT_SCRIPT = "\\set aid random(1, 1000000)\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n"
+
+
 def scenarios() -> list[Scenario]:
     D = str(DURATION)
+    storm = ["-S", "-n", "-C", "-T", D, "-c", "50", "-j", "2"]
     out = [Scenario(f"select_{c}", f"1. select-only, {c:,} clients", [("tps", "tps")],
-                    args=select_only(c), clients=c) for c in (10, 100, 1000)]
+                    args=select_only(c), clients=c, default=c != 10) for c in (10, 100, 1000)]
     out += [
         Scenario("extended_100", "2. select-only, extended protocol, 100 clients", [("tps", "tps")],
                  args=select_only(100, "extended"), clients=100),
         Scenario("prepared_100", "3. select-only, prepared (named statements), 100 clients",
-                 [("tps", "tps")], args=select_only(100, "prepared"), clients=100),
+                 [("tps", "tps")], args=select_only(100, "prepared"), clients=100, default=False),
         Scenario("storm_scram", "4. connection storm (-C), 50 clients, SCRAM", [("tps", "conn/s")],
-                 args=["-S", "-n", "-C", "-T", D, "-c", "50", "-j", "2"], clients=50),
+                 args=storm, clients=50, default=False),
         Scenario("storm_md5", "4. connection storm (-C), 50 clients, md5", [("tps", "conn/s")],
-                 args=["-S", "-n", "-C", "-T", D, "-c", "50", "-j", "2"], clients=50,
-                 user="bench_md5"),
+                 args=storm, clients=50, user="bench_md5"),
         Scenario("latency_1", "5. latency, 1 client, select-only",
                  [("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")], kind="latency",
                  args=["-S", "-n", "-T", D, "-c", "1", "-j", "1"], clients=1,
@@ -254,16 +296,33 @@ def scenarios() -> list[Scenario]:
                  higher_is_better=False),
         Scenario("tpcb_50", "7. write mix (TPC-B-like), 50 clients", [("tps", "tps")],
                  args=["-n", "-T", D, "-c", "50", "-j", "2"], clients=50),
+        # TLS (sslmode=require) to the proxies; their backends stay plain. Direct PostgreSQL has
+        # no certificate here. The storm uses the md5 user: pgbench's own SCRAM work would hold
+        # the rate to a few hundred logins a second and hide the proxies' TLS cost.
+        Scenario("tls_storm_md5", "8. TLS connection storm (-C, sslmode=require), 50 clients, md5",
+                 [("tps", "conn/s")], args=storm, clients=50, user="bench_md5", tls=True,
+                 targets=PROXIES),
+        Scenario("tls_select_100", "9. select-only over TLS (sslmode=require), 100 clients",
+                 [("tps", "tps")], args=select_only(100), clients=100, tls=True, targets=PROXIES),
+        # The proxies in front of fakepg (bench/fakepg.c), which answers at once: their own cost
+        # decides the throughput. Its own table (one column per target), with the scaling.
+        Scenario("proxy_bound", "10. proxy-bound: select-only script against fakepg, 100 clients",
+                 [("tps", "tps"), ("tx_per_cpu_s", "tx per proxy CPU-s")], kind="proxy_bound",
+                 args=["-n", "-M", "simple", "-T", D, "-c", "100", "-j",
+                       str(max(2, cpu_count(CLIENT_CPUS)))],
+                 clients=100, user="bench_md5", targets=FAKE_TARGETS),
     ]
     return [with_cpu(sc) for sc in out]
 
 
 def with_cpu(sc: Scenario) -> Scenario:
-    """Every pgbench scenario gets a row for the proxy's CPU per transaction (per connection
-    with -C, where each transaction is one connection); see run_pgbench."""
-    if sc.kind in ("pgbench", "latency"):
+    """Every pgbench scenario gets rows for the proxy's CPU per transaction (per connection
+    with -C, where each transaction is one connection): user + system, user, system; see
+    run_pgbench."""
+    if sc.kind in ("pgbench", "latency", "proxy_bound"):
         per = "conn" if "-C" in sc.args else "tx"
-        sc.metrics.append(("cpu_us", f"proxy CPU µs/{per}"))
+        sc.metrics += [("cpu_us", f"proxy CPU µs/{per}"), ("cpu_user_us", f"  user µs/{per}"),
+                       ("cpu_sys_us", f"  sys µs/{per}")]
     return sc
 
 
@@ -284,15 +343,23 @@ def run_pgbench(sc: Scenario, target: str, rep: int, log_prefix: str | None = No
            "-U", sc.user, "-P", "1", *sc.args]
     if log_prefix:
         cmd += ["-l", f"--log-prefix={log_prefix}"]
+    script = None
+    if sc.kind == "proxy_bound":
+        script = tempfile.NamedTemporaryFile("w", prefix="concierge-bench-", suffix=".sql")
+        script.write(SELECT_SCRIPT)
+        script.flush()
+        cmd += ["-f", script.name]
     cmd.append("bench")
-    run = Run(sc.key, target, rep, command=" ".join(cmd[1:]))
+    if CLIENT_CPUS:
+        cmd = ["taskset", "-c", CLIENT_CPUS, *cmd]
+    run = Run(sc.key, target, rep, command=" ".join(cmd))
     limit = DURATION + GUARD + sc.clients / 50   # 1,000 SCRAM logins take a few seconds
     log_mark = proxy_log_size(target)
     pid = pid_for(target, sc.user)
     cpu0 = cpu_ticks(pid)
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=client_env(sc.user), cwd=tempfile.gettempdir())
+                            env=client_env(sc.user, sc.tls), cwd=tempfile.gettempdir())
     try:
         out, err = proc.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
@@ -305,6 +372,8 @@ def run_pgbench(sc: Scenario, target: str, rep: int, log_prefix: str | None = No
             out, err = proc.communicate()
     cpu1 = cpu_ticks(pid)
     run.seconds = round(time.monotonic() - t0, 2)
+    if script:
+        script.close()
     run.returncode = proc.returncode
 
     tps = re.search(r"^tps = ([\d.]+)", out, re.M)
@@ -325,6 +394,9 @@ def run_pgbench(sc: Scenario, target: str, rep: int, log_prefix: str | None = No
         run.values.update(cpu_us=round((user + sys_) * us, 2), cpu_user_us=round(user * us, 2),
                           cpu_sys_us=round(sys_ * us, 2), cpu_user_ticks=user,
                           cpu_sys_ticks=sys_)
+        if user + sys_:
+            # Efficiency: transactions per second of the proxy's CPU (user + system).
+            run.values["tx_per_cpu_s"] = round(n * TICKS / (user + sys_), 1)
     progress = [(float(t), float(v)) for t, v in
                 re.findall(r"^progress: ([\d.]+) s, ([\d.]+) tps", err, re.M)]
     if tps:
@@ -523,7 +595,8 @@ def rep_order(targets: tuple[str, ...], rep: int) -> tuple[str, ...]:
 
 
 def run_all(scs: list[Scenario]) -> None:
-    runner = {"pgbench": run_pgbench, "latency": latency_run, "idle": idle_run}
+    runner = {"pgbench": run_pgbench, "latency": latency_run, "idle": idle_run,
+              "proxy_bound": run_pgbench}
     # The idle clients run first, while the proxies are fresh: memory that earlier scenarios'
     # clients freed would otherwise be reused and hide part of the per-client cost.
     for sc in sorted(scs, key=lambda sc: sc.kind != "idle"):
@@ -558,14 +631,14 @@ def run_all(scs: list[Scenario]) -> None:
                     time.sleep(1)          # let the proxy drop the stopped clients
 
 
-# -- the table -----------------------------------------------------------------------------------
+# -- the tables ----------------------------------------------------------------------------------
 
 def fmt(metric: str, v: float) -> str:
-    if metric in ("tps",):
+    if metric in ("tps", "tx_per_cpu_s"):
         return f"{v:,.0f}"
     if metric.endswith("_ms"):
         return f"{v:.3f}"
-    if metric == "cpu_us":
+    if metric.startswith("cpu_"):
         return f"{v:,.1f}"
     return f"{v:,.2f}"
 
@@ -576,12 +649,30 @@ def valid(sc: Scenario, r: Run) -> bool:
     return not (sc.kind != "idle" and r.aborted >= sc.clients)
 
 
-def stats(sc: Scenario, target: str, metric: str) -> tuple[float, float] | None:
-    values = [r.values[metric] for r in sc.runs
-              if r.target == target and metric in r.values and valid(sc, r)]
+def stats(sc: Scenario, target: str, metric: str) -> dict | None:
+    """Median, quartiles (the interquartile range), min and max of a metric over the target's
+    valid runs; None without any."""
+    values = sorted(r.values[metric] for r in sc.runs
+                    if r.target == target and metric in r.values and valid(sc, r))
     if not values:
         return None
-    return min(values), statistics.median(values)
+    q1, med, q3 = (statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1
+                   else (values[0],) * 3)
+    return {"n": len(values), "median": med, "q1": q1, "q3": q3, "min": values[0],
+            "max": values[-1]}
+
+
+def median(scs: list[Scenario], key: str, target: str, metric: str) -> float | None:
+    sc = next((sc for sc in scs if sc.key == key), None)
+    st = stats(sc, target, metric) if sc else None
+    return st["median"] if st else None
+
+
+def show(metric: str, st: dict) -> str:
+    """`median [q1–q3]`, or `value (1 run)`."""
+    if st["n"] == 1:
+        return f"{fmt(metric, st['median'])} (1 run)"
+    return f"{fmt(metric, st['median'])} [{fmt(metric, st['q1'])}–{fmt(metric, st['q3'])}]"
 
 
 def failures(sc: Scenario, target: str) -> str:
@@ -604,45 +695,72 @@ def failures(sc: Scenario, target: str) -> str:
     return ", ".join(parts) or "0"
 
 
-def table(scs: list[Scenario]) -> tuple[str, list[str]]:
-    """The markdown table and its notes (skips, stalls, distinct errors)."""
+def cells(sc: Scenario, metric: str, targets: tuple[str, ...]) -> tuple[list[str], dict, set]:
+    """One row's cells, the medians, and the targets whose runs were all clean."""
+    out, medians, clean = [], {}, set()
+    for target in targets:
+        st = stats(sc, target, metric) if target in sc.targets else None
+        if target not in sc.targets or (target == "direct" and metric in PROXY_METRICS):
+            out.append("–")
+        elif target in sc.skipped and st is None:
+            out.append(sc.skipped[target].split(":")[0])
+        elif st is None and metric in PROXY_METRICS and any(
+                r.stalled for r in sc.runs if r.target == target):
+            out.append("stalled")   # pgbench printed no summary: no transaction count
+        elif st is None:
+            out.append("failed (see notes)")
+        else:
+            runs = [r for r in sc.runs if r.target == target and metric in r.values]
+            cell = show(metric, st)
+            if any(r.stalled for r in runs):
+                cell = "stalled: " + cell
+            elif any(r.aborted or r.failed for r in sc.runs if r.target == target):
+                cell += " ⚠"
+            else:
+                clean.add(target)
+            out.append(cell)
+            medians[target] = st["median"]
+    return out, medians, clean
+
+
+def scenario_notes(sc: Scenario) -> list[str]:
+    """Skips, stalls, exit codes and distinct errors of one scenario."""
+    notes = [f"- {sc.title}, {LABEL[target]}: {why}." for target, why in sc.skipped.items()]
+    for target in sc.targets:
+        runs = [r for r in sc.runs if r.target == target]
+        errors: Counter = Counter()
+        for r in runs:
+            errors.update(r.errors)
+        run_notes = sorted({r.note for r in runs if r.note and sc.kind != "idle"})
+        for r in runs:
+            if r.proxy_log and (r.stalled or r.returncode or r.failed or r.aborted):
+                run_notes.append(f"run {r.rep}, {LABEL[target]}'s log: " + "; ".join(
+                    f"{n}× {m}" for m, n in r.proxy_log.items()))
+        if sc.kind == "idle":
+            run_notes = [f"run {r.rep}: {r.note}" for r in runs]
+        if errors or run_notes:
+            notes.append(f"- {sc.title}, {LABEL[target]}: exit codes "
+                         f"{sorted({r.returncode for r in runs})}" if sc.kind != "idle"
+                         else f"- {sc.title}, {LABEL[target]}:")
+            notes.extend(f"    - {n}" for n in run_notes)
+            notes.extend(f"    - ×{c}: `{e[:300]}`" for e, c in errors.most_common(4))
+    return notes
+
+
+def table(scs: list[Scenario]) -> str:
+    """The main table: one column per target, one row per scenario and metric."""
     short = {"direct": "direct", "pgbouncer": "PgB", "concierge_base": "base", "concierge": "C"}
     ratios = [("concierge", "pgbouncer")] + ([("concierge", "concierge_base")] if BASE else []) \
-        + [("concierge", "direct")]
+        + ([("concierge", "direct")] if DIRECT else [])
     lines = [f"| scenario | metric | {' | '.join(LABEL[t] for t in TARGETS)} | "
              + " | ".join(f"C ÷ {short[b]}" for _, b in ratios)
              + f" | failures ({' / '.join(short[t] for t in TARGETS)}) |",
              "|---|---|" + "--:|" * (len(TARGETS) + len(ratios)) + "---|"]
-    notes = []
     for sc in scs:
+        if sc.kind == "proxy_bound":
+            continue
         for metric, unit in sc.metrics:
-            cells, medians, clean = [], {}, set()
-            for target in TARGETS:
-                st = stats(sc, target, metric) if target in sc.targets else None
-                if target not in sc.targets or (target == "direct" and metric in PROXY_METRICS):
-                    cells.append("–")
-                elif target in sc.skipped and st is None:
-                    cells.append(sc.skipped[target].split(":")[0])
-                elif st is None and metric in PROXY_METRICS and any(
-                        r.stalled for r in sc.runs if r.target == target):
-                    cells.append("stalled")   # pgbench printed no summary: no transaction count
-                elif st is None:
-                    cells.append("failed (see notes)")
-                else:
-                    lo, med = st
-                    runs = [r for r in sc.runs
-                            if r.target == target and metric in r.values and valid(sc, r)]
-                    # For "higher is better" metrics min is the worst run; for times, the best.
-                    cell = (f"{fmt(metric, med)} (min {fmt(metric, lo)})" if len(runs) > 1
-                            else f"{fmt(metric, med)} (1 run)")
-                    if any(r.stalled for r in runs):
-                        cell = "stalled: " + cell
-                    elif any(r.aborted or r.failed for r in sc.runs if r.target == target):
-                        cell += " ⚠"
-                    else:
-                        clean.add(target)
-                    cells.append(cell)
-                    medians[target] = med
+            row, medians, clean = cells(sc, metric, TARGETS)
 
             def ratio(a: str, b: str) -> str:
                 # No ratio against a run that stalled or lost clients: it would mean nothing.
@@ -650,29 +768,120 @@ def table(scs: list[Scenario]) -> tuple[str, list[str]]:
                     return f"{medians[a] / medians[b]:.2f}×"
                 return "–"
             fails = " / ".join(failures(sc, t) if t in sc.targets else "–" for t in TARGETS)
-            lines.append(f"| {sc.title} | {unit} | {' | '.join(cells)} | "
+            lines.append(f"| {sc.title} | {unit} | {' | '.join(row)} | "
                          + " | ".join(ratio(a, b) for a, b in ratios) + f" | {fails} |")
-        for target, why in sc.skipped.items():
-            notes.append(f"- {sc.title}, {LABEL[target]}: {why}.")
-        for target in sc.targets:
-            runs = [r for r in sc.runs if r.target == target]
-            errors: Counter = Counter()
-            for r in runs:
-                errors.update(r.errors)
-            run_notes = sorted({r.note for r in runs if r.note and sc.kind != "idle"})
-            for r in runs:
-                if r.proxy_log and (r.stalled or r.returncode or r.failed or r.aborted):
-                    run_notes.append(f"run {r.rep}, {LABEL[target]}'s log: " + "; ".join(
-                        f"{n}× {m}" for m, n in r.proxy_log.items()))
-            if sc.kind == "idle":
-                run_notes = [f"run {r.rep}: {r.note}" for r in runs]
-            if errors or run_notes:
-                notes.append(f"- {sc.title}, {LABEL[target]}: exit codes "
-                             f"{sorted({r.returncode for r in runs})}" if sc.kind != "idle"
-                             else f"- {sc.title}, {LABEL[target]}:")
-                notes.extend(f"    - {n}" for n in run_notes)
-                notes.extend(f"    - ×{c}: `{e[:300]}`" for e, c in errors.most_common(4))
-    return "\n".join(lines), notes
+    return "\n".join(lines)
+
+
+def proxy_bound_table(sc: Scenario) -> tuple[str, list[dict]]:
+    """The proxy-bound scenario: one row per target (PgBouncer, Concierge per loop count), and
+    Concierge's scaling from 1 to N loops (tps and tx per proxy CPU-second, speedup over 1 loop)."""
+    metrics = [("tps", "tps"), ("tx_per_cpu_s", "tx per proxy CPU-s"),
+               ("cpu_us", "proxy CPU µs/tx"), ("cpu_user_us", "user µs/tx"),
+               ("cpu_sys_us", "sys µs/tx")]
+    lines = ["| target | " + " | ".join(u for _, u in metrics)
+             + " | tps ÷ PgB | tps ÷ 1 loop | tx/CPU-s ÷ 1 loop | failures |",
+             "|---|" + "--:|" * (len(metrics) + 3) + "---|"]
+    first = min(LOOPS.values(), default=None)
+    one = {m: median([sc], sc.key, f"concierge_fake_{first}", m) for m in ("tps", "tx_per_cpu_s")}
+    pgb = median([sc], sc.key, "pgbouncer_fake", "tps")
+    scaling = []
+    for target in sc.targets:
+        row = [cells(sc, m, (target,))[0][0] for m, _ in metrics]
+        tps = median([sc], sc.key, target, "tps")
+        eff = median([sc], sc.key, target, "tx_per_cpu_s")
+        def over(a: float | None, b: float | None) -> str:
+            return f"{a / b:.2f}×" if a and b else "–"
+        loops = LOOPS.get(target)
+        label = LABEL[target] + (" (1 thread)" if target == "pgbouncer_fake" else "")
+        lines.append(f"| {label} | {' | '.join(row)} | {over(tps, pgb)} | "
+                     + (f"{over(tps, one['tps'])} | {over(eff, one['tx_per_cpu_s'])}"
+                        if loops else "– | –") + f" | {failures(sc, target)} |")
+        if loops:
+            scaling.append({"loops": loops, "tps": tps, "tx_per_cpu_s": eff,
+                            "cpu_user_us": median([sc], sc.key, target, "cpu_user_us"),
+                            "cpu_sys_us": median([sc], sc.key, target, "cpu_sys_us"),
+                            "speedup_tps": round(tps / one["tps"], 3) if tps and one["tps"] else None,
+                            "tps_vs_pgbouncer": round(tps / pgb, 3) if tps and pgb else None})
+    return "\n".join(lines), scaling
+
+
+def targets_table(scs: list[Scenario]) -> tuple[str, list[dict]]:
+    """Issue 20's targets, from this run's medians: target, measured, met or not."""
+    rows = []
+
+    def add(target: str, measured: str, met: bool | None) -> None:
+        rows.append({"target": target, "measured": measured,
+                     "met": None if met is None else bool(met)})
+
+    def vs_pgbouncer(key: str, what: str, factor: float) -> None:
+        unit = "conn/s" if "storm" in key else "tps"
+        c, b = median(scs, key, "concierge", "tps"), median(scs, key, "pgbouncer", "tps")
+        target = f"{what}: Concierge ≥ {factor:.2f}× PgBouncer"
+        if c is None or b is None:
+            return add(target, "not measured", None)
+        add(target, f"{c / b:.2f}× ({c:,.0f} vs {b:,.0f} {unit})", c >= factor * b)
+
+    vs_pgbouncer("select_100", "select-only, 100 clients", 0.95)
+    vs_pgbouncer("select_1000", "select-only, 1,000 clients", 0.95)
+    vs_pgbouncer("extended_100", "extended protocol, 100 clients", 0.95)
+    vs_pgbouncer("tpcb_50", "TPC-B-like, 50 clients", 0.95)
+    vs_pgbouncer("storm_md5", "md5 connection storm", 0.85)
+    vs_pgbouncer("tls_storm_md5", "TLS connection storm", 1.0)
+    vs_pgbouncer("tls_select_100", "TLS select-only, 100 clients", 1.0)
+    c50, b50 = (median(scs, "latency_1", t, "p50_ms") for t in ("concierge", "pgbouncer"))
+    c99, b99 = (median(scs, "latency_1", t, "p99_ms") for t in ("concierge", "pgbouncer"))
+    if None in (c50, b50, c99, b99):
+        add("1-client latency p50 ≤ PgBouncer's + 10 µs", "not measured", None)
+        add("1-client latency p99 ≤ 1.15× PgBouncer's", "not measured", None)
+    else:
+        add("1-client latency p50 ≤ PgBouncer's + 10 µs",
+            f"{c50 * 1000:.0f} µs vs {b50 * 1000:.0f} µs ({(c50 - b50) * 1000:+.0f} µs)",
+            c50 <= b50 + 0.010)
+        add("1-client latency p99 ≤ 1.15× PgBouncer's",
+            f"{c99 * 1000:.0f} µs vs {b99 * 1000:.0f} µs ({c99 / b99:.2f}×)", c99 <= 1.15 * b99)
+    kb = median(scs, "idle_clients", "concierge", "kb_per_client")
+    add("memory per idle client ≤ 2 KB",
+        "not measured" if kb is None else f"{kb:.2f} KB", None if kb is None else kb <= 2)
+    for key, what, limit in (("select_100", "user CPU per select-only tx, 100 clients", 5),
+                             ("storm_md5", "user CPU per md5 login with its query", 30)):
+        us = median(scs, key, "concierge", "cpu_user_us")
+        add(f"{what} ≤ {limit} µs", "not measured" if us is None else f"{us:.1f} µs",
+            None if us is None else us <= limit)
+    def bad(target: str) -> int:
+        return sum(r.failed + r.aborted + r.stalled + (r.returncode != 0)
+                   for sc in scs for r in sc.runs if r.target == target)
+    concierges = [t for t in ("concierge", *LOOPS)]
+    c_bad, b_bad = sum(map(bad, concierges)), bad("pgbouncer") + bad("pgbouncer_fake")
+    add("failed transactions 0 everywhere (Concierge, every scenario and run)",
+        f"{c_bad} (failed transactions + aborted clients + stalled or failed runs; "
+        f"PgBouncer: {b_bad})", c_bad == 0)
+    yes = {True: "met", False: "**not met**", None: "–"}
+    lines = ["| target | measured (Concierge vs PgBouncer, medians) | |", "|---|---|---|"]
+    lines += [f"| {r['target']} | {r['measured']} | {yes[r['met']]} |" for r in rows]
+    return "\n".join(lines), rows
+
+
+def summary(scs: list[Scenario]) -> list[dict]:
+    """Every cell's statistics, for the JSON."""
+    return [{"key": sc.key, "target": t, "metric": m, **st}
+            for sc in scs for t in sc.targets for m, _ in sc.metrics
+            if (st := stats(sc, t, m)) is not None]
+
+
+def estimate(scs: list[Scenario]) -> float:
+    """Seconds the scenarios will take (measured here: each pgbench run takes its -T plus about
+    1.5 s; an idle-clients run about 1 s per 1,500 clients plus 5 s)."""
+    total = 0.0
+    for sc in scs:
+        if sc.kind == "idle":
+            per = sc.clients / 1500 + 5
+        else:
+            per = int(sc.args[sc.args.index("-T") + 1]) + 1.5
+        targets = [t for t in sc.targets
+                   if not (t == "direct" and sc.clients > direct_slots())]
+        total += per * len(targets) * REPEAT
+    return total
 
 
 # -- the machine ------------------------------------------------------------------------------
@@ -721,46 +930,89 @@ def machine() -> dict[str, str]:
     }
 
 
-def main() -> int:
-    scs = scenarios()
+def choose(all_scs: list[Scenario]) -> list[Scenario]:
+    """BENCH_SCENARIOS (comma-separated key prefixes, or `all`) picks from every scenario;
+    without it, BENCH_FULL=1 runs them all and otherwise the default set (issue 20's targets)."""
     only = [k for k in os.environ.get("BENCH_SCENARIOS", "").split(",") if k]
+    if only == ["all"] or (not only and FULL):
+        return all_scs
     if only:
-        scs = [sc for sc in scs if any(sc.key.startswith(k) for k in only)]
-    print(f"bench: {len(scs)} measurements × {REPEAT} runs, {DURATION} s per pgbench run",
-          flush=True)
+        return [sc for sc in all_scs if any(sc.key.startswith(k) for k in only)]
+    return [sc for sc in all_scs if sc.default]
+
+
+def main() -> int:
+    scs = choose(scenarios())
+    seconds = estimate(scs)
+    print(f"bench: {len(scs)} scenarios × {REPEAT} runs, {DURATION} s per pgbench run"
+          f"{' (quick)' if QUICK else ''}; targets: "
+          + ", ".join(LABEL[t] for t in TARGETS)
+          + f"; estimated {seconds / 60:.0f} min ({seconds:.0f} s) from now", flush=True)
     try:
         run_all(scs)
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130
-    tbl, notes = table(scs)
+    tbl = table(scs)
+    notes = [n for sc in scs for n in scenario_notes(sc)]
+    bound = next((sc for sc in scs if sc.kind == "proxy_bound"), None)
+    bound_md, scaling = proxy_bound_table(bound) if bound else ("", [])
+    goals_md, goals = targets_table(scs)
     info = machine()
     total = time.time() - SETUP["started"]
     stamp = time.strftime("%Y-%m-%dT%H%MZ", time.gmtime())
     commit = info["concierge_commit"].split()[0]
-    settings = (f"{DURATION} s per pgbench run, {REPEAT} runs per cell (median, and min); pool of "
+    cpus = SETUP.get("cpus", {})
+    pinning = "; ".join(f"{what} on CPUs {cpus[k]}" for k, what in
+                        (("proxy", "proxies"), ("client", "pgbench"), ("server", "fakepg"))
+                        if cpus.get(k))
+    smoke = QUICK or DURATION < 15 or REPEAT < 5
+    settings = (f"{DURATION} s per pgbench run, {REPEAT} runs per cell, interleaved; cells show "
+                f"the median [interquartile range] (min, max and every run in the JSON); pool of "
                 f"{SETUP['pool']} backends for both proxies (PgBouncer transaction mode, "
                 f"default_pool_size = max_db_connections = {SETUP['pool']}; Concierge cap "
                 f"{SETUP['pool']} = {SETUP['pool'] * 100 // SETUP['max_connections']}% of "
                 f"max_connections={SETUP['max_connections']}); Concierge's event loops (--threads): "
                 f"{SETUP['concierge'].get('threads', 'one per core')}"
                 + (" (the same for Concierge base)" if BASE else "")
-                + "; pgbench -i -s 10; all on loopback on the same machine as the clients.")
-    md = "\n".join([
-        f"# Concierge benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+                + "; TLS: a self-signed RSA 2048 certificate, sslmode=require, TLS to the clients "
+                "only; pgbench -i -s 10; all on loopback on the same machine as the clients"
+                + (f"; {pinning}" if pinning else "") + ".")
+    bound_section = [
+        "## Proxy-bound: in front of fakepg",
         "",
-        "Direct PostgreSQL vs PgBouncer vs Concierge"
+        f"`bench/fakepg.c` answers every query at once ({SETUP['fakepg']['threads']} epoll "
+        "loop(s)), so the proxy's own cost decides the throughput: pgbench's select-only "
+        "transaction as a script (`-f`), 100 clients, md5, simple protocol; one Concierge "
+        "process per loop count (`--threads`), PgBouncer (one thread). `tx per proxy CPU-s` is "
+        "transactions ÷ the proxy's user + system CPU seconds during the run.",
+        "",
+        bound_md,
+        "",
+        "Scaling (Concierge, medians): "
+        + "; ".join(f"{s['loops']} loop(s): {s['tps'] or 0:,.0f} tps, "
+                    f"{s['tx_per_cpu_s'] or 0:,.0f} tx/CPU-s, ×{s['speedup_tps'] or 0:.2f}"
+                    for s in scaling) + ".",
+        "",
+    ] if bound else []
+    md = "\n".join([
+        f"# Concierge benchmark{' (smoke run)' if smoke else ''}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+        ("Direct PostgreSQL vs " if DIRECT else "") + "PgBouncer vs Concierge"
         + (f" vs Concierge base (`{SETUP['concierge_base']['bin']}`, interleaved)" if BASE else "")
         + ", made by `bench/run.sh` (see bench/README.md for how to read it).",
         "",
         tbl,
         "",
-        "Ratios are of the medians: for tps and conn/s above 1 means Concierge is faster; for "
-        "latencies, seconds, KB and proxy CPU (lower is better) above 1 means Concierge is "
-        "slower, bigger or uses more CPU."
+        "Cells: median [first–third quartile]. Ratios are of the medians: for tps and conn/s "
+        "above 1 means Concierge is faster; for latencies, seconds, KB and proxy CPU (lower is "
+        "better) above 1 means Concierge is slower, bigger or uses more CPU. Proxy CPU is user + "
+        "system, then each apart."
         + (" C ÷ base is Concierge over Concierge base (the base binary), read the same way."
            if BASE else ""),
         "",
+        *bound_section,
         "Notes:",
         "",
         *(notes or ["- none"]),
@@ -770,24 +1022,34 @@ def main() -> int:
         settings,
         "",
         *(f"- {k}: {v}" for k, v in info.items()),
-        f"- whole run (setup, all scenarios): {total:.0f} s",
+        f"- whole run (setup, all scenarios): {total:.0f} s (estimated beforehand: "
+        f"{seconds:.0f} s for the scenarios)",
+        "",
+        "## Against the targets of issue 20",
+        "",
+        goals_md,
         "",
     ])
     print()
     print(md)
     out_dir = Path(SETUP["results"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    base = out_dir / f"{stamp}-{commit}"
+    base = out_dir / f"{stamp}-{commit}{'-quick' if QUICK else ''}"
     base.with_suffix(".md").write_text(md)
     base.with_suffix(".json").write_text(json.dumps({
         "date": stamp, "machine": info, "settings": {
             "duration_s": DURATION, "repeat": REPEAT, "idle_clients": IDLE_CLIENTS,
-            "pool": SETUP["pool"], "max_connections": SETUP["max_connections"],
-            "guard_s": GUARD, "targets": list(TARGETS), "clock_ticks_per_s": TICKS},
-        "total_seconds": round(total, 1),
+            "quick": QUICK, "full": FULL, "pool": SETUP["pool"],
+            "max_connections": SETUP["max_connections"], "guard_s": GUARD,
+            "targets": list(TARGETS), "proxy_bound_targets": list(FAKE_TARGETS),
+            "cpus": cpus, "fakepg_threads": SETUP.get("fakepg", {}).get("threads"),
+            "clock_ticks_per_s": TICKS},
+        "total_seconds": round(total, 1), "estimated_seconds": round(seconds),
+        "targets": goals, "scaling": scaling, "summary": summary(scs),
         "scenarios": [{"key": sc.key, "title": sc.title, "user": sc.user, "args": sc.args,
-                       "clients": sc.clients, "skipped": sc.skipped,
-                       "runs": [asdict(r) for r in sc.runs]} for sc in scs],
+                       "clients": sc.clients, "tls": sc.tls, "targets": list(sc.targets),
+                       "skipped": sc.skipped, "runs": [asdict(r) for r in sc.runs]}
+                      for sc in scs],
     }, indent=2))
     print(f"bench: wrote {base}.md and .json ({total:.0f} s so far)", flush=True)
     died = [why for sc in scs for why in sc.skipped.values() if why.startswith("not running")]
