@@ -356,6 +356,9 @@ def run_pgbench(sc: Scenario, target: str, rep: int, log_prefix: str | None = No
     limit = DURATION + GUARD + sc.clients / 50   # 1,000 SCRAM logins take a few seconds
     log_mark = proxy_log_size(target)
     pid = pid_for(target, sc.user)
+    # fakepg's CPU too (the proxy-bound scenario), to show it is not what limits the run.
+    fake_pid = SETUP["fakepg"]["pid"] if sc.kind == "proxy_bound" else None
+    fake0 = cpu_ticks(fake_pid)
     cpu0 = cpu_ticks(pid)
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -371,6 +374,7 @@ def run_pgbench(sc: Scenario, target: str, rep: int, log_prefix: str | None = No
             proc.kill()
             out, err = proc.communicate()
     cpu1 = cpu_ticks(pid)
+    fake1 = cpu_ticks(fake_pid)
     run.seconds = round(time.monotonic() - t0, 2)
     if script:
         script.close()
@@ -397,6 +401,9 @@ def run_pgbench(sc: Scenario, target: str, rep: int, log_prefix: str | None = No
         if user + sys_:
             # Efficiency: transactions per second of the proxy's CPU (user + system).
             run.values["tx_per_cpu_s"] = round(n * TICKS / (user + sys_), 1)
+        if fake0 and fake1:
+            run.values["fakepg_cpu_us"] = round(
+                (sum(fake1) - sum(fake0)) * 1e6 / TICKS / n, 2)
     progress = [(float(t), float(v)) for t, v in
                 re.findall(r"^progress: ([\d.]+) s, ([\d.]+) tps", err, re.M)]
     if tps:
@@ -624,6 +631,7 @@ def run_all(scs: list[Scenario]) -> None:
                 shown = ", ".join(f"{k}={v:g}" for k, v in run.values.items())
                 trouble = (f" failed={run.failed} aborted={run.aborted} rc={run.returncode}"
                            if run.failed or run.aborted or run.returncode else "")
+                trouble += " NO TRANSACTION" if empty(run) and sc.kind != "idle" else ""
                 print(f"  {sc.key:<14} {LABEL[target]:<{WIDTH}} #{rep}: {shown}{trouble}"
                       f"{' STALLED' if run.stalled else ''} ({run.seconds:.1f} s)", flush=True)
                 if run.stalled:
@@ -638,15 +646,21 @@ def fmt(metric: str, v: float) -> str:
         return f"{v:,.0f}"
     if metric.endswith("_ms"):
         return f"{v:.3f}"
-    if metric.startswith("cpu_"):
+    if metric.startswith("cpu_") or metric.endswith("cpu_us"):
         return f"{v:,.1f}"
     return f"{v:,.2f}"
 
 
+def empty(r: Run) -> bool:
+    """A pgbench run that completed no transaction at all (e.g. its clients were still logging
+    in when -T ran out): it measured nothing."""
+    return r.values.get("processed", 1) == 0
+
+
 def valid(sc: Scenario, r: Run) -> bool:
     """Whether a run's numbers mean something: not when every client aborted (pgbench still
-    prints a tps for the few transactions before that)."""
-    return not (sc.kind != "idle" and r.aborted >= sc.clients)
+    prints a tps for the few transactions before that), nor when none completed."""
+    return not (sc.kind != "idle" and (r.aborted >= sc.clients or empty(r)))
 
 
 def stats(sc: Scenario, target: str, metric: str) -> dict | None:
@@ -683,6 +697,7 @@ def failures(sc: Scenario, target: str) -> str:
     aborted = sum(r.aborted for r in runs)
     bad_rc = sum(1 for r in runs if r.returncode)
     stalled = sum(1 for r in runs if r.stalled)
+    nothing = sum(1 for r in runs if empty(r) and not r.stalled)
     parts = []
     if failed:
         parts.append(f"{failed:,} failed" + (" conns" if sc.kind == "idle" else ""))
@@ -692,6 +707,8 @@ def failures(sc: Scenario, target: str) -> str:
         parts.append("stalled")
     elif bad_rc:
         parts.append(f"exit≠0 ×{bad_rc}")
+    if nothing:
+        parts.append(f"no transaction ×{nothing}")
     return ", ".join(parts) or "0"
 
 
@@ -714,7 +731,7 @@ def cells(sc: Scenario, metric: str, targets: tuple[str, ...]) -> tuple[list[str
             cell = show(metric, st)
             if any(r.stalled for r in runs):
                 cell = "stalled: " + cell
-            elif any(r.aborted or r.failed for r in sc.runs if r.target == target):
+            elif any(r.aborted or r.failed or empty(r) for r in sc.runs if r.target == target):
                 cell += " ⚠"
             else:
                 clean.add(target)
@@ -778,7 +795,7 @@ def proxy_bound_table(sc: Scenario) -> tuple[str, list[dict]]:
     Concierge's scaling from 1 to N loops (tps and tx per proxy CPU-second, speedup over 1 loop)."""
     metrics = [("tps", "tps"), ("tx_per_cpu_s", "tx per proxy CPU-s"),
                ("cpu_us", "proxy CPU µs/tx"), ("cpu_user_us", "user µs/tx"),
-               ("cpu_sys_us", "sys µs/tx")]
+               ("cpu_sys_us", "sys µs/tx"), ("fakepg_cpu_us", "fakepg CPU µs/tx")]
     lines = ["| target | " + " | ".join(u for _, u in metrics)
              + " | tps ÷ PgB | tps ÷ 1 loop | tx/CPU-s ÷ 1 loop | failures |",
              "|---|" + "--:|" * (len(metrics) + 3) + "---|"]
@@ -818,7 +835,7 @@ def targets_table(scs: list[Scenario]) -> tuple[str, list[dict]]:
         unit = "conn/s" if "storm" in key else "tps"
         c, b = median(scs, key, "concierge", "tps"), median(scs, key, "pgbouncer", "tps")
         target = f"{what}: Concierge ≥ {factor:.2f}× PgBouncer"
-        if c is None or b is None:
+        if c is None or not b:
             return add(target, "not measured", None)
         add(target, f"{c / b:.2f}× ({c:,.0f} vs {b:,.0f} {unit})", c >= factor * b)
 
@@ -831,7 +848,7 @@ def targets_table(scs: list[Scenario]) -> tuple[str, list[dict]]:
     vs_pgbouncer("tls_select_100", "TLS select-only, 100 clients", 1.0)
     c50, b50 = (median(scs, "latency_1", t, "p50_ms") for t in ("concierge", "pgbouncer"))
     c99, b99 = (median(scs, "latency_1", t, "p99_ms") for t in ("concierge", "pgbouncer"))
-    if None in (c50, b50, c99, b99):
+    if None in (c50, b50, c99, b99) or not (b50 and b99):
         add("1-client latency p50 ≤ PgBouncer's + 10 µs", "not measured", None)
         add("1-client latency p99 ≤ 1.15× PgBouncer's", "not measured", None)
     else:
@@ -849,12 +866,12 @@ def targets_table(scs: list[Scenario]) -> tuple[str, list[dict]]:
         add(f"{what} ≤ {limit} µs", "not measured" if us is None else f"{us:.1f} µs",
             None if us is None else us <= limit)
     def bad(target: str) -> int:
-        return sum(r.failed + r.aborted + r.stalled + (r.returncode != 0)
+        return sum(r.failed + r.aborted + r.stalled + (r.returncode != 0) + empty(r)
                    for sc in scs for r in sc.runs if r.target == target)
     concierges = [t for t in ("concierge", *LOOPS)]
     c_bad, b_bad = sum(map(bad, concierges)), bad("pgbouncer") + bad("pgbouncer_fake")
     add("failed transactions 0 everywhere (Concierge, every scenario and run)",
-        f"{c_bad} (failed transactions + aborted clients + stalled or failed runs; "
+        f"{c_bad} (failed transactions + aborted clients + stalled, failed or empty runs; "
         f"PgBouncer: {b_bad})", c_bad == 0)
     yes = {True: "met", False: "**not met**", None: "–"}
     lines = ["| target | measured (Concierge vs PgBouncer, medians) | |", "|---|---|---|"]
@@ -871,13 +888,13 @@ def summary(scs: list[Scenario]) -> list[dict]:
 
 def estimate(scs: list[Scenario]) -> float:
     """Seconds the scenarios will take (measured here: each pgbench run takes its -T plus about
-    1.5 s; an idle-clients run about 1 s per 1,500 clients plus 5 s)."""
+    0.5 s; an idle-clients run about 1 s per 1,500 clients plus 5 s)."""
     total = 0.0
     for sc in scs:
         if sc.kind == "idle":
             per = sc.clients / 1500 + 5
         else:
-            per = int(sc.args[sc.args.index("-T") + 1]) + 1.5
+            per = int(sc.args[sc.args.index("-T") + 1]) + 0.5
         targets = [t for t in sc.targets
                    if not (t == "direct" and sc.clients > direct_slots())]
         total += per * len(targets) * REPEAT
