@@ -749,6 +749,9 @@ def scenario_notes(sc: Scenario) -> list[str]:
         for r in runs:
             errors.update(r.errors)
         run_notes = sorted({r.note for r in runs if r.note and sc.kind != "idle"})
+        if any(empty(r) for r in runs) and sc.kind != "idle":
+            run_notes.append(f"{sum(map(empty, runs))} run(s) completed no transaction (pgbench "
+                             "processed 0: e.g. its clients were still logging in at the end)")
         for r in runs:
             if r.proxy_log and (r.stalled or r.returncode or r.failed or r.aborted):
                 run_notes.append(f"run {r.rep}, {LABEL[target]}'s log: " + "; ".join(
@@ -835,8 +838,15 @@ def targets_table(scs: list[Scenario]) -> tuple[str, list[dict]]:
         unit = "conn/s" if "storm" in key else "tps"
         c, b = median(scs, key, "concierge", "tps"), median(scs, key, "pgbouncer", "tps")
         target = f"{what}: Concierge ≥ {factor:.2f}× PgBouncer"
-        if c is None or not b:
-            return add(target, "not measured", None)
+        if c is None or b is None:
+            if not any(sc.key == key and sc.runs for sc in scs):
+                return add(target, "not measured", None)
+            who = "Concierge" if c is None else "PgBouncer"
+            return add(target, f"no valid run for {who} (see notes)",
+                       False if c is None else None)
+        if not b:
+            return add(target, f"PgBouncer completed no transaction (Concierge {c:,.0f} {unit})",
+                       None)
         add(target, f"{c / b:.2f}× ({c:,.0f} vs {b:,.0f} {unit})", c >= factor * b)
 
     vs_pgbouncer("select_100", "select-only, 100 clients", 0.95)
