@@ -261,9 +261,10 @@ class Scenario:
 
 
 def select_only(clients: int, mode: str = "simple") -> list[str]:
-    # pgbench's -T includes connecting its clients (~3-5 s for 1,000 SCRAM logins here), so
-    # many clients get more time; the tps it reports excludes the initial connection time.
-    seconds = DURATION + clients // 150
+    # pgbench's -T includes connecting its clients (~3-5 s for 1,000 SCRAM logins here, 10 on a
+    # busy machine), so many clients get more time; the tps it reports excludes the initial
+    # connection time.
+    seconds = DURATION + clients // 100
     return ["-S", "-n", "-M", mode, "-T", str(seconds), "-c", str(clients), "-j", "2"]
 
 
