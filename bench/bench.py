@@ -71,7 +71,8 @@ LABEL = {"direct": "direct", "pgbouncer": "PgBouncer", "concierge_base": "Concie
 LOOPS = {f"concierge_fake_{c['loops']}": c["loops"] for c in SETUP.get("concierge_fake", [])}
 FAKE_TARGETS = ("pgbouncer_fake", *LOOPS)
 for _target, _loops in LOOPS.items():
-    LABEL[_target] = f"Concierge, {_loops} loop{'s' if _loops > 1 else ''}"
+    LABEL[_target] = (f"Concierge, {_loops} loop{'s' if _loops > 1 else ''}"
+                      + (" (default)" if _loops == SETUP.get("cpus", {}).get("nproc") else ""))
 # Targets with a concierge.log of their own (NAME/NAME.log).
 CONCIERGES = ("concierge_base", "concierge", *LOOPS)
 WIDTH = max(10, *(len(LABEL[t]) for t in TARGETS + FAKE_TARGETS))  # labels in progress lines

@@ -114,6 +114,7 @@ cleanup() {
     bash "$PG_SH" stop "$WORK/data" >/dev/null 2>&1 || true
     if [[ $rc -ne 0 ]]; then
         for f in "$WORK"/concierge/concierge.log "$WORK"/concierge_base/concierge_base.log \
+                 "$WORK"/concierge_fake_*/concierge_fake_*.log "$WORK"/fakepg.log \
                  "$WORK"/pgbouncer*/pgbouncer.log "$WORK"/postgres.log; do
             [[ -s "$f" ]] && { log "--- tail of $f"; tail -n 15 "$f" >&2; }
         done
