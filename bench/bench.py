@@ -3,13 +3,15 @@
 
     python3 bench/bench.py SETUP.json
 
-run.sh starts PostgreSQL, PgBouncer and Concierge and writes SETUP.json (ports, pids, passwords);
-this file only drives clients against them. Every measurement runs against each target
-(`direct`, `pgbouncer`, `concierge`, and `concierge_base` when run.sh was given
-CONCIERGE_BASE_BIN), repeated BENCH_REPEAT times, interleaved (rep 1 of all of them, then rep 2,
-...) so slow drifts of the machine hit them all alike. For the proxies, each pgbench run also
-reads the proxy process's CPU time (/proc/PID/stat) before and after: CPU per transaction (per
-connection with -C).
+run.sh starts PostgreSQL, PgBouncer and Concierge (and fakepg with a PgBouncer and one Concierge
+per loop count in front of it) and writes SETUP.json (ports, pids, passwords); this file only
+drives clients against them. Every measurement runs against each of its targets (`pgbouncer`,
+`concierge`; `direct` with BENCH_FULL or BENCH_DIRECT; `concierge_base` when run.sh was given
+CONCIERGE_BASE_BIN; the proxy-bound scenario's own), repeated BENCH_REPEAT times, interleaved
+(rep 1 of all of them, then rep 2, ...) so slow drifts of the machine hit them all alike; cells
+show the median and interquartile range. For the proxies, each pgbench run also reads the proxy
+process's user and system CPU time (/proc/PID/stat) before and after: CPU per transaction (per
+connection with -C). The results end with issue 20's targets, met or not.
 
 Standard library only: pgbench and psql do the heavy lifting, and the idle-client scenario uses
 a small asyncio PostgreSQL client (startup + md5 / SCRAM-SHA-256, adapted from
