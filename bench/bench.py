@@ -300,14 +300,13 @@ def scenarios() -> list[Scenario]:
                  higher_is_better=False),
         Scenario("tpcb_50", "7. write mix (TPC-B-like), 50 clients", [("tps", "tps")],
                  args=["-n", "-T", D, "-c", "50", "-j", "2"], clients=50),
-        # TLS (sslmode=require) to the proxies; their backends stay plain. Direct PostgreSQL has
-        # no certificate here. The storm uses the md5 user: pgbench's own SCRAM work would hold
-        # the rate to a few hundred logins a second and hide the proxies' TLS cost.
+        # TLS (sslmode=require) to the clients; the proxies' backends stay plain. The storm uses
+        # the md5 user: pgbench's own SCRAM work would hold the rate to a few hundred logins a
+        # second and hide the proxies' TLS cost.
         Scenario("tls_storm_md5", "8. TLS connection storm (-C, sslmode=require), 50 clients, md5",
-                 [("tps", "conn/s")], args=storm, clients=50, user="bench_md5", tls=True,
-                 targets=PROXIES),
+                 [("tps", "conn/s")], args=storm, clients=50, user="bench_md5", tls=True),
         Scenario("tls_select_100", "9. select-only over TLS (sslmode=require), 100 clients",
-                 [("tps", "tps")], args=select_only(100), clients=100, tls=True, targets=PROXIES),
+                 [("tps", "tps")], args=select_only(100), clients=100, tls=True),
         # The proxies in front of fakepg (bench/fakepg.c), which answers at once: their own cost
         # decides the throughput. Its own table (one column per target), with the scaling.
         Scenario("proxy_bound", "10. proxy-bound: select-only script against fakepg, 100 clients",

@@ -167,13 +167,18 @@ PGPASSWORD=$BENCH_PASSWORD "$PG_BIN/pgbench" -i -q -s 10 -h 127.0.0.1 -p "$PG_PO
 sql "GRANT SELECT ON ALL TABLES IN SCHEMA public TO bench_md5" bench >/dev/null
 sql "VACUUM ANALYZE" bench >/dev/null
 
-# -- TLS: one self-signed certificate for both proxies' clients (RSA 2048, as most servers use) ---
+# -- TLS: one self-signed certificate for the clients of both proxies and of PostgreSQL (RSA 2048) --
 
 mkdir -p "$WORK/tls"
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=localhost" \
     -keyout "$WORK/tls/server.key" -out "$WORK/tls/server.crt" 2>/dev/null ||
     die "openssl could not make the certificate"
 chown -R "$PG_OS_USER": "$WORK/tls"; chmod 600 "$WORK/tls/server.key"   # PgBouncer reads it too
+# PostgreSQL too (the direct target of the TLS scenarios); its TLS settings take a reload.
+sql "ALTER SYSTEM SET ssl_cert_file = '$WORK/tls/server.crt'" >/dev/null
+sql "ALTER SYSTEM SET ssl_key_file = '$WORK/tls/server.key'" >/dev/null
+sql "ALTER SYSTEM SET ssl = on" >/dev/null
+sql "SELECT pg_reload_conf()" >/dev/null
 
 # -- fakepg: a PostgreSQL that answers at once (the proxy-bound scenario) ----------------------------
 
