@@ -22,13 +22,14 @@
 # failure or Ctrl-C (BENCH_KEEP=1 keeps the directory, with logs, for inspection).
 #
 # Environment: CONCIERGE_BIN, CONCIERGE_BASE_BIN, BENCH_DIR, BENCH_KEEP=1; for bench.py:
-# BENCH_DURATION (seconds per pgbench run, default 5), BENCH_REPEAT (default 3),
+# BENCH_DURATION (seconds per pgbench run, default 15), BENCH_REPEAT (default 5),
 # BENCH_IDLE_CLIENTS (default 10000), BENCH_THREADS (Concierge's --threads, for both binaries;
-# default: its own, one per core), BENCH_GUARD (default 20), BENCH_SCENARIOS (comma-separated key
-# prefixes, e.g. select_,latency).
-# BENCH_QUICK=1 (a smoke run), BENCH_FULL=1 (every scenario, and direct PostgreSQL too).
-# TLS: a self-signed certificate in $BENCH_DIR/tls serves both proxies' clients (sslmode=require);
-# the backends stay plain.
+# default: its own, one per core), BENCH_GUARD (default 20), BENCH_SCENARIOS (`all` or
+# comma-separated key prefixes, e.g. select_,latency; default: the set issue 20's targets read),
+# BENCH_QUICK=1 (a smoke run: 1 run of 5 s), BENCH_FULL=1 (every scenario, and direct PostgreSQL),
+# BENCH_DIRECT=1 (direct PostgreSQL). See bench/README.md.
+# TLS: a self-signed certificate in $BENCH_DIR/tls serves the clients of both proxies and of
+# PostgreSQL (sslmode=require); the proxies' backends stay plain.
 # The proxy-bound scenario: bench/fakepg.c (compiled here with gcc) is a PostgreSQL that answers
 # at once; a third PgBouncer (md5) and one Concierge per loop count in BENCH_LOOPS (default: 1 and
 # one per core) sit in front of it. Many-core runs: BENCH_LOOPS=1,2,4,8, BENCH_PROXY_CPUS (taskset
