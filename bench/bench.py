@@ -825,6 +825,8 @@ def proxy_bound_table(sc: Scenario) -> tuple[str, list[dict]]:
                             "cpu_user_us": median([sc], sc.key, target, "cpu_user_us"),
                             "cpu_sys_us": median([sc], sc.key, target, "cpu_sys_us"),
                             "speedup_tps": round(tps / one["tps"], 3) if tps and one["tps"] else None,
+                            "tx_per_cpu_s_vs_1_loop": (round(eff / one["tx_per_cpu_s"], 3)
+                                                       if eff and one["tx_per_cpu_s"] else None),
                             "tps_vs_pgbouncer": round(tps / pgb, 3) if tps and pgb else None})
     return "\n".join(lines), scaling
 
