@@ -121,6 +121,9 @@ public struct PoolStateMachine: Sendable {
     /// key → the lists of its waiters (kept, possibly empty, while the key is in `perKey`).
     private var waiterQueues: [PoolKey: KeyWaiters] = [:]
 
+    /// Changed in place with the `default:` subscript, never `perKey[key]?.count -= 1`, which
+    /// allocates (Dictionary+InPlace.swift). A key is here while any of its connections or waiters
+    /// is, so the default is never used.
     private var perKey: [PoolKey: PoolCounts] = [:]
     private var totals = PoolCounts()
 
@@ -535,7 +538,7 @@ public struct PoolStateMachine: Sendable {
         // The slot changes hands: counted for the new open (as connecting) instead of as closing.
         let successor = createConnection(
             key: key, eventLoopIndex: eventLoopIndex, freedBy: closingID, actions: &actions)
-        perKey[closing.key]?.closing -= 1
+        perKey[closing.key, default: PoolCounts()].closing -= 1
         totals.closing -= 1
         closing.state = .closing(successor: successor)
         connections[closingID] = closing
@@ -556,7 +559,7 @@ public struct PoolStateMachine: Sendable {
         totals.connecting += 1
         // One more covered waiter: the boundary moves one newer.
         if let first = waiterQueues[key]?.firstUncovered {
-            waiterQueues[key]!.firstUncovered = waiterSlots[first].nextOfKey
+            waiterQueues[key, default: KeyWaiters()].firstUncovered = waiterSlots[first].nextOfKey
         }
         if closing == nil { actions.append(.createConnection(id, key, eventLoopIndex: eventLoopIndex)) }
         return id
@@ -634,28 +637,28 @@ public struct PoolStateMachine: Sendable {
         let key = connection.key
         switch connection.state {
         case .connecting, .awaitingSlot:
-            perKey[key]?.connecting -= 1
+            perKey[key, default: PoolCounts()].connecting -= 1
             totals.connecting -= 1
             // One less covered waiter: the newest covered one (if any) becomes uncovered.
             if let queue = waiterQueues[key] {
                 if let first = queue.firstUncovered {
-                    waiterQueues[key]!.firstUncovered = waiterSlots[first].previousOfKey
+                    waiterQueues[key, default: KeyWaiters()].firstUncovered = waiterSlots[first].previousOfKey
                 } else if queue.count > perKey[key]?.connecting ?? 0 {
-                    waiterQueues[key]!.firstUncovered = queue.all.tail
+                    waiterQueues[key, default: KeyWaiters()].firstUncovered = queue.all.tail
                 }
             }
         case .idle:
-            perKey[key]?.idle -= 1
+            perKey[key, default: PoolCounts()].idle -= 1
             totals.idle -= 1
             removeFromIdleStacks(id, key: key, eventLoopIndex: connection.eventLoopIndex)
             compactIdleLRUIfNeeded()
         case .leased:
-            perKey[key]?.leased -= 1
+            perKey[key, default: PoolCounts()].leased -= 1
             totals.leased -= 1
         case .closing(let successor):
             // With a successor its slot was already handed over (and uncounted).
             if successor == nil {
-                perKey[key]?.closing -= 1
+                perKey[key, default: PoolCounts()].closing -= 1
                 totals.closing -= 1
                 if let index = freeClosing.firstIndex(of: id) { freeClosing.remove(at: index) }
             }
@@ -815,7 +818,7 @@ public struct PoolStateMachine: Sendable {
 
         queue.count -= 1
         waiterQueues[key] = queue
-        perKey[key]?.waiting -= 1
+        perKey[key, default: PoolCounts()].waiting -= 1
         totals.waiting -= 1
         dropKeyIfUnused(key)
         return waiter

@@ -1,3 +1,4 @@
+import ConnectionPool
 import MySQLWire
 import NIOCore
 import SQLClassifier
@@ -355,11 +356,11 @@ public struct MySQLSessionMachine: Sendable {
         case MySQLCommand.stmtSendLongData.rawValue:
             // Held until the execute, which may run on another backend. An unknown id is dropped,
             // as the server would (it reports that at the execute).
-            statements[id]?.longData.append(command.bytes)
+            statements.modifyValueIfPresent(forKey: id) { $0.longData.append(command.bytes) }
             return Action.none
         case MySQLCommand.stmtReset.rawValue:
             guard statements[id] != nil else { return .answerClient(Self.unknownStatement(id, in: "mysqld_stmt_reset")) }
-            statements[id]!.longData.removeAll()
+            statements.modifyValue(forKey: id) { $0.longData.removeAll() }
             return openCursors.contains(id) ? nil : .answerOK
         case MySQLCommand.stmtFetch.rawValue:
             guard statements[id] != nil else { return .answerClient(Self.unknownStatement(id, in: "mysqld_stmt_fetch")) }
