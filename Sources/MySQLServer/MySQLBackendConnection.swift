@@ -369,9 +369,32 @@ final class MySQLBackendConnection: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
-    func write(_ bytes: ByteBuffer) { channel?.write(bytes, promise: nil) }
-    func writeAndFlush(_ bytes: ByteBuffer) { channel?.writeAndFlush(bytes, promise: nil) }
-    func flush() { channel?.flush() }
+    // On this backend's loop (nearly always) through the handler's context, straight to the
+    // socket's end of the pipeline: a write through the channel enters at its tail and walks
+    // the pipeline to the same place.
+    func write(_ bytes: ByteBuffer) {
+        if let context, eventLoop.inEventLoop {
+            context.write(wrapOutboundOut(bytes), promise: nil)
+        } else {
+            channel?.write(bytes, promise: nil)
+        }
+    }
+
+    func writeAndFlush(_ bytes: ByteBuffer) {
+        if let context, eventLoop.inEventLoop {
+            context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
+        } else {
+            channel?.writeAndFlush(bytes, promise: nil)
+        }
+    }
+
+    func flush() {
+        if let context, eventLoop.inEventLoop {
+            context.flush()
+        } else {
+            channel?.flush()
+        }
+    }
 
     /// Stops (or resumes) reading from the database while the client cannot keep up.
     func setReadingPaused(_ paused: Bool) {

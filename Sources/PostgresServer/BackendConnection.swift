@@ -30,6 +30,9 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     private var machine: BackendStateMachine
     /// Set once in channelActive, before the backend is handed to anyone, and never cleared.
     private var channel: (any Channel)?
+    /// This handler's context (set in channelActive, cleared when the handler is removed): the
+    /// client session's writes on this loop go through it (`write`). Used on `eventLoop` only.
+    private var context: ChannelHandlerContext?
     private var cumulation: ByteBuffer?
     /// Login and setup under way (nil once answered).
     private var setupPromise: EventLoopPromise<BackendConnection>?
@@ -256,8 +259,13 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
 
     func channelActive(context: ChannelHandlerContext) {
         channel = context.channel
+        self.context = context
         allocator = context.channel.allocator
         run(machine.connected())
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -512,12 +520,23 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     private(set) var allocator = ByteBufferAllocator()
 
     /// Writes client bytes to the database (any thread; flushes at `flush()`).
+    /// On this backend's loop (a client served by a backend of its own loop, nearly always)
+    /// through the handler's context, straight to the socket's end of the pipeline: a write
+    /// through the channel enters at its tail and walks the pipeline to the same place.
     func write(_ bytes: ByteBuffer) {
-        channel?.write(bytes, promise: nil)
+        if let context, eventLoop.inEventLoop {
+            context.write(wrapOutboundOut(bytes), promise: nil)
+        } else {
+            channel?.write(bytes, promise: nil)
+        }
     }
 
     func flush() {
-        channel?.flush()
+        if let context, eventLoop.inEventLoop {
+            context.flush()
+        } else {
+            channel?.flush()
+        }
     }
 
     /// Stops (or resumes) reading from the database while the client cannot keep up.
