@@ -31,6 +31,9 @@ protocol MySQLBackendOwner: AnyObject, Sendable {
     func backendDidRead(_ packets: ByteBuffer)
     func backendDidReadComplete()
     func backendDidClose()
+    /// The answer to `lease(to:)`: what the session needs of the backend, or nil when it closed
+    /// between the pool and the lease.
+    func backendLeased(_ connection: MySQLBackendConnection, info: MySQLLeaseInfo?)
 }
 
 /// Everything a backend needs to open: where, as whom, how.
@@ -352,20 +355,33 @@ final class MySQLBackendConnection: ChannelInboundHandler, @unchecked Sendable {
 
     // MARK: Commands from the pool and the owner (any thread)
 
-    /// Hands the backend to a session; `completion` runs on the session's loop with the state
-    /// the session must restore from, or nil if the backend closed meanwhile.
-    func lease(to owner: any MySQLBackendOwner, completion: @escaping @Sendable (MySQLLeaseInfo?) -> Void) {
-        eventLoop.execute {
-            let info: MySQLLeaseInfo?
-            if self.machine.lease() {
-                self.owner = owner
-                info = MySQLLeaseInfo(
-                    state: self.machine.sessionState, baseline: self.baseline, noBackslashEscapes: self.noBackslashEscapes,
-                    statements: self.statements)
-            } else {
-                info = nil
-            }
-            if owner.eventLoop.inEventLoop { completion(info) } else { owner.eventLoop.execute { completion(info) } }
+    /// Hands the backend to a session: `owner.backendLeased` follows on the session's loop with
+    /// the state the session must restore from, or nil if the backend closed meanwhile.
+    func lease(to owner: any MySQLBackendOwner) {
+        // At once on this backend's loop (the client's too, nearly always), as PostgreSQL's
+        // backends do: a task on the loop cost an allocation and a pass through its queue per
+        // transaction.
+        if eventLoop.inEventLoop {
+            leaseOnLoop(to: owner)
+        } else {
+            eventLoop.execute { self.leaseOnLoop(to: owner) }
+        }
+    }
+
+    private func leaseOnLoop(to owner: any MySQLBackendOwner) {
+        let info: MySQLLeaseInfo?
+        if machine.lease() {
+            self.owner = owner
+            info = MySQLLeaseInfo(
+                state: machine.sessionState, baseline: baseline, noBackslashEscapes: noBackslashEscapes,
+                statements: statements)
+        } else {
+            info = nil
+        }
+        if owner.eventLoop.inEventLoop {
+            owner.backendLeased(self, info: info)
+        } else {
+            owner.eventLoop.execute { owner.backendLeased(self, info: info) }
         }
     }
 
@@ -408,11 +424,21 @@ final class MySQLBackendConnection: ChannelInboundHandler, @unchecked Sendable {
 
     /// The session is done with the backend, leaving `state` on it.
     func release(reusable: Bool, state: MySQLSessionState) {
-        eventLoop.execute {
-            if self.readingPaused { self.setReadingPaused(false) }
-            guard let context = self.context else { return }
-            self.run(self.machine.released(reusable: reusable, sessionState: state), context: context)
+        // At once on this backend's loop, as PostgreSQL's backends do (a task on the loop cost an
+        // allocation per transaction). The session releases from inside `backendDidRead`, after
+        // the response's last packet: whatever this read holds after it is the session's to
+        // judge, and the next owner sees only later reads.
+        if eventLoop.inEventLoop {
+            releaseOnLoop(reusable: reusable, state: state)
+        } else {
+            eventLoop.execute { self.releaseOnLoop(reusable: reusable, state: state) }
         }
+    }
+
+    private func releaseOnLoop(reusable: Bool, state: MySQLSessionState) {
+        if readingPaused { setReadingPaused(false) }
+        guard let context else { return }
+        run(machine.released(reusable: reusable, sessionState: state), context: context)
     }
 
     func close() {
