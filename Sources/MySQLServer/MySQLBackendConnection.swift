@@ -65,7 +65,10 @@ final class MySQLBackendConnection: ChannelInboundHandler, @unchecked Sendable {
     private var setupPromise: EventLoopPromise<MySQLBackendConnection>?
     private var checkPromise: EventLoopPromise<[[String?]]>?
     private var owner: (any MySQLBackendOwner)?
-    private weak var pool: MySQLBackendPool?
+    /// Strong, and let go when the channel goes inactive (after telling the pool): a weak
+    /// reference would give the pool a side table, and make every retain and release of it take
+    /// the runtime's slow path.
+    private var pool: MySQLBackendPool?
     private var readingPaused = false
     /// The capabilities negotiated at login (the session's tracker reads responses with them).
     private(set) var capabilities: MySQLCapabilities = []
@@ -160,6 +163,7 @@ final class MySQLBackendConnection: ChannelInboundHandler, @unchecked Sendable {
             owner.eventLoop.execute { owner.backendDidClose() }
         }
         if wasOpen { pool?.connectionClosed(self) }
+        pool = nil
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

@@ -42,7 +42,10 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     /// `preparing`); nil otherwise.
     private var owner: (any BackendOwner)?
     private var readingPaused = false
-    private weak var pool: BackendPool?
+    /// Strong, and let go when the channel goes inactive (the pool heard of the close by then):
+    /// a weak reference would give the pool a side table, and make every retain and release of
+    /// it take the runtime's slow path.
+    private var pool: BackendPool?
 
     /// The named statements this backend holds (PostgresProxy/PreparedStatements.swift). Used by the
     /// session it is leased to, on the session's event loop, and here at lease time only
@@ -274,6 +277,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         }
         // `channel` stays set: other threads may still write to it (harmlessly, it is closed).
         run(machine.channelInactive())
+        pool = nil
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
