@@ -13,6 +13,14 @@ extension Dictionary {
         try body(&self[key, default: Self.absent(key)])
     }
 
+    /// Runs `body` on the value for `key`, stored first as `defaultValue` if there is none.
+    @inlinable @inline(__always)
+    public mutating func modifyValue<R>(
+        forKey key: Key, default defaultValue: @autoclosure () -> Value, _ body: (inout Value) throws -> R
+    ) rethrows -> R {
+        try body(&self[key, default: defaultValue()])
+    }
+
     /// Runs `body` on the value for `key` if there is one (as `dictionary[key]?`); nil if not.
     /// Two hash lookups where the key is there: use `modifyValue` where it must be.
     @inlinable @inline(__always)

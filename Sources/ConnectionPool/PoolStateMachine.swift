@@ -648,13 +648,16 @@ public struct PoolStateMachine: Sendable {
                 }
             }
         case .idle:
-            perKey[key, default: PoolCounts()].idle -= 1
             totals.idle -= 1
             removeFromIdleStacks(id, key: key, eventLoopIndex: connection.eventLoopIndex)
             compactIdleLRUIfNeeded()
+            // The count last: the key's entries go with it (one lookup, not a second for the check).
+            if decrement(key, { $0.idle -= 1 }) { dropKey(key) }
+            return
         case .leased:
-            perKey[key, default: PoolCounts()].leased -= 1
             totals.leased -= 1
+            if decrement(key, { $0.leased -= 1 }) { dropKey(key) }
+            return
         case .closing(let successor):
             // With a successor its slot was already handed over (and uncounted).
             if successor == nil {
@@ -669,9 +672,21 @@ public struct PoolStateMachine: Sendable {
     /// Forgets a key with no connections and no waiters (its emptied structures go too).
     private mutating func dropKeyIfUnused(_ key: PoolKey) {
         guard perKey[key]?.isEmpty == true else { return }
+        dropKey(key)
+    }
+
+    private mutating func dropKey(_ key: PoolKey) {
         perKey[key] = nil
         waiterQueues[key] = nil
         idleStacks[key] = nil
+    }
+
+    /// Changes `key`'s counts in place; whether they are all zero after.
+    private mutating func decrement(_ key: PoolKey, _ change: (inout PoolCounts) -> Void) -> Bool {
+        perKey.modifyValue(forKey: key, default: PoolCounts()) { counts in
+            change(&counts)
+            return counts.isEmpty
+        }
     }
 
     private static func push(_ id: ConnectionID, loop: Int, onto stacks: inout [[ConnectionID]]) {
