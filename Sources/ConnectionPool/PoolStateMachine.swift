@@ -121,6 +121,9 @@ public struct PoolStateMachine: Sendable {
     /// key → the lists of its waiters (kept, possibly empty, while the key is in `perKey`).
     private var waiterQueues: [PoolKey: KeyWaiters] = [:]
 
+    /// Changed in place with the `default:` subscript, never `perKey[key]?.count -= 1`, which
+    /// allocates (Dictionary+InPlace.swift). A key is here while any of its connections or waiters
+    /// is, so the default is never used.
     private var perKey: [PoolKey: PoolCounts] = [:]
     private var totals = PoolCounts()
 
@@ -535,7 +538,7 @@ public struct PoolStateMachine: Sendable {
         // The slot changes hands: counted for the new open (as connecting) instead of as closing.
         let successor = createConnection(
             key: key, eventLoopIndex: eventLoopIndex, freedBy: closingID, actions: &actions)
-        perKey[closing.key]?.closing -= 1
+        perKey[closing.key, default: PoolCounts()].closing -= 1
         totals.closing -= 1
         closing.state = .closing(successor: successor)
         connections[closingID] = closing
@@ -556,7 +559,7 @@ public struct PoolStateMachine: Sendable {
         totals.connecting += 1
         // One more covered waiter: the boundary moves one newer.
         if let first = waiterQueues[key]?.firstUncovered {
-            waiterQueues[key]!.firstUncovered = waiterSlots[first].nextOfKey
+            waiterQueues[key, default: KeyWaiters()].firstUncovered = waiterSlots[first].nextOfKey
         }
         if closing == nil { actions.append(.createConnection(id, key, eventLoopIndex: eventLoopIndex)) }
         return id
@@ -634,28 +637,31 @@ public struct PoolStateMachine: Sendable {
         let key = connection.key
         switch connection.state {
         case .connecting, .awaitingSlot:
-            perKey[key]?.connecting -= 1
+            perKey[key, default: PoolCounts()].connecting -= 1
             totals.connecting -= 1
             // One less covered waiter: the newest covered one (if any) becomes uncovered.
             if let queue = waiterQueues[key] {
                 if let first = queue.firstUncovered {
-                    waiterQueues[key]!.firstUncovered = waiterSlots[first].previousOfKey
+                    waiterQueues[key, default: KeyWaiters()].firstUncovered = waiterSlots[first].previousOfKey
                 } else if queue.count > perKey[key]?.connecting ?? 0 {
-                    waiterQueues[key]!.firstUncovered = queue.all.tail
+                    waiterQueues[key, default: KeyWaiters()].firstUncovered = queue.all.tail
                 }
             }
         case .idle:
-            perKey[key]?.idle -= 1
             totals.idle -= 1
             removeFromIdleStacks(id, key: key, eventLoopIndex: connection.eventLoopIndex)
             compactIdleLRUIfNeeded()
+            // The count last: the key's entries go with it (one lookup, not a second for the check).
+            if decrement(key, { $0.idle -= 1 }) { dropKey(key) }
+            return
         case .leased:
-            perKey[key]?.leased -= 1
             totals.leased -= 1
+            if decrement(key, { $0.leased -= 1 }) { dropKey(key) }
+            return
         case .closing(let successor):
             // With a successor its slot was already handed over (and uncounted).
             if successor == nil {
-                perKey[key]?.closing -= 1
+                perKey[key, default: PoolCounts()].closing -= 1
                 totals.closing -= 1
                 if let index = freeClosing.firstIndex(of: id) { freeClosing.remove(at: index) }
             }
@@ -666,9 +672,21 @@ public struct PoolStateMachine: Sendable {
     /// Forgets a key with no connections and no waiters (its emptied structures go too).
     private mutating func dropKeyIfUnused(_ key: PoolKey) {
         guard perKey[key]?.isEmpty == true else { return }
+        dropKey(key)
+    }
+
+    private mutating func dropKey(_ key: PoolKey) {
         perKey[key] = nil
         waiterQueues[key] = nil
         idleStacks[key] = nil
+    }
+
+    /// Changes `key`'s counts in place; whether they are all zero after.
+    private mutating func decrement(_ key: PoolKey, _ change: (inout PoolCounts) -> Void) -> Bool {
+        perKey.modifyValue(forKey: key, default: PoolCounts()) { counts in
+            change(&counts)
+            return counts.isEmpty
+        }
     }
 
     private static func push(_ id: ConnectionID, loop: Int, onto stacks: inout [[ConnectionID]]) {
@@ -815,7 +833,7 @@ public struct PoolStateMachine: Sendable {
 
         queue.count -= 1
         waiterQueues[key] = queue
-        perKey[key]?.waiting -= 1
+        perKey[key, default: PoolCounts()].waiting -= 1
         totals.waiting -= 1
         dropKeyIfUnused(key)
         return waiter

@@ -5,30 +5,46 @@
 /// the same between a client and the backend serving it (MySQL: the capability flags that shape
 /// the wire format, and the handshake's character set; PostgreSQL: nothing, empty).
 public struct PoolKey: Hashable, Sendable, CustomStringConvertible {
-    public let user: String
-    public let database: String
-    public let variant: String
-    /// Computed once: the pool looks keys up several times per transaction, and hashing two
-    /// strings each time showed up in profiles.
-    private let hash: Int
+    /// One reference instead of three strings: the pool copies keys (in its records of
+    /// connections and waiters) about a dozen times per transaction, and each copy of three
+    /// strings cost three retains and three releases.
+    private final class Storage: Sendable {
+        let user: String
+        let database: String
+        let variant: String
+        /// Computed once: the pool looks keys up several times per transaction, and hashing two
+        /// strings each time showed up in profiles.
+        let hash: Int
 
-    public init(user: String, database: String, variant: String = "") {
-        self.user = user
-        self.database = database
-        self.variant = variant
-        var hasher = Hasher()
-        hasher.combine(user)
-        hasher.combine(database)
-        hasher.combine(variant)
-        self.hash = hasher.finalize()
+        init(user: String, database: String, variant: String) {
+            self.user = user
+            self.database = database
+            self.variant = variant
+            var hasher = Hasher()
+            hasher.combine(user)
+            hasher.combine(database)
+            hasher.combine(variant)
+            self.hash = hasher.finalize()
+        }
     }
 
+    private let storage: Storage
+
+    public init(user: String, database: String, variant: String = "") {
+        storage = Storage(user: user, database: database, variant: variant)
+    }
+
+    public var user: String { storage.user }
+    public var database: String { storage.database }
+    public var variant: String { storage.variant }
+
     public static func == (lhs: PoolKey, rhs: PoolKey) -> Bool {
-        lhs.hash == rhs.hash && lhs.user == rhs.user && lhs.database == rhs.database && lhs.variant == rhs.variant
+        let (l, r) = (lhs.storage, rhs.storage)
+        return l === r || (l.hash == r.hash && l.user == r.user && l.database == r.database && l.variant == r.variant)
     }
 
     public func hash(into hasher: inout Hasher) {
-        hasher.combine(hash)
+        hasher.combine(storage.hash)
     }
 
     public var description: String { variant.isEmpty ? "\(user)@\(database)" : "\(user)@\(database)[\(variant)]" }

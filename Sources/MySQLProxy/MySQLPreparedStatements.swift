@@ -164,16 +164,18 @@ public enum MySQLStatementPackets {
         bytes.getInteger(at: bytes.readerIndex + idOffset, endianness: .little, as: UInt32.self)
     }
 
-    /// The packet (headers included) with the statement id replaced: a new 9-byte head, then
-    /// the rest of the client's bytes as a slice (not copied).
-    public static func withStatementID(_ id: UInt32, _ bytes: ByteBuffer) -> [ByteBuffer] {
-        var head = ByteBuffer()
-        head.reserveCapacity(idOffset + 4)
+    /// Appends the packet (headers included) with the statement id replaced to `writes`: a new
+    /// 9-byte head, then the rest of the client's bytes as a slice (not copied).
+    public static func appendWithStatementID(_ id: UInt32, _ bytes: ByteBuffer, to writes: inout MySQLWrites) {
+        // Allocated at its size (`ByteBuffer()` and then `reserveCapacity` allocated twice).
+        var head = ByteBufferAllocator().buffer(capacity: idOffset + 4)
         head.writeBytes(bytes.readableBytesView.prefix(idOffset))
         head.writeInteger(id, endianness: .little)
+        writes.append(head)
         let restStart = bytes.readerIndex + idOffset + 4
-        let rest = bytes.getSlice(at: restStart, length: bytes.writerIndex - restStart) ?? ByteBuffer()
-        return rest.readableBytes > 0 ? [head, rest] : [head]
+        if let rest = bytes.getSlice(at: restStart, length: bytes.writerIndex - restStart), rest.readableBytes > 0 {
+            writes.append(rest)
+        }
     }
 
     /// Where an execute's `new_params_bound_flag` is, for `parameterCount` parameters
@@ -275,5 +277,42 @@ public enum MySQLStatementPackets {
               let parameters = payload.getInteger(at: payload.readerIndex + 7, endianness: .little, as: UInt16.self)
         else { return nil }
         return (id, Int(parameters))
+    }
+}
+
+/// The packets one action sends to the backend, in order. The first two are kept inline: a text
+/// command is one packet, a statement command with the backend's id two (its new head and the
+/// rest of the client's packet), so the actions of a transaction allocate no array.
+public struct MySQLWrites: RandomAccessCollection, Sendable {
+    private var first: ByteBuffer?
+    private var second: ByteBuffer?
+    private var more: [ByteBuffer] = []
+
+    public init() {}
+
+    public init(_ buffers: [ByteBuffer]) {
+        for buffer in buffers { append(buffer) }
+    }
+
+    public mutating func append(_ buffer: ByteBuffer) {
+        if first == nil {
+            first = buffer
+        } else if second == nil {
+            second = buffer
+        } else {
+            more.append(buffer)
+        }
+    }
+
+    public var startIndex: Int { 0 }
+    public var endIndex: Int { first == nil ? 0 : second == nil ? 1 : 2 + more.count }
+    public var isEmpty: Bool { first == nil }
+
+    public subscript(position: Int) -> ByteBuffer {
+        switch position {
+        case 0: first!
+        case 1: second!
+        default: more[position - 2]
+        }
     }
 }

@@ -1,3 +1,4 @@
+import ConnectionPool
 import MySQLWire
 import NIOCore
 import SQLClassifier
@@ -54,7 +55,7 @@ public struct MySQLSessionMachine: Sendable {
         /// Ask the pool for a backend (`borrowed` or `borrowFailed` follows).
         case borrow
         /// Write these client commands to the backend, in order, and flush.
-        case sendToBackend([ByteBuffer])
+        case sendToBackend(MySQLWrites)
         /// Write this command to the backend (attached: no borrow needed).
         case forwardToBackend(ByteBuffer)
         /// Send the backend a COM_QUERY with this text (a restore statement of the proxy's own).
@@ -355,11 +356,11 @@ public struct MySQLSessionMachine: Sendable {
         case MySQLCommand.stmtSendLongData.rawValue:
             // Held until the execute, which may run on another backend. An unknown id is dropped,
             // as the server would (it reports that at the execute).
-            statements[id]?.longData.append(command.bytes)
+            statements.modifyValueIfPresent(forKey: id) { $0.longData.append(command.bytes) }
             return Action.none
         case MySQLCommand.stmtReset.rawValue:
             guard statements[id] != nil else { return .answerClient(Self.unknownStatement(id, in: "mysqld_stmt_reset")) }
-            statements[id]!.longData.removeAll()
+            statements.modifyValue(forKey: id) { $0.longData.removeAll() }
             return openCursors.contains(id) ? nil : .answerOK
         case MySQLCommand.stmtFetch.rawValue:
             guard statements[id] != nil else { return .answerClient(Self.unknownStatement(id, in: "mysqld_stmt_fetch")) }
@@ -409,7 +410,7 @@ public struct MySQLSessionMachine: Sendable {
     private mutating func pump() -> Action {
         needsResume = false
         guard case .attached = state else { return .none }
-        var writes: [ByteBuffer] = []
+        var writes = MySQLWrites()
         for id in pendingCloses { writes.append(MySQLStatementPackets.command(.stmtClose, statementID: id)) }
         pendingCloses.removeAll()
         while awaiting == 0, !held.isEmpty {
@@ -443,7 +444,7 @@ public struct MySQLSessionMachine: Sendable {
     }
 
     /// One held command on the leased backend (see `pump`).
-    private mutating func step(_ command: Command, writes: inout [ByteBuffer]) -> Step {
+    private mutating func step(_ command: Command, writes: inout MySQLWrites) -> Step {
         guard let cache = statementCache else {
             writes.append(command.bytes)
             expect(MySQLResponseTracker.expectation(for: MySQLCommand(rawValue: command.code) ?? .query))
@@ -482,11 +483,11 @@ public struct MySQLSessionMachine: Sendable {
             }
             switch command.code {
             case MySQLCommand.stmtFetch.rawValue:
-                writes.append(contentsOf: MySQLStatementPackets.withStatementID(entry.backendID, command.bytes))
+                MySQLStatementPackets.appendWithStatementID(entry.backendID, command.bytes, to: &writes)
                 role(.fetch(id))
                 expect(.fetch)
             case MySQLCommand.stmtReset.rawValue:
-                writes.append(contentsOf: MySQLStatementPackets.withStatementID(entry.backendID, command.bytes))
+                MySQLStatementPackets.appendWithStatementID(entry.backendID, command.bytes, to: &writes)
                 role(.reset(id))
                 expect(.response)
             default:
@@ -512,7 +513,7 @@ public struct MySQLSessionMachine: Sendable {
     /// (`.wait`, the command stays held), then sent with the backend's id, the client's long
     /// data before it, and the client's parameter types when it left them out and the backend's
     /// statement has other ones bound.
-    private mutating func execute(_ command: Command, id: UInt32, cache: MySQLBackendStatementCache, writes: inout [ByteBuffer]) -> Step {
+    private mutating func execute(_ command: Command, id: UInt32, cache: MySQLBackendStatementCache, writes: inout MySQLWrites) -> Step {
         // One lookup, one write-back: the per-execute path (the copy shares its arrays).
         var statement = statements[id]!
         defer { statements[id] = statement }
@@ -528,7 +529,7 @@ public struct MySQLSessionMachine: Sendable {
         }
         if !statement.longData.isEmpty {
             for packet in statement.longData {
-                writes.append(contentsOf: MySQLStatementPackets.withStatementID(entry.backendID, packet))
+                MySQLStatementPackets.appendWithStatementID(entry.backendID, packet, to: &writes)
             }
             statement.longData.removeAll()
         }
@@ -536,7 +537,7 @@ public struct MySQLSessionMachine: Sendable {
         if MySQLStatementPackets.omitsTypes(command.bytes, parameterCount: parameterCount), let types, entry.boundTypes != types {
             writes.append(MySQLStatementPackets.execute(command.bytes, backendID: entry.backendID, insertingTypes: types, parameterCount: parameterCount))
         } else {
-            writes.append(contentsOf: MySQLStatementPackets.withStatementID(entry.backendID, command.bytes))
+            MySQLStatementPackets.appendWithStatementID(entry.backendID, command.bytes, to: &writes)
         }
         if entry.boundTypes != types { cache.setBoundTypes(types, slot: slot) }
         let flags = command.bytes.getInteger(at: command.bytes.readerIndex + 9, as: UInt8.self) ?? 0
@@ -549,7 +550,7 @@ public struct MySQLSessionMachine: Sendable {
     /// the client prepared it in (selected for the prepare and then back, when the backend's is
     /// another; a statement prepared with no schema selected is prepared in the current one,
     /// since MySQL cannot go back to "none").
-    private mutating func prepareOnBackend(_ key: MySQLStatementKey, cache: MySQLBackendStatementCache, writes: inout [ByteBuffer]) {
+    private mutating func prepareOnBackend(_ key: MySQLStatementKey, cache: MySQLBackendStatementCache, writes: inout MySQLWrites) {
         lazyPreparationFailed = false
         for old in cache.makeRoom(for: key) { writes.append(MySQLStatementPackets.command(.stmtClose, statementID: old)) }
         let switchSchema: (to: String, back: String)?

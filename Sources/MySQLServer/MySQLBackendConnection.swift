@@ -31,6 +31,9 @@ protocol MySQLBackendOwner: AnyObject, Sendable {
     func backendDidRead(_ packets: ByteBuffer)
     func backendDidReadComplete()
     func backendDidClose()
+    /// The answer to `lease(to:)`: what the session needs of the backend, or nil when it closed
+    /// between the pool and the lease.
+    func backendLeased(_ connection: MySQLBackendConnection, info: MySQLLeaseInfo?)
 }
 
 /// Everything a backend needs to open: where, as whom, how.
@@ -62,7 +65,10 @@ final class MySQLBackendConnection: ChannelInboundHandler, @unchecked Sendable {
     private var setupPromise: EventLoopPromise<MySQLBackendConnection>?
     private var checkPromise: EventLoopPromise<[[String?]]>?
     private var owner: (any MySQLBackendOwner)?
-    private weak var pool: MySQLBackendPool?
+    /// Strong, and let go when the channel goes inactive (after telling the pool): a weak
+    /// reference would give the pool a side table, and make every retain and release of it take
+    /// the runtime's slow path.
+    private var pool: MySQLBackendPool?
     private var readingPaused = false
     /// The capabilities negotiated at login (the session's tracker reads responses with them).
     private(set) var capabilities: MySQLCapabilities = []
@@ -157,6 +163,7 @@ final class MySQLBackendConnection: ChannelInboundHandler, @unchecked Sendable {
             owner.eventLoop.execute { owner.backendDidClose() }
         }
         if wasOpen { pool?.connectionClosed(self) }
+        pool = nil
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -352,26 +359,62 @@ final class MySQLBackendConnection: ChannelInboundHandler, @unchecked Sendable {
 
     // MARK: Commands from the pool and the owner (any thread)
 
-    /// Hands the backend to a session; `completion` runs on the session's loop with the state
-    /// the session must restore from, or nil if the backend closed meanwhile.
-    func lease(to owner: any MySQLBackendOwner, completion: @escaping @Sendable (MySQLLeaseInfo?) -> Void) {
-        eventLoop.execute {
-            let info: MySQLLeaseInfo?
-            if self.machine.lease() {
-                self.owner = owner
-                info = MySQLLeaseInfo(
-                    state: self.machine.sessionState, baseline: self.baseline, noBackslashEscapes: self.noBackslashEscapes,
-                    statements: self.statements)
-            } else {
-                info = nil
-            }
-            if owner.eventLoop.inEventLoop { completion(info) } else { owner.eventLoop.execute { completion(info) } }
+    /// Hands the backend to a session: `owner.backendLeased` follows on the session's loop with
+    /// the state the session must restore from, or nil if the backend closed meanwhile.
+    func lease(to owner: any MySQLBackendOwner) {
+        // At once on this backend's loop (the client's too, nearly always), as PostgreSQL's
+        // backends do: a task on the loop cost an allocation and a pass through its queue per
+        // transaction.
+        if eventLoop.inEventLoop {
+            leaseOnLoop(to: owner)
+        } else {
+            eventLoop.execute { self.leaseOnLoop(to: owner) }
         }
     }
 
-    func write(_ bytes: ByteBuffer) { channel?.write(bytes, promise: nil) }
-    func writeAndFlush(_ bytes: ByteBuffer) { channel?.writeAndFlush(bytes, promise: nil) }
-    func flush() { channel?.flush() }
+    private func leaseOnLoop(to owner: any MySQLBackendOwner) {
+        let info: MySQLLeaseInfo?
+        if machine.lease() {
+            self.owner = owner
+            info = MySQLLeaseInfo(
+                state: machine.sessionState, baseline: baseline, noBackslashEscapes: noBackslashEscapes,
+                statements: statements)
+        } else {
+            info = nil
+        }
+        if owner.eventLoop.inEventLoop {
+            owner.backendLeased(self, info: info)
+        } else {
+            owner.eventLoop.execute { owner.backendLeased(self, info: info) }
+        }
+    }
+
+    // On this backend's loop (nearly always) through the handler's context, straight to the
+    // socket's end of the pipeline: a write through the channel enters at its tail and walks
+    // the pipeline to the same place.
+    func write(_ bytes: ByteBuffer) {
+        if let context, eventLoop.inEventLoop {
+            context.write(wrapOutboundOut(bytes), promise: nil)
+        } else {
+            channel?.write(bytes, promise: nil)
+        }
+    }
+
+    func writeAndFlush(_ bytes: ByteBuffer) {
+        if let context, eventLoop.inEventLoop {
+            context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
+        } else {
+            channel?.writeAndFlush(bytes, promise: nil)
+        }
+    }
+
+    func flush() {
+        if let context, eventLoop.inEventLoop {
+            context.flush()
+        } else {
+            channel?.flush()
+        }
+    }
 
     /// Stops (or resumes) reading from the database while the client cannot keep up.
     func setReadingPaused(_ paused: Bool) {
@@ -385,11 +428,21 @@ final class MySQLBackendConnection: ChannelInboundHandler, @unchecked Sendable {
 
     /// The session is done with the backend, leaving `state` on it.
     func release(reusable: Bool, state: MySQLSessionState) {
-        eventLoop.execute {
-            if self.readingPaused { self.setReadingPaused(false) }
-            guard let context = self.context else { return }
-            self.run(self.machine.released(reusable: reusable, sessionState: state), context: context)
+        // At once on this backend's loop, as PostgreSQL's backends do (a task on the loop cost an
+        // allocation per transaction). The session releases from inside `backendDidRead`, after
+        // the response's last packet: whatever this read holds after it is the session's to
+        // judge, and the next owner sees only later reads.
+        if eventLoop.inEventLoop {
+            releaseOnLoop(reusable: reusable, state: state)
+        } else {
+            eventLoop.execute { self.releaseOnLoop(reusable: reusable, state: state) }
         }
+    }
+
+    private func releaseOnLoop(reusable: Bool, state: MySQLSessionState) {
+        if readingPaused { setReadingPaused(false) }
+        guard let context else { return }
+        run(machine.released(reusable: reusable, sessionState: state), context: context)
     }
 
     func close() {

@@ -429,9 +429,8 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
     var clientCapabilities: MySQLCapabilities { machine?.capabilities ?? login.negotiatedCapabilities }
 
     func resetConnection(context: ChannelHandlerContext) {
-        guard var machine else { return }
-        let action = machine.resetConnection()
-        self.machine = machine
+        guard machine != nil else { return }
+        let action = machine!.resetConnection()
         if case .release(let reusable) = action { releaseBackend(reusable: reusable) }
         answerOK(context: context)
     }
@@ -461,25 +460,7 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
                 return
             }
             backend = connection
-            connection.lease(to: self) { [self] info in
-                guard let info else {
-                    // Closed between the pool and the lease: ask again.
-                    self.backend = nil
-                    if !self.closed { self.borrowBackend() }
-                    return
-                }
-                guard var machine = self.machine, let context = self.context else {
-                    connection.release(reusable: true, state: info.state)
-                    self.backend = nil
-                    return
-                }
-                let action = machine.borrowed(
-                    backendState: info.state, baseline: info.baseline, noBackslashEscapes: info.noBackslashEscapes,
-                    statements: info.statements)
-                self.machine = machine
-                self.run(action, context: context)
-                self.resumeHeldCommands(context: context)
-            }
+            connection.lease(to: self)
         case .failure(let error):
             if case .timeout = error { runtime.metrics.borrowTimeouts.increment() }
             log(.info, "no database connection for the client", ["concierge.error": "\(error)"])
@@ -487,12 +468,34 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
         }
     }
 
+    /// The backend `borrowCompleted` leased is ready (or closed meanwhile: nil).
+    func backendLeased(_ connection: MySQLBackendConnection, info: MySQLLeaseInfo?) {
+        guard let info else {
+            // Closed between the pool and the lease: ask again.
+            backend = nil
+            if !closed { borrowBackend() }
+            return
+        }
+        guard machine != nil, let context else {
+            connection.release(reusable: true, state: info.state)
+            backend = nil
+            return
+        }
+        // In place (`machine!`): a copy taken out and written back made every array and
+        // dictionary in the machine copy itself on its first change (five allocations per
+        // transaction).
+        let action = machine!.borrowed(
+            backendState: info.state, baseline: info.baseline, noBackslashEscapes: info.noBackslashEscapes,
+            statements: info.statements)
+        run(action, context: context)
+        resumeHeldCommands(context: context)
+    }
+
     /// No backend for the client's commands: the machine answers them with `error` (or lets a
     /// login waiting for its schema check stand), and a drain may end the session now.
     func borrowFailed(with error: MySQLErrPacket) {
-        guard var machine, let context else { return }
-        let action = machine.borrowFailed(error)
-        self.machine = machine
+        guard machine != nil, let context else { return }
+        let action = machine!.borrowFailed(error)
         run(action, context: context)
         closeIfDrained()
         if deferredChangeUser != nil { resumeDeferredChangeUser() }

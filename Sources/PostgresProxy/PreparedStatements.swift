@@ -1,3 +1,4 @@
+import ConnectionPool
 import NIOCore
 import PostgresWire
 
@@ -45,7 +46,8 @@ public struct BackendStatementCache {
     public mutating func use(_ key: String, since: UInt64 = 0) -> String? {
         guard let entry = entries[key], entry.parsedAt >= since else { return nil }
         clock &+= 1
-        entries[key]!.lastUse = clock
+        let now = clock
+        entries.modifyValue(forKey: key) { $0.lastUse = now }
         return entry.serverName
     }
 
@@ -64,18 +66,21 @@ public struct BackendStatementCache {
     /// The Describe after the Parse of `serverName` at `parsedAt` was answered with this row type.
     public mutating func record(shape: Int, key: String, serverName: String, parsedAt: UInt64) {
         guard let entry = entries[key], entry.serverName == serverName, entry.parsedAt == parsedAt else { return }
-        entries[key]!.shape = shape
+        entries.modifyValue(forKey: key) { $0.shape = shape }
     }
 
     /// Records that `key` is being (re)prepared on the backend, at `parsedAt`; returns its
     /// server-side name (the existing one when it is parsed again).
     public mutating func parse(_ key: String, at parsedAt: UInt64) -> String {
         clock &+= 1
-        if entries[key] != nil {
-            entries[key]!.lastUse = clock
-            entries[key]!.parsedAt = parsedAt
-            entries[key]!.shape = nil
-            return entries[key]!.serverName
+        let now = clock
+        if let serverName = entries.modifyValueIfPresent(forKey: key, { entry in
+            entry.lastUse = now
+            entry.parsedAt = parsedAt
+            entry.shape = nil
+            return entry.serverName
+        }) {
+            return serverName
         }
         // A key whose statement was invalidated gets a fresh name: the old one is deallocated later.
         let name = generation == 0 ? key : key + "_" + String(generation)

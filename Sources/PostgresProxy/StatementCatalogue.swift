@@ -1,3 +1,4 @@
+import ConnectionPool
 import NIOCore
 import PostgresWire
 
@@ -190,7 +191,7 @@ public struct StatementCatalogue {
     public mutating func useCopy(of statement: ClientStatement, client: String, cache: inout BackendStatementCache) -> String? {
         guard let serverName = cache.use(statement.key, since: statement.parsedAt) else { return nil }
         if statement.shape == nil, let shape = cache.shape(of: statement.key) {
-            statements[client]?.shape = shape
+            statements.modifyValueIfPresent(forKey: client) { $0.shape = shape }
         }
         return serverName
     }
@@ -202,7 +203,7 @@ public struct StatementCatalogue {
     ) -> (serverName: String, parsedAt: UInt64) {
         let parsedAt = StatementEpoch.next()
         let serverName = cache.parse(statement.key, at: parsedAt)
-        if !statement.analysed { statements[client]?.analysed = true }
+        if !statement.analysed { statements.modifyValueIfPresent(forKey: client) { $0.analysed = true } }
         return (serverName, parsedAt)
     }
 
@@ -365,7 +366,7 @@ public struct StatementCatalogue {
             if let client, statements[client]?.key == key, statements[client]?.parsedAt == clientParsedAt,
                statements[client]?.shape == nil
             {
-                statements[client]!.shape = shape
+                statements.modifyValue(forKey: client) { $0.shape = shape }
             }
         }
         if waiting { awaitingShape = false }

@@ -77,28 +77,26 @@ enum BackendRegistry {
         var processID: Int32
     }
 
-    private final class WeakBackend: @unchecked Sendable {
-        weak var backend: BackendConnection?
-        init(_ backend: BackendConnection) { self.backend = backend }
-    }
-
-    private static let table = NIOLockedValueBox<[Identity: WeakBackend]>([:])
+    /// Strong references, removed when the backend's channel goes inactive (`unregister`, which
+    /// every registered backend reaches): a weak reference would give every backend a side
+    /// table, and make each of its retains and releases (several per transaction) take the
+    /// runtime's slow path.
+    private static let table = NIOLockedValueBox<[Identity: BackendConnection]>([:])
 
     static func register(_ backend: BackendConnection, processID: Int32) {
         let identity = Identity(address: backend.address, processID: processID)
-        let entry = WeakBackend(backend)
-        table.withLockedValue { $0[identity] = entry }
+        table.withLockedValue { $0[identity] = backend }
     }
 
     /// Removes `backend`'s entry, unless another backend took its pid since.
     static func unregister(_ backend: BackendConnection, processID: Int32) {
         let identity = Identity(address: backend.address, processID: processID)
         table.withLockedValue { table in
-            if table[identity]?.backend === backend { table[identity] = nil }
+            if table[identity] === backend { table[identity] = nil }
         }
     }
 
     static func backend(at address: SocketAddress, processID: Int32) -> BackendConnection? {
-        table.withLockedValue { $0[Identity(address: address, processID: processID)]?.backend }
+        table.withLockedValue { $0[Identity(address: address, processID: processID)] }
     }
 }

@@ -30,6 +30,9 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     private var machine: BackendStateMachine
     /// Set once in channelActive, before the backend is handed to anyone, and never cleared.
     private var channel: (any Channel)?
+    /// This handler's context (set in channelActive, cleared when the handler is removed): the
+    /// client session's writes on this loop go through it (`write`). Used on `eventLoop` only.
+    private var context: ChannelHandlerContext?
     private var cumulation: ByteBuffer?
     /// Login and setup under way (nil once answered).
     private var setupPromise: EventLoopPromise<BackendConnection>?
@@ -39,7 +42,10 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     /// `preparing`); nil otherwise.
     private var owner: (any BackendOwner)?
     private var readingPaused = false
-    private weak var pool: BackendPool?
+    /// Strong, and let go when the channel goes inactive (the pool heard of the close by then):
+    /// a weak reference would give the pool a side table, and make every retain and release of
+    /// it take the runtime's slow path.
+    private var pool: BackendPool?
 
     /// The named statements this backend holds (PostgresProxy/PreparedStatements.swift). Used by the
     /// session it is leased to, on the session's event loop, and here at lease time only
@@ -256,8 +262,13 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
 
     func channelActive(context: ChannelHandlerContext) {
         channel = context.channel
+        self.context = context
         allocator = context.channel.allocator
         run(machine.connected())
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -266,6 +277,7 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
         }
         // `channel` stays set: other threads may still write to it (harmlessly, it is closed).
         run(machine.channelInactive())
+        pool = nil
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -512,12 +524,23 @@ final class BackendConnection: ChannelInboundHandler, @unchecked Sendable {
     private(set) var allocator = ByteBufferAllocator()
 
     /// Writes client bytes to the database (any thread; flushes at `flush()`).
+    /// On this backend's loop (a client served by a backend of its own loop, nearly always)
+    /// through the handler's context, straight to the socket's end of the pipeline: a write
+    /// through the channel enters at its tail and walks the pipeline to the same place.
     func write(_ bytes: ByteBuffer) {
-        channel?.write(bytes, promise: nil)
+        if let context, eventLoop.inEventLoop {
+            context.write(wrapOutboundOut(bytes), promise: nil)
+        } else {
+            channel?.write(bytes, promise: nil)
+        }
     }
 
     func flush() {
-        channel?.flush()
+        if let context, eventLoop.inEventLoop {
+            context.flush()
+        } else {
+            channel?.flush()
+        }
     }
 
     /// Stops (or resumes) reading from the database while the client cannot keep up.
