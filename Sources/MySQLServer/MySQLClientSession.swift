@@ -155,6 +155,7 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = unwrapInboundIn(data)
+        let isReceiveBuffer = cumulation == nil
         if var pending = cumulation {
             cumulation = nil
             pending.writeBuffer(&incoming)
@@ -162,6 +163,14 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
         }
         lastActivity = .now()
         processIncoming(&incoming, context: context)
+        // A partial packet left in SwiftNIO's receive buffer is copied (as in the PostgreSQL
+        // session's `channelRead`): a slice would keep SwiftNIO from reusing that buffer, and
+        // it would allocate another and an array of 16 buffer slots for the connection's life.
+        if isReceiveBuffer, let partial = cumulation {
+            var kept = context.channel.allocator.buffer(capacity: partial.readableBytes)
+            kept.writeImmutableBuffer(partial)
+            cumulation = kept
+        }
     }
 
     /// Processes what the client sent (`channelRead`, and the bytes kept while a login waited

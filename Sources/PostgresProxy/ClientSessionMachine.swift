@@ -69,8 +69,8 @@ public struct ClientSessionMachine {
     public var parameters = SessionParameters()
     /// A parameter reset on its way (see `ResetWindow`).
     @inlinable public var resetWindow: ResetWindow? {
-        _read { yield resetWindowStorage.value }
-        _modify { yield &resetWindowStorage.value }
+        get { resetWindowStorage.value }
+        set { resetWindowStorage.value = newValue }
     }
     /// Out of line: a window is open only during a RESET ALL or DISCARD ALL, and inline it made
     /// every session, idle ones included, about 100 bytes larger.

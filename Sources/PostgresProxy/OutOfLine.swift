@@ -1,15 +1,20 @@
 /// An optional value kept out of line: one word while nil, a heap box while set.
 ///
-/// For a session's rare states (a reset on its way): every connected client carries its
-/// session's fields, so a large value that is nearly always nil costs memory per idle client
-/// (README "Performance"). Copy-on-write: a copy of the holder shares the box until one of them
-/// changes the value, and a change made through `value` in place (`_modify`) takes the value out
-/// of a box it owns alone, so the value's own storage is not copied either.
+/// For a session's rare states (a reset on its way, a lone `SET` awaiting its answer): every
+/// connected client carries its session's fields, so a large value that is nearly always nil
+/// costs memory per idle client (README "Performance"). Copy-on-write: a copy of the holder
+/// shares the box until one of them sets the value.
+///
+/// `value` has a getter and a setter, not `_read`/`_modify`: a coroutine accessor keeps the
+/// value it yields in its frame, and a frame larger than the caller's fixed buffer is allocated
+/// on the heap at every access (measured: one allocation per query, where `send` checks the
+/// pending setting). A change through `value` therefore copies the value out and back, which
+/// copies its own storage when that is shared with the box; for these rare states that is cheap.
 @usableFromInline
 struct OutOfLine<Value> {
     @usableFromInline
     final class Box {
-        @usableFromInline var value: Value?
+        @usableFromInline var value: Value
 
         @usableFromInline
         init(_ value: Value) {
@@ -24,27 +29,17 @@ struct OutOfLine<Value> {
 
     @inlinable
     var value: Value? {
-        _read { yield box?.value }
-        _modify {
-            var value: Value?
+        get { box?.value }
+        set {
+            guard let newValue else {
+                box = nil
+                return
+            }
             if isKnownUniquelyReferenced(&box) {
-                value = box!.value
-                box!.value = nil
+                box!.value = newValue
             } else {
-                value = box?.value
+                box = Box(newValue)
             }
-            defer {
-                if let value {
-                    if isKnownUniquelyReferenced(&box) {
-                        box!.value = value
-                    } else {
-                        box = Box(value)
-                    }
-                } else {
-                    box = nil
-                }
-            }
-            yield &value
         }
     }
 }

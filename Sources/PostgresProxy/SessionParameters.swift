@@ -13,8 +13,8 @@ public struct SessionParameters {
     /// A `SET` sent alone outside a transaction: the client's value once its ReadyForQuery
     /// arrives without an error.
     @inlinable public var pendingSetting: PendingSetting? {
-        _read { yield pendingSettingStorage.value }
-        _modify { yield &pendingSettingStorage.value }
+        get { pendingSettingStorage.value }
+        set { pendingSettingStorage.value = newValue }
     }
     /// Out of line: set only between such a `SET` and its answer, and inline it made every
     /// session, idle ones included, 40 bytes larger.

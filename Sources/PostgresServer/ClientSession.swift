@@ -97,15 +97,17 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// A RESET ALL or DISCARD ALL is on its way: ParameterStatus messages are held back until
     /// its ReadyForQuery, when the client gets what PostgreSQL would have reported to it.
     var resetWindow: ResetWindow? {
-        _read { yield machine.resetWindow }
-        _modify { yield &machine.resetWindow }
+        // Not `_read`/`_modify`: the machine's value is computed (see `OutOfLine`).
+        get { machine.resetWindow }
+        set { machine.resetWindow = newValue }
     }
 
     /// A `SET` sent alone outside a transaction (see `SQLTrackedSettings`): the client's value
     /// once its ReadyForQuery arrives without an error.
     var pendingSetting: SessionParameters.PendingSetting? {
-        _read { yield parameters.pendingSetting }
-        _modify { yield &parameters.pendingSetting }
+        // Not `_read`/`_modify`: the value is computed (see `OutOfLine`).
+        get { parameters.pendingSetting }
+        set { parameters.pendingSetting = newValue }
     }
 
     var pinReasons: PinReasons { machine.pins.reasons }
@@ -213,6 +215,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = unwrapInboundIn(data)
+        // Whether `incoming` is SwiftNIO's receive buffer (rather than our own cumulation).
+        let isReceiveBuffer = cumulation == nil
         if var pending = cumulation {
             cumulation = nil
             pending.writeBuffer(&incoming)
@@ -229,9 +233,20 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             return
         }
         if incoming.readableBytes > 0, !machine.isClosed {
-            // Keep only the partial message; a slice avoids moving (or copying, when forwarded
-            // messages still share the storage) the bytes already handled.
-            cumulation = incoming.slice()
+            // Keep only the partial message. Out of SwiftNIO's receive buffer it is copied: a
+            // slice would share that buffer, which SwiftNIO then could not reuse for its next
+            // read; it would allocate another, and an array of 16 buffer slots, and keep both
+            // for the connection's life (about 600 bytes for a client whose startup packet
+            // took two reads). The slice cost the same copy at the next read anyway (appending
+            // to a buffer that shares its storage copies it). Our own cumulation is sliced: no
+            // copy (a slice avoids moving the bytes already handled).
+            if isReceiveBuffer {
+                var kept = context.channel.allocator.buffer(capacity: incoming.readableBytes)
+                kept.writeBuffer(&incoming)
+                cumulation = kept
+            } else {
+                cumulation = incoming.slice()
+            }
         }
     }
 
