@@ -132,32 +132,48 @@ extension ProxyRuntime {
                 }
             }
             .childChannelInitializer { [unowned self] channel in
-                guard ListenerBackoff.admitClient(channel, logger: self.logger) else { return channel.close() }
-                return channel.eventLoop.makeCompletedFuture {
-                    // Set synchronously here rather than as child options, which NIO applies
-                    // one future at a time for every accepted connection.
-                    if let options = channel.syncOptions {
-                        try options.setOption(ChannelOptions.maxMessagesPerRead, value: 16)
-                        // Idle clients dominate memory: start each with a small receive buffer;
-                        // it grows (up to 64 KiB) for clients that send more.
-                        try options.setOption(
-                            ChannelOptions.recvAllocator,
-                            value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65_536))
-                    }
-                    let session = self.makeSession(on: channel.eventLoop, endpoint: endpoint)
-                    try channel.pipeline.syncOperations.addHandler(session)
+                guard ListenerBackoff.admitClient(logger: self.logger) else { return channel.close() }
+                // NIO calls this on the channel's loop. The work is done synchronously and
+                // answered with the loop's cached succeeded future: no future is allocated per
+                // connection (`makeCompletedFuture` made one).
+                do {
+                    try self.initializeClient(channel, endpoint: endpoint)
+                    return channel.eventLoop.makeSucceededVoidFuture()
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
                 }
             }
     }
 
+    /// An accepted client's options and session handler.
+    private func initializeClient(_ channel: any Channel, endpoint: Int) throws {
+        // Set synchronously here rather than as child options, which NIO applies one future at
+        // a time for every accepted connection.
+        if let options = channel.syncOptions {
+            try options.setOption(ChannelOptions.maxMessagesPerRead, value: 16)
+            try options.setOption(ChannelOptions.recvAllocator, value: ClientReceiveAllocator())
+        }
+        let session = makeSession(on: channel.eventLoop, endpoint: endpoint)
+        do {
+            try channel.pipeline.syncOperations.addHandler(session)
+        } catch {
+            // Never reached in practice (a new channel's pipeline takes a handler); if it were,
+            // the session would never close: unregister it here.
+            sessionClosed(session)
+            throw error
+        }
+    }
+
+    /// The session for a new client. `sessionClosed` must follow, once, when it closes.
     func makeSession(on eventLoop: any EventLoop, endpoint: Int = 0) -> Engine.ClientHandler {
         clientCount.add(1, ordering: .relaxed)
+        ListenerBackoff.clientOpened()
         metrics.clientConnectionsReceived[endpoint].increment()
         return state.withLockedValue { state in
             let session = state.sessions.register(random: SecureRandom.uint64) { key in
                 engine.makeClientHandler(
                     runtime: self,
-                    client: AcceptedClient(endpoint: endpoint, eventLoop: eventLoop, cancelKey: key, logger: logger))
+                    client: AcceptedClient(endpoint: endpoint, eventLoop: eventLoop, cancelKey: key))
             }
             if state.draining { session.beginDrain() }
             return session
@@ -169,6 +185,7 @@ extension ProxyRuntime {
     @inlinable
     public func sessionClosed(_ session: Engine.ClientHandler) {
         clientCount.subtract(1, ordering: .relaxed)
+        ListenerBackoff.clientClosed()
         metrics.clientConnectionsClosed[session.endpoint].increment()
         let promise = state.withLockedValue { state -> EventLoopPromise<Void>? in
             state.sessions.remove(id: session.cancelKey.id)

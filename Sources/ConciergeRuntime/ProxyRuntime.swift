@@ -34,7 +34,7 @@ public final class ProxyRuntime<Engine: ServedEngine>: @unchecked Sendable {
     public typealias Users = UserDirectory<Engine.UserKeys>
 
     public let name: String
-    let logger: Logger
+    public let logger: Logger
     public private(set) var pool: Pool!
     public let metrics: ProxyMetrics
     /// Each endpoint's role (index 0: the default READ_WRITE endpoint).

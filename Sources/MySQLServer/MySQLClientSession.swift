@@ -21,11 +21,14 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
     typealias OutboundOut = ByteBuffer
     typealias Connection = MySQLBackendConnection
 
-    let eventLoop: any EventLoop
+    // Every idle client holds one of these objects: what can be found elsewhere (the loop, the
+    // logger) is read from there rather than stored per client.
+    var eventLoop: any EventLoop { loopSessions.eventLoop }
     let endpoint: Int
     let cancelKey: CancelKey
     let runtime: MySQLRuntime
-    let logger: Logger
+    var logger: Logger { runtime.logger }
+    /// The logger's level, read once (`Logger.logLevel` asks its handler through an existential).
     let logLevel: Logger.Level
     let loopSessions: LoopSessions<MySQLClientSession>
     var loopSlot = -1
@@ -81,14 +84,12 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
     /// answered after that command's response.
     var deferredCommand: (bytes: ByteBuffer, payloadLength: Int)?
 
-    init(runtime: MySQLRuntime, loopSessions: LoopSessions<MySQLClientSession>, endpoint: Int, cancelKey: CancelKey, logger: Logger) {
+    init(runtime: MySQLRuntime, loopSessions: LoopSessions<MySQLClientSession>, endpoint: Int, cancelKey: CancelKey) {
         self.runtime = runtime
         self.loopSessions = loopSessions
-        self.eventLoop = loopSessions.eventLoop
         self.endpoint = endpoint
         self.cancelKey = cancelKey
-        self.logger = logger
-        self.logLevel = logger.logLevel
+        self.logLevel = runtime.logger.logLevel
         // Configured in channelActive: this runs under the runtime's lock (see
         // `DatabaseEngine.makeClientHandler`), where the runtime must not be called back.
         self.login = MySQLClientLogin(configuration: .init(passwordMethod: .nativePassword, tlsAvailable: false))
@@ -154,6 +155,7 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = unwrapInboundIn(data)
+        let isReceiveBuffer = cumulation == nil
         if var pending = cumulation {
             cumulation = nil
             pending.writeBuffer(&incoming)
@@ -161,6 +163,14 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
         }
         lastActivity = .now()
         processIncoming(&incoming, context: context)
+        // A partial packet left in SwiftNIO's receive buffer is copied (as in the PostgreSQL
+        // session's `channelRead`): a slice would keep SwiftNIO from reusing that buffer, and
+        // it would allocate another and an array of 16 buffer slots for the connection's life.
+        if isReceiveBuffer, let partial = cumulation {
+            var kept = context.channel.allocator.buffer(capacity: partial.readableBytes)
+            kept.writeImmutableBuffer(partial)
+            cumulation = kept
+        }
     }
 
     /// Processes what the client sent (`channelRead`, and the bytes kept while a login waited

@@ -195,8 +195,7 @@ final class MySQLEngine: ServedEngine {
     func makeClientHandler(runtime: MySQLRuntime, client: AcceptedClient) -> MySQLClientSession {
         let loopSessions = runtime.loopSessions[ObjectIdentifier(client.eventLoop)] ?? LoopSessions(eventLoop: client.eventLoop)
         return MySQLClientSession(
-            runtime: runtime, loopSessions: loopSessions, endpoint: client.endpoint, cancelKey: client.cancelKey,
-            logger: client.logger)
+            runtime: runtime, loopSessions: loopSessions, endpoint: client.endpoint, cancelKey: client.cancelKey)
     }
 }
 

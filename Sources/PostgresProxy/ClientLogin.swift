@@ -89,9 +89,10 @@ public struct ClientLogin {
     // MARK: Events
 
     /// The packet before the startup: `trailingBytes` are bytes the client sent after it in the
-    /// same read. `tlsAvailable`: the proxy has a certificate.
+    /// same read. `tlsAvailable`: the proxy has a certificate (asked only for an SSLRequest: the
+    /// runtime reads it under a lock).
     public mutating func packetReceived(
-        _ packet: StartupPacket, trailingBytes: Int, tlsAvailable: Bool, environment: @autoclosure () -> Environment
+        _ packet: StartupPacket, trailingBytes: Int, tlsAvailable: @autoclosure () -> Bool, environment: @autoclosure () -> Environment
     ) -> Action {
         guard case .awaitingStartup = state else { return .none }
         switch packet {
@@ -104,7 +105,7 @@ public struct ClientLogin {
             guard !isTLS else {
                 return fail(ClientErrors.protocolViolation("SSL request received on an encrypted connection"))
             }
-            if case .sslRequest = packet, tlsAvailable {
+            if case .sslRequest = packet, tlsAvailable() {
                 isTLS = true
                 return .answerEncryptionRequest(acceptTLS: true)
             }

@@ -68,7 +68,13 @@ public struct ClientSessionMachine {
     /// The client's session parameters (see `SessionParameters`).
     public var parameters = SessionParameters()
     /// A parameter reset on its way (see `ResetWindow`).
-    public var resetWindow: ResetWindow?
+    @inlinable public var resetWindow: ResetWindow? {
+        get { resetWindowStorage.value }
+        set { resetWindowStorage.value = newValue }
+    }
+    /// Out of line: a window is open only during a RESET ALL or DISCARD ALL, and inline it made
+    /// every session, idle ones included, about 100 bytes larger.
+    @usableFromInline var resetWindowStorage = OutOfLine<ResetWindow>()
     /// The reset query at the head of `responses` failed (some statement in it did).
     public var resetQueryFailed = false
     /// The reset at the head of `responses` removed statements (its command tag arrived).

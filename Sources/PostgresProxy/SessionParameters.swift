@@ -12,7 +12,13 @@ public struct SessionParameters {
     public var startup: [String: String] = [:]
     /// A `SET` sent alone outside a transaction: the client's value once its ReadyForQuery
     /// arrives without an error.
-    public var pendingSetting: PendingSetting?
+    @inlinable public var pendingSetting: PendingSetting? {
+        get { pendingSettingStorage.value }
+        set { pendingSettingStorage.value = newValue }
+    }
+    /// Out of line: set only between such a `SET` and its answer, and inline it made every
+    /// session, idle ones included, 40 bytes larger.
+    @usableFromInline var pendingSettingStorage = OutOfLine<PendingSetting>()
 
     public struct PendingSetting: Equatable {
         public var name: String

@@ -24,30 +24,42 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    let eventLoop: any EventLoop
+    // Every idle client holds one of these objects: what it stores is memory per client (see
+    // README "Performance", memory per idle client). What can be found elsewhere is read from
+    // there (the loop and logger), and what only the login needs goes with it.
+    /// The client's event loop (its `LoopSessions`' loop).
+    var eventLoop: any EventLoop { loopSessions.eventLoop }
     /// The endpoint the client connected to (0: the proxy's default endpoint).
     let endpoint: Int
     let processID: Int32
     let secretKey: Int32
     let runtime: PostgresRuntime
-    /// The proxy's logger; per-client metadata is added at each call (see `log`), so an idle
-    /// client does not carry its own copy of the logger's metadata.
-    let logger: Logger
+    /// The proxy's logger; per-client metadata is added at each call (see `log`).
+    var logger: Logger { runtime.logger }
     /// The logger's level, read once: `Logger.logLevel` asks the handler through an existential
     /// (a copy of it) on every call, and `log` is on the per-transaction path.
     let logLevel: Logger.Level
     var context: ChannelHandlerContext?
     /// The session's life and the client's batch state (see `ClientSessionMachine`).
     var machine = ClientSessionMachine(now: .now())
-    /// The login's machine; its user, database and parameters are copied here once known.
-    var login = ClientLogin()
+    /// The login's machine, boxed: it holds the SCRAM or md5 exchange, the user's credentials
+    /// entry and the startup packet's values, which a logged-in client has no use for, so the
+    /// box is dropped once the client is logged in (`completeLogin`). Its user and database are
+    /// copied to `poolKey` once known.
+    private var loginBox: LoginBox? = LoginBox()
+    /// The login's machine; only while the client logs in (see `loginBox`).
+    var login: ClientLogin {
+        _read { yield loginBox!.login }
+        _modify { yield &loginBox!.login }
+    }
     var cumulation: ByteBuffer?
     /// This connection carried a CancelRequest: it closes once the request is delivered.
     var cancelPending = false
 
     // Login
-    var user = ""
-    var database = ""
+    /// From the startup packet (`poolKey` holds them, once known).
+    var user: String { poolKey.user }
+    var database: String { poolKey.database }
     /// Session parameters the client asked for in its startup packet (lowercased name → value),
     /// applied to whichever backend serves it.
     var desiredParameters: [String: String] {
@@ -59,7 +71,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         _read { yield machine.parameters }
         _modify { yield &machine.parameters }
     }
-    var poolKey = PoolKey(user: "", database: "")
+    /// The client's user and database, from its startup packet (empty before).
+    var poolKey = ClientSession.noKey
+    private static let noKey = PoolKey(user: "", database: "")
 
     // Data path
     /// The leased backend (`machine.link` says how it stands).
@@ -83,15 +97,17 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// A RESET ALL or DISCARD ALL is on its way: ParameterStatus messages are held back until
     /// its ReadyForQuery, when the client gets what PostgreSQL would have reported to it.
     var resetWindow: ResetWindow? {
-        _read { yield machine.resetWindow }
-        _modify { yield &machine.resetWindow }
+        // Not `_read`/`_modify`: the machine's value is computed (see `OutOfLine`).
+        get { machine.resetWindow }
+        set { machine.resetWindow = newValue }
     }
 
     /// A `SET` sent alone outside a transaction (see `SQLTrackedSettings`): the client's value
     /// once its ReadyForQuery arrives without an error.
     var pendingSetting: SessionParameters.PendingSetting? {
-        _read { yield parameters.pendingSetting }
-        _modify { yield &parameters.pendingSetting }
+        // Not `_read`/`_modify`: the value is computed (see `OutOfLine`).
+        get { parameters.pendingSetting }
+        set { parameters.pendingSetting = newValue }
     }
 
     var pinReasons: PinReasons { machine.pins.reasons }
@@ -115,18 +131,13 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     /// This session's index in `loopSessions` (-1: not there).
     var loopSlot = -1
 
-    init(
-        runtime: PostgresRuntime, loopSessions: LoopSessions<ClientSession>, endpoint: Int = 0, processID: Int32, secretKey: Int32,
-        logger: Logger
-    ) {
+    init(runtime: PostgresRuntime, loopSessions: LoopSessions<ClientSession>, endpoint: Int = 0, processID: Int32, secretKey: Int32) {
         self.runtime = runtime
         self.endpoint = endpoint
         self.loopSessions = loopSessions
-        self.eventLoop = loopSessions.eventLoop
         self.processID = processID
         self.secretKey = secretKey
-        self.logger = logger
-        self.logLevel = logger.logLevel
+        self.logLevel = runtime.logger.logLevel
     }
 
     /// Logs with this client's id, user and database; the metadata is built only when the
@@ -178,7 +189,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         log(.debug, "client connection error", ["concierge.error": "\(error)"])
-        if login.isTLS, case .authenticating = machine.state,
+        if case .authenticating = machine.state, login.isTLS,
             error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError
         {
             // A failed handshake: ClientConnectionsSetupFailedAuth counts TLS misconfiguration.
@@ -204,6 +215,8 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = unwrapInboundIn(data)
+        // Whether `incoming` is SwiftNIO's receive buffer (rather than our own cumulation).
+        let isReceiveBuffer = cumulation == nil
         if var pending = cumulation {
             cumulation = nil
             pending.writeBuffer(&incoming)
@@ -220,9 +233,20 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
             return
         }
         if incoming.readableBytes > 0, !machine.isClosed {
-            // Keep only the partial message; a slice avoids moving (or copying, when forwarded
-            // messages still share the storage) the bytes already handled.
-            cumulation = incoming.slice()
+            // Keep only the partial message. Out of SwiftNIO's receive buffer it is copied: a
+            // slice would share that buffer, which SwiftNIO then could not reuse for its next
+            // read; it would allocate another, and an array of 16 buffer slots, and keep both
+            // for the connection's life (about 600 bytes for a client whose startup packet
+            // took two reads). The slice cost the same copy at the next read anyway (appending
+            // to a buffer that shares its storage copies it). Our own cumulation is sliced: no
+            // copy (a slice avoids moving the bytes already handled).
+            if isReceiveBuffer {
+                var kept = context.channel.allocator.buffer(capacity: incoming.readableBytes)
+                kept.writeBuffer(&incoming)
+                cumulation = kept
+            } else {
+                cumulation = incoming.slice()
+            }
         }
     }
 
@@ -260,8 +284,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                         environment: ClientLogin.Environment(
                             policy: AuthPolicy(requireTLS: runtime.requireTLS), clientLimitExceeded: runtime.clientLimitExceeded,
                             users: runtime.users, md5Salt: { SecureRandom.bytes(4) }))
-                    user = login.user
-                    database = login.database
+                    if poolKey.user != login.user || poolKey.database != login.database {
+                        poolKey = PoolKey(user: login.user, database: login.database)
+                    }
                 } else {
                     guard let frame = try PGFraming.nextFrame(from: &buffer, maxMessageSize: 65_536) else { return }
                     action = login.messageReceived(frame)
@@ -314,7 +339,6 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         case .authenticated(let bytes):
             context.write(wrapOutboundOut(bytes), promise: nil)
             desiredParameters = login.parameters
-            poolKey = PoolKey(user: user, database: database)
             beginLogin()
         case .fail(let fields, let failedAuthentication):
             if let failedAuthentication {
@@ -385,7 +409,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         machine.classifierOptions = classifierOptions
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
         parameters.loggedIn(with: runtime.engine.interned(desiredParameters))
-        login.forgetCredentials()
+        loginBox = nil
         runtime.metrics.clientConnectionsSetupSucceeded[endpoint].increment()
         log(.debug, "client logged in")
         // Messages the client pipelined during login are served now.
@@ -505,4 +529,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
         }
         runtime.sessionClosed(self)
     }
+}
+
+/// A client's `ClientLogin` while it logs in (see `ClientSession.loginBox`).
+private final class LoginBox {
+    var login = ClientLogin()
 }

@@ -94,8 +94,7 @@ final class PostgresEngine: ServedEngine {
         let loopSessions = runtime.loopSessions[ObjectIdentifier(client.eventLoop)] ?? LoopSessions(eventLoop: client.eventLoop)
         return ClientSession(
             runtime: runtime, loopSessions: loopSessions, endpoint: client.endpoint,
-            processID: Int32(bitPattern: client.cancelKey.id), secretKey: Int32(bitPattern: client.cancelKey.secret),
-            logger: client.logger)
+            processID: Int32(bitPattern: client.cancelKey.id), secretKey: Int32(bitPattern: client.cancelKey.secret))
     }
 
     /// PostgreSQL's own connection error (what a broken connection fails with).

@@ -164,12 +164,11 @@ public struct AcceptedClient: Sendable {
     public var endpoint: Int
     public var eventLoop: any EventLoop
     public var cancelKey: CancelKey
-    public var logger: Logger
 
-    public init(endpoint: Int, eventLoop: any EventLoop, cancelKey: CancelKey, logger: Logger) {
+    /// (No logger: a session logs through its runtime's, rather than keep a copy per client.)
+    public init(endpoint: Int, eventLoop: any EventLoop, cancelKey: CancelKey) {
         self.endpoint = endpoint
         self.eventLoop = eventLoop
         self.cancelKey = cancelKey
-        self.logger = logger
     }
 }

@@ -44,20 +44,30 @@ public enum ListenerBackoff {
         }
     }
 
-    /// A client socket was accepted: false (and the socket is to be closed) beyond `clientLimit`.
-    /// Otherwise it counts until it closes.
-    public static func admitClient(_ channel: any Channel, logger: Logger) -> Bool {
-        guard openClients.add(1, ordering: .relaxed).newValue <= clientLimit else {
-            openClients.subtract(1, ordering: .relaxed)
-            if once(per: 1, last: lastRefusal) {
-                logger.warning("client connection refused: the process is at its open-file limit", metadata: [
-                    "concierge.client_limit": "\(clientLimit)"
-                ])
-            }
-            return false
+    /// A client socket was accepted: false (and the socket is to be closed) at `clientLimit`.
+    /// The client counts from `clientOpened` (when its session is made) until `clientClosed`
+    /// (when the session closes): the runtime pairs the two. Two event loops may both admit a
+    /// client at the limit; the limit leaves a reserve of descriptors for that.
+    /// (A callback on each channel's close future did the counting before: an allocation per
+    /// connection, held by every idle client for its life.)
+    public static func admitClient(logger: Logger) -> Bool {
+        guard openClients.load(ordering: .relaxed) >= clientLimit else { return true }
+        if once(per: 1, last: lastRefusal) {
+            logger.warning("client connection refused: the process is at its open-file limit", metadata: [
+                "concierge.client_limit": "\(clientLimit)"
+            ])
         }
-        channel.closeFuture.whenComplete { _ in openClients.subtract(1, ordering: .relaxed) }
-        return true
+        return false
+    }
+
+    /// A client session was made (see `admitClient`).
+    public static func clientOpened() {
+        openClients.add(1, ordering: .relaxed)
+    }
+
+    /// A client session closed (see `admitClient`).
+    public static func clientClosed() {
+        openClients.subtract(1, ordering: .relaxed)
     }
 
     private static func once(per seconds: Int64, last: borrowing Synchronization.Atomic<Int64>) -> Bool {

@@ -113,6 +113,24 @@ import Testing
         }
     }
 
+    /// A startup packet that takes two reads: the session keeps its first part as a copy, so
+    /// SwiftNIO's receive buffer is not held (SwiftNIO reuses it only if no one else holds it;
+    /// otherwise it allocates another, and an array of buffer slots, for the connection's life).
+    @Test func aPartialPacketIsCopiedOutOfTheReceiveBuffer() throws {
+        let packet = startupPacket([("user", "app"), ("application_name", String(repeating: "x", count: 200))])
+        var first = channel.allocator.buffer(capacity: 64)
+        first.writeBytes(packet[..<64])
+        try channel.writeInbound(first)
+        #expect(first.modifyIfUniquelyOwned { _ in true } == true)
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == nil)
+        var rest = channel.allocator.buffer(capacity: packet.count - 64)
+        rest.writeBytes(packet[64...])
+        try channel.writeInbound(rest)
+        var reply = try #require(try channel.readOutbound(as: ByteBuffer.self))
+        let frame = try #require(try PGFraming.nextFrame(from: &reply, maxMessageSize: 1024))
+        #expect(try PGParse.authentication(frame.body) == .sasl(mechanisms: ["SCRAM-SHA-256"]))
+    }
+
     @Test func wrongPasswordAndUnknownUserFailTheSameWay() throws {
         for user in ["app", "nobody"] {
             let channel = EmbeddedChannel(loop: self.channel.embeddedEventLoop)

@@ -83,7 +83,7 @@ import Testing
             group: loop, logger: .init(label: "test"))
         let key = CancelKey(id: 0x7fff_fffe, secret: 0xdead_beef)
         let session = runtime.engine.makeClientHandler(
-            runtime: runtime, client: AcceptedClient(endpoint: 0, eventLoop: loop, cancelKey: key, logger: .init(label: "test")))
+            runtime: runtime, client: AcceptedClient(endpoint: 0, eventLoop: loop, cancelKey: key))
         #expect(session.processID == 0x7fff_fffe)
         #expect(session.secretKey == Int32(bitPattern: 0xdead_beef))
         #expect(session.endpoint == 0)
