@@ -17,8 +17,14 @@
 #       overlapping access there traps, and the release build is the same code.
 #       -Xswiftc applies the flag to the dependencies too; a Package.swift setting would reach
 #       only our own targets.
+#   --static-swift-stdlib   The Swift runtime, Foundation and Dispatch linked into the binary:
+#       it runs on a machine without the Swift toolchain's libraries (only glibc and libstdc++),
+#       calls into the runtime (swift_retain, swift_release: about a fifth of the proxy's
+#       instructions per transaction) are direct rather than through the PLT, and valgrind
+#       (callgrind, to count instructions per transaction; bench/README.md) can run it: it
+#       stopped at the DWARF 5 of the toolchain's shared libraries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FLAGS=(-c release -Xswiftc -enforce-exclusivity=unchecked)
+FLAGS=(-c release -Xswiftc -enforce-exclusivity=unchecked --static-swift-stdlib)
 swift build "${FLAGS[@]}" "$@" --product concierge >&2
 echo "$(swift build "${FLAGS[@]}" "$@" --show-bin-path)/concierge"
