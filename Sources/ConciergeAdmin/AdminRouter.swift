@@ -5,6 +5,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import Prometheus
+import ProxyCore
 
 /// A proxy as the admin API manages it (RDS's DBProxy, its target group and targets). The
 /// runtime of every engine conforms; the admin API names no engine.
@@ -21,6 +22,8 @@ public protocol AdminManagedProxy: AnyObject, Sendable {
     /// Samples the live state into the metrics registry; completes once it holds this moment's
     /// numbers (before `/metrics` renders them).
     func collectMetrics() -> EventLoopFuture<Void>
+    /// Histograms kept outside the registry (per event loop), rendered after it.
+    var latencyHistograms: [LatencyHistogram] { get }
 }
 
 /// A rejected admin request: the HTTP status, the RDS-style error code and the field at fault.
@@ -105,11 +108,14 @@ public final class AdminRouter: Sendable {
         }
         if request.path == "/metrics" {
             guard request.method == .GET else { return eventLoop.makeSucceededFuture(.error(Self.methodNotAllowed(request))) }
-            let collections = proxies().map { $0.collectMetrics() }
+            let proxies = proxies()
+            let collections = proxies.map { $0.collectMetrics() }
             let registry = self.registry
             return EventLoopFuture.andAllComplete(collections, on: eventLoop).map {
-                AdminResponse(
-                    status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8", body: registry.emitToString())
+                let histograms = LatencyHistogram.render(proxies.flatMap(\.latencyHistograms))
+                return AdminResponse(
+                    status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8",
+                    body: registry.emitToString() + histograms)
             }
         }
         do {

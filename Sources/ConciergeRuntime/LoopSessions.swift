@@ -12,6 +12,10 @@ public final class LoopSessions<Session: SweptClientSession>: @unchecked Sendabl
     @usableFromInline var sweeper: RepeatedTask?
     /// Queries received by this loop's sessions (`QueryRequests`), summed over loops at scrape.
     public var queryRequests = 0
+    /// `DatabaseConnectionsBorrowLatency` and `QueryDatabaseResponseLatency` of this loop's
+    /// sessions, summed over loops at scrape (no lock on the per-transaction path).
+    public var borrowLatency = LatencyBuckets(bounds: ProxyMetrics.borrowLatencyBuckets)
+    public var queryLatency = LatencyBuckets(bounds: ProxyMetrics.queryLatencyBuckets)
 
     static var sweepInterval: TimeAmount { .seconds(1) }
 
@@ -66,6 +70,8 @@ public final class LoopSessions<Session: SweptClientSession>: @unchecked Sendabl
         var sample = LoopMetricsSample(endpoints: endpoints)
         for session in sessions { session.addMetrics(to: &sample) }
         sample.queryRequests = queryRequests
+        sample.borrowLatency = borrowLatency
+        sample.queryLatency = queryLatency
         return sample
     }
 

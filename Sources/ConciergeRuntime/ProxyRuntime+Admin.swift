@@ -19,6 +19,8 @@ import Foundation
 extension ProxyRuntime: AdminManagedProxy {
     // MARK: Metrics
 
+    public var latencyHistograms: [LatencyHistogram] { metrics.latencyHistograms }
+
     /// Samples every event loop's sessions and the pool, and sets the gauges (and the counters
     /// kept per loop). The future completes once the registry holds the numbers of this moment.
     public func collectMetrics() -> EventLoopFuture<Void> {
@@ -59,6 +61,8 @@ extension ProxyRuntime: AdminManagedProxy {
             }
             self.updateTargetGauges()
             if queries > 0 { metrics.queryRequests.increment(by: Int64(queries)) }
+            metrics.borrowLatency.publish(total.borrowLatency)
+            metrics.queryDatabaseResponseLatency.publish(total.queryLatency)
             if writerSeconds > 0 { metrics.writerAvailableDuration.increment(by: writerSeconds) }
         }
     }

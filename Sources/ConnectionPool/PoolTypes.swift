@@ -47,6 +47,11 @@ public struct PoolKey: Hashable, Sendable, CustomStringConvertible {
         hasher.combine(storage.hash)
     }
 
+    /// Without a `Hasher` (FastHash.swift).
+    public func _rawHashValue(seed: Int) -> Int {
+        poolFastHash(UInt64(bitPattern: Int64(storage.hash)), seed: seed)
+    }
+
     public var description: String { variant.isEmpty ? "\(user)@\(database)" : "\(user)@\(database)[\(variant)]" }
 }
 
@@ -57,6 +62,9 @@ public struct ConnectionID: Hashable, Comparable, Sendable, CustomStringConverti
     public init(_ rawValue: Int) { self.rawValue = rawValue }
 
     public static func < (lhs: ConnectionID, rhs: ConnectionID) -> Bool { lhs.rawValue < rhs.rawValue }
+    public func hash(into hasher: inout Hasher) { hasher.combine(rawValue) }
+    /// Without a `Hasher` (FastHash.swift).
+    public func _rawHashValue(seed: Int) -> Int { poolFastHash(UInt64(bitPattern: Int64(rawValue)), seed: seed) }
     public var description: String { "conn#\(rawValue)" }
 }
 
@@ -72,6 +80,17 @@ public struct RequestID: Hashable, Sendable, CustomStringConvertible {
     }
 
     public var description: String { "req#\(clientID).\(sequence)" }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(clientID)
+        hasher.combine(sequence)
+    }
+
+    /// Without a `Hasher` (FastHash.swift); the sequence is folded in with an odd multiplier so
+    /// that (client, sequence) pairs do not cancel out.
+    public func _rawHashValue(seed: Int) -> Int {
+        poolFastHash(clientID ^ (sequence &* 0x9e37_79b9_7f4a_7c15), seed: seed)
+    }
 }
 
 /// A point on a monotonic clock chosen by the runtime (e.g. `NIODeadline.uptimeNanoseconds`).

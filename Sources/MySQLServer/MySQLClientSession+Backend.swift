@@ -117,7 +117,7 @@ extension MySQLClientSession {
     /// counts them), and the client's idle time starts now.
     func responseEnded() {
         let now = NIODeadline.now()
-        runtime.metrics.queryDatabaseResponseLatency.record(.nanoseconds((now - queryStarted).nanoseconds))
+        loopSessions.queryLatency.record(nanoseconds: (now - queryStarted).nanoseconds)
         lastActivity = now
     }
 

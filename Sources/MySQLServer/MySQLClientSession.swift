@@ -464,7 +464,7 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
         switch result {
         case .success(let connection):
             log(.trace, "backend borrowed", ["concierge.backend": "\(connection.id)"])
-            runtime.metrics.borrowLatency.record(.nanoseconds((NIODeadline.now() - queryStarted).nanoseconds))
+            loopSessions.borrowLatency.record(nanoseconds: (NIODeadline.now() - queryStarted).nanoseconds)
             guard !closed else {
                 borrowPool?.release(connection, reusable: true)
                 return

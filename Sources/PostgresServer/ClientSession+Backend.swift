@@ -148,7 +148,7 @@ extension ClientSession {
 
     /// The database's response time for what the client sent, up to its last ReadyForQuery.
     func recordQueryLatency() {
-        runtime.metrics.queryDatabaseResponseLatency.record(.nanoseconds((NIODeadline.now() - queryStarted).nanoseconds))
+        loopSessions.queryLatency.record(nanoseconds: (NIODeadline.now() - queryStarted).nanoseconds)
     }
 
     func backendDidReadComplete() {

@@ -179,7 +179,7 @@ extension ClientSession {
                 // (Usually sends the client's query right away.)
                 // The login probe sets the startup packet's values as the client wrote them.
                 connection.lease(to: self, parameters: desiredParameters, fromDefaults: probing)
-                runtime.metrics.borrowLatency.record(.nanoseconds(waited.nanoseconds))
+                loopSessions.borrowLatency.record(nanoseconds: waited.nanoseconds)
             }
         case .failure(let error):
             borrowFailed(error)

@@ -1,5 +1,13 @@
 import NIOCore
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 // Internal reading and writing helpers shared by the parsers and encoders.
 
 /// A cursor over one message body that turns every shortfall into `PGWireError.malformedMessage`.
@@ -94,7 +102,13 @@ struct PGBodyReader {
 extension ByteBuffer {
     /// The offset (from `readerIndex`) of the first NUL byte, if any.
     func pgFirstNULOffset() -> Int? {
-        self.withUnsafeReadableBytes { $0.firstIndex(of: 0) }
+        // memchr, not `firstIndex(of:)`: the proxy finds the end of every Query's text with
+        // this, and the generic loop cost about 6 instructions a byte (1% of a select-only
+        // transaction's instructions); libc's scans 16 or 32 bytes at a time.
+        self.withUnsafeReadableBytes { raw -> Int? in
+            guard let base = raw.baseAddress, let hit = memchr(base, 0, raw.count) else { return nil }
+            return base.distance(to: UnsafeRawPointer(hit))
+        }
     }
 
     /// Reads a NUL-terminated string as a slice without the terminator; `nil` (reader index

@@ -10,8 +10,10 @@ import Prometheus
 ///   they are exact and cost nothing between scrapes;
 /// - `QueryRequests`, counted per query, is a plain integer per event loop (no atomic shared
 ///   between threads on the per-query path), summed at scrape;
-/// - per-connection and per-transaction events (logins, borrows, pins) go straight to
-///   swift-prometheus's atomic counters and histograms.
+/// - the two latency histograms, recorded per transaction, are plain bucket counts per event
+///   loop (`LatencyBuckets`), summed at scrape and rendered by `LatencyHistogram`;
+/// - per-connection events (logins, pins, borrow timeouts) go straight to swift-prometheus's
+///   atomic counters.
 public final class ProxyMetrics: Sendable {
     public let proxy: String
     public let targetGroup: String
@@ -40,19 +42,22 @@ public final class ProxyMetrics: Sendable {
     public let databaseConnectionsCurrentlyInTransaction: Gauge
     public let borrowWaiters: Gauge
 
-    public let borrowLatency: DurationHistogram
-    public let queryDatabaseResponseLatency: DurationHistogram
+    /// Recorded per event loop (`LatencyBuckets`), published at scrape.
+    public let borrowLatency: LatencyHistogram
+    public let queryDatabaseResponseLatency: LatencyHistogram
+    /// Rendered after the registry's metrics (`LatencyHistogram.render`).
+    public var latencyHistograms: [LatencyHistogram] { [borrowLatency, queryDatabaseResponseLatency] }
 
     private let registry: PrometheusCollectorRegistry
     private let targetAvailable = NIOLockedValueBox<[String: Gauge]>([:])
 
-    static let borrowLatencyBuckets: [Duration] = [
+    public static let borrowLatencyBuckets: [Duration] = [
         .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2.5),
         .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
         .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10),
         .seconds(30), .seconds(60), .seconds(120),
     ]
-    static let queryLatencyBuckets: [Duration] = [
+    public static let queryLatencyBuckets: [Duration] = [
         .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2.5),
         .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
         .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10),
@@ -103,8 +108,8 @@ public final class ProxyMetrics: Sendable {
         databaseConnectionsCurrentlySessionPinned = registry.makeGauge(descriptor: Self.descriptor("concierge_database_connections_currently_session_pinned", "Database connections pinned to one client by session state (DatabaseConnectionsCurrentlySessionPinned)."), labels: pool)
         databaseConnectionsCurrentlyInTransaction = registry.makeGauge(descriptor: Self.descriptor("concierge_database_connections_currently_in_transaction", "Database connections in a transaction or running a statement (DatabaseConnectionsCurrentlyInTransaction)."), labels: pool)
         borrowWaiters = registry.makeGauge(descriptor: Self.descriptor("concierge_database_connection_borrow_waiters", "Clients waiting for a database connection."), labels: pool)
-        borrowLatency = registry.makeDurationHistogram(descriptor: Self.descriptor("concierge_database_connections_borrow_latency_seconds", "Time from a client needing a database connection to getting one (DatabaseConnectionsBorrowLatency)."), labels: pool, buckets: Self.borrowLatencyBuckets)
-        queryDatabaseResponseLatency = registry.makeDurationHistogram(descriptor: Self.descriptor("concierge_query_database_response_latency_seconds", "Time from sending a query to the database to its ReadyForQuery (QueryDatabaseResponseLatency)."), labels: pool, buckets: Self.queryLatencyBuckets)
+        borrowLatency = LatencyHistogram(name: "concierge_database_connections_borrow_latency_seconds", help: "Time from a client needing a database connection to getting one (DatabaseConnectionsBorrowLatency).", labels: pool, bounds: Self.borrowLatencyBuckets)
+        queryDatabaseResponseLatency = LatencyHistogram(name: "concierge_query_database_response_latency_seconds", help: "Time from sending a query to the database to its ReadyForQuery (QueryDatabaseResponseLatency).", labels: pool, bounds: Self.queryLatencyBuckets)
     }
 
     private static func descriptor(_ name: String, _ help: String) -> MetricNameDescriptor {
@@ -147,6 +152,8 @@ public struct LoopMetricsSample: Sendable {
     public var pinned = 0
     public var inTransaction = 0
     public var queryRequests = 0
+    public var borrowLatency = LatencyBuckets(bounds: ProxyMetrics.borrowLatencyBuckets)
+    public var queryLatency = LatencyBuckets(bounds: ProxyMetrics.queryLatencyBuckets)
 
     public init(endpoints: Int) {
         clientsPerEndpoint = Array(repeating: 0, count: endpoints)
@@ -159,5 +166,7 @@ public struct LoopMetricsSample: Sendable {
         pinned += other.pinned
         inTransaction += other.inTransaction
         queryRequests += other.queryRequests
+        borrowLatency.add(other.borrowLatency)
+        queryLatency.add(other.queryLatency)
     }
 }

@@ -70,7 +70,7 @@ def allocations(d: str) -> int:
 
 
 def run(proc, port: int, d: str) -> dict:
-    env = dict(os.environ, PGPASSWORD=S["passwords"][USER])
+    env = dict(os.environ, PGPASSWORD=S["passwords"][USER], PGSSLMODE=os.environ.get("PGSSLMODE", "disable"))
     cmd = [f"{S['pg_bin']}/pgbench", "-n", "-S", "-T", str(DUR), "-c", str(CLIENTS), "-j", "2", "-M", MODE,
            "-h", "127.0.0.1", "-p", str(port), "-U", USER] + (["-C"] if CONNECT else []) + ["bench"]
     c0, a0 = cpu(proc.pid), allocations(d)

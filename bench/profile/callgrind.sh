@@ -26,6 +26,7 @@ VG=$!
 trap 'kill $VG 2>/dev/null || true' EXIT
 for _ in $(seq 120); do grep -q "writer available" "$D/valgrind.log" && break; sleep 1; done
 read -r PG_BIN PASSWORD < <(python3 -c "import json; s = json.load(open('$WORK/setup.json')); print(s['pg_bin'], s['passwords']['bench_md5'])")
+export PGSSLMODE=disable  # the held setup accepts TLS: measure the plain data path
 PGBENCH=("$PG_BIN/pgbench" -n -S -M "$MODE" -j 2 -h 127.0.0.1 -p "$PORT" -U bench_md5 $CONNECT)
 PGPASSWORD=$PASSWORD "${PGBENCH[@]}" -c "$CLIENTS" -t 20 bench >/dev/null 2>&1   # warm up: logins, pool, caches
 callgrind_control -z "$VG" >/dev/null 2>&1
