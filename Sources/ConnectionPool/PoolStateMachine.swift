@@ -96,7 +96,12 @@ public struct PoolStateMachine: Sendable {
         var order: UInt64
     }
 
-    public private(set) var limits: PoolLimits
+    public private(set) var limits: PoolLimits {
+        // Converted once: `Duration.components` multiplies 128-bit integers, and the borrow
+        // path read the timeout three times per transaction (2% of its instructions).
+        didSet { borrowTimeoutNanoseconds = limits.borrowTimeout.poolNanoseconds }
+    }
+    private var borrowTimeoutNanoseconds: UInt64
     private var lifecycle: Lifecycle = .running
     private var nextConnectionID = 0
     /// Shared sequence for waiters (FIFO) and idle periods (LRU/MRU).
@@ -132,6 +137,7 @@ public struct PoolStateMachine: Sendable {
 
     public init(limits: PoolLimits) {
         self.limits = Self.sanitized(limits)
+        self.borrowTimeoutNanoseconds = self.limits.borrowTimeout.poolNanoseconds
     }
 
     // MARK: Queries
@@ -467,7 +473,6 @@ public struct PoolStateMachine: Sendable {
 
     // MARK: Timer
 
-    private var borrowTimeoutNanoseconds: UInt64 { limits.borrowTimeout.poolNanoseconds }
 
     private func waiterDeadline(enqueuedAt: PoolInstant) -> PoolInstant? {
         let timeout = borrowTimeoutNanoseconds

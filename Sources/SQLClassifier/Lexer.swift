@@ -17,39 +17,46 @@ struct Token {
         case `operator`
     }
 
+    // Offsets are stored as 32 bits (a query is at most 1 GB, PostgreSQL's message limit) and
+    // the flags as bytes: 20 bytes a token instead of 48. The classifier keeps the last three
+    // tokens and copies them on every token; the smaller copy was 8% of its instructions.
     var kind: Kind
-    var start: Int
-    var end: Int
+    private var flags: UInt8
+    private var start32: Int32
+    private var end32: Int32
+    private var contentStart32: Int32
+    private var contentEnd32: Int32
+
+    var start: Int { Int(start32) }
+    var end: Int { Int(end32) }
     /// For strings and quoted identifiers: the bytes between the delimiters.
-    var contentStart: Int
-    var contentEnd: Int
+    var contentStart: Int { Int(contentStart32) }
+    var contentEnd: Int { Int(contentEnd32) }
     /// The content contains doubled quotes or backslash escapes (so it is not the literal value).
-    var hasEscapes: Bool
+    var hasEscapes: Bool { flags & 1 != 0 }
     /// A string or quoted identifier without its closing delimiter (it runs to the end of input).
-    var unterminated: Bool
+    var unterminated: Bool { flags & 2 != 0 }
 
     static let none = Token(kind: .end, start: 0, end: 0)
 
     @inline(__always)
     init(kind: Kind, start: Int, end: Int) {
         self.kind = kind
-        self.start = start
-        self.end = end
-        self.contentStart = start
-        self.contentEnd = end
-        self.hasEscapes = false
-        self.unterminated = false
+        self.flags = 0
+        self.start32 = Int32(truncatingIfNeeded: start)
+        self.end32 = Int32(truncatingIfNeeded: end)
+        self.contentStart32 = self.start32
+        self.contentEnd32 = self.end32
     }
 
     @inline(__always)
     init(kind: Kind, start: Int, end: Int, contentStart: Int, contentEnd: Int, hasEscapes: Bool, unterminated: Bool) {
         self.kind = kind
-        self.start = start
-        self.end = end
-        self.contentStart = contentStart
-        self.contentEnd = contentEnd
-        self.hasEscapes = hasEscapes
-        self.unterminated = unterminated
+        self.flags = (hasEscapes ? 1 : 0) | (unterminated ? 2 : 0)
+        self.start32 = Int32(truncatingIfNeeded: start)
+        self.end32 = Int32(truncatingIfNeeded: end)
+        self.contentStart32 = Int32(truncatingIfNeeded: contentStart)
+        self.contentEnd32 = Int32(truncatingIfNeeded: contentEnd)
     }
 }
 
@@ -64,8 +71,13 @@ private let backslash = UInt8(ascii: "\\")
 @inline(__always) func isIdentStart(_ c: UInt8) -> Bool { isLetter(c) || c == 0x5F || c >= 0x80 }
 /// `dolq_cont`: ident_start plus digits.
 @inline(__always) private func isDollarTagCont(_ c: UInt8) -> Bool { isIdentStart(c) || isDigit(c) }
-/// `ident_cont`: dolq_cont plus `$`.
-@inline(__always) private func isIdentCont(_ c: UInt8) -> Bool { isDollarTagCont(c) || c == dollar }
+/// `ident_cont`: dolq_cont plus `$`. One bit test per byte (the classifier's inner loop):
+/// bits 0x24 (`$`) and 0x30-0x39 of the low mask; 0x41-0x5A, 0x5F and 0x61-0x7A of the high.
+@inline(__always) private func isIdentCont(_ c: UInt8) -> Bool {
+    if c >= 0x80 { return true }
+    let mask: UInt64 = c < 64 ? 0x03FF_0010_0000_0000 : 0x07FF_FFFE_87FF_FFFE
+    return (mask >> UInt64(c & 63)) & 1 != 0
+}
 @inline(__always) func asciiLower(_ c: UInt8) -> UInt8 { c &- 0x41 < 26 ? c | 0x20 : c }
 
 /// A PostgreSQL lexer over UTF-8 bytes. A value type: copy it to look ahead.
@@ -78,7 +90,8 @@ struct Lexer {
 
     init(_ buf: UnsafeRawBufferPointer, backslashInPlainStrings: Bool) {
         self.buf = buf
-        self.count = buf.count
+        // Tokens keep 32-bit offsets; PostgreSQL's messages stop at 1 GB long before this.
+        self.count = min(buf.count, Int(Int32.max))
         self.backslashInPlainStrings = backslashInPlainStrings
     }
 
