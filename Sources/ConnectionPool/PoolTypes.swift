@@ -62,7 +62,6 @@ public struct ConnectionID: Hashable, Comparable, Sendable, CustomStringConverti
     public init(_ rawValue: Int) { self.rawValue = rawValue }
 
     public static func < (lhs: ConnectionID, rhs: ConnectionID) -> Bool { lhs.rawValue < rhs.rawValue }
-    public func hash(into hasher: inout Hasher) { hasher.combine(rawValue) }
     /// Without a `Hasher` (FastHash.swift).
     public func _rawHashValue(seed: Int) -> Int { poolFastHash(UInt64(bitPattern: Int64(rawValue)), seed: seed) }
     public var description: String { "conn#\(rawValue)" }
@@ -80,11 +79,6 @@ public struct RequestID: Hashable, Sendable, CustomStringConvertible {
     }
 
     public var description: String { "req#\(clientID).\(sequence)" }
-
-    public func hash(into hasher: inout Hasher) {
-        hasher.combine(clientID)
-        hasher.combine(sequence)
-    }
 
     /// Without a `Hasher` (FastHash.swift); the sequence is folded in with an odd multiplier so
     /// that (client, sequence) pairs do not cancel out.

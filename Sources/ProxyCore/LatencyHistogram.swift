@@ -73,9 +73,6 @@ public final class LatencyHistogram: Sendable {
         self.published = NIOLockedValueBox(LatencyBuckets(bounds: bounds))
     }
 
-    /// Counts for one loop to record into.
-    public func makeBuckets() -> LatencyBuckets { LatencyBuckets(bounds: bounds) }
-
     /// The sum of every loop's counts since the proxy started (so the series only grow).
     public func publish(_ total: LatencyBuckets) { published.withLockedValue { $0 = total } }
 

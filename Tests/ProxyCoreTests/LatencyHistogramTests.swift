@@ -19,9 +19,9 @@ import Testing
 
     private func ourText(_ perLoop: [[Int64]], name: String, bounds: [Duration]) -> String {
         let histogram = LatencyHistogram(name: name, help: "Help with a \\ backslash.", labels: Self.labels, bounds: bounds)
-        var total = histogram.makeBuckets()
+        var total = LatencyBuckets(bounds: bounds)
         for values in perLoop {
-            var loop = histogram.makeBuckets()
+            var loop = LatencyBuckets(bounds: bounds)
             for value in values { loop.record(nanoseconds: value) }
             total.add(loop)
         }
@@ -54,7 +54,7 @@ import Testing
     @Test func oneHelpAndTypePerNameAcrossProxies() {
         let a = LatencyHistogram(name: "x_seconds", help: "X.", labels: [("proxy", "a")], bounds: [.milliseconds(1)])
         let b = LatencyHistogram(name: "x_seconds", help: "X.", labels: [("proxy", "b")], bounds: [.milliseconds(1)])
-        var buckets = b.makeBuckets()
+        var buckets = LatencyBuckets(bounds: b.bounds)
         buckets.record(nanoseconds: 1_000_000)
         buckets.record(nanoseconds: 1_000_001)
         b.publish(buckets)
