@@ -380,8 +380,8 @@ extension ProxyConfiguration {
 
 /// `target_group.health_check`: each target is checked every `interval_ms` over a kept
 /// connection (`SELECT pg_is_in_recovery()`; `@@global.read_only` for MYSQL); a check that takes
-/// longer than `timeout_ms` fails.
-/// The defaults find a dead writer within about 1 to 2 seconds.
+/// longer than `timeout_ms` fails (two such in a row: the target is hung, its connections closed).
+/// The defaults find a stopped writer within about half a second, a hung one within 2.5.
 public struct HealthCheckConfiguration: Sendable, Hashable {
     public var intervalMS: Int
     public var timeoutMS: Int

@@ -28,8 +28,10 @@ public struct TargetCheckSettings: Sendable {
 /// Checks one target every `intervalMS`, through its engine's probe, and reports each check to the
 /// target group as a neutral `TargetProbeResult`. The probe runs over a connection the monitor
 /// keeps (a login per check would cost a database session each time). A check that fails or takes
-/// longer than `timeoutMS` drops the connection; the next check reconnects. `checkNow()` runs one
-/// at once (a backend connection to this target broke).
+/// longer than `timeoutMS` drops the connection; the next check reconnects. A check that takes
+/// too long is reported (as unresponsive) only when the one run at once after it, on a fresh
+/// connection, takes too long as well. `checkNow()` runs one at once (a backend connection to this
+/// target broke).
 ///
 /// Engine-neutral: what a check asks and how its errors read is the engine's (`DatabaseEngine`);
 /// the schedule, the deadline and what a stale kept connection means are the same for every
@@ -50,6 +52,11 @@ public final class TargetMonitor<Engine: DatabaseEngine, Target: Hashable & Send
     private var checkInFlight = false
     private var timer: Scheduled<Void>?
     private var stopped = false
+    /// The last check missed its deadline. One miss is not yet news: it is confirmed at once on a
+    /// fresh connection, and only a second miss in a row reports the target unresponsive (which
+    /// aborts its connections). A single stall of the database or of this loop (a checkpoint, a
+    /// busy host) then costs no transaction; a hung target is still found within two deadlines.
+    private var lastCheckTimedOut = false
 
     public init(
         target: Target, engine: Engine, eventLoop: any EventLoop, logger: Logger,
@@ -138,10 +145,22 @@ public final class TargetMonitor<Engine: DatabaseEngine, Target: Hashable & Send
             checkInFlight = false
             switch outcome {
             case .success(let probed):
+                lastCheckTimedOut = false
                 report(target, .up(probed.role, maxConnections: probed.maxConnections))
             case .failure(let error):
                 dropConnection()
-                if reused, !afterStaleConnection, !(error is HealthCheckTimedOut), !stopped {
+                let timedOut = error is HealthCheckTimedOut
+                let confirmsAMiss = lastCheckTimedOut
+                lastCheckTimedOut = timedOut
+                if timedOut, !confirmsAMiss, !stopped {
+                    // The first miss: confirmed now, on a fresh connection (dropped above).
+                    logger.info("a health check missed its deadline: checking again at once", metadata: [
+                        "concierge.target": "\(target)", "concierge.timeout_ms": "\(config.timeoutMS)",
+                    ])
+                    check()
+                    return
+                }
+                if reused, !afterStaleConnection, !timedOut, !stopped {
                     // The connection kept since the last check was closed meanwhile (the database
                     // ended it: an administrator ended the session, a restart): no news about the
                     // target yet. A fresh connection decides, now.

@@ -157,7 +157,13 @@ private final class Harness: @unchecked Sendable {
         #expect(h.reported == [.up(.writer, maxConnections: 100), .up(.reader, maxConnections: nil)])
     }
 
-    @Test func aProbeWithoutAnAnswerTimesOutAsUnresponsiveAndDropsItsConnection() throws {
+    private static let unresponsive = TargetProbeResult.down(
+        TargetHealth(
+            state: .unavailable, reason: "CONNECTION_FAILURE",
+            description: "db-1:5432: no answer to the health check within 200 ms"),
+        unresponsive: true)
+
+    @Test func twoChecksInARowWithoutAnAnswerReportUnresponsive() throws {
         let h = try Harness(intervalMS: 1000, timeoutMS: 200)
         h.monitor.start()
         h.loop.run()
@@ -165,17 +171,60 @@ private final class Harness: @unchecked Sendable {
         h.loop.advanceTime(by: .milliseconds(199))
         #expect(h.reported.isEmpty)
         h.loop.advanceTime(by: .milliseconds(1))
+        // The first miss drops its connection and is confirmed at once on a new one, unreported.
         #expect(probe.closed)
-        #expect(h.reported == [.down(
-            TargetHealth(
-                state: .unavailable, reason: "CONNECTION_FAILURE",
-                description: "db-1:5432: no answer to the health check within 200 ms"),
-            unresponsive: true)])
-        // A late answer changes nothing; the next check opens a new connection.
-        h.answerProbe(.success(ProbedTarget(role: .writer, maxConnections: 100)))
-        #expect(h.reported.count == 1)
-        h.loop.advanceTime(by: .milliseconds(1000))
+        #expect(h.reported.isEmpty)
         #expect(h.engine.opens.count == 1)
+        let second = h.engine.answerOpen()
+        #expect(h.engine.probes.last?.0 === second)
+        h.loop.advanceTime(by: .milliseconds(200))
+        #expect(second.closed)
+        #expect(h.reported == [Self.unresponsive])
+        // Late answers change nothing; the next check (after the interval) opens a new connection.
+        while !h.engine.probes.isEmpty { h.answerProbe(.success(ProbedTarget(role: .writer, maxConnections: 100))) }
+        #expect(h.reported.count == 1)
+        h.loop.advanceTime(by: .milliseconds(999))
+        #expect(h.engine.opens.isEmpty)
+        h.loop.advanceTime(by: .milliseconds(1))
+        #expect(h.engine.opens.count == 1)
+        // Still no answer: reported at once (the target is already known to be unresponsive).
+        h.loop.advanceTime(by: .milliseconds(200))
+        #expect(h.reported == [Self.unresponsive, Self.unresponsive])
+    }
+
+    /// A stall of the database (or of the proxy's loop) for one deadline costs no transaction:
+    /// the check run at once after the miss answers, and the target is reported up, never
+    /// unresponsive. (A fresh-clone CI run failed on this: one check 1 s late under load aborted
+    /// every leased backend.)
+    @Test func oneMissedDeadlineAnsweredAtOnceIsNotReported() throws {
+        let h = try Harness(intervalMS: 1000, timeoutMS: 200)
+        h.monitor.start()
+        h.loop.run()
+        h.engine.answerOpen()
+        h.answerProbe(.success(ProbedTarget(role: .writer, maxConnections: 100)))
+        h.loop.advanceTime(by: .milliseconds(1000))
+        h.loop.advanceTime(by: .milliseconds(200))  // the kept connection's probe: no answer
+        #expect(h.reported.count == 1)
+        h.engine.probes.removeFirst()  // the missed probe: never answered
+        h.engine.answerOpen()
+        h.answerProbe(.success(ProbedTarget(role: .writer, maxConnections: 100)))
+        #expect(h.reported == [.up(.writer, maxConnections: 100), .up(.writer, maxConnections: 100)])
+        // The next miss is again a first one: confirmed before anything is reported.
+        h.loop.advanceTime(by: .milliseconds(1000))
+        h.loop.advanceTime(by: .milliseconds(200))
+        #expect(h.reported.count == 2)
+        #expect(h.engine.opens.count == 1)
+    }
+
+    @Test func aMissThenARefusalReportsTheRefusal() throws {
+        let h = try Harness(intervalMS: 1000, timeoutMS: 200)
+        h.monitor.start()
+        h.loop.run()
+        h.engine.answerOpen()
+        h.loop.advanceTime(by: .milliseconds(200))
+        h.engine.opens.removeFirst().fail(Refused())
+        #expect(h.reported == [.down(
+            TargetHealth(state: .unavailable, reason: "AUTH_FAILURE", description: "refused"), unresponsive: false)])
     }
 
     @Test func aConnectionOpenedAfterTheDeadlineIsClosedAndNotReported() throws {
@@ -183,9 +232,15 @@ private final class Harness: @unchecked Sendable {
         h.monitor.start()
         h.loop.run()
         h.loop.advanceTime(by: .milliseconds(200))
-        #expect(h.reported.count == 1)
+        #expect(h.reported.isEmpty)
+        // The late open is closed, unused; the confirming check opened its own.
         let late = h.engine.answerOpen()
         #expect(late.closed)
+        #expect(h.engine.probes.isEmpty)
+        h.loop.advanceTime(by: .milliseconds(200))
+        #expect(h.reported == [Self.unresponsive])
+        let lateToo = h.engine.answerOpen()
+        #expect(lateToo.closed)
         #expect(h.engine.probes.isEmpty)
         #expect(h.reported.count == 1)
     }
