@@ -159,6 +159,22 @@ extension ByteBuffer {
 
 /// Whether `bytes` is well-formed UTF-8. Does not allocate.
 func pgIsValidUTF8(_ bytes: UnsafeRawBufferPointer) -> Bool {
+    // ASCII (every startup parameter drivers send, and most text) is valid UTF-8: checked eight
+    // bytes at a time, where the scalar parser below cost about 200 instructions per short string.
+    var ascii = true
+    var index = 0
+    let count = bytes.count
+    while index + 8 <= count {
+        if bytes.loadUnaligned(fromByteOffset: index, as: UInt64.self) & 0x8080_8080_8080_8080 != 0 {
+            ascii = false
+            break
+        }
+        index += 8
+    }
+    if ascii {
+        while index < count, bytes[index] < 0x80 { index += 1 }
+        if index == count { return true }
+    }
     var iterator = bytes.makeIterator()
     var parser = Unicode.UTF8.ForwardParser()
     while true {

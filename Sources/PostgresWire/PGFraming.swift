@@ -178,6 +178,9 @@ public enum PGFraming {
     /// must be the last byte of the packet. Names and values must be valid UTF-8.
     private static func parseStartupParameters(_ payload: inout ByteBuffer) throws(PGWireError) -> [StartupParameter] {
         var parameters: [StartupParameter] = []
+        // Room for what drivers send (libpq: user, database, application_name, client_encoding
+        // and a few more): the array is not regrown three times per login.
+        parameters.reserveCapacity(8)
         // Clients send a handful: a linear search for a repeated name beats hashing each one, and
         // past 16 parameters an index keeps a long packet linear.
         var indexByName: [String: Int]?
