@@ -1,3 +1,4 @@
+import NIOCore
 @testable import PostgresWire
 import Testing
 
@@ -35,5 +36,29 @@ import Testing
                 Self.check((0..<length).map { _ in UInt8.random(in: 0...0xFF, using: &generator) })
             }
         }
+    }
+}
+
+/// `pgWriteCString`: the string's bytes and one NUL; a NUL inside the string ends it there, so no
+/// string can break a message's framing.
+@Suite struct CStringWritingTests {
+    private static func written(_ string: String) -> [UInt8] {
+        var buffer = ByteBuffer()
+        buffer.pgWriteCString(string)
+        return buffer.readBytes(length: buffer.readableBytes) ?? []
+    }
+
+    @Test func writesTheBytesAndOneNUL() {
+        #expect(Self.written("") == [0])
+        #expect(Self.written("application_name") == Array("application_name".utf8) + [0])
+        #expect(Self.written("héllo") == Array("héllo".utf8) + [0])
+        // A bridged or substring-built string: not necessarily stored contiguously.
+        let built = String("xx_application_name".dropFirst(3))
+        #expect(Self.written(built) == Array("application_name".utf8) + [0])
+    }
+
+    @Test func aNULInsideEndsTheString() {
+        #expect(Self.written("abc\0def") == Array("abc".utf8) + [0])
+        #expect(Self.written("\0") == [0])
     }
 }
