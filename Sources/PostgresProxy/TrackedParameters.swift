@@ -97,7 +97,6 @@ public enum SQLTrackedSettings {
 public final class LoginTemplate: Sendable {
     public let parameters: [StartupParameter]
     public let lowercasedNames: [String]
-    public let encoded: [ByteBuffer]
     /// Where each (lowercased) name is in `parameters`.
     public let indexByLowercasedName: [String: Int]
 
@@ -106,10 +105,25 @@ public final class LoginTemplate: Sendable {
         self.lowercasedNames = parameters.map { $0.name.lowercased() }
         self.indexByLowercasedName = Dictionary(
             lowercasedNames.enumerated().map { ($1, $0) }, uniquingKeysWith: { first, _ in first })
-        self.encoded = parameters.map { parameter in
-            var out = ByteBuffer()
-            PGEncode.parameterStatus(name: parameter.name, value: parameter.value, into: &out)
-            return out
+        var all = ByteBuffer()
+        var offsets = [0]
+        for parameter in parameters {
+            PGEncode.parameterStatus(name: parameter.name, value: parameter.value, into: &all)
+            offsets.append(all.writerIndex)
         }
+        self.encodedAll = all
+        self.encodedOffsets = offsets
+    }
+
+    /// Every ParameterStatus of `parameters`, in order, in one buffer: a login writes them with
+    /// one copy (or one per run between the client's own values) rather than one per parameter.
+    public let encodedAll: ByteBuffer
+    /// Where each parameter's message starts in `encodedAll`, and its end last.
+    private let encodedOffsets: [Int]
+
+    /// The ParameterStatus messages of `parameters[range]`, as one slice of `encodedAll`.
+    public func encoded(_ range: Range<Int>) -> ByteBuffer {
+        let start = encodedOffsets[range.lowerBound]
+        return encodedAll.getSlice(at: start, length: encodedOffsets[range.upperBound] - start)!
     }
 }

@@ -397,11 +397,19 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                 overrides.append((index, value))
             }
         }
-        for index in template.parameters.indices {
-            if !overrides.isEmpty, let override = overrides.first(where: { $0.index == index }) {
-                PGEncode.parameterStatus(name: template.parameters[index].name, value: override.value, into: &out)
-            } else {
-                out.writeImmutableBuffer(template.encoded[index])
+        if overrides.isEmpty {
+            out.writeImmutableBuffer(template.encodedAll)
+        } else {
+            // The template's messages in runs, the client's own values between them.
+            overrides.sort { $0.index < $1.index }
+            var runStart = 0
+            for override in overrides {
+                if override.index > runStart { out.writeImmutableBuffer(template.encoded(runStart..<override.index)) }
+                PGEncode.parameterStatus(name: template.parameters[override.index].name, value: override.value, into: &out)
+                runStart = override.index + 1
+            }
+            if runStart < template.parameters.count {
+                out.writeImmutableBuffer(template.encoded(runStart..<template.parameters.count))
             }
         }
         PGEncode.backendKeyData(processID: processID, secretKey: secretKey, into: &out)

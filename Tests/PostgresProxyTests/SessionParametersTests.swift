@@ -107,6 +107,18 @@ import Testing
         return out
     }
 
+    /// The login's ParameterStatus messages come from one buffer, in runs: every run is exactly
+    /// the messages of its parameters, in order.
+    @Test func aTemplatesEncodedRunsAreItsParameterStatusMessages() {
+        let pairs = Self.template.parameters.map { ($0.name, $0.value) }
+        #expect(Self.template.encodedAll == Self.reports(pairs))
+        for start in 0...pairs.count {
+            for end in start...pairs.count {
+                #expect(Self.template.encoded(start..<end) == Self.reports(Array(pairs[start..<end])))
+            }
+        }
+    }
+
     @Test func resetAllReturnsToTheLoginValuesAndReportsWhatChangedInPostgresOrder() {
         var parameters = SessionParameters()
         parameters.loggedIn(with: ["application_name": "app"])
