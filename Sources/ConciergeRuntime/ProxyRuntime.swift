@@ -49,6 +49,8 @@ public final class ProxyRuntime<Engine: ServedEngine>: @unchecked Sendable {
     /// The engine: what differs per database family (opening backends, probing targets, error
     /// classification, the client handler). See `Engine` for why it is a concrete type here.
     public let engine: Engine
+    /// The pool keys client sessions use: one shared key per user, database and variant.
+    public let poolKeys = PoolKeyTable()
 
     @usableFromInline let clientCount = Synchronization.Atomic<Int>(0)
     @usableFromInline let state: NIOLockedValueBox<MutableState>

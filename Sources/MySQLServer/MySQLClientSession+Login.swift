@@ -89,7 +89,8 @@ extension MySQLClientSession {
         // Clients with a login schema share one pool (the schema is restored per lease); those
         // without one have their own, whose backends never keep a schema (MySQL cannot go back
         // to "none", so such a backend is not reused once a USE selected one).
-        poolKey = PoolKey(user: result.user, database: schema.isEmpty ? "" : MySQLEngine.anySchema, variant: profile.description)
+        poolKey = runtime.poolKeys.key(
+            user: result.user, database: schema.isEmpty ? "" : MySQLEngine.anySchema, variant: profile.description)
         machine = MySQLSessionMachine(capabilities: result.capabilities, loginSchema: schema)
         loginClassifierOptions = runtime.engine.classifierOptions
         classifierOptionsCache = loginClassifierOptions
