@@ -285,7 +285,7 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
                             policy: AuthPolicy(requireTLS: runtime.requireTLS), clientLimitExceeded: runtime.clientLimitExceeded,
                             users: runtime.users, md5Salt: { SecureRandom.bytes(4) }))
                     if poolKey.user != login.user || poolKey.database != login.database {
-                        poolKey = runtime.poolKeys.key(user: login.user, database: login.database)
+                        poolKey = PoolKey(user: login.user, database: login.database)
                     }
                 } else {
                     guard let frame = try PGFraming.nextFrame(from: &buffer, maxMessageSize: 65_536) else { return }
@@ -357,6 +357,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     // Login
 
     func beginLogin() {
+        // Authenticated: the key the pool shares for this user and database replaces the
+        // session's own (see `PoolKeyTable`).
+        poolKey = runtime.poolKeys.shared(poolKey)
         // Messages pipelined during login are classified with the proxy's options until the
         // server's are known.
         machine.classifierOptions = runtime.engine.classifierOptions

@@ -11,7 +11,9 @@ import NIOConcurrencyHelpers
 /// users to a few databases.
 ///
 /// Bounded: past `limit` distinct keys a key is returned unshared (correct, only not shared).
-/// Keys are never removed: a key is a few dozen bytes, and `limit` bounds them.
+/// Keys are never removed: a key is a few dozen bytes, and `limit` bounds them. Sessions ask for
+/// their shared key only once the client has authenticated, so that clients who cannot log in
+/// (random user or database names) cannot fill the table.
 public final class PoolKeyTable: Sendable {
     public static let limit = 4096
     private let keys = NIOLockedValueBox<Set<PoolKey>>([])
@@ -20,8 +22,12 @@ public final class PoolKeyTable: Sendable {
 
     /// The shared key equal to `PoolKey(user:database:variant:)`.
     public func key(user: String, database: String, variant: String = "") -> PoolKey {
-        let key = PoolKey(user: user, database: database, variant: variant)
-        return keys.withLockedValue { keys in
+        shared(PoolKey(user: user, database: database, variant: variant))
+    }
+
+    /// The shared key equal to `key` (its hash is computed once, when it was made).
+    public func shared(_ key: PoolKey) -> PoolKey {
+        keys.withLockedValue { keys in
             if let shared = keys.firstIndex(of: key).map({ keys[$0] }) { return shared }
             if keys.count < Self.limit { keys.insert(key) }
             return key

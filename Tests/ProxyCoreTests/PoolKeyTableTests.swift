@@ -9,6 +9,8 @@ import Testing
         #expect(first == PoolKey(user: "app", database: "shop"))
         #expect(table.key(user: "app", database: "shop") == first)
         #expect(table.count == 1)
+        #expect(table.shared(PoolKey(user: "app", database: "shop")) == first)
+        #expect(table.count == 1)
         #expect(table.key(user: "app", database: "shop", variant: "binary") != first)
         #expect(table.key(user: "app", database: "other") != first)
         #expect(table.key(user: "other", database: "shop") != first)
