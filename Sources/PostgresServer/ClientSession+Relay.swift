@@ -18,6 +18,7 @@ extension ClientSession {
         func writeRun(upTo end: Int) {
             if end > runStart, let run = bytes.getSlice(at: runStart, length: end - runStart) {
                 context.write(wrapOutboundOut(run), promise: nil)
+                needsFlushToClient = true
             }
             runStart = end
         }
@@ -56,6 +57,7 @@ extension ClientSession {
                 writeRun(upTo: frameStart)
                 runStart = view.readerIndex
                 context.write(wrapOutboundOut(replacement), promise: nil)
+                needsFlushToClient = true
             case .closeResetWindowBefore(let status):
                 writeRun(upTo: frameStart)
                 closeResetWindow(status: status, context: context, backend: backend)

@@ -45,6 +45,9 @@ extension ClientSession {
             }
             needsParameterResync = true
         }
-        if closed.reports.readableBytes > 0 { context.write(wrapOutboundOut(closed.reports), promise: nil) }
+        if closed.reports.readableBytes > 0 {
+            context.write(wrapOutboundOut(closed.reports), promise: nil)
+            needsFlushToClient = true
+        }
     }
 }

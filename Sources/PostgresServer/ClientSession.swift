@@ -84,6 +84,9 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
     var queryStarted = NIODeadline.uptimeNanoseconds(0)
     var readPending = false
     var needsFlushToBackend = false
+    /// Bytes written to the client and not flushed yet: set by every write that is not flushed
+    /// at once, cleared by every flush. The client's and the backend's read-complete flush only
+    /// when it is set.
     var needsFlushToClient = false
 
     // Prepared statements (see PreparedStatements.swift)
