@@ -185,7 +185,7 @@ extension ProxyRuntime {
     func leastBusyReaderPool() -> Pool? {
         let candidates = state.withLockedValue { state in state.targetGroup.activeReaders.compactMap { state.readerPools[$0] } }
         return candidates.min { a, b in
-            let x = a.stats.totals, y = b.stats.totals
+            let x = a.totals, y = b.totals
             return (x.leased + x.waiting, x.total) < (y.leased + y.waiting, y.total)
         }
     }

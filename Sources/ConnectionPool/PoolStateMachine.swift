@@ -22,8 +22,9 @@
 ///   every event: no uncovered waiter while total < cap, and no uncovered waiter while the total is
 ///   at the cap and an idle connection (it would be stolen for it) or a closing one whose slot is
 ///   not yet promised exists.
-/// - Cost per event: O(1) hash-map work for borrow, release, establish and cancel (plus the number
-///   of keys with waiters when a slot is freed); waiters live in intrusive doubly linked lists.
+/// - Cost per event: O(1) for borrow, release, establish and cancel (plus the number of keys when a
+///   slot is freed): one hash lookup of the key per borrow, of the connection per release; keys'
+///   records are reached by slot, and waiters live in intrusive doubly linked lists.
 /// - Each request gets exactly one outcome (`lease` or `failRequest`). Unknown ids are ignored.
 public struct PoolStateMachine: Sendable {
     // MARK: State
@@ -51,6 +52,9 @@ public struct PoolStateMachine: Sendable {
 
     private struct Connection: Sendable {
         var key: PoolKey
+        /// Its key's record. Stale only for a closing connection whose slot went to a successor
+        /// (it counts for nothing, so its key may have been dropped): never read for those.
+        var keySlot: KeySlot
         var eventLoopIndex: Int
         var state: ConnectionState
     }
@@ -59,9 +63,15 @@ public struct PoolStateMachine: Sendable {
     /// so walking and relinking the lists costs array accesses instead of hash lookups.
     private typealias Slot = Int
 
+    /// Where a key's record lives in `keyRecords`. Connections and waiters carry their key's
+    /// slot, so that releasing a connection and serving a waiter reach the key's counts, waiters
+    /// and idle connections by index: hashing a key and probing for it cost about 80
+    /// instructions a time, and the path took a dozen lookups per transaction.
+    private typealias KeySlot = Int
+
     private struct Waiter: Sendable {
         var id: RequestID
-        var key: PoolKey
+        var keySlot: KeySlot
         var eventLoopIndex: Int
         var enqueuedAt: PoolInstant
         var order: UInt64
@@ -91,6 +101,16 @@ public struct PoolStateMachine: Sendable {
         var firstUncovered: Slot?
     }
 
+    /// Everything the pool keeps per key while the key has connections or waiters.
+    private struct KeyRecord: Sendable {
+        /// nil: the slot is free.
+        var key: PoolKey?
+        var counts = PoolCounts()
+        var waiters = KeyWaiters()
+        /// Idle connections by event loop (indexed by loop), most recently parked last.
+        var idle: [[ConnectionID]] = []
+    }
+
     private struct IdleEntry: Sendable {
         var id: ConnectionID
         var order: UInt64
@@ -110,10 +130,14 @@ public struct PoolStateMachine: Sendable {
     private var connections: [ConnectionID: Connection] = [:]
     /// Closing connections whose slot is not promised to an open, oldest close first.
     private var freeClosing: [ConnectionID] = []
-    /// key → event loop (index) → idle connections, most recently parked last. Like
-    /// `waiterQueues`, an entry stays (possibly empty) while its key is in `perKey`, so the
-    /// per-transaction path does not allocate.
-    private var idleStacks: [PoolKey: [[ConnectionID]]] = [:]
+    /// Keys with connections or waiters, by slot (see `KeySlot`); freed slots are reused. A
+    /// record stays, its arrays possibly empty, while its counts are not all zero, so the
+    /// per-transaction path does not allocate. Changed in place (`keyRecords[slot].x`): a copy
+    /// of a record would make its arrays copy themselves at their next change.
+    private var keyRecords: [KeyRecord] = []
+    private var freeKeySlots: [KeySlot] = []
+    /// One lookup per borrow; the rest of the path goes by slot.
+    private var keySlotByKey: [PoolKey: KeySlot] = [:]
     /// All idle periods, oldest first; entries whose connection left that idle period are stale and
     /// skipped lazily (compacted when they outnumber live ones).
     private var idleLRU = FIFOQueue<IdleEntry>()
@@ -123,13 +147,6 @@ public struct PoolStateMachine: Sendable {
     private var freeWaiterSlots: [Slot] = []
     /// The slot of each waiting request: one hash lookup when it arrives, one when it leaves.
     private var waiterSlotByRequest: [RequestID: Slot] = [:]
-    /// key → the lists of its waiters (kept, possibly empty, while the key is in `perKey`).
-    private var waiterQueues: [PoolKey: KeyWaiters] = [:]
-
-    /// Changed in place with the `default:` subscript, never `perKey[key]?.count -= 1`, which
-    /// allocates (Dictionary+InPlace.swift). A key is here while any of its connections or waiters
-    /// is, so the default is never used.
-    private var perKey: [PoolKey: PoolCounts] = [:]
     private var totals = PoolCounts()
 
     /// The earliest instant the runtime's timer is armed for (nil: none armed).
@@ -143,8 +160,13 @@ public struct PoolStateMachine: Sendable {
     // MARK: Queries
 
     public var stats: PoolStats {
-        PoolStats(totals: totals, perKey: perKey, limits: limits, isShuttingDown: lifecycle != .running)
+        var perKey: [PoolKey: PoolCounts] = [:]
+        for (key, slot) in keySlotByKey { perKey[key] = keyRecords[slot].counts }
+        return PoolStats(totals: totals, perKey: perKey, limits: limits, isShuttingDown: lifecycle != .running)
     }
+
+    /// The counts of all keys together (`stats.totals` without building `stats.perKey`).
+    public var totalCounts: PoolCounts { totals }
 
     public var waitingCount: Int { totals.waiting }
     public var totalConnections: Int { totals.total }
@@ -187,20 +209,22 @@ public struct PoolStateMachine: Sendable {
         }
         guard waiterSlotByRequest[request] == nil else { return actions }
 
-        if let id = takeIdle(key: key, preferring: eventLoopIndex) {
+        let known = keySlotByKey[key]
+        if let known, let id = takeIdle(keySlot: known, preferring: eventLoopIndex) {
             lease(id, to: request, actions: &actions)
             return actions
         }
         // Invariants: when a slot can be had, no older waiter is uncovered, so the connection
         // opened now covers exactly this request.
         if canOpen {
-            enqueue(request, key: key, eventLoopIndex: eventLoopIndex, now: now)
-            openConnection(key: key, eventLoopIndex: eventLoopIndex, actions: &actions)
+            let keySlot = known ?? addKey(key)
+            enqueue(request, keySlot: keySlot, eventLoopIndex: eventLoopIndex, now: now)
+            openConnection(keySlot: keySlot, eventLoopIndex: eventLoopIndex, actions: &actions)
         } else if borrowTimeoutNanoseconds == 0 {
             actions.append(.failRequest(request, .timeout))
             return actions
         } else {
-            enqueue(request, key: key, eventLoopIndex: eventLoopIndex, now: now)
+            enqueue(request, keySlot: known ?? addKey(key), eventLoopIndex: eventLoopIndex, now: now)
         }
         armTimer(waiterDeadline(enqueuedAt: now), actions: &actions)
         return actions
@@ -227,7 +251,7 @@ public struct PoolStateMachine: Sendable {
         case .connecting:
             var actions = PoolActions()
             forget(id)
-            connectingEnded(key: connection.key, error: error, now: now, actions: &actions)
+            connectingEnded(keySlot: connection.keySlot, error: error, now: now, actions: &actions)
             return actions
         case .idle, .leased, .closing, .awaitingSlot:
             return connectionClosed(id, now: now)
@@ -265,7 +289,7 @@ public struct PoolStateMachine: Sendable {
         case .connecting:
             forget(id)
             let failure = ConnectionFailure(message: "connection closed during startup")
-            connectingEnded(key: connection.key, error: failure, now: now, actions: &actions)
+            connectingEnded(keySlot: connection.keySlot, error: failure, now: now, actions: &actions)
         case .idle, .leased, .closing(successor: nil):
             forget(id)
             afterSlotFreed(now: now, actions: &actions)
@@ -342,8 +366,11 @@ public struct PoolStateMachine: Sendable {
 
         var failed: [Waiter] = []
         failed.reserveCapacity(totals.waiting)
-        for key in Array(waiterQueues.keys) {
-            while let waiter = popFirstWaiter(key: key) { failed.append(waiter) }
+        // By index, re-reading the count: dropping the last key may give the records' memory back.
+        var keySlot = 0
+        while keySlot < keyRecords.count {
+            while keySlot < keyRecords.count, let waiter = popFirstWaiter(keySlot: keySlot) { failed.append(waiter) }
+            keySlot += 1
         }
         failed.sort { $0.order < $1.order }
         for waiter in failed { actions.append(.failRequest(waiter.id, .shuttingDown)) }
@@ -370,7 +397,7 @@ public struct PoolStateMachine: Sendable {
             rebalance(now: now, actions: &actions)
             return
         }
-        if let slot = waiterToServe(key: connection.key, eventLoopIndex: connection.eventLoopIndex) {
+        if let slot = waiterToServe(keySlot: connection.keySlot, eventLoopIndex: connection.eventLoopIndex) {
             let waiter = removeWaiter(slot)
             lease(id, to: waiter.id, actions: &actions)
             return
@@ -385,13 +412,14 @@ public struct PoolStateMachine: Sendable {
         armTimer(nextIdleDeadline(), actions: &actions)
     }
 
-    /// A connecting connection of `key` is gone (already forgotten).
-    private mutating func connectingEnded(key: PoolKey, error: ConnectionFailure, now: PoolInstant, actions: inout PoolActions) {
+    /// A connecting connection of the key in `keySlot` is gone (already forgotten; the key may
+    /// have gone with it, and its record is then empty).
+    private mutating func connectingEnded(keySlot: KeySlot, error: ConnectionFailure, now: PoolInstant, actions: inout PoolActions) {
         guard lifecycle == .running else {
             checkDrained(actions: &actions)
             return
         }
-        if let slot = waiterQueues[key]?.firstUncovered {
+        if let slot = keyRecords[keySlot].waiters.firstUncovered {
             let waiter = removeWaiter(slot)
             actions.append(.failRequest(waiter.id, .connectionFailed(error)))
         }
@@ -418,13 +446,13 @@ public struct PoolStateMachine: Sendable {
         }
         guard totals.waiting > 0 else { return }
         while let waiter = oldestUncoveredWaiter() {
-            if let id = takeIdle(key: waiter.key, preferring: waiter.eventLoopIndex) {
+            if let id = takeIdle(keySlot: waiter.keySlot, preferring: waiter.eventLoopIndex) {
                 // Defensive (the invariants exclude it): serve the oldest waiter of that key.
-                if let first = popFirstWaiter(key: waiter.key) {
+                if let first = popFirstWaiter(keySlot: waiter.keySlot) {
                     lease(id, to: first.id, actions: &actions)
                 }
             } else if canOpen {
-                openConnection(key: waiter.key, eventLoopIndex: waiter.eventLoopIndex, actions: &actions)
+                openConnection(keySlot: waiter.keySlot, eventLoopIndex: waiter.eventLoopIndex, actions: &actions)
             } else {
                 break
             }
@@ -438,12 +466,14 @@ public struct PoolStateMachine: Sendable {
         let timeout = borrowTimeoutNanoseconds
         guard timeout > 0, totals.waiting > 0 else { return }
         var expired: [Waiter] = []
-        for key in Array(waiterQueues.keys) {
-            while let head = waiterQueues[key]?.all.head,
+        var keySlot = 0  // see `shutdown`
+        while keySlot < keyRecords.count {
+            while keySlot < keyRecords.count, let head = keyRecords[keySlot].waiters.all.head,
                   waiterSlots[head].enqueuedAt.advanced(byNanoseconds: timeout) <= now
             {
                 expired.append(removeWaiter(head))
             }
+            keySlot += 1
         }
         expired.sort { $0.order < $1.order }
         for waiter in expired { actions.append(.failRequest(waiter.id, .timeout)) }
@@ -451,10 +481,12 @@ public struct PoolStateMachine: Sendable {
 
     private mutating func failUncoveredWaiters(with error: PoolError, actions: inout PoolActions) {
         var failed: [Waiter] = []
-        for key in Array(waiterQueues.keys) {
-            while let slot = waiterQueues[key]?.firstUncovered {
+        var keySlot = 0  // see `shutdown`
+        while keySlot < keyRecords.count {
+            while keySlot < keyRecords.count, let slot = keyRecords[keySlot].waiters.firstUncovered {
                 failed.append(removeWaiter(slot))
             }
+            keySlot += 1
         }
         failed.sort { $0.order < $1.order }
         for waiter in failed { actions.append(.failRequest(waiter.id, error)) }
@@ -489,8 +521,8 @@ public struct PoolStateMachine: Sendable {
     private mutating func nextDeadline() -> PoolInstant? {
         var next = nextIdleDeadline()
         if borrowTimeoutNanoseconds > 0 {
-            for queue in waiterQueues.values {
-                if let head = queue.all.head,
+            for record in keyRecords {
+                if let head = record.waiters.all.head,
                    let deadline = waiterDeadline(enqueuedAt: waiterSlots[head].enqueuedAt),
                    next.map({ deadline < $0 }) ?? true
                 {
@@ -529,9 +561,9 @@ public struct PoolStateMachine: Sendable {
     /// closing connection whose slot is not promised; else in that of the least recently used idle
     /// connection (of another key), closed now. In the last two cases the open is decided now (it
     /// covers a waiter) and started when that connection is reported closed.
-    private mutating func openConnection(key: PoolKey, eventLoopIndex: Int, actions: inout PoolActions) {
+    private mutating func openConnection(keySlot: KeySlot, eventLoopIndex: Int, actions: inout PoolActions) {
         if totals.total < limits.maxConnections {
-            createConnection(key: key, eventLoopIndex: eventLoopIndex, actions: &actions)
+            createConnection(keySlot: keySlot, eventLoopIndex: eventLoopIndex, actions: &actions)
             return
         }
         if freeClosing.isEmpty {
@@ -542,29 +574,30 @@ public struct PoolStateMachine: Sendable {
         guard var closing = connections[closingID] else { return }
         // The slot changes hands: counted for the new open (as connecting) instead of as closing.
         let successor = createConnection(
-            key: key, eventLoopIndex: eventLoopIndex, freedBy: closingID, actions: &actions)
-        perKey[closing.key, default: PoolCounts()].closing -= 1
+            keySlot: keySlot, eventLoopIndex: eventLoopIndex, freedBy: closingID, actions: &actions)
+        keyRecords[closing.keySlot].counts.closing -= 1
         totals.closing -= 1
         closing.state = .closing(successor: successor)
         connections[closingID] = closing
-        dropKeyIfUnused(closing.key)
+        dropKeyIfUnused(closing.keySlot)
     }
 
     /// `freedBy`: the closing connection whose slot it takes; the open waits for it
     /// (`awaitingSlot`) instead of starting now.
     @discardableResult
     private mutating func createConnection(
-        key: PoolKey, eventLoopIndex: Int, freedBy closing: ConnectionID? = nil, actions: inout PoolActions
+        keySlot: KeySlot, eventLoopIndex: Int, freedBy closing: ConnectionID? = nil, actions: inout PoolActions
     ) -> ConnectionID {
         let id = ConnectionID(nextConnectionID)
         nextConnectionID += 1
         let state: ConnectionState = closing.map { .awaitingSlot(freedBy: $0) } ?? .connecting
-        connections[id] = Connection(key: key, eventLoopIndex: eventLoopIndex, state: state)
-        perKey[key, default: PoolCounts()].connecting += 1
+        let key = keyRecords[keySlot].key!
+        connections[id] = Connection(key: key, keySlot: keySlot, eventLoopIndex: eventLoopIndex, state: state)
+        keyRecords[keySlot].counts.connecting += 1
         totals.connecting += 1
         // One more covered waiter: the boundary moves one newer.
-        if let first = waiterQueues[key]?.firstUncovered {
-            waiterQueues[key, default: KeyWaiters()].firstUncovered = waiterSlots[first].nextOfKey
+        if let first = keyRecords[keySlot].waiters.firstUncovered {
+            keyRecords[keySlot].waiters.firstUncovered = waiterSlots[first].nextOfKey
         }
         if closing == nil { actions.append(.createConnection(id, key, eventLoopIndex: eventLoopIndex)) }
         return id
@@ -593,7 +626,7 @@ public struct PoolStateMachine: Sendable {
         leaveState(of: id, connection)
         connection.state = .leased(request)
         connections[id] = connection
-        perKey[connection.key, default: PoolCounts()].leased += 1
+        keyRecords[connection.keySlot].counts.leased += 1
         totals.leased += 1
         actions.append(.lease(id, to: request))
     }
@@ -605,9 +638,9 @@ public struct PoolStateMachine: Sendable {
         nextOrder += 1
         connection.state = .idle(since: now, order: order)
         connections[id] = connection
-        perKey[connection.key, default: PoolCounts()].idle += 1
+        keyRecords[connection.keySlot].counts.idle += 1
         totals.idle += 1
-        Self.push(id, loop: connection.eventLoopIndex, onto: &idleStacks[connection.key, default: []])
+        Self.push(id, loop: connection.eventLoopIndex, onto: &keyRecords[connection.keySlot].idle)
         idleLRU.append(IdleEntry(id: id, order: order))
     }
 
@@ -622,7 +655,7 @@ public struct PoolStateMachine: Sendable {
         }
         // Counted as closing before its old state is undone, so its key's entries are not dropped
         // and made again.
-        perKey[connection.key, default: PoolCounts()].closing += 1
+        keyRecords[connection.keySlot].counts.closing += 1
         totals.closing += 1
         leaveState(of: id, connection)
         connection.state = .closing(successor: nil)
@@ -634,63 +667,70 @@ public struct PoolStateMachine: Sendable {
     /// Removes `id` from every structure and count.
     private mutating func forget(_ id: ConnectionID) {
         guard let connection = connections.removeValue(forKey: id) else { return }
-        leaveState(of: id, connection)
+        if leaveState(of: id, connection) { dropKeyIfUnused(connection.keySlot) }
     }
 
-    /// Undoes the counts (and idle indexes) of the connection's current state.
-    private mutating func leaveState(of id: ConnectionID, _ connection: Connection) {
-        let key = connection.key
+    /// Undoes the counts (and idle indexes) of the connection's current state. The key stays
+    /// even if its counts are now zero: the connection is counted again at once (leased, idle,
+    /// closing), or `forget` drops the key. False: the connection counted for nothing (closing,
+    /// its slot handed over), and its key's record must not be touched.
+    @discardableResult
+    private mutating func leaveState(of id: ConnectionID, _ connection: Connection) -> Bool {
+        let keySlot = connection.keySlot
         switch connection.state {
         case .connecting, .awaitingSlot:
-            perKey[key, default: PoolCounts()].connecting -= 1
+            keyRecords[keySlot].counts.connecting -= 1
             totals.connecting -= 1
             // One less covered waiter: the newest covered one (if any) becomes uncovered.
-            if let queue = waiterQueues[key] {
-                if let first = queue.firstUncovered {
-                    waiterQueues[key, default: KeyWaiters()].firstUncovered = waiterSlots[first].previousOfKey
-                } else if queue.count > perKey[key]?.connecting ?? 0 {
-                    waiterQueues[key, default: KeyWaiters()].firstUncovered = queue.all.tail
-                }
+            if let first = keyRecords[keySlot].waiters.firstUncovered {
+                keyRecords[keySlot].waiters.firstUncovered = waiterSlots[first].previousOfKey
+            } else if keyRecords[keySlot].waiters.count > keyRecords[keySlot].counts.connecting {
+                keyRecords[keySlot].waiters.firstUncovered = keyRecords[keySlot].waiters.all.tail
             }
         case .idle:
             totals.idle -= 1
-            removeFromIdleStacks(id, key: key, eventLoopIndex: connection.eventLoopIndex)
+            keyRecords[keySlot].counts.idle -= 1
+            Self.remove(id, loop: connection.eventLoopIndex, from: &keyRecords[keySlot].idle)
             compactIdleLRUIfNeeded()
-            // The count last: the key's entries go with it (one lookup, not a second for the check).
-            if decrement(key, { $0.idle -= 1 }) { dropKey(key) }
-            return
         case .leased:
             totals.leased -= 1
-            if decrement(key, { $0.leased -= 1 }) { dropKey(key) }
-            return
+            keyRecords[keySlot].counts.leased -= 1
         case .closing(let successor):
-            // With a successor its slot was already handed over (and uncounted).
-            if successor == nil {
-                perKey[key, default: PoolCounts()].closing -= 1
-                totals.closing -= 1
-                if let index = freeClosing.firstIndex(of: id) { freeClosing.remove(at: index) }
-            }
+            // With a successor its slot was already handed over (and uncounted): it counts for
+            // nothing, and its key's record may be gone (or another key's by now).
+            guard successor == nil else { return false }
+            keyRecords[keySlot].counts.closing -= 1
+            totals.closing -= 1
+            if let index = freeClosing.firstIndex(of: id) { freeClosing.remove(at: index) }
         }
-        dropKeyIfUnused(key)
+        return true
+    }
+
+    /// The slot of a key that has none yet (its first connection or waiter comes next).
+    private mutating func addKey(_ key: PoolKey) -> KeySlot {
+        let keySlot: KeySlot
+        if let free = freeKeySlots.popLast() {
+            keySlot = free
+        } else {
+            keySlot = keyRecords.count
+            keyRecords.append(KeyRecord())
+        }
+        keyRecords[keySlot].key = key
+        keySlotByKey[key] = keySlot
+        return keySlot
     }
 
     /// Forgets a key with no connections and no waiters (its emptied structures go too).
-    private mutating func dropKeyIfUnused(_ key: PoolKey) {
-        guard perKey[key]?.isEmpty == true else { return }
-        dropKey(key)
-    }
-
-    private mutating func dropKey(_ key: PoolKey) {
-        perKey[key] = nil
-        waiterQueues[key] = nil
-        idleStacks[key] = nil
-    }
-
-    /// Changes `key`'s counts in place; whether they are all zero after.
-    private mutating func decrement(_ key: PoolKey, _ change: (inout PoolCounts) -> Void) -> Bool {
-        perKey.modifyValue(forKey: key, default: PoolCounts()) { counts in
-            change(&counts)
-            return counts.isEmpty
+    private mutating func dropKeyIfUnused(_ keySlot: KeySlot) {
+        guard keyRecords[keySlot].counts.isEmpty, let key = keyRecords[keySlot].key else { return }
+        keySlotByKey[key] = nil
+        keyRecords[keySlot] = KeyRecord()
+        if keySlotByKey.isEmpty, keyRecords.count > 64 {
+            // After many keys at once: give the memory back.
+            keyRecords = []
+            freeKeySlots = []
+        } else {
+            freeKeySlots.append(keySlot)
         }
     }
 
@@ -699,20 +739,15 @@ public struct PoolStateMachine: Sendable {
         stacks[loop].append(id)
     }
 
-    private mutating func removeFromIdleStacks(_ id: ConnectionID, key: PoolKey, eventLoopIndex: Int) {
-        // In place (one lookup, no copy of the arrays).
-        Self.remove(id, loop: eventLoopIndex, from: &idleStacks[key, default: []])
-    }
-
     private static func remove(_ id: ConnectionID, loop: Int, from stacks: inout [[ConnectionID]]) {
         guard loop < stacks.count, let index = stacks[loop].lastIndex(of: id) else { return }
         stacks[loop].remove(at: index)
     }
 
-    /// The idle connection of `key` to lease: on `eventLoopIndex` if any, else the most recently used.
-    /// `lease` then removes it from the idle indexes.
-    private func takeIdle(key: PoolKey, preferring eventLoopIndex: Int) -> ConnectionID? {
-        guard let byLoop = idleStacks[key] else { return nil }
+    /// The idle connection of the key in `keySlot` to lease: on `eventLoopIndex` if any, else the
+    /// most recently used. `lease` then removes it from the idle indexes.
+    private func takeIdle(keySlot: KeySlot, preferring eventLoopIndex: Int) -> ConnectionID? {
+        let byLoop = keyRecords[keySlot].idle
         var chosen: ConnectionID?
         if eventLoopIndex < byLoop.count, let id = byLoop[eventLoopIndex].last {
             chosen = id
@@ -757,15 +792,18 @@ public struct PoolStateMachine: Sendable {
 
     // MARK: Waiters
 
-    private mutating func enqueue(_ request: RequestID, key: PoolKey, eventLoopIndex: Int, now: PoolInstant) {
-        var queue = waiterQueues.removeValue(forKey: key) ?? KeyWaiters()  // unique while mutated
-        if queue.byLoop.count <= eventLoopIndex {
-            queue.byLoop.append(contentsOf: repeatElement(WaiterList(), count: eventLoopIndex + 1 - queue.byLoop.count))
+    private mutating func enqueue(_ request: RequestID, keySlot: KeySlot, eventLoopIndex: Int, now: PoolInstant) {
+        // The key's lists are changed where they are (`keyRecords[keySlot]...`), never through a
+        // copy of the record, whose arrays would then copy themselves.
+        if keyRecords[keySlot].waiters.byLoop.count <= eventLoopIndex {
+            let missing = eventLoopIndex + 1 - keyRecords[keySlot].waiters.byLoop.count
+            keyRecords[keySlot].waiters.byLoop.append(contentsOf: repeatElement(WaiterList(), count: missing))
         }
-        var loopList = queue.byLoop[eventLoopIndex]
+        let keyTail = keyRecords[keySlot].waiters.all.tail
+        let loopTail = keyRecords[keySlot].waiters.byLoop[eventLoopIndex].tail
         let waiter = Waiter(
-            id: request, key: key, eventLoopIndex: eventLoopIndex, enqueuedAt: now, order: nextOrder,
-            previousOfKey: queue.all.tail, previousOnLoop: loopList.tail)
+            id: request, keySlot: keySlot, eventLoopIndex: eventLoopIndex, enqueuedAt: now, order: nextOrder,
+            previousOfKey: keyTail, previousOnLoop: loopTail)
         let slot: Slot
         if let free = freeWaiterSlots.popLast() {
             slot = free
@@ -776,23 +814,25 @@ public struct PoolStateMachine: Sendable {
         }
         waiterSlotByRequest[request] = slot
         nextOrder += 1
-        if let tail = queue.all.tail { waiterSlots[tail].nextOfKey = slot } else { queue.all.head = slot }
-        queue.all.tail = slot
-        if let tail = loopList.tail { waiterSlots[tail].nextOnLoop = slot } else { loopList.head = slot }
-        loopList.tail = slot
-        queue.byLoop[eventLoopIndex] = loopList
-        queue.count += 1
-        // Appended at index count - 1: it is the first uncovered one iff all older ones are covered.
-        if queue.firstUncovered == nil, queue.count > perKey[key]?.connecting ?? 0 {
-            queue.firstUncovered = slot
+        if let keyTail { waiterSlots[keyTail].nextOfKey = slot } else { keyRecords[keySlot].waiters.all.head = slot }
+        keyRecords[keySlot].waiters.all.tail = slot
+        if let loopTail { waiterSlots[loopTail].nextOnLoop = slot } else {
+            keyRecords[keySlot].waiters.byLoop[eventLoopIndex].head = slot
         }
-        waiterQueues[key] = queue
-        perKey[key, default: PoolCounts()].waiting += 1
+        keyRecords[keySlot].waiters.byLoop[eventLoopIndex].tail = slot
+        keyRecords[keySlot].waiters.count += 1
+        // Appended at index count - 1: it is the first uncovered one iff all older ones are covered.
+        if keyRecords[keySlot].waiters.firstUncovered == nil,
+           keyRecords[keySlot].waiters.count > keyRecords[keySlot].counts.connecting
+        {
+            keyRecords[keySlot].waiters.firstUncovered = slot
+        }
+        keyRecords[keySlot].counts.waiting += 1
         totals.waiting += 1
     }
 
-    private mutating func popFirstWaiter(key: PoolKey) -> Waiter? {
-        guard let head = waiterQueues[key]?.all.head else { return nil }
+    private mutating func popFirstWaiter(keySlot: KeySlot) -> Waiter? {
+        guard let head = keyRecords[keySlot].waiters.all.head else { return nil }
         return removeWaiter(head)
     }
 
@@ -807,58 +847,55 @@ public struct PoolStateMachine: Sendable {
         } else {
             freeWaiterSlots.append(slot)
         }
-        let key = waiter.key
-        var queue = waiterQueues.removeValue(forKey: key)!  // unique while mutated
+        let keySlot = waiter.keySlot
 
         // Keep `firstUncovered` at index `connecting(key)`: removing a covered waiter (older than the
         // boundary) or the boundary itself moves the boundary one newer.
-        if let first = queue.firstUncovered {
+        if let first = keyRecords[keySlot].waiters.firstUncovered {
             if first == slot {
-                queue.firstUncovered = waiter.nextOfKey
+                keyRecords[keySlot].waiters.firstUncovered = waiter.nextOfKey
             } else if waiter.order < waiterSlots[first].order {
-                queue.firstUncovered = waiterSlots[first].nextOfKey
+                keyRecords[keySlot].waiters.firstUncovered = waiterSlots[first].nextOfKey
             }
         }
 
         if let previous = waiter.previousOfKey { waiterSlots[previous].nextOfKey = waiter.nextOfKey } else {
-            queue.all.head = waiter.nextOfKey
+            keyRecords[keySlot].waiters.all.head = waiter.nextOfKey
         }
         if let next = waiter.nextOfKey { waiterSlots[next].previousOfKey = waiter.previousOfKey } else {
-            queue.all.tail = waiter.previousOfKey
+            keyRecords[keySlot].waiters.all.tail = waiter.previousOfKey
         }
 
-        var loopList = queue.byLoop[waiter.eventLoopIndex]
+        let loop = waiter.eventLoopIndex
         if let previous = waiter.previousOnLoop { waiterSlots[previous].nextOnLoop = waiter.nextOnLoop } else {
-            loopList.head = waiter.nextOnLoop
+            keyRecords[keySlot].waiters.byLoop[loop].head = waiter.nextOnLoop
         }
         if let next = waiter.nextOnLoop { waiterSlots[next].previousOnLoop = waiter.previousOnLoop } else {
-            loopList.tail = waiter.previousOnLoop
+            keyRecords[keySlot].waiters.byLoop[loop].tail = waiter.previousOnLoop
         }
-        queue.byLoop[waiter.eventLoopIndex] = loopList
 
-        queue.count -= 1
-        waiterQueues[key] = queue
-        perKey[key, default: PoolCounts()].waiting -= 1
+        keyRecords[keySlot].waiters.count -= 1
+        keyRecords[keySlot].counts.waiting -= 1
         totals.waiting -= 1
-        dropKeyIfUnused(key)
+        dropKeyIfUnused(keySlot)
         return waiter
     }
 
-    /// The waiter of `key` that a connection on `eventLoopIndex` becoming available serves: the
-    /// oldest waiter of `key` on that loop, unless the oldest waiter of `key` overall arrived
-    /// `affinityWindow` or more before it (or the window is zero, or nobody waits on that loop):
-    /// then that one. O(1).
+    /// The waiter of the key in `keySlot` that a connection on `eventLoopIndex` becoming
+    /// available serves: the oldest waiter of the key on that loop, unless the oldest waiter of
+    /// the key overall arrived `affinityWindow` or more before it (or the window is zero, or
+    /// nobody waits on that loop): then that one. O(1).
     ///
     /// The window compares arrival times, not time waited: under a steady overload every waiter
     /// has waited longer than any small window, and a rule on time waited would then hand half the
     /// connections across threads.
-    private func waiterToServe(key: PoolKey, eventLoopIndex: Int) -> Slot? {
-        guard let queue = waiterQueues[key], let oldest = queue.all.head else { return nil }
+    private func waiterToServe(keySlot: KeySlot, eventLoopIndex: Int) -> Slot? {
+        guard let oldest = keyRecords[keySlot].waiters.all.head else { return nil }
         let window = limits.affinityWindow.poolNanoseconds
         guard window > 0 else { return oldest }
         let head = waiterSlots[oldest]
-        guard head.eventLoopIndex != eventLoopIndex, eventLoopIndex < queue.byLoop.count,
-              let local = queue.byLoop[eventLoopIndex].head
+        guard head.eventLoopIndex != eventLoopIndex, eventLoopIndex < keyRecords[keySlot].waiters.byLoop.count,
+              let local = keyRecords[keySlot].waiters.byLoop[eventLoopIndex].head
         else { return oldest }
         if head.enqueuedAt.advanced(byNanoseconds: window) <= waiterSlots[local].enqueuedAt { return oldest }
         return local
@@ -867,27 +904,36 @@ public struct PoolStateMachine: Sendable {
     /// The oldest waiter (all keys) not covered by an in-flight creation of its key.
     private func oldestUncoveredWaiter() -> Waiter? {
         var oldest: Waiter?
-        for queue in waiterQueues.values {
-            guard let first = queue.firstUncovered else { continue }
+        for record in keyRecords {
+            guard let first = record.waiters.firstUncovered else { continue }
             let candidate = waiterSlots[first]
             if oldest.map({ candidate.order < $0.order }) ?? true { oldest = candidate }
         }
         return oldest
     }
 
-    /// Checks the waiter indexes against each other (O(waiters)); returns the problems found.
-    /// For tests only.
+    /// Checks the waiter and key indexes against each other (O(waiters)); returns the problems
+    /// found. For tests only.
     @_spi(Testing)
     public func waiterIndexProblems() -> [String] {
         var problems: [String] = []
         var seen = 0
-        for (key, queue) in waiterQueues {
+        var usedKeySlots = 0
+        for (keySlot, record) in keyRecords.enumerated() {
+            guard let key = record.key else {
+                if record.waiters.all.head != nil || !record.counts.isEmpty { problems.append("free key slot \(keySlot) in use") }
+                continue
+            }
+            usedKeySlots += 1
+            if keySlotByKey[key] != keySlot { problems.append("\(key): not found at its slot \(keySlot)") }
+            if record.counts.isEmpty { problems.append("\(key): kept with no connections and no waiters") }
+            let queue = record.waiters
             var ids: [Slot] = []
             var previous: Slot?
             var cursor = queue.all.head
             while let id = cursor, ids.count <= waiterSlotByRequest.count {
                 guard let node = waiter(in: id) else { problems.append("\(key): dangling slot \(id)"); break }
-                if node.key != key { problems.append("\(node.id): in the list of \(key)") }
+                if node.keySlot != keySlot { problems.append("\(node.id): in the list of \(key)") }
                 if node.previousOfKey != previous { problems.append("\(node.id): bad previous link") }
                 if let previous, waiterSlots[previous].order >= node.order { problems.append("\(key): not oldest first") }
                 ids.append(id)
@@ -895,8 +941,8 @@ public struct PoolStateMachine: Sendable {
                 cursor = node.nextOfKey
             }
             if queue.all.tail != previous { problems.append("\(key): bad tail") }
-            if ids.count != queue.count || queue.count != perKey[key]?.waiting { problems.append("\(key): bad count") }
-            let covered = perKey[key]?.connecting ?? 0
+            if ids.count != queue.count || queue.count != record.counts.waiting { problems.append("\(key): bad count") }
+            let covered = record.counts.connecting
             let expected = ids.count > covered ? ids[covered] : nil
             if queue.firstUncovered != expected {
                 problems.append("\(key): firstUncovered \(String(describing: queue.firstUncovered)), expected \(String(describing: expected))")
@@ -908,7 +954,7 @@ public struct PoolStateMachine: Sendable {
                 var count = 0
                 while let id = cursor, count <= ids.count {
                     guard let node = waiter(in: id) else { problems.append("\(key)/\(loop): dangling slot \(id)"); break }
-                    if node.key != key || node.eventLoopIndex != loop { problems.append("\(node.id): on the wrong loop list") }
+                    if node.keySlot != keySlot || node.eventLoopIndex != loop { problems.append("\(node.id): on the wrong loop list") }
                     if node.previousOnLoop != previous { problems.append("\(node.id): bad previous loop link") }
                     if let previous, waiterSlots[previous].order >= node.order { problems.append("\(key)/\(loop): not oldest first") }
                     previous = id
@@ -921,6 +967,8 @@ public struct PoolStateMachine: Sendable {
             if onLoops != ids.count { problems.append("\(key): loop lists hold \(onLoops), key list \(ids.count)") }
             seen += ids.count
         }
+        if usedKeySlots != keySlotByKey.count { problems.append("key slots in use \(usedKeySlots), keys \(keySlotByKey.count)") }
+        if usedKeySlots + freeKeySlots.count != keyRecords.count { problems.append("key slots leaked") }
         if seen != waiterSlotByRequest.count || seen != totals.waiting { problems.append("waiter count mismatch") }
         if waiterSlotByRequest.count + freeWaiterSlots.count != waiterSlots.count { problems.append("slots leaked") }
         return problems

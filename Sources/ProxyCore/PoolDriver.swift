@@ -92,6 +92,9 @@ public final class PoolDriver<Connection: PooledConnection>: @unchecked Sendable
 
     public var limits: PoolLimits { lock.withLock { machine.limits } }
     public var stats: PoolStats { lock.withLock { machine.stats } }
+    /// The counts of all keys together: cheaper than `stats` (which builds the per-key table),
+    /// for the reader chosen at each borrow of a READ_ONLY endpoint.
+    public var totals: PoolCounts { lock.withLock { machine.totalCounts } }
 
     public var leaseCounters: LeaseCounters { lock.withLock { counters } }
 

@@ -101,6 +101,49 @@ import Testing
         #expect(pool.waiterIndexProblems().isEmpty)
     }
 
+    /// Keys' records live in an array that is given back when the last key goes. Expiring,
+    /// failing or shutting down the waiters of many keys at once drops every key in the middle
+    /// of the walk over that array (which must not read past its new end), and keys that come
+    /// later get fresh records.
+    @Test(arguments: ["expire", "fail", "shutdown"])
+    func waitersOfManyKeysAllGoAtOnce(how: String) {
+        let keys = (0..<100).map { PoolKey(user: "user\($0)", database: "db") }
+        // A cap of zero: every borrow waits.
+        var pool = makePool(cap: 0, borrowTimeout: .seconds(10))
+        for round in 0..<2 {
+            let base = UInt64(round * 1_000)
+            for (i, key) in keys.enumerated() {
+                #expect(pool.borrow(request: req(base + UInt64(i)), key: key, eventLoopIndex: i % 3, now: t(Double(round * 100))).withoutTimers == [])
+            }
+            #expect(pool.stats.perKey.count == 100)
+            #expect(pool.waiterIndexProblems().isEmpty)
+            let gone: PoolActions
+            switch how {
+            case "expire": gone = pool.tick(now: t(Double(round * 100 + 10)))
+            case "fail": gone = pool.updateLimits(makePool(cap: 0, borrowTimeout: .zero).limits, now: t(Double(round * 100 + 1)))
+            default: gone = round == 0 ? pool.shutdown() : PoolActions()
+            }
+            if how == "shutdown", round == 1 { break }
+            #expect(gone.failed == (0..<100).map { req(base + UInt64($0)) })
+            #expect(pool.stats.perKey.isEmpty)
+            #expect(pool.waitingCount == 0)
+            #expect(pool.waiterIndexProblems().isEmpty)
+            if how == "fail" { _ = pool.updateLimits(makePool(cap: 0, borrowTimeout: .seconds(10)).limits, now: t(Double(round * 100 + 2))) }
+            if how == "shutdown" {
+                #expect(pool.borrow(request: req(9_999), key: keyA, eventLoopIndex: 0, now: t(50)) == [.failRequest(req(9_999), .shuttingDown)])
+                break
+            }
+        }
+        guard how != "shutdown" else { return }
+        // A key after all that gets a working record.
+        _ = pool.updateLimits(makePool(cap: 1, borrowTimeout: .seconds(10)).limits, now: t(300))
+        let created = pool.borrow(request: req(5_000), key: keyA, eventLoopIndex: 0, now: t(300)).created
+        #expect(created.count == 1)
+        #expect(pool.connectionEstablished(created[0], now: t(301)) == [.lease(created[0], to: req(5_000))])
+        #expect(pool.stats.perKey == [keyA: PoolCounts(leased: 1)])
+        #expect(pool.waiterIndexProblems().isEmpty)
+    }
+
     @Test func freedSlotGoesToOldestWaiterAcrossKeys() {
         var pool = makePool(cap: 1, borrowTimeout: .seconds(100))
         let c0 = pool.leaseNew(req(1), key: keyA)
