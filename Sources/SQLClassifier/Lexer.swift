@@ -73,7 +73,7 @@ private let backslash = UInt8(ascii: "\\")
 @inline(__always) private func isDollarTagCont(_ c: UInt8) -> Bool { isIdentStart(c) || isDigit(c) }
 /// `ident_cont`: dolq_cont plus `$`. One bit test per byte (the classifier's inner loop):
 /// bits 0x24 (`$`) and 0x30-0x39 of the low mask; 0x41-0x5A, 0x5F and 0x61-0x7A of the high.
-@inline(__always) private func isIdentCont(_ c: UInt8) -> Bool {
+@inline(__always) func isIdentCont(_ c: UInt8) -> Bool {
     if c >= 0x80 { return true }
     let mask: UInt64 = c < 64 ? 0x03FF_0010_0000_0000 : 0x07FF_FFFE_87FF_FFFE
     return (mask >> UInt64(c & 63)) & 1 != 0

@@ -594,3 +594,49 @@ func resets(_ c: ResetCase) {
         #expect(SQLClassifier.classify(sql).pinReasons.isEmpty, "\(sql)")
     }
 }
+
+// MARK: - The plain-SELECT shortcut against the lexer
+
+/// `classify` answers a plain SELECT from its bytes (`isPlainSelect`) without the lexer: for
+/// every statement, written or generated, the answer must be the lexer's (`classifyByTokens`),
+/// with standard-conforming strings on and off.
+@Test func plainSelectShortcutAgreesWithTheLexer() {
+    let written = triggerCases.map(\.sql) + lookAlikes + filterCases.map(\.sql) + setCases.map(\.sql)
+        + unterminatedInputs + truncatedInputs + resetCases.map(\.sql) + [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 123;", "select 1", " \n\tSELECT 1 ;  ; \n",
+            "select 1; select 2", "select 1;x", "selected", "select_1", "select$1", "select", "SELECT*FROM t",
+            "select 'into'", "select \"Into\"", "select x from t where y = 'a(b'", "select 1 -- (\n",
+            "select /* ; */ 1", "select 1 into temp t", "SELECT x INTO t FROM y", "select nextval ('s')",
+            "select e'\\'; set role x; '", "select $$;$$", "select lastval", "sélect 1", "select\u{0}1",
+        ]
+    let fragments = [
+        "select", "SELECT", "Select", " ", "\t", "\n", "\r\n", "\u{0B}", "into", "INTO", "iNtO", "int", "(", ")", ";",
+        "'", "\"", "$$", "$a$", "--", "/*", "*/", "\\", "E'", "U&'", "nextval", "setval", "set_config",
+        "pg_advisory_lock", "pg_catalog", ".", ",", "x", "1", "from", "t", "temp", "pg_temp", "table", "selected",
+        "set", "reset", "listen", "with", "explain", "é", "\u{0}",
+    ]
+    var random = MySQLTestRandom(seed: 20_261_205)  // deterministic: a failure repeats
+    var generated: [String] = []
+    for n in 0..<30_000 {
+        var sql = n % 2 == 0 ? (n % 4 == 0 ? "select " : "SELECT") : ""
+        for _ in 0..<random.below(13) { sql += random.pick(fragments) }
+        generated.append(sql)
+    }
+    var shortcuts = 0
+    for sql in written + generated {
+        var copy = sql
+        copy.withUTF8 { utf8 in
+            let raw = UnsafeRawBufferPointer(utf8)
+            if SQLClassifier.isPlainSelect(raw) { shortcuts += 1 }
+            for conforming in [true, false] {
+                let options = ClassifierOptions(standardConformingStrings: conforming)
+                let expected = SQLClassifier.classifyByTokens(raw, options: options)
+                let actual = SQLClassifier.classify(raw, options: options)
+                #expect(actual == expected, "\(sql.debugDescription), standard_conforming_strings \(conforming)")
+            }
+        }
+    }
+    // The shortcut is taken often enough for the comparison to mean something.
+    #expect(shortcuts > 3_000)
+    #expect(SQLClassifier.isPlainSelect(UnsafeRawBufferPointer(start: nil, count: 0)) == false)
+}
