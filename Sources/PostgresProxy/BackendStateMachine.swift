@@ -56,28 +56,31 @@ public struct BackendStateMachine: Sendable {
         }
     }
 
+    /// The cases with payloads are `indirect`: the state is read (copied) several times per
+    /// transaction, and inline it was as large as its largest payload (an error's fields), so
+    /// each read copied about 200 bytes. Those cases are set once per connection or check.
     public enum State: Sendable {
         /// No TCP connection yet.
         case connecting
         /// SSLRequest sent; waiting for the one-byte answer.
         case negotiatingTLS
         /// Startup sent; the SCRAM exchange under way, if the server asked for one.
-        case authenticating(SCRAMClientSession?)
+        indirect case authenticating(SCRAMClientSession?)
         /// AuthenticationOk received; ParameterStatus and BackendKeyData until ReadyForQuery.
         case startingUp
         /// Running `setupQueries[step]` (one simple Query each, answered by one ReadyForQuery).
         /// `failure`: the first ErrorResponse among them.
-        case setup(step: Int, failure: PGErrorFields?)
+        indirect case setup(step: Int, failure: PGErrorFields?)
         case idle
         /// Forwarding to the owner (the handler's).
         case leased
         /// Bringing the parameters (and statements) to the owner's, answered by one ReadyForQuery.
         /// `fromDefaults`: the values came from a startup packet (see `lease`).
-        case preparing(failure: PGErrorFields?, fromDefaults: Bool)
+        indirect case preparing(failure: PGErrorFields?, fromDefaults: Bool)
         /// A ROLLBACK for a client that left inside a transaction.
         case resetting
         /// A health check's `SELECT pg_is_in_recovery()`.
-        case checking(inRecovery: Bool?, failure: PGErrorFields?)
+        indirect case checking(inRecovery: Bool?, failure: PGErrorFields?)
         case closed
         /// Only while a payload is modified in place (no copy-on-write of the SCRAM session).
         case modifying

@@ -613,7 +613,7 @@ func resets(_ c: ResetCase) {
         "select", "SELECT", "Select", " ", "\t", "\n", "\r\n", "\u{0B}", "into", "INTO", "iNtO", "int", "(", ")", ";",
         "'", "\"", "$$", "$a$", "--", "/*", "*/", "\\", "E'", "U&'", "nextval", "setval", "set_config",
         "pg_advisory_lock", "pg_catalog", ".", ",", "x", "1", "from", "t", "temp", "pg_temp", "table", "selected",
-        "set", "reset", "listen", "with", "explain", "é", "\u{0}",
+        "set", "reset", "listen", "with", "explain", "é", "\u{0}", "\u{08}", "\u{1B}", "abalance pgbench_accounts",
     ]
     var random = MySQLTestRandom(seed: 20_261_205)  // deterministic: a failure repeats
     var generated: [String] = []
