@@ -36,6 +36,12 @@ extension ClientSessionMachine {
         public var waiting: Bool
     }
 
+    final class ShapeBox: Equatable {
+        let value: ShapeAnswer
+        init(_ value: ShapeAnswer) { self.value = value }
+        static func == (a: ShapeBox, b: ShapeBox) -> Bool { a.value == b.value }
+    }
+
     /// What to do with one backend message, and what to log.
     public struct Relayed: Equatable {
         public var action = RelayAction.forward
@@ -44,7 +50,13 @@ extension ClientSessionMachine {
         public var unpinned: PinReasons = []
         public var unpinnedThen: PinReasons = []
         /// A row type to record (`recordShape`).
-        public var shape: ShapeAnswer?
+        public var shape: ShapeAnswer? {
+            get { shapeBox?.value }
+            set { shapeBox = newValue.map(ShapeBox.init) }
+        }
+        /// Boxed: a shape is rare (a Describe the proxy sent), and inline its strings made every
+        /// relayed message's answer about 100 bytes that were copied and destroyed each time.
+        private var shapeBox: ShapeBox?
         /// The error named one of the proxy's statements as missing: its view of the backend was
         /// wrong, and every statement there is prepared afresh from now on (a warning).
         public var statementsInvalidated = false
