@@ -26,10 +26,15 @@ public struct LatencyBuckets: Sendable {
     @inlinable
     public mutating func record(nanoseconds value: Int64) {
         let value = max(0, value)
-        var index = 0
-        let n = bounds.count
-        while index < n, bounds[index] < value { index &+= 1 }
-        counts[index] &+= 1
+        // The first bound not below the value, by bisection: recorded once per borrow, where a
+        // scan from the first bound walked most of them for a client that had waited.
+        var low = 0
+        var high = bounds.count
+        while low < high {
+            let middle = (low &+ high) &>> 1
+            if bounds[middle] < value { low = middle &+ 1 } else { high = middle }
+        }
+        counts[low] &+= 1
         sum &+= value
     }
 

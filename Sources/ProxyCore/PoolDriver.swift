@@ -144,8 +144,25 @@ public final class PoolDriver<Connection: PooledConnection>: @unchecked Sendable
     /// A leased connection comes back: clean (`reusable`) or to be closed.
     @inlinable public func release(_ connection: Connection, reusable: Bool) {
         let reusable = reusable && connection.generation == generation
-        let actions = lock.withLock { machine.release(connection.id, reusable: reusable, now: Self.now) }
-        run(actions)
+        var next: Waiter?
+        lock.lock()
+        let actions = machine.release(connection.id, reusable: reusable, now: Self.now)
+        // The usual case with clients waiting, the backend handed on at once: answered under this
+        // one lock (`run` would take it again to find the waiter, and look up the connection we
+        // hold). The connection is in `connections`: the machine had it leased, and both forget
+        // it together, under the lock.
+        if actions.count == 1, case .lease(let id, let request) = actions[actions.startIndex], id == connection.id,
+           let waiter = waiters.removeValue(forKey: request)
+        {
+            countLease(of: connection, to: waiter)
+            next = waiter
+        }
+        lock.unlock()
+        if let next {
+            deliver(.success(connection), to: next)
+        } else {
+            run(actions)
+        }
     }
 
     /// Every backend open now is stale (the target or the init query changed): idle ones are
