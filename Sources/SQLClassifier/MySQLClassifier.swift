@@ -25,6 +25,43 @@
 public enum MySQLClassifier {
     /// Classifies a `COM_QUERY` text given as UTF-8 bytes.
     public static func classify(_ sql: UnsafeRawBufferPointer, options: MySQLClassifierOptions = MySQLClassifierOptions()) -> MySQLClassification {
+        if isPlainSelect(sql) {
+            var result = MySQLClassification(statementCount: 1)
+            result.kind = .select
+            return result
+        }
+        return classifyByTokens(sql, options: options)
+    }
+
+    /// Whether `sql` is one SELECT that no rule can pin or mark, decided from its bytes alone
+    /// (`scanPlainSelect`, shared with PostgreSQL's shortcut): it starts with the word SELECT and
+    /// nowhere (not even inside literals or comments) holds an opening parenthesis (every
+    /// function rule needs one), a second statement, an `@` (user variables pin), a `:` (a
+    /// label: `select: BEGIN ... END` is a compound statement), the word SELECT again
+    /// (`containsSelect`: `UNION SELECT`) or the letters `sql_` (`SQL_CALC_FOUND_ROWS` pins).
+    /// Nothing else pins or is noted in a statement that starts so: `INTO`, `FOR UPDATE` and
+    /// `LOCK IN SHARE MODE` do not. sysbench's point select is classified this way; any other
+    /// text goes through the lexer. A unit test compares the two on generated statements.
+    static func isPlainSelect(_ sql: UnsafeRawBufferPointer) -> Bool {
+        // Folded with 0x20: `@` (0x40) becomes a backtick (0x60), `S` becomes `s` (0x73), and
+        // `:` (0x3A) stays itself; the other bytes that fold to these only stop the fast scan.
+        scanPlainSelect(sql, stops: {
+            plainBytes($0, equalTo: 0x60) | plainBytes($0, equalTo: UInt8(ascii: "s")) | plainBytes($0, equalTo: mysqlColon)
+        }) { c, i in
+            switch c {
+            case UInt8(ascii: "@"), mysqlColon:
+                return false
+            case UInt8(ascii: "s"), UInt8(ascii: "S"):
+                if plainWordFollows(sql, at: i, "select") || plainWordFollows(sql, at: i, "sql_") { return false }
+                return nil
+            default:
+                return nil
+            }
+        }
+    }
+
+    /// The classification by the lexer and every rule (`classify` without its shortcut).
+    static func classifyByTokens(_ sql: UnsafeRawBufferPointer, options: MySQLClassifierOptions) -> MySQLClassification {
         var result = MySQLClassification()
         guard sql.count > 0 else { return result }
         var lexer = MySQLLexer(sql, backslashEscapes: !options.noBackslashEscapes, ansiQuotes: options.ansiQuotes)

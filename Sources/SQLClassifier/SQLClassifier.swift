@@ -23,66 +23,11 @@ public enum SQLClassifier {
     /// (a second statement). A SELECT such as pgbench's is classified this way; any other text
     /// goes through the lexer. A unit test compares the two on generated statements.
     static func isPlainSelect(_ sql: UnsafeRawBufferPointer) -> Bool {
-        let count = sql.count
-        var i = 0
-        while i < count, isSpace(sql[i]) { i += 1 }
-        guard i + 6 <= count,
-              sql[i] | 0x20 == UInt8(ascii: "s"), sql[i + 1] | 0x20 == UInt8(ascii: "e"),
-              sql[i + 2] | 0x20 == UInt8(ascii: "l"), sql[i + 3] | 0x20 == UInt8(ascii: "e"),
-              sql[i + 4] | 0x20 == UInt8(ascii: "c"), sql[i + 5] | 0x20 == UInt8(ascii: "t")
-        else { return false }
-        i += 6
-        if i < count {
-            // `selected`, `select_1`, `select$x`: another identifier.
-            if isIdentCont(sql[i]) { return false }
+        // `i` (0x69) stays itself when folded with 0x20, and `I` becomes it.
+        scanPlainSelect(sql, stops: { plainBytes($0, equalTo: UInt8(ascii: "i")) }) { c, i in
+            if c | 0x20 == UInt8(ascii: "i"), plainWordFollows(sql, at: i, "into") { return false }
+            return nil
         }
-        while i < count {
-            // Eight bytes at a time where none of them can matter. With bit 0x20 set in each byte,
-            // `(` (0x28), `;` (0x3B) and `i` (0x69) stay themselves and `I` becomes `i`; the
-            // others that become one of them (0x08, 0x1B) only send their word to the byte loop.
-            // The lowest byte flagged is one of them (see `zeroBytes`): the byte loop starts there.
-            if i + 8 <= count {
-                let word = UInt64(littleEndian: sql.loadUnaligned(fromByteOffset: i, as: UInt64.self)) | 0x2020_2020_2020_2020
-                let flagged = zeroBytes(word ^ 0x2828_2828_2828_2828) | zeroBytes(word ^ 0x3B3B_3B3B_3B3B_3B3B)
-                    | zeroBytes(word ^ 0x6969_6969_6969_6969)
-                if flagged == 0 {
-                    i += 8
-                    continue
-                }
-                i += flagged.trailingZeroBitCount >> 3  // read little-endian: the lowest bits are the first byte
-            }
-            let c = sql[i]
-            switch c {
-            case openParen:
-                return false
-            case semicolon:
-                var j = i + 1
-                while j < count, isSpace(sql[j]) || sql[j] == semicolon { j += 1 }
-                return j == count
-            case UInt8(ascii: "i"), UInt8(ascii: "I"):
-                if i + 3 < count, sql[i + 1] | 0x20 == UInt8(ascii: "n"), sql[i + 2] | 0x20 == UInt8(ascii: "t"),
-                   sql[i + 3] | 0x20 == UInt8(ascii: "o")
-                {
-                    return false
-                }
-            default:
-                break
-            }
-            i += 1
-        }
-        return true
-    }
-
-    /// The high bit of each zero byte of `word`, and possibly of bytes above a zero one (a
-    /// borrow): zero when no byte is, and its lowest set bit is always a zero byte's.
-    @inline(__always)
-    private static func zeroBytes(_ word: UInt64) -> UInt64 {
-        (word &- 0x0101_0101_0101_0101) & ~word & 0x8080_8080_8080_8080
-    }
-
-    @inline(__always)
-    private static func isSpace(_ c: UInt8) -> Bool {
-        c == 0x20 || (c >= 0x09 && c <= 0x0D)
     }
 
     /// The classification by the lexer and every rule (`classify` without its shortcut).

@@ -949,3 +949,52 @@ func mysqlLiteralsAndCommentsNeverPin(noBackslashEscapes: Bool, ansiQuotes: Bool
         #expect(inside.pinReasons == .userVariable, "\(sql.debugDescription)")
     }
 }
+
+// MARK: - The plain-SELECT shortcut against the lexer
+
+/// `classify` answers a plain SELECT from its bytes (`isPlainSelect`) without the lexer: for
+/// every statement, written or generated, the answer must be the lexer's (`classifyByTokens`),
+/// with backslash escapes and ANSI quotes on and off.
+@Test func mysqlPlainSelectShortcutAgreesWithTheLexer() {
+    let written = mysqlTriggerCases.map(\.sql) + mysqlLookAlikes + mysqlFilterCases.map(\.sql) + mysqlSetCases.map(\.sql)
+        + mysqlTruncatedInputs + mysqlPinPayloads + [
+            "SELECT c FROM sbtest1 WHERE id=5001", "select 1", " \n\tSELECT 1 ;  ; \n", "\u{0B}\u{0C}select 1",
+            "select 1; select 2", "select 1;x", "selected", "select_1", "select$1", "select", "SELECT*FROM t",
+            "select 1 union select 2", "SELECT a FROM t UNION ALL SELECT b FROM u", "select 'select'",
+            "select SQL_CALC_FOUND_ROWS a from t", "select sql_no_cache a from t", "select a into outfile '/tmp/x' from t",
+            "select a from t for update", "select a from t lock in share mode", "select @x", "select @@version",
+            "select a from t where b = 'x@y'", "select: begin end", "select: loop select 1; end loop",
+            "select 1 /*! ; */", "select 1 -- x\n", "select 1 # @x\n", "select `a` from `t`", "select \"a\" from t",
+            "select 1 /*!50000 , @x */", "sélect 1", "select\u{0}1", "selectñ", "SELECT kill", "select a\\b",
+        ]
+    let fragments = [
+        "select", "SELECT", "Select", " ", "\t", "\n", "\r\n", "\u{0B}", "\u{0C}", "into", "(", ")", ";", ":", "@", "@@",
+        "'", "\"", "`", "#", "-- ", "--", "/*", "/*!", "/*M!", "*/", "\\", "union", "sql_calc_found_rows", "SQL_",
+        "sql", "s", "found_rows", "get_lock", "row_count", "last_insert_id", "connection_id", "kill", "lock",
+        "tables", "begin", "end", "loop", ".", ",", "x", "1", "from", "t", "sbtest1", "where", "id=5", "é", "\u{0}",
+        "\u{08}", "\u{1A}", "\u{1B}", "\u{40}", "\u{60}", "set", "use", "show", "for update",
+    ]
+    var random = MySQLTestRandom(seed: 20_261_205)  // deterministic: a failure repeats
+    var generated: [String] = []
+    for n in 0..<30_000 {
+        var sql = n % 2 == 0 ? (n % 4 == 0 ? "select " : "SELECT") : ""
+        for _ in 0..<random.below(13) { sql += random.pick(fragments) }
+        generated.append(sql)
+    }
+    var shortcuts = 0
+    for sql in written + generated {
+        var copy = sql
+        copy.withUTF8 { utf8 in
+            let raw = UnsafeRawBufferPointer(utf8)
+            if MySQLClassifier.isPlainSelect(raw) { shortcuts += 1 }
+            for options in [MySQLClassifierOptions(), MySQLClassifierOptions(noBackslashEscapes: true, ansiQuotes: true)] {
+                let expected = MySQLClassifier.classifyByTokens(raw, options: options)
+                let actual = MySQLClassifier.classify(raw, options: options)
+                #expect(actual == expected, "\(sql.debugDescription), \(options)")
+            }
+        }
+    }
+    // The shortcut is taken often enough for the comparison to mean something.
+    #expect(shortcuts > 3_000)
+    #expect(MySQLClassifier.isPlainSelect(UnsafeRawBufferPointer(start: nil, count: 0)) == false)
+}
