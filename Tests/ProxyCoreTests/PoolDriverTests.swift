@@ -54,7 +54,11 @@ private final class Requester: PoolRequester, @unchecked Sendable {
         self.answer = eventLoop.makePromise()
     }
 
+    /// How many answers it got: exactly one for a request that was not cancelled.
+    let answers = NIOLockedValueBox(0)
+
     func borrowCompleted(_ result: Result<FakeConnection, BorrowError>) {
+        answers.withLockedValue { $0 += 1 }
         answer.succeed(result)
     }
 
@@ -134,6 +138,40 @@ private final class Harness: @unchecked Sendable {
         let waiter = harness.borrow()
         harness.pool.release(holder, reusable: true)
         #expect(try await waiter.connection() === holder)
+    }
+
+    /// Waiters are kept in slots their request ids name, and a freed slot is reused: a waiter
+    /// that takes a cancelled one's slot waits its turn, the cancelled ones never get an answer,
+    /// and each of the others gets exactly one, in order.
+    @Test(.timeLimit(.minutes(1))) func waitersAreServedInOrderAcrossCancelsAndReusedSlots() async throws {
+        let harness = Harness(limits: limits(cap: 1))
+        var current = try await harness.borrow().connection()
+        var waiting: [(requester: Requester, id: RequestID)] = []
+        for _ in 0..<300 {
+            let requester = Requester(eventLoop: harness.loop)
+            waiting.append((requester, harness.pool.borrow(key: key, for: requester)))
+        }
+        for (n, waiter) in waiting.enumerated() where n % 2 == 1 { harness.pool.cancel(waiter.id) }
+        let late = harness.borrow()
+        // Cancelled again, now that `late` holds one of their slots: nothing changes.
+        for (n, waiter) in waiting.enumerated() where n % 2 == 1 { harness.pool.cancel(waiter.id) }
+        for (n, waiter) in waiting.enumerated() where n % 2 == 0 {
+            harness.pool.release(current, reusable: true)
+            current = try await waiter.requester.connection()
+        }
+        harness.pool.release(current, reusable: true)
+        #expect(try await late.connection() === current)
+        for (n, waiter) in waiting.enumerated() {
+            #expect(waiter.requester.answers.withLockedValue { $0 } == (n % 2 == 0 ? 1 : 0), "waiter \(n)")
+        }
+        #expect(late.answers.withLockedValue { $0 } == 1)
+        // Cancelling requests that were served or cancelled already changes nothing.
+        for waiter in waiting { harness.pool.cancel(waiter.id) }
+        #expect(harness.pool.stats.totals.leased == 1)
+        #expect(harness.pool.stats.totals.waiting == 0)
+        // The cancelled ones' promises, which nothing answered, are completed here (NIO traps
+        // on a promise dropped unfulfilled).
+        for (n, waiter) in waiting.enumerated() where n % 2 == 1 { waiter.requester.answer.succeed(.failure(.shuttingDown)) }
     }
 
     @Test func retiringClosesIdleConnectionsNowAndLeasedOnesWhenReturned() async throws {
