@@ -67,8 +67,9 @@ public struct ConnectionID: Hashable, Comparable, Sendable, CustomStringConverti
     public var description: String { "conn#\(rawValue)" }
 }
 
-/// A borrow request, allocated by the caller (e.g. client session id + per-session counter).
-/// Must be unique among the requests currently waiting.
+/// A borrow request, allocated by the caller. Must be unique among the requests currently
+/// waiting. (`PoolDriver` numbers requests in `clientID` and writes the slot where it keeps the
+/// waiting requester in `sequence`.)
 public struct RequestID: Hashable, Sendable, CustomStringConvertible {
     public var clientID: UInt64
     public var sequence: UInt64

@@ -49,17 +49,26 @@ private struct Refused: Error {
 private final class Requester: PoolRequester, @unchecked Sendable {
     let eventLoop: any EventLoop
     let answer: EventLoopPromise<Result<FakeConnection, BorrowError>>
+    /// How many answers it got: exactly one for a request that was not cancelled.
+    let answers = NIOLockedValueBox(0)
+    private let settled = NIOLockedValueBox(false)
+
     init(eventLoop: any EventLoop) {
         self.eventLoop = eventLoop
         self.answer = eventLoop.makePromise()
+        // A pool that never answers fails the test that awaits it (after 30 s) rather than
+        // hanging it: an awaited future is not cancelled by Swift Testing's time limit.
+        eventLoop.scheduleTask(in: .seconds(30)) { [weak self] in self?.settle(.failure(.shuttingDown)) }
     }
-
-    /// How many answers it got: exactly one for a request that was not cancelled.
-    let answers = NIOLockedValueBox(0)
 
     func borrowCompleted(_ result: Result<FakeConnection, BorrowError>) {
         answers.withLockedValue { $0 += 1 }
-        answer.succeed(result)
+        settle(result)
+    }
+
+    /// Completes the promise once: the pool's answer or the test's own deadline, whichever is first.
+    func settle(_ result: Result<FakeConnection, BorrowError>) {
+        if settled.withLockedValue({ done in defer { done = true }; return !done }) { answer.succeed(result) }
     }
 
     func connection() async throws -> FakeConnection {
@@ -143,7 +152,7 @@ private final class Harness: @unchecked Sendable {
     /// Waiters are kept in slots their request ids name, and a freed slot is reused: a waiter
     /// that takes a cancelled one's slot waits its turn, the cancelled ones never get an answer,
     /// and each of the others gets exactly one, in order.
-    @Test(.timeLimit(.minutes(1))) func waitersAreServedInOrderAcrossCancelsAndReusedSlots() async throws {
+    @Test func waitersAreServedInOrderAcrossCancelsAndReusedSlots() async throws {
         let harness = Harness(limits: limits(cap: 1))
         var current = try await harness.borrow().connection()
         var waiting: [(requester: Requester, id: RequestID)] = []
@@ -171,7 +180,7 @@ private final class Harness: @unchecked Sendable {
         #expect(harness.pool.stats.totals.waiting == 0)
         // The cancelled ones' promises, which nothing answered, are completed here (NIO traps
         // on a promise dropped unfulfilled).
-        for (n, waiter) in waiting.enumerated() where n % 2 == 1 { waiter.requester.answer.succeed(.failure(.shuttingDown)) }
+        for (n, waiter) in waiting.enumerated() where n % 2 == 1 { waiter.requester.settle(.failure(.shuttingDown)) }
     }
 
     @Test func retiringClosesIdleConnectionsNowAndLeasedOnesWhenReturned() async throws {

@@ -615,28 +615,34 @@ func resets(_ c: ResetCase) {
         "pg_advisory_lock", "pg_catalog", ".", ",", "x", "1", "from", "t", "temp", "pg_temp", "table", "selected",
         "set", "reset", "listen", "with", "explain", "é", "\u{0}", "\u{08}", "\u{1B}", "abalance pgbench_accounts",
     ]
-    var random = MySQLTestRandom(seed: 20_261_205)  // deterministic: a failure repeats
+    var shortcuts = 0
+    forEachShortcutCandidate(written, fragments: fragments) { sql, raw in
+        if SQLClassifier.isPlainSelect(raw) { shortcuts += 1 }
+        for conforming in [true, false] {
+            let options = ClassifierOptions(standardConformingStrings: conforming)
+            let expected = SQLClassifier.classifyByTokens(raw, options: options)
+            let actual = SQLClassifier.classify(raw, options: options)
+            #expect(actual == expected, "\(sql.debugDescription), standard_conforming_strings \(conforming)")
+        }
+    }
+    // The shortcut is taken often enough for the comparison to mean something.
+    #expect(shortcuts > 3_000)
+    #expect(SQLClassifier.isPlainSelect(UnsafeRawBufferPointer(start: nil, count: 0)) == false)
+}
+
+/// Runs `body` on each written statement and on 30,000 generated ones (half start with SELECT,
+/// then up to 12 of `fragments`), as UTF-8 bytes: the statements both dialects' plain-SELECT
+/// shortcuts are compared with their lexers on. Deterministic, so that a failure repeats.
+func forEachShortcutCandidate(_ written: [String], fragments: [String], _ body: (String, UnsafeRawBufferPointer) -> Void) {
+    var random = MySQLTestRandom(seed: 20_261_205)
     var generated: [String] = []
     for n in 0..<30_000 {
         var sql = n % 2 == 0 ? (n % 4 == 0 ? "select " : "SELECT") : ""
         for _ in 0..<random.below(13) { sql += random.pick(fragments) }
         generated.append(sql)
     }
-    var shortcuts = 0
     for sql in written + generated {
         var copy = sql
-        copy.withUTF8 { utf8 in
-            let raw = UnsafeRawBufferPointer(utf8)
-            if SQLClassifier.isPlainSelect(raw) { shortcuts += 1 }
-            for conforming in [true, false] {
-                let options = ClassifierOptions(standardConformingStrings: conforming)
-                let expected = SQLClassifier.classifyByTokens(raw, options: options)
-                let actual = SQLClassifier.classify(raw, options: options)
-                #expect(actual == expected, "\(sql.debugDescription), standard_conforming_strings \(conforming)")
-            }
-        }
+        copy.withUTF8 { body(sql, UnsafeRawBufferPointer($0)) }
     }
-    // The shortcut is taken often enough for the comparison to mean something.
-    #expect(shortcuts > 3_000)
-    #expect(SQLClassifier.isPlainSelect(UnsafeRawBufferPointer(start: nil, count: 0)) == false)
 }

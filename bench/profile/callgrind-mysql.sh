@@ -13,16 +13,9 @@
 set -euo pipefail
 BIN=$(realpath "$1"); THREADS=${2:-20}; EVENTS=${3:-4000}; SCRIPT=${4:-oltp_point_select}; PS=${5:-disable}
 WORK=${BENCH_DIR:-/tmp/concierge-bench-mysql}
-command -v valgrind >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
 D="$WORK/callgrind-$(basename "$BIN")-$SCRIPT-$PS"
-rm -rf "$D"; mkdir -p "$D"; cp "$WORK"/concierge/*.json "$D/"
-strip --strip-debug -o "$D/concierge" "$BIN"
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-sed -E "s/listen: \"127.0.0.1:[0-9]+\"/listen: \"127.0.0.1:$PORT\"/" "$WORK/concierge/concierge.yaml" > "$D/concierge.yaml"
-(cd "$D" && exec valgrind --tool=callgrind --callgrind-out-file="$D/callgrind.out" "$D/concierge" serve --config concierge.yaml > "$D/valgrind.log" 2>&1) &
-VG=$!
-trap 'kill $VG 2>/dev/null || true' EXIT
-for _ in $(seq 120); do grep -q "writer available" "$D/valgrind.log" && break; sleep 1; done
+source "$(dirname "$0")/callgrind-start.sh"
+start_under_callgrind "$BIN" "$WORK" "$D"
 read -r TABLES SIZE < <(python3 -c "import json; s = json.load(open('$WORK/setup.json')); print(s['tables'], s['table_size'])")
 # The password goes in a mode-600 file, not argv (as mysql_bench.py does).
 install -m 600 /dev/null "$D/sysbench.cfg"

@@ -15,16 +15,9 @@
 set -euo pipefail
 BIN=$(realpath "$1"); CLIENTS=${2:-20}; TX=${3:-500}; MODE=${4:-simple}; CONNECT=${5:-}
 WORK=${BENCH_DIR:-/tmp/concierge-bench}
-command -v valgrind >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
 D="$WORK/callgrind-$(basename "$BIN")-$MODE$CONNECT"
-rm -rf "$D"; mkdir -p "$D"; cp "$WORK"/concierge/*.json "$D/"
-strip --strip-debug -o "$D/concierge" "$BIN"
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-sed -E "s/listen: \"127.0.0.1:[0-9]+\"/listen: \"127.0.0.1:$PORT\"/" "$WORK/concierge/concierge.yaml" > "$D/concierge.yaml"
-(cd "$D" && exec valgrind --tool=callgrind --callgrind-out-file="$D/callgrind.out" "$D/concierge" serve --config concierge.yaml > "$D/valgrind.log" 2>&1) &
-VG=$!
-trap 'kill $VG 2>/dev/null || true' EXIT
-for _ in $(seq 120); do grep -q "writer available" "$D/valgrind.log" && break; sleep 1; done
+source "$(dirname "$0")/callgrind-start.sh"
+start_under_callgrind "$BIN" "$WORK" "$D"
 read -r PG_BIN PASSWORD < <(python3 -c "import json; s = json.load(open('$WORK/setup.json')); print(s['pg_bin'], s['passwords']['bench_md5'])")
 export PGSSLMODE=disable  # the held setup accepts TLS: measure the plain data path
 PGBENCH=("$PG_BIN/pgbench" -n -S -M "$MODE" -j 2 -h 127.0.0.1 -p "$PORT" -U bench_md5 $CONNECT)
