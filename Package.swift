@@ -278,7 +278,7 @@ let package = Package(
         .testTarget(
             name: "ConciergeServerTests",
             dependencies: [
-                "ConciergeServer", "ConciergeRuntime", "PostgresServer", "ConciergeJSON", "ProxyCore", "ConnectionPool",
+                "ConciergeServer", "ConciergeRuntime", "PostgresServer", "MySQLServer", "ConciergeJSON", "ProxyCore", "ConnectionPool",
                 "PostgresWire", "ConciergeAdmin", "PostgresProxy",
                 .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -119,6 +119,8 @@ final class MySQLClientSession: ChannelDuplexHandler, MySQLBackendOwner, PoolReq
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+        // Normally a no-op (`channelInactive` came first); see ClientSession.handlerRemoved.
+        teardown()
     }
 
     func channelActive(context: ChannelHandlerContext) {

@@ -183,6 +183,11 @@ final class ClientSession: ChannelDuplexHandler, BackendOwner, BackendRequester,
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+        // Normally a no-op: `channelInactive` tore the session down already. A channel closed
+        // before it was ever active (its registration failed, as when its event loop is shutting
+        // down while a client is accepted) gets no `channelInactive`, only this: without it the
+        // session would stay registered, counted among the clients, and hold up a drain.
+        teardown()
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -6,8 +6,9 @@
 Builds bench/floor (a separate Swift package) and starts, besides the PgBouncer (md5) and
 Concierge that run.sh started:
 
-- handshake-nio: a SwiftNIO server that only does the md5 login (one ServerBootstrap per event
-  loop, one handler per connection): what a NIO-based proxy pays per connection at the least;
+- handshake-nio: a SwiftNIO server that only does the md5 login (one listener per event loop,
+  one handler per connection, accepted as Concierge accepts): what a NIO-based proxy pays per
+  connection at the least;
 - handshake-raw: the same on a bare epoll loop per thread, with 2 threads and with 1;
 - pooler-raw: a minimal transaction pooler on bare epoll (20 backends in all), 2 threads and 1;
 - pooler-nio: the same pooler on SwiftNIO (a Channel per client and per backend), 2 threads.
@@ -17,7 +18,12 @@ and measures, interleaved, each BENCH_REPEAT times:
 1. login storm: pgbench -C with a script of only `\\set x 1` (connect, md5 login, disconnect);
 2. md5 storm: pgbench -S -C, scenario 4 of bench.py (login, one query through a backend);
 3. latency: pgbench -S with 1 client, p50 of the per-transaction log (scenario 5);
-4. throughput: pgbench -S with 100 clients (scenario 1).
+4. throughput: pgbench -S with 100 clients (scenario 1);
+5. idle clients: BENCH_IDLE_CLIENTS (10,000) logged-in clients held open on PgBouncer, Concierge
+   and handshake-nio, the server's RSS growth per client (once per server: it repeats).
+
+Built as scripts/build-release.sh builds Concierge (static Swift runtime, no run-time exclusivity
+checks), so that the floor and Concierge are compared alike.
 
 For each run it also reads the server process's user and system CPU from /proc/PID/stat and
 divides by the connections (or transactions) made. Standard library only.
@@ -39,6 +45,7 @@ from pathlib import Path
 SETUP: dict = json.loads(Path(sys.argv[1]).read_text())
 DURATION = int(os.environ.get("BENCH_DURATION", "5"))
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
+IDLE_CLIENTS = int(os.environ.get("BENCH_IDLE_CLIENTS", "10000"))
 FLOOR = Path(__file__).resolve().parent
 USER = "bench_md5"
 PASSWORD = SETUP["passwords"][USER]
@@ -109,11 +116,44 @@ def measure(kind: str, port: int, pid: int, script: str) -> dict:
             "problem": problem}
 
 
+def idle_kb_per_client(port: int, pid: int) -> tuple[float, int]:
+    """Open IDLE_CLIENTS logged-in md5 clients (bench.py's asyncio client) and hold them: the
+    server's RSS growth per client, and how many opened."""
+    sys.path.insert(0, str(FLOOR.parent))
+    import asyncio
+    import bench
+
+    async def run() -> tuple[float, int]:
+        writers = []
+        sem = asyncio.Semaphore(100)
+
+        async def one() -> None:
+            async with sem:
+                try:
+                    writers.append((await asyncio.wait_for(bench.login(port, USER, PASSWORD), 30))[1])
+                except Exception as e:  # counted below
+                    log(f"idle client failed: {e}")
+
+        before = bench.rss_kb(pid)
+        await asyncio.gather(*(one() for _ in range(IDLE_CLIENTS)))
+        await asyncio.sleep(1)
+        after = bench.rss_kb(pid)
+        for w in writers:
+            w.close()
+        await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
+        await asyncio.sleep(2)
+        return (after - before) / max(len(writers), 1), len(writers)
+
+    return asyncio.run(run())
+
+
 def main() -> None:
     log("building bench/floor (release)")
-    subprocess.run(["swift", "build", "-c", "release", "--package-path", str(FLOOR)], check=True,
-                   stdout=subprocess.DEVNULL)
-    binary = FLOOR / ".build" / "release" / "floor"
+    flags = ["-c", "release", "-Xswiftc", "-enforce-exclusivity=unchecked", "--static-swift-stdlib",
+             "--package-path", str(FLOOR)]
+    subprocess.run(["swift", "build", *flags], check=True, stdout=subprocess.DEVNULL)
+    binary = Path(subprocess.run(["swift", "build", *flags, "--show-bin-path"], check=True,
+                                 capture_output=True, text=True).stdout.strip()) / "floor"
     pg_port = SETUP["direct"]["port"]
     servers: dict[str, tuple[int, int]] = {
         "PgBouncer": (SETUP["pgbouncer_md5"]["port"], SETUP["pgbouncer_md5"]["pid"]),
@@ -150,6 +190,13 @@ def main() -> None:
             ("select", "4. select-only, 100 clients (bench.py scenario 1)", "tps",
              ["PgBouncer", "Concierge", "pooler-nio, 2 threads", "pooler-raw, 2 threads", "pooler-raw, 1 thread"]),
         ]
+        # Idle clients first, while every server is fresh (memory freed by earlier clients would
+        # be reused and hide the growth).
+        idle: dict[str, tuple[float, int]] = {}
+        for name in ("PgBouncer", "Concierge", "handshake-nio, 2 threads"):
+            port, pid = servers[name]
+            idle[name] = idle_kb_per_client(port, pid)
+            log(f"idle {name}: {idle[name][0]:.2f} KB per client, {idle[name][1]:,} opened")
         results: dict[tuple[str, str], list[dict]] = {}
         for kind, _, _, names in plan:
             for rep in range(REPEAT):
@@ -189,6 +236,10 @@ def main() -> None:
                          f"{statistics.median(r['user_us'] for r in runs):.1f} | "
                          f"{statistics.median(r['sys_us'] for r in runs):.1f} | {problems} |")
         lines.append("")
+    lines += [f"## 5. {IDLE_CLIENTS:,} idle md5 clients", "", "| server | KB RSS per client | opened |",
+              "|---|--:|--:|"]
+    lines += [f"| {name} | {kb:.2f} | {opened:,} |" for name, (kb, opened) in idle.items()]
+    lines.append("")
     load = Path("/proc/loadavg").read_text().split()[:3]
     lines += [f"Machine: {os.cpu_count()} cores; load average at the end {' '.join(load)}; "
               f"Concierge commit {commit}, binary {SETUP['concierge']['bin']}."]
