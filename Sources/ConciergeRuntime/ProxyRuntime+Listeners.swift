@@ -189,9 +189,9 @@ extension ProxyRuntime {
             }
             // What NIO does for a socket that is already connected (as its
             // `withConnectedSocket` bootstraps do): register with the loop's selector, then
-            // channelActive, which starts reading. Registering a fresh socket does not fail in
-            // practice (NIO treats a failed selector registration as fatal); were it to, NIO
-            // would close the socket before it was ever active, as on the bootstrap's path.
+            // channelActive, which starts reading. If registration fails (the loop is shutting
+            // down), NIO closes the socket before it was ever active, as on the bootstrap's path:
+            // the session then ends in `handlerRemoved`, with no `channelInactive`.
             client._channelCore.registerAlreadyConfigured0(promise: nil)
         }
     }
