@@ -18,7 +18,8 @@ and measures, interleaved, each BENCH_REPEAT times:
 1. login storm: pgbench -C with a script of only `\\set x 1` (connect, md5 login, disconnect);
 2. md5 storm: pgbench -S -C, scenario 4 of bench.py (login, one query through a backend);
 3. latency: pgbench -S with 1 client, p50 of the per-transaction log (scenario 5);
-4. throughput: pgbench -S with 100 clients (scenario 1);
+4. throughput: pgbench -S with 100 clients (scenario 1), and with 1,000 (its -T 10 s longer,
+   as bench.py gives it, for the logins);
 5. idle clients: BENCH_IDLE_CLIENTS (10,000) logged-in clients held open on PgBouncer, Concierge
    and handshake-nio, the server's RSS growth per client (once per server: it repeats).
 
@@ -46,6 +47,10 @@ SETUP: dict = json.loads(Path(sys.argv[1]).read_text())
 DURATION = int(os.environ.get("BENCH_DURATION", "5"))
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
 IDLE_CLIENTS = int(os.environ.get("BENCH_IDLE_CLIENTS", "10000"))
+# BENCH_FLOOR_KINDS=select1000,idle: only these measurements (login, storm, latency, select,
+# select1000, idle); all by default.
+KINDS = set(filter(None, os.environ.get("BENCH_FLOOR_KINDS", "").split(","))) or {
+    "login", "storm", "latency", "select", "select1000", "idle"}
 FLOOR = Path(__file__).resolve().parent
 USER = "bench_md5"
 PASSWORD = SETUP["passwords"][USER]
@@ -85,7 +90,7 @@ def pgbench(port: int, args: list[str], log_dir: str | None = None) -> tuple[flo
     cmd.append("bench")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.update(PGPASSWORD=PASSWORD, PGSSLMODE="disable")
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=DURATION + 60)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=DURATION + 80)
     tps = re.search(r"^tps = ([\d.]+)", out.stdout, re.M)
     done = re.search(r"number of transactions actually processed: (\d+)", out.stdout)
     failed = re.search(r"number of failed transactions: (\d+)", out.stdout)
@@ -104,8 +109,9 @@ def measure(kind: str, port: int, pid: int, script: str) -> dict:
                                for f in (l.split() for l in p.read_text().splitlines())
                                if len(f) >= 3 and f[2].isdigit())
         value = latencies[len(latencies) // 2] / 1000 if latencies else 0.0
-    elif kind == "select":
-        value, done, problem = pgbench(port, ["-S", "-T", str(DURATION), "-c", "100", "-j", "2"])
+    elif kind in ("select", "select1000"):
+        clients = 100 if kind == "select" else 1000
+        value, done, problem = pgbench(port, ["-S", "-T", str(DURATION + clients // 100), "-c", str(clients), "-j", "2"])
     else:
         args = ["-C", "-T", str(DURATION), "-c", "50", "-j", "2"]
         args += ["-f", script] if kind == "login" else ["-S"]
@@ -189,11 +195,14 @@ def main() -> None:
              ["PgBouncer", "Concierge", "pooler-nio, 2 threads", "pooler-raw, 2 threads", "pooler-raw, 1 thread"]),
             ("select", "4. select-only, 100 clients (bench.py scenario 1)", "tps",
              ["PgBouncer", "Concierge", "pooler-nio, 2 threads", "pooler-raw, 2 threads", "pooler-raw, 1 thread"]),
+            ("select1000", "4b. select-only, 1,000 clients (bench.py scenario 1)", "tps",
+             ["PgBouncer", "Concierge", "pooler-nio, 2 threads", "pooler-raw, 2 threads", "pooler-raw, 1 thread"]),
         ]
+        plan = [p for p in plan if p[0] in KINDS]
         # Idle clients first, while every server is fresh (memory freed by earlier clients would
         # be reused and hide the growth).
         idle: dict[str, tuple[float, int]] = {}
-        for name in ("PgBouncer", "Concierge", "handshake-nio, 2 threads"):
+        for name in ("PgBouncer", "Concierge", "handshake-nio, 2 threads") if "idle" in KINDS else ():
             port, pid = servers[name]
             idle[name] = idle_kb_per_client(port, pid)
             log(f"idle {name}: {idle[name][0]:.2f} KB per client, {idle[name][1]:,} opened")
@@ -236,10 +245,11 @@ def main() -> None:
                          f"{statistics.median(r['user_us'] for r in runs):.1f} | "
                          f"{statistics.median(r['sys_us'] for r in runs):.1f} | {problems} |")
         lines.append("")
-    lines += [f"## 5. {IDLE_CLIENTS:,} idle md5 clients", "", "| server | KB RSS per client | opened |",
-              "|---|--:|--:|"]
-    lines += [f"| {name} | {kb:.2f} | {opened:,} |" for name, (kb, opened) in idle.items()]
-    lines.append("")
+    if idle:
+        lines += [f"## 5. {IDLE_CLIENTS:,} idle md5 clients", "", "| server | KB RSS per client | opened |",
+                  "|---|--:|--:|"]
+        lines += [f"| {name} | {kb:.2f} | {opened:,} |" for name, (kb, opened) in idle.items()]
+        lines.append("")
     load = Path("/proc/loadavg").read_text().split()[:3]
     lines += [f"Machine: {os.cpu_count()} cores; load average at the end {' '.join(load)}; "
               f"Concierge commit {commit}, binary {SETUP['concierge']['bin']}."]
