@@ -18,8 +18,8 @@ and measures, interleaved, each BENCH_REPEAT times:
 1. login storm: pgbench -C with a script of only `\\set x 1` (connect, md5 login, disconnect);
 2. md5 storm: pgbench -S -C, scenario 4 of bench.py (login, one query through a backend);
 3. latency: pgbench -S with 1 client, p50 of the per-transaction log (scenario 5);
-4. throughput: pgbench -S with 100 clients (scenario 1), and with 1,000 (its -T 10 s longer,
-   as bench.py gives it, for the logins);
+4. throughput: pgbench -S with 100 clients (scenario 1), with 1,000 (its -T 10 s longer, as
+   bench.py gives it, for the logins), and with 100 through the extended protocol (scenario 2);
 5. idle clients: BENCH_IDLE_CLIENTS (10,000) logged-in clients held open on PgBouncer, Concierge
    and handshake-nio, the server's RSS growth per client (once per server: it repeats).
 
@@ -48,9 +48,9 @@ DURATION = int(os.environ.get("BENCH_DURATION", "5"))
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
 IDLE_CLIENTS = int(os.environ.get("BENCH_IDLE_CLIENTS", "10000"))
 # BENCH_FLOOR_KINDS=select1000,idle: only these measurements (login, storm, latency, select,
-# select1000, idle); all by default.
+# select1000, extended, idle); all by default.
 KINDS = set(filter(None, os.environ.get("BENCH_FLOOR_KINDS", "").split(","))) or {
-    "login", "storm", "latency", "select", "select1000", "idle"}
+    "login", "storm", "latency", "select", "select1000", "extended", "idle"}
 FLOOR = Path(__file__).resolve().parent
 USER = "bench_md5"
 PASSWORD = SETUP["passwords"][USER]
@@ -109,9 +109,10 @@ def measure(kind: str, port: int, pid: int, script: str) -> dict:
                                for f in (l.split() for l in p.read_text().splitlines())
                                if len(f) >= 3 and f[2].isdigit())
         value = latencies[len(latencies) // 2] / 1000 if latencies else 0.0
-    elif kind in ("select", "select1000"):
-        clients = 100 if kind == "select" else 1000
-        value, done, problem = pgbench(port, ["-S", "-T", str(DURATION + clients // 100), "-c", str(clients), "-j", "2"])
+    elif kind in ("select", "select1000", "extended"):
+        clients = 1000 if kind == "select1000" else 100
+        mode = ["-M", "extended"] if kind == "extended" else []
+        value, done, problem = pgbench(port, ["-S", *mode, "-T", str(DURATION + clients // 100), "-c", str(clients), "-j", "2"])
     else:
         args = ["-C", "-T", str(DURATION), "-c", "50", "-j", "2"]
         args += ["-f", script] if kind == "login" else ["-S"]
@@ -196,6 +197,8 @@ def main() -> None:
             ("select", "4. select-only, 100 clients (bench.py scenario 1)", "tps",
              ["PgBouncer", "Concierge", "pooler-nio, 2 threads", "pooler-raw, 2 threads", "pooler-raw, 1 thread"]),
             ("select1000", "4b. select-only, 1,000 clients (bench.py scenario 1)", "tps",
+             ["PgBouncer", "Concierge", "pooler-nio, 2 threads", "pooler-raw, 2 threads", "pooler-raw, 1 thread"]),
+            ("extended", "4c. select-only, extended protocol, 100 clients (bench.py scenario 2)", "tps",
              ["PgBouncer", "Concierge", "pooler-nio, 2 threads", "pooler-raw, 2 threads", "pooler-raw, 1 thread"]),
         ]
         plan = [p for p in plan if p[0] in KINDS]
