@@ -12,13 +12,6 @@ import Testing
 /// without `channelInactive`: the handler is only removed. A session still registered would be
 /// counted among the clients for good and hold up a drain.
 @Suite struct SessionTeardownTests {
-    static func configuration(_ engine: EngineFamily) -> ProxyConfiguration {
-        ProxyConfiguration(
-            name: "unit", engineFamily: engine, listen: HostPort(host: "127.0.0.1", port: 1),
-            auth: [AuthConfiguration(secretARN: "env:X", secret: .env(name: "X"))],
-            targetGroup: TargetGroupConfiguration(targets: [TargetConfiguration(endpoint: HostPort(host: "127.0.0.1", port: 2))]))
-    }
-
     /// What a session sees of SwiftNIO's close of a channel that was never active: its handler
     /// is removed, and no `channelInactive` reaches it (EmbeddedChannel fires one on every close:
     /// the handler in front keeps it from the session).
@@ -27,10 +20,19 @@ import Testing
         func channelInactive(context: ChannelHandlerContext) {}
     }
 
-    func expectUnregistered<Engine>(_ runtime: ProxyRuntime<Engine>, _ session: Engine.ClientHandler, loop: EmbeddedEventLoop) throws {
+    /// A runtime of `engine`, one session on a channel that never becomes active, and its close:
+    /// the runtime's client count must come back to zero.
+    func expectUnregistered<Engine: ServedEngine>(_ engine: Engine.Type, _ family: EngineFamily) throws {
+        let loop = EmbeddedEventLoop()
+        let runtime = try ProxyRuntime<Engine>(
+            configuration: ProxyConfiguration(
+                name: "unit", engineFamily: family, listen: HostPort(host: "127.0.0.1", port: 1),
+                auth: [AuthConfiguration(secretARN: "env:X", secret: .env(name: "X"))],
+                targetGroup: TargetGroupConfiguration(targets: [TargetConfiguration(endpoint: HostPort(host: "127.0.0.1", port: 2))])),
+            credentials: [DatabaseCredential(username: "app", password: "secret")], group: loop, logger: .init(label: "test"))
         let channel = EmbeddedChannel(loop: loop)
         try channel.pipeline.syncOperations.addHandler(NoInactive())
-        try channel.pipeline.syncOperations.addHandler(session)
+        try channel.pipeline.syncOperations.addHandler(runtime.makeSession(on: loop))
         #expect(runtime.clientConnections == 1)
         try channel.close().wait()
         loop.run()
@@ -38,18 +40,10 @@ import Testing
     }
 
     @Test func aPostgresSessionNeverActiveIsUnregistered() throws {
-        let loop = EmbeddedEventLoop()
-        let runtime = try PostgresRuntime(
-            configuration: Self.configuration(.postgresql), credentials: [DatabaseCredential(username: "app", password: "secret")],
-            group: loop, logger: .init(label: "test"))
-        try expectUnregistered(runtime, runtime.makeSession(on: loop), loop: loop)
+        try expectUnregistered(PostgresEngine.self, .postgresql)
     }
 
     @Test func aMySQLSessionNeverActiveIsUnregistered() throws {
-        let loop = EmbeddedEventLoop()
-        let runtime = try MySQLRuntime(
-            configuration: Self.configuration(.mysql), credentials: [DatabaseCredential(username: "app", password: "secret")],
-            group: loop, logger: .init(label: "test"))
-        try expectUnregistered(runtime, runtime.makeSession(on: loop), loop: loop)
+        try expectUnregistered(MySQLEngine.self, .mysql)
     }
 }
